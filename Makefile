@@ -1,0 +1,71 @@
+# podnet: developer entry points.  `make demo` and `make test` are all a new machine needs.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+PYTHON  ?= /usr/bin/python3
+VENV    := .venv
+STAMP   := $(VENV)/.stamp
+ARGS    ?=
+# git does not keep empty dirs: lint those of src tests bench that exist.
+LINT_DIRS := $(wildcard src tests bench)
+
+# Debian packages the tests, the demo and the interop peers need.
+DEB_PACKAGES := nftables iproute2 podman runc containernetworking-plugins busybox-static \
+	iperf3 conntrack python3-venv ethtool procps util-linux
+
+.PHONY: deps apt-deps venv test lint demo bench clean
+
+# A .venv copied or cloned from another directory has console scripts whose shebangs point
+# at that other directory: throw it away so it is rebuilt here.
+VENV_STALE := $(shell sb=$$(head -n1 $(VENV)/bin/pip 2>/dev/null | sed -n 's|^\#!\(/.*/bin/python[0-9.]*\)$$|\1|p'); \
+	[ -n "$$sb" ] && [ "$$(readlink -f "$$(dirname "$$sb")")" != "$$(readlink -f $(VENV)/bin)" ] && echo yes)
+ifeq ($(VENV_STALE),yes)
+$(info $(VENV) belongs to another directory; recreating it)
+$(shell rm -rf $(VENV))
+endif
+
+deps: apt-deps $(STAMP)
+
+# Only touches apt when a package is missing (dpkg-query per package is fast).
+apt-deps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' \
+			|| missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -q; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/bin/python: | apt-deps
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install when pyproject.toml changes (or the venv is new).
+$(STAMP): pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+lint: deps
+	$(VENV)/bin/ruff check $(LINT_DIRS)
+
+# Lint failures fail the target too, but pytest still runs (and prints the last lines).
+test: deps
+	@lint=0; $(VENV)/bin/ruff check $(LINT_DIRS) || { lint=$$?; echo "ruff check failed (rc=$$lint); running pytest anyway"; }; \
+	echo "$(VENV)/bin/pytest -q"; \
+	$(VENV)/bin/pytest -q || exit $$?; \
+	exit $$lint
+
+demo: deps
+	$(VENV)/bin/podnet demo $(ARGS)
+
+bench: deps
+	$(VENV)/bin/python bench/cni_latency.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build dist src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

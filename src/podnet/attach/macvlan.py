@@ -1,0 +1,65 @@
+"""Macvlan attachment: the container gets its own MAC on a parent ("master") link,
+so it sits directly on the parent's L2 segment with no bridge and no NAT."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+
+from pyroute2 import IPRoute
+
+from podnet.attach.base import AttachContext, Attached
+from podnet.attach.bridge import check_container_iface
+from podnet.errors import InvalidConfig
+from podnet.kernel import links, netns
+
+
+def _tmp_name(attach_id: str) -> str:
+    return "pm" + attach_id[:11]
+
+
+def _master_index(ipr: IPRoute, master: str | None) -> int:
+    if master:
+        index = links.link_index(ipr, master)
+        if index is None:
+            raise InvalidConfig(f"macvlan master {master!r} does not exist")
+        return index
+    for route in ipr.get_default_routes(family=2):
+        if route.get("RTA_OIF"):
+            return int(route.get("RTA_OIF"))
+    raise InvalidConfig("macvlan needs 'master': no default route to pick an uplink from")
+
+
+class MacvlanAttacher:
+    def host_links(self, ctx: AttachContext) -> tuple[str, ...]:
+        return ()
+
+    def add(self, ctx: AttachContext, undo: ExitStack) -> Attached:
+        assert ctx.container_fd is not None
+        with netns.entered(ctx.host_fd), IPRoute() as ipr:
+            master = _master_index(ipr, ctx.conf.master)
+            master_mtu = int(links.link_attr(ipr, master, "IFLA_MTU"))
+            mtu = ctx.conf.mtu or master_mtu
+            if mtu > master_mtu:
+                raise InvalidConfig(f"mtu {mtu} is larger than the master's mtu {master_mtu}")
+            links.create_macvlan(
+                ipr, _tmp_name(ctx.attach_id), master, ctx.conf.macvlan_mode, mtu, ctx.container_fd
+            )
+        undo.callback(self.delete, ctx)
+        with netns.entered(ctx.container_fd), IPRoute() as ipr:
+            _, mac = links.configure_container_iface(
+                ipr, _tmp_name(ctx.attach_id), ctx.ifname, ctx.ips, ctx.routes
+            )
+        return Attached(
+            interfaces=[{"name": ctx.ifname, "mac": mac, "sandbox": ctx.netns_path}],
+            container_index=0,
+        )
+
+    def delete(self, ctx: AttachContext) -> None:
+        if ctx.container_fd is None:
+            return  # the namespace is gone, and the macvlan with it
+        with netns.entered(ctx.container_fd), IPRoute() as ipr:
+            links.delete_link(ipr, _tmp_name(ctx.attach_id))
+            links.delete_link(ipr, ctx.ifname)
+
+    def check(self, ctx: AttachContext) -> None:
+        check_container_iface(ctx)

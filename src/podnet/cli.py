@@ -1,0 +1,83 @@
+"""The `podnet` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from podnet.cni.config import DEFAULT_SOCKET, DEFAULT_STORE
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from podnet.agent.daemon import run_agent
+
+    return run_agent(args.socket, args.store)
+
+
+def _cmd_install(args: argparse.Namespace) -> int:
+    from podnet.install import install_cni
+
+    for path in install_cni(args.bin_dir, args.conf_dir, args.network, args.subnet, args.bridge):
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_ping(args: argparse.Namespace) -> int:
+    import socket
+
+    from podnet.cni import wire
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(args.socket)
+            wire.send(sock, {"op": "ping"})
+            reply, _ = wire.recv(sock)
+    except OSError as exc:
+        print(f"podnet: no agent answers on {args.socket}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(reply.get("result", reply)))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from podnet.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="podnet", description="container networking for Linux")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    agent = sub.add_parser("agent", help="run the node agent (serves CNI requests)")
+    agent.add_argument("--socket", default=DEFAULT_SOCKET, help=f"UNIX socket (default {DEFAULT_SOCKET})")
+    agent.add_argument("--store", default=DEFAULT_STORE, help=f"SQLite store (default {DEFAULT_STORE})")
+    agent.set_defaults(func=_cmd_agent)
+
+    install = sub.add_parser("install-cni", help="install the podnet CNI executables")
+    install.add_argument("--bin-dir", required=True, help="CNI plugin directory, e.g. /opt/cni/bin")
+    install.add_argument("--conf-dir", help="also write a default conflist here, e.g. /etc/cni/net.d")
+    install.add_argument("--network", default="podnet", help="name of the default network")
+    install.add_argument("--subnet", default="10.85.0.0/16", help="subnet of the default network")
+    install.add_argument("--bridge", default="podnet0", help="bridge of the default network")
+    install.set_defaults(func=_cmd_install)
+
+    ping = sub.add_parser("ping", help="check that an agent answers")
+    ping.add_argument("--socket", default=DEFAULT_SOCKET)
+    ping.set_defaults(func=_cmd_ping)
+
+    demo = sub.add_parser("demo", help="a live demo in a sandbox namespace")
+    demo.add_argument("--keep", action="store_true", help="leave the demo up for exploration")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

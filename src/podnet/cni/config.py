@@ -1,0 +1,170 @@
+"""The `podnet` plugin's network configuration, parsed and validated (pure).
+
+Field names follow the reference plugins (bridge: bridge, isGateway, isDefaultGateway,
+ipMasq, mtu, hairpinMode; macvlan: master, mode, mtu) so an existing conflist only needs
+its `type` changed. Standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from podnet.defaults import DEFAULT_SOCKET, DEFAULT_STORE
+from podnet.errors import DecodingFailure, InvalidConfig
+
+DEFAULT_BRIDGE = "podnet0"
+MODES = ("bridge", "macvlan")
+MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
+# Our own IPAM answers to these type names without exec'ing anything.
+BUILTIN_IPAM = frozenset({"podnet-ipam", "podnet"})
+_IFNAME = re.compile(r"^[^\s/:]{1,15}$")
+
+
+@dataclass(frozen=True)
+class PodnetConf:
+    cni_version: str
+    name: str
+    mode: str = "bridge"
+    bridge: str = DEFAULT_BRIDGE
+    is_gateway: bool = True
+    is_default_gateway: bool = False
+    ip_masq: bool = False
+    mtu: int | None = None
+    hairpin_mode: bool = True
+    master: str | None = None
+    macvlan_mode: str = "bridge"
+    ipam: Mapping = field(default_factory=dict)
+    agent_socket: str = DEFAULT_SOCKET
+    port_mappings: tuple[Mapping, ...] = ()
+    prev_result: Mapping | None = None
+    valid_attachments: tuple[tuple[str, str], ...] | None = None
+
+    @property
+    def builtin_ipam(self) -> bool:
+        return self.ipam.get("type") in BUILTIN_IPAM
+
+    @property
+    def ipam_type(self) -> str:
+        return str(self.ipam.get("type", ""))
+
+
+def _bool(raw: Mapping, key: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidConfig(f"'{key}' must be true or false, got {value!r}")
+    return value
+
+
+def _str(raw: Mapping, key: str, default: str | None) -> str | None:
+    value = raw.get(key, default)
+    if value is not None and not isinstance(value, str):
+        raise InvalidConfig(f"'{key}' must be a string, got {value!r}")
+    return value
+
+
+def _ifname(value: str, key: str) -> str:
+    if not _IFNAME.match(value) or value in (".", ".."):
+        raise InvalidConfig(f"'{key}' {value!r} is not a valid interface name (1-15 bytes)")
+    return value
+
+
+def _mtu(raw: Mapping) -> int | None:
+    mtu = raw.get("mtu")
+    if mtu is None or mtu == 0:
+        return None
+    if not isinstance(mtu, int) or isinstance(mtu, bool) or not 68 <= mtu <= 65535:
+        raise InvalidConfig(f"'mtu' must be an integer between 68 and 65535, got {mtu!r}")
+    return mtu
+
+
+def _port_mappings(raw: Mapping) -> tuple[Mapping, ...]:
+    runtime = raw.get("runtimeConfig") or {}
+    if not isinstance(runtime, Mapping):
+        raise DecodingFailure("'runtimeConfig' must be an object")
+    mappings = runtime.get("portMappings") or []
+    if not isinstance(mappings, list) or not all(isinstance(m, Mapping) for m in mappings):
+        raise InvalidConfig("runtimeConfig.portMappings must be a list of objects")
+    return tuple(mappings)
+
+
+def _valid_attachments(raw: Mapping) -> tuple[tuple[str, str], ...] | None:
+    if "cni.dev/valid-attachments" not in raw:
+        return None
+    items = raw["cni.dev/valid-attachments"]
+    if not isinstance(items, list):
+        raise DecodingFailure("'cni.dev/valid-attachments' must be a list")
+    out = []
+    for item in items:
+        if not isinstance(item, Mapping) or not isinstance(item.get("containerID"), str):
+            raise DecodingFailure(f"invalid entry in cni.dev/valid-attachments: {item!r}")
+        ifname = item.get("ifname", "")
+        if not isinstance(ifname, str):
+            raise DecodingFailure(f"invalid ifname in cni.dev/valid-attachments: {item!r}")
+        out.append((item["containerID"], ifname))
+    return tuple(out)
+
+
+def _attachment_kind(raw: Mapping) -> tuple[str, str]:
+    """(attachment, macvlan mode). `mode` names the attachment ("bridge" default,
+    "macvlan"), except in a macvlan config copied from the reference plugin, which has
+    a `master` and uses `mode` for the macvlan mode."""
+    mode = _str(raw, "mode", None)
+    macvlan_mode = _str(raw, "macvlanMode", "bridge") or "bridge"
+    if "master" in raw and mode in MACVLAN_MODES:
+        return "macvlan", mode
+    attach = mode or ("macvlan" if "master" in raw else "bridge")
+    if attach not in MODES:
+        raise InvalidConfig(f"unknown mode {attach!r}", f"podnet supports: {', '.join(MODES)}")
+    if attach == "macvlan" and macvlan_mode not in MACVLAN_MODES:
+        raise InvalidConfig(
+            f"unknown macvlan mode {macvlan_mode!r}", f"expected one of {', '.join(MACVLAN_MODES)}"
+        )
+    return attach, macvlan_mode
+
+
+def parse_conf(raw: Mapping) -> PodnetConf:
+    """Validate a podnet plugin config; raise InvalidConfig/DecodingFailure with the field."""
+    attach, macvlan_mode = _attachment_kind(raw)
+    ipam = raw.get("ipam") or {}
+    if not isinstance(ipam, Mapping):
+        raise DecodingFailure("'ipam' must be an object")
+    if ipam and not isinstance(ipam.get("type"), str):
+        raise InvalidConfig("'ipam.type' is required when 'ipam' is given")
+    prev = raw.get("prevResult")
+    if prev is not None and not isinstance(prev, Mapping):
+        raise DecodingFailure("'prevResult' must be an object")
+    master = _str(raw, "master", None)
+    return PodnetConf(
+        cni_version=str(raw["cniVersion"]),
+        name=str(raw["name"]),
+        mode=attach,
+        bridge=_ifname(_str(raw, "bridge", DEFAULT_BRIDGE) or DEFAULT_BRIDGE, "bridge"),
+        is_gateway=_bool(raw, "isGateway", True) or _bool(raw, "isDefaultGateway", False),
+        is_default_gateway=_bool(raw, "isDefaultGateway", False),
+        ip_masq=_bool(raw, "ipMasq", False),
+        mtu=_mtu(raw),
+        hairpin_mode=_bool(raw, "hairpinMode", True),
+        master=_ifname(master, "master") if master else None,
+        macvlan_mode=macvlan_mode,
+        ipam=ipam,
+        agent_socket=_str(raw, "agentSocket", DEFAULT_SOCKET) or DEFAULT_SOCKET,
+        port_mappings=_port_mappings(raw),
+        prev_result=prev,
+        valid_attachments=_valid_attachments(raw),
+    )
+
+
+def store_path_for(raw_config: Mapping, default: str = DEFAULT_STORE) -> str:
+    """Where a network's state lives: ipam.dataDir, else the config's dataDir, else the
+    agent's store. podnet-ipam uses the same rule, so both always agree."""
+    ipam = raw_config.get("ipam") or {}
+    data_dir = ipam.get("dataDir") if isinstance(ipam, Mapping) else None
+    data_dir = data_dir or raw_config.get("dataDir")
+    if data_dir:
+        if not isinstance(data_dir, str) or not data_dir.startswith("/"):
+            raise InvalidConfig(f"dataDir must be an absolute path, got {data_dir!r}")
+        return os.path.join(data_dir, "podnet.db")
+    return default

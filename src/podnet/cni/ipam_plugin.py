@@ -1,0 +1,88 @@
+"""The `podnet-ipam` CNI IPAM executable, usable by any main plugin (e.g. the
+reference `bridge`). Entirely in-process and standard library only: it needs no
+netlink, and SQLite serialises concurrent callers across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from podnet.cni import skel
+from podnet.cni.config import store_path_for
+from podnet.cni.types import convert_result, normalize_result, version_result
+from podnet.errors import DecodingFailure, InvalidConfig, PluginNotAvailable, PodnetError
+from podnet.ipam.config import parse_ipam_config
+from podnet.ipam.service import IpamService
+from podnet.store import open_store
+
+
+def _ipam_section(config: Mapping) -> Mapping:
+    ipam = config.get("ipam")
+    if not isinstance(ipam, Mapping):
+        raise DecodingFailure("the network configuration has no 'ipam' object")
+    return ipam
+
+
+def _requested(req: skel.CniRequest) -> tuple[str, ...]:
+    out = [a for a in req.args.get("IP", "").split(",") if a]
+    runtime = req.config.get("runtimeConfig") or {}
+    if isinstance(runtime, Mapping):
+        out.extend(str(a) for a in runtime.get("ips", []) or [])
+    return tuple(out)
+
+
+def _valid_attachments(config: Mapping) -> set[tuple[str, str]]:
+    items = config.get("cni.dev/valid-attachments", [])
+    if not isinstance(items, list):
+        raise DecodingFailure("'cni.dev/valid-attachments' must be a list")
+    try:
+        return {(str(i["containerID"]), str(i.get("ifname", ""))) for i in items}
+    except (TypeError, KeyError):
+        raise DecodingFailure("invalid entry in 'cni.dev/valid-attachments'") from None
+
+
+def handle(req: skel.CniRequest) -> dict | None:
+    if req.command == "VERSION":
+        return version_result(req.config.get("cniVersion"))
+    ipam_conf = parse_ipam_config(_ipam_section(req.config))
+    name = str(req.config["name"])
+    store = open_store(store_path_for(req.config))
+    try:
+        service = IpamService(store)
+        if req.command == "ADD":
+            result = service.allocate(
+                name, req.container_id, req.ifname, ipam_conf, _requested(req), mark_ready=True
+            )
+            return convert_result(normalize_result(result.as_cni()), req.cni_version)
+        if req.command == "DEL":
+            service.release(name, req.container_id, req.ifname)
+            return None
+        if req.command == "CHECK":
+            if not service.lookup(name, req.container_id, req.ifname):
+                raise PodnetError(f"no address is reserved for {req.container_id}/{req.ifname}")
+            return None
+        if req.command == "GC":
+            service.gc(name, _valid_attachments(req.config))
+            return None
+        if req.command == "STATUS":
+            if service.free_count(name, ipam_conf) <= 0:
+                raise PluginNotAvailable(f"network {name} has no free address left")
+            return None
+        raise InvalidConfig(f"unsupported command {req.command}")
+    finally:
+        store.close()
+
+
+def main(extra_paths: Sequence[str] = ()) -> int:
+    del extra_paths  # podnet-ipam never needs the fallback's third-party packages
+    try:
+        stdin = sys.stdin.buffer.read()
+    except OSError:
+        stdin = b""
+    return skel.run(handle, os.environ, stdin)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

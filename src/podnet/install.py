@@ -1,0 +1,86 @@
+"""`podnet install-cni`: write the CNI executables (and optionally a conflist).
+
+The executables run `/usr/bin/python3 -IS` (isolated, no site): start-up stays ~12 ms
+and no environment variable can redirect their imports. The source tree is put on
+sys.path explicitly, and the site-packages that hold pyroute2 are only appended when
+the plugin must fall back to in-process work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+PLUGINS = {"podnet": "podnet.cni.plugin", "podnet-ipam": "podnet.cni.ipam_plugin"}
+
+TEMPLATE = """#!/usr/bin/python3 -IS
+# Installed by `podnet install-cni`; regenerate rather than edit.
+import sys
+sys.path.insert(0, {src!r})
+from {module} import main
+sys.exit(main({fallback!r}))
+"""
+
+
+def source_root() -> str:
+    import podnet
+
+    return str(Path(podnet.__file__).resolve().parent.parent)
+
+
+def fallback_paths() -> list[str]:
+    """Where pyroute2 lives (the venv's site-packages), for the in-process fallback."""
+    import pyroute2
+
+    return [str(Path(pyroute2.__file__).resolve().parent.parent)]
+
+
+def write_executable(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, path)  # atomic: a runtime never execs a half-written file
+
+
+def default_conflist(name: str, subnet: str, bridge: str) -> dict:
+    return {
+        "cniVersion": "1.0.0",
+        "name": name,
+        "plugins": [
+            {
+                "type": "podnet",
+                "bridge": bridge,
+                "isGateway": True,
+                "isDefaultGateway": True,
+                "ipMasq": True,
+                "capabilities": {"portMappings": True},
+                "ipam": {"type": "podnet-ipam", "ranges": [[{"subnet": subnet}]]},
+            }
+        ],
+    }
+
+
+def install_cni(
+    bin_dir: str,
+    conf_dir: str | None = None,
+    network: str = "podnet",
+    subnet: str = "10.85.0.0/16",
+    bridge: str = "podnet0",
+) -> list[str]:
+    written = []
+    target = Path(bin_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    src, fallback = source_root(), fallback_paths()
+    for name, module in PLUGINS.items():
+        path = target / name
+        write_executable(path, TEMPLATE.format(src=src, module=module, fallback=fallback))
+        written.append(str(path))
+    if conf_dir:
+        conf = Path(conf_dir)
+        conf.mkdir(parents=True, exist_ok=True)
+        path = conf / f"10-{network}.conflist"
+        if not path.exists():
+            path.write_text(json.dumps(default_conflist(network, subnet, bridge), indent=2) + "\n")
+            written.append(str(path))
+    return written

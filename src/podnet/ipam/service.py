@@ -1,0 +1,464 @@
+"""IpamService: address reservations of attachments, kept in a Store.
+
+Keys (docs/architecture.md, "IPAM"):
+- `ipam/<network>/ip/<address>` -> {"id", "ifname", "state", "owner", "ts"}
+- `ipam/<network>/last/<range-set index>` -> the last address handed out there
+
+A reservation is "pending" while its ADD runs and "ready" after it; `owner` is
+"pid:starttime" of the process doing the ADD, so a resync can roll back what a killed
+process left half done, and a recycled pid (same number, new start time) is never
+mistaken for the original process. Every operation on one attachment runs in one
+store transaction, which is what keeps two concurrent ADDs from taking one address.
+
+Standard library only: podnet-ipam runs this in-process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from podnet.errors import AddressInUse, InvalidConfig, UnknownContainer
+from podnet.ipam import allocator
+from podnet.ipam.config import (
+    IPAddress,
+    IpamConfig,
+    IPNetwork,
+    Route,
+    parse_address,
+    parse_ipam_config,
+)
+from podnet.store.base import Entry, Store, dumps
+
+PENDING = "pending"
+READY = "ready"
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+
+
+# -- values -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """One reserved address, as stored (plus where it came from)."""
+
+    network: str
+    address: str
+    container_id: str
+    ifname: str
+    state: str
+    owner: str
+    ts: float
+    revision: int
+
+    @property
+    def attachment(self) -> tuple[str, str]:
+        return self.container_id, self.ifname
+
+
+@dataclass(frozen=True)
+class IpamAddress:
+    """An allocated address with the subnet and gateway of its range."""
+
+    address: IPAddress
+    subnet: IPNetwork
+    gateway: IPAddress | None
+    range_set: int
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.address}/{self.subnet.prefixlen}"
+
+    def as_cni(self, interface: int | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"address": self.cidr}
+        if self.gateway is not None:
+            out["gateway"] = str(self.gateway)
+        if interface is not None:
+            out["interface"] = interface
+        return out
+
+
+@dataclass(frozen=True)
+class IpamResult:
+    """What allocate() gives: one address per range set, plus the config's routes."""
+
+    ips: tuple[IpamAddress, ...]
+    routes: tuple[Route, ...] = ()
+
+    @property
+    def addresses(self) -> list[str]:
+        return [str(ip.address) for ip in self.ips]
+
+    def as_cni(self, interface: int | None = None) -> dict[str, Any]:
+        """The CNI 1.0 result fragment: {"ips": [...], "routes": [...]}. `interface`
+        is the index into the final result's `interfaces`, if the caller has one."""
+        return {
+            "ips": [ip.as_cni(interface) for ip in self.ips],
+            "routes": [r.as_cni() for r in self.routes],
+        }
+
+
+# -- process identity -----------------------------------------------------------------
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/<pid>/stat (after "pid (comm)"), or None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode("ascii", "replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return raw.rsplit(")", 1)[1].split()
+
+
+def process_owner(pid: int | None = None) -> str:
+    """This process's (or pid's) owner tag, "pid:starttime", where starttime is field
+    22 of /proc/<pid>/stat (clock ticks since boot): unlike the pid alone, it is
+    unique for the life of the machine."""
+    pid = os.getpid() if pid is None else pid
+    fields = _stat_fields(pid)
+    return f"{pid}:{fields[19] if fields else 0}"
+
+
+def owner_alive(owner: str) -> bool:
+    """Is the process named by `owner` still running? A vanished pid, a zombie, or a
+    pid now used by another process (different start time) all count as dead."""
+    pid_text, _, start = owner.partition(":")
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return False  # no owner we can check: nobody is coming back for it
+    if pid <= 0:
+        return False
+    try:
+        fields = _stat_fields(pid)
+    except OSError:
+        return True  # cannot tell (permissions): keep the reservation
+    if fields is None or fields[0] in ("Z", "X"):
+        return False
+    return fields[19] == start
+
+
+# -- the service --------------------------------------------------------------------
+
+
+class _TakenKeys:
+    """`address in taken` over the key suffixes of a listing: no parsing of every
+    stored address just to check a handful of candidates."""
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, keys: set[str]) -> None:
+        self._keys = keys
+
+    def __contains__(self, address: object) -> bool:
+        return str(address) in self._keys
+
+
+class IpamService:
+    """Reserve, confirm, release and garbage-collect addresses in a Store."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        owner: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self._owner = owner
+        self._clock = clock
+
+    @property
+    def owner(self) -> str:
+        if self._owner is None:
+            self._owner = process_owner()
+        return self._owner
+
+    # -- keys and values --------------------------------------------------------
+
+    @staticmethod
+    def _ip_prefix(network: str) -> str:
+        return f"ipam/{_check_name(network, 'network name')}/ip/"
+
+    @staticmethod
+    def _last_key(network: str, index: int) -> str:
+        return f"ipam/{network}/last/{index}"
+
+    def _value(self, container_id: str, ifname: str, state: str) -> str:
+        return dumps(
+            {
+                "id": container_id,
+                "ifname": ifname,
+                "state": state,
+                "owner": self.owner,
+                "ts": self._clock(),
+            }
+        )
+
+    # -- reading ----------------------------------------------------------------
+
+    def _entries(self, network: str) -> list[Entry]:
+        return self.store.list(self._ip_prefix(network))
+
+    def _mine(self, entries: list[Entry], container_id: str, ifname: str) -> list[Reservation]:
+        # Cheap substring test first: parsing every reservation of a big network on
+        # each ADD would cost more than the rest of the ADD.
+        return [
+            res
+            for e in entries
+            if container_id in e.value
+            and (res := _reservation(e)).container_id == container_id
+            and res.ifname == ifname
+        ]
+
+    def lookup(self, network: str, container_id: str, ifname: str) -> list[Reservation]:
+        """The reservations one attachment holds in network."""
+        return self._mine(self._entries(network), container_id, ifname)
+
+    def reservations(self, network: str) -> list[Reservation]:
+        """Every reservation in network, by address key."""
+        return [_reservation(e) for e in self._entries(network)]
+
+    def networks(self) -> list[str]:
+        """Names of the networks that have at least one reservation."""
+        names = set()
+        for entry in self.store.list("ipam/"):
+            parts = entry.key.split("/")
+            if len(parts) >= 4 and parts[2] == "ip":
+                names.add(parts[1])
+        return sorted(names)
+
+    # -- allocate -----------------------------------------------------------------
+
+    def allocate(
+        self,
+        network: str,
+        container_id: str,
+        ifname: str,
+        ipam_config: IpamConfig | Mapping[str, Any],
+        requested_ips: Iterable[object] = (),
+        mark_ready: bool = False,
+    ) -> IpamResult:
+        """One address per range set for the attachment, in one transaction.
+
+        Idempotent: addresses the attachment already holds are returned again (and a
+        pending one is re-owned by this process, which now drives the ADD).
+        requested_ips pins the address of the range set that contains it.
+        """
+        config = _config(ipam_config)
+        _check_attachment(container_id, ifname)
+        wanted = _requested_by_set(config, requested_ips)
+        state = READY if mark_ready else PENDING
+        with self.store.transaction():
+            entries = self._entries(network)
+            mine = self._mine(entries, container_id, ifname)
+            taken = _TakenKeys({e.key.rsplit("/", 1)[1] for e in entries})
+            ips = tuple(
+                self._one(
+                    network,
+                    container_id,
+                    ifname,
+                    config,
+                    index,
+                    wanted.get(index),
+                    mine,
+                    taken,
+                    state,
+                )
+                for index in range(len(config.range_sets))
+            )
+        return IpamResult(ips=ips, routes=config.routes)
+
+    def _one(
+        self,
+        network: str,
+        container_id: str,
+        ifname: str,
+        config: IpamConfig,
+        index: int,
+        wanted: IPAddress | None,
+        mine: list[Reservation],
+        taken: _TakenKeys,
+        state: str,
+    ) -> IpamAddress:
+        """The address of range set `index`: already held, requested, or next free."""
+        rset = config.range_sets[index]
+        held = next((r for r in mine if parse_address(r.address, "held") in rset), None)
+        if held is not None:
+            address = parse_address(held.address, "held")
+            if wanted is not None and wanted != address:
+                raise AddressInUse(
+                    f"{container_id}/{ifname} already holds {address} in {network}; "
+                    f"cannot also take requested {wanted}"
+                )
+            self._refresh_held(network, held, state)
+        else:
+            if wanted is not None:
+                address = allocator.check_requested(rset, wanted, taken, config.reserved)
+            else:
+                last = self.store.get(self._last_key(network, index))
+                previous = parse_address(last.value, "last") if last else None
+                address = allocator.next_free(rset, taken, config.reserved, previous)
+            self._reserve(network, address, container_id, ifname, state)
+            self.store.put(self._last_key(network, index), str(address))
+        rng = rset.find(address)
+        assert rng is not None
+        return IpamAddress(address, rng.subnet, rng.gateway, index)
+
+    def _reserve(
+        self, network: str, address: IPAddress, container_id: str, ifname: str, state: str
+    ) -> None:
+        key = f"ipam/{network}/ip/{address}"
+        if self.store.compare_and_put(key, self._value(container_id, ifname, state), 0) is None:
+            raise AddressInUse(f"address {address} in {network} was taken concurrently")
+
+    def _refresh_held(self, network: str, held: Reservation, state: str) -> None:
+        """A repeated ADD: a pending reservation now belongs to this process (and
+        becomes ready if asked); a ready one stays as it is."""
+        if held.state == READY:
+            return
+        if held.owner == self.owner and state == PENDING:
+            return
+        key = f"ipam/{network}/ip/{held.address}"
+        value = self._value(held.container_id, held.ifname, state)
+        if self.store.compare_and_put(key, value, held.revision) is None:
+            raise AddressInUse(f"reservation {held.address} in {network} changed concurrently")
+
+    # -- state changes --------------------------------------------------------------
+
+    def mark_ready(self, network: str, container_id: str, ifname: str) -> list[str]:
+        """The ADD finished: its reservations stop being candidates for rollback.
+        UnknownContainer if the attachment holds nothing (it was rolled back)."""
+        with self.store.transaction():
+            mine = self.lookup(network, container_id, ifname)
+            if not mine:
+                raise UnknownContainer(
+                    f"no reservation for {container_id}/{ifname} in network {network}"
+                )
+            for held in mine:
+                self._refresh_held(network, held, READY)
+        return [r.address for r in mine]
+
+    def release(self, network: str, container_id: str, ifname: str) -> list[str]:
+        """Free the attachment's addresses; [] if it held none (DEL is idempotent)."""
+        with self.store.transaction():
+            mine = self.lookup(network, container_id, ifname)
+            return [r.address for r in mine if self._drop(r)]
+
+    def _drop(self, res: Reservation) -> bool:
+        key = f"ipam/{res.network}/ip/{res.address}"
+        return self.store.delete(key, expected_revision=res.revision)
+
+    def gc(self, network: str, valid_attachments: Iterable[tuple[str, str]]) -> list[Reservation]:
+        """CNI GC: release every reservation whose (container ID, ifname) is not
+        valid. A pending one whose owner still runs is an ADD in flight that the
+        runtime may not list yet, so it is kept."""
+        valid = {(cid, ifname) for cid, ifname in valid_attachments}
+        alive: dict[str, bool] = {}
+        with self.store.transaction():
+            victims = [
+                r
+                for r in self.reservations(network)
+                if r.attachment not in valid and not self._in_flight(r, alive)
+            ]
+            return [r for r in victims if self._drop(r)]
+
+    def rollback_dead_pending(self, network: str | None = None) -> list[Reservation]:
+        """Release pending reservations whose ADD process died (agent killed mid-ADD)."""
+        alive: dict[str, bool] = {}
+        with self.store.transaction():
+            pool = self.reservations(network) if network else self._all_reservations()
+            victims = [r for r in pool if r.state == PENDING and not self._in_flight(r, alive)]
+            return [r for r in victims if self._drop(r)]
+
+    def _in_flight(self, res: Reservation, alive: dict[str, bool]) -> bool:
+        if res.state == READY:
+            return False
+        if res.owner not in alive:
+            alive[res.owner] = owner_alive(res.owner)
+        return alive[res.owner]
+
+    def _all_reservations(self) -> Iterator[Reservation]:
+        for entry in self.store.list("ipam/"):
+            parts = entry.key.split("/")
+            if len(parts) == 4 and parts[2] == "ip":
+                yield _reservation(entry)
+
+    # -- status -------------------------------------------------------------------
+
+    def free_count(self, network: str, ipam_config: IpamConfig | Mapping[str, Any]) -> int:
+        """Addresses an ADD can still get: the minimum over range sets, since an ADD
+        needs one from each (CNI STATUS reports exhaustion from this)."""
+        config = _config(ipam_config)
+        taken = []
+        for entry in self._entries(network):
+            try:
+                taken.append(parse_address(entry.key.rsplit("/", 1)[1], "key"))
+            except InvalidConfig:
+                continue
+        return min(allocator.count_free(rset, taken, config.reserved) for rset in config.range_sets)
+
+
+# -- helpers ------------------------------------------------------------------------
+
+
+def _config(raw: IpamConfig | Mapping[str, Any]) -> IpamConfig:
+    return raw if isinstance(raw, IpamConfig) else parse_ipam_config(raw)
+
+
+def _check_name(value: str, what: str) -> str:
+    """Network names become key segments: no "/" may sneak into a key."""
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise InvalidConfig(f"invalid {what} {value!r}: expected [a-zA-Z0-9][a-zA-Z0-9_.-]*")
+    return value
+
+
+def _check_attachment(container_id: str, ifname: str) -> None:
+    _check_name(container_id, "container ID")
+    if not isinstance(ifname, str) or not ifname:
+        raise InvalidConfig(f"invalid interface name {ifname!r}")
+
+
+def _requested_by_set(config: IpamConfig, requested: Iterable[object]) -> dict[int, IPAddress]:
+    """Map each requested address to the range set that holds it (one per set)."""
+    out: dict[int, IPAddress] = {}
+    for raw in requested:
+        address = parse_address(raw, "requested address")
+        index = config.set_index(address)
+        if index is None:
+            raise InvalidConfig(f"requested address {address} is not in any configured range")
+        if index in out:
+            raise InvalidConfig(
+                f"requested addresses {out[index]} and {address} fall in the same range set"
+            )
+        out[index] = address
+    return out
+
+
+def _reservation(entry: Entry) -> Reservation:
+    """Decode a stored reservation; a corrupt value still marks its address taken
+    (with an empty owner, so GC can clean it up)."""
+    _, network, _, address = entry.key.split("/", 3)
+    try:
+        data = json.loads(entry.value)
+        if not isinstance(data, dict):
+            data = {}
+    except ValueError:
+        data = {}
+    ts = data.get("ts", 0.0)
+    return Reservation(
+        network=network,
+        address=address,
+        container_id=str(data.get("id", "")),
+        ifname=str(data.get("ifname", "")),
+        state=str(data.get("state", "")),
+        owner=str(data.get("owner", "")),
+        ts=float(ts) if isinstance(ts, (int, float)) else 0.0,
+        revision=entry.revision,
+    )

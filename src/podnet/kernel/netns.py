@@ -1,0 +1,99 @@
+"""Enter network namespaces per thread.
+
+pyroute2 0.9 creates its netlink socket lazily, per thread, in the thread's current
+namespace, and a forked subprocess inherits the forking thread's namespace. So podnet
+enters a namespace in the calling thread only (setns(2) via ctypes: Python 3.11 has no
+os.setns), opens a fresh IPRoute there, and always returns to where it was. This costs
+~0.3 ms instead of the ~24 ms fork of IPRoute(netns=...).
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from podnet.errors import InvalidNetNS, KernelError
+
+CLONE_NEWNET = 0x40000000
+NS_GET_NSTYPE = 0xB703  # ioctl: which kind of namespace an nsfs fd is
+_libc_handle = None
+
+
+def _libc():
+    """libc via ctypes, loaded on first use: the thin plugin never pays for it."""
+    global _libc_handle
+    if _libc_handle is None:
+        import ctypes
+
+        _libc_handle = ctypes.CDLL(None, use_errno=True)
+    return _libc_handle
+
+
+def _errno() -> int:
+    import ctypes
+
+    return ctypes.get_errno()
+
+
+def setns(fd: int) -> None:
+    if _libc().setns(fd, CLONE_NEWNET) != 0:
+        err = _errno()
+        raise InvalidNetNS(f"setns failed: {os.strerror(err)}")
+
+
+def current_netns_fd() -> int:
+    """A new fd for the calling thread's network namespace (caller closes it)."""
+    return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+
+
+def open_netns(path: str) -> int:
+    """Open `path` and make sure it is a network namespace; never create one."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise InvalidNetNS(f"network namespace {path!r} does not exist") from None
+    except OSError as exc:
+        raise InvalidNetNS(f"cannot open network namespace {path!r}: {exc.strerror}") from None
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        kind = -1
+    if kind != CLONE_NEWNET:
+        os.close(fd)
+        raise InvalidNetNS(f"{path!r} is not a network namespace")
+    return fd
+
+
+def identity(fd: int) -> tuple[int, int]:
+    """(dev, inode) of a namespace fd: equal identities mean the same namespace."""
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def same_netns(fd_a: int, fd_b: int) -> bool:
+    return identity(fd_a) == identity(fd_b)
+
+
+@contextmanager
+def entered(fd: int) -> Iterator[None]:
+    """Run the block with the calling thread inside namespace `fd`, then come back."""
+    home = current_netns_fd()
+    try:
+        if identity(home) == identity(fd):
+            yield
+            return
+        setns(fd)
+        try:
+            yield
+        finally:
+            if _libc().setns(home, CLONE_NEWNET) != 0:  # pragma: no cover - kernel refused
+                raise KernelError(
+                    "cannot return to the original network namespace",
+                    os.strerror(_errno() or errno.EINVAL),
+                )
+    finally:
+        os.close(home)

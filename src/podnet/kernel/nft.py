@@ -1,0 +1,117 @@
+"""The nftables port: run `nft` scripts as one atomic transaction, read tables as JSON.
+
+Why the `nft` binary and not netlink: one `nft -f -` is a single kernel transaction
+(all or nothing), the text is what an operator reads in `nft list ruleset`, and the
+tool is already on every host. The subprocess is forked from the calling thread, so it
+acts on that thread's network namespace; entering a namespace is the caller's job
+(kernel/netns.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from typing import Protocol
+
+from podnet.errors import KernelError
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+_FAMILIES = frozenset({"ip", "ip6", "inet", "arp", "bridge", "netdev"})
+_MISSING = "No such file or directory"
+
+
+class NftPort(Protocol):
+    """What podnet needs from nftables; the real `Nft` and `FakeNft` both provide it."""
+
+    def apply(self, script: str) -> None: ...
+
+    def list_table_json(self, family: str, table: str) -> dict | None: ...
+
+
+def _check_table(family: str, table: str) -> None:
+    if family not in _FAMILIES or not _NAME.match(table):
+        raise KernelError(f"invalid nft table {family!r} {table!r}")
+
+
+def _find_nft() -> str:
+    """`nft` from PATH, else the Debian location: a runtime may exec us with a bare PATH."""
+    found = shutil.which("nft")
+    if found:
+        return found
+    for path in ("/usr/sbin/nft", "/sbin/nft"):
+        if os.access(path, os.X_OK):
+            return path
+    return "nft"  # let the exec fail with a clear error
+
+
+class Nft:
+    """The real port: runs the `nft` binary in the calling thread's namespace."""
+
+    def __init__(self, binary: str | None = None, timeout: float = 30.0) -> None:
+        self.binary = binary or _find_nft()
+        self.timeout = timeout
+
+    def _run(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(
+                [self.binary, *args],
+                input=stdin,
+                capture_output=True,
+                text=True,
+                timeout=self.timeout,
+                check=False,
+            )
+        except FileNotFoundError:
+            raise KernelError(f"nft binary not found ({self.binary})") from None
+        except subprocess.TimeoutExpired:
+            raise KernelError(f"nft {' '.join(args)} timed out after {self.timeout}s") from None
+
+    def apply(self, script: str) -> None:
+        """Run `script` as one transaction; KernelError (with nft's stderr) if rejected."""
+        if not script.strip():
+            return
+        proc = self._run(["-f", "-"], stdin=script)
+        if proc.returncode != 0:
+            raise KernelError("nft transaction failed", details=proc.stderr.strip())
+
+    def list_table_json(self, family: str, table: str) -> dict | None:
+        """`nft -j list table`: the parsed document, or None when the table is absent."""
+        _check_table(family, table)
+        proc = self._run(["-j", "list", "table", family, table])
+        if proc.returncode != 0:
+            if _MISSING in proc.stderr:
+                return None
+            raise KernelError(f"nft list table {family} {table} failed", proc.stderr.strip())
+        try:
+            return json.loads(proc.stdout)
+        except ValueError as exc:
+            raise KernelError(f"nft printed invalid JSON for {family} {table}", str(exc)) from None
+
+
+class FakeNft:
+    """Records scripts instead of running them; returns canned listings.
+
+    Unit tests set `tables[(family, table)]` to a document shaped like `nft -j` output
+    (or leave it out for "table absent"), and `fail` to make the next apply raise.
+    """
+
+    def __init__(self, tables: dict[tuple[str, str], dict] | None = None) -> None:
+        self.scripts: list[str] = []
+        self.tables: dict[tuple[str, str], dict] = dict(tables or {})
+        self.fail: str | None = None
+        self.list_calls: list[tuple[str, str]] = []
+
+    def apply(self, script: str) -> None:
+        if self.fail is not None:
+            msg, self.fail = self.fail, None
+            raise KernelError("nft transaction failed", details=msg)
+        if script.strip():
+            self.scripts.append(script)
+
+    def list_table_json(self, family: str, table: str) -> dict | None:
+        _check_table(family, table)
+        self.list_calls.append((family, table))
+        return self.tables.get((family, table))

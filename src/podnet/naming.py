@@ -1,0 +1,34 @@
+"""Stable names derived from an attachment's key.
+
+An attachment is keyed by (network name, container ID, ifname). Kernel objects cannot
+carry that key (interface names fit 15 bytes, nft comments should stay short), so
+they carry hashes of it instead; DEL and GC find exactly one attachment's objects by
+recomputing the hash. Standard library only: the thin plugin may import it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+NET_ID_LEN = 8
+ATTACH_ID_LEN = 12
+HOST_VETH_PREFIX = "pn"
+
+
+def net_id(network: str) -> str:
+    """First 8 hex of sha256(network name): identifies a network in nft comments."""
+    return hashlib.sha256(network.encode()).hexdigest()[:NET_ID_LEN]
+
+
+def attach_id(network: str, container_id: str, ifname: str) -> str:
+    """First 12 hex of sha256("network\\0cid\\0ifname"): one attachment, everywhere.
+
+    NUL separators make the key unambiguous ("a" + "bc" never equals "ab" + "c").
+    """
+    key = f"{network}\0{container_id}\0{ifname}".encode()
+    return hashlib.sha256(key).hexdigest()[:ATTACH_ID_LEN]
+
+
+def host_veth_name(attach: str) -> str:
+    """Host-side veth name: "pn" + 11 hex = 13 bytes, inside IFNAMSIZ (15)."""
+    return HOST_VETH_PREFIX + attach[:11]

@@ -1,0 +1,65 @@
+"""Fixtures shared by every test that touches namespaces."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from cniharness import Agent, Cni, bridge_config, needs_root  # noqa: E402
+from podnet.install import install_cni  # noqa: E402
+from podnet.lab.sandbox import Sandbox  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def cni_bin(tmp_path_factory) -> str:
+    """The podnet executables, installed once per session as `install-cni` does."""
+    bin_dir = tmp_path_factory.mktemp("cni-bin")
+    install_cni(str(bin_dir))
+    return str(bin_dir)
+
+
+@pytest.fixture
+def sandbox():
+    needs_root()
+    with Sandbox("pn-t-") as box:
+        yield box
+
+
+@pytest.fixture
+def host_ns(sandbox) -> str:
+    """The namespace playing the container host: where the runtime calls the plugin."""
+    return sandbox.netns("host")
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> str:
+    path = tmp_path / "data"
+    path.mkdir()
+    return str(path)
+
+
+@pytest.fixture
+def socket_path() -> str:
+    # Short and unique: UNIX socket paths are limited to 108 bytes.
+    path = f"/run/podnet/t-{secrets.token_hex(4)}.sock"
+    yield path
+    Path(path).unlink(missing_ok=True)
+
+
+@pytest.fixture
+def agent(sandbox, host_ns, socket_path, tmp_path) -> Agent:
+    return Agent(sandbox, host_ns, socket_path, str(tmp_path / "agent.db")).start()
+
+
+@pytest.fixture(params=["agent", "in-process"])
+def cni(request, sandbox, host_ns, cni_bin, data_dir, socket_path, tmp_path) -> Cni:
+    """A bridge network, served by a running agent or by the plugin's fallback."""
+    config = bridge_config("t-net", data_dir, agentSocket=socket_path)
+    if request.param == "agent":
+        Agent(sandbox, host_ns, socket_path, str(tmp_path / "agent.db")).start()
+    return Cni(cni_bin, host_ns, config, sandbox)
