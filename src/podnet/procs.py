@@ -1,7 +1,7 @@
 """Who owns an in-flight operation, and is that owner still alive?
 
 A pid alone is not enough (pids are reused), so an owner is "pid:starttime" with the
-start time from /proc/<pid>/stat. Resync rolls back work whose owner is dead.
+start time from /proc/<pid>/stat. Resync and IPAM roll back work whose owner is dead.
 Standard library only.
 """
 
@@ -10,27 +10,40 @@ from __future__ import annotations
 import os
 
 
-def _start_time(pid: int) -> str | None:
+def _stat_fields(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/<pid>/stat (after "pid (comm)"), or None if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
+            raw = f.read().decode("ascii", "replace")
+    except (FileNotFoundError, ProcessLookupError):
         return None
-    # comm (field 2) may contain spaces and parens: split after the last ')'.
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    return fields[19].decode() if len(fields) > 19 else None
+    return raw.rsplit(")", 1)[1].split()
 
 
-def identity(pid: int | None = None) -> str:
+def process_owner(pid: int | None = None) -> str:
+    """This process's (or pid's) owner tag, "pid:starttime", where starttime is field
+    22 of /proc/<pid>/stat (clock ticks since boot): unlike the pid alone, it is
+    unique for the life of the machine."""
     pid = os.getpid() if pid is None else pid
-    return f"{pid}:{_start_time(pid) or '0'}"
+    fields = _stat_fields(pid)
+    return f"{pid}:{fields[19] if fields else 0}"
 
 
-def is_alive(owner: str) -> bool:
+def owner_alive(owner: str) -> bool:
+    """Is the process named by `owner` still running? A vanished pid, a zombie, or a
+    pid now used by another process (different start time) all count as dead."""
     pid_text, _, start = owner.partition(":")
     try:
         pid = int(pid_text)
     except ValueError:
+        return False  # no owner we can check: nobody is coming back for it
+    if pid <= 0:
         return False
-    current = _start_time(pid)
-    return current is not None and current == start
+    try:
+        fields = _stat_fields(pid)
+    except OSError:
+        return True  # cannot tell (permissions): keep the reservation
+    if fields is None or fields[0] in ("Z", "X"):
+        return False
+    return fields[19] == start
+

@@ -26,9 +26,10 @@ def test_kill9_mid_add_then_restart_leaks_nothing(sandbox, host_ns, cni_bin, dat
     cni = _network(sandbox, host_ns, cni_bin, data_dir, socket_path, dataDir=data_dir)
     ports = {"portMappings": [{"hostPort": 8081, "containerPort": 80, "protocol": "tcp"}]}
     conf = {**cni.config, "runtimeConfig": ports}
-    # The agent's own store is the network's store here, so resync sees the endpoint.
-    agent = Agent(sandbox, host_ns, socket_path, f"{data_dir}/podnet.db",
-                  env={"PODNET_FAULT": "after-attach:30"}).start()
+    # The network keeps its state in its dataDir, apart from the agent's own store: the
+    # agent must remember that store to find the half-built endpoint after a restart.
+    agent_store = str(tmp_path / "agent.db")
+    agent = Agent(sandbox, host_ns, socket_path, agent_store, env={"PODNET_FAULT": "after-attach:30"}).start()
     c1 = sandbox.netns("c1")
     result: dict = {}
     caller = threading.Thread(target=lambda: result.update(r=cni.call("ADD", c1, "c1", config=conf)))
@@ -41,7 +42,7 @@ def test_kill9_mid_add_then_restart_leaks_nothing(sandbox, host_ns, cni_bin, dat
     agent.kill9()
     caller.join(30)
     assert not result["r"].ok and result["r"].output["code"] == 11  # try again later
-    Agent(sandbox, host_ns, socket_path, f"{data_dir}/podnet.db").start()
+    Agent(sandbox, host_ns, socket_path, agent_store).start()
     assert reservations(data_dir, "t-net") == []
     assert links(sandbox, host_ns) == []
     assert links(sandbox, c1) == []

@@ -600,3 +600,22 @@ def test_sqlite_is_fast(tmp_path: Path) -> None:
     get_cost = (time.perf_counter() - start) / n
     store.close()
     assert put_cost < 0.001 and get_cost < 0.001, (put_cost, get_cost)
+
+
+def test_sqlite_store_survives_fork(tmp_path: Path) -> None:
+    """A forked child must open its own connections, never reuse the parent's."""
+    store = SqliteStore(tmp_path / "store.db")
+    store.put("before", "1")
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            store.put("child", "1")
+            code = 0 if store.get("before") is not None else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.get("child") is not None
+    store.put("after", "1")
+    store.close()

@@ -9,6 +9,7 @@ agent's resync rolls back (see agent/resync.py): no leaked address, link or rule
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -41,6 +42,7 @@ from podnet.store import open_store
 from podnet.store.base import Store
 
 ENDPOINT_PREFIX = "endpoints/"
+STORES_PREFIX = "meta/stores/"
 
 
 def endpoint_key(network: str, container_id: str, ifname: str) -> str:
@@ -64,8 +66,10 @@ class CniService:
         self,
         default_store: str = DEFAULT_STORE,
         nat_factory: Callable[[], NatManager] | None = None,
+        track_stores: bool = False,
     ) -> None:
         self.default_store = default_store
+        self.track_stores = track_stores
         self._stores: dict[str, Store] = {}
         self._stores_lock = threading.Lock()
         self._nat_factory = nat_factory or (lambda: NatManager(Nft()))
@@ -76,7 +80,27 @@ class CniService:
             store = self._stores.get(path)
             if store is None:
                 store = self._stores[path] = open_store(path)
+                if self.track_stores and path != self.default_store:
+                    self._remember_store(path)
             return store
+
+    def _remember_store(self, path: str) -> None:
+        """The agent notes every store a network points it at (dataDir), so its next
+        start-up resync also finds the endpoints kept there."""
+        default = self._stores.get(self.default_store) or open_store(self.default_store)
+        self._stores[self.default_store] = default
+        key = STORES_PREFIX + hashlib.sha256(path.encode()).hexdigest()[:16]
+        if default.get(key) is None:
+            default.put(key, json.dumps(path))
+
+    def known_stores(self) -> list[str]:
+        """The default store and every store it remembers."""
+        paths = [self.default_store]
+        for entry in self.store(self.default_store).list(STORES_PREFIX):
+            path = json.loads(entry.value)
+            if path not in paths and os.path.exists(path):
+                paths.append(path)
+        return paths
 
     def stores(self) -> dict[str, Store]:
         with self._stores_lock:
@@ -158,7 +182,7 @@ class CniService:
         with ExitStack() as undo:
             record = {
                 "state": "pending",
-                "owner": procs.identity(),
+                "owner": procs.process_owner(),
                 "attach_id": aid,
                 "mode": conf.mode,
                 "netns": req.netns,
@@ -331,7 +355,7 @@ class CniService:
             if (cid, ifname) in valid:
                 continue
             record = json.loads(entry.value)
-            if record.get("state") == "pending" and procs.is_alive(record.get("owner", "")):
+            if record.get("state") == "pending" and procs.owner_alive(record.get("owner", "")):
                 continue  # an ADD in flight: not ours to judge yet
             stale = CniRequest(
                 command="DEL", container_id=cid, ifname=ifname, netns=record.get("netns", ""),

@@ -96,7 +96,7 @@ class Agent:
     def __init__(self, socket_path: str = DEFAULT_SOCKET, store_path: str = DEFAULT_STORE) -> None:
         self.socket_path = socket_path
         self.store_path = store_path
-        self.service = CniService(default_store=store_path)
+        self.service = CniService(default_store=store_path, track_stores=True)
         self.locks = KeyedLocks()
         self.server: AgentServer | None = None
 

@@ -31,6 +31,7 @@ from podnet.errors import PodnetError
 from podnet.ipam.service import IpamService
 from podnet.kernel import links, netns
 from podnet.naming import attach_id, host_veth_name, net_id
+from podnet.store.base import Store
 
 log = logging.getLogger("podnet.resync")
 HOST_VETH = re.compile(r"^pn[0-9a-f]{11}$")
@@ -63,47 +64,58 @@ def _request_from(key: str, record: Mapping) -> CniRequest:
 
 
 def resync(service: CniService) -> ResyncReport:
+    """Resync every store the agent knows, then sweep orphans once."""
     report = ResyncReport()
-    store = service.store(service.default_store)
+    claimed_links: set[str] = set()
+    claimed_rules: set[tuple[str, str]] = set()
     host_fd = netns.current_netns_fd()
     try:
-        me = list(netns.identity(host_fd))
-        claimed_links: set[str] = set()
-        claimed_rules: set[tuple[str, str]] = set()
-        for entry in store.list(ENDPOINT_PREFIX):
-            record = json.loads(entry.value)
-            if record.get("host_netns") != me:
-                continue  # built for a caller in another namespace: not ours to judge
-            req = _request_from(entry.key, record)
-            try:
-                conf = parse_conf(req.config)
-            except PodnetError as exc:
-                log.warning("skipping unparsable endpoint %s: %s", entry.key, exc.msg)
-                continue
-            if record.get("state") == "pending":
-                if procs.is_alive(record.get("owner", "")):
-                    claimed_links.add(host_veth_name(record["attach_id"]))
-                    claimed_rules.add((net_id(conf.name), record["attach_id"]))
-                    continue
-                _roll_back(service, store, conf, req, record, host_fd)
-                store.delete(entry.key)
-                report.rolled_back.append(entry.key[len(ENDPOINT_PREFIX) :])
-                continue
-            claimed_links.update(record.get("host_links", []))
-            claimed_rules.add((net_id(conf.name), record["attach_id"]))
-            report.repaired.extend(_repair(service, conf, record, host_fd))
-        for reservation in IpamService(store).rollback_dead_pending():
-            aid = attach_id(reservation.network, reservation.container_id, reservation.ifname)
-            report.released.append(f"{reservation.network}/{reservation.address}")
-            if host_veth_name(aid) not in claimed_links:
-                with netns.entered(host_fd), IPRoute() as ipr:
-                    links.delete_link(ipr, host_veth_name(aid))
+        for path in service.known_stores():
+            _resync_store(service, service.store(path), host_fd, report, claimed_links, claimed_rules)
         report.orphan_links = _remove_orphan_links(host_fd, claimed_links)
         with netns.entered(host_fd):
             report.orphan_rules = sorted(service.nat().remove_unclaimed(claimed_rules))
     finally:
         os.close(host_fd)
     return report
+
+
+def _resync_store(
+    service: CniService,
+    store: Store,
+    host_fd: int,
+    report: ResyncReport,
+    claimed_links: set[str],
+    claimed_rules: set[tuple[str, str]],
+) -> None:
+    me = list(netns.identity(host_fd))
+    for entry in store.list(ENDPOINT_PREFIX):
+        record = json.loads(entry.value)
+        if record.get("host_netns") != me:
+            continue  # built for a caller in another namespace: not ours to judge
+        req = _request_from(entry.key, record)
+        try:
+            conf = parse_conf(req.config)
+        except PodnetError as exc:
+            log.warning("skipping unparsable endpoint %s: %s", entry.key, exc.msg)
+            continue
+        pending = record.get("state") == "pending"
+        if pending and not procs.owner_alive(record.get("owner", "")):
+            _roll_back(service, store, conf, req, record, host_fd)
+            store.delete(entry.key)
+            report.rolled_back.append(entry.key[len(ENDPOINT_PREFIX) :])
+            continue
+        claimed_links.update(record.get("host_links") or [host_veth_name(record["attach_id"])])
+        claimed_rules.add((net_id(conf.name), record["attach_id"]))
+        if not pending:  # an ADD in flight elsewhere is left alone
+            report.repaired.extend(_repair(service, conf, record, host_fd))
+    # Second net: reservations whose ADD died before its endpoint record was written.
+    for reservation in IpamService(store).rollback_dead_pending():
+        aid = attach_id(reservation.network, reservation.container_id, reservation.ifname)
+        report.released.append(f"{reservation.network}/{reservation.address}")
+        if host_veth_name(aid) not in claimed_links:
+            with netns.entered(host_fd), IPRoute() as ipr:
+                links.delete_link(ipr, host_veth_name(aid))
 
 
 def _roll_back(service, store, conf, req: CniRequest, record: Mapping, host_fd: int) -> None:

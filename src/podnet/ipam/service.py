@@ -16,7 +16,6 @@ Standard library only: podnet-ipam runs this in-process.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -33,6 +32,7 @@ from podnet.ipam.config import (
     parse_address,
     parse_ipam_config,
 )
+from podnet.procs import owner_alive, process_owner
 from podnet.store.base import Entry, Store, dumps
 
 PENDING = "pending"
@@ -101,47 +101,6 @@ class IpamResult:
             "ips": [ip.as_cni(interface) for ip in self.ips],
             "routes": [r.as_cni() for r in self.routes],
         }
-
-
-# -- process identity -----------------------------------------------------------------
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    """Fields 3.. of /proc/<pid>/stat (after "pid (comm)"), or None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode("ascii", "replace")
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return raw.rsplit(")", 1)[1].split()
-
-
-def process_owner(pid: int | None = None) -> str:
-    """This process's (or pid's) owner tag, "pid:starttime", where starttime is field
-    22 of /proc/<pid>/stat (clock ticks since boot): unlike the pid alone, it is
-    unique for the life of the machine."""
-    pid = os.getpid() if pid is None else pid
-    fields = _stat_fields(pid)
-    return f"{pid}:{fields[19] if fields else 0}"
-
-
-def owner_alive(owner: str) -> bool:
-    """Is the process named by `owner` still running? A vanished pid, a zombie, or a
-    pid now used by another process (different start time) all count as dead."""
-    pid_text, _, start = owner.partition(":")
-    try:
-        pid = int(pid_text)
-    except ValueError:
-        return False  # no owner we can check: nobody is coming back for it
-    if pid <= 0:
-        return False
-    try:
-        fields = _stat_fields(pid)
-    except OSError:
-        return True  # cannot tell (permissions): keep the reservation
-    if fields is None or fields[0] in ("Z", "X"):
-        return False
-    return fields[19] == start
 
 
 # -- the service --------------------------------------------------------------------

@@ -268,8 +268,11 @@ class SqliteStore(Store):
             elif conn.in_transaction:
                 conn.execute("ROLLBACK")
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass  # the original error is the one worth reporting
             raise _map_error(exc, self.path) from exc
 
     def _execute(self, conn: sqlite3.Connection, sql: str, params: tuple = ()) -> sqlite3.Cursor:
