@@ -54,7 +54,9 @@ def default_conflist(name: str, subnet: str, bridge: str) -> dict:
                 "isGateway": True,
                 "isDefaultGateway": True,
                 "ipMasq": True,
-                "capabilities": {"portMappings": True},
+                # "ips" too: for `--ip` podman 4 (CNI backend) otherwise replaces this
+                # plugin's whole "capabilities" with {"ips": true}, dropping portMappings.
+                "capabilities": {"portMappings": True, "ips": True},
                 "ipam": {"type": "podnet-ipam", "ranges": [[{"subnet": subnet}]]},
             }
         ],
