@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from podnet.cni.config import DEFAULT_SOCKET, DEFAULT_STORE
@@ -32,13 +31,14 @@ def _cmd_ping(args: argparse.Namespace) -> int:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(5)
             sock.connect(args.socket)
-            wire.send(sock, {"op": "ping"})
-            reply, _ = wire.recv(sock)
+            with open("/proc/self/ns/net", "rb") as ns:
+                wire.send(sock, wire.pack_request(b'{"op":"ping"}'), [ns.fileno()])
+            code, payload = wire.recv_reply(sock)
     except OSError as exc:
         print(f"podnet: no agent answers on {args.socket}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    print(json.dumps(reply.get("result", reply)))
-    return 0
+    print(payload.decode())
+    return code
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

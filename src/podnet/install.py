@@ -18,8 +18,8 @@ TEMPLATE = """#!/usr/bin/python3 -IS
 # Installed by `podnet install-cni`; regenerate rather than edit.
 import sys
 sys.path.insert(0, {src!r})
-from {module} import main
-sys.exit(main({fallback!r}))
+from {module} import exec_main
+exec_main({fallback!r})
 """
 
 

@@ -14,6 +14,14 @@ def test_defaults_are_bridge():
     conf = parse_conf(BASE)
     assert conf.mode == "bridge" and conf.bridge == "podnet0" and conf.is_gateway
     assert conf.mtu is None and conf.builtin_ipam and not conf.port_mappings
+    assert not conf.hairpin_mode  # only needed (and paid for) with published ports
+
+
+def test_hairpin_follows_port_mappings_unless_configured():
+    pm = {"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "tcp"}]}}
+    assert parse_conf({**BASE, **pm}).hairpin_mode
+    assert not parse_conf({**BASE, **pm, "hairpinMode": False}).hairpin_mode
+    assert parse_conf({**BASE, "hairpinMode": True}).hairpin_mode
 
 
 def test_reference_bridge_fields():

@@ -124,9 +124,7 @@ def test_handler_exception_becomes_error_json_not_traceback():
 
 
 def test_version():
-    from podnet.cni.plugin import handle
-
-    code, out = run({"CNI_COMMAND": "VERSION"}, b"", handle)
+    code, out = run({"CNI_COMMAND": "VERSION"}, b"", lambda req: version_result(req.config.get("cniVersion")))
     assert code == 0
     assert set(out) == {"cniVersion", "supportedVersions"}
     assert "1.1.0" in out["supportedVersions"] and "1.0.0" in out["supportedVersions"]

@@ -16,19 +16,22 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack, nullcontext, suppress
+from typing import IO
 
 from podnet import procs
 from podnet.attach import ATTACH
 from podnet.attach.base import AttachContext
+from podnet.cni import skel
 from podnet.cni.config import DEFAULT_STORE, PodnetConf, parse_conf, store_path_for
 from podnet.cni.delegate import exec_plugin
 from podnet.cni.skel import CniRequest
-from podnet.cni.types import convert_result, normalize_result
+from podnet.cni.types import convert_result, normalize_result, version_result
 from podnet.errors import (
     DelegateError,
     IncompatibleVersion,
     InvalidConfig,
+    InvalidNetNS,
     PluginNotAvailable,
     PodnetError,
 )
@@ -55,7 +58,10 @@ def requested_ips(req: CniRequest, raw: Mapping) -> tuple[str, ...]:
     if req.args.get("IP"):
         out.extend(a for a in req.args["IP"].split(",") if a)
     runtime = raw.get("runtimeConfig") or {}
-    out.extend(str(a) for a in runtime.get("ips", []) or [])
+    ips = runtime.get("ips") or []
+    if not isinstance(ips, list):
+        raise InvalidConfig(f"runtimeConfig.ips must be a list of addresses, got {ips!r}")
+    out.extend(str(a) for a in ips)
     return tuple(out)
 
 
@@ -116,9 +122,42 @@ class CniService:
                 store.close()
             self._stores.clear()
 
+    def run_invocation(
+        self,
+        environ: Mapping[str, str],
+        stdin: bytes,
+        out: IO[str],
+        host_fd: int | None,
+        container_fd: int | None,
+    ) -> int:
+        """One plugin invocation, from raw CNI_* environment and stdin to what the plugin
+        prints and its exit code. `host_fd`/`container_fd` are the caller's namespace and
+        the one it opened from CNI_NETNS (None: open here)."""
+
+        def handler(req: CniRequest) -> dict | None:
+            if req.command == "VERSION":
+                return version_result(req.config.get("cniVersion"))
+            with ExitStack() as fds:
+                host = host_fd
+                if host is None:
+                    host = netns.current_netns_fd()
+                    fds.callback(os.close, host)
+                cont = container_fd
+                if cont is not None:
+                    netns.check_netns(cont, req.netns)
+                else:
+                    cont = _open_container_netns(req)
+                    if cont is not None:
+                        fds.callback(os.close, cont)
+                return self.handle(req, host, cont)
+
+        return skel.run(handler, environ, stdin, out)
+
     def handle(self, req: CniRequest, host_fd: int, container_fd: int | None) -> dict | None:
         conf = parse_conf(req.config)
-        if conf.port_mappings and conf.mode != "bridge":
+        # Not on DEL: the runtime cleans up a refused ADD with the same config, and a
+        # macvlan DEL never touches NAT anyway.
+        if conf.port_mappings and conf.mode != "bridge" and req.command != "DEL":
             raise InvalidConfig("port mappings need mode 'bridge' (macvlan traffic bypasses the host)")
         store = self.store(store_path_for(req.config, self.default_store))
         if req.command == "ADD":
@@ -191,9 +230,12 @@ class CniService:
                 "env": req.env(),
                 "ts": time.time(),
             }
-            store.put(key, json.dumps(record))
-            undo.callback(store.delete, key)
-            ipam = self._ipam_add(req, conf, store, undo)
+            # The pending record and the reservation commit together (one write), but
+            # never hold the store's write lock while a delegated IPAM plugin runs.
+            with store.transaction() if conf.builtin_ipam else nullcontext():
+                store.put(key, json.dumps(record))
+                undo.callback(store.delete, key)
+                ipam = self._ipam_add(req, conf, store, undo)
             ips = tuple(ipaddress.ip_interface(ip["address"]) for ip in ipam["ips"])
             if not ips:
                 raise InvalidConfig(f"IPAM plugin {conf.ipam_type} returned no address")
@@ -226,8 +268,6 @@ class CniService:
                 "routes": ipam.get("routes", []),
                 "dns": dict(conf_dns(req.config)) or ipam.get("dns", {}),
             }
-            if conf.builtin_ipam:
-                IpamService(store).mark_ready(conf.name, req.container_id, req.ifname)
             record.update(
                 state="ready",
                 ips=[str(ip) for ip in ips],
@@ -236,7 +276,10 @@ class CniService:
                 result=result,
             )
             record.pop("owner")
-            store.put(key, json.dumps(record))
+            with store.transaction():
+                if conf.builtin_ipam:
+                    IpamService(store).mark_ready(conf.name, req.container_id, req.ifname)
+                store.put(key, json.dumps(record))
             undo.pop_all()
         return convert_result(result, conf.cni_version)
 
@@ -399,6 +442,18 @@ class CniService:
             except DelegateError as exc:
                 if exc.code != 1:
                     raise
+
+
+def _open_container_netns(req: CniRequest) -> int | None:
+    """The container namespace; a missing one is an error except for DEL (idempotent)."""
+    if not req.netns:
+        return None
+    try:
+        return netns.open_netns(req.netns)
+    except InvalidNetNS:
+        if req.command == "ADD" or req.command == "CHECK":
+            raise
+        return None
 
 
 def _fault_point(name: str) -> None:

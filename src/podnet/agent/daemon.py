@@ -8,6 +8,8 @@ agent first repairs what a crash left behind.
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import logging
 import os
 import signal
@@ -15,15 +17,14 @@ import socket
 import socketserver
 import struct
 import threading
-import traceback
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from podnet.agent.cni_service import CniService
 from podnet.agent.resync import resync
 from podnet.cni import wire
 from podnet.cni.config import DEFAULT_SOCKET, DEFAULT_STORE
-from podnet.cni.skel import CniRequest
 from podnet.errors import PodnetError
 
 log = logging.getLogger("podnet.agent")
@@ -72,9 +73,9 @@ class _Handler(socketserver.BaseRequestHandler):
         sock: socket.socket = self.request
         fds: list[int] = []
         try:
-            message, fds = wire.recv(sock, max_fds=2)
-            reply = self.server.agent.dispatch(message, fds, peer_uid(sock))
-            wire.send(sock, reply)
+            meta, body, fds = wire.recv_request(sock)
+            code, payload = self.server.agent.dispatch(meta, body, fds, peer_uid(sock))
+            wire.send(sock, wire.pack_reply(code, payload))
         except (ConnectionError, OSError, ValueError) as exc:
             log.warning("dropped a request: %s", exc)
         finally:
@@ -82,14 +83,33 @@ class _Handler(socketserver.BaseRequestHandler):
                 os.close(fd)
 
 
-class AgentServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+class AgentServer(socketserver.UnixStreamServer):
+    """Requests run on a fixed pool of worker threads (not a thread per request), so
+    each worker's warm netlink sockets survive from one request to the next."""
+
     allow_reuse_address = True
     request_queue_size = 1024  # a runtime may start a hundred pods at once
+    workers = 32
 
     def __init__(self, path: str, agent: Agent) -> None:
         self.agent = agent
+        self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="podnet-worker")
         super().__init__(path, _Handler)
+
+    def process_request(self, request, client_address) -> None:
+        self.pool.submit(self._work, request, client_address)
+
+    def _work(self, request, client_address) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:  # noqa: BLE001 - one bad request must not kill a worker
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Agent:
@@ -100,31 +120,32 @@ class Agent:
         self.locks = KeyedLocks()
         self.server: AgentServer | None = None
 
-    def dispatch(self, message: object, fds: list[int], uid: int) -> dict:
+    def dispatch(self, meta: bytes, body: bytes, fds: list[int], uid: int) -> tuple[int, bytes]:
+        """One request -> (exit code, payload). For CNI the payload is exactly what the
+        plugin prints: results and spec errors are formatted here, not in the plugin."""
         if uid != 0:
-            return {"error": PodnetError("the podnet agent serves root only").to_cni("1.0.0")}
-        if not isinstance(message, dict):
-            return {"error": PodnetError("malformed request").to_cni("1.0.0")}
-        op = message.get("op")
-        if op == "ping":
-            return {"result": {"pid": os.getpid(), "store": self.store_path}}
-        if op != "cni":
-            return {"error": PodnetError(f"unknown op {op!r}").to_cni("1.0.0")}
-        raw = message.get("request") or {}
-        version = str((raw.get("config") or {}).get("cniVersion", "1.0.0"))
+            return 1, _error("the podnet agent serves root only")
         try:
-            req = CniRequest.from_wire(raw)
-            if not fds:
-                raise PodnetError("request came without the caller's namespace fd")
-            host_fd = fds[0]
-            container_fd = fds[1] if len(fds) > 1 else None
-            with self.locks.hold(req.container_id or "-" + req.command):
-                return {"result": self.service.handle(req, host_fd, container_fd)}
-        except PodnetError as err:
-            return {"error": err.to_cni(version)}
-        except Exception as exc:  # noqa: BLE001 - report to the runtime, log the trace
-            log.error("internal error: %s", traceback.format_exc())
-            return {"error": PodnetError(f"internal error: {type(exc).__name__}: {exc}").to_cni(version)}
+            message = json.loads(meta)
+        except ValueError:
+            return 1, _error("malformed request")
+        op = message.get("op") if isinstance(message, dict) else None
+        if op == "ping":
+            return 0, json.dumps({"pid": os.getpid(), "store": self.store_path}).encode()
+        if op != "cni":
+            return 1, _error(f"unknown op {op!r}")
+        env = {str(k): str(v) for k, v in (message.get("env") or {}).items()}
+        if not fds:
+            return 1, _error("request came without the caller's namespace fd")
+        host_fd = fds[0]
+        container_fd = fds[1] if len(fds) > 1 else None
+        out = io.StringIO()
+        lock_key = env.get("CNI_CONTAINERID") or "-" + env.get("CNI_COMMAND", "")
+        with self.locks.hold(lock_key):
+            code = self.service.run_invocation(env, body, out, host_fd, container_fd)
+        if code:
+            log.info("%s %s: %s", env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID", ""), out.getvalue().strip())
+        return code, out.getvalue().encode()
 
     def bind(self) -> None:
         path = Path(self.socket_path)
@@ -157,6 +178,10 @@ class Agent:
     def stop(self) -> None:
         if self.server is not None:
             threading.Thread(target=self.server.shutdown, daemon=True).start()
+
+
+def _error(msg: str) -> bytes:
+    return json.dumps(PodnetError(msg).to_cni("1.0.0")).encode()
 
 
 def _socket_alive(path: str) -> bool:

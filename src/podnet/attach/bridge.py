@@ -1,10 +1,19 @@
 """Bridge attachment: a veth pair, host side on a Linux bridge in the caller's
-namespace (which holds the gateway address), container side addressed and routed."""
+namespace (which holds the gateway address), container side addressed and routed.
+
+The hot path is a handful of netlink requests: the bridge's readiness (exists, is up,
+holds the gateways, forwarding on, uplink MTU) is remembered per (namespace, bridge)
+for a few seconds, and a vanished bridge is detected by the veth request itself
+failing, which re-checks and retries once. Resync repairs anything changed by hand.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import threading
+import time
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
 
@@ -13,9 +22,20 @@ from podnet.errors import KernelError, UnknownContainer
 from podnet.kernel import links, netns
 from podnet.naming import host_veth_name
 
+RECHECK_SECONDS = 5.0  # how long a bridge's readiness (and the uplink MTU) is trusted
 
-def _tmp_peer_name(attach_id: str) -> str:
-    return "pt" + attach_id[:11]
+
+@dataclass
+class BridgeState:
+    index: int
+    mac: str
+    uplink_mtu: int
+    gateways: set[str] = field(default_factory=set)
+    checked: float = 0.0
+
+
+_states: dict[tuple, BridgeState] = {}
+_states_lock = threading.Lock()
 
 
 def _write_sysctl(path: str, value: str) -> None:
@@ -30,6 +50,50 @@ def _write_sysctl(path: str, value: str) -> None:
         raise KernelError(f"cannot set {path}: {exc.strerror}") from None
 
 
+def _gateways(ctx: AttachContext) -> set[str]:
+    out = set()
+    for ip, gw in zip(ctx.ips, ctx.gateways, strict=False):
+        if gw:
+            out.add(f"{gw}/{ip.network.prefixlen}")
+    return out
+
+
+def prepare_bridge(ipr: IPRoute, ctx: AttachContext, force: bool = False) -> BridgeState:
+    """The bridge, up, with this network's gateways and forwarding on: from the
+    cache when recently verified, else made so (idempotent) and remembered."""
+    conf = ctx.conf
+    key = (netns.identity(ctx.host_fd), conf.bridge)
+    wanted = _gateways(ctx) if conf.is_gateway else set()
+    now = time.monotonic()
+    with _states_lock:
+        state = _states.get(key)
+    if state and not force and now - state.checked < RECHECK_SECONDS and wanted <= state.gateways:
+        return state
+    index = links.ensure_bridge(ipr, conf.bridge, conf.mtu)
+    for gw in wanted:
+        links.ensure_address(ipr, index, ipaddress.ip_interface(gw), nodad=True)
+    if any(ip.version == 4 for ip in ctx.ips) and conf.is_gateway:
+        _write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+    if any(ip.version == 6 for ip in ctx.ips) and conf.is_gateway:
+        _write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+    known = state.gateways if state and state.index == index else set()
+    state = BridgeState(
+        index=index,
+        mac=str(links.link_attr(ipr, index, "IFLA_ADDRESS")),
+        uplink_mtu=links.uplink_mtu(ipr),
+        gateways=known | wanted,
+        checked=now,
+    )
+    with _states_lock:
+        _states[key] = state
+    return state
+
+
+def forget_bridge(ctx: AttachContext) -> None:
+    with _states_lock:
+        _states.pop((netns.identity(ctx.host_fd), ctx.conf.bridge), None)
+
+
 class BridgeAttacher:
     def host_links(self, ctx: AttachContext) -> tuple[str, ...]:
         return (host_veth_name(ctx.attach_id),)
@@ -37,42 +101,53 @@ class BridgeAttacher:
     def add(self, ctx: AttachContext, undo: ExitStack) -> Attached:
         conf = ctx.conf
         host_name = host_veth_name(ctx.attach_id)
+        host_mac, peer_mac = links.random_mac(), links.random_mac()
         assert ctx.container_fd is not None
-        with netns.entered(ctx.host_fd), IPRoute() as ipr:
-            mtu = conf.mtu or links.uplink_mtu(ipr)
-            bridge = links.ensure_bridge(ipr, conf.bridge, conf.mtu)
-            if conf.is_gateway:
-                for ip, gw in zip(ctx.ips, ctx.gateways, strict=False):
-                    if gw:
-                        gw_if = ipaddress.ip_interface(f"{gw}/{ip.network.prefixlen}")
-                        links.ensure_address(ipr, bridge, gw_if, nodad=True)
-                if any(ip.version == 4 for ip in ctx.ips):
-                    _write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
-                if any(ip.version == 6 for ip in ctx.ips):
-                    _write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
-            links.delete_link(ipr, host_name)  # a leftover of a crashed ADD
-            index = links.create_veth(ipr, host_name, _tmp_peer_name(ctx.attach_id), ctx.container_fd, mtu)
+        with netns.entered(ctx.host_fd):
+            ipr = links.warm_iproute(ctx.host_fd)
+            state = self._create_pair(ipr, ctx, host_name, host_mac, peer_mac)
             undo.callback(self._delete_host, ctx)
-            links.attach_to_bridge(ipr, index, bridge, conf.hairpin_mode)
-            bridge_mac = links.link_attr(ipr, bridge, "IFLA_ADDRESS")
-            host_mac = links.link_attr(ipr, index, "IFLA_ADDRESS")
+            if conf.hairpin_mode:
+                links.set_hairpin(ipr, host_name)
         with netns.entered(ctx.container_fd), IPRoute() as ipr:
-            _, mac = links.configure_container_iface(
-                ipr, _tmp_peer_name(ctx.attach_id), ctx.ifname, ctx.ips, ctx.routes
-            )
+            links.configure_container_iface(ipr, ctx.ifname, ctx.ips, ctx.routes)
         return Attached(
             interfaces=[
-                {"name": conf.bridge, "mac": bridge_mac},
+                {"name": conf.bridge, "mac": state.mac},
                 {"name": host_name, "mac": host_mac},
-                {"name": ctx.ifname, "mac": mac, "sandbox": ctx.netns_path},
+                {"name": ctx.ifname, "mac": peer_mac, "sandbox": ctx.netns_path},
             ],
             container_index=2,
             host_if=conf.bridge,
         )
 
+    def _create_pair(
+        self, ipr: IPRoute, ctx: AttachContext, host_name: str, host_mac: str, peer_mac: str
+    ) -> BridgeState:
+        """One veth request; on a stale bridge or a leftover host veth, fix and retry once."""
+        state = prepare_bridge(ipr, ctx)
+        for attempt in (1, 2):
+            mtu = ctx.conf.mtu or state.uplink_mtu
+            try:
+                links.create_veth(
+                    ipr, host_name, ctx.ifname, ctx.container_fd, mtu, state.index, host_mac, peer_mac
+                )
+                return state
+            except links.StaleMaster:
+                if attempt == 2:
+                    raise
+                state = prepare_bridge(ipr, ctx, force=True)
+            except links.LinkExists:
+                # A leftover of a crashed ADD may hold the host name; the container's
+                # own interface name is the runtime's business.
+                if attempt == 2 or not links.delete_link(ipr, host_name):
+                    raise KernelError(
+                        f"interface {ctx.ifname} already exists in the container namespace"
+                    ) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
     def _delete_host(self, ctx: AttachContext) -> None:
-        with netns.entered(ctx.host_fd), IPRoute() as ipr:
-            links.delete_link(ipr, host_veth_name(ctx.attach_id))
+        links.delete_link(links.warm_iproute(ctx.host_fd), host_veth_name(ctx.attach_id))
 
     def delete(self, ctx: AttachContext) -> None:
         # Deleting either end of a veth removes both; the host end is always reachable.

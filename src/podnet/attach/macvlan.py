@@ -13,10 +13,6 @@ from podnet.errors import InvalidConfig
 from podnet.kernel import links, netns
 
 
-def _tmp_name(attach_id: str) -> str:
-    return "pm" + attach_id[:11]
-
-
 def _master_index(ipr: IPRoute, master: str | None) -> int:
     if master:
         index = links.link_index(ipr, master)
@@ -41,14 +37,11 @@ class MacvlanAttacher:
             mtu = ctx.conf.mtu or master_mtu
             if mtu > master_mtu:
                 raise InvalidConfig(f"mtu {mtu} is larger than the master's mtu {master_mtu}")
-            links.create_macvlan(
-                ipr, _tmp_name(ctx.attach_id), master, ctx.conf.macvlan_mode, mtu, ctx.container_fd
-            )
+            mac = links.random_mac()
+            links.create_macvlan(ipr, ctx.ifname, master, ctx.conf.macvlan_mode, mtu, ctx.container_fd, mac)
         undo.callback(self.delete, ctx)
         with netns.entered(ctx.container_fd), IPRoute() as ipr:
-            _, mac = links.configure_container_iface(
-                ipr, _tmp_name(ctx.attach_id), ctx.ifname, ctx.ips, ctx.routes
-            )
+            links.configure_container_iface(ipr, ctx.ifname, ctx.ips, ctx.routes)
         return Attached(
             interfaces=[{"name": ctx.ifname, "mac": mac, "sandbox": ctx.netns_path}],
             container_index=0,
@@ -58,7 +51,6 @@ class MacvlanAttacher:
         if ctx.container_fd is None:
             return  # the namespace is gone, and the macvlan with it
         with netns.entered(ctx.container_fd), IPRoute() as ipr:
-            links.delete_link(ipr, _tmp_name(ctx.attach_id))
             links.delete_link(ipr, ctx.ifname)
 
     def check(self, ctx: AttachContext) -> None:

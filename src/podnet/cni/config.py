@@ -33,7 +33,7 @@ class PodnetConf:
     is_default_gateway: bool = False
     ip_masq: bool = False
     mtu: int | None = None
-    hairpin_mode: bool = True
+    hairpin_mode: bool = False
     master: str | None = None
     macvlan_mode: str = "bridge"
     ipam: Mapping = field(default_factory=dict)
@@ -137,6 +137,7 @@ def parse_conf(raw: Mapping) -> PodnetConf:
     if prev is not None and not isinstance(prev, Mapping):
         raise DecodingFailure("'prevResult' must be an object")
     master = _str(raw, "master", None)
+    port_mappings = _port_mappings(raw)
     return PodnetConf(
         cni_version=str(raw["cniVersion"]),
         name=str(raw["name"]),
@@ -146,12 +147,14 @@ def parse_conf(raw: Mapping) -> PodnetConf:
         is_default_gateway=_bool(raw, "isDefaultGateway", False),
         ip_masq=_bool(raw, "ipMasq", False),
         mtu=_mtu(raw),
-        hairpin_mode=_bool(raw, "hairpinMode", True),
+        # Hairpin (a container reaching itself through a DNAT) matters with published
+        # ports; unless the config says otherwise, it costs a netlink call only then.
+        hairpin_mode=_bool(raw, "hairpinMode", bool(port_mappings)),
         master=_ifname(master, "master") if master else None,
         macvlan_mode=macvlan_mode,
         ipam=ipam,
         agent_socket=_str(raw, "agentSocket", DEFAULT_SOCKET) or DEFAULT_SOCKET,
-        port_mappings=_port_mappings(raw),
+        port_mappings=port_mappings,
         prev_result=prev,
         valid_attachments=_valid_attachments(raw),
     )

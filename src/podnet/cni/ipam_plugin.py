@@ -29,7 +29,10 @@ def _requested(req: skel.CniRequest) -> tuple[str, ...]:
     out = [a for a in req.args.get("IP", "").split(",") if a]
     runtime = req.config.get("runtimeConfig") or {}
     if isinstance(runtime, Mapping):
-        out.extend(str(a) for a in runtime.get("ips", []) or [])
+        ips = runtime.get("ips") or []
+        if not isinstance(ips, list):
+            raise InvalidConfig(f"runtimeConfig.ips must be a list of addresses, got {ips!r}")
+        out.extend(str(a) for a in ips)
     return tuple(out)
 
 
@@ -84,5 +87,12 @@ def main(extra_paths: Sequence[str] = ()) -> int:
     return skel.run(handle, os.environ, stdin)
 
 
+def exec_main(extra_paths: Sequence[str] = ()) -> None:
+    """Entry of the installed executable: flush, then exit without interpreter teardown."""
+    code = main(extra_paths)
+    sys.stdout.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exec_main()

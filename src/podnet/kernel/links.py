@@ -9,15 +9,51 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from podnet.errors import KernelError
+from podnet.kernel import netns
 
 IFA_F_NODAD = 0x02
+
+
+class LinkExists(KernelError):
+    """A link of that name is already there."""
+
+
+class StaleMaster(KernelError):
+    """The bridge we meant to enslave to is gone (a cached index went stale)."""
 IPAddr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+_warm = threading.local()
+WARM_PER_THREAD = 4
+
+
+def warm_iproute(netns_fd: int) -> IPRoute:
+    """An IPRoute bound to `netns_fd`'s namespace, kept open per worker thread.
+
+    pyroute2 0.9 keeps sockets per thread, so the cache is per thread too; the agent's
+    fixed worker pool makes it pay off. A held socket pins its namespace, so the
+    (dev, inode) key cannot be reused by another namespace while it is cached.
+    """
+    cache: OrderedDict = _warm.__dict__.setdefault("sockets", OrderedDict())
+    key = netns.identity(netns_fd)
+    ipr = cache.get(key)
+    if ipr is None:
+        with netns.entered(netns_fd):
+            ipr = IPRoute()
+        cache[key] = ipr
+        while len(cache) > WARM_PER_THREAD:
+            cache.popitem(last=False)[1].close()
+    cache.move_to_end(key)
+    return ipr
 
 
 def _fail(what: str, exc: NetlinkError) -> KernelError:
@@ -43,7 +79,7 @@ def ensure_bridge(ipr: IPRoute, name: str, mtu: int | None) -> int:
     index = link_index(ipr, name)
     if index is None:
         try:
-            ipr.link("add", ifname=name, kind="bridge")
+            ipr.link("add", ifname=name, kind="bridge", address=random_mac())
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise _fail(f"cannot create bridge {name}", exc) from None
@@ -76,27 +112,57 @@ def addresses(ipr: IPRoute, index: int) -> set[str]:
     return out
 
 
-def create_veth(ipr: IPRoute, host: str, peer: str, peer_netns_fd: int, mtu: int) -> int:
-    """A veth pair whose peer lands directly in the container's namespace."""
+def random_mac() -> str:
+    """A random locally administered unicast MAC. Choosing it ourselves saves reading
+    it back after creation, and a bridge with a fixed MAC never changes it when ports
+    come and go."""
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in octets)
+
+
+def create_veth(
+    ipr: IPRoute,
+    host: str,
+    peer: str,
+    peer_netns_fd: int,
+    mtu: int,
+    master: int | None = None,
+    host_mac: str | None = None,
+    peer_mac: str | None = None,
+) -> None:
+    """A veth pair in one request: the host end enslaved to `master` and up, the peer
+    created directly in the container's namespace under its final name."""
+    peer_spec: dict = {"ifname": peer, "net_ns_fd": peer_netns_fd, "mtu": mtu}
+    if peer_mac:
+        peer_spec["address"] = peer_mac
+    kwargs: dict = {"ifname": host, "kind": "veth", "mtu": mtu, "peer": peer_spec}
+    if master is not None:
+        kwargs.update(master=master, state="up")
+    if host_mac:
+        kwargs["address"] = host_mac
     try:
-        ipr.link(
-            "add",
-            ifname=host,
-            kind="veth",
-            mtu=mtu,
-            peer={"ifname": peer, "net_ns_fd": peer_netns_fd, "mtu": mtu},
-        )
+        ipr.link("add", **kwargs)
     except NetlinkError as exc:
+        if exc.code == errno.EEXIST:
+            raise LinkExists(f"{host} or {peer} already exists") from None
+        if exc.code in (errno.ENODEV, errno.EINVAL) and master is not None:
+            raise StaleMaster(f"bridge index {master} is gone") from None
         raise _fail(f"cannot create veth {host}", exc) from None
-    index = link_index(ipr, host)
-    if index is None:  # pragma: no cover
-        raise KernelError(f"veth {host} vanished after creation")
-    return index
+
+
+def set_hairpin(ipr: IPRoute, ifname: str) -> None:
+    """Let traffic leave the bridge port it came in on (DNAT back to the sender)."""
+    try:
+        ipr.link("set", ifname=ifname, kind="bridge_slave", mode=1)
+    except NetlinkError as exc:
+        raise _fail(f"cannot set hairpin mode on {ifname}", exc) from None
 
 
 def create_macvlan(
-    ipr: IPRoute, name: str, master_index: int, mode: str, mtu: int, netns_fd: int
+    ipr: IPRoute, name: str, master_index: int, mode: str, mtu: int, netns_fd: int, mac: str
 ) -> None:
+    """A macvlan on `master_index`, created directly in the container's namespace."""
     try:
         ipr.link(
             "add",
@@ -106,6 +172,7 @@ def create_macvlan(
             macvlan_mode=mode,
             mtu=mtu,
             net_ns_fd=netns_fd,
+            address=mac,
         )
     except NetlinkError as exc:
         raise _fail(f"cannot create macvlan {name}", exc) from None
@@ -145,30 +212,21 @@ def uplink_mtu(ipr: IPRoute) -> int:
 
 def configure_container_iface(
     ipr: IPRoute,
-    tmp_name: str,
     ifname: str,
     ips: Iterable[IPAddr],
     routes: Iterable[tuple[str, str | None]],
-) -> tuple[int, str]:
-    """Rename the new link to `ifname`, address it, bring it and lo up, add routes.
-    Returns (index, mac)."""
-    index = link_index(ipr, tmp_name)
+) -> int:
+    """Address `ifname`, bring it up, add routes; return its index. Loopback is the
+    runtime's business (podman and the CNI `loopback` plugin bring it up)."""
+    index = link_index(ipr, ifname)
     if index is None:
-        raise KernelError(f"interface {tmp_name} did not arrive in the container namespace")
-    if tmp_name != ifname:
-        try:
-            ipr.link("set", index=index, ifname=ifname)
-        except NetlinkError as exc:
-            raise _fail(f"cannot rename {tmp_name} to {ifname}", exc) from None
+        raise KernelError(f"interface {ifname} did not arrive in the container namespace")
     for addr in ips:
         ensure_address(ipr, index, addr, nodad=True)
     ipr.link("set", index=index, state="up")
-    lo = link_index(ipr, "lo")
-    if lo is not None:
-        ipr.link("set", index=lo, state="up")
     for dst, gw in routes:
         add_route(ipr, dst, gw, index)
-    return index, str(link_attr(ipr, index, "IFLA_ADDRESS"))
+    return index
 
 
 def add_route(ipr: IPRoute, dst: str, gw: str | None, oif: int) -> None:

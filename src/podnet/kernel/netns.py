@@ -50,6 +50,17 @@ def current_netns_fd() -> int:
     return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 
 
+def check_netns(fd: int, path: str) -> None:
+    """Raise InvalidNetNS unless `fd` is a network namespace (a runtime may pass any
+    path as CNI_NETNS; a regular file must never be mistaken for one)."""
+    try:
+        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
+    except OSError:
+        kind = -1
+    if kind != CLONE_NEWNET:
+        raise InvalidNetNS(f"{path!r} is not a network namespace")
+
+
 def open_netns(path: str) -> int:
     """Open `path` and make sure it is a network namespace; never create one."""
     try:
@@ -59,12 +70,10 @@ def open_netns(path: str) -> int:
     except OSError as exc:
         raise InvalidNetNS(f"cannot open network namespace {path!r}: {exc.strerror}") from None
     try:
-        kind = fcntl.ioctl(fd, NS_GET_NSTYPE)
-    except OSError:
-        kind = -1
-    if kind != CLONE_NEWNET:
+        check_netns(fd, path)
+    except InvalidNetNS:
         os.close(fd)
-        raise InvalidNetNS(f"{path!r} is not a network namespace")
+        raise
     return fd
 
 
