@@ -65,6 +65,29 @@ def requested_ips(req: CniRequest, raw: Mapping) -> tuple[str, ...]:
     return tuple(out)
 
 
+def attach_context(
+    conf: PodnetConf,
+    req: CniRequest,
+    host_fd: int,
+    container_fd: int | None,
+    ips: tuple = (),
+    gateways: tuple[str, ...] = (),
+    routes: tuple[tuple[str, str | None], ...] = (),
+) -> AttachContext:
+    return AttachContext(
+        conf=conf,
+        container_id=req.container_id,
+        ifname=req.ifname,
+        netns_path=req.netns,
+        attach_id=attach_id(conf.name, req.container_id, req.ifname),
+        host_fd=host_fd,
+        container_fd=container_fd,
+        ips=ips,
+        gateways=gateways,
+        routes=routes,
+    )
+
+
 class CniService:
     """Stateless between calls except for warm stores; safe to call from many threads."""
 
@@ -240,17 +263,8 @@ class CniService:
             if not ips:
                 raise InvalidConfig(f"IPAM plugin {conf.ipam_type} returned no address")
             gateways = tuple(ip.get("gateway") or "" for ip in ipam["ips"])
-            ctx = AttachContext(
-                conf=conf,
-                container_id=req.container_id,
-                ifname=req.ifname,
-                netns_path=req.netns,
-                attach_id=aid,
-                host_fd=host_fd,
-                container_fd=container_fd,
-                ips=ips,
-                gateways=gateways,
-                routes=self._routes(conf, ipam, gateways, ips),
+            ctx = attach_context(
+                conf, req, host_fd, container_fd, ips, gateways, self._routes(conf, ipam, gateways, ips)
             )
             attached = attacher.add(ctx, undo)
             _fault_point("after-attach")
@@ -334,16 +348,7 @@ class CniService:
     ) -> None:
         """Remove the links and NAT rules of one attachment (not its addresses)."""
         aid = attach_id(conf.name, req.container_id, req.ifname)
-        ctx = AttachContext(
-            conf=conf,
-            container_id=req.container_id,
-            ifname=req.ifname,
-            netns_path=req.netns,
-            attach_id=aid,
-            host_fd=host_fd,
-            container_fd=container_fd,
-        )
-        ATTACH[conf.mode].delete(ctx)
+        ATTACH[conf.mode].delete(attach_context(conf, req, host_fd, container_fd))
         # Without a record we cannot know whether rules exist; look, it is idempotent.
         if record.get("nat", True) and conf.mode == "bridge":
             self._nat_remove(host_fd, conf.name, aid)
@@ -362,17 +367,7 @@ class CniService:
         prev = normalize_result(conf.prev_result)
         ips = tuple(ipaddress.ip_interface(ip["address"]) for ip in prev["ips"])
         aid = attach_id(conf.name, req.container_id, req.ifname)
-        ctx = AttachContext(
-            conf=conf,
-            container_id=req.container_id,
-            ifname=req.ifname,
-            netns_path=req.netns,
-            attach_id=aid,
-            host_fd=host_fd,
-            container_fd=container_fd,
-            ips=ips,
-        )
-        ATTACH[conf.mode].check(ctx)
+        ATTACH[conf.mode].check(attach_context(conf, req, host_fd, container_fd, ips))
         if conf.builtin_ipam:
             held = {r.address for r in IpamService(store).lookup(conf.name, req.container_id, req.ifname)}
             missing = {str(ip.ip) for ip in ips} - {str(a) for a in held}
