@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from podnet.cni import skel
 from podnet.cni.config import store_path_for
 from podnet.cni.types import convert_result, normalize_result, version_result
-from podnet.errors import DecodingFailure, InvalidConfig, PluginNotAvailable, PodnetError
+from podnet.errors import DecodingFailure, InvalidConfig, PluginNotAvailable, UnknownContainer
 from podnet.ipam.config import parse_ipam_config
 from podnet.ipam.service import IpamService
 from podnet.store import open_store
@@ -64,7 +64,7 @@ def handle(req: skel.CniRequest) -> dict | None:
             return None
         if req.command == "CHECK":
             if not service.lookup(name, req.container_id, req.ifname):
-                raise PodnetError(f"no address is reserved for {req.container_id}/{req.ifname}")
+                raise UnknownContainer(f"no address is reserved for {req.container_id}/{req.ifname}")
             return None
         if req.command == "GC":
             service.gc(name, _valid_attachments(req.config))

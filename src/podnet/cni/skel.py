@@ -125,7 +125,11 @@ def validate_container_id(value: str) -> str:
 def validate_ifname(value: str) -> str:
     if not value:
         raise InvalidEnvironment("CNI_IFNAME is empty")
-    if len(value.encode()) > 15:
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:  # undecodable bytes in the environment (surrogateescape)
+        raise InvalidEnvironment(f"CNI_IFNAME {value!r} is not valid UTF-8") from None
+    if size > 15:
         raise InvalidEnvironment(f"CNI_IFNAME {value!r} is longer than 15 bytes")
     if value in (".", ".."):
         raise InvalidEnvironment(f"CNI_IFNAME {value!r} is not a valid interface name")
