@@ -110,12 +110,12 @@ def _run(console: Console, sandbox: Sandbox, work: Path, keep: bool) -> bool:
         containers[name] = (ns, result, (time.perf_counter() - started) * 1000, ports)
 
     table = Table(title="containers attached through CNI ADD")
-    for col in ("container", "namespace", "eth0 address", "mac", "published", "ADD ms"):
-        table.add_column(col)
-    for name, (ns, result, ms, ports) in containers.items():
+    for col in ("container", "eth0 address", "mac", "published", "ADD ms"):
+        table.add_column(col, no_wrap=True)
+    for name, (_ns, result, ms, ports) in containers.items():
         iface = result["interfaces"][result["ips"][0]["interface"]]
         published = ", ".join(f"{p['hostPort']}->{p['containerPort']}/{p['protocol']}" for p in ports) or "-"
-        table.add_row(name, ns, result["ips"][0]["address"], iface["mac"], published, f"{ms:.0f}")
+        table.add_row(name, result["ips"][0]["address"], iface["mac"], published, f"{ms:.0f}")
     console.print(table)
 
     web_ns = containers["web"][0]
@@ -191,7 +191,7 @@ def _leftovers(sandbox: Sandbox, host: str, data_dir: Path) -> str:
 def _show_checks(console: Console, checks: list[Check]) -> None:
     table = Table(title="live checks")
     for col in ("check", "result", "detail"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for check in checks:
         table.add_row(check.name, "[green]pass[/]" if check.ok else "[red]FAIL[/]", check.detail)
     console.print(table)
