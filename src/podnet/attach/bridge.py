@@ -155,13 +155,13 @@ class BridgeAttacher:
 
     def check(self, ctx: AttachContext) -> None:
         host_name = host_veth_name(ctx.attach_id)
-        with netns.entered(ctx.host_fd), IPRoute() as ipr:
-            index = links.link_index(ipr, host_name)
-            if index is None:
-                raise KernelError(f"host veth {host_name} is missing")
-            bridge = links.link_index(ipr, ctx.conf.bridge)
-            if bridge is None or links.link_attr(ipr, index, "IFLA_MASTER") != bridge:
-                raise KernelError(f"{host_name} is not attached to bridge {ctx.conf.bridge}")
+        ipr = links.warm_iproute(ctx.host_fd)
+        index = links.link_index(ipr, host_name)
+        if index is None:
+            raise KernelError(f"host veth {host_name} is missing")
+        bridge = links.link_index(ipr, ctx.conf.bridge)
+        if bridge is None or links.link_attr(ipr, index, "IFLA_MASTER") != bridge:
+            raise KernelError(f"{host_name} is not attached to bridge {ctx.conf.bridge}")
         check_container_iface(ctx)
 
 
