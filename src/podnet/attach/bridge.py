@@ -105,12 +105,9 @@ class BridgeAttacher:
         assert ctx.container_fd is not None
         with netns.entered(ctx.host_fd):
             ipr = links.warm_iproute(ctx.host_fd)
+            undo.callback(self._delete_host, ctx)  # idempotent: safe before the pair exists
             state = self._create_pair(ipr, ctx, host_name, host_mac, peer_mac)
-            undo.callback(self._delete_host, ctx)
-            if conf.hairpin_mode:
-                links.set_hairpin(ipr, host_name)
-        with netns.entered(ctx.container_fd), IPRoute() as ipr:
-            links.configure_container_iface(ipr, ctx.ifname, ctx.ips, ctx.routes)
+        links.configure_container_iface(ctx.container_fd, ctx.ifname, ctx.ips, ctx.routes)
         return Attached(
             interfaces=[
                 {"name": conf.bridge, "mac": state.mac},
@@ -130,7 +127,8 @@ class BridgeAttacher:
             mtu = ctx.conf.mtu or state.uplink_mtu
             try:
                 links.create_veth(
-                    ipr, host_name, ctx.ifname, ctx.container_fd, mtu, state.index, host_mac, peer_mac
+                    ctx.host_fd, host_name, ctx.ifname, ctx.container_fd, mtu, state.index,
+                    host_mac, peer_mac, ctx.conf.hairpin_mode,
                 )
                 return state
             except links.StaleMaster:

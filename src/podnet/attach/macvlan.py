@@ -40,8 +40,7 @@ class MacvlanAttacher:
             mac = links.random_mac()
             links.create_macvlan(ipr, ctx.ifname, master, ctx.conf.macvlan_mode, mtu, ctx.container_fd, mac)
         undo.callback(self.delete, ctx)
-        with netns.entered(ctx.container_fd), IPRoute() as ipr:
-            links.configure_container_iface(ipr, ctx.ifname, ctx.ips, ctx.routes)
+        links.configure_container_iface(ctx.container_fd, ctx.ifname, ctx.ips, ctx.routes)
         return Attached(
             interfaces=[{"name": ctx.ifname, "mac": mac, "sandbox": ctx.netns_path}],
             container_index=0,

@@ -18,7 +18,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from podnet.errors import KernelError
-from podnet.kernel import netns
+from podnet.kernel import netns, rtnl
 
 IFA_F_NODAD = 0x02
 
@@ -122,41 +122,29 @@ def random_mac() -> str:
 
 
 def create_veth(
-    ipr: IPRoute,
+    host_netns_fd: int,
     host: str,
     peer: str,
     peer_netns_fd: int,
     mtu: int,
-    master: int | None = None,
-    host_mac: str | None = None,
-    peer_mac: str | None = None,
+    master: int,
+    host_mac: str,
+    peer_mac: str,
+    hairpin: bool,
 ) -> None:
-    """A veth pair in one request: the host end enslaved to `master` and up, the peer
-    created directly in the container's namespace under its final name."""
-    peer_spec: dict = {"ifname": peer, "net_ns_fd": peer_netns_fd, "mtu": mtu}
-    if peer_mac:
-        peer_spec["address"] = peer_mac
-    kwargs: dict = {"ifname": host, "kind": "veth", "mtu": mtu, "peer": peer_spec}
-    if master is not None:
-        kwargs.update(master=master, state="up")
-    if host_mac:
-        kwargs["address"] = host_mac
-    try:
-        ipr.link("add", **kwargs)
-    except NetlinkError as exc:
-        if exc.code == errno.EEXIST:
-            raise LinkExists(f"{host} or {peer} already exists") from None
-        if exc.code in (errno.ENODEV, errno.EINVAL) and master is not None:
-            raise StaleMaster(f"bridge index {master} is gone") from None
-        raise _fail(f"cannot create veth {host}", exc) from None
-
-
-def set_hairpin(ipr: IPRoute, ifname: str) -> None:
-    """Let traffic leave the bridge port it came in on (DNAT back to the sender)."""
-    try:
-        ipr.link("set", ifname=ifname, kind="bridge_slave", mode=1)
-    except NetlinkError as exc:
-        raise _fail(f"cannot set hairpin mode on {ifname}", exc) from None
+    """A veth pair in one request (see kernel/rtnl.py): the host end enslaved to
+    `master` and up, the peer created directly in the container's namespace under its
+    final name; then hairpin mode if asked."""
+    with rtnl.RtnlSocket(host_netns_fd) as sock:
+        code = sock.create_veth(host, peer, peer_netns_fd, mtu, master, host_mac, peer_mac)
+        if code == errno.EEXIST:
+            raise LinkExists(f"{host} or {peer} already exists")
+        if code in (errno.ENODEV, errno.EINVAL):
+            raise StaleMaster(f"bridge index {master} is gone: {os.strerror(code)}")
+        if code:
+            raise KernelError(f"cannot create veth {host}: {os.strerror(code)}")
+        if hairpin:
+            sock.set_hairpin(host)
 
 
 def create_macvlan(
@@ -211,35 +199,20 @@ def uplink_mtu(ipr: IPRoute) -> int:
 
 
 def configure_container_iface(
-    ipr: IPRoute,
+    netns_fd: int,
     ifname: str,
     ips: Iterable[IPAddr],
     routes: Iterable[tuple[str, str | None]],
 ) -> int:
-    """Address `ifname`, bring it up, add routes; return its index. Loopback is the
-    runtime's business (podman and the CNI `loopback` plugin bring it up)."""
-    index = link_index(ipr, ifname)
-    if index is None:
-        raise KernelError(f"interface {ifname} did not arrive in the container namespace")
-    for addr in ips:
-        ensure_address(ipr, index, addr, nodad=True)
-    ipr.link("set", index=index, state="up")
-    for dst, gw in routes:
-        add_route(ipr, dst, gw, index)
+    """Address `ifname` in namespace `netns_fd`, bring it up, add routes (one batch, see
+    kernel/rtnl.py); return its index. Loopback is the runtime's business (podman and
+    the CNI `loopback` plugin bring it up)."""
+    with rtnl.RtnlSocket(netns_fd) as sock:
+        index = sock.link_index(ifname)
+        if index is None:
+            raise KernelError(f"interface {ifname} did not arrive in the container namespace")
+        sock.configure(index, ips, routes)
     return index
-
-
-def add_route(ipr: IPRoute, dst: str, gw: str | None, oif: int) -> None:
-    net = ipaddress.ip_network(dst, strict=False)
-    kwargs = {"dst": str(net.network_address), "dst_len": net.prefixlen, "oif": oif}
-    if gw:
-        kwargs["gateway"] = gw
-    kwargs["family"] = 10 if net.version == 6 else 2
-    try:
-        ipr.route("add", **kwargs)
-    except NetlinkError as exc:
-        if exc.code != errno.EEXIST:
-            raise _fail(f"cannot add route {dst} via {gw}", exc) from None
 
 
 def links_with_prefix(ipr: IPRoute, prefix: str) -> list[str]:

@@ -1,0 +1,199 @@
+"""Minimal rtnetlink for the CNI ADD hot path only: create the veth pair, set
+hairpin, and configure the container side (addresses, up, routes).
+
+Why not pyroute2 here: through its sync API every request costs 0.15-0.25 ms of
+Python (an asyncio loop turn, encoding, a round trip) and an IPRoute ~0.4 ms to build;
+on ADD that was two thirds of the agent's time (measured: 3.5 ms -> 1.9 ms). These few
+fixed message shapes are packed with `struct`, batched where possible, and every
+kernel ack is checked. Everything else (bridges, lookups, CHECK, DEL, resync, all
+reading of kernel state) stays on pyroute2.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Iterable
+
+from podnet.errors import KernelError
+from podnet.kernel import netns
+
+NETLINK_ROUTE = 0
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+NLMSG_ERROR = 2
+RTM_NEWLINK, RTM_GETLINK, RTM_NEWADDR, RTM_NEWROUTE = 16, 18, 20, 24
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 10, 18, 28
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
+VETH_INFO_PEER = 1
+IFLA_BRPORT_MODE = 4  # hairpin
+NLA_F_NESTED = 0x8000
+IFA_ADDRESS, IFA_LOCAL, IFA_FLAGS = 1, 2, 8
+IFA_F_NODAD = 0x02
+RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
+RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RTN_UNICAST = 254, 3, 0, 253, 1
+IFF_UP = 0x1
+
+_HDR = struct.Struct("=IHHII")  # nlmsghdr
+_IFINFO = struct.Struct("=BxHiII")  # ifinfomsg
+_IFADDR = struct.Struct("=BBBBI")  # ifaddrmsg
+_RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg
+_ATTR = struct.Struct("=HH")
+IPAddr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    data = _ATTR.pack(_ATTR.size + len(payload), kind) + payload
+    return data + b"\0" * (-len(data) % 4)
+
+
+def _mac(text: str) -> bytes:
+    return bytes(int(part, 16) for part in text.split(":"))
+
+
+def _u32(value: int) -> bytes:
+    return struct.pack("=I", value)
+
+
+def _family(version: int) -> int:
+    return socket.AF_INET if version == 4 else socket.AF_INET6
+
+
+class RtnlSocket:
+    """A NETLINK_ROUTE socket bound to one namespace (chosen when it is opened)."""
+
+    def __init__(self, netns_fd: int) -> None:
+        with netns.entered(netns_fd):
+            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        self.sock.bind((0, 0))
+        self.seq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RtnlSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def _message(self, kind: int, flags: int, body: bytes) -> tuple[int, bytes]:
+        seq = self._next_seq()
+        return seq, _HDR.pack(_HDR.size + len(body), kind, flags | NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body
+
+    def _replies(self, pending: dict[int, str]) -> dict[int, tuple[int, bytes]]:
+        """Read until every pending seq is answered: seq -> (errno, payload)."""
+        out: dict[int, tuple[int, bytes]] = {}
+        while len(out) < len(pending):
+            data = self.sock.recv(65536)
+            offset = 0
+            while offset + _HDR.size <= len(data):
+                length, kind, _flags, seq, _pid = _HDR.unpack_from(data, offset)
+                if length < _HDR.size:
+                    break
+                payload = data[offset + _HDR.size : offset + length]
+                if seq in pending:
+                    if kind == NLMSG_ERROR:
+                        (code,) = struct.unpack_from("=i", payload)
+                        if seq not in out or code:
+                            out[seq] = (-code, payload)
+                    else:
+                        out[seq] = (0, payload)
+                offset += (length + 3) & ~3
+        return out
+
+    def _call(self, kind: int, flags: int, body: bytes) -> int:
+        """Send one request; return the kernel's errno (0 = success)."""
+        seq, msg = self._message(kind, flags, body)
+        self.sock.send(msg)
+        return self._replies({seq: ""})[seq][0]
+
+    def create_veth(
+        self,
+        host: str,
+        peer: str,
+        peer_netns_fd: int,
+        mtu: int,
+        master: int,
+        host_mac: str,
+        peer_mac: str,
+    ) -> int:
+        """One RTM_NEWLINK: host end enslaved to `master` and up, the peer born in the
+        container namespace under its final name. Returns the kernel's errno."""
+        peer_info = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        peer_info += _attr(IFLA_IFNAME, peer.encode() + b"\0") + _attr(IFLA_MTU, _u32(mtu))
+        peer_info += _attr(IFLA_ADDRESS, _mac(peer_mac)) + _attr(IFLA_NET_NS_FD, _u32(peer_netns_fd))
+        info = _attr(IFLA_INFO_KIND, b"veth") + _attr(
+            IFLA_INFO_DATA | NLA_F_NESTED, _attr(VETH_INFO_PEER | NLA_F_NESTED, peer_info)
+        )
+        body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP)
+        body += _attr(IFLA_IFNAME, host.encode() + b"\0") + _attr(IFLA_MTU, _u32(mtu))
+        body += _attr(IFLA_ADDRESS, _mac(host_mac)) + _attr(IFLA_MASTER, _u32(master))
+        body += _attr(IFLA_LINKINFO | NLA_F_NESTED, info)
+        return self._call(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
+
+    def set_hairpin(self, name: str) -> None:
+        """Hairpin mode on a bridge port, selected by name (bridge slave data)."""
+        info = _attr(IFLA_INFO_SLAVE_KIND, b"bridge") + _attr(
+            IFLA_INFO_SLAVE_DATA | NLA_F_NESTED, _attr(IFLA_BRPORT_MODE, b"\x01")
+        )
+        body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
+        body += _attr(IFLA_IFNAME, name.encode() + b"\0") + _attr(IFLA_LINKINFO | NLA_F_NESTED, info)
+        code = self._call(RTM_NEWLINK, 0, body)
+        if code:
+            raise KernelError(f"cannot set hairpin mode on {name}: {os.strerror(code)}")
+
+    def link_index(self, name: str) -> int | None:
+        body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, name.encode() + b"\0")
+        seq, msg = self._message(RTM_GETLINK, 0, body)
+        self.sock.send(msg)
+        code, payload = self._replies({seq: name})[seq]
+        if code in (errno.ENODEV, errno.ENOENT):
+            return None
+        if code:
+            raise KernelError(f"cannot look up {name}: {os.strerror(code)}")
+        _family_, _type, index, _flags, _change = _IFINFO.unpack_from(payload)
+        return index
+
+    def configure(
+        self,
+        index: int,
+        addresses: Iterable[IPAddr],
+        routes: Iterable[tuple[str, str | None]],
+    ) -> None:
+        """Add addresses (no DAD), bring the link up, add routes: one sendmsg. An address
+        or route that already exists is fine (idempotent); any other error raises."""
+        messages: list[bytes] = []
+        what: dict[int, str] = {}
+        for addr in addresses:
+            raw = addr.ip.packed
+            body = _IFADDR.pack(_family(addr.version), addr.network.prefixlen, 0, RT_SCOPE_UNIVERSE, index)
+            body += _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw) + _attr(IFA_FLAGS, struct.pack("=I", IFA_F_NODAD))
+            seq, msg = self._message(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body)
+            messages.append(msg)
+            what[seq] = f"address {addr}"
+        seq, msg = self._message(RTM_NEWLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, index, IFF_UP, IFF_UP))
+        messages.append(msg)
+        what[seq] = "link up"
+        for dst, gw in routes:
+            net = ipaddress.ip_network(dst, strict=False)
+            scope = RT_SCOPE_UNIVERSE if gw else RT_SCOPE_LINK
+            body = _RTMSG.pack(_family(net.version), net.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope, RTN_UNICAST, 0)
+            if net.prefixlen:
+                body += _attr(RTA_DST, net.network_address.packed)
+            if gw:
+                body += _attr(RTA_GATEWAY, ipaddress.ip_address(gw).packed)
+            body += _attr(RTA_OIF, struct.pack("=i", index))
+            seq, msg = self._message(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body)
+            messages.append(msg)
+            what[seq] = f"route {dst} via {gw}"
+        self.sock.sendmsg(messages)
+        for seq, (code, _payload) in sorted(self._replies(what).items()):
+            if code and code != errno.EEXIST:
+                raise KernelError(f"cannot add {what[seq]}: {os.strerror(code)}")
