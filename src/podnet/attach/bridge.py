@@ -72,10 +72,12 @@ def prepare_bridge(ipr: IPRoute, ctx: AttachContext, force: bool = False) -> Bri
     index = links.ensure_bridge(ipr, conf.bridge, conf.mtu)
     for gw in wanted:
         links.ensure_address(ipr, index, ipaddress.ip_interface(gw), nodad=True)
-    if any(ip.version == 4 for ip in ctx.ips) and conf.is_gateway:
-        _write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
-    if any(ip.version == 6 for ip in ctx.ips) and conf.is_gateway:
-        _write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+    if conf.is_gateway:
+        with netns.entered(ctx.host_fd):  # /proc/sys/net is the calling thread's namespace
+            if any(ip.version == 4 for ip in ctx.ips):
+                _write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+            if any(ip.version == 6 for ip in ctx.ips):
+                _write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
     known = state.gateways if state and state.index == index else set()
     state = BridgeState(
         index=index,
@@ -103,10 +105,9 @@ class BridgeAttacher:
         host_name = host_veth_name(ctx.attach_id)
         host_mac, peer_mac = links.random_mac(), links.random_mac()
         assert ctx.container_fd is not None
-        with netns.entered(ctx.host_fd):
-            ipr = links.warm_iproute(ctx.host_fd)
-            undo.callback(self._delete_host, ctx)  # idempotent: safe before the pair exists
-            state = self._create_pair(ipr, ctx, host_name, host_mac, peer_mac)
+        ipr = links.warm_iproute(ctx.host_fd)
+        undo.callback(self._delete_host, ctx)  # idempotent: safe before the pair exists
+        state = self._create_pair(ipr, ctx, host_name, host_mac, peer_mac)
         links.configure_container_iface(ctx.container_fd, ctx.ifname, ctx.ips, ctx.routes)
         return Attached(
             interfaces=[

@@ -13,6 +13,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -87,22 +89,45 @@ def same_netns(fd_a: int, fd_b: int) -> bool:
     return identity(fd_a) == identity(fd_b)
 
 
+_home = threading.local()
+
+
+def _home_fd() -> tuple[int, tuple[int, int]]:
+    """The calling thread's own namespace (fd, identity), opened once per thread: a
+    thread always returns home after `entered`, so home never changes."""
+    cached = getattr(_home, "ns", None)
+    if cached is None:
+        fd = current_netns_fd()
+        cached = _home.ns = (fd, identity(fd))
+        weakref.finalize(threading.current_thread(), os.close, fd)
+    return cached
+
+
 @contextmanager
 def entered(fd: int) -> Iterator[None]:
-    """Run the block with the calling thread inside namespace `fd`, then come back."""
-    home = current_netns_fd()
+    """Run the block with the calling thread inside namespace `fd`, then come back
+    (to home, or to wherever an enclosing `entered` had put the thread)."""
+    depth = getattr(_home, "depth", 0)
+    if depth:
+        back = current_netns_fd()  # nested: return to the enclosing namespace
+        back_id = identity(back)
+    else:
+        back, back_id = _home_fd()
     try:
-        if identity(home) == identity(fd):
+        if back_id == identity(fd):
             yield
             return
         setns(fd)
+        _home.depth = depth + 1
         try:
             yield
         finally:
-            if _libc().setns(home, CLONE_NEWNET) != 0:  # pragma: no cover - kernel refused
+            _home.depth = depth
+            if _libc().setns(back, CLONE_NEWNET) != 0:  # pragma: no cover - kernel refused
                 raise KernelError(
                     "cannot return to the original network namespace",
                     os.strerror(_errno() or errno.EINVAL),
                 )
     finally:
-        os.close(home)
+        if depth:
+            os.close(back)
