@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from podnet.cli_output import fail
 from podnet.cni.config import DEFAULT_SOCKET, DEFAULT_STORE
+from podnet.errors import PodnetError
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:
@@ -76,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except PodnetError as err:
+        return fail(err)
 
 
 if __name__ == "__main__":

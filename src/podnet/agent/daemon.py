@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from podnet.agent.cni_service import CniService
+from podnet.agent.ops import build_services
 from podnet.agent.resync import resync
 from podnet.cni import wire
 from podnet.cni.config import DEFAULT_SOCKET, DEFAULT_STORE
@@ -119,6 +120,8 @@ class Agent:
         self.service = CniService(default_store=store_path, track_stores=True)
         self.locks = KeyedLocks()
         self.server: AgentServer | None = None
+        self.services = build_services(self)
+        self.ops = {op: fn for svc in self.services for op, fn in svc.ops().items()}
 
     def dispatch(self, meta: bytes, body: bytes, fds: list[int], uid: int) -> tuple[int, bytes]:
         """One request -> (exit code, payload). For CNI the payload is exactly what the
@@ -133,7 +136,7 @@ class Agent:
         if op == "ping":
             return 0, json.dumps({"pid": os.getpid(), "store": self.store_path}).encode()
         if op != "cni":
-            return 1, _error(f"unknown op {op!r}")
+            return self._dispatch_op(str(op), message, fds)
         env = {str(k): str(v) for k, v in (message.get("env") or {}).items()}
         if not fds:
             return 1, _error("request came without the caller's namespace fd")
@@ -146,6 +149,21 @@ class Agent:
         if code:
             log.info("%s %s: %s", env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID", ""), out.getvalue().strip())
         return code, out.getvalue().encode()
+
+    def _dispatch_op(self, op: str, message: dict, fds: list[int]) -> tuple[int, bytes]:
+        """A JSON op of an agent service (agent/ops.py): reply {"result": ...} with code
+        0, or {"error": {"code", "msg", "details"}} with code 1."""
+        handler = self.ops.get(op)
+        if handler is None:
+            return 1, json.dumps({"error": PodnetError(f"unknown op {op!r}").to_cni("1.0.0")}).encode()
+        try:
+            result = handler(message, fds)
+        except PodnetError as err:
+            return 1, json.dumps({"error": err.to_cni("1.0.0")}).encode()
+        except Exception as exc:  # noqa: BLE001 - report, never kill the worker
+            log.exception("op %s failed", op)
+            return 1, json.dumps({"error": PodnetError(f"internal error: {exc}").to_cni("1.0.0")}).encode()
+        return 0, json.dumps({"result": result}).encode()
 
     def bind(self) -> None:
         path = Path(self.socket_path)
@@ -166,10 +184,14 @@ class Agent:
         log.info("resync: %s", report)
         self.bind()
         assert self.server is not None
+        for svc in self.services:
+            svc.start()
         log.info("podnet agent serving %s (store %s)", self.socket_path, self.store_path)
         try:
             self.server.serve_forever(poll_interval=0.5)
         finally:
+            for svc in reversed(self.services):
+                svc.stop()
             self.server.server_close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.socket_path)

@@ -1,0 +1,34 @@
+"""The agent's services beyond CNI, as an explicit registry (no import side effects).
+
+A service is started after the socket is bound and stopped on shutdown; it may answer
+JSON ops on the agent socket (`ops()` maps an op name to a handler taking the decoded
+request and the fds that came with it, returning a JSON-able result or raising a
+PodnetError). Later issues add services here: the container supervisor, DNS, network
+isolation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from podnet.agent.daemon import Agent
+
+OpHandler = Callable[[dict, list[int]], object]
+
+
+class AgentService(Protocol):
+    def ops(self) -> dict[str, OpHandler]: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+# name -> factory(agent); order is start order (stop runs in reverse)
+SERVICES: dict[str, Callable[[Agent], AgentService]] = {}
+
+
+def build_services(agent: Agent) -> list[AgentService]:
+    return [factory(agent) for factory in SERVICES.values()]
