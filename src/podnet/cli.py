@@ -13,7 +13,7 @@ from podnet.errors import PodnetError
 def _cmd_agent(args: argparse.Namespace) -> int:
     from podnet.agent.daemon import run_agent
 
-    return run_agent(args.socket, args.store)
+    return run_agent(args.socket, args.store, args.state_dir)
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     agent = sub.add_parser("agent", help="run the node agent (serves CNI requests)")
     agent.add_argument("--socket", default=DEFAULT_SOCKET, help=f"UNIX socket (default {DEFAULT_SOCKET})")
-    agent.add_argument("--store", default=DEFAULT_STORE, help=f"SQLite store (default {DEFAULT_STORE})")
+    agent.add_argument("--store", help=f"SQLite store (default STATE_DIR/store.db = {DEFAULT_STORE})")
+    agent.add_argument("--state-dir", help="state directory (default $PODNET_STATE_DIR or /var/lib/podnet)")
     agent.set_defaults(func=_cmd_agent)
 
     install = sub.add_parser("install-cni", help="install the podnet CNI executables")

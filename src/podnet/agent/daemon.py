@@ -27,6 +27,7 @@ from podnet.agent.resync import resync
 from podnet.cni import wire
 from podnet.cni.config import DEFAULT_SOCKET, DEFAULT_STORE
 from podnet.errors import PodnetError
+from podnet.state import StatePaths
 
 log = logging.getLogger("podnet.agent")
 
@@ -114,9 +115,15 @@ class AgentServer(socketserver.UnixStreamServer):
 
 
 class Agent:
-    def __init__(self, socket_path: str = DEFAULT_SOCKET, store_path: str = DEFAULT_STORE) -> None:
+    def __init__(
+        self,
+        socket_path: str = DEFAULT_SOCKET,
+        store_path: str = DEFAULT_STORE,
+        state: StatePaths | None = None,
+    ) -> None:
         self.socket_path = socket_path
         self.store_path = store_path
+        self.state = state or StatePaths.resolve()
         self.service = CniService(default_store=store_path, track_stores=True)
         self.locks = KeyedLocks()
         self.server: AgentServer | None = None
@@ -216,9 +223,10 @@ def _socket_alive(path: str) -> bool:
     return True
 
 
-def run_agent(socket_path: str, store_path: str) -> int:
+def run_agent(socket_path: str, store_path: str | None = None, state_dir: str | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s podnet-agent %(levelname)s %(message)s")
-    agent = Agent(socket_path, store_path)
+    state = StatePaths.resolve(state_dir)
+    agent = Agent(socket_path, store_path or str(state.store), state)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     try:
