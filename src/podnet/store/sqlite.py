@@ -496,8 +496,15 @@ def _prepare_path(path: str) -> None:
             os.makedirs(parent, mode=0o700, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create store directory {parent}: {exc}") from exc
+    if os.path.exists(path):
+        # Never open()+close() a live database: closing any fd of a file drops every
+        # POSIX lock this process holds on it, SQLite's included, and another process
+        # would then think it is the last user and delete the -wal/-shm files.
+        return
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        return
     except OSError as exc:
         raise StoreError(f"cannot open store {path}: {exc}") from exc
     os.close(fd)
