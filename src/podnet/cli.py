@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from podnet import cli_container, cli_network
 from podnet.cli_output import fail
 from podnet.cni.config import DEFAULT_SOCKET, DEFAULT_STORE
 from podnet.errors import PodnetError
@@ -13,7 +14,7 @@ from podnet.errors import PodnetError
 def _cmd_agent(args: argparse.Namespace) -> int:
     from podnet.agent.daemon import run_agent
 
-    return run_agent(args.socket, args.store, args.state_dir)
+    return run_agent(args.socket, args.store, args.state_dir, args.dns_upstream)
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
@@ -57,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--socket", default=DEFAULT_SOCKET, help=f"UNIX socket (default {DEFAULT_SOCKET})")
     agent.add_argument("--store", help=f"SQLite store (default STATE_DIR/store.db = {DEFAULT_STORE})")
     agent.add_argument("--state-dir", help="state directory (default $PODNET_STATE_DIR or /var/lib/podnet)")
+    agent.add_argument("--dns-upstream", metavar="IP[:PORT]",
+                       help="where container DNS forwards names outside its networks (default: nowhere)")
     agent.set_defaults(func=_cmd_agent)
 
     install = sub.add_parser("install-cni", help="install the podnet CNI executables")
@@ -74,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="a live demo in a sandbox namespace")
     demo.add_argument("--keep", action="store_true", help="leave the demo up for exploration")
     demo.set_defaults(func=_cmd_demo)
+    cli_network.register(sub)
+    cli_container.register(sub)
     return parser
 
 

@@ -11,6 +11,14 @@ from collections.abc import Mapping, Sequence
 from podnet.errors import PodnetError
 
 
+def add_host_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--state-dir, --socket and -o: what every host-level command takes."""
+    parser.add_argument("--state-dir", help="state directory (default $PODNET_STATE_DIR or /var/lib/podnet)")
+    parser.add_argument("--socket", help="agent socket (default $PODNET_AGENT_SOCKET or /run/podnet/agent.sock)")
+    add_output_option(parser)
+    return parser
+
+
 def add_output_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table",
                         help="table for people (default), json for scripts")

@@ -18,7 +18,7 @@ def test_demo_passes_and_cleans_up():
     proc = subprocess.run([sys.executable, "-m", "podnet.cli", "demo"], capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "6 passed, 0 failed" in proc.stdout
+    assert " passed, 0 failed" in proc.stdout and "FAIL" not in proc.stdout
     after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert [n for n in after.splitlines() if "pn-demo-" in n] == []
     assert len(after.splitlines()) <= len(before.splitlines())

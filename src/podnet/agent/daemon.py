@@ -120,8 +120,10 @@ class Agent:
         socket_path: str = DEFAULT_SOCKET,
         store_path: str = DEFAULT_STORE,
         state: StatePaths | None = None,
+        dns_upstream: str | None = None,
     ) -> None:
         self.socket_path = socket_path
+        self.dns_upstream = dns_upstream  # None: the DNS service never forwards
         self.store_path = store_path
         self.state = state or StatePaths.resolve()
         self.service = CniService(default_store=store_path, track_stores=True)
@@ -223,10 +225,18 @@ def _socket_alive(path: str) -> bool:
     return True
 
 
-def run_agent(socket_path: str, store_path: str | None = None, state_dir: str | None = None) -> int:
+def run_agent(
+    socket_path: str,
+    store_path: str | None = None,
+    state_dir: str | None = None,
+    dns_upstream: str | None = None,
+) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s podnet-agent %(levelname)s %(message)s")
-    state = StatePaths.resolve(state_dir)
-    agent = Agent(socket_path, store_path or str(state.store), state)
+    if state_dir is None and store_path and not os.environ.get("PODNET_STATE_DIR"):
+        state = StatePaths(Path(store_path).parent)  # the store's directory is the state dir
+    else:
+        state = StatePaths.resolve(state_dir)
+    agent = Agent(socket_path, store_path or str(state.store), state, dns_upstream)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     try:

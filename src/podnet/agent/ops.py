@@ -12,10 +12,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
+from podnet.agent.dns_service import dns_service
+from podnet.agent.isolation_service import IsolationService
+from podnet.agent.supervisor_service import SupervisorService
+
 if TYPE_CHECKING:
     from podnet.agent.daemon import Agent
 
 OpHandler = Callable[[dict, list[int]], object]
+
 
 
 class AgentService(Protocol):
@@ -27,7 +32,11 @@ class AgentService(Protocol):
 
 
 # name -> factory(agent); order is start order (stop runs in reverse)
-SERVICES: dict[str, Callable[[Agent], AgentService]] = {}
+SERVICES: dict[str, Callable[[Agent], AgentService]] = {
+    "isolation": IsolationService.for_agent,  # networks/ -> the inet podnet-iso table
+    "dns": dns_service,  # networks/ + containers/ -> a DNS server on each bridge gateway
+    "supervisor": SupervisorService,  # parent of detached containers; finishes dead ones
+}
 
 
 def build_services(agent: Agent) -> list[AgentService]:

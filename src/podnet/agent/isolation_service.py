@@ -1,0 +1,138 @@
+"""The agent keeps the isolation table (kernel/isolation.py) in step with the networks
+in the store: once at start, whenever `networks/` changes (list-then-watch), every
+RESYNC_SECONDS (repairing a table flushed by hand), and on demand through the
+`network.sync` op, which `podnet network create|rm` call so the table is in place
+when they return. The table lives in the agent's own namespace.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from podnet.agent.service_thread import ServiceThread
+from podnet.errors import PodnetError
+from podnet.kernel import isolation
+from podnet.kernel.nft import Nft, NftPort
+from podnet.networks.model import PREFIX, Network
+from podnet.networks.service import SYNC_OP
+from podnet.store import RevisionCompacted, Store
+
+if TYPE_CHECKING:
+    from podnet.agent.daemon import Agent
+    from podnet.agent.ops import OpHandler
+
+log = logging.getLogger("podnet.agent.isolation")
+
+RESYNC_SECONDS = 30.0
+WATCH_TIMEOUT = 1.0
+MAX_BACKOFF = 30.0
+
+
+class IsolationService:
+    def __init__(
+        self,
+        open_store: Callable[[], Store | None],
+        nft: NftPort | None = None,
+        resync_seconds: float = RESYNC_SECONDS,
+        watch_timeout: float = WATCH_TIMEOUT,
+    ) -> None:
+        self._open_store = open_store
+        self.nft = nft or Nft()
+        self.resync_seconds = resync_seconds
+        self.watch_timeout = watch_timeout
+        self._store: Store | None = None
+        self._lock = threading.Lock()
+        self._loop = ServiceThread("podnet-isolation", self._run, join_timeout=self.watch_timeout + 10)
+        self._stop = self._loop.stopping
+        self._rules: list[str] | None = None
+
+    @classmethod
+    def for_agent(cls, agent: Agent) -> IsolationService:
+        """Networks live in the state dir's store (where the CLI writes them): the
+        agent's own store unless it was started with another --store (then it is
+        opened once it exists: no networks until then). The handle is the CNI
+        service's, shared: one SqliteStore per file and process."""
+        path = str(agent.state.store)
+        if os.path.realpath(agent.store_path) == os.path.realpath(path):
+            path = agent.store_path
+
+        def existing() -> Store | None:  # never create a state dir nobody uses
+            return agent.service.store(path) if os.path.exists(path) else None
+
+        return cls(existing)
+
+    # -- AgentService
+
+    def ops(self) -> dict[str, OpHandler]:
+        return {SYNC_OP: lambda _message, _fds: self.converge()}
+
+    def start(self) -> None:
+        self._loop.start()
+
+    def stop(self) -> None:
+        self._loop.stop()
+
+    # -- converging
+
+    def _open(self) -> Store | None:
+        if self._store is None:
+            self._store = self._open_store()  # not ours to close: the agent closes it
+        return self._store
+
+    def converge(self) -> dict[str, Any]:
+        """Apply the table for the networks in the store now; report what is in force."""
+        result, _revision = self._converge()
+        return result
+
+    def _converge(self) -> tuple[dict[str, Any], int]:
+        with self._lock:
+            store = self._open()
+            entries, revision = store.snapshot(PREFIX) if store is not None else ([], 0)
+            networks = [Network.from_json(e.json()) for e in entries]
+            rules = isolation.apply(self.nft, networks)
+            if rules != self._rules:
+                log.info("isolation: %d rule(s) for %d network(s)", len(rules), len(networks))
+                self._rules = rules
+        result = {
+            "table": f"{isolation.FAMILY} {isolation.TABLE}",
+            "networks": sorted(n.name for n in networks),
+            "rules": rules,
+        }
+        return result, revision
+
+    def _run(self) -> None:
+        """List-then-watch: converge from a snapshot, then watch from its revision."""
+        revision, dirty, last, backoff = 0, True, 0.0, 1.0
+        while not self._stop.is_set():
+            if dirty or time.monotonic() - last >= self.resync_seconds:
+                last = time.monotonic()
+                try:
+                    _result, revision = self._converge()
+                    dirty, backoff = False, 1.0
+                except (PodnetError, OSError, ValueError) as exc:
+                    log.warning("isolation: cannot apply the table: %s", getattr(exc, "msg", exc))
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF)
+                    continue
+            store = self._open()
+            if store is None:  # no store yet: look again later, converge once it appears
+                self._stop.wait(self.watch_timeout)
+                dirty = self._open() is not None
+                continue
+            try:
+                events = store.watch(PREFIX, revision, self.watch_timeout)
+            except RevisionCompacted:
+                dirty = True
+                continue
+            except PodnetError as exc:
+                log.warning("isolation: watching the store failed: %s", exc.msg)
+                dirty = True
+                self._stop.wait(backoff)
+                continue
+            if events:
+                dirty = True

@@ -1,0 +1,282 @@
+"""What a user asked for, parsed and validated before anything is built (pure).
+
+Everything here runs before the first namespace exists, so a typo in `-p` or a bad
+name costs nothing to undo. The store record's shape is defined here too: the DNS
+service and `ls`/`inspect` read it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+import signal
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from podnet.errors import PodnetError
+
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")  # Docker's rule
+MAX_NAME = 128
+LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+MODES = ("bridge", "host", "none", "container")
+PROTOCOLS = ("tcp", "udp", "sctp")
+PORT_SYNTAX = "[IP:]HOSTPORT:CONTAINERPORT[/tcp|udp]"
+NETNS_PREFIX = "pnc-"
+NETNS_DIR = "/run/netns"
+IFNAME = "eth0"
+DEFAULT_NETWORK = "podnet"
+
+
+class ContainerError(PodnetError):
+    """A container request that cannot be served as asked."""
+
+    code = 1
+
+
+class NameInUse(ContainerError):
+    pass
+
+
+class ContainerNotFound(ContainerError):
+    pass
+
+
+class BadSpec(ContainerError):
+    """The command line asks for something malformed or contradictory."""
+
+
+@dataclass(frozen=True)
+class NetworkChoice:
+    """--network, decoded: mode plus the network (bridge) or the joined container."""
+
+    mode: str
+    network: str | None = None
+    joined: str | None = None
+    defaulted: bool = False
+
+    @property
+    def label(self) -> str:
+        """How `ls` shows it (Docker's spelling)."""
+        if self.mode == "bridge":
+            return self.network or "-"
+        return f"container:{self.joined}" if self.mode == "container" else self.mode
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    name: str
+    choice: NetworkChoice
+    cmd: tuple[str, ...]
+    ports: tuple[dict, ...] = ()
+    ip: str | None = None
+    aliases: tuple[str, ...] = ()
+    hostname: str | None = None
+    detached: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    auto_remove: bool = False
+    interactive: bool = False
+
+
+def check_name(name: str, what: str = "container name") -> str:
+    if not NAME_RE.match(name or "") or len(name) > MAX_NAME:
+        raise BadSpec(
+            f"invalid {what} {name!r}",
+            f"use 1-{MAX_NAME} characters [a-zA-Z0-9_.-], starting with a letter or digit",
+        )
+    return name
+
+
+def check_hostname(hostname: str) -> str:
+    """RFC 1123: dot-separated labels, at most 64 bytes (the kernel's UTS limit)."""
+    if len(hostname) > 64 or not all(LABEL_RE.match(p) for p in hostname.split(".")):
+        raise BadSpec(f"invalid hostname {hostname!r}", "use letters, digits, '-' and '.' (at most 64)")
+    return hostname
+
+
+def default_hostname(name: str) -> str:
+    """The name, made a valid hostname ('_' is not allowed in one)."""
+    text = re.sub(r"[^A-Za-z0-9.-]", "-", name)[:63].strip("-.")
+    return text or "container"
+
+
+def parse_network(value: str | None) -> NetworkChoice:
+    if value is None or value == "":
+        return NetworkChoice("bridge", DEFAULT_NETWORK, defaulted=True)
+    if value in ("host", "none"):
+        return NetworkChoice(value)
+    if value.startswith("container:"):
+        other = value.split(":", 1)[1]
+        return NetworkChoice("container", joined=check_name(other, "container name in --network"))
+    if value == "bridge":
+        raise BadSpec("--network bridge names no network",
+                      "give a network made with `podnet network create`, or host, none, container:NAME")
+    return NetworkChoice("bridge", check_name(value, "network name"))
+
+
+def _port_number(text: str, spec: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise BadSpec(f"bad -p {spec!r}: {text!r} is not a port (1-65535)", f"expected {PORT_SYNTAX}")
+    return int(text)
+
+
+def parse_port(spec: str) -> dict:
+    """`[IP:]HOSTPORT:CONTAINERPORT[/proto]` -> a CNI portMappings entry (hostIP ""
+    means every address). An IPv6 host IP may be written in brackets."""
+    body, slash, proto = spec.partition("/")
+    proto = proto.lower() if slash else "tcp"
+    if proto not in PROTOCOLS:
+        raise BadSpec(f"bad -p {spec!r}: protocol {proto!r} is not tcp, udp or sctp", f"expected {PORT_SYNTAX}")
+    parts = body.rsplit(":", 2)
+    if len(parts) < 2:
+        raise BadSpec(f"bad -p {spec!r}: both a host port and a container port are needed",
+                      f"expected {PORT_SYNTAX}")
+    host_ip = parts[0].strip("[]") if len(parts) == 3 else ""
+    if host_ip:
+        try:
+            host_ip = str(ipaddress.ip_address(host_ip))
+        except ValueError:
+            raise BadSpec(f"bad -p {spec!r}: {host_ip!r} is not an IP address", f"expected {PORT_SYNTAX}") from None
+    return {
+        "hostIP": host_ip,
+        "hostPort": _port_number(parts[-2], spec),
+        "containerPort": _port_number(parts[-1], spec),
+        "protocol": proto,
+    }
+
+
+def parse_ports(specs: list[str] | tuple[str, ...]) -> tuple[dict, ...]:
+    out: list[dict] = []
+    for spec in specs:
+        port = parse_port(spec)
+        for prev in out:
+            same_ip = not prev["hostIP"] or not port["hostIP"] or prev["hostIP"] == port["hostIP"]
+            if same_ip and (prev["hostPort"], prev["protocol"]) == (port["hostPort"], port["protocol"]):
+                raise BadSpec(f"host port {port['hostPort']}/{port['protocol']} is published twice")
+        out.append(port)
+    return tuple(out)
+
+
+def parse_env(items: list[str] | tuple[str, ...]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or "\0" in item:
+            raise BadSpec(f"bad -e {item!r}", "expected KEY=VALUE")
+        env[key] = value
+    return env
+
+
+def check_request(req: RunRequest) -> RunRequest:
+    """Options that only make sense with a network of podnet's own."""
+    check_name(req.name)
+    if not req.cmd:
+        raise BadSpec("no command given", "usage: podnet container run [OPTIONS] -- CMD [ARG...]")
+    bridge = req.choice.mode == "bridge"
+    for flag, used in (("-p", req.ports), ("--ip", req.ip), ("--alias", req.aliases)):
+        if used and not bridge:
+            raise BadSpec(f"{flag} needs a network; --network {req.choice.label} has none of its own")
+    if req.ip:
+        try:
+            ipaddress.ip_address(req.ip)
+        except ValueError:
+            raise BadSpec(f"--ip {req.ip!r} is not an IP address") from None
+    for alias in req.aliases:
+        check_name(alias, "alias")
+    if req.hostname:
+        check_hostname(req.hostname)
+    if req.choice.mode == "container" and req.choice.joined == req.name:
+        raise BadSpec("a container cannot join its own network namespace")
+    return req
+
+
+def new_id() -> str:
+    return secrets.token_hex(32)
+
+
+def netns_path(container_id: str) -> str:
+    return f"{NETNS_DIR}/{NETNS_PREFIX}{container_id[:12]}"
+
+
+def exit_status(returncode: int) -> int:
+    """A Popen return code as a shell reports it: death by signal N is 128+N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def signal_number(value: str | int) -> int:
+    """'TERM', 'SIGTERM', '15' or 15 -> 15."""
+    if isinstance(value, int) or str(value).isdigit():
+        return int(value)
+    name = str(value).upper()
+    try:
+        return int(signal.Signals[name if name.startswith("SIG") else "SIG" + name])
+    except KeyError:
+        raise BadSpec(f"unknown signal {value!r}") from None
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_record(req: RunRequest, container_id: str, netns: str | None, hostname: str, owner: str) -> dict:
+    """The `containers/<name>` record as it is first written (state "created").
+    `supervisor` names the process ("pid:starttime") answerable for the container: the
+    CLI while it builds and for a foreground run, the agent for a detached one."""
+    return {
+        "name": req.name,
+        "id": container_id,
+        "network_mode": req.choice.mode,
+        "network": req.choice.network if req.choice.mode == "bridge" else None,
+        "joined": req.choice.joined,
+        "netns": netns,
+        "ifname": IFNAME,
+        "ips": [],
+        "mac": None,
+        "aliases": list(req.aliases),
+        "hostname": hostname,
+        "ports": [dict(p) for p in req.ports],
+        "cmd": list(req.cmd),
+        "pid": None,
+        "process": None,
+        "supervisor": owner,
+        "state": "created",
+        "exit_code": None,
+        "detached": req.detached,
+        "auto_remove": req.auto_remove,
+        "created": now(),
+        "started": None,
+        "finished": None,
+    }
+
+
+def port_text(port: dict) -> str:
+    host = f"{port['hostIP']}:" if port.get("hostIP") else ""
+    return f"{host}{port['hostPort']}->{port['containerPort']}/{port['protocol']}"
+
+
+def network_label(record: dict) -> str:
+    mode = record.get("network_mode")
+    return NetworkChoice(mode or "none", record.get("network"), record.get("joined")).label
+
+
+def ls_row(record: dict) -> dict:
+    """One `ls` table row (the JSON output keeps whole records)."""
+    state = record.get("state", "?")
+    if state == "exited":
+        code = record.get("exit_code")
+        state = f"exited ({'?' if code is None else code})"
+    return {
+        "NAME": record["name"],
+        "ID": record["id"][:12],
+        "NETWORK": network_label(record),
+        "IPS": [ip.split("/")[0] for ip in record.get("ips") or []],
+        "PORTS": [port_text(p) for p in record.get("ports") or []],
+        "STATE": state,
+        "CMD": _short_cmd(record.get("cmd") or []),
+    }
+
+
+def _short_cmd(cmd: list[str], width: int = 30) -> str:
+    """The program's base name and its arguments, cut to fit a table cell."""
+    text = " ".join([cmd[0].rsplit("/", 1)[-1], *cmd[1:]]) if cmd else ""
+    return text if len(text) <= width else text[: width - 1] + "…"
