@@ -9,6 +9,7 @@ from podnet import cli_container, cli_network
 from podnet.cli_output import fail
 from podnet.cni.config import DEFAULT_SOCKET, DEFAULT_STORE
 from podnet.errors import PodnetError
+from podnet.state import agent_socket
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:
@@ -55,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     agent = sub.add_parser("agent", help="run the node agent (serves CNI requests)")
-    agent.add_argument("--socket", default=DEFAULT_SOCKET, help=f"UNIX socket (default {DEFAULT_SOCKET})")
+    agent.add_argument("--socket", default=agent_socket(),
+                       help=f"UNIX socket (default $PODNET_AGENT_SOCKET or {DEFAULT_SOCKET})")
     agent.add_argument("--store", help=f"SQLite store (default STATE_DIR/store.db = {DEFAULT_STORE})")
     agent.add_argument("--state-dir", help="state directory (default $PODNET_STATE_DIR or /var/lib/podnet)")
     agent.add_argument("--dns-upstream", metavar="IP[:PORT]",
@@ -71,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     install.set_defaults(func=_cmd_install)
 
     ping = sub.add_parser("ping", help="check that an agent answers")
-    ping.add_argument("--socket", default=DEFAULT_SOCKET)
+    ping.add_argument("--socket", default=agent_socket())
     ping.set_defaults(func=_cmd_ping)
 
     demo = sub.add_parser("demo", help="a live demo in a sandbox namespace")
