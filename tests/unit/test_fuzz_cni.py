@@ -25,9 +25,9 @@ import pytest
 from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 
-from podnet.agent.cni_service import conf_dns, requested_ips
+from podnet.agent.cni_service import conf_dns
 from podnet.cni import ipam_plugin, plugin, skel
-from podnet.cni.config import parse_conf, store_path_for
+from podnet.cni.config import parse_conf, requested_ips, store_path_for
 from podnet.cni.types import SUPPORTED_VERSIONS, version_result
 from podnet.ipam.config import parse_address, parse_ipam_config
 from podnet.kernel.portmap import parse_port_mappings
@@ -297,7 +297,7 @@ def podnet_input_layer(req: skel.CniRequest) -> dict:
     parse_port_mappings(conf.port_mappings)
     if conf.builtin_ipam:
         ipam = parse_ipam_config(conf.ipam)
-        for raw in requested_ips(req, req.config):
+        for raw in requested_ips(req.args, req.config):
             parse_address(raw, "requested address")
         assert ipam.range_sets
     return {}

@@ -23,7 +23,7 @@ from podnet import procs
 from podnet.attach import ATTACH
 from podnet.attach.base import AttachContext
 from podnet.cni import skel
-from podnet.cni.config import DEFAULT_STORE, PodnetConf, parse_conf, store_path_for
+from podnet.cni.config import DEFAULT_STORE, PodnetConf, parse_conf, requested_ips, store_path_for
 from podnet.cni.delegate import exec_plugin
 from podnet.cni.skel import CniRequest
 from podnet.cni.types import convert_result, normalize_result, version_result
@@ -50,19 +50,6 @@ STORES_PREFIX = "meta/stores/"
 
 def endpoint_key(network: str, container_id: str, ifname: str) -> str:
     return f"{ENDPOINT_PREFIX}{network}/{container_id}/{ifname}"
-
-
-def requested_ips(req: CniRequest, raw: Mapping) -> tuple[str, ...]:
-    """Static addresses asked for by CNI_ARGS IP=... or runtimeConfig.ips."""
-    out: list[str] = []
-    if req.args.get("IP"):
-        out.extend(a for a in req.args["IP"].split(",") if a)
-    runtime = raw.get("runtimeConfig") or {}
-    ips = runtime.get("ips") or []
-    if not isinstance(ips, list):
-        raise InvalidConfig(f"runtimeConfig.ips must be a list of addresses, got {ips!r}")
-    out.extend(str(a) for a in ips)
-    return tuple(out)
 
 
 def attach_context(
@@ -208,7 +195,7 @@ class CniService:
                 req.container_id,
                 req.ifname,
                 parse_ipam_config(conf.ipam),
-                requested_ips(req, req.config),
+                requested_ips(req.args, req.config),
             )
             undo.callback(ipam.release, conf.name, req.container_id, req.ifname)
             return normalize_result(result.as_cni())

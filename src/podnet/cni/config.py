@@ -171,3 +171,18 @@ def store_path_for(raw_config: Mapping, default: str = DEFAULT_STORE) -> str:
             raise InvalidConfig(f"dataDir must be an absolute path, got {data_dir!r}")
         return os.path.join(data_dir, "podnet.db")
     return default
+
+
+def requested_ips(cni_args: Mapping[str, str], raw_config: Mapping) -> tuple[str, ...]:
+    """Static addresses asked for by CNI_ARGS IP=a,b or runtimeConfig.ips (podman sends
+    the first for one address, the second for several); the plugin and podnet-ipam
+    both honour them."""
+    out = [a for a in cni_args.get("IP", "").split(",") if a]
+    runtime = raw_config.get("runtimeConfig") or {}
+    if not isinstance(runtime, Mapping):
+        raise DecodingFailure("'runtimeConfig' must be an object")
+    ips = runtime.get("ips") or []
+    if not isinstance(ips, list):
+        raise InvalidConfig(f"runtimeConfig.ips must be a list of addresses, got {ips!r}")
+    out.extend(str(a) for a in ips)
+    return tuple(out)

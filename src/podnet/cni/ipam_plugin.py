@@ -10,7 +10,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from podnet.cni import skel
-from podnet.cni.config import store_path_for
+from podnet.cni.config import requested_ips, store_path_for
 from podnet.cni.types import convert_result, normalize_result, version_result
 from podnet.errors import DecodingFailure, InvalidConfig, PluginNotAvailable, UnknownContainer
 from podnet.ipam.config import parse_ipam_config
@@ -23,17 +23,6 @@ def _ipam_section(config: Mapping) -> Mapping:
     if not isinstance(ipam, Mapping):
         raise DecodingFailure("the network configuration has no 'ipam' object")
     return ipam
-
-
-def _requested(req: skel.CniRequest) -> tuple[str, ...]:
-    out = [a for a in req.args.get("IP", "").split(",") if a]
-    runtime = req.config.get("runtimeConfig") or {}
-    if isinstance(runtime, Mapping):
-        ips = runtime.get("ips") or []
-        if not isinstance(ips, list):
-            raise InvalidConfig(f"runtimeConfig.ips must be a list of addresses, got {ips!r}")
-        out.extend(str(a) for a in ips)
-    return tuple(out)
 
 
 def _valid_attachments(config: Mapping) -> set[tuple[str, str]]:
@@ -56,7 +45,7 @@ def handle(req: skel.CniRequest) -> dict | None:
         service = IpamService(store)
         if req.command == "ADD":
             result = service.allocate(
-                name, req.container_id, req.ifname, ipam_conf, _requested(req), mark_ready=True
+                name, req.container_id, req.ifname, ipam_conf, requested_ips(req.args, req.config), mark_ready=True
             )
             return convert_result(normalize_result(result.as_cni()), req.cni_version)
         if req.command == "DEL":
