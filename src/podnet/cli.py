@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from podnet import cli_container, cli_network
+from podnet import cli_container, cli_lab, cli_network
 from podnet.cli_output import fail
 from podnet.cni.config import DEFAULT_SOCKET, DEFAULT_STORE
 from podnet.errors import PodnetError
@@ -14,8 +14,12 @@ from podnet.state import agent_socket
 
 def _cmd_agent(args: argparse.Namespace) -> int:
     from podnet.agent.daemon import run_agent
+    from podnet.cluster.options import NodeOptions
 
-    return run_agent(args.socket, args.store, args.state_dir, args.dns_upstream)
+    node = None
+    if args.node:
+        node = NodeOptions(args.node, args.fabric, args.cluster_cidr, args.block_prefix, args.underlay, args.lease_ttl)
+    return run_agent(args.socket, args.store, args.state_dir, args.dns_upstream, node)
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
@@ -62,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--state-dir", help="state directory (default $PODNET_STATE_DIR or /var/lib/podnet)")
     agent.add_argument("--dns-upstream", metavar="IP[:PORT]",
                        help="where container DNS forwards names outside its networks (default: nowhere)")
+    cluster = agent.add_argument_group("cluster node (all ignored without --node)")
+    cluster.add_argument("--node", help="join a cluster through the store as node NAME")
+    cluster.add_argument("--fabric", choices=("vxlan", "host-gw"), default="vxlan",
+                         help="how nodes reach each other's pod blocks (default vxlan)")
+    cluster.add_argument("--cluster-cidr", default="10.244.0.0/16", help="pod CIDR split into node blocks")
+    cluster.add_argument("--block-prefix", type=int, default=24, help="prefix length of a node's block (default 24)")
+    cluster.add_argument("--underlay", default="eth0", help="the node's interface toward other nodes (default eth0)")
+    cluster.add_argument("--lease-ttl", type=float, default=10.0, help="node lease TTL in seconds (default 10)")
     agent.set_defaults(func=_cmd_agent)
 
     install = sub.add_parser("install-cni", help="install the podnet CNI executables")
@@ -81,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
     cli_network.register(sub)
     cli_container.register(sub)
+    cli_lab.register(sub)
     return parser
 
 

@@ -75,3 +75,18 @@ def test_store_path_rule():
     assert store_path_for({}, default="/d.db") == "/d.db"
     with pytest.raises(InvalidConfig):
         store_path_for({"dataDir": "relative"})
+
+
+def test_ip_masq_exclude_parsed_and_validated():
+    import pytest as _pytest
+
+    from podnet.cni.config import parse_conf as _parse
+    from podnet.errors import InvalidConfig as _Invalid
+
+    base = {"cniVersion": "1.0.0", "name": "n", "type": "podnet", "ipMasq": True}
+    assert _parse(base).ip_masq_exclude == ()
+    assert _parse({**base, "ipMasqExclude": ["10.244.0.0/16", "fd00::/48"]}).ip_masq_exclude == (
+        "10.244.0.0/16", "fd00::/48")
+    for bad in ("10.244.0.0/16", ["10.244.0.1/16"], ["nope"], [1]):
+        with _pytest.raises(_Invalid, match="ipMasqExclude"):
+            _parse({**base, "ipMasqExclude": bad})

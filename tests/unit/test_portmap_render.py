@@ -572,3 +572,21 @@ def test_fake_nft_records_scripts() -> None:
     assert fake.scripts == ["add table ip podnet\n"]
     assert fake.list_table_json("ip", "podnet") == {"nftables": []}
     assert fake.list_table_json("ip6", "podnet") is None
+
+
+def test_ip_masq_exclude_skips_cluster_destinations():
+    """Flannel-style: no masquerade toward the cluster CIDR (pod-to-pod keeps its source)."""
+    import ipaddress as _ip
+
+    from podnet.kernel.portmap import plan_rules as _plan
+
+    ips = [_ip.ip_interface("10.244.3.5/24"), _ip.ip_interface("fd00::5/64")]
+    rules = _plan(ips, [], True, ["10.244.0.0/16", "fd00:1::/48"])
+    v4 = [r.body for r in rules if r.family == "ip"]
+    v6 = [r.body for r in rules if r.family == "ip6"]
+    assert v4 == ["ip saddr 10.244.3.5 ip daddr != 10.244.3.0/24 ip daddr != 224.0.0.0/4 "
+                  "ip daddr != 10.244.0.0/16 masquerade"]
+    assert v6 == ["ip6 saddr fd00::5 ip6 daddr != fd00::/64 ip6 daddr != ff00::/8 "
+                  "ip6 daddr != fd00:1::/48 masquerade"]
+    assert [r.body for r in _plan(ips[:1], [], True)] == [
+        "ip saddr 10.244.3.5 ip daddr != 10.244.3.0/24 ip daddr != 224.0.0.0/4 masquerade"]

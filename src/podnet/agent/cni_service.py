@@ -259,7 +259,8 @@ class CniService:
             if nat:
                 manager = self.nat()
                 with netns.entered(host_fd):
-                    manager.add(conf.name, aid, list(ips), list(conf.port_mappings), conf.ip_masq, attached.host_if)
+                    manager.add(conf.name, aid, list(ips), list(conf.port_mappings), conf.ip_masq, attached.host_if,
+                                masq_exclude=conf.ip_masq_exclude)
                 undo.callback(self._nat_remove, host_fd, conf.name, aid)
             result = {
                 "interfaces": attached.interfaces,

@@ -24,6 +24,7 @@ from pathlib import Path
 from podnet.agent.cni_service import CniService
 from podnet.agent.ops import build_services
 from podnet.agent.resync import resync
+from podnet.cluster.options import NodeOptions
 from podnet.cni import wire
 from podnet.cni.config import DEFAULT_SOCKET, DEFAULT_STORE
 from podnet.errors import PodnetError
@@ -121,8 +122,10 @@ class Agent:
         store_path: str = DEFAULT_STORE,
         state: StatePaths | None = None,
         dns_upstream: str | None = None,
+        node_options: NodeOptions | None = None,
     ) -> None:
         self.socket_path = socket_path
+        self.node_options = node_options  # None: not a cluster node (node service idle)
         self.dns_upstream = dns_upstream  # None: the DNS service never forwards
         self.store_path = store_path
         self.state = state or StatePaths.resolve()
@@ -230,13 +233,14 @@ def run_agent(
     store_path: str | None = None,
     state_dir: str | None = None,
     dns_upstream: str | None = None,
+    node_options: NodeOptions | None = None,
 ) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s podnet-agent %(levelname)s %(message)s")
     if state_dir is None and store_path and not os.environ.get("PODNET_STATE_DIR"):
         state = StatePaths(Path(store_path).parent)  # the store's directory is the state dir
     else:
         state = StatePaths.resolve(state_dir)
-    agent = Agent(socket_path, store_path or str(state.store), state, dns_upstream)
+    agent = Agent(socket_path, store_path or str(state.store), state, dns_upstream, node_options)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     try:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from podnet.agent.dns_service import dns_service
 from podnet.agent.isolation_service import IsolationService
+from podnet.agent.node_service import NodeService
 from podnet.agent.supervisor_service import SupervisorService
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ SERVICES: dict[str, Callable[[Agent], AgentService]] = {
     "isolation": IsolationService.for_agent,  # networks/ -> the inet podnet-iso table
     "dns": dns_service,  # networks/ + containers/ -> a DNS server on each bridge gateway
     "supervisor": SupervisorService,  # parent of detached containers; finishes dead ones
+    "node": NodeService,  # --node: lease a block, render cluster.conflist, converge the fabric
 }
 
 

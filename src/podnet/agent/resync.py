@@ -159,9 +159,11 @@ def _repair(service: CniService, conf, record: Mapping, host_fd: int) -> list[st
         ips = [ipaddress.ip_interface(a) for a in record.get("ips", [])]
         with netns.entered(host_fd):
             manager = service.nat()
-            missing = manager.check(conf.name, record["attach_id"], ips, list(conf.port_mappings), conf.ip_masq)
+            missing = manager.check(conf.name, record["attach_id"], ips, list(conf.port_mappings), conf.ip_masq,
+                                    conf.ip_masq_exclude)
             if missing:
-                manager.add(conf.name, record["attach_id"], ips, list(conf.port_mappings), conf.ip_masq, conf.bridge)
+                manager.add(conf.name, record["attach_id"], ips, list(conf.port_mappings), conf.ip_masq, conf.bridge,
+                            conf.ip_masq_exclude)
                 fixed.append(f"{len(missing)} NAT rule(s) of {record['attach_id']}")
     return fixed
 

@@ -7,6 +7,7 @@ its `type` changed. Standard library only.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ class PodnetConf:
     is_gateway: bool = True
     is_default_gateway: bool = False
     ip_masq: bool = False
+    ip_masq_exclude: tuple[str, ...] = ()  # destinations never masqueraded (the cluster CIDR)
     mtu: int | None = None
     hairpin_mode: bool = False
     master: str | None = None
@@ -78,6 +80,17 @@ def _mtu(raw: Mapping) -> int | None:
     if not isinstance(mtu, int) or isinstance(mtu, bool) or not 68 <= mtu <= 65535:
         raise InvalidConfig(f"'mtu' must be an integer between 68 and 65535, got {mtu!r}")
     return mtu
+
+
+def _cidrs(raw: Mapping, key: str) -> tuple[str, ...]:
+    """A list of CIDRs, normalised (host bits must be zero: a typo is not a network)."""
+    value = raw.get(key) or []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidConfig(f"'{key}' must be a list of CIDR strings, got {value!r}")
+    try:
+        return tuple(str(ipaddress.ip_network(v)) for v in value)
+    except ValueError as exc:
+        raise InvalidConfig(f"'{key}': {exc}") from None
 
 
 def _port_mappings(raw: Mapping) -> tuple[Mapping, ...]:
@@ -146,6 +159,7 @@ def parse_conf(raw: Mapping) -> PodnetConf:
         is_gateway=_bool(raw, "isGateway", True) or _bool(raw, "isDefaultGateway", False),
         is_default_gateway=_bool(raw, "isDefaultGateway", False),
         ip_masq=_bool(raw, "ipMasq", False),
+        ip_masq_exclude=_cidrs(raw, "ipMasqExclude"),
         mtu=_mtu(raw),
         # Hairpin (a container reaching itself through a DNAT) matters with published
         # ports; unless the config says otherwise, it costs a netlink call only then.

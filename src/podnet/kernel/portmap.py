@@ -210,10 +210,16 @@ def _target(addr: IPAddress, port: int) -> str:
 
 
 def plan_rules(
-    container_ips: Iterable[IPInterface], mappings: list[PortMapping], ip_masq: bool
+    container_ips: Iterable[IPInterface],
+    mappings: list[PortMapping],
+    ip_masq: bool,
+    masq_exclude: Iterable[str] = (),
 ) -> list[Rule]:
-    """The rules one attachment needs, in install order (pure)."""
+    """The rules one attachment needs, in install order (pure). `masq_exclude` are
+    destinations ipMasq leaves alone (Flannel does not masquerade pod-to-pod traffic
+    inside the cluster CIDR, so the far pod sees the real client address)."""
     ips = list(container_ips)
+    excluded = [ipaddress.ip_network(c) for c in masq_exclude]
     rules: list[Rule] = []
     for fam in FAMILIES:
         fam_ips = [i for i in ips if _family(i) == fam]
@@ -245,7 +251,9 @@ def plan_rules(
                         fam,
                         "postrouting",
                         f"{fam} saddr {i.ip} {fam} daddr != {_net_text(i.network)} "
-                        f"{fam} daddr != {_NO_MASQ[fam]} masquerade",
+                        f"{fam} daddr != {_NO_MASQ[fam]} "
+                        + "".join(f"{fam} daddr != {_net_text(n)} " for n in excluded if _family(n) == fam)
+                        + "masquerade",
                     )
                 )
     return rules
@@ -277,10 +285,11 @@ def render_add(
     container_ips: list[IPInterface],
     port_mappings: list[dict],
     ip_masq: bool,
+    masq_exclude: Iterable[str] = (),
 ) -> str:
     """The script of one transaction adding an attachment's NAT; "" if nothing to do."""
     _check_attach_id(attach_id)
-    rules = plan_rules(container_ips, parse_port_mappings(port_mappings), ip_masq)
+    rules = plan_rules(container_ips, parse_port_mappings(port_mappings), ip_masq, masq_exclude)
     return render_rules(network, attach_id, rules)
 
 
@@ -482,10 +491,11 @@ class NatManager:
         container_ips: list[IPInterface],
         port_mappings: list[dict],
         ip_masq: bool = False,
+        masq_exclude: Iterable[str] = (),
     ) -> list[str]:
         """The expected rules of an attachment that are missing (empty list: all there)."""
         _check_attach_id(attach_id)
-        expected = plan_rules(container_ips, parse_port_mappings(port_mappings), ip_masq)
+        expected = plan_rules(container_ips, parse_port_mappings(port_mappings), ip_masq, masq_exclude)
         have = set(self.rules(network).get(attach_id, []))
         return [r.describe() for r in expected if r.describe() not in have]
 
@@ -499,6 +509,7 @@ class NatManager:
         port_mappings: list[dict],
         ip_masq: bool = False,
         host_if: str | None = None,
+        masq_exclude: Iterable[str] = (),
     ) -> None:
         """Install (or replace) an attachment's NAT in one transaction.
 
@@ -509,7 +520,7 @@ class NatManager:
         if host_if is not None:
             _check_ifname(host_if)
         mappings = parse_port_mappings(port_mappings)
-        rules = plan_rules(container_ips, mappings, ip_masq)
+        rules = plan_rules(container_ips, mappings, ip_masq, masq_exclude)
         nid = naming.net_id(network)
         with self._locked():
             installed = self.installed()

@@ -41,9 +41,11 @@ def invoke(
     netns_exec: str | None = None,
     extra_env: Mapping[str, str] | None = None,
     timeout: float = 120,
+    enter: Sequence[str] = (),
 ) -> PluginResult:
     """Exec one plugin binary; `netns_exec` runs it inside that named namespace (the
-    caller's namespace, where host-side links land)."""
+    caller's namespace, where host-side links land). `enter` is an argv prefix that
+    does the same without a private mount namespace, e.g. ["nsenter", "--net=PATH", "--"]."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CNI_")}
     env.update({"CNI_COMMAND": command, "CNI_PATH": ":".join(cni_path)})
     if container_id:
@@ -60,6 +62,7 @@ def invoke(
     else:
         data = config.encode() if isinstance(config, str) else config
     argv = [plugin] if netns_exec is None else ["ip", "netns", "exec", netns_exec, plugin]
+    argv = [*enter, *argv]
     proc = subprocess.run(argv, input=data, env=env, capture_output=True, timeout=timeout, check=False)
     out = proc.stdout.decode(errors="replace").strip()
     try:
@@ -97,6 +100,7 @@ class Conflist:
     cni_path: Sequence[str]
     netns_exec: str | None = None
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    enter: Sequence[str] = ()  # argv prefix for every plugin exec (see invoke)
 
     def _find(self, plugin_type: str) -> str:
         for d in self.cni_path:
@@ -108,7 +112,7 @@ class Conflist:
     def _run(self, command: str, plugin: Mapping, conf: dict, **kw) -> PluginResult:
         result = invoke(
             self._find(plugin["type"]), command, conf, cni_path=self.cni_path,
-            netns_exec=self.netns_exec, extra_env=self.extra_env, **kw,
+            netns_exec=self.netns_exec, extra_env=self.extra_env, enter=self.enter, **kw,
         )
         if not result.ok:
             raise CniFailure(plugin["type"], command, result)

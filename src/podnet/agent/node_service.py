@@ -1,0 +1,284 @@
+"""The node service: this node's lease, its pod network, and its fabric routes.
+
+With `--node NAME` the agent joins a cluster through the shared store: it claims a
+block of the cluster CIDR and leases `nodes/<name>` (cluster/leases.py), renews it
+every ttl/3, prepares the node (ip_forward, bridge pncl0 with the block's gateway, the
+fabric's device) and renders `net.d/cluster.conflist`, which the lab waits for. Then
+it converges the fabric (fabric/) from the peers' leases: list-then-watch on `nodes/`
+for fast reaction, plus a repair pass every REPAIR_SECONDS that brings back anything
+deleted by hand. A peer whose lease vanished loses its routes here, and its block
+claim and IPAM reservations (network "cluster" in the cluster store) are freed.
+
+Without --node the service does nothing. A graceful stop keeps the lease: a restarted
+agent gets its block back, and peers keep their routes to its pods meanwhile; only
+expiry (or a deleted lease) reclaims a node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from podnet.agent.service_thread import ServiceThread
+from podnet.cluster import leases
+from podnet.cluster.leases import CLUSTER_NETWORK, Claim, NodeLease
+from podnet.cluster.options import NodeOptions
+from podnet.errors import PodnetError
+from podnet.store import RevisionCompacted, Store
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+    from podnet.agent.daemon import Agent
+    from podnet.agent.ops import OpHandler
+    from podnet.fabric.base import FabricContext, RouteNetwork
+
+log = logging.getLogger("podnet.agent.node")
+
+BRIDGE = "pncl0"
+CONFLIST = "cluster.conflist"
+REPAIR_SECONDS = 3.0
+WATCH_TIMEOUT = 1.0
+MAX_BACKOFF = 10.0
+
+
+def render_conflist(block: str, cluster_cidr: str, mtu: int, agent_socket: str, data_dir: str) -> dict[str, Any]:
+    """The pod network's conflist (pure): masquerade only toward outside the cluster."""
+    return {
+        "cniVersion": "1.0.0",
+        "name": CLUSTER_NETWORK,
+        "plugins": [
+            {
+                "type": "podnet",
+                "bridge": BRIDGE,
+                "isGateway": True,
+                "isDefaultGateway": True,
+                "ipMasq": True,
+                "ipMasqExclude": [cluster_cidr],
+                "mtu": mtu,
+                "agentSocket": agent_socket,
+                "capabilities": {"portMappings": True, "ips": True},
+                "ipam": {
+                    "type": "podnet-ipam",
+                    "ranges": [[{"subnet": block, "gateway": str(leases.gateway_of(block))}]],
+                    "dataDir": data_dir,
+                },
+            }
+        ],
+    }
+
+
+class NodeService:
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.options: NodeOptions | None = getattr(agent, "node_options", None)
+        self.claim: Claim | None = None
+        self.fabric: RouteNetwork | None = None
+        self.ctx: FabricContext | None = None
+        self.peers: dict[str, NodeLease] = {}
+        self.peer_state: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._loop = ServiceThread("podnet-node", self._run, join_timeout=WATCH_TIMEOUT + 10)
+        self._ipr: IPRoute | None = None
+
+    # -- AgentService
+
+    def ops(self) -> dict[str, OpHandler]:
+        return {"node.status": lambda _message, _fds: self.status()}
+
+    def start(self) -> None:
+        if self.options is not None:
+            self._loop.start()
+
+    def stop(self) -> None:
+        self._loop.stop()
+        if self._ipr is not None:
+            with contextlib.suppress(Exception):  # opened by the (now joined) loop thread
+                self._ipr.close()
+            self._ipr = None
+
+    def status(self) -> dict[str, Any]:
+        opts = self.options
+        if opts is None:
+            raise PodnetError("this agent is not a cluster node (started without --node)")
+        with self._lock:
+            own = self.claim.lease if self.claim else None
+            peers = [
+                {"name": p.name, "block": p.block, "underlay_ip": p.underlay_ip,
+                 "state": self.peer_state.get(p.name, "pending")}
+                for p in sorted(self.peers.values(), key=lambda p: p.name)
+            ]
+            mtu = self.fabric.mtu(self.ctx.underlay_mtu) if self.fabric and self.ctx else None
+        return {"node": opts.node, "block": own.block if own else None, "fabric": opts.fabric,
+                "peers": peers, "mtu": mtu}
+
+    # -- the loop
+
+    def _store(self) -> Store:
+        return self.agent.service.store(self.agent.store_path)
+
+    def _run(self) -> None:
+        stop = self._loop.stopping
+        backoff = 0.5
+        revision, dirty, next_repair, next_renew = 0, True, 0.0, 0.0
+        while not stop.is_set():
+            try:
+                if self.claim is None:
+                    self._join()
+                    dirty, next_renew = True, time.monotonic() + self.options.lease_ttl / 3  # type: ignore[union-attr]
+                now = time.monotonic()
+                if now >= next_renew:
+                    self._renew()
+                    next_renew = now + self.options.lease_ttl / 3  # type: ignore[union-attr]
+                if dirty or now >= next_repair:
+                    revision = self._converge(repair=now >= next_repair)
+                    dirty, next_repair = False, now + REPAIR_SECONDS
+                wait = max(0.05, min(WATCH_TIMEOUT, next_renew - time.monotonic(), next_repair - time.monotonic()))
+                try:
+                    if self._store().watch(leases.NODES_PREFIX, revision, wait):
+                        dirty = True
+                except RevisionCompacted:
+                    dirty = True
+                backoff = 0.5
+            except Exception as exc:  # noqa: BLE001 - keep the node alive; retry with backoff
+                log.warning("node: %s", getattr(exc, "msg", None) or exc)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _iproute(self) -> IPRoute:
+        if self._ipr is None:
+            from pyroute2 import IPRoute
+
+            self._ipr = IPRoute()  # this thread lives in the agent's (the node's) namespace
+        return self._ipr
+
+    def _underlay(self) -> tuple[ipaddress.IPv4Interface, int]:
+        """The underlay interface's first IPv4 address and its MTU, detected."""
+        opts = self.options
+        assert opts is not None
+        ipr = self._iproute()
+        found = ipr.link_lookup(ifname=opts.underlay)
+        if not found:
+            raise PodnetError(f"underlay interface {opts.underlay} does not exist")
+        for msg in ipr.get_addr(index=found[0], family=2):
+            address = ipaddress.IPv4Interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")
+            return address, int(ipr.get_links(found[0])[0].get("IFLA_MTU"))
+        raise PodnetError(f"underlay interface {opts.underlay} has no IPv4 address")
+
+    def _join(self) -> None:
+        from podnet.fabric import FABRICS
+
+        opts = self.options
+        assert opts is not None
+        fabric = FABRICS[opts.fabric]()
+        underlay, mtu = self._underlay()
+        started = time.time()
+
+        def make(block: str) -> NodeLease:
+            return NodeLease(opts.node, block, str(underlay.ip), opts.underlay, opts.fabric,
+                             fabric.backend_data(opts.node), started)
+
+        claim = leases.acquire(self._store(), opts.node, opts.cluster_cidr, opts.block_prefix,
+                               opts.lease_ttl, make, preferred=self._previous_block())
+        from podnet.fabric.base import FabricContext
+
+        with self._lock:
+            self.claim, self.fabric = claim, fabric
+            self.ctx = FabricContext(claim.lease, underlay, mtu)
+        log.info("node %s: block %s (fabric %s, underlay %s mtu %d)", opts.node, claim.lease.block,
+                 opts.fabric, underlay, mtu)
+        self._prepare()
+
+    def _previous_block(self) -> str | None:
+        """The block this node had before a restart, from its rendered conflist."""
+        try:
+            doc = json.loads((self.agent.state.net_d / CONFLIST).read_text())
+            return str(doc["plugins"][0]["ipam"]["ranges"][0][0]["subnet"])
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            return None
+
+    def _renew(self) -> None:
+        assert self.claim is not None and self.options is not None
+        if not leases.renew(self._store(), self.claim):
+            log.warning("node %s: lease of %s was lost; claiming again", self.options.node, self.claim.lease.block)
+            with self._lock:
+                self.claim = None
+            self._join()
+
+    def _prepare(self) -> None:
+        """Node-local plumbing that must exist before the first pod: forwarding, the
+        fabric device, the bridge with the gateway address, then the conflist."""
+        from podnet.kernel import links
+
+        assert self.ctx is not None and self.fabric is not None and self.options is not None
+        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:  # this process's namespace
+            f.write("1")
+        ipr = self._iproute()
+        self.fabric.setup(ipr, self.ctx)
+        block = self.ctx.own.network
+        mtu = self.fabric.mtu(self.ctx.underlay_mtu)
+        index = links.ensure_bridge(ipr, BRIDGE, mtu)
+        gateway = ipaddress.IPv4Interface(f"{leases.gateway_of(block)}/{block.prefixlen}")
+        cluster = ipaddress.IPv4Network(self.options.cluster_cidr)
+        for msg in ipr.get_addr(index=index, family=2):
+            addr = ipaddress.IPv4Interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")
+            if addr != gateway and addr.ip in cluster:  # an old block's gateway
+                ipr.addr("del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+        links.ensure_address(ipr, index, gateway)
+        self._write_conflist(render_conflist(str(block), self.options.cluster_cidr, mtu,
+                                             self.agent.socket_path, str(self.agent.state.root)))
+
+    def _write_conflist(self, doc: dict[str, Any]) -> None:
+        path = self.agent.state.net_d / CONFLIST
+        text = json.dumps(doc, indent=2) + "\n"
+        try:
+            if path.read_text() == text:
+                return
+        except OSError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)  # readers see the whole file or none
+        log.info("wrote %s", path)
+
+    def _converge(self, repair: bool) -> int:
+        """Peers from the store -> kernel; free what vanished peers held."""
+        assert self.fabric is not None and self.ctx is not None
+        store = self._store()
+        entries, revision = store.snapshot(leases.NODES_PREFIX)
+        current: dict[str, NodeLease] = {}
+        for entry in entries:
+            try:
+                lease = NodeLease.from_json(entry.json())
+            except (KeyError, TypeError, ValueError):
+                continue
+            if lease.name != self.ctx.own.name:
+                current[lease.name] = lease
+        for name, gone in self.peers.items():
+            if name not in current:
+                self._reclaim(store, gone)
+        if repair:
+            self._prepare()
+        want = self.fabric.desired(self.ctx, current.values())
+        report = self.fabric.apply(self._iproute(), want)
+        if report:
+            log.info("fabric %s: added %s removed %s", self.fabric.name, report.added, report.removed)
+        for name, state in want.peers.items():
+            if state != self.peer_state.get(name):
+                (log.info if state == "ok" else log.warning)("peer %s: %s", name, state)
+        with self._lock:
+            self.peers, self.peer_state = current, dict(want.peers)
+        return revision
+
+    def _reclaim(self, store: Store, gone: NodeLease) -> None:
+        released = leases.release_block(store, gone.name, gone.block)
+        freed = leases.free_block_addresses(store, gone.block)
+        log.info("peer %s left: block %s %s, %d address(es) freed", gone.name, gone.block,
+                 "released" if released else "already free", len(freed))

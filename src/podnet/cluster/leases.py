@@ -1,0 +1,222 @@
+"""Node leases and per-node blocks of the cluster CIDR (pure, standard library only).
+
+Design notes:
+- Two keys per node, both written with the same TTL and renewed together:
+  `nodes/<name>` (the lease: block, underlay address, fabric, opaque backend data;
+  what peers watch) and `blocks/<network>-<prefixlen>` (the claim: which node owns a
+  block). The claim is what makes allocation safe: it is taken with
+  `compare_and_put(expected_revision=0)`, so of two nodes racing for one block exactly
+  one wins, on every Store backend, without a transaction.
+- A node prefers, in order: the block of its own live lease, the block it had before
+  (the caller's hint, e.g. read from its rendered conflist) if that block is free or
+  still claimed by it, then the lowest free block. A claim by the same node name is
+  its own (a restart), and is taken over by CAS on the claim's revision.
+- Expired leases and claims vanish from every listing at once (Store TTL semantics),
+  so their blocks are free again without anyone cleaning up. When a peer's lease goes
+  away early (deleted), the peer that notices removes its claim too (`release_block`,
+  guarded by the claim's revision and owner), and its IPAM reservations.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from podnet.errors import PodnetError
+from podnet.store.base import Store, dumps
+
+NODES_PREFIX = "nodes/"
+BLOCKS_PREFIX = "blocks/"
+CLUSTER_NETWORK = "cluster"  # the pod network's name: its IPAM keys are ipam/cluster/...
+DEFAULT_CLUSTER_CIDR = "10.244.0.0/16"
+DEFAULT_BLOCK_PREFIX = 24
+DEFAULT_TTL = 10.0
+
+
+class NoFreeBlock(PodnetError):
+    """Every block of the cluster CIDR is leased by another node."""
+
+
+@dataclass(frozen=True)
+class NodeLease:
+    """What one node publishes about itself (`nodes/<name>`)."""
+
+    name: str
+    block: str
+    underlay_ip: str
+    underlay_if: str
+    fabric: str
+    backend: dict[str, Any] = field(default_factory=dict)
+    started: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "block": self.block,
+            "underlay_ip": self.underlay_ip,
+            "underlay_if": self.underlay_if,
+            "fabric": self.fabric,
+            "backend": dict(self.backend),
+            "started": self.started,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> NodeLease:
+        return cls(
+            name=str(raw["name"]),
+            block=str(raw["block"]),
+            underlay_ip=str(raw["underlay_ip"]),
+            underlay_if=str(raw.get("underlay_if", "")),
+            fabric=str(raw.get("fabric", "")),
+            backend=dict(raw.get("backend") or {}),
+            started=float(raw.get("started", 0.0)),
+        )
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.block)
+
+
+def node_key(name: str) -> str:
+    return f"{NODES_PREFIX}{name}"
+
+
+def block_key(block: str | ipaddress.IPv4Network) -> str:
+    net = ipaddress.IPv4Network(block)
+    return f"{BLOCKS_PREFIX}{net.network_address}-{net.prefixlen}"
+
+
+def gateway_of(block: str | ipaddress.IPv4Network) -> ipaddress.IPv4Address:
+    """The block's first host address: the pods' gateway on the node's bridge."""
+    return ipaddress.IPv4Network(block).network_address + 1
+
+
+def vtep_ip_of(block: str | ipaddress.IPv4Network) -> ipaddress.IPv4Address:
+    """The block's network address, used as the node's VTEP IP (as Flannel does)."""
+    return ipaddress.IPv4Network(block).network_address
+
+
+def split_blocks(cluster_cidr: str, prefix: int) -> Iterator[ipaddress.IPv4Network]:
+    """The cluster CIDR's blocks in address order (lazy: a /8 into /24s is 65k)."""
+    net = ipaddress.IPv4Network(cluster_cidr)
+    if not net.prefixlen <= prefix <= 30:
+        raise PodnetError(f"block prefix /{prefix} does not fit cluster CIDR {net} (needs {net.prefixlen}..30)")
+    return net.subnets(new_prefix=prefix)
+
+
+def list_leases(store: Store) -> list[NodeLease]:
+    """Every live, well-formed lease (a malformed one is skipped, never fatal)."""
+    out = []
+    for entry in store.list(NODES_PREFIX):
+        try:
+            out.append(NodeLease.from_json(entry.json()))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+@dataclass
+class Claim:
+    """A held lease: what acquire() returns and renew() keeps alive."""
+
+    lease: NodeLease
+    ttl: float
+
+
+def _claim_block(store: Store, name: str, block: ipaddress.IPv4Network, ttl: float) -> bool:
+    """Take `block` for `name` by CAS: absent -> create; our own claim -> overwrite."""
+    key = block_key(block)
+    value = dumps({"node": name, "block": str(block)})
+    entry = store.get(key)
+    if entry is None:
+        return store.compare_and_put(key, value, 0, ttl) is not None
+    try:
+        owner = json.loads(entry.value).get("node")
+    except ValueError:
+        owner = None
+    if owner != name:
+        return False
+    return store.compare_and_put(key, value, entry.revision, ttl) is not None
+
+
+def acquire(
+    store: Store,
+    name: str,
+    cluster_cidr: str,
+    prefix: int,
+    ttl: float,
+    make_lease: Any,
+    preferred: str | None = None,
+) -> Claim:
+    """Claim a block and write the lease. `make_lease(block) -> NodeLease` builds the
+    published value once the block is known. Raises NoFreeBlock when none is left."""
+    cluster = ipaddress.IPv4Network(cluster_cidr)
+    candidates: list[ipaddress.IPv4Network] = []
+    own = store.get_json(node_key(name))
+    for hint in ((own or {}).get("block"), preferred):
+        if not hint:
+            continue
+        try:
+            net = ipaddress.IPv4Network(hint)
+        except ValueError:
+            continue
+        if net.subnet_of(cluster) and net.prefixlen == prefix and net not in candidates:
+            candidates.append(net)
+    for net in candidates:
+        if _claim_block(store, name, net, ttl):
+            return _publish(store, make_lease(str(net)), ttl)
+    taken = {e.key for e in store.list(BLOCKS_PREFIX)}
+    for net in split_blocks(cluster_cidr, prefix):
+        if block_key(net) in taken:
+            continue
+        if _claim_block(store, name, net, ttl):
+            return _publish(store, make_lease(str(net)), ttl)
+    raise NoFreeBlock(f"no free /{prefix} block left in {cluster_cidr} for node {name}")
+
+
+def _publish(store: Store, lease: NodeLease, ttl: float) -> Claim:
+    store.put(node_key(lease.name), dumps(lease.to_json()), ttl)
+    return Claim(lease, ttl)
+
+
+def renew(store: Store, claim: Claim) -> bool:
+    """Extend both keys; False when either is gone (the caller must acquire again)."""
+    lease_ok = store.refresh(node_key(claim.lease.name), claim.ttl)
+    block_ok = store.refresh(block_key(claim.lease.block), claim.ttl)
+    return lease_ok and block_ok
+
+
+def release_block(store: Store, name: str, block: str) -> bool:
+    """Drop `name`'s claim on `block` (not a newer owner's); True if deleted."""
+    entry = store.get(block_key(block))
+    if entry is None:
+        return False
+    try:
+        owner = json.loads(entry.value).get("node")
+    except ValueError:
+        return False
+    return owner == name and store.delete(entry.key, expected_revision=entry.revision)
+
+
+def free_block_addresses(store: Store, block: str, network: str = CLUSTER_NETWORK) -> list[str]:
+    """Delete the IPAM reservations of `network` inside `block`; return the addresses."""
+    net = ipaddress.IPv4Network(block)
+    prefix = f"ipam/{network}/ip/"
+    freed = []
+    for entry in store.list(prefix):
+        address = entry.key[len(prefix):]
+        try:
+            inside = ipaddress.ip_address(address) in net
+        except ValueError:
+            continue
+        if inside and store.delete(entry.key, expected_revision=entry.revision):
+            freed.append(address)
+    return freed
+
+
+def now() -> float:
+    return time.time()

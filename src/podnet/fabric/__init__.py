@@ -1,0 +1,12 @@
+"""Fabrics: how a node reaches the other nodes' pod blocks (explicit registry)."""
+
+from __future__ import annotations
+
+from podnet.fabric.base import RouteNetwork
+from podnet.fabric.hostgw import HostGwFabric
+from podnet.fabric.vxlan import VxlanFabric
+
+FABRICS: dict[str, type[RouteNetwork]] = {
+    "vxlan": VxlanFabric,
+    "host-gw": HostGwFabric,
+}

@@ -1,0 +1,210 @@
+"""The route-network base every node-to-node fabric shares.
+
+Design notes:
+- A fabric is two halves. `desired(ctx, peers)` is pure: from this node's lease, its
+  underlay address and the peers' leases it computes the routes, neighbour entries and
+  FDB entries the kernel should hold, plus a verdict per peer ("ok" or "refused: why").
+  `apply(ipr, desired)` diffs that against the kernel and changes only the difference,
+  so running it every few seconds is cheap and repairs drift (a route deleted by hand
+  comes back; a stale one goes).
+- Ownership is explicit, never guessed: podnet's fabric routes carry their own route
+  protocol number (ROUTE_PROTO), and neighbour/FDB entries are only read on the
+  fabric's own device. Nothing else in the namespace is ever touched.
+- Everything runs in the calling thread's namespace (the agent runs inside its node's
+  namespace), on an IPRoute the caller owns.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from podnet.cluster.leases import NodeLease
+from podnet.errors import KernelError
+
+ROUTE_PROTO = 77  # tags podnet fabric routes (unused by iproute2's rt_protos)
+RTNH_F_ONLINK = 4
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+MAIN_TABLE = 254
+OK = "ok"
+
+
+@dataclass(frozen=True, order=True)
+class RouteSpec:
+    dst: str  # "10.244.2.0/24"
+    gateway: str
+    dev: str
+    onlink: bool = False
+
+
+@dataclass(frozen=True, order=True)
+class NeighSpec:
+    ip: str
+    mac: str
+    dev: str
+
+
+@dataclass(frozen=True, order=True)
+class FdbSpec:
+    mac: str
+    dst: str  # the remote underlay IP
+    dev: str
+
+
+@dataclass
+class Desired:
+    routes: set[RouteSpec] = field(default_factory=set)
+    neighbours: set[NeighSpec] = field(default_factory=set)
+    fdb: set[FdbSpec] = field(default_factory=set)
+    peers: dict[str, str] = field(default_factory=dict)  # name -> "ok" | "refused: ..."
+
+
+@dataclass(frozen=True)
+class FabricContext:
+    """This node as the fabric sees it."""
+
+    own: NodeLease
+    underlay: ipaddress.IPv4Interface  # own underlay address with its prefix
+    underlay_mtu: int
+
+
+@dataclass
+class ApplyReport:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed)
+
+
+class RouteNetwork:
+    """Base of the fabrics: subclasses give `desired`, the MTU, and any device."""
+
+    name = "base"
+    device: str | None = None  # the fabric's own device (neigh/FDB live there), if any
+
+    def mtu(self, underlay_mtu: int) -> int:
+        """The pods' MTU over this fabric."""
+        return underlay_mtu
+
+    def backend_data(self, node: str) -> dict[str, Any]:
+        """Opaque data published in the lease for the peers' `desired`."""
+        return {}
+
+    def setup(self, ipr: IPRoute, ctx: FabricContext) -> None:
+        """Create/repair the fabric's own devices (none by default)."""
+
+    def desired(self, ctx: FabricContext, peers: Iterable[NodeLease]) -> Desired:
+        raise NotImplementedError
+
+    # -- the shared kernel half
+
+    def apply(self, ipr: IPRoute, want: Desired) -> ApplyReport:
+        """Make the kernel hold exactly `want`'s fabric state; report the changes."""
+        report = ApplyReport()
+        have_routes = self._routes(ipr)
+        for spec, raw in have_routes.items():
+            if spec not in want.routes:
+                self._try(report.removed, f"route {spec.dst}", ipr.route, "del", **raw)
+        for spec in sorted(want.routes - set(have_routes)):
+            index = _index(ipr, spec.dev)
+            kw: dict[str, Any] = {"dst": spec.dst, "gateway": spec.gateway, "oif": index, "proto": ROUTE_PROTO}
+            if spec.onlink:
+                kw["flags"] = RTNH_F_ONLINK
+            self._try(report.added, f"route {spec.dst} via {spec.gateway} dev {spec.dev}", ipr.route, "replace", **kw)
+        if self.device is not None and (dev := _maybe_index(ipr, self.device)) is not None:
+            have_neigh = self._neighbours(ipr, dev)
+            for spec in have_neigh - want.neighbours:
+                self._try(report.removed, f"neigh {spec.ip}", ipr.neigh, "del", dst=spec.ip, lladdr=spec.mac, ifindex=dev)
+            for spec in sorted(want.neighbours - have_neigh):
+                self._try(report.added, f"neigh {spec.ip} {spec.mac}", ipr.neigh, "replace",
+                          dst=spec.ip, lladdr=spec.mac, ifindex=dev, state=NUD_PERMANENT)
+            have_fdb = self._fdb(ipr, dev)
+            for spec in have_fdb - want.fdb:
+                self._try(report.removed, f"fdb {spec.mac}", ipr.neigh, "del", family=socket.AF_BRIDGE,
+                          ifindex=dev, lladdr=spec.mac, dst=spec.dst, flags=NTF_SELF)
+            for spec in sorted(want.fdb - have_fdb):
+                self._try(report.added, f"fdb {spec.mac} dst {spec.dst}", ipr.neigh, "replace",
+                          family=socket.AF_BRIDGE, ifindex=dev, lladdr=spec.mac, dst=spec.dst,
+                          state=NUD_PERMANENT, flags=NTF_SELF)
+        return report
+
+    @staticmethod
+    def _try(log: list[str], what: str, fn: Any, *args: Any, **kw: Any) -> None:
+        try:
+            fn(*args, **kw)
+        except NetlinkError as exc:
+            if exc.code in (errno.ESRCH, errno.ENOENT) and args[0] == "del":
+                return  # already gone: someone else converged it
+            raise KernelError(f"fabric: cannot {args[0]} {what}: {exc.args[1] if len(exc.args) > 1 else exc}") from None
+        log.append(what)
+
+    @staticmethod
+    def _routes(ipr: IPRoute) -> dict[RouteSpec, dict[str, Any]]:
+        """podnet fabric routes in the main table -> the attributes that delete them."""
+        names = {msg["index"]: msg.get("IFLA_IFNAME") for msg in ipr.get_links()}
+        out = {}
+        for msg in ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
+            if msg["proto"] != ROUTE_PROTO:
+                continue
+            dst = f"{msg.get('RTA_DST')}/{msg['dst_len']}"
+            gw = msg.get("RTA_GATEWAY") or ""
+            oif = msg.get("RTA_OIF")
+            spec = RouteSpec(dst, gw, str(names.get(oif, "")), bool(msg["flags"] & RTNH_F_ONLINK))
+            out[spec] = {"dst": dst, "gateway": gw or None, "oif": oif, "proto": ROUTE_PROTO, "table": MAIN_TABLE}
+        return out
+
+    def _neighbours(self, ipr: IPRoute, dev: int) -> set[NeighSpec]:
+        return {
+            NeighSpec(str(n.get("NDA_DST")), str(n.get("NDA_LLADDR")), str(self.device))
+            for n in ipr.get_neighbours(family=socket.AF_INET, ifindex=dev)
+            if n["state"] & NUD_PERMANENT and n.get("NDA_LLADDR")
+        }
+
+    def _fdb(self, ipr: IPRoute, dev: int) -> set[FdbSpec]:
+        return {
+            FdbSpec(str(n.get("NDA_LLADDR")), str(n.get("NDA_DST")), str(self.device))
+            for n in ipr.get_neighbours(family=socket.AF_BRIDGE, ifindex=dev)
+            if n.get("NDA_DST") and n["ifindex"] == dev
+        }
+
+
+def _maybe_index(ipr: IPRoute, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def _index(ipr: IPRoute, name: str) -> int:
+    index = _maybe_index(ipr, name)
+    if index is None:
+        raise KernelError(f"fabric: device {name} does not exist")
+    return index
+
+
+def valid_peers(ctx: FabricContext, peers: Iterable[NodeLease]) -> tuple[list[NodeLease], dict[str, str]]:
+    """Peers worth routing to (not us, well-formed, not overlapping our block), and
+    the refusal of each malformed one: a bad lease never becomes a wrong route."""
+    own_net = ctx.own.network
+    good, refused = [], {}
+    for peer in sorted(peers, key=lambda p: p.name):
+        if peer.name == ctx.own.name:
+            continue
+        try:
+            net = peer.network
+            ipaddress.IPv4Address(peer.underlay_ip)
+        except ValueError as exc:
+            refused[peer.name] = f"refused: malformed lease ({exc})"
+            continue
+        if net.overlaps(own_net):
+            refused[peer.name] = f"refused: block {net} overlaps this node's {own_net}"
+            continue
+        good.append(peer)
+    return good, refused

@@ -1,0 +1,40 @@
+"""host-gw fabric, after Flannel's host-gw backend.
+
+Design notes:
+- No encapsulation: each remote block is routed via the remote node's underlay IP,
+  out of the underlay interface. Full underlay MTU, no overhead, the fastest fabric.
+- It only works when every peer is on-link (one L2 segment): a next hop in another
+  subnet would need the underlay router to know pod routes, which it does not. Such a
+  peer is refused with a clear reason (logged, shown in op node.status), never given
+  a route that would silently black-hole traffic. Use vxlan across racks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from podnet.cluster.leases import NodeLease
+from podnet.fabric.base import OK, Desired, FabricContext, RouteNetwork, RouteSpec, valid_peers
+
+
+class HostGwFabric(RouteNetwork):
+    name = "host-gw"
+
+    def desired(self, ctx: FabricContext, peers: Iterable[NodeLease]) -> Desired:
+        good, refused = valid_peers(ctx, peers)
+        want = Desired(peers=dict(refused))
+        segment = ctx.underlay.network
+        for peer in good:
+            if peer.fabric != self.name:
+                want.peers[peer.name] = f"refused: peer runs fabric {peer.fabric!r}, not host-gw"
+                continue
+            if ipaddress.IPv4Address(peer.underlay_ip) not in segment:
+                want.peers[peer.name] = (
+                    f"refused: not on-link: underlay {peer.underlay_ip} is outside this node's "
+                    f"segment {segment} (host-gw needs one L2 segment; use vxlan across racks)"
+                )
+                continue
+            want.routes.add(RouteSpec(str(peer.network), peer.underlay_ip, ctx.own.underlay_if))
+            want.peers[peer.name] = OK
+        return want

@@ -1,0 +1,126 @@
+"""VXLAN fabric, after Flannel's vxlan backend.
+
+Design notes:
+- One VXLAN device per node (`pnvx0`, VNI 1, UDP 8472 like Flannel; learning off),
+  bound to the underlay interface and address. Its MAC (the VTEP MAC) is derived
+  from the node name, so a restarted agent or a recreated device keeps the MAC its
+  peers already know; it is published in the lease as backend.vtep_mac.
+- The VTEP IP of a node is its block's network address (10.244.N.0), put on pnvx0 as
+  a /32, as Flannel does. Per remote node exactly three kernel objects:
+    route  <block> via <vtep ip> dev pnvx0 onlink      (L3: which VTEP)
+    neigh  <vtep ip> lladdr <vtep mac> permanent       (no ARP across the overlay)
+    fdb    <vtep mac> dst <underlay ip> self permanent (which host carries it)
+  With learning off and no flooding, nothing is ever discovered by traffic: the store
+  is the only source of truth, which keeps the data plane predictable.
+- MTU = underlay MTU - 50 (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14),
+  detected from the underlay interface, never typed.
+- Peers need no shared L2 segment: VXLAN rides the routed underlay.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import ipaddress
+from collections.abc import Iterable
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from podnet.cluster.leases import NodeLease, vtep_ip_of
+from podnet.errors import KernelError
+from podnet.fabric.base import (
+    OK,
+    Desired,
+    FabricContext,
+    FdbSpec,
+    NeighSpec,
+    RouteNetwork,
+    RouteSpec,
+    valid_peers,
+)
+
+DEVICE = "pnvx0"
+VNI = 1
+PORT = 8472
+OVERHEAD = 50
+
+
+def vtep_mac(node: str) -> str:
+    """A stable, locally administered unicast MAC for `node`'s VTEP."""
+    octets = bytearray(hashlib.sha256(f"podnet-vtep\0{node}".encode()).digest()[:6])
+    octets[0] = (octets[0] & 0xFE) | 0x02
+    return ":".join(f"{b:02x}" for b in octets)
+
+
+class VxlanFabric(RouteNetwork):
+    name = "vxlan"
+    device = DEVICE
+
+    def mtu(self, underlay_mtu: int) -> int:
+        return underlay_mtu - OVERHEAD
+
+    def backend_data(self, node: str) -> dict[str, Any]:
+        return {"vtep_mac": vtep_mac(node), "vni": VNI, "port": PORT}
+
+    def desired(self, ctx: FabricContext, peers: Iterable[NodeLease]) -> Desired:
+        good, refused = valid_peers(ctx, peers)
+        want = Desired(peers=dict(refused))
+        for peer in good:
+            mac = peer.backend.get("vtep_mac")
+            if peer.fabric != self.name or not isinstance(mac, str):
+                want.peers[peer.name] = f"refused: peer runs fabric {peer.fabric!r} without a VTEP MAC"
+                continue
+            vtep = str(vtep_ip_of(peer.block))
+            want.routes.add(RouteSpec(str(peer.network), vtep, DEVICE, onlink=True))
+            want.neighbours.add(NeighSpec(vtep, mac.lower(), DEVICE))
+            want.fdb.add(FdbSpec(mac.lower(), peer.underlay_ip, DEVICE))
+            want.peers[peer.name] = OK
+        return want
+
+    def setup(self, ipr: IPRoute, ctx: FabricContext) -> None:
+        """pnvx0 as specified (recreated if its identity differs), up, with the VTEP IP."""
+        underlay = ipr.link_lookup(ifname=ctx.own.underlay_if)
+        if not underlay:
+            raise KernelError(f"vxlan: underlay interface {ctx.own.underlay_if} does not exist")
+        mac = vtep_mac(ctx.own.name)
+        mtu = self.mtu(ctx.underlay_mtu)
+        found = ipr.link_lookup(ifname=DEVICE)
+        if found and not _matches(ipr, found[0], str(ctx.underlay.ip), underlay[0]):
+            ipr.link("del", index=found[0])
+            found = []
+        if not found:
+            try:
+                ipr.link("add", ifname=DEVICE, kind="vxlan", vxlan_id=VNI, vxlan_local=str(ctx.underlay.ip),
+                         vxlan_link=underlay[0], vxlan_port=PORT, vxlan_learning=0, address=mac, mtu=mtu)
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise KernelError(f"vxlan: cannot create {DEVICE}: {exc}") from None
+            found = ipr.link_lookup(ifname=DEVICE)
+        index = found[0]
+        link = ipr.get_links(index)[0]
+        if link.get("IFLA_ADDRESS") != mac or link.get("IFLA_MTU") != mtu:
+            ipr.link("set", index=index, address=mac, mtu=mtu)
+        ipr.link("set", index=index, state="up")
+        vtep = ipaddress.IPv4Interface(f"{vtep_ip_of(ctx.own.block)}/32")
+        have = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)}
+        for addr, plen in have - {(str(vtep.ip), 32)}:
+            ipr.addr("del", index=index, address=addr, prefixlen=plen)  # an old block's VTEP IP
+        if (str(vtep.ip), 32) not in have:
+            ipr.addr("add", index=index, address=str(vtep.ip), prefixlen=32)
+
+
+def _matches(ipr: IPRoute, index: int, local: str, underlay: int) -> bool:
+    link = ipr.get_links(index)[0]
+    if link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND")) != "vxlan":
+        return False
+    data = link.get(("IFLA_LINKINFO", "IFLA_INFO_DATA"))
+    attrs = dict(data.get("attrs", [])) if data else {}
+    return (
+        attrs.get("IFLA_VXLAN_ID") == VNI
+        and attrs.get("IFLA_VXLAN_LOCAL") == local
+        and attrs.get("IFLA_VXLAN_LINK") == underlay
+        and attrs.get("IFLA_VXLAN_PORT") == PORT
+        and not attrs.get("IFLA_VXLAN_LEARNING")
+    )

@@ -1,0 +1,152 @@
+"""The lab's supervisor: the parent (and reaper) of every lab daemon.
+
+PID 1 here reaps nobody, so `lab up` does not leave its agents and echo servers
+orphaned: it starts this process (in a new session, so it outlives `lab up`) and asks
+it, one JSON line per request on stdin, to spawn them:
+
+    {"name": "agent/node0", "argv": [...], "log": "/path/to/log", "env": {...}}
+
+and reads one JSON line back per request: {"name": ..., "pid": ...} or {"error": ...}.
+
+Every child is recorded (name, pid, "pid:starttime" owner, argv) in
+`<labdir>/procs.json`, which only this process writes, right after it is spawned; the
+supervisor records itself there first. It is also a child subreaper, so processes its
+children leave behind are reaped too. SIGTERM/SIGINT: SIGTERM to every child, SIGKILL
+after 5 s, reap, exit. `lab down` signals it by its recorded pid and then kills any
+recorded child still alive (after a SIGKILL of the supervisor, say).
+
+Usage: python -m podnet.lab.supervise LABDIR
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from podnet.procs import process_owner
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+class Supervisor:
+    def __init__(self, labdir: Path) -> None:
+        self.labdir = labdir
+        self.record = labdir / "procs.json"
+        self.lock = threading.Lock()
+        self.children: dict[int, subprocess.Popen] = {}
+        self.entries: dict[str, dict] = {}
+        self.stopping = threading.Event()
+
+    def save(self) -> None:
+        tmp = self.record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.entries, indent=1))
+        os.replace(tmp, self.record)
+
+    def spawn(self, request: dict) -> dict:
+        name, argv = str(request["name"]), [str(a) for a in request["argv"]]
+        env = {**os.environ, **{str(k): str(v) for k, v in (request.get("env") or {}).items()}}
+        with self.lock:
+            if self.stopping.is_set():
+                return {"name": name, "error": "supervisor is stopping"}
+            log = open(request.get("log") or os.devnull, "ab")  # noqa: SIM115 - handed to the child
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                        env=env, start_new_session=False)
+            except OSError as exc:
+                return {"name": name, "error": str(exc)}
+            finally:
+                log.close()
+            self.children[proc.pid] = proc
+            self.entries[name] = {"pid": proc.pid, "owner": process_owner(proc.pid), "argv": argv}
+            self.save()
+        return {"name": name, "pid": proc.pid}
+
+    def serve_requests(self) -> None:
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            try:
+                reply = self.spawn(json.loads(line))
+            except (ValueError, KeyError, TypeError) as exc:
+                reply = {"error": f"bad request: {exc}"}
+            try:
+                sys.stdout.write(json.dumps(reply) + "\n")
+                sys.stdout.flush()
+            except (BrokenPipeError, ValueError):
+                return
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            with self.lock:
+                proc = self.children.pop(pid, None)
+                if proc is None:
+                    continue
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                for entry in self.entries.values():
+                    if entry["pid"] == pid and "exit" not in entry:
+                        entry["exit"] = proc.returncode
+                if not self.stopping.is_set():
+                    self.save()
+
+    def stop_children(self, grace: float = 5.0) -> None:
+        with self.lock:
+            self.stopping.set()
+            pids = list(self.children)
+        for pid in pids:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while self.children and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(0.05)
+        for pid in list(self.children):
+            _signal(pid, signal.SIGKILL)
+        deadline = time.monotonic() + grace
+        while self.children and time.monotonic() < deadline:
+            self.reap()
+            time.sleep(0.05)
+        self.save()
+
+    def run(self) -> int:
+        self.entries["supervisor"] = {"pid": os.getpid(), "owner": process_owner(), "argv": sys.argv}
+        self.save()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+        threading.Thread(target=self.serve_requests, daemon=True).start()
+        while not self.stopping.wait(0.2):
+            self.reap()
+        self.stop_children()
+        return 0
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m podnet.lab.supervise LABDIR", file=sys.stderr)
+        return 2
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    return Supervisor(Path(args[0])).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,321 @@
+"""The lab's topology: nodes in racks, pod namespaces, pods and the ports they serve.
+
+Pure (no kernel, no processes): a topology comes from a YAML file (`load`/`parse`) or
+from the `lab up` flags (`default_topology`), is validated once, and then names every
+lab object (network namespaces, sockets) and addresses the underlay:
+
+- rack r is the L2 segment 172.31.r.0/24; its router leg is 172.31.r.1 (racks > 1);
+- the k-th node of rack r is 172.31.r.(10 + k);
+- the outside world sits on rack 0 at 172.31.0.254 and owns 198.51.100.1 (TEST-NET-2,
+  outside every cluster range);
+- etcd member i sits on rack 0 at 172.31.0.(200 + i).
+
+YAML format::
+
+    nodes:
+      - {name: node0, rack: 0}
+      - {name: node1, rack: 1}
+    namespaces:
+      - {name: shop, labels: {team: a}}
+    pods:
+      - name: web
+        namespace: shop
+        node: node0
+        labels: {app: web}
+        ports: [{port: 80, protocol: TCP, name: http}, {port: 53, protocol: UDP}]
+
+The namespace `default` always exists; `rack` defaults to 0; `ports` to none.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from podnet.errors import PodnetError
+
+UNDERLAY_PREFIX = "172.31"
+ROUTER_HOST = 1
+FIRST_NODE_HOST = 10
+MAX_NODES_PER_RACK = 180  # .10 .. .189; .200+ etcd, .254 outside
+MAX_RACKS = 200
+OUTSIDE_UNDERLAY = "172.31.0.254"
+OUTSIDE_IP = "198.51.100.1"
+ETCD_FIRST_HOST = 200
+CLUSTER_CIDR = "10.244.0.0/16"
+
+_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
+_LAB_NAME = re.compile(r"^[a-z0-9]{1,8}$")
+_LABEL_KEY = re.compile(r"^([a-z0-9.-]+/)?[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?$")
+
+
+class TopologyError(PodnetError):
+    """A topology file or flag combination is invalid."""
+
+
+@dataclass(frozen=True)
+class Port:
+    port: int
+    protocol: str = "TCP"
+    name: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.port}/{self.protocol}"
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    rack: int
+    index: int  # position among all nodes
+    rack_index: int  # position inside its rack
+
+    @property
+    def underlay_ip(self) -> str:
+        return f"{UNDERLAY_PREFIX}.{self.rack}.{FIRST_NODE_HOST + self.rack_index}"
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    namespace: str
+    node: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[Port, ...] = ()
+
+    @property
+    def key(self) -> str:
+        """`NS/POD`, how the CLI names a pod."""
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Topology:
+    nodes: tuple[Node, ...]
+    namespaces: tuple[Namespace, ...]
+    pods: tuple[Pod, ...]
+
+    @property
+    def racks(self) -> int:
+        return max(n.rack for n in self.nodes) + 1
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def pods_on(self, node: str) -> list[Pod]:
+        return [p for p in self.pods if p.node == node]
+
+
+def rack_subnet(rack: int) -> str:
+    return f"{UNDERLAY_PREFIX}.{rack}.0/24"
+
+
+def router_ip(rack: int) -> str:
+    return f"{UNDERLAY_PREFIX}.{rack}.{ROUTER_HOST}"
+
+
+def etcd_ip(member: int) -> str:
+    return f"{UNDERLAY_PREFIX}.0.{ETCD_FIRST_HOST + member}"
+
+
+def check_lab_name(name: str) -> str:
+    if not _LAB_NAME.match(name):
+        raise TopologyError(f"invalid lab name {name!r}", "use 1-8 lowercase letters or digits")
+    return name
+
+
+def netns_name(lab: str, role: str) -> str:
+    """Every lab namespace is `pn-lab-<lab>-<role>` (never anything else)."""
+    return f"pn-lab-{lab}-{role}"
+
+
+def pod_netns(lab: str, pod: Pod) -> str:
+    return netns_name(lab, f"p-{pod.namespace}-{pod.name}")
+
+
+def default_topology(nodes: int = 2, pods_per_node: int = 2, racks: int = 1) -> Topology:
+    """`node0..node<N-1>`, dealt round-robin over the racks; namespace `default`; pods
+    `p<node index>-<i>` labelled app=echo serving TCP 80 and UDP 80."""
+    if nodes < 1:
+        raise TopologyError("--nodes must be at least 1")
+    if pods_per_node < 0:
+        raise TopologyError("--pods-per-node must not be negative")
+    if not 1 <= racks <= min(nodes, MAX_RACKS):
+        raise TopologyError(f"--racks must be between 1 and the number of nodes ({nodes})")
+    raw_nodes = [{"name": f"node{i}", "rack": i % racks} for i in range(nodes)]
+    ports = [{"port": 80, "protocol": "TCP", "name": "http"}, {"port": 80, "protocol": "UDP", "name": "echo"}]
+    raw_pods = [
+        {"name": f"p{i}-{k}", "namespace": "default", "node": f"node{i}", "labels": {"app": "echo"}, "ports": ports}
+        for i in range(nodes) for k in range(pods_per_node)
+    ]
+    return parse({"nodes": raw_nodes, "pods": raw_pods})
+
+
+def load(path: str | Path) -> Topology:
+    """Read and validate a YAML topology file."""
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise TopologyError(f"cannot read topology file {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise TopologyError(f"{path} is not valid YAML", str(exc)) from None
+    try:
+        return parse(data)
+    except TopologyError as exc:
+        raise TopologyError(f"{path}: {exc.msg}", exc.details) from None
+
+
+def parse(data: object) -> Topology:
+    """Validate a decoded topology document."""
+    doc = _mapping(data, "the topology", {"nodes", "namespaces", "pods"})
+    nodes = _parse_nodes(_list(doc.get("nodes"), "nodes"))
+    namespaces = _parse_namespaces(_list(doc.get("namespaces") or [], "namespaces"))
+    pods = _parse_pods(_list(doc.get("pods") or [], "pods"), {n.name for n in nodes}, {n.name for n in namespaces})
+    return Topology(nodes, namespaces, pods)
+
+
+def _parse_nodes(items: list) -> tuple[Node, ...]:
+    if not items:
+        raise TopologyError("the topology declares no nodes")
+    seen: set[str] = set()
+    per_rack: dict[int, int] = {}
+    nodes = []
+    for i, item in enumerate(items):
+        where = f"nodes[{i}]"
+        raw = _mapping(item, where, {"name", "rack"})
+        name = _name(raw.get("name"), f"{where}.name")
+        if name in seen:
+            raise TopologyError(f"node {name!r} is declared twice")
+        seen.add(name)
+        rack = raw.get("rack", 0)
+        if isinstance(rack, bool) or not isinstance(rack, int) or not 0 <= rack < MAX_RACKS:
+            raise TopologyError(f"{where}.rack must be an integer from 0 to {MAX_RACKS - 1}, not {rack!r}")
+        k = per_rack.get(rack, 0)
+        if k >= MAX_NODES_PER_RACK:
+            raise TopologyError(f"rack {rack} has more than {MAX_NODES_PER_RACK} nodes")
+        per_rack[rack] = k + 1
+        nodes.append(Node(name, rack, i, k))
+    missing = [r for r in range(max(per_rack) + 1) if r not in per_rack]
+    if missing:
+        raise TopologyError(f"racks are numbered from 0 without gaps; rack(s) {missing} have no node")
+    return tuple(nodes)
+
+
+def _parse_namespaces(items: list) -> tuple[Namespace, ...]:
+    found: dict[str, Namespace] = {}
+    for i, item in enumerate(items):
+        where = f"namespaces[{i}]"
+        raw = _mapping(item, where, {"name", "labels"})
+        name = _name(raw.get("name"), f"{where}.name")
+        if name in found:
+            raise TopologyError(f"namespace {name!r} is declared twice")
+        found[name] = Namespace(name, _labels(raw.get("labels"), f"{where}.labels"))
+    found.setdefault("default", Namespace("default"))
+    return tuple(found.values())
+
+
+def _parse_pods(items: list, nodes: set[str], namespaces: set[str]) -> tuple[Pod, ...]:
+    seen: set[tuple[str, str]] = set()
+    pods = []
+    for i, item in enumerate(items):
+        where = f"pods[{i}]"
+        raw = _mapping(item, where, {"name", "namespace", "node", "labels", "ports"})
+        name = _name(raw.get("name"), f"{where}.name")
+        namespace = raw.get("namespace", "default")
+        if namespace not in namespaces:
+            raise TopologyError(f"{where} ({name}): unknown namespace {namespace!r}",
+                                f"declared: {', '.join(sorted(namespaces))}")
+        node = raw.get("node")
+        if node not in nodes:
+            raise TopologyError(f"{where} ({name}): unknown node {node!r}", f"declared: {', '.join(sorted(nodes))}")
+        if (namespace, name) in seen:
+            raise TopologyError(f"pod {namespace}/{name} is declared twice")
+        seen.add((namespace, name))
+        ports = _ports(_list(raw.get("ports") or [], f"{where}.ports"), f"{where}.ports")
+        pods.append(Pod(name, namespace, node, _labels(raw.get("labels"), f"{where}.labels"), ports))
+    return tuple(pods)
+
+
+def _ports(items: list, where: str) -> tuple[Port, ...]:
+    ports = []
+    seen: set[tuple[int, str]] = set()
+    for i, item in enumerate(items):
+        raw = _mapping(item, f"{where}[{i}]", {"port", "protocol", "name"})
+        port = raw.get("port")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise TopologyError(f"{where}[{i}].port must be an integer from 1 to 65535, not {port!r}")
+        protocol = str(raw.get("protocol", "TCP")).upper()
+        if protocol not in ("TCP", "UDP"):
+            raise TopologyError(f"{where}[{i}].protocol must be TCP or UDP, not {raw.get('protocol')!r}")
+        if (port, protocol) in seen:
+            raise TopologyError(f"{where}: {port}/{protocol} is listed twice")
+        seen.add((port, protocol))
+        ports.append(Port(port, protocol, str(raw.get("name") or "")))
+    return tuple(ports)
+
+
+def _mapping(value: object, where: str, allowed: set[str]) -> dict:
+    if not isinstance(value, dict):
+        raise TopologyError(f"{where} must be a mapping, not {type(value).__name__}")
+    unknown = sorted(set(map(str, value)) - allowed)
+    if unknown:
+        raise TopologyError(f"{where}: unknown field(s) {', '.join(unknown)}", f"allowed: {', '.join(sorted(allowed))}")
+    return value
+
+
+def _list(value: object, where: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TopologyError(f"{where} must be a list, not {type(value).__name__}")
+    return value
+
+
+def _name(value: object, where: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise TopologyError(
+            f"{where}: invalid name {value!r}",
+            "use 1-15 lowercase letters, digits or '-', starting and ending with a letter or digit",
+        )
+    return value
+
+
+def _labels(value: object, where: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TopologyError(f"{where} must be a mapping of label keys to values")
+    labels = {}
+    for key, val in value.items():
+        if not isinstance(key, str) or not _LABEL_KEY.match(key):
+            raise TopologyError(f"{where}: invalid label key {key!r}")
+        if isinstance(val, (dict, list)) or val is None:
+            raise TopologyError(f"{where}: label {key} must have a scalar value")
+        labels[key] = str(val).lower() if isinstance(val, bool) else str(val)
+    return labels
+
+
+def node_block_guess(node: Node, cluster_cidr: str = CLUSTER_CIDR, prefix: int = 24) -> str:
+    """The index-th block of the cluster CIDR: what the lab hands out itself when the
+    agent cannot lease blocks (no cluster support yet)."""
+    net = ipaddress.ip_network(cluster_cidr)
+    size = 2 ** (net.max_prefixlen - prefix)
+    if (node.index + 1) * size > net.num_addresses:
+        raise TopologyError(f"{cluster_cidr} has no block /{prefix} left for node {node.name}")
+    return f"{net.network_address + node.index * size}/{prefix}"

@@ -1,0 +1,203 @@
+"""Fabrics end to end: node namespaces on one fabric bridge, one real agent per node
+(inside its namespace, via nsenter), a shared SQLite store, pods attached through the
+real CNI path with each node's rendered cluster.conflist.
+
+    fab: bridge br0 --veth-- n1 eth0 172.31.0.1/24 -- pncl0 -- pod p1
+                    --veth-- n2 eth0 172.31.0.2/24 -- pncl0 -- pod p2
+                    --veth-- n3 eth0 172.31.0.3/24 -- pncl0 -- pod p3
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from cniharness import REFERENCE_DIR
+from podnet.agent.client import call
+from podnet.lab.sandbox import Sandbox, wait_for_path
+from podnet.runtime.libcni import Conflist
+from podnet.store import open_store
+
+pytestmark = pytest.mark.root
+
+PORT = 7070
+SERVER = (
+    "import socket,sys,threading\n"
+    "u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); u.bind(('0.0.0.0',int(sys.argv[1])))\n"
+    "def udp():\n"
+    "    while True:\n"
+    "        d,a=u.recvfrom(65535); u.sendto(str(len(d)).encode(),a)\n"
+    "threading.Thread(target=udp,daemon=True).start()\n"
+    "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+    "s.bind(('0.0.0.0',int(sys.argv[1]))); s.listen(16); print('ready',flush=True)\n"
+    "while True:\n"
+    "    c,a=s.accept(); c.recv(100); c.sendall(('hello from '+sys.argv[2]+' client '+a[0]+'\\n').encode()); c.close()\n"
+)
+PROBE = (
+    "import socket,sys\n"
+    "s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=3)\n"
+    "s.sendall(b'ping\\n'); print(s.recv(200).decode().strip())\n"
+)
+DF_PROBE = (  # one UDP datagram of N bytes with DF set; prints the echoed length
+    "import socket,sys\n"
+    "u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); u.settimeout(2)\n"
+    "u.setsockopt(socket.IPPROTO_IP,10,2)\n"  # IP_MTU_DISCOVER = IP_PMTUDISC_DO
+    "u.sendto(b'x'*int(sys.argv[3]),(sys.argv[1],int(sys.argv[2]))); print(u.recv(100).decode())\n"
+)
+
+
+@dataclass
+class Node:
+    name: str
+    ns: str
+    state: Path
+    socket: str
+    proc: subprocess.Popen | None = None
+    pod_ns: str = ""
+    pod_ip: str = ""
+
+    @property
+    def conflist(self) -> Path:
+        return self.state / "net.d" / "cluster.conflist"
+
+
+@dataclass
+class Cluster:
+    sandbox: Sandbox
+    cni_bin: str
+    store: str
+    fabric: str
+    ttl: float
+    nodes: list[Node] = field(default_factory=list)
+
+    def add_node(self, i: int, tmp: Path) -> Node:
+        box = self.sandbox
+        ns = box.netns(f"n{i}")
+        fab = box.name("fab")
+        peer = f"pnf{box.token}{i}"
+        subprocess.run(["ip", "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", peer,
+                        "netns", fab], check=True)
+        subprocess.run(["ip", "-n", fab, "link", "set", peer, "master", "br0", "up"], check=True)
+        subprocess.run(["ip", "-n", ns, "addr", "add", f"172.31.0.{i}/24", "dev", "eth0"], check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
+        node = Node(f"n{i}", ns, tmp / f"n{i}", f"/run/podnet/t-{secrets.token_hex(3)}-n{i}.sock")
+        self.nodes.append(node)
+        return node
+
+    def start(self, node: Node) -> None:
+        argv = ["nsenter", f"--net={Sandbox.path(node.ns)}", sys.executable, "-m", "podnet.cli", "agent",
+                "--socket", node.socket, "--store", self.store, "--state-dir", str(node.state),
+                "--node", node.name, "--fabric", self.fabric, "--lease-ttl", str(self.ttl)]
+        node.proc = self.sandbox.spawn(None, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        wait_for_path(str(node.conflist), timeout=20, proc=node.proc)
+
+    def attach_pod(self, node: Node) -> None:
+        node.pod_ns = self.sandbox.netns(f"p{node.name}")
+        conflist = Conflist(json.loads(node.conflist.read_text()), [self.cni_bin, REFERENCE_DIR], netns_exec=node.ns)
+        result = conflist.add(f"pod-{node.name}", Sandbox.path(node.pod_ns))
+        node.pod_ip = result["ips"][0]["address"].split("/")[0]
+        proc = self.sandbox.spawn(node.pod_ns, [sys.executable, "-c", SERVER, str(PORT), node.name],
+                                  stdout=subprocess.PIPE)
+        assert proc.stdout is not None and b"ready" in proc.stdout.readline()
+
+    def probe(self, src: Node, dst: Node) -> str | None:
+        out = self.sandbox.exec(src.pod_ns, [sys.executable, "-c", PROBE, dst.pod_ip, str(PORT)], check=False)
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    def routes(self, node: Node) -> str:
+        return self.sandbox.exec(node.ns, ["ip", "route", "show", "proto", "77"]).stdout
+
+    def status(self, node: Node) -> dict:
+        return call(node.socket, "node.status")  # type: ignore[return-value]
+
+
+def eventually(check, timeout: float = 8.0, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def make_cluster(sandbox: Sandbox, cni_bin: str, tmp_path: Path, fabric: str, n: int, ttl: float) -> Cluster:
+    fab = sandbox.netns("fab")
+    subprocess.run(["ip", "-n", fab, "link", "add", "br0", "type", "bridge"], check=True)
+    subprocess.run(["ip", "-n", fab, "link", "set", "br0", "up"], check=True)
+    cluster = Cluster(sandbox, cni_bin, str(tmp_path / "cluster.db"), fabric, ttl)
+    nodes = [cluster.add_node(i, tmp_path) for i in range(1, n + 1)]
+    for node in nodes:
+        cluster.start(node)
+    for node in nodes:
+        cluster.attach_pod(node)
+    return cluster
+
+
+def test_vxlan_cluster(sandbox, cni_bin, tmp_path):
+    c = make_cluster(sandbox, cni_bin, tmp_path, "vxlan", 3, ttl=3.0)
+    n1, n2, n3 = c.nodes
+    blocks = {c.status(n)["block"] for n in c.nodes}
+    assert len(blocks) == 3
+    # every node sees both peers, one route each
+    assert eventually(lambda: all(len(c.status(n)["peers"]) == 2 and
+                                  all(p["state"] == "ok" for p in c.status(n)["peers"]) for n in c.nodes))
+    assert c.status(n1)["mtu"] == 1450
+    # pod to pod across nodes, and the server sees the client pod's own address
+    assert eventually(lambda: c.probe(n1, n2)) == f"hello from n2 client {n1.pod_ip}"
+    assert c.probe(n3, n1) == f"hello from n1 client {n3.pod_ip}"
+    # node to pod (the bridge exists before any pod; vxlan routes from the node too)
+    out = sandbox.exec(n1.ns, [sys.executable, "-c", PROBE, n2.pod_ip, str(PORT)], check=False)
+    assert out.returncode == 0 and "hello from n2" in out.stdout
+    # a full-size datagram with DF set crosses the overlay; one byte more is refused
+    fits = 1450 - 28
+    out = sandbox.exec(n1.pod_ns, [sys.executable, "-c", DF_PROBE, n2.pod_ip, str(PORT), str(fits)], check=False)
+    assert out.stdout.strip() == str(fits), out.stderr
+    out = sandbox.exec(n1.pod_ns, [sys.executable, "-c", DF_PROBE, n2.pod_ip, str(PORT), str(fits + 1)], check=False)
+    assert out.returncode != 0
+    # a route deleted by hand comes back
+    b2 = c.status(n2)["block"]
+    sandbox.exec(n1.ns, ["ip", "route", "del", b2])
+    assert eventually(lambda: b2 in c.routes(n1), timeout=6)
+    assert eventually(lambda: c.probe(n1, n2))
+    # n3 goes away: stop its agent, delete its lease; the others drop it, its block is free
+    b3 = c.status(n3)["block"]
+    sandbox.stop(n3.proc)
+    store = open_store(c.store)
+    try:
+        assert store.delete("nodes/n3")
+        for node in (n1, n2):
+            assert eventually(lambda node=node: b3 not in c.routes(node)), c.routes(node)
+            assert eventually(lambda node=node: "n3" not in {p["name"] for p in c.status(node)["peers"]})
+        net = b3.split("/")[0]
+        assert eventually(lambda: store.get(f"blocks/{net}-24") is None)
+        out = sandbox.exec(n1.ns, ["bridge", "fdb", "show", "dev", "pnvx0"]).stdout
+        assert "172.31.0.3" not in out and "172.31.0.2" in out
+    finally:
+        store.close()
+    assert c.probe(n1, n2)
+
+
+def test_hostgw_cluster_and_lease_expiry(sandbox, cni_bin, tmp_path):
+    c = make_cluster(sandbox, cni_bin, tmp_path, "host-gw", 2, ttl=1.5)
+    n1, n2 = c.nodes
+    assert c.status(n1)["mtu"] == 1500
+    b2 = c.status(n2)["block"]
+    assert eventually(lambda: f"{b2} via 172.31.0.2 dev eth0" in c.routes(n1)), c.routes(n1)
+    assert eventually(lambda: c.probe(n1, n2)) == f"hello from n2 client {n1.pod_ip}"
+    assert c.probe(n2, n1) == f"hello from n1 client {n2.pod_ip}"
+    # the agent dies; its lease expires within the TTL and n1 forgets it
+    n2.proc.kill()
+    assert eventually(lambda: b2 not in c.routes(n1), timeout=6)
+    store = open_store(c.store)
+    try:
+        assert store.get("nodes/n2") is None
+        assert store.get(f"blocks/{b2.split('/')[0]}-24") is None
+    finally:
+        store.close()

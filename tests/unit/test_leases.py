@@ -1,0 +1,144 @@
+"""Block allocation and node leases over the real Store backends (no root)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from podnet.cluster import leases
+from podnet.cluster.leases import NodeLease
+from podnet.store import open_store
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request, tmp_path):
+    s = open_store("memory://" if request.param == "memory" else str(tmp_path / "c.db"))
+    yield s
+    s.close()
+
+
+def maker(name: str):
+    return lambda block: NodeLease(name, block, "172.31.0.9", "eth0", "vxlan", {"vtep_mac": "02:00:00:00:00:01"}, 1.0)
+
+
+def take(store, name: str, ttl: float = 10.0, preferred: str | None = None, cidr: str = "10.244.0.0/16"):
+    return leases.acquire(store, name, cidr, 24, ttl, maker(name), preferred=preferred)
+
+
+def run_all(fn, n: int) -> None:
+    """Run fn(0..n-1) on n threads at once and wait for all."""
+    threads = [threading.Thread(target=fn, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def test_first_blocks_in_order_and_lease_written(store):
+    a, b = take(store, "a"), take(store, "b")
+    assert (a.lease.block, b.lease.block) == ("10.244.0.0/24", "10.244.1.0/24")
+    assert store.get_json("nodes/a")["block"] == "10.244.0.0/24"
+    assert store.get_json("nodes/b")["backend"]["vtep_mac"] == "02:00:00:00:00:01"
+
+
+def test_concurrent_nodes_never_share_a_block(tmp_path):
+    """Many threads, each with its own handle (as separate agents would be)."""
+    path = str(tmp_path / "race.db")
+    open_store(path).close()
+    got: dict[str, str] = {}
+    barrier = threading.Barrier(8)
+
+    def node(i: int) -> None:
+        s = open_store(path)
+        try:
+            barrier.wait()
+            got[f"n{i}"] = take(s, f"n{i}", cidr="10.244.0.0/21").lease.block
+        finally:
+            s.close()
+
+    run_all(node, 8)
+    assert len(got) == 8 and len(set(got.values())) == 8
+
+
+def test_concurrent_on_one_memory_store():
+    s = open_store("memory://")
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def node(i: int) -> None:
+        block = take(s, f"n{i}", cidr="10.244.0.0/20").lease.block
+        with lock:
+            got.append(block)
+
+    run_all(node, 16)
+    assert len(set(got)) == 16
+
+
+def test_restart_reclaims_own_block_from_lease_or_hint(store):
+    take(store, "a")
+    b = take(store, "b")
+    assert take(store, "b").lease.block == b.lease.block  # lease still there
+    store.delete("nodes/b")
+    leases.release_block(store, "b", b.lease.block)
+    take(store, "c")  # takes 10.244.1.0/24? no: lowest free is b's old block
+    assert store.get_json("nodes/c")["block"] == b.lease.block
+    # b comes back with a hint of a block now owned by c: it gets another one
+    assert take(store, "b", preferred=b.lease.block).lease.block == "10.244.2.0/24"
+    # a hint of a free block is honoured
+    assert take(store, "d", preferred="10.244.9.0/24").lease.block == "10.244.9.0/24"
+
+
+def test_hint_outside_cluster_or_wrong_size_ignored(store):
+    assert take(store, "a", preferred="10.99.0.0/24").lease.block == "10.244.0.0/24"
+    assert take(store, "b", preferred="10.244.4.0/25").lease.block == "10.244.1.0/24"
+
+
+def test_expired_lease_frees_the_block(store):
+    a = take(store, "a", ttl=0.3)
+    assert leases.renew(store, a)
+    time.sleep(0.5)
+    assert store.get("nodes/a") is None
+    assert not leases.renew(store, a)
+    assert take(store, "b").lease.block == "10.244.0.0/24"
+
+
+def test_renew_keeps_the_lease_alive(store):
+    a = take(store, "a", ttl=0.4)
+    for _ in range(4):
+        time.sleep(0.15)
+        assert leases.renew(store, a)
+    assert store.get_json("nodes/a")["block"] == a.lease.block
+
+
+def test_release_block_only_for_its_owner(store):
+    a = take(store, "a")
+    assert not leases.release_block(store, "b", a.lease.block)
+    assert leases.release_block(store, "a", a.lease.block)
+    assert not leases.release_block(store, "a", a.lease.block)
+
+
+def test_full_cidr_raises(store):
+    take(store, "a", cidr="10.244.0.0/23")
+    take(store, "b", cidr="10.244.0.0/23")
+    with pytest.raises(leases.NoFreeBlock):
+        take(store, "c", cidr="10.244.0.0/23")
+
+
+def test_free_block_addresses_only_inside_the_block(store):
+    for addr in ("10.244.1.2", "10.244.1.9", "10.244.2.2"):
+        store.put(f"ipam/cluster/ip/{addr}", '{"id":"x","ifname":"eth0"}')
+    store.put("ipam/other/ip/10.244.1.3", "{}")
+    assert sorted(leases.free_block_addresses(store, "10.244.1.0/24")) == ["10.244.1.2", "10.244.1.9"]
+    assert [e.key for e in store.list("ipam/")] == ["ipam/cluster/ip/10.244.2.2", "ipam/other/ip/10.244.1.3"]
+
+
+def test_lease_round_trip_and_helpers():
+    lease = maker("a")("10.244.3.0/24")
+    assert NodeLease.from_json(lease.to_json()) == lease
+    assert str(leases.gateway_of(lease.block)) == "10.244.3.1"
+    assert str(leases.vtep_ip_of(lease.block)) == "10.244.3.0"
+    assert leases.block_key("10.244.3.0/24") == "blocks/10.244.3.0-24"
+    with pytest.raises(Exception, match="does not fit"):
+        list(leases.split_blocks("10.244.0.0/16", 8))
