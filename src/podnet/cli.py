@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from podnet import cli_container, cli_lab, cli_network
+from podnet import cli_connectivity, cli_container, cli_lab, cli_network
 from podnet.cli_output import fail
 from podnet.cni.config import DEFAULT_SOCKET, DEFAULT_STORE
 from podnet.errors import PodnetError
@@ -50,9 +50,13 @@ def _cmd_ping(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.host:
+        from podnet.demo_host import run_demo as run_host_demo
+
+        return run_host_demo(keep=args.keep)
     from podnet.demo import run_demo
 
-    return run_demo(keep=args.keep)
+    return run_demo(keep=args.keep, name=args.name, nodes=args.nodes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -88,12 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     ping.add_argument("--socket", default=agent_socket())
     ping.set_defaults(func=_cmd_ping)
 
-    demo = sub.add_parser("demo", help="a live demo in a sandbox namespace")
+    demo = sub.add_parser("demo", help="a live demo: a 3-node lab, its connectivity test and a tour")
     demo.add_argument("--keep", action="store_true", help="leave the demo up for exploration")
+    demo.add_argument("--host", action="store_true", help="the single-host demo instead (Docker's network modes)")
+    demo.add_argument("--name", default="demo", help="lab name (default demo)")
+    demo.add_argument("--nodes", type=int, default=3, help="number of nodes (default 3)")
     demo.set_defaults(func=_cmd_demo)
     cli_network.register(sub)
     cli_container.register(sub)
     cli_lab.register(sub)
+    cli_connectivity.register(sub)
     return parser
 
 

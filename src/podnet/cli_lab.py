@@ -27,6 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--store", choices=("sqlite", "etcd"), default="sqlite",
                     help="shared cluster store: one SQLite file, or a 3-member etcd cluster in the lab")
     up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each daemon (default 30)")
+    up.add_argument("--lease-ttl", type=float, default=None,
+                    help="the agents' node lease TTL in seconds (default 10): a dead node is reclaimed after it")
     up.set_defaults(func=_cmd_up)
 
     status = lab_sub.add_parser("status", help="nodes, agents and pods of a running lab")
@@ -72,7 +74,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     def progress(step: str) -> None:
         console.print(f"[green]✓[/] {step} [dim]({time.monotonic() - start:.1f}s)[/]")
 
-    builder = LabBuilder(topology, LabOptions(args.name, args.fabric, args.store, timeout=args.timeout), progress)
+    builder = LabBuilder(topology, LabOptions(args.name, args.fabric, args.store, timeout=args.timeout,
+                                            **({"lease_ttl": args.lease_ttl} if args.lease_ttl else {})), progress)
     if builder.simulate:
         console.print("[yellow]! PODNET_LAB_SIMULATE_NODES: the lab hands out blocks itself "
                       "(no cross-node pod routes)[/]")

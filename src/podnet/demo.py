@@ -1,213 +1,103 @@
-"""`podnet demo`: Docker's four network modes on one simulated host, live.
+"""`podnet demo` (`make demo`): a 3-node cluster on this machine, tested, then a tour.
 
-A sandbox namespace plays the host: the agent runs there, and every step is the
-`podnet` command a user would type (run inside that namespace): a user-defined bridge
-network, a web container publishing a port and a client container, then the checks a
-Docker user relies on: name resolution (name and alias) through the agent's DNS,
-direct access, the published port from the host, from another container and by
-hairpin, a `container:` join sharing the web server's stack, and a `none` container
-with loopback only. Then everything is removed (unless --keep) and the demo proves
-nothing leaked.
+`lab up --nodes 3` (lab `demo`: namespaces, one agent per node, two echo pods per
+node, the VXLAN fabric, the outside world), then `connectivity test` against it, then
+a printed tour of what to try next, then `lab down` unless `--keep`. Whatever fails
+(the build, a check, Ctrl-C) the lab is torn down by its recorded names and PIDs,
+except that `--keep` leaves a built lab up for a look at the failure.
+
+The single-host Docker-style demo is `podnet demo --host` (`podnet.demo_host`).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
-from podnet.lab.sandbox import Sandbox, wait_for_path
+from podnet.errors import PodnetError
 
-SUBNET = "10.88.7.0/24"
-GATEWAY = "10.88.7.1"
-NETWORK = "demo"
-FETCH = (
-    "import socket, sys, urllib.request;"
-    "print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode().strip())"
-)
-RESOLVE = "import socket, sys; print(socket.gethostbyname(sys.argv[1]))"
+DEMO_LAB = "demo"
+DEMO_NODES = 3
 
 
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
+def run_demo(keep: bool = False, name: str = DEMO_LAB, nodes: int = DEMO_NODES, fabric: str = "vxlan") -> int:
+    """Build, test, tour and (unless `keep`) remove the lab; 0 when every check passed."""
+    from podnet.cli_connectivity import render
+    from podnet.cli_lab import _summary
+    from podnet.lab import topology
+    from podnet.lab.cluster import LabBuilder, LabOptions, teardown
+    from podnet.observe import connectivity
 
-
-class DemoHost:
-    """The simulated host: a namespace, its agent, and `podnet` run inside it.
-
-    Everything enters the host namespace with `nsenter --net` (network namespace only),
-    not `ip netns exec`, which gives each command a private mount namespace: the
-    container namespaces the CLI creates must be visible to the agent.
-    """
-
-    def __init__(self, sandbox: Sandbox, work: Path) -> None:
-        self.sandbox = sandbox
-        self.work = work
-        self.ns = sandbox.netns("host")
-        self.socket = f"/run/podnet/demo-{sandbox.token}.sock"
-        self.env = {**os.environ, "PODNET_STATE_DIR": str(work / "state"), "PODNET_AGENT_SOCKET": self.socket}
-
-    @property
-    def enter(self) -> list[str]:
-        return ["nsenter", f"--net={self.sandbox.path(self.ns)}", "--"]
-
-    def start_agent(self) -> None:
-        log = self.sandbox.keep_open(open(self.work / "agent.log", "w"))  # noqa: SIM115 - lives with the agent
-        agent = self.sandbox.spawn(
-            None, [*self.enter, sys.executable, "-m", "podnet.cli", "agent", "--socket", self.socket],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT,
-        )
-        wait_for_path(self.socket, timeout=20, proc=agent)
-
-    def podnet(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        argv = [*self.enter, sys.executable, "-m", "podnet.cli", *args]
-        proc = subprocess.run(argv, env=self.env, capture_output=True, text=True, timeout=timeout, check=False)
-        if check and proc.returncode != 0:
-            raise RuntimeError(f"podnet {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
-        return proc
-
-    def in_host(self, *argv: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.enter, *argv], env=self.env, capture_output=True, text=True,
-                              timeout=60, check=False)
-
-
-def _check(name: str, proc: subprocess.CompletedProcess, expect: str) -> Check:
-    out = proc.stdout.strip()
-    errors = proc.stderr.strip().splitlines()
-    ok = proc.returncode == 0 and expect in out
-    return Check(name, ok, (out or (errors[-1] if errors else ""))[:60])
-
-
-def run_demo(keep: bool = False) -> int:
     if os.geteuid() != 0:
         print("podnet demo needs root (it creates network namespaces)", file=sys.stderr)
         return 1
     console = Console()
-    work = Path(tempfile.mkdtemp(prefix="pn-demo-"))
-    sandbox = Sandbox("pn-demo-")
-    ok = False
+    start = time.monotonic()
+
+    def progress(step: str) -> None:
+        console.print(f"[green]✓[/] {step} [dim]({time.monotonic() - start:.1f}s)[/]")
+
+    console.print(f"[bold]podnet demo[/]: a {nodes}-node cluster ({fabric}) in network namespaces, lab [cyan]{name}[/]")
+    builder = LabBuilder(topology.default_topology(nodes, 2, 1), LabOptions(name, fabric), progress)
+    passed = False
     try:
-        host = DemoHost(sandbox, work)
-        ok = _run(console, host, keep)
+        with console.status(f"podnet lab up --name {name} --nodes {nodes} --fabric {fabric} ..."):
+            state = builder.build()
+        console.print(f"lab [bold]{name}[/] up in {time.monotonic() - start:.1f}s")
+        _summary(state.data)
+        test_start = time.monotonic()
+        results = connectivity.run(connectivity.plan(state.data))
+        render(results, console, f"lab {name}", time.monotonic() - test_start)
+        passed = bool(results) and all(r.ok for r in results)
+        tour(console, name, state.data, keep)
+    except PodnetError as err:
+        console.print(f"[red]✗ {err.msg}[/]")
+        if err.details:
+            console.print(str(err.details))
     finally:
-        if not keep:
-            sandbox.close()
-            shutil.rmtree(work, ignore_errors=True)
-    return 0 if ok else 1
+        built = builder.state is not None  # else nothing of ours exists (e.g. the name was taken)
+        if built and (not keep or builder.state.data.get("phase") != "up"):
+            problems = teardown(name)
+            for problem in problems:
+                console.print(f"[red]{problem}[/]")
+            console.print(f"lab {name} removed" if not problems else f"[red]lab {name} not fully removed[/]")
+            passed = passed and not problems
+    return 0 if passed else 1
 
 
-def _run(console: Console, host: DemoHost, keep: bool) -> bool:
-    console.print(f"[bold]podnet demo[/] - simulated host namespace [cyan]{host.ns}[/]")
-    host.start_agent()
-    host.podnet("network", "create", NETWORK, "--subnet", SUBNET)
-    www = host.work / "www"
-    www.mkdir()
-    (www / "index.html").write_text("hello from web\n")
-    host.podnet("container", "run", "-d", "--name", "web", "--network", NETWORK, "--alias", "www",
-                "-p", "8080:80", "--", sys.executable, "-m", "http.server", "80", "-d", str(www))
-    host.podnet("container", "run", "-d", "--name", "client", "--network", NETWORK,
-                "--", sys.executable, "-c", "import time; time.sleep(3600)")
-    _wait(lambda: host.podnet("container", "exec", "web", "--", sys.executable, "-c", FETCH,
-                              "http://127.0.0.1:80/", check=False).returncode == 0)
-    _wait(lambda: host.podnet("container", "exec", "client", "--", sys.executable, "-c", RESOLVE, "web",
-                              check=False).returncode == 0)
-    web_ip = json.loads(host.podnet("container", "inspect", "web").stdout)["ips"][0].split("/")[0]
-
-    def exec_in(name: str, *argv: str) -> subprocess.CompletedProcess:
-        return host.podnet("container", "exec", name, "--", *argv, check=False)
-
-    checks = [
-        _check("client resolves web", exec_in("client", sys.executable, "-c", RESOLVE, "web"), web_ip),
-        _check("client resolves alias www", exec_in("client", sys.executable, "-c", RESOLVE, "www"), web_ip),
-        _check("client -> http://web/", exec_in("client", sys.executable, "-c", FETCH, "http://web:80/"), "hello"),
-        _check("host -> 127.0.0.1:8080 (published)",
-               host.in_host(sys.executable, "-c", FETCH, "http://127.0.0.1:8080/"), "hello"),
-        _check(f"client -> {GATEWAY}:8080 (published)",
-               exec_in("client", sys.executable, "-c", FETCH, f"http://{GATEWAY}:8080/"), "hello"),
-        _check(f"web -> {GATEWAY}:8080 (hairpin)",
-               exec_in("web", sys.executable, "-c", FETCH, f"http://{GATEWAY}:8080/"), "hello"),
-        _check("container:web shares web's stack (127.0.0.1:80)",
-               host.podnet("container", "run", "--rm", "--network", "container:web", "--",
-                           sys.executable, "-c", FETCH, "http://127.0.0.1:80/", check=False), "hello"),
-        _check("--network none has loopback only",
-               host.podnet("container", "run", "--rm", "--network", "none", "--",
-                           sys.executable, "-c", "import socket; print([n for _, n in socket.if_nameindex()])",
-                           check=False), "['lo']"),
+def tour(console: Console, name: str, data: dict, keep: bool) -> None:
+    """What to try next, with this lab's real names and addresses."""
+    pods = list(data.get("pods", {}))
+    nodes = list(data.get("nodes", {}))
+    src = pods[0] if pods else "default/p0-0"
+    far = next((k for k, p in data.get("pods", {}).items() if p["node"] != data["pods"][src]["node"]), src) \
+        if pods else src
+    far_ip = (data.get("pods", {}).get(far, {}).get("ips") or ["10.244.1.2/24"])[0].split("/")[0]
+    node = nodes[0] if nodes else "node0"
+    info = data.get("nodes", {}).get(node, {})
+    env = f"PODNET_STATE_DIR={info.get('state_dir')} PODNET_AGENT_SOCKET={info.get('socket')}"
+    outside = data.get("outside", {}).get("ip", "198.51.100.1")
+    other_block = next((n.get("block") for n in list(data.get("nodes", {}).values())[1:] if n.get("block")),
+                       "<another node's block>")
+    lines = [
+        ("the lab: nodes, agents, blocks, pods", f"podnet lab status --name {name}"),
+        ("a pod on another node (over VXLAN)", f"podnet lab exec --name {name} {src} -- curl -s http://{far_ip}/"),
+        ("the outside world sees the node (masquerade)",
+         f"podnet lab exec --name {name} {src} -- curl -s http://{outside}/peer"),
+        ("a node's routes, VXLAN FDB and neighbours",
+         f"podnet lab exec --name {name} {node} -- sh -c 'ip route; bridge fdb show dev pnvx0; ip neigh show dev pnvx0'"),
+        ("every path, checked again", f"podnet connectivity test --name {name} [-o json]"),
+        ("break a route, watch the test fail, then the agent repair it (~3 s)",
+         f"podnet lab exec --name {name} {node} -- ip route del {other_block}"),
+        ("networks and containers on a node",
+         f"podnet lab exec --name {name} {node} -- env {env} podnet network ls"),
+        ("the single-host Docker-style demo", "podnet demo --host"),
     ]
-    _show_containers(console, host)
+    console.print("\n[bold]what to try next[/]" + ("" if keep else " (after `podnet demo --keep`; this lab is removed now)"))
+    for what, cmd in lines:
+        console.print(f"  [dim]# {what}[/]\n  {cmd}", soft_wrap=True)
     if keep:
-        _show_checks(console, checks)
-        console.print("\nleft running (--keep). Try, inside the host namespace:")
-        console.print(f"  ip netns exec {host.ns} env PODNET_STATE_DIR={host.env['PODNET_STATE_DIR']} "
-                      f"PODNET_AGENT_SOCKET={host.socket} podnet container ls")
-        console.print(f"tear down: podnet container rm -f web client; podnet network rm {NETWORK}; "
-                      f"then stop the agent and `ip netns del {host.ns}`")
-        return all(c.ok for c in checks)
-    for name in ("web", "client"):
-        host.podnet("container", "rm", "-f", name)
-    host.podnet("network", "rm", NETWORK)
-    leftovers = _leftovers(host)
-    checks.append(Check("after rm: no container, address, veth or rule left", not leftovers, leftovers or "clean"))
-    _show_checks(console, checks)
-    return all(c.ok for c in checks)
-
-
-def _wait(predicate, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("the demo containers did not become ready")
-        time.sleep(0.2)
-
-
-def _leftovers(host: DemoHost) -> str:
-    problems = []
-    containers = json.loads(host.podnet("container", "ls", "-a", "-o", "json").stdout)
-    if containers:
-        problems.append(f"{len(containers)} container(s) left")
-    links = host.in_host("ip", "-o", "link", "show", "type", "veth").stdout.strip()
-    if links:
-        problems.append(f"veths left: {links}")
-    rules = host.in_host("nft", "list", "ruleset").stdout.count("podnet:")
-    if rules:
-        problems.append(f"{rules} nft rule(s) left")
-    netns = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
-             if n.startswith("pnc-")]
-    if netns:
-        problems.append(f"container namespaces left: {netns}")
-    return "; ".join(problems)
-
-
-def _show_containers(console: Console, host: DemoHost) -> None:
-    rows = json.loads(host.podnet("container", "ls", "-o", "json").stdout)
-    table = Table(title=f"containers on network {NETWORK} ({SUBNET})")
-    for col in ("name", "address", "aliases", "published", "state"):
-        table.add_column(col, no_wrap=True)
-    for row in rows:
-        ports = ", ".join(f"{p['hostPort']}->{p['containerPort']}/{p['protocol']}" for p in row.get("ports", []))
-        table.add_row(row["name"], ", ".join(row.get("ips", [])), ", ".join(row.get("aliases", [])) or "-",
-                      ports or "-", row.get("state", "?"))
-    console.print(table)
-
-
-def _show_checks(console: Console, checks: list[Check]) -> None:
-    table = Table(title="live checks")
-    for col in ("check", "result", "detail"):
-        table.add_column(col, overflow="fold")
-    for check in checks:
-        table.add_row(check.name, "[green]pass[/]" if check.ok else "[red]FAIL[/]", check.detail)
-    console.print(table)
-    passed = sum(c.ok for c in checks)
-    console.print(f"{passed} passed, {len(checks) - passed} failed")
+        console.print(f"  [dim]# done[/]\n  podnet lab down --name {name}", soft_wrap=True)

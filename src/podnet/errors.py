@@ -66,6 +66,11 @@ class TryAgainLater(PodnetError):
     code = 11
 
 
+class StoreConflict(TryAgainLater):
+    """A store transaction lost to a concurrent writer and wrote nothing: re-running
+    it at once is safe (the agent does, a few times, before answering code 11)."""
+
+
 class PluginNotAvailable(PodnetError):
     """STATUS: the plugin cannot currently service ADD (CNI 1.1 code 50)."""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from podnet.cni.config import parse_conf, store_path_for
+from podnet.cni.config import names_store, parse_conf, store_path_for
 from podnet.errors import DecodingFailure, InvalidConfig
 
 BASE = {"cniVersion": "1.0.0", "name": "n1", "type": "podnet", "ipam": {"type": "podnet-ipam"}}
@@ -77,6 +77,20 @@ def test_store_path_rule():
         store_path_for({"dataDir": "relative"})
 
 
+def test_store_path_explicit_store_wins():
+    """`ipam.store` (else `store`) names the store verbatim: the cluster network's
+    shared SQLite file or etcd URL, ahead of any dataDir."""
+    url = "etcd://10.0.0.1:2379,10.0.0.2:2379/podnet-x"
+    assert store_path_for({"ipam": {"store": "/c/cluster.db", "dataDir": "/tmp/x"}}) == "/c/cluster.db"
+    assert store_path_for({"store": url, "dataDir": "/tmp/y"}) == url
+    assert store_path_for({"ipam": {"store": "sqlite:///c/x.db"}, "store": "/other.db"}) == "sqlite:///c/x.db"
+    for bad in ("relative.db", "memory://", "http://x", 7):
+        with pytest.raises(InvalidConfig):
+            store_path_for({"ipam": {"store": bad}})
+    assert names_store({"ipam": {"store": "/c.db"}}) and names_store({"store": url})
+    assert not names_store({"ipam": {"dataDir": "/x"}}) and not names_store({})
+
+
 def test_ip_masq_exclude_parsed_and_validated():
     import pytest as _pytest
 
@@ -90,3 +104,21 @@ def test_ip_masq_exclude_parsed_and_validated():
     for bad in ("10.244.0.0/16", ["10.244.0.1/16"], ["nope"], [1]):
         with _pytest.raises(_Invalid, match="ipMasqExclude"):
             _parse({**base, "ipMasqExclude": bad})
+
+
+def test_podnet_ipam_refuses_an_etcd_store_clearly(tmp_path):
+    """podnet-ipam is standard library only: an etcd store is refused with a reason
+    (the podnet plugin serves the same IPAM from the agent, which has the client)."""
+    import io
+    import json
+
+    from podnet.cni import ipam_plugin, skel
+
+    conf = {"cniVersion": "1.0.0", "name": "cluster",
+            "ipam": {"type": "podnet-ipam", "subnet": "10.244.0.0/24", "store": "etcd://10.0.0.1:2379/x"}}
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/proc/self/ns/net",
+           "CNI_IFNAME": "eth0", "CNI_PATH": str(tmp_path)}
+    out = io.StringIO()
+    assert skel.run(ipam_plugin.handle, env, json.dumps(conf).encode(), out) != 0
+    error = json.loads(out.getvalue())
+    assert "cannot use the etcd store" in error["msg"] and "podnet plugin" in error["details"]

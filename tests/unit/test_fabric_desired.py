@@ -6,6 +6,7 @@ import ipaddress
 
 from podnet.agent.node_service import render_conflist
 from podnet.cluster.leases import NodeLease
+from podnet.cni.config import store_path_for
 from podnet.fabric import FABRICS
 from podnet.fabric.base import FabricContext, FdbSpec, NeighSpec, RouteSpec
 from podnet.fabric.vxlan import vtep_mac
@@ -64,12 +65,18 @@ def test_bad_or_overlapping_or_mixed_peers_are_refused():
 
 
 def test_cluster_conflist_shape():
-    doc = render_conflist("10.244.3.0/24", "10.244.0.0/16", 1450, "/run/podnet/n1.sock", "/var/lib/pn/n1")
+    doc = render_conflist("10.244.3.0/24", "10.244.0.0/16", 1450, "/run/podnet/n1.sock", "/var/lib/pn/cluster.db")
     plugin = doc["plugins"][0]
     assert doc["name"] == "cluster" and doc["cniVersion"] == "1.0.0"
     assert plugin["ipMasq"] is True and plugin["ipMasqExclude"] == ["10.244.0.0/16"]
     assert plugin["mtu"] == 1450 and plugin["bridge"] == "pncl0"
     assert plugin["ipam"]["ranges"] == [[{"subnet": "10.244.3.0/24", "gateway": "10.244.3.1"}]]
+    # the node's pods are numbered in the shared cluster store, not in its state dir
+    assert plugin["ipam"]["store"] == "/var/lib/pn/cluster.db" and "dataDir" not in plugin["ipam"]
+    assert store_path_for(plugin) == "/var/lib/pn/cluster.db"
+    url = "etcd://10.0.0.1:2379,10.0.0.2:2379/podnet-x"
+    etcd_doc = render_conflist("10.244.3.0/24", "10.244.0.0/16", 1450, "/run/podnet/n1.sock", url)
+    assert store_path_for(etcd_doc["plugins"][0]) == url
     from podnet.networks.conflist import validate
 
     validate(doc)

@@ -19,6 +19,7 @@ from podnet.ipam.service import (
     PENDING,
     READY,
     IpamService,
+    gc_scope,
     owner_alive,
     process_owner,
 )
@@ -204,6 +205,18 @@ def test_gc_releases_what_is_not_valid(ipam: IpamService, store: Store) -> None:
     left = sorted(r.container_id for r in ipam.reservations("net1"))
     assert left == ["inflight", "keep"]
     assert ipam.gc("net1", {("keep", "eth0"), ("inflight", "eth0")}) == []
+
+
+def test_gc_within_judges_only_its_own_subnets(ipam: IpamService) -> None:
+    """A store shared by nodes: one node's GC leaves the other nodes' blocks alone."""
+    a = {"type": "podnet-ipam", "ranges": [[{"subnet": "10.244.0.0/24"}]]}
+    b = {"type": "podnet-ipam", "ranges": [[{"subnet": "10.244.1.0/24"}]]}
+    ipam.allocate("cluster", "on-a", "eth0", a, mark_ready=True)
+    ipam.allocate("cluster", "on-b", "eth0", b, mark_ready=True)
+    scope = gc_scope(parse_ipam_config(a))
+    assert [str(n) for n in scope] == ["10.244.0.0/24"]
+    assert [r.container_id for r in ipam.gc("cluster", set(), scope)] == ["on-a"]
+    assert [r.container_id for r in ipam.reservations("cluster")] == ["on-b"]
 
 
 def test_gc_matches_ifname_too(ipam: IpamService) -> None:

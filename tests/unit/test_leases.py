@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+import types
 
 import pytest
 
@@ -142,3 +144,46 @@ def test_lease_round_trip_and_helpers():
     assert leases.block_key("10.244.3.0/24") == "blocks/10.244.3.0-24"
     with pytest.raises(Exception, match="does not fit"):
         list(leases.split_blocks("10.244.0.0/16", 8))
+
+
+def _pod(store, block_net: str, cid: str, host: int) -> None:
+    """What a node's CNI ADD leaves in the cluster store: reservation + endpoint record."""
+    from podnet.ipam.service import IpamService
+
+    conf = {"type": "podnet-ipam", "ranges": [[{"subnet": block_net}]]}
+    IpamService(store).allocate("cluster", cid, "eth0", conf, mark_ready=True)
+    addr = IpamService(store).lookup("cluster", cid, "eth0")[0].address
+    store.put(f"endpoints/cluster/{cid}/eth0",
+              json.dumps({"state": "ready", "ips": [f"{addr}/24"], "host_netns": [1, host]}))
+
+
+def test_reclaim_frees_a_dead_nodes_reservations_and_endpoints(store):
+    """The known gap, closed: node b's pods are numbered in the shared store, so when
+    b's lease expires, node a's reclaim frees b's reservations and endpoint records
+    (and nothing of a's own)."""
+    from podnet.agent.node_service import NodeService
+
+    a, b = take(store, "a", ttl=10.0), take(store, "b", ttl=0.3)
+    _pod(store, a.lease.block, "pod-a", 1)
+    _pod(store, b.lease.block, "pod-b1", 2)
+    _pod(store, b.lease.block, "pod-b2", 2)
+    time.sleep(0.45)  # b's agent died: its lease and claim expire
+    assert leases.block_owner(store, b.lease.block) is None
+    svc = NodeService(types.SimpleNamespace(node_options=None))
+    svc._reclaim(store, b.lease)
+    assert [e.key for e in store.list("ipam/cluster/ip/")] == ["ipam/cluster/ip/10.244.0.2"]
+    assert [e.key for e in store.list("endpoints/")] == ["endpoints/cluster/pod-a/eth0"]
+
+
+def test_reclaim_leaves_a_reclaimed_block_to_its_new_owner(store):
+    from podnet.agent.node_service import NodeService
+
+    b = take(store, "b", ttl=0.3)
+    _pod(store, b.lease.block, "pod-b", 2)
+    time.sleep(0.45)
+    c = take(store, "c")  # a new node got b's old block before anyone noticed b left
+    assert c.lease.block == b.lease.block and leases.block_owner(store, b.lease.block) == "c"
+    NodeService(types.SimpleNamespace(node_options=None))._reclaim(store, b.lease)
+    assert len(store.list("ipam/cluster/ip/")) == 1  # left for c, which frees a block new to it
+    assert leases.free_block_addresses(store, c.lease.block) == ["10.244.0.2"]
+    assert store.list("endpoints/") == []

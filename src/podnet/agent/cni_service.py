@@ -13,17 +13,25 @@ import hashlib
 import ipaddress
 import json
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack, nullcontext, suppress
-from typing import IO
+from typing import IO, TypeVar
 
 from podnet import procs
 from podnet.attach import ATTACH
 from podnet.attach.base import AttachContext
 from podnet.cni import skel
-from podnet.cni.config import DEFAULT_STORE, PodnetConf, parse_conf, requested_ips, store_path_for
+from podnet.cni.config import (
+    DEFAULT_STORE,
+    PodnetConf,
+    names_store,
+    parse_conf,
+    requested_ips,
+    store_path_for,
+)
 from podnet.cni.delegate import exec_plugin
 from podnet.cni.skel import CniRequest
 from podnet.cni.types import convert_result, normalize_result, version_result
@@ -34,9 +42,10 @@ from podnet.errors import (
     InvalidNetNS,
     PluginNotAvailable,
     PodnetError,
+    StoreConflict,
 )
 from podnet.ipam.config import parse_ipam_config
-from podnet.ipam.service import IpamService
+from podnet.ipam.service import IpamService, gc_scope
 from podnet.kernel import netns
 from podnet.kernel.nft import Nft
 from podnet.kernel.portmap import NatManager
@@ -44,6 +53,7 @@ from podnet.naming import attach_id
 from podnet.store import open_store
 from podnet.store.base import Store
 
+_T = TypeVar("_T")
 ENDPOINT_PREFIX = "endpoints/"
 STORES_PREFIX = "meta/stores/"
 
@@ -242,10 +252,23 @@ class CniService:
             }
             # The pending record and the reservation commit together (one write), but
             # never hold the store's write lock while a delegated IPAM plugin runs.
-            with store.transaction() if conf.builtin_ipam else nullcontext():
-                store.put(key, json.dumps(record))
-                undo.callback(store.delete, key)
-                ipam = self._ipam_add(req, conf, store, undo)
+            # A commit that lost to another node's write (a shared etcd store) wrote
+            # nothing: it is run again, a few times, before the runtime hears code 11.
+            for attempt in range(CONFLICT_RETRIES):
+                step = ExitStack()
+                try:
+                    with store.transaction() if conf.builtin_ipam else nullcontext():
+                        store.put(key, json.dumps(record))
+                        step.callback(store.delete, key)
+                        ipam = self._ipam_add(req, conf, store, step)
+                except StoreConflict:
+                    step.pop_all()  # nothing was written: nothing to undo
+                    if not conf.builtin_ipam or attempt == CONFLICT_RETRIES - 1:
+                        raise
+                    _conflict_pause(attempt)
+                    continue
+                undo.enter_context(step.pop_all())
+                break
             ips = tuple(ipaddress.ip_interface(ip["address"]) for ip in ipam["ips"])
             if not ips:
                 raise InvalidConfig(f"IPAM plugin {conf.ipam_type} returned no address")
@@ -278,10 +301,14 @@ class CniService:
                 result=result,
             )
             record.pop("owner")
-            with store.transaction():
-                if conf.builtin_ipam:
-                    IpamService(store).mark_ready(conf.name, req.container_id, req.ifname)
-                store.put(key, json.dumps(record))
+
+            def commit() -> None:
+                with store.transaction():
+                    if conf.builtin_ipam:
+                        IpamService(store).mark_ready(conf.name, req.container_id, req.ifname)
+                    store.put(key, json.dumps(record))
+
+            retry_conflicts(commit)
             undo.pop_all()
         return convert_result(result, conf.cni_version)
 
@@ -323,7 +350,7 @@ class CniService:
         entry = store.get(key)
         record = json.loads(entry.value) if entry else {}
         self.teardown(conf, req, record, host_fd, container_fd)
-        self.ipam_release(req, conf, store)
+        retry_conflicts(self.ipam_release, req, conf, store)
         store.delete(key)
 
     def teardown(
@@ -375,12 +402,19 @@ class CniService:
         its links, rules and addresses. Returns what was removed (for logs/tests)."""
         valid = set(conf.valid_attachments or ())
         removed: dict[str, list] = {"endpoints": [], "addresses": [], "rules": []}
+        # A store the config names (the cluster's, shared by every node) also holds
+        # other nodes' attachments: judge only those built in the caller's namespace,
+        # and only addresses inside this config's ranges.
+        shared = names_store(req.config)
+        me = list(netns.identity(host_fd)) if shared else None
         prefix = f"{ENDPOINT_PREFIX}{conf.name}/"
         for entry in store.list(prefix):
             cid, _, ifname = entry.key[len(prefix) :].partition("/")
             if (cid, ifname) in valid:
                 continue
             record = json.loads(entry.value)
+            if me is not None and record.get("host_netns") != me:
+                continue
             if record.get("state") == "pending" and procs.owner_alive(record.get("owner", "")):
                 continue  # an ADD in flight: not ours to judge yet
             stale = CniRequest(
@@ -395,7 +429,8 @@ class CniService:
             store.delete(entry.key)
             removed["endpoints"].append((cid, ifname))
         if conf.builtin_ipam:
-            released = IpamService(store).gc(conf.name, valid)
+            within = gc_scope(parse_ipam_config(conf.ipam)) if shared else None
+            released = retry_conflicts(IpamService(store).gc, conf.name, valid, within)
             removed["addresses"] = [str(a) for a in released]
         elif conf.ipam_type:
             try:
@@ -425,6 +460,26 @@ class CniService:
             except DelegateError as exc:
                 if exc.code != 1:
                     raise
+
+
+CONFLICT_RETRIES = 8
+
+
+def _conflict_pause(attempt: int) -> None:
+    time.sleep(random.uniform(0.002, 0.02) * (attempt + 1))
+
+
+def retry_conflicts(fn: Callable[..., _T], *args: object) -> _T:
+    """Run a store transaction again when it lost to a concurrent writer (StoreConflict:
+    nothing was written); after CONFLICT_RETRIES the conflict (code 11) is raised."""
+    for attempt in range(CONFLICT_RETRIES):
+        try:
+            return fn(*args)
+        except StoreConflict:
+            if attempt == CONFLICT_RETRIES - 1:
+                raise
+            _conflict_pause(attempt)
+    raise AssertionError("unreachable")
 
 
 def _open_container_netns(req: CniRequest) -> int | None:

@@ -127,9 +127,11 @@ class Agent:
         self.socket_path = socket_path
         self.node_options = node_options  # None: not a cluster node (node service idle)
         self.dns_upstream = dns_upstream  # None: the DNS service never forwards
-        self.store_path = store_path
+        # Absolute: a cluster node names this very string in its conflist (ipam.store),
+        # and CniService keys its one handle per store by it.
+        self.store_path = store_path if "://" in store_path else os.path.abspath(store_path)
         self.state = state or StatePaths.resolve()
-        self.service = CniService(default_store=store_path, track_stores=True)
+        self.service = CniService(default_store=self.store_path, track_stores=True)
         self.locks = KeyedLocks()
         self.server: AgentServer | None = None
         self.services = build_services(self)

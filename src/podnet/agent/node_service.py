@@ -7,7 +7,9 @@ fabric's device) and renders `net.d/cluster.conflist`, which the lab waits for. 
 it converges the fabric (fabric/) from the peers' leases: list-then-watch on `nodes/`
 for fast reaction, plus a repair pass every REPAIR_SECONDS that brings back anything
 deleted by hand. A peer whose lease vanished loses its routes here, and its block
-claim and IPAM reservations (network "cluster" in the cluster store) are freed.
+claim and IPAM reservations and endpoint records (network "cluster") are freed: they
+live in the cluster store, which the conflist names (`ipam.store`), not in the node's
+own state dir.
 
 Without --node the service does nothing. A graceful stop keeps the lease: a restarted
 agent gets its block back, and peers keep their routes to its pods meanwhile; only
@@ -48,8 +50,10 @@ WATCH_TIMEOUT = 1.0
 MAX_BACKOFF = 10.0
 
 
-def render_conflist(block: str, cluster_cidr: str, mtu: int, agent_socket: str, data_dir: str) -> dict[str, Any]:
-    """The pod network's conflist (pure): masquerade only toward outside the cluster."""
+def render_conflist(block: str, cluster_cidr: str, mtu: int, agent_socket: str, store: str) -> dict[str, Any]:
+    """The pod network's conflist (pure): masquerade only toward outside the cluster.
+    `ipam.store` names the shared cluster store (the agent's --store, verbatim), so the
+    node's endpoint records and reservations live where peers can reclaim them."""
     return {
         "cniVersion": "1.0.0",
         "name": CLUSTER_NETWORK,
@@ -67,7 +71,7 @@ def render_conflist(block: str, cluster_cidr: str, mtu: int, agent_socket: str, 
                 "ipam": {
                     "type": "podnet-ipam",
                     "ranges": [[{"subnet": block, "gateway": str(leases.gateway_of(block))}]],
-                    "dataDir": data_dir,
+                    "store": store,
                 },
             }
         ],
@@ -184,8 +188,17 @@ class NodeService:
             return NodeLease(opts.node, block, str(underlay.ip), opts.underlay, opts.fabric,
                              fabric.backend_data(opts.node), started)
 
-        claim = leases.acquire(self._store(), opts.node, opts.cluster_cidr, opts.block_prefix,
-                               opts.lease_ttl, make, preferred=self._previous_block())
+        store = self._store()
+        own = store.get_json(leases.node_key(opts.node)) or {}
+        previous = self._previous_block()
+        claim = leases.acquire(store, opts.node, opts.cluster_cidr, opts.block_prefix,
+                               opts.lease_ttl, make, preferred=previous)
+        if claim.lease.block not in (own.get("block"), previous):
+            # A block this node never had: whatever a former (dead) owner left is stale.
+            stale = leases.free_block_addresses(store, claim.lease.block)
+            if stale:
+                log.info("node %s: freed %d stale address(es) in new block %s", opts.node, len(stale),
+                         claim.lease.block)
         from podnet.fabric.base import FabricContext
 
         with self._lock:
@@ -232,7 +245,7 @@ class NodeService:
                 ipr.addr("del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
         links.ensure_address(ipr, index, gateway)
         self._write_conflist(render_conflist(str(block), self.options.cluster_cidr, mtu,
-                                             self.agent.socket_path, str(self.agent.state.root)))
+                                             self.agent.socket_path, self.agent.store_path))
 
     def _write_conflist(self, doc: dict[str, Any]) -> None:
         path = self.agent.state.net_d / CONFLIST
@@ -279,6 +292,10 @@ class NodeService:
 
     def _reclaim(self, store: Store, gone: NodeLease) -> None:
         released = leases.release_block(store, gone.name, gone.block)
+        owner = leases.block_owner(store, gone.block)
+        if owner is not None:  # back already, or re-claimed (a new owner frees it itself)
+            log.info("peer %s left; block %s is claimed by %s: nothing freed", gone.name, gone.block, owner)
+            return
         freed = leases.free_block_addresses(store, gone.block)
         log.info("peer %s left: block %s %s, %d address(es) freed", gone.name, gone.block,
                  "released" if released else "already free", len(freed))

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pyroute2 import IPRoute
 
 from podnet import procs
-from podnet.agent.cni_service import ENDPOINT_PREFIX, CniService
+from podnet.agent.cni_service import ENDPOINT_PREFIX, CniService, retry_conflicts
 from podnet.cni.config import parse_conf
 from podnet.cni.skel import CniRequest
 from podnet.errors import PodnetError
@@ -110,7 +110,7 @@ def _resync_store(
         if not pending:  # an ADD in flight elsewhere is left alone
             report.repaired.extend(_repair(service, conf, record, host_fd))
     # Second net: reservations whose ADD died before its endpoint record was written.
-    for reservation in IpamService(store).rollback_dead_pending():
+    for reservation in retry_conflicts(IpamService(store).rollback_dead_pending):
         aid = attach_id(reservation.network, reservation.container_id, reservation.ifname)
         report.released.append(f"{reservation.network}/{reservation.address}")
         if host_veth_name(aid) not in claimed_links:

@@ -14,7 +14,11 @@ Design notes:
 - Expired leases and claims vanish from every listing at once (Store TTL semantics),
   so their blocks are free again without anyone cleaning up. When a peer's lease goes
   away early (deleted), the peer that notices removes its claim too (`release_block`,
-  guarded by the claim's revision and owner), and its IPAM reservations.
+  guarded by the claim's revision and owner).
+- A node's pods are numbered in the cluster store itself (its conflist names that
+  store: `ipam.store`), so a dead node's IPAM reservations and endpoint records are
+  where its peers can free them (`free_block_addresses`), once its block is unclaimed.
+  A node taking a block it never had frees whatever a former owner left in it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from podnet.store.base import Store, dumps
 NODES_PREFIX = "nodes/"
 BLOCKS_PREFIX = "blocks/"
 CLUSTER_NETWORK = "cluster"  # the pod network's name: its IPAM keys are ipam/cluster/...
+ENDPOINTS_PREFIX = "endpoints/"  # agent/cni_service.py's endpoint records (not imported: pure module)
 DEFAULT_CLUSTER_CIDR = "10.244.0.0/16"
 DEFAULT_BLOCK_PREFIX = 24
 DEFAULT_TTL = 10.0
@@ -202,19 +207,53 @@ def release_block(store: Store, name: str, block: str) -> bool:
     return owner == name and store.delete(entry.key, expected_revision=entry.revision)
 
 
+def block_owner(store: Store, block: str) -> str | None:
+    """The node whose live claim holds `block`, or None when it is free."""
+    entry = store.get(block_key(block))
+    if entry is None:
+        return None
+    try:
+        return str(json.loads(entry.value).get("node"))
+    except (ValueError, AttributeError):
+        return "?"  # a malformed claim still holds the block
+
+
 def free_block_addresses(store: Store, block: str, network: str = CLUSTER_NETWORK) -> list[str]:
-    """Delete the IPAM reservations of `network` inside `block`; return the addresses."""
+    """Delete the IPAM reservations of `network` inside `block`, and the endpoint
+    records (`endpoints/<network>/<cid>/<ifname>`) of the attachments that held them or
+    whose recorded addresses lie in `block`; return the addresses freed.
+
+    Only for a block that nobody claims (a dead node's): the pods it numbered are gone
+    with their node, by the lease contract. Every delete is guarded by the revision
+    read, so a write racing with it wins."""
     net = ipaddress.IPv4Network(block)
     prefix = f"ipam/{network}/ip/"
-    freed = []
+    freed, holders = [], set()
     for entry in store.list(prefix):
         address = entry.key[len(prefix):]
         try:
             inside = ipaddress.ip_address(address) in net
         except ValueError:
             continue
-        if inside and store.delete(entry.key, expected_revision=entry.revision):
+        if not inside:
+            continue
+        try:
+            value = json.loads(entry.value)
+            holders.add((str(value["id"]), str(value["ifname"])))
+        except (ValueError, KeyError, TypeError):
+            pass
+        if store.delete(entry.key, expected_revision=entry.revision):
             freed.append(address)
+    ep_prefix = f"{ENDPOINTS_PREFIX}{network}/"
+    for entry in store.list(ep_prefix):
+        cid, _, ifname = entry.key[len(ep_prefix):].partition("/")
+        try:
+            ips = json.loads(entry.value).get("ips") or []
+            numbered_here = any(ipaddress.ip_interface(a).ip in net for a in ips)
+        except (ValueError, AttributeError, TypeError):
+            numbered_here = False
+        if (cid, ifname) in holders or numbered_here:
+            store.delete(entry.key, expected_revision=entry.revision)
     return freed
 
 

@@ -175,16 +175,41 @@ def parse_conf(raw: Mapping) -> PodnetConf:
 
 
 def store_path_for(raw_config: Mapping, default: str = DEFAULT_STORE) -> str:
-    """Where a network's state lives: ipam.dataDir, else the config's dataDir, else the
-    agent's store. podnet-ipam uses the same rule, so both always agree."""
+    """Where a network's state (endpoint records, IPAM reservations) lives, first match:
+
+    1. `ipam.store`, else the config's `store`: a store location named explicitly, an
+       absolute SQLite path (or `sqlite:///abs/path`) or an `etcd://h:p[,h:p][/prefix]`
+       URL, used verbatim. A cluster network names the shared cluster store this way,
+       so every node's reservations live where a node reclaiming a dead peer frees them.
+    2. `ipam.dataDir`, else the config's `dataDir`: the file `<dir>/podnet.db`.
+    3. `default`: the agent's store.
+
+    podnet-ipam uses the same rule, so both always agree."""
     ipam = raw_config.get("ipam") or {}
-    data_dir = ipam.get("dataDir") if isinstance(ipam, Mapping) else None
-    data_dir = data_dir or raw_config.get("dataDir")
+    ipam = ipam if isinstance(ipam, Mapping) else {}
+    explicit = ipam.get("store") or raw_config.get("store")
+    if explicit:
+        if not isinstance(explicit, str):
+            raise InvalidConfig(f"'store' must be a string, got {explicit!r}")
+        if explicit.startswith(("etcd://", "sqlite:///")) or (explicit.startswith("/") and "://" not in explicit):
+            return explicit
+        raise InvalidConfig(
+            f"'store' must be an absolute path, sqlite:///path or etcd://host:port URL, got {explicit!r}"
+        )
+    data_dir = ipam.get("dataDir") or raw_config.get("dataDir")
     if data_dir:
         if not isinstance(data_dir, str) or not data_dir.startswith("/"):
             raise InvalidConfig(f"dataDir must be an absolute path, got {data_dir!r}")
         return os.path.join(data_dir, "podnet.db")
     return default
+
+
+def names_store(raw_config: Mapping) -> bool:
+    """Does the config name its store explicitly (`ipam.store` or `store`)? Such a store
+    may be shared by several nodes (the cluster network), so GC there judges only what
+    the caller could have made."""
+    ipam = raw_config.get("ipam") or {}
+    return bool((ipam.get("store") if isinstance(ipam, Mapping) else None) or raw_config.get("store"))
 
 
 def requested_ips(cni_args: Mapping[str, str], raw_config: Mapping) -> tuple[str, ...]:

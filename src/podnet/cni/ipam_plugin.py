@@ -1,6 +1,8 @@
 """The `podnet-ipam` CNI IPAM executable, usable by any main plugin (e.g. the
 reference `bridge`). Entirely in-process and standard library only: it needs no
-netlink, and SQLite serialises concurrent callers across processes.
+netlink, and SQLite serialises concurrent callers across processes. An etcd store
+(`ipam.store: "etcd://..."`) is refused with a clear error: the podnet plugin serves
+the same IPAM from the agent, which has the etcd client.
 """
 
 from __future__ import annotations
@@ -10,11 +12,11 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from podnet.cni import skel
-from podnet.cni.config import requested_ips, store_path_for
+from podnet.cni.config import names_store, requested_ips, store_path_for
 from podnet.cni.types import convert_result, normalize_result, version_result
 from podnet.errors import DecodingFailure, InvalidConfig, PluginNotAvailable, UnknownContainer
 from podnet.ipam.config import parse_ipam_config
-from podnet.ipam.service import IpamService
+from podnet.ipam.service import IpamService, gc_scope
 from podnet.store import open_store
 
 
@@ -40,7 +42,14 @@ def handle(req: skel.CniRequest) -> dict | None:
         return version_result(req.config.get("cniVersion"))
     ipam_conf = parse_ipam_config(_ipam_section(req.config))
     name = str(req.config["name"])
-    store = open_store(store_path_for(req.config))
+    location = store_path_for(req.config)
+    if location.startswith("etcd://"):
+        # Standard library only: the etcd client (aetcd, grpc) is not importable here.
+        raise InvalidConfig(
+            f"podnet-ipam cannot use the etcd store {location!r}",
+            "use it through the podnet plugin (served by the agent), or a SQLite store",
+        )
+    store = open_store(location)
     try:
         service = IpamService(store)
         if req.command == "ADD":
@@ -56,7 +65,8 @@ def handle(req: skel.CniRequest) -> dict | None:
                 raise UnknownContainer(f"no address is reserved for {req.container_id}/{req.ifname}")
             return None
         if req.command == "GC":
-            service.gc(name, _valid_attachments(req.config))
+            within = gc_scope(ipam_conf) if names_store(req.config) else None
+            service.gc(name, _valid_attachments(req.config), within)
             return None
         if req.command == "STATUS":
             if service.free_count(name, ipam_conf) <= 0:

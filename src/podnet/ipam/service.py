@@ -314,17 +314,27 @@ class IpamService:
         key = f"ipam/{res.network}/ip/{res.address}"
         return self.store.delete(key, expected_revision=res.revision)
 
-    def gc(self, network: str, valid_attachments: Iterable[tuple[str, str]]) -> list[Reservation]:
+    def gc(
+        self,
+        network: str,
+        valid_attachments: Iterable[tuple[str, str]],
+        within: Iterable[IPNetwork] | None = None,
+    ) -> list[Reservation]:
         """CNI GC: release every reservation whose (container ID, ifname) is not
         valid. A pending one whose owner still runs is an ADD in flight that the
-        runtime may not list yet, so it is kept."""
+        runtime may not list yet, so it is kept. `within` (a store shared by several
+        nodes): only addresses inside these subnets are judged; the others belong to
+        other nodes' runtimes, whose valid attachments this caller does not know."""
         valid = {(cid, ifname) for cid, ifname in valid_attachments}
+        scope = None if within is None else tuple(within)
         alive: dict[str, bool] = {}
         with self.store.transaction():
             victims = [
                 r
                 for r in self.reservations(network)
-                if r.attachment not in valid and not self._in_flight(r, alive)
+                if r.attachment not in valid
+                and (scope is None or _inside(r.address, scope))
+                and not self._in_flight(r, alive)
             ]
             return [r for r in victims if self._drop(r)]
 
@@ -365,6 +375,19 @@ class IpamService:
 
 
 # -- helpers ------------------------------------------------------------------------
+
+
+def _inside(address: str, subnets: tuple[IPNetwork, ...]) -> bool:
+    try:
+        ip = parse_address(address, "reservation")
+    except InvalidConfig:
+        return False
+    return any(ip.version == net.version and ip in net for net in subnets)
+
+
+def gc_scope(config: IpamConfig) -> list[IPNetwork]:
+    """The subnets of every configured range: what one node's GC may judge."""
+    return [rng.subnet for rset in config.range_sets for rng in rset.ranges]
 
 
 def _config(raw: IpamConfig | Mapping[str, Any]) -> IpamConfig:

@@ -192,6 +192,7 @@ class LabOptions:
     store: str = "sqlite"
     cluster_cidr: str = topo.CLUSTER_CIDR
     timeout: float = 30.0
+    lease_ttl: float = LEASE_TTL  # the agents' --lease-ttl (reliability tests shorten it)
 
 
 Progress = Callable[[str], None]
@@ -316,7 +317,8 @@ class LabBuilder:
     def start_outside(self) -> None:
         ready = self.st.labdir / "ready-outside"
         pid = self.spawn("echo/outside", self.ns("out"), [sys.executable, "-m", "podnet.lab.echo", "--name", "outside",
-                                                         "--tcp", "80", "--udp", "80", "--ready", str(ready)])
+                                                         "--tcp", "80", "--udp", "80", "--ready", str(ready),
+                                                         "--report-peer"])
         self.st.data["outside"]["echo_pid"] = pid
         self.st.save()
 
@@ -362,7 +364,7 @@ class LabBuilder:
             if self.cluster_flags:
                 argv += ["--store", store, "--node", node.name, "--fabric", self.o.fabric,
                          "--cluster-cidr", self.o.cluster_cidr, "--block-prefix", str(BLOCK_PREFIX),
-                         "--underlay", "eth0", "--lease-ttl", str(LEASE_TTL)]
+                         "--underlay", "eth0", "--lease-ttl", str(self.o.lease_ttl)]
             else:  # simulated: a store per node (the agents would repair each other's pods)
                 argv += ["--store", str(state_dir / "store.db")]
             info["agent_pid"] = self.spawn(f"agent/{node.name}", info["netns"], argv)

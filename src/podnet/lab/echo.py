@@ -3,10 +3,11 @@ every declared port, so probes learn *who* answered.
 
 - TCP: each line received is answered with `<name> <line>`; a request that starts like
   HTTP (`GET /...`) gets an HTTP/1.0 200 whose body is `<name>\\n`, so curl and urllib
-  work too.
+  work too. With `--report-peer` (the lab's outside world), `GET /peer` answers with
+  the client's address instead, so a probe can verify masquerade.
 - UDP (IPv4): every datagram is answered with `<name>`, from the address it was sent to.
 
-`python -m podnet.lab.echo --name NAME [--tcp PORT]... [--udp PORT]... [--ready FILE]`
+`python -m podnet.lab.echo --name NAME [--tcp PORT]... [--udp PORT]... [--ready FILE] [--report-peer]`
 binds everything first, then creates FILE (the lab waits for it), then serves until
 SIGTERM. Standard library only.
 """
@@ -27,7 +28,13 @@ from pathlib import Path
 HTTP_METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"OPTIONS ")
 
 
-def tcp_handler(name: str) -> type[socketserver.StreamRequestHandler]:
+def peer_address(client: tuple) -> str:
+    """The client's IPv4 address as seen on a dual-stack socket (`::ffff:a.b.c.d` -> `a.b.c.d`)."""
+    host = str(client[0])
+    return host.removeprefix("::ffff:")
+
+
+def tcp_handler(name: str, report_peer: bool = False) -> type[socketserver.StreamRequestHandler]:
     class Handler(socketserver.StreamRequestHandler):
         timeout = 30
 
@@ -37,7 +44,8 @@ def tcp_handler(name: str) -> type[socketserver.StreamRequestHandler]:
                 if first.startswith(HTTP_METHODS):
                     while self.rfile.readline(65536) not in (b"\r\n", b"\n", b""):
                         pass
-                    body = f"{name}\n".encode()
+                    peer = report_peer and first.split(b" ", 2)[1:2] == [b"/peer"]
+                    body = f"{peer_address(self.client_address) if peer else name}\n".encode()
                     self.wfile.write(
                         b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n"
                         + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
@@ -84,11 +92,11 @@ def _dual_stack(server: socketserver.BaseServer) -> None:
     server.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
 
 
-def serve(name: str, tcp: list[int], udp: list[int], ready: str | None = None) -> None:
+def serve(name: str, tcp: list[int], udp: list[int], ready: str | None = None, report_peer: bool = False) -> None:
     """Bind all ports (IPv4 and IPv6), signal readiness, serve until SIGTERM/SIGINT."""
     servers: list[socketserver.BaseServer] = []
     for port in tcp:
-        server = _TCP(("::", port), tcp_handler(name), bind_and_activate=False)
+        server = _TCP(("::", port), tcp_handler(name, report_peer), bind_and_activate=False)
         _dual_stack(server)
         server.server_bind()
         server.server_activate()
@@ -120,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tcp", type=int, action="append", default=[])
     parser.add_argument("--udp", type=int, action="append", default=[])
     parser.add_argument("--ready", help="file created once every port is bound")
+    parser.add_argument("--report-peer", action="store_true", help="HTTP GET /peer answers the client's address")
     args = parser.parse_args(argv)
     try:
-        serve(args.name, args.tcp, args.udp, args.ready)
+        serve(args.name, args.tcp, args.udp, args.ready, args.report_peer)
     except OSError as exc:
         print(f"echo {args.name}: {exc}", file=sys.stderr)
         return 1

@@ -101,7 +101,7 @@ from typing import Any, TypeVar
 import grpc
 from aetcd import rpc
 
-from podnet.errors import InvalidConfig, StoreError, TryAgainLater
+from podnet.errors import InvalidConfig, StoreConflict, StoreError, TryAgainLater
 from podnet.store.base import (
     DELETE,
     PUT,
@@ -913,7 +913,7 @@ class EtcdStore(Store):
             raise
         if not resp.succeeded:
             await self._forget(leases.values())
-            raise TryAgainLater(
+            raise StoreConflict(
                 "transaction conflict: a key it read was changed by another client",
                 "nothing was written; retry the operation",
             )

@@ -1,0 +1,432 @@
+"""Cross-node pod-to-pod TCP throughput (iperf3) for the vxlan and host-gw fabrics.
+
+    .venv/bin/python bench/fabric_throughput.py [--seconds 10] [--repeat 1] [--json]
+    .venv/bin/python bench/fabric_throughput.py --fabric vxlan --seconds 3
+
+Builds one 2-node lab per fabric (one pod per node, `podnet.lab.cluster.LabBuilder`, the
+same code as `podnet lab up`), and a baseline in the same run: a plain veth pair between
+two namespaces `pn-bench-<token>-a|b` (MTU 1500, nothing else on the path). Then, for
+each round, interleaved: iperf3 TCP from a pod on node0 to a pod on node1 (and a to b for
+the baseline), `-t SECONDS` after one omitted warm-up second, one stream. Also shown,
+for information: node0 -> node1 over the lab's underlay (no fabric), which is the
+floor any fabric rides on.
+
+The server is `iperf3 -s` started with `nsenter --net=<pod netns>` and stopped by its
+PID; the client runs the same way with `-J`; the figure is the receiver's bit rate.
+Ratios: fabric / veth, targets vxlan >= 0.8x, host-gw >= 0.95x.
+
+Safety: the labs are named `b<hex>` (namespaces `pn-lab-b<hex>-*`, torn down with
+`podnet.lab.cluster.teardown`, which removes exactly what the lab recorded), the baseline
+lives in `pn-bench-<token>-*` (lab.Sandbox). Processes are stopped by PID only.
+Teardown runs in a `finally`, also on Ctrl-C, SIGTERM or SIGHUP. The root network
+namespace is never changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
+
+PREFIX = "pn-bench-"
+NETNS_DIR = Path("/run/netns")
+PORT = 5201
+TARGETS = {"vxlan": 0.8, "host-gw": 0.95}
+BASE_A, BASE_B = "10.99.0.1", "10.99.0.2"
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def _raise_interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+def nsenter(ns: str) -> list[str]:
+    return ["nsenter", f"--net={NETNS_DIR / ns}", "--"]
+
+
+# --------------------------------------------------------------------------------------
+# Labs (podnet lab up / down, programmatically)
+# --------------------------------------------------------------------------------------
+class BenchLab:
+    """One lab built with LabBuilder; `close()` tears down exactly what it recorded."""
+
+    def __init__(self, fabric: str, nodes: int = 2, store: str = "sqlite") -> None:
+        self.name = f"b{secrets.token_hex(3)}"
+        self.fabric = fabric
+        self.nodes = nodes
+        self.store = store
+        self.data: dict = {}
+        self.built = False
+        self.phases: list[tuple[str, float]] = []
+
+    def up(self, pods_per_node: int = 1) -> dict:
+        from podnet.lab import topology as topo
+        from podnet.lab.cluster import LabBuilder, LabOptions
+
+        start = time.monotonic()
+        self.phases = []
+        builder = LabBuilder(
+            topo.default_topology(self.nodes, pods_per_node),
+            LabOptions(self.name, self.fabric, self.store, timeout=60),
+            lambda step: self.phases.append((step, time.monotonic() - start)),
+        )
+        self.built = True  # from here on, teardown must run even if build() raises
+        state = builder.build()
+        self.data = state.data
+        return self.data
+
+    def pod_ns(self, key: str) -> str:
+        return self.data["pods"][key]["netns"]
+
+    def pod_ip(self, key: str) -> str:
+        return self.data["pods"][key]["ips"][0].split("/")[0]
+
+    def close(self) -> list[str]:
+        from podnet.lab.cluster import LabError, lab_dir, state_file, teardown
+        from podnet.procs import owner_alive
+
+        if not self.built:
+            return []
+        problems: list[str] = []
+        procs: dict = {}
+        with contextlib.suppress(OSError, ValueError):
+            procs = json.loads((lab_dir(self.name) / "procs.json").read_text())
+        if state_file(self.name).exists():
+            try:
+                problems += teardown(self.name)
+            except LabError as exc:
+                problems.append(str(exc))
+        alive = [e["pid"] for e in procs.values() if e.get("owner") and owner_alive(e["owner"])]
+        if alive:
+            problems.append(f"lab {self.name}: processes still running: {alive}")
+        left = [ns for ns in list_netns() if ns.startswith(f"pn-lab-{self.name}-")]
+        if left:
+            problems.append(f"lab {self.name}: namespaces still present: {left}")
+        if lab_dir(self.name).exists() or state_file(self.name).exists():
+            problems.append(f"lab {self.name}: state file or lab dir still present")
+        self.built = False
+        return problems
+
+
+def list_netns() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
+    return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------------------
+# iperf3
+# --------------------------------------------------------------------------------------
+class Iperf:
+    """iperf3 servers started by the bench, recorded and stopped by PID."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def server(self, ns: str, bind: str) -> subprocess.Popen:
+        # nsenter --net execs iperf3 itself: the recorded PID is iperf3's.
+        proc = subprocess.Popen(
+            [*nsenter(ns), "iperf3", "-s", "-B", bind, "-p", str(PORT)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.procs.append(proc)
+        deadline = time.monotonic() + 10
+        while not self._listening(ns):
+            if proc.poll() is not None:
+                raise BenchError(f"iperf3 -s in {ns} exited with {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"iperf3 -s in {ns} did not listen within 10 s")
+            time.sleep(0.05)
+        return proc
+
+    @staticmethod
+    def _listening(ns: str) -> bool:
+        out = subprocess.run(
+            [*nsenter(ns), "ss", "-Hltn", f"sport = :{PORT}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return bool(out.stdout.strip())
+
+    @staticmethod
+    def client(ns: str, server_ip: str, seconds: float) -> dict:
+        argv = [*nsenter(ns), "iperf3", "-c", server_ip, "-p", str(PORT), "-t", str(seconds)]
+        argv += ["-O", "1", "-J"]
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=seconds + 30, check=False
+        )
+        try:
+            data = json.loads(proc.stdout)
+        except ValueError:
+            raise BenchError(
+                f"iperf3 -c {server_ip} from {ns}: rc {proc.returncode}, {proc.stderr.strip()[-400:]}"
+            ) from None
+        if "error" in data:
+            raise BenchError(f"iperf3 -c {server_ip} from {ns}: {data['error']}")
+        end = data["end"]
+        return {
+            "gbps": end["sum_received"]["bits_per_second"] / 1e9,
+            "retransmits": end["sum_sent"].get("retransmits"),
+            "sender_cpu": round(end["cpu_utilization_percent"]["host_total"], 1),
+            "receiver_cpu": round(end["cpu_utilization_percent"]["remote_total"], 1),
+        }
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def close(self) -> list[str]:
+        problems = []
+        for proc in list(self.procs):
+            with contextlib.suppress(OSError):
+                self.stop(proc)
+            if proc.poll() is None:
+                problems.append(f"iperf3 pid {proc.pid} still running")
+        return problems
+
+
+def path_mtu(ns: str, ifname: str = "eth0") -> int:
+    out = subprocess.run(
+        ["ip", "-n", ns, "-j", "link", "show", "dev", ifname],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    with contextlib.suppress(ValueError, IndexError, KeyError):
+        return int(json.loads(out.stdout)[0]["mtu"])
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# Bench
+# --------------------------------------------------------------------------------------
+def bench(args: argparse.Namespace) -> dict:
+    from podnet.lab.sandbox import Sandbox, ip
+
+    sandbox = Sandbox(PREFIX)
+    iperf = Iperf()
+    labs = {fabric: BenchLab(fabric) for fabric in args.fabric}
+    problems: list[str] = []
+    outcome: dict = {}
+    try:
+        # Baseline: a plain veth pair between two namespaces.
+        a, b = sandbox.netns("a"), sandbox.netns("b")
+        ip("-n", a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", b)
+        for ns, addr in ((a, BASE_A), (b, BASE_B)):
+            ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "veth0")
+            ip("-n", ns, "link", "set", "veth0", "up")
+        paths = {
+            "veth": {"client": a, "server": b, "server_ip": BASE_B, "mtu": path_mtu(a, "veth0")}
+        }
+        for fabric, lab in labs.items():
+            t0 = time.monotonic()
+            lab.up()
+            log(f"lab {lab.name} ({fabric}) up in {time.monotonic() - t0:.1f}s")
+            client, server = "default/p0-0", "default/p1-0"
+            paths[fabric] = {
+                "client": lab.pod_ns(client),
+                "server": lab.pod_ns(server),
+                "server_ip": lab.pod_ip(server),
+                "mtu": path_mtu(lab.pod_ns(client)),
+            }
+        if args.underlay and labs:
+            lab = next(iter(labs.values()))
+            nodes = lab.data["nodes"]
+            paths["underlay"] = {
+                "client": nodes["node0"]["netns"],
+                "server": nodes["node1"]["netns"],
+                "server_ip": nodes["node1"]["underlay"],
+                "mtu": path_mtu(nodes["node0"]["netns"]),
+            }
+        servers = {key: iperf.server(p["server"], p["server_ip"]) for key, p in paths.items()}
+        runs: dict[str, list[dict]] = {key: [] for key in paths}
+        order = list(paths)
+        load_before = os.getloadavg()
+        for r in range(args.repeat):
+            k = r % len(order)
+            for key in order[k:] + order[:k]:  # rotate who goes first
+                p = paths[key]
+                result = Iperf.client(p["client"], p["server_ip"], args.seconds)
+                runs[key].append(result)
+                log(f"round {r + 1}/{args.repeat} {key}: {result['gbps']:.2f} Gbit/s")
+        load_after = os.getloadavg()
+        for key, proc in servers.items():
+            iperf.stop(proc)
+            paths[key]["server_pid"] = proc.pid
+        outcome = {
+            "seconds": args.seconds,
+            "repeat": args.repeat,
+            "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
+            "loadavg_1m": {"before": round(load_before[0], 2), "after": round(load_after[0], 2)},
+            "paths": {
+                key: {
+                    "mtu": paths[key]["mtu"],
+                    "gbps": [round(x["gbps"], 3) for x in runs[key]],
+                    "median_gbps": round(statistics.median(x["gbps"] for x in runs[key]), 3),
+                    "retransmits": [x["retransmits"] for x in runs[key]],
+                    "sender_cpu": [x["sender_cpu"] for x in runs[key]],
+                    "receiver_cpu": [x["receiver_cpu"] for x in runs[key]],
+                }
+                for key in paths
+            },
+            "labs": {f: {"name": lab.name, "phases": lab.phases} for f, lab in labs.items()},
+        }
+        base = outcome["paths"]["veth"]["median_gbps"]
+        outcome["ratios"] = {
+            key: round(outcome["paths"][key]["median_gbps"] / base, 3)
+            for key in paths
+            if key != "veth"
+        }
+    finally:
+        # A second Ctrl-C must not skip teardown.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            problems += iperf.close()
+            for lab in labs.values():
+                problems += lab.close()
+            problems += close_sandbox(sandbox)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        for problem in problems:
+            log(f"cleanup problem: {problem}")
+    outcome["cleanup"] = {"ok": not problems, "problems": problems}
+    return outcome
+
+
+def close_sandbox(sandbox) -> list[str]:
+    token = f"{sandbox.prefix}{sandbox.token}-"
+    sandbox.close()
+    left = [ns for ns in list_netns() if ns.startswith(token)]
+    return [f"namespaces still present: {left}"] if left else []
+
+
+# --------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------
+LABELS = {
+    "veth": "veth pair (baseline)",
+    "vxlan": "pod -> pod, vxlan",
+    "host-gw": "pod -> pod, host-gw",
+    "underlay": "node -> node, lab underlay (info)",
+}
+
+
+def render(outcome: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console() if sys.stdout.isatty() else Console(width=140)
+    table = Table(
+        title=f"cross-node TCP throughput, iperf3 1 stream, {outcome['seconds']} s x "
+        f"{outcome['repeat']} ({outcome['machine']['cpus']} CPUs, load {outcome['loadavg_1m']['before']})"
+    )
+    for col in ("path", "MTU", "Gbit/s (median)", "runs", "retr", "vs veth", "target"):
+        table.add_column(col, justify="left" if col == "path" else "right")
+    for key, p in outcome["paths"].items():
+        ratio = outcome["ratios"].get(key)
+        target = TARGETS.get(key)
+        if ratio is None:
+            shown = "1.00x"
+        elif target is None:
+            shown = f"{ratio:.2f}x"
+        else:
+            shown = f"[{'green' if ratio >= target else 'red'}]{ratio:.2f}x[/]"
+        table.add_row(
+            LABELS.get(key, key),
+            str(p["mtu"]),
+            f"{p['median_gbps']:.2f}",
+            " ".join(f"{g:.2f}" for g in p["gbps"]),
+            " ".join(str(r) for r in p["retransmits"]),
+            shown,
+            f">= {target}x" if target else "",
+        )
+    con.print(table)
+    clean = outcome["cleanup"]
+    con.print(
+        "cleanup: labs and baseline torn down, nothing left"
+        if clean["ok"]
+        else f"[red]cleanup problems:[/] {clean['problems']}"
+    )
+    for key, target in TARGETS.items():
+        if key in outcome["ratios"]:
+            print(f"{key}/veth: {outcome['ratios'][key]:.2f}x (target >= {target}x)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=10, help="iperf3 -t (default 10)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds, interleaved (default 1)")
+    parser.add_argument(
+        "--fabric",
+        action="append",
+        choices=tuple(TARGETS),
+        help="fabric(s) to measure (repeatable; default both)",
+    )
+    parser.add_argument(
+        "--no-underlay", dest="underlay", action="store_false", help="skip the node -> node row"
+    )
+    parser.add_argument("--json", action="store_true", help="print machine-readable results only")
+    args = parser.parse_args(argv)
+    args.fabric = args.fabric or list(TARGETS)
+    if args.seconds <= 0 or args.repeat < 1:
+        parser.error("--seconds must be > 0 and --repeat >= 1")
+    if os.geteuid() != 0:
+        print("fabric_throughput: needs root (creates network namespaces)", file=sys.stderr)
+        return 2
+    for tool in ("iperf3", "nsenter", "ss"):
+        if not shutil.which(tool):
+            print(f"fabric_throughput: {tool} is not installed", file=sys.stderr)
+            return 2
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_interrupt)
+    started = time.monotonic()
+    try:
+        outcome = bench(args)
+    except KeyboardInterrupt:
+        print("fabric_throughput: interrupted; everything was torn down", file=sys.stderr)
+        return 130
+    except (BenchError, OSError, subprocess.SubprocessError) as exc:
+        print(f"fabric_throughput: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a PodnetError from the lab: show it, teardown already ran
+        print(f"fabric_throughput: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    outcome["elapsed_s"] = round(time.monotonic() - started, 1)
+    if args.json:
+        print(json.dumps(outcome, indent=2))
+    else:
+        render(outcome)
+        log(f"done in {outcome['elapsed_s']}s")
+    return 0 if outcome["cleanup"]["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

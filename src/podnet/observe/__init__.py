@@ -1,0 +1,1 @@
+"""Looking at a running cluster from the outside: `podnet connectivity test`."""

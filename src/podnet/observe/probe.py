@@ -1,0 +1,164 @@
+"""One connectivity probe, run inside the source namespace as a script.
+
+`nsenter --net=/run/netns/NS python -I -S probe.py '{"kind": ..., "dst": ..., ...}'`
+prints one JSON line `{"ok": bool, "detail": str, "ms": float}` and exits 0 (a probe
+that cannot even start is the runner's failure). Standard library only, no podnet
+import: it runs with `-I -S` so it starts in a few milliseconds.
+
+Kinds (every one bounded by `timeout` seconds):
+
+- `icmp`: one echo request on a raw socket; ok on the reply from `dst`.
+- `tcp`: connect to `dst:port`, send a line, ok when the answer starts with `expect`
+  (the lab's echo servers answer `<pod name> <line>`, so the right pod must answer).
+- `udp`: one datagram, ok when the answer is `expect`.
+- `http`: GET `path` from `dst:port`; ok when the body is `expect`.
+- `pmtu`: DF set (IP_PMTUDISC_DO) on a UDP socket: a datagram of `mtu - 28` bytes must
+  be answered by `expect`, one byte more must fail locally with EMSGSIZE.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import socket
+import struct
+import sys
+import time
+
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
+IP_MTU = getattr(socket, "IP_MTU", 14)
+UDP_IP_OVERHEAD = 28  # IPv4 header 20 + UDP (or ICMP) header 8
+
+
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071)."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total = (total >> 16) + (total & 0xFFFF)
+    total += total >> 16
+    return ~total & 0xFFFF
+
+
+def icmp(dst: str, timeout: float) -> tuple[bool, str]:
+    ident, payload = os.getpid() & 0xFFFF, b"podnet-connectivity"
+    header = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
+    packet = struct.pack("!BBHHH", 8, 0, checksum(header + payload), ident, 1) + payload
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(packet, (dst, 0))
+        deadline = time.monotonic() + timeout
+        while True:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            data, addr = sock.recvfrom(2048)
+            ihl = (data[0] & 0x0F) * 4
+            kind, _code, _sum, got_id = struct.unpack("!BBHH", data[ihl:ihl + 6])
+            if addr[0] == dst and kind == 0 and got_id == ident:
+                return True, f"echo reply from {dst}"
+            if kind == 3 and _about_us(data[ihl + 8:], ident):
+                return False, f"ICMP destination unreachable (code {_code}) from {addr[0]}"
+
+
+def _about_us(inner: bytes, ident: int) -> bool:
+    """Does an ICMP error quote our echo request (the original IP header + 8 bytes)?"""
+    if len(inner) < 20:
+        return False
+    ihl = (inner[0] & 0x0F) * 4
+    return len(inner) >= ihl + 6 and inner[ihl] == 8 and struct.unpack("!H", inner[ihl + 4:ihl + 6])[0] == ident
+
+
+def tcp(dst: str, port: int, expect: str, timeout: float) -> tuple[bool, str]:
+    with socket.create_connection((dst, port), timeout=timeout) as sock:
+        sock.sendall(b"podnet-connectivity\n")
+        answer = sock.makefile("rb").readline(4096).decode(errors="replace").strip()
+    return answer.split(" ", 1)[0] == expect, f"answer {answer!r}"
+
+
+def udp(dst: str, port: int, expect: str, timeout: float) -> tuple[bool, str]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect((dst, port))
+        sock.send(b"podnet-connectivity")
+        answer = sock.recv(4096).decode(errors="replace").strip()
+    return answer == expect, f"answer {answer!r}"
+
+
+def http(dst: str, port: int, path: str, expect: str, timeout: float) -> tuple[bool, str]:
+    with socket.create_connection((dst, port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {dst}\r\n\r\n".encode())
+        chunks = []
+        while chunk := sock.recv(4096):
+            chunks.append(chunk)
+    raw = b"".join(chunks).decode(errors="replace")
+    status, _, body = raw.partition("\r\n\r\n")
+    if not status.startswith("HTTP/1.") or " 200 " not in status.split("\r\n", 1)[0] + " ":
+        return False, f"bad answer {status.splitlines()[0] if status else raw!r}"
+    body = body.strip()
+    if path == "/peer":  # the outside world reports the address it saw: masquerade check
+        ok = body == expect
+        return ok, f"outside saw the client as {body}" + ("" if ok else f", not as the node {expect} (masquerade?)")
+    return body == expect, f"answer {body!r}"
+
+
+def pmtu(dst: str, port: int, expect: str, timeout: float) -> tuple[bool, str]:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        sock.connect((dst, port))
+        mtu = sock.getsockopt(socket.IPPROTO_IP, IP_MTU)
+        size = mtu - UDP_IP_OVERHEAD
+        sock.send(b"x" * size)
+        try:
+            answer = sock.recv(4096).decode(errors="replace").strip()
+        except TimeoutError:
+            return False, f"no answer to {size} B with DF (path MTU {mtu}): dropped on the way?"
+        except OSError as exc:
+            return False, f"{size} B with DF (path MTU {mtu}): {exc.strerror or exc}"
+        if answer != expect:
+            return False, f"{size} B with DF: answer {answer!r}"
+        try:
+            sock.send(b"x" * (size + 1))
+        except OSError as exc:
+            if exc.errno == errno.EMSGSIZE:
+                return True, f"MTU {mtu}: {size} B with DF answered, {size + 1} B refused (EMSGSIZE)"
+            return False, f"{size + 1} B with DF: {exc.strerror or exc} (expected EMSGSIZE)"
+        return False, f"{size + 1} B with DF was sent although the path MTU is {mtu}"
+
+
+def run(spec: dict) -> dict:
+    """Run one probe described by `spec`; never raises."""
+    timeout = float(spec.get("timeout", 2.0))
+    kind, dst, port = spec["kind"], spec["dst"], int(spec.get("port", 0))
+    expect = str(spec.get("expect", ""))
+    start = time.monotonic()
+    try:
+        if kind == "icmp":
+            ok, detail = icmp(dst, timeout)
+        elif kind == "tcp":
+            ok, detail = tcp(dst, port, expect, timeout)
+        elif kind == "udp":
+            ok, detail = udp(dst, port, expect, timeout)
+        elif kind == "http":
+            ok, detail = http(dst, port, spec.get("path", "/"), expect, timeout)
+        elif kind == "pmtu":
+            ok, detail = pmtu(dst, port, expect, timeout)
+        else:
+            ok, detail = False, f"unknown probe kind {kind!r}"
+    except TimeoutError:
+        ok, detail = False, f"timed out after {timeout:g}s"
+    except OSError as exc:
+        ok, detail = False, exc.strerror or str(exc)
+    if not ok and expect and detail.startswith("answer"):
+        detail += f", expected {expect!r}"
+    return {"ok": ok, "detail": detail, "ms": round((time.monotonic() - start) * 1000, 1)}
+
+
+def main(argv: list[str]) -> int:
+    print(json.dumps(run(json.loads(argv[1]))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
