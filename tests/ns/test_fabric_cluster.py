@@ -88,6 +88,7 @@ class Cluster:
         subprocess.run(["ip", "-n", ns, "addr", "add", f"172.31.0.{i}/24", "dev", "eth0"], check=True)
         subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
         node = Node(f"n{i}", ns, tmp / f"n{i}", f"/run/podnet/t-{secrets.token_hex(3)}-n{i}.sock")
+        box.on_close(Path(node.socket).unlink)  # a killed agent leaves its socket behind
         self.nodes.append(node)
         return node
 

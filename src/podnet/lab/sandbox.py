@@ -31,6 +31,12 @@ class Sandbox:
         self.namespaces: list[str] = []
         self.processes: list[subprocess.Popen] = []
         self.files: list = []
+        self.callbacks: list = []
+
+    def on_close(self, callback) -> None:
+        """Run `callback` at close(), after the processes are stopped (e.g. remove a
+        daemon's socket file that a kill -9 left behind)."""
+        self.callbacks.append(callback)
 
     def keep_open(self, handle):
         """Keep a file (e.g. a daemon's log) open until close()."""
@@ -91,6 +97,9 @@ class Sandbox:
                 self.stop(proc)
         for handle in self.files:
             handle.close()
+        for callback in reversed(self.callbacks):
+            with contextlib.suppress(OSError):
+                callback()
         for name in reversed(list(self.namespaces)):
             self.delete_netns(name)
 
