@@ -10,8 +10,9 @@ Layout (lab `L`, every namespace named `pn-lab-L-<role>`):
 - `out`: the outside world on rack 0 (172.31.0.254, and 198.51.100.1 on lo) running
   an HTTP (TCP 80) / UDP 80 echo target;
 - `etcd<i>`: with `--store etcd`, three etcd members on rack 0 (172.31.0.200+i);
-- `p-<ns>-<pod>`: one per pod, attached through the node's CNI conflist, running the
-  built-in echo server for its ports.
+- `p-<ns>-<pod>`: one per pod, attached through the node's CNI conflist, served by the
+  built-in echo server for its ports (one `echo/<node>` process per node, whose sockets
+  are opened inside each pod's namespace).
 
 Everything is recorded in the state file `/run/podnet/lab-L.json` *before* it is
 created (namespaces, sockets, the lab directory), and processes right after they are
@@ -126,7 +127,7 @@ class LabState:
         path = state_file(self.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
+        tmp.write_text(json.dumps(self.data, separators=(",", ":")))
         os.replace(tmp, path)
 
     @property
@@ -144,9 +145,20 @@ class LabState:
         """Record, then create, a namespace with lo up."""
         self.data["namespaces"].append(ns)
         self.save()
-        ip("netns", "add", ns)
-        ip("-n", ns, "link", "set", "lo", "up")
+        _create_netns(ns)
         return ns
+
+    def add_netns_batch(self, names: list[str], workers: int = 8) -> None:
+        """Record every namespace with one save, then create them in parallel."""
+        self.data["namespaces"].extend(names)
+        self.save()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(_create_netns, names))
+
+
+def _create_netns(ns: str) -> None:
+    ip("netns", "add", ns)
+    ip("-n", ns, "link", "set", "lo", "up")
 
 
 # ----------------------------------------------------------------------- supervisor
@@ -399,29 +411,37 @@ class LabBuilder:
 
     def attach_pods(self) -> None:
         for pod in self.t.pods:
-            netns = topo.pod_netns(self.o.name, pod)
-            self.st.data["pods"][pod.key] = {"node": pod.node, "netns": netns, "labels": dict(pod.labels),
-                                             "ports": [str(p) for p in pod.ports]}
-            self.st.add_netns(netns)
+            self.st.data["pods"][pod.key] = {"node": pod.node, "netns": topo.pod_netns(self.o.name, pod),
+                                             "labels": dict(pod.labels), "ports": [str(p) for p in pod.ports]}
+        self.st.add_netns_batch([self.st.data["pods"][pod.key]["netns"] for pod in self.t.pods])
         with ThreadPoolExecutor(max_workers=8) as pool:
             results = list(pool.map(self.attach, self.t.pods))
         for pod, result in zip(self.t.pods, results, strict=True):
             ips = [entry["address"] for entry in result.get("ips", [])]
             self.st.data["pods"][pod.key]["ips"] = ips
         self.st.save()
+        # one echo process per node, serving each of its pods from inside the pod's namespace
+        by_node: dict[str, list[Pod]] = {}
         for pod in self.t.pods:
-            tcp = [a for p in pod.ports if p.protocol == "TCP" for a in ("--tcp", str(p.port))]
-            udp = [a for p in pod.ports if p.protocol == "UDP" for a in ("--udp", str(p.port))]
-            ready = self.st.labdir / "ready" / pod.key
-            ready.parent.mkdir(parents=True, exist_ok=True)
-            pid = self.spawn(f"echo/{pod.key}", self.st.data["pods"][pod.key]["netns"],
-                             [sys.executable, "-m", "podnet.lab.echo", "--name", pod.name, *tcp, *udp,
-                              "--ready", str(ready)])
-            self.st.data["pods"][pod.key]["echo_pid"] = pid
+            by_node.setdefault(pod.node, []).append(pod)
+        (self.st.labdir / "ready").mkdir(parents=True, exist_ok=True)
+        (self.st.labdir / "echo").mkdir(parents=True, exist_ok=True)
+        for node, pods in by_node.items():
+            specs = [{"name": pod.name, "netns": str(NETNS_DIR / self.st.data["pods"][pod.key]["netns"]),
+                      "tcp": [p.port for p in pod.ports if p.protocol == "TCP"],
+                      "udp": [p.port for p in pod.ports if p.protocol == "UDP"]} for pod in pods]
+            spec = self.st.labdir / "echo" / f"{node}.json"
+            spec.write_text(json.dumps(specs))
+            ready = self.st.labdir / "ready" / f"node-{node}"
+            proc = f"echo/{node}"
+            pid = self.spawn(proc, self.st.data["nodes"][node]["netns"],
+                             [sys.executable, "-m", "podnet.lab.echo", "--spec", str(spec), "--ready", str(ready)])
+            for pod in pods:
+                self.st.data["pods"][pod.key].update(echo_proc=proc, echo_pid=pid)
         self.st.save()
-        for pod in self.t.pods:
-            self._wait((self.st.labdir / "ready" / pod.key).exists, f"the echo server of {pod.key}",
-                       pid_name=f"echo/{pod.key}")
+        for node in by_node:
+            self._wait((self.st.labdir / "ready" / f"node-{node}").exists, f"the echo server of {node}'s pods",
+                       pid_name=f"echo/{node}")
         self._wait((self.st.labdir / "ready-outside").exists, "the outside echo server", pid_name="echo/outside")
 
     def attach(self, pod: Pod) -> dict:
@@ -560,7 +580,7 @@ def status(name: str) -> dict:
         nodes.append(row)
     pods = []
     for key, info in data.get("pods", {}).items():
-        entry = procs.get(f"echo/{key}", {})
+        entry = procs.get(info.get("echo_proc") or f"echo/{key}", {})
         pods.append({"name": key, **info, "echo_alive": _alive(entry)})
     data["nodes"], data["pods"] = nodes, pods
     return data

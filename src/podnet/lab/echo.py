@@ -1,4 +1,5 @@
-"""The lab's built-in echo server: one process per pod (or the outside world) serving
+"""The lab's built-in echo server: one process per node (serving each of its pods,
+every socket opened inside that pod's namespace) or for the outside world, serving
 every declared port, so probes learn *who* answered.
 
 - TCP: each line received is answered with `<name> <line>`; a request that starts like
@@ -9,20 +10,23 @@ every declared port, so probes learn *who* answered.
 
 `python -m podnet.lab.echo --name NAME [--tcp PORT]... [--udp PORT]... [--ready FILE] [--report-peer]`
 binds everything first, then creates FILE (the lab waits for it), then serves until
-SIGTERM. Standard library only.
+SIGTERM. `--spec FILE.json` instead serves a list of {name, tcp, udp, netns} (one
+process for all the pods of a node). One thread waits on every listening socket; each
+TCP connection gets its own thread.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import selectors
 import signal
 import socket
 import socketserver
 import struct
 import sys
-import threading
 from pathlib import Path
 
 HTTP_METHODS = (b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"OPTIONS ")
@@ -92,48 +96,125 @@ def _dual_stack(server: socketserver.BaseServer) -> None:
     server.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
 
 
-def serve(name: str, tcp: list[int], udp: list[int], ready: str | None = None, report_peer: bool = False) -> None:
-    """Bind all ports (IPv4 and IPv6), signal readiness, serve until SIGTERM/SIGINT."""
-    servers: list[socketserver.BaseServer] = []
+def _udp_reply(sock: socket.socket, reply: bytes) -> None:
+    """Answer one pending datagram with `reply`, from the address it was sent to."""
+    try:
+        _data, ancdata, _flags, addr = sock.recvmsg(65535, socket.CMSG_SPACE(12))
+    except OSError:
+        return
+    cmsgs = []
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+            _ifindex, _spec, dst = struct.unpack("=i4s4s", data[:12])
+            cmsgs = [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=i4s4s", 0, dst, bytes(4)))]
+    with contextlib.suppress(OSError):
+        sock.sendmsg([reply], cmsgs, 0, addr)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _bind(name: str, tcp: list[int], udp: list[int], report_peer: bool,
+          servers: list[socketserver.BaseServer], udp_socks: list[tuple[socket.socket, bytes]]) -> None:
     for port in tcp:
         server = _TCP(("::", port), tcp_handler(name, report_peer), bind_and_activate=False)
-        _dual_stack(server)
-        server.server_bind()
-        server.server_activate()
+        try:
+            _dual_stack(server)
+            server.server_bind()
+            server.server_activate()
+            server.socket.setblocking(False)  # served from a selector: never block in accept
+        except OSError:
+            server.server_close()
+            raise
         servers.append(server)
-    udp_socks = []
     for port in udp:  # IPv4 only: the lab's pods and underlay are IPv4
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-        sock.bind(("0.0.0.0", port))
-        udp_socks.append(sock)
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            sock.bind(("0.0.0.0", port))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        udp_socks.append((sock, name.encode()))
+
+
+def serve_many(specs: list[dict], ready: str | None = None, report_peer: bool = False) -> None:
+    """Serve several echo identities from one process: each spec is {"name", "tcp",
+    "udp", and optionally "netns" (a namespace path)}. A spec's sockets are created
+    inside its namespace (a socket keeps the namespace it was created in), so one
+    process serves every pod of a node exactly like one echo process per pod would.
+    Binds everything, signals readiness, serves until SIGTERM/SIGINT."""
+    from podnet.kernel.netns import entered, open_netns
+
+    servers: list[socketserver.BaseServer] = []
+    udp_socks: list[tuple[socket.socket, bytes]] = []
+    for spec in specs:
+        args = (str(spec["name"]), [int(p) for p in spec.get("tcp", [])], [int(p) for p in spec.get("udp", [])])
+        if spec.get("netns"):
+            fd = open_netns(str(spec["netns"]))
+            try:
+                with entered(fd):
+                    _bind(*args, report_peer, servers, udp_socks)
+            finally:
+                os.close(fd)
+        else:
+            _bind(*args, report_peer, servers, udp_socks)
+    selector = selectors.DefaultSelector()
     for server in servers:
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True).start()
-    for sock in udp_socks:
-        threading.Thread(target=udp_serve, args=(sock, name), daemon=True).start()
+        selector.register(server.socket, selectors.EVENT_READ, ("tcp", server))
+    for sock, reply in udp_socks:
+        selector.register(sock, selectors.EVENT_READ, ("udp", (sock, reply)))
+
+    def stop(*_: object) -> None:
+        raise _Stop
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     if ready:
         Path(ready).touch()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    while not stop.wait(3600):
+    try:
+        while True:  # one thread waits on every socket: no idle wakeups
+            for key, _events in selector.select():
+                kind, target = key.data
+                if kind == "tcp":
+                    target._handle_request_noblock()  # accept, then a thread per connection
+                else:
+                    _udp_reply(*target)
+    except _Stop:
         pass
-    for server in servers:
-        server.server_close()
+    finally:
+        selector.close()
+        for server in servers:
+            server.server_close()
+        for sock, _reply in udp_socks:
+            sock.close()
+
+
+def serve(name: str, tcp: list[int], udp: list[int], ready: str | None = None, report_peer: bool = False) -> None:
+    """Bind all ports (IPv4 and IPv6), signal readiness, serve until SIGTERM/SIGINT."""
+    serve_many([{"name": name, "tcp": tcp, "udp": udp}], ready, report_peer)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="podnet-lab-echo")
-    parser.add_argument("--name", required=True)
+    parser.add_argument("--name")
+    parser.add_argument("--spec", help="JSON file: a list of {name, tcp, udp, netns} served by this one process")
     parser.add_argument("--tcp", type=int, action="append", default=[])
     parser.add_argument("--udp", type=int, action="append", default=[])
     parser.add_argument("--ready", help="file created once every port is bound")
     parser.add_argument("--report-peer", action="store_true", help="HTTP GET /peer answers the client's address")
     args = parser.parse_args(argv)
+    if not args.spec and not args.name:
+        parser.error("--name or --spec is required")
     try:
-        serve(args.name, args.tcp, args.udp, args.ready, args.report_peer)
-    except OSError as exc:
-        print(f"echo {args.name}: {exc}", file=sys.stderr)
+        if args.spec:
+            serve_many(json.loads(Path(args.spec).read_text()), args.ready, args.report_peer)
+        else:
+            serve(args.name, args.tcp, args.udp, args.ready, args.report_peer)
+    except (OSError, ValueError) as exc:
+        print(f"echo {args.name or args.spec}: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -47,7 +47,7 @@ class Supervisor:
 
     def save(self) -> None:
         tmp = self.record.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.entries, indent=1))
+        tmp.write_text(json.dumps(self.entries, separators=(",", ":")))
         os.replace(tmp, self.record)
 
     def spawn(self, request: dict) -> dict:

@@ -98,6 +98,15 @@ class _SqliteTx:
         self._store._exit_tx(exc_type is None)
 
 
+FULL_SCAN_SECONDS = 1.0  # watch(): a full scan at least this often, changed or not
+# watch(): the events' head revision, the next expiry and the compaction mark, in one read
+_WATCH_HEAD = (
+    "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'events'),"
+    " (SELECT MIN(expires_at) FROM kv WHERE expires_at IS NOT NULL),"
+    " (SELECT value FROM meta WHERE name = 'compacted')"
+)
+
+
 class SqliteStore(Store):
     """Store in one SQLite file (WAL). Safe for many threads and processes at once.
 
@@ -436,22 +445,46 @@ class SqliteStore(Store):
             raise StoreError("watch() inside a transaction would block every writer")
         deadline = time.monotonic() + max(0.0, timeout)
         scanned = from_revision
-        while True:
-            self._sweep_if_due()
-            head = self.revision()
-            found = self._events_after(prefix, scanned)
-            compacted = self._read("SELECT value FROM meta WHERE name = 'compacted'", ())[0][0]
-            if scanned < compacted:
-                raise RevisionCompacted(from_revision, compacted)
-            if found:
-                return found
-            scanned = max(scanned, head)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return []
-            # Writers in this process wake us at once; other processes are polled.
-            with self._changed:
-                self._changed.wait(min(remaining, self._poll))
+        # A connection of its own that never writes: its `PRAGMA data_version` changes
+        # whenever any other connection (this process's or another's) commits, so an
+        # idle poll costs one cheap pragma instead of four queries; a changed one reads
+        # the head, next expiry and compaction mark in one statement and the events only
+        # when the head moved. A scan still runs when a key may have expired (the sweep
+        # is what turns expiry into events) and at least every FULL_SCAN_SECONDS.
+        probe = self._checkout()
+        try:
+            version: int | None = None
+            next_expiry: float | None = None
+            next_full = 0.0
+            while True:
+                current = self._execute(probe, "PRAGMA data_version", ()).fetchone()[0]
+                mono = time.monotonic()
+                if (current != version or mono >= next_full
+                        or (next_expiry is not None and self._clock() >= next_expiry)):
+                    version, next_full = current, mono + FULL_SCAN_SECONDS
+                    head, next_expiry, compacted = self._read(_WATCH_HEAD, ())[0]
+                    if next_expiry is not None and next_expiry <= self._clock():
+                        self._sweep_if_due()  # expiry becomes delete events
+                        head, next_expiry, compacted = self._read(_WATCH_HEAD, ())[0]
+                    head = head or 0
+                    if scanned < compacted:
+                        raise RevisionCompacted(from_revision, compacted)
+                    if head > scanned:
+                        found = self._events_after(prefix, scanned)
+                        compacted = self._read("SELECT value FROM meta WHERE name = 'compacted'", ())[0][0]
+                        if scanned < compacted:  # compacted while we read: history has a gap
+                            raise RevisionCompacted(from_revision, compacted)
+                        if found:
+                            return found
+                    scanned = max(scanned, head)
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                # Writers in this process wake us at once; other processes are polled.
+                with self._changed:
+                    self._changed.wait(min(remaining, self._poll))
+        finally:
+            self._checkin(probe)
 
     def _events_after(self, prefix: str, revision: int) -> list[Event]:
         end = prefix_end(prefix)
