@@ -36,7 +36,6 @@ changed: the bench's own threads only enter lab namespaces (setns per thread).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import json
 import os
@@ -46,11 +45,12 @@ import select
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from benchlib import BenchError, close_lab, log, percentile, raise_interrupt
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "src") not in sys.path:
@@ -62,33 +62,6 @@ TARGET_P99_S = 1.0
 GIVE_UP_S = 10.0
 
 
-class BenchError(RuntimeError):
-    pass
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def _raise_interrupt(signum, frame):  # noqa: ARG001
-    raise KeyboardInterrupt
-
-
-def nsenter(ns: str) -> list[str]:
-    return ["nsenter", f"--net={NETNS_DIR / ns}", "--"]
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return float("nan")
-    data = sorted(values)
-    pos = (len(data) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
-
-
 def summary_ms(values: list[float]) -> dict:
     ms = [v * 1000 for v in values]
     return {
@@ -98,11 +71,6 @@ def summary_ms(values: list[float]) -> dict:
         "max": round(max(ms), 2) if ms else float("nan"),
         "min": round(min(ms), 2) if ms else float("nan"),
     }
-
-
-def list_netns() -> list[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
-    return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
 
 
 # --------------------------------------------------------------------------------------
@@ -137,30 +105,10 @@ class BenchLab:
         return self.state.data
 
     def close(self) -> list[str]:
-        from podnet.lab.cluster import LabError, lab_dir, state_file, teardown
-        from podnet.procs import owner_alive
-
         if not self.built:
             return []
-        problems: list[str] = []
-        procs: dict = {}
-        with contextlib.suppress(OSError, ValueError):
-            procs = json.loads((lab_dir(self.name) / "procs.json").read_text())
-        if state_file(self.name).exists():
-            try:
-                problems += teardown(self.name)
-            except LabError as exc:
-                problems.append(str(exc))
-        alive = [e["pid"] for e in procs.values() if e.get("owner") and owner_alive(e["owner"])]
-        if alive:
-            problems.append(f"lab {self.name}: processes still running: {alive}")
-        left = [ns for ns in list_netns() if ns.startswith(f"pn-lab-{self.name}-")]
-        if left:
-            problems.append(f"lab {self.name}: namespaces still present: {left}")
-        if lab_dir(self.name).exists() or state_file(self.name).exists():
-            problems.append(f"lab {self.name}: state file or lab dir still present")
         self.built = False
-        return problems
+        return close_lab(self.name)
 
 
 def topology_for(nodes: int):
@@ -439,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
         print("convergence: --store etcd needs the etcd binary", file=sys.stderr)
         return 2
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_interrupt)
+        signal.signal(signum, raise_interrupt)
     started = time.monotonic()
     try:
         outcome = bench(args)

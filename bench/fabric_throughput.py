@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib import BenchError, close_lab, list_netns, log, nsenter, raise_interrupt
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
@@ -46,22 +48,6 @@ NETNS_DIR = Path("/run/netns")
 PORT = 5201
 TARGETS = {"vxlan": 0.8, "host-gw": 0.95}
 BASE_A, BASE_B = "10.99.0.1", "10.99.0.2"
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def _raise_interrupt(signum, frame):  # noqa: ARG001
-    raise KeyboardInterrupt
-
-
-def nsenter(ns: str) -> list[str]:
-    return ["nsenter", f"--net={NETNS_DIR / ns}", "--"]
 
 
 # --------------------------------------------------------------------------------------
@@ -102,35 +88,10 @@ class BenchLab:
         return self.data["pods"][key]["ips"][0].split("/")[0]
 
     def close(self) -> list[str]:
-        from podnet.lab.cluster import LabError, lab_dir, state_file, teardown
-        from podnet.procs import owner_alive
-
         if not self.built:
             return []
-        problems: list[str] = []
-        procs: dict = {}
-        with contextlib.suppress(OSError, ValueError):
-            procs = json.loads((lab_dir(self.name) / "procs.json").read_text())
-        if state_file(self.name).exists():
-            try:
-                problems += teardown(self.name)
-            except LabError as exc:
-                problems.append(str(exc))
-        alive = [e["pid"] for e in procs.values() if e.get("owner") and owner_alive(e["owner"])]
-        if alive:
-            problems.append(f"lab {self.name}: processes still running: {alive}")
-        left = [ns for ns in list_netns() if ns.startswith(f"pn-lab-{self.name}-")]
-        if left:
-            problems.append(f"lab {self.name}: namespaces still present: {left}")
-        if lab_dir(self.name).exists() or state_file(self.name).exists():
-            problems.append(f"lab {self.name}: state file or lab dir still present")
         self.built = False
-        return problems
-
-
-def list_netns() -> list[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
-    return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
+        return close_lab(self.name)
 
 
 # --------------------------------------------------------------------------------------
@@ -406,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fabric_throughput: {tool} is not installed", file=sys.stderr)
             return 2
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_interrupt)
+        signal.signal(signum, raise_interrupt)
     started = time.monotonic()
     try:
         outcome = bench(args)

@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib import BenchError, list_netns, log, raise_interrupt
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
@@ -45,23 +47,6 @@ TARGET = {(50, 20): 60.0}
 DEFAULT_SIZES = [(20, 10)]
 BIG = (50, 20)
 PHASE = re.compile(r"✓ (.*?) \((\d+(?:\.\d+)?)s\)")
-
-
-class BenchError(RuntimeError):
-    pass
-
-
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def _raise_interrupt(signum, frame):  # noqa: ARG001
-    raise KeyboardInterrupt
-
-
-def list_netns() -> list[str]:
-    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False)
-    return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
 
 
 def cli_env() -> dict[str, str]:
@@ -470,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         print("lab_scale: --store etcd needs the etcd binary", file=sys.stderr)
         return 2
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_interrupt)
+        signal.signal(signum, raise_interrupt)
     started = time.monotonic()
     runs, profiles, problems = [], [], []
     try:
