@@ -275,6 +275,10 @@ class LabBuilder:
             fab = self.st.add_netns(self.ns(f"fab{rack}"))
             ip("-n", fab, "link", "add", "br0", "type", "bridge")
             ip("-n", fab, "link", "set", "br0", "up")
+            # The fabric is a plain switch: its frames have no business in netfilter
+            # (br_netfilter is on by default in new namespaces and costs throughput).
+            _run([*enter(fab), "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0",
+                  "net.bridge.bridge-nf-call-ip6tables=0"])
         if racks > 1:
             rtr = self.st.add_netns(self.ns("rtr"))
             self.forwarding(rtr)
