@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import percentile
+
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
@@ -89,17 +91,6 @@ def reference_config(name: str, bridge: str, subnet: str, data_dir: str) -> dict
 # --------------------------------------------------------------------------------------
 # Statistics
 # --------------------------------------------------------------------------------------
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    if not values:
-        return float("nan")
-    data = sorted(values)
-    pos = (len(data) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
-
-
 def summary(values: list[float]) -> dict:
     return {
         "n": len(values),

@@ -69,21 +69,10 @@ IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 
 
 def udp_serve(sock: socket.socket, name: str) -> None:
-    """Answer every datagram with `name`, from the address it was sent to (a wildcard
-    socket would pick the source by route, and a masqueraded flow would drop it)."""
+    """Answer every datagram with `name` until the socket fails (see _udp_reply)."""
     reply = name.encode()
-    while True:
-        try:
-            _data, ancdata, _flags, addr = sock.recvmsg(65535, socket.CMSG_SPACE(12))
-        except OSError:
-            return
-        cmsgs = []
-        for level, kind, data in ancdata:
-            if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
-                _ifindex, _spec, dst = struct.unpack("=i4s4s", data[:12])
-                cmsgs = [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=i4s4s", 0, dst, bytes(4)))]
-        with contextlib.suppress(OSError):
-            sock.sendmsg([reply], cmsgs, 0, addr)
+    while _udp_reply(sock, reply):
+        pass
 
 
 class _TCP(socketserver.ThreadingTCPServer):
@@ -96,12 +85,14 @@ def _dual_stack(server: socketserver.BaseServer) -> None:
     server.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
 
 
-def _udp_reply(sock: socket.socket, reply: bytes) -> None:
-    """Answer one pending datagram with `reply`, from the address it was sent to."""
+def _udp_reply(sock: socket.socket, reply: bytes) -> bool:
+    """Answer one pending datagram with `reply`, from the address it was sent to (a
+    wildcard socket would pick the source by route, and a masqueraded flow would drop
+    it). False when the socket itself failed."""
     try:
         _data, ancdata, _flags, addr = sock.recvmsg(65535, socket.CMSG_SPACE(12))
     except OSError:
-        return
+        return False
     cmsgs = []
     for level, kind, data in ancdata:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
@@ -109,6 +100,7 @@ def _udp_reply(sock: socket.socket, reply: bytes) -> None:
             cmsgs = [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=i4s4s", 0, dst, bytes(4)))]
     with contextlib.suppress(OSError):
         sock.sendmsg([reply], cmsgs, 0, addr)
+    return True
 
 
 class _Stop(Exception):
