@@ -67,3 +67,14 @@ def close_lab(name: str) -> list[str]:
     if lab_dir(name).exists() or state_file(name).exists():
         problems.append(f"lab {name}: state file or lab dir still present")
     return problems
+
+
+def finish(outcome: dict, as_json: bool, render) -> int:
+    """Print a benchmark's outcome (JSON or its table) and the exit code: 0 only when
+    its teardown left nothing behind."""
+    if as_json:
+        print(json.dumps(outcome, indent=2))
+    else:
+        render(outcome)
+        log(f"done in {outcome['elapsed_s']}s")
+    return 0 if outcome["cleanup"]["ok"] else 1

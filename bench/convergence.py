@@ -50,7 +50,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchlib import BenchError, close_lab, log, percentile, raise_interrupt
+from benchlib import BenchError, close_lab, finish, log, percentile, raise_interrupt
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "src") not in sys.path:
@@ -398,12 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"convergence: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     outcome["elapsed_s"] = round(time.monotonic() - started, 1)
-    if args.json:
-        print(json.dumps(outcome, indent=2))
-    else:
-        render(outcome)
-        log(f"done in {outcome['elapsed_s']}s")
-    return 0 if outcome["cleanup"]["ok"] else 1
+    return finish(outcome, args.json, render)
 
 
 if __name__ == "__main__":

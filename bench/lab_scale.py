@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import BenchError, list_netns, log, raise_interrupt
+from benchlib import BenchError, finish, list_netns, log, raise_interrupt
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "src") not in sys.path:
@@ -484,12 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         "cleanup": {"ok": not problems, "problems": problems},
         "elapsed_s": round(time.monotonic() - started, 1),
     }
-    if args.json:
-        print(json.dumps(outcome, indent=2))
-    else:
-        render(outcome)
-        log(f"done in {outcome['elapsed_s']}s")
-    return 0 if outcome["cleanup"]["ok"] else 1
+    return finish(outcome, args.json, render)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cniharness import REFERENCE_DIR, Agent
+from fuzzing import json_slots
 from podnet.lab.sandbox import Sandbox
 from podnet.runtime.libcni import invoke
 
@@ -97,24 +98,13 @@ base_configs = st.fixed_dictionaries(
 )
 
 
-def _slots(value, out: list) -> list:
-    if isinstance(value, dict):
-        for key, child in value.items():
-            out.append((value, key))
-            _slots(child, out)
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            out.append((value, index))
-            _slots(child, out)
-    return out
-
 
 @st.composite
 def configs(draw):
     """A plausible config with 0-2 random mutations."""
     config = copy.deepcopy(draw(base_configs))
     for _ in range(draw(st.integers(min_value=0, max_value=2))):
-        slots = _slots(config, [])
+        slots = json_slots(config, [])
         container, key = draw(st.sampled_from(slots))
         if draw(st.booleans()):
             container[key] = draw(json_values)

@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, currently_in_test_context, event, given, settings
 from hypothesis import strategies as st
 
+from fuzzing import json_slots
 from podnet.agent.cni_service import conf_dns
 from podnet.cni import ipam_plugin, plugin, skel
 from podnet.cni.config import parse_conf, requested_ips, store_path_for
@@ -147,24 +148,12 @@ plausible_configs = st.fixed_dictionaries(
 )
 
 
-def _slots(value, out: list) -> list:
-    """Every (container, key) in a JSON tree: where a mutation can strike."""
-    if isinstance(value, dict):
-        for key, child in value.items():
-            out.append((value, key))
-            _slots(child, out)
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            out.append((value, index))
-            _slots(child, out)
-    return out
-
 
 @st.composite
 def mutated(draw, base):
     config = copy.deepcopy(draw(base))
     for _ in range(draw(st.integers(min_value=0, max_value=3))):
-        slots = _slots(config, [])
+        slots = json_slots(config, [])
         action = draw(st.sampled_from(["replace", "replace", "delete", "add"]))
         if action == "add" or not slots:
             targets = [config] + [c[k] for c, k in slots if isinstance(c[k], dict)]
