@@ -56,11 +56,12 @@ BASE_A, BASE_B = "10.99.0.1", "10.99.0.2"
 class BenchLab:
     """One lab built with LabBuilder; `close()` tears down exactly what it recorded."""
 
-    def __init__(self, fabric: str, nodes: int = 2, store: str = "sqlite") -> None:
+    def __init__(self, fabric: str, nodes: int = 2, store: str = "sqlite", nic_gso: int = 0) -> None:
         self.name = f"b{secrets.token_hex(3)}"
         self.fabric = fabric
         self.nodes = nodes
         self.store = store
+        self.nic_gso = nic_gso
         self.data: dict = {}
         self.built = False
         self.phases: list[tuple[str, float]] = []
@@ -73,7 +74,8 @@ class BenchLab:
         self.phases = []
         builder = LabBuilder(
             topo.default_topology(self.nodes, pods_per_node),
-            LabOptions(self.name, self.fabric, self.store, timeout=60),
+            LabOptions(self.name, self.fabric, self.store, timeout=60,
+                       **({"nic_gso": self.nic_gso} if self.nic_gso else {})),
             lambda step: self.phases.append((step, time.monotonic() - start)),
         )
         self.built = True  # from here on, teardown must run even if build() raises
@@ -194,7 +196,7 @@ def bench(args: argparse.Namespace) -> dict:
 
     sandbox = Sandbox(PREFIX)
     iperf = Iperf()
-    labs = {fabric: BenchLab(fabric) for fabric in args.fabric}
+    labs = {fabric: BenchLab(fabric, nic_gso=args.nic_gso) for fabric in args.fabric}
     problems: list[str] = []
     outcome: dict = {}
     try:
@@ -207,6 +209,18 @@ def bench(args: argparse.Namespace) -> dict:
         paths = {
             "veth": {"client": a, "server": b, "server_ip": BASE_B, "mtu": path_mtu(a, "veth0")}
         }
+        if args.big_veth:
+            # For information: the same pair with the lab NICs' BIG TCP limits, i.e. what
+            # the fabric's own overhead is measured against when pods send big packets.
+            from podnet.lab.cluster import NIC_GSO, set_nic_gso
+
+            c, d = sandbox.netns("c"), sandbox.netns("d")
+            ip("-n", c, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", d)
+            for ns, addr in ((c, BASE_A), (d, BASE_B)):
+                set_nic_gso(ns, "veth0", args.nic_gso or NIC_GSO)
+                ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "veth0")
+                ip("-n", ns, "link", "set", "veth0", "up")
+            paths["veth-big"] = {"client": c, "server": d, "server_ip": BASE_B, "mtu": path_mtu(c, "veth0")}
         for fabric, lab in labs.items():
             t0 = time.monotonic()
             lab.up()
@@ -266,6 +280,11 @@ def bench(args: argparse.Namespace) -> dict:
             for key in paths
             if key != "veth"
         }
+        if "veth-big" in outcome["paths"]:
+            big = outcome["paths"]["veth-big"]["median_gbps"]
+            outcome["ratios_big_veth"] = {
+                key: round(outcome["paths"][key]["median_gbps"] / big, 3) for key in paths if key != "veth-big"
+            }
     finally:
         # A second Ctrl-C must not skip teardown.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -294,6 +313,7 @@ def close_sandbox(sandbox) -> list[str]:
 # --------------------------------------------------------------------------------------
 LABELS = {
     "veth": "veth pair (baseline)",
+    "veth-big": "veth pair, BIG TCP limits (info)",
     "vxlan": "pod -> pod, vxlan",
     "host-gw": "pod -> pod, host-gw",
     "underlay": "node -> node, lab underlay (info)",
@@ -309,7 +329,11 @@ def render(outcome: dict) -> None:
         title=f"cross-node TCP throughput, iperf3 1 stream, {outcome['seconds']} s x "
         f"{outcome['repeat']} ({outcome['machine']['cpus']} CPUs, load {outcome['loadavg_1m']['before']})"
     )
-    for col in ("path", "MTU", "Gbit/s (median)", "runs", "retr", "vs veth", "target"):
+    big = outcome.get("ratios_big_veth")
+    columns = ["path", "MTU", "Gbit/s (median)", "runs", "retr", "vs veth", "target"]
+    if big:
+        columns.append("vs BIG TCP veth (info)")
+    for col in columns:
         table.add_column(col, justify="left" if col == "path" else "right")
     for key, p in outcome["paths"].items():
         ratio = outcome["ratios"].get(key)
@@ -328,6 +352,7 @@ def render(outcome: dict) -> None:
             " ".join(str(r) for r in p["retransmits"]),
             shown,
             f">= {target}x" if target else "",
+            *([f"{big[key]:.2f}x" if key in big else "1.00x"] if big else []),
         )
     con.print(table)
     clean = outcome["cleanup"]
@@ -354,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-underlay", dest="underlay", action="store_false", help="skip the node -> node row"
     )
+    parser.add_argument("--nic-gso", type=int, default=0, metavar="BYTES",
+                        help="the labs' NIC GSO limit (default: podnet lab's, BIG TCP; 65536 = none)")
+    parser.add_argument("--no-big-veth", dest="big_veth", action="store_false",
+                        help="skip the veth pair with BIG TCP limits (info row)")
     parser.add_argument("--json", action="store_true", help="print machine-readable results only")
     args = parser.parse_args(argv)
     args.fabric = args.fabric or list(TARGETS)

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from podnet.kernel.gso import GsoLimits
+from podnet.kernel.gso import read as read_gso
+from podnet.kernel.rtnl import RtnlSocket
 from podnet.lab.sandbox import Sandbox, wait_for_path
 from podnet.runtime.libcni import PluginResult, invoke
 
@@ -173,3 +176,17 @@ def start_echo(sandbox: Sandbox, ns: str, port: int, label: str, bind: str = "0.
     line = proc.stdout.readline().decode()
     assert "ready" in line, line
     return proc
+
+
+def gso_of(ns: str, ifname: str) -> GsoLimits:
+    """The GSO limits of `ifname` in namespace `ns`, read with podnet's own netlink."""
+    fd = os.open(Sandbox.path(ns), os.O_RDONLY)
+    try:
+        with RtnlSocket(fd) as sock:
+            index = sock.link_index(ifname)
+            assert index is not None, f"{ifname} missing in {ns}"
+            found = read_gso(sock, index)
+            assert found is not None
+            return found[0]
+    finally:
+        os.close(fd)

@@ -9,6 +9,7 @@ import time
 
 from podnet.cli_output import add_output_option, emit_object, fail
 from podnet.errors import PodnetError
+from podnet.kernel.gso import BIG_TCP as NIC_GSO
 
 DEFAULT_LAB = os.environ.get("PODNET_LAB", "lab")
 
@@ -29,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each daemon (default 30)")
     up.add_argument("--lease-ttl", type=float, default=None,
                     help="the agents' node lease TTL in seconds (default 10): a dead node is reclaimed after it")
+    up.add_argument("--nic-gso", type=int, default=NIC_GSO, metavar="BYTES",
+                    help=f"GSO/GRO limit of the lab's underlay NICs (default {NIC_GSO}, BIG TCP; "
+                         "65536 = a NIC without BIG TCP); pods get what their node's uplink takes")
     up.set_defaults(func=_cmd_up)
 
     status = lab_sub.add_parser("status", help="nodes, agents and pods of a running lab")
@@ -74,7 +78,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
     def progress(step: str) -> None:
         console.print(f"[green]✓[/] {step} [dim]({time.monotonic() - start:.1f}s)[/]")
 
+    if not 65536 <= args.nic_gso <= 524280:
+        fail("--nic-gso must be between 65536 and 524280 bytes")
     builder = LabBuilder(topology, LabOptions(args.name, args.fabric, args.store, timeout=args.timeout,
+                                            nic_gso=args.nic_gso,
                                             **({"lease_ttl": args.lease_ttl} if args.lease_ttl else {})), progress)
     if builder.simulate:
         console.print("[yellow]! PODNET_LAB_SIMULATE_NODES: the lab hands out blocks itself "

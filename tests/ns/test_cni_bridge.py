@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
+import sys
 
 import pytest
 
-from cniharness import links, nft_rules, reservations, start_echo, tcp_probe
+from cniharness import gso_of, links, nft_rules, reservations, start_echo, tcp_probe
 
 pytestmark = pytest.mark.root
 
@@ -140,6 +142,54 @@ def test_mtu_is_detected_from_the_uplink(cni, sandbox, host_ns):
     c2 = sandbox.netns("c2")
     cni.add(c2, "c2", config={**cni.config, "mtu": 1300})  # an explicit mtu wins
     assert json.loads(cni.in_ns(c2, "ip", "-j", "link", "show", "eth0").stdout)[0]["mtu"] == 1300
+
+
+BULK_SINK = (  # counts the bytes of one connection and sends the count back
+    "import socket,sys\n"
+    "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+    "s.bind(('0.0.0.0',int(sys.argv[1]))); s.listen(1); print('ready',flush=True)\n"
+    "c,_=s.accept(); n=0\n"
+    "while True:\n"
+    "    d=c.recv(1<<20)\n"
+    "    if d==b'DONE' or d.endswith(b'DONE'): n+=len(d)-4; break\n"
+    "    n+=len(d)\n"
+    "c.sendall(str(n).encode()); c.close()\n"
+)
+BULK_SEND = (
+    "import socket,sys\n"
+    "c=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=10); left=int(sys.argv[3])\n"
+    "chunk=b'x'*(1<<20)\n"
+    "while left>0:\n"
+    "    c.sendall(chunk[:left]); left-=len(chunk)\n"
+    "c.sendall(b'DONE'); print(c.recv(100).decode())\n"
+)
+
+
+def test_gso_limits_follow_the_uplink(cni, sandbox, host_ns):
+    """BIG TCP: with a 192 KiB uplink the bridge and both veth ends get 192 KiB (v4 and
+    v6); an explicit gsoMaxSize wins; big packets really flow between two pods."""
+    from podnet.kernel.gso import LEGACY, GsoLimits
+    from podnet.lab.cluster import NIC_GSO, set_nic_gso
+
+    sandbox.exec(host_ns, ["ip", "link", "add", "pntup0", "type", "veth", "peer", "name", "pntup1"])
+    set_nic_gso(host_ns, "pntup0", NIC_GSO)
+    sandbox.exec(host_ns, ["ip", "addr", "add", "192.0.2.1/24", "dev", "pntup0"])
+    sandbox.exec(host_ns, ["ip", "link", "set", "pntup0", "up"])
+    sandbox.exec(host_ns, ["ip", "route", "add", "default", "via", "192.0.2.254", "dev", "pntup0"])
+    c1, c2 = sandbox.netns("c1"), sandbox.netns("c2")
+    r1, r2 = cni.add(c1, "c1"), cni.add(c2, "c2")
+    big = GsoLimits(NIC_GSO, NIC_GSO)
+    assert gso_of(c1, "eth0") == big and gso_of(c2, "eth0") == big
+    assert gso_of(host_ns, "pntbr0") == big
+    assert gso_of(host_ns, r1["interfaces"][1]["name"]) == big
+    ip2 = r2["ips"][0]["address"].split("/")[0]
+    sink = sandbox.spawn(c2, [sys.executable, "-c", BULK_SINK, "7002"], stdout=subprocess.PIPE)
+    assert sink.stdout is not None and b"ready" in sink.stdout.readline()
+    sent = sandbox.exec(c1, [sys.executable, "-c", BULK_SEND, ip2, "7002", str(64 << 20)])
+    assert sent.stdout.strip() == str(64 << 20)  # 64 MiB in big GSO packets, all arrived
+    c3 = sandbox.netns("c3")
+    cni.add(c3, "c3", config={**cni.config, "gsoMaxSize": LEGACY})  # explicit wins
+    assert gso_of(c3, "eth0") == GsoLimits(LEGACY, LEGACY)
 
 
 def test_dual_stack(cni, sandbox):

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from cniharness import REFERENCE_DIR
+from cniharness import REFERENCE_DIR, gso_of
 from podnet.agent.client import call
+from podnet.kernel.gso import LEGACY, GsoLimits
+from podnet.lab.cluster import NIC_GSO, set_nic_gso
 from podnet.lab.sandbox import Sandbox, wait_for_path
 from podnet.runtime.libcni import Conflist
 from podnet.store import open_store
@@ -75,6 +77,7 @@ class Cluster:
     store: str
     fabric: str
     ttl: float
+    nic_gso: int = 0  # the underlay "NICs'" GSO limit (0: the kernel's 64 KiB)
     nodes: list[Node] = field(default_factory=list)
 
     def add_node(self, i: int, tmp: Path) -> Node:
@@ -87,6 +90,9 @@ class Cluster:
         subprocess.run(["ip", "-n", fab, "link", "set", peer, "master", "br0", "up"], check=True)
         subprocess.run(["ip", "-n", ns, "addr", "add", f"172.31.0.{i}/24", "dev", "eth0"], check=True)
         subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
+        if self.nic_gso:
+            set_nic_gso(ns, "eth0", self.nic_gso)
+            set_nic_gso(fab, peer, self.nic_gso)
         node = Node(f"n{i}", ns, tmp / f"n{i}", f"/run/podnet/t-{secrets.token_hex(3)}-n{i}.sock")
         box.on_close(Path(node.socket).unlink)  # a killed agent leaves its socket behind
         self.nodes.append(node)
@@ -128,11 +134,12 @@ def eventually(check, timeout: float = 8.0, interval: float = 0.1):
         time.sleep(interval)
 
 
-def make_cluster(sandbox: Sandbox, cni_bin: str, tmp_path: Path, fabric: str, n: int, ttl: float) -> Cluster:
+def make_cluster(sandbox: Sandbox, cni_bin: str, tmp_path: Path, fabric: str, n: int, ttl: float,
+                 nic_gso: int = 0) -> Cluster:
     fab = sandbox.netns("fab")
     subprocess.run(["ip", "-n", fab, "link", "add", "br0", "type", "bridge"], check=True)
     subprocess.run(["ip", "-n", fab, "link", "set", "br0", "up"], check=True)
-    cluster = Cluster(sandbox, cni_bin, str(tmp_path / "cluster.db"), fabric, ttl)
+    cluster = Cluster(sandbox, cni_bin, str(tmp_path / "cluster.db"), fabric, ttl, nic_gso)
     nodes = [cluster.add_node(i, tmp_path) for i in range(1, n + 1)]
     for node in nodes:
         cluster.start(node)
@@ -142,8 +149,13 @@ def make_cluster(sandbox: Sandbox, cni_bin: str, tmp_path: Path, fabric: str, n:
 
 
 def test_vxlan_cluster(sandbox, cni_bin, tmp_path):
-    c = make_cluster(sandbox, cni_bin, tmp_path, "vxlan", 3, ttl=3.0)
+    c = make_cluster(sandbox, cni_bin, tmp_path, "vxlan", 3, ttl=3.0, nic_gso=NIC_GSO)
     n1, n2, n3 = c.nodes
+    # BIG TCP NICs, but no big packets into the tunnel: pnvx0, the bridge and the pods
+    # stay at 64 KiB (a bigger pod packet would be segmented in software at pnvx0)
+    assert json.loads(n1.conflist.read_text())["plugins"][0]["gsoMaxSize"] == LEGACY
+    for ns, ifname in ((n1.ns, "pnvx0"), (n1.ns, "pncl0"), (n1.pod_ns, "eth0")):
+        assert gso_of(ns, ifname) == GsoLimits(LEGACY, LEGACY), (ns, ifname)
     blocks = {c.status(n)["block"] for n in c.nodes}
     assert len(blocks) == 3
     # every node sees both peers, one route each
@@ -186,9 +198,13 @@ def test_vxlan_cluster(sandbox, cni_bin, tmp_path):
 
 
 def test_hostgw_cluster_and_lease_expiry(sandbox, cni_bin, tmp_path):
-    c = make_cluster(sandbox, cni_bin, tmp_path, "host-gw", 2, ttl=1.5)
+    c = make_cluster(sandbox, cni_bin, tmp_path, "host-gw", 2, ttl=1.5, nic_gso=NIC_GSO)
     n1, n2 = c.nodes
     assert c.status(n1)["mtu"] == 1500
+    # BIG TCP: the pods, their veths and the bridge take what the node's NIC takes
+    assert json.loads(n1.conflist.read_text())["plugins"][0]["gsoMaxSize"] == NIC_GSO
+    for ns, ifname in ((n1.ns, "pncl0"), (n1.pod_ns, "eth0"), (n2.pod_ns, "eth0")):
+        assert gso_of(ns, ifname) == GsoLimits(NIC_GSO, NIC_GSO), (ns, ifname)
     b2 = c.status(n2)["block"]
     assert eventually(lambda: f"{b2} via 172.31.0.2 dev eth0" in c.routes(n1)), c.routes(n1)
     assert eventually(lambda: c.probe(n1, n2)) == f"hello from n2 client {n1.pod_ip}"

@@ -62,11 +62,21 @@ def test_valid_attachments():
         {"bridge": "this-name-is-far-too-long"},
         {"master": "eth1", "mode": "macvlan", "macvlanMode": "weird"},
         {"ipam": {"dataDir": "/x"}},
+        {"gsoMaxSize": 1500},
+        {"gsoMaxSize": 600000},
+        {"gsoMaxSize": "196608"},
+        {"gsoMaxSize": True},
     ],
 )
 def test_invalid_config(bad):
     with pytest.raises(InvalidConfig):
         parse_conf({**BASE, **bad})
+
+
+def test_gso_max_size_is_optional_and_explicit():
+    assert parse_conf(BASE).gso_max_size is None  # detected from the uplink
+    assert parse_conf({**BASE, "gsoMaxSize": 0}).gso_max_size is None
+    assert parse_conf({**BASE, "gsoMaxSize": 196608}).gso_max_size == 196608
 
 
 def test_store_path_rule():

@@ -6,7 +6,7 @@ import ipaddress
 
 from podnet.agent.node_service import render_conflist
 from podnet.cluster.leases import NodeLease
-from podnet.cni.config import store_path_for
+from podnet.cni.config import parse_conf, store_path_for
 from podnet.fabric import FABRICS
 from podnet.fabric.base import FabricContext, FdbSpec, NeighSpec, RouteSpec
 from podnet.fabric.vxlan import vtep_mac
@@ -80,3 +80,15 @@ def test_cluster_conflist_shape():
     from podnet.networks.conflist import validate
 
     validate(doc)
+    assert "gsoMaxSize" not in plugin
+    big = render_conflist("10.244.3.0/24", "10.244.0.0/16", 1500, "/run/podnet/n1.sock", url, 196608)
+    plugin = {**big["plugins"][0], "cniVersion": "1.0.0", "name": "cluster"}
+    assert plugin["gsoMaxSize"] == 196608 and parse_conf(plugin).gso_max_size == 196608
+
+
+def test_vxlan_caps_gso_at_the_legacy_limit():
+    """BIG TCP does not go through the tunnel (fabric/vxlan.py); host-gw has no cap."""
+    from podnet.fabric import FABRICS
+    from podnet.kernel.gso import LEGACY
+
+    assert FABRICS["vxlan"]().gso_cap == LEGACY and FABRICS["host-gw"]().gso_cap is None

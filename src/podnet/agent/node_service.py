@@ -50,11 +50,14 @@ WATCH_TIMEOUT = 1.0
 MAX_BACKOFF = 10.0
 
 
-def render_conflist(block: str, cluster_cidr: str, mtu: int, agent_socket: str, store: str) -> dict[str, Any]:
+def render_conflist(block: str, cluster_cidr: str, mtu: int, agent_socket: str, store: str,
+                    gso_max_size: int | None = None) -> dict[str, Any]:
     """The pod network's conflist (pure): masquerade only toward outside the cluster.
     `ipam.store` names the shared cluster store (the agent's --store, verbatim), so the
-    node's endpoint records and reservations live where peers can reclaim them."""
-    return {
+    node's endpoint records and reservations live where peers can reclaim them.
+    `gso_max_size`: the pods' GSO limit, from the underlay and the fabric (kernel/gso.py);
+    the node knows its underlay, a default route may not point there."""
+    doc: dict[str, Any] = {
         "cniVersion": "1.0.0",
         "name": CLUSTER_NETWORK,
         "plugins": [
@@ -76,6 +79,9 @@ def render_conflist(block: str, cluster_cidr: str, mtu: int, agent_socket: str, 
             }
         ],
     }
+    if gso_max_size:
+        doc["plugins"][0]["gsoMaxSize"] = gso_max_size
+    return doc
 
 
 class NodeService:
@@ -175,6 +181,16 @@ class NodeService:
             return address, int(ipr.get_links(found[0])[0].get("IFLA_MTU"))
         raise PodnetError(f"underlay interface {opts.underlay} has no IPv4 address")
 
+    def _pod_gso(self, ipr: IPRoute) -> int:
+        """What pods may send: the underlay's GSO limit, at most the fabric's cap."""
+        from podnet.kernel import gso, rtnl
+
+        assert self.options is not None and self.fabric is not None
+        found = ipr.link_lookup(ifname=self.options.underlay)
+        with rtnl.RtnlSocket() as sock:  # this thread is in the node's namespace
+            limits = gso.limits_of(sock, found[0] if found else None)
+        return min(limits.ipv4, limits.ipv6, self.fabric.gso_cap or limits.ipv4)
+
     def _join(self) -> None:
         from podnet.fabric import FABRICS
 
@@ -245,7 +261,8 @@ class NodeService:
                 ipr.addr("del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
         links.ensure_address(ipr, index, gateway)
         self._write_conflist(render_conflist(str(block), self.options.cluster_cidr, mtu,
-                                             self.agent.socket_path, self.agent.store_path))
+                                             self.agent.socket_path, self.agent.store_path,
+                                             self._pod_gso(ipr)))
 
     def _write_conflist(self, doc: dict[str, Any]) -> None:
         path = self.agent.state.net_d / CONFLIST

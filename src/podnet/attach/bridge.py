@@ -20,9 +20,11 @@ from pyroute2 import IPRoute
 from podnet.attach.base import AttachContext, Attached
 from podnet.errors import KernelError, UnknownContainer
 from podnet.kernel import links, netns
+from podnet.kernel.gso import DEFAULT as DEFAULT_GSO
+from podnet.kernel.gso import GsoLimits
 from podnet.naming import host_veth_name
 
-RECHECK_SECONDS = 5.0  # how long a bridge's readiness (and the uplink MTU) is trusted
+RECHECK_SECONDS = 5.0  # how long a bridge's readiness (and the uplink MTU/GSO) is trusted
 
 
 @dataclass
@@ -30,6 +32,8 @@ class BridgeState:
     index: int
     mac: str
     uplink_mtu: int
+    gso: GsoLimits = DEFAULT_GSO  # the uplink's, given to the bridge and every pod veth
+    bridge_gso: GsoLimits = DEFAULT_GSO  # what the bridge has (capped by its ports' TSO)
     gateways: set[str] = field(default_factory=set)
     checked: float = 0.0
 
@@ -67,7 +71,9 @@ def prepare_bridge(ipr: IPRoute, ctx: AttachContext, force: bool = False) -> Bri
     now = time.monotonic()
     with _states_lock:
         state = _states.get(key)
-    if state and not force and now - state.checked < RECHECK_SECONDS and wanted <= state.gateways:
+    explicit = GsoLimits(conf.gso_max_size, conf.gso_max_size) if conf.gso_max_size else None
+    if (state and not force and now - state.checked < RECHECK_SECONDS and wanted <= state.gateways
+            and explicit in (None, state.gso)):
         return state
     index = links.ensure_bridge(ipr, conf.bridge, conf.mtu)
     for gw in wanted:
@@ -79,10 +85,16 @@ def prepare_bridge(ipr: IPRoute, ctx: AttachContext, force: bool = False) -> Bri
             if any(ip.version == 6 for ip in ctx.ips):
                 _write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
     known = state.gateways if state and state.index == index else set()
+    # The bridge is the egress device towards this node's pods: it must take what the
+    # uplink delivers (kernel/gso.py), and so must each pod's veth (see _create_pair).
+    # explicit gsoMaxSize wins, like mtu (a cluster node writes its underlay's)
+    limits = explicit or links.uplink_gso(ipr, ctx.host_fd)
     state = BridgeState(
         index=index,
         mac=str(links.link_attr(ipr, index, "IFLA_ADDRESS")),
         uplink_mtu=links.uplink_mtu(ipr),
+        gso=limits,
+        bridge_gso=links.ensure_gso(ctx.host_fd, index, limits),
         gateways=known | wanted,
         checked=now,
     )
@@ -129,8 +141,12 @@ class BridgeAttacher:
             try:
                 links.create_veth(
                     ctx.host_fd, host_name, ctx.ifname, ctx.container_fd, mtu, state.index,
-                    host_mac, peer_mac, ctx.conf.hairpin_mode,
+                    host_mac, peer_mac, ctx.conf.hairpin_mode, state.gso,
                 )
+                if state.bridge_gso != state.gso:
+                    # A bridge without ports caps its TSO (so its GSO) at 64 KiB; with
+                    # this big-TCP port it can take the uplink's limits now.
+                    state.bridge_gso = links.ensure_gso(ctx.host_fd, state.index, state.gso)
                 return state
             except links.StaleMaster:
                 if attempt == 2:

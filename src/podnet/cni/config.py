@@ -2,7 +2,7 @@
 
 Field names follow the reference plugins (bridge: bridge, isGateway, isDefaultGateway,
 ipMasq, mtu, hairpinMode; macvlan: master, mode, mtu) so an existing conflist only needs
-its `type` changed. Standard library only.
+its `type` changed; podnet adds `gsoMaxSize` (kernel/gso.py). Standard library only.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class PodnetConf:
     ip_masq: bool = False
     ip_masq_exclude: tuple[str, ...] = ()  # destinations never masqueraded (the cluster CIDR)
     mtu: int | None = None
+    gso_max_size: int | None = None  # instead of the GSO limit detected from the uplink
     hairpin_mode: bool = False
     master: str | None = None
     macvlan_mode: str = "bridge"
@@ -80,6 +81,16 @@ def _mtu(raw: Mapping) -> int | None:
     if not isinstance(mtu, int) or isinstance(mtu, bool) or not 68 <= mtu <= 65535:
         raise InvalidConfig(f"'mtu' must be an integer between 68 and 65535, got {mtu!r}")
     return mtu
+
+
+def _gso_max_size(raw: Mapping) -> int | None:
+    """podnet's `gsoMaxSize`: the pods' GSO/GRO limit instead of the uplink's (kernel/gso.py)."""
+    size = raw.get("gsoMaxSize")
+    if size is None or size == 0:
+        return None
+    if not isinstance(size, int) or isinstance(size, bool) or not 65536 <= size <= 524280:
+        raise InvalidConfig(f"'gsoMaxSize' must be an integer between 65536 and 524280, got {size!r}")
+    return size
 
 
 def _cidrs(raw: Mapping, key: str) -> tuple[str, ...]:
@@ -161,6 +172,7 @@ def parse_conf(raw: Mapping) -> PodnetConf:
         ip_masq=_bool(raw, "ipMasq", False),
         ip_masq_exclude=_cidrs(raw, "ipMasqExclude"),
         mtu=_mtu(raw),
+        gso_max_size=_gso_max_size(raw),
         # Hairpin (a container reaching itself through a DNAT) matters with published
         # ports; unless the config says otherwise, it costs a netlink call only then.
         hairpin_mode=_bool(raw, "hairpinMode", bool(port_mappings)),

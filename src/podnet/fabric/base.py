@@ -90,6 +90,7 @@ class RouteNetwork:
 
     name = "base"
     device: str | None = None  # the fabric's own device (neigh/FDB live there), if any
+    gso_cap: int | None = None  # pods' GSO limit at most this (None: the underlay's, kernel/gso.py)
 
     def mtu(self, underlay_mtu: int) -> int:
         """The pods' MTU over this fabric."""

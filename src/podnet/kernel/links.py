@@ -18,7 +18,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from podnet.errors import KernelError
-from podnet.kernel import netns, rtnl
+from podnet.kernel import gso, netns, rtnl
 
 IFA_F_NODAD = 0x02
 
@@ -131,12 +131,13 @@ def create_veth(
     host_mac: str,
     peer_mac: str,
     hairpin: bool,
+    limits: gso.GsoLimits = gso.DEFAULT,
 ) -> None:
     """A veth pair in one request (see kernel/rtnl.py): the host end enslaved to
     `master` and up, the peer created directly in the container's namespace under its
     final name; then hairpin mode if asked."""
     with rtnl.RtnlSocket(host_netns_fd) as sock:
-        code = sock.create_veth(host, peer, peer_netns_fd, mtu, master, host_mac, peer_mac)
+        code = sock.create_veth(host, peer, peer_netns_fd, mtu, master, host_mac, peer_mac, limits.link_attrs())
         if code == errno.EEXIST:
             raise LinkExists(f"{host} or {peer} already exists")
         if code in (errno.ENODEV, errno.EINVAL):
@@ -187,15 +188,32 @@ def delete_link(ipr: IPRoute, name: str) -> bool:
     return True
 
 
-def uplink_mtu(ipr: IPRoute) -> int:
-    """MTU of the interface that carries the default route (v4, then v6); 1500 if none.
-    Detecting it avoids the classic overlay bug: pods bigger than their path."""
+def uplink_index(ipr: IPRoute) -> int | None:
+    """The interface that carries the default route (v4, then v6), if any."""
     for family in (2, 10):
         for route in ipr.get_default_routes(family=family):
             oif = route.get("RTA_OIF")
             if oif:
-                return int(link_attr(ipr, oif, "IFLA_MTU"))
-    return 1500
+                return int(oif)
+    return None
+
+
+def uplink_mtu(ipr: IPRoute) -> int:
+    """MTU of the uplink (see uplink_index); 1500 if none.
+    Detecting it avoids the classic overlay bug: pods bigger than their path."""
+    oif = uplink_index(ipr)
+    return int(link_attr(ipr, oif, "IFLA_MTU")) if oif else 1500
+
+
+def uplink_gso(ipr: IPRoute, netns_fd: int | None) -> gso.GsoLimits:
+    """GSO limits of the uplink (see kernel/gso.py): what pods on this node may send."""
+    with rtnl.RtnlSocket(netns_fd) as sock:
+        return gso.limits_of(sock, uplink_index(ipr))
+
+
+def ensure_gso(netns_fd: int | None, index: int, wanted: gso.GsoLimits) -> gso.GsoLimits:
+    with rtnl.RtnlSocket(netns_fd) as sock:
+        return gso.ensure(sock, index, wanted)
 
 
 def configure_container_iface(

@@ -44,7 +44,7 @@ _ATTR = struct.Struct("=HH")
 IPAddr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
+def attr(kind: int, payload: bytes) -> bytes:
     data = _ATTR.pack(_ATTR.size + len(payload), kind) + payload
     return data + b"\0" * (-len(data) % 4)
 
@@ -53,7 +53,7 @@ def _mac(text: str) -> bytes:
     return bytes(int(part, 16) for part in text.split(":"))
 
 
-def _u32(value: int) -> bytes:
+def u32(value: int) -> bytes:
     return struct.pack("=I", value)
 
 
@@ -64,9 +64,13 @@ def _family(version: int) -> int:
 class RtnlSocket:
     """A NETLINK_ROUTE socket bound to one namespace (chosen when it is opened)."""
 
-    def __init__(self, netns_fd: int) -> None:
-        with netns.entered(netns_fd):
+    def __init__(self, netns_fd: int | None = None) -> None:
+        """`netns_fd` None: the calling thread's namespace."""
+        if netns_fd is None:
             self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        else:
+            with netns.entered(netns_fd):
+                self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
         self.sock.bind((0, 0))
         self.seq = 0
 
@@ -123,34 +127,36 @@ class RtnlSocket:
         master: int,
         host_mac: str,
         peer_mac: str,
+        extra: bytes = b"",
     ) -> int:
         """One RTM_NEWLINK: host end enslaved to `master` and up, the peer born in the
-        container namespace under its final name. Returns the kernel's errno."""
-        peer_info = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-        peer_info += _attr(IFLA_IFNAME, peer.encode() + b"\0") + _attr(IFLA_MTU, _u32(mtu))
-        peer_info += _attr(IFLA_ADDRESS, _mac(peer_mac)) + _attr(IFLA_NET_NS_FD, _u32(peer_netns_fd))
-        info = _attr(IFLA_INFO_KIND, b"veth") + _attr(
-            IFLA_INFO_DATA | NLA_F_NESTED, _attr(VETH_INFO_PEER | NLA_F_NESTED, peer_info)
+        container namespace under its final name; `extra` (packed attributes, e.g. GSO
+        limits) goes to both ends. Returns the kernel's errno."""
+        peer_info = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + extra
+        peer_info += attr(IFLA_IFNAME, peer.encode() + b"\0") + attr(IFLA_MTU, u32(mtu))
+        peer_info += attr(IFLA_ADDRESS, _mac(peer_mac)) + attr(IFLA_NET_NS_FD, u32(peer_netns_fd))
+        info = attr(IFLA_INFO_KIND, b"veth") + attr(
+            IFLA_INFO_DATA | NLA_F_NESTED, attr(VETH_INFO_PEER | NLA_F_NESTED, peer_info)
         )
         body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP)
-        body += _attr(IFLA_IFNAME, host.encode() + b"\0") + _attr(IFLA_MTU, _u32(mtu))
-        body += _attr(IFLA_ADDRESS, _mac(host_mac)) + _attr(IFLA_MASTER, _u32(master))
-        body += _attr(IFLA_LINKINFO | NLA_F_NESTED, info)
+        body += attr(IFLA_IFNAME, host.encode() + b"\0") + attr(IFLA_MTU, u32(mtu))
+        body += attr(IFLA_ADDRESS, _mac(host_mac)) + attr(IFLA_MASTER, u32(master)) + extra
+        body += attr(IFLA_LINKINFO | NLA_F_NESTED, info)
         return self._call(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
 
     def set_hairpin(self, name: str) -> None:
         """Hairpin mode on a bridge port, selected by name (bridge slave data)."""
-        info = _attr(IFLA_INFO_SLAVE_KIND, b"bridge") + _attr(
-            IFLA_INFO_SLAVE_DATA | NLA_F_NESTED, _attr(IFLA_BRPORT_MODE, b"\x01")
+        info = attr(IFLA_INFO_SLAVE_KIND, b"bridge") + attr(
+            IFLA_INFO_SLAVE_DATA | NLA_F_NESTED, attr(IFLA_BRPORT_MODE, b"\x01")
         )
         body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)
-        body += _attr(IFLA_IFNAME, name.encode() + b"\0") + _attr(IFLA_LINKINFO | NLA_F_NESTED, info)
+        body += attr(IFLA_IFNAME, name.encode() + b"\0") + attr(IFLA_LINKINFO | NLA_F_NESTED, info)
         code = self._call(RTM_NEWLINK, 0, body)
         if code:
             raise KernelError(f"cannot set hairpin mode on {name}: {os.strerror(code)}")
 
     def link_index(self, name: str) -> int | None:
-        body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + _attr(IFLA_IFNAME, name.encode() + b"\0")
+        body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr(IFLA_IFNAME, name.encode() + b"\0")
         seq, msg = self._message(RTM_GETLINK, 0, body)
         self.sock.send(msg)
         code, payload = self._replies({seq: name})[seq]
@@ -160,6 +166,29 @@ class RtnlSocket:
             raise KernelError(f"cannot look up {name}: {os.strerror(code)}")
         _family_, _type, index, _flags, _change = _IFINFO.unpack_from(payload)
         return index
+
+    def link_attrs(self, index: int) -> dict[int, bytes] | None:
+        """The top-level IFLA_* attributes of link `index` (raw payloads); None if gone."""
+        seq, msg = self._message(RTM_GETLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0))
+        self.sock.send(msg)
+        code, payload = self._replies({seq: ""})[seq]
+        if code in (errno.ENODEV, errno.ENOENT):
+            return None
+        if code:
+            raise KernelError(f"cannot look up link {index}: {os.strerror(code)}")
+        attrs: dict[int, bytes] = {}
+        offset = _IFINFO.size
+        while offset + _ATTR.size <= len(payload):
+            length, kind = _ATTR.unpack_from(payload, offset)
+            if length < _ATTR.size:
+                break
+            attrs[kind & ~NLA_F_NESTED] = payload[offset + _ATTR.size : offset + length]
+            offset += (length + 3) & ~3
+        return attrs
+
+    def set_link_attrs(self, index: int, attrs: bytes) -> int:
+        """RTM_NEWLINK on an existing link with packed `attrs`; returns the errno."""
+        return self._call(RTM_NEWLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0) + attrs)
 
     def configure(
         self,
@@ -174,7 +203,7 @@ class RtnlSocket:
         for addr in addresses:
             raw = addr.ip.packed
             body = _IFADDR.pack(_family(addr.version), addr.network.prefixlen, 0, RT_SCOPE_UNIVERSE, index)
-            body += _attr(IFA_LOCAL, raw) + _attr(IFA_ADDRESS, raw) + _attr(IFA_FLAGS, struct.pack("=I", IFA_F_NODAD))
+            body += attr(IFA_LOCAL, raw) + attr(IFA_ADDRESS, raw) + attr(IFA_FLAGS, struct.pack("=I", IFA_F_NODAD))
             seq, msg = self._message(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body)
             messages.append(msg)
             what[seq] = f"address {addr}"
@@ -186,10 +215,10 @@ class RtnlSocket:
             scope = RT_SCOPE_UNIVERSE if gw else RT_SCOPE_LINK
             body = _RTMSG.pack(_family(net.version), net.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope, RTN_UNICAST, 0)
             if net.prefixlen:
-                body += _attr(RTA_DST, net.network_address.packed)
+                body += attr(RTA_DST, net.network_address.packed)
             if gw:
-                body += _attr(RTA_GATEWAY, ipaddress.ip_address(gw).packed)
-            body += _attr(RTA_OIF, struct.pack("=i", index))
+                body += attr(RTA_GATEWAY, ipaddress.ip_address(gw).packed)
+            body += attr(RTA_OIF, struct.pack("=i", index))
             seq, msg = self._message(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body)
             messages.append(msg)
             what[seq] = f"route {dst} via {gw}"

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from podnet.errors import PodnetError
+from podnet.kernel import gso, rtnl
 from podnet.lab import topology as topo
 from podnet.lab.topology import Pod, Topology
 from podnet.procs import owner_alive
@@ -47,6 +48,7 @@ NETNS_DIR = Path("/run/netns")
 CLUSTER_CONFLIST = "cluster.conflist"
 BLOCK_PREFIX = 24
 LEASE_TTL = 10
+NIC_GSO = gso.BIG_TCP
 ETCD_MEMBERS = 3
 
 
@@ -205,6 +207,7 @@ class LabOptions:
     cluster_cidr: str = topo.CLUSTER_CIDR
     timeout: float = 30.0
     lease_ttl: float = LEASE_TTL  # the agents' --lease-ttl (reliability tests shorten it)
+    nic_gso: int = NIC_GSO  # GSO/GRO limit of the lab's "NICs" (65536: no BIG TCP)
 
 
 Progress = Callable[[str], None]
@@ -275,6 +278,7 @@ class LabBuilder:
             fab = self.st.add_netns(self.ns(f"fab{rack}"))
             ip("-n", fab, "link", "add", "br0", "type", "bridge")
             ip("-n", fab, "link", "set", "br0", "up")
+            set_nic_gso(fab, "br0", self.o.nic_gso)
             # The fabric is a plain switch: its frames have no business in netfilter
             # (br_netfilter is on by default in new namespaces and costs throughput).
             _run([*enter(fab), "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0",
@@ -312,6 +316,8 @@ class LabBuilder:
         ip("-n", fab, "link", "set", fabric_end, "master", "br0", "up")
         ip("-n", ns, "addr", "add", address, "dev", ifname)
         ip("-n", ns, "link", "set", ifname, "up")
+        for where, name in ((fab, fabric_end), (ns, ifname)):
+            set_nic_gso(where, name, self.o.nic_gso)
 
     def route_to_racks(self, ns: str) -> None:
         """From rack 0, the other racks' segments are behind the router."""
@@ -461,6 +467,21 @@ class LabBuilder:
                                 args=f"K8S_POD_NAMESPACE={pod.namespace};K8S_POD_NAME={pod.name}")
         except CniFailure as exc:
             raise LabError(f"attaching pod {pod.key} on {pod.node} failed", str(exc)) from None
+
+
+def set_nic_gso(ns: str, ifname: str, size: int) -> None:
+    """Give a lab underlay link the GSO/GRO limits of a NIC that does BIG TCP, as
+    server NICs (mlx5, ice, bnxt) do: the agents detect it on their uplink and give
+    their pods the same (kernel/gso.py). No ip(8) here knows the IPv4 attributes."""
+    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        with rtnl.RtnlSocket(fd) as sock:
+            index = sock.link_index(ifname)
+            if index is None:
+                raise LabError(f"{ifname} is missing in {ns}")
+            gso.ensure(sock, index, gso.GsoLimits(size, size))
+    finally:
+        os.close(fd)
 
 
 def write_simulated_conflist(path: Path, block: str, socket: str) -> None:
