@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from podnet import cli_connectivity, cli_container, cli_lab, cli_network
+from podnet import cli_connectivity, cli_container, cli_lab, cli_network, cli_policy, cli_probe
 from podnet.cli_output import fail
 from podnet.cni.config import DEFAULT_SOCKET, DEFAULT_STORE
 from podnet.errors import PodnetError
@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_container.register(sub)
     cli_lab.register(sub)
     cli_connectivity.register(sub)
+    cli_probe.register(sub)
+    cli_policy.register(sub)
     return parser
 
 

@@ -430,6 +430,7 @@ class LabBuilder:
             ips = [entry["address"] for entry in result.get("ips", [])]
             self.st.data["pods"][pod.key]["ips"] = ips
         self.st.save()
+        self.register_pods()
         # one echo process per node, serving each of its pods from inside the pod's namespace
         by_node: dict[str, list[Pod]] = {}
         for pod in self.t.pods:
@@ -453,6 +454,18 @@ class LabBuilder:
             self._wait((self.st.labdir / "ready" / f"node-{node}").exists, f"the echo server of {node}'s pods",
                        pid_name=f"echo/{node}")
         self._wait((self.st.labdir / "ready-outside").exists, "the outside echo server", pid_name="echo/outside")
+
+    def register_pods(self) -> None:
+        """Play the orchestrator (lab/orchestrator.py): namespaces and pods, with their
+        labels and named ports, go to the cluster store, from inside the lab."""
+        for pod in self.t.pods:
+            self.st.data["pods"][pod.key]["named_ports"] = [
+                {"name": p.name, "port": p.port, "protocol": p.protocol} for p in pod.ports]
+        self.st.data["namespace_labels"] = {ns.name: dict(ns.labels) for ns in self.t.namespaces}
+        self.st.save()
+        from podnet.lab.orchestrator import in_lab_argv
+
+        _run(in_lab_argv(self.st, [sys.executable, "-m", "podnet.lab.orchestrator", self.o.name]), timeout=60)
 
     def attach(self, pod: Pod) -> dict:
         """CNI ADD of the node's cluster conflist, run inside the node's namespace."""

@@ -79,6 +79,7 @@ class _TCP(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
     address_family = socket.AF_INET6
+    request_queue_size = 128  # a probe matrix opens dozens of connections at once
 
 
 def _dual_stack(server: socketserver.BaseServer) -> None:

@@ -1,0 +1,58 @@
+"""The lab as orchestrator: what Kubernetes' API server would know of the lab's pods.
+
+`register(lab)` writes the topology's namespaces (with labels) and pods (labels, named
+ports, node, addresses) to the lab's cluster store (policy/repository.py), where every
+node's policy service reads them.
+
+Why a module run as a process: an etcd lab store lives on the lab's fabric, reachable
+only from inside the lab. The root namespace must never send to lab addresses, so the
+lab runs `python -m podnet.lab.orchestrator LAB` inside its first node's namespace
+(`in_lab_argv`), and so does any CLI command that needs the store of an etcd lab.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from podnet.lab.cluster import NETNS_DIR, LabError, LabState, enter
+
+
+def in_lab_argv(state: LabState, argv: list[str]) -> list[str]:
+    """`argv` run inside the lab's first node namespace (network only, same mounts)."""
+    nodes = state.data.get("nodes") or {}
+    if not nodes:
+        raise LabError(f"lab {state.name!r} has no nodes yet", "is it up? podnet lab status")
+    first = next(iter(nodes.values()))["netns"]
+    if not (NETNS_DIR / first).exists():
+        raise LabError(f"lab {state.name!r}: namespace {first} is gone", "podnet lab down, then up again")
+    return [*enter(first), *argv]
+
+
+def needs_lab_namespace(url: str) -> bool:
+    """A store only reachable from inside the lab (etcd on the lab fabric)."""
+    return url.startswith("etcd://")
+
+
+def register(name: str) -> int:
+    from podnet.policy.repository import PodRecord, register_pods
+    from podnet.store import open_store
+
+    state = LabState.load(name)
+    pods, namespaces = [], {}
+    for key, pod in state.data.get("pods", {}).items():
+        namespace, _, pod_name = key.partition("/")
+        namespaces.setdefault(namespace, {})
+        ports = tuple({"name": p.get("name", ""), "port": int(p["port"]), "protocol": p["protocol"]}
+                      for p in pod.get("named_ports", []))
+        pods.append(PodRecord(namespace, pod_name, pod.get("node", ""),
+                              tuple(ip.split("/")[0] for ip in pod.get("ips", [])),
+                              dict(pod.get("labels") or {}), ports))
+    for ns in state.data.get("namespace_labels", {}).items():
+        namespaces[ns[0]] = dict(ns[1])
+    with open_store(state.data["store_url"]) as store:
+        register_pods(store, pods, namespaces)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(register(sys.argv[1]))

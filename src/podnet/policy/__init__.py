@@ -1,0 +1,1 @@
+"""Network policy: Kubernetes NetworkPolicy plus podnet's tiered ClusterPolicy (pure core)."""
