@@ -10,17 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from podnet.agent.service_thread import ServiceThread
-from podnet.errors import PodnetError
+from podnet.agent.service_thread import ServiceThread, list_then_watch
 from podnet.kernel import isolation
 from podnet.kernel.nft import Nft, NftPort
 from podnet.networks.model import PREFIX, Network
 from podnet.networks.service import SYNC_OP
-from podnet.store import RevisionCompacted, Store
+from podnet.store import Store
 
 if TYPE_CHECKING:
     from podnet.agent.daemon import Agent
@@ -106,33 +104,5 @@ class IsolationService:
         return result, revision
 
     def _run(self) -> None:
-        """List-then-watch: converge from a snapshot, then watch from its revision."""
-        revision, dirty, last, backoff = 0, True, 0.0, 1.0
-        while not self._stop.is_set():
-            if dirty or time.monotonic() - last >= self.resync_seconds:
-                last = time.monotonic()
-                try:
-                    _result, revision = self._converge()
-                    dirty, backoff = False, 1.0
-                except (PodnetError, OSError, ValueError) as exc:
-                    log.warning("isolation: cannot apply the table: %s", getattr(exc, "msg", exc))
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF)
-                    continue
-            store = self._open()
-            if store is None:  # no store yet: look again later, converge once it appears
-                self._stop.wait(self.watch_timeout)
-                dirty = self._open() is not None
-                continue
-            try:
-                events = store.watch(PREFIX, revision, self.watch_timeout)
-            except RevisionCompacted:
-                dirty = True
-                continue
-            except PodnetError as exc:
-                log.warning("isolation: watching the store failed: %s", exc.msg)
-                dirty = True
-                self._stop.wait(backoff)
-                continue
-            if events:
-                dirty = True
+        list_then_watch(self._stop, PREFIX, self._open, lambda _full: self._converge()[1],
+                        self.resync_seconds, self.watch_timeout, log, MAX_BACKOFF)

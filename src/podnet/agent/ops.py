@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 from podnet.agent.dns_service import dns_service
 from podnet.agent.isolation_service import IsolationService
 from podnet.agent.node_service import NodeService
+from podnet.agent.policy_service import PolicyService
 from podnet.agent.supervisor_service import SupervisorService
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ SERVICES: dict[str, Callable[[Agent], AgentService]] = {
     "dns": dns_service,  # networks/ + containers/ -> a DNS server on each bridge gateway
     "supervisor": SupervisorService,  # parent of detached containers; finishes dead ones
     "node": NodeService,  # --node: lease a block, render cluster.conflist, converge the fabric
+    "policy": PolicyService,  # --node: policy/ in the cluster store -> inet podnet-policy; flows
 }
 
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from podnet.policy.objects import (
@@ -450,6 +450,22 @@ def _peer_matches(world: World, peer: Peer, other: _Side, policy_ns: str | None)
     if peer.nets and (addr is None or not any(addr in n for n in peer.nets)):
         return False
     return not peer.not_nets or (addr is not None and not any(addr in n for n in peer.not_nets))
+
+
+def selects(world: World, cp: ClusterPolicy, ep: Endpoint) -> bool:
+    """Does ClusterPolicy `cp` apply to endpoint `ep` (for the compiler)."""
+    return _selects(world, cp, ep)
+
+
+def peer_selects_endpoint(world: World, peer: Peer, ep: Endpoint, policy_ns: str | None) -> bool:
+    """The selector part of `peer` (pod, namespace, host endpoint selectors; not its
+    address filters) against endpoint `ep`: the compiler's set members. A peer with no
+    selector selects no endpoint through this (its address filters say it all)."""
+    if peer.ip_block is not None or (peer.pod_selector is None and peer.namespace_selector is None
+                                     and peer.host_endpoint_selector is None):
+        return False
+    bare = replace(peer, nets=(), not_nets=())
+    return _peer_matches(world, bare, _Side(ep, None), policy_ns)
 
 
 # --- for people ----------------------------------------------------------------------

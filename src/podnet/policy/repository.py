@@ -26,6 +26,7 @@ from podnet.store.base import Store
 
 PREFIX = "policy/"
 PODS = "policy/pods/"
+SETTINGS = "policy/settings"  # {"logAllowed": bool}: log allowed new flows too
 NAME_LABEL = "kubernetes.io/metadata.name"
 
 # kind -> store prefix; and what a user may type for it in `podnet get KIND`
@@ -202,3 +203,27 @@ def label(store: Store, kind: str, target: str, changes: Sequence[str]) -> Chang
             tx.put(updated.key, _dump(updated.to_dict()))
             return Change(updated.key, "labeled")
     raise PolicyError(f"cannot label a {kind}", "label namespace NAME or pod NS/NAME")
+
+
+def load_world(store: Store) -> tuple[Any, int]:
+    """The policy world (policy/evaluate.py World) from one consistent snapshot, and
+    its revision. Host endpoints of lab nodes without explicit addresses get the
+    node's underlay address from its lease."""
+    from podnet.policy.compile import endpoints_from_pods
+    from podnet.policy.evaluate import Endpoint, World
+    from podnet.policy.objects import HostEndpoint
+
+    with store.transaction():
+        entries, revision = store.list(PREFIX), store.revision()
+        objects, pods = [], []
+        for entry in entries:
+            if entry.key.startswith(PODS):
+                pods.append(json.loads(entry.value))
+            elif entry.key != SETTINGS:
+                objects.append(parse_document(json.loads(entry.value), 0))
+        hosts = []
+        for obj in objects:
+            if isinstance(obj, HostEndpoint) and not obj.ips and obj.node:
+                ip = (store.get_json(f"nodes/{obj.node}") or {}).get("underlay_ip")
+                hosts.append(Endpoint("host", obj.name, None, (ip,) if ip else (), obj.labels, (), obj.node))
+    return World.build(objects, endpoints_from_pods(pods, hosts)), revision

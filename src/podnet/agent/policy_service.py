@@ -1,0 +1,192 @@
+"""The node's policy enforcement: the store's policy objects and pods -> this node's
+`inet podnet-policy` table (policy/compile.py), and the verdicts NFLOG reports back.
+
+- Runs on cluster nodes (`podnet agent --node`): the objects live in the shared
+  cluster store under `policy/` (policy/repository.py), pods are registered there by
+  the orchestrator (the lab), peer nodes' addresses come from their leases.
+- List-then-watch on `policy/`; every change recompiles and applies the *difference*
+  to the table in force (one nft transaction); every RESYNC_SECONDS, and at start, the
+  whole table is applied (repairing a table flushed or deleted by hand).
+- Fail closed: the table lives in the kernel, so the node keeps enforcing while the
+  agent is down or the store is unreachable; a policy set that cannot be built (say, a
+  ClusterPolicy naming a missing tier) keeps the last good table and is reported in
+  `policy.status`. The agent never deletes the table when it stops.
+- Same-node pod traffic is bridged: the service turns bridge-nf-call-iptables (and
+  ip6tables) on in the node's namespace so the forward hook sees it.
+- A reader thread takes NFLOG group LOG_GROUP: each logged packet becomes a flow record
+  naming its rule (the log prefix); `policy.flows` returns them from a cursor.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from podnet.agent.service_thread import ServiceThread, list_then_watch
+from podnet.errors import PodnetError
+from podnet.kernel.nft import Nft, NftPort
+from podnet.store import Store
+
+if TYPE_CHECKING:
+    from podnet.agent.daemon import Agent
+    from podnet.agent.ops import OpHandler
+    from podnet.policy.compile import Compiled
+
+log = logging.getLogger("podnet.agent.policy")
+
+PREFIX = "policy/"
+RESYNC_SECONDS = 30.0
+WATCH_TIMEOUT = 1.0
+MAX_BACKOFF = 10.0
+FLOW_BUFFER = 20000
+VERDICTS = {"A": "allow", "D": "deny", "L": "log", "P": "pass"}
+BRIDGE_NF = ("/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables")
+
+
+def flow_record(seq: int, packet: Any, node: str) -> dict[str, Any]:
+    """A logged packet as `podnet flows` shows it: the prefix's first letter is the
+    verdict, the rest names the rule (policy/compile.py)."""
+    letter, _, rule = packet.prefix.strip().partition(" ")
+    return {"seq": seq, "time": round(packet.time, 3), "node": node,
+            "verdict": VERDICTS.get(letter, letter), "rule": rule, "protocol": packet.protocol,
+            "src": packet.src, "dst": packet.dst, "sport": packet.sport, "dport": packet.dport}
+
+
+class PolicyService:
+    def __init__(self, agent: Agent, nft: NftPort | None = None,
+                 resync_seconds: float = RESYNC_SECONDS) -> None:
+        self.agent = agent
+        self.options = getattr(agent, "node_options", None)
+        self.nft = nft or Nft()
+        self.resync_seconds = resync_seconds
+        self._lock = threading.Lock()
+        self._loop = ServiceThread("podnet-policy", self._run, join_timeout=WATCH_TIMEOUT + 10)
+        self._reader = ServiceThread("podnet-flows", self._read_flows, join_timeout=3)
+        self.applied: Compiled | None = None
+        self.error: str | None = None
+        self.stats: dict[str, Any] = {}
+        self.flows: collections.deque[dict[str, Any]] = collections.deque(maxlen=FLOW_BUFFER)
+        self._seq = 0
+
+    # -- AgentService
+
+    def ops(self) -> dict[str, OpHandler]:
+        return {
+            "policy.status": lambda _m, _f: self.status(),
+            # incremental like a watch event; {"full": true} re-applies the whole table
+            "policy.sync": lambda message, _f: self.converge(full=bool(message.get("full"))),
+            "policy.flows": lambda message, _f: self.recent(int(message.get("since", 0) or 0),
+                                                            int(message.get("limit", 1000) or 1000)),
+        }
+
+    def start(self) -> None:
+        if self.options is not None:
+            self._loop.start()
+            self._reader.start()
+
+    def stop(self) -> None:
+        self._loop.stop()
+        self._reader.stop()
+
+    # -- state
+
+    def _store(self) -> Store:
+        return self.agent.service.store(self.agent.store_path)
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            compiled = self.applied
+            return {
+                "node": self.options.node if self.options else None,
+                "table": "inet podnet-policy" if compiled else None,
+                "chains": len(compiled.chains) if compiled else 0,
+                "rules": sum(len(c) for c in compiled.chains.values()) if compiled else 0,
+                "sets": len(compiled.sets) if compiled else 0,
+                "error": self.error,
+                **self.stats,
+            }
+
+    def recent(self, since: int, limit: int) -> dict[str, Any]:
+        with self._lock:
+            items = [f for f in self.flows if f["seq"] > since][:limit]
+            return {"flows": items, "next": items[-1]["seq"] if items else max(since, 0),
+                    "node": self.options.node if self.options else None}
+
+    # -- converging
+
+    def converge(self, full: bool = False) -> dict[str, Any]:
+        from podnet.policy.compile import compile_node
+        from podnet.policy.repository import SETTINGS, load_world
+
+        assert self.options is not None
+        with self._lock:
+            started = time.monotonic()
+            store = self._store()
+            try:
+                world, revision = load_world(store)
+                settings = store.get_json(SETTINGS) or {}
+                compiled = compile_node(world, self.options.node, bool(settings.get("logAllowed")))
+            except PodnetError as exc:  # keep the last good table: fail closed
+                self.error = exc.msg
+                log.warning("policy: cannot build the policy, keeping the table in force: %s", exc.msg)
+                return self.status_unlocked(revision=None)
+            compiled_ms = (time.monotonic() - started) * 1000
+            if full or self.applied is None:
+                script = compiled.render()
+            else:
+                script = compiled.diff(self.applied)
+            if script:
+                self.nft.apply(script)
+            self.applied, self.error = compiled, None
+            self.stats = {"revision": revision, "compile_ms": round(compiled_ms, 1),
+                          "apply_ms": round((time.monotonic() - started) * 1000 - compiled_ms, 1),
+                          "full": full or not script, "endpoints": len(world.endpoints)}
+            return self.status_unlocked(revision=revision)
+
+    def status_unlocked(self, revision: int | None) -> dict[str, Any]:
+        compiled = self.applied
+        return {"revision": revision, "error": self.error,
+                "rules": sum(len(c) for c in compiled.chains.values()) if compiled else 0}
+
+    def _bridge_netfilter(self) -> None:
+        for path in BRIDGE_NF:
+            try:
+                with open(path, "w") as f:  # this thread lives in the node's namespace
+                    f.write("1")
+            except OSError as exc:
+                log.warning("policy: cannot enable %s (same-node traffic unfiltered): %s", path, exc)
+
+    def _run(self) -> None:
+        self._bridge_netfilter()
+
+        def converge(full: bool) -> int:
+            result = self.converge(full=full or self.applied is None)
+            if result.get("revision") is None:  # could not build: keep watching for a fix
+                return self._store().revision()
+            return int(result["revision"])
+
+        list_then_watch(self._loop.stopping, PREFIX, self._store, converge, self.resync_seconds,
+                        WATCH_TIMEOUT, log, MAX_BACKOFF)
+
+    def _read_flows(self) -> None:
+        from podnet.kernel.nflog import NflogReader
+        from podnet.policy.compile import LOG_GROUP
+
+        assert self.options is not None
+        try:
+            reader = NflogReader(LOG_GROUP)
+        except OSError as exc:
+            log.warning("policy: cannot read NFLOG group %d (no flow verdicts): %s", LOG_GROUP, exc)
+            return
+        with reader:
+            while not self._reader.stopping.is_set():
+                packets = reader.read(0.5)
+                if not packets:
+                    continue
+                with self._lock:
+                    for packet in packets:
+                        self._seq += 1
+                        self.flows.append(flow_record(self._seq, packet, self.options.node))

@@ -1,0 +1,403 @@
+"""Policy for one node -> one nftables table (`inet podnet-policy`), as a model that can
+be rendered whole or as the difference to the previous one (pure).
+
+Layout (evaluate.py is the semantics; this is how the kernel does the same):
+
+    table inet podnet-policy
+      chain egress   hook forward prio -5   ct established,related accept; vmap saddr -> out_<ep>
+      chain ingress  hook forward prio  0   ct established,related accept; vmap daddr -> in_<ep>
+      chain host_in  hook input  / host_out hook output: the node's own host endpoint
+      map out4/in4 (ipv4_addr : verdict), out6/in6: one element per local endpoint address
+      chain in_<ep>       jump in_<ep>_t<k> per tier that has policies for it, then the
+                          NetworkPolicy allow lines, then the named default deny (or nothing:
+                          not isolated, the base chain accepts)
+      chain in_<ep>_t<k>  the tier's ClusterPolicy rules in order: Allow accept, Deny drop,
+                          Pass return (to the next tier), Log log and continue
+      set p<hash>         the addresses a peer selects (selector members), deduplicated by
+                          content; nets/ipBlock as interval sets; named ports of egress rules
+                          as ip . port concatenations
+
+Why this shape:
+- Two base chains on the forward hook: `accept` ends only its own base chain, so an
+  egress Allow on the source still lets the destination's ingress judge the packet on
+  the same node; `drop` is final everywhere.
+- Per-packet cost does not grow with the number of policies: a new flow does one map
+  lookup per direction and walks only the rules of the policies selecting that endpoint;
+  selector members are set lookups. Established and related packets take the conntrack
+  fast path before anything else. Same-node pod traffic is bridged; br_netfilter (on in
+  the node's namespace) hands it to the same forward hook.
+- Every line carries a counter and a comment naming its rule; drops (and allows when
+  asked, and Log rules) go to NFLOG group LOG_GROUP with a prefix that names the rule,
+  so `podnet flows` can say which rule decided (kernel/nflog.py).
+- Chain and set names derive from content (endpoint identity, member set), so an
+  unchanged part keeps its name and `diff` touches only what changed.
+- Host endpoint chains start with failsafe accepts (the store, VXLAN), as Calico's
+  failsafe ports: a deny-all on a node must not cut the node from its own cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from podnet.policy.evaluate import (
+    Endpoint,
+    World,
+    peer_selects_endpoint,
+    selects,
+)
+from podnet.policy.objects import (
+    ClusterPolicy,
+    ClusterRule,
+    NetworkPolicy,
+    NetworkPolicyPort,
+    NetworkPolicyRule,
+    Peer,
+)
+
+FAMILY, TABLE = "inet", "podnet-policy"
+LOG_GROUP = 100
+PREFIX_MAX = 120  # NFLOG prefixes are at most 127 bytes
+FAILSAFE_TCP = (2379, 2380)  # etcd: the node's store
+FAILSAFE_UDP = (8472,)  # VXLAN between nodes
+IN, OUT = "Ingress", "Egress"
+_FIELD = {IN: "saddr", OUT: "daddr"}  # the *other* side's address, per direction
+_IPFAM = {4: "ip", 6: "ip6"}
+_L4 = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
+
+
+@dataclass(frozen=True)
+class NftSet:
+    type: str  # "ipv4_addr", "ipv6_addr", "ipv4_addr . inet_service", ...
+    interval: bool
+    elements: tuple[str, ...]
+
+    def render(self, name: str) -> str:
+        flags = "\n    flags interval" if self.interval else ""
+        elements = f"\n    elements = {{ {', '.join(self.elements)} }}" if self.elements else ""
+        return f"  set {name} {{\n    type {self.type}{flags}{elements}\n  }}"
+
+
+@dataclass
+class Compiled:
+    """The table for one node: sets, verdict maps, chains (lines), rule descriptions."""
+
+    sets: dict[str, NftSet] = field(default_factory=dict)
+    maps: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)  # name -> (type, elems)
+    chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    rules: dict[str, str] = field(default_factory=dict)  # log prefix -> what it means
+
+    def render(self) -> str:
+        """The whole table, replacing any previous one in the same transaction."""
+        parts = [f"table {FAMILY} {TABLE} {{", *[s.render(n) for n, s in sorted(self.sets.items())]]
+        for name, (kind, elements) in sorted(self.maps.items()):
+            body = f"\n    elements = {{ {', '.join(elements)} }}" if elements else ""
+            parts.append(f"  map {name} {{\n    type {kind} : verdict{body}\n  }}")
+        for name, lines in self.chains.items():
+            parts.append(f"  chain {name} {{\n" + "".join(f"    {line}\n" for line in lines) + "  }")
+        parts.append("}")
+        return (f"table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n" + "\n".join(parts) + "\n")
+
+    def diff(self, old: Compiled) -> str:
+        """One transaction taking table `old` to this one, touching only what changed."""
+        t = f"{FAMILY} {TABLE}"
+        out: list[str] = []
+        for name, s in sorted(self.sets.items()):
+            if name not in old.sets:
+                out.append("add " + s.render(name).strip().replace("set ", f"set {t} ", 1))
+            elif old.sets[name] != s:
+                out.append(f"flush set {t} {name}")
+                if s.elements:
+                    out.append(f"add element {t} {name} {{ {', '.join(s.elements)} }}")
+        new_chains = [n for n in self.chains if n not in old.chains]
+        for name in new_chains:
+            out.append(f"add chain {t} {name}")
+        for name, lines in self.chains.items():
+            if name in old.chains and old.chains[name] == lines:
+                continue
+            if name in old.chains:
+                out.append(f"flush chain {t} {name}")
+            out.extend(f"add rule {t} {name} {line}" for line in lines if not line.startswith("type "))
+        for name, (kind, elements) in sorted(self.maps.items()):
+            if old.maps.get(name) == (kind, elements):
+                continue
+            out.append(f"flush map {t} {name}")
+            if elements:
+                out.append(f"add element {t} {name} {{ {', '.join(elements)} }}")
+        gone = [n for n in old.chains if n not in self.chains]
+        out.extend(f"flush chain {t} {name}" for name in gone)
+        out.extend(f"delete chain {t} {name}" for name in gone)
+        out.extend(f"delete set {t} {name}" for name in sorted(old.sets) if name not in self.sets)
+        return "\n".join(out) + ("\n" if out else "")
+
+    @property
+    def base_chains_changed(self) -> bool:  # pragma: no cover - for symmetry with diff
+        return False
+
+
+def _hash(*parts: object) -> str:
+    return hashlib.sha1("\0".join(map(str, parts)).encode()).hexdigest()[:10]
+
+
+def _quote(text: str) -> str:
+    return text.replace("\\", "/").replace('"', "'")
+
+
+def _prefix(verdict: str, what: str) -> str:
+    text = f"{verdict} {what}"
+    if len(text) > PREFIX_MAX:
+        text = text[: PREFIX_MAX - 11] + "~" + _hash(text)
+    return _quote(text)
+
+
+class _Builder:
+    def __init__(self, world: World, node: str, log_allowed: bool) -> None:
+        self.world = world
+        self.node = node
+        self.log_allowed = log_allowed
+        self.out = Compiled()
+        # address families in use: no IPv6 lines in an IPv4 cluster (and vice versa)
+        self.families = sorted({ipaddress.ip_address(ip).version for ep in world.endpoints
+                                for ip in ep.ips}) or [4]
+
+    # -- sets ------------------------------------------------------------------------
+
+    def _set(self, key: tuple, kind: str, elements: Iterable[str], interval: bool = False) -> str:
+        """A named set for one part of one peer of one rule: named by that identity,
+        not by its members, so a label change only rewrites the set's elements."""
+        elems = tuple(sorted(set(elements)))
+        name = "p" + _hash(kind, interval, *key)
+        self.out.sets[name] = NftSet(kind, interval, elems)
+        return name
+
+    def _addresses(self, key: tuple, family: int, addrs: Iterable[str]) -> str:
+        return self._set(key, f"ipv{family}_addr", addrs)
+
+    def _nets(self, key: tuple, family: int,
+              nets: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+        return self._set(key, f"ipv{family}_addr", (str(n) for n in nets), interval=True)
+
+    # -- peers -----------------------------------------------------------------------
+
+    def _members(self, peer: Peer, policy_ns: str | None) -> list[Endpoint]:
+        return [ep for ep in self.world.endpoints if peer_selects_endpoint(self.world, peer, ep, policy_ns)]
+
+    def peer_matches(self, peer: Peer | None, direction: str, policy_ns: str | None,
+                     key: tuple = ()) -> list[str]:
+        """nft match fragments, one per address family the peer can match ("" = any
+        address). An empty list: the peer cannot match anything. `key` names the peer
+        (policy, direction, rule, peer index) for its sets."""
+        fld = _FIELD[direction]
+        if peer is None:
+            return [""]
+        out = []
+        for family in (4, 6):
+            ipf = _IPFAM[family]
+            parts: list[str] = []
+            in_use = family in self.families
+            if peer.ip_block is not None:
+                block = peer.ip_block
+                if block.cidr.version != family:
+                    continue
+                remaining = [block.cidr]
+                for ex in block.except_:
+                    remaining = [piece for net in remaining
+                                 for piece in ((net,) if not ex.subnet_of(net) else net.address_exclude(ex))]
+                parts.append(f"{ipf} {fld} @{self._nets((*key, 'block', family), family, remaining)}")
+            has_selector = any(s is not None for s in (peer.pod_selector, peer.namespace_selector,
+                                                       peer.host_endpoint_selector))
+            if has_selector and not in_use:
+                continue
+            if has_selector:
+                addrs = [ip for ep in self._members(peer, policy_ns) for ip in ep.ips
+                         if ipaddress.ip_address(ip).version == family]
+                parts.append(f"{ipf} {fld} @{self._addresses((*key, 'sel', family), family, addrs)}")
+            nets = [n for n in peer.nets if n.version == family]
+            if peer.nets and not nets:
+                continue  # address filters of the other family only: no match here
+            if nets:
+                parts.append(f"{ipf} {fld} @{self._nets((*key, 'nets', family), family, nets)}")
+            not_nets = [n for n in peer.not_nets if n.version == family]
+            if not_nets:
+                parts.append(f"{ipf} {fld} != @{self._nets((*key, 'notnets', family), family, not_nets)}")
+            if not parts:
+                parts.append(f"meta nfproto ipv{family}")
+            out.append(" ".join(parts))
+        return out
+
+    # -- ports -----------------------------------------------------------------------
+
+    @staticmethod
+    def _port_text(lo: int, hi: int) -> str:
+        return str(lo) if lo == hi else f"{lo}-{hi}"
+
+    def np_port_matches(self, port: NetworkPolicyPort, direction: str, local: Endpoint,
+                        peer: Peer | None, policy_ns: str, key: tuple = ()) -> list[str]:
+        """Fragments for one NetworkPolicy port; named ports resolve against the
+        destination: the local pod (ingress) or each destination pod (egress)."""
+        l4 = _L4[port.protocol]
+        if port.port is None:
+            return [f"meta l4proto {l4}"]
+        if isinstance(port.port, int):
+            hi = port.end_port if port.end_port is not None else port.port
+            return [f"meta l4proto {l4} th dport {self._port_text(port.port, hi)}"]
+        if direction == IN:
+            numbers = sorted({n.port for n in local.ports if n.name == port.port and n.protocol == port.protocol})
+            return [f"meta l4proto {l4} th dport {{ {', '.join(map(str, numbers))} }}"] if numbers else []
+        # egress to a named port: (destination address . port) pairs of the pods the peer
+        # selects (any pod when the rule has no peers) that name that port
+        if peer is not None and (peer.ip_block is not None or (peer.pod_selector is None and
+                                                                peer.namespace_selector is None)):
+            return []  # a named port needs a known destination pod
+        pods = (self._members(peer, policy_ns) if peer is not None
+                else [ep for ep in self.world.endpoints if ep.kind == "pod"])
+        out = []
+        for family in (4, 6):
+            pairs = [f"{ip} . {n.port}" for ep in pods for n in ep.ports
+                     if n.name == port.port and n.protocol == port.protocol
+                     for ip in ep.ips if ipaddress.ip_address(ip).version == family]
+            if pairs:
+                name = self._set((*key, "named", port.port, port.protocol, family),
+                                 f"ipv{family}_addr . inet_service", pairs)
+                out.append(f"meta l4proto {l4} {_IPFAM[family]} daddr . th dport @{name}")
+        return out
+
+    # -- chains ----------------------------------------------------------------------
+
+    def _line(self, match: str, verdict: str, prefix: str, what: str, log: bool) -> str:
+        self.out.rules[prefix] = what
+        logging = f'log prefix "{prefix} " group {LOG_GROUP} ' if log else ""
+        text = " ".join(p for p in (match, "counter", logging.strip(), verdict) if p)
+        return f'{text} comment "{_quote(what)[:120]}"'
+
+    def cluster_rule_lines(self, cp: ClusterPolicy, i: int, rule: ClusterRule, direction: str) -> list[str]:
+        what = f"{cp.tier}/{cp.name} {direction.lower()}[{i}]" + (f" {rule.name}" if rule.name else "")
+        verdict = {"Allow": "accept", "Deny": "drop", "Pass": "return", "Log": ""}[rule.action]
+        letter = {"Allow": "A", "Deny": "D", "Pass": "P", "Log": "L"}[rule.action]
+        log = rule.action in ("Deny", "Log") or (rule.action == "Allow" and self.log_allowed)
+        prefix = _prefix(letter, f"cp:{what}")
+        protocols: list[str] = []
+        if rule.protocol is None:
+            protocols = [""]
+        elif rule.protocol == "ICMP":
+            protocols = ["meta l4proto { icmp, ipv6-icmp }"]
+        else:
+            l4 = _L4[rule.protocol]
+            ports = ", ".join(self._port_text(r.lo, r.hi) for r in rule.ports or ())
+            protocols = [f"meta l4proto {l4}" + (f" th dport {{ {ports} }}" if ports else "")]
+        lines = []
+        for j, peer in enumerate(rule.peers or (None,)):
+            for addr in self.peer_matches(peer, direction, None, (cp.ref, direction, i, j)):
+                for proto in protocols:
+                    match = " ".join(p for p in (addr, proto) if p)
+                    lines.append(self._line(match, verdict, prefix, f"ClusterPolicy {what}", log))
+        return lines
+
+    def np_rule_lines(self, np: NetworkPolicy, i: int, rule: NetworkPolicyRule, direction: str,
+                      local: Endpoint) -> list[str]:
+        what = f"{np.namespace}/{np.name} {direction.lower()}[{i}]"
+        prefix = _prefix("A", f"np:{what}")
+        lines = []
+        for j, peer in enumerate(rule.peers or (None,)):
+            key = (f"np:{np.namespace}/{np.name}", direction, i, j)
+            addrs = self.peer_matches(peer, direction, np.namespace, key)
+            ports: list[str] = [""]
+            if rule.ports:
+                ports = [m for p in rule.ports
+                         for m in self.np_port_matches(p, direction, local, peer, np.namespace, key)]
+            for addr in addrs:
+                for port in ports:
+                    if addr and port and "daddr . th dport" in port and addr.split()[0] != port.split()[3]:
+                        continue  # an egress named-port set of the other family
+                    match = " ".join(p for p in (addr, port) if p)
+                    lines.append(self._line(match, "accept", prefix, f"NetworkPolicy {what}", self.log_allowed))
+        return lines
+
+    def endpoint_chain(self, ep: Endpoint, direction: str) -> str | None:
+        """The chain judging `direction` for local endpoint `ep`; None: nothing applies."""
+        d = "in" if direction == IN else "out"
+        name = f"{d}_{_hash(*ep.identity)}"
+        lines: list[str] = []
+        for k, tier in enumerate(self.world.tiers):
+            tier_lines: list[str] = []
+            for cp in self.world.cluster_policies:
+                if cp.tier == tier.name and direction in cp.types and selects(self.world, cp, ep):
+                    for i, rule in enumerate(cp.rules(direction)):
+                        tier_lines += self.cluster_rule_lines(cp, i, rule, direction)
+            if tier_lines:
+                tier_chain = f"{name}_t{k}"
+                self.out.chains[tier_chain] = tuple(tier_lines)
+                lines.append(f'jump {tier_chain} comment "tier {tier.name}"')
+        if ep.kind == "pod":
+            isolating = [p for p in self.world.network_policies
+                         if p.namespace == ep.namespace and direction in p.policy_types
+                         and p.pod_selector.matches(ep.labels)]
+            for np in isolating:
+                for i, rule in enumerate(np.rules(direction)):
+                    lines += self.np_rule_lines(np, i, rule, direction, ep)
+            if isolating:
+                names = ",".join(f"{p.namespace}/{p.name}" for p in isolating)
+                what = f"default deny {direction.lower()} {ep.namespace}/{ep.name} (isolated by {names})"
+                lines.append(self._line("", "drop", _prefix("D", f"isolated:{names} {direction.lower()}"),
+                                        what, True))
+        if not lines:
+            return None
+        self.out.chains[name] = tuple(lines)
+        return name
+
+    def build(self) -> Compiled:
+        local = [ep for ep in self.world.endpoints if ep.node == self.node]
+        pods = [ep for ep in local if ep.kind == "pod"]
+        hosts = [ep for ep in local if ep.kind == "host"]
+        base: dict[str, tuple[str, ...]] = {}
+        maps: dict[str, list[str]] = {"in4": [], "in6": [], "out4": [], "out6": []}
+        chains_first = dict(self.out.chains)
+        self.out.chains = {}
+        for ep in pods:
+            for direction, d in ((IN, "in"), (OUT, "out")):
+                chain = self.endpoint_chain(ep, direction)
+                if chain:
+                    for ip in ep.ips:
+                        maps[f"{d}{ipaddress.ip_address(ip).version}"].append(f"{ip} : jump {chain}")
+        est = "ct state established,related accept"
+        base["egress"] = ("type filter hook forward priority -5; policy accept;", est,
+                          "ip saddr vmap @out4", "ip6 saddr vmap @out6")
+        base["ingress"] = ("type filter hook forward priority 0; policy accept;", est,
+                           "ip daddr vmap @in4", "ip6 daddr vmap @in6")
+        for ep in hosts:
+            failsafe = [f"tcp dport {{ {', '.join(map(str, FAILSAFE_TCP))} }} accept",
+                        f"tcp sport {{ {', '.join(map(str, FAILSAFE_TCP))} }} accept",
+                        f"udp dport {{ {', '.join(map(str, FAILSAFE_UDP))} }} accept"]
+            for direction, hook, key in ((IN, "input", "host_in"), (OUT, "output", "host_out")):
+                chain = self.endpoint_chain(ep, direction)
+                if chain:
+                    base[key] = (f"type filter hook {hook} priority 0; policy accept;", est,
+                                 'meta iifname "lo" accept' if hook == "input" else 'meta oifname "lo" accept',
+                                 *failsafe, f"jump {chain}")
+        self.out.maps = {
+            name: (("ipv4_addr" if name.endswith("4") else "ipv6_addr"), tuple(sorted(elems)))
+            for name, elems in maps.items()
+        }
+        self.out.chains = {**base, **chains_first, **self.out.chains}
+        return self.out
+
+
+def compile_node(world: World, node: str, log_allowed: bool = False) -> Compiled:
+    """The table enforcing `world`'s policy for the endpoints on `node`."""
+    return _Builder(world, node, log_allowed).build()
+
+
+def endpoints_from_pods(pods: Sequence[Mapping], hosts: Sequence[Endpoint] = ()) -> list[Endpoint]:
+    """Endpoints from the store's pod records (policy/repository.py PodRecord dicts)."""
+    from podnet.policy.evaluate import NamedPort
+
+    out = list(hosts)
+    for doc in pods:
+        meta, spec = doc.get("metadata", {}), doc.get("spec", {})
+        ports = tuple(NamedPort(p["name"], int(p["port"]), p.get("protocol", "TCP"))
+                      for p in spec.get("ports", []) if p.get("name"))
+        out.append(Endpoint("pod", meta["name"], meta["namespace"], tuple(doc.get("status", {}).get("podIPs", [])),
+                            dict(meta.get("labels") or {}), ports, spec.get("nodeName") or None))
+    return out

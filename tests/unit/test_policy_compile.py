@@ -1,0 +1,131 @@
+"""The nftables compiler (policy/compile.py), pure: structure and golden fragments."""
+
+from __future__ import annotations
+
+import yaml
+
+from podnet.policy.compile import LOG_GROUP, compile_node
+from podnet.policy.evaluate import Endpoint, NamedPort, World
+from podnet.policy.objects import parse_documents
+
+PORTS = tuple(NamedPort(f"serve-{p}-{pr.lower()}", p, pr) for p in (80, 81) for pr in ("TCP", "UDP"))
+
+
+def world(text: str) -> World:
+    eps = [Endpoint("pod", pod, ns, (f"10.244.{i}.{j + 2}",), {"pod": pod}, PORTS, f"node{i}")
+           for i, ns in enumerate("xyz") for j, pod in enumerate("abc")]
+    eps.append(Endpoint("host", "node0", None, ("172.31.0.10",), {"role": "node"}, (), "node0"))
+    ns = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n, "labels": {"ns": n}}} for n in "xyz"]
+    return World.build(parse_documents([*ns, *(d for d in yaml.safe_load_all(text) if d)]), eps)
+
+
+DENY_X = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-y, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}], ports: [{port: serve-81-tcp}]}]
+"""
+
+
+def test_no_policy_no_endpoint_chains():
+    c = compile_node(world(""), "node0")
+    assert set(c.chains) == {"egress", "ingress"} and not c.sets
+    assert c.maps["in4"] == ("ipv4_addr", ())
+    text = c.render()
+    assert text.startswith("table inet podnet-policy\ndelete table inet podnet-policy\n")
+    assert "ct state established,related accept" in text
+
+
+def test_isolated_pod_gets_allow_lines_and_a_named_default_deny():
+    c = compile_node(world(DENY_X), "node0")
+    (chain,) = [n for n in c.chains if n.startswith("in_")]
+    lines = c.chains[chain]
+    members = [n for n, s in c.sets.items() if s.elements == ("10.244.1.2", "10.244.1.3", "10.244.1.4")]
+    assert members, c.sets
+    assert lines[0] == (f"ip saddr @{members[0]} meta l4proto tcp th dport {{ 81 }} counter accept "
+                        'comment "NetworkPolicy x/allow-y ingress[0]"')
+    assert lines[-1] == (f'counter log prefix "D isolated:x/allow-y ingress " group {LOG_GROUP} drop '
+                         'comment "default deny ingress x/a (isolated by x/allow-y)"')
+    assert c.maps["in4"][1] == (f"10.244.0.2 : jump {chain}",)
+    assert compile_node(world(DENY_X), "node1").maps["in4"][1] == ()  # x/a is not on node1
+
+
+def relabelled(w: World, ns: str, name: str, labels: dict) -> World:
+    eps = [Endpoint(e.kind, e.name, e.namespace, e.ips, labels if (e.namespace, e.name) == (ns, name)
+                    else e.labels, e.ports, e.node) for e in w.endpoints]
+    ns_objs = parse_documents([{"apiVersion": "v1", "kind": "Namespace",
+                                "metadata": {"name": n, "labels": dict(w.namespaces[n])}} for n in "xyz"])
+    return World.build([*ns_objs, *w.network_policies, *w.cluster_policies], eps)
+
+
+def test_a_label_change_only_rewrites_a_member_set():
+    """Incremental: sets are named by the rule they serve, so a pod leaving a selector
+    changes set elements only; the chains stay as they are."""
+    w = world(DENY_X)
+    before = compile_node(w, "node0")
+    after = compile_node(relabelled(w, "y", "c", {"pod": "c", "extra": "1"}), "node0")
+    assert after.diff(before) == ""  # y/c still in ns y: nothing to do
+    moved = World.build([*parse_documents([
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "x", "labels": {"ns": "x"}}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "y", "labels": {"ns": "other"}}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "z", "labels": {"ns": "z"}}}]),
+        *w.network_policies], w.endpoints)
+    diff = compile_node(moved, "node0").diff(before)
+    lines = diff.strip().split("\n")
+    assert lines[0].startswith("flush set inet podnet-policy p") and len(lines) == 1, diff  # now empty
+
+
+def test_tiers_and_actions_compile_in_order():
+    text = """
+apiVersion: podnet.io/v1
+kind: Tier
+metadata: {name: security}
+spec: {order: 100}
+---
+apiVersion: podnet.io/v1
+kind: ClusterPolicy
+metadata: {name: guard}
+spec:
+  tier: security
+  selector: {podSelector: {matchLabels: {pod: a}}}
+  types: [Ingress]
+  ingress:
+  - {action: Log, name: seen}
+  - {action: Pass, from: [{namespaceSelector: {matchLabels: {ns: y}}}]}
+  - {action: Deny, protocol: UDP, ports: [80, "81-82"]}
+  - {action: Allow, protocol: ICMP}
+"""
+    c = compile_node(world(text), "node0")
+    (tier,) = [n for n in c.chains if n.endswith("_t0")]
+    verdicts = [line.split(" comment ")[0].split()[-1] for line in c.chains[tier]]
+    assert verdicts == ["100", "return", "drop", "accept"]  # Log has no verdict (ends on its group)
+    assert "meta l4proto udp th dport { 80, 81-82 }" in c.chains[tier][2]
+    assert "meta l4proto { icmp, ipv6-icmp }" in c.chains[tier][3]
+    endpoint = tier.removesuffix("_t0")
+    assert c.chains[endpoint] == (f'jump {tier} comment "tier security"',)  # no NetworkPolicy: falls through
+
+
+def test_host_endpoint_chains_start_with_failsafes():
+    text = """
+apiVersion: podnet.io/v1
+kind: ClusterPolicy
+metadata: {name: node}
+spec:
+  selector: {hostEndpointSelector: {matchLabels: {role: node}}}
+  types: [Ingress]
+  ingress: [{action: Deny, from: [{notNets: [172.31.0.0/16]}]}]
+"""
+    c = compile_node(world(text), "node0")
+    host_in = c.chains["host_in"]
+    assert host_in[0].startswith("type filter hook input")
+    assert "tcp dport { 2379, 2380 } accept" in host_in and host_in[-1].startswith("jump in_")
+    assert "host_in" not in compile_node(world(text), "node1").chains  # node1 has no host endpoint
+
+
+def test_long_names_are_cut_to_the_nflog_limit():
+    name = "a" * 200
+    text = DENY_X.replace("allow-y", name[:63])
+    c = compile_node(world(text), "node0")
+    assert all(len(prefix) <= 120 for prefix in c.rules)
