@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from podnet import cli_connectivity, cli_container, cli_lab, cli_network, cli_policy, cli_probe
+from podnet import (
+    cli_connectivity,
+    cli_container,
+    cli_flows,
+    cli_lab,
+    cli_network,
+    cli_policy,
+    cli_probe,
+)
 from podnet.cli_output import fail
 from podnet.cni.config import DEFAULT_SOCKET, DEFAULT_STORE
 from podnet.errors import PodnetError
@@ -104,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_connectivity.register(sub)
     cli_probe.register(sub)
     cli_policy.register(sub)
+    cli_flows.register(sub)
     return parser
 
 

@@ -37,7 +37,8 @@ def emit_rows(rows: Sequence[Mapping], columns: Sequence[str], output: str, titl
         table.add_column(column)
     for row in rows:
         table.add_row(*(_cell(row.get(column)) for column in columns))
-    Console().print(table)
+    # a pipe or a file gets whole cells (rich would squeeze them to 80 columns)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def emit_object(obj: Mapping, output: str) -> None:

@@ -375,3 +375,68 @@ def test_incremental_updates_equal_a_full_apply(lab):
     finally:
         repo.label(lab.store, "Namespace", "z", ["ns=z"])
         lab.delete(applied)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "podnet.cli", *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def test_flows_name_the_rule_that_decided(lab):
+    objects = lab.apply(np("deny", "x", "  podSelector: {matchLabels: {pod: b}}\n") + "\n---\n"
+                        + cp("no-udp-81", "  selector: {namespaceSelector: {matchLabels: {ns: y}}}\n  types: [Egress]\n"
+                             "  egress: [{action: Deny, name: no-udp, protocol: UDP, ports: [81]}]\n"))
+    try:
+        got = lab.probe()
+        assert not got[(80, "TCP")]["z/a"]["x/b"] and not got[(81, "UDP")]["y/a"]["z/c"]
+        out = cli("flows", "--lab", lab.name, "--pod", "x/b", "--verdict", "deny", "-o", "json")
+        assert out.returncode == 0, out.stderr
+        flows = json.loads(out.stdout)
+        assert flows and all(f["dst"] == lab.ip("x/b") and f["verdict"] == "deny" for f in flows)
+        # x/b is isolated; y's UDP 81 egress is also denied on y's side, by its own rule
+        assert {f["rule"] for f in flows} == {"isolated:x/deny ingress", "cp:default/no-udp-81 egress[0] no-udp"}
+        y_ips = {lab.ip(f"y/{p}") for p in "abc"}
+        assert all(f["src"] in y_ips and (f["protocol"], f["dport"]) == ("udp", 81)
+                   for f in flows if f["rule"].startswith("cp:"))
+        assert any(f["src"] == lab.ip("z/a") and f["dport"] == 80 and f["protocol"] == "tcp" for f in flows)
+        flows = json.loads(cli("flows", "--lab", lab.name, "--pod", "y/a", "-o", "json").stdout)
+        rules = {f["rule"] for f in flows if f["dport"] == 81 and f["protocol"] == "udp"}
+        assert rules == {"cp:default/no-udp-81 egress[0] no-udp"}, rules
+        table = cli("flows", "--lab", lab.name, "--pod", "x/b", "--verdict", "deny").stdout
+        assert "z/a:" in table and "x/b:80" in table and "isolated:x/deny ingress" in table
+    finally:
+        lab.delete(objects)
+
+
+def test_log_allowed_shows_allowed_new_flows(lab):
+    objects = lab.apply(np("only-y", "x", "  podSelector: {matchLabels: {pod: c}}\n  ingress: [{from: "
+                           "[{namespaceSelector: {matchLabels: {ns: y}}}]}]\n"))
+    try:
+        assert cli("policy", "log-allowed", "on", "--lab", lab.name).returncode == 0
+        lab.sync()
+        assert lab.probe()[(80, "TCP")]["y/b"]["x/c"]
+        flows = json.loads(cli("flows", "--lab", lab.name, "--pod", "x/c", "--verdict", "allow", "-o", "json").stdout)
+        assert any(f["src"] == lab.ip("y/b") and f["rule"] == "np:x/only-y ingress[0]" for f in flows), flows
+    finally:
+        cli("policy", "log-allowed", "off", "--lab", lab.name)
+        lab.delete(objects)
+
+
+def test_explain_says_what_and_why_without_traffic(lab):
+    objects = lab.apply(CASES["cp-deny-over-np-allow"])
+    try:
+        out = cli("policy", "explain", "z/a", "x/b", "--port", "80", "--protocol", "tcp", "--lab", lab.name)
+        assert out.returncode == 0, out.stderr
+        assert "DENIED" in out.stdout and "ClusterPolicy/deny-z" in out.stdout and "security" in out.stdout
+        out = cli("policy", "explain", "y/a", "x/b", "--port", "81", "--protocol", "udp", "--lab", lab.name,
+                  "-o", "json")
+        decision = json.loads(out.stdout)
+        assert decision["allowed"] is True and "x/all" in decision["ingress"]["reason"]
+        out = cli("policy", "explain", "nope/a", "x/b", "--lab", lab.name)
+        assert out.returncode == 1 and "no endpoint 'nope/a'" in out.stderr
+        status = cli("policy", "status", "--lab", lab.name, "-o", "json")
+        rows = json.loads(status.stdout)
+        assert status.returncode == 0 and {r["node"] for r in rows} == {"node0", "node1", "node2"}
+        assert all(r["error"] is None and r["rules"] > 0 for r in rows)
+    finally:
+        lab.delete(objects)

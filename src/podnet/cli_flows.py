@@ -1,0 +1,202 @@
+"""`podnet flows` (verdicts the nodes logged, each naming its rule) and `podnet policy
+explain|status|log-allowed` (what would happen and why; what is in force).
+
+flows asks every node's agent (`policy.flows`, over its unix socket) for the packets
+its NFLOG group saw; `--follow` keeps asking from each node's cursor. explain runs the
+reference semantics (policy/evaluate.py) on the store's objects: no traffic is sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import datetime
+from typing import Any
+
+from podnet.cli_lab import DEFAULT_LAB
+from podnet.cli_output import emit_rows, fail
+from podnet.cli_policy import _open, _store_options, lab_aware
+from podnet.errors import PodnetError
+
+FOLLOW_INTERVAL = 0.5
+COLUMNS = ["TIME", "NODE", "VERDICT", "SRC", "DST", "PROTO", "RULE"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    flows = sub.add_parser("flows", help="policy verdicts logged by the nodes, each naming its rule")
+    flows.add_argument("--lab", default=DEFAULT_LAB, help=f"lab name (default $PODNET_LAB or {DEFAULT_LAB})")
+    flows.add_argument("--follow", "-f", action="store_true", help="keep printing new verdicts")
+    flows.add_argument("--pod", metavar="NS/NAME", help="only flows from or to this pod")
+    flows.add_argument("--verdict", choices=("deny", "allow", "log", "pass"), help="only this verdict")
+    flows.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    flows.set_defaults(func=_cmd_flows)
+
+    policy = sub.add_parser("policy", help="explain a flow, show what is in force, log allowed flows")
+    psub = policy.add_subparsers(dest="policy_cmd", required=True)
+    explain = psub.add_parser("explain", help="what would happen to a flow, and why (no traffic sent)")
+    explain.add_argument("src", metavar="SRC", help="ns/pod, a host endpoint name, or an IP")
+    explain.add_argument("dst", metavar="DST", help="ns/pod, a host endpoint name, or an IP")
+    explain.add_argument("--port", type=int, default=80)
+    explain.add_argument("--protocol", default="tcp", type=str.upper, choices=("TCP", "UDP", "SCTP", "ICMP"))
+    explain.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    _store_options(explain)
+    explain.set_defaults(func=_cmd_explain)
+
+    status = psub.add_parser("status", help="the policy table each node has in force")
+    status.add_argument("--lab", default=DEFAULT_LAB, help=f"lab name (default $PODNET_LAB or {DEFAULT_LAB})")
+    status.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    status.set_defaults(func=_cmd_status)
+
+    logging = psub.add_parser("log-allowed", help="also log allowed new flows (on) or only denials (off)")
+    logging.add_argument("state", choices=("on", "off"))
+    _store_options(logging)
+    logging.set_defaults(func=_cmd_log_allowed)
+
+
+# --------------------------------------------------------------------------- flows
+
+
+def _node_sockets(lab: str) -> dict[str, str]:
+    from podnet.lab.cluster import LabState
+
+    nodes = LabState.load(lab).data.get("nodes") or {}
+    if not nodes:
+        raise PodnetError(f"lab {lab!r} has no nodes", "is it up? podnet lab status")
+    return {name: node["socket"] for name, node in nodes.items()}
+
+
+def _pod_ips(lab: str, pod: str) -> set[str]:
+    from podnet.lab.cluster import LabState
+
+    pods = LabState.load(lab).data.get("pods") or {}
+    if pod not in pods:
+        raise PodnetError(f"no pod {pod!r} in lab {lab!r}", f"pods: {', '.join(sorted(pods))}")
+    return {ip.split("/")[0] for ip in pods[pod].get("ips", [])}
+
+
+def _names(lab: str) -> dict[str, str]:
+    """Address -> pod name, so flows read `x/a` rather than an address."""
+    from podnet.lab.cluster import LabState
+
+    pods = LabState.load(lab).data.get("pods") or {}
+    return {ip.split("/")[0]: key for key, pod in pods.items() for ip in pod.get("ips", [])}
+
+
+def _row(flow: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
+    def side(ip: str, port: int | None) -> str:
+        return f"{names.get(ip, ip)}{'' if port is None else f':{port}'}"
+
+    return {"TIME": datetime.fromtimestamp(flow["time"]).strftime("%H:%M:%S.%f")[:-3], "NODE": flow["node"],
+            "VERDICT": flow["verdict"].upper(), "SRC": side(flow["src"], flow.get("sport")),
+            "DST": side(flow["dst"], flow.get("dport")), "PROTO": flow["protocol"], "RULE": flow["rule"]}
+
+
+def _cmd_flows(args: argparse.Namespace) -> int:
+    from podnet.agent.client import call
+
+    try:
+        sockets = _node_sockets(args.lab)
+        ips = _pod_ips(args.lab, args.pod) if args.pod else None
+    except PodnetError as exc:
+        return fail(exc)
+    cursors = dict.fromkeys(sockets, 0)
+    names = _names(args.lab)
+
+    def fetch() -> list[dict[str, Any]]:
+        found = []
+        for node, sock in sockets.items():
+            try:
+                reply = call(sock, "policy.flows", timeout=5, since=cursors[node])
+            except PodnetError:
+                continue  # a node whose agent is down has nothing to say right now
+            cursors[node] = reply["next"]  # type: ignore[index]
+            found += reply["flows"]  # type: ignore[index]
+        found = [f for f in found if (ips is None or f["src"] in ips or f["dst"] in ips)
+                 and (args.verdict is None or f["verdict"] == args.verdict)]
+        return sorted(found, key=lambda f: f["time"])
+
+    flows = fetch()
+    if not args.follow:
+        if args.output == "json":
+            print(json.dumps(flows, indent=2))
+        else:
+            emit_rows([_row(f, names) for f in flows], COLUMNS, "table", title=f"{len(flows)} logged flow(s)")
+        return 0
+    try:
+        while True:
+            for flow in flows:
+                if args.output == "json":
+                    print(json.dumps(flow), flush=True)
+                else:
+                    row = _row(flow, names)
+                    print("  ".join(str(row[c]) for c in COLUMNS), flush=True)
+            time.sleep(FOLLOW_INTERVAL)
+            flows = fetch()
+    except KeyboardInterrupt:
+        return 0
+
+
+# -------------------------------------------------------------------------- policy
+
+
+@lab_aware
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from podnet.policy.evaluate import decide, explain_text
+    from podnet.policy.repository import load_world
+
+    try:
+        with _open(args) as store:
+            world, _revision = load_world(store)
+        src, dst = (_endpoint_or_ip(world, x) for x in (args.src, args.dst))
+        decision = decide(world, src, dst, args.port, args.protocol)
+    except PodnetError as exc:
+        return fail(exc)
+    if args.output == "json":
+        print(json.dumps(asdict(decision), indent=2, default=str))
+    else:
+        print(explain_text(decision))
+    return 0
+
+
+def _endpoint_or_ip(world: Any, text: str) -> Any:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return world.endpoint(text)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from podnet.agent.client import call
+
+    try:
+        sockets = _node_sockets(args.lab)
+    except PodnetError as exc:
+        return fail(exc)
+    rows = []
+    for node, sock in sockets.items():
+        try:
+            rows.append({"node": node, **call(sock, "policy.status", timeout=5)})  # type: ignore[dict-item]
+        except PodnetError as exc:
+            rows.append({"node": node, "error": exc.msg})
+    emit_rows(rows, ["node", "rules", "chains", "sets", "endpoints", "revision", "compile_ms", "apply_ms",
+                     "error"], args.output)
+    return 0 if all(not r.get("error") for r in rows) else 1
+
+
+@lab_aware
+def _cmd_log_allowed(args: argparse.Namespace) -> int:
+    from podnet.policy.repository import SETTINGS
+
+    try:
+        with _open(args) as store:
+            settings = store.get_json(SETTINGS) or {}
+            store.put_json(SETTINGS, {**settings, "logAllowed": args.state == "on"})
+    except PodnetError as exc:
+        return fail(exc)
+    print(f"allowed new flows are {'logged' if args.state == 'on' else 'not logged'}")
+    return 0
