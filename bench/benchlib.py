@@ -1,12 +1,14 @@
 """What the benchmarks share: logging, errors, percentiles, namespace listing, and
-the teardown check of a lab a benchmark brought up."""
+the teardown check of a lab a benchmark brought up, iperf3 servers and clients."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 NETNS_DIR = Path("/run/netns")
@@ -78,3 +80,93 @@ def finish(outcome: dict, as_json: bool, render) -> int:
         render(outcome)
         log(f"done in {outcome['elapsed_s']}s")
     return 0 if outcome["cleanup"]["ok"] else 1
+
+
+IPERF_PORT = 5201
+
+
+class Iperf:
+    """iperf3 servers started by the bench, recorded and stopped by PID."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def server(self, ns: str, bind: str) -> subprocess.Popen:
+        # nsenter --net execs iperf3 itself: the recorded PID is iperf3's.
+        proc = subprocess.Popen(
+            [*nsenter(ns), "iperf3", "-s", "-B", bind, "-p", str(IPERF_PORT)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.procs.append(proc)
+        deadline = time.monotonic() + 10
+        while not self._listening(ns):
+            if proc.poll() is not None:
+                raise BenchError(f"iperf3 -s in {ns} exited with {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"iperf3 -s in {ns} did not listen within 10 s")
+            time.sleep(0.05)
+        return proc
+
+    @staticmethod
+    def _listening(ns: str) -> bool:
+        out = subprocess.run(
+            [*nsenter(ns), "ss", "-Hltn", f"sport = :{IPERF_PORT}"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return bool(out.stdout.strip())
+
+    @staticmethod
+    def client(ns: str, server_ip: str, seconds: float) -> dict:
+        argv = [*nsenter(ns), "iperf3", "-c", server_ip, "-p", str(IPERF_PORT), "-t", str(seconds)]
+        argv += ["-O", "1", "-J"]
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, timeout=seconds + 30, check=False
+        )
+        try:
+            data = json.loads(proc.stdout)
+        except ValueError:
+            raise BenchError(
+                f"iperf3 -c {server_ip} from {ns}: rc {proc.returncode}, {proc.stderr.strip()[-400:]}"
+            ) from None
+        if "error" in data:
+            raise BenchError(f"iperf3 -c {server_ip} from {ns}: {data['error']}")
+        end = data["end"]
+        return {
+            "gbps": end["sum_received"]["bits_per_second"] / 1e9,
+            "retransmits": end["sum_sent"].get("retransmits"),
+            "sender_cpu": round(end["cpu_utilization_percent"]["host_total"], 1),
+            "receiver_cpu": round(end["cpu_utilization_percent"]["remote_total"], 1),
+        }
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def close(self) -> list[str]:
+        problems = []
+        for proc in list(self.procs):
+            with contextlib.suppress(OSError):
+                self.stop(proc)
+            if proc.poll() is None:
+                problems.append(f"iperf3 pid {proc.pid} still running")
+        return problems
+
+
+@contextlib.contextmanager
+def no_interrupt():
+    """A second Ctrl-C must not cut a teardown short."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -37,7 +37,16 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import BenchError, close_lab, finish, list_netns, log, nsenter, raise_interrupt
+from benchlib import (
+    BenchError,
+    Iperf,
+    close_lab,
+    finish,
+    list_netns,
+    log,
+    no_interrupt,
+    raise_interrupt,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "src") not in sys.path:
@@ -99,83 +108,6 @@ class BenchLab:
 # --------------------------------------------------------------------------------------
 # iperf3
 # --------------------------------------------------------------------------------------
-class Iperf:
-    """iperf3 servers started by the bench, recorded and stopped by PID."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen] = []
-
-    def server(self, ns: str, bind: str) -> subprocess.Popen:
-        # nsenter --net execs iperf3 itself: the recorded PID is iperf3's.
-        proc = subprocess.Popen(
-            [*nsenter(ns), "iperf3", "-s", "-B", bind, "-p", str(PORT)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.procs.append(proc)
-        deadline = time.monotonic() + 10
-        while not self._listening(ns):
-            if proc.poll() is not None:
-                raise BenchError(f"iperf3 -s in {ns} exited with {proc.returncode}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"iperf3 -s in {ns} did not listen within 10 s")
-            time.sleep(0.05)
-        return proc
-
-    @staticmethod
-    def _listening(ns: str) -> bool:
-        out = subprocess.run(
-            [*nsenter(ns), "ss", "-Hltn", f"sport = :{PORT}"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        return bool(out.stdout.strip())
-
-    @staticmethod
-    def client(ns: str, server_ip: str, seconds: float) -> dict:
-        argv = [*nsenter(ns), "iperf3", "-c", server_ip, "-p", str(PORT), "-t", str(seconds)]
-        argv += ["-O", "1", "-J"]
-        proc = subprocess.run(
-            argv, capture_output=True, text=True, timeout=seconds + 30, check=False
-        )
-        try:
-            data = json.loads(proc.stdout)
-        except ValueError:
-            raise BenchError(
-                f"iperf3 -c {server_ip} from {ns}: rc {proc.returncode}, {proc.stderr.strip()[-400:]}"
-            ) from None
-        if "error" in data:
-            raise BenchError(f"iperf3 -c {server_ip} from {ns}: {data['error']}")
-        end = data["end"]
-        return {
-            "gbps": end["sum_received"]["bits_per_second"] / 1e9,
-            "retransmits": end["sum_sent"].get("retransmits"),
-            "sender_cpu": round(end["cpu_utilization_percent"]["host_total"], 1),
-            "receiver_cpu": round(end["cpu_utilization_percent"]["remote_total"], 1),
-        }
-
-    def stop(self, proc: subprocess.Popen) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        if proc in self.procs:
-            self.procs.remove(proc)
-
-    def close(self) -> list[str]:
-        problems = []
-        for proc in list(self.procs):
-            with contextlib.suppress(OSError):
-                self.stop(proc)
-            if proc.poll() is None:
-                problems.append(f"iperf3 pid {proc.pid} still running")
-        return problems
-
-
 def path_mtu(ns: str, ifname: str = "eth0") -> int:
     out = subprocess.run(
         ["ip", "-n", ns, "-j", "link", "show", "dev", ifname],
@@ -286,15 +218,11 @@ def bench(args: argparse.Namespace) -> dict:
                 key: round(outcome["paths"][key]["median_gbps"] / big, 3) for key in paths if key != "veth-big"
             }
     finally:
-        # A second Ctrl-C must not skip teardown.
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
+        with no_interrupt():
             problems += iperf.close()
             for lab in labs.values():
                 problems += lab.close()
             problems += close_sandbox(sandbox)
-        finally:
-            signal.signal(signal.SIGINT, previous)
         for problem in problems:
             log(f"cleanup problem: {problem}")
     outcome["cleanup"] = {"ok": not problems, "problems": problems}

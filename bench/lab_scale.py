@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchlib import BenchError, finish, list_netns, log, raise_interrupt
+from benchlib import BenchError, finish, list_netns, log, no_interrupt, raise_interrupt
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "src") not in sys.path:
@@ -173,12 +173,9 @@ def run_size(nodes: int, pods: int, args: argparse.Namespace) -> tuple[dict, lis
         if down.returncode != 0:
             problems.append(f"lab down {name}: {down.stderr.strip()[-600:]}")
     finally:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
+        with no_interrupt():
             problems += record.force_down()
             problems += record.leftovers()
-        finally:
-            signal.signal(signal.SIGINT, previous)
     from podnet.procs import owner_alive
 
     still = [owner for owner in owners if owner_alive(owner)]
@@ -319,12 +316,9 @@ def profile_size(nodes: int, pods: int, args: argparse.Namespace) -> tuple[dict,
         out["state_file_bytes"] = state_file(name).stat().st_size
         out["idle_cpu"] = idle_cpu(name, 3.0)
     finally:
-        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
+        with no_interrupt():
             problems += record.force_down()
             problems += record.leftovers()
-        finally:
-            signal.signal(signal.SIGINT, previous)
     path = None
     if args.profile_out:
         os.makedirs(args.profile_out, exist_ok=True)

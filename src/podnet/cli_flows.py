@@ -20,6 +20,7 @@ from podnet.cli_policy import _open, _store_options, lab_aware
 from podnet.errors import PodnetError
 
 FOLLOW_INTERVAL = 0.5
+PAGE = 1000
 COLUMNS = ["TIME", "NODE", "VERDICT", "SRC", "DST", "PROTO", "RULE"]
 
 
@@ -29,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     flows.add_argument("--follow", "-f", action="store_true", help="keep printing new verdicts")
     flows.add_argument("--pod", metavar="NS/NAME", help="only flows from or to this pod")
     flows.add_argument("--verdict", choices=("deny", "allow", "log", "pass"), help="only this verdict")
+    flows.add_argument("--since", type=float, metavar="SECONDS", help="only flows of the last SECONDS")
     flows.add_argument("-o", "--output", choices=("table", "json"), default="table")
     flows.set_defaults(func=_cmd_flows)
 
@@ -103,17 +105,22 @@ def _cmd_flows(args: argparse.Namespace) -> int:
     cursors = dict.fromkeys(sockets, 0)
     names = _names(args.lab)
 
+    oldest = time.time() - args.since if args.since else 0.0
+
     def fetch() -> list[dict[str, Any]]:
         found = []
         for node, sock in sockets.items():
-            try:
-                reply = call(sock, "policy.flows", timeout=5, since=cursors[node])
-            except PodnetError:
-                continue  # a node whose agent is down has nothing to say right now
-            cursors[node] = reply["next"]  # type: ignore[index]
-            found += reply["flows"]  # type: ignore[index]
+            while True:  # page through everything the node has since our cursor
+                try:
+                    reply = call(sock, "policy.flows", timeout=5, since=cursors[node], limit=PAGE)
+                except PodnetError:
+                    break  # a node whose agent is down has nothing to say right now
+                cursors[node] = reply["next"]  # type: ignore[index]
+                found += reply["flows"]  # type: ignore[index]
+                if len(reply["flows"]) < PAGE:  # type: ignore[index]
+                    break
         found = [f for f in found if (ips is None or f["src"] in ips or f["dst"] in ips)
-                 and (args.verdict is None or f["verdict"] == args.verdict)]
+                 and (args.verdict is None or f["verdict"] == args.verdict) and f["time"] >= oldest]
         return sorted(found, key=lambda f: f["time"])
 
     flows = fetch()

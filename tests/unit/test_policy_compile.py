@@ -41,13 +41,15 @@ def test_no_policy_no_endpoint_chains():
 def test_isolated_pod_gets_allow_lines_and_a_named_default_deny():
     c = compile_node(world(DENY_X), "node0")
     (chain,) = [n for n in c.chains if n.startswith("in_")]
+    (policy_chain,) = [n for n in c.chains if n.startswith("np_")]  # each policy in a chain of its own
     lines = c.chains[chain]
     members = [n for n, s in c.sets.items() if s.elements == ("10.244.1.2", "10.244.1.3", "10.244.1.4")]
     assert members, c.sets
-    assert lines[0] == (f"ip saddr @{members[0]} meta l4proto tcp th dport {{ 81 }} counter accept "
-                        'comment "NetworkPolicy x/allow-y ingress[0]"')
-    assert lines[-1] == (f'counter log prefix "D isolated:x/allow-y ingress " group {LOG_GROUP} drop '
-                         'comment "default deny ingress x/a (isolated by x/allow-y)"')
+    assert c.chains[policy_chain] == (f"ip saddr @{members[0]} meta l4proto tcp th dport {{ 81 }} counter accept "
+                                      'comment "NetworkPolicy x/allow-y ingress[0]"',)
+    assert lines == (f"jump {policy_chain}",
+                     f'counter log prefix "D isolated:x/allow-y ingress " group {LOG_GROUP} drop '
+                     'comment "default deny ingress x/a (isolated by x/allow-y)"')
     assert c.maps["in4"][1] == (f"10.244.0.2 : jump {chain}",)
     assert compile_node(world(DENY_X), "node1").maps["in4"][1] == ()  # x/a is not on node1
 
@@ -129,3 +131,29 @@ def test_long_names_are_cut_to_the_nflog_limit():
     text = DENY_X.replace("allow-y", name[:63])
     c = compile_node(world(text), "node0")
     assert all(len(prefix) <= 120 for prefix in c.rules)
+
+
+def test_cache_recompiles_only_what_changed():
+    """With a cache, an unchanged policy object reuses its lines; an edited one (a new
+    object) is compiled again, and only its chain differs."""
+    from podnet.policy.compile import CompileCache
+
+    gen = "\n---\n".join(DENY_X.replace("allow-y", f"p{i}").replace("serve-81-tcp", str(1000 + i))
+                          for i in range(50))
+    w = world(gen)
+    cache = CompileCache()
+    first = compile_node(w, "node0", cache=cache)
+    assert len(cache.chains) == 50
+    again = compile_node(w, "node0", cache=cache)
+    assert again.diff(first) == "" and len(cache.chains) == 50
+    edited = world(gen.replace("port: 1007", "port: 2007"))
+    # keep the other 49 policy objects: the store's parse cache would hand the same ones
+    same = {p.name: p for p in w.network_policies}
+    nps = [p if p.name != "p7" else next(q for q in edited.network_policies if q.name == "p7")
+           for p in (same[n.name] for n in edited.network_policies)]
+    w2 = World.build([*parse_documents([{"apiVersion": "v1", "kind": "Namespace",
+                                         "metadata": {"name": n, "labels": {"ns": n}}} for n in "xyz"]), *nps],
+                     w.endpoints)
+    diff = compile_node(w2, "node0", cache=cache).diff(first)
+    assert diff.count("flush chain") == 1 and "th dport 2007 " in diff and "1007" not in diff
+    assert compile_node(w2, "node0").render() == compile_node(w2, "node0", cache=cache).render()

@@ -104,5 +104,5 @@ class IsolationService:
         return result, revision
 
     def _run(self) -> None:
-        list_then_watch(self._stop, PREFIX, self._open, lambda _full: self._converge()[1],
+        list_then_watch(self._stop, PREFIX, self._open, lambda _periodic, _events: self._converge()[1],
                         self.resync_seconds, self.watch_timeout, log, MAX_BACKOFF)

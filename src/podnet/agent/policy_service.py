@@ -5,8 +5,11 @@
   cluster store under `policy/` (policy/repository.py), pods are registered there by
   the orchestrator (the lab), peer nodes' addresses come from their leases.
 - List-then-watch on `policy/`; every change recompiles and applies the *difference*
-  to the table in force (one nft transaction); every RESYNC_SECONDS, and at start, the
-  whole table is applied (repairing a table flushed or deleted by hand).
+  to the table in force (one nft transaction, stamped with a generation number). At
+  start the whole table is applied; every RESYNC_SECONDS the generation is read back
+  (one tiny set, not the 10k-rule table) and a table deleted or replaced by hand is
+  rebuilt whole. (A single rule deleted by hand inside a chain is not detected until
+  that chain changes or the agent restarts.)
 - Fail closed: the table lives in the kernel, so the node keeps enforcing while the
   agent is down or the store is unreachable; a policy set that cannot be built (say, a
   ClusterPolicy naming a missing tier) keeps the last good table and is reported in
@@ -70,6 +73,9 @@ class PolicyService:
         self.stats: dict[str, Any] = {}
         self.flows: collections.deque[dict[str, Any]] = collections.deque(maxlen=FLOW_BUFFER)
         self._seq = 0
+        self._parsed: dict[str, tuple[int, Any]] = {}  # store key -> (revision, parsed object)
+        self._generation = int(time.time())  # stamped into the table on every apply
+        self._cache: Any = None  # policy.compile.CompileCache
 
     # -- AgentService
 
@@ -117,8 +123,8 @@ class PolicyService:
 
     # -- converging
 
-    def converge(self, full: bool = False) -> dict[str, Any]:
-        from podnet.policy.compile import compile_node
+    def converge(self, full: bool = False, events: list | None = None) -> dict[str, Any]:
+        from podnet.policy.compile import CompileCache, compile_node
         from podnet.policy.repository import SETTINGS, load_world
 
         assert self.options is not None
@@ -126,25 +132,37 @@ class PolicyService:
             started = time.monotonic()
             store = self._store()
             try:
-                world, revision = load_world(store)
+                world, revision = load_world(store, self._parsed, events)
                 settings = store.get_json(SETTINGS) or {}
-                compiled = compile_node(world, self.options.node, bool(settings.get("logAllowed")))
+                if self._cache is None:
+                    self._cache = CompileCache()
+                compiled = compile_node(world, self.options.node, bool(settings.get("logAllowed")), self._cache)
             except PodnetError as exc:  # keep the last good table: fail closed
                 self.error = exc.msg
                 log.warning("policy: cannot build the policy, keeping the table in force: %s", exc.msg)
                 return self.status_unlocked(revision=None)
             compiled_ms = (time.monotonic() - started) * 1000
-            if full or self.applied is None:
-                script = compiled.render()
-            else:
-                script = compiled.diff(self.applied)
+            if not full and self.applied is not None and not self._intact():
+                full = True  # the table was deleted or replaced by hand: rebuild it
+            script = compiled.render() if full or self.applied is None else compiled.diff(self.applied)
             if script:
-                self.nft.apply(script)
+                self._generation += 1
+                self.nft.apply(script + compiled.stamp(self._generation))
             self.applied, self.error = compiled, None
             self.stats = {"revision": revision, "compile_ms": round(compiled_ms, 1),
                           "apply_ms": round((time.monotonic() - started) * 1000 - compiled_ms, 1),
                           "full": full or not script, "endpoints": len(world.endpoints)}
             return self.status_unlocked(revision=revision)
+
+    def _intact(self) -> bool:
+        """Does the kernel still hold our last apply? One small set is read, not the
+        (possibly 10k-rule) table: the generation stamped with every transaction."""
+        from podnet.policy.compile import FAMILY, GENERATION_SET, TABLE
+
+        try:
+            return self.nft.set_elements(FAMILY, TABLE, GENERATION_SET) == [self._generation]
+        except PodnetError:
+            return False
 
     def status_unlocked(self, revision: int | None) -> dict[str, Any]:
         compiled = self.applied
@@ -162,8 +180,10 @@ class PolicyService:
     def _run(self) -> None:
         self._bridge_netfilter()
 
-        def converge(full: bool) -> int:
-            result = self.converge(full=full or self.applied is None)
+        def converge(_periodic: bool, events: list | None) -> int:
+            # a periodic pass applies the difference too, after checking the kernel still
+            # holds our last apply (_intact); only a lost table is rebuilt whole
+            result = self.converge(full=self.applied is None, events=events)
             if result.get("revision") is None:  # could not build: keep watching for a fix
                 return self._store().revision()
             return int(result["revision"])

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from podnet.errors import PodnetError
 from podnet.store import RevisionCompacted, Store
+from podnet.store.base import Event
 
 
 class ServiceThread:
@@ -40,27 +41,32 @@ def list_then_watch(
     stopping: threading.Event,
     prefix: str,
     store: Callable[[], Store | None],
-    converge: Callable[[bool], int],
+    converge: Callable[[bool, list[Event] | None], int],
     resync_seconds: float,
     watch_timeout: float,
     log: logging.Logger,
     max_backoff: float = 30.0,
 ) -> None:
     """The loop of a service that keeps the kernel in step with a store prefix:
-    converge from a snapshot (`converge(full)` returns the snapshot's revision), then
-    watch from that revision; converge again on any event, and fully every
-    `resync_seconds` (repairing what was changed by hand). Failures back off and retry;
-    no store yet (`store()` None) is waited for."""
+    converge from a snapshot (`converge(periodic, events)` returns the revision it
+    reflects), then watch from that revision; converge again on any event, and every
+    `resync_seconds` (repairing what was changed by hand). `events` are the changes
+    seen since the last converge, or None when the caller must list the prefix again
+    (first pass, periodic pass, after a failure or a compacted history). Failures back
+    off and retry; no store yet (`store()` None) is waited for."""
     revision, dirty, last, backoff = 0, True, float("-inf"), 1.0
+    events: list[Event] | None = None
     while not stopping.is_set():
         due = time.monotonic() - last >= resync_seconds
         if dirty or due:
             last = time.monotonic() if due else last
             try:
-                revision = converge(due)
+                revision = converge(due, None if due else events)
+                events = []
                 dirty, backoff = False, 1.0
             except (PodnetError, OSError, ValueError) as exc:
                 log.warning("cannot converge %s: %s", prefix, getattr(exc, "msg", exc))
+                events = None
                 stopping.wait(backoff)
                 backoff = min(backoff * 2, max_backoff)
                 continue
@@ -70,14 +76,17 @@ def list_then_watch(
             dirty = store() is not None
             continue
         try:
-            events = handle.watch(prefix, revision, watch_timeout)
+            seen = handle.watch(prefix, revision, watch_timeout)
         except RevisionCompacted:
-            dirty = True
+            dirty, events = True, None
             continue
         except PodnetError as exc:
             log.warning("watching %s failed: %s", prefix, exc.msg)
-            dirty = True
+            dirty, events = True, None
             stopping.wait(backoff)
             continue
-        if events:
+        if seen:
             dirty = True
+            revision = max(revision, max(e.revision for e in seen))
+            if events is not None:
+                events.extend(seen)

@@ -28,7 +28,7 @@ NFULNL_MSG_PACKET, NFULNL_MSG_CONFIG = 0, 1
 NFULA_CFG_CMD, NFULA_CFG_MODE = 1, 2
 NFULNL_CFG_CMD_BIND, NFULNL_CFG_CMD_UNBIND = 1, 2
 NFULNL_COPY_PACKET = 2
-NFULA_PACKET_HDR, NFULA_IFINDEX_INDEV, NFULA_IFINDEX_OUTDEV = 1, 4, 5
+NFULA_PACKET_HDR, NFULA_TIMESTAMP, NFULA_IFINDEX_INDEV, NFULA_IFINDEX_OUTDEV = 1, 3, 4, 5
 NFULA_PAYLOAD, NFULA_PREFIX = 9, 10
 NLM_F_REQUEST, NLM_F_ACK = 0x1, 0x4
 NLMSG_ERROR = 2
@@ -109,7 +109,12 @@ def parse_message(data: bytes) -> list[LoggedPacket]:
                 prefix = attrs.get(NFULA_PREFIX, b"").split(b"\0", 1)[0].decode(errors="replace")
                 indev = struct.unpack("!I", attrs[NFULA_IFINDEX_INDEV])[0] if NFULA_IFINDEX_INDEV in attrs else None
                 outdev = struct.unpack("!I", attrs[NFULA_IFINDEX_OUTDEV])[0] if NFULA_IFINDEX_OUTDEV in attrs else None
-                out.append(LoggedPacket(prefix, family, proto, src, dst, sport, dport, indev, outdev, now))
+                stamp = attrs.get(NFULA_TIMESTAMP)  # the packet's own time, when the kernel kept one
+                when = now
+                if stamp and len(stamp) >= 16:
+                    sec, usec = struct.unpack_from("!QQ", stamp)
+                    when = sec + usec / 1e6 if sec else now
+                out.append(LoggedPacket(prefix, family, proto, src, dst, sport, dport, indev, outdev, when))
         offset += (length + 3) & ~3
     return out
 

@@ -30,6 +30,8 @@ class NftPort(Protocol):
 
     def list_table_json(self, family: str, table: str) -> dict | None: ...
 
+    def set_elements(self, family: str, table: str, name: str) -> list | None: ...
+
 
 def _check_table(family: str, table: str) -> None:
     if family not in _FAMILIES or not _NAME.match(table):
@@ -90,6 +92,22 @@ class Nft:
         except ValueError as exc:
             raise KernelError(f"nft printed invalid JSON for {family} {table}", str(exc)) from None
 
+    def set_elements(self, family: str, table: str, name: str) -> list | None:
+        """The elements of one named set (cheap: nothing else of the table is listed);
+        None when the table or the set is absent."""
+        _check_table(family, table)
+        proc = self._run(["-j", "list", "set", family, table, name])
+        if proc.returncode != 0:
+            return None
+        try:
+            items = json.loads(proc.stdout)["nftables"]
+        except (ValueError, KeyError) as exc:
+            raise KernelError(f"nft printed invalid JSON for set {name}", str(exc)) from None
+        for item in items:
+            if "set" in item:
+                return list(item["set"].get("elem", []))
+        return None
+
 
 class FakeNft:
     """Records scripts instead of running them; returns canned listings.
@@ -115,3 +133,13 @@ class FakeNft:
         _check_table(family, table)
         self.list_calls.append((family, table))
         return self.tables.get((family, table))
+
+    def set_elements(self, family: str, table: str, name: str) -> list | None:
+        _check_table(family, table)
+        doc = self.tables.get((family, table))
+        if doc is None:
+            return None
+        for item in doc.get("nftables", []):
+            if "set" in item and item["set"].get("name") == name:
+                return list(item["set"].get("elem", []))
+        return None

@@ -58,6 +58,7 @@ from podnet.policy.objects import (
 )
 
 FAMILY, TABLE = "inet", "podnet-policy"
+GENERATION_SET = "generation"  # one element: which apply the kernel holds (cheap drift check)
 LOG_GROUP = 100
 PREFIX_MAX = 120  # NFLOG prefixes are at most 127 bytes
 FAILSAFE_TCP = (2379, 2380)  # etcd: the node's store
@@ -91,7 +92,8 @@ class Compiled:
 
     def render(self) -> str:
         """The whole table, replacing any previous one in the same transaction."""
-        parts = [f"table {FAMILY} {TABLE} {{", *[s.render(n) for n, s in sorted(self.sets.items())]]
+        parts = [f"table {FAMILY} {TABLE} {{", f"  set {GENERATION_SET} {{\n    type mark\n  }}",
+                 *[s.render(n) for n, s in sorted(self.sets.items())]]
         for name, (kind, elements) in sorted(self.maps.items()):
             body = f"\n    elements = {{ {', '.join(elements)} }}" if elements else ""
             parts.append(f"  map {name} {{\n    type {kind} : verdict{body}\n  }}")
@@ -132,9 +134,11 @@ class Compiled:
         out.extend(f"delete set {t} {name}" for name in sorted(old.sets) if name not in self.sets)
         return "\n".join(out) + ("\n" if out else "")
 
-    @property
-    def base_chains_changed(self) -> bool:  # pragma: no cover - for symmetry with diff
-        return False
+    @staticmethod
+    def stamp(generation: int) -> str:
+        """Script lines recording `generation` in the table (append to a transaction)."""
+        return (f"flush set {FAMILY} {TABLE} {GENERATION_SET}\n"
+                f"add element {FAMILY} {TABLE} {GENERATION_SET} {{ {generation} }}\n")
 
 
 def _hash(*parts: object) -> str:
@@ -152,12 +156,36 @@ def _prefix(verdict: str, what: str) -> str:
     return _quote(text)
 
 
+@dataclass
+class CompileCache:
+    """What one node's compiles reuse, so one changed policy among 10k costs little.
+    Keys use object identity: the policy service's parse cache hands out the *same*
+    policy object while its store entry is unchanged (each entry keeps a reference to
+    the object, so an id is never reused while it is cached)."""
+
+    policies: dict[int, NetworkPolicy] = field(default_factory=dict)  # id -> policy, last compile
+    isolating: dict[tuple, list[NetworkPolicy]] = field(default_factory=dict)
+    chains: dict[tuple, tuple] = field(default_factory=dict)  # -> (policy, lines, sets, rules)
+
+
 class _Builder:
-    def __init__(self, world: World, node: str, log_allowed: bool) -> None:
+    def __init__(self, world: World, node: str, log_allowed: bool,
+                 cache: CompileCache | None = None) -> None:
         self.world = world
         self.node = node
         self.log_allowed = log_allowed
         self.out = Compiled()
+        self.cache = cache or CompileCache()
+        # everything a policy's lines depend on besides the policy itself
+        self.topology = hash((log_allowed, tuple(
+            (e.identity, tuple(e.labels.items()), e.ips, e.ports, e.node) for e in world.endpoints),
+            tuple((n, tuple(labels.items())) for n, labels in world.namespaces.items())))
+        current = {id(p): p for p in world.network_policies}
+        self.added = [p for i, p in current.items() if i not in self.cache.policies]
+        self.removed = set(self.cache.policies) - set(current)
+        self.cache.policies = current
+        self.used_chains: set[tuple] = set()
+        self.used_isolating: set[tuple] = set()
         # address families in use: no IPv6 lines in an IPv4 cluster (and vice versa)
         self.families = sorted({ipaddress.ip_address(ip).version for ep in world.endpoints
                                 for ip in ep.ips}) or [4]
@@ -331,12 +359,11 @@ class _Builder:
                 self.out.chains[tier_chain] = tuple(tier_lines)
                 lines.append(f'jump {tier_chain} comment "tier {tier.name}"')
         if ep.kind == "pod":
-            isolating = [p for p in self.world.network_policies
-                         if p.namespace == ep.namespace and direction in p.policy_types
-                         and p.pod_selector.matches(ep.labels)]
+            isolating = self.isolating(ep, direction)
             for np in isolating:
-                for i, rule in enumerate(np.rules(direction)):
-                    lines += self.np_rule_lines(np, i, rule, direction, ep)
+                chain = self.np_chain(np, direction, ep)
+                if chain:
+                    lines.append(f"jump {chain}")
             if isolating:
                 names = ",".join(f"{p.namespace}/{p.name}" for p in isolating)
                 what = f"default deny {direction.lower()} {ep.namespace}/{ep.name} (isolated by {names})"
@@ -346,6 +373,59 @@ class _Builder:
             return None
         self.out.chains[name] = tuple(lines)
         return name
+
+    def isolating(self, ep: Endpoint, direction: str) -> list[NetworkPolicy]:
+        """The NetworkPolicies isolating `ep` for `direction`, in (namespace, name)
+        order; updated from the last compile by the policies added and removed."""
+
+        def selects_ep(p: NetworkPolicy) -> bool:
+            return p.namespace == ep.namespace and direction in p.policy_types and p.pod_selector.matches(ep.labels)
+
+        key = (ep.identity, tuple(ep.labels.items()), direction)
+        self.used_isolating.add(key)
+        known = self.cache.isolating.get(key)
+        if known is None:
+            found = [p for p in self.world.network_policies if selects_ep(p)]
+        elif not self.removed and not self.added:
+            found = known
+        else:
+            found = [p for p in known if id(p) not in self.removed] + [p for p in self.added if selects_ep(p)]
+            found.sort(key=lambda p: (p.namespace, p.name))
+        self.cache.isolating[key] = found
+        return found
+
+    def np_chain(self, np: NetworkPolicy, direction: str, ep: Endpoint) -> str | None:
+        """One NetworkPolicy's allow lines for one local endpoint, in a chain of their
+        own: editing that policy rewrites only this chain. Reused from the cache while
+        the policy object and everything it reads are unchanged."""
+        key = (id(np), direction, ep.identity, self.topology)
+        self.used_chains.add(key)
+        cached = self.cache.chains.get(key)
+        if cached is None or cached[0] is not np:
+            name = f"np_{_hash(*ep.identity, np.namespace, np.name, direction)}"
+            sets, rules = self.out.sets, self.out.rules
+            self.out.sets, self.out.rules = {}, {}
+            try:
+                lines = [line for i, rule in enumerate(np.rules(direction))
+                         for line in self.np_rule_lines(np, i, rule, direction, ep)]
+                cached = (np, name, tuple(lines), self.out.sets, self.out.rules)
+            finally:
+                self.out.sets, self.out.rules = sets, rules
+            self.cache.chains[key] = cached
+        _np, name, lines, sets, rules = cached
+        if sets:
+            self.out.sets.update(sets)
+        if rules:
+            self.out.rules.update(rules)
+        if not lines:
+            return None
+        self.out.chains[name] = lines
+        return name
+
+    def prune(self) -> None:
+        for memo, used in ((self.cache.chains, self.used_chains), (self.cache.isolating, self.used_isolating)):
+            for key in [k for k in memo if k not in used]:
+                del memo[key]
 
     def build(self) -> Compiled:
         local = [ep for ep in self.world.endpoints if ep.node == self.node]
@@ -384,9 +464,14 @@ class _Builder:
         return self.out
 
 
-def compile_node(world: World, node: str, log_allowed: bool = False) -> Compiled:
-    """The table enforcing `world`'s policy for the endpoints on `node`."""
-    return _Builder(world, node, log_allowed).build()
+def compile_node(world: World, node: str, log_allowed: bool = False,
+                 cache: CompileCache | None = None) -> Compiled:
+    """The table enforcing `world`'s policy for the endpoints on `node`; `cache` (kept
+    by the caller between compiles) makes a recompile cost what changed."""
+    builder = _Builder(world, node, log_allowed, cache)
+    compiled = builder.build()
+    builder.prune()
+    return compiled
 
 
 def endpoints_from_pods(pods: Sequence[Mapping], hosts: Sequence[Endpoint] = ()) -> list[Endpoint]:

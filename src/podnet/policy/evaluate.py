@@ -46,6 +46,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from types import MappingProxyType
 
 from podnet.policy.objects import (
@@ -159,12 +160,15 @@ class World:
         cps: list[ClusterPolicy] = []
         nps: list[NetworkPolicy] = []
         eps: dict[tuple[str, str, str], Endpoint] = {}
-        seen: set[str] = set()
-        for obj in objects:
-            if obj.key in seen:
+        seen: set[tuple] = set()
+        for obj in objects:  # NetworkPolicy first: there may be 10k of them
+            key = (obj.kind, obj.namespace, obj.name)
+            if key in seen:
                 raise PolicyError(f"{obj.kind} {obj.name}: defined twice")
-            seen.add(obj.key)
-            if isinstance(obj, Namespace):
+            seen.add(key)
+            if isinstance(obj, NetworkPolicy):
+                nps.append(obj)
+            elif isinstance(obj, Namespace):
                 namespaces[obj.name] = obj.labels
             elif isinstance(obj, Tier):
                 if obj.name == DEFAULT_TIER and obj.order != DEFAULT_TIER_ORDER:
@@ -173,8 +177,6 @@ class World:
                 tiers[obj.name] = obj
             elif isinstance(obj, ClusterPolicy):
                 cps.append(obj)
-            elif isinstance(obj, NetworkPolicy):
-                nps.append(obj)
             elif isinstance(obj, HostEndpoint):
                 ep = Endpoint("host", obj.name, None, obj.ips, obj.labels, (), obj.machine)
                 eps[ep.identity] = ep
@@ -197,7 +199,7 @@ class World:
             endpoints=tuple(sorted(eps.values(), key=lambda e: e.identity)),
             tiers=tuple(tier_list),
             cluster_policies=tuple(sorted(cps, key=lambda p: (rank[p.tier], p.order, p.name))),
-            network_policies=tuple(sorted(nps, key=lambda p: (p.namespace, p.name))),
+            network_policies=tuple(sorted(nps, key=attrgetter("namespace", "name"))),
         )
 
     def namespace_labels(self, namespace: str) -> Mapping[str, str]:

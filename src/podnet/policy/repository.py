@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from podnet.policy.objects import PolicyError, PolicyObject, parse_document
-from podnet.store.base import Store
+from podnet.store.base import PUT, Store
 
 PREFIX = "policy/"
 PODS = "policy/pods/"
 SETTINGS = "policy/settings"  # {"logAllowed": bool}: log allowed new flows too
+AS_OF = ""  # load_world's cache: the revision it reflects, under a key no object has
 NAME_LABEL = "kubernetes.io/metadata.name"
 
 # kind -> store prefix; and what a user may type for it in `podnet get KIND`
@@ -205,25 +206,63 @@ def label(store: Store, kind: str, target: str, changes: Sequence[str]) -> Chang
     raise PolicyError(f"cannot label a {kind}", "label namespace NAME or pod NS/NAME")
 
 
-def load_world(store: Store) -> tuple[Any, int]:
-    """The policy world (policy/evaluate.py World) from one consistent snapshot, and
-    its revision. Host endpoints of lab nodes without explicit addresses get the
-    node's underlay address from its lease."""
+def load_world(store: Store, parsed: dict[str, tuple[int, Any]] | None = None,
+               events: Sequence[Any] | None = None) -> tuple[Any, int]:
+    """The policy world (policy/evaluate.py World) and the revision it reflects.
+
+    `parsed` (kept by the caller) maps a key to (revision, parsed object): an unchanged
+    entry is not parsed again and yields the very same object, which the compiler's
+    cache relies on. With `events` (the watch events since the world `parsed` holds),
+    only those keys are applied, and the store is not listed: one change among 10k
+    objects costs one parse. Without them, one consistent snapshot is read. Host
+    endpoints of lab nodes without explicit addresses get the node's underlay address
+    from its lease."""
+    cache: dict[str, tuple[int, Any]] = {} if parsed is None else parsed
+
+    def parse(key: str, revision: int, value: str) -> None:
+        doc = json.loads(value)
+        cache[key] = (revision, doc if key.startswith(PODS) else parse_document(doc, 0))
+
+    as_of = cache.get(AS_OF, (0, None))[0]  # the revision the cache reflects
+    if events is not None and as_of:
+        revision = as_of
+        for event in events:
+            if event.revision <= as_of:
+                continue  # already in the cache: a listing since then saw it (or its undoing)
+            revision = max(revision, event.revision)
+            if event.key == SETTINGS or not event.key.startswith(PREFIX):
+                continue
+            if event.kind == PUT and event.value is not None:
+                parse(event.key, event.revision, event.value)
+            else:
+                cache.pop(event.key, None)
+    else:
+        with store.transaction():
+            entries, revision = store.list(PREFIX), store.revision()
+        live = {AS_OF}
+        for entry in entries:
+            if entry.key == SETTINGS:
+                continue
+            live.add(entry.key)
+            hit = cache.get(entry.key)
+            if hit is None or hit[0] != entry.revision:
+                parse(entry.key, entry.revision, entry.value)
+        for key in [k for k in cache if k not in live]:
+            del cache[key]
+    cache[AS_OF] = (revision, None)
+    return _world(store, cache), revision
+
+
+def _world(store: Store, cache: Mapping[str, tuple[int, Any]]) -> Any:
     from podnet.policy.compile import endpoints_from_pods
     from podnet.policy.evaluate import Endpoint, World
     from podnet.policy.objects import HostEndpoint
 
-    with store.transaction():
-        entries, revision = store.list(PREFIX), store.revision()
-        objects, pods = [], []
-        for entry in entries:
-            if entry.key.startswith(PODS):
-                pods.append(json.loads(entry.value))
-            elif entry.key != SETTINGS:
-                objects.append(parse_document(json.loads(entry.value), 0))
-        hosts = []
-        for obj in objects:
-            if isinstance(obj, HostEndpoint) and not obj.ips and obj.node:
-                ip = (store.get_json(f"nodes/{obj.node}") or {}).get("underlay_ip")
-                hosts.append(Endpoint("host", obj.name, None, (ip,) if ip else (), obj.labels, (), obj.node))
-    return World.build(objects, endpoints_from_pods(pods, hosts)), revision
+    objects = [obj for key, (_rev, obj) in cache.items() if key != AS_OF and not key.startswith(PODS)]
+    pods = [doc for key, (_rev, doc) in cache.items() if key.startswith(PODS)]
+    hosts = []
+    for obj in objects:
+        if isinstance(obj, HostEndpoint) and not obj.ips and obj.node:
+            ip = (store.get_json(f"nodes/{obj.node}") or {}).get("underlay_ip")
+            hosts.append(Endpoint("host", obj.name, None, (ip,) if ip else (), obj.labels, (), obj.node))
+    return World.build(objects, endpoints_from_pods(pods, hosts))
