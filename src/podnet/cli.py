@@ -27,7 +27,9 @@ def _cmd_agent(args: argparse.Namespace) -> int:
     node = None
     if args.node:
         node = NodeOptions(args.node, args.fabric, args.cluster_cidr, args.block_prefix, args.underlay, args.lease_ttl)
-    return run_agent(args.socket, args.store, args.state_dir, args.dns_upstream, node)
+    if args.policy_host and args.node:
+        return fail("--policy-host and --node exclude each other (a node enforces its own host endpoint)", 2)
+    return run_agent(args.socket, args.store, args.state_dir, args.dns_upstream, node, args.policy_host)
 
 
 def _cmd_install(args: argparse.Namespace) -> int:
@@ -78,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--state-dir", help="state directory (default $PODNET_STATE_DIR or /var/lib/podnet)")
     agent.add_argument("--dns-upstream", metavar="IP[:PORT]",
                        help="where container DNS forwards names outside its networks (default: nowhere)")
+    agent.add_argument("--policy-host", metavar="NAME",
+                       help="only enforce the policy of the plain host NAME (its HostEndpoint) from --store")
     cluster = agent.add_argument_group("cluster node (all ignored without --node)")
     cluster.add_argument("--node", help="join a cluster through the store as node NAME")
     cluster.add_argument("--fabric", choices=("vxlan", "host-gw"), default="vxlan",

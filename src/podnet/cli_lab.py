@@ -44,6 +44,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     _name_option(down)
     down.set_defaults(func=_cmd_down)
 
+    host = lab_sub.add_parser("host", help="plain (non-container) hosts on the lab fabric")
+    host_sub = host.add_subparsers(dest="host_cmd", required=True)
+    add = host_sub.add_parser("add", help="add a plain host: a namespace on the fabric with an echo server, "
+                                          "protected by ClusterPolicy through a HostEndpoint (host: NAME)")
+    _name_option(add)
+    add.add_argument("host", metavar="HOST", help="the host's name (1-15 of [a-z0-9-])")
+    add.add_argument("--rack", type=int, default=0, help="the rack (L2 segment) to plug it into (default 0)")
+    add.add_argument("--tcp", type=int, action="append", metavar="PORT", help="TCP ports it serves (default 80)")
+    add.add_argument("--udp", type=int, action="append", metavar="PORT", help="UDP ports it serves (default 80)")
+    add_output_option(add)
+    add.set_defaults(func=_cmd_host_add)
+
     run = lab_sub.add_parser("exec", help="run a command in a node's or a pod's network namespace")
     _name_option(run)
     run.add_argument("target", metavar="NODE|NS/POD", help="a node name, NS/POD, or out, rtr, fab<r>")
@@ -168,6 +180,21 @@ def _cmd_down(args: argparse.Namespace) -> int:
     if not problems:
         print(f"lab {args.name} removed")
     return 1 if problems else 0
+
+
+def _cmd_host_add(args: argparse.Namespace) -> int:
+    from podnet.lab.hosts import add_host
+
+    try:
+        entry = add_host(args.name, args.host, args.rack, tuple(args.tcp or (80,)), tuple(args.udp or (80,)))
+    except PodnetError as exc:
+        return fail(exc)
+    if args.output == "json":
+        emit_object(entry, "json")
+    else:
+        print(f"host {args.host}: {entry['underlay']} on rack {entry['rack']} ({entry['netns']}), serving "
+              f"TCP {entry['tcp']} UDP {entry['udp']}; protect it with a HostEndpoint (spec.host: {args.host})")
+    return 0
 
 
 def _cmd_exec(args: argparse.Namespace) -> int:

@@ -21,200 +21,24 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import yaml
 
 from podnet.agent.client import call
-from podnet.lab.cluster import agent_has_cluster_flags, state_file
+from podnet.lab.cluster import agent_has_cluster_flags
 from podnet.policy import repository as repo
-from podnet.policy.evaluate import decide
-from podnet.policy.objects import parse_documents
-from podnet.store import open_store
+from policyharness import CASES, CELLS, PODS, Lab, check, cp, netpol_lab, np
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not agent_has_cluster_flags(), reason="`podnet agent` has no --node")]
-
-NETPOL = Path(__file__).parents[2] / "examples" / "topologies" / "netpol.yaml"
-PODS = [f"{ns}/{pod}" for ns in "xyz" for pod in "abc"]
-CELLS = [(80, "TCP"), (81, "TCP"), (80, "UDP"), (81, "UDP")]
-NAMESPACES = "\n---\n".join(
-    f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {n}, labels: {{ns: {n}}}}}" for n in "xyz")
-
-
-class Lab:
-    def __init__(self, name: str, data: dict) -> None:
-        self.name, self.data = name, data
-        self.store = open_store(data["store_url"])
-        self.sockets = [node["socket"] for node in data["nodes"].values()]
-        self.started: list[subprocess.Popen] = []  # agents a test restarted: stopped by PID
-
-    def close(self) -> None:
-        self.store.close()
-        for proc in self.started:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-    def ip(self, pod: str) -> str:
-        return self.data["pods"][pod]["ips"][0].split("/")[0]
-
-    def sync(self) -> None:
-        """Every agent converges now; then the nodes forget earlier flows, as upstream
-        e2e cases start from fresh pods (an established flow outlives a policy change,
-        as in Calico and Cilium; a reused UDP source port would ride on it)."""
-        for sock in self.sockets:
-            result = call(sock, "policy.sync")
-            assert result["error"] is None, result  # type: ignore[index]
-        for node in self.data["nodes"].values():
-            subprocess.run(["nsenter", f"--net=/run/netns/{node['netns']}", "conntrack", "-F"],
-                           capture_output=True, check=False)
-
-    def apply(self, text: str) -> list:
-        objects = parse_documents(d for d in yaml.safe_load_all(text) if d)
-        repo.apply(self.store, objects)
-        self.sync()
-        return objects
-
-    def apply_without_sync(self, text: str) -> list:
-        objects = parse_documents(d for d in yaml.safe_load_all(text) if d)
-        repo.apply(self.store, objects)
-        return objects
-
-    def delete(self, objects: list) -> None:
-        repo.delete(self.store, objects)
-        self.sync()
-
-    def probe(self) -> dict[tuple[int, str], dict[str, dict[str, bool]]]:
-        out = subprocess.run([sys.executable, "-m", "podnet.cli", "probe", "--name", self.name, "-o", "json",
-                              "--timeout", "0.6"], capture_output=True, text=True, timeout=60, check=False)
-        assert out.returncode == 0, out.stderr
-        raw = json.loads(out.stdout)
-        return {(int(k.split("/")[0]), k.split("/")[1].upper()): v for k, v in raw.items()}
-
-    def expected(self) -> dict[tuple[int, str], dict[str, dict[str, bool]]]:
-        world, _rev = repo.load_world(self.store)
-        eps = {f"{e.namespace}/{e.name}": e for e in world.endpoints if e.kind == "pod"}
-        return {(port, proto): {s: {d: decide(world, eps[s], eps[d], port, proto).allowed for d in PODS}
-                                for s in PODS} for port, proto in CELLS}
-
-
-def mismatches(got: dict, want: dict) -> list[str]:
-    return [f"{port}/{proto} {s}->{d}: probe {got[(port, proto)][s][d]}, expected {want[(port, proto)][s][d]}"
-            for port, proto in CELLS for s in PODS for d in PODS
-            if got[(port, proto)][s][d] != want[(port, proto)][s][d]]
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    from podnet.lab import topology as topo
-    from podnet.lab.cluster import LabBuilder, LabOptions, teardown
-
-    name = f"pp{secrets.token_hex(2)[:3]}"
-    builder = LabBuilder(topo.load(NETPOL), LabOptions(name=name, fabric="host-gw", timeout=60))
-    lab = None
-    try:
-        lab = Lab(name, builder.build().data)
-        lab.apply(NAMESPACES)
-        yield lab
-    finally:
-        if lab is not None:
-            lab.close()
-        if state_file(name).exists():
-            assert not teardown(name)
-
-
-def check(lab: Lab, text: str) -> dict:
-    """Apply, probe, compare every cell with the oracle, clean up; return the probe."""
-    objects = lab.apply(text)
-    try:
-        got, want = lab.probe(), lab.expected()
-        assert not mismatches(got, want), "\n".join(mismatches(got, want)[:20])
-        return got
-    finally:
-        lab.delete(objects)
-
-
-def np(name: str, ns: str, spec: str) -> str:
-    return f"apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}"
-
-
-def cp(name: str, spec: str) -> str:
-    return f"apiVersion: podnet.io/v1\nkind: ClusterPolicy\nmetadata: {{name: {name}}}\nspec:\n{spec}"
-
-
-TIER = "apiVersion: podnet.io/v1\nkind: Tier\nmetadata: {name: security}\nspec: {order: 100}\n---\n"
-
-# --------------------------------------------------------------------------- cases
-CASES: dict[str, str] = {
-    "default-deny-ingress": np("deny", "x", "  podSelector: {}\n"),
-    "default-deny-egress": np("deny", "x", "  podSelector: {}\n  policyTypes: [Egress]\n"),
-    "default-deny-both": np("deny", "x", "  podSelector: {}\n  policyTypes: [Ingress, Egress]\n"),
-    "allow-all-ingress-rule": np("deny", "x", "  podSelector: {}\n") + "\n---\n"
-    + np("all", "x", "  podSelector: {}\n  ingress: [{}]\n"),
-    "ingress-empty-list-denies": np("p", "x", "  podSelector: {}\n  ingress: []\n"),
-    "empty-from-list-is-all": np("p", "x", "  podSelector: {}\n  ingress: [{from: []}]\n"),
-    "same-namespace": np("p", "x", "  podSelector: {}\n  ingress: [{from: [{podSelector: {}}]}]\n"),
-    "from-namespace-y": np("p", "x", "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]\n"),
-    "pod-and-namespace-one-peer": np("p", "x", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: "
-                                     "[{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]}]\n"),
-    "pod-or-namespace-two-peers": np("p", "x", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: "
-                                     "[{namespaceSelector: {matchLabels: {ns: y}}}, {podSelector: {matchLabels: {pod: b}}}]}]\n"),
-    "pod-b-any-namespace": np("p", "x", "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {}, "
-                              "podSelector: {matchLabels: {pod: b}}}]}]\n"),
-    "expr-in": np("p", "x", "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchExpressions: "
-                  "[{key: ns, operator: In, values: [y, z]}]}}]}]\n"),
-    "expr-notin": np("p", "x", "  podSelector: {matchExpressions: [{key: pod, operator: NotIn, values: [a]}]}\n"
-                     "  ingress: [{from: [{podSelector: {matchExpressions: [{key: pod, operator: NotIn, values: [c]}]}}]}]\n"),
-    "expr-exists": np("p", "y", "  podSelector: {matchExpressions: [{key: pod, operator: Exists}]}\n"
-                      "  ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: ns, operator: In, values: [z]}]}}]}]\n"),
-    "expr-doesnotexist": np("p", "y", "  podSelector: {matchExpressions: [{key: app, operator: DoesNotExist}]}\n"),
-    "port-80-only": np("p", "x", "  podSelector: {}\n  ingress: [{ports: [{port: 80}]}]\n"),
-    "named-port-81-tcp": np("p", "x", "  podSelector: {}\n  ingress: [{ports: [{port: serve-81-tcp}]}]\n"),
-    "named-port-wrong-protocol": np("p", "x", "  podSelector: {}\n  ingress: [{ports: [{port: serve-81-tcp, protocol: UDP}]}]\n"),
-    "endport-range": np("p", "x", "  podSelector: {}\n  ingress: [{ports: [{port: 79, endPort: 80}]}]\n"),
-    "udp-81-only": np("p", "x", "  podSelector: {}\n  ingress: [{ports: [{protocol: UDP, port: 81}]}]\n"),
-    "sctp-only-blocks-tcp-udp": np("p", "x", "  podSelector: {}\n  ingress: [{ports: [{protocol: SCTP, port: 80}]}]\n"),
-    "egress-to-y-only": np("p", "x", "  podSelector: {}\n  policyTypes: [Egress]\n  egress: [{to: "
-                           "[{namespaceSelector: {matchLabels: {ns: y}}}]}]\n"),
-    "egress-named-port": np("p", "x", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n"
-                            "  egress: [{ports: [{port: serve-80-udp, protocol: UDP}]}]\n"),
-    "egress-inferred-type": np("p", "z", "  podSelector: {matchLabels: {pod: c}}\n  egress: [{to: [{podSelector: {}}]}]\n"),
-    "ingress-only-ignores-egress-rules": np("p", "z", "  podSelector: {}\n  policyTypes: [Ingress]\n"
-                                            "  ingress: [{}]\n  egress: [{to: [{podSelector: {matchLabels: {pod: zz}}}]}]\n"),
-    "union-of-policies": np("p1", "x", "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]\n")
-    + "\n---\n" + np("p2", "x", "  podSelector: {matchLabels: {pod: b}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: z}}}]}]\n"),
-    "cp-deny-over-np-allow": TIER + cp("deny-z", "  tier: security\n  selector: {namespaceSelector: {matchLabels: {ns: x}}}\n"
-                                       "  types: [Ingress]\n  ingress: [{action: Deny, from: [{namespaceSelector: {matchLabels: {ns: z}}}]}]\n")
-    + "\n---\n" + np("all", "x", "  podSelector: {}\n  ingress: [{}]\n"),
-    "cp-allow-over-np-deny": cp("allow-y", "  selector: {namespaceSelector: {matchLabels: {ns: x}}}\n  types: [Ingress]\n"
-                                "  ingress: [{action: Allow, from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]\n")
-    + "\n---\n" + np("deny", "x", "  podSelector: {}\n"),
-    "cp-pass-to-np": cp("pass-y", "  selector: {namespaceSelector: {matchLabels: {ns: x}}}\n  types: [Ingress]\n"
-                        "  ingress: [{action: Pass, from: [{namespaceSelector: {matchLabels: {ns: y}}}]}, {action: Allow}]\n")
-    + "\n---\n" + np("deny", "x", "  podSelector: {}\n"),
-    "cp-order": cp("first", "  order: 10\n  selector: {podSelector: {matchLabels: {pod: a}}}\n  types: [Ingress]\n"
-                   "  ingress: [{action: Allow, from: [{podSelector: {matchLabels: {pod: b}}}]}]\n")
-    + "\n---\n" + cp("second", "  order: 20\n  selector: {podSelector: {matchLabels: {pod: a}}}\n  types: [Ingress]\n"
-                     "  ingress: [{action: Deny}]\n"),
-    "cp-tier-order": TIER + cp("late-allow", "  selector: {namespaceSelector: {}}\n  types: [Ingress]\n  ingress: [{action: Allow}]\n")
-    + "\n---\n" + cp("early-deny", "  tier: security\n  selector: {podSelector: {matchLabels: {pod: c}}}\n  types: [Ingress]\n"
-                     "  ingress: [{action: Deny, protocol: UDP, ports: [81]}]\n"),
-    "cp-log-continues": cp("log", "  selector: {namespaceSelector: {}}\n  types: [Ingress, Egress]\n"
-                           "  ingress: [{action: Log}]\n  egress: [{action: Log, protocol: TCP}]\n")
-    + "\n---\n" + np("deny", "y", "  podSelector: {matchLabels: {pod: b}}\n"),
-    "cp-egress-deny-ports": cp("no-81", "  selector: {namespaceSelector: {matchLabels: {ns: z}}}\n  types: [Egress]\n"
-                               "  egress: [{action: Deny, protocol: TCP, ports: ['81-81']}]\n"),
-    "cp-ports-range-and-nets": cp("nets", "  selector: {namespaceSelector: {matchLabels: {ns: y}}}\n  types: [Ingress]\n"
-                                  "  ingress: [{action: Deny, protocol: TCP, ports: ['80-81'], from: [{nets: [10.244.0.0/16], "
-                                  "podSelector: {matchLabels: {pod: a}}}]}]\n"),
-}
+    with netpol_lab("host-gw", "pp") as built:
+        yield built
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -449,3 +273,90 @@ def test_explain_says_what_and_why_without_traffic(lab):
         assert all(r["error"] is None and r["rules"] > 0 for r in rows)
     finally:
         lab.delete(objects)
+
+
+TCP_PROBE = ("import socket,sys\n"
+             "try:\n"
+             "    s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=0.8); s.sendall(b'hi\\n')\n"
+             "    print(s.recv(100).decode().split()[0])\n"
+             "except OSError:\n"
+             "    print('blocked')\n")
+
+
+def tcp_from(lab: Lab, pod: str, ip: str, port: int) -> str:
+    """Who answered a TCP connection from `pod` (the echo server's name), or 'blocked'."""
+    ns = lab.data["pods"][pod]["netns"]
+    out = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-c", TCP_PROBE, ip, str(port)],
+                         capture_output=True, text=True, timeout=20, check=True)
+    return out.stdout.strip()
+
+
+HOSTS = """
+apiVersion: podnet.io/v1
+kind: HostEndpoint
+metadata: {name: vm1, labels: {role: vm}}
+spec: {host: vm1}
+---
+apiVersion: podnet.io/v1
+kind: HostEndpoint
+metadata: {name: node0, labels: {role: node}}
+spec: {node: node0}
+---
+apiVersion: podnet.io/v1
+kind: ClusterPolicy
+metadata: {name: vm-from-node1-only}
+spec:
+  selector: {hostEndpointSelector: {matchLabels: {role: vm}}}
+  types: [Ingress]
+  ingress: [{action: Allow, from: [{nets: [172.31.0.11/32]}]}, {action: Deny, name: others}]
+---
+apiVersion: podnet.io/v1
+kind: ClusterPolicy
+metadata: {name: z-not-to-vms}
+spec:
+  selector: {namespaceSelector: {matchLabels: {ns: z}}}
+  types: [Egress]
+  egress: [{action: Deny, to: [{hostEndpointSelector: {matchLabels: {role: vm}}}]}]
+---
+apiVersion: podnet.io/v1
+kind: ClusterPolicy
+metadata: {name: node0-not-from-x}
+spec:
+  selector: {hostEndpointSelector: {matchLabels: {role: node}}}
+  types: [Ingress]
+  ingress: [{action: Deny, protocol: TCP, ports: [7777], from: [{namespaceSelector: {matchLabels: {ns: x}}}]}]
+"""
+
+
+def test_host_endpoints_plain_host_and_node(lab):
+    """A plain host added with `podnet lab host add` and a lab node, both protected by
+    ClusterPolicy through HostEndpoints; pods' egress to host endpoints by selector.
+    Pods on x/a, y/c, z/b live on node0; y/a, x/b, z/c on node1 (netpol.yaml). Pod
+    traffic to the underlay is masqueraded to its node's address (as Flannel and
+    Calico's natOutgoing do), so a host sees nodes, not pods."""
+    out = cli("lab", "host", "add", "vm1", "--name", lab.name, "-o", "json")
+    assert out.returncode == 0, out.stderr
+    vm = json.loads(out.stdout)["underlay"]
+    node0 = lab.data["nodes"]["node0"]["underlay"]
+    assert tcp_from(lab, "x/a", vm, 80) == "vm1"  # no policy yet
+    listener = subprocess.Popen(["nsenter", f"--net=/run/netns/{lab.data['nodes']['node0']['netns']}",
+                                 sys.executable, "-m", "podnet.lab.echo", "--name", "node0", "--tcp", "7777"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    objects = []
+    try:
+        objects = lab.apply(HOSTS)
+        call(f"/run/podnet/lab-{lab.name}-h-vm1.sock", "policy.sync")  # the host's own enforcer
+        assert tcp_from(lab, "y/a", vm, 80) == "vm1"  # node1's address: allowed
+        assert tcp_from(lab, "x/a", vm, 80) == "blocked"  # node0's address: the host denies
+        assert tcp_from(lab, "z/c", vm, 80) == "blocked"  # z may not reach vms: denied on node1
+        assert tcp_from(lab, "x/a", node0, 7777) == "blocked"  # a local x pod to node0
+        assert tcp_from(lab, "y/c", node0, 7777) == "node0"
+        assert tcp_from(lab, "z/b", node0, 7777) == "node0"
+        status = call(f"/run/podnet/lab-{lab.name}-h-vm1.sock", "policy.status")
+        assert status["node"] == "vm1" and status["rules"] > 0, status  # type: ignore[index]
+        lab.sync()  # the agents still answer: failsafe rules keep the store and VXLAN open
+    finally:
+        listener.terminate()
+        listener.wait(10)
+        lab.delete(objects)
+    assert tcp_from(lab, "x/a", vm, 80) == "vm1"

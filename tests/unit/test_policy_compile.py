@@ -157,3 +157,17 @@ def test_cache_recompiles_only_what_changed():
     diff = compile_node(w2, "node0", cache=cache).diff(first)
     assert diff.count("flush chain") == 1 and "th dport 2007 " in diff and "1007" not in diff
     assert compile_node(w2, "node0").render() == compile_node(w2, "node0", cache=cache).render()
+
+
+def test_a_host_chain_added_by_diff_keeps_its_hook():
+    text = """
+apiVersion: podnet.io/v1
+kind: ClusterPolicy
+metadata: {name: node}
+spec:
+  selector: {hostEndpointSelector: {matchLabels: {role: node}}}
+  types: [Ingress]
+  ingress: [{action: Deny}]
+"""
+    diff = compile_node(world(text), "node0").diff(compile_node(world(""), "node0"))
+    assert "add chain inet podnet-policy host_in { type filter hook input priority 0; policy accept; }" in diff

@@ -123,9 +123,11 @@ class Agent:
         state: StatePaths | None = None,
         dns_upstream: str | None = None,
         node_options: NodeOptions | None = None,
+        policy_host: str | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.node_options = node_options  # None: not a cluster node (node service idle)
+        self.policy_host = policy_host  # a plain host whose HostEndpoint policy this agent enforces
         self.dns_upstream = dns_upstream  # None: the DNS service never forwards
         # Absolute: a cluster node names this very string in its conflist (ipam.store),
         # and CniService keys its one handle per store by it.
@@ -236,13 +238,14 @@ def run_agent(
     state_dir: str | None = None,
     dns_upstream: str | None = None,
     node_options: NodeOptions | None = None,
+    policy_host: str | None = None,
 ) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s podnet-agent %(levelname)s %(message)s")
     if state_dir is None and store_path and not os.environ.get("PODNET_STATE_DIR"):
         state = StatePaths(Path(store_path).parent)  # the store's directory is the state dir
     else:
         state = StatePaths.resolve(state_dir)
-    agent = Agent(socket_path, store_path or str(state.store), state, dns_upstream, node_options)
+    agent = Agent(socket_path, store_path or str(state.store), state, dns_upstream, node_options, policy_host)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     try:

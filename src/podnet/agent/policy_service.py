@@ -1,12 +1,15 @@
 """The node's policy enforcement: the store's policy objects and pods -> this node's
 `inet podnet-policy` table (policy/compile.py), and the verdicts NFLOG reports back.
 
-- Runs on cluster nodes (`podnet agent --node`): the objects live in the shared
-  cluster store under `policy/` (policy/repository.py), pods are registered there by
-  the orchestrator (the lab), peer nodes' addresses come from their leases.
+- Runs on cluster nodes (`podnet agent --node`), and on plain hosts (`--policy-host
+  NAME`, only that host's HostEndpoint): the objects live in the shared cluster store
+  under `policy/` (policy/repository.py), pods are registered there by the
+  orchestrator (the lab), nodes' addresses come from their leases, hosts' from
+  `hosts/<name>`.
 - List-then-watch on `policy/`; every change recompiles and applies the *difference*
   to the table in force (one nft transaction, stamped with a generation number). At
-  start the whole table is applied; every RESYNC_SECONDS the generation is read back
+  start the whole table is applied, unless the kernel already holds exactly it (a
+  restart changes nothing that was right); every RESYNC_SECONDS the generation is read back
   (one tiny set, not the 10k-rule table) and a table deleted or replaced by hand is
   rebuilt whole. (A single rule deleted by hand inside a chain is not detected until
   that chain changes or the agent restarts.)
@@ -26,6 +29,7 @@ import collections
 import logging
 import threading
 import time
+import zlib
 from typing import TYPE_CHECKING, Any
 
 from podnet.agent.service_thread import ServiceThread, list_then_watch
@@ -62,7 +66,9 @@ class PolicyService:
     def __init__(self, agent: Agent, nft: NftPort | None = None,
                  resync_seconds: float = RESYNC_SECONDS) -> None:
         self.agent = agent
-        self.options = getattr(agent, "node_options", None)
+        options = getattr(agent, "node_options", None)
+        # whose endpoints this agent enforces: its cluster node, or a plain host
+        self.node: str | None = options.node if options is not None else getattr(agent, "policy_host", None)
         self.nft = nft or Nft()
         self.resync_seconds = resync_seconds
         self._lock = threading.Lock()
@@ -74,7 +80,7 @@ class PolicyService:
         self.flows: collections.deque[dict[str, Any]] = collections.deque(maxlen=FLOW_BUFFER)
         self._seq = 0
         self._parsed: dict[str, tuple[int, Any]] = {}  # store key -> (revision, parsed object)
-        self._generation = int(time.time())  # stamped into the table on every apply
+        self._generation = 0  # stamped into the table on every apply (see _apply)
         self._cache: Any = None  # policy.compile.CompileCache
 
     # -- AgentService
@@ -89,7 +95,7 @@ class PolicyService:
         }
 
     def start(self) -> None:
-        if self.options is not None:
+        if self.node is not None:
             self._loop.start()
             self._reader.start()
 
@@ -106,7 +112,7 @@ class PolicyService:
         with self._lock:
             compiled = self.applied
             return {
-                "node": self.options.node if self.options else None,
+                "node": self.node,
                 "table": "inet podnet-policy" if compiled else None,
                 "chains": len(compiled.chains) if compiled else 0,
                 "rules": sum(len(c) for c in compiled.chains.values()) if compiled else 0,
@@ -119,7 +125,7 @@ class PolicyService:
         with self._lock:
             items = [f for f in self.flows if f["seq"] > since][:limit]
             return {"flows": items, "next": items[-1]["seq"] if items else max(since, 0),
-                    "node": self.options.node if self.options else None}
+                    "node": self.node}
 
     # -- converging
 
@@ -127,7 +133,7 @@ class PolicyService:
         from podnet.policy.compile import CompileCache, compile_node
         from podnet.policy.repository import SETTINGS, load_world
 
-        assert self.options is not None
+        assert self.node is not None
         with self._lock:
             started = time.monotonic()
             store = self._store()
@@ -136,7 +142,7 @@ class PolicyService:
                 settings = store.get_json(SETTINGS) or {}
                 if self._cache is None:
                     self._cache = CompileCache()
-                compiled = compile_node(world, self.options.node, bool(settings.get("logAllowed")), self._cache)
+                compiled = compile_node(world, self.node, bool(settings.get("logAllowed")), self._cache)
             except PodnetError as exc:  # keep the last good table: fail closed
                 self.error = exc.msg
                 log.warning("policy: cannot build the policy, keeping the table in force: %s", exc.msg)
@@ -144,25 +150,40 @@ class PolicyService:
             compiled_ms = (time.monotonic() - started) * 1000
             if not full and self.applied is not None and not self._intact():
                 full = True  # the table was deleted or replaced by hand: rebuild it
-            script = compiled.render() if full or self.applied is None else compiled.diff(self.applied)
+            if full or self.applied is None:
+                script = compiled.render()
+                generation = zlib.crc32(script.encode())
+                if self.applied is None and self._generation_in_kernel() == generation:
+                    script = ""  # a restart: the kernel already holds exactly this table
+            else:
+                script = compiled.diff(self.applied)
+                generation = zlib.crc32(f"{self._generation}\n{script}".encode())
+            self._generation = generation
             if script:
-                self._generation += 1
-                self.nft.apply(script + compiled.stamp(self._generation))
+                self.nft.apply(script + compiled.stamp(generation))
             self.applied, self.error = compiled, None
             self.stats = {"revision": revision, "compile_ms": round(compiled_ms, 1),
                           "apply_ms": round((time.monotonic() - started) * 1000 - compiled_ms, 1),
                           "full": full or not script, "endpoints": len(world.endpoints)}
             return self.status_unlocked(revision=revision)
 
-    def _intact(self) -> bool:
-        """Does the kernel still hold our last apply? One small set is read, not the
-        (possibly 10k-rule) table: the generation stamped with every transaction."""
+    def _generation_in_kernel(self) -> int | None:
+        """The generation the table in the kernel was stamped with. A full table's
+        generation is the checksum of its text, so an agent restarted on an unchanged
+        policy finds its own table and changes nothing; a difference chains the
+        previous generation with the script."""
         from podnet.policy.compile import FAMILY, GENERATION_SET, TABLE
 
         try:
-            return self.nft.set_elements(FAMILY, TABLE, GENERATION_SET) == [self._generation]
+            found = self.nft.set_elements(FAMILY, TABLE, GENERATION_SET)
         except PodnetError:
-            return False
+            return None
+        return found[0] if found and isinstance(found[0], int) else None
+
+    def _intact(self) -> bool:
+        """Does the kernel still hold our last apply? One small set is read, not the
+        (possibly 10k-rule) table."""
+        return self._generation_in_kernel() == self._generation
 
     def status_unlocked(self, revision: int | None) -> dict[str, Any]:
         compiled = self.applied
@@ -195,7 +216,7 @@ class PolicyService:
         from podnet.kernel.nflog import NflogReader
         from podnet.policy.compile import LOG_GROUP
 
-        assert self.options is not None
+        assert self.node is not None
         try:
             reader = NflogReader(LOG_GROUP)
         except OSError as exc:
@@ -209,4 +230,4 @@ class PolicyService:
                 with self._lock:
                     for packet in packets:
                         self._seq += 1
-                        self.flows.append(flow_record(self._seq, packet, self.options.node))
+                        self.flows.append(flow_record(self._seq, packet, self.node))

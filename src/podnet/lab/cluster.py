@@ -166,6 +166,34 @@ def _create_netns(ns: str) -> None:
 # ----------------------------------------------------------------------- supervisor
 
 
+def _spawned(name: str, line: str, log: Path) -> int:
+    """The supervisor's answer to a spawn request: the child's pid, or LabError."""
+    if not line:
+        raise LabError("the lab supervisor exited", f"see {log.parent}/supervisor.log")
+    reply = json.loads(line)
+    if "error" in reply:
+        raise LabError(f"cannot start {name}: {reply['error']}")
+    return int(reply["pid"])
+
+
+def spawn_supervised(labdir: Path, name: str, argv: list[str], log: Path) -> int:
+    """Ask a running lab's supervisor (its unix socket) to start and record a daemon."""
+    import socket
+
+    path = labdir / "supervisor.sock"
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(30)
+            sock.connect(str(path))
+            with sock.makefile("rw") as stream:
+                stream.write(json.dumps({"name": name, "argv": argv, "log": str(log)}) + "\n")
+                stream.flush()
+                return _spawned(name, stream.readline(), log)
+    except OSError as exc:
+        raise LabError(f"the lab supervisor does not answer on {path}: {exc}",
+                       "is the lab up? podnet lab status") from None
+
+
 class SupervisorClient:
     """The CLI's end of the supervisor's stdin/stdout protocol."""
 
@@ -181,13 +209,7 @@ class SupervisorClient:
         assert self.proc.stdin and self.proc.stdout
         self.proc.stdin.write(json.dumps({"name": name, "argv": argv, "log": str(log), "env": env or {}}) + "\n")
         self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise LabError("the lab supervisor exited", f"see {log.parent}/supervisor.log")
-        reply = json.loads(line)
-        if "error" in reply:
-            raise LabError(f"cannot start {name}: {reply['error']}")
-        return int(reply["pid"])
+        return _spawned(name, self.proc.stdout.readline(), log)
 
     def detach(self) -> None:
         """Leave the supervisor running on its own (it ignores the closed pipes)."""
@@ -248,7 +270,8 @@ class LabBuilder:
                 "set PODNET_LAB_SIMULATE_NODES=1 to let the lab hand out blocks itself (no cross-node routes)",
             )
         self.state = LabState.create(self.o.name, fabric=self.o.fabric, store=self.o.store,
-                                     racks=self.t.racks, simulated=not self.cluster_flags)
+                                     racks=self.t.racks, simulated=not self.cluster_flags,
+                                     nic_gso=self.o.nic_gso, hosts={})
         self.st.labdir.mkdir(parents=True, exist_ok=True)
         self.underlay()
         self.progress(f"underlay: {self.t.racks} rack(s), {len(self.t.nodes)} node(s), outside {topo.OUTSIDE_IP}")
@@ -310,14 +333,7 @@ class LabBuilder:
         self.st.save()
 
     def plug(self, rack: int, fabric_end: str, ns: str, ifname: str, address: str) -> None:
-        """A veth from rack's bridge into `ns` (named `ifname` there), addressed and up."""
-        fab = self.ns(f"fab{rack}")
-        ip("-n", fab, "link", "add", fabric_end, "type", "veth", "peer", "name", ifname, "netns", ns)
-        ip("-n", fab, "link", "set", fabric_end, "master", "br0", "up")
-        ip("-n", ns, "addr", "add", address, "dev", ifname)
-        ip("-n", ns, "link", "set", ifname, "up")
-        for where, name in ((fab, fabric_end), (ns, ifname)):
-            set_nic_gso(where, name, self.o.nic_gso)
+        plug(self.ns(f"fab{rack}"), fabric_end, ns, ifname, address, self.o.nic_gso)
 
     def route_to_racks(self, ns: str) -> None:
         """From rack 0, the other racks' segments are behind the router."""
@@ -482,6 +498,17 @@ class LabBuilder:
             raise LabError(f"attaching pod {pod.key} on {pod.node} failed", str(exc)) from None
 
 
+def plug(fab: str, fabric_end: str, ns: str, ifname: str, address: str, nic_gso: int) -> None:
+    """A veth from the rack bridge in `fab` into `ns` (named `ifname` there), addressed
+    and up, with the lab NICs' GSO limits."""
+    ip("-n", fab, "link", "add", fabric_end, "type", "veth", "peer", "name", ifname, "netns", ns)
+    ip("-n", fab, "link", "set", fabric_end, "master", "br0", "up")
+    ip("-n", ns, "addr", "add", address, "dev", ifname)
+    ip("-n", ns, "link", "set", ifname, "up")
+    for where, name in ((fab, fabric_end), (ns, ifname)):
+        set_nic_gso(where, name, nic_gso)
+
+
 def set_nic_gso(ns: str, ifname: str, size: int) -> None:
     """Give a lab underlay link the GSO/GRO limits of a NIC that does BIG TCP, as
     server NICs (mlx5, ice, bnxt) do: the agents detect it on their uplink and give
@@ -632,7 +659,7 @@ def resolve_target(name: str, target: str) -> str:
         if pod is None:
             raise LabError(f"no pod {target!r} in lab {name}", f"pods: {', '.join(state.data.get('pods', {}))}")
         return pod["netns"]
-    node = state.data.get("nodes", {}).get(target)
+    node = state.data.get("nodes", {}).get(target) or (state.data.get("hosts") or {}).get(target)
     if node is not None:
         return node["netns"]
     ns = topo.netns_name(name, target)

@@ -2,7 +2,8 @@
 
 `register(lab)` writes the topology's namespaces (with labels) and pods (labels, named
 ports, node, addresses) to the lab's cluster store (policy/repository.py), where every
-node's policy service reads them.
+node's policy service reads them, and the plain hosts' addresses (`hosts/<name>`).
+Existing records are kept: labels a user changed since stay changed.
 
 Why a module run as a process: an etcd lab store lives on the lab's fabric, reachable
 only from inside the lab. The root namespace must never send to lab addresses, so the
@@ -51,6 +52,8 @@ def register(name: str) -> int:
         namespaces[ns[0]] = dict(ns[1])
     with open_store(state.data["store_url"]) as store:
         register_pods(store, pods, namespaces)
+        for host, entry in (state.data.get("hosts") or {}).items():
+            store.put_json(f"hosts/{host}", {"underlay_ip": entry["underlay"], "rack": entry["rack"]})
     return 0
 
 

@@ -7,6 +7,8 @@ it, one JSON line per request on stdin, to spawn them:
     {"name": "agent/node0", "argv": [...], "log": "/path/to/log", "env": {...}}
 
 and reads one JSON line back per request: {"name": ..., "pid": ...} or {"error": ...}.
+The same requests are served on `<labdir>/supervisor.sock` (root only), so commands
+run after `lab up` (`podnet lab host add`) can start supervised daemons too.
 
 Every child is recorded (name, pid, "pid:starttime" owner, argv) in
 `<labdir>/procs.json`, which only this process writes, right after it is spawned; the
@@ -25,6 +27,7 @@ import ctypes
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +37,7 @@ from pathlib import Path
 from podnet.procs import process_owner
 
 PR_SET_CHILD_SUBREAPER = 36
+SOCKET = "supervisor.sock"
 
 
 class Supervisor:
@@ -83,6 +87,38 @@ class Supervisor:
             except (BrokenPipeError, ValueError):
                 return
 
+    def serve_socket(self) -> None:
+        """The stdin protocol on a unix socket, one connection at a time."""
+        path = self.labdir / SOCKET
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o077)
+        try:
+            server.bind(str(path))
+        finally:
+            os.umask(old)
+        server.listen(4)
+        server.settimeout(0.5)
+        with server:
+            while not self.stopping.is_set():
+                try:
+                    conn, _ = server.accept()
+                except TimeoutError:
+                    continue
+                with conn, conn.makefile("rw") as stream:
+                    for line in stream:
+                        if not line.strip():
+                            continue
+                        try:
+                            reply = self.spawn(json.loads(line))
+                        except (ValueError, KeyError, TypeError) as exc:
+                            reply = {"error": f"bad request: {exc}"}
+                        stream.write(json.dumps(reply) + "\n")
+                        stream.flush()
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
     def reap(self) -> None:
         while True:
             try:
@@ -127,6 +163,7 @@ class Supervisor:
             signal.signal(sig, lambda *_: self.stopping.set())
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         threading.Thread(target=self.serve_requests, daemon=True).start()
+        threading.Thread(target=self.serve_socket, daemon=True).start()
         while not self.stopping.wait(0.2):
             self.reap()
         self.stop_children()

@@ -115,7 +115,9 @@ class Compiled:
                     out.append(f"add element {t} {name} {{ {', '.join(s.elements)} }}")
         new_chains = [n for n in self.chains if n not in old.chains]
         for name in new_chains:
-            out.append(f"add chain {t} {name}")
+            first = self.chains[name][0] if self.chains[name] else ""
+            hook = f" {{ {first} }}" if first.startswith("type ") else ""  # a base chain (host_in)
+            out.append(f"add chain {t} {name}{hook}")
         for name, lines in self.chains.items():
             if name in old.chains and old.chains[name] == lines:
                 continue

@@ -137,15 +137,16 @@ def get(store: Store, kind: str, namespace: str | None = None) -> list[dict[str,
 
 
 def register_pods(store: Store, pods: Iterable[PodRecord], namespaces: Mapping[str, Mapping[str, str]]) -> None:
-    """What an orchestrator does at pod creation: record namespaces (unless already
-    there: a user's labels win) and pods, in one transaction."""
+    """What an orchestrator does at pod creation: record namespaces and pods unless
+    already there (a user's labels win), in one transaction."""
     with store.transaction() as tx:
         for name, labels in namespaces.items():
             ns = namespace_object(name, labels)
             if tx.get(ns.key) is None:
                 tx.put(ns.key, _dump(ns.to_dict()))
         for pod in pods:
-            tx.put(pod.key, _dump(pod.to_dict()))
+            if tx.get(pod.key) is None:  # registered once: `podnet label pod` edits it
+                tx.put(pod.key, _dump(pod.to_dict()))
 
 
 def namespace_object(name: str, labels: Mapping[str, str]) -> PolicyObject:
@@ -215,8 +216,8 @@ def load_world(store: Store, parsed: dict[str, tuple[int, Any]] | None = None,
     cache relies on. With `events` (the watch events since the world `parsed` holds),
     only those keys are applied, and the store is not listed: one change among 10k
     objects costs one parse. Without them, one consistent snapshot is read. Host
-    endpoints of lab nodes without explicit addresses get the node's underlay address
-    from its lease."""
+    endpoints without explicit addresses get their underlay address: a node's from its
+    lease, a plain lab host's from `hosts/<name>`."""
     cache: dict[str, tuple[int, Any]] = {} if parsed is None else parsed
 
     def parse(key: str, revision: int, value: str) -> None:
@@ -262,7 +263,8 @@ def _world(store: Store, cache: Mapping[str, tuple[int, Any]]) -> Any:
     pods = [doc for key, (_rev, doc) in cache.items() if key.startswith(PODS)]
     hosts = []
     for obj in objects:
-        if isinstance(obj, HostEndpoint) and not obj.ips and obj.node:
-            ip = (store.get_json(f"nodes/{obj.node}") or {}).get("underlay_ip")
-            hosts.append(Endpoint("host", obj.name, None, (ip,) if ip else (), obj.labels, (), obj.node))
+        if isinstance(obj, HostEndpoint) and not obj.ips:
+            where = f"nodes/{obj.node}" if obj.node else f"hosts/{obj.host}"  # a node's lease, a host's record
+            ip = (store.get_json(where) or {}).get("underlay_ip")
+            hosts.append(Endpoint("host", obj.name, None, (ip,) if ip else (), obj.labels, (), obj.machine))
     return World.build(objects, endpoints_from_pods(pods, hosts))

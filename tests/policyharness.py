@@ -1,0 +1,205 @@
+"""What the policy lab tests share: the upstream netpol world as a lab (examples/
+topologies/netpol.yaml: namespaces x, y, z with pods a, b, c over 3 nodes, every pod
+serving 80 and 81 over TCP and UDP), applying objects and syncing the agents, the real
+`podnet probe` over the whole matrix, and the reference semantics to compare it with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+from podnet.agent.client import call
+from podnet.lab.cluster import state_file
+from podnet.policy import repository as repo
+from podnet.policy.evaluate import decide
+from podnet.policy.objects import parse_documents
+from podnet.store import open_store
+
+NETPOL = Path(__file__).parents[1] / "examples" / "topologies" / "netpol.yaml"
+PODS = [f"{ns}/{pod}" for ns in "xyz" for pod in "abc"]
+CELLS = [(80, "TCP"), (81, "TCP"), (80, "UDP"), (81, "UDP")]
+NAMESPACES = "\n---\n".join(
+    f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {n}, labels: {{ns: {n}}}}}" for n in "xyz")
+
+
+class Lab:
+    def __init__(self, name: str, data: dict) -> None:
+        self.name, self.data = name, data
+        self.store = open_store(data["store_url"])
+        self.sockets = [node["socket"] for node in data["nodes"].values()]
+        self.started: list[subprocess.Popen] = []  # agents a test restarted: stopped by PID
+
+    def close(self) -> None:
+        self.store.close()
+        for proc in self.started:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def ip(self, pod: str) -> str:
+        return self.data["pods"][pod]["ips"][0].split("/")[0]
+
+    def sync(self) -> None:
+        """Every agent converges now; then the nodes forget earlier flows, as upstream
+        e2e cases start from fresh pods (an established flow outlives a policy change,
+        as in Calico and Cilium; a reused UDP source port would ride on it)."""
+        for sock in self.sockets:
+            result = call(sock, "policy.sync")
+            assert result["error"] is None, result  # type: ignore[index]
+        for node in self.data["nodes"].values():
+            subprocess.run(["nsenter", f"--net=/run/netns/{node['netns']}", "conntrack", "-F"],
+                           capture_output=True, check=False)
+
+    def apply(self, text: str) -> list:
+        objects = parse_documents(d for d in yaml.safe_load_all(text) if d)
+        repo.apply(self.store, objects)
+        self.sync()
+        return objects
+
+    def apply_without_sync(self, text: str) -> list:
+        objects = parse_documents(d for d in yaml.safe_load_all(text) if d)
+        repo.apply(self.store, objects)
+        return objects
+
+    def delete(self, objects: list) -> None:
+        repo.delete(self.store, objects)
+        self.sync()
+
+    def probe(self) -> dict[tuple[int, str], dict[str, dict[str, bool]]]:
+        out = subprocess.run([sys.executable, "-m", "podnet.cli", "probe", "--name", self.name, "-o", "json",
+                              "--timeout", "0.6"], capture_output=True, text=True, timeout=60, check=False)
+        assert out.returncode == 0, out.stderr
+        raw = json.loads(out.stdout)
+        return {(int(k.split("/")[0]), k.split("/")[1].upper()): v for k, v in raw.items()}
+
+    def expected(self) -> dict[tuple[int, str], dict[str, dict[str, bool]]]:
+        world, _rev = repo.load_world(self.store)
+        eps = {f"{e.namespace}/{e.name}": e for e in world.endpoints if e.kind == "pod"}
+        return {(port, proto): {s: {d: decide(world, eps[s], eps[d], port, proto).allowed for d in PODS}
+                                for s in PODS} for port, proto in CELLS}
+
+
+def mismatches(got: dict, want: dict) -> list[str]:
+    return [f"{port}/{proto} {s}->{d}: probe {got[(port, proto)][s][d]}, expected {want[(port, proto)][s][d]}"
+            for port, proto in CELLS for s in PODS for d in PODS
+            if got[(port, proto)][s][d] != want[(port, proto)][s][d]]
+
+
+@contextlib.contextmanager
+def netpol_lab(fabric: str, prefix: str) -> Iterator[Lab]:
+    """The netpol lab (`<prefix><hex>`), torn down by recorded names whatever happens."""
+    from podnet.lab import topology as topo
+    from podnet.lab.cluster import LabBuilder, LabOptions, teardown
+
+    name = f"{prefix}{secrets.token_hex(2)[:3]}"
+    builder = LabBuilder(topo.load(NETPOL), LabOptions(name=name, fabric=fabric, timeout=60))
+    lab = None
+    try:
+        lab = Lab(name, builder.build().data)
+        lab.apply(NAMESPACES)
+        yield lab
+    finally:
+        if lab is not None:
+            lab.close()
+        if state_file(name).exists():
+            assert not teardown(name)
+
+
+def check(lab: Lab, text: str) -> dict:
+    """Apply, probe, compare every cell with the oracle, clean up; return the probe."""
+    objects = lab.apply(text)
+    try:
+        got, want = lab.probe(), lab.expected()
+        assert not mismatches(got, want), "\n".join(mismatches(got, want)[:20])
+        return got
+    finally:
+        lab.delete(objects)
+
+
+def np(name: str, ns: str, spec: str) -> str:
+    return f"apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}"
+
+
+def cp(name: str, spec: str) -> str:
+    return f"apiVersion: podnet.io/v1\nkind: ClusterPolicy\nmetadata: {{name: {name}}}\nspec:\n{spec}"
+
+
+TIER = "apiVersion: podnet.io/v1\nkind: Tier\nmetadata: {name: security}\nspec: {order: 100}\n---\n"
+
+# --------------------------------------------------------------------------- cases
+CASES: dict[str, str] = {
+    "default-deny-ingress": np("deny", "x", "  podSelector: {}\n"),
+    "default-deny-egress": np("deny", "x", "  podSelector: {}\n  policyTypes: [Egress]\n"),
+    "default-deny-both": np("deny", "x", "  podSelector: {}\n  policyTypes: [Ingress, Egress]\n"),
+    "allow-all-ingress-rule": np("deny", "x", "  podSelector: {}\n") + "\n---\n"
+    + np("all", "x", "  podSelector: {}\n  ingress: [{}]\n"),
+    "ingress-empty-list-denies": np("p", "x", "  podSelector: {}\n  ingress: []\n"),
+    "empty-from-list-is-all": np("p", "x", "  podSelector: {}\n  ingress: [{from: []}]\n"),
+    "same-namespace": np("p", "x", "  podSelector: {}\n  ingress: [{from: [{podSelector: {}}]}]\n"),
+    "from-namespace-y": np("p", "x", "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]\n"),
+    "pod-and-namespace-one-peer": np("p", "x", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: "
+                                     "[{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]}]\n"),
+    "pod-or-namespace-two-peers": np("p", "x", "  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: "
+                                     "[{namespaceSelector: {matchLabels: {ns: y}}}, {podSelector: {matchLabels: {pod: b}}}]}]\n"),
+    "pod-b-any-namespace": np("p", "x", "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {}, "
+                              "podSelector: {matchLabels: {pod: b}}}]}]\n"),
+    "expr-in": np("p", "x", "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchExpressions: "
+                  "[{key: ns, operator: In, values: [y, z]}]}}]}]\n"),
+    "expr-notin": np("p", "x", "  podSelector: {matchExpressions: [{key: pod, operator: NotIn, values: [a]}]}\n"
+                     "  ingress: [{from: [{podSelector: {matchExpressions: [{key: pod, operator: NotIn, values: [c]}]}}]}]\n"),
+    "expr-exists": np("p", "y", "  podSelector: {matchExpressions: [{key: pod, operator: Exists}]}\n"
+                      "  ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: ns, operator: In, values: [z]}]}}]}]\n"),
+    "expr-doesnotexist": np("p", "y", "  podSelector: {matchExpressions: [{key: app, operator: DoesNotExist}]}\n"),
+    "port-80-only": np("p", "x", "  podSelector: {}\n  ingress: [{ports: [{port: 80}]}]\n"),
+    "named-port-81-tcp": np("p", "x", "  podSelector: {}\n  ingress: [{ports: [{port: serve-81-tcp}]}]\n"),
+    "named-port-wrong-protocol": np("p", "x", "  podSelector: {}\n  ingress: [{ports: [{port: serve-81-tcp, protocol: UDP}]}]\n"),
+    "endport-range": np("p", "x", "  podSelector: {}\n  ingress: [{ports: [{port: 79, endPort: 80}]}]\n"),
+    "udp-81-only": np("p", "x", "  podSelector: {}\n  ingress: [{ports: [{protocol: UDP, port: 81}]}]\n"),
+    "sctp-only-blocks-tcp-udp": np("p", "x", "  podSelector: {}\n  ingress: [{ports: [{protocol: SCTP, port: 80}]}]\n"),
+    "egress-to-y-only": np("p", "x", "  podSelector: {}\n  policyTypes: [Egress]\n  egress: [{to: "
+                           "[{namespaceSelector: {matchLabels: {ns: y}}}]}]\n"),
+    "egress-named-port": np("p", "x", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n"
+                            "  egress: [{ports: [{port: serve-80-udp, protocol: UDP}]}]\n"),
+    "egress-inferred-type": np("p", "z", "  podSelector: {matchLabels: {pod: c}}\n  egress: [{to: [{podSelector: {}}]}]\n"),
+    "ingress-only-ignores-egress-rules": np("p", "z", "  podSelector: {}\n  policyTypes: [Ingress]\n"
+                                            "  ingress: [{}]\n  egress: [{to: [{podSelector: {matchLabels: {pod: zz}}}]}]\n"),
+    "union-of-policies": np("p1", "x", "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]\n")
+    + "\n---\n" + np("p2", "x", "  podSelector: {matchLabels: {pod: b}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: z}}}]}]\n"),
+    "cp-deny-over-np-allow": TIER + cp("deny-z", "  tier: security\n  selector: {namespaceSelector: {matchLabels: {ns: x}}}\n"
+                                       "  types: [Ingress]\n  ingress: [{action: Deny, from: [{namespaceSelector: {matchLabels: {ns: z}}}]}]\n")
+    + "\n---\n" + np("all", "x", "  podSelector: {}\n  ingress: [{}]\n"),
+    "cp-allow-over-np-deny": cp("allow-y", "  selector: {namespaceSelector: {matchLabels: {ns: x}}}\n  types: [Ingress]\n"
+                                "  ingress: [{action: Allow, from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]\n")
+    + "\n---\n" + np("deny", "x", "  podSelector: {}\n"),
+    "cp-pass-to-np": cp("pass-y", "  selector: {namespaceSelector: {matchLabels: {ns: x}}}\n  types: [Ingress]\n"
+                        "  ingress: [{action: Pass, from: [{namespaceSelector: {matchLabels: {ns: y}}}]}, {action: Allow}]\n")
+    + "\n---\n" + np("deny", "x", "  podSelector: {}\n"),
+    "cp-order": cp("first", "  order: 10\n  selector: {podSelector: {matchLabels: {pod: a}}}\n  types: [Ingress]\n"
+                   "  ingress: [{action: Allow, from: [{podSelector: {matchLabels: {pod: b}}}]}]\n")
+    + "\n---\n" + cp("second", "  order: 20\n  selector: {podSelector: {matchLabels: {pod: a}}}\n  types: [Ingress]\n"
+                     "  ingress: [{action: Deny}]\n"),
+    "cp-tier-order": TIER + cp("late-allow", "  selector: {namespaceSelector: {}}\n  types: [Ingress]\n  ingress: [{action: Allow}]\n")
+    + "\n---\n" + cp("early-deny", "  tier: security\n  selector: {podSelector: {matchLabels: {pod: c}}}\n  types: [Ingress]\n"
+                     "  ingress: [{action: Deny, protocol: UDP, ports: [81]}]\n"),
+    "cp-log-continues": cp("log", "  selector: {namespaceSelector: {}}\n  types: [Ingress, Egress]\n"
+                           "  ingress: [{action: Log}]\n  egress: [{action: Log, protocol: TCP}]\n")
+    + "\n---\n" + np("deny", "y", "  podSelector: {matchLabels: {pod: b}}\n"),
+    "cp-egress-deny-ports": cp("no-81", "  selector: {namespaceSelector: {matchLabels: {ns: z}}}\n  types: [Egress]\n"
+                               "  egress: [{action: Deny, protocol: TCP, ports: ['81-81']}]\n"),
+    "cp-ports-range-and-nets": cp("nets", "  selector: {namespaceSelector: {matchLabels: {ns: y}}}\n  types: [Ingress]\n"
+                                  "  ingress: [{action: Deny, protocol: TCP, ports: ['80-81'], from: [{nets: [10.244.0.0/16], "
+                                  "podSelector: {matchLabels: {pod: a}}}]}]\n"),
+}
+
+
