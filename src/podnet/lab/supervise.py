@@ -73,16 +73,20 @@ class Supervisor:
             self.save()
         return {"name": name, "pid": proc.pid}
 
+    def answer(self, line: str) -> str:
+        """One request line -> one reply line."""
+        try:
+            reply = self.spawn(json.loads(line))
+        except (ValueError, KeyError, TypeError) as exc:
+            reply = {"error": f"bad request: {exc}"}
+        return json.dumps(reply) + "\n"
+
     def serve_requests(self) -> None:
         for line in sys.stdin:
             if not line.strip():
                 continue
             try:
-                reply = self.spawn(json.loads(line))
-            except (ValueError, KeyError, TypeError) as exc:
-                reply = {"error": f"bad request: {exc}"}
-            try:
-                sys.stdout.write(json.dumps(reply) + "\n")
+                sys.stdout.write(self.answer(line))
                 sys.stdout.flush()
             except (BrokenPipeError, ValueError):
                 return
@@ -108,14 +112,9 @@ class Supervisor:
                     continue
                 with conn, conn.makefile("rw") as stream:
                     for line in stream:
-                        if not line.strip():
-                            continue
-                        try:
-                            reply = self.spawn(json.loads(line))
-                        except (ValueError, KeyError, TypeError) as exc:
-                            reply = {"error": f"bad request: {exc}"}
-                        stream.write(json.dumps(reply) + "\n")
-                        stream.flush()
+                        if line.strip():
+                            stream.write(self.answer(line))
+                            stream.flush()
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
 
