@@ -1,5 +1,6 @@
 """`podnet flows` (verdicts the nodes logged, each naming its rule) and `podnet policy
-explain|status|log-allowed` (what would happen and why; what is in force).
+explain|status|counters|log-allowed` (what would happen and why; what is in force;
+how many packets each rule decided).
 
 flows asks every node's agent (`policy.flows`, over its unix socket) for the packets
 its NFLOG group saw; `--follow` keeps asking from each node's cursor. explain runs the
@@ -49,6 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     status.add_argument("--lab", default=DEFAULT_LAB, help=f"lab name (default $PODNET_LAB or {DEFAULT_LAB})")
     status.add_argument("-o", "--output", choices=("table", "json"), default="table")
     status.set_defaults(func=_cmd_status)
+
+    counters = psub.add_parser("counters", help="packets and bytes per rule on every node (nft counters)")
+    counters.add_argument("--lab", default=DEFAULT_LAB, help=f"lab name (default $PODNET_LAB or {DEFAULT_LAB})")
+    counters.add_argument("--all", action="store_true", help="also rules no packet has hit")
+    counters.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    counters.set_defaults(func=_cmd_counters)
 
     logging = psub.add_parser("log-allowed", help="also log allowed new flows (on) or only denials (off)")
     logging.add_argument("state", choices=("on", "off"))
@@ -193,6 +200,25 @@ def _cmd_status(args: argparse.Namespace) -> int:
     emit_rows(rows, ["node", "rules", "chains", "sets", "endpoints", "revision", "compile_ms", "apply_ms",
                      "error"], args.output)
     return 0 if all(not r.get("error") for r in rows) else 1
+
+
+def _cmd_counters(args: argparse.Namespace) -> int:
+    from podnet.agent.client import call
+
+    try:
+        sockets = _node_sockets(args.lab)
+    except PodnetError as exc:
+        return fail(exc)
+    rows = []
+    for node, sock in sockets.items():
+        try:
+            reply = call(sock, "policy.counters", timeout=30)
+        except PodnetError as exc:
+            return fail(exc)
+        rows += [{"node": node, **r} for r in reply["rules"]  # type: ignore[index]
+                 if args.all or r["packets"]]
+    emit_rows(rows, ["node", "packets", "bytes", "rule"], args.output)
+    return 0
 
 
 @lab_aware

@@ -237,6 +237,10 @@ def test_flows_name_the_rule_that_decided(lab):
         assert rules == {"cp:default/no-udp-81 egress[0] no-udp"}, rules
         table = cli("flows", "--lab", lab.name, "--pod", "x/b", "--verdict", "deny").stdout
         assert "z/a:" in table and "x/b:80" in table and "isolated:x/deny ingress" in table
+        counted = json.loads(cli("policy", "counters", "--lab", lab.name, "-o", "json").stdout)
+        hits = {(r["node"], r["rule"]): r["packets"] for r in counted}
+        x_b_node = lab.data["pods"]["x/b"]["node"]
+        assert hits.get((x_b_node, "default deny ingress x/b (isolated by x/deny)"), 0) > 0, counted
     finally:
         lab.delete(objects)
 

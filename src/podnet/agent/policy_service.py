@@ -92,6 +92,7 @@ class PolicyService:
             "policy.sync": lambda message, _f: self.converge(full=bool(message.get("full"))),
             "policy.flows": lambda message, _f: self.recent(int(message.get("since", 0) or 0),
                                                             int(message.get("limit", 1000) or 1000)),
+            "policy.counters": lambda _m, _f: self.counters(),
         }
 
     def start(self) -> None:
@@ -120,6 +121,27 @@ class PolicyService:
                 "error": self.error,
                 **self.stats,
             }
+
+    def counters(self) -> dict[str, Any]:
+        """Packets and bytes per rule (the nft counters, summed by the rule's comment:
+        one rule of a policy may be several lines), busiest first; on demand only, as it
+        lists the whole table."""
+        from podnet.policy.compile import FAMILY, TABLE
+
+        doc = self.nft.list_table_json(FAMILY, TABLE) or {"nftables": []}
+        totals: dict[str, list[int]] = {}
+        for item in doc["nftables"]:
+            rule = item.get("rule")
+            if not rule or "comment" not in rule:
+                continue
+            for expr in rule.get("expr", []):
+                if "counter" in expr:
+                    entry = totals.setdefault(rule["comment"], [0, 0])
+                    entry[0] += int(expr["counter"].get("packets", 0))
+                    entry[1] += int(expr["counter"].get("bytes", 0))
+        rows = [{"rule": k, "packets": v[0], "bytes": v[1]} for k, v in totals.items()]
+        rows.sort(key=lambda r: (-r["packets"], r["rule"]))
+        return {"node": self.node, "rules": rows}
 
     def recent(self, since: int, limit: int) -> dict[str, Any]:
         with self._lock:
