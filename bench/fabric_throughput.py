@@ -9,7 +9,9 @@ two namespaces `pn-bench-<token>-a|b` (MTU 1500, nothing else on the path). Then
 each round, interleaved: iperf3 TCP from a pod on node0 to a pod on node1 (and a to b for
 the baseline), `-t SECONDS` after one omitted warm-up second, one stream. Also shown,
 for information: node0 -> node1 over the lab's underlay (no fabric), which is the
-floor any fabric rides on.
+floor any fabric rides on; the baseline pair with BIG TCP limits; and a bare kernel
+VXLAN tunnel over the baseline pair (no bridges, routing, NAT or policy), the ceiling of
+any VXLAN fabric on this machine.
 
 The server is `iperf3 -s` started with `nsenter --net=<pod netns>` and stopped by its
 PID; the client runs the same way with `-J`; the figure is the receiver's bit rate.
@@ -57,6 +59,7 @@ NETNS_DIR = Path("/run/netns")
 PORT = 5201
 TARGETS = {"vxlan": 0.8, "host-gw": 0.95}
 BASE_A, BASE_B = "10.99.0.1", "10.99.0.2"
+BARE_A, BARE_B = "10.98.0.1", "10.98.0.2"  # the bare VXLAN tunnel over the baseline pair
 
 
 # --------------------------------------------------------------------------------------
@@ -153,6 +156,15 @@ def bench(args: argparse.Namespace) -> dict:
                 ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "veth0")
                 ip("-n", ns, "link", "set", "veth0", "up")
             paths["veth-big"] = {"client": c, "server": d, "server_ip": BASE_B, "mtu": path_mtu(c, "veth0")}
+        if "vxlan" in args.fabric and args.bare_vxlan:
+            # For information: a bare kernel VXLAN tunnel over the baseline pair itself (no
+            # bridges, routing, NAT or policy): the ceiling of any VXLAN fabric here.
+            for ns, local, remote, inner in ((a, BASE_A, BASE_B, BARE_A), (b, BASE_B, BASE_A, BARE_B)):
+                ip("-n", ns, "link", "add", "vx0", "type", "vxlan", "id", "7", "local", local, "remote", remote,
+                   "dstport", "8472", "dev", "veth0")
+                ip("-n", ns, "addr", "add", f"{inner}/24", "dev", "vx0")
+                ip("-n", ns, "link", "set", "vx0", "up")
+            paths["vxlan-bare"] = {"client": a, "server": b, "server_ip": BARE_B, "mtu": path_mtu(a, "vx0")}
         for fabric, lab in labs.items():
             t0 = time.monotonic()
             lab.up()
@@ -242,6 +254,7 @@ def close_sandbox(sandbox) -> list[str]:
 LABELS = {
     "veth": "veth pair (baseline)",
     "veth-big": "veth pair, BIG TCP limits (info)",
+    "vxlan-bare": "bare VXLAN tunnel over that pair (info)",
     "vxlan": "pod -> pod, vxlan",
     "host-gw": "pod -> pod, host-gw",
     "underlay": "node -> node, lab underlay (info)",
@@ -292,6 +305,10 @@ def render(outcome: dict) -> None:
     for key, target in TARGETS.items():
         if key in outcome["ratios"]:
             print(f"{key}/veth: {outcome['ratios'][key]:.2f}x (target >= {target}x)")
+    paths = outcome["paths"]
+    if "vxlan" in paths and "vxlan-bare" in paths:
+        print(f"bare VXLAN tunnel/veth: {outcome['ratios']['vxlan-bare']:.2f}x; pod vxlan/bare tunnel: "
+              f"{paths['vxlan']['median_gbps'] / paths['vxlan-bare']['median_gbps']:.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -309,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--nic-gso", type=int, default=0, metavar="BYTES",
                         help="the labs' NIC GSO limit (default: podnet lab's, BIG TCP; 65536 = none)")
+    parser.add_argument("--no-bare-vxlan", dest="bare_vxlan", action="store_false",
+                        help="skip the bare VXLAN tunnel between the baseline namespaces (info row)")
     parser.add_argument("--no-big-veth", dest="big_veth", action="store_false",
                         help="skip the veth pair with BIG TCP limits (info row)")
     parser.add_argument("--json", action="store_true", help="print machine-readable results only")
