@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("podnet.agent.policy")
 
 PREFIX = "policy/"
+POLICY_PREFIXES = ("policy/networkpolicies/", "policy/clusterpolicies/")
 RESYNC_SECONDS = 30.0
 WATCH_TIMEOUT = 1.0
 MAX_BACKOFF = 10.0
@@ -80,7 +81,8 @@ class PolicyService:
         self.flows: collections.deque[dict[str, Any]] = collections.deque(maxlen=FLOW_BUFFER)
         self._seq = 0
         self._parsed: dict[str, tuple[int, Any]] = {}  # store key -> (revision, parsed object)
-        self._generation = 0  # stamped into the table on every apply (see _apply)
+        self._generation = 0  # stamped into the table on every apply (see converge)
+        self._empty = False  # known: no policy at all, no table (see _any_policy)
         self._cache: Any = None  # policy.compile.CompileCache
 
     # -- AgentService
@@ -159,6 +161,8 @@ class PolicyService:
         with self._lock:
             started = time.monotonic()
             store = self._store()
+            if not self._any_policy(store, events):
+                return self._no_policy(store)
             try:
                 world, revision = load_world(store, self._parsed, events)
                 settings = store.get_json(SETTINGS) or {}
@@ -183,11 +187,30 @@ class PolicyService:
             self._generation = generation
             if script:
                 self.nft.apply(script + compiled.stamp(generation))
-            self.applied, self.error = compiled, None
+            self.applied, self.error, self._empty = compiled, None, False
             self.stats = {"revision": revision, "compile_ms": round(compiled_ms, 1),
                           "apply_ms": round((time.monotonic() - started) * 1000 - compiled_ms, 1),
                           "full": full or not script, "endpoints": len(world.endpoints)}
             return self.status_unlocked(revision=revision)
+
+    def _any_policy(self, store: Store, events: list | None) -> bool:
+        """Is there any policy at all? Without one nothing is compiled and no table is
+        kept (every flow is allowed, as without podnet policy): most clusters start so,
+        and fifty lab agents then skip compiling their pods' registrations."""
+        if events is not None and self._empty:
+            return any(e.key.startswith(POLICY_PREFIXES) for e in events)
+        return any(store.list(prefix) for prefix in POLICY_PREFIXES)
+
+    def _no_policy(self, store: Store) -> dict[str, Any]:
+        from podnet.policy.compile import FAMILY, TABLE
+
+        if self.applied is not None or not self._empty:  # a table from before: remove it
+            self.nft.apply(f"table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n")
+        self.applied, self.error, self._generation, self._empty = None, None, 0, True
+        self._parsed.clear()  # relisted when a policy appears
+        revision = store.revision()
+        self.stats = {"revision": revision, "compile_ms": 0.0, "apply_ms": 0.0, "full": False, "endpoints": 0}
+        return self.status_unlocked(revision=revision)
 
     def _generation_in_kernel(self) -> int | None:
         """The generation the table in the kernel was stamped with. A full table's

@@ -20,6 +20,7 @@ starts a thread per request does not leak one connection per thread.
 
 from __future__ import annotations
 
+import collections
 import os
 import sqlite3
 import threading
@@ -99,6 +100,7 @@ class _SqliteTx:
 
 
 FULL_SCAN_SECONDS = 1.0  # watch(): a full scan at least this often, changed or not
+TAIL_EVENTS = 8192  # watch(): how many recent events the shared tail keeps in memory
 # watch(): the events' head revision, the next expiry and the compaction mark, in one read
 _WATCH_HEAD = (
     "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'events'),"
@@ -150,6 +152,18 @@ class SqliteStore(Store):
         self._write_lock = threading.Lock()
         self._changed = threading.Condition()
         self._local = threading.local()
+        # the shared watch tail (see watch): its ring, how far it has read, and from
+        # which revision on the ring is complete
+        self._tail = threading.Condition()
+        self._tail_thread: threading.Thread | None = None
+        self._tail_events: collections.deque[Event] = collections.deque(maxlen=TAIL_EVENTS)
+        self._tail_head: int | None = None
+        self._tail_floor = 0
+        self._tail_compacted = 0
+        self._tail_error: StoreError | None = None
+        # the prefixes watched in this process: the tail reads only their events; each
+        # prefix's ring is complete after the revision recorded here (None: not yet)
+        self._tail_since: dict[str, int | None] = {}
 
     def _check_process(self) -> None:
         if self._pid != os.getpid():
@@ -441,22 +455,89 @@ class SqliteStore(Store):
     # -- watch --------------------------------------------------------------------
 
     def watch(self, prefix: str, from_revision: int, timeout: float) -> list[Event]:
+        """Events under `prefix` after `from_revision`, waiting up to `timeout`.
+
+        Every watch() of this process shares one tail thread per store (`_tail_loop`):
+        it alone polls the database and reads each new event once, into a ring; a
+        watcher only filters the ring for its prefix. An agent runs five or so watchers
+        (networks, DNS, nodes, policy...), and fifty agents polling separately spent
+        more than a CPU during a lab's pod attach. A watcher older than the ring reads
+        the database directly (the ring holds the recent past only)."""
         if self._tx_conn() is not None:
             raise StoreError("watch() inside a transaction would block every writer")
         deadline = time.monotonic() + max(0.0, timeout)
-        scanned = from_revision
-        # A connection of its own that never writes: its `PRAGMA data_version` changes
-        # whenever any other connection (this process's or another's) commits, so an
-        # idle poll costs one cheap pragma instead of four queries; a changed one reads
-        # the head, next expiry and compaction mark in one statement and the events only
-        # when the head moved. A scan still runs when a key may have expired (the sweep
-        # is what turns expiry into events) and at least every FULL_SCAN_SECONDS.
-        probe = self._checkout()
+        with self._tail:
+            self._tail_since.setdefault(prefix, None)
+        while True:
+            self._start_tail()  # (again, after a failed tail thread ended)
+            with self._tail:
+                if self._tail_error is not None:
+                    error, self._tail_error = self._tail_error, None
+                    raise error
+                head, floor, compacted = self._tail_head, self._tail_floor, self._tail_compacted
+                since = self._tail_since.get(prefix)
+                if head is not None and from_revision < compacted:
+                    raise RevisionCompacted(from_revision, compacted)
+                if head is not None and since is not None and from_revision >= max(floor, since):
+                    found = []
+                    for event in reversed(self._tail_events):  # only what is newer: O(new)
+                        if event.revision <= from_revision:
+                            break
+                        if event.key.startswith(prefix):
+                            found.append(event)
+                    found.reverse()
+                    if found:
+                        return found
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._closed:
+                        return []
+                    self._tail.wait(remaining)
+                    continue
+            # before the ring (or before the tail's first pass): ask the database, after
+            # turning what has expired into delete events
+            self._sweep_if_due()
+            found = self._events_after(prefix, from_revision)
+            compacted = self._read("SELECT value FROM meta WHERE name = 'compacted'", ())[0][0]
+            if from_revision < compacted:
+                raise RevisionCompacted(from_revision, compacted)
+            if found:
+                return found
+            with self._tail:
+                since = self._tail_since.get(prefix)
+                if self._tail_head is not None and since is not None:
+                    from_revision = max(from_revision, self._tail_floor, since)
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    return []
+                self._tail.wait(min(remaining, self._poll))
+
+    def _start_tail(self) -> None:
+        with self._tail:
+            if self._tail_thread is None and not self._closed:
+                self._tail_thread = threading.Thread(target=self._tail_loop, name=f"store-tail {self.path}",
+                                                     daemon=True)
+                self._tail_thread.start()
+
+    def _tail_loop(self) -> None:
+        """Poll the database for every watcher of this process (see watch): one cheap
+        `PRAGMA data_version` per interval on a connection that never writes (it changes
+        whenever any other connection commits); on a change, the head, next expiry and
+        compaction mark in one statement and the new events in one more. Expiry becomes
+        delete events here too (the sweep), and a full scan runs at least every
+        FULL_SCAN_SECONDS."""
+        try:
+            probe = self._checkout()
+        except StoreError as exc:
+            with self._tail:
+                self._tail_error, self._tail_thread = exc, None
+                self._tail.notify_all()
+            return
         try:
             version: int | None = None
             next_expiry: float | None = None
             next_full = 0.0
-            while True:
+            while not self._closed:
                 current = self._execute(probe, "PRAGMA data_version", ()).fetchone()[0]
                 mono = time.monotonic()
                 if (current != version or mono >= next_full
@@ -464,27 +545,52 @@ class SqliteStore(Store):
                     version, next_full = current, mono + FULL_SCAN_SECONDS
                     head, next_expiry, compacted = self._read(_WATCH_HEAD, ())[0]
                     if next_expiry is not None and next_expiry <= self._clock():
-                        self._sweep_if_due()  # expiry becomes delete events
+                        self._sweep_if_due()
                         head, next_expiry, compacted = self._read(_WATCH_HEAD, ())[0]
                     head = head or 0
-                    if scanned < compacted:
-                        raise RevisionCompacted(from_revision, compacted)
-                    if head > scanned:
-                        found = self._events_after(prefix, scanned)
-                        compacted = self._read("SELECT value FROM meta WHERE name = 'compacted'", ())[0][0]
-                        if scanned < compacted:  # compacted while we read: history has a gap
-                            raise RevisionCompacted(from_revision, compacted)
-                        if found:
-                            return found
-                    scanned = max(scanned, head)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return []
-                # Writers in this process wake us at once; other processes are polled.
-                with self._changed:
-                    self._changed.wait(min(remaining, self._poll))
+                    with self._tail:
+                        scanned = self._tail_head
+                        prefixes = sorted(self._tail_since)
+                        for prefix in prefixes:  # from here on the ring holds their events
+                            if self._tail_since[prefix] is None:
+                                self._tail_since[prefix] = head if scanned is None else scanned
+                    new = (self._events_under(prefixes, scanned)
+                           if scanned is not None and head > scanned and prefixes else [])
+                    with self._tail:
+                        if scanned is None:
+                            self._tail_floor = head  # the ring starts here
+                        for event in new:
+                            if len(self._tail_events) == self._tail_events.maxlen:
+                                self._tail_floor = self._tail_events[0].revision
+                            self._tail_events.append(event)
+                        self._tail_head = max(head, new[-1].revision if new else 0)
+                        self._tail_compacted = compacted or 0
+                        self._tail.notify_all()
+                with self._changed:  # writers in this process wake us at once
+                    self._changed.wait(self._poll)
+        except (StoreError, sqlite3.Error) as exc:
+            with self._tail:
+                self._tail_error = exc if isinstance(exc, StoreError) else StoreError(f"store watch failed: {exc}")
+                self._tail.notify_all()
         finally:
             self._checkin(probe)
+            with self._tail:
+                self._tail_thread = None
+                self._tail.notify_all()
+
+    def _events_under(self, prefixes: list[str], revision: int) -> list[Event]:
+        """Events after `revision` under any of `prefixes`, in revision order: the
+        tail reads only what this process watches (most writes, IPAM and endpoint
+        records, interest no watcher)."""
+        clauses, params = [], [revision]
+        for prefix in prefixes:
+            end = prefix_end(prefix)
+            if end is None:  # the empty prefix: everything
+                return self._events_after("", revision)
+            clauses.append("(key >= ? AND key < ?)")
+            params += [prefix, end]
+        sql = f"SELECT kind, key, value, revision FROM events WHERE revision > ? AND ({' OR '.join(clauses)})"
+        return [Event(*row) for row in self._read(sql + " ORDER BY revision", tuple(params))]
 
     def _events_after(self, prefix: str, revision: int) -> list[Event]:
         end = prefix_end(prefix)
@@ -513,6 +619,8 @@ class SqliteStore(Store):
                 conn.close()
         with self._changed:
             self._changed.notify_all()
+        with self._tail:
+            self._tail.notify_all()
 
     def __repr__(self) -> str:
         return f"SqliteStore({self.path!r})"
