@@ -126,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except PodnetError as err:
         return fail(err)
+    except BrokenPipeError:  # `podnet get ... | head`: the reader left, nothing to say
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

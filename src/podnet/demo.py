@@ -92,6 +92,10 @@ def tour(console: Console, name: str, data: dict, keep: bool) -> None:
         ("every path, checked again", f"podnet connectivity test --name {name} [-o json]"),
         ("break a route, watch the test fail, then the agent repair it (~3 s)",
          f"podnet lab exec --name {name} {node} -- ip route del {other_block}"),
+        ("every pod to every pod, for real ('.' reachable, 'X' blocked)", f"podnet probe --name {name} --port 80"),
+        ("isolate a pod's namespace, then ask which rule drops what",
+         f"podnet apply --lab {name} -f examples/policy/default-deny.yaml && "
+         f"podnet flows --lab {name} --verdict deny; podnet policy explain {far} {src} --lab {name}"),
         ("networks and containers on a node",
          f"podnet lab exec --name {name} {node} -- env {env} podnet network ls"),
         ("the single-host Docker-style demo", "podnet demo --host"),

@@ -90,3 +90,14 @@ def test_apply_is_all_or_nothing(store):
     with pytest.raises(PolicyError):
         repo.apply(store, parse_documents([NS_X, bad]))
     assert repo.get(store, "Namespace") == []
+
+
+def test_the_shipped_examples_parse():
+    import pathlib
+
+    import yaml
+
+    files = sorted((pathlib.Path(__file__).parents[2] / "examples" / "policy").glob("*.yaml"))
+    assert files
+    for path in files:
+        assert parse_documents(d for d in yaml.safe_load_all(path.read_text()) if d), path
