@@ -143,6 +143,16 @@ class Compiled:
                 f"add element {FAMILY} {TABLE} {GENERATION_SET} {{ {generation} }}\n")
 
 
+Match = tuple[int | None, str]  # (address family, or None for either; an nft match fragment)
+
+
+def _combine(left: Sequence[Match], right: Sequence[Match]) -> list[Match]:
+    """Every pair of fragments that can hold together (ANDed): an IPv4 peer set never
+    meets an IPv6 named-port set."""
+    return [(fa or fb, " ".join(p for p in (a, b) if p)) for fa, a in left for fb, b in right
+            if fa is None or fb is None or fa == fb]
+
+
 def _hash(*parts: object) -> str:
     return hashlib.sha1("\0".join(map(str, parts)).encode()).hexdigest()[:10]
 
@@ -215,13 +225,13 @@ class _Builder:
         return [ep for ep in self.world.endpoints if peer_selects_endpoint(self.world, peer, ep, policy_ns)]
 
     def peer_matches(self, peer: Peer | None, direction: str, policy_ns: str | None,
-                     key: tuple = ()) -> list[str]:
-        """nft match fragments, one per address family the peer can match ("" = any
-        address). An empty list: the peer cannot match anything. `key` names the peer
-        (policy, direction, rule, peer index) for its sets."""
+                     key: tuple = ()) -> list[Match]:
+        """nft match fragments, one per address family the peer can match ((None, "")
+        = any address). An empty list: the peer cannot match anything. `key` names the
+        peer (policy, direction, rule, peer index) for its sets."""
         fld = _FIELD[direction]
         if peer is None:
-            return [""]
+            return [(None, "")]
         out = []
         for family in (4, 6):
             ipf = _IPFAM[family]
@@ -254,7 +264,7 @@ class _Builder:
                 parts.append(f"{ipf} {fld} != @{self._nets((*key, 'notnets', family), family, not_nets)}")
             if not parts:
                 parts.append(f"meta nfproto ipv{family}")
-            out.append(" ".join(parts))
+            out.append((family, " ".join(parts)))
         return out
 
     # -- ports -----------------------------------------------------------------------
@@ -264,18 +274,18 @@ class _Builder:
         return str(lo) if lo == hi else f"{lo}-{hi}"
 
     def np_port_matches(self, port: NetworkPolicyPort, direction: str, local: Endpoint,
-                        peer: Peer | None, policy_ns: str, key: tuple = ()) -> list[str]:
+                        peer: Peer | None, policy_ns: str, key: tuple = ()) -> list[Match]:
         """Fragments for one NetworkPolicy port; named ports resolve against the
         destination: the local pod (ingress) or each destination pod (egress)."""
         l4 = _L4[port.protocol]
         if port.port is None:
-            return [f"meta l4proto {l4}"]
+            return [(None, f"meta l4proto {l4}")]
         if isinstance(port.port, int):
             hi = port.end_port if port.end_port is not None else port.port
-            return [f"meta l4proto {l4} th dport {self._port_text(port.port, hi)}"]
+            return [(None, f"meta l4proto {l4} th dport {self._port_text(port.port, hi)}")]
         if direction == IN:
             numbers = sorted({n.port for n in local.ports if n.name == port.port and n.protocol == port.protocol})
-            return [f"meta l4proto {l4} th dport {{ {', '.join(map(str, numbers))} }}"] if numbers else []
+            return [(None, f"meta l4proto {l4} th dport {{ {', '.join(map(str, numbers))} }}")] if numbers else []
         # egress to a named port: (destination address . port) pairs of the pods the peer
         # selects (any pod when the rule has no peers) that name that port
         if peer is not None and (peer.ip_block is not None or (peer.pod_selector is None and
@@ -291,7 +301,7 @@ class _Builder:
             if pairs:
                 name = self._set((*key, "named", port.port, port.protocol, family),
                                  f"ipv{family}_addr . inet_service", pairs)
-                out.append(f"meta l4proto {l4} {_IPFAM[family]} daddr . th dport @{name}")
+                out.append((family, f"meta l4proto {l4} {_IPFAM[family]} daddr . th dport @{name}"))
         return out
 
     # -- chains ----------------------------------------------------------------------
@@ -319,10 +329,9 @@ class _Builder:
             protocols = [f"meta l4proto {l4}" + (f" th dport {{ {ports} }}" if ports else "")]
         lines = []
         for j, peer in enumerate(rule.peers or (None,)):
-            for addr in self.peer_matches(peer, direction, None, (cp.ref, direction, i, j)):
-                for proto in protocols:
-                    match = " ".join(p for p in (addr, proto) if p)
-                    lines.append(self._line(match, verdict, prefix, f"ClusterPolicy {what}", log))
+            for _family, match in _combine(self.peer_matches(peer, direction, None, (cp.ref, direction, i, j)),
+                                           [(None, p) for p in protocols]):
+                lines.append(self._line(match, verdict, prefix, f"ClusterPolicy {what}", log))
         return lines
 
     def np_rule_lines(self, np: NetworkPolicy, i: int, rule: NetworkPolicyRule, direction: str,
@@ -332,17 +341,12 @@ class _Builder:
         lines = []
         for j, peer in enumerate(rule.peers or (None,)):
             key = (f"np:{np.namespace}/{np.name}", direction, i, j)
-            addrs = self.peer_matches(peer, direction, np.namespace, key)
-            ports: list[str] = [""]
+            ports: list[Match] = [(None, "")]
             if rule.ports:
                 ports = [m for p in rule.ports
                          for m in self.np_port_matches(p, direction, local, peer, np.namespace, key)]
-            for addr in addrs:
-                for port in ports:
-                    if addr and port and "daddr . th dport" in port and addr.split()[0] != port.split()[3]:
-                        continue  # an egress named-port set of the other family
-                    match = " ".join(p for p in (addr, port) if p)
-                    lines.append(self._line(match, "accept", prefix, f"NetworkPolicy {what}", self.log_allowed))
+            for _family, match in _combine(self.peer_matches(peer, direction, np.namespace, key), ports):
+                lines.append(self._line(match, "accept", prefix, f"NetworkPolicy {what}", self.log_allowed))
         return lines
 
     def endpoint_chain(self, ep: Endpoint, direction: str) -> str | None:
