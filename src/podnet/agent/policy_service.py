@@ -161,10 +161,12 @@ class PolicyService:
         with self._lock:
             started = time.monotonic()
             store = self._store()
-            if not self._any_policy(store, events):
+            if (self._empty or self.applied is None) and not self._any_policy(store, events):
                 return self._no_policy(store)
             try:
                 world, revision = load_world(store, self._parsed, events)
+                if not world.network_policies and not world.cluster_policies:
+                    return self._no_policy(store)  # the last one was deleted
                 settings = store.get_json(SETTINGS) or {}
                 if self._cache is None:
                     self._cache = CompileCache()
@@ -183,14 +185,14 @@ class PolicyService:
                     script = ""  # a restart: the kernel already holds exactly this table
             else:
                 script = compiled.diff(self.applied)
-                generation = zlib.crc32(f"{self._generation}\n{script}".encode())
-            self._generation = generation
+                generation = zlib.crc32(f"{self._generation}\n{script}".encode()) if script else self._generation
             if script:
                 self.nft.apply(script + compiled.stamp(generation))
+            self._generation = generation  # only once the kernel holds it
             self.applied, self.error, self._empty = compiled, None, False
             self.stats = {"revision": revision, "compile_ms": round(compiled_ms, 1),
                           "apply_ms": round((time.monotonic() - started) * 1000 - compiled_ms, 1),
-                          "full": full or not script, "endpoints": len(world.endpoints)}
+                          "full": full, "changed": bool(script), "endpoints": len(world.endpoints)}
             return self.status_unlocked(revision=revision)
 
     def _any_policy(self, store: Store, events: list | None) -> bool:

@@ -101,6 +101,7 @@ class _SqliteTx:
 
 FULL_SCAN_SECONDS = 1.0  # watch(): a full scan at least this often, changed or not
 TAIL_EVENTS = 8192  # watch(): how many recent events the shared tail keeps in memory
+IDLE_POLL = 0.02  # watch(): how often the tail looks while nothing changes
 # watch(): the events' head revision, the next expiry and the compaction mark, in one read
 _WATCH_HEAD = (
     "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'events'),"
@@ -535,6 +536,7 @@ class SqliteStore(Store):
             return
         try:
             version: int | None = None
+            idle_version: int | None = None  # the version seen by the previous pass
             next_expiry: float | None = None
             next_full = 0.0
             while not self._closed:
@@ -566,8 +568,13 @@ class SqliteStore(Store):
                         self._tail_head = max(head, new[-1].revision if new else 0)
                         self._tail_compacted = compacted or 0
                         self._tail.notify_all()
-                with self._changed:  # writers in this process wake us at once
-                    self._changed.wait(self._poll)
+                # Writers in this process wake us at once. Another process's change is
+                # seen within IDLE_POLL when things are quiet (a lone policy edit), and
+                # batched per `poll_interval` while changes keep coming (a lab's pods
+                # attaching: each pass then reads the head and the new events).
+                with self._changed:
+                    self._changed.wait(self._poll if current != idle_version else min(self._poll, IDLE_POLL))
+                idle_version = current
         except (StoreError, sqlite3.Error) as exc:
             with self._tail:
                 self._tail_error = exc if isinstance(exc, StoreError) else StoreError(f"store watch failed: {exc}")
