@@ -19,7 +19,6 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 NETLINK_NETFILTER = 12
@@ -159,10 +158,6 @@ class NflogReader:
         except (TimeoutError, BlockingIOError):
             return []
         return parse_message(data)
-
-    def __iter__(self) -> Iterator[LoggedPacket]:
-        while True:
-            yield from self.read(None)
 
     def close(self) -> None:
         self.sock.close()
