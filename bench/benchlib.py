@@ -170,3 +170,22 @@ def no_interrupt():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def run_bench(name: str, bench, args, render) -> int:
+    """A benchmark's main after its argument checks: SIGINT/SIGTERM/SIGHUP become
+    KeyboardInterrupt (its `finally` tears down), failures are one line on stderr,
+    and the outcome is printed with its elapsed time (see finish)."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, raise_interrupt)
+    started = time.monotonic()
+    try:
+        outcome = bench(args)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; everything was torn down", file=sys.stderr)
+        return 130
+    except Exception as exc:  # BenchError, a LabError, nft...: teardown already ran
+        print(f"{name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    outcome["elapsed_s"] = round(time.monotonic() - started, 1)
+    return finish(outcome, args.json, render)

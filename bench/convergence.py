@@ -50,7 +50,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchlib import BenchError, close_lab, finish, log, percentile, raise_interrupt
+from benchlib import BenchError, close_lab, log, percentile, run_bench
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "src") not in sys.path:
@@ -386,19 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     if "etcd" in args.store and not shutil.which("etcd"):
         print("convergence: --store etcd needs the etcd binary", file=sys.stderr)
         return 2
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, raise_interrupt)
-    started = time.monotonic()
-    try:
-        outcome = bench(args)
-    except KeyboardInterrupt:
-        print("convergence: interrupted; everything was torn down", file=sys.stderr)
-        return 130
-    except Exception as exc:  # BenchError, a LabError...: teardown already ran
-        print(f"convergence: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    outcome["elapsed_s"] = round(time.monotonic() - started, 1)
-    return finish(outcome, args.json, render)
+    return run_bench("convergence", bench, args, render)
 
 
 if __name__ == "__main__":

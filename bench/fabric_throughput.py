@@ -32,7 +32,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,14 +39,12 @@ import time
 from pathlib import Path
 
 from benchlib import (
-    BenchError,
     Iperf,
     close_lab,
-    finish,
     list_netns,
     log,
     no_interrupt,
-    raise_interrupt,
+    run_bench,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -342,22 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         if not shutil.which(tool):
             print(f"fabric_throughput: {tool} is not installed", file=sys.stderr)
             return 2
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, raise_interrupt)
-    started = time.monotonic()
-    try:
-        outcome = bench(args)
-    except KeyboardInterrupt:
-        print("fabric_throughput: interrupted; everything was torn down", file=sys.stderr)
-        return 130
-    except (BenchError, OSError, subprocess.SubprocessError) as exc:
-        print(f"fabric_throughput: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:  # a PodnetError from the lab: show it, teardown already ran
-        print(f"fabric_throughput: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    outcome["elapsed_s"] = round(time.monotonic() - started, 1)
-    return finish(outcome, args.json, render)
+    return run_bench("fabric_throughput", bench, args, render)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,11 +39,10 @@ from benchlib import (
     BenchError,
     Iperf,
     close_lab,
-    finish,
     log,
     no_interrupt,
     nsenter,
-    raise_interrupt,
+    run_bench,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -296,14 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("policy_scale: needs root (creates network namespaces)", file=sys.stderr)
         return 2
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, raise_interrupt)
-    try:
-        outcome = run(args)
-    except BenchError as exc:
-        print(f"policy_scale: {exc}", file=sys.stderr)
-        return 1
-    return finish(outcome, args.json, render)
+    return run_bench("policy_scale", run, args, render)
 
 
 if __name__ == "__main__":
