@@ -142,13 +142,9 @@ class Iperf:
         }
 
     def stop(self, proc: subprocess.Popen) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        from podnet.lab.sandbox import stop_process
+
+        stop_process(proc)
         if proc in self.procs:
             self.procs.remove(proc)
 

@@ -18,6 +18,7 @@ import yaml
 
 from podnet.agent.client import call
 from podnet.lab.cluster import state_file
+from podnet.lab.sandbox import stop_process
 from podnet.policy import repository as repo
 from podnet.policy.evaluate import decide
 from podnet.policy.objects import parse_documents
@@ -40,12 +41,7 @@ class Lab:
     def close(self) -> None:
         self.store.close()
         for proc in self.started:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            stop_process(proc, 10)
 
     def ip(self, pod: str) -> str:
         return self.data["pods"][pod]["ips"][0].split("/")[0]

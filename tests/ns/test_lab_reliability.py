@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 
 from podnet.lab.cluster import NETNS_DIR, agent_has_cluster_flags, enter, lab_dir, state_file
+from podnet.lab.sandbox import stop_process
 from podnet.procs import owner_alive
 
 pytestmark = [
@@ -188,13 +189,7 @@ class Lab:
 
     def close(self) -> None:
         for proc in self.started:  # by the PID we started, never by name
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+            stop_process(proc)
         for ns in self.extra_netns:
             if (NETNS_DIR / ns).exists():
                 subprocess.run(["ip", "netns", "del", ns], check=False)

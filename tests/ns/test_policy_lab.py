@@ -26,6 +26,7 @@ import pytest
 
 from podnet.agent.client import call
 from podnet.lab.cluster import agent_has_cluster_flags
+from podnet.lab.sandbox import stop_process
 from podnet.policy import repository as repo
 from policyharness import CASES, CELLS, PODS, Lab, check, cp, netpol_lab, np
 
@@ -360,7 +361,6 @@ def test_host_endpoints_plain_host_and_node(lab):
         assert status["node"] == "vm1" and status["rules"] > 0, status  # type: ignore[index]
         lab.sync()  # the agents still answer: failsafe rules keep the store and VXLAN open
     finally:
-        listener.terminate()
-        listener.wait(10)
+        stop_process(listener)
         lab.delete(objects)
     assert tcp_from(lab, "x/a", vm, 80) == "vm1"

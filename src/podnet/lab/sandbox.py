@@ -20,6 +20,17 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """Stop a process we started, by its PID: SIGTERM, then SIGKILL after `timeout`."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
 class Sandbox:
     """Owns every namespace and process it creates; `close()` removes exactly those."""
 
@@ -76,13 +87,7 @@ class Sandbox:
         return proc
 
     def stop(self, proc: subprocess.Popen, timeout: float = 5.0) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout)
+        stop_process(proc, timeout)
         if proc in self.processes:
             self.processes.remove(proc)
 
