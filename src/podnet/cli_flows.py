@@ -184,39 +184,41 @@ def _endpoint_or_ip(world: Any, text: str) -> Any:
         return world.endpoint(text)
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
+def _ask_nodes(lab: str, op: str, timeout: float) -> list[tuple[str, dict | PodnetError]]:
+    """Ask every node's agent one op: (node, reply) or (node, the error it gave)."""
     from podnet.agent.client import call
 
+    out: list[tuple[str, dict | PodnetError]] = []
+    for node, sock in _node_sockets(lab).items():
+        try:
+            out.append((node, call(sock, op, timeout=timeout)))  # type: ignore[arg-type]
+        except PodnetError as exc:
+            out.append((node, exc))
+    return out
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
     try:
-        sockets = _node_sockets(args.lab)
+        replies = _ask_nodes(args.lab, "policy.status", 5)
     except PodnetError as exc:
         return fail(exc)
-    rows = []
-    for node, sock in sockets.items():
-        try:
-            rows.append({"node": node, **call(sock, "policy.status", timeout=5)})  # type: ignore[dict-item]
-        except PodnetError as exc:
-            rows.append({"node": node, "error": exc.msg})
+    rows = [{"node": node, **reply} if isinstance(reply, dict) else {"node": node, "error": reply.msg}
+            for node, reply in replies]
     emit_rows(rows, ["node", "rules", "chains", "sets", "endpoints", "revision", "compile_ms", "apply_ms",
                      "error"], args.output)
     return 0 if all(not r.get("error") for r in rows) else 1
 
 
 def _cmd_counters(args: argparse.Namespace) -> int:
-    from podnet.agent.client import call
-
     try:
-        sockets = _node_sockets(args.lab)
+        replies = _ask_nodes(args.lab, "policy.counters", 30)
     except PodnetError as exc:
         return fail(exc)
     rows = []
-    for node, sock in sockets.items():
-        try:
-            reply = call(sock, "policy.counters", timeout=30)
-        except PodnetError as exc:
-            return fail(exc)
-        rows += [{"node": node, **r} for r in reply["rules"]  # type: ignore[index]
-                 if args.all or r["packets"]]
+    for node, reply in replies:
+        if isinstance(reply, PodnetError):
+            return fail(reply)
+        rows += [{"node": node, **r} for r in reply["rules"] if args.all or r["packets"]]
     emit_rows(rows, ["node", "packets", "bytes", "rule"], args.output)
     return 0
 
