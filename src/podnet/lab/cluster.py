@@ -325,20 +325,14 @@ class LabBuilder:
             }
             self.plug(node.rack, f"n{node.index}", ns, "eth0", f"{node.underlay_ip}/24")
             self.forwarding(ns)
-            if node.rack == 0:
-                self.route_to_racks(ns)
-                ip("-n", ns, "route", "add", "default", "via", topo.OUTSIDE_UNDERLAY)
-            else:
-                ip("-n", ns, "route", "add", "default", "via", topo.router_ip(node.rack))
+            machine_routes(ns, node.rack, self.t.racks)
         self.st.save()
 
     def plug(self, rack: int, fabric_end: str, ns: str, ifname: str, address: str) -> None:
         plug(self.ns(f"fab{rack}"), fabric_end, ns, ifname, address, self.o.nic_gso)
 
     def route_to_racks(self, ns: str) -> None:
-        """From rack 0, the other racks' segments are behind the router."""
-        if self.t.racks > 1:
-            ip("-n", ns, "route", "add", f"{topo.UNDERLAY_PREFIX}.0.0/16", "via", topo.router_ip(0))
+        route_to_racks(ns, self.t.racks)
 
     @staticmethod
     def forwarding(ns: str) -> None:
@@ -496,6 +490,22 @@ class LabBuilder:
                                 args=f"K8S_POD_NAMESPACE={pod.namespace};K8S_POD_NAME={pod.name}")
         except CniFailure as exc:
             raise LabError(f"attaching pod {pod.key} on {pod.node} failed", str(exc)) from None
+
+
+def route_to_racks(ns: str, racks: int) -> None:
+    """From rack 0, the other racks' segments are behind the router."""
+    if racks > 1:
+        ip("-n", ns, "route", "add", f"{topo.UNDERLAY_PREFIX}.0.0/16", "via", topo.router_ip(0))
+
+
+def machine_routes(ns: str, rack: int, racks: int) -> None:
+    """A node's or plain host's routes: on rack 0 the world is behind the outside
+    namespace (and other racks behind the router); elsewhere everything is."""
+    if rack == 0:
+        route_to_racks(ns, racks)
+        ip("-n", ns, "route", "add", "default", "via", topo.OUTSIDE_UNDERLAY)
+    else:
+        ip("-n", ns, "route", "add", "default", "via", topo.router_ip(rack))
 
 
 def plug(fab: str, fabric_end: str, ns: str, ifname: str, address: str, nic_gso: int) -> None:

@@ -21,7 +21,16 @@ import time
 from pathlib import Path
 
 from podnet.lab import topology as topo
-from podnet.lab.cluster import LabError, LabState, _run, enter, ip, plug, spawn_supervised
+from podnet.lab.cluster import (
+    LabError,
+    LabState,
+    _run,
+    enter,
+    machine_routes,
+    plug,
+    spawn_supervised,
+)
+from podnet.lab.orchestrator import in_lab_argv
 
 FIRST_HOST = 190
 MAX_HOSTS_PER_RACK = 10  # .190-.199: below the etcd members (.200+) and the outside (.254)
@@ -40,8 +49,7 @@ def add_host(lab: str, name: str, rack: int = 0, tcp: tuple[int, ...] = (80,), u
     """Create, record and start a plain host; return its state entry."""
     if os.geteuid() != 0:
         raise LabError("podnet lab host add needs root (it creates a network namespace)")
-    if not topo._NAME.match(name):
-        raise LabError(f"host name {name!r} is not valid", "1-15 of [a-z0-9-], starting and ending alphanumeric")
+    topo.check_name(name, "host name")
     st = LabState.load(lab)
     hosts = st.data.setdefault("hosts", {})
     if name in hosts or name in st.data.get("nodes", {}):
@@ -62,16 +70,11 @@ def add_host(lab: str, name: str, rack: int = 0, tcp: tuple[int, ...] = (80,), u
     st.add_netns(ns)  # records (and saves) before it creates
     plug(topo.netns_name(lab, f"fab{rack}"), f"h{len(hosts) - 1}", ns, "eth0", f"{free[0]}/24",
          int(st.data.get("nic_gso") or 65536))
-    if rack == 0:
-        if racks > 1:
-            ip("-n", ns, "route", "add", f"{topo.UNDERLAY_PREFIX}.0.0/16", "via", topo.router_ip(0))
-        ip("-n", ns, "route", "add", "default", "via", topo.OUTSIDE_UNDERLAY)
-    else:
-        ip("-n", ns, "route", "add", "default", "via", topo.router_ip(rack))
+    machine_routes(ns, rack, racks)
     _start(st, name, entry, timeout)
     st.save()
-    _run([*enter(next(iter(st.data["nodes"].values()))["netns"]), sys.executable, "-m",
-          "podnet.lab.orchestrator", lab], timeout=60)  # publishes hosts/<name> from inside the lab
+    # publishes hosts/<name>, from inside the lab (an etcd store is reachable only there)
+    _run(in_lab_argv(st, [sys.executable, "-m", "podnet.lab.orchestrator", lab]), timeout=60)
     return entry
 
 

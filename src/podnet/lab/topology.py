@@ -199,7 +199,7 @@ def _parse_nodes(items: list) -> tuple[Node, ...]:
     for i, item in enumerate(items):
         where = f"nodes[{i}]"
         raw = _mapping(item, where, {"name", "rack"})
-        name = _name(raw.get("name"), f"{where}.name")
+        name = check_name(raw.get("name"), f"{where}.name")
         if name in seen:
             raise TopologyError(f"node {name!r} is declared twice")
         seen.add(name)
@@ -222,7 +222,7 @@ def _parse_namespaces(items: list) -> tuple[Namespace, ...]:
     for i, item in enumerate(items):
         where = f"namespaces[{i}]"
         raw = _mapping(item, where, {"name", "labels"})
-        name = _name(raw.get("name"), f"{where}.name")
+        name = check_name(raw.get("name"), f"{where}.name")
         if name in found:
             raise TopologyError(f"namespace {name!r} is declared twice")
         found[name] = Namespace(name, _labels(raw.get("labels"), f"{where}.labels"))
@@ -236,7 +236,7 @@ def _parse_pods(items: list, nodes: set[str], namespaces: set[str]) -> tuple[Pod
     for i, item in enumerate(items):
         where = f"pods[{i}]"
         raw = _mapping(item, where, {"name", "namespace", "node", "labels", "ports"})
-        name = _name(raw.get("name"), f"{where}.name")
+        name = check_name(raw.get("name"), f"{where}.name")
         namespace = raw.get("namespace", "default")
         if namespace not in namespaces:
             raise TopologyError(f"{where} ({name}): unknown namespace {namespace!r}",
@@ -287,7 +287,8 @@ def _list(value: object, where: str) -> list:
     return value
 
 
-def _name(value: object, where: str) -> str:
+def check_name(value: object, where: str) -> str:
+    """A lab name (node, namespace, pod, host): 1-15 of [a-z0-9-], alphanumeric ends."""
     if not isinstance(value, str) or not _NAME.match(value):
         raise TopologyError(
             f"{where}: invalid name {value!r}",
