@@ -34,6 +34,7 @@ class BridgeState:
     uplink_mtu: int
     gso: GsoLimits = DEFAULT_GSO  # the uplink's, given to the bridge and every pod veth
     bridge_gso: GsoLimits = DEFAULT_GSO  # what the bridge has (capped by its ports' TSO)
+    gso_retried: bool = False  # raised the bridge's limits again after its first port
     gateways: set[str] = field(default_factory=set)
     checked: float = 0.0
 
@@ -143,10 +144,12 @@ class BridgeAttacher:
                     ctx.host_fd, host_name, ctx.ifname, ctx.container_fd, mtu, state.index,
                     host_mac, peer_mac, ctx.conf.hairpin_mode, state.gso,
                 )
-                if state.bridge_gso != state.gso:
+                if state.bridge_gso != state.gso and not state.gso_retried:
                     # A bridge without ports caps its TSO (so its GSO) at 64 KiB; with
-                    # this big-TCP port it can take the uplink's limits now.
+                    # this big-TCP port it can take the uplink's limits now. Once: a
+                    # port that caps it for good must not cost every ADD a netlink trip.
                     state.bridge_gso = links.ensure_gso(ctx.host_fd, state.index, state.gso)
+                    state.gso_retried = True
                 return state
             except links.StaleMaster:
                 if attempt == 2:
