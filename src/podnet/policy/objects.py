@@ -456,6 +456,30 @@ class ClusterRule:
 # --- the kinds ---------------------------------------------------------------------
 
 
+class _Labelled:
+    """Kinds whose labels are frozen on creation (they are hashed and shared)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "labels", _frozen_labels(self.labels))  # type: ignore[attr-defined]
+
+
+class _RuleSet(_Labelled):
+    """What NetworkPolicy and ClusterPolicy share: ingress and egress rule lists."""
+
+    ingress: tuple
+    egress: tuple
+
+    def rules(self, direction: str) -> tuple:
+        return self.ingress if direction == "Ingress" else self.egress
+
+    def _with_rules(self, spec: dict[str, Any]) -> dict[str, Any]:
+        if self.ingress:
+            spec["ingress"] = [r.to_dict("from") for r in self.ingress]
+        if self.egress:
+            spec["egress"] = [r.to_dict("to") for r in self.egress]
+        return spec
+
+
 @dataclass(frozen=True)
 class Namespace:
     kind: ClassVar[str] = "Namespace"
@@ -484,7 +508,7 @@ class Namespace:
 
 
 @dataclass(frozen=True)
-class NetworkPolicy:
+class NetworkPolicy(_RuleSet):
     """A Kubernetes NetworkPolicy. `ingress`/`egress` are ignored for a direction not in
     `policy_types`, and a selected pod with no rule of a listed direction is isolated
     (deny all) in that direction."""
@@ -500,9 +524,6 @@ class NetworkPolicy:
     egress: tuple[NetworkPolicyRule, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "labels", _frozen_labels(self.labels))
-
     @property
     def key(self) -> str:
         return f"policy/networkpolicies/{self.namespace}/{self.name}"
@@ -511,17 +532,10 @@ class NetworkPolicy:
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    def rules(self, direction: str) -> tuple[NetworkPolicyRule, ...]:
-        return self.ingress if direction == "Ingress" else self.egress
-
     def to_dict(self) -> dict[str, Any]:
         spec: dict[str, Any] = {"podSelector": self.pod_selector.to_dict(),
                                 "policyTypes": list(self.policy_types)}
-        if self.ingress:
-            spec["ingress"] = [r.to_dict("from") for r in self.ingress]
-        if self.egress:
-            spec["egress"] = [r.to_dict("to") for r in self.egress]
-        return _manifest(self, spec)
+        return _manifest(self, self._with_rules(spec))
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], index: int = 0) -> NetworkPolicy:
@@ -529,7 +543,7 @@ class NetworkPolicy:
 
 
 @dataclass(frozen=True)
-class Tier:
+class Tier(_Labelled):
     kind: ClassVar[str] = "Tier"
     api_version: ClassVar[str] = "podnet.io/v1"
 
@@ -537,9 +551,6 @@ class Tier:
     order: int
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     namespace: ClassVar[None] = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "labels", _frozen_labels(self.labels))
 
     @property
     def key(self) -> str:
@@ -596,7 +607,7 @@ class EndpointSelector:
 
 
 @dataclass(frozen=True)
-class ClusterPolicy:
+class ClusterPolicy(_RuleSet):
     """A tiered, ordered, cluster-scoped policy (Calico GlobalNetworkPolicy-like)."""
 
     kind: ClassVar[str] = "ClusterPolicy"
@@ -612,9 +623,6 @@ class ClusterPolicy:
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     namespace: ClassVar[None] = None
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "labels", _frozen_labels(self.labels))
-
     @property
     def key(self) -> str:
         return f"policy/clusterpolicies/{self.name}"
@@ -623,17 +631,10 @@ class ClusterPolicy:
     def ref(self) -> str:
         return f"ClusterPolicy/{self.name}"
 
-    def rules(self, direction: str) -> tuple[ClusterRule, ...]:
-        return self.ingress if direction == "Ingress" else self.egress
-
     def to_dict(self) -> dict[str, Any]:
         spec: dict[str, Any] = {"tier": self.tier, "order": self.order,
                                 "selector": self.selector.to_dict(), "types": list(self.types)}
-        if self.ingress:
-            spec["ingress"] = [r.to_dict("from") for r in self.ingress]
-        if self.egress:
-            spec["egress"] = [r.to_dict("to") for r in self.egress]
-        return _manifest(self, spec)
+        return _manifest(self, self._with_rules(spec))
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], index: int = 0) -> ClusterPolicy:
@@ -641,7 +642,7 @@ class ClusterPolicy:
 
 
 @dataclass(frozen=True)
-class HostEndpoint:
+class HostEndpoint(_Labelled):
     """A lab node (`node`) or plain lab host (`host`) as a policy endpoint; `ips` may be
     left to the agent, which knows the host's addresses."""
 
@@ -654,9 +655,6 @@ class HostEndpoint:
     ips: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
     namespace: ClassVar[None] = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "labels", _frozen_labels(self.labels))
 
     @property
     def key(self) -> str:
