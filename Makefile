@@ -50,12 +50,14 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 
 venv: $(STAMP)
 
+# ruff, and the import contracts of pyproject.toml (the layers: docs/architecture.md).
 lint: deps
 	$(VENV)/bin/ruff check $(LINT_DIRS)
+	$(VENV)/bin/lint-imports
 
 # Lint failures fail the target too, but pytest still runs (and prints the last lines).
 test: deps
-	@lint=0; $(VENV)/bin/ruff check $(LINT_DIRS) || { lint=$$?; echo "ruff check failed (rc=$$lint); running pytest anyway"; }; \
+	@lint=0; $(MAKE) --no-print-directory lint || { lint=$$?; echo "lint failed (rc=$$lint); running pytest anyway"; }; \
 	echo "$(VENV)/bin/pytest -q"; \
 	$(VENV)/bin/pytest -q || exit $$?; \
 	exit $$lint
@@ -67,5 +69,5 @@ bench: deps
 	$(VENV)/bin/python bench/cni_latency.py $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build dist src/*.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .import_linter_cache build dist src/*.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,10 +1,12 @@
-"""What the benchmarks share: logging, errors, percentiles, namespace listing, and
-the teardown check of a lab a benchmark brought up, iperf3 servers and clients."""
+"""What the benchmarks share: logging, errors, percentiles, namespace listing, the
+machine and the console of a report, the teardown check of a lab or sandbox a
+benchmark brought up, iperf3 servers and clients."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -46,9 +48,44 @@ def list_netns() -> list[str]:
     return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
 
 
+def machine() -> dict:
+    """What a result depends on, recorded with it."""
+    return {"cpus": os.cpu_count(), "kernel": os.uname().release}
+
+
+def console(width: int = 140):
+    """A rich console; not a terminal (make, CI, a pipe): wide enough for the tables."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=width)
+
+
+def print_cleanup(con, outcome: dict, ok: str) -> None:
+    """A report's cleanup line: `ok`, or in red what the teardown left behind."""
+    clean = outcome["cleanup"]
+    con.print(ok if clean["ok"] else f"[red]cleanup problems:[/] {clean['problems']}")
+
+
+def close_sandbox(sandbox) -> list[str]:
+    """Close a lab.Sandbox and report what it left: recorded processes still running,
+    namespaces of its token still present."""
+    processes = list(sandbox.processes)
+    token = f"{sandbox.prefix}{sandbox.token}-"
+    sandbox.close()
+    problems = []
+    alive = [p.pid for p in processes if p.poll() is None]
+    if alive:
+        problems.append(f"processes still running: {alive}")
+    left = [ns for ns in list_netns() if ns.startswith(token)]
+    if left:
+        problems.append(f"namespaces still present: {left}")
+    return problems
+
+
 def close_lab(name: str) -> list[str]:
     """`lab down` a benchmark's lab and report anything left behind."""
-    from podnet.lab.cluster import LabError, lab_dir, state_file, teardown
+    from podnet.lab.state import LabError, lab_dir, state_file
+    from podnet.lab.teardown import teardown
     from podnet.procs import owner_alive
 
     problems: list[str] = []

@@ -3,7 +3,7 @@
     .venv/bin/python bench/convergence.py [--pods 100] [--nodes 3 [20 ...]]
                                           [--store sqlite [etcd]] [--fabric vxlan] [--json]
 
-For each (nodes, store) combination a lab is built with `podnet.lab.cluster.LabBuilder`
+For each (nodes, store) combination a lab is built with `podnet.lab.builder.LabBuilder`
 (the code behind `podnet lab up`): N nodes, one probe pod on the last node (node B), no
 other pods. Then, one pod at a time, on node0 (node A):
 
@@ -88,7 +88,7 @@ class BenchLab:
         self.phases: list[tuple[str, float]] = []
 
     def up(self, topology) -> None:
-        from podnet.lab.cluster import LabBuilder, LabOptions
+        from podnet.lab.builder import LabBuilder, LabOptions
 
         start = time.monotonic()
         builder = LabBuilder(
@@ -217,7 +217,7 @@ def poll_connect(address: str, port: int, interval: float, give_up: float) -> tu
 # --------------------------------------------------------------------------------------
 def run_one(nodes: int, store: str, args: argparse.Namespace) -> tuple[dict, list[str]]:
     from podnet.lab import topology as topo
-    from podnet.lab.cluster import enter
+    from podnet.lab.state import enter
     from podnet.runtime.libcni import CniFailure, Conflist
 
     lab = BenchLab(args.fabric, store)

@@ -3,7 +3,7 @@
     .venv/bin/python bench/fabric_throughput.py [--seconds 10] [--repeat 1] [--json]
     .venv/bin/python bench/fabric_throughput.py --fabric vxlan --seconds 3
 
-Builds one 2-node lab per fabric (one pod per node, `podnet.lab.cluster.LabBuilder`, the
+Builds one 2-node lab per fabric (one pod per node, `podnet.lab.builder.LabBuilder`, the
 same code as `podnet lab up`), and a baseline in the same run: a plain veth pair between
 two namespaces `pn-bench-<token>-a|b` (MTU 1500, nothing else on the path). Then, for
 each round, interleaved: iperf3 TCP from a pod on node0 to a pod on node1 (and a to b for
@@ -18,7 +18,7 @@ PID; the client runs the same way with `-J`; the figure is the receiver's bit ra
 Ratios: fabric / veth, targets vxlan >= 0.8x, host-gw >= 0.95x.
 
 Safety: the labs are named `b<hex>` (namespaces `pn-lab-b<hex>-*`, torn down with
-`podnet.lab.cluster.teardown`, which removes exactly what the lab recorded), the baseline
+`podnet.lab.teardown.teardown`, which removes exactly what the lab recorded), the baseline
 lives in `pn-bench-<token>-*` (lab.Sandbox). Processes are stopped by PID only.
 Teardown runs in a `finally`, also on Ctrl-C, SIGTERM or SIGHUP. The root network
 namespace is never changed.
@@ -77,7 +77,7 @@ class BenchLab:
 
     def up(self, pods_per_node: int = 1) -> dict:
         from podnet.lab import topology as topo
-        from podnet.lab.cluster import LabBuilder, LabOptions
+        from podnet.lab.builder import LabBuilder, LabOptions
 
         start = time.monotonic()
         self.phases = []
@@ -144,7 +144,7 @@ def bench(args: argparse.Namespace) -> dict:
         if args.big_veth:
             # For information: the same pair with the lab NICs' BIG TCP limits, i.e. what
             # the fabric's own overhead is measured against when pods send big packets.
-            from podnet.lab.cluster import NIC_GSO, set_nic_gso
+            from podnet.lab.underlay import NIC_GSO, set_nic_gso
 
             c, d = sandbox.netns("c"), sandbox.netns("d")
             ip("-n", c, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", d)

@@ -13,7 +13,7 @@ pod with an address and its echo server alive, not timed), then `lab down` is ti
 the same way. Target: 50 x 20 up in <= 60 s on this 2-core machine.
 
 `--profile` builds each size once more in-process under cProfile
-(`podnet.lab.cluster.LabBuilder`, the code behind `lab up`) and prints where the time
+(`podnet.lab.builder.LabBuilder`, the code behind `lab up`) and prints where the time
 goes; `--profile-out DIR` keeps the .pstats files.
 
 Safety: labs are named `b<hex>` (namespaces `pn-lab-b<hex>-*`); `lab down` removes
@@ -88,7 +88,7 @@ class LabRecord:
         self.name = name
 
     def leftovers(self) -> list[str]:
-        from podnet.lab.cluster import RUN_DIR, lab_dir, state_file
+        from podnet.lab.state import RUN_DIR, lab_dir, state_file
 
         problems = []
         left = [ns for ns in list_netns() if ns.startswith(f"pn-lab-{self.name}-")]
@@ -103,7 +103,8 @@ class LabRecord:
 
     def force_down(self) -> list[str]:
         """Teardown after a failed or interrupted run (idempotent)."""
-        from podnet.lab.cluster import LabError, state_file, teardown
+        from podnet.lab.state import LabError, state_file
+        from podnet.lab.teardown import teardown
 
         problems: list[str] = []
         if state_file(self.name).exists():
@@ -161,7 +162,7 @@ def run_size(nodes: int, pods: int, args: argparse.Namespace) -> tuple[dict, lis
         health = check_lab(name, nodes, pods)
         result["healthy"] = not health
         problems += [f"lab {name} after up: {h}" for h in health]
-        from podnet.lab.cluster import lab_dir
+        from podnet.lab.state import lab_dir
 
         with contextlib.suppress(OSError, ValueError):
             procs = json.loads((lab_dir(name) / "procs.json").read_text())
@@ -224,11 +225,11 @@ class StepTimers:
 
     @contextlib.contextmanager
     def patched(self):
-        from podnet.lab import cluster
+        from podnet.lab import builder
 
         saved = []
         for cls_name, attr in self.STEPS:
-            cls = getattr(cluster, cls_name)
+            cls = getattr(builder, cls_name)
             raw = cls.__dict__[attr]
             saved.append((cls, attr, raw))
             fn = raw.__func__ if isinstance(raw, staticmethod) else raw
@@ -256,7 +257,7 @@ class StepTimers:
 
 def idle_cpu(name: str, seconds: float) -> dict:
     """CPU share (% of one CPU) of the lab's recorded processes while the lab is idle."""
-    from podnet.lab.cluster import lab_dir
+    from podnet.lab.state import lab_dir
 
     try:
         procs = json.loads((lab_dir(name) / "procs.json").read_text())
@@ -286,7 +287,7 @@ def profile_size(nodes: int, pods: int, args: argparse.Namespace) -> tuple[dict,
     import pstats
 
     from podnet.lab import topology as topo
-    from podnet.lab.cluster import LabBuilder, LabOptions
+    from podnet.lab.builder import LabBuilder, LabOptions
 
     name = f"b{secrets.token_hex(3)}"
     record = LabRecord(name)
@@ -311,7 +312,7 @@ def profile_size(nodes: int, pods: int, args: argparse.Namespace) -> tuple[dict,
         out["up_s"] = round(time.monotonic() - start, 2)
         out["marks"] = marks
         out["steps"] = timers.report(start)
-        from podnet.lab.cluster import state_file
+        from podnet.lab.state import state_file
 
         out["state_file_bytes"] = state_file(name).stat().st_size
         out["idle_cpu"] = idle_cpu(name, 3.0)

@@ -44,6 +44,7 @@ from benchlib import (
     nsenter,
     run_bench,
 )
+from podnet import keys
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "src") not in sys.path:
@@ -108,7 +109,7 @@ class Bench:
         import yaml
 
         from podnet.lab import topology as topo
-        from podnet.lab.cluster import LabBuilder, LabOptions
+        from podnet.lab.builder import LabBuilder, LabOptions
         from podnet.store import open_store
 
         path = tmp / f"{self.name}.yaml"
@@ -135,21 +136,21 @@ class Bench:
         return [n["socket"] for n in self.data["nodes"].values()]
 
     def apply(self, docs: list[dict]) -> None:
-        from podnet.policy import repository
-        from podnet.policy.objects import parse_documents
+        from podnet.objects import store as objects
+        from podnet.objects.registry import parse_documents
 
-        repository.apply(self.store, parse_documents(docs))
+        objects.apply(self.store, parse_documents(docs))
 
     def set_rules(self, n: int) -> None:
         assert self.store is not None
-        self.store.delete_prefix("policy/networkpolicies/bench/gen-")
+        self.store.delete_prefix(keys.NETWORK_POLICIES + "bench/gen-")
         for start in range(0, n, 2000):  # a few transactions, not one giant one
             self.apply(generated(n)[start:start + 2000])
         self.converged()
 
     def converged(self, timeout: float = 120) -> float:
         """Seconds until every node's agent has applied the store's revision."""
-        from podnet.agent.client import call
+        from podnet.rpc.client import call
 
         assert self.store is not None
         want = self.store.revision()
@@ -181,14 +182,14 @@ class Bench:
         return float(rate)
 
     def rule_count(self) -> dict[str, int]:
-        from podnet.agent.client import call
+        from podnet.rpc.client import call
 
         return {sock.rsplit("-", 1)[-1].removesuffix(".sock"): call(sock, "policy.status")["rules"]  # type: ignore[index]
                 for sock in self.sockets()}
 
     def change_time(self, n: int, rounds: int) -> dict:
         """Edit one of the N policies; time until every node applied it."""
-        from podnet.agent.client import call
+        from podnet.rpc.client import call
 
         times, compile_ms, apply_ms = [], [], []
         for r in range(rounds):

@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from cniharness import Agent, Cni, bridge_config, needs_root  # noqa: E402
-from podnet.install import install_cni  # noqa: E402
+from podnet.install.cni import install_cni  # noqa: E402
 from podnet.lab.sandbox import Sandbox  # noqa: E402
 
 

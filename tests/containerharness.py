@@ -21,9 +21,12 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 
+from podnet import keys
 from podnet.lab.sandbox import Sandbox, wait_for_path
+from podnet.model.network import NetworkRecord, Subnet
 from podnet.procs import owner_alive
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -137,12 +140,11 @@ class ContainerEnv:
         net_d.mkdir(exist_ok=True)
         conf = conflist(name, subnet, gateway, bridge, self.socket, str(self.state_dir))
         (net_d / f"{name}.conflist").write_text(json.dumps(conf, indent=2))
-        record = {"name": name, "id": secrets.token_hex(32), "driver": "bridge",
-                  "subnets": [{"subnet": subnet, "gateway": gateway, "ip_range": None}],
-                  "parent": None, "mtu": None, "internal": False, "bridge": bridge}
+        record = NetworkRecord(name, secrets.token_hex(32), "bridge",
+                               (Subnet(ip_network(subnet), ip_address(gateway)),), bridge=bridge)
         store = open_store(str(self.state_dir / "store.db"))
         try:
-            store.put_json(f"networks/{name}", record)
+            store.put(record.key, record.encode())
         finally:
             store.close()
         return name
@@ -162,11 +164,12 @@ class ContainerEnv:
         return record
 
     def records(self) -> list[dict]:
+        """The container records as the store holds them (JSON, as `inspect` prints)."""
         from podnet.store import open_store
 
         store = open_store(str(self.state_dir / "store.db"))
         try:
-            return [e.json() for e in store.list("containers/")]
+            return [e.json() for e in store.list(keys.CONTAINERS)]
         finally:
             store.close()
 

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import yaml
 
-from podnet.agent.client import call
-from podnet.lab.cluster import state_file
 from podnet.lab.sandbox import stop_process
-from podnet.policy import repository as repo
+from podnet.lab.state import state_file
+from podnet.objects import store as object_store
+from podnet.objects.registry import parse_documents
 from podnet.policy.evaluate import decide
-from podnet.policy.objects import parse_documents
+from podnet.policy.world import load_world
+from podnet.rpc.client import call
 from podnet.store import open_store
 
 NETPOL = Path(__file__).parents[1] / "examples" / "topologies" / "netpol.yaml"
@@ -59,17 +60,17 @@ class Lab:
 
     def apply(self, text: str) -> list:
         objects = parse_documents(d for d in yaml.safe_load_all(text) if d)
-        repo.apply(self.store, objects)
+        object_store.apply(self.store, objects)
         self.sync()
         return objects
 
     def apply_without_sync(self, text: str) -> list:
         objects = parse_documents(d for d in yaml.safe_load_all(text) if d)
-        repo.apply(self.store, objects)
+        object_store.apply(self.store, objects)
         return objects
 
     def delete(self, objects: list) -> None:
-        repo.delete(self.store, objects)
+        object_store.delete(self.store, objects)
         self.sync()
 
     def probe(self) -> dict[tuple[int, str], dict[str, dict[str, bool]]]:
@@ -80,7 +81,7 @@ class Lab:
         return {(int(k.split("/")[0]), k.split("/")[1].upper()): v for k, v in raw.items()}
 
     def expected(self) -> dict[tuple[int, str], dict[str, dict[str, bool]]]:
-        world, _rev = repo.load_world(self.store)
+        world, _rev = load_world(self.store)
         eps = {f"{e.namespace}/{e.name}": e for e in world.endpoints if e.kind == "pod"}
         return {(port, proto): {s: {d: decide(world, eps[s], eps[d], port, proto).allowed for d in PODS}
                                 for s in PODS} for port, proto in CELLS}
@@ -96,7 +97,8 @@ def mismatches(got: dict, want: dict) -> list[str]:
 def netpol_lab(fabric: str, prefix: str) -> Iterator[Lab]:
     """The netpol lab (`<prefix><hex>`), torn down by recorded names whatever happens."""
     from podnet.lab import topology as topo
-    from podnet.lab.cluster import LabBuilder, LabOptions, teardown
+    from podnet.lab.builder import LabBuilder, LabOptions
+    from podnet.lab.teardown import teardown
 
     name = f"{prefix}{secrets.token_hex(2)[:3]}"
     builder = LabBuilder(topo.load(NETPOL), LabOptions(name=name, fabric=fabric, timeout=60))

@@ -125,3 +125,8 @@ class PortInUse(PodnetError):
     """A requested host port is already mapped by another attachment (podnet code 104)."""
 
     code = 104
+
+
+class ObjectError(PodnetError):
+    """An object a user applies (a manifest, a selector, a query) is invalid; the
+    message names the document and the field path."""

@@ -32,3 +32,16 @@ def attach_id(network: str, container_id: str, ifname: str) -> str:
 def host_veth_name(attach: str) -> str:
     """Host-side veth name: "pn" + 11 hex = 13 bytes, inside IFNAMSIZ (15)."""
     return HOST_VETH_PREFIX + attach[:11]
+
+
+def is_ifname(name: object) -> bool:
+    """A Linux interface name as the kernel takes it (dev_valid_name): 1-15 bytes, not
+    "." or "..", no "/", ":" or whitespace. The one rule for names from configs, from
+    the CNI environment and from records read back from a store."""
+    if not isinstance(name, str) or name in (".", ".."):
+        return False
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        return False
+    return 0 < size <= 15 and not any(c in name for c in "/:\0") and not any(c.isspace() for c in name)

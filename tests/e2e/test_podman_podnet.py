@@ -31,7 +31,7 @@ import pytest
 from podman_harness import INDEX_HTML, Podman, http_get, nsexec
 
 from cniharness import Agent
-from podnet.install import default_conflist
+from podnet.install.cni import default_conflist
 from podnet.naming import attach_id, host_veth_name
 
 pytestmark = [pytest.mark.root, pytest.mark.podman]

@@ -169,7 +169,7 @@ def test_gso_limits_follow_the_uplink(cni, sandbox, host_ns):
     """BIG TCP: with a 192 KiB uplink the bridge and both veth ends get 192 KiB (v4 and
     v6); an explicit gsoMaxSize wins; big packets really flow between two pods."""
     from podnet.kernel.gso import LEGACY, GsoLimits
-    from podnet.lab.cluster import NIC_GSO, set_nic_gso
+    from podnet.lab.underlay import NIC_GSO, set_nic_gso
 
     sandbox.exec(host_ns, ["ip", "link", "add", "pntup0", "type", "veth", "peer", "name", "pntup1"])
     set_nic_gso(host_ns, "pntup0", NIC_GSO)

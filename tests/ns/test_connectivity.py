@@ -17,9 +17,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from test_lab_cluster import CROSS_NODE, down_if_up, podnet
+from test_lab_cluster import down_if_up, podnet
 
-pytestmark = [pytest.mark.root, CROSS_NODE]
+pytestmark = pytest.mark.root
 
 
 def connectivity(name: str, *extra: str) -> tuple[int, list[dict], float]:

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from cniharness import needs_root
-from podnet.lab.cluster import lab_dir, state_file
+from podnet.lab.state import lab_dir, state_file
 
 pytestmark = pytest.mark.root
 
@@ -23,7 +23,7 @@ def test_lab_demo_passes_tours_and_cleans_up():
                               text=True, timeout=180, check=False)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert " passed, 0 failed" in proc.stdout and "FAIL" not in proc.stdout
-        assert "what to try next" in proc.stdout and f"podnet connectivity test --name {name}" in proc.stdout
+        assert "what to try next" in proc.stdout and f"podnet connectivity test --lab {name}" in proc.stdout
         assert f"lab {name} removed" in proc.stdout
         after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert f"pn-lab-{name}-" not in after

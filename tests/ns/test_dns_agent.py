@@ -12,14 +12,18 @@ import json
 import subprocess
 import sys
 import time
+from ipaddress import ip_address, ip_network
 from pathlib import Path
 
 import pytest
 
 from cniharness import REFERENCE_DIR, Agent
-from podnet.agent import client
+from podnet import keys
 from podnet.lab.sandbox import Sandbox
+from podnet.model.container import ContainerRecord
+from podnet.model.network import NetworkRecord, Subnet
 from podnet.procs import process_owner
+from podnet.rpc import client
 from podnet.runtime.libcni import Conflist
 from podnet.store import Store, open_store
 
@@ -77,9 +81,9 @@ class DnsLab:
         self.namespaces: dict[str, str] = {}
 
     def write(self, records: dict[str, dict | None]) -> None:
-        """Put (or delete, for None) records: through the test's own open store, or,
-        once `by_other_processes()` was called, each from a process that opens the
-        store, writes and closes it, exactly as the CLI does."""
+        """Put (or delete, for None) records, key -> a record's `to_json()`: through
+        the test's own open store, or, once `by_other_processes()` was called, each
+        from a process that opens the store, writes and closes it, as the CLI does."""
         if self.store is None:
             subprocess.run([sys.executable, "-c", WRITER, self.store_path, json.dumps(records)], check=True)
             return
@@ -96,10 +100,9 @@ class DnsLab:
 
     def network(self, name: str, bridge: str, third: int) -> None:
         subnet, gateway = f"10.87.{third}.0/24", f"10.87.{third}.1"
-        self.write({f"networks/{name}": {
-            "name": name, "id": f"{third:064x}", "driver": "bridge", "internal": False, "bridge": bridge,
-            "subnets": [{"subnet": subnet, "gateway": gateway, "ip_range": None}],
-        }})
+        record = NetworkRecord(name, f"{third:064x}", "bridge", (Subnet(ip_network(subnet), ip_address(gateway)),),
+                               bridge=bridge)
+        self.write({record.key: record.to_json()})
         data_dir = self.tmp / f"ipam-{name}"
         data_dir.mkdir()
         conflist = {"cniVersion": "1.0.0", "name": name, "plugins": [{
@@ -120,12 +123,10 @@ class DnsLab:
         return ips[0].split("/")[0]
 
     def put_container(self, name: str, network: str, ips: list[str], aliases: list[str], state: str) -> None:
-        self.write({f"containers/{name}": {
-            "name": name, "id": f"{name:x<64}"[:64], "network_mode": "bridge", "network": network,
-            "ips": ips, "aliases": aliases, "hostname": name, "state": state,
-            # a live owner, so the agent's container sweep leaves the record alone
-            "process": process_owner(),
-        }})
+        # a live owner, so the agent's container sweep leaves the record alone
+        record = ContainerRecord(name, f"{name:x<64}"[:64], "bridge", state=state, network=network, ips=tuple(ips),
+                                 aliases=tuple(aliases), hostname=name, process=process_owner())
+        self.write({record.key: record.to_json()})
 
     def ask(self, container: str, server: str, name: str, want: str = "NOERROR", *, qtype: str = "A",
             patience: float = 3.0, transport: str = "udp") -> dict:
@@ -216,7 +217,7 @@ def test_networks_are_isolated_and_names_follow_the_store(lab: DnsLab) -> None:
     assert lab.ask("b", "10.87.0.1", "alpha")["answers"] == [ip_a]  # a still resolves
 
     # the network record goes: its server stops, the other network's stays
-    lab.write({"networks/dnsnet": None})
+    lab.write({keys.network("dnsnet"): None})
     deadline = time.monotonic() + 3
     while any(s["network"] == "dnsnet" for s in lab.status()) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -236,7 +237,7 @@ def test_records_written_by_other_processes_resolve(lab: DnsLab) -> None:
     ip_b = lab.container("b", "dnsnet", [])
     assert lab.ask("b", "10.87.0.1", "alpha")["answers"] == [ip_a]
     assert lab.ask("a", "10.87.0.1", "b")["answers"] == [ip_b]
-    lab.write({"containers/b": None})
+    lab.write({keys.container("b"): None})
     assert lab.ask("a", "10.87.0.1", "b", "NXDOMAIN")["rcode"] == "NXDOMAIN"
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 
 from cniharness import REFERENCE_DIR, gso_of
-from podnet.agent.client import call
 from podnet.kernel.gso import LEGACY, GsoLimits
-from podnet.lab.cluster import NIC_GSO, set_nic_gso
 from podnet.lab.sandbox import Sandbox, wait_for_path
+from podnet.lab.underlay import NIC_GSO, set_nic_gso
+from podnet.rpc.client import call
 from podnet.runtime.libcni import Conflist
 from podnet.store import open_store
 

@@ -19,13 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from podnet.lab.cluster import agent_has_cluster_flags, lab_dir, state_file
+from podnet.lab.state import lab_dir, state_file
 from podnet.procs import owner_alive
 
 pytestmark = pytest.mark.root
-CROSS_NODE = pytest.mark.skipif(
-    not agent_has_cluster_flags(), reason="`podnet agent` has no --node yet: no fabric, no cross-node routes"
-)
 
 ICMP_PING = r"""
 import os, socket, struct, sys, time
@@ -146,7 +143,6 @@ def test_pod_to_outside_with_masquerade(lab: dict) -> None:
     assert py(lab["name"], "default/p1-1", UDP, "198.51.100.1", "80") == "outside"
 
 
-@CROSS_NODE
 def test_cross_node_pods(lab: dict) -> None:
     name, target = lab["name"], pod_ip(lab, "default/p1-0")
     assert py(name, "default/p0-0", TCP, target, "80") == "p1-0 hello"
@@ -207,7 +203,6 @@ def test_down_after_crashed_up() -> None:
         down_if_up(name)
 
 
-@CROSS_NODE
 def test_two_racks_vxlan_crosses_the_router() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")
@@ -223,7 +218,6 @@ def test_two_racks_vxlan_crosses_the_router() -> None:
         down_if_up(name)
 
 
-@CROSS_NODE
 def test_etcd_store_and_host_gw() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")

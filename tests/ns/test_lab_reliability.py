@@ -34,14 +34,11 @@ from pathlib import Path
 
 import pytest
 
-from podnet.lab.cluster import NETNS_DIR, agent_has_cluster_flags, enter, lab_dir, state_file
 from podnet.lab.sandbox import stop_process
+from podnet.lab.state import NETNS_DIR, enter, lab_dir, state_file
 from podnet.procs import owner_alive
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(not agent_has_cluster_flags(), reason="`podnet agent` has no --node"),
-]
+pytestmark = pytest.mark.root
 
 TCP = (
     "import socket, sys; s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2);"
@@ -253,7 +250,7 @@ def test_a_kill9_agent_pods_keep_connectivity_and_restart_changes_nothing(sqlite
     lab.restart("agent/node0", log)
     assert time.monotonic() - killed < SQLITE_TTL, "restart must beat the lease TTL (else node0 is reclaimed)"
 
-    from podnet.agent.client import call
+    from podnet.rpc.client import call
 
     def block_back() -> bool:
         with contextlib.suppress(Exception):

@@ -20,9 +20,9 @@ import pytest
 from test_network_cli import Cli, iso_table
 
 from cniharness import REFERENCE_DIR, start_echo, tcp_probe
-from podnet.agent.client import call
 from podnet.lab.sandbox import Sandbox
 from podnet.networks.service import SYNC_OP, NetworkService
+from podnet.rpc.client import call
 from podnet.runtime.libcni import Conflist
 from podnet.state import StatePaths
 

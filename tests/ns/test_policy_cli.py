@@ -16,11 +16,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from podnet.lab.cluster import agent_has_cluster_flags, state_file
+from podnet.lab.state import state_file
 
 pytestmark = [
     pytest.mark.root,
-    pytest.mark.skipif(not agent_has_cluster_flags(), reason="`podnet agent` has no --node"),
     pytest.mark.skipif(not shutil.which("etcd"), reason="needs etcd (Debian etcd-server)"),
 ]
 
@@ -65,7 +64,8 @@ def lab(tmp_path_factory) -> Iterator[str]:
     if os.geteuid() != 0:
         pytest.skip("needs root")
     from podnet.lab import topology as topo
-    from podnet.lab.cluster import LabBuilder, LabOptions, teardown
+    from podnet.lab.builder import LabBuilder, LabOptions
+    from podnet.lab.teardown import teardown
 
     name = f"pc{secrets.token_hex(2)[:3]}"
     path = tmp_path_factory.mktemp("topo") / "t.yaml"

@@ -24,14 +24,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from podnet.agent.client import call
-from podnet.lab.cluster import agent_has_cluster_flags
 from podnet.lab.sandbox import stop_process
-from podnet.policy import repository as repo
+from podnet.objects import store as object_store
+from podnet.policy.kinds import NAMESPACE, POD
+from podnet.policy.world import load_world
+from podnet.rpc.client import call
 from policyharness import CASES, CELLS, PODS, Lab, check, cp, netpol_lab, np
 
-pytestmark = [pytest.mark.root,
-              pytest.mark.skipif(not agent_has_cluster_flags(), reason="`podnet agent` has no --node")]
+pytestmark = pytest.mark.root
 
 
 @pytest.fixture(scope="module")
@@ -95,20 +95,20 @@ def test_relabel_while_traffic_runs(lab):
     try:
         time.sleep(2.0)
         label_at = time.monotonic()
-        repo.label(lab.store, "Namespace", "z", ["team=blue"])
+        object_store.label(lab.store, NAMESPACE, "z", ["team=blue"])
         lab.sync()
         labelled = time.monotonic()
         time.sleep(2.0)
         unlabel_at = time.monotonic()
-        repo.label(lab.store, "Pod", "z/a", ["pod=aa"])  # a pod label: the namespace still matches
-        repo.label(lab.store, "Namespace", "z", ["team-"])
+        object_store.label(lab.store, POD, "z/a", ["pod=aa"])  # a pod label: the namespace still matches
+        object_store.label(lab.store, NAMESPACE, "z", ["team-"])
         lab.sync()
         unlabelled = time.monotonic()
         time.sleep(2.0)
     finally:
         stop.set()
         thread.join(30)
-        repo.label(lab.store, "Pod", "z/a", ["pod=a"])
+        object_store.label(lab.store, POD, "z/a", ["pod=a"])
         lab.delete(objects)
     before = [ok for start, end, ok in results if end < label_at]
     during = [ok for start, end, ok in results if start > labelled and end < unlabel_at]
@@ -121,7 +121,7 @@ def test_relabel_while_traffic_runs(lab):
 def test_default_deny_stays_while_the_agent_is_down(lab):
     """Fail closed: kill -9 node0's agent; its pods stay isolated; a restarted agent
     takes over the table without a gap and converges a change made meanwhile."""
-    from podnet.lab.cluster import LabState
+    from podnet.lab.state import LabState
     from podnet.procs import owner_alive
 
     objects = lab.apply(np("deny", "x", "  podSelector: {}\n"))  # x/a lives on node0
@@ -187,10 +187,10 @@ def test_incremental_updates_equal_a_full_apply(lab):
     try:
         for text in steps:
             applied += lab.apply(text)
-        repo.label(lab.store, "Namespace", "z", ["ns=y"])  # z joins the selector of from-namespace-y
+        object_store.label(lab.store, NAMESPACE, "z", ["ns=y"])  # z joins the selector of from-namespace-y
         lab.sync()
         node0 = lab.data["nodes"]["node0"]["netns"]
-        world, _ = repo.load_world(lab.store)
+        world, _ = load_world(lab.store)
         scratch = f"pn-t-{secrets.token_hex(3)}-full"
         subprocess.run(["ip", "netns", "add", scratch], check=True)
         try:
@@ -200,7 +200,7 @@ def test_incremental_updates_equal_a_full_apply(lab):
         finally:
             subprocess.run(["ip", "netns", "del", scratch], check=True)
     finally:
-        repo.label(lab.store, "Namespace", "z", ["ns=z"])
+        object_store.label(lab.store, NAMESPACE, "z", ["ns=z"])
         lab.delete(applied)
 
 

@@ -9,9 +9,9 @@ import subprocess
 import pytest
 import yaml
 
+from podnet.objects.registry import parse_documents
 from podnet.policy.compile import compile_node
 from podnet.policy.evaluate import Endpoint, NamedPort, World
-from podnet.policy.objects import parse_documents
 from policyharness import CASES, NAMESPACES
 
 pytestmark = pytest.mark.root

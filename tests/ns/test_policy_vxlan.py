@@ -10,11 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from podnet.lab.cluster import agent_has_cluster_flags
 from policyharness import CASES, Lab, check, netpol_lab
 
-pytestmark = [pytest.mark.root,
-              pytest.mark.skipif(not agent_has_cluster_flags(), reason="`podnet agent` has no --node")]
+pytestmark = pytest.mark.root
 
 OVER_VXLAN = ["default-deny-both", "pod-and-namespace-one-peer", "named-port-81-tcp", "egress-to-y-only",
               "egress-named-port", "cp-deny-over-np-allow", "cp-pass-to-np", "cp-ports-range-and-nets"]

@@ -99,7 +99,7 @@ MANAGER = r"""
 import ipaddress, json, sys
 from podnet.errors import PodnetError
 from podnet.kernel.nft import Nft
-from podnet.kernel.portmap import NatManager
+from podnet.kernel.nat.manager import NatManager
 req = json.load(sys.stdin)
 m = NatManager(Nft(), lock_path=req["lock"])
 op = req["op"]

@@ -3,7 +3,7 @@ netpol.yaml, 9 pods over 3 nodes, host-gw), all open, then blocked for real by n
 tables inside pod namespaces.
 
 The lab is named `pr<hex>` (namespaces `pn-lab-pr<hex>-*`), built with LabBuilder and
-always removed by `podnet.lab.cluster.teardown` (recorded names and PIDs) in a finally.
+always removed by `podnet.lab.teardown.teardown` (recorded names and PIDs) in a finally.
 Only the lab's own pod namespaces are changed; their nft tables go with them.
 """
 
@@ -20,14 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from podnet.lab.cluster import NETNS_DIR, agent_has_cluster_flags, state_file
+from podnet.lab.state import NETNS_DIR, state_file
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.skipif(
-        not agent_has_cluster_flags(), reason="`podnet agent` has no --node: no cross-node routes"
-    ),
-]
+pytestmark = pytest.mark.root
 
 NETPOL = Path(__file__).parents[2] / "examples" / "topologies" / "netpol.yaml"
 PODS = [f"{ns}/{pod}" for ns in "xyz" for pod in "abc"]
@@ -95,7 +90,8 @@ def lab() -> Iterator[dict]:
     if os.geteuid() != 0:
         pytest.skip("needs root (creates network namespaces)")
     from podnet.lab import topology as topo
-    from podnet.lab.cluster import LabBuilder, LabOptions, teardown
+    from podnet.lab.builder import LabBuilder, LabOptions
+    from podnet.lab.teardown import teardown
 
     name = f"pr{secrets.token_hex(2)[:3]}"
     builder = LabBuilder(topo.load(NETPOL), LabOptions(name=name, fabric="host-gw", timeout=60))

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 from rich.console import Console
 
-from podnet.cli_connectivity import render
+from podnet.cli.observe import render
 from podnet.lab.echo import tcp_handler, udp_serve
 from podnet.observe import probe
 from podnet.observe.connectivity import Probe, Result, node_pairs, plan, run, run_probe, summary

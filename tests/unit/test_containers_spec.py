@@ -107,14 +107,14 @@ def test_record_and_ls_row():
     req = _req(ports=spec.parse_ports(["127.0.0.1:8080:80"]), aliases=("www",))
     cid = spec.new_id()
     record = spec.new_record(req, cid, spec.netns_path(cid), "c", "1:2")
-    assert len(cid) == 64 and record["netns"] == f"/run/netns/pnc-{cid[:12]}"
-    assert record["state"] == "created" and record["network"] == "net" and record["aliases"] == ["www"]
-    row = spec.ls_row({**record, "ips": ["10.0.0.2/24"], "state": "exited", "exit_code": 3,
-                       "cmd": ["/usr/bin/python3", "-c", "x" * 50]})
+    assert len(cid) == 64 and record.netns == f"/run/netns/pnc-{cid[:12]}"
+    assert record.state == "created" and record.network == "net" and record.aliases == ("www",)
+    row = spec.ls_row(record.but(ips=("10.0.0.2/24",), state="exited", exit_code=3,
+                                 cmd=("/usr/bin/python3", "-c", "x" * 50)))
     assert row["ID"] == cid[:12] and row["IPS"] == ["10.0.0.2"]
     assert row["PORTS"] == ["127.0.0.1:8080->80/tcp"] and row["STATE"] == "exited (3)"
     assert row["CMD"].startswith("python3 -c x") and len(row["CMD"]) == 30
-    assert spec.network_label({"network_mode": "container", "joined": "web"}) == "container:web"
+    assert spec.network_label(record.but(network_mode="container", network=None, joined="web")) == "container:web"
 
 
 def test_rendered_files():

@@ -5,11 +5,11 @@ from __future__ import annotations
 import ipaddress
 
 from podnet.agent.node_service import render_conflist
-from podnet.cluster.leases import NodeLease
 from podnet.cni.config import parse_conf, store_path_for
 from podnet.fabric import FABRICS
 from podnet.fabric.base import FabricContext, FdbSpec, NeighSpec, RouteSpec
 from podnet.fabric.vxlan import vtep_mac
+from podnet.model.cluster import NodeLease
 
 
 def lease(name: str, block: str, ip: str, fabric: str = "vxlan") -> NodeLease:
@@ -92,3 +92,10 @@ def test_vxlan_caps_gso_at_the_legacy_limit():
     from podnet.kernel.gso import LEGACY
 
     assert FABRICS["vxlan"]().gso_cap == LEGACY and FABRICS["host-gw"]().gso_cap is None
+
+
+def test_the_flags_know_every_fabric():
+    from podnet.cluster.options import FABRIC_NAMES
+    from podnet.fabric import FABRICS
+
+    assert tuple(FABRICS) == FABRIC_NAMES

@@ -26,12 +26,11 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 
 from fuzzing import json_slots
-from podnet.agent.cni_service import conf_dns
 from podnet.cni import ipam_plugin, plugin, skel
-from podnet.cni.config import parse_conf, requested_ips, store_path_for
-from podnet.cni.types import SUPPORTED_VERSIONS, version_result
+from podnet.cni.config import conf_dns, parse_call, requested_ips
+from podnet.cni.types import SUPPORTED_VERSIONS
 from podnet.ipam.config import parse_address, parse_ipam_config
-from podnet.kernel.portmap import parse_port_mappings
+from podnet.kernel.nat.parse import parse_port_mappings
 
 # PODNET_FUZZ_EXAMPLES=20000 for a deeper run by hand.
 FUZZ = settings(
@@ -276,12 +275,10 @@ def _event(name: str) -> None:
         event(name)
 
 
-def podnet_input_layer(req: skel.CniRequest) -> dict:
-    """Everything the `podnet` plugin parses before it touches the kernel."""
-    if req.command == "VERSION":
-        return version_result(req.config.get("cniVersion"))
-    conf = parse_conf(req.config)
-    store_path_for(req.config)
+def podnet_input_layer(req: skel.CniRequest) -> None:
+    """Everything the `podnet` plugin parses before it touches the kernel (skel
+    answers VERSION itself)."""
+    conf = parse_call(req).conf
     conf_dns(req.config)
     parse_port_mappings(conf.port_mappings)
     if conf.builtin_ipam:
@@ -289,7 +286,6 @@ def podnet_input_layer(req: skel.CniRequest) -> dict:
         for raw in requested_ips(req.args, req.config):
             parse_address(raw, "requested address")
         assert ipam.range_sets
-    return {}
 
 
 @FUZZ
@@ -314,7 +310,7 @@ def test_known_good_config_passes_the_input_layer():
     }
     environ = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_NETNS": "/x", "CNI_IFNAME": "eth0",
                "CNI_PATH": ""}
-    assert run_and_check(podnet_input_layer, environ, _dump(config)) == (0, {})
+    assert run_and_check(podnet_input_layer, environ, _dump(config)) == (0, None)
 
 
 @pytest.mark.parametrize("ips", [5, "10.1.0.5", {"a": 1}, True])

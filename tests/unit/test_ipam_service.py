@@ -313,7 +313,7 @@ conf = {"ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00:1::/64"}]]}
 store = open_store(url)
 svc = IpamService(store)
 got = [svc.allocate("net1", f"{worker}-{i}", "eth0", conf).addresses for i in range(count)]
-print(json.dumps(got))
+print(json.dumps(got), flush=True)  # os._exit below skips the flush of buffered stdout
 if mode == "crash":
     import os
     os._exit(0)  # die mid-ADD: reservations stay pending

@@ -10,7 +10,7 @@ import types
 import pytest
 
 from podnet.cluster import leases
-from podnet.cluster.leases import NodeLease
+from podnet.model.cluster import NodeLease
 from podnet.store import open_store
 
 

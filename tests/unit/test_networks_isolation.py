@@ -12,7 +12,7 @@ from podnet.agent.isolation_service import IsolationService
 from podnet.errors import KernelError
 from podnet.kernel import isolation
 from podnet.kernel.nft import FakeNft
-from podnet.networks.model import Network
+from podnet.model.network import NetworkRecord
 from podnet.networks.service import SYNC_OP, NetworkService
 from podnet.state import StatePaths
 from podnet.store import open_store
@@ -20,8 +20,8 @@ from podnet.store import open_store
 RESET = "add table inet podnet-iso\ndelete table inet podnet-iso\n"
 
 
-def net(name: str, bridge: str | None, internal: bool = False, driver: str = "bridge") -> Network:
-    return Network(name, name.ljust(64, "0"), driver, (), internal=internal, bridge=bridge)
+def net(name: str, bridge: str | None, internal: bool = False, driver: str = "bridge") -> NetworkRecord:
+    return NetworkRecord(name, name.ljust(64, "0"), driver, (), internal=internal, bridge=bridge)
 
 
 def test_no_networks_removes_the_table():

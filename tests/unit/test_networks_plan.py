@@ -7,7 +7,8 @@ import ipaddress
 import pytest
 
 from podnet.errors import InvalidConfig
-from podnet.networks.model import Network, NetworkExists, Subnet, check_name
+from podnet.model.network import NetworkRecord, Subnet, check_name
+from podnet.networks.errors import NetworkExists
 from podnet.networks.plan import NetworkRequest, plan_network
 from podnet.networks.subnets import allocate, plan_subnets
 
@@ -15,15 +16,15 @@ ID = "ab" * 32
 NOW = 1000.0
 
 
-def net(name: str, *cidrs: str, internal: bool = False, driver: str = "bridge") -> Network:
+def net(name: str, *cidrs: str, internal: bool = False, driver: str = "bridge") -> NetworkRecord:
     subnets = tuple(
         Subnet(ipaddress.ip_network(c), next(ipaddress.ip_network(c).hosts())) for c in cidrs
     )
     bridge = "pnb" + name.ljust(10, "0")[:10] if driver == "bridge" else None
-    return Network(name, name.ljust(64, "0"), driver, subnets, internal=internal, bridge=bridge)
+    return NetworkRecord(name, name.ljust(64, "0"), driver, subnets, internal=internal, bridge=bridge)
 
 
-def plan(name: str = "n1", existing=(), **kw) -> Network:
+def plan(name: str = "n1", existing=(), **kw) -> NetworkRecord:
     return plan_network(NetworkRequest(name=name, **kw), list(existing), ID, NOW)
 
 
@@ -156,7 +157,7 @@ def test_bridge_network_record():
         "parent": None, "mtu": None, "internal": False, "bridge": "pnb" + ID[:10],
         "created": NOW, "labels": {"team": "a"},
     }
-    assert Network.from_json(network.to_json()) == network
+    assert NetworkRecord.from_json(network.to_json()) == network
 
 
 def test_macvlan_record_has_parent_and_no_bridge():

@@ -8,11 +8,12 @@ import json
 
 import pytest
 
-from podnet.agent.client import AgentUnavailable
 from podnet.errors import InvalidConfig, KernelError, StoreError
 from podnet.ipam.service import IpamService
-from podnet.networks.model import Network, NetworkExists, NetworkInUse, NetworkNotFound
+from podnet.model.network import NetworkRecord
+from podnet.networks.errors import NetworkExists, NetworkInUse, NetworkNotFound
 from podnet.networks.service import NetworkService
+from podnet.rpc.client import AgentUnavailable
 from podnet.state import StatePaths
 from podnet.store import open_store
 
@@ -181,7 +182,7 @@ def test_sync_without_agent(svc):
 def test_record_roundtrip_keeps_unknown_fields_out():
     raw = {"name": "x", "id": "f" * 64, "driver": "bridge", "subnets": [], "parent": None,
            "mtu": None, "internal": True, "bridge": "pnbffffffffff", "created": 2.0, "labels": {"a": "b"}}
-    assert Network.from_json(raw).to_json() == raw
+    assert NetworkRecord.from_json(raw).to_json() == raw
 
 
 @pytest.mark.parametrize(
@@ -193,7 +194,7 @@ def test_record_roundtrip_keeps_unknown_fields_out():
 )
 def test_cli_sync_only_warns(capsys, error, warning):
     """create/rm stand even when the agent cannot apply the table right now."""
-    from podnet.cli_network import _sync
+    from podnet.cli.network import _sync
 
     class Stub:
         socket_path = SOCK

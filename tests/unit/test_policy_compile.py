@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import yaml
 
+from podnet.objects.registry import parse_documents
 from podnet.policy.compile import LOG_GROUP, compile_node
 from podnet.policy.evaluate import Endpoint, NamedPort, World
-from podnet.policy.objects import parse_documents
 
 PORTS = tuple(NamedPort(f"serve-{p}-{pr.lower()}", p, pr) for p in (80, 81) for pr in ("TCP", "UDP"))
 

@@ -8,6 +8,8 @@ import ipaddress
 
 import pytest
 
+from podnet.errors import ObjectError
+from podnet.objects.registry import parse_document
 from podnet.policy.evaluate import (
     Decision,
     Endpoint,
@@ -17,7 +19,6 @@ from podnet.policy.evaluate import (
     decide,
     explain_text,
 )
-from podnet.policy.objects import PolicyError, parse_document
 
 NAMESPACES = ("x", "y", "z")
 PODS = ("a", "b", "c")
@@ -454,7 +455,7 @@ def test_world_build_sorts_and_fills_namespaces():
     ],
 )
 def test_errors(call, message):
-    with pytest.raises(PolicyError) as err:
+    with pytest.raises(ObjectError) as err:
         call()
     assert message in str(err.value)
 

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 
 import pytest
 
-from podnet.errors import PodnetError
-from podnet.policy.objects import (
-    ClusterPolicy,
-    HostEndpoint,
-    Namespace,
-    NetworkPolicy,
-    NetworkPolicyPort,
-    PolicyError,
-    PortRange,
-    Tier,
-    parse_document,
-    parse_documents,
-)
+from podnet.errors import ObjectError, PodnetError
+from podnet.objects.registry import parse_document, parse_documents
+from podnet.policy.objects import ClusterPolicy, Namespace, NetworkPolicy
+from podnet.policy.rules import NetworkPolicyPort, PortRange
 
 NP = "networking.k8s.io/v1"
 PODNET = "podnet.io/v1"
@@ -35,7 +27,7 @@ def cluster(spec: dict, name: str = "cp") -> dict:
 
 
 def error_of(doc: dict) -> str:
-    with pytest.raises(PolicyError) as err:
+    with pytest.raises(ObjectError) as err:
         parse_document(doc, 3)
     assert isinstance(err.value, PodnetError)
     return str(err.value)
@@ -148,7 +140,7 @@ def test_ipblock_ipv6_and_named_ports_parse():
     ("doc", "message"),
     [
         ({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a"}},
-         "document 3: kind: 'Pod' is not a policy kind"),
+         "document 3: kind: 'Pod' is not a kind podnet apply takes"),
         ({"apiVersion": "networking.k8s.io/v1beta1", "kind": "NetworkPolicy",
           "metadata": {"name": "a"}, "spec": {"podSelector": {}}},
          "document 3: apiVersion: 'networking.k8s.io/v1beta1' is not the apiVersion"),
@@ -257,7 +249,7 @@ def test_manifest_round_trip(doc):
     obj = parse_document(doc, 0)
     manifest = obj.to_dict()
     assert manifest["apiVersion"] == doc["apiVersion"] and manifest["kind"] == doc["kind"]
-    again = type(obj).from_dict(manifest)
+    again = parse_document(manifest, 0)
     assert again == obj and again.to_dict() == manifest
     assert manifest["metadata"]["name"] == doc["metadata"]["name"]
 
@@ -269,16 +261,19 @@ def test_parse_documents_skips_none_and_refuses_duplicates():
     assert [o.key for o in objs] == [
         "policy/namespaces/x", "policy/networkpolicies/x/p", "policy/tiers/security",
         "policy/clusterpolicies/cp", "policy/hostendpoints/node1-eth0"]
-    with pytest.raises(PolicyError, match=r"NetworkPolicy x/p: defined twice \(documents 0 and 2\)"):
+    with pytest.raises(ObjectError, match=r"NetworkPolicy x/p: defined twice \(documents 0 and 2\)"):
         parse_documents([netpol({"podSelector": {}}), None, netpol({"podSelector": {}})])
     # the same name in another namespace is another object
     assert len(parse_documents([netpol({"podSelector": {}}),
                                 netpol({"podSelector": {}}, namespace="y")])) == 2
 
 
-def test_from_dict_checks_the_kind():
-    with pytest.raises(PolicyError, match="expected a Tier, got a NetworkPolicy"):
-        Tier.from_dict(netpol({"podSelector": {}}))
-    host = HostEndpoint.from_dict({"apiVersion": PODNET, "kind": "HostEndpoint",
-                                   "metadata": {"name": "gw"}, "spec": {"host": "router"}})
+def test_stored_objects_parse_by_their_key():
+    from podnet.model.base import CorruptRecord
+    from podnet.policy.world import parse_stored
+
+    with pytest.raises(CorruptRecord, match="expected a Tier manifest"):
+        parse_stored("policy/tiers/p", json.dumps(netpol({"podSelector": {}})))
+    host = parse_stored("policy/hostendpoints/gw", json.dumps(
+        {"apiVersion": PODNET, "kind": "HostEndpoint", "metadata": {"name": "gw"}, "spec": {"host": "router"}}))
     assert (host.node, host.host, host.ips, host.machine) == (None, "router", (), "router")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from podnet.policy.selectors import LabelSelector, PolicyError, Requirement, parse_selector_text
+from podnet.errors import ObjectError
+from podnet.policy.selectors import LabelSelector, Requirement, parse_selector_text
 
 LABELS = {"app": "web", "tier": "front", "app.kubernetes.io/name": "shop"}
 
@@ -70,7 +71,7 @@ def test_labels_and_expressions_are_anded():
     ],
 )
 def test_invalid_selectors(obj, message):
-    with pytest.raises(PolicyError) as err:
+    with pytest.raises(ObjectError) as err:
         LabelSelector.parse(obj, "sel")
     assert message in str(err.value)
 
@@ -126,7 +127,7 @@ def test_selector_text_matching():
     ],
 )
 def test_selector_text_errors(text, message):
-    with pytest.raises(PolicyError) as err:
+    with pytest.raises(ObjectError) as err:
         parse_selector_text(text)
     assert message in str(err.value) and text in str(err.value)
     assert err.value.details  # a hint with the syntax

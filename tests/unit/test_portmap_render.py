@@ -16,8 +16,10 @@ from typing import Any
 import pytest
 
 from podnet import errors, naming
+from podnet.kernel.nat.manager import NatManager
+from podnet.kernel.nat.parse import parse_port_mappings
+from podnet.kernel.nat.render import plan_rules, render_add
 from podnet.kernel.nft import FakeNft, Nft
-from podnet.kernel.portmap import NatManager, parse_port_mappings, render_add
 
 NET = "net1"
 NID = naming.net_id(NET)
@@ -505,7 +507,7 @@ def test_route_localnet_is_enabled_on_the_host_interface(tmp_path: Path) -> None
 
 def test_route_localnet_failure_is_a_kernel_error_before_nft(tmp_path: Path) -> None:
     mgr, fake = manager(tmp_path)
-    with pytest.raises(errors.KernelError, match="route_localnet on nosuch0"):
+    with pytest.raises(errors.KernelError, match=r"net\.ipv4\.conf\.nosuch0\.route_localnet"):
         mgr.add(NET, A, [V4], PM, host_if="nosuch0")
     assert fake.scripts == []
 
@@ -576,17 +578,13 @@ def test_fake_nft_records_scripts() -> None:
 
 def test_ip_masq_exclude_skips_cluster_destinations():
     """Flannel-style: no masquerade toward the cluster CIDR (pod-to-pod keeps its source)."""
-    import ipaddress as _ip
-
-    from podnet.kernel.portmap import plan_rules as _plan
-
-    ips = [_ip.ip_interface("10.244.3.5/24"), _ip.ip_interface("fd00::5/64")]
-    rules = _plan(ips, [], True, ["10.244.0.0/16", "fd00:1::/48"])
+    ips = [ipaddress.ip_interface("10.244.3.5/24"), ipaddress.ip_interface("fd00::5/64")]
+    rules = plan_rules(ips, [], True, ["10.244.0.0/16", "fd00:1::/48"])
     v4 = [r.body for r in rules if r.family == "ip"]
     v6 = [r.body for r in rules if r.family == "ip6"]
     assert v4 == ["ip saddr 10.244.3.5 ip daddr != 10.244.3.0/24 ip daddr != 224.0.0.0/4 "
                   "ip daddr != 10.244.0.0/16 masquerade"]
     assert v6 == ["ip6 saddr fd00::5 ip6 daddr != fd00::/64 ip6 daddr != ff00::/8 "
                   "ip6 daddr != fd00:1::/48 masquerade"]
-    assert [r.body for r in _plan(ips[:1], [], True)] == [
+    assert [r.body for r in plan_rules(ips[:1], [], True)] == [
         "ip saddr 10.244.3.5 ip daddr != 10.244.3.0/24 ip daddr != 224.0.0.0/4 masquerade"]

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from podnet.errors import ObjectError
 from podnet.lab import topology as topo
 from podnet.observe import matrix, matrix_probe
 from podnet.observe.matrix import MatrixError, Request, parse_selector
-from podnet.policy.selectors import PolicyError, parse_selector_text
+from podnet.policy.selectors import parse_selector_text
 
 NETPOL = Path(__file__).parents[2] / "examples" / "topologies" / "netpol.yaml"
 ALL4 = ["80/TCP", "81/TCP", "80/UDP", "81/UDP"]
@@ -101,7 +102,7 @@ def test_selector_is_policys_selector() -> None:
     ],
 )
 def test_bad_selectors_are_errors(text: str) -> None:
-    with pytest.raises(PolicyError):
+    with pytest.raises(ObjectError):
         parse_selector(text)
 
 
@@ -492,9 +493,9 @@ def test_netpol_topology_parses() -> None:
 @pytest.fixture
 def run_dir(tmp_path, monkeypatch) -> Path:
     """Lab state files go to a temporary directory."""
-    from podnet.lab import cluster
+    from podnet.lab import state
 
-    monkeypatch.setattr(cluster, "RUN_DIR", tmp_path)
+    monkeypatch.setattr(state, "RUN_DIR", tmp_path)
     return tmp_path
 
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from podnet.cni import skel
-from podnet.cni.types import SUPPORTED_VERSIONS, convert_result, normalize_result, version_result
+from podnet.cni.types import SUPPORTED_VERSIONS, convert_result, version_result
 from podnet.errors import DecodingFailure, IncompatibleVersion, InvalidEnvironment
 
 CONF = {"cniVersion": "1.0.0", "name": "net1", "type": "podnet"}
@@ -21,7 +21,17 @@ ENV = {
 }
 
 
-def run(env, conf, handler=lambda req: {"ok": req.command}):
+class Echo:
+    """A typed result naming the command it answers."""
+
+    def __init__(self, req):
+        self.command = req.command
+
+    def as_cni(self) -> dict:
+        return {"ips": [{"address": f"10.0.0.{len(self.command)}/24"}]}
+
+
+def run(env, conf, handler=Echo):
     out = io.StringIO()
     data = conf if isinstance(conf, bytes) else json.dumps(conf).encode()
     code = skel.run(handler, env, data, out)
@@ -30,7 +40,18 @@ def run(env, conf, handler=lambda req: {"ok": req.command}):
 
 def test_valid_add_reaches_handler():
     code, out = run(ENV, CONF)
-    assert code == 0 and out == {"ok": "ADD"}
+    assert code == 0 and out == {"ips": [{"address": "10.0.0.3/24"}], "cniVersion": "1.0.0"}
+
+
+def test_result_is_written_in_the_request_version():
+    code, out = run(ENV, {**CONF, "cniVersion": "0.4.0"})
+    assert code == 0 and out == {"ips": [{"address": "10.0.0.3/24", "version": "4"}], "cniVersion": "0.4.0"}
+
+
+def test_no_result_prints_nothing():
+    out = io.StringIO()
+    assert skel.run(lambda req: None, {**ENV, "CNI_COMMAND": "DEL"}, json.dumps(CONF).encode(), out) == 0
+    assert out.getvalue() == ""
 
 
 @pytest.mark.parametrize(
@@ -73,7 +94,6 @@ def test_cni_args_ignore_unknown_and_k8s_keys():
 
     def handler(req):
         seen.update(req.args)
-        return {}
 
     code, _ = run({**ENV, "CNI_ARGS": args}, CONF, handler)
     assert code == 0
@@ -123,15 +143,18 @@ def test_handler_exception_becomes_error_json_not_traceback():
     assert code == 1 and out["code"] == 999 and "kaput" in out["msg"]
 
 
-def test_version():
-    code, out = run({"CNI_COMMAND": "VERSION"}, b"", lambda req: version_result(req.config.get("cniVersion")))
+def test_version_is_answered_without_the_handler():
+    def never(req):
+        raise AssertionError("VERSION reached the handler")
+
+    code, out = run({"CNI_COMMAND": "VERSION"}, b"", never)
     assert code == 0
     assert set(out) == {"cniVersion", "supportedVersions"}
     assert "1.1.0" in out["supportedVersions"] and "1.0.0" in out["supportedVersions"]
     assert version_result("1.0.0")["cniVersion"] == "1.0.0"
 
 
-def test_result_conversion_round_trip():
+def test_result_conversion():
     result = {
         "interfaces": [{"name": "eth0", "mac": "aa:bb:cc:dd:ee:ff", "sandbox": "/x"}],
         "ips": [{"address": "10.0.0.2/24", "gateway": "10.0.0.1", "interface": 0},
@@ -141,7 +164,7 @@ def test_result_conversion_round_trip():
     }
     old = convert_result(result, "0.4.0")
     assert [ip["version"] for ip in old["ips"]] == ["4", "6"]
-    assert normalize_result(old)["ips"] == result["ips"]
+    assert "dns" not in old and "routes" not in old and "version" not in result["ips"][0]  # a copy
     new = convert_result(result, "1.1.0")
     assert new["cniVersion"] == "1.1.0" and "version" not in new["ips"][0]
     assert set(SUPPORTED_VERSIONS) >= {"0.4.0", "1.0.0", "1.1.0"}
@@ -151,3 +174,21 @@ def test_exceptions_have_spec_codes():
     assert IncompatibleVersion("x").code == 1
     assert InvalidEnvironment("x").code == 4
     assert DecodingFailure("x").code == 6
+
+
+def test_plugin_fallback_imports_nothing_of_the_agent():
+    """Without an agent the plugin runs the CNI service (podnet.endpoints) in-process,
+    without importing the agent package."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from podnet.cni import plugin\n"
+        "code, out = plugin.run_in_process({'CNI_COMMAND': 'VERSION'}, b'', [])\n"
+        "assert code == 0 and b'supportedVersions' in out, out\n"
+        "assert 'podnet.endpoints.service' in sys.modules\n"
+        "print(sorted(m for m in sys.modules if m.startswith('podnet.agent')))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout

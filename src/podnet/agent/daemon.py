@@ -21,13 +21,13 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from podnet.agent.cni_service import CniService
 from podnet.agent.ops import build_services
 from podnet.agent.resync import resync
 from podnet.cluster.options import NodeOptions
-from podnet.cni import wire
 from podnet.cni.config import DEFAULT_SOCKET, DEFAULT_STORE
+from podnet.endpoints.service import CniService
 from podnet.errors import PodnetError
+from podnet.rpc import wire
 from podnet.state import StatePaths
 
 log = logging.getLogger("podnet.agent")

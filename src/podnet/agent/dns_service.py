@@ -12,7 +12,9 @@ deleted and re-created with the same address serves again without a rebind).
 Queries are answered from zones (dns/records.py) rebuilt after every change under
 `networks/` or `containers/`, never from the store directly: a query is one
 dictionary lookup, and a new container resolves within one watch wake-up (in-process
-writes wake at once, other processes' within the store's poll, ~50 ms).
+writes wake at once, other processes' within the store's poll, ~50 ms). A record that
+does not decode is skipped (and logged once), because a bad record of one container
+must not take a whole network's resolution down.
 
 Names outside a network's zone are relayed only to an explicitly configured upstream
 (`agent.dns_upstream`, else $PODNET_DNS_UPSTREAM, `IP[:PORT]`), never on internal
@@ -25,15 +27,19 @@ import errno
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
+from podnet import keys
 from podnet.agent.service_thread import ServiceThread
-from podnet.dns.records import Zone, build_zones, fold, nameserver
+from podnet.dns.records import Zone, build_zones, fold
 from podnet.dns.server import DnsServer, format_endpoint, parse_upstream
 from podnet.errors import PodnetError
-from podnet.store.base import RevisionCompacted, Store
+from podnet.model.base import parse_json
+from podnet.model.container import ContainerRecord
+from podnet.model.network import NetworkRecord
+from podnet.store.base import Entry, RevisionCompacted, Store
 
 if TYPE_CHECKING:
     from podnet.agent.daemon import Agent
@@ -41,11 +47,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("podnet.dns")
 
-NETWORKS = "networks/"
-CONTAINERS = "containers/"
 DNS_PORT = 53
 POLL = 0.5
 UPSTREAM_ENV = "PODNET_DNS_UPSTREAM"
+
+R = TypeVar("R")
 
 
 @dataclass
@@ -78,8 +84,9 @@ class DnsService:
         self.upstream = upstream
         self.poll = poll
         self._zones: dict[str, Zone] = {}
-        self._networks: dict[str, dict] = {}
+        self._networks: dict[str, NetworkRecord] = {}
         self._slots: dict[str, _Slot] = {}
+        self._rejected: dict[str, str] = {}  # key -> why it does not decode (logged once)
         self._lock = threading.Lock()
         self._loop = ServiceThread("podnet-dns-watch", self._run, join_timeout=poll + 5.0)
         self._stopping = self._loop.stopping
@@ -139,7 +146,7 @@ class DnsService:
                     events = store.watch("", revision, timeout=self.poll)
                     if events:
                         revision = events[-1].revision
-                        stale = any(e.key.startswith((NETWORKS, CONTAINERS)) for e in events)
+                        stale = any(e.key.startswith((keys.NETWORKS, keys.CONTAINERS)) for e in events)
                 except RevisionCompacted:
                     stale = True
                 except PodnetError as err:  # store busy or broken: keep serving what we have
@@ -158,13 +165,17 @@ class DnsService:
         """Re-read networks and containers; swap in new zones. Returns the revision the
         listing is at least as new as."""
         revision = store.revision()
-        networks = [_json(e.value) for e in store.list(NETWORKS)]
-        containers = [_json(e.value) for e in store.list(CONTAINERS)]
-        networks = [n for n in networks if isinstance(n, dict) and isinstance(n.get("name"), str)]
-        zones = build_zones(networks, [c for c in containers if isinstance(c, dict)])
+        rejected: dict[str, str] = {}
+        networks = decode(store.list(keys.NETWORKS), NetworkRecord.from_json, rejected)
+        containers = decode(store.list(keys.CONTAINERS), ContainerRecord.from_json, rejected)
+        for key, why in rejected.items():
+            if self._rejected.get(key) != why:
+                log.warning("dns: skipping %s", why)
+        self._rejected = rejected
+        zones = build_zones(networks, containers)
         with self._lock:
             self._zones = zones
-            self._networks = {n["name"]: n for n in networks}
+            self._networks = {n.name: n for n in networks}
         return revision
 
     def _reconcile(self) -> None:
@@ -174,9 +185,9 @@ class DnsService:
             networks = dict(self._networks)
         wanted: dict[str, tuple[str, tuple[str, int] | None]] = {}
         for name, network in networks.items():
-            address = nameserver(network) if network.get("driver", "bridge") == "bridge" else None
+            address = network.nameserver() if network.driver == "bridge" else None
             if address is not None:
-                upstream = None if network.get("internal") else self.upstream
+                upstream = None if network.internal else self.upstream
                 wanted[name] = (address, upstream)
         with self._lock:
             stale = [
@@ -229,13 +240,17 @@ class DnsService:
         return zone if zone is not None else Zone(network=network, domain=fold(network))
 
 
-def _json(value: str) -> object:
-    import json
-
-    try:
-        return json.loads(value)
-    except ValueError:
-        return None
+def decode(entries: Iterable[Entry], from_json: Callable[[object, str], R], rejected: dict[str, str]) -> list[R]:
+    """The entries that decode (`from_json` of a record type); why each other one
+    does not goes into `rejected` (key -> reason). Whatever a faulty writer left
+    there, nothing raises."""
+    out: list[R] = []
+    for entry in entries:
+        try:
+            out.append(from_json(parse_json(entry.value, entry.key), entry.key))
+        except PodnetError as exc:  # CorruptRecord: one bad record must not stop resolution
+            rejected[entry.key] = exc.msg
+    return out
 
 
 def agent_upstream(agent: Agent) -> tuple[str, int] | None:

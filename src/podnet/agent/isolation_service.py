@@ -13,10 +13,11 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from podnet import keys
 from podnet.agent.service_thread import ServiceThread, list_then_watch
 from podnet.kernel import isolation
 from podnet.kernel.nft import Nft, NftPort
-from podnet.networks.model import PREFIX, Network
+from podnet.model.network import NetworkRecord
 from podnet.networks.service import SYNC_OP
 from podnet.store import Store
 
@@ -90,8 +91,8 @@ class IsolationService:
     def _converge(self) -> tuple[dict[str, Any], int]:
         with self._lock:
             store = self._open()
-            entries, revision = store.snapshot(PREFIX) if store is not None else ([], 0)
-            networks = [Network.from_json(e.json()) for e in entries]
+            entries, revision = store.snapshot(keys.NETWORKS) if store is not None else ([], 0)
+            networks = [NetworkRecord.from_json(e.json()) for e in entries]
             rules = isolation.apply(self.nft, networks)
             if rules != self._rules:
                 log.info("isolation: %d rule(s) for %d network(s)", len(rules), len(networks))
@@ -104,5 +105,5 @@ class IsolationService:
         return result, revision
 
     def _run(self) -> None:
-        list_then_watch(self._stop, PREFIX, self._open, lambda _periodic, _events: self._converge()[1],
+        list_then_watch(self._stop, keys.NETWORKS, self._open, lambda _periodic, _events: self._converge()[1],
                         self.resync_seconds, self.watch_timeout, log, MAX_BACKOFF)

@@ -27,11 +27,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from podnet import keys
 from podnet.agent.service_thread import ServiceThread
 from podnet.cluster import leases
-from podnet.cluster.leases import CLUSTER_NETWORK, Claim, NodeLease
+from podnet.cluster.leases import CLUSTER_NETWORK, Claim
 from podnet.cluster.options import NodeOptions
 from podnet.errors import PodnetError
+from podnet.model.cluster import NodeLease
 from podnet.store import RevisionCompacted, Store
 
 if TYPE_CHECKING:
@@ -151,7 +153,7 @@ class NodeService:
                     dirty, next_repair = False, now + REPAIR_SECONDS
                 wait = max(0.05, min(WATCH_TIMEOUT, next_renew - time.monotonic(), next_repair - time.monotonic()))
                 try:
-                    if self._store().watch(leases.NODES_PREFIX, revision, wait):
+                    if self._store().watch(keys.NODES, revision, wait):
                         dirty = True
                 except RevisionCompacted:
                     dirty = True
@@ -205,7 +207,7 @@ class NodeService:
                              fabric.backend_data(opts.node), started)
 
         store = self._store()
-        own = store.get_json(leases.node_key(opts.node)) or {}
+        own = store.get_json(keys.node(opts.node)) or {}
         previous = self._previous_block()
         claim = leases.acquire(store, opts.node, opts.cluster_cidr, opts.block_prefix,
                                opts.lease_ttl, make, preferred=previous)
@@ -243,11 +245,10 @@ class NodeService:
     def _prepare(self) -> None:
         """Node-local plumbing that must exist before the first pod: forwarding, the
         fabric device, the bridge with the gateway address, then the conflist."""
-        from podnet.kernel import links
+        from podnet.kernel import links, sysctl
 
         assert self.ctx is not None and self.fabric is not None and self.options is not None
-        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:  # this process's namespace
-            f.write("1")
+        sysctl.ensure("net.ipv4.ip_forward", 1)  # this thread's namespace: the node's
         ipr = self._iproute()
         self.fabric.setup(ipr, self.ctx)
         block = self.ctx.own.network
@@ -282,15 +283,8 @@ class NodeService:
         """Peers from the store -> kernel; free what vanished peers held."""
         assert self.fabric is not None and self.ctx is not None
         store = self._store()
-        entries, revision = store.snapshot(leases.NODES_PREFIX)
-        current: dict[str, NodeLease] = {}
-        for entry in entries:
-            try:
-                lease = NodeLease.from_json(entry.json())
-            except (KeyError, TypeError, ValueError):
-                continue
-            if lease.name != self.ctx.own.name:
-                current[lease.name] = lease
+        entries, revision = store.snapshot(keys.NODES)
+        current = {lease.name: lease for lease in leases.parse_leases(entries) if lease.name != self.ctx.own.name}
         for name, gone in self.peers.items():
             if name not in current:
                 self._reclaim(store, gone)

@@ -3,7 +3,7 @@
 
 - Runs on cluster nodes (`podnet agent --node`), and on plain hosts (`--policy-host
   NAME`, only that host's HostEndpoint): the objects live in the shared cluster store
-  under `policy/` (policy/repository.py), pods are registered there by the
+  under `policy/` (objects/store.py), pods are registered there by the
   orchestrator (the lab), nodes' addresses come from their leases, hosts' from
   `hosts/<name>`.
 - List-then-watch on `policy/`; every change recompiles and applies the *difference*
@@ -32,9 +32,12 @@ import time
 import zlib
 from typing import TYPE_CHECKING, Any
 
+from podnet import keys
 from podnet.agent.service_thread import ServiceThread, list_then_watch
-from podnet.errors import PodnetError
+from podnet.errors import KernelError, PodnetError
+from podnet.kernel import sysctl
 from podnet.kernel.nft import Nft, NftPort
+from podnet.model.policy import PolicySettings
 from podnet.store import Store
 
 if TYPE_CHECKING:
@@ -44,14 +47,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("podnet.agent.policy")
 
-PREFIX = "policy/"
-POLICY_PREFIXES = ("policy/networkpolicies/", "policy/clusterpolicies/")
+POLICY_PREFIXES = (keys.NETWORK_POLICIES, keys.CLUSTER_POLICIES)  # what makes a table needed
 RESYNC_SECONDS = 30.0
 WATCH_TIMEOUT = 1.0
 MAX_BACKOFF = 10.0
 FLOW_BUFFER = 20000
 VERDICTS = {"A": "allow", "D": "deny", "L": "log", "P": "pass"}
-BRIDGE_NF = ("/proc/sys/net/bridge/bridge-nf-call-iptables", "/proc/sys/net/bridge/bridge-nf-call-ip6tables")
+BRIDGE_NF = ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables")
 
 
 def flow_record(seq: int, packet: Any, node: str) -> dict[str, Any]:
@@ -155,7 +157,7 @@ class PolicyService:
 
     def converge(self, full: bool = False, events: list | None = None) -> dict[str, Any]:
         from podnet.policy.compile import CompileCache, compile_node
-        from podnet.policy.repository import SETTINGS, load_world
+        from podnet.policy.world import load_world
 
         assert self.node is not None
         with self._lock:
@@ -167,10 +169,10 @@ class PolicyService:
                 world, revision = load_world(store, self._parsed, events)
                 if not world.network_policies and not world.cluster_policies:
                     return self._no_policy(store)  # the last one was deleted
-                settings = store.get_json(SETTINGS) or {}
+                settings = PolicySettings.from_json(store.get_json(keys.POLICY_SETTINGS) or {})
                 if self._cache is None:
                     self._cache = CompileCache()
-                compiled = compile_node(world, self.node, bool(settings.get("logAllowed")), self._cache)
+                compiled = compile_node(world, self.node, settings.log_allowed, self._cache)
             except PodnetError as exc:  # keep the last good table: fail closed
                 self.error = exc.msg
                 log.warning("policy: cannot build the policy, keeping the table in force: %s", exc.msg)
@@ -238,12 +240,11 @@ class PolicyService:
                 "rules": sum(len(c) for c in compiled.chains.values()) if compiled else 0}
 
     def _bridge_netfilter(self) -> None:
-        for path in BRIDGE_NF:
+        for name in BRIDGE_NF:
             try:
-                with open(path, "w") as f:  # this thread lives in the node's namespace
-                    f.write("1")
-            except OSError as exc:
-                log.warning("policy: cannot enable %s (same-node traffic unfiltered): %s", path, exc)
+                sysctl.ensure(name, 1)  # this thread lives in the node's namespace
+            except KernelError as exc:
+                log.warning("policy: cannot enable %s (same-node traffic unfiltered): %s", name, exc)
 
     def _run(self) -> None:
         self._bridge_netfilter()
@@ -256,7 +257,7 @@ class PolicyService:
                 return self._store().revision()
             return int(result["revision"])
 
-        list_then_watch(self._loop.stopping, PREFIX, self._store, converge, self.resync_seconds,
+        list_then_watch(self._loop.stopping, keys.POLICY, self._store, converge, self.resync_seconds,
                         WATCH_TIMEOUT, log, MAX_BACKOFF)
 
     def _read_flows(self) -> None:

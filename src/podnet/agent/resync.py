@@ -13,23 +13,23 @@ changes nothing.
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import os
 import re
-from collections.abc import Mapping
 from contextlib import suppress
 from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
 
-from podnet import procs
-from podnet.agent.cni_service import ENDPOINT_PREFIX, CniService, retry_conflicts
-from podnet.cni.config import parse_conf
-from podnet.cni.skel import CniRequest
+from podnet import keys, procs
+from podnet.cni.config import CniCall, PodnetConf, parse_call
+from podnet.endpoints.ipam import ipam_for
+from podnet.endpoints.service import CniService, read_record, retry_conflicts, teardown_request
 from podnet.errors import PodnetError
+from podnet.ipam.result import parse_addresses
 from podnet.ipam.service import IpamService
 from podnet.kernel import links, netns
+from podnet.model.endpoint import EndpointRecord
 from podnet.naming import attach_id, host_veth_name, net_id
 from podnet.store.base import Store
 
@@ -47,20 +47,6 @@ class ResyncReport:
 
     def changed(self) -> bool:
         return any(vars(self).values())
-
-
-def _request_from(key: str, record: Mapping) -> CniRequest:
-    network_cid_if = key[len(ENDPOINT_PREFIX) :]
-    _network, cid, ifname = network_cid_if.split("/", 2)
-    env = record.get("env", {})
-    return CniRequest(
-        command="DEL",
-        container_id=cid,
-        ifname=ifname,
-        netns=record.get("netns", ""),
-        path=tuple(p for p in env.get("CNI_PATH", "").split(":") if p),
-        config=record.get("config", {}),
-    )
 
 
 def resync(service: CniService) -> ResyncReport:
@@ -88,27 +74,30 @@ def _resync_store(
     claimed_links: set[str],
     claimed_rules: set[tuple[str, str]],
 ) -> None:
-    me = list(netns.identity(host_fd))
-    for entry in store.list(ENDPOINT_PREFIX):
-        record = json.loads(entry.value)
-        if record.get("host_netns") != me:
+    me = netns.identity(host_fd)
+    for entry in store.list(keys.endpoints()):
+        record = read_record(entry.value)
+        if record is None:
+            log.warning("skipping unreadable endpoint record %s", entry.key)
+            continue
+        if record.host_netns != me:
             continue  # built for a caller in another namespace: not ours to judge
-        req = _request_from(entry.key, record)
+        network, cid, ifname = keys.parse_endpoint(entry.key)
         try:
-            conf = parse_conf(req.config)
+            call = parse_call(teardown_request(cid, ifname, record, record.cni_path, record.config),
+                              service.default_store)
         except PodnetError as exc:
             log.warning("skipping unparsable endpoint %s: %s", entry.key, exc.msg)
             continue
-        pending = record.get("state") == "pending"
-        if pending and not procs.owner_alive(record.get("owner", "")):
-            _roll_back(service, store, conf, req, record, host_fd)
+        if record.pending and not procs.owner_alive(record.owner):
+            _roll_back(service, store, call, record, host_fd)
             store.delete(entry.key)
-            report.rolled_back.append(entry.key[len(ENDPOINT_PREFIX) :])
+            report.rolled_back.append(f"{network}/{cid}/{ifname}")
             continue
-        claimed_links.update(record.get("host_links") or [host_veth_name(record["attach_id"])])
-        claimed_rules.add((net_id(conf.name), record["attach_id"]))
-        if not pending:  # an ADD in flight elsewhere is left alone
-            report.repaired.extend(_repair(service, conf, record, host_fd))
+        claimed_links.update(record.host_links or [host_veth_name(record.attach_id)])
+        claimed_rules.add((net_id(call.conf.name), record.attach_id))
+        if not record.pending:  # an ADD in flight elsewhere is left alone
+            report.repaired.extend(_repair(service, call.conf, record, host_fd))
     # Second net: reservations whose ADD died before its endpoint record was written.
     for reservation in retry_conflicts(IpamService(store).rollback_dead_pending):
         aid = attach_id(reservation.network, reservation.container_id, reservation.ifname)
@@ -118,53 +107,52 @@ def _resync_store(
                 links.delete_link(ipr, host_veth_name(aid))
 
 
-def _roll_back(service, store, conf, req: CniRequest, record: Mapping, host_fd: int) -> None:
+def _roll_back(service: CniService, store: Store, call: CniCall, record: EndpointRecord, host_fd: int) -> None:
+    req = call.request
     container_fd = None
     with suppress(PodnetError):
         container_fd = netns.open_netns(req.netns) if req.netns else None
     try:
         with suppress(PodnetError):
-            service.teardown(conf, req, record, host_fd, container_fd)
+            service.teardown(call.conf, req, record, host_fd, container_fd)
         with suppress(PodnetError):
-            service.ipam_release(req, conf, store)
+            ipam_for(call, store).release()
     finally:
         if container_fd is not None:
             os.close(container_fd)
 
 
-def _repair(service: CniService, conf, record: Mapping, host_fd: int) -> list[str]:
+def _repair(service: CniService, conf: PodnetConf, record: EndpointRecord, host_fd: int) -> list[str]:
     """Re-create missing host-side state of a ready bridge endpoint."""
     if conf.mode != "bridge":
         return []
     fixed: list[str] = []
-    result = record.get("result", {})
     with netns.entered(host_fd), IPRoute() as ipr:
         if links.link_index(ipr, conf.bridge) is None:
             fixed.append(f"bridge {conf.bridge}")
         bridge = links.ensure_bridge(ipr, conf.bridge, conf.mtu)
         have = links.addresses(ipr, bridge)
-        for ip in result.get("ips", []):
-            gw = ip.get("gateway")
-            if conf.is_gateway and gw:
-                prefix = ipaddress.ip_interface(ip["address"]).network.prefixlen
-                if f"{gw}/{prefix}" not in have:
-                    links.ensure_address(ipr, bridge, ipaddress.ip_interface(f"{gw}/{prefix}"), nodad=True)
-                    fixed.append(f"gateway {gw}/{prefix} on {conf.bridge}")
-        for name in record.get("host_links", []):
+        for ip in parse_addresses(record.result, "endpoint result"):
+            if conf.is_gateway and ip.gateway is not None:
+                gateway = f"{ip.gateway}/{ip.subnet.prefixlen}"
+                if gateway not in have:
+                    links.ensure_address(ipr, bridge, ipaddress.ip_interface(gateway), nodad=True)
+                    fixed.append(f"gateway {gateway} on {conf.bridge}")
+        for name in record.host_links:
             index = links.link_index(ipr, name)
             if index is not None and links.link_attr(ipr, index, "IFLA_MASTER") != bridge:
                 links.attach_to_bridge(ipr, index, bridge, conf.hairpin_mode)
                 fixed.append(f"{name} re-attached to {conf.bridge}")
-    if record.get("nat"):
-        ips = [ipaddress.ip_interface(a) for a in record.get("ips", [])]
+    if record.nat:
+        ips = [ipaddress.ip_interface(a) for a in record.ips]
         with netns.entered(host_fd):
             manager = service.nat()
-            missing = manager.check(conf.name, record["attach_id"], ips, list(conf.port_mappings), conf.ip_masq,
+            missing = manager.check(conf.name, record.attach_id, ips, list(conf.port_mappings), conf.ip_masq,
                                     conf.ip_masq_exclude)
             if missing:
-                manager.add(conf.name, record["attach_id"], ips, list(conf.port_mappings), conf.ip_masq, conf.bridge,
+                manager.add(conf.name, record.attach_id, ips, list(conf.port_mappings), conf.ip_masq, conf.bridge,
                             conf.ip_masq_exclude)
-                fixed.append(f"{len(missing)} NAT rule(s) of {record['attach_id']}")
+                fixed.append(f"{len(missing)} NAT rule(s) of {record.attach_id}")
     return fixed
 
 

@@ -31,6 +31,7 @@ from podnet.containers.process import send_signal
 from podnet.containers.spec import ContainerError, exit_status, now, signal_number
 from podnet.errors import InvalidNetNS
 from podnet.kernel.netns import open_netns
+from podnet.model.container import ContainerRecord
 from podnet.procs import process_owner
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class Child:
     id: str
     proc: subprocess.Popen
     done: threading.Event = field(default_factory=threading.Event)
-    final: dict | None = None
+    final: ContainerRecord | None = None
 
 
 class SupervisorService:
@@ -126,7 +127,7 @@ class SupervisorService:
             raise ContainerError(f"this agent serves state dir {host.paths.root}, not {message.get('state_dir')}")
         name, cid = str(message["name"]), str(message["id"])
         record = host.records.require(name)
-        if record.get("id") != cid or record.get("state") != "created":
+        if record.id != cid or record.state != "created":
             raise ContainerError(f"container {name} is not waiting to start")
         log_path = Path(str(message["log_path"]))
         if log_path != host.files(cid).log:
@@ -168,18 +169,22 @@ class SupervisorService:
     def _signal(self, message: dict, fds: list[int]) -> dict:
         record = self.host.records.require(str(message["name"]))
         signum = signal_number(message.get("signal", "TERM"))
-        child = self._children.get(record["id"])
+        child = self._children.get(record.id)
         if child is not None and child.proc.poll() is None:
             child.proc.send_signal(signum)
             return {"sent": True}
-        return {"sent": send_signal(record.get("process"), signum)}
+        return {"sent": send_signal(record.process, signum)}
 
     def _stop(self, message: dict, fds: list[int]) -> dict:
-        host, grace = self.host, float(message.get("grace", 10))
-        record = host.records.require(str(message["name"]))
-        if record.get("state") != "running":
+        """The container's final record, as JSON (the answer crosses the socket)."""
+        return self._stop_container(str(message["name"]), float(message.get("grace", 10))).to_json()
+
+    def _stop_container(self, name: str, grace: float) -> ContainerRecord:
+        host = self.host
+        record = host.records.require(name)
+        if record.state != "running":
             return record
-        child = self._children.get(record["id"])
+        child = self._children.get(record.id)
         if child is None:  # an orphan of a previous agent: by pid
             return lifecycle.stop_process(host, record, grace)
         with contextlib.suppress(ProcessLookupError):
@@ -188,7 +193,7 @@ class SupervisorService:
             with contextlib.suppress(ProcessLookupError):
                 child.proc.kill()
             child.done.wait(60)
-        return child.final or host.records.get(record["name"]) or {**record, "state": "exited"}
+        return child.final or host.records.get(record.name) or record.but(state="exited")
 
     # -- reaping ---------------------------------------------------------------------
     def _reap(self, child: Child) -> None:
@@ -213,11 +218,11 @@ class SupervisorService:
             if not lifecycle.stale(record, supervising):
                 continue
             try:
-                if lifecycle.finish(host, record["name"], record["id"], None) is not None:
-                    done.append(record["name"])
-                    log.info("container %s: its process is gone; cleaned up", record["name"])
+                if lifecycle.finish(host, record.name, record.id, None) is not None:
+                    done.append(record.name)
+                    log.info("container %s: its process is gone; cleaned up", record.name)
             except Exception:  # noqa: BLE001 - one bad container must not stop the sweep
-                log.exception("cleaning up container %s failed", record["name"])
+                log.exception("cleaning up container %s failed", record.name)
         return done
 
     def _sweep_loop(self) -> None:

@@ -19,7 +19,7 @@ from pyroute2 import IPRoute
 
 from podnet.attach.base import AttachContext, Attached
 from podnet.errors import KernelError, UnknownContainer
-from podnet.kernel import links, netns
+from podnet.kernel import links, netns, sysctl
 from podnet.kernel.gso import DEFAULT as DEFAULT_GSO
 from podnet.kernel.gso import GsoLimits
 from podnet.naming import host_veth_name
@@ -41,18 +41,6 @@ class BridgeState:
 
 _states: dict[tuple, BridgeState] = {}
 _states_lock = threading.Lock()
-
-
-def _write_sysctl(path: str, value: str) -> None:
-    """Set a sysctl of the *calling thread's* namespace, only if it differs."""
-    try:
-        with open(path) as f:
-            if f.read().strip() == value:
-                return
-        with open(path, "w") as f:
-            f.write(value)
-    except OSError as exc:
-        raise KernelError(f"cannot set {path}: {exc.strerror}") from None
 
 
 def _gateways(ctx: AttachContext) -> set[str]:
@@ -82,9 +70,9 @@ def prepare_bridge(ipr: IPRoute, ctx: AttachContext, force: bool = False) -> Bri
     if conf.is_gateway:
         with netns.entered(ctx.host_fd):  # /proc/sys/net is the calling thread's namespace
             if any(ip.version == 4 for ip in ctx.ips):
-                _write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")
+                sysctl.ensure("net.ipv4.ip_forward", 1)
             if any(ip.version == 6 for ip in ctx.ips):
-                _write_sysctl("/proc/sys/net/ipv6/conf/all/forwarding", "1")
+                sysctl.ensure("net.ipv6.conf.all.forwarding", 1)
     known = state.gateways if state and state.index == index else set()
     # The bridge is the egress device towards this node's pods: it must take what the
     # uplink delivers (kernel/gso.py), and so must each pod's veth (see _create_pair).

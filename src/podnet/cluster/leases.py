@@ -24,19 +24,20 @@ Design notes:
 from __future__ import annotations
 
 import ipaddress
-import json
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+from podnet import keys
 from podnet.errors import PodnetError
-from podnet.store.base import Store, dumps
+from podnet.model.base import CorruptRecord
+from podnet.model.cluster import BlockClaim, NodeLease, block_key
+from podnet.model.endpoint import EndpointRecord
+from podnet.model.ipam import Reservation
+from podnet.store.base import Entry, Store
 
-NODES_PREFIX = "nodes/"
-BLOCKS_PREFIX = "blocks/"
 CLUSTER_NETWORK = "cluster"  # the pod network's name: its IPAM keys are ipam/cluster/...
-ENDPOINTS_PREFIX = "endpoints/"  # agent/cni_service.py's endpoint records (not imported: pure module)
 DEFAULT_CLUSTER_CIDR = "10.244.0.0/16"
 DEFAULT_BLOCK_PREFIX = 24
 DEFAULT_TTL = 10.0
@@ -44,55 +45,6 @@ DEFAULT_TTL = 10.0
 
 class NoFreeBlock(PodnetError):
     """Every block of the cluster CIDR is leased by another node."""
-
-
-@dataclass(frozen=True)
-class NodeLease:
-    """What one node publishes about itself (`nodes/<name>`)."""
-
-    name: str
-    block: str
-    underlay_ip: str
-    underlay_if: str
-    fabric: str
-    backend: dict[str, Any] = field(default_factory=dict)
-    started: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "block": self.block,
-            "underlay_ip": self.underlay_ip,
-            "underlay_if": self.underlay_if,
-            "fabric": self.fabric,
-            "backend": dict(self.backend),
-            "started": self.started,
-        }
-
-    @classmethod
-    def from_json(cls, raw: dict[str, Any]) -> NodeLease:
-        return cls(
-            name=str(raw["name"]),
-            block=str(raw["block"]),
-            underlay_ip=str(raw["underlay_ip"]),
-            underlay_if=str(raw.get("underlay_if", "")),
-            fabric=str(raw.get("fabric", "")),
-            backend=dict(raw.get("backend") or {}),
-            started=float(raw.get("started", 0.0)),
-        )
-
-    @property
-    def network(self) -> ipaddress.IPv4Network:
-        return ipaddress.IPv4Network(self.block)
-
-
-def node_key(name: str) -> str:
-    return f"{NODES_PREFIX}{name}"
-
-
-def block_key(block: str | ipaddress.IPv4Network) -> str:
-    net = ipaddress.IPv4Network(block)
-    return f"{BLOCKS_PREFIX}{net.network_address}-{net.prefixlen}"
 
 
 def gateway_of(block: str | ipaddress.IPv4Network) -> ipaddress.IPv4Address:
@@ -115,11 +67,16 @@ def split_blocks(cluster_cidr: str, prefix: int) -> Iterator[ipaddress.IPv4Netwo
 
 def list_leases(store: Store) -> list[NodeLease]:
     """Every live, well-formed lease (a malformed one is skipped, never fatal)."""
+    return parse_leases(store.list(keys.NODES))
+
+
+def parse_leases(entries: Iterable[Entry]) -> list[NodeLease]:
+    """The well-formed leases among `nodes/` entries (a malformed one is skipped)."""
     out = []
-    for entry in store.list(NODES_PREFIX):
+    for entry in entries:
         try:
-            out.append(NodeLease.from_json(entry.json()))
-        except (KeyError, TypeError, ValueError):
+            out.append(NodeLease.from_json(entry.json(), entry.key))
+        except (CorruptRecord, ValueError):
             continue
     return out
 
@@ -134,18 +91,22 @@ class Claim:
 
 def _claim_block(store: Store, name: str, block: ipaddress.IPv4Network, ttl: float) -> bool:
     """Take `block` for `name` by CAS: absent -> create; our own claim -> overwrite."""
-    key = block_key(block)
-    value = dumps({"node": name, "block": str(block)})
-    entry = store.get(key)
+    claim = BlockClaim(name, str(block))
+    entry = store.get(claim.key)
     if entry is None:
-        return store.compare_and_put(key, value, 0, ttl) is not None
-    try:
-        owner = json.loads(entry.value).get("node")
-    except ValueError:
-        owner = None
-    if owner != name:
+        return store.compare_and_put(claim.key, claim.encode(), 0, ttl) is not None
+    if _claimant(entry) != name:
         return False
-    return store.compare_and_put(key, value, entry.revision, ttl) is not None
+    return store.compare_and_put(claim.key, claim.encode(), entry.revision, ttl) is not None
+
+
+def _claimant(entry: Entry) -> str | None:
+    """The node a stored claim names; None when the claim is malformed (it still
+    holds its block: nobody may take it by overwriting)."""
+    try:
+        return BlockClaim.from_json(entry.json(), entry.key).node
+    except (CorruptRecord, ValueError):
+        return None
 
 
 def acquire(
@@ -161,7 +122,7 @@ def acquire(
     published value once the block is known. Raises NoFreeBlock when none is left."""
     cluster = ipaddress.IPv4Network(cluster_cidr)
     candidates: list[ipaddress.IPv4Network] = []
-    own = store.get_json(node_key(name))
+    own = store.get_json(keys.node(name))
     for hint in ((own or {}).get("block"), preferred):
         if not hint:
             continue
@@ -174,7 +135,7 @@ def acquire(
     for net in candidates:
         if _claim_block(store, name, net, ttl):
             return _publish(store, make_lease(str(net)), ttl)
-    taken = {e.key for e in store.list(BLOCKS_PREFIX)}
+    taken = {e.key for e in store.list(keys.BLOCKS)}
     for net in split_blocks(cluster_cidr, prefix):
         if block_key(net) in taken:
             continue
@@ -184,13 +145,13 @@ def acquire(
 
 
 def _publish(store: Store, lease: NodeLease, ttl: float) -> Claim:
-    store.put(node_key(lease.name), dumps(lease.to_json()), ttl)
+    store.put(lease.key, lease.encode(), ttl)
     return Claim(lease, ttl)
 
 
 def renew(store: Store, claim: Claim) -> bool:
     """Extend both keys; False when either is gone (the caller must acquire again)."""
-    lease_ok = store.refresh(node_key(claim.lease.name), claim.ttl)
+    lease_ok = store.refresh(claim.lease.key, claim.ttl)
     block_ok = store.refresh(block_key(claim.lease.block), claim.ttl)
     return lease_ok and block_ok
 
@@ -200,11 +161,7 @@ def release_block(store: Store, name: str, block: str) -> bool:
     entry = store.get(block_key(block))
     if entry is None:
         return False
-    try:
-        owner = json.loads(entry.value).get("node")
-    except ValueError:
-        return False
-    return owner == name and store.delete(entry.key, expected_revision=entry.revision)
+    return _claimant(entry) == name and store.delete(entry.key, expected_revision=entry.revision)
 
 
 def block_owner(store: Store, block: str) -> str | None:
@@ -212,10 +169,8 @@ def block_owner(store: Store, block: str) -> str | None:
     entry = store.get(block_key(block))
     if entry is None:
         return None
-    try:
-        return str(json.loads(entry.value).get("node"))
-    except (ValueError, AttributeError):
-        return "?"  # a malformed claim still holds the block
+    owner = _claimant(entry)
+    return "?" if owner is None else owner  # a malformed claim still holds the block
 
 
 def free_block_addresses(store: Store, block: str, network: str = CLUSTER_NETWORK) -> list[str]:
@@ -227,30 +182,25 @@ def free_block_addresses(store: Store, block: str, network: str = CLUSTER_NETWOR
     with their node, by the lease contract. Every delete is guarded by the revision
     read, so a write racing with it wins."""
     net = ipaddress.IPv4Network(block)
-    prefix = f"ipam/{network}/ip/"
     freed, holders = [], set()
-    for entry in store.list(prefix):
-        address = entry.key[len(prefix):]
+    for entry in store.list(keys.ipam_addresses(network)):
+        reservation = Reservation.from_entry(entry)
         try:
-            inside = ipaddress.ip_address(address) in net
+            inside = ipaddress.ip_address(reservation.address) in net
         except ValueError:
             continue
         if not inside:
             continue
-        try:
-            value = json.loads(entry.value)
-            holders.add((str(value["id"]), str(value["ifname"])))
-        except (ValueError, KeyError, TypeError):
-            pass
+        if reservation.container_id and reservation.ifname:
+            holders.add(reservation.attachment)
         if store.delete(entry.key, expected_revision=entry.revision):
-            freed.append(address)
-    ep_prefix = f"{ENDPOINTS_PREFIX}{network}/"
-    for entry in store.list(ep_prefix):
-        cid, _, ifname = entry.key[len(ep_prefix):].partition("/")
+            freed.append(reservation.address)
+    for entry in store.list(keys.endpoints(network)):
+        _net, cid, ifname = keys.parse_endpoint(entry.key)
         try:
-            ips = json.loads(entry.value).get("ips") or []
+            ips = EndpointRecord.decode(entry.value, entry.key).ips
             numbered_here = any(ipaddress.ip_interface(a).ip in net for a in ips)
-        except (ValueError, AttributeError, TypeError):
+        except (CorruptRecord, ValueError):
             numbered_here = False
         if (cid, ifname) in holders or numbered_here:
             store.delete(entry.key, expected_revision=entry.revision)

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from podnet.cluster.leases import DEFAULT_BLOCK_PREFIX, DEFAULT_CLUSTER_CIDR, DEFAULT_TTL
 
+# The fabrics' names, for flags and config files that must not import the fabrics
+# themselves (pyroute2): fabric/__init__.py FABRICS has exactly these keys.
+FABRIC_NAMES = ("vxlan", "host-gw")
+
 
 @dataclass(frozen=True)
 class NodeOptions:

@@ -2,7 +2,9 @@
 
 Field names follow the reference plugins (bridge: bridge, isGateway, isDefaultGateway,
 ipMasq, mtu, hairpinMode; macvlan: master, mode, mtu) so an existing conflist only needs
-its `type` changed; podnet adds `gsoMaxSize` (kernel/gso.py). Standard library only.
+its `type` changed; podnet adds `gsoMaxSize` (kernel/gso.py). `parse_call` turns one
+request into a CniCall: the request and its config, each parsed once, and where the
+network's state lives. Standard library only.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from dataclasses import dataclass, field
 
 from podnet.defaults import DEFAULT_SOCKET, DEFAULT_STORE
 from podnet.errors import DecodingFailure, InvalidConfig
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from podnet.cni.skel import CniRequest
 
 DEFAULT_BRIDGE = "podnet0"
 MODES = ("bridge", "macvlan")
@@ -184,6 +190,38 @@ def parse_conf(raw: Mapping) -> PodnetConf:
         prev_result=prev,
         valid_attachments=_valid_attachments(raw),
     )
+
+
+@dataclass(frozen=True)
+class CniCall:
+    """One invocation of the `podnet` plugin, parsed once: the request skel read, its
+    network config, and the store that keeps the network's state (`store_path_for`)."""
+
+    request: CniRequest
+    conf: PodnetConf
+    store: str
+
+    @property
+    def shared_store(self) -> bool:
+        return names_store(self.request.config)
+
+
+def parse_call(request: CniRequest, default_store: str = DEFAULT_STORE) -> CniCall:
+    """The config of a request (not VERSION) parsed and checked for its command."""
+    conf = parse_conf(request.config)
+    # Not on DEL: the runtime cleans up a refused ADD with the same config, and a
+    # macvlan DEL never touches NAT anyway.
+    if conf.port_mappings and conf.mode != "bridge" and request.command != "DEL":
+        raise InvalidConfig("port mappings need mode 'bridge' (macvlan traffic bypasses the host)")
+    return CniCall(request, conf, store_path_for(request.config, default_store))
+
+
+def conf_dns(raw: Mapping) -> Mapping:
+    """The config's `dns` (for ADD's result); checked only when ADD uses it."""
+    dns = raw.get("dns") or {}
+    if not isinstance(dns, Mapping):
+        raise InvalidConfig("'dns' must be an object")
+    return dns
 
 
 def store_path_for(raw_config: Mapping, default: str = DEFAULT_STORE) -> str:

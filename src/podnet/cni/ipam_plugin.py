@@ -12,11 +12,11 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from podnet.cni import skel
-from podnet.cni.config import names_store, requested_ips, store_path_for
-from podnet.cni.types import convert_result, normalize_result, version_result
-from podnet.errors import DecodingFailure, InvalidConfig, PluginNotAvailable, UnknownContainer
+from podnet.cni.config import store_path_for
+from podnet.endpoints.ipam import BuiltinIpam
+from podnet.errors import DecodingFailure, InvalidConfig, UnknownContainer
 from podnet.ipam.config import parse_ipam_config
-from podnet.ipam.service import IpamService, gc_scope
+from podnet.ipam.result import IpamResult
 from podnet.store import open_store
 
 
@@ -37,9 +37,9 @@ def _valid_attachments(config: Mapping) -> set[tuple[str, str]]:
         raise DecodingFailure("invalid entry in 'cni.dev/valid-attachments'") from None
 
 
-def handle(req: skel.CniRequest) -> dict | None:
-    if req.command == "VERSION":
-        return version_result(req.config.get("cniVersion"))
+def handle(req: skel.CniRequest) -> IpamResult | None:
+    """The podnet plugin's built-in IPAM (endpoints/ipam.py), with no pending phase:
+    podnet-ipam's ADD is done when it answers."""
     ipam_conf = parse_ipam_config(_ipam_section(req.config))
     name = str(req.config["name"])
     location = store_path_for(req.config)
@@ -51,28 +51,21 @@ def handle(req: skel.CniRequest) -> dict | None:
         )
     store = open_store(location)
     try:
-        service = IpamService(store)
+        ipam = BuiltinIpam(store, name, ipam_conf, req)
         if req.command == "ADD":
-            result = service.allocate(
-                name, req.container_id, req.ifname, ipam_conf, requested_ips(req.args, req.config), mark_ready=True
-            )
-            return convert_result(normalize_result(result.as_cni()), req.cni_version)
+            return ipam.reserve(ready=True)
         if req.command == "DEL":
-            service.release(name, req.container_id, req.ifname)
-            return None
-        if req.command == "CHECK":
-            if not service.lookup(name, req.container_id, req.ifname):
+            ipam.release()
+        elif req.command == "CHECK":
+            if not ipam.held():
                 raise UnknownContainer(f"no address is reserved for {req.container_id}/{req.ifname}")
-            return None
-        if req.command == "GC":
-            within = gc_scope(ipam_conf) if names_store(req.config) else None
-            service.gc(name, _valid_attachments(req.config), within)
-            return None
-        if req.command == "STATUS":
-            if service.free_count(name, ipam_conf) <= 0:
-                raise PluginNotAvailable(f"network {name} has no free address left")
-            return None
-        raise InvalidConfig(f"unsupported command {req.command}")
+        elif req.command == "GC":
+            ipam.gc(_valid_attachments(req.config))
+        elif req.command == "STATUS":
+            ipam.status()
+        else:
+            raise InvalidConfig(f"unsupported command {req.command}")
+        return None
     finally:
         store.close()
 

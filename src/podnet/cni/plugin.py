@@ -18,8 +18,8 @@ import _socket
 import posix
 import sys
 
-from podnet.cni import wire
 from podnet.defaults import DEFAULT_SOCKET
+from podnet.rpc import wire
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -127,13 +127,14 @@ def try_again_later(stdin: bytes, msg: str) -> bytes:
 
 
 def run_in_process(environ, stdin: bytes, extra_paths: "Sequence[str]") -> tuple[int, bytes]:
-    """The fallback: the same handler the agent runs, in this process."""
+    """The fallback: the same service the agent runs (podnet.endpoints), in this
+    process; nothing of the agent package is imported."""
     for path in extra_paths:
         if path not in sys.path:
             sys.path.append(path)
     import io
 
-    from podnet.agent.cni_service import CniService
+    from podnet.endpoints.service import CniService
 
     service = CniService()
     out = io.StringIO()

@@ -1,12 +1,14 @@
 """CNI versions and result conversion (spec 0.3.0 ... 1.1.0).
 
-podnet builds every result in the 1.0 shape and converts at the edge, so the rest of
-the code knows one format. Standard library only.
+podnet keeps every result typed (`CniResult`) until skel writes the reply: only then
+is it rendered in the 1.0 shape (`as_cni`) and converted to the request's version, so
+the rest of the code knows one format. Standard library only.
 """
 
 from __future__ import annotations
 
 import copy
+from typing import Protocol
 
 from podnet.errors import IncompatibleVersion
 
@@ -14,6 +16,14 @@ SUPPORTED_VERSIONS: tuple[str, ...] = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.
 CURRENT_VERSION = "1.1.0"
 # Operations introduced by spec 1.1.0; a config declaring an older version must not ask.
 V11_COMMANDS = frozenset({"GC", "STATUS"})
+
+
+class CniResult(Protocol):
+    """What ADD answers (the podnet plugin's AddResult, podnet-ipam's IpamResult)."""
+
+    def as_cni(self) -> dict:
+        """The result in the CNI 1.0 shape (skel converts it to the request's version)."""
+        ...
 
 
 def version_key(version: str) -> tuple[int, ...]:
@@ -46,21 +56,6 @@ def version_result(config_version: str | None = None) -> dict:
         "cniVersion": config_version if config_version in SUPPORTED_VERSIONS else CURRENT_VERSION,
         "supportedVersions": list(SUPPORTED_VERSIONS),
     }
-
-
-def normalize_result(result: dict | None) -> dict:
-    """Any version's result (e.g. a prevResult) -> the 1.0 shape (no ips[].version)."""
-    if not result:
-        return {"interfaces": [], "ips": [], "routes": [], "dns": {}}
-    out = copy.deepcopy(result)
-    out.pop("cniVersion", None)
-    for ip in out.get("ips", []) or []:
-        ip.pop("version", None)
-    out.setdefault("interfaces", [])
-    out.setdefault("ips", [])
-    out.setdefault("routes", [])
-    out.setdefault("dns", {})
-    return out
 
 
 def convert_result(result: dict, version: str) -> dict:

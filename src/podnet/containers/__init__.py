@@ -1,8 +1,10 @@
 """Containers: `podnet container run|ls|inspect|exec|logs|stop|rm` with Docker's four
 network modes, attached through podnet's own CNI path exactly as a runtime would.
 
-- `spec`: pure parsing and validation (names, -p, --network, the store record);
-- `records`: the `containers/<name>` records in the store (CAS, so names stay unique);
+- `spec`: pure parsing and validation (names, -p, --network), and the record
+  (podnet.model.container) a request becomes;
+- `records`: the `containers/<name>` records (ContainerRecord) in the store (CAS, so
+  names stay unique);
 - `files`: hostname, hosts and resolv.conf rendered into the container's directory;
 - `network`: networks read from the store and net.d, network namespaces, CNI ADD/DEL
   with a result cache (libcni semantics);

@@ -24,7 +24,7 @@ from podnet.containers import files as cfiles
 from podnet.containers.files import ContainerFiles
 from podnet.containers.network import (
     Cni,
-    Network,
+    ContainerNetwork,
     attachment_summary,
     create_netns,
     delete_netns,
@@ -50,6 +50,7 @@ from podnet.containers.spec import (
     new_record,
     now,
 )
+from podnet.model.container import ContainerRecord
 from podnet.procs import owner_alive, process_owner
 from podnet.state import StatePaths
 from podnet.store.base import Store
@@ -81,24 +82,24 @@ class Host:
 class Launch:
     """A container built up to its process: what to exec and how."""
 
-    record: dict
+    record: ContainerRecord
     argv: list[str]
     env: dict[str, str]
     files: ContainerFiles
 
 
-def owns_netns(record: dict) -> bool:
-    return record.get("network_mode") in ("bridge", "none") and bool(record.get("netns"))
+def owns_netns(record: ContainerRecord) -> bool:
+    return record.network_mode in ("bridge", "none") and bool(record.netns)
 
 
-def running_target(host: Host, name: str) -> dict:
+def running_target(host: Host, name: str) -> ContainerRecord:
     """The container a `container:NAME` join enters: it must be running."""
     other = host.records.get(name)
     if other is None:
         raise ContainerError(f"cannot join container {name}: no such container")
-    if other.get("state") != "running" or not owner_alive(other.get("process") or ""):
+    if other.state != "running" or not owner_alive(other.process or ""):
         raise ContainerError(f"cannot join container {name}: it is not running",
-                             f"start it first; its state is {other.get('state')}")
+                             f"start it first; its state is {other.state}")
     return other
 
 
@@ -116,8 +117,8 @@ def create(host: Host, req: RunRequest, undo: ExitStack) -> Launch:
         other = running_target(host, choice.joined or "")
     cid = new_id()
     own = choice.mode in ("bridge", "none")
-    netns = netns_path(cid) if own else (other or {}).get("netns")
-    hostname = req.hostname or (other["hostname"] if other else default_hostname(req.name))
+    netns = netns_path(cid) if own else (other.netns if other else None)
+    hostname = req.hostname or (other.hostname if other else default_hostname(req.name))
     record = new_record(req, cid, netns, hostname, process_owner())
     host.records.create(record)
     undo.callback(host.records.delete, req.name, cid)
@@ -129,12 +130,12 @@ def create(host: Host, req: RunRequest, undo: ExitStack) -> Launch:
         undo.callback(delete_netns, netns or "")
     ips, mac = _attach(host, req, network, files, cid, netns or "", undo) if network else ([], None)
     cfiles.write_files(files, hostname, *_etc_files(host, req, hostname, ips, network, other))
-    record = host.records.patch(req.name, cid, ips=ips, mac=mac) or record
+    record = host.records.patch(req.name, cid, ips=tuple(ips), mac=mac) or record
     argv = launch_argv(netns, hostname, files, req.cmd, own_netns=own)
     return Launch(record, argv, container_env(hostname, req.env), files)
 
 
-def _attach(host: Host, req: RunRequest, network: Network, files: ContainerFiles, cid: str, netns: str,
+def _attach(host: Host, req: RunRequest, network: ContainerNetwork, files: ContainerFiles, cid: str, netns: str,
             undo: ExitStack) -> tuple[list[str], str | None]:
     """CNI ADD with -p and --ip as runtimeConfig; DEL is registered first, since the
     cache that DEL reads is written before ADD starts."""
@@ -150,21 +151,21 @@ def _cni_port(port: dict) -> dict:
     return {k: v for k, v in port.items() if not (k == "hostIP" and not v)}
 
 
-def _etc_files(host: Host, req: RunRequest, hostname: str, ips: list[str], network: Network | None,
-               other: dict | None) -> tuple[str, str]:
+def _etc_files(host: Host, req: RunRequest, hostname: str, ips: list[str], network: ContainerNetwork | None,
+               other: ContainerRecord | None) -> tuple[str, str]:
     """(hosts, resolv.conf): host mode copies the host's; a join copies the joined
     container's; bridge points DNS at the gateway (the agent's DNS server)."""
     mode = req.choice.mode
     if mode == "host":
         return cfiles.host_file(cfiles.HOST_HOSTS), cfiles.host_file(cfiles.HOST_RESOLV)
     if mode == "container" and other is not None:
-        theirs = host.files(other["id"])
+        theirs = host.files(other.id)
         return cfiles.host_file(theirs.hosts), cfiles.host_file(theirs.resolv)
     nameserver = network.nameserver() if network is not None else None
     return cfiles.render_hosts(hostname, req.name, ips), cfiles.render_resolv(nameserver)
 
 
-def run_foreground(host: Host, req: RunRequest, echo: bool = True) -> tuple[int, dict]:
+def run_foreground(host: Host, req: RunRequest, echo: bool = True) -> tuple[int, ContainerRecord]:
     """The CLI is the parent: start, tee output, wait, finish. Returns the
     container's exit code (128+N for death by signal N) and its final record."""
     with ExitStack() as undo:
@@ -179,7 +180,7 @@ def run_foreground(host: Host, req: RunRequest, echo: bool = True) -> tuple[int,
         except OSError as exc:
             raise ContainerError(f"cannot start {req.cmd[0]}: {exc}") from None
         undo.callback(_kill, proc)
-        started = host.records.patch(req.name, launch.record["id"], state="running", pid=proc.pid,
+        started = host.records.patch(req.name, launch.record.id, state="running", pid=proc.pid,
                                      process=process_owner(proc.pid), started=now())
         if started is None:
             raise ContainerError(f"container {req.name} was removed while starting")
@@ -192,14 +193,14 @@ def run_foreground(host: Host, req: RunRequest, echo: bool = True) -> tuple[int,
     finally:
         _kill(proc)
         code = exit_status(proc.returncode)
-        final = finish(host, req.name, started["id"], code)
-    return code, final or host.records.get(req.name) or {**started, "state": "exited", "exit_code": code}
+        final = finish(host, req.name, started.id, code)
+    return code, final or host.records.get(req.name) or started.but(state="exited", exit_code=code)
 
 
 def agent_info(host: Host) -> dict:
     """The agent that will parent a detached container; it must serve our state dir."""
-    from podnet.agent.client import AgentUnavailable, call
     from podnet.errors import PodnetError
+    from podnet.rpc.client import AgentUnavailable, call
 
     hint = f"start the agent: podnet agent --state-dir {host.paths.root} --socket {host.socket}"
     try:
@@ -217,16 +218,16 @@ def agent_info(host: Host) -> dict:
     return info
 
 
-def run_detached(host: Host, req: RunRequest) -> dict:
+def run_detached(host: Host, req: RunRequest) -> ContainerRecord:
     """The agent is the parent (PID 1 here reaps nobody): it spawns the process with
     its output in the log, waits for it and finishes the container."""
-    from podnet.agent.client import call
+    from podnet.rpc.client import call
 
     agent_info(host)
     with ExitStack() as undo:
         launch = create(host, req, undo)
-        call(host.socket, "container.spawn", name=req.name, id=launch.record["id"], argv=launch.argv,
-             env=launch.env, log_path=str(launch.files.log), netns=launch.record["netns"],
+        call(host.socket, "container.spawn", name=req.name, id=launch.record.id, argv=launch.argv,
+             env=launch.env, log_path=str(launch.files.log), netns=launch.record.netns,
              state_dir=str(host.paths.root))
         undo.pop_all()
     return host.records.require(req.name)
@@ -238,25 +239,25 @@ def _kill(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def finish(host: Host, name: str, container_id: str, exit_code: int | None) -> dict | None:
+def finish(host: Host, name: str, container_id: str, exit_code: int | None) -> ContainerRecord | None:
     """CNI DEL and netns removal, then the record marked exited: "exited" means the
     address and ports are free again. Teardown is idempotent and locked, so two
     finishers at once are harmless; the compare-and-put lets one of them record the
     exit. Returns the record if this caller marked it, None if another already had."""
     record = host.records.get(name)
-    if record is None or record.get("id") != container_id or record.get("state") == "exited":
+    if record is None or record.id != container_id or record.state == "exited":
         return None
 
-    def claim(rec: dict) -> dict | None:
-        if rec.get("state") == "exited":
+    def claim(rec: ContainerRecord) -> ContainerRecord | None:
+        if rec.state == "exited":
             return None
-        return {**rec, "state": "exited", "exit_code": exit_code, "finished": now()}
+        return rec.but(state="exited", exit_code=exit_code, finished=now())
 
     try:
         teardown(host, record)
     finally:  # even when DEL failed: the process is gone; `rm` retries the teardown
         claimed = host.records.update(name, container_id, claim)
-    if claimed is not None and claimed.get("auto_remove"):
+    if claimed is not None and claimed.auto_remove:
         purge(host, claimed)
     return claimed
 
@@ -274,13 +275,13 @@ def _locked(files: ContainerFiles) -> Iterator[None]:
         yield
 
 
-def teardown(host: Host, record: dict) -> None:
+def teardown(host: Host, record: ContainerRecord) -> None:
     """CNI DEL (from the cache) and the netns, each attempted; idempotent."""
-    files = host.files(record["id"])
+    files = host.files(record.id)
     errors: list[ContainerError] = []
     with _locked(files):
         for step in (lambda: host.cni.detach(files),
-                     lambda: delete_netns(record["netns"]) if owns_netns(record) else None):
+                     lambda: delete_netns(record.netns or "") if owns_netns(record) else None):
             try:
                 step()
             except ContainerError as err:
@@ -289,59 +290,58 @@ def teardown(host: Host, record: dict) -> None:
         raise errors[0]
 
 
-def purge(host: Host, record: dict) -> None:
-    shutil.rmtree(host.files(record["id"]).root, ignore_errors=True)
-    host.records.delete(record["name"], record["id"])
+def purge(host: Host, record: ContainerRecord) -> None:
+    shutil.rmtree(host.files(record.id).root, ignore_errors=True)
+    host.records.delete(record.name, record.id)
 
 
-def settle(host: Host, record: dict, timeout: float = SETTLE_SECONDS) -> dict:
+def settle(host: Host, record: ContainerRecord, timeout: float = SETTLE_SECONDS) -> ContainerRecord:
     """After the process is gone, wait for its supervisor to finish the container;
     finish it here when the supervisor is gone too (or does not within `timeout`)."""
     deadline = time.monotonic() + timeout
     while True:
-        current = host.records.get(record["name"])
-        if current is None or current.get("id") != record["id"]:
-            return {**record, "state": "exited"}
-        if current.get("state") == "exited":
+        current = host.records.get(record.name)
+        if current is None or current.id != record.id:
+            return record.but(state="exited")
+        if current.state == "exited":
             return current
-        if not owner_alive(current.get("supervisor") or "") or time.monotonic() > deadline:
-            return finish(host, record["name"], record["id"], None) or host.records.require(record["name"])
+        if not owner_alive(current.supervisor or "") or time.monotonic() > deadline:
+            return finish(host, record.name, record.id, None) or host.records.require(record.name)
         time.sleep(0.05)
 
 
-def stop_process(host: Host, record: dict, timeout: float) -> dict:
+def stop_process(host: Host, record: ContainerRecord, timeout: float) -> ContainerRecord:
     """Stop a container known only by its owner tag (not our child)."""
-    terminate(record.get("process"), timeout)
+    terminate(record.process, timeout)
     return settle(host, record)
 
 
-def stop(host: Host, name: str, timeout: float) -> dict:
+def stop(host: Host, name: str, timeout: float) -> ContainerRecord:
     """SIGTERM, SIGKILL after `timeout`, then CNI DEL and netns removal. A detached
     container is stopped by the agent (its parent) when one answers."""
     record = host.records.require(name)
-    if record.get("state") != "running":
+    if record.state != "running":
         return record
-    if record.get("detached"):
-        from podnet.agent.client import AgentUnavailable, call
+    if record.detached:
+        from podnet.rpc.client import AgentUnavailable, call
 
         with contextlib.suppress(AgentUnavailable):
-            return call(host.socket, "container.stop", timeout=timeout + 60, name=name,  # type: ignore[return-value]
-                        id=record["id"], grace=timeout)
+            final = call(host.socket, "container.stop", timeout=timeout + 60, name=name, id=record.id, grace=timeout)
+            return ContainerRecord.from_json(final, f"the agent's answer to container.stop {name}")
     return stop_process(host, record, timeout)
 
 
-def busy(record: dict) -> bool:
+def busy(record: ContainerRecord) -> bool:
     """Running, or being built by a live process."""
-    state = record.get("state")
-    return state == "running" or (state == "created" and owner_alive(record.get("supervisor") or ""))
+    return record.state == "running" or (record.state == "created" and owner_alive(record.supervisor or ""))
 
 
-def remove(host: Host, name: str, force: bool) -> dict:
+def remove(host: Host, name: str, force: bool) -> ContainerRecord:
     record = host.records.require(name)
     if busy(record):
         if not force:
-            raise ContainerError(f"container {name} is {record['state']}", "stop it first, or use rm -f")
-        if record.get("state") == "running":
+            raise ContainerError(f"container {name} is {record.state}", "stop it first, or use rm -f")
+        if record.state == "running":
             record = stop(host, name, timeout=0)
     teardown(host, record)
     purge(host, record)
@@ -350,23 +350,24 @@ def remove(host: Host, name: str, force: bool) -> dict:
 
 def exec_in(host: Host, name: str, cmd: list[str], capture: bool) -> subprocess.CompletedProcess:
     record = host.records.require(name)
-    if record.get("state") != "running" or not owner_alive(record.get("process") or ""):
+    if record.state != "running" or record.pid is None or not owner_alive(record.process or ""):
         raise ContainerError(f"container {name} is not running")
     if not cmd:
         raise ContainerError("no command given", "usage: podnet container exec NAME -- CMD [ARG...]")
-    return subprocess.run(exec_argv(record["pid"], cmd), capture_output=capture, check=False)
+    return subprocess.run(exec_argv(record.pid, cmd), capture_output=capture, check=False)
 
 
-def stale(record: dict, supervising: Container[str], alive: Callable[[str], bool] = owner_alive) -> bool:
+def stale(record: ContainerRecord, supervising: Container[str],
+          alive: Callable[[str], bool] = owner_alive) -> bool:
     """Does a container need finishing by the agent's sweep? Running with its process
     dead and nobody alive to finish it, or created by a process that died mid-run.
     Containers this agent supervises are finished by their reaper instead."""
-    if record.get("id") in supervising:
+    if record.id in supervising:
         return False
-    supervisor_alive = alive(record.get("supervisor") or "")
-    if record.get("state") == "running":
-        return not alive(record.get("process") or "") and not supervisor_alive
-    return record.get("state") == "created" and not supervisor_alive
+    supervisor_alive = alive(record.supervisor or "")
+    if record.state == "running":
+        return not alive(record.process or "") and not supervisor_alive
+    return record.state == "created" and not supervisor_alive
 
 
 def default_host(state_dir: str | None = None, socket_path: str | None = None) -> Host:

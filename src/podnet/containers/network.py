@@ -17,14 +17,15 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from podnet import keys
 from podnet.containers.files import ContainerFiles
 from podnet.containers.spec import DEFAULT_NETWORK, ContainerError, NetworkChoice
+from podnet.model.network import NetworkRecord
 from podnet.runtime.libcni import CniFailure, Conflist, invoke
 from podnet.state import StatePaths
 from podnet.store.base import Store
 
 REFERENCE_CNI_DIR = "/usr/lib/cni"
-NETWORK_PREFIX = "networks/"
 
 
 class AttachFailed(ContainerError):
@@ -36,23 +37,21 @@ class AttachFailed(ContainerError):
 
 
 @dataclass(frozen=True)
-class Network:
-    name: str
-    record: dict
+class ContainerNetwork:
+    """The network a container joins: its record, and the conflist a runtime executes."""
+
+    record: NetworkRecord
     conflist: dict
 
+    @property
+    def name(self) -> str:
+        return self.record.name
+
     def subnets(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        return [ipaddress.ip_network(s["subnet"], strict=False) for s in self.record.get("subnets") or []]
+        return [s.subnet for s in self.record.subnets]
 
     def nameserver(self) -> str | None:
-        """The first IPv4 gateway (where the agent's DNS server listens), else the
-        first gateway of any family; a subnet without one uses its first address."""
-        gateways = []
-        for item in self.record.get("subnets") or []:
-            subnet = ipaddress.ip_network(item["subnet"], strict=False)
-            gateways.append(ipaddress.ip_address(item.get("gateway") or subnet.network_address + 1))
-        gateways.sort(key=lambda gw: gw.version)
-        return str(gateways[0]) if gateways else None
+        return self.record.nameserver()
 
     def capabilities(self) -> set[str]:
         return {cap for plugin in self.conflist.get("plugins", [])
@@ -74,10 +73,10 @@ class Network:
             raise ContainerError(f"network {self.name} cannot publish ports (no plugin declares 'portMappings')")
 
 
-def load_network(store: Store, paths: StatePaths, choice: NetworkChoice) -> Network:
+def load_network(store: Store, paths: StatePaths, choice: NetworkChoice) -> ContainerNetwork:
     name = choice.network or DEFAULT_NETWORK
-    record = store.get_json(NETWORK_PREFIX + name)
-    if record is None:
+    raw = store.get_json(keys.network(name))
+    if raw is None:
         if choice.defaulted:
             raise ContainerError(
                 f"no --network given and the default network {name!r} does not exist",
@@ -91,7 +90,7 @@ def load_network(store: Store, paths: StatePaths, choice: NetworkChoice) -> Netw
         raise ContainerError(f"network {name} has no conflist at {path}") from None
     except ValueError as exc:
         raise ContainerError(f"network {name}: {path} is not valid JSON: {exc}") from None
-    return Network(name, record, conflist)
+    return ContainerNetwork(NetworkRecord.from_json(raw, keys.network(name)), conflist)
 
 
 # -- network namespaces ------------------------------------------------------------
@@ -136,7 +135,7 @@ class Cni:
 
     def ensure_installed(self) -> None:
         if not (self.paths.cni_bin / "podnet").exists():
-            from podnet.install import install_cni
+            from podnet.install.cni import install_cni
 
             install_cni(str(self.paths.cni_bin))
 
@@ -163,7 +162,7 @@ class Cni:
         return Conflist(config, self.cni_path, extra_env=self.env)
 
     def attach(self, files: ContainerFiles, container_id: str, netns: str, ifname: str,
-               network: Network, runtime_config: dict) -> dict:
+               network: ContainerNetwork, runtime_config: dict) -> dict:
         """ADD; the cache is written *before* ADD (without a result) so a crash in the
         middle still leaves what DEL needs, and completed with the result after."""
         cache = {"kind": "cniCacheV1", "containerId": container_id, "ifName": ifname,

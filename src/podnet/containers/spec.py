@@ -1,8 +1,8 @@
 """What a user asked for, parsed and validated before anything is built (pure).
 
 Everything here runs before the first namespace exists, so a typo in `-p` or a bad
-name costs nothing to undo. The store record's shape is defined here too: the DNS
-service and `ls`/`inspect` read it.
+name costs nothing to undo. The record a request becomes (`new_record`) and its `ls`
+row are made here; its shape is podnet.model.container's.
 """
 
 from __future__ import annotations
@@ -11,15 +11,16 @@ import ipaddress
 import re
 import secrets
 import signal
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from podnet.errors import PodnetError
+from podnet.model.container import ContainerRecord
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")  # Docker's rule
 MAX_NAME = 128
 LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
-MODES = ("bridge", "host", "none", "container")
 PROTOCOLS = ("tcp", "udp", "sctp")
 PORT_SYNTAX = "[IP:]HOSTPORT:CONTAINERPORT[/tcp|udp]"
 NETNS_PREFIX = "pnc-"
@@ -218,65 +219,56 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def new_record(req: RunRequest, container_id: str, netns: str | None, hostname: str, owner: str) -> dict:
+def new_record(req: RunRequest, container_id: str, netns: str | None, hostname: str,
+               owner: str) -> ContainerRecord:
     """The `containers/<name>` record as it is first written (state "created").
     `supervisor` names the process ("pid:starttime") answerable for the container: the
     CLI while it builds and for a foreground run, the agent for a detached one."""
-    return {
-        "name": req.name,
-        "id": container_id,
-        "network_mode": req.choice.mode,
-        "network": req.choice.network if req.choice.mode == "bridge" else None,
-        "joined": req.choice.joined,
-        "netns": netns,
-        "ifname": IFNAME,
-        "ips": [],
-        "mac": None,
-        "aliases": list(req.aliases),
-        "hostname": hostname,
-        "ports": [dict(p) for p in req.ports],
-        "cmd": list(req.cmd),
-        "pid": None,
-        "process": None,
-        "supervisor": owner,
-        "state": "created",
-        "exit_code": None,
-        "detached": req.detached,
-        "auto_remove": req.auto_remove,
-        "created": now(),
-        "started": None,
-        "finished": None,
-    }
+    return ContainerRecord(
+        name=req.name,
+        id=container_id,
+        network_mode=req.choice.mode,
+        network=req.choice.network if req.choice.mode == "bridge" else None,
+        joined=req.choice.joined,
+        netns=netns,
+        ifname=IFNAME,
+        aliases=tuple(req.aliases),
+        hostname=hostname,
+        ports=tuple(dict(p) for p in req.ports),
+        cmd=tuple(req.cmd),
+        supervisor=owner,
+        detached=req.detached,
+        auto_remove=req.auto_remove,
+        created=now(),
+    )
 
 
-def port_text(port: dict) -> str:
+def port_text(port: Mapping) -> str:
     host = f"{port['hostIP']}:" if port.get("hostIP") else ""
     return f"{host}{port['hostPort']}->{port['containerPort']}/{port['protocol']}"
 
 
-def network_label(record: dict) -> str:
-    mode = record.get("network_mode")
-    return NetworkChoice(mode or "none", record.get("network"), record.get("joined")).label
+def network_label(record: ContainerRecord) -> str:
+    return NetworkChoice(record.network_mode, record.network, record.joined).label
 
 
-def ls_row(record: dict) -> dict:
+def ls_row(record: ContainerRecord) -> dict:
     """One `ls` table row (the JSON output keeps whole records)."""
-    state = record.get("state", "?")
+    state = record.state
     if state == "exited":
-        code = record.get("exit_code")
-        state = f"exited ({'?' if code is None else code})"
+        state = f"exited ({'?' if record.exit_code is None else record.exit_code})"
     return {
-        "NAME": record["name"],
-        "ID": record["id"][:12],
+        "NAME": record.name,
+        "ID": record.id[:12],
         "NETWORK": network_label(record),
-        "IPS": [ip.split("/")[0] for ip in record.get("ips") or []],
-        "PORTS": [port_text(p) for p in record.get("ports") or []],
+        "IPS": [ip.split("/")[0] for ip in record.ips],
+        "PORTS": [port_text(p) for p in record.ports],
         "STATE": state,
-        "CMD": _short_cmd(record.get("cmd") or []),
+        "CMD": _short_cmd(record.cmd),
     }
 
 
-def _short_cmd(cmd: list[str], width: int = 30) -> str:
+def _short_cmd(cmd: Sequence[str], width: int = 30) -> str:
     """The program's base name and its arguments, cut to fit a table cell."""
     text = " ".join([cmd[0].rsplit("/", 1)[-1], *cmd[1:]]) if cmd else ""
     return text if len(text) <= width else text[: width - 1] + "…"

@@ -8,9 +8,11 @@ networks are invisible, so separate networks stay as isolated by name as by pack
 Reverse lookups (PTR) of a container's address give `<name>.<network>`.
 
 Names compare case-insensitively (ASCII only, RFC 4343) and without the trailing dot.
-Inputs are the JSON records other modules write (`networks/<name>`,
-`containers/<name>`); anything malformed in them is skipped, never raised, because a
-bad record of one container must not take a whole network's resolution down.
+Inputs are the typed records other modules write (`networks/<name>`,
+`containers/<name>`); a record that does not decode never gets here (the agent's
+DNS service skips it). What a valid record may still hold is skipped, never raised:
+a name that cannot be asked for, an address that does not parse or lies outside the
+network's subnets.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import string
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+
+from podnet.model.container import ContainerRecord
+from podnet.model.network import NetworkRecord
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -124,52 +129,25 @@ class Zone:
         return sorted(self.hosts)
 
 
-def network_subnets(network: Mapping) -> tuple[IPNetwork, ...]:
-    out: list[IPNetwork] = []
-    for entry in _list(network.get("subnets")):
-        try:
-            out.append(ipaddress.ip_network(str(entry["subnet"]), strict=False))
-        except (TypeError, KeyError, ValueError):
-            continue
-    return tuple(out)
-
-
-def nameserver(network: Mapping) -> str | None:
-    """The address a network's DNS server listens on, the one containers find in
-    their resolv.conf: the first IPv4 gateway, else the first IPv6 gateway."""
-    gateways: list[IPAddress] = []
-    for entry in _list(network.get("subnets")):
-        try:
-            gateways.append(ipaddress.ip_address(str(entry["gateway"])))
-        except (TypeError, KeyError, ValueError):
-            continue
-    for version in (4, 6):
-        for gw in gateways:
-            if gw.version == version:
-                return str(gw)
-    return None
-
-
-def container_labels(container: Mapping) -> list[str]:
+def container_labels(container: ContainerRecord) -> list[str]:
     """The names one container answers to: its name, aliases and short ID."""
-    labels = [container.get("name"), *_list(container.get("aliases"))]
-    cid = container.get("id")
-    if isinstance(cid, str) and len(cid) >= SHORT_ID_LEN:
-        labels.append(cid[:SHORT_ID_LEN])
+    labels = [container.name, *container.aliases]
+    if len(container.id) >= SHORT_ID_LEN:
+        labels.append(container.id[:SHORT_ID_LEN])
     out: list[str] = []
-    for label in labels:
-        if isinstance(label, str) and valid_name(fold(label)) and fold(label) not in out:
-            out.append(fold(label))
+    for label in map(fold, labels):
+        if valid_name(label) and label not in out:
+            out.append(label)
     return out
 
 
-def container_addresses(container: Mapping, subnets: tuple[IPNetwork, ...]) -> list[IPAddress]:
+def container_addresses(container: ContainerRecord, subnets: tuple[IPNetwork, ...]) -> list[IPAddress]:
     """The container's addresses (CIDR or bare), only those inside the network's
     subnets when the network names any: a stale record cannot leak a foreign one."""
     out: list[IPAddress] = []
-    for text in _list(container.get("ips")):
+    for text in container.ips:
         try:
-            address = ipaddress.ip_interface(str(text)).ip
+            address = ipaddress.ip_interface(text).ip
         except ValueError:
             continue
         if subnets and not any(address in net for net in subnets):
@@ -179,26 +157,24 @@ def container_addresses(container: Mapping, subnets: tuple[IPNetwork, ...]) -> l
     return sorted(out, key=lambda a: (a.version, int(a)))
 
 
-def attached(container: Mapping, network: str) -> bool:
+def attached(container: ContainerRecord, network: str) -> bool:
     """Running, on this network, with addresses of its own."""
-    mode = container.get("network_mode")
     return (
-        container.get("state") == "running"
-        and container.get("network") == network
-        and not (isinstance(mode, str) and mode in UNREGISTERED_MODES)
+        container.state == "running"
+        and container.network == network
+        and container.network_mode not in UNREGISTERED_MODES
     )
 
 
-def build_zone(network: Mapping, containers: Iterable[Mapping]) -> Zone:
+def build_zone(network: NetworkRecord, containers: Iterable[ContainerRecord]) -> Zone:
     """The zone of one network from its record and (any superset of) its
     containers' records."""
-    name = str(network.get("name", ""))
-    domain = fold(name)
-    subnets = network_subnets(network)
+    domain = fold(network.name)
+    subnets = tuple(s.subnet for s in network.subnets)
     hosts: dict[str, list[str]] = defaultdict(list)
     pointers: dict[str, list[str]] = defaultdict(list)
     for container in containers:
-        if not isinstance(container, Mapping) or not attached(container, name):
+        if not attached(container, network.name):
             continue
         labels = container_labels(container)
         addresses = container_addresses(container, subnets)
@@ -214,7 +190,7 @@ def build_zone(network: Mapping, containers: Iterable[Mapping]) -> Zone:
         for address in addresses:
             pointers[address.reverse_pointer].append(f"{labels[0]}.{domain}")
     return Zone(
-        network=name,
+        network=network.name,
         domain=domain,
         hosts={k: tuple(_sorted_addresses(v)) for k, v in hosts.items()},
         pointers={k: tuple(sorted(set(v))) for k, v in pointers.items()},
@@ -222,23 +198,15 @@ def build_zone(network: Mapping, containers: Iterable[Mapping]) -> Zone:
     )
 
 
-def build_zones(networks: Iterable[Mapping], containers: Iterable[Mapping]) -> dict[str, Zone]:
+def build_zones(networks: Iterable[NetworkRecord], containers: Iterable[ContainerRecord]) -> dict[str, Zone]:
     """network name -> Zone, grouping containers once (not networks x containers)."""
-    by_network: dict[str, list[Mapping]] = defaultdict(list)
+    by_network: dict[str, list[ContainerRecord]] = defaultdict(list)
     for container in containers:
-        if isinstance(container, Mapping) and isinstance(container.get("network"), str):
-            by_network[container["network"]].append(container)
-    zones: dict[str, Zone] = {}
-    for network in networks:
-        if isinstance(network, Mapping) and isinstance(network.get("name"), str):
-            zones[network["name"]] = build_zone(network, by_network.get(network["name"], []))
-    return zones
+        if container.network is not None:
+            by_network[container.network].append(container)
+    return {network.name: build_zone(network, by_network.get(network.name, [])) for network in networks}
 
 
 def _sorted_addresses(addresses: list[str]) -> list[str]:
     parsed = [ipaddress.ip_address(a) for a in addresses]
     return [str(a) for a in sorted(parsed, key=lambda a: (a.version, int(a)))]
-
-
-def _list(value: object) -> list:
-    return value if isinstance(value, list) else []

@@ -3,23 +3,9 @@
 Why its own server and not dnslib.server: podnet needs a clean, prompt stop (the agent
 starts and stops one per network as networks come and go), bounded work per query and
 per client, and a policy for names that are not ours that never sends traffic
-anywhere unless an upstream was configured explicitly. dnslib does all the parsing and
-building; nothing here reads DNS wire format by hand.
-
-Answers, for a query of one question in class IN:
-- `lookup(qname, qtype)` returns a list: NOERROR, authoritative, one record per item
-  (A/AAAA for addresses, PTR for names; an empty list is NODATA);
-- it returns None and `is_local(qname)` is true: NXDOMAIN (an unknown container name
-  never leaks to an upstream);
-- otherwise the query is relayed untouched to the upstream if one is configured, else
-  REFUSED (RFC 1035's "will not do this for you": stub resolvers move on at once).
-Clients outside `allow` get REFUSED: a network's gateway is an address of the host, so
-containers of every other network can reach it through their own gateway; without the
-check they could resolve this network's names by asking it directly.
-
-Malformed packets get FORMERR when a header could be read, else nothing; responses
-are never answered (no loops, no reflection). Replies over UDP respect 512 bytes or the
-client's EDNS size and set TC beyond it, so the client retries over TCP.
+anywhere unless an upstream was configured explicitly. What to answer is decided by
+dns/answer.py (sans-io, where the rules are written down); this module only moves bytes
+between the sockets, the answerer and the upstream.
 
 Threads: one selector loop per server (UDP datagrams and TCP accepts), a bounded
 number of TCP connection threads, and a small pool for upstream relays; each query is
@@ -39,19 +25,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
-from dnslib import AAAA, CLASS, EDNS0, OPCODE, PTR, QTYPE, RCODE, RR, A, DNSHeader, DNSRecord
-from dnslib.buffer import Buffer
+from podnet.dns.answer import DEFAULT_TTL, Answerer, Lookup, Relay, Reply, single_label
 
 log = logging.getLogger("podnet.dns")
 
-Lookup = Callable[[str, str], list[str] | None]
-
-DEFAULT_TTL = 10  # short: a stopped container's name must drop out of caches quickly
-UDP_PAYLOAD = 512  # without EDNS (RFC 1035)
-EDNS_PAYLOAD = 1232  # what we advertise and the most we send (DNS flag day 2020)
-MAX_ANSWERS = 64  # one shared alias held by very many containers stays one packet
 MAX_TCP_CLIENTS = 16
 MAX_TCP_QUERIES = 64  # per connection, then it is closed
 TCP_IDLE = 5.0  # seconds a TCP client may stay silent
@@ -59,13 +37,6 @@ TCP_LIFETIME = 30.0  # and stay connected at all: a trickling client cannot hold
 UPSTREAM_TIMEOUT = 2.0
 MAX_RELAYS = 32  # upstream queries in flight; beyond that SERVFAIL at once
 UDP_BURST = 64  # datagrams read per wake-up before TCP accepts get a turn
-ZONE_TRANSFERS = frozenset({"AXFR", "IXFR"})
-
-
-def single_label(qname: str) -> bool:
-    """The default local zone: bare names such as `web` (Docker's container names)."""
-    name = qname[:-1] if qname.endswith(".") else qname
-    return bool(name) and "." not in name
 
 
 def parse_upstream(text: str) -> tuple[str, int]:
@@ -92,16 +63,6 @@ def format_endpoint(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-@dataclass(frozen=True)
-class _Decision:
-    """What to do with one packet: send `reply`, relay `request` upstream, or drop
-    (both None)."""
-
-    reply: DNSRecord | None = None
-    request: DNSRecord | None = None
-    relay: bool = False
-
-
 class DnsServer:
     """One server on one address and port; `start()` binds both transports (raising
     OSError, e.g. EADDRNOTAVAIL while the address is not on any interface)."""
@@ -121,12 +82,11 @@ class DnsServer:
         self.address = str(ipaddress.ip_address(address))
         self.family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
         self.port = port
-        self.lookup = lookup
-        self.is_local = is_local
-        self.allow = allow
         self.upstream = upstream
-        self.ttl = ttl
         self.label = label or f"{self.address}:{port}"
+        self.answers = Answerer(
+            lookup, is_local=is_local, allow=allow, relays=upstream is not None, ttl=ttl, label=self.label,
+        )
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._udp: socket.socket | None = None
@@ -236,16 +196,16 @@ class DnsServer:
                 return
             except OSError:
                 return  # e.g. ICMP errors surfacing as ECONNREFUSED: nothing to answer
-            decision = self.decide(data, peer[0])
-            if decision.relay and decision.request is not None:
-                self._relay_udp(data, decision.request, peer)
-                continue
-            payload = self.wire(decision, udp=True)
-            if payload is not None:
-                self._send_udp(payload, peer)
+            outcome = self.answers.answer(data, peer[0], udp=True)
+            if isinstance(outcome, Relay):
+                self._relay_udp(outcome, peer)
+            else:
+                self._send_udp(self._settle(outcome), peer)
 
-    def _send_udp(self, payload: bytes, peer: object) -> None:
+    def _send_udp(self, payload: bytes | None, peer: object) -> None:
         assert self._udp is not None
+        if payload is None:
+            return
         with contextlib.suppress(OSError):
             self._udp.sendto(payload, peer)
 
@@ -274,11 +234,8 @@ class DnsServer:
                 data = _recv_message(conn, deadline, TCP_IDLE)
                 if data is None:
                     break
-                decision = self.decide(data, client)
-                if decision.relay and decision.request is not None:
-                    payload: bytes | None = self._relay(data, decision.request, tcp=True)
-                else:
-                    payload = self.wire(decision, udp=False)
+                outcome = self.answers.answer(data, client, udp=False)
+                payload = self._relay(outcome, tcp=True) if isinstance(outcome, Relay) else self._settle(outcome)
                 if payload is None:
                     break  # undecodable: a stream cannot resynchronise, close it
                 conn.sendall(struct.pack("!H", len(payload)) + payload)
@@ -294,117 +251,24 @@ class DnsServer:
                 self._client_threads.discard(threading.current_thread())
             self._client_slots.release()
 
-    # -- one query --------------------------------------------------------------------
-
-    def decide(self, data: bytes, client: str | None = None) -> _Decision:
-        """One packet from `client` -> what to answer. Never raises: anything dnslib
-        cannot parse is FORMERR (if a header could be read) or dropped."""
-        try:
-            request = DNSRecord.parse(data)
-        except Exception:  # noqa: BLE001 - dnslib raises several kinds on garbage
-            self._count("malformed")
-            return _Decision(reply=self._formerr(data))
-        header = request.header
-        if header.qr:
-            return _Decision()  # a response, not a query: never answer it
-        if header.opcode != OPCODE.QUERY:
-            return self._rcode(request, RCODE.NOTIMP)
-        if len(request.questions) != 1:
-            return self._rcode(request, RCODE.FORMERR)
-        if not self._allowed(client):
-            self._count("foreign_client")
-            return self._rcode(request, RCODE.REFUSED)
-        question = request.questions[0]
-        qtype = QTYPE.get(question.qtype, f"TYPE{question.qtype}")
-        qname = _qname(question.qname.label)
-        if question.qclass not in (CLASS.IN, 255) or qname is None or qtype in ZONE_TRANSFERS:
-            return self._rcode(request, RCODE.REFUSED)
-        try:
-            found = self.lookup(qname, qtype)
-            local = found is not None or self.is_local(qname)
-        except Exception:  # noqa: BLE001 - a failing lookup is SERVFAIL, not a dead server
-            log.exception("dns %s: lookup of %s %s failed", self.label, qname, qtype)
-            return self._rcode(request, RCODE.SERVFAIL)
-        if found is not None:
-            self._count("answered")
-            reply = self._reply(request, RCODE.NOERROR, authoritative=True)
-            for value in found[:MAX_ANSWERS]:
-                record = _record(question.qname, qtype, value, self.ttl)
-                if record is not None:
-                    reply.add_answer(record)
-            return _Decision(reply=reply, request=request)
-        if local:
-            self._count("nxdomain")
-            return self._rcode(request, RCODE.NXDOMAIN, authoritative=True)
-        if self.upstream is not None:
-            return _Decision(request=request, relay=True)
-        self._count("refused")
-        return self._rcode(request, RCODE.REFUSED)
-
-    def _allowed(self, client: str | None) -> bool:
-        if self.allow is None:
-            return True
-        try:
-            return client is not None and self.allow(client)
-        except Exception:  # noqa: BLE001 - fail closed
-            log.exception("dns %s: allow(%s) failed", self.label, client)
-            return False
-
-    def _reply(self, request: DNSRecord, rcode: int, authoritative: bool = False) -> DNSRecord:
-        header = DNSHeader(
-            id=request.header.id, qr=1, opcode=request.header.opcode, aa=int(authoritative),
-            rd=request.header.rd, ra=int(self.upstream is not None), rcode=rcode,
-        )
-        return DNSRecord(header, questions=list(request.questions))
-
-    def _rcode(self, request: DNSRecord, rcode: int, authoritative: bool = False) -> _Decision:
-        return _Decision(reply=self._reply(request, rcode, authoritative), request=request)
-
-    def _formerr(self, data: bytes) -> DNSRecord | None:
-        """FORMERR for a query whose header is readable, nothing otherwise."""
-        try:
-            header = DNSHeader.parse(Buffer(data))
-        except Exception:  # noqa: BLE001 - fewer than 12 bytes, or worse
-            return None
-        if header.qr:
-            return None
-        return DNSRecord(DNSHeader(id=header.id, qr=1, opcode=header.opcode, rcode=RCODE.FORMERR))
-
-    def wire(self, decision: _Decision, *, udp: bool) -> bytes | None:
-        """The bytes to send for a decision that is not a relay (None: send nothing)."""
-        if decision.reply is None:
-            return None
-        if decision.request is None:
-            return bytes(decision.reply.pack())
-        return self.pack(decision.reply, decision.request, udp=udp)
-
-    def pack(self, reply: DNSRecord, request: DNSRecord, *, udp: bool) -> bytes:
-        """Wire form; over UDP within the client's limit, else header, question and TC."""
-        opt = next((rr for rr in request.ar if rr.rtype == QTYPE.OPT), None)
-        extra = [EDNS0(udp_len=EDNS_PAYLOAD)] if opt is not None else []
-        limit = 65535
-        if udp:
-            limit = max(UDP_PAYLOAD, min(opt.rclass, EDNS_PAYLOAD)) if opt is not None else UDP_PAYLOAD
-        payload = bytes(DNSRecord(reply.header, list(reply.questions), list(reply.rr), ar=extra).pack())
-        if len(payload) <= limit:
-            return payload
-        self._count("truncated")
-        header = DNSHeader(id=reply.header.id, bitmap=reply.header.bitmap, tc=1)
-        return bytes(DNSRecord(header, list(reply.questions), ar=extra).pack())
+    def _settle(self, reply: Reply) -> bytes | None:
+        """Count what the answerer asks to count; the bytes to send."""
+        for what in reply.counted:
+            self._count(what)
+        return reply.payload
 
     # -- upstream -----------------------------------------------------------------------
 
-    def _relay_udp(self, data: bytes, request: DNSRecord, peer: object) -> None:
+    def _relay_udp(self, relay: Relay, peer: object) -> None:
         """Hand a relay to the pool, or SERVFAIL at once when too many are in flight."""
         if not self._relay_slots.acquire(blocking=False):
             self._count("relay_busy")
-            reply = self._reply(request, RCODE.SERVFAIL)
-            self._send_udp(self.pack(reply, request, udp=True), peer)
+            self._send_udp(self._settle(self.answers.servfail(relay.request, udp=True)), peer)
             return
 
         def work() -> None:
             try:
-                self._send_udp(self._relay(data, request, tcp=False), peer)
+                self._send_udp(self._relay(relay, tcp=False), peer)
             finally:
                 self._relay_slots.release()
 
@@ -413,12 +277,13 @@ class DnsServer:
         except RuntimeError:  # the pool was shut down by stop()
             self._relay_slots.release()
 
-    def _relay(self, data: bytes, request: DNSRecord, *, tcp: bool) -> bytes:
+    def _relay(self, relay: Relay, *, tcp: bool) -> bytes | None:
         """The upstream's answer to the client's own bytes, or SERVFAIL."""
         assert self.upstream is not None
         self._count("forwarded")
         host, port = self.upstream
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        data, answer = relay.data, None
         try:
             with socket.socket(family, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM) as sock:
                 deadline = time.monotonic() + UPSTREAM_TIMEOUT
@@ -430,43 +295,13 @@ class DnsServer:
                 else:
                     sock.send(data)
                     answer = sock.recv(65535)
-            if answer is not None:
-                parsed = DNSRecord.parse(answer)
-                if parsed.header.qr and parsed.header.id == request.header.id:
-                    return answer
-        except Exception:  # noqa: BLE001 - timeouts, refusals, garbage from upstream
-            pass
-        self._count("upstream_failed")
-        return self.pack(self._reply(request, RCODE.SERVFAIL), request, udp=not tcp)
+        except Exception:  # noqa: BLE001 - timeouts, refusals: the answerer makes it SERVFAIL
+            answer = None
+        return self._settle(self.answers.relayed(relay.request, answer, udp=not tcp))
 
     def _count(self, what: str) -> None:
         with self._stats_lock:
             self.stats[what] += 1
-
-
-def _qname(labels: tuple[bytes, ...]) -> str | None:
-    """The name as text, or None when it holds bytes no podnet name can have (a dot
-    inside a label, non-ASCII, controls): such a name is never ours."""
-    try:
-        text = [label.decode("ascii") for label in labels]
-    except UnicodeDecodeError:
-        return None
-    if any("." in label or not label.isprintable() for label in text):
-        return None
-    return ".".join(text) + "."
-
-
-def _record(qname: object, qtype: str, value: str, ttl: int) -> RR | None:
-    """One answer: an address becomes A or AAAA (by its family), a name a PTR."""
-    if qtype == "PTR":
-        return RR(qname, QTYPE.PTR, ttl=ttl, rdata=PTR(value.rstrip(".") + "."))
-    try:
-        address = ipaddress.ip_address(value)
-    except ValueError:
-        return None
-    if address.version == 4:
-        return RR(qname, QTYPE.A, ttl=ttl, rdata=A(str(address)))
-    return RR(qname, QTYPE.AAAA, ttl=ttl, rdata=AAAA(str(address)))
 
 
 def _recv_exact(sock: socket.socket, size: int, deadline: float, idle: float) -> bytes | None:

@@ -26,8 +26,8 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from podnet.cluster.leases import NodeLease
 from podnet.errors import KernelError
+from podnet.model.cluster import NodeLease
 
 ROUTE_PROTO = 77  # tags podnet fabric routes (unused by iproute2's rt_protos)
 RTNH_F_ONLINK = 4

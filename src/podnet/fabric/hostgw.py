@@ -14,8 +14,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from podnet.cluster.leases import NodeLease
 from podnet.fabric.base import OK, Desired, FabricContext, RouteNetwork, RouteSpec, valid_peers
+from podnet.model.cluster import NodeLease
 
 
 class HostGwFabric(RouteNetwork):

@@ -33,7 +33,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from podnet.cluster.leases import NodeLease, vtep_ip_of
+from podnet.cluster.leases import vtep_ip_of
 from podnet.errors import KernelError
 from podnet.fabric.base import (
     OK,
@@ -46,6 +46,7 @@ from podnet.fabric.base import (
     valid_peers,
 )
 from podnet.kernel import gso, rtnl
+from podnet.model.cluster import NodeLease
 
 DEVICE = "pnvx0"
 VNI = 1

@@ -15,92 +15,21 @@ Standard library only: podnet-ipam runs this in-process.
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
+from podnet import keys
 from podnet.errors import AddressInUse, InvalidConfig, UnknownContainer
 from podnet.ipam import allocator
-from podnet.ipam.config import (
-    IPAddress,
-    IpamConfig,
-    IPNetwork,
-    Route,
-    parse_address,
-    parse_ipam_config,
-)
+from podnet.ipam.config import IPAddress, IpamConfig, IPNetwork, parse_address, parse_ipam_config
+from podnet.ipam.result import IpamAddress, IpamResult
+from podnet.model.ipam import PENDING, READY, Reservation
 from podnet.procs import owner_alive, process_owner
-from podnet.store.base import Entry, Store, dumps
+from podnet.store.base import Entry, Store
 
-PENDING = "pending"
-READY = "ready"
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
-
-
-# -- values -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """One reserved address, as stored (plus where it came from)."""
-
-    network: str
-    address: str
-    container_id: str
-    ifname: str
-    state: str
-    owner: str
-    ts: float
-    revision: int
-
-    @property
-    def attachment(self) -> tuple[str, str]:
-        return self.container_id, self.ifname
-
-
-@dataclass(frozen=True)
-class IpamAddress:
-    """An allocated address with the subnet and gateway of its range."""
-
-    address: IPAddress
-    subnet: IPNetwork
-    gateway: IPAddress | None
-    range_set: int
-
-    @property
-    def cidr(self) -> str:
-        return f"{self.address}/{self.subnet.prefixlen}"
-
-    def as_cni(self, interface: int | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"address": self.cidr}
-        if self.gateway is not None:
-            out["gateway"] = str(self.gateway)
-        if interface is not None:
-            out["interface"] = interface
-        return out
-
-
-@dataclass(frozen=True)
-class IpamResult:
-    """What allocate() gives: one address per range set, plus the config's routes."""
-
-    ips: tuple[IpamAddress, ...]
-    routes: tuple[Route, ...] = ()
-
-    @property
-    def addresses(self) -> list[str]:
-        return [str(ip.address) for ip in self.ips]
-
-    def as_cni(self, interface: int | None = None) -> dict[str, Any]:
-        """The CNI 1.0 result fragment: {"ips": [...], "routes": [...]}. `interface`
-        is the index into the final result's `interfaces`, if the caller has one."""
-        return {
-            "ips": [ip.as_cni(interface) for ip in self.ips],
-            "routes": [r.as_cni() for r in self.routes],
-        }
 
 
 # -- the service --------------------------------------------------------------------
@@ -143,22 +72,10 @@ class IpamService:
 
     @staticmethod
     def _ip_prefix(network: str) -> str:
-        return f"ipam/{_check_name(network, 'network name')}/ip/"
+        return keys.ipam_addresses(_check_name(network, "network name"))
 
-    @staticmethod
-    def _last_key(network: str, index: int) -> str:
-        return f"ipam/{network}/last/{index}"
-
-    def _value(self, container_id: str, ifname: str, state: str) -> str:
-        return dumps(
-            {
-                "id": container_id,
-                "ifname": ifname,
-                "state": state,
-                "owner": self.owner,
-                "ts": self._clock(),
-            }
-        )
+    def _value(self, network: str, address: str, container_id: str, ifname: str, state: str) -> Reservation:
+        return Reservation(network, address, container_id, ifname, state, self.owner, self._clock())
 
     # -- reading ----------------------------------------------------------------
 
@@ -172,7 +89,7 @@ class IpamService:
             res
             for e in entries
             if container_id in e.value
-            and (res := _reservation(e)).container_id == container_id
+            and (res := Reservation.from_entry(e)).container_id == container_id
             and res.ifname == ifname
         ]
 
@@ -182,15 +99,15 @@ class IpamService:
 
     def reservations(self, network: str) -> list[Reservation]:
         """Every reservation in network, by address key."""
-        return [_reservation(e) for e in self._entries(network)]
+        return [Reservation.from_entry(e) for e in self._entries(network)]
 
     def networks(self) -> list[str]:
         """Names of the networks that have at least one reservation."""
         names = set()
-        for entry in self.store.list("ipam/"):
-            parts = entry.key.split("/")
-            if len(parts) >= 4 and parts[2] == "ip":
-                names.add(parts[1])
+        for entry in self.store.list(keys.ipam_addresses()):
+            where = keys.parse_ipam_address(entry.key)
+            if where is not None:
+                names.add(where[0])
         return sorted(names)
 
     # -- allocate -----------------------------------------------------------------
@@ -261,11 +178,11 @@ class IpamService:
             if wanted is not None:
                 address = allocator.check_requested(rset, wanted, taken, config.reserved)
             else:
-                last = self.store.get(self._last_key(network, index))
+                last = self.store.get(keys.ipam_last(network, index))
                 previous = parse_address(last.value, "last") if last else None
                 address = allocator.next_free(rset, taken, config.reserved, previous)
             self._reserve(network, address, container_id, ifname, state)
-            self.store.put(self._last_key(network, index), str(address))
+            self.store.put(keys.ipam_last(network, index), str(address))
         rng = rset.find(address)
         assert rng is not None
         return IpamAddress(address, rng.subnet, rng.gateway, index)
@@ -273,8 +190,8 @@ class IpamService:
     def _reserve(
         self, network: str, address: IPAddress, container_id: str, ifname: str, state: str
     ) -> None:
-        key = f"ipam/{network}/ip/{address}"
-        if self.store.compare_and_put(key, self._value(container_id, ifname, state), 0) is None:
+        reservation = self._value(network, str(address), container_id, ifname, state)
+        if self.store.compare_and_put(reservation.key, reservation.encode(), 0) is None:
             raise AddressInUse(f"address {address} in {network} was taken concurrently")
 
     def _refresh_held(self, network: str, held: Reservation, state: str) -> None:
@@ -284,9 +201,8 @@ class IpamService:
             return
         if held.owner == self.owner and state == PENDING:
             return
-        key = f"ipam/{network}/ip/{held.address}"
-        value = self._value(held.container_id, held.ifname, state)
-        if self.store.compare_and_put(key, value, held.revision) is None:
+        value = self._value(network, held.address, held.container_id, held.ifname, state)
+        if self.store.compare_and_put(value.key, value.encode(), held.revision) is None:
             raise AddressInUse(f"reservation {held.address} in {network} changed concurrently")
 
     # -- state changes --------------------------------------------------------------
@@ -311,8 +227,7 @@ class IpamService:
             return [r.address for r in mine if self._drop(r)]
 
     def _drop(self, res: Reservation) -> bool:
-        key = f"ipam/{res.network}/ip/{res.address}"
-        return self.store.delete(key, expected_revision=res.revision)
+        return self.store.delete(res.key, expected_revision=res.revision)
 
     def gc(
         self,
@@ -354,10 +269,9 @@ class IpamService:
         return alive[res.owner]
 
     def _all_reservations(self) -> Iterator[Reservation]:
-        for entry in self.store.list("ipam/"):
-            parts = entry.key.split("/")
-            if len(parts) == 4 and parts[2] == "ip":
-                yield _reservation(entry)
+        for entry in self.store.list(keys.ipam_addresses()):
+            if keys.parse_ipam_address(entry.key) is not None:
+                yield Reservation.from_entry(entry)
 
     # -- status -------------------------------------------------------------------
 
@@ -385,9 +299,9 @@ def _inside(address: str, subnets: tuple[IPNetwork, ...]) -> bool:
     return any(ip.version == net.version and ip in net for net in subnets)
 
 
-def gc_scope(config: IpamConfig) -> list[IPNetwork]:
+def gc_scope(config: IpamConfig | Mapping[str, Any]) -> list[IPNetwork]:
     """The subnets of every configured range: what one node's GC may judge."""
-    return [rng.subnet for rset in config.range_sets for rng in rset.ranges]
+    return [rng.subnet for rset in _config(config).range_sets for rng in rset.ranges]
 
 
 def _config(raw: IpamConfig | Mapping[str, Any]) -> IpamConfig:
@@ -421,26 +335,3 @@ def _requested_by_set(config: IpamConfig, requested: Iterable[object]) -> dict[i
             )
         out[index] = address
     return out
-
-
-def _reservation(entry: Entry) -> Reservation:
-    """Decode a stored reservation; a corrupt value still marks its address taken
-    (with an empty owner, so GC can clean it up)."""
-    _, network, _, address = entry.key.split("/", 3)
-    try:
-        data = json.loads(entry.value)
-        if not isinstance(data, dict):
-            data = {}
-    except ValueError:
-        data = {}
-    ts = data.get("ts", 0.0)
-    return Reservation(
-        network=network,
-        address=address,
-        container_id=str(data.get("id", "")),
-        ifname=str(data.get("ifname", "")),
-        state=str(data.get("state", "")),
-        owner=str(data.get("owner", "")),
-        ts=float(ts) if isinstance(ts, (int, float)) else 0.0,
-        revision=entry.revision,
-    )

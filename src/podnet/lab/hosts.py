@@ -21,16 +21,10 @@ import time
 from pathlib import Path
 
 from podnet.lab import topology as topo
-from podnet.lab.cluster import (
-    LabError,
-    LabState,
-    _run,
-    enter,
-    machine_routes,
-    plug,
-    spawn_supervised,
-)
 from podnet.lab.orchestrator import in_lab_argv
+from podnet.lab.state import LabError, LabState, enter, run
+from podnet.lab.supervisor_client import spawn_supervised
+from podnet.lab.underlay import machine_routes, plug
 
 FIRST_HOST = 190
 MAX_HOSTS_PER_RACK = 10  # .190-.199: below the etcd members (.200+) and the outside (.254)
@@ -74,7 +68,7 @@ def add_host(lab: str, name: str, rack: int = 0, tcp: tuple[int, ...] = (80,), u
     _start(st, name, entry, timeout)
     st.save()
     # publishes hosts/<name>, from inside the lab (an etcd store is reachable only there)
-    _run(in_lab_argv(st, [sys.executable, "-m", "podnet.lab.orchestrator", lab]), timeout=60)
+    run(in_lab_argv(st, [sys.executable, "-m", "podnet.lab.orchestrator", lab]), timeout=60)
     return entry
 
 

@@ -1,7 +1,7 @@
 """The lab as orchestrator: what Kubernetes' API server would know of the lab's pods.
 
 `register(lab)` writes the topology's namespaces (with labels) and pods (labels, named
-ports, node, addresses) to the lab's cluster store (policy/repository.py), where every
+ports, node, addresses) to the lab's cluster store (objects/store.py), where every
 node's policy service reads them, and the plain hosts' addresses (`hosts/<name>`).
 Existing records are kept: labels a user changed since stay changed.
 
@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import sys
 
-from podnet.lab.cluster import NETNS_DIR, LabError, LabState, enter
+from podnet import keys
+from podnet.lab.state import NETNS_DIR, LabError, LabState, enter
 
 
 def in_lab_argv(state: LabState, argv: list[str]) -> list[str]:
@@ -35,7 +36,9 @@ def needs_lab_namespace(url: str) -> bool:
 
 
 def register(name: str) -> int:
-    from podnet.policy.repository import PodRecord, register_pods
+    from podnet.model.cluster import HostRecord
+    from podnet.model.policy import PodRecord
+    from podnet.objects.store import register_pods
     from podnet.store import open_store
 
     state = LabState.load(name)
@@ -53,7 +56,7 @@ def register(name: str) -> int:
     with open_store(state.data["store_url"]) as store:
         register_pods(store, pods, namespaces)
         for host, entry in (state.data.get("hosts") or {}).items():
-            store.put_json(f"hosts/{host}", {"underlay_ip": entry["underlay"], "rack": entry["rack"]})
+            store.put(keys.host(host), HostRecord(entry["underlay"], entry["rack"]).encode())
     return 0
 
 

@@ -1,4 +1,4 @@
-"""A Network as the CNI conflist a runtime executes (pure).
+"""A NetworkRecord as the CNI conflist a runtime executes (pure).
 
 The shape is a contract: `podnet container run` executes exactly this file through
 podnet.runtime.libcni.Conflist, and so could podman. `validate()` runs the plugin's own
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from podnet.networks.model import Network, Subnet
+from podnet.model.network import NetworkRecord, Subnet
 from podnet.networks.subnets import range_bounds
 
 CNI_VERSION = "1.0.0"
@@ -23,7 +23,7 @@ def _range(sub: Subnet) -> dict[str, str]:
     return out
 
 
-def render(network: Network, agent_socket: str, data_dir: str) -> dict[str, Any]:
+def render(network: NetworkRecord, agent_socket: str, data_dir: str) -> dict[str, Any]:
     """The conflist document. An internal network gets no default route and no
     masquerade; its isolation from the outside is the forward table's job."""
     plugin: dict[str, Any] = {"type": "podnet", "mode": network.driver}

@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from podnet.errors import InvalidConfig
-from podnet.networks.model import DRIVERS, Network, NetworkExists, bridge_name, check_name
+from podnet.model.network import DRIVERS, NetworkRecord, bridge_name, check_name
+from podnet.networks.errors import NetworkExists
 from podnet.networks.subnets import DEFAULT_POOL, IPNetwork, plan_subnets
 
 MTU_MIN = {4: 68, 6: 1280}  # IPv6 needs 1280 on every link (RFC 8200)
@@ -59,11 +60,11 @@ def _check_mtu(mtu: int | None, versions: set[int]) -> None:
 
 def plan_network(
     req: NetworkRequest,
-    existing: Sequence[Network],
+    existing: Sequence[NetworkRecord],
     network_id: str,
     created: float,
     pool: IPNetwork = DEFAULT_POOL,
-) -> Network:
+) -> NetworkRecord:
     """The record to store; raises InvalidConfig or NetworkExists naming the problem."""
     check_name(req.name)
     if any(n.name == req.name for n in existing):
@@ -76,7 +77,7 @@ def plan_network(
     for label in req.labels:
         if not label or "=" in label:
             raise InvalidConfig(f"invalid label key {label!r}")
-    return Network(
+    return NetworkRecord(
         name=req.name,
         id=network_id,
         driver=req.driver,

@@ -20,23 +20,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from podnet import keys
 from podnet.errors import InvalidConfig
+from podnet.model.base import CorruptRecord
+from podnet.model.container import ContainerRecord
+from podnet.model.network import NAME_RE, NetworkRecord
 from podnet.networks import conflist
-from podnet.networks.model import (
-    NAME_RE,
-    PREFIX,
-    Network,
-    NetworkExists,
-    NetworkInUse,
-    NetworkNotFound,
-    key,
-)
+from podnet.networks.errors import NetworkExists, NetworkInUse, NetworkNotFound
 from podnet.networks.plan import NetworkRequest, plan_network
 from podnet.state import StatePaths, agent_socket
 from podnet.store import Store, open_store
 from podnet.store.base import dumps
 
-CONTAINERS_PREFIX = "containers/"  # records written by `podnet container`
 SYNC_OP = "network.sync"  # the isolation service's op on the agent socket
 
 
@@ -44,7 +39,7 @@ SYNC_OP = "network.sync"  # the isolation service's op on the agent socket
 class Removal:
     """What `rm` did: the network, the containers that lost it, the bridge link."""
 
-    network: Network
+    network: NetworkRecord
     detached: list[dict[str, Any]] = field(default_factory=list)
     bridge_deleted: bool = False
 
@@ -92,28 +87,29 @@ class NetworkService:
             raise InvalidConfig(f"invalid network name {name!r}")
         return self.paths.net_d / f"{name}.conflist"
 
-    def list(self) -> list[Network]:
-        return [Network.from_json(e.json()) for e in self.store.list(PREFIX)]
+    def list(self) -> list[NetworkRecord]:
+        return [NetworkRecord.from_json(e.json()) for e in self.store.list(keys.NETWORKS)]
 
-    def get(self, name: str) -> Network:
-        raw = self.store.get_json(key(name)) if NAME_RE.match(name or "") else None
+    def get(self, name: str) -> NetworkRecord:
+        raw = self.store.get_json(keys.network(name)) if NAME_RE.match(name or "") else None
         if raw is None:
             raise NetworkNotFound(name)
-        return Network.from_json(raw)
+        return NetworkRecord.from_json(raw)
 
     def containers_on(self, name: str) -> list[dict[str, Any]]:
         """Who is attached: podnet containers whose record names this network (in any
-        state), plus CNI attachments of other runtimes that hold addresses in it."""
+        state), plus CNI attachments of other runtimes that hold addresses in it. A
+        container record that does not decode is passed over (`podnet container
+        inspect` names its fault)."""
         attached: dict[str, dict[str, Any]] = {}
-        for entry in self.store.list(CONTAINERS_PREFIX):
-            record = entry.json()
-            if isinstance(record, dict) and record.get("network") == name:
-                cid = str(record.get("id") or record.get("name"))
-                attached[cid] = {
-                    "name": record.get("name"),
-                    "id": record.get("id"),
-                    "state": record.get("state"),
-                    "ips": list(record.get("ips") or []),
+        for entry in self.store.list(keys.CONTAINERS):
+            try:
+                record = ContainerRecord.from_entry(entry)
+            except CorruptRecord:
+                continue
+            if record.network == name:
+                attached[record.id or record.name] = {
+                    "name": record.name, "id": record.id, "state": record.state, "ips": list(record.ips),
                 }
         for cid, ips in self._cni_attachments(name).items():
             attached.setdefault(cid, {"name": None, "id": cid, "state": "attached (CNI)", "ips": ips})
@@ -153,7 +149,7 @@ class NetworkService:
         mtu: int | None = None,
         internal: bool = False,
         labels: Mapping[str, str] | None = None,
-    ) -> Network:
+    ) -> NetworkRecord:
         """Validate, then store the record and write the conflist (both or neither)."""
         req = NetworkRequest(
             name=name, driver=driver, subnets=tuple(subnets), gateways=tuple(gateways),
@@ -204,12 +200,12 @@ class NetworkService:
 
     def sync_isolation(self, timeout: float = 10.0) -> Any:
         """Ask the agent to apply the isolation table now; AgentUnavailable if none runs."""
-        from podnet.agent.client import call
+        from podnet.rpc.client import call
 
         return call(self.socket_path, SYNC_OP, timeout=timeout)
 
 
-def _new_id(existing: Sequence[Network]) -> str:
+def _new_id(existing: Sequence[NetworkRecord]) -> str:
     """A random 64-hex id whose bridge name (id[:10]) no other network uses."""
     taken = {n.id[:10] for n in existing}
     while True:

@@ -15,7 +15,7 @@ import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 
 from podnet.errors import InvalidConfig
-from podnet.networks.model import IPAddress, IPNetwork, Network, Subnet
+from podnet.model.network import IPAddress, IPNetwork, NetworkRecord, Subnet
 
 DEFAULT_POOL = ipaddress.IPv4Network("10.89.0.0/16")
 DEFAULT_PREFIX = 24
@@ -65,7 +65,7 @@ def _check_size(net: IPNetwork) -> None:
         )
 
 
-def owner_of_overlap(net: IPNetwork, networks: Iterable[Network]) -> tuple[Network, IPNetwork] | None:
+def owner_of_overlap(net: IPNetwork, networks: Iterable[NetworkRecord]) -> tuple[NetworkRecord, IPNetwork] | None:
     """The first other network (and its subnet) that `net` overlaps, if any."""
     for other in networks:
         for sub in other.subnets:
@@ -74,7 +74,7 @@ def owner_of_overlap(net: IPNetwork, networks: Iterable[Network]) -> tuple[Netwo
     return None
 
 
-def check_overlaps(nets: Sequence[IPNetwork], networks: Iterable[Network]) -> None:
+def check_overlaps(nets: Sequence[IPNetwork], networks: Iterable[NetworkRecord]) -> None:
     """Refuse subnets overlapping each other or any subnet of another network (named)."""
     networks = list(networks)
     for i, net in enumerate(nets):
@@ -90,7 +90,7 @@ def check_overlaps(nets: Sequence[IPNetwork], networks: Iterable[Network]) -> No
             )
 
 
-def allocate(networks: Iterable[Network], pool: IPNetwork = DEFAULT_POOL, prefix: int = DEFAULT_PREFIX) -> IPNetwork:
+def allocate(networks: Iterable[NetworkRecord], pool: IPNetwork = DEFAULT_POOL, prefix: int = DEFAULT_PREFIX) -> IPNetwork:
     """The first /prefix of the pool that overlaps no subnet of any network."""
     networks = list(networks)
     for candidate in pool.subnets(new_prefix=prefix):
@@ -142,7 +142,7 @@ def plan_subnets(
     subnets: Sequence[str],
     gateways: Sequence[str],
     ip_ranges: Sequence[str],
-    networks: Iterable[Network],
+    networks: Iterable[NetworkRecord],
     pool: IPNetwork = DEFAULT_POOL,
 ) -> tuple[Subnet, ...]:
     """The subnets of a new network, validated against the request and every other

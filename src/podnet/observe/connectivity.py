@@ -210,7 +210,7 @@ def _port_client(names: Sequence[str], on_node: dict[str, list[str]], node: str,
 
 def probe_argv(netns: str, spec: dict) -> list[str]:
     """The command running one probe inside `netns`."""
-    from podnet.lab.cluster import enter
+    from podnet.lab.state import enter
 
     return [*enter(netns), sys.executable, "-I", "-S", str(PROBE_SCRIPT), json.dumps(spec)]
 
@@ -254,7 +254,7 @@ def run(probes: Sequence[Probe], timeout: float = DEFAULT_TIMEOUT, parallel: int
 
 def load_lab(name: str) -> dict:
     """The lab's state file data; refuses a lab that is not up."""
-    from podnet.lab.cluster import LabState
+    from podnet.lab.state import LabState
 
     data = LabState.load(name).data
     if data.get("phase") != "up":

@@ -266,7 +266,7 @@ def python() -> str:
 
 
 def source_argv(netns: str, spec_arg: str) -> list[str]:
-    from podnet.lab.cluster import enter
+    from podnet.lab.state import enter
 
     return [*enter(netns), python(), "-I", "-S", str(PROBE_SCRIPT), spec_arg]
 
@@ -295,7 +295,7 @@ def parse_output(
 def _run_source(source: str, netns: str, probes: Sequence[Probe], timeout: float) -> list[bool]:
     if not probes:
         return []
-    from podnet.lab.cluster import NETNS_DIR
+    from podnet.lab.state import NETNS_DIR
 
     if not netns or not (NETNS_DIR / netns).exists():
         raise MatrixError(
@@ -339,7 +339,7 @@ def run(plan: Plan, timeout: float = DEFAULT_TIMEOUT, parallel: int = DEFAULT_PA
 
 def load_lab(name: str) -> dict:
     """The state data of lab `name`, which must be up."""
-    from podnet.lab.cluster import LabState
+    from podnet.lab.state import LabState
 
     data = LabState.load(name).data  # LabError "no lab named ..." when missing
     if data.get("phase") != "up":

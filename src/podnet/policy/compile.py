@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from podnet.policy.evaluate import (
@@ -48,14 +48,8 @@ from podnet.policy.evaluate import (
     peer_selects_endpoint,
     selects,
 )
-from podnet.policy.objects import (
-    ClusterPolicy,
-    ClusterRule,
-    NetworkPolicy,
-    NetworkPolicyPort,
-    NetworkPolicyRule,
-    Peer,
-)
+from podnet.policy.objects import ClusterPolicy, NetworkPolicy
+from podnet.policy.rules import ClusterRule, NetworkPolicyPort, NetworkPolicyRule, Peer
 
 FAMILY, TABLE = "inet", "podnet-policy"
 GENERATION_SET = "generation"  # one element: which apply the kernel holds (cheap drift check)
@@ -478,17 +472,3 @@ def compile_node(world: World, node: str, log_allowed: bool = False,
     compiled = builder.build()
     builder.prune()
     return compiled
-
-
-def endpoints_from_pods(pods: Sequence[Mapping], hosts: Sequence[Endpoint] = ()) -> list[Endpoint]:
-    """Endpoints from the store's pod records (policy/repository.py PodRecord dicts)."""
-    from podnet.policy.evaluate import NamedPort
-
-    out = list(hosts)
-    for doc in pods:
-        meta, spec = doc.get("metadata", {}), doc.get("spec", {})
-        ports = tuple(NamedPort(p["name"], int(p["port"]), p.get("protocol", "TCP"))
-                      for p in spec.get("ports", []) if p.get("name"))
-        out.append(Endpoint("pod", meta["name"], meta["namespace"], tuple(doc.get("status", {}).get("podIPs", [])),
-                            dict(meta.get("labels") or {}), ports, spec.get("nodeName") or None))
-    return out

@@ -49,23 +49,25 @@ from dataclasses import dataclass, field, replace
 from operator import attrgetter
 from types import MappingProxyType
 
+from podnet.errors import ObjectError
 from podnet.policy.objects import (
     DEFAULT_TIER,
     DEFAULT_TIER_OBJECT,
     DEFAULT_TIER_ORDER,
     K8S_NAME_LABEL,
-    NP_PROTOCOLS,
     ClusterPolicy,
-    ClusterRule,
     HostEndpoint,
     Namespace,
     NetworkPolicy,
+    PolicyObject,
+    Tier,
+)
+from podnet.policy.rules import (
+    NP_PROTOCOLS,
+    ClusterRule,
     NetworkPolicyPort,
     NetworkPolicyRule,
     Peer,
-    PolicyError,
-    PolicyObject,
-    Tier,
 )
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -83,7 +85,7 @@ class NamedPort:
 
     def __post_init__(self) -> None:
         if self.protocol not in NP_PROTOCOLS:
-            raise PolicyError(f"named port {self.name}: {self.protocol!r} is not TCP, UDP or SCTP")
+            raise ObjectError(f"named port {self.name}: {self.protocol!r} is not TCP, UDP or SCTP")
 
 
 @dataclass(frozen=True)
@@ -100,13 +102,13 @@ class Endpoint:
 
     def __post_init__(self) -> None:
         if self.kind not in ENDPOINT_KINDS:
-            raise PolicyError(f"endpoint {self.name}: kind {self.kind!r} is not pod or host")
+            raise ObjectError(f"endpoint {self.name}: kind {self.kind!r} is not pod or host")
         if (self.kind == "pod") != (self.namespace is not None):
-            raise PolicyError(f"endpoint {self.name}: a pod has a namespace, a host has none")
+            raise ObjectError(f"endpoint {self.name}: a pod has a namespace, a host has none")
         try:
             ips = tuple(str(ipaddress.ip_address(ip)) for ip in self.ips)
         except ValueError as err:
-            raise PolicyError(f"endpoint {self.ref}: {err}") from None
+            raise ObjectError(f"endpoint {self.ref}: {err}") from None
         object.__setattr__(self, "ips", ips)
         object.__setattr__(self, "ports", tuple(self.ports))
         object.__setattr__(self, "labels", MappingProxyType(dict(sorted(self.labels.items()))))
@@ -145,7 +147,7 @@ class World:
             for ip in ep.ips:
                 addr = ipaddress.ip_address(ip)
                 if addr in by_ip and by_ip[addr].identity != ep.identity:
-                    raise PolicyError(f"{by_ip[addr].ref} and {ep.ref} both have address {addr}")
+                    raise ObjectError(f"{by_ip[addr].ref} and {ep.ref} both have address {addr}")
                 by_ip[addr] = ep
         object.__setattr__(self, "_by_ip", MappingProxyType(by_ip))
 
@@ -164,7 +166,7 @@ class World:
         for obj in objects:  # NetworkPolicy first: there may be 10k of them
             key = (obj.kind, obj.namespace, obj.name)
             if key in seen:
-                raise PolicyError(f"{obj.kind} {obj.name}: defined twice")
+                raise ObjectError(f"{obj.kind} {obj.name}: defined twice")
             seen.add(key)
             if isinstance(obj, NetworkPolicy):
                 nps.append(obj)
@@ -172,7 +174,7 @@ class World:
                 namespaces[obj.name] = obj.labels
             elif isinstance(obj, Tier):
                 if obj.name == DEFAULT_TIER and obj.order != DEFAULT_TIER_ORDER:
-                    raise PolicyError(f"Tier {DEFAULT_TIER}: the built-in tier has order "
+                    raise ObjectError(f"Tier {DEFAULT_TIER}: the built-in tier has order "
                                       f"{DEFAULT_TIER_ORDER}")
                 tiers[obj.name] = obj
             elif isinstance(obj, ClusterPolicy):
@@ -183,14 +185,14 @@ class World:
         explicit: set[tuple[str, str, str]] = set()
         for ep in endpoints:
             if ep.identity in explicit:
-                raise PolicyError(f"{ep.ref}: given twice")
+                raise ObjectError(f"{ep.ref}: given twice")
             explicit.add(ep.identity)
             eps[ep.identity] = ep
             if ep.namespace is not None and ep.namespace not in namespaces:
                 namespaces[ep.namespace] = MappingProxyType({K8S_NAME_LABEL: ep.namespace})
         for cp in cps:
             if cp.tier not in tiers:
-                raise PolicyError(f"ClusterPolicy {cp.name}: spec.tier: tier {cp.tier!r} does "
+                raise ObjectError(f"ClusterPolicy {cp.name}: spec.tier: tier {cp.tier!r} does "
                                   "not exist", "apply a Tier of that name first")
         tier_list = sorted(tiers.values(), key=lambda t: (t.order, t.name))
         rank = {t.name: i for i, t in enumerate(tier_list)}
@@ -213,7 +215,7 @@ class World:
         for ep in self.endpoints:
             if ref in (f"{ep.namespace}/{ep.name}" if ep.namespace else ep.name, ep.ref):
                 return ep
-        raise PolicyError(f"no endpoint {ref!r}", "pods are ns/name, host endpoints name")
+        raise ObjectError(f"no endpoint {ref!r}", "pods are ns/name, host endpoints name")
 
 
 # --- the verdict -----------------------------------------------------------------
@@ -290,10 +292,10 @@ def decide(world: World, src: Endpoint | str, dst: Endpoint | str, port: int,
     """Is `protocol` traffic from src to dst port `port` allowed, and by what."""
     proto = str(protocol).upper()
     if proto not in PROTOCOLS:
-        raise PolicyError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        raise ObjectError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
     if isinstance(port, bool) or not isinstance(port, int) or not (
             proto == "ICMP" or 1 <= port <= 65535):
-        raise PolicyError(f"{port!r} is not a port (1-65535)")
+        raise ObjectError(f"{port!r} is not a port (1-65535)")
     flow = _flow(world, src, dst, port, proto)
     head = {"src": flow.src.describe(), "dst": flow.dst.describe(), "port": port,
             "protocol": proto}
@@ -311,7 +313,7 @@ def _flow(world: World, src: Endpoint | str, dst: Endpoint | str, port: int,
           proto: str) -> _Flow:
     (s_ep, s_ip), (d_ep, d_ip) = _resolve(world, src), _resolve(world, dst)
     if s_ip and d_ip and s_ip.version != d_ip.version:
-        raise PolicyError(f"{s_ip} and {d_ip} are not of the same address family")
+        raise ObjectError(f"{s_ip} and {d_ip} are not of the same address family")
     version = (s_ip or d_ip).version if (s_ip or d_ip) else None
     if version is None:
         fams = [{ipaddress.ip_address(ip).version for ip in ep.ips} for ep in (s_ep, d_ep) if ep]
@@ -328,7 +330,7 @@ def _resolve(world: World, x: Endpoint | str) -> tuple[Endpoint | None, IPAddres
     try:
         addr = ipaddress.ip_address(x)
     except ValueError:
-        raise PolicyError(f"{x!r} is neither an endpoint nor an IP address") from None
+        raise ObjectError(f"{x!r} is neither an endpoint nor an IP address") from None
     return world.endpoint_at(addr), addr
 
 

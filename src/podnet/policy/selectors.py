@@ -6,10 +6,9 @@ are ANDed, `{}` selects everything, `NotIn` matches when the key is absent, `In`
 not. A selector is a frozen value (sorted pairs, sorted value sets) so two spellings of
 the same selector compare equal and can be hashed, cached and rendered back.
 
-`PolicyError` lives here, the lowest module of the package, because selectors already
-need it and `objects` imports this module (it is re-exported there). Its messages name
-the location the caller passes in (`"NetworkPolicy x/a: spec.podSelector"`) so a user
-sees which document and field is wrong.
+Errors are ObjectErrors naming the location the caller passes in
+(`"NetworkPolicy x/a: spec.podSelector"`), so a user sees which document and field is
+wrong. Label keys and values follow schema/fields.py (the rules of every kind's labels).
 
 Standard library only.
 """
@@ -21,57 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from podnet.errors import PodnetError
+from podnet.errors import ObjectError
+from podnet.schema.fields import label_key_problem, label_value_problem, parse_labels
 
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
-# Kubernetes IsQualifiedName / IsValidLabelValue.
-_NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9_.-]*[A-Za-z0-9])?$")
-_DNS_SUBDOMAIN_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
-NAME_MAX = 63
-PREFIX_MAX = 253
-
-
-class PolicyError(PodnetError):
-    """A policy document, selector or query is invalid; the message names where."""
-
-
-def label_key_problem(key: object) -> str | None:
-    """Why `key` is not a Kubernetes label key (None when it is one)."""
-    if not isinstance(key, str) or not key:
-        return f"{key!r} is not a label key (a non-empty string)"
-    prefix, sep, name = key.rpartition("/")
-    if sep and (not prefix or len(prefix) > PREFIX_MAX or not _DNS_SUBDOMAIN_RE.match(prefix)):
-        return (f"label key {key!r}: the prefix must be a DNS subdomain "
-                f"(lowercase alphanumerics, '-' and '.', at most {PREFIX_MAX} characters)")
-    if len(name) > NAME_MAX or not _NAME_RE.match(name):
-        return (f"label key {key!r}: the name must be at most {NAME_MAX} characters of "
-                "[A-Za-z0-9_.-], starting and ending with an alphanumeric")
-    return None
-
-
-def label_value_problem(value: object) -> str | None:
-    """Why `value` is not a Kubernetes label value (None when it is one; '' is one)."""
-    if not isinstance(value, str):
-        return f"{value!r} is not a label value (a string)"
-    if value and (len(value) > NAME_MAX or not _NAME_RE.match(value)):
-        return (f"label value {value!r} must be at most {NAME_MAX} characters of "
-                "[A-Za-z0-9_.-], starting and ending with an alphanumeric (or empty)")
-    return None
-
-
-def parse_labels(obj: Any, where: str) -> dict[str, str]:
-    """A `labels`/`matchLabels` mapping, validated; {} for None."""
-    if obj is None:
-        return {}
-    if not isinstance(obj, Mapping):
-        raise PolicyError(f"{where}: must be a mapping of label keys to values")
-    out: dict[str, str] = {}
-    for k, v in obj.items():
-        problem = label_key_problem(k) or label_value_problem(v)
-        if problem:
-            raise PolicyError(f"{where}: {problem}")
-        out[k] = v
-    return dict(sorted(out.items()))
 
 
 @dataclass(frozen=True)
@@ -85,17 +37,17 @@ class Requirement:
     def __post_init__(self) -> None:
         problem = label_key_problem(self.key)
         if problem:
-            raise PolicyError(problem)
+            raise ObjectError(problem)
         if self.operator not in OPERATORS:
-            raise PolicyError(f"operator {self.operator!r} is not one of {', '.join(OPERATORS)}")
+            raise ObjectError(f"operator {self.operator!r} is not one of {', '.join(OPERATORS)}")
         for v in self.values:
             problem = label_value_problem(v)
             if problem:
-                raise PolicyError(problem)
+                raise ObjectError(problem)
         if self.operator in ("In", "NotIn") and not self.values:
-            raise PolicyError(f"operator {self.operator} needs at least one value")
+            raise ObjectError(f"operator {self.operator} needs at least one value")
         if self.operator in ("Exists", "DoesNotExist") and self.values:
-            raise PolicyError(f"operator {self.operator} takes no values")
+            raise ObjectError(f"operator {self.operator} takes no values")
         object.__setattr__(self, "values", tuple(sorted(set(self.values))))
 
     def matches(self, labels: Mapping[str, str]) -> bool:
@@ -140,35 +92,35 @@ class LabelSelector:
         """The k8s dict form. `path` names the location for errors; None is refused here
         because only the caller knows whether a missing selector means "all" or "none"."""
         if not isinstance(obj, Mapping):
-            raise PolicyError(f"{path}: must be a label selector mapping "
+            raise ObjectError(f"{path}: must be a label selector mapping "
                               "(matchLabels and/or matchExpressions; {} selects everything)")
         unknown = sorted(set(obj) - {"matchLabels", "matchExpressions"})
         if unknown:
-            raise PolicyError(f"{path}.{unknown[0]}: unknown field",
+            raise ObjectError(f"{path}.{unknown[0]}: unknown field",
                               "a selector has matchLabels and matchExpressions")
         labels = parse_labels(obj.get("matchLabels"), f"{path}.matchLabels")
         exprs_obj = obj.get("matchExpressions")
         if exprs_obj is None:
             exprs_obj = []
         if not isinstance(exprs_obj, list):
-            raise PolicyError(f"{path}.matchExpressions: must be a list")
+            raise ObjectError(f"{path}.matchExpressions: must be a list")
         exprs = []
         for i, e in enumerate(exprs_obj):
             where = f"{path}.matchExpressions[{i}]"
             if not isinstance(e, Mapping):
-                raise PolicyError(f"{where}: must be a mapping with key, operator, values")
+                raise ObjectError(f"{where}: must be a mapping with key, operator, values")
             unknown = sorted(set(e) - {"key", "operator", "values"})
             if unknown:
-                raise PolicyError(f"{where}.{unknown[0]}: unknown field")
+                raise ObjectError(f"{where}.{unknown[0]}: unknown field")
             values = e.get("values")
             if values is None:
                 values = []
             if not isinstance(values, list):
-                raise PolicyError(f"{where}.values: must be a list of strings")
+                raise ObjectError(f"{where}.values: must be a list of strings")
             try:
                 exprs.append(Requirement(e.get("key"), e.get("operator"), tuple(values)))
-            except PolicyError as err:
-                raise PolicyError(f"{where}: {err.msg}") from None
+            except ObjectError as err:
+                raise ObjectError(f"{where}: {err.msg}") from None
         return cls(tuple(labels.items()), tuple(exprs))
 
     @property
@@ -212,7 +164,7 @@ def _tokens(text: str) -> list[tuple[str, str]]:
         m = _TOKEN_RE.match(text, pos)
         if not m:
             bad = text[pos:].lstrip()[:1]
-            raise PolicyError(f"selector {text!r}: unexpected character {bad!r}",
+            raise ObjectError(f"selector {text!r}: unexpected character {bad!r}",
                               "use k=v, k!=v, k in (a,b), k notin (a,b), k or !k, comma separated")
         kind = "word" if m.group("word") is not None else "op"
         out.append((kind, m.group(kind)))
@@ -227,8 +179,8 @@ def parse_selector_text(text: str) -> LabelSelector:
     hint = "use k=v, k!=v, k in (a,b), k notin (a,b), k or !k, comma separated"
     pos = 0
 
-    def fail(msg: str) -> PolicyError:
-        return PolicyError(f"selector {text!r}: {msg}", hint)
+    def fail(msg: str) -> ObjectError:
+        return ObjectError(f"selector {text!r}: {msg}", hint)
 
     def peek() -> tuple[str, str] | None:
         return toks[pos] if pos < len(toks) else None
@@ -286,7 +238,7 @@ def parse_selector_text(text: str) -> LabelSelector:
                     value = value_after(op)
                     problem = label_key_problem(key) or label_value_problem(value)
                     if problem:
-                        raise PolicyError(problem)
+                        raise ObjectError(problem)
                     if key in labels:  # `a=1,a=2`: both must hold, so keep both
                         exprs.append(Requirement(key, "In", (value,)))
                     else:
@@ -302,7 +254,7 @@ def parse_selector_text(text: str) -> LabelSelector:
                     raise fail(f"unexpected {nxt[1]!r} after label key {key!r}")
             else:
                 raise fail(f"expected a label key, got {val!r}")
-        except PolicyError as err:
+        except ObjectError as err:
             if err.msg.startswith("selector "):
                 raise
             raise fail(err.msg) from None

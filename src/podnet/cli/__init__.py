@@ -1,0 +1,42 @@
+"""The `podnet` command: one module per verb group, each with a `register(sub)`.
+
+    agent.py      agent, install-cni, ping          lab.py       lab up|status|down|exec|host
+    objects.py    apply, delete, get, describe,     observe.py   connectivity test, probe
+                  label                             network.py   network ...
+    policy.py     flows, policy explain|status|...  container.py container ...
+    demo.py       demo (and demo_host.py)
+    output.py     printing and errors               target.py    which cluster (--lab, --store, ...)
+
+Nothing below the CLI imports it; the lab and the tests run it as a process
+(`python -m podnet.cli`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from podnet.cli import agent, container, demo, lab, network, objects, observe, policy
+from podnet.cli.output import fail
+from podnet.errors import PodnetError
+
+VERB_GROUPS = (agent, demo, network, container, lab, observe, objects, policy)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="podnet", description="container networking for Linux")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in VERB_GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except PodnetError as err:
+        return fail(err)
+    except BrokenPipeError:  # `podnet get ... | head`: the reader left, nothing to say
+        sys.stderr.close()
+        return 0

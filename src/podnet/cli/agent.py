@@ -1,0 +1,151 @@
+"""`podnet agent`, `podnet install-cni`, `podnet uninstall`, `podnet ping`: a node's own
+software. The agent takes its settings from flags, else from the `agent` section of
+the config file given with `--config` (config.py), else its defaults."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from podnet.cli.output import fail
+from podnet.cluster.leases import DEFAULT_BLOCK_PREFIX, DEFAULT_CLUSTER_CIDR, DEFAULT_TTL
+from podnet.cluster.options import FABRIC_NAMES
+from podnet.config import DEFAULT_CONFIG
+from podnet.defaults import DEFAULT_SOCKET
+from podnet.install.cni import DEFAULT_BRIDGE, DEFAULT_NETWORK, DEFAULT_SUBNET
+from podnet.install.systemd import DEFAULT_UNIT_DIR, RUN_DIR, STATE_DIR, UNIT
+from podnet.state import agent_socket
+
+# flag destination -> built-in default, used when neither a flag nor the config file sets it
+AGENT_DEFAULTS = {
+    "socket": None, "store": None, "state_dir": None, "dns_upstream": None, "policy_host": None,
+    "node": None, "fabric": "vxlan", "cluster_cidr": DEFAULT_CLUSTER_CIDR,
+    "block_prefix": DEFAULT_BLOCK_PREFIX, "underlay": "eth0", "lease_ttl": DEFAULT_TTL,
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    agent = sub.add_parser("agent", help="run the node agent (serves CNI requests)")
+    agent.add_argument("--config", metavar="FILE", help="take unset settings from FILE's agent section "
+                                                        "(e.g. /etc/podnet/config.yaml)")
+    agent.add_argument("--socket", help=f"UNIX socket (default $PODNET_AGENT_SOCKET or {DEFAULT_SOCKET})")
+    agent.add_argument("--store", help="store: SQLite path or etcd://... (default STATE_DIR/store.db)")
+    agent.add_argument("--state-dir", help="state directory (default $PODNET_STATE_DIR or /var/lib/podnet)")
+    agent.add_argument("--dns-upstream", metavar="IP[:PORT]",
+                       help="where container DNS forwards names outside its networks (default: nowhere)")
+    agent.add_argument("--policy-host", metavar="NAME",
+                       help="only enforce the policy of the plain host NAME (its HostEndpoint) from --store")
+    cluster = agent.add_argument_group("cluster node (all ignored without --node)")
+    cluster.add_argument("--node", help="join a cluster through the store as node NAME")
+    cluster.add_argument("--fabric", choices=FABRIC_NAMES, help="how nodes reach each other's pod blocks (default vxlan)")
+    cluster.add_argument("--cluster-cidr", help=f"pod CIDR split into node blocks (default {DEFAULT_CLUSTER_CIDR})")
+    cluster.add_argument("--block-prefix", type=int, help=f"prefix length of a node's block (default {DEFAULT_BLOCK_PREFIX})")
+    cluster.add_argument("--underlay", help="the node's interface toward other nodes (default eth0)")
+    cluster.add_argument("--lease-ttl", type=float, help=f"node lease TTL in seconds (default {DEFAULT_TTL:g})")
+    agent.set_defaults(func=_cmd_agent)
+
+    install = sub.add_parser("install-cni", help="install the podnet CNI executables (and the agent as a service)")
+    install.add_argument("--bin-dir", required=True, help="CNI plugin directory, e.g. /opt/cni/bin")
+    install.add_argument("--conf-dir", help="also write a default conflist here, e.g. /etc/cni/net.d")
+    _add_install_options(install, "install")
+    install.add_argument("--no-start", action="store_true",
+                         help="with --systemd: do not run systemctl (it prints what to run)")
+    install.set_defaults(func=_cmd_install)
+
+    remove = sub.add_parser("uninstall", help="remove what install-cni wrote (only files it marked as its own)")
+    remove.add_argument("--bin-dir", help="remove the podnet executables from this directory")
+    remove.add_argument("--conf-dir", help="remove the default conflist here if it is unchanged")
+    _add_install_options(remove, "remove")
+    remove.add_argument("--purge", action="store_true",
+                        help=f"also remove the state directory ({STATE_DIR}: the store) and the config file")
+    remove.set_defaults(func=_cmd_uninstall)
+
+    ping = sub.add_parser("ping", help="check that an agent answers")
+    ping.add_argument("--socket", default=agent_socket())
+    ping.set_defaults(func=_cmd_ping)
+
+
+def _add_install_options(parser: argparse.ArgumentParser, verb: str) -> None:
+    """What install-cni and uninstall share: the default network, the unit, --root."""
+    parser.add_argument("--network", default=DEFAULT_NETWORK, help="name of the default network")
+    parser.add_argument("--subnet", default=DEFAULT_SUBNET, help="subnet of the default network")
+    parser.add_argument("--bridge", default=DEFAULT_BRIDGE, help="bridge of the default network")
+    parser.add_argument("--systemd", action="store_true",
+                        help=f"{verb} the agent as the systemd unit {UNIT}"
+                             + (f" (also makes {RUN_DIR}, {STATE_DIR} and a config file)" if verb == "install" else ""))
+    parser.add_argument("--unit-dir", default=DEFAULT_UNIT_DIR, help=f"where the unit goes (default {DEFAULT_UNIT_DIR})")
+    parser.add_argument("--config", default=DEFAULT_CONFIG,
+                        help=f"the config file the unit's agent reads (default {DEFAULT_CONFIG})")
+    parser.add_argument("--root", default="/", metavar="DIR",
+                        help="put every path under DIR, as if it were / (packaging, tests); never runs systemctl")
+
+
+def agent_settings(args: argparse.Namespace) -> dict:
+    """Flags first, then the config file's agent section, then the defaults."""
+    from_file: dict = {}
+    if args.config:
+        from podnet.config import load
+
+        from_file = dict(load(args.config).agent)
+    out = {}
+    for dest, default in AGENT_DEFAULTS.items():
+        flag = getattr(args, dest)
+        out[dest] = flag if flag is not None else from_file.get(dest, default)
+    if out["fabric"] not in FABRIC_NAMES:
+        raise ValueError(f"{args.config}: agent.fabric must be one of {', '.join(FABRIC_NAMES)}")
+    out["socket"] = agent_socket(out["socket"])
+    return out
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from podnet.agent.daemon import run_agent
+    from podnet.cluster.options import NodeOptions
+
+    try:
+        s = agent_settings(args)
+    except ValueError as exc:
+        return fail(str(exc), 2)
+    node = None
+    if s["node"]:
+        node = NodeOptions(s["node"], s["fabric"], s["cluster_cidr"], s["block_prefix"], s["underlay"], s["lease_ttl"])
+    if s["policy_host"] and s["node"]:
+        return fail("--policy-host and --node exclude each other (a node enforces its own host endpoint)", 2)
+    return run_agent(s["socket"], s["store"], s["state_dir"], s["dns_upstream"], node, s["policy_host"])
+
+
+def _cmd_install(args: argparse.Namespace) -> int:
+    from podnet.install import under
+    from podnet.install.cni import install_cni
+    from podnet.install.systemd import install_systemd
+
+    conf_dir = str(under(args.root, args.conf_dir)) if args.conf_dir else None
+    for path in install_cni(str(under(args.root, args.bin_dir)), conf_dir, args.network, args.subnet, args.bridge):
+        print(f"wrote {path}")
+    if args.systemd:
+        for line in install_systemd(args.root, args.unit_dir, args.config, start=not args.no_start):
+            print(line)
+    return 0
+
+
+def _cmd_uninstall(args: argparse.Namespace) -> int:
+    from podnet.install.uninstall import uninstall
+
+    if not (args.bin_dir or args.conf_dir or args.systemd or args.purge):
+        return fail("nothing to uninstall: give --bin-dir, --conf-dir, --systemd and/or --purge", 2)
+    lines = uninstall(root=args.root, bin_dir=args.bin_dir, conf_dir=args.conf_dir, network=args.network,
+                      subnet=args.subnet, bridge=args.bridge, systemd=args.systemd, unit_dir=args.unit_dir,
+                      purge_all=args.purge, config=args.config)
+    print("\n".join(lines) if lines else "nothing to remove")
+    return 0
+
+
+def _cmd_ping(args: argparse.Namespace) -> int:
+    from podnet.rpc.client import exchange
+
+    try:
+        code, payload = exchange(args.socket, b'{"op":"ping"}', timeout=5)
+    except OSError as exc:
+        print(f"podnet: no agent answers on {args.socket}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    print(payload.decode())
+    return code

@@ -1,0 +1,216 @@
+"""`podnet lab up|status|down|exec`: a multi-node cluster of namespaces on this machine."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from podnet.cli.output import add_output_option, emit_object, fail
+from podnet.cli.target import add_target_options, lab_name
+from podnet.cluster.options import FABRIC_NAMES
+from podnet.errors import PodnetError
+from podnet.kernel.gso import BIG_TCP as NIC_GSO
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    lab = sub.add_parser("lab", help="a multi-node cluster made of network namespaces")
+    lab_sub = lab.add_subparsers(dest="lab_command", required=True)
+
+    up = lab_sub.add_parser("up", help="build the lab: underlay, store, one agent per node, pods")
+    _name_option(up)
+    up.add_argument("-f", "--file", help="topology YAML (nodes, racks, namespaces, pods, ports)")
+    up.add_argument("--nodes", type=int, help="number of nodes (default 2; not with -f)")
+    up.add_argument("--pods-per-node", type=int, help="echo pods per node (default 2; not with -f)")
+    up.add_argument("--racks", type=int, help="L2 segments joined by a router (default 1; not with -f)")
+    up.add_argument("--fabric", choices=FABRIC_NAMES, default="vxlan", help="how nodes reach each other's pods")
+    up.add_argument("--store", choices=("sqlite", "etcd"), default="sqlite",
+                    help="shared cluster store: one SQLite file, or a 3-member etcd cluster in the lab")
+    up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each daemon (default 30)")
+    up.add_argument("--lease-ttl", type=float, default=None,
+                    help="the agents' node lease TTL in seconds (default 10): a dead node is reclaimed after it")
+    up.add_argument("--nic-gso", type=int, default=NIC_GSO, metavar="BYTES",
+                    help=f"GSO/GRO limit of the lab's underlay NICs (default {NIC_GSO}, BIG TCP; "
+                         "65536 = a NIC without BIG TCP); pods get what their node's uplink takes")
+    up.set_defaults(func=_cmd_up)
+
+    status = lab_sub.add_parser("status", help="nodes, agents and pods of a running lab")
+    _name_option(status)
+    add_output_option(status)
+    status.set_defaults(func=_cmd_status)
+
+    down = lab_sub.add_parser("down", help="stop every recorded process and delete every recorded namespace")
+    _name_option(down)
+    down.set_defaults(func=_cmd_down)
+
+    host = lab_sub.add_parser("host", help="plain (non-container) hosts on the lab fabric")
+    host_sub = host.add_subparsers(dest="host_cmd", required=True)
+    add = host_sub.add_parser("add", help="add a plain host: a namespace on the fabric with an echo server, "
+                                          "protected by ClusterPolicy through a HostEndpoint (host: NAME)")
+    _name_option(add)
+    add.add_argument("host", metavar="HOST", help="the host's name (1-15 of [a-z0-9-])")
+    add.add_argument("--rack", type=int, default=0, help="the rack (L2 segment) to plug it into (default 0)")
+    add.add_argument("--tcp", type=int, action="append", metavar="PORT", help="TCP ports it serves (default 80)")
+    add.add_argument("--udp", type=int, action="append", metavar="PORT", help="UDP ports it serves (default 80)")
+    add_output_option(add)
+    add.set_defaults(func=_cmd_host_add)
+
+    run = lab_sub.add_parser("exec", help="run a command in a node's or a pod's network namespace")
+    _name_option(run)
+    run.add_argument("target", metavar="NODE|NS/POD", help="a node name, NS/POD, or out, rtr, fab<r>")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD", help="the command to run")
+    run.set_defaults(func=_cmd_exec)
+
+
+def _name_option(parser: argparse.ArgumentParser) -> None:
+    add_target_options(parser, lab_only=True)
+
+
+def _topology(args: argparse.Namespace):
+    from podnet.lab import topology
+
+    if args.file:
+        if any(v is not None for v in (args.nodes, args.pods_per_node, args.racks)):
+            raise topology.TopologyError("-f and --nodes/--pods-per-node/--racks exclude each other")
+        return topology.load(args.file)
+    return topology.default_topology(args.nodes or 2, 2 if args.pods_per_node is None else args.pods_per_node,
+                                     args.racks or 1)
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from podnet.lab.builder import LabBuilder, LabOptions
+    from podnet.lab.teardown import teardown
+
+    name = lab_name(args, "podnet lab up")
+    topology = _topology(args)
+    console = Console(stderr=True)
+    start = time.monotonic()
+
+    def progress(step: str) -> None:
+        console.print(f"[green]✓[/] {step} [dim]({time.monotonic() - start:.1f}s)[/]")
+
+    if not 65536 <= args.nic_gso <= 524280:
+        fail("--nic-gso must be between 65536 and 524280 bytes")
+    builder = LabBuilder(topology, LabOptions(name, args.fabric, args.store, timeout=args.timeout,
+                                            nic_gso=args.nic_gso,
+                                            **({"lease_ttl": args.lease_ttl} if args.lease_ttl else {})), progress)
+    if builder.simulate:
+        console.print("[yellow]! PODNET_LAB_SIMULATE_NODES: the lab hands out blocks itself "
+                      "(no cross-node pod routes)[/]")
+    try:
+        with console.status(f"building lab {name} ..."):
+            state = builder.build()
+    except (PodnetError, KeyboardInterrupt) as err:
+        if builder.state is not None:
+            console.print("[red]✗ lab up failed; tearing down what was built[/]")
+            for problem in teardown(name):
+                console.print(f"  [red]{problem}[/]")
+        if isinstance(err, KeyboardInterrupt):
+            return 130
+        raise
+    console.print(f"lab [bold]{name}[/] up in {time.monotonic() - start:.1f}s")
+    print_summary(state.data)
+    return 0
+
+
+def print_summary(data: dict) -> None:
+    """The nodes and pods of a lab just built (lab up, demo)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    procs_nodes = Table(title=f"lab {data['name']}: nodes ({data.get('fabric')}, store {data.get('store')})")
+    for col in ("node", "rack", "underlay", "block", "agent pid", "netns"):
+        procs_nodes.add_column(col, no_wrap=True)
+    for name, node in data["nodes"].items():
+        procs_nodes.add_row(name, str(node["rack"]), node["underlay"], str(node.get("block") or "-"),
+                            str(node.get("agent_pid", "-")), node["netns"])
+    console.print(procs_nodes)
+    pods = Table(title="pods")
+    for col in ("pod", "node", "ip", "ports"):
+        pods.add_column(col, no_wrap=True)
+    for key, pod in data["pods"].items():
+        pods.add_row(key, pod["node"], ", ".join(pod.get("ips", [])) or "-", ", ".join(pod["ports"]) or "-")
+    console.print(pods)
+    out = data.get("outside", {})
+    console.print(f"outside: {out.get('ip')} (HTTP :80, UDP :80) in {out.get('netns')}")
+    console.print(f"try: podnet lab exec --lab {data['name']} default/<pod> -- ping {out.get('ip')}")
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from podnet.lab.status import status
+
+    name = lab_name(args, "podnet lab status")
+    data = status(name)
+    if args.output == "json":
+        emit_object(data, "json")
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"lab [bold]{name}[/]: {data['phase']}, fabric {data.get('fabric')}, "
+                  f"store {data.get('store_url', data.get('store'))}, "
+                  f"supervisor {'alive' if data['supervisor']['alive'] else 'DEAD'}")
+    nodes = Table(title="nodes")
+    for col in ("node", "underlay", "block", "agent"):
+        nodes.add_column(col, no_wrap=True)
+    for node in data["nodes"]:
+        agent = node["agent"] or {}
+        answer = "answers" if "result" in agent else f"no answer ({agent.get('error', '?')})"
+        nodes.add_row(node["name"], node["underlay"], str(node.get("block") or "-"),
+                      f"pid {node.get('agent_pid', '-')} {'up' if node['agent_alive'] else 'DOWN'}, {answer}")
+    console.print(nodes)
+    pods = Table(title="pods")
+    for col in ("pod", "node", "ip", "ports", "echo"):
+        pods.add_column(col, no_wrap=True)
+    for pod in data["pods"]:
+        pods.add_row(pod["name"], pod["node"], ", ".join(pod.get("ips", [])) or "-", ", ".join(pod["ports"]) or "-",
+                     "up" if pod["echo_alive"] else "DOWN")
+    console.print(pods)
+    healthy = data["supervisor"]["alive"] and all(n["agent_alive"] for n in data["nodes"])
+    return 0 if healthy else 1
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    from podnet.lab.teardown import teardown
+
+    name = lab_name(args, "podnet lab down")
+    problems = teardown(name, lambda step: print(step, file=sys.stderr))
+    for problem in problems:
+        fail(problem)
+    if not problems:
+        print(f"lab {name} removed")
+    return 1 if problems else 0
+
+
+def _cmd_host_add(args: argparse.Namespace) -> int:
+    from podnet.lab.hosts import add_host
+
+    name = lab_name(args, "podnet lab host add")
+    try:
+        entry = add_host(name, args.host, args.rack, tuple(args.tcp or (80,)), tuple(args.udp or (80,)))
+    except PodnetError as exc:
+        return fail(exc)
+    if args.output == "json":
+        emit_object(entry, "json")
+    else:
+        print(f"host {args.host}: {entry['underlay']} on rack {entry['rack']} ({entry['netns']}), serving "
+              f"TCP {entry['tcp']} UDP {entry['udp']}; protect it with a HostEndpoint (spec.host: {args.host})")
+    return 0
+
+
+def _cmd_exec(args: argparse.Namespace) -> int:
+    from podnet.lab.state import enter, resolve_target
+
+    name = lab_name(args, "podnet lab exec")
+    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not cmd:
+        return fail("lab exec needs a command: podnet lab exec NODE -- CMD", 2)
+    ns = resolve_target(name, args.target)
+    argv = [*enter(ns), *cmd]
+    os.execvp(argv[0], argv)
+    return 127  # not reached

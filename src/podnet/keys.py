@@ -1,0 +1,186 @@
+"""The store's key schema: every key family podnet writes, one function or prefix each.
+
+No other module spells a store key (tests/unit/test_keys.py checks the source for
+literals), so a family can be found, renamed or versioned in one place, and
+docs/architecture.md's key table is checked against `FAMILIES` below.
+
+Every segment that comes from outside (a network, container or node name, an
+address) goes through `segment()`: a "/" smuggled into a name must not reach another
+family's keys, and a key read back is split with the `parse_*` functions, never by hand.
+
+Pure and standard library only: the thin plugins' in-process paths import it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from podnet.errors import InvalidConfig
+
+# -- prefixes (list/watch/delete_prefix of a whole family) ----------------------------
+NODES = "nodes/"
+BLOCKS = "blocks/"
+ENDPOINTS = "endpoints/"
+IPAM = "ipam/"
+NETWORKS = "networks/"
+CONTAINERS = "containers/"
+HOSTS = "hosts/"
+STORES = "meta/stores/"
+POLICY = "policy/"
+PODS = POLICY + "pods/"
+NAMESPACES = POLICY + "namespaces/"
+NETWORK_POLICIES = POLICY + "networkpolicies/"
+CLUSTER_POLICIES = POLICY + "clusterpolicies/"
+TIERS = POLICY + "tiers/"
+HOST_ENDPOINTS = POLICY + "hostendpoints/"
+POLICY_SETTINGS = POLICY + "settings"
+
+
+@dataclass(frozen=True)
+class Family:
+    """One key family: its pattern, the record type kept there, and whether a TTL
+    keeps it alive (leases vanish with their writer)."""
+
+    prefix: str
+    pattern: str
+    record: str
+    ttl: bool = False
+
+
+FAMILIES: tuple[Family, ...] = (
+    Family(NODES, "nodes/<node>", "NodeLease", ttl=True),
+    Family(BLOCKS, "blocks/<address>-<prefixlen>", "BlockClaim", ttl=True),
+    Family(ENDPOINTS, "endpoints/<network>/<containerID>/<ifname>", "EndpointRecord"),
+    Family(IPAM, "ipam/<network>/ip/<address>", "Reservation"),
+    Family(IPAM, "ipam/<network>/last/<rangeset>", "last address handed out (text)"),
+    Family(NETWORKS, "networks/<name>", "NetworkRecord"),
+    Family(CONTAINERS, "containers/<name>", "ContainerRecord"),
+    Family(HOSTS, "hosts/<name>", "HostRecord"),
+    Family(STORES, "meta/stores/<sha256(path)[:16]>", "store path (JSON string)"),
+    Family(PODS, "policy/pods/<namespace>/<name>", "PodRecord"),
+    Family(POLICY_SETTINGS, "policy/settings", "PolicySettings"),
+    Family(NAMESPACES, "policy/namespaces/<name>", "Namespace (manifest)"),
+    Family(NETWORK_POLICIES, "policy/networkpolicies/<namespace>/<name>", "NetworkPolicy (manifest)"),
+    Family(CLUSTER_POLICIES, "policy/clusterpolicies/<name>", "ClusterPolicy (manifest)"),
+    Family(TIERS, "policy/tiers/<name>", "Tier (manifest)"),
+    Family(HOST_ENDPOINTS, "policy/hostendpoints/<name>", "HostEndpoint (manifest)"),
+)
+
+
+class BadKey(InvalidConfig):
+    """A name that cannot be a key segment, or a key that is not of its family
+    (code 7, as any invalid name in a network configuration)."""
+
+
+def segment(value: object, what: str = "name") -> str:
+    """A non-empty key segment without "/", NUL, or a bare "." / "..": what every
+    caller-supplied part of a key must be."""
+    if not isinstance(value, str) or not value or value in (".", "..") or "/" in value or "\0" in value:
+        raise BadKey(f"invalid {what} {value!r} for a store key")
+    return value
+
+
+# -- one function per family -----------------------------------------------------------
+
+
+def node(name: str) -> str:
+    return NODES + segment(name, "node name")
+
+
+def block(address: str, prefixlen: int) -> str:
+    """The claim of one block of the cluster CIDR (`blocks/10.244.3.0-24`)."""
+    return f"{BLOCKS}{segment(address, 'block address')}-{int(prefixlen)}"
+
+
+def endpoints(network: str | None = None) -> str:
+    """The endpoint records of one network, or of every network."""
+    return ENDPOINTS if network is None else f"{ENDPOINTS}{segment(network, 'network name')}/"
+
+
+def endpoint(network: str, container_id: str, ifname: str) -> str:
+    return (f"{ENDPOINTS}{segment(network, 'network name')}/{segment(container_id, 'container ID')}/"
+            f"{segment(ifname, 'interface name')}")
+
+
+def parse_endpoint(key: str) -> tuple[str, str, str]:
+    """`endpoints/<network>/<cid>/<ifname>` -> (network, cid, ifname)."""
+    parts = _parts(key, ENDPOINTS, 3)
+    return parts[0], parts[1], parts[2]
+
+
+def ipam_addresses(network: str | None = None) -> str:
+    """The reservations of one network (`ipam/<network>/ip/`); None: the whole IPAM
+    tree (`ipam/`: reservations and round-robin marks of every network)."""
+    return IPAM if network is None else f"{IPAM}{segment(network, 'network name')}/ip/"
+
+
+def ipam_address(network: str, address: str) -> str:
+    return f"{ipam_addresses(network)}{segment(address, 'address')}"
+
+
+def parse_ipam_address(key: str) -> tuple[str, str] | None:
+    """`ipam/<network>/ip/<address>` -> (network, address); None for the other keys
+    under `ipam/` (the round-robin marks)."""
+    if not key.startswith(IPAM):
+        raise BadKey(f"{key!r} is not an IPAM key")
+    parts = key[len(IPAM):].split("/")
+    if len(parts) != 3 or parts[1] != "ip" or not parts[0] or not parts[2]:
+        return None
+    return parts[0], parts[2]
+
+
+def ipam_last(network: str, range_set: int) -> str:
+    """The last address handed out in one range set (host-local's round robin)."""
+    return f"{IPAM}{segment(network, 'network name')}/last/{int(range_set)}"
+
+
+def network(name: str) -> str:
+    return NETWORKS + segment(name, "network name")
+
+
+def container(name: str) -> str:
+    return CONTAINERS + segment(name, "container name")
+
+
+def host(name: str) -> str:
+    return HOSTS + segment(name, "host name")
+
+
+def stored_store(path: str) -> str:
+    """Where the agent remembers another store it served (found again at resync)."""
+    return STORES + hashlib.sha256(path.encode()).hexdigest()[:16]
+
+
+def pod(namespace: str, name: str) -> str:
+    return f"{PODS}{segment(namespace, 'namespace')}/{segment(name, 'pod name')}"
+
+
+def parse_pod(key: str) -> tuple[str, str]:
+    parts = _parts(key, PODS, 2)
+    return parts[0], parts[1]
+
+
+def object_key(prefix: str, name: str, namespace: str | None = None) -> str:
+    """An object's key under its kind's prefix (the object registry gives the
+    prefix): `<prefix>[<namespace>/]<name>`."""
+    if prefix not in {f.prefix for f in FAMILIES}:
+        raise BadKey(f"{prefix!r} is not the prefix of a key family")
+    inner = segment(name) if namespace is None else f"{segment(namespace, 'namespace')}/{segment(name)}"
+    return prefix + inner
+
+
+def object_ref(prefix: str, key: str) -> str:
+    """`<prefix>[<namespace>/]<name>` -> "name" or "namespace/name"."""
+    if not key.startswith(prefix):
+        raise BadKey(f"{key!r} is not under {prefix!r}")
+    return key[len(prefix):]
+
+
+def _parts(key: str, prefix: str, count: int) -> list[str]:
+    if not key.startswith(prefix):
+        raise BadKey(f"{key!r} is not under {prefix!r}")
+    parts = key[len(prefix):].split("/")
+    if len(parts) != count or not all(parts):
+        raise BadKey(f"{key!r} does not have the form {prefix}{'/'.join(['<part>'] * count)}")
+    return parts

@@ -1,0 +1,350 @@
+"""`lab up`: build a multi-node cluster made of network namespaces.
+
+Layout (lab `L`, every namespace named `pn-lab-L-<role>`):
+
+- `fab<r>`: one per rack, a bridge `br0` (the rack's L2 segment 172.31.r.0/24);
+- `<node>`: the node, `eth0` (veth into its rack's bridge), 172.31.r.(10+k)/24,
+  ip_forward on, default route to the outside (directly on rack 0, via the router
+  elsewhere); its agent runs here (`nsenter --net`, same mount namespace);
+- `rtr`: with racks > 1, one leg per rack (172.31.r.1) routing between segments;
+- `out`: the outside world on rack 0 (172.31.0.254, and 198.51.100.1 on lo) running
+  an HTTP (TCP 80) / UDP 80 echo target;
+- `etcd<i>`: with `--store etcd`, three etcd members on rack 0 (172.31.0.200+i);
+- `p-<ns>-<pod>`: one per pod, attached through the node's CNI conflist, served by the
+  built-in echo server for its ports (one `echo/<node>` process per node, whose sockets
+  are opened inside each pod's namespace).
+
+Every step records in the state file (lab/state.py) before it creates, and every daemon
+is a child of the lab's supervisor, so `lab down` (lab/teardown.py) can undo a crashed
+`lab up`. The root namespace is never changed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from podnet.lab import topology as topo
+from podnet.lab.state import NETNS_DIR, LabError, LabState, enter, ip, node_socket, run, state_file
+from podnet.lab.supervisor_client import SupervisorClient
+from podnet.lab.topology import Pod, Topology
+from podnet.lab.underlay import (
+    NIC_GSO,
+    machine_routes,
+    plug,
+    route_to_racks,
+    set_nic_gso,
+    set_sysctls,
+)
+from podnet.state import StatePaths
+
+CLUSTER_CONFLIST = "cluster.conflist"
+BLOCK_PREFIX = 24
+LEASE_TTL = 10
+ETCD_MEMBERS = 3
+
+
+@dataclass
+class LabOptions:
+    name: str = "lab"
+    fabric: str = "vxlan"
+    store: str = "sqlite"
+    cluster_cidr: str = topo.CLUSTER_CIDR
+    timeout: float = 30.0
+    lease_ttl: float = LEASE_TTL  # the agents' --lease-ttl (reliability tests shorten it)
+    nic_gso: int = NIC_GSO  # GSO/GRO limit of the lab's "NICs" (65536: no BIG TCP)
+
+
+Progress = Callable[[str], None]
+
+
+class LabBuilder:
+    """`lab up`: every step records first, then creates."""
+
+    def __init__(self, topology: Topology, options: LabOptions, progress: Progress = lambda _: None) -> None:
+        self.t = topology
+        self.o = options
+        self.progress = progress
+        self.state: LabState | None = None
+        self.sup: SupervisorClient | None = None
+        # PODNET_LAB_SIMULATE_NODES=1: the lab hands out blocks itself (no fabric)
+        self.simulate = bool(os.environ.get("PODNET_LAB_SIMULATE_NODES"))
+
+    def ns(self, role: str) -> str:
+        return topo.netns_name(self.o.name, role)
+
+    @property
+    def st(self) -> LabState:
+        assert self.state is not None
+        return self.state
+
+    def build(self) -> LabState:
+        if os.geteuid() != 0:
+            raise LabError("podnet lab needs root (it creates network namespaces)")
+        topo.check_lab_name(self.o.name)
+        if state_file(self.o.name).exists():
+            raise LabError(f"lab {self.o.name!r} already exists", f"tear it down first: podnet lab down --name {self.o.name}")
+        if self.o.store == "etcd" and not shutil.which("etcd"):
+            raise LabError("--store etcd needs the etcd binary (Debian: apt-get install etcd-server)")
+        self.state = LabState.create(self.o.name, fabric=self.o.fabric, store=self.o.store,
+                                     racks=self.t.racks, simulated=self.simulate,
+                                     nic_gso=self.o.nic_gso, hosts={})
+        self.st.labdir.mkdir(parents=True, exist_ok=True)
+        self.underlay()
+        self.progress(f"underlay: {self.t.racks} rack(s), {len(self.t.nodes)} node(s), outside {topo.OUTSIDE_IP}")
+        from podnet.install.cni import install_cni
+
+        install_cni(str(self.st.labdir / "bin"))
+        self.sup = SupervisorClient(self.st.labdir)
+        self.st.data["supervisor"] = {"pid": self.sup.proc.pid}
+        self.st.save()
+        self.start_outside()
+        store = self.start_store()
+        self.progress(f"store: {store}")
+        self.start_agents(store)
+        self.progress(f"agents: {len(self.t.nodes)} up, blocks leased")
+        self.attach_pods()
+        self.progress(f"pods: {len(self.t.pods)} attached, echo servers ready")
+        self.st.data["phase"] = "up"
+        self.st.save()
+        self.sup.detach()
+        return self.st
+
+    # underlay ---------------------------------------------------------------
+
+    def underlay(self) -> None:
+        racks = self.t.racks
+        for rack in range(racks):
+            fab = self.st.add_netns(self.ns(f"fab{rack}"))
+            ip("-n", fab, "link", "add", "br0", "type", "bridge")
+            ip("-n", fab, "link", "set", "br0", "up")
+            set_nic_gso(fab, "br0", self.o.nic_gso)
+            # The fabric is a plain switch: its frames have no business in netfilter
+            # (br_netfilter is on by default in new namespaces and costs throughput).
+            set_sysctls(fab, {"net.bridge.bridge-nf-call-iptables": 0,
+                              "net.bridge.bridge-nf-call-ip6tables": 0})
+        if racks > 1:
+            rtr = self.st.add_netns(self.ns("rtr"))
+            self.forwarding(rtr)
+            for rack in range(racks):
+                self.plug(rack, f"rtr{rack}", rtr, f"r{rack}", f"{topo.router_ip(rack)}/24")
+            ip("-n", rtr, "route", "add", "default", "via", topo.OUTSIDE_UNDERLAY)
+        out = self.st.add_netns(self.ns("out"))
+        self.plug(0, "out", out, "eth0", f"{topo.OUTSIDE_UNDERLAY}/24")
+        ip("-n", out, "addr", "add", f"{topo.OUTSIDE_IP}/32", "dev", "lo")
+        self.route_to_racks(out)
+        self.st.data["outside"] = {"netns": out, "underlay": topo.OUTSIDE_UNDERLAY, "ip": topo.OUTSIDE_IP}
+        for node in self.t.nodes:
+            ns = self.st.add_netns(self.ns(node.name))
+            self.st.data["nodes"][node.name] = {
+                "netns": ns, "rack": node.rack, "underlay": node.underlay_ip,
+                "socket": node_socket(self.o.name, node.name), "state_dir": str(self.st.labdir / node.name),
+            }
+            self.plug(node.rack, f"n{node.index}", ns, "eth0", f"{node.underlay_ip}/24")
+            self.forwarding(ns)
+            machine_routes(ns, node.rack, self.t.racks)
+        self.st.save()
+
+    def plug(self, rack: int, fabric_end: str, ns: str, ifname: str, address: str) -> None:
+        plug(self.ns(f"fab{rack}"), fabric_end, ns, ifname, address, self.o.nic_gso)
+
+    def route_to_racks(self, ns: str) -> None:
+        route_to_racks(ns, self.t.racks)
+
+    @staticmethod
+    def forwarding(ns: str) -> None:
+        set_sysctls(ns, {"net.ipv4.ip_forward": 1})
+
+    # daemons --------------------------------------------------------------
+
+    def spawn(self, name: str, ns: str, argv: list[str], env: dict[str, str] | None = None) -> int:
+        assert self.sup is not None
+        logs = self.st.labdir / "logs"
+        logs.mkdir(exist_ok=True)
+        return self.sup.spawn(name, [*enter(ns), *argv], logs / f"{name.replace('/', '_')}.log", env)
+
+    def start_outside(self) -> None:
+        ready = self.st.labdir / "ready-outside"
+        pid = self.spawn("echo/outside", self.ns("out"), [sys.executable, "-m", "podnet.lab.echo", "--name", "outside",
+                                                         "--tcp", "80", "--udp", "80", "--ready", str(ready),
+                                                         "--report-peer"])
+        self.st.data["outside"]["echo_pid"] = pid
+        self.st.save()
+
+    def start_store(self) -> str:
+        if self.o.store == "sqlite":
+            return str(self.st.labdir / "store.db")
+        members = [(f"etcd{i}", topo.etcd_ip(i)) for i in range(ETCD_MEMBERS)]
+        cluster = ",".join(f"{name}=http://{addr}:2380" for name, addr in members)
+        for i, (name, addr) in enumerate(members):
+            ns = self.st.add_netns(self.ns(name))
+            self.plug(0, f"e{i}", ns, "eth0", f"{addr}/24")
+            self.route_to_racks(ns)
+            argv = ["etcd", "--name", name, "--data-dir", str(self.st.labdir / name),
+                    "--listen-client-urls", f"http://{addr}:2379", "--advertise-client-urls", f"http://{addr}:2379",
+                    "--listen-peer-urls", f"http://{addr}:2380", "--initial-advertise-peer-urls", f"http://{addr}:2380",
+                    "--initial-cluster", cluster, "--initial-cluster-token", f"pn-lab-{self.o.name}",
+                    "--initial-cluster-state", "new", "--heartbeat-interval", "50", "--election-timeout", "500",
+                    "--logger", "zap", "--log-level", "error"]  # fmt: skip
+            pid = self.spawn(f"etcd/{name}", ns, argv)
+            self.st.data["etcd"].append({"name": name, "netns": ns, "ip": addr, "pid": pid})
+            self.st.save()
+        url = "etcd://" + ",".join(f"{addr}:2379" for _, addr in members) + f"/podnet-lab-{self.o.name}"
+        self._wait(lambda: self._etcd_healthy(members[0][1]), "the etcd cluster to become healthy")
+        return url
+
+    def _etcd_healthy(self, addr: str) -> bool:
+        probe = ("import json,sys,urllib.request;"
+                 "r=urllib.request.urlopen(sys.argv[1],timeout=0.5);"
+                 "sys.exit(0 if json.loads(r.read()).get('health')=='true' else 1)")
+        return run([*enter(self.ns("etcd0")), sys.executable, "-c", probe, f"http://{addr}:2379/health"],
+                   check=False).returncode == 0
+
+    def start_agents(self, store: str) -> None:
+        self.st.data["store_url"] = store
+        for node in self.t.nodes:
+            info = self.st.data["nodes"][node.name]
+            state_dir = Path(info["state_dir"])
+            state_dir.mkdir(parents=True, exist_ok=True)
+            self.st.data["sockets"].append(info["socket"])
+            self.st.save()
+            argv = [sys.executable, "-m", "podnet.cli", "agent", "--socket", info["socket"],
+                    "--state-dir", str(state_dir)]
+            if self.simulate:  # a store per node (the agents would repair each other's pods)
+                argv += ["--store", str(state_dir / "store.db")]
+            else:
+                argv += ["--store", store, "--node", node.name, "--fabric", self.o.fabric,
+                         "--cluster-cidr", self.o.cluster_cidr, "--block-prefix", str(BLOCK_PREFIX),
+                         "--underlay", "eth0", "--lease-ttl", str(self.o.lease_ttl)]
+            info["agent_pid"] = self.spawn(f"agent/{node.name}", info["netns"], argv)
+            self.st.save()
+        for node in self.t.nodes:
+            info = self.st.data["nodes"][node.name]
+            conflist = StatePaths(Path(info["state_dir"])).net_d / CLUSTER_CONFLIST
+            if self.simulate:
+                self._wait(lambda s=info["socket"]: os.path.exists(s), f"the agent of {node.name} to listen")
+                write_simulated_conflist(conflist, topo.node_block_guess(node, self.o.cluster_cidr, BLOCK_PREFIX),
+                                         info["socket"])
+            self._wait(conflist.exists, f"{conflist} (agent of {node.name} leasing its block)",
+                       pid_name=f"agent/{node.name}")
+            info["conflist"] = str(conflist)
+            info["block"] = _conflist_block(conflist)
+        self.st.save()
+
+    def _wait(self, predicate: Callable[[], bool], what: str, pid_name: str | None = None) -> None:
+        deadline = time.monotonic() + self.o.timeout
+        while not predicate():
+            if pid_name:
+                entry = self.st.processes().get(pid_name, {})
+                if "exit" in entry:
+                    log = self.st.labdir / "logs" / f"{pid_name.replace('/', '_')}.log"
+                    raise LabError(f"{pid_name} exited with {entry['exit']} while waiting for {what}",
+                                   _tail(log))
+            if time.monotonic() > deadline:
+                raise LabError(f"timed out after {self.o.timeout:.0f}s waiting for {what}")
+            time.sleep(0.05)
+
+    # pods -------------------------------------------------------------------
+
+    def attach_pods(self) -> None:
+        for pod in self.t.pods:
+            self.st.data["pods"][pod.key] = {"node": pod.node, "netns": topo.pod_netns(self.o.name, pod),
+                                             "labels": dict(pod.labels), "ports": [str(p) for p in pod.ports]}
+        self.st.add_netns_batch([self.st.data["pods"][pod.key]["netns"] for pod in self.t.pods])
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            results = list(pool.map(self.attach, self.t.pods))
+        for pod, result in zip(self.t.pods, results, strict=True):
+            ips = [entry["address"] for entry in result.get("ips", [])]
+            self.st.data["pods"][pod.key]["ips"] = ips
+        self.st.save()
+        self.register_pods()
+        # one echo process per node, serving each of its pods from inside the pod's namespace
+        by_node: dict[str, list[Pod]] = {}
+        for pod in self.t.pods:
+            by_node.setdefault(pod.node, []).append(pod)
+        (self.st.labdir / "ready").mkdir(parents=True, exist_ok=True)
+        (self.st.labdir / "echo").mkdir(parents=True, exist_ok=True)
+        for node, pods in by_node.items():
+            specs = [{"name": pod.name, "netns": str(NETNS_DIR / self.st.data["pods"][pod.key]["netns"]),
+                      "tcp": [p.port for p in pod.ports if p.protocol == "TCP"],
+                      "udp": [p.port for p in pod.ports if p.protocol == "UDP"]} for pod in pods]
+            spec = self.st.labdir / "echo" / f"{node}.json"
+            spec.write_text(json.dumps(specs))
+            ready = self.st.labdir / "ready" / f"node-{node}"
+            proc = f"echo/{node}"
+            pid = self.spawn(proc, self.st.data["nodes"][node]["netns"],
+                             [sys.executable, "-m", "podnet.lab.echo", "--spec", str(spec), "--ready", str(ready)])
+            for pod in pods:
+                self.st.data["pods"][pod.key].update(echo_proc=proc, echo_pid=pid)
+        self.st.save()
+        for node in by_node:
+            self._wait((self.st.labdir / "ready" / f"node-{node}").exists, f"the echo server of {node}'s pods",
+                       pid_name=f"echo/{node}")
+        self._wait((self.st.labdir / "ready-outside").exists, "the outside echo server", pid_name="echo/outside")
+
+    def register_pods(self) -> None:
+        """Play the orchestrator (lab/orchestrator.py): namespaces and pods, with their
+        labels and named ports, go to the cluster store, from inside the lab."""
+        for pod in self.t.pods:
+            self.st.data["pods"][pod.key]["named_ports"] = [
+                {"name": p.name, "port": p.port, "protocol": p.protocol} for p in pod.ports]
+        self.st.data["namespace_labels"] = {ns.name: dict(ns.labels) for ns in self.t.namespaces}
+        self.st.save()
+        from podnet.lab.orchestrator import in_lab_argv
+
+        run(in_lab_argv(self.st, [sys.executable, "-m", "podnet.lab.orchestrator", self.o.name]), timeout=60)
+
+    def attach(self, pod: Pod) -> dict:
+        """CNI ADD of the node's cluster conflist, run inside the node's namespace."""
+        from podnet.runtime.libcni import CniFailure, Conflist
+
+        node = self.st.data["nodes"][pod.node]
+        config = json.loads(Path(node["conflist"]).read_text())
+        conflist = Conflist(config, [str(self.st.labdir / "bin"), "/usr/lib/cni"], enter=enter(node["netns"]))
+        cid = f"lab-{self.o.name}-{pod.namespace}-{pod.name}"
+        try:
+            return conflist.add(cid, str(NETNS_DIR / topo.pod_netns(self.o.name, pod)), "eth0",
+                                args=f"K8S_POD_NAMESPACE={pod.namespace};K8S_POD_NAME={pod.name}")
+        except CniFailure as exc:
+            raise LabError(f"attaching pod {pod.key} on {pod.node} failed", str(exc)) from None
+
+
+
+def write_simulated_conflist(path: Path, block: str, socket: str) -> None:
+    """What the agent writes once it leased `block` (stands in until it can)."""
+    gateway = block.rsplit(".", 1)[0] + ".1"
+    config = {
+        "cniVersion": "1.0.0", "name": "cluster",
+        "plugins": [{
+            "type": "podnet", "bridge": "pncl0", "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
+            "agentSocket": socket, "capabilities": {"portMappings": True, "ips": True},
+            "ipam": {"type": "podnet-ipam", "ranges": [[{"subnet": block, "gateway": gateway}]]},
+        }],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(config, indent=2))
+    os.replace(tmp, path)
+
+
+def _conflist_block(path: Path) -> str | None:
+    try:
+        plugin = json.loads(path.read_text())["plugins"][0]
+        return plugin["ipam"]["ranges"][0][0]["subnet"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+

@@ -1,0 +1,138 @@
+"""What cluster members publish in the shared store: node leases, block claims, hosts.
+
+- `nodes/<name>` -> NodeLease: the node's block, underlay address and interface,
+  fabric and opaque backend data (e.g. the VTEP MAC); written with a TTL and renewed.
+- `blocks/<address>-<prefixlen>` -> BlockClaim: which node owns a block of the
+  cluster CIDR, taken by compare-and-put so two nodes never share one; same TTL.
+- `hosts/<name>` -> HostRecord: a plain (non-node) machine on the underlay, as the lab
+  registers it, so policy can find a host endpoint's address.
+
+Names and addresses are checked when read back: they become routes and nft elements.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from podnet import keys
+from podnet.model.base import CorruptRecord, Fields
+from podnet.store.base import dumps
+
+
+def _address(f: Fields, name: str) -> str:
+    value = f.text(name)
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise f.error(name, f"is not an IP address: {value!r}") from None
+
+
+def _block(f: Fields, name: str) -> str:
+    value = f.text(name)
+    try:
+        return str(ipaddress.IPv4Network(value))
+    except ValueError:
+        raise f.error(name, f"is not an IPv4 network: {value!r}") from None
+
+
+@dataclass(frozen=True)
+class NodeLease:
+    """What one node publishes about itself (`nodes/<name>`)."""
+
+    name: str
+    block: str
+    underlay_ip: str
+    underlay_if: str
+    fabric: str
+    backend: dict[str, Any] = field(default_factory=dict)
+    started: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return keys.node(self.name)
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.block)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "block": self.block,
+            "underlay_ip": self.underlay_ip,
+            "underlay_if": self.underlay_if,
+            "fabric": self.fabric,
+            "backend": dict(self.backend),
+            "started": self.started,
+        }
+
+    def encode(self) -> str:
+        return dumps(self.to_json())
+
+    @classmethod
+    def from_json(cls, raw: object, what: str = "node lease") -> NodeLease:
+        f = Fields(raw, what)
+        name = f.text("name")
+        keys.segment(name, "node name")
+        return cls(
+            name=name,
+            block=_block(f, "block"),
+            underlay_ip=_address(f, "underlay_ip"),
+            underlay_if=f.text("underlay_if", ""),
+            fabric=f.text("fabric", ""),
+            backend=f.mapping("backend"),
+            started=f.number("started"),
+        )
+
+
+def block_key(block: str | ipaddress.IPv4Network) -> str:
+    """The claim's key of a block (`10.244.3.0/24` -> `blocks/10.244.3.0-24`)."""
+    net = ipaddress.IPv4Network(block)
+    return keys.block(str(net.network_address), net.prefixlen)
+
+
+@dataclass(frozen=True)
+class BlockClaim:
+    """`blocks/<address>-<prefixlen>`: `node` owns `block` while the claim lives."""
+
+    node: str
+    block: str
+
+    @property
+    def key(self) -> str:
+        return block_key(self.block)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "block": self.block}
+
+    def encode(self) -> str:
+        return dumps(self.to_json())
+
+    @classmethod
+    def from_json(cls, raw: object, what: str = "block claim") -> BlockClaim:
+        f = Fields(raw, what)
+        return cls(node=f.text("node"), block=_block(f, "block"))
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    """`hosts/<name>`: a plain machine on the lab's underlay (rack, address)."""
+
+    underlay_ip: str
+    rack: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"underlay_ip": self.underlay_ip, "rack": self.rack}
+
+    def encode(self) -> str:
+        return dumps(self.to_json())
+
+    @classmethod
+    def from_json(cls, raw: object, what: str = "host record") -> HostRecord:
+        f = Fields(raw, what)
+        rack = f.integer("rack", 0)
+        if rack is None or rack < 0:
+            raise CorruptRecord(f"{what}: field 'rack' must be a non-negative integer")
+        return cls(underlay_ip=_address(f, "underlay_ip"), rack=rack)

@@ -1,0 +1,90 @@
+"""What policy reads from the store besides the objects users apply.
+
+- `policy/pods/<namespace>/<name>` -> PodRecord: what an orchestrator knows of a pod
+  and CNI does not (labels, named ports, node, addresses), kept as a v1 Pod manifest
+  so `podnet get pods -o yaml` shows what kubectl would.
+- `policy/settings` -> PolicySettings: cluster-wide switches (`logAllowed`).
+
+Pod addresses and ports become nft set elements: they are checked when read back.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from podnet import keys
+from podnet.model.base import Fields
+from podnet.store.base import dumps
+
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+
+
+@dataclass(frozen=True)
+class PodRecord:
+    namespace: str
+    name: str
+    node: str = ""
+    ips: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[Mapping[str, Any], ...] = ()  # {"name", "port", "protocol"}
+
+    @property
+    def key(self) -> str:
+        return keys.pod(self.namespace, self.name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": self.name, "namespace": self.namespace, "labels": dict(self.labels)},
+                "spec": {"nodeName": self.node, "ports": [dict(p) for p in self.ports]},
+                "status": {"podIPs": list(self.ips)}}
+
+    def encode(self) -> str:
+        return dumps(self.to_json())
+
+    @classmethod
+    def from_json(cls, raw: object, what: str = "pod record") -> PodRecord:
+        doc = Fields(raw, what)
+        meta = Fields(doc.mapping("metadata"), f"{what}: metadata")
+        spec = Fields(doc.mapping("spec"), f"{what}: spec")
+        status = Fields(doc.mapping("status"), f"{what}: status")
+        ips = status.texts("podIPs")
+        for ip in ips:
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                raise status.error("podIPs", f"holds {ip!r}, not an IP address") from None
+        ports = spec.raw.get("ports") or []
+        if not isinstance(ports, list):
+            raise spec.error("ports", "must be a list")
+        checked = []
+        for i, port in enumerate(ports):
+            p = Fields(port, f"{what}: spec.ports[{i}]")
+            number = p.integer("port")
+            if number is None or not 1 <= number <= 65535:
+                raise p.error("port", f"is not a port: {number!r}")
+            if p.text("protocol", "TCP") not in PROTOCOLS:
+                raise p.error("protocol", f"must be one of {', '.join(PROTOCOLS)}")
+            p.text("name", "")
+            checked.append(dict(port))
+        return cls(namespace=keys.segment(meta.text("namespace"), "namespace"),
+                   name=keys.segment(meta.text("name"), "pod name"),
+                   node=spec.text("nodeName", "") or "", ips=ips, labels=meta.labels("labels"),
+                   ports=tuple(checked))
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    log_allowed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"logAllowed": self.log_allowed}
+
+    def encode(self) -> str:
+        return dumps(self.to_json())
+
+    @classmethod
+    def from_json(cls, raw: object, what: str = "policy settings") -> PolicySettings:
+        return cls(log_allowed=Fields(raw, what).flag("logAllowed"))

@@ -1,0 +1,140 @@
+"""Objects in the cluster store: apply, delete, get, label, kubectl style.
+
+Why the store: every node's agent acts on the objects for its own endpoints, so they
+live where all of them watch (the lab's shared SQLite file, or etcd). Each object is
+one JSON manifest under its kind's prefix (the registry gives it). One `apply`,
+`delete` or `label` is one store transaction: all the documents of a file land
+together or not at all, and agents see one revision.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from podnet.errors import ObjectError
+from podnet.model.policy import PodRecord
+from podnet.objects.registry import kind_of_key
+from podnet.policy.kinds import NAMESPACE, POD
+from podnet.policy.objects import K8S_NAME_LABEL, Namespace
+from podnet.schema.fields import Loc, parse_labels
+from podnet.schema.kind import Kind, manifest, not_found
+from podnet.store.base import Store, dumps
+
+
+@dataclass(frozen=True)
+class Change:
+    key: str
+    what: str  # created | configured | unchanged | deleted | not found | labeled
+
+    @property
+    def shown(self) -> str:
+        kind = kind_of_key(self.key)
+        return f"{kind.ref(self.key) if kind else self.key} {self.what}"
+
+
+def apply(store: Store, objects: Sequence[Any]) -> list[Change]:
+    """Create or replace every object, in one transaction (kubectl apply, whole docs)."""
+    changes = []
+    with store.transaction() as tx:
+        for obj in objects:
+            value = dumps(obj.to_dict())
+            old = tx.get(obj.key)
+            if old is not None and old.value == value:
+                changes.append(Change(obj.key, "unchanged"))
+                continue
+            tx.put(obj.key, value)
+            changes.append(Change(obj.key, "configured" if old else "created"))
+    return changes
+
+
+def delete(store: Store, objects: Sequence[Any]) -> list[Change]:
+    """Delete every object named (its spec is not compared), in one transaction."""
+    with store.transaction() as tx:
+        return [Change(obj.key, "deleted" if tx.delete(obj.key) else "not found") for obj in objects]
+
+
+def get(store: Store, kind: Kind, namespace: str | None = None) -> list[dict[str, Any]]:
+    """The manifests of `kind` (in `namespace` when given and the kind is namespaced)."""
+    read = kind.manifest or (lambda raw: raw)
+    return [read(entry.json()) for entry in store.list(kind.list_prefix(namespace))]
+
+
+def get_one(store: Store, kind: Kind, name: str, namespace: str | None = None) -> dict[str, Any]:
+    entry = store.get(kind.key(name, namespace or "default"))
+    if entry is None:
+        raise not_found(kind, name, namespace)
+    return (kind.manifest or (lambda raw: raw))(entry.json())
+
+
+def namespace_object(name: str, labels: Mapping[str, str]) -> Namespace:
+    """A Namespace as if applied: its name and labels checked like a manifest's."""
+    doc = manifest(NAMESPACE.api_version, NAMESPACE.kind, name, None, labels, None)
+    return NAMESPACE.parse_manifest(doc, Loc("document 0"))
+
+
+def register_pods(store: Store, pods: Iterable[PodRecord], namespaces: Mapping[str, Mapping[str, str]]) -> None:
+    """What an orchestrator does at pod creation: record namespaces and pods unless
+    already there (a user's labels win), in one transaction."""
+    with store.transaction() as tx:
+        for name, labels in namespaces.items():
+            ns = namespace_object(name, labels)
+            if tx.get(ns.key) is None:
+                tx.put(ns.key, dumps(ns.to_dict()))
+        for pod in pods:
+            if tx.get(pod.key) is None:  # registered once: `podnet label pod` edits it
+                tx.put(pod.key, pod.encode())
+
+
+def parse_label_changes(changes: Sequence[str]) -> tuple[dict[str, str], set[str]]:
+    """kubectl label syntax: `k=v` sets, `k-` removes."""
+    if not changes:
+        raise ObjectError("no label changes given", "use k=v to set and k- to remove")
+    sets: dict[str, str] = {}
+    removes: set[str] = set()
+    for change in changes:
+        if change.endswith("-") and "=" not in change:
+            removes.add(change[:-1])
+        elif "=" in change:
+            key, _, value = change.partition("=")
+            sets[key] = value
+        else:
+            raise ObjectError(f"bad label change {change!r}", "use k=v to set and k- to remove")
+    if K8S_NAME_LABEL in sets or K8S_NAME_LABEL in removes:
+        raise ObjectError(f"{K8S_NAME_LABEL} is always the namespace's name and cannot be changed")
+    return sets, removes
+
+
+def _relabel(labels: Mapping[str, str], sets: Mapping[str, str], removes: set[str]) -> dict[str, str]:
+    out = {**labels, **sets}
+    for key in removes:
+        out.pop(key, None)
+    return out
+
+
+def label(store: Store, kind: Kind, target: str, changes: Sequence[str]) -> Change:
+    """Set/remove labels of a namespace (created if unknown, as every namespace a pod
+    uses exists) or of a registered pod (`NS/NAME`); validated as a whole object."""
+    sets, removes = parse_label_changes(changes)
+    with store.transaction() as tx:
+        if kind is NAMESPACE:
+            entry = tx.get(NAMESPACE.key(target))
+            doc = json.loads(entry.value) if entry else {"metadata": {}}
+            ns = namespace_object(target, _relabel(doc["metadata"].get("labels") or {}, sets, removes))
+            tx.put(ns.key, dumps(ns.to_dict()))
+            return Change(ns.key, "labeled")
+        if kind is POD:
+            namespace, sep, name = target.partition("/")
+            if not sep or not namespace or not name:
+                raise ObjectError(f"pod {target!r}: give it as NAMESPACE/NAME")
+            entry = tx.get(POD.key(name, namespace))
+            if entry is None:
+                raise ObjectError(f"pod {target} is not known", "pods are registered when they are created")
+            pod = PodRecord.from_json(entry.json(), entry.key)
+            labels = parse_labels(_relabel(pod.labels, sets, removes), f"Pod {target}: metadata.labels")
+            updated = PodRecord(pod.namespace, pod.name, pod.node, pod.ips, labels, pod.ports)
+            tx.put(updated.key, updated.encode())
+            return Change(updated.key, "labeled")
+    raise ObjectError(f"cannot label a {kind.kind}", "label namespace NAME or pod NS/NAME")

@@ -1,0 +1,119 @@
+"""The policy world as the store holds it: every policy object, namespace and pod.
+
+`load_world` is what each node's agent compiles from, and what `podnet policy
+explain` and `podnet describe` judge with. Objects are parsed through their kind's
+declaration (policy/kinds.py), pods read as PodRecords, and host endpoints without
+explicit addresses get their machine's underlay address (a node's from its lease, a
+plain lab host's from its `hosts/<name>` record).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from podnet import keys
+from podnet.model.base import CorruptRecord, parse_json
+from podnet.model.cluster import HostRecord, NodeLease
+from podnet.model.policy import PodRecord
+from podnet.policy.evaluate import Endpoint, NamedPort, World
+from podnet.policy.kinds import POLICY_KINDS
+from podnet.policy.objects import HostEndpoint
+from podnet.schema.fields import Loc
+from podnet.store.base import PUT, Store
+
+AS_OF = ""  # load_world's cache: the revision it reflects, under a key no object has
+_BY_PREFIX = {kind.prefix: kind for kind in POLICY_KINDS if kind.parse is not None}
+
+
+def parse_stored(key: str, value: str) -> Any:
+    """A stored policy object (or pod record) by its key: the kind's parser, with
+    errors naming the key (a document read back is validated like a new one)."""
+    if key.startswith(keys.PODS):
+        return PodRecord.from_json(parse_json(value, key), key)
+    kind = next((k for prefix, k in _BY_PREFIX.items() if key.startswith(prefix)), None)
+    if kind is None:
+        raise CorruptRecord(f"{key!r} is no policy object's key")
+    doc = parse_json(value, key)
+    if not isinstance(doc, Mapping) or doc.get("kind") != kind.kind:
+        raise CorruptRecord(f"{key}: expected a {kind.kind} manifest")
+    return kind.parse_manifest(doc, Loc(key))
+
+
+def load_world(store: Store, parsed: dict[str, tuple[int, Any]] | None = None,
+               events: Sequence[Any] | None = None) -> tuple[World, int]:
+    """The policy world and the revision it reflects.
+
+    `parsed` (kept by the caller) maps a key to (revision, parsed object): an unchanged
+    entry is not parsed again and yields the very same object, which the compiler's
+    cache relies on. With `events` (the watch events since the world `parsed` holds),
+    only those keys are applied, and the store is not listed: one change among 10k
+    objects costs one parse. Without them, one consistent snapshot is read."""
+    cache: dict[str, tuple[int, Any]] = {} if parsed is None else parsed
+
+    def parse(key: str, revision: int, value: str) -> None:
+        cache[key] = (revision, parse_stored(key, value))
+
+    as_of = cache.get(AS_OF, (0, None))[0]  # the revision the cache reflects
+    if events is not None and as_of:
+        revision = as_of
+        for event in events:
+            if event.revision <= as_of:
+                continue  # already in the cache: a listing since then saw it (or its undoing)
+            revision = max(revision, event.revision)
+            if event.key == keys.POLICY_SETTINGS or not event.key.startswith(keys.POLICY):
+                continue
+            if event.kind == PUT and event.value is not None:
+                parse(event.key, event.revision, event.value)
+            else:
+                cache.pop(event.key, None)
+    else:
+        with store.transaction():
+            entries, revision = store.list(keys.POLICY), store.revision()
+        live = {AS_OF}
+        for entry in entries:
+            if entry.key == keys.POLICY_SETTINGS:
+                continue
+            live.add(entry.key)
+            hit = cache.get(entry.key)
+            if hit is None or hit[0] != entry.revision:
+                parse(entry.key, entry.revision, entry.value)
+        for key in [k for k in cache if k not in live]:
+            del cache[key]
+    cache[AS_OF] = (revision, None)
+    return _world(store, cache), revision
+
+
+def _world(store: Store, cache: Mapping[str, tuple[int, Any]]) -> World:
+    objects = [obj for key, (_rev, obj) in cache.items() if key != AS_OF and not key.startswith(keys.PODS)]
+    pods = [pod for key, (_rev, pod) in cache.items() if key.startswith(keys.PODS)]
+    hosts = []
+    for obj in objects:
+        if isinstance(obj, HostEndpoint) and not obj.ips:
+            ip = machine_address(store, obj)
+            hosts.append(Endpoint("host", obj.name, None, (ip,) if ip else (), obj.labels, (), obj.machine))
+    return World.build(objects, endpoints_from_pods(pods, hosts))
+
+
+def machine_address(store: Store, hep: HostEndpoint) -> str | None:
+    """The underlay address of a host endpoint's machine: a node's lease, a plain
+    host's record; None while it has none (or it is unreadable)."""
+    key = keys.node(hep.node) if hep.node else keys.host(hep.host or "")
+    raw = store.get_json(key)
+    if raw is None:
+        return None
+    try:
+        record = NodeLease.from_json(raw, key) if hep.node else HostRecord.from_json(raw, key)
+    except CorruptRecord:
+        return None
+    return record.underlay_ip
+
+
+def endpoints_from_pods(pods: Sequence[PodRecord], hosts: Sequence[Endpoint] = ()) -> list[Endpoint]:
+    """Policy endpoints of the registered pods (named ports kept), after `hosts`."""
+    out = list(hosts)
+    for pod in pods:
+        ports = tuple(NamedPort(p["name"], int(p["port"]), p.get("protocol", "TCP"))
+                      for p in pod.ports if p.get("name"))
+        out.append(Endpoint("pod", pod.name, pod.namespace, pod.ips, pod.labels, ports, pod.node or None))
+    return out
