@@ -1,0 +1,232 @@
+"""watch(): one shared tail per store and process, and the watchers filtering its ring.
+
+Every watch() of this process shares one tail thread per store (`_loop`): it alone
+polls the database (`PRAGMA data_version`) and reads each new event once, into a ring
+of TAIL_EVENTS; a watcher only filters the ring for its prefix. An agent runs five or
+so watchers (networks, DNS, nodes, policy...), and fifty agents polling separately
+spent more than a CPU during a lab's pod attach. A watcher older than the ring, or of
+a prefix the tail has not taken up yet, reads the database directly (the ring holds
+the recent past only).
+"""
+
+from __future__ import annotations
+
+import collections
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+
+from podnet.errors import StoreError
+from podnet.store.base import Event, RevisionCompacted, prefix_end
+from podnet.store.sqlite.operations import Operations
+from podnet.store.sqlite.pool import Pool
+from podnet.store.sqlite.transactions import Transactions
+
+FULL_SCAN_SECONDS = 1.0  # watch(): a full scan at least this often, changed or not
+TAIL_EVENTS = 8192  # watch(): how many recent events the shared tail keeps in memory
+IDLE_POLL = 0.02  # watch(): how often the tail looks while nothing changes
+# watch(): the events' head revision, the next expiry and the compaction mark, in one read
+_WATCH_HEAD = (
+    "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'events'),"
+    " (SELECT MIN(expires_at) FROM kv WHERE expires_at IS NOT NULL),"
+    " (SELECT value FROM meta WHERE name = 'compacted')"
+)
+
+
+class Tail:
+    """The shared tail of one store in this process, and watch() on it.
+
+    poll: how often the tail looks while changes keep coming (`poll_interval`).
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        txs: Transactions,
+        ops: Operations,
+        clock: Callable[[], float],
+        poll: float,
+    ) -> None:
+        self._pool = pool
+        self._txs = txs
+        self._ops = ops
+        self._clock = clock
+        self._poll = poll
+        self.reset()
+        pool.on_fork(self.reset)
+
+    def reset(self) -> None:
+        """This process's tail (see pool.py): its ring, how far it has read, and from
+        which revision on the ring is complete."""
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._events: collections.deque[Event] = collections.deque(maxlen=TAIL_EVENTS)
+        self._head: int | None = None
+        self._floor = 0
+        self._compacted = 0
+        self._error: StoreError | None = None
+        # the prefixes watched in this process: the tail reads only their events; each
+        # prefix's ring is complete after the revision recorded here (None: not yet)
+        self._since: dict[str, int | None] = {}
+
+    def wake(self) -> None:
+        """Wake every waiting watcher (the store is closing)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def watch(self, prefix: str, from_revision: int, timeout: float) -> list[Event]:
+        """Events under `prefix` after `from_revision`, waiting up to `timeout`: from the
+        ring when it covers them, else from the database (module docstring)."""
+        if self._txs.conn() is not None:
+            raise StoreError("watch() inside a transaction would block every writer")
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._cond:
+            self._since.setdefault(prefix, None)
+        while True:
+            self._start()  # (again, after a failed tail thread ended)
+            with self._cond:
+                if self._error is not None:
+                    error, self._error = self._error, None
+                    raise error
+                head, floor, compacted = self._head, self._floor, self._compacted
+                since = self._since.get(prefix)
+                if head is not None and from_revision < compacted:
+                    raise RevisionCompacted(from_revision, compacted)
+                if head is not None and since is not None and from_revision >= max(floor, since):
+                    found = []
+                    for event in reversed(self._events):  # only what is newer: O(new)
+                        if event.revision <= from_revision:
+                            break
+                        if event.key.startswith(prefix):
+                            found.append(event)
+                    found.reverse()
+                    if found:
+                        return found
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._pool.closed:
+                        return []
+                    self._cond.wait(remaining)
+                    continue
+            # before the ring (or before the tail's first pass): ask the database, after
+            # turning what has expired into delete events
+            self._ops.sweep_if_due()
+            found = self._events_after(prefix, from_revision)
+            compacted = self._txs.read("SELECT value FROM meta WHERE name = 'compacted'", ())[0][0]
+            if from_revision < compacted:
+                raise RevisionCompacted(from_revision, compacted)
+            if found:
+                return found
+            with self._cond:
+                since = self._since.get(prefix)
+                if self._head is not None and since is not None:
+                    from_revision = max(from_revision, self._floor, since)
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._pool.closed:
+                    return []
+                self._cond.wait(min(remaining, self._poll))
+
+    def _start(self) -> None:
+        with self._cond:
+            if self._thread is None and not self._pool.closed:
+                self._thread = threading.Thread(
+                    target=self._loop, name=f"store-tail {self._pool.path}", daemon=True
+                )
+                self._thread.start()
+
+    def _loop(self) -> None:
+        """Poll the database for every watcher of this process (see watch): one cheap
+        `PRAGMA data_version` per interval on a connection that never writes (it changes
+        whenever any other connection commits); on a change, the head, next expiry and
+        compaction mark in one statement and the new events in one more. Expiry becomes
+        delete events here too (the sweep), and a full scan runs at least every
+        FULL_SCAN_SECONDS."""
+        try:
+            probe = self._pool.checkout()
+        except StoreError as exc:
+            with self._cond:
+                self._error, self._thread = exc, None
+                self._cond.notify_all()
+            return
+        try:
+            version: int | None = None
+            idle_version: int | None = None  # the version seen by the previous pass
+            next_expiry: float | None = None
+            next_full = 0.0
+            while not self._pool.closed:
+                current = self._pool.execute(probe, "PRAGMA data_version", ()).fetchone()[0]
+                mono = time.monotonic()
+                if (current != version or mono >= next_full
+                        or (next_expiry is not None and self._clock() >= next_expiry)):
+                    version, next_full = current, mono + FULL_SCAN_SECONDS
+                    next_expiry = self._read_new()
+                # Writers in this process wake us at once. Another process's change is
+                # seen within IDLE_POLL when things are quiet (a lone policy edit), and
+                # batched per `poll_interval` while changes keep coming (a lab's pods
+                # attaching: each pass then reads the head and the new events).
+                with self._txs.committed:
+                    self._txs.committed.wait(
+                        self._poll if current != idle_version else min(self._poll, IDLE_POLL)
+                    )
+                idle_version = current
+        except (StoreError, sqlite3.Error) as exc:
+            with self._cond:
+                self._error = exc if isinstance(exc, StoreError) else StoreError(f"store watch failed: {exc}")
+                self._cond.notify_all()
+        finally:
+            self._pool.checkin(probe)
+            with self._cond:
+                self._thread = None
+                self._cond.notify_all()
+
+    def _read_new(self) -> float | None:
+        """One pass of the tail after a change: the head, the new events of the watched
+        prefixes into the ring, the compaction mark; the next expiry is returned."""
+        head, next_expiry, compacted = self._txs.read(_WATCH_HEAD, ())[0]
+        if next_expiry is not None and next_expiry <= self._clock():
+            self._ops.sweep_if_due()
+            head, next_expiry, compacted = self._txs.read(_WATCH_HEAD, ())[0]
+        head = head or 0
+        with self._cond:
+            scanned = self._head
+            prefixes = sorted(self._since)
+            for prefix in prefixes:  # from here on the ring holds their events
+                if self._since[prefix] is None:
+                    self._since[prefix] = head if scanned is None else scanned
+        new = (self._events_under(prefixes, scanned)
+               if scanned is not None and head > scanned and prefixes else [])
+        with self._cond:
+            if scanned is None:
+                self._floor = head  # the ring starts here
+            for event in new:
+                if len(self._events) == self._events.maxlen:
+                    self._floor = self._events[0].revision
+                self._events.append(event)
+            self._head = max(head, new[-1].revision if new else 0)
+            self._compacted = compacted or 0
+            self._cond.notify_all()
+        return next_expiry
+
+    def _events_under(self, prefixes: list[str], revision: int) -> list[Event]:
+        """Events after `revision` under any of `prefixes`, in revision order: the
+        tail reads only what this process watches (most writes, IPAM and endpoint
+        records, interest no watcher)."""
+        clauses, params = [], [revision]
+        for prefix in prefixes:
+            end = prefix_end(prefix)
+            if end is None:  # the empty prefix: everything
+                return self._events_after("", revision)
+            clauses.append("(key >= ? AND key < ?)")
+            params += [prefix, end]
+        sql = f"SELECT kind, key, value, revision FROM events WHERE revision > ? AND ({' OR '.join(clauses)})"
+        return [Event(*row) for row in self._txs.read(sql + " ORDER BY revision", tuple(params))]
+
+    def _events_after(self, prefix: str, revision: int) -> list[Event]:
+        end = prefix_end(prefix)
+        sql = "SELECT kind, key, value, revision FROM events WHERE revision > ?"
+        params: tuple = (revision,)
+        if end is not None:
+            sql += " AND key >= ? AND key < ?"
+            params = (revision, prefix, end)
+        return [Event(*row) for row in self._txs.read(sql + " ORDER BY revision", params)]
