@@ -1,4 +1,5 @@
-"""Default paths, in a module of its own so the thin plugin imports nothing else."""
+"""The default store path, in a module of its own so the standard-library-only paths
+(podnet-ipam, the CNI config) import nothing else. The agent's default socket is
+rpc/wire.py's, beside the framing the thin plugin speaks."""
 
-DEFAULT_SOCKET = "/run/podnet/agent.sock"
 DEFAULT_STORE = "/var/lib/podnet/store.db"

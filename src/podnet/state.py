@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from podnet.defaults import DEFAULT_SOCKET
+from podnet.rpc.wire import DEFAULT_SOCKET
 
 DEFAULT_STATE_DIR = "/var/lib/podnet"
 

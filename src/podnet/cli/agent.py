@@ -11,9 +11,9 @@ from podnet.cli.output import fail
 from podnet.cluster.leases import DEFAULT_BLOCK_PREFIX, DEFAULT_CLUSTER_CIDR, DEFAULT_TTL
 from podnet.cluster.options import FABRIC_NAMES
 from podnet.config import DEFAULT_CONFIG
-from podnet.defaults import DEFAULT_SOCKET
 from podnet.install.cni import DEFAULT_BRIDGE, DEFAULT_NETWORK, DEFAULT_SUBNET
 from podnet.install.systemd import DEFAULT_UNIT_DIR, RUN_DIR, STATE_DIR, UNIT
+from podnet.rpc.wire import DEFAULT_SOCKET
 from podnet.state import agent_socket
 
 # flag destination -> built-in default, used when neither a flag nor the config file sets it

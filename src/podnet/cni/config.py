@@ -15,8 +15,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from podnet.defaults import DEFAULT_SOCKET, DEFAULT_STORE
+from podnet.defaults import DEFAULT_STORE
 from podnet.errors import DecodingFailure, InvalidConfig
+from podnet.rpc.wire import DEFAULT_SOCKET
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

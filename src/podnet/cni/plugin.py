@@ -18,8 +18,8 @@ import _socket
 import posix
 import sys
 
-from podnet.defaults import DEFAULT_SOCKET
 from podnet.rpc import wire
+from podnet.rpc.wire import DEFAULT_SOCKET
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

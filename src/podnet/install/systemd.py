@@ -14,10 +14,10 @@ from pathlib import Path
 
 from podnet.cluster.leases import DEFAULT_BLOCK_PREFIX, DEFAULT_CLUSTER_CIDR, DEFAULT_TTL
 from podnet.config import DEFAULT_CONFIG
-from podnet.defaults import DEFAULT_SOCKET
 from podnet.errors import InvalidConfig, PodnetError
 from podnet.install import under
 from podnet.install.cni import MARKER, write_file
+from podnet.rpc.wire import DEFAULT_SOCKET
 from podnet.state import DEFAULT_STATE_DIR
 
 UNIT = "podnet-agent.service"

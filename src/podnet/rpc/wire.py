@@ -7,11 +7,13 @@ reply:   u32 exit code, u32 payload length, payload (raw bytes: for CNI, exactly
 
 The plugin forwards stdin untouched and prints the reply untouched, so it needs no
 JSON parser of its own: only C modules (`_struct`), which keeps its start-up near the
-interpreter's floor. Standard library only.
+interpreter's floor (its whole import path: podnet.cni.plugin and this module).
+Standard library only.
 """
 
 import _struct  # no __future__/os imports: the thin plugin imports this module
 
+DEFAULT_SOCKET = "/run/podnet/agent.sock"  # where an agent listens unless told otherwise
 _U32 = _struct.Struct(">I")
 _PAIR = _struct.Struct(">II")
 SOL_SOCKET = 1  # Linux values, as in <sys/socket.h>
