@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from podnet.defaults import DEFAULT_CONFIG
 from podnet.errors import InvalidConfig, ObjectError
 from podnet.schema import fields
 from podnet.schema.fields import Loc
 
-DEFAULT_CONFIG = "/etc/podnet/config.yaml"
 DEFAULT_LAB = "lab"
 API_VERSION = "podnet.io/v1"
 # agent: key in the file -> `podnet agent` flag destination, and its type

@@ -1,5 +1,19 @@
-"""The default store path, in a module of its own so the standard-library-only paths
-(podnet-ipam, the CNI config) import nothing else. The agent's default socket is
+"""Every default a user sees in a flag or a file, in one module that imports nothing:
+the CLI's help and the standard-library-only paths (podnet-ipam, the CNI config)
+read them without importing the code that uses them. The agent's default socket is
 rpc/wire.py's, beside the framing the thin plugin speaks."""
 
 DEFAULT_STORE = "/var/lib/podnet/store.db"
+DEFAULT_STATE_DIR = "/var/lib/podnet"
+DEFAULT_CONFIG = "/etc/podnet/config.yaml"
+
+# a cluster node (podnet agent --node ...)
+FABRIC_NAMES = ("vxlan", "host-gw")  # fabric/__init__.py FABRICS has exactly these keys
+DEFAULT_CLUSTER_CIDR = "10.244.0.0/16"
+DEFAULT_BLOCK_PREFIX = 24
+DEFAULT_LEASE_TTL = 10.0
+
+# podnet install-cni
+DEFAULT_NETWORK, DEFAULT_SUBNET, DEFAULT_BRIDGE = "podnet", "10.85.0.0/16", "podnet0"
+UNIT = "podnet-agent.service"
+DEFAULT_UNIT_DIR = "/etc/systemd/system"

@@ -13,7 +13,6 @@ Pure and standard library only: the thin plugins' in-process paths import it.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 from podnet.errors import InvalidConfig
@@ -149,6 +148,8 @@ def host(name: str) -> str:
 
 def stored_store(path: str) -> str:
     """Where the agent remembers another store it served (found again at resync)."""
+    import hashlib  # here: OpenSSL's import costs ~3 ms that every other key does without
+
     return STORES + hashlib.sha256(path.encode()).hexdigest()[:16]
 
 

@@ -8,8 +8,6 @@ recomputing the hash. Standard library only: the thin plugin may import it.
 
 from __future__ import annotations
 
-import hashlib
-
 NET_ID_LEN = 8
 ATTACH_ID_LEN = 12
 HOST_VETH_PREFIX = "pn"
@@ -17,6 +15,8 @@ HOST_VETH_PREFIX = "pn"
 
 def net_id(network: str) -> str:
     """First 8 hex of sha256(network name): identifies a network in nft comments."""
+    import hashlib  # imported on use: readers of names alone (is_ifname) skip OpenSSL's ~3 ms
+
     return hashlib.sha256(network.encode()).hexdigest()[:NET_ID_LEN]
 
 
@@ -25,6 +25,8 @@ def attach_id(network: str, container_id: str, ifname: str) -> str:
 
     NUL separators make the key unambiguous ("a" + "bc" never equals "ab" + "c").
     """
+    import hashlib
+
     key = f"{network}\0{container_id}\0{ifname}".encode()
     return hashlib.sha256(key).hexdigest()[:ATTACH_ID_LEN]
 

@@ -7,9 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from podnet.defaults import DEFAULT_STATE_DIR
 from podnet.rpc.wire import DEFAULT_SOCKET
-
-DEFAULT_STATE_DIR = "/var/lib/podnet"
 
 
 @dataclass(frozen=True)

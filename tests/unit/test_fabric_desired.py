@@ -95,7 +95,7 @@ def test_vxlan_caps_gso_at_the_legacy_limit():
 
 
 def test_the_flags_know_every_fabric():
-    from podnet.cluster.options import FABRIC_NAMES
+    from podnet.defaults import FABRIC_NAMES
     from podnet.fabric import FABRICS
 
     assert tuple(FABRICS) == FABRIC_NAMES

@@ -5,14 +5,23 @@ the config file given with `--config` (config.py), else its defaults."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from podnet.cli.output import fail
-from podnet.cluster.leases import DEFAULT_BLOCK_PREFIX, DEFAULT_CLUSTER_CIDR, DEFAULT_TTL
-from podnet.cluster.options import FABRIC_NAMES
-from podnet.config import DEFAULT_CONFIG
-from podnet.install.cni import DEFAULT_BRIDGE, DEFAULT_NETWORK, DEFAULT_SUBNET
-from podnet.install.systemd import DEFAULT_UNIT_DIR, RUN_DIR, STATE_DIR, UNIT
+from podnet.defaults import (
+    DEFAULT_BLOCK_PREFIX,
+    DEFAULT_BRIDGE,
+    DEFAULT_CLUSTER_CIDR,
+    DEFAULT_CONFIG,
+    DEFAULT_LEASE_TTL,
+    DEFAULT_NETWORK,
+    DEFAULT_STATE_DIR,
+    DEFAULT_SUBNET,
+    DEFAULT_UNIT_DIR,
+    FABRIC_NAMES,
+    UNIT,
+)
 from podnet.rpc.wire import DEFAULT_SOCKET
 from podnet.state import agent_socket
 
@@ -20,7 +29,7 @@ from podnet.state import agent_socket
 AGENT_DEFAULTS = {
     "socket": None, "store": None, "state_dir": None, "dns_upstream": None, "policy_host": None,
     "node": None, "fabric": "vxlan", "cluster_cidr": DEFAULT_CLUSTER_CIDR,
-    "block_prefix": DEFAULT_BLOCK_PREFIX, "underlay": "eth0", "lease_ttl": DEFAULT_TTL,
+    "block_prefix": DEFAULT_BLOCK_PREFIX, "underlay": "eth0", "lease_ttl": DEFAULT_LEASE_TTL,
 }
 
 
@@ -41,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     cluster.add_argument("--cluster-cidr", help=f"pod CIDR split into node blocks (default {DEFAULT_CLUSTER_CIDR})")
     cluster.add_argument("--block-prefix", type=int, help=f"prefix length of a node's block (default {DEFAULT_BLOCK_PREFIX})")
     cluster.add_argument("--underlay", help="the node's interface toward other nodes (default eth0)")
-    cluster.add_argument("--lease-ttl", type=float, help=f"node lease TTL in seconds (default {DEFAULT_TTL:g})")
+    cluster.add_argument("--lease-ttl", type=float, help=f"node lease TTL in seconds (default {DEFAULT_LEASE_TTL:g})")
     agent.set_defaults(func=_cmd_agent)
 
     install = sub.add_parser("install-cni", help="install the podnet CNI executables (and the agent as a service)")
@@ -57,7 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     remove.add_argument("--conf-dir", help="remove the default conflist here if it is unchanged")
     _add_install_options(remove, "remove")
     remove.add_argument("--purge", action="store_true",
-                        help=f"also remove the state directory ({STATE_DIR}: the store) and the config file")
+                        help=f"also remove the state directory ({DEFAULT_STATE_DIR}: the store) and the config file")
     remove.set_defaults(func=_cmd_uninstall)
 
     ping = sub.add_parser("ping", help="check that an agent answers")
@@ -72,7 +81,7 @@ def _add_install_options(parser: argparse.ArgumentParser, verb: str) -> None:
     parser.add_argument("--bridge", default=DEFAULT_BRIDGE, help="bridge of the default network")
     parser.add_argument("--systemd", action="store_true",
                         help=f"{verb} the agent as the systemd unit {UNIT}"
-                             + (f" (also makes {RUN_DIR}, {STATE_DIR} and a config file)" if verb == "install" else ""))
+                             + (f" (also makes {os.path.dirname(DEFAULT_SOCKET)}, {DEFAULT_STATE_DIR} and a config file)" if verb == "install" else ""))
     parser.add_argument("--unit-dir", default=DEFAULT_UNIT_DIR, help=f"where the unit goes (default {DEFAULT_UNIT_DIR})")
     parser.add_argument("--config", default=DEFAULT_CONFIG,
                         help=f"the config file the unit's agent reads (default {DEFAULT_CONFIG})")

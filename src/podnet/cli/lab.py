@@ -9,7 +9,7 @@ import time
 
 from podnet.cli.output import add_output_option, emit_object, fail
 from podnet.cli.target import add_target_options, lab_name
-from podnet.cluster.options import FABRIC_NAMES
+from podnet.defaults import FABRIC_NAMES
 from podnet.errors import PodnetError
 from podnet.kernel.gso import BIG_TCP as NIC_GSO
 

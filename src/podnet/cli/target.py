@@ -13,16 +13,17 @@ root namespace never talks to lab addresses.
 from __future__ import annotations
 
 import argparse
-import socket
-import subprocess
 import sys
 from collections.abc import Callable
 
 from podnet.cli.output import fail
-from podnet.config import Target, resolve
 from podnet.errors import PodnetError
 from podnet.state import agent_socket
-from podnet.store.base import Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from podnet.config import Target
+    from podnet.store.base import Store
 
 RULE = ("first given wins: --lab, --store, --context, $PODNET_STORE, $PODNET_LAB, "
         "the config file's current-context ($PODNET_CONFIG or /etc/podnet/config.yaml), the lab 'lab'")
@@ -42,6 +43,8 @@ def add_target_options(parser: argparse.ArgumentParser, *, lab_only: bool = Fals
 
 
 def target(args: argparse.Namespace) -> Target:
+    from podnet.config import Target, resolve  # (config file parsing: only when a command runs)
+
     resolved = getattr(args, "resolved_store", None)
     if resolved:
         return Target(store=resolved, source="the command that ran this one")
@@ -87,6 +90,8 @@ def in_lab(args: argparse.Namespace) -> int | None:
     url = store_location(where)
     if not needs_lab_namespace(url):
         return None
+    import subprocess
+
     argv = in_lab_argv(LabState.load(where.lab), [sys.executable, "-m", "podnet.cli", *sys.argv[1:], RESOLVED, url])
     return subprocess.run(argv, check=False).returncode
 
@@ -110,6 +115,8 @@ def node_sockets(args: argparse.Namespace) -> dict[str, str]:
     agent (the context's socket, else --socket/$PODNET_AGENT_SOCKET/the default)."""
     where = target(args)
     if where.lab is None:
+        import socket
+
         return {socket.gethostname(): where.socket or agent_socket(getattr(args, "socket", None))}
     from podnet.lab.state import LabState
 

@@ -38,9 +38,6 @@ from podnet.model.ipam import Reservation
 from podnet.store.base import Entry, Store
 
 CLUSTER_NETWORK = "cluster"  # the pod network's name: its IPAM keys are ipam/cluster/...
-DEFAULT_CLUSTER_CIDR = "10.244.0.0/16"
-DEFAULT_BLOCK_PREFIX = 24
-DEFAULT_TTL = 10.0
 
 
 class NoFreeBlock(PodnetError):

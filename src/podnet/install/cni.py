@@ -13,10 +13,11 @@ import json
 import os
 from pathlib import Path
 
+from podnet.defaults import DEFAULT_BRIDGE, DEFAULT_NETWORK, DEFAULT_SUBNET
+
 PLUGINS = {"podnet": "podnet.cni.plugin", "podnet-ipam": "podnet.cni.ipam_plugin"}
 # What `podnet uninstall` looks for before it removes a file: it removes only its own.
 MARKER = "Installed by `podnet install-cni`"
-DEFAULT_NETWORK, DEFAULT_SUBNET, DEFAULT_BRIDGE = "podnet", "10.85.0.0/16", "podnet0"
 
 TEMPLATE = """#!/usr/bin/python3 -IS
 # {marker}; regenerate rather than edit.

@@ -12,16 +12,20 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from podnet.cluster.leases import DEFAULT_BLOCK_PREFIX, DEFAULT_CLUSTER_CIDR, DEFAULT_TTL
-from podnet.config import DEFAULT_CONFIG
+from podnet.defaults import (
+    DEFAULT_BLOCK_PREFIX,
+    DEFAULT_CLUSTER_CIDR,
+    DEFAULT_CONFIG,
+    DEFAULT_LEASE_TTL,
+    DEFAULT_STATE_DIR,
+    DEFAULT_UNIT_DIR,
+    UNIT,
+)
 from podnet.errors import InvalidConfig, PodnetError
 from podnet.install import under
 from podnet.install.cni import MARKER, write_file
 from podnet.rpc.wire import DEFAULT_SOCKET
-from podnet.state import DEFAULT_STATE_DIR
 
-UNIT = "podnet-agent.service"
-DEFAULT_UNIT_DIR = "/etc/systemd/system"
 RUN_DIR = str(Path(DEFAULT_SOCKET).parent)  # the socket, nft.lock, the labs' state files
 STATE_DIR = DEFAULT_STATE_DIR
 DIR_MODES = {RUN_DIR: 0o755, STATE_DIR: 0o700}
@@ -122,7 +126,7 @@ def render_unit(podnet: str, config: str) -> str:
 def config_skeleton(config: str) -> str:
     return CONFIG_SKELETON.format(config=config, state_dir=STATE_DIR, socket=DEFAULT_SOCKET,
                                   cluster_cidr=DEFAULT_CLUSTER_CIDR, block_prefix=DEFAULT_BLOCK_PREFIX,
-                                  lease_ttl=DEFAULT_TTL)
+                                  lease_ttl=DEFAULT_LEASE_TTL)
 
 
 def systemd_running(root: str | Path) -> bool:

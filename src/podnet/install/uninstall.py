@@ -12,18 +12,22 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from podnet.config import DEFAULT_CONFIG
-from podnet.install import under
-from podnet.install.cni import (
+from podnet.defaults import (
     DEFAULT_BRIDGE,
+    DEFAULT_CONFIG,
     DEFAULT_NETWORK,
     DEFAULT_SUBNET,
+    DEFAULT_UNIT_DIR,
+    UNIT,
+)
+from podnet.install import under
+from podnet.install.cni import (
     MARKER,
     PLUGINS,
     conflist_path,
     conflist_text,
 )
-from podnet.install.systemd import DEFAULT_UNIT_DIR, STATE_DIR, UNIT, systemctl, systemd_running
+from podnet.install.systemd import STATE_DIR, systemctl, systemd_running
 
 NOT_OURS = "not written by podnet install-cni"
 
