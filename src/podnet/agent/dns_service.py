@@ -42,8 +42,7 @@ from podnet.model.network import NetworkRecord
 from podnet.store.base import Entry, RevisionCompacted, Store
 
 if TYPE_CHECKING:
-    from podnet.agent.daemon import Agent
-    from podnet.agent.ops import OpHandler
+    from podnet.agent.context import AgentContext, OpHandler
 
 log = logging.getLogger("podnet.dns")
 
@@ -253,7 +252,7 @@ def decode(entries: Iterable[Entry], from_json: Callable[[object, str], R], reje
     return out
 
 
-def agent_upstream(agent: Agent) -> tuple[str, int] | None:
+def agent_upstream(agent: AgentContext) -> tuple[str, int] | None:
     """The upstream the agent was configured with (`--dns-upstream`), if any. A bad
     value disables forwarding rather than the agent: failing closed sends nothing out."""
     text = getattr(agent, "dns_upstream", None) or os.environ.get(UPSTREAM_ENV) or ""
@@ -266,7 +265,7 @@ def agent_upstream(agent: Agent) -> tuple[str, int] | None:
         return None
 
 
-def dns_service(agent: Agent) -> DnsService:
+def dns_service(agent: AgentContext) -> DnsService:
     """The factory agent/ops.py registers. Networks and containers are written by the
     CLI into the state dir's store (agent.state.store, which is agent.store_path
     unless the agent was given another --store): read them where they are written."""

@@ -22,8 +22,7 @@ from podnet.networks.service import SYNC_OP
 from podnet.store import Store
 
 if TYPE_CHECKING:
-    from podnet.agent.daemon import Agent
-    from podnet.agent.ops import OpHandler
+    from podnet.agent.context import AgentContext, OpHandler
 
 log = logging.getLogger("podnet.agent.isolation")
 
@@ -51,7 +50,7 @@ class IsolationService:
         self._rules: list[str] | None = None
 
     @classmethod
-    def for_agent(cls, agent: Agent) -> IsolationService:
+    def for_agent(cls, agent: AgentContext) -> IsolationService:
         """Networks live in the state dir's store (where the CLI writes them): the
         agent's own store unless it was started with another --store (then it is
         opened once it exists: no networks until then). The handle is the CNI

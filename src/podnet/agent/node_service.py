@@ -39,8 +39,7 @@ from podnet.store import RevisionCompacted, Store
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
-    from podnet.agent.daemon import Agent
-    from podnet.agent.ops import OpHandler
+    from podnet.agent.context import AgentContext, OpHandler
     from podnet.fabric.base import FabricContext, RouteNetwork
 
 log = logging.getLogger("podnet.agent.node")
@@ -87,7 +86,7 @@ def render_conflist(block: str, cluster_cidr: str, mtu: int, agent_socket: str, 
 
 
 class NodeService:
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: AgentContext) -> None:
         self.agent = agent
         self.options: NodeOptions | None = getattr(agent, "node_options", None)
         self.claim: Claim | None = None

@@ -10,31 +10,16 @@ isolation.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
 
+from podnet.agent.context import AgentContext, AgentService
 from podnet.agent.dns_service import dns_service
 from podnet.agent.isolation_service import IsolationService
 from podnet.agent.node_service import NodeService
 from podnet.agent.policy_service import PolicyService
 from podnet.agent.supervisor_service import SupervisorService
 
-if TYPE_CHECKING:
-    from podnet.agent.daemon import Agent
-
-OpHandler = Callable[[dict, list[int]], object]
-
-
-
-class AgentService(Protocol):
-    def ops(self) -> dict[str, OpHandler]: ...
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-
 # name -> factory(agent); order is start order (stop runs in reverse)
-SERVICES: dict[str, Callable[[Agent], AgentService]] = {
+SERVICES: dict[str, Callable[[AgentContext], AgentService]] = {
     "isolation": IsolationService.for_agent,  # networks/ -> the inet podnet-iso table
     "dns": dns_service,  # networks/ + containers/ -> a DNS server on each bridge gateway
     "supervisor": SupervisorService,  # parent of detached containers; finishes dead ones
@@ -43,5 +28,5 @@ SERVICES: dict[str, Callable[[Agent], AgentService]] = {
 }
 
 
-def build_services(agent: Agent) -> list[AgentService]:
+def build_services(agent: AgentContext) -> list[AgentService]:
     return [factory(agent) for factory in SERVICES.values()]

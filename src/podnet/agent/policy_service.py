@@ -41,8 +41,7 @@ from podnet.model.policy import PolicySettings
 from podnet.store import Store
 
 if TYPE_CHECKING:
-    from podnet.agent.daemon import Agent
-    from podnet.agent.ops import OpHandler
+    from podnet.agent.context import AgentContext, OpHandler
     from podnet.policy.compile import Compiled
 
 log = logging.getLogger("podnet.agent.policy")
@@ -66,7 +65,7 @@ def flow_record(seq: int, packet: Any, node: str) -> dict[str, Any]:
 
 
 class PolicyService:
-    def __init__(self, agent: Agent, nft: NftPort | None = None,
+    def __init__(self, agent: AgentContext, nft: NftPort | None = None,
                  resync_seconds: float = RESYNC_SECONDS) -> None:
         self.agent = agent
         options = getattr(agent, "node_options", None)

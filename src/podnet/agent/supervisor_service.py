@@ -35,8 +35,7 @@ from podnet.model.container import ContainerRecord
 from podnet.procs import process_owner
 
 if TYPE_CHECKING:
-    from podnet.agent.daemon import Agent
-    from podnet.agent.ops import OpHandler
+    from podnet.agent.context import AgentContext, OpHandler
 
 log = logging.getLogger("podnet.agent.supervisor")
 
@@ -54,7 +53,7 @@ class SupervisorService:
     sweep_seconds = 2.0
     shutdown_grace = 2.0
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: AgentContext) -> None:
         self.agent = agent
         self._host: lifecycle.Host | None = None
         self._host_lock = threading.Lock()

@@ -1,0 +1,37 @@
+"""What an agent service sees of the agent, and what it gives back: a narrow interface
+instead of the daemon itself, so the services depend on this module and the daemon
+depends on them (agent/ops.py lists them), never the other way round."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from podnet.cluster.options import NodeOptions
+    from podnet.endpoints.service import CniService
+    from podnet.state import StatePaths
+
+# an op on the agent socket: (decoded request, fds that came with it) -> a JSON-able
+# result, or a PodnetError
+OpHandler = Callable[[dict, list[int]], object]
+
+
+class AgentContext(Protocol):
+    """The agent (agent/daemon.py `Agent`) as its services use it."""
+
+    socket_path: str
+    store_path: str
+    state: StatePaths
+    service: CniService  # the CNI service: its one warm handle per store
+    node_options: NodeOptions | None  # None: not a cluster node
+    policy_host: str | None  # a plain host whose HostEndpoint policy this agent enforces
+    dns_upstream: str | None
+
+
+class AgentService(Protocol):
+    def ops(self) -> dict[str, OpHandler]: ...
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
