@@ -157,11 +157,6 @@ def pod(namespace: str, name: str) -> str:
     return f"{PODS}{segment(namespace, 'namespace')}/{segment(name, 'pod name')}"
 
 
-def parse_pod(key: str) -> tuple[str, str]:
-    parts = _parts(key, PODS, 2)
-    return parts[0], parts[1]
-
-
 def object_key(prefix: str, name: str, namespace: str | None = None) -> str:
     """An object's key under its kind's prefix (the object registry gives the
     prefix): `<prefix>[<namespace>/]<name>`."""

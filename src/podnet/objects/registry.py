@@ -37,10 +37,6 @@ def lookup(text: str) -> Kind:
     return kind
 
 
-def by_kind(name: str) -> Kind:
-    return _BY_KIND[name]
-
-
 def kind_of_key(key: str) -> Kind | None:
     """The kind whose objects live under `key` (None: not an object's key)."""
     return next((kind for kind in KINDS if key.startswith(kind.prefix)), None)
