@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from podnet.defaults import DEFAULT_STORE
 from podnet.errors import DecodingFailure, InvalidConfig
+from podnet.naming import is_ifname
 from podnet.rpc.wire import DEFAULT_SOCKET
 
 TYPE_CHECKING = False
@@ -28,7 +28,6 @@ MODES = ("bridge", "macvlan")
 MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
 # Our own IPAM answers to these type names without exec'ing anything.
 BUILTIN_IPAM = frozenset({"podnet-ipam", "podnet"})
-_IFNAME = re.compile(r"^[^\s/:]{1,15}$")
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,7 @@ def _str(raw: Mapping, key: str, default: str | None) -> str | None:
 
 
 def _ifname(value: str, key: str) -> str:
-    if not _IFNAME.match(value) or value in (".", ".."):
+    if not is_ifname(value):
         raise InvalidConfig(f"'{key}' {value!r} is not a valid interface name (1-15 bytes)")
     return value
 

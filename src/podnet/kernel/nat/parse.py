@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podnet.errors import InvalidConfig, PortInUse
+from podnet.naming import is_ifname
 
 FAMILIES = ("ip", "ip6")
 PROTOCOLS = ("tcp", "udp", "sctp")
@@ -129,13 +130,7 @@ def check_attach_id(attach: str) -> None:
 
 def check_ifname(name: str) -> None:
     """An interface name safe to put in a /proc path (kernel rules: <=15 bytes, no / : ws)."""
-    if (
-        not isinstance(name, str)
-        or not 0 < len(name.encode()) <= 15
-        or name in (".", "..")
-        or any(c in name for c in "/:\0")
-        or any(c.isspace() for c in name)
-    ):
+    if not is_ifname(name):
         raise InvalidConfig(f"invalid host interface name {name!r}")
 
 
