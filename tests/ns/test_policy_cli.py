@@ -114,6 +114,26 @@ def test_apply_get_label_delete(lab, tmp_path):
     assert json.loads(cli("get", "netpol", "--lab", lab, "-o", "json").stdout) == []
 
 
+def test_describe_and_nodes_from_inside_an_etcd_lab(lab, tmp_path):
+    """describe re-runs inside the lab like every store command; a pod names its node
+    and the policies selecting it; nodes are the agents' leases."""
+    path = tmp_path / "p.yaml"
+    path.write_text(POLICIES)
+    assert cli("apply", "-f", str(path), "--lab", lab).returncode == 0
+    try:
+        out = cli("describe", "pod", "x/b", "--lab", lab)  # (another test relabels x/a)
+        assert out.returncode == 0, out.stderr
+        assert "Spec:\n  nodeName: node1" in out.stdout
+        assert "ClusterPolicy deny-outside (tier security" in out.stdout and "allow-http" not in out.stdout
+        netpol = cli("describe", "netpol", "allow-http", "-n", "x", "--lab", lab).stdout
+        assert "Selects:\n" in netpol and "pod x/b" not in netpol
+        nodes = json.loads(cli("get", "nodes", "--lab", lab, "-o", "json").stdout)
+        assert sorted(n["metadata"]["name"] for n in nodes) == ["node0", "node1"]
+        assert all(n["spec"]["block"].startswith("10.244.") for n in nodes)
+    finally:
+        cli("delete", "-f", str(path), "--lab", lab)
+
+
 @pytest.mark.parametrize("args, stdin, message", [
     (["apply", "-f", "-"], "kind: Deployment\napiVersion: apps/v1\nmetadata: {name: x}\n", "Deployment"),
     (["apply", "-f", "-"], "a: [", "not valid YAML"),
