@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import shutil
 import sys
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def socket_path() -> str:
     path = f"/run/podnet/t-{secrets.token_hex(4)}.sock"
     yield path
     Path(path).unlink(missing_ok=True)
+    shutil.rmtree(path + ".stores", ignore_errors=True)  # where the plugin's fallback noted its stores
 
 
 @pytest.fixture

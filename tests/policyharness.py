@@ -169,6 +169,20 @@ CASES: dict[str, str] = {
                            "[{namespaceSelector: {matchLabels: {ns: y}}}]}]\n"),
     "egress-named-port": np("p", "x", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n"
                             "  egress: [{ports: [{port: serve-80-udp, protocol: UDP}]}]\n"),
+    # a named port with an ipBlock peer is the destination pod's own: pods inside the block
+    # (the pod CIDR; node blocks are /24s in address order) on their port of that name
+    "egress-ipblock-named-port-tcp": np("p", "x", "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n"
+                                        "  egress: [{to: [{ipBlock: {cidr: 10.244.0.0/16}}], ports: [{port: serve-81-tcp}]}]\n"),
+    "egress-ipblock-named-port-udp": np("p", "y", "  podSelector: {}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: "
+                                        "{cidr: 10.244.0.0/16, except: [10.244.1.0/24]}}], ports: [{port: serve-81-udp, "
+                                        "protocol: UDP}]}]\n"),
+    "egress-ipblock-named-port-one-block": np("p", "z", "  podSelector: {matchLabels: {pod: c}}\n  policyTypes: [Egress]\n"
+                                              "  egress: [{to: [{ipBlock: {cidr: 10.244.2.0/24}}], ports: [{port: serve-81-tcp}, "
+                                              "{port: serve-81-udp, protocol: UDP}]}]\n"),
+    "egress-ipblock-named-port-no-pods": np("p", "x", "  podSelector: {}\n  policyTypes: [Egress]\n  egress: [{to: "
+                                            "[{ipBlock: {cidr: 192.0.2.0/24}}], ports: [{port: serve-81-tcp}]}]\n"),
+    "ingress-ipblock-named-port": np("p", "x", "  podSelector: {}\n  ingress: [{from: [{ipBlock: {cidr: 10.244.1.0/24}}], "
+                                     "ports: [{port: serve-80-udp, protocol: UDP}]}]\n"),
     "egress-inferred-type": np("p", "z", "  podSelector: {matchLabels: {pod: c}}\n  egress: [{to: [{podSelector: {}}]}]\n"),
     "ingress-only-ignores-egress-rules": np("p", "z", "  podSelector: {}\n  policyTypes: [Ingress]\n"
                                             "  ingress: [{}]\n  egress: [{to: [{podSelector: {matchLabels: {pod: zz}}}]}]\n"),

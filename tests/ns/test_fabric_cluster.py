@@ -10,6 +10,7 @@ real CNI path with each node's rendered cluster.conflist.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import sys
@@ -20,9 +21,13 @@ from pathlib import Path
 import pytest
 
 from cniharness import REFERENCE_DIR, gso_of
+from podnet import keys
+from podnet.cluster.leases import CLUSTER_NETWORK
 from podnet.kernel.gso import LEGACY, GsoLimits
 from podnet.lab.sandbox import Sandbox, wait_for_path
+from podnet.lab.state import enter, state_file
 from podnet.lab.underlay import NIC_GSO, set_nic_gso
+from podnet.model.cluster import NodeLease
 from podnet.rpc.client import call
 from podnet.runtime.libcni import Conflist
 from podnet.store import open_store
@@ -218,3 +223,77 @@ def test_hostgw_cluster_and_lease_expiry(sandbox, cni_bin, tmp_path):
         assert store.get(f"blocks/{b2.split('/')[0]}-24") is None
     finally:
         store.close()
+
+
+def lab_cli(*args: str) -> str:
+    """`podnet ARGS` as a user runs it (tables 300 columns wide); its stdout (a failure
+    fails the test)."""
+    out = subprocess.run([sys.executable, "-m", "podnet.cli", *args], capture_output=True, text=True,
+                         timeout=120, check=False, env={**os.environ, "COLUMNS": "300"})
+    assert out.returncode == 0, f"podnet {' '.join(args)} -> {out.returncode}\n{out.stdout}\n{out.stderr}"
+    return out.stdout
+
+
+def test_lab_refuses_leases_that_would_hijack_routes():
+    """Forged leases in a host-gw lab: half the internet (128.0.0.0/1), node1's own
+    block, and 10.0.0.0/8 over the whole cluster CIDR. No node routes any of them,
+    `lab status` shows each refused with its reason, the real peers keep their routes,
+    and once the forged leases are gone no pod's address was freed."""
+    name = f"t{secrets.token_hex(2)}"
+    try:
+        lab_cli("lab", "up", "--name", name, "--nodes", "2", "--pods-per-node", "1", "--fabric", "host-gw")
+        lab = json.loads(lab_cli("lab", "status", "--name", name, "-o", "json"))
+        nodes = {n["name"]: n for n in lab["nodes"]}
+        blocks = {n: node["block"] for n, node in nodes.items()}
+        underlay = {n: node["underlay"].split("/")[0] for n, node in nodes.items()}
+        forged = {"evil": "128.0.0.0/1", "evil-twin": blocks["node1"], "evil-wide": "10.0.0.0/8"}
+        with open_store(lab["store_url"]) as store:
+            reserved = sorted(e.key for e in store.list(keys.ipam_addresses(CLUSTER_NETWORK)))
+            assert len(reserved) == 2
+            for node, block in forged.items():
+                lease = NodeLease(node, block, "172.31.0.66", "eth0", "host-gw", {}, time.time())
+                store.put(keys.node(node), lease.encode(), ttl=120)
+
+        def status() -> dict:
+            return json.loads(lab_cli("lab", "status", "--name", name, "-o", "json"))
+
+        def routes(node: str) -> str:
+            out = subprocess.run([*enter(nodes[node]["netns"]), "ip", "route"], capture_output=True, text=True,
+                                 timeout=10, check=True)
+            return out.stdout
+
+        def converged() -> dict | None:  # every agent has judged every forged lease
+            data = status()
+            return data if all(set(forged) <= {p["name"] for p in n["agent"]["result"]["peers"]}
+                               for n in data["nodes"]) else None
+
+        data = eventually(converged, timeout=20)
+        assert data, [n["agent"] for n in status()["nodes"]]
+        for node, peer in (("node0", "node1"), ("node1", "node0")):
+            table = routes(node)
+            assert "128.0.0.0/1" not in table and "10.0.0.0/8" not in table and "172.31.0.66" not in table, table
+            assert f"{blocks[peer]} via {underlay[peer]} dev eth0 proto 77" in table, table
+        for node in data["nodes"]:
+            reasons = {r["name"]: (r["block"], r["reason"]) for r in node["refused"]}
+            assert set(reasons) == set(forged), reasons
+            assert reasons["evil"] == ("128.0.0.0/1", "block 128.0.0.0/1 is outside the cluster CIDR 10.244.0.0/16")
+            assert reasons["evil-wide"] == ("10.0.0.0/8", "block 10.0.0.0/8 is outside the cluster CIDR 10.244.0.0/16")
+            twin = "is claimed by node node1" if node["name"] == "node0" else "overlaps this node's"
+            assert twin in reasons["evil-twin"][1], reasons
+        table = lab_cli("lab", "status", "--name", name)
+        assert "evil 128.0.0.0/1: block 128.0.0.0/1 is outside the cluster CIDR 10.244.0.0/16" in table, table
+        # the forged leases go away: nothing of the cluster's pods is freed for them
+        with open_store(lab["store_url"]) as store:
+            for node in forged:
+                store.delete(keys.node(node))
+        assert eventually(lambda: not any(n["refused"] for n in status()["nodes"]), timeout=20)
+        with open_store(lab["store_url"]) as store:
+            assert sorted(e.key for e in store.list(keys.ipam_addresses(CLUSTER_NETWORK))) == reserved
+        pod_ns = {p["node"]: p["netns"] for p in data["pods"]}
+        target = next(p for p in data["pods"] if p["node"] == "node1")["ips"][0].split("/")[0]
+        probe = subprocess.run([*enter(pod_ns["node0"]), sys.executable, "-c", PROBE, target, "80"],
+                               capture_output=True, text=True, timeout=10, check=False)
+        assert probe.returncode == 0 and probe.stdout.strip(), probe.stderr
+    finally:
+        if state_file(name).exists():
+            lab_cli("lab", "down", "--name", name)

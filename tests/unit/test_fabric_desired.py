@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import ipaddress
+import types
 
-from podnet.agent.node_service import render_conflist
+import pytest
+
+from podnet import keys
+from podnet.agent.node_service import NodeService, render_conflist
+from podnet.cluster import leases
+from podnet.cluster.options import NodeOptions
 from podnet.cni.config import parse_conf, store_path_for
 from podnet.fabric import FABRICS
-from podnet.fabric.base import FabricContext, FdbSpec, NeighSpec, RouteSpec
+from podnet.fabric.base import ApplyReport, FabricContext, FdbSpec, NeighSpec, RouteSpec
 from podnet.fabric.vxlan import vtep_mac
-from podnet.model.cluster import NodeLease
+from podnet.model.cluster import BlockClaim, NodeLease, block_key
+from podnet.store import open_store
+from podnet.store.base import Entry
 
 
 def lease(name: str, block: str, ip: str, fabric: str = "vxlan") -> NodeLease:
@@ -17,16 +25,22 @@ def lease(name: str, block: str, ip: str, fabric: str = "vxlan") -> NodeLease:
     return NodeLease(name, block, ip, "eth0", fabric, backend, 0.0)
 
 
-def ctx(fabric: str = "vxlan") -> FabricContext:
-    own = lease("a", "10.244.0.0/24", "172.31.0.1", fabric)
-    return FabricContext(own, ipaddress.IPv4Interface("172.31.0.1/24"), 1500)
+def ctx(fabric: str = "vxlan", underlay: str = "172.31.0.1/24", *extra: str) -> FabricContext:
+    own = lease("a", "10.244.0.0/24", underlay.split("/")[0], fabric)
+    return FabricContext(own, ipaddress.IPv4Interface(underlay), 1500, ipaddress.IPv4Network("10.244.0.0/16"), 24,
+                         tuple(ipaddress.IPv4Network(p) for p in extra))
+
+
+def claims(*peers: NodeLease) -> dict[str, str]:
+    """The `blocks/` claims that back these leases: block -> node."""
+    return {peer.block: peer.name for peer in peers}
 
 
 def test_vxlan_one_route_neigh_fdb_per_peer():
     fabric = FABRICS["vxlan"]()
     peers = [lease("a", "10.244.0.0/24", "172.31.0.1"), lease("b", "10.244.1.0/24", "172.31.0.2"),
              lease("c", "10.244.2.0/24", "172.31.9.3")]
-    want = fabric.desired(ctx(), peers)
+    want = fabric.desired(ctx(), peers, claims(*peers))
     mac_b = vtep_mac("b")
     assert RouteSpec("10.244.1.0/24", "10.244.1.0", "pnvx0", onlink=True) in want.routes
     assert NeighSpec("10.244.1.0", mac_b, "pnvx0") in want.neighbours
@@ -47,7 +61,7 @@ def test_vtep_mac_is_stable_unicast_and_local():
 def test_hostgw_routes_via_underlay_and_refuses_off_link():
     fabric = FABRICS["host-gw"]()
     peers = [lease("b", "10.244.1.0/24", "172.31.0.2", "host-gw"), lease("c", "10.244.2.0/24", "172.31.1.3", "host-gw")]
-    want = fabric.desired(ctx("host-gw"), peers)
+    want = fabric.desired(ctx("host-gw"), peers, claims(*peers))
     assert want.routes == {RouteSpec("10.244.1.0/24", "172.31.0.2", "eth0")}
     assert want.peers["b"] == "ok"
     assert want.peers["c"].startswith("refused: not on-link") and "172.31.1.3" in want.peers["c"]
@@ -59,10 +73,89 @@ def test_bad_or_overlapping_or_mixed_peers_are_refused():
     fabric = FABRICS["vxlan"]()
     peers = [lease("b", "10.244.0.0/23", "172.31.0.2"), lease("c", "not-a-cidr", "172.31.0.3"),
              lease("d", "10.244.3.0/24", "172.31.0.4", "host-gw")]
-    want = fabric.desired(ctx(), peers)
+    want = fabric.desired(ctx(), peers, {"10.244.0.0/23": "b", "10.244.3.0/24": "d"})
     assert not want.routes
     assert all(state.startswith("refused:") for state in want.peers.values()) and len(want.peers) == 3
 
+
+
+# A hijacking lease next to a valid peer n2 (10.244.1.0/24): (block, the claims beside
+# n2's, extra underlay prefixes, what the refusal must say). "evil" sorts before "n2",
+# so a duplicate block is decided by the claim, not by the order of the leases.
+HIJACKS = {
+    "half-the-internet": ("128.0.0.0/1", {"128.0.0.0/1": "evil"}, (), "outside the cluster CIDR 10.244.0.0/16"),
+    "outside-the-cidr": ("10.96.0.0/24", {"10.96.0.0/24": "evil"}, (), "outside the cluster CIDR 10.244.0.0/16"),
+    "wrong-prefix": ("10.244.4.0/23", {"10.244.4.0/23": "evil"}, (), "not a /24 block"),
+    "underlay": ("10.244.7.0/24", {"10.244.7.0/24": "evil"}, ("10.244.7.0/24",),
+                 "overlaps the underlay prefix 10.244.7.0/24"),
+    "no-claim": ("10.244.5.0/24", {}, (), "no claim under blocks/"),
+    "claim-of-another": ("10.244.5.0/24", {"10.244.5.0/24": "c"}, (), "claimed by node c"),
+    "same-block-as-a-peer": ("10.244.1.0/24", {}, (), "claimed by node n2"),
+}
+
+
+@pytest.mark.parametrize("fabric", ["vxlan", "host-gw"])
+@pytest.mark.parametrize("case", sorted(HIJACKS))
+def test_a_lease_cannot_hijack_routes(fabric, case):
+    block, extra_claims, underlay_prefixes, reason = HIJACKS[case]
+    good = lease("n2", "10.244.1.0/24", "172.31.0.2", fabric)
+    evil = lease("evil", block, "172.31.0.66", fabric)
+    here = ctx(fabric, "172.31.0.1/24", *underlay_prefixes)
+    alone = FABRICS[fabric]().desired(here, [good], claims(good))
+    want = FABRICS[fabric]().desired(here, [evil, good], {**claims(good), **extra_claims})
+    assert want.peers["n2"] == "ok"
+    assert want.peers["evil"].startswith("refused: ") and reason in want.peers["evil"], want.peers["evil"]
+    assert (want.routes, want.neighbours, want.fdb) == (alone.routes, alone.neighbours, alone.fdb)
+
+
+def test_a_lease_under_another_nodes_key_is_skipped():
+    """`nodes/evil` saying it is n2 would replace n2's lease (and its underlay IP)."""
+    real = lease("n2", "10.244.1.0/24", "172.31.0.2")
+    forged = lease("n2", "10.244.1.0/24", "172.31.0.66")
+    entries = [Entry(keys.node("evil"), forged.encode(), 2, 2), Entry(keys.node("n2"), real.encode(), 1, 1)]
+    assert leases.parse_leases(entries) == [real]
+
+
+def node_service(store) -> NodeService:
+    """A node service on `store` that never touches a kernel (apply is a no-op)."""
+    agent = types.SimpleNamespace(node_options=NodeOptions("a", fabric="host-gw"), store_path="memory://",
+                                  service=types.SimpleNamespace(store=lambda _path: store))
+    svc = NodeService(agent)  # type: ignore[arg-type]
+    svc.fabric = FABRICS["host-gw"]()
+    svc.fabric.apply = lambda _ipr, _want: ApplyReport()  # type: ignore[method-assign]
+    svc.ctx = ctx("host-gw")
+    svc.claim = leases.Claim(svc.ctx.own, 10.0)
+    svc._ipr = object()  # type: ignore[assignment]
+    return svc
+
+
+def test_node_status_reports_refused_leases_with_their_reason():
+    store = open_store("memory://")
+    good = lease("n2", "10.244.1.0/24", "172.31.0.2", "host-gw")
+    evil = lease("evil", "128.0.0.0/1", "172.31.0.66", "host-gw")
+    for record in (good, evil):
+        store.put(record.key, record.encode(), ttl=30)
+    store.put(block_key(good.block), BlockClaim("n2", good.block).encode(), ttl=30)
+    svc = node_service(store)
+    svc._converge(repair=False)
+    status = svc.status()
+    assert {p["name"]: p["state"] for p in status["peers"]}["n2"] == "ok"
+    assert status["refused"] == [{"name": "evil", "block": "128.0.0.0/1",
+                                  "reason": "block 128.0.0.0/1 is outside the cluster CIDR 10.244.0.0/16"}]
+
+
+def test_a_vanished_forged_lease_frees_nothing():
+    """A lease for 10.0.0.0/8 that goes away must not free the cluster's addresses."""
+    store = open_store("memory://")
+    reservation = keys.ipam_address(leases.CLUSTER_NETWORK, "10.244.1.5")
+    store.put(reservation, '{"id": "c1", "ifname": "eth0", "state": "ready", "owner": "", "ts": 0}')
+    evil = lease("evil", "10.0.0.0/8", "172.31.0.66", "host-gw")
+    store.put(evil.key, evil.encode(), ttl=30)
+    svc = node_service(store)
+    svc._converge(repair=False)
+    store.delete(evil.key)
+    svc._converge(repair=False)
+    assert store.get(reservation) is not None
 
 def test_cluster_conflist_shape():
     doc = render_conflist("10.244.3.0/24", "10.244.0.0/16", 1450, "/run/podnet/n1.sock", "/var/lib/pn/cluster.db")

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 
 from podnet.errors import AddressExhausted, AddressInUse, InvalidConfig, UnknownContainer
+from podnet.identity import NodeIdentity
 from podnet.ipam.config import parse_ipam_config
 from podnet.ipam.service import (
     PENDING,
     READY,
     IpamService,
     gc_scope,
-    owner_alive,
-    process_owner,
 )
+from podnet.procs import ALIVE, DEAD, FOREIGN, owner_alive, owner_state, parse_owner, process_owner
 from podnet.store import Store
 from podnet.store.memory import MemoryStore
 from podnet.store.sqlite import SqliteStore
@@ -84,7 +84,7 @@ def test_store_layout(ipam: IpamService, store: Store) -> None:
     value = store.get_json("ipam/net1/ip/10.1.0.2")
     assert value["id"] == "c1" and value["ifname"] == "eth0"
     assert value["state"] == PENDING
-    assert value["owner"] == process_owner() == ipam.owner
+    assert value["owner"] == NodeIdentity.local().owner() == ipam.owner
     assert isinstance(value["ts"], float)
     assert store.get("ipam/net1/last/0").value == "10.1.0.2"  # type: ignore[union-attr]
 
@@ -254,6 +254,41 @@ def test_owner_identity() -> None:
     assert not owner_alive("")
 
 
+def test_owner_tags_name_their_node_and_boot() -> None:
+    """A tag names the node and boot whose /proc its pid belongs to: another node's is
+    never judged dead here, this node's of an earlier boot always is, and a tag of
+    before (pid:starttime) is judged locally as it always was."""
+    me = NodeIdentity("a" * 32, "11111111-2222-3333-4444-555555555555", "node-a")
+    tag = me.owner()
+    owner = parse_owner(tag)
+    assert owner is not None and (owner.node, owner.boot_id, owner.pid) == ("node-a", me.boot_id, os.getpid())
+    assert owner_state(tag, me.names, me.boot_id) == ALIVE and me.owner_alive(tag)
+    pid_start = process_owner()
+    dead = dead_owner()
+    # another node: not ours to judge, whatever its pid means here
+    assert owner_state(f"node-b:{me.boot_id}:{dead}", me.names, me.boot_id) == FOREIGN
+    assert me.owner_alive(f"node-b:{me.boot_id}:{dead}")
+    # this node (by name or by machine id, as the plugin's fallback writes it)
+    assert owner_state(f"{'a' * 32}:{me.boot_id}:{pid_start}", me.names, me.boot_id) == ALIVE
+    assert owner_state(f"node-a:{me.boot_id}:{dead}", me.names, me.boot_id) == DEAD
+    assert owner_state(f"node-a:99999999-2222-3333-4444-555555555555:{pid_start}", me.names, me.boot_id) == DEAD
+    # tags of before: this namespace's, judged in the local /proc
+    assert owner_state(pid_start, me.names, me.boot_id) == ALIVE
+    assert owner_state(dead, me.names, me.boot_id) == DEAD
+    for garbage in ("", "x", "node:boot:x:1", ":boot:1:1", "node::1:1", "a:b:c:d:0:1"):
+        assert owner_state(garbage, me.names, me.boot_id) == DEAD, garbage
+    # no machine id and no boot id known: tags stay what they were
+    assert NodeIdentity("", "").owner() == pid_start and NodeIdentity("", "").node == ""
+
+
+def test_reservations_say_their_node() -> None:
+    store = MemoryStore()
+    b = NodeIdentity("b" * 32, "11111111-2222-3333-4444-555555555555", "node-b")
+    IpamService(store, identity=b).allocate("net1", "c1", "eth0", V4)
+    IpamService(store, owner=process_owner()).allocate("net1", "old", "eth0", V4)
+    assert {r.container_id: r.node for r in IpamService(store).reservations("net1")} == {"c1": "node-b", "old": ""}
+
+
 def test_corrupt_reservation_still_blocks_its_address(ipam: IpamService, store: Store) -> None:
     store.put("ipam/net1/ip/10.1.0.2", "not json")
     assert ipam.allocate("net1", "c1", "eth0", V4).addresses == ["10.1.0.3"]
@@ -355,7 +390,8 @@ def test_dead_process_pending_is_rolled_back(tmp_path: Path) -> None:
     child = json.loads(out)
     held = {r.container_id: r for r in ipam.reservations("net1")}
     assert held["crashed-0"].state == PENDING
-    assert held["crashed-0"].owner.startswith(f"{proc.pid}:")
+    crashed = parse_owner(held["crashed-0"].owner)
+    assert crashed is not None and crashed.pid == proc.pid and crashed.node == NodeIdentity.local().node
     released = ipam.rollback_dead_pending()
     assert sorted(r.address for r in released) == sorted(a for pair in child for a in pair)
     assert [r.container_id for r in ipam.reservations("net1")] == ["mine"]

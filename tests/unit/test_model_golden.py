@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -102,3 +103,19 @@ def test_networks_and_containers_of_the_release(store):
     assert containers[keys.container("once")].exit_code == 0
     stores = [json.loads(e.value) for e in store.list(keys.STORES)]
     assert any(path.endswith("/other/podnet.db") for path in stores)
+
+
+@pytest.mark.parametrize("store", ["store-other.db"], indirect=True)
+def test_records_of_the_release_have_no_node_and_gain_none(store):
+    """A record written before nodes were recorded belongs to the namespace that wrote
+    it (node ""), its owner tag names no node, and it encodes without a `node` key; one
+    with a node keeps it, right after host_netns."""
+    for entry in store.list(keys.endpoints()):
+        record = EndpointRecord.decode(entry.value)
+        assert record.node == "" and '"node"' not in record.encode()
+        with_node = replace(record, node="node-b")
+        text = with_node.encode()
+        dev, inode = record.host_netns
+        assert f'"host_netns": [{dev}, {inode}], "node": "node-b", "config"' in text
+        assert EndpointRecord.decode(text) == with_node
+    assert {r.node for r in IpamService(store).reservations("other")} == {""}

@@ -171,3 +171,51 @@ spec:
 """
     diff = compile_node(world(text), "node0").diff(compile_node(world(""), "node0"))
     assert "add chain inet podnet-policy host_in { type filter hook input priority 0; policy accept; }" in diff
+
+
+def block_policy(cidr: str, port: str, protocol: str = "TCP", except_: str = "", direction: str = "Egress") -> str:
+    """x/a's policy `blk` with one rule: the ipBlock peer on the port `port`."""
+    block = f"{{cidr: {cidr}" + (f", except: [{except_}]" if except_ else "") + "}"
+    rule = f"{{{'to' if direction == 'Egress' else 'from'}: [{{ipBlock: {block}}}], ports: [{{port: {port}, protocol: {protocol}}}]}}"
+    return (f"apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: blk, namespace: x}}\n"
+            f"spec:\n  podSelector: {{matchLabels: {{pod: a}}}}\n  policyTypes: [{direction}]\n"
+            f"  {direction.lower()}: [{rule}]\n")
+
+
+def test_egress_named_port_to_an_ipblock_lists_the_pods_inside():
+    """A named port is the destination pod's own: an ipBlock peer reaches the pods inside
+    it (minus except) that name the port, at that port; addresses that are no pod match
+    nothing (the reference semantics, evaluate.py)."""
+    c = compile_node(world(block_policy("10.244.0.0/16", "serve-81-udp", "UDP", "10.244.2.0/24")), "node0")
+    named = [s for s in c.sets.values() if s.type == "ipv4_addr . inet_service"]
+    assert [s.elements for s in named] == [tuple(f"10.244.{i}.{j} . 81" for i in (0, 1) for j in (2, 3, 4))]
+    (policy_chain,) = [n for n in c.chains if n.startswith("np_")]
+    (line,) = c.chains[policy_chain]
+    assert "meta l4proto udp ip daddr . th dport @p" in line and line.endswith(
+        'counter accept comment "NetworkPolicy x/blk egress[0]"')
+    # a block holding no pod: no allow line, the pod keeps only its default deny
+    c = compile_node(world(block_policy("192.0.2.0/24", "serve-81-tcp")), "node0")
+    assert not [n for n in c.chains if n.startswith("np_")]
+    assert not [s for s in c.sets.values() if s.type == "ipv4_addr . inet_service"]
+
+
+def test_egress_named_port_block_set_follows_the_pods():
+    """A pod coming into the block only adds its (address . port) to the set."""
+    w = world(block_policy("10.244.0.0/16", "serve-81-tcp"))
+    before = compile_node(w, "node0")
+    new = Endpoint("pod", "d", "y", ("10.244.1.9",), {"pod": "d"}, PORTS, "node1")
+    w2 = World.build([*parse_documents([{"apiVersion": "v1", "kind": "Namespace",
+                                         "metadata": {"name": n, "labels": {"ns": n}}} for n in "xyz"]),
+                      *w.network_policies], [*w.endpoints, new])
+    lines = compile_node(w2, "node0").diff(before).strip().split("\n")
+    assert len(lines) == 2 and lines[0].startswith("flush set inet podnet-policy p"), lines
+    assert "10.244.1.9 . 81" in lines[1]
+
+
+def test_ingress_named_port_from_an_ipblock_is_the_local_pods_own():
+    text = block_policy("10.244.1.0/24", "serve-80-udp", "UDP", direction="Ingress")
+    c = compile_node(world(text), "node0")
+    (policy_chain,) = [n for n in c.chains if n.startswith("np_")]
+    (line,) = c.chains[policy_chain]
+    (block,) = [n for n, s in c.sets.items() if s.elements == ("10.244.1.0/24",)]
+    assert line.startswith(f"ip saddr @{block} meta l4proto udp th dport {{ 80 }} counter accept")

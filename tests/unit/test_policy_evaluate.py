@@ -244,6 +244,33 @@ def test_named_port_egress_needs_a_known_destination_pod():
     assert not ok(w, "x/a", HOST_IP, 81)  # nor has a host endpoint
 
 
+def test_named_port_egress_to_an_ipblock_resolves_against_the_pods_inside():
+    """A named port is the destination pod's own (Kubernetes; Calico's named-port sets):
+    an ipBlock holding pod addresses reaches those pods on their port of that name and
+    protocol; an address that is no pod, or a pod in `except`, has none."""
+    w = world(netpol("blk", {"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"],
+                             "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.3.0/24"]}},
+                                                {"ipBlock": {"cidr": "10.9.0.0/24"}}],
+                                         "ports": [{"port": "serve-81-udp", "protocol": "UDP"}]}]}))
+    assert ok(w, "x/a", "y/b", 81, "UDP") and ok(w, "x/a", "10.0.1.3", 81, "UDP")
+    assert not ok(w, "x/a", "y/b", 80, "UDP") and not ok(w, "x/a", "y/b", 81, "TCP")
+    assert not ok(w, "x/a", "z/b", 81, "UDP")  # z is 10.0.3.0/24: in except
+    assert not ok(w, "x/a", "10.0.2.200", 81, "UDP")  # inside the block, but no pod
+    assert not ok(w, "x/a", HOST_IP, 81, "UDP")  # a host endpoint has no named ports
+    assert not ok(w, "x/a", "fd00::2:2", 81, "UDP")  # y/b's IPv6 address is outside an IPv4 block
+    assert ok(w, "x/b", OUTSIDE, 81, "UDP")  # x/b is not selected
+    w = world(netpol("none", {"podSelector": {}, "policyTypes": ["Egress"], "egress": [
+        {"to": [{"ipBlock": {"cidr": "192.0.2.0/24"}}], "ports": [{"port": "serve-81-tcp"}]}]}))
+    assert not ok(w, "x/a", OUTSIDE, 81) and not ok(w, "x/a", "y/b", 81)  # no pod in the block
+
+
+def test_named_port_ingress_from_an_ipblock_is_the_selected_pods_own():
+    w = world(netpol("blk-in", {"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [
+        {"from": [{"ipBlock": {"cidr": "10.0.2.0/24"}}], "ports": [{"port": "serve-80-tcp"}]}]}))
+    assert ok(w, "y/b", "x/a", 80) and ok(w, "10.0.2.200", "x/a", 80)  # any source in the block
+    assert not ok(w, "y/b", "x/a", 81) and not ok(w, "z/b", "x/a", 80)
+
+
 def test_ipblock_with_except():
     w = world(netpol("cidr", {"podSelector": {}, "ingress": [{"from": [
         {"ipBlock": {"cidr": "10.0.0.0/16", "except": ["10.0.2.0/24"]}}]}]}))

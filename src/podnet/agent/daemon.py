@@ -1,5 +1,9 @@
 """The node agent: a root-only UNIX socket serving CNI requests with warm netlink and
-store handles, one thread per request, serialised per container ID.
+store handles on a pool of workers, serialised per container ID.
+
+Requests are read by agent/intake.py (peer checked first, a deadline per connection),
+so a worker only ever sees a whole request; ops that wait (a container stop's grace
+period) run on a pool of their own, so a CNI request never queues behind them.
 
 On start it resyncs (agent/resync.py) before it accepts any request, so a restarted
 agent first repairs what a crash left behind.
@@ -15,18 +19,19 @@ import os
 import signal
 import socket
 import socketserver
-import struct
 import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from podnet.agent.ops import build_services
+from podnet.agent.intake import Intake, Request
+from podnet.agent.ops import build_services, long_ops
 from podnet.agent.resync import resync
 from podnet.cluster.options import NodeOptions
 from podnet.cni.config import DEFAULT_SOCKET, DEFAULT_STORE
 from podnet.endpoints.service import CniService
 from podnet.errors import PodnetError
+from podnet.identity import NodeIdentity
 from podnet.rpc import wire
 from podnet.state import StatePaths
 
@@ -63,56 +68,66 @@ class KeyedLocks:
         return _Held()
 
 
-def peer_uid(sock: socket.socket) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
-
-
 class _Handler(socketserver.BaseRequestHandler):
+    """One whole request (read by the intake) on a worker: dispatch, reply."""
+
     server: AgentServer
+
+    def __init__(self, request, client_address, server: AgentServer, incoming: Request) -> None:
+        self.incoming = incoming
+        super().__init__(request, client_address, server)
 
     def handle(self) -> None:
         sock: socket.socket = self.request
-        fds: list[int] = []
+        req = self.incoming
         try:
-            meta, body, fds = wire.recv_request(sock)
-            code, payload = self.server.agent.dispatch(meta, body, fds, peer_uid(sock))
+            code, payload = self.server.agent.dispatch(req.meta, req.body, req.fds, req.uid)
+            sock.settimeout(self.server.reply_timeout)  # a peer that never reads its reply
             wire.send(sock, wire.pack_reply(code, payload))
         except (ConnectionError, OSError, ValueError) as exc:
             log.warning("dropped a request: %s", exc)
-        finally:
-            for fd in fds:
-                os.close(fd)
 
 
 class AgentServer(socketserver.UnixStreamServer):
-    """Requests run on a fixed pool of worker threads (not a thread per request), so
-    each worker's warm netlink sockets survive from one request to the next."""
+    """Accepts on the serving thread, reads through the intake, and runs whole
+    requests on fixed pools (not a thread per request), so each worker's warm netlink
+    sockets survive from one request to the next. Ops that wait run on the long pool."""
 
     allow_reuse_address = True
     request_queue_size = 1024  # a runtime may start a hundred pods at once
     workers = 32
+    long_workers = 256  # they mostly wait out a grace period
+    read_deadline = 5.0  # accept -> whole request; a CNI plugin sends its frame at once
+    reply_timeout = 10.0
 
     def __init__(self, path: str, agent: Agent) -> None:
         self.agent = agent
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="podnet-worker")
+        self.long_pool = ThreadPoolExecutor(max_workers=self.long_workers, thread_name_prefix="podnet-long")
+        self.intake = Intake(self._submit, self.read_deadline)
         super().__init__(path, _Handler)
 
     def process_request(self, request, client_address) -> None:
-        self.pool.submit(self._work, request, client_address)
+        self.intake.accept(request, client_address)
 
-    def _work(self, request, client_address) -> None:
+    def _submit(self, request: socket.socket, client_address, incoming: Request) -> None:
+        pool = self.long_pool if self.agent.waits(incoming.meta) else self.pool
+        pool.submit(self._work, request, client_address, incoming)
+
+    def _work(self, request: socket.socket, client_address, incoming: Request) -> None:
         try:
-            self.finish_request(request, client_address)
+            _Handler(request, client_address, self, incoming)
         except Exception:  # noqa: BLE001 - one bad request must not kill a worker
             self.handle_error(request, client_address)
         finally:
+            wire.close_fds(incoming.fds)
             self.shutdown_request(request)
 
     def server_close(self) -> None:
         super().server_close()
+        self.intake.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.long_pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Agent:
@@ -133,11 +148,28 @@ class Agent:
         # and CniService keys its one handle per store by it.
         self.store_path = store_path if "://" in store_path else os.path.abspath(store_path)
         self.state = state or StatePaths.resolve()
-        self.service = CniService(default_store=self.store_path, track_stores=True)
+        # Its records name its node (--node, else the machine id, podnet/identity.py);
+        # stores the fallback used while it was down are noted beside its socket.
+        identity = NodeIdentity.local(node_options.node if node_options else "")
+        self.service = CniService(default_store=self.store_path, track_stores=True, identity=identity,
+                                  agent_socket=socket_path)
         self.locks = KeyedLocks()
         self.server: AgentServer | None = None
         self.services = build_services(self)
         self.ops = {op: fn for svc in self.services for op, fn in svc.ops().items()}
+        self.long_ops = long_ops(self.services)
+
+    def waits(self, meta: bytes) -> bool:
+        """Is this request an op that may wait long (served on the long pool)? Only
+        a small meta is looked at: the ops that wait carry a name and a number."""
+        if len(meta) > 4096 or not self.long_ops:
+            return False
+        try:
+            message = json.loads(meta)
+        except ValueError:
+            return False
+        op = message.get("op") if isinstance(message, dict) else None
+        return isinstance(op, str) and op in self.long_ops
 
     def dispatch(self, meta: bytes, body: bytes, fds: list[int], uid: int) -> tuple[int, bytes]:
         """One request -> (exit code, payload). For CNI the payload is exactly what the

@@ -11,6 +11,12 @@ claim and IPAM reservations and endpoint records (network "cluster") are freed: 
 live in the cluster store, which the conflist names (`ipam.store`), not in the node's
 own state dir.
 
+A peer's lease is trusted only for a block of the cluster CIDR that the peer holds
+the claim of under `blocks/` (read here with the leases, checked by the fabric's pure
+`valid_peers`). A refused lease gets no route, is logged once per change of its
+verdict, is listed with its reason in op node.status (`refused`), and frees nothing
+when it goes away.
+
 Without --node the service does nothing. A graceful stop keeps the lease: a restarted
 agent gets its block back, and peers keep their routes to its pods meanwhile; only
 expiry (or a deleted lease) reclaims a node.
@@ -49,6 +55,7 @@ CONFLIST = "cluster.conflist"
 REPAIR_SECONDS = 3.0
 WATCH_TIMEOUT = 1.0
 MAX_BACKOFF = 10.0
+REFUSED = "refused: "  # how a fabric's verdict on a peer starts when it refused the lease
 
 
 def render_conflist(block: str, cluster_cidr: str, mtu: int, agent_socket: str, store: str,
@@ -126,8 +133,10 @@ class NodeService:
                 for p in sorted(self.peers.values(), key=lambda p: p.name)
             ]
             mtu = self.fabric.mtu(self.ctx.underlay_mtu) if self.fabric and self.ctx else None
+        refused = [{"name": p["name"], "block": p["block"], "reason": p["state"].removeprefix(REFUSED)}
+                   for p in peers if p["state"].startswith(REFUSED)]
         return {"node": opts.node, "block": own.block if own else None, "fabric": opts.fabric,
-                "peers": peers, "mtu": mtu}
+                "peers": peers, "refused": refused, "mtu": mtu}
 
     # -- the loop
 
@@ -169,18 +178,21 @@ class NodeService:
             self._ipr = IPRoute()  # this thread lives in the agent's (the node's) namespace
         return self._ipr
 
-    def _underlay(self) -> tuple[ipaddress.IPv4Interface, int]:
-        """The underlay interface's first IPv4 address and its MTU, detected."""
+    def _underlay(self) -> tuple[ipaddress.IPv4Interface, int, tuple[ipaddress.IPv4Network, ...]]:
+        """The underlay interface's first IPv4 address, its MTU and the prefixes of all
+        its addresses (no peer block may overlap one), detected."""
         opts = self.options
         assert opts is not None
         ipr = self._iproute()
         found = ipr.link_lookup(ifname=opts.underlay)
         if not found:
             raise PodnetError(f"underlay interface {opts.underlay} does not exist")
-        for msg in ipr.get_addr(index=found[0], family=2):
-            address = ipaddress.IPv4Interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")
-            return address, int(ipr.get_links(found[0])[0].get("IFLA_MTU"))
-        raise PodnetError(f"underlay interface {opts.underlay} has no IPv4 address")
+        addresses = [ipaddress.IPv4Interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")
+                     for msg in ipr.get_addr(index=found[0], family=2)]
+        if not addresses:
+            raise PodnetError(f"underlay interface {opts.underlay} has no IPv4 address")
+        mtu = int(ipr.get_links(found[0])[0].get("IFLA_MTU"))
+        return addresses[0], mtu, tuple(dict.fromkeys(a.network for a in addresses))
 
     def _pod_gso(self, ipr: IPRoute) -> int:
         """What pods may send: the underlay's GSO limit, at most the fabric's cap."""
@@ -198,7 +210,7 @@ class NodeService:
         opts = self.options
         assert opts is not None
         fabric = FABRICS[opts.fabric]()
-        underlay, mtu = self._underlay()
+        underlay, mtu, prefixes = self._underlay()
         started = time.time()
 
         def make(block: str) -> NodeLease:
@@ -220,7 +232,8 @@ class NodeService:
 
         with self._lock:
             self.claim, self.fabric = claim, fabric
-            self.ctx = FabricContext(claim.lease, underlay, mtu)
+            self.ctx = FabricContext(claim.lease, underlay, mtu, ipaddress.IPv4Network(opts.cluster_cidr),
+                                     opts.block_prefix, prefixes)
         log.info("node %s: block %s (fabric %s, underlay %s mtu %d)", opts.node, claim.lease.block,
                  opts.fabric, underlay, mtu)
         self._prepare()
@@ -289,7 +302,7 @@ class NodeService:
                 self._reclaim(store, gone)
         if repair:
             self._prepare()
-        want = self.fabric.desired(self.ctx, current.values())
+        want = self.fabric.desired(self.ctx, current.values(), leases.list_claims(store))
         report = self.fabric.apply(self._iproute(), want)
         if report:
             log.info("fabric %s: added %s removed %s", self.fabric.name, report.added, report.removed)
@@ -301,6 +314,13 @@ class NodeService:
         return revision
 
     def _reclaim(self, store: Store, gone: NodeLease) -> None:
+        from podnet.fabric.base import block_problem
+
+        # ctx is set at join, before _converge (the caller) ever runs
+        if self.ctx is not None and (problem := block_problem(self.ctx, gone.network)) is not None:
+            # never a peer's block (e.g. a forged 10.0.0.0/8): freeing it would free ours
+            log.info("peer %s left; its lease was refused (%s): nothing freed", gone.name, problem)
+            return
         released = leases.release_block(store, gone.name, gone.block)
         owner = leases.block_owner(store, gone.block)
         if owner is not None:  # back already, or re-claimed (a new owner frees it itself)

@@ -3,7 +3,8 @@
 A service is started after the socket is bound and stopped on shutdown; it may answer
 JSON ops on the agent socket (`ops()` maps an op name to a handler taking the decoded
 request and the fds that came with it, returning a JSON-able result or raising a
-PodnetError). Later issues add services here: the container supervisor, DNS, network
+PodnetError). An op that may wait long (a grace period) is named in the service's
+`long_ops` too. Later issues add services here: the container supervisor, DNS, network
 isolation.
 """
 
@@ -30,3 +31,9 @@ SERVICES: dict[str, Callable[[AgentContext], AgentService]] = {
 
 def build_services(agent: AgentContext) -> list[AgentService]:
     return [factory(agent) for factory in SERVICES.values()]
+
+
+def long_ops(services: list[AgentService]) -> frozenset[str]:
+    """The ops that may wait long (a service lists them in its `long_ops`): the agent
+    serves them on a pool of their own, so a CNI request never queues behind them."""
+    return frozenset(op for svc in services for op in getattr(svc, "long_ops", ()))

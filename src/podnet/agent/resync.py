@@ -4,7 +4,15 @@ network namespace, before serving anything.
 1. Roll back ADDs whose owner died mid-way (pending endpoint records and pending IPAM
    reservations of dead processes): their links, rules and addresses go.
 2. Repair ready endpoints: a missing bridge, gateway address or NAT rule is re-created.
-3. Remove orphans: podnet host veths and NAT rules that no endpoint claims.
+3. Remove orphans: podnet host veths and NAT rules that no endpoint of any known store
+   claims (endpoints/stores.py: the agent's store, the stores networks pointed it at,
+   and those the plugin's fallback noted while no agent ran).
+
+Steps 1 and 2 judge only this node's records built in this namespace (podnet/
+identity.py): a store may be shared by machines whose root namespaces all look alike,
+and another node's pods are its own agent's to repair or roll back. Step 3 counts every
+record as a claim, this node's or not, readable or not; and when a known store cannot
+be read, it removes nothing at all (what that store claims is unknown).
 
 Everything that is already right is left untouched, so a restart of a healthy agent
 changes nothing.
@@ -21,7 +29,7 @@ from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
 
-from podnet import keys, procs
+from podnet import keys
 from podnet.cni.config import CniCall, PodnetConf, parse_call
 from podnet.endpoints.ipam import ipam_for
 from podnet.endpoints.service import CniService, read_record, retry_conflicts, teardown_request
@@ -50,17 +58,26 @@ class ResyncReport:
 
 
 def resync(service: CniService) -> ResyncReport:
-    """Resync every store the agent knows, then sweep orphans once."""
+    """Resync every store the agent knows, then sweep orphans once (unless a store
+    other than the agent's own could not be read; its own failing fails the start)."""
     report = ResyncReport()
     claimed_links: set[str] = set()
     claimed_rules: set[tuple[str, str]] = set()
     host_fd = netns.current_netns_fd()
+    complete = True
     try:
         for path in service.known_stores():
-            _resync_store(service, service.store(path), host_fd, report, claimed_links, claimed_rules)
-        report.orphan_links = _remove_orphan_links(host_fd, claimed_links)
-        with netns.entered(host_fd):
-            report.orphan_rules = sorted(service.nat().remove_unclaimed(claimed_rules))
+            try:
+                _resync_store(service, service.store(path), host_fd, report, claimed_links, claimed_rules)
+            except (PodnetError, OSError) as exc:
+                if path == service.default_store:
+                    raise
+                complete = False
+                log.error("cannot resync store %s (%s): no orphan is removed until it can be read", path, exc)
+        if complete:
+            report.orphan_links = _remove_orphan_links(host_fd, claimed_links)
+            with netns.entered(host_fd):
+                report.orphan_rules = sorted(service.nat().remove_unclaimed(claimed_rules))
     finally:
         os.close(host_fd)
     return report
@@ -74,37 +91,44 @@ def _resync_store(
     claimed_links: set[str],
     claimed_rules: set[tuple[str, str]],
 ) -> None:
-    me = netns.identity(host_fd)
+    me = service.host_netns(host_fd)
     for entry in store.list(keys.endpoints()):
+        network, cid, ifname = keys.parse_endpoint(entry.key)
         record = read_record(entry.value)
         if record is None:
             log.warning("skipping unreadable endpoint record %s", entry.key)
-            continue
-        if record.host_netns != me:
-            continue  # built for a caller in another namespace: not ours to judge
-        network, cid, ifname = keys.parse_endpoint(entry.key)
-        try:
-            call = parse_call(teardown_request(cid, ifname, record, record.cni_path, record.config),
-                              service.default_store)
-        except PodnetError as exc:
-            log.warning("skipping unparsable endpoint %s: %s", entry.key, exc.msg)
-            continue
-        if record.pending and not procs.owner_alive(record.owner):
-            _roll_back(service, store, call, record, host_fd)
-            store.delete(entry.key)
-            report.rolled_back.append(f"{network}/{cid}/{ifname}")
-            continue
-        claimed_links.update(record.host_links or [host_veth_name(record.attach_id)])
-        claimed_rules.add((net_id(call.conf.name), record.attach_id))
-        if not record.pending:  # an ADD in flight elsewhere is left alone
-            report.repaired.extend(_repair(service, call.conf, record, host_fd))
-    # Second net: reservations whose ADD died before its endpoint record was written.
-    for reservation in retry_conflicts(IpamService(store).rollback_dead_pending):
-        aid = attach_id(reservation.network, reservation.container_id, reservation.ifname)
+        elif service.owns(record, me) and _resync_endpoint(service, store, entry.key, record, host_fd, report):
+            continue  # rolled back: it claims nothing any more
+        # Another node's, built for a caller in another namespace, or unreadable: not
+        # ours to judge, but nobody's orphan either.
+        aid = record.attach_id if record is not None else attach_id(network, cid, ifname)
+        claimed_links.update((record.host_links if record is not None else ()) or [host_veth_name(aid)])
+        claimed_rules.add((net_id(network), aid))
+    # Second net: reservations whose ADD died before its endpoint record was written
+    # (a veth it built is claimed by nobody: the orphan sweep removes it).
+    for reservation in retry_conflicts(IpamService(store, identity=service.identity).rollback_dead_pending):
         report.released.append(f"{reservation.network}/{reservation.address}")
-        if host_veth_name(aid) not in claimed_links:
-            with netns.entered(host_fd), IPRoute() as ipr:
-                links.delete_link(ipr, host_veth_name(aid))
+
+
+def _resync_endpoint(service: CniService, store: Store, key: str, record: EndpointRecord, host_fd: int,
+                     report: ResyncReport) -> bool:
+    """One endpoint of this node and namespace: roll it back if its ADD died (True),
+    else repair it if it is ready."""
+    network, cid, ifname = keys.parse_endpoint(key)
+    try:
+        call = parse_call(teardown_request(cid, ifname, record, record.cni_path, record.config),
+                          service.default_store)
+    except PodnetError as exc:
+        log.warning("skipping unparsable endpoint %s: %s", key, exc.msg)
+        return False
+    if record.pending and not service.identity.owner_alive(record.owner):
+        _roll_back(service, store, call, record, host_fd)
+        store.delete(key)
+        report.rolled_back.append(f"{network}/{cid}/{ifname}")
+        return True
+    if not record.pending:  # an ADD in flight elsewhere is left alone
+        report.repaired.extend(_repair(service, call.conf, record, host_fd))
+    return False
 
 
 def _roll_back(service: CniService, store: Store, call: CniCall, record: EndpointRecord, host_fd: int) -> None:
@@ -116,7 +140,7 @@ def _roll_back(service: CniService, store: Store, call: CniCall, record: Endpoin
         with suppress(PodnetError):
             service.teardown(call.conf, req, record, host_fd, container_fd)
         with suppress(PodnetError):
-            ipam_for(call, store).release()
+            ipam_for(call, store, service.identity).release()
     finally:
         if container_fd is not None:
             os.close(container_fd)

@@ -52,6 +52,9 @@ class Child:
 class SupervisorService:
     sweep_seconds = 2.0
     shutdown_grace = 2.0
+    # A stop waits out the grace period, then for the reaper, whose CNI DEL comes back
+    # through the agent socket: it must never hold a CNI worker (agent/ops.py).
+    long_ops = frozenset({"container.stop"})
 
     def __init__(self, agent: AgentContext) -> None:
         self.agent = agent

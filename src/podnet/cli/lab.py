@@ -150,6 +150,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return 0
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text  # a peer's reason is data, never markup
 
     console = Console()
     console.print(f"lab [bold]{name}[/]: {data['phase']}, fabric {data.get('fabric')}, "
@@ -158,11 +159,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
     nodes = Table(title="nodes")
     for col in ("node", "underlay", "block", "agent"):
         nodes.add_column(col, no_wrap=True)
+    nodes.add_column("refused peers")  # a lease the node routes nothing for, and why
     for node in data["nodes"]:
         agent = node["agent"] or {}
         answer = "answers" if "result" in agent else f"no answer ({agent.get('error', '?')})"
+        refused = Text("\n".join(f"{r['name']} {r['block']}: {r['reason']}" for r in node["refused"]) or "-")
         nodes.add_row(node["name"], node["underlay"], str(node.get("block") or "-"),
-                      f"pid {node.get('agent_pid', '-')} {'up' if node['agent_alive'] else 'DOWN'}, {answer}")
+                      f"pid {node.get('agent_pid', '-')} {'up' if node['agent_alive'] else 'DOWN'}, {answer}",
+                      refused, style="red" if node["refused"] else None)
     console.print(nodes)
     pods = Table(title="pods")
     for col in ("pod", "node", "ip", "ports", "echo"):

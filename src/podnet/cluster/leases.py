@@ -68,13 +68,31 @@ def list_leases(store: Store) -> list[NodeLease]:
 
 
 def parse_leases(entries: Iterable[Entry]) -> list[NodeLease]:
-    """The well-formed leases among `nodes/` entries (a malformed one is skipped)."""
+    """The well-formed leases among `nodes/` entries. A malformed one is skipped, and
+    so is one whose name is not its key's (`nodes/x` saying it is node y would stand
+    in for y's lease, underlay address and all)."""
     out = []
     for entry in entries:
         try:
-            out.append(NodeLease.from_json(entry.json(), entry.key))
+            lease = NodeLease.from_json(entry.json(), entry.key)
         except (CorruptRecord, ValueError):
             continue
+        if lease.key == entry.key:
+            out.append(lease)
+    return out
+
+
+def list_claims(store: Store) -> dict[str, str]:
+    """Every live block claim: block (`10.244.3.0/24`) -> the node holding it. A
+    malformed claim, or one whose block is not its key's, backs no lease: skipped."""
+    out = {}
+    for entry in store.list(keys.BLOCKS):
+        try:
+            claim = BlockClaim.from_json(entry.json(), entry.key)
+        except (CorruptRecord, ValueError):
+            continue
+        if claim.key == entry.key:
+            out[claim.block] = claim.node
     return out
 
 

@@ -14,6 +14,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from podnet import addresses
+from podnet.cni.gokeys import go_field
 from podnet.defaults import DEFAULT_STORE
 from podnet.errors import DecodingFailure, InvalidConfig
 from podnet.naming import is_ifname
@@ -105,16 +107,24 @@ def _cidrs(raw: Mapping, key: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise InvalidConfig(f"'{key}' must be a list of CIDR strings, got {value!r}")
     try:
-        return tuple(str(ipaddress.ip_network(v)) for v in value)
+        return tuple(str(ipaddress.ip_network(addresses.refuse_scope(v, f"'{key}'"))) for v in value)
     except ValueError as exc:
         raise InvalidConfig(f"'{key}': {exc}") from None
 
 
-def _port_mappings(raw: Mapping) -> tuple[Mapping, ...]:
-    runtime = raw.get("runtimeConfig") or {}
+def _runtime_config(raw: Mapping) -> Mapping:
+    """The config's runtimeConfig (the capabilities a runtime sent). Its key and the
+    capability names in it match as in the reference plugins (Go: case-insensitively,
+    cni/gokeys.py); containerd's entries are {"HostPort": ...}."""
+    runtime = go_field(raw, "runtimeConfig") or {}
     if not isinstance(runtime, Mapping):
         raise DecodingFailure("'runtimeConfig' must be an object")
-    mappings = runtime.get("portMappings") or []
+    return runtime
+
+
+def _port_mappings(raw: Mapping) -> tuple[Mapping, ...]:
+    """The raw entries; kernel/nat/parse.py validates them (keys in any case, as Go)."""
+    mappings = go_field(_runtime_config(raw), "portMappings") or []
     if not isinstance(mappings, list) or not all(isinstance(m, Mapping) for m in mappings):
         raise InvalidConfig("runtimeConfig.portMappings must be a list of objects")
     return tuple(mappings)
@@ -267,10 +277,7 @@ def requested_ips(cni_args: Mapping[str, str], raw_config: Mapping) -> tuple[str
     the first for one address, the second for several); the plugin and podnet-ipam
     both honour them."""
     out = [a for a in cni_args.get("IP", "").split(",") if a]
-    runtime = raw_config.get("runtimeConfig") or {}
-    if not isinstance(runtime, Mapping):
-        raise DecodingFailure("'runtimeConfig' must be an object")
-    ips = runtime.get("ips") or []
+    ips = go_field(_runtime_config(raw_config), "ips") or []
     if not isinstance(ips, list):
         raise InvalidConfig(f"runtimeConfig.ips must be a list of addresses, got {ips!r}")
     out.extend(str(a) for a in ips)

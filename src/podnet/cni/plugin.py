@@ -8,7 +8,10 @@ error. This path imports only C modules, so a call costs little more than the
 interpreter's start-up (json alone would add ~5 ms through `re`).
 
 Fallback: when no agent answers, import the whole stack (slow: pyroute2) and do the
-same work in-process, so a bare host still works.
+same work in-process, so a bare host still works. Its records name this machine (its
+id: podnet/identity.py), which the agent of this machine owns too, and it notes every
+store it uses beside the socket where no agent answered (endpoints/stores.py), so the
+agent's first resync keeps these pods instead of sweeping them as orphans.
 """
 
 # No `from __future__ import annotations`, `typing` or `os` here: each costs the plugin
@@ -126,9 +129,10 @@ def try_again_later(stdin: bytes, msg: str) -> bytes:
     return f'{{"cniVersion":{enc(version)},"code":11,"msg":{enc(msg)}}}\n'.encode()
 
 
-def run_in_process(environ, stdin: bytes, extra_paths: "Sequence[str]") -> tuple[int, bytes]:
+def run_in_process(environ, stdin: bytes, extra_paths: "Sequence[str]", sock_path: str = DEFAULT_SOCKET) -> tuple[int, bytes]:
     """The fallback: the same service the agent runs (podnet.endpoints), in this
-    process; nothing of the agent package is imported."""
+    process; nothing of the agent package is imported. `sock_path`: the agent that did
+    not answer, which finds the stores used here beside its socket."""
     for path in extra_paths:
         if path not in sys.path:
             sys.path.append(path)
@@ -136,7 +140,7 @@ def run_in_process(environ, stdin: bytes, extra_paths: "Sequence[str]") -> tuple
 
     from podnet.endpoints.service import CniService
 
-    service = CniService()
+    service = CniService(agent_socket=sock_path)
     out = io.StringIO()
     try:
         code = service.run_invocation(environ, stdin, out, host_fd=None, container_fd=None)
@@ -170,7 +174,7 @@ def main(extra_paths: "Sequence[str]" = ()) -> int:
     try:
         code, out = forward(sock_path, environ, stdin)
     except _NoAgent:
-        code, out = run_in_process(environ, stdin, extra_paths)
+        code, out = run_in_process(environ, stdin, extra_paths, sock_path)
     except (OSError, ConnectionError) as exc:
         # The agent took the request and died (or hangs): the runtime should retry; the
         # restarted agent rolls back whatever was half-built.

@@ -21,7 +21,13 @@ from podnet.cni.types import (
     version_key,
     version_result,
 )
-from podnet.errors import DecodingFailure, IncompatibleVersion, InvalidEnvironment, PodnetError
+from podnet.errors import (
+    DecodingFailure,
+    IncompatibleVersion,
+    InvalidConfig,
+    InvalidEnvironment,
+    PodnetError,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -52,6 +58,7 @@ KNOWN_ARGS = frozenset(
     }
 )
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_NETWORK_NAME = _CONTAINER_ID  # the spec gives network names the same rule
 _MAX_STDIN = 4 * 1024 * 1024
 
 
@@ -102,7 +109,7 @@ class CniRequest:
 def validate_container_id(value: str) -> str:
     if not value:
         raise InvalidEnvironment("CNI_CONTAINERID is empty")
-    if not _CONTAINER_ID.match(value):
+    if not _CONTAINER_ID.fullmatch(value):
         raise InvalidEnvironment(
             f"invalid CNI_CONTAINERID {value!r}",
             "must start with a letter or digit, then letters, digits, '_', '.' or '-'",
@@ -121,9 +128,9 @@ def validate_ifname(value: str) -> str:
         raise InvalidEnvironment(f"CNI_IFNAME {value!r} is longer than 15 bytes")
     if value in (".", ".."):
         raise InvalidEnvironment(f"CNI_IFNAME {value!r} is not a valid interface name")
-    if any(c in value for c in "/:") or any(c.isspace() for c in value):
+    if any(c in value for c in "/:\0") or any(c.isspace() for c in value):
         raise InvalidEnvironment(
-            f"CNI_IFNAME {value!r} contains '/', ':' or whitespace", "not allowed by the spec"
+            f"CNI_IFNAME {value!r} contains '/', ':', NUL or whitespace", "not allowed by the spec"
         )
     return value
 
@@ -184,6 +191,11 @@ def read_request(environ: Mapping[str, str], stdin: bytes) -> CniRequest:
             )
         if not isinstance(config.get("name", ""), str) or not config.get("name"):
             raise DecodingFailure("network configuration has no 'name'")
+        if not _NETWORK_NAME.fullmatch(config["name"]):
+            raise InvalidConfig(
+                f"invalid network name {config['name']!r}",
+                "an alphanumeric, then alphanumerics, '_', '.' or '-' (CNI spec)",
+            )
     container_id = environ.get("CNI_CONTAINERID", "")
     ifname = environ.get("CNI_IFNAME", "")
     if command in ("ADD", "DEL", "CHECK"):

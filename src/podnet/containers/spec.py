@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from podnet.errors import PodnetError
+from podnet import addresses
+from podnet.errors import InvalidConfig, PodnetError
 from podnet.model.container import ContainerRecord
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")  # Docker's rule
@@ -80,7 +81,7 @@ class RunRequest:
 
 
 def check_name(name: str, what: str = "container name") -> str:
-    if not NAME_RE.match(name or "") or len(name) > MAX_NAME:
+    if not NAME_RE.fullmatch(name or "") or len(name) > MAX_NAME:
         raise BadSpec(
             f"invalid {what} {name!r}",
             f"use 1-{MAX_NAME} characters [a-zA-Z0-9_.-], starting with a letter or digit",
@@ -90,7 +91,7 @@ def check_name(name: str, what: str = "container name") -> str:
 
 def check_hostname(hostname: str) -> str:
     """RFC 1123: dot-separated labels, at most 64 bytes (the kernel's UTS limit)."""
-    if len(hostname) > 64 or not all(LABEL_RE.match(p) for p in hostname.split(".")):
+    if len(hostname) > 64 or not all(LABEL_RE.fullmatch(p) for p in hostname.split(".")):
         raise BadSpec(f"invalid hostname {hostname!r}", "use letters, digits, '-' and '.' (at most 64)")
     return hostname
 
@@ -121,6 +122,14 @@ def _port_number(text: str, spec: str) -> int:
     return int(text)
 
 
+def _address(text: str, where: str, hint: str = "") -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An IP address a user typed; no scope ID (it would ride into nft rules)."""
+    try:
+        return addresses.address(text, where)
+    except InvalidConfig as exc:
+        raise BadSpec(exc.msg.replace("a valid IP address", "an IP address"), hint) from None
+
+
 def parse_port(spec: str) -> dict:
     """`[IP:]HOSTPORT:CONTAINERPORT[/proto]` -> a CNI portMappings entry (hostIP ""
     means every address). An IPv6 host IP may be written in brackets."""
@@ -134,10 +143,7 @@ def parse_port(spec: str) -> dict:
                       f"expected {PORT_SYNTAX}")
     host_ip = parts[0].strip("[]") if len(parts) == 3 else ""
     if host_ip:
-        try:
-            host_ip = str(ipaddress.ip_address(host_ip))
-        except ValueError:
-            raise BadSpec(f"bad -p {spec!r}: {host_ip!r} is not an IP address", f"expected {PORT_SYNTAX}") from None
+        host_ip = str(_address(host_ip, f"bad -p {spec!r}:", f"expected {PORT_SYNTAX}"))
     return {
         "hostIP": host_ip,
         "hostPort": _port_number(parts[-2], spec),
@@ -178,10 +184,7 @@ def check_request(req: RunRequest) -> RunRequest:
         if used and not bridge:
             raise BadSpec(f"{flag} needs a network; --network {req.choice.label} has none of its own")
     if req.ip:
-        try:
-            ipaddress.ip_address(req.ip)
-        except ValueError:
-            raise BadSpec(f"--ip {req.ip!r} is not an IP address") from None
+        _address(req.ip, "--ip")
     for alias in req.aliases:
         check_name(alias, "alias")
     if req.hostname:

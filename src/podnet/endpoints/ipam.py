@@ -29,6 +29,7 @@ from podnet.errors import (
     PluginNotAvailable,
     PodnetError,
 )
+from podnet.identity import NodeIdentity
 from podnet.ipam.config import IpamConfig
 from podnet.ipam.result import IpamResult, IPInterface, parse_result
 from podnet.ipam.service import IpamService, gc_scope
@@ -70,10 +71,11 @@ class Ipam(Protocol):
         ...
 
 
-def ipam_for(call: CniCall, store: Store) -> Ipam:
-    """The IPAM the network's config names, chosen once for the whole request."""
+def ipam_for(call: CniCall, store: Store, identity: NodeIdentity | None = None) -> Ipam:
+    """The IPAM the network's config names, chosen once for the whole request;
+    `identity`: the node its reservations belong to (default: this machine's)."""
     if call.conf.builtin_ipam:
-        return BuiltinIpam(store, call.conf.name, call.conf.ipam, call.request)
+        return BuiltinIpam(store, call.conf.name, call.conf.ipam, call.request, identity)
     return DelegatedIpam(call.conf.ipam_type, call.request)
 
 
@@ -84,8 +86,8 @@ class BuiltinIpam:
     transactional = True
 
     def __init__(self, store: Store, network: str, config: IpamConfig | Mapping[str, Any],
-                 request: CniRequest) -> None:
-        self.service = IpamService(store)
+                 request: CniRequest, identity: NodeIdentity | None = None) -> None:
+        self.service = IpamService(store, identity=identity)
         self.network = network
         self.config = config
         self.request = request

@@ -6,6 +6,11 @@ ExitStack that undoes each step if a later one fails, then marks the endpoint re
 A crash between those points leaves a pending record whose owner is dead, which the
 agent's resync rolls back (see agent/resync.py): no leaked address, link or rule.
 
+Every record and reservation names its node (podnet/identity.py): GC judges only this
+node's, since a store may be shared by machines whose namespaces look alike. The
+plugin's fallback notes every store it ADDs into beside the agent's socket
+(endpoints/stores.py), so the agent finds the fallback's pods too.
+
 One invocation is one pass (`run_invocation`):
 
 ```
@@ -17,7 +22,6 @@ CNI_* + stdin ─skel.read_request─> CniRequest ─parse_call─> CniCall (+ P
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import threading
@@ -26,11 +30,12 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from typing import IO, TypeVar
 
-from podnet import keys, procs
+from podnet import keys
 from podnet.attach import ATTACH
 from podnet.cni import skel
 from podnet.cni.config import DEFAULT_STORE, CniCall, PodnetConf, conf_dns, parse_call
 from podnet.cni.skel import CniRequest
+from podnet.endpoints import stores as registry
 from podnet.endpoints.ipam import Ipam, ipam_for
 from podnet.endpoints.result import AddResult, addressing, attach_context
 from podnet.errors import (
@@ -40,6 +45,7 @@ from podnet.errors import (
     PodnetError,
     StoreConflict,
 )
+from podnet.identity import NodeIdentity
 from podnet.ipam.result import IpamResult, parse_addresses
 from podnet.kernel import netns
 from podnet.kernel.nat.manager import NatManager
@@ -55,16 +61,26 @@ CONFLICT_RETRIES = 8
 
 
 class CniService:
-    """Stateless between calls except for warm stores; safe to call from many threads."""
+    """Stateless between calls except for warm stores; safe to call from many threads.
+
+    `identity`: the node whose records it writes and judges (default: this machine,
+    no node name). `agent_socket`: the agent this service is, or stands in for; beside
+    its socket is the registry of stores (endpoints/stores.py), where the plugin's
+    fallback notes every store it ADDs into and which the agent (`track_stores`: it
+    remembers every store in its own) reads at start-up."""
 
     def __init__(
         self,
         default_store: str = DEFAULT_STORE,
         nat_factory: Callable[[], NatManager] | None = None,
         track_stores: bool = False,
+        identity: NodeIdentity | None = None,
+        agent_socket: str | None = None,
     ) -> None:
         self.default_store = default_store
         self.track_stores = track_stores
+        self.identity = identity or NodeIdentity.local()
+        self.store_registry = registry.registry_for(agent_socket) if agent_socket else None
         self._stores: dict[str, Store] = {}
         self._stores_lock = threading.Lock()
         self._nat_factory = nat_factory or (lambda: NatManager(Nft()))
@@ -84,18 +100,24 @@ class CniService:
         start-up resync also finds the endpoints kept there."""
         default = self._stores.get(self.default_store) or open_store(self.default_store)
         self._stores[self.default_store] = default
-        key = keys.stored_store(path)
-        if default.get(key) is None:
-            default.put(key, json.dumps(path))
+        registry.remember(default, path)
 
     def known_stores(self) -> list[str]:
-        """The default store and every store it remembers."""
-        paths = [self.default_store]
-        for entry in self.store(self.default_store).list(keys.STORES):
-            path = json.loads(entry.value)
-            if path not in paths and os.path.exists(path):
-                paths.append(path)
-        return paths
+        """Every store that may hold this machine's endpoints (endpoints/stores.py)."""
+        return registry.known(self.store(self.default_store), self.default_store, self.store_registry,
+                            remember_noted=self.track_stores)
+
+    def host_netns(self, fd: int) -> tuple[int, int]:
+        """The (dev, inode) that records carry for the namespace `fd`."""
+        return self.identity.netns_override or netns.identity(fd)
+
+    def owns(self, record: EndpointRecord, host_netns: tuple[int, int] | None) -> bool:
+        """Is an endpoint record this node's to judge (GC, repair, roll back)? Never
+        another node's; this node's (or one of before, with no node) only when built
+        in `host_netns` (None: whichever namespace)."""
+        if not self.identity.owns(record.node):
+            return False
+        return host_netns is None or record.host_netns == host_netns
 
     def stores(self) -> dict[str, Store]:
         with self._stores_lock:
@@ -138,7 +160,7 @@ class CniService:
     def execute(self, call: CniCall, host_fd: int, container_fd: int | None) -> AddResult | None:
         """Dispatch one parsed call; only ADD has a result."""
         store = self.store(call.store)
-        ipam = ipam_for(call, store)
+        ipam = ipam_for(call, store, self.identity)
         command = call.request.command
         if command == "ADD":
             return self.add(call, store, ipam, host_fd, container_fd)
@@ -162,10 +184,13 @@ class CniService:
         key = keys.endpoint(conf.name, req.container_id, req.ifname)
         aid = attach_id(conf.name, req.container_id, req.ifname)
         attacher = ATTACH[conf.mode]
+        if self.store_registry and not self.track_stores:  # the fallback: tell the agent
+            registry.note(self.store_registry, call.store)
         with ExitStack() as undo:
             pending = EndpointRecord(
-                state=PENDING, owner=procs.process_owner(), attach_id=aid, mode=conf.mode, netns=req.netns,
-                host_netns=netns.identity(host_fd), config=req.config, env=req.env(), ts=time.time(),
+                state=PENDING, owner=self.identity.owner(), attach_id=aid, mode=conf.mode, netns=req.netns,
+                host_netns=self.host_netns(host_fd), config=req.config, env=req.env(), ts=time.time(),
+                node=self.identity.node,
             )
             addresses = _write_pending(store, key, pending, ipam, undo)
             if not addresses.ips:
@@ -244,18 +269,19 @@ class CniService:
         conf, req = call.conf, call.request
         valid = set(conf.valid_attachments or ())
         removed: dict[str, list] = {"endpoints": [], "addresses": [], "rules": []}
-        # A store the config names (the cluster's, shared by every node) also holds
-        # other nodes' attachments: judge only those built in the caller's namespace,
-        # and only addresses inside this config's ranges.
-        me = netns.identity(host_fd) if call.shared_store else None
+        # Another node's attachments are its runtime's to judge. A store the config
+        # names (the cluster's, shared by every node) may also hold records of before
+        # (no node) of other nodes: there, judge only those built in the caller's
+        # namespace, and only addresses inside this config's ranges.
+        me = self.host_netns(host_fd) if call.shared_store else None
         for entry in store.list(keys.endpoints(conf.name)):
             _network, cid, ifname = keys.parse_endpoint(entry.key)
             if (cid, ifname) in valid:
                 continue
             record = read_record(entry.value)
-            if record is None or (me is not None and record.host_netns != me):
+            if record is None or not self.owns(record, me):
                 continue  # unreadable, or another node's: not ours to judge
-            if record.pending and procs.owner_alive(record.owner):
+            if record.pending and self.identity.owner_alive(record.owner):
                 continue  # an ADD in flight: not ours to judge yet
             stale = teardown_request(cid, ifname, record, req.path, record.config or req.config)
             with suppress(PodnetError):

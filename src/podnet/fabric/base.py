@@ -1,9 +1,12 @@
 """The route-network base every node-to-node fabric shares.
 
 Design notes:
-- A fabric is two halves. `desired(ctx, peers)` is pure: from this node's lease, its
-  underlay address and the peers' leases it computes the routes, neighbour entries and
-  FDB entries the kernel should hold, plus a verdict per peer ("ok" or "refused: why").
+- A fabric is two halves. `desired(ctx, peers, claims)` is pure: from this node's
+  lease, its underlay, the cluster CIDR, the peers' leases and the block claims it
+  computes the routes, neighbour entries and FDB entries the kernel should hold, plus
+  a verdict per peer ("ok" or "refused: why"). A lease is only trusted for a block
+  the peer holds the claim of, inside the cluster CIDR (`valid_peers`): no lease can
+  route 128.0.0.0/1, the underlay or another node's pods.
   `apply(ipr, desired)` diffs that against the kernel and changes only the difference,
   so running it every few seconds is cheap and repairs drift (a route deleted by hand
   comes back; a stale one goes).
@@ -19,7 +22,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,11 +72,14 @@ class Desired:
 
 @dataclass(frozen=True)
 class FabricContext:
-    """This node as the fabric sees it."""
+    """This node as the fabric sees it: what a peer's block is checked against."""
 
     own: NodeLease
     underlay: ipaddress.IPv4Interface  # own underlay address with its prefix
     underlay_mtu: int
+    cluster: ipaddress.IPv4Network  # every peer block lies inside
+    block_prefix: int  # ... and has exactly this prefix length
+    underlay_prefixes: tuple[ipaddress.IPv4Network, ...] = ()  # the underlay's other addresses' prefixes
 
 
 @dataclass
@@ -103,7 +109,7 @@ class RouteNetwork:
     def setup(self, ipr: IPRoute, ctx: FabricContext) -> None:
         """Create/repair the fabric's own devices (none by default)."""
 
-    def desired(self, ctx: FabricContext, peers: Iterable[NodeLease]) -> Desired:
+    def desired(self, ctx: FabricContext, peers: Iterable[NodeLease], claims: Mapping[str, str]) -> Desired:
         raise NotImplementedError
 
     # -- the shared kernel half
@@ -190,10 +196,18 @@ def _index(ipr: IPRoute, name: str) -> int:
     return index
 
 
-def valid_peers(ctx: FabricContext, peers: Iterable[NodeLease]) -> tuple[list[NodeLease], dict[str, str]]:
-    """Peers worth routing to (not us, well-formed, not overlapping our block), and
-    the refusal of each malformed one: a bad lease never becomes a wrong route."""
-    own_net = ctx.own.network
+def valid_peers(
+    ctx: FabricContext, peers: Iterable[NodeLease], claims: Mapping[str, str]
+) -> tuple[list[NodeLease], dict[str, str]]:
+    """Peers worth routing to, and the refusal of each other one: a lease is only a
+    claim to a block, and a bad or forged one must never become a route.
+
+    `claims` maps each block of `blocks/` to the node whose claim holds it (read by
+    the caller: desired() stays pure). A peer's block must be a block of the cluster
+    CIDR (its prefix length exactly), overlap neither this node's block nor any prefix
+    of the underlay, and be claimed by that very peer. Blocks of one size either
+    coincide or are disjoint, and a block has one claim, so two accepted peers never
+    overlap: of two leases for one block, the claim's owner wins."""
     good, refused = [], {}
     for peer in sorted(peers, key=lambda p: p.name):
         if peer.name == ctx.own.name:
@@ -204,8 +218,33 @@ def valid_peers(ctx: FabricContext, peers: Iterable[NodeLease]) -> tuple[list[No
         except ValueError as exc:
             refused[peer.name] = f"refused: malformed lease ({exc})"
             continue
-        if net.overlaps(own_net):
-            refused[peer.name] = f"refused: block {net} overlaps this node's {own_net}"
+        problem = block_problem(ctx, net) or _claim_problem(net, peer.name, claims)
+        if problem:
+            refused[peer.name] = f"refused: {problem}"
             continue
         good.append(peer)
     return good, refused
+
+
+def block_problem(ctx: FabricContext, net: ipaddress.IPv4Network) -> str | None:
+    """Why `net` cannot be a peer's block on this node, or None: the shape and place
+    checks of `valid_peers` (the claim aside)."""
+    if not net.subnet_of(ctx.cluster):
+        return f"block {net} is outside the cluster CIDR {ctx.cluster}"
+    if net.prefixlen != ctx.block_prefix:
+        return f"block {net} is not a /{ctx.block_prefix} block of the cluster CIDR {ctx.cluster}"
+    if net.overlaps(ctx.own.network):
+        return f"block {net} overlaps this node's {ctx.own.network}"
+    for prefix in (ctx.underlay.network, *ctx.underlay_prefixes):
+        if net.overlaps(prefix):
+            return f"block {net} overlaps the underlay prefix {prefix}"
+    return None
+
+
+def _claim_problem(net: ipaddress.IPv4Network, name: str, claims: Mapping[str, str]) -> str | None:
+    owner = claims.get(str(net))
+    if owner is None:
+        return f"block {net} has no claim under blocks/"
+    if owner != name:
+        return f"block {net} is claimed by node {owner}"
+    return None

@@ -12,7 +12,7 @@ Design notes:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from podnet.fabric.base import OK, Desired, FabricContext, RouteNetwork, RouteSpec, valid_peers
 from podnet.model.cluster import NodeLease
@@ -21,8 +21,8 @@ from podnet.model.cluster import NodeLease
 class HostGwFabric(RouteNetwork):
     name = "host-gw"
 
-    def desired(self, ctx: FabricContext, peers: Iterable[NodeLease]) -> Desired:
-        good, refused = valid_peers(ctx, peers)
+    def desired(self, ctx: FabricContext, peers: Iterable[NodeLease], claims: Mapping[str, str]) -> Desired:
+        good, refused = valid_peers(ctx, peers, claims)
         want = Desired(peers=dict(refused))
         segment = ctx.underlay.network
         for peer in good:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -72,8 +72,8 @@ class VxlanFabric(RouteNetwork):
     def backend_data(self, node: str) -> dict[str, Any]:
         return {"vtep_mac": vtep_mac(node), "vni": VNI, "port": PORT}
 
-    def desired(self, ctx: FabricContext, peers: Iterable[NodeLease]) -> Desired:
-        good, refused = valid_peers(ctx, peers)
+    def desired(self, ctx: FabricContext, peers: Iterable[NodeLease], claims: Mapping[str, str]) -> Desired:
+        good, refused = valid_peers(ctx, peers, claims)
         want = Desired(peers=dict(refused))
         for peer in good:
             mac = peer.backend.get("vtep_mac")

@@ -12,12 +12,12 @@ allocator can assume a well-formed config. Standard library only.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
+from podnet import addresses
 from podnet.errors import InvalidConfig
 
 IPAddress = IPv4Address | IPv6Address
@@ -135,23 +135,13 @@ def parse_address(value: object, where: str) -> IPAddress:
     """An address; also accepts "addr/prefix" (runtimes pass requested IPs as CIDRs)."""
     if isinstance(value, (IPv4Address, IPv6Address)):
         return value
-    if not isinstance(value, str) or not value:
-        raise InvalidConfig(f"{where} must be an IP address string, got {value!r}")
-    try:
-        if "/" in value:
-            return ipaddress.ip_interface(value).ip
-        return ipaddress.ip_address(value)
-    except ValueError:
-        raise InvalidConfig(f"{where} {value!r} is not a valid IP address") from None
+    if isinstance(value, str) and "/" in value:
+        return addresses.interface(value, where).ip
+    return addresses.address(value, where)
 
 
 def _network(value: object, where: str) -> IPNetwork:
-    if not isinstance(value, str) or not value:
-        raise InvalidConfig(f"{where} must be a CIDR string, got {value!r}")
-    try:
-        return ipaddress.ip_network(value, strict=False)
-    except ValueError:
-        raise InvalidConfig(f"{where} {value!r} is not a valid CIDR") from None
+    return addresses.network(value, where, strict=False)
 
 
 def _range_sets(raw: Mapping[str, Any]) -> tuple[RangeSet, ...]:
@@ -182,7 +172,7 @@ def _range_set(raw: object, where: str) -> RangeSet:
 def _range(raw: object, where: str) -> IpRange:
     if not isinstance(raw, Mapping):
         raise InvalidConfig(f"{where} must be an object with a 'subnet'")
-    subnet = _network(raw.get("subnet"), f"{where}.subnet")
+    subnet = addresses.check_assignable(_network(raw.get("subnet"), f"{where}.subnet"), f"{where}.subnet")
     if subnet.prefixlen > _MAX_PREFIX[subnet.version]:
         raise InvalidConfig(
             f"{where}.subnet {subnet} is too small to allocate from",

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from podnet import addresses
 from podnet.errors import InvalidConfig
 from podnet.ipam.config import IPAddress, IPNetwork, Route, parse_address
 
@@ -103,11 +104,7 @@ def parse_addresses(raw: Mapping, what: str) -> tuple[IpamAddress, ...]:
         where = f"{what}: ips[{index}]"
         if not isinstance(ip, Mapping):
             raise InvalidConfig(f"{where} must be an object")
-        address = ip.get("address")
-        try:
-            iface = ipaddress.ip_interface(address if isinstance(address, str) else "")
-        except ValueError:
-            raise InvalidConfig(f"{where}.address {address!r} is not an address/prefix") from None
+        iface = addresses.interface(ip.get("address"), f"{where}.address")
         gateway = ip.get("gateway")
         out.append(IpamAddress(iface.ip, iface.network,
                                parse_address(gateway, f"{where}.gateway") if gateway else None, index))
@@ -117,11 +114,7 @@ def parse_addresses(raw: Mapping, what: str) -> tuple[IpamAddress, ...]:
 def _route(raw: object, where: str) -> ParsedRoute:
     if not isinstance(raw, Mapping):
         raise InvalidConfig(f"{where} must be an object")
-    dst = raw.get("dst")
-    try:
-        network = ipaddress.ip_network(dst if isinstance(dst, str) else "", strict=False)
-    except ValueError:
-        raise InvalidConfig(f"{where}.dst {dst!r} is not a network") from None
+    network = addresses.network(raw.get("dst"), f"{where}.dst", strict=False)
     gw = parse_address(raw["gw"], f"{where}.gw") if raw.get("gw") else None
     return ParsedRoute(network, gw, {k: v for k, v in raw.items() if k not in ("dst", "gw")})
 

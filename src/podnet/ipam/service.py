@@ -4,11 +4,13 @@ Keys (docs/architecture.md, "IPAM"):
 - `ipam/<network>/ip/<address>` -> {"id", "ifname", "state", "owner", "ts"}
 - `ipam/<network>/last/<range-set index>` -> the last address handed out there
 
-A reservation is "pending" while its ADD runs and "ready" after it; `owner` is
-"pid:starttime" of the process doing the ADD, so a resync can roll back what a killed
-process left half done, and a recycled pid (same number, new start time) is never
-mistaken for the original process. Every operation on one attachment runs in one
-store transaction, which is what keeps two concurrent ADDs from taking one address.
+A reservation is "pending" while its ADD runs and "ready" after it; `owner` is the tag
+of the process doing the ADD on its node (procs.py, identity.py), so a resync can roll
+back what a killed process left half done, a recycled pid (same number, new start
+time) is never mistaken for the original process, and a store shared by several
+machines is judged by each node for its own reservations only: GC and rollback never
+touch another node's. Every operation on one attachment runs in one store
+transaction, which is what keeps two concurrent ADDs from taking one address.
 
 Standard library only: podnet-ipam runs this in-process.
 """
@@ -22,11 +24,11 @@ from typing import Any
 
 from podnet import keys
 from podnet.errors import AddressInUse, InvalidConfig, UnknownContainer
+from podnet.identity import NodeIdentity
 from podnet.ipam import allocator
 from podnet.ipam.config import IPAddress, IpamConfig, IPNetwork, parse_address, parse_ipam_config
 from podnet.ipam.result import IpamAddress, IpamResult
 from podnet.model.ipam import PENDING, READY, Reservation
-from podnet.procs import owner_alive, process_owner
 from podnet.store.base import Entry, Store
 
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
@@ -57,15 +59,17 @@ class IpamService:
         *,
         owner: str | None = None,
         clock: Callable[[], float] = time.time,
+        identity: NodeIdentity | None = None,
     ) -> None:
         self.store = store
         self._owner = owner
         self._clock = clock
+        self.identity = identity or NodeIdentity.local()
 
     @property
     def owner(self) -> str:
         if self._owner is None:
-            self._owner = process_owner()
+            self._owner = self.identity.owner()
         return self._owner
 
     # -- keys and values --------------------------------------------------------
@@ -235,11 +239,12 @@ class IpamService:
         valid_attachments: Iterable[tuple[str, str]],
         within: Iterable[IPNetwork] | None = None,
     ) -> list[Reservation]:
-        """CNI GC: release every reservation whose (container ID, ifname) is not
-        valid. A pending one whose owner still runs is an ADD in flight that the
-        runtime may not list yet, so it is kept. `within` (a store shared by several
-        nodes): only addresses inside these subnets are judged; the others belong to
-        other nodes' runtimes, whose valid attachments this caller does not know."""
+        """CNI GC: release every reservation of this node whose (container ID, ifname)
+        is not valid. A pending one whose owner still runs is an ADD in flight that the
+        runtime may not list yet, so it is kept. Another node's reservations belong to
+        its runtime, whose valid attachments this caller does not know, and so do
+        addresses outside `within` (the subnets of this node's ranges in a store
+        shared by several nodes), whoever's they are."""
         valid = {(cid, ifname) for cid, ifname in valid_attachments}
         scope = None if within is None else tuple(within)
         alive: dict[str, bool] = {}
@@ -248,13 +253,15 @@ class IpamService:
                 r
                 for r in self.reservations(network)
                 if r.attachment not in valid
+                and self.identity.owns(r.node)
                 and (scope is None or _inside(r.address, scope))
                 and not self._in_flight(r, alive)
             ]
             return [r for r in victims if self._drop(r)]
 
     def rollback_dead_pending(self, network: str | None = None) -> list[Reservation]:
-        """Release pending reservations whose ADD process died (agent killed mid-ADD)."""
+        """Release pending reservations whose ADD process died (agent killed mid-ADD):
+        this node's only (another node's owner is never dead here, procs.py)."""
         alive: dict[str, bool] = {}
         with self.store.transaction():
             pool = self.reservations(network) if network else self._all_reservations()
@@ -265,7 +272,7 @@ class IpamService:
         if res.state == READY:
             return False
         if res.owner not in alive:
-            alive[res.owner] = owner_alive(res.owner)
+            alive[res.owner] = self.identity.owner_alive(res.owner)
         return alive[res.owner]
 
     def _all_reservations(self) -> Iterator[Reservation]:

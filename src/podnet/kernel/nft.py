@@ -34,7 +34,7 @@ class NftPort(Protocol):
 
 
 def _check_table(family: str, table: str) -> None:
-    if family not in _FAMILIES or not _NAME.match(table):
+    if family not in _FAMILIES or not _NAME.fullmatch(table):
         raise KernelError(f"invalid nft table {family!r} {table!r}")
 
 

@@ -1,7 +1,8 @@
 """`lab status`: the state file, as the running lab sees it.
 
 Read-only: each recorded process's liveness (pid and start time, from procs.json) and
-each agent's own answer on its socket, so a dead agent and a wedged one look different.
+each agent's own answer on its socket, so a dead agent and a wedged one look different;
+each node's refused peer leases (name, block, reason) are lifted out of that answer.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def status(name: str) -> dict:
                 break
             except (PodnetError, OSError, ValueError) as exc:
                 row["agent"] = {"op": op, "error": str(exc)}
+        row["refused"] = refused_peers(row["agent"])
         nodes.append(row)
     pods = []
     for key, info in data.get("pods", {}).items():
@@ -36,3 +38,15 @@ def status(name: str) -> dict:
         pods.append({"name": key, **info, "echo_alive": process_alive(entry)})
     data["nodes"], data["pods"] = nodes, pods
     return data
+
+
+def refused_peers(agent: dict | None) -> list[dict[str, str]]:
+    """The peer leases a node's agent refused, from its node.status answer (none when
+    it did not answer it); only well-formed rows, every field a string."""
+    result = (agent or {}).get("result")
+    rows = result.get("refused") if isinstance(result, dict) else None
+    if not isinstance(rows, list):
+        return []
+    fields = ("name", "block", "reason")
+    return [{f: row[f] for f in fields} for row in rows
+            if isinstance(row, dict) and all(isinstance(row.get(f), str) for f in fields)]

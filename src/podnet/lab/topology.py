@@ -131,7 +131,7 @@ def etcd_ip(member: int) -> str:
 
 
 def check_lab_name(name: str) -> str:
-    if not _LAB_NAME.match(name):
+    if not _LAB_NAME.fullmatch(name):
         raise TopologyError(f"invalid lab name {name!r}", "use 1-8 lowercase letters or digits")
     return name
 
@@ -289,7 +289,7 @@ def _list(value: object, where: str) -> list:
 
 def check_name(value: object, where: str) -> str:
     """A lab name (node, namespace, pod, host): 1-15 of [a-z0-9-], alphanumeric ends."""
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise TopologyError(
             f"{where}: invalid name {value!r}",
             "use 1-15 lowercase letters, digits or '-', starting and ending with a letter or digit",
@@ -304,7 +304,7 @@ def _labels(value: object, where: str) -> dict[str, str]:
         raise TopologyError(f"{where} must be a mapping of label keys to values")
     labels = {}
     for key, val in value.items():
-        if not isinstance(key, str) or not _LABEL_KEY.match(key):
+        if not isinstance(key, str) or not _LABEL_KEY.fullmatch(key):
             raise TopologyError(f"{where}: invalid label key {key!r}")
         if isinstance(val, (dict, list)) or val is None:
             raise TopologyError(f"{where}: label {key} must have a scalar value")

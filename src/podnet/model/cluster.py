@@ -16,17 +16,17 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from podnet import keys
+from podnet import addresses, keys
+from podnet.errors import InvalidConfig
 from podnet.model.base import CorruptRecord, Fields
 from podnet.store.base import dumps
 
 
 def _address(f: Fields, name: str) -> str:
-    value = f.text(name)
     try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise f.error(name, f"is not an IP address: {value!r}") from None
+        return str(addresses.address(f.text(name), ""))
+    except InvalidConfig as exc:
+        raise f.error(name, exc.msg.strip()) from None
 
 
 def _block(f: Fields, name: str) -> str:

@@ -1,13 +1,16 @@
 """EndpointRecord: one CNI attachment as ADD built it (`endpoints/<net>/<cid>/<ifname>`).
 
-ADD writes it *pending* (with the owner "pid:starttime" of the process doing the
-work) before it builds anything, and rewrites it *ready* with what it built once
-everything stands. DEL, CHECK, GC, the agent's resync and the cluster's cleanup of a
-dead node's block all read it back through this one type.
+ADD writes it *pending* (with the owner tag of the process doing the work, procs.py)
+before it builds anything, and rewrites it *ready* with what it built once everything
+stands. DEL, CHECK, GC, the agent's resync and the cluster's cleanup of a dead node's
+block all read it back through this one type. `node` names the node it belongs to
+(podnet/identity.py): a store may be shared by many machines, and their root
+namespaces all have one `host_netns`.
 
 Field names and the JSON text are what release 0.1.0 wrote (`json.dumps` in field
 order, as `encode` does): stores written then read the same now
-(tests/unit/test_model_golden.py).
+(tests/unit/test_model_golden.py). `node` came later: a record without one (written
+before) has none in its text either, and belongs to the namespace that wrote it.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ _ATTACH_ID = re.compile(r"^[0-9a-f]{12}$")
 
 @dataclass(frozen=True)
 class EndpointRecord:
-    """`host_netns` is the (dev, inode) of the namespace the host side was built in;
-    `owner` is set while pending; `ips`, `host_links`, `nat`, `result` once ready."""
+    """`host_netns` is the (dev, inode) of the namespace the host side was built in,
+    `node` the node that built it ("" in a record of before); `owner` is set while
+    pending; `ips`, `host_links`, `nat`, `result` once ready."""
 
     state: str
     attach_id: str
@@ -44,6 +48,7 @@ class EndpointRecord:
     host_links: tuple[str, ...] = ()
     nat: bool | None = None  # None: not known yet (pending), so DEL looks for rules anyway
     result: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    node: str = ""
 
     @property
     def pending(self) -> bool:
@@ -65,7 +70,10 @@ class EndpointRecord:
         if self.pending:
             out["owner"] = self.owner
         out.update(attach_id=self.attach_id, mode=self.mode, netns=self.netns,
-                   host_netns=list(self.host_netns), config=self.config, env=self.env, ts=self.ts)
+                   host_netns=list(self.host_netns))
+        if self.node:
+            out["node"] = self.node
+        out.update(config=self.config, env=self.env, ts=self.ts)
         if not self.pending:
             out.update(ips=list(self.ips), host_links=list(self.host_links), nat=self.nat,
                        result=self.result)
@@ -98,7 +106,7 @@ class EndpointRecord:
             state=state, attach_id=attach_id, mode=f.text("mode", "bridge"), netns=f.text("netns", ""),
             host_netns=(host_netns[0], host_netns[1]), config=f.mapping("config"), env=env,
             ts=f.number("ts"), owner=f.text("owner", ""), ips=f.texts("ips"), host_links=links,
-            nat=f.flag("nat") if f.has("nat") else None, result=f.mapping("result"),
+            nat=f.flag("nat") if f.has("nat") else None, result=f.mapping("result"), node=f.text("node", ""),
         )
 
     @classmethod

@@ -2,8 +2,10 @@
 
 The value is {"id", "ifname", "state", "owner", "ts"}; the network and the address
 are the key's, the revision the entry's (releases are guarded by it). A reservation is
-"pending" while its ADD runs and "ready" after it; `owner` is the "pid:starttime" of
-the process that took it, so a resync can roll back what a killed process left.
+"pending" while its ADD runs and "ready" after it; `owner` is the tag of the process
+that took it (procs.py: `<node>:<boot_id>:<pid>:<starttime>`, or `<pid>:<starttime>`
+when written before nodes were recorded), so a resync can roll back what a killed
+process left, and a node judges only its own node's reservations.
 
 Decoding never fails on the value: a corrupt one still marks its address taken (with
 an empty owner, so GC can clean it up); only a key that is no reservation's is refused.
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 from podnet import keys
 from podnet.model.base import CorruptRecord
+from podnet.procs import parse_owner
 from podnet.store.base import Entry, dumps
 
 PENDING = "pending"
@@ -36,6 +39,12 @@ class Reservation:
     @property
     def attachment(self) -> tuple[str, str]:
         return self.container_id, self.ifname
+
+    @property
+    def node(self) -> str:
+        """The node whose process took it ("": a tag of before, or none)."""
+        owner = parse_owner(self.owner)
+        return owner.node if owner else ""
 
     @property
     def key(self) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from podnet import keys
+from podnet import addresses, keys
 from podnet.errors import InvalidConfig
 from podnet.model.base import Fields
 from podnet.naming import is_ifname
@@ -35,7 +35,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 def check_name(name: str) -> str:
     """A network name as Docker accepts it (plus a length cap); InvalidConfig otherwise."""
-    if not isinstance(name, str) or not NAME_RE.match(name) or len(name) > NAME_MAX:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or len(name) > NAME_MAX:
         raise InvalidConfig(
             f"invalid network name {name!r}",
             f"names match [a-zA-Z0-9][a-zA-Z0-9_.-]* and have at most {NAME_MAX} characters",
@@ -75,9 +75,9 @@ class Subnet:
     def from_json(cls, raw: Mapping[str, Any]) -> Subnet:
         ip_range = raw.get("ip_range")
         return cls(
-            subnet=ipaddress.ip_network(raw["subnet"]),
-            gateway=ipaddress.ip_address(raw["gateway"]),
-            ip_range=ipaddress.ip_network(ip_range) if ip_range else None,
+            subnet=addresses.network(raw["subnet"], "subnet"),
+            gateway=addresses.address(raw["gateway"], "gateway"),
+            ip_range=addresses.network(ip_range, "ip_range") if ip_range else None,
         )
 
 
@@ -125,7 +125,7 @@ class NetworkRecord:
     def from_json(cls, raw: object, what: str = "network record") -> NetworkRecord:
         f = Fields(raw, what)
         name = f.text("name")
-        if not NAME_RE.match(name) or len(name) > NAME_MAX:
+        if not NAME_RE.fullmatch(name) or len(name) > NAME_MAX:
             raise f.error("name", f"is not a network name: {name!r}")
         driver = f.text("driver", "bridge")
         if driver not in DRIVERS:
@@ -142,7 +142,7 @@ class NetworkRecord:
             raise f.error("subnets", "must be a list")
         try:
             parsed = tuple(Subnet.from_json(s) for s in subnets)
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError, InvalidConfig) as exc:
             raise f.error("subnets", f"holds an invalid subnet ({exc})") from None
         return cls(
             name=name,

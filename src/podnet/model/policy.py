@@ -10,12 +10,12 @@ Pod addresses and ports become nft set elements: they are checked when read back
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from podnet import keys
+from podnet import addresses, keys
+from podnet.errors import InvalidConfig
 from podnet.model.base import Fields
 from podnet.store.base import dumps
 
@@ -53,9 +53,9 @@ class PodRecord:
         ips = status.texts("podIPs")
         for ip in ips:
             try:
-                ipaddress.ip_address(ip)
-            except ValueError:
-                raise status.error("podIPs", f"holds {ip!r}, not an IP address") from None
+                addresses.address(ip, "")
+            except InvalidConfig as exc:
+                raise status.error("podIPs", f"holds {exc.msg.strip()}") from None
         ports = spec.raw.get("ports") or []
         if not isinstance(ports, list):
             raise spec.error("ports", "must be a list")

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 
 from podnet.errors import InvalidConfig
 from podnet.model.network import DRIVERS, NetworkRecord, bridge_name, check_name
+from podnet.naming import is_ifname
 from podnet.networks.errors import NetworkExists
 from podnet.networks.subnets import DEFAULT_POOL, IPNetwork, plan_subnets
 
 MTU_MIN = {4: 68, 6: 1280}  # IPv6 needs 1280 on every link (RFC 8200)
 MTU_MAX = 65535
-_IFNAME = re.compile(r"^[^\s/:]{1,15}$")
 _ID = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -43,7 +43,7 @@ def _check_driver(req: NetworkRequest) -> None:
             raise InvalidConfig(
                 "macvlan networks need --parent", "the host interface the containers attach to, e.g. eth0"
             )
-        if not _IFNAME.match(req.parent) or req.parent in (".", ".."):
+        if not is_ifname(req.parent):
             raise InvalidConfig(f"invalid --parent {req.parent!r}: not an interface name")
 
 
@@ -70,7 +70,7 @@ def plan_network(
     if any(n.name == req.name for n in existing):
         raise NetworkExists(f"network name {req.name!r} is already in use")
     _check_driver(req)
-    if not _ID.match(network_id):
+    if not _ID.fullmatch(network_id):
         raise InvalidConfig(f"invalid network id {network_id!r}: want 64 hex digits")
     subnets = plan_subnets(req.subnets, req.gateways, req.ip_ranges, existing, pool)
     _check_mtu(req.mtu, {s.version for s in subnets})

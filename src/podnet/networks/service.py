@@ -83,7 +83,7 @@ class NetworkService:
     # -- reading
 
     def conflist_path(self, name: str) -> Path:
-        if not NAME_RE.match(name):  # never build a path from an unchecked name
+        if not NAME_RE.fullmatch(name):  # never build a path from an unchecked name
             raise InvalidConfig(f"invalid network name {name!r}")
         return self.paths.net_d / f"{name}.conflist"
 
@@ -91,7 +91,7 @@ class NetworkService:
         return [NetworkRecord.from_json(e.json()) for e in self.store.list(keys.NETWORKS)]
 
     def get(self, name: str) -> NetworkRecord:
-        raw = self.store.get_json(keys.network(name)) if NAME_RE.match(name or "") else None
+        raw = self.store.get_json(keys.network(name)) if NAME_RE.fullmatch(name or "") else None
         if raw is None:
             raise NetworkNotFound(name)
         return NetworkRecord.from_json(raw)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 
+from podnet import addresses
 from podnet.errors import InvalidConfig
 from podnet.model.network import IPAddress, IPNetwork, NetworkRecord, Subnet
 
@@ -25,6 +26,7 @@ MAX_PREFIX = {4: 30, 6: 126}
 
 def parse_cidr(value: str, what: str) -> IPNetwork:
     """A CIDR with no host bits set (10.89.1.5/24 is refused with the fix in the hint)."""
+    addresses.refuse_scope(value, f"invalid {what}")
     try:
         return ipaddress.ip_network(value)
     except ValueError:
@@ -37,6 +39,7 @@ def parse_cidr(value: str, what: str) -> IPNetwork:
 
 
 def parse_ip(value: str, what: str) -> IPAddress:
+    addresses.refuse_scope(value, f"invalid {what}")
     try:
         return ipaddress.ip_address(value)
     except ValueError:
@@ -150,7 +153,7 @@ def plan_subnets(
     networks = list(networks)
     if not subnets and (gateways or ip_ranges):
         raise InvalidConfig("--gateway and --ip-range need an explicit --subnet")
-    nets = [parse_cidr(s, "subnet") for s in subnets]
+    nets = [addresses.check_assignable(parse_cidr(s, "subnet"), "--subnet") for s in subnets]
     for net in nets:
         _check_size(net)
     if not nets:

@@ -261,6 +261,17 @@ class _Builder:
             out.append((family, " ".join(parts)))
         return out
 
+    def _destination_pods(self, peer: Peer | None, policy_ns: str) -> list[tuple[Endpoint, str]]:
+        """(pod, address) pairs an egress peer reaches, for its named ports: the pods it
+        selects, the pod addresses inside its ipBlock (minus except: a named port is the
+        destination pod's own, as Calico's named-port sets; an address that is no pod
+        has none), any pod when the rule has no peers."""
+        if peer is None or peer.ip_block is not None:
+            block = peer.ip_block if peer is not None else None
+            return [(ep, ip) for ep in self.world.endpoints if ep.kind == "pod" for ip in ep.ips
+                    if block is None or block.contains(ipaddress.ip_address(ip))]
+        return [(ep, ip) for ep in self._members(peer, policy_ns) if ep.kind == "pod" for ip in ep.ips]
+
     # -- ports -----------------------------------------------------------------------
 
     @staticmethod
@@ -281,17 +292,13 @@ class _Builder:
             numbers = sorted({n.port for n in local.ports if n.name == port.port and n.protocol == port.protocol})
             return [(None, f"meta l4proto {l4} th dport {{ {', '.join(map(str, numbers))} }}")] if numbers else []
         # egress to a named port: (destination address . port) pairs of the pods the peer
-        # selects (any pod when the rule has no peers) that name that port
-        if peer is not None and (peer.ip_block is not None or (peer.pod_selector is None and
-                                                                peer.namespace_selector is None)):
-            return []  # a named port needs a known destination pod
-        pods = (self._members(peer, policy_ns) if peer is not None
-                else [ep for ep in self.world.endpoints if ep.kind == "pod"])
+        # can reach that name that port; no line when there are none
+        dests = self._destination_pods(peer, policy_ns)
         out = []
         for family in (4, 6):
-            pairs = [f"{ip} . {n.port}" for ep in pods for n in ep.ports
+            pairs = [f"{ip} . {n.port}" for ep, ip in dests for n in ep.ports
                      if n.name == port.port and n.protocol == port.protocol
-                     for ip in ep.ips if ipaddress.ip_address(ip).version == family]
+                     and ipaddress.ip_address(ip).version == family]
             if pairs:
                 name = self._set((*key, "named", port.port, port.protocol, family),
                                  f"ipv{family}_addr . inet_service", pairs)

@@ -34,7 +34,8 @@ Semantics:
   any port (Kubernetes API docs).
 - Ports: a number, a range port..endPort, or a NAMED port, resolved against the
   destination's named ports in both directions (ingress: the selected pod itself; egress:
-  the destination, which must be a known pod, else the named port does not match).
+  the destination, which must be a known pod, else the named port does not match; with
+  an ipBlock peer that is a pod address inside the block, as Calico's named-port sets).
   Name and protocol must both match, as in Kubernetes.
 - The flow's address family is the one of an explicit IP argument, else the first
   family (IPv4 before IPv6) both endpoints have; each endpoint side uses its first

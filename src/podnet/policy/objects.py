@@ -33,8 +33,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from podnet import keys
-from podnet.errors import ObjectError
+from podnet import addresses, keys
+from podnet.errors import InvalidConfig, ObjectError
 from podnet.policy.rules import (
     ClusterRule,
     NetworkPolicyRule,
@@ -348,7 +348,9 @@ def parse_host_endpoint(meta: Metadata, raw: Any) -> HostEndpoint:
         try:
             if not isinstance(ip, str):
                 raise ValueError(ip)
-            ips.append(str(ipaddress.ip_address(ip)))
+            ips.append(str(ipaddress.ip_address(addresses.refuse_scope(ip, ""))))
         except ValueError:
             raise loc.field("ips").item(i).error(f"{ip!r} is not an IP address") from None
+        except InvalidConfig as exc:
+            raise loc.field("ips").item(i).error(exc.msg.strip()) from None
     return HostEndpoint(meta.name, node, host, tuple(ips), meta.labels)

@@ -189,7 +189,7 @@ class NetworkPolicyPort:
             raise loc.field("protocol").error(f"{proto!r} is not one of {', '.join(NP_PROTOCOLS)}")
         port = obj.get("port")
         if isinstance(port, str):
-            if len(port) > 15 or not _SVC_NAME_RE.match(port) or not re.search("[a-z]", port):
+            if len(port) > 15 or not _SVC_NAME_RE.fullmatch(port) or not re.search("[a-z]", port):
                 raise loc.field("port").error(
                     f"{port!r} is neither a port number nor a port name",
                     "a named port has at most 15 lowercase alphanumerics or '-' with at "

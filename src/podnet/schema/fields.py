@@ -92,11 +92,11 @@ def port_number(obj: Any, loc: Loc) -> int:
 def dns_name(obj: Any, loc: Loc, *, label: bool) -> str:
     """A DNS-1123 label (namespaces, tiers, nodes) or subdomain (other object names)."""
     if label:
-        if not isinstance(obj, str) or not DNS_LABEL_RE.match(obj):
+        if not isinstance(obj, str) or not DNS_LABEL_RE.fullmatch(obj):
             raise loc.error(f"{obj!r} is not a DNS label",
                             "at most 63 lowercase alphanumerics or '-', starting and ending "
                             "with an alphanumeric")
-    elif not isinstance(obj, str) or len(obj) > 253 or not DNS_SUBDOMAIN_RE.match(obj):
+    elif not isinstance(obj, str) or len(obj) > 253 or not DNS_SUBDOMAIN_RE.fullmatch(obj):
         raise loc.error(f"{obj!r} is not a DNS subdomain name",
                         "at most 253 lowercase alphanumerics, '-' or '.'")
     return obj
@@ -106,6 +106,8 @@ def cidr(obj: Any, loc: Loc, *, bare_ip: bool = False) -> IPNetwork:
     """A CIDR without host bits (or, with `bare_ip`, a single address)."""
     if not isinstance(obj, str):
         raise loc.error(f"{obj!r} is not a CIDR")
+    if "%" in obj:  # an IPv6 scope ID: ipaddress keeps whatever follows it
+        raise loc.error(f"{obj!r} carries a scope ID ('%'), which podnet does not take")
     if bare_ip and "/" not in obj:
         try:
             return ipaddress.ip_network(obj)
@@ -132,10 +134,10 @@ def label_key_problem(key: object) -> str | None:
     if not isinstance(key, str) or not key:
         return f"{key!r} is not a label key (a non-empty string)"
     prefix, sep, name = key.rpartition("/")
-    if sep and (not prefix or len(prefix) > LABEL_PREFIX_MAX or not DNS_SUBDOMAIN_RE.match(prefix)):
+    if sep and (not prefix or len(prefix) > LABEL_PREFIX_MAX or not DNS_SUBDOMAIN_RE.fullmatch(prefix)):
         return (f"label key {key!r}: the prefix must be a DNS subdomain "
                 f"(lowercase alphanumerics, '-' and '.', at most {LABEL_PREFIX_MAX} characters)")
-    if len(name) > LABEL_NAME_MAX or not _LABEL_NAME_RE.match(name):
+    if len(name) > LABEL_NAME_MAX or not _LABEL_NAME_RE.fullmatch(name):
         return (f"label key {key!r}: the name must be at most {LABEL_NAME_MAX} characters of "
                 "[A-Za-z0-9_.-], starting and ending with an alphanumeric")
     return None
@@ -145,7 +147,7 @@ def label_value_problem(value: object) -> str | None:
     """Why `value` is not a Kubernetes label value (None when it is one; '' is one)."""
     if not isinstance(value, str):
         return f"{value!r} is not a label value (a string)"
-    if value and (len(value) > LABEL_NAME_MAX or not _LABEL_NAME_RE.match(value)):
+    if value and (len(value) > LABEL_NAME_MAX or not _LABEL_NAME_RE.fullmatch(value)):
         return (f"label value {value!r} must be at most {LABEL_NAME_MAX} characters of "
                 "[A-Za-z0-9_.-], starting and ending with an alphanumeric (or empty)")
     return None

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from podnet.cni.gokeys import go_field
 from podnet.errors import InvalidConfig, PortInUse
 from podnet.naming import is_ifname
 
@@ -70,7 +71,7 @@ def family_of(
 
 
 def _port(pm: dict, key: str) -> int:
-    value = pm.get(key)
+    value = go_field(pm, key)
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         raise InvalidConfig(f"port mapping {key} must be an integer 1..65535, got {value!r}")
     return value
@@ -90,10 +91,12 @@ def parse_port_mappings(raw: Iterable[Any]) -> list[PortMapping]:
     for pm in raw:
         if not isinstance(pm, dict):
             raise InvalidConfig(f"port mapping must be an object, got {pm!r}")
-        proto = pm.get("protocol", "tcp")
+        # Keys match as in the reference portmap plugin (Go: case-insensitively), so
+        # containerd's {"HostPort": .., "ContainerPort": .., "Protocol": .., "HostIP": ..}.
+        proto = go_field(pm, "protocol", "tcp")
         if not isinstance(proto, str) or proto.lower() not in PROTOCOLS:
             raise InvalidConfig(f"port mapping protocol must be tcp, udp or sctp, got {proto!r}")
-        host_ip_raw = pm.get("hostIP")
+        host_ip_raw = go_field(pm, "hostIP")
         host_ip: IPAddress | None = None
         if host_ip_raw not in (None, ""):
             if not isinstance(host_ip_raw, str):
