@@ -15,6 +15,7 @@ import ctypes
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -228,6 +229,7 @@ class ContainerEnv:
             if os.path.basename(path).startswith("pnc-") and os.path.lexists(path):
                 subprocess.run(["ip", "netns", "del", os.path.basename(path)], capture_output=True, check=False)
         self.stop_agent()
+        shutil.rmtree(self.socket + ".stores", ignore_errors=True)  # the plugin fallback's notes
 
     def __enter__(self) -> ContainerEnv:
         return self
