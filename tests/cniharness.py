@@ -42,7 +42,8 @@ class Agent:
     proc: subprocess.Popen | None = None
 
     def start(self) -> Agent:
-        argv = [sys.executable, "-m", "podnet.cli", "agent", "--socket", self.socket, "--store", self.store]
+        argv = [sys.executable, "-m", "podnet.cli", "agent", "--socket", self.socket, "--store", self.store,
+                "--init"]  # a test's store is new: the agent makes a missing --store only when told
         self.proc = self.sandbox.spawn(
             self.ns, argv, env={**os.environ, **self.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )

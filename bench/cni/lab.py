@@ -60,7 +60,7 @@ class Lab:
         argv = (
             [sys.executable, str(ENTRY), "--agent-shim", self.socket, store]
             if with_shim
-            else [sys.executable, "-m", "podnet.cli", "agent", "--socket", self.socket, "--store", store]
+            else [sys.executable, "-m", "podnet.cli", "agent", "--socket", self.socket, "--store", store, "--init"]
         )
         agent_log = self.sandbox.keep_open(open(self.work / "agent.log", "w"))  # noqa: SIM115
         self.agent = self.sandbox.spawn(self.host, argv, stdout=agent_log, stderr=subprocess.STDOUT)

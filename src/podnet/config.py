@@ -35,7 +35,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from podnet.defaults import DEFAULT_CONFIG
@@ -98,13 +97,13 @@ def config_path(environ: Mapping[str, str] | None = None) -> str:
 
 def load(path: str) -> Config:
     """Read and check a config file; InvalidConfig names the file and the field."""
-    import yaml
+    from podnet import yamlsafe
 
     try:
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = yamlsafe.load(yamlsafe.read_file(path))
     except OSError as exc:
         raise InvalidConfig(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
+    except yamlsafe.YAMLError as exc:
         raise InvalidConfig(f"config file {path} is not valid YAML", str(exc).replace("\n", " ")) from None
     try:
         return parse(raw or {}, path)

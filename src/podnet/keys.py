@@ -26,6 +26,7 @@ NETWORKS = "networks/"
 CONTAINERS = "containers/"
 HOSTS = "hosts/"
 STORES = "meta/stores/"
+NONE_LEFT = "meta/none-left/"
 POLICY = "policy/"
 PODS = POLICY + "pods/"
 NAMESPACES = POLICY + "namespaces/"
@@ -34,17 +35,21 @@ CLUSTER_POLICIES = POLICY + "clusterpolicies/"
 TIERS = POLICY + "tiers/"
 HOST_ENDPOINTS = POLICY + "hostendpoints/"
 POLICY_SETTINGS = POLICY + "settings"
+# the objects that make a node keep a policy table (agent/policy_service.py)
+ENFORCING_POLICY = (NETWORK_POLICIES, CLUSTER_POLICIES)
 
 
 @dataclass(frozen=True)
 class Family:
-    """One key family: its pattern, the record type kept there, and whether a TTL
-    keeps it alive (leases vanish with their writer)."""
+    """One key family: its pattern, the record type kept there, whether a TTL
+    keeps it alive (leases vanish with their writer), and the release that first
+    wrote it (the golden stores of tests/fixtures hold every family of theirs)."""
 
     prefix: str
     pattern: str
     record: str
     ttl: bool = False
+    since: str = "0.1.0"
 
 
 FAMILIES: tuple[Family, ...] = (
@@ -57,6 +62,8 @@ FAMILIES: tuple[Family, ...] = (
     Family(CONTAINERS, "containers/<name>", "ContainerRecord"),
     Family(HOSTS, "hosts/<name>", "HostRecord"),
     Family(STORES, "meta/stores/<sha256(path)[:16]>", "store path (JSON string)"),
+    Family(NONE_LEFT, "meta/none-left/<policy or networks>", "marker: the last one was deleted (time)",
+           since="0.2.0"),
     Family(PODS, "policy/pods/<namespace>/<name>", "PodRecord"),
     Family(POLICY_SETTINGS, "policy/settings", "PolicySettings"),
     Family(NAMESPACES, "policy/namespaces/<name>", "Namespace (manifest)"),
@@ -151,6 +158,19 @@ def stored_store(path: str) -> str:
     import hashlib  # here: OpenSSL's import costs ~3 ms that every other key does without
 
     return STORES + hashlib.sha256(path.encode()).hexdigest()[:16]
+
+
+NONE_LEFT_OF = ("policy", "networks")
+
+
+def none_left(what: str) -> str:
+    """The marker that the last NetworkPolicy/ClusterPolicy ("policy") or the last
+    network ("networks") was deleted on purpose: only then may an agent remove the
+    table enforcing them. A store that merely looks empty (a mistyped --store, a wrong
+    etcd prefix) has no marker, and the table stays."""
+    if what not in NONE_LEFT_OF:
+        raise BadKey(f"no none-left marker for {what!r}")
+    return NONE_LEFT + what
 
 
 def pod(namespace: str, name: str) -> str:

@@ -128,7 +128,7 @@ def test_agent_socket_is_root_only(sandbox, host_ns, socket_path, tmp_path):
 def test_second_agent_on_same_socket_refuses(sandbox, host_ns, socket_path, tmp_path):
     Agent(sandbox, host_ns, socket_path, str(tmp_path / "a.db")).start()
     second = sandbox.spawn(host_ns, [sys.executable, "-m", "podnet.cli", "agent", "--socket", socket_path,
-                                     "--store", str(tmp_path / "b.db")],
+                                     "--store", str(tmp_path / "b.db"), "--init"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert second.wait(20) == 1
     assert b"already serving" in second.stdout.read()

@@ -105,7 +105,7 @@ class Cluster:
 
     def start(self, node: Node) -> None:
         argv = ["nsenter", f"--net={Sandbox.path(node.ns)}", sys.executable, "-m", "podnet.cli", "agent",
-                "--socket", node.socket, "--store", self.store, "--state-dir", str(node.state),
+                "--socket", node.socket, "--store", self.store, "--init", "--state-dir", str(node.state),
                 "--node", node.name, "--fabric", self.fabric, "--lease-ttl", str(self.ttl)]
         node.proc = self.sandbox.spawn(None, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         wait_for_path(str(node.conflist), timeout=20, proc=node.proc)

@@ -156,6 +156,32 @@ def test_default_deny_stays_while_the_agent_is_down(lab):
         lab.delete(objects)
 
 
+def test_an_address_no_pod_owns_is_dropped_by_its_node(lab):
+    """Fail closed (issue 10, item 4): while policy exists, an address of a node's block
+    that no registered pod owns (a pod its orchestrator has not registered yet, a
+    recycled address) is dropped both ways by that node, where it used to fall through
+    to accept. x/a lives on node0; its record goes, then comes back."""
+    from podnet import keys
+
+    objects = lab.apply(cp("allow-all", "  selector: {namespaceSelector: {}}\n  types: [Ingress]\n"
+                                        "  ingress: [{action: Allow}]\n"))
+    key = keys.pod("x", "a")
+    record = lab.store.get(key)
+    assert record is not None
+    try:
+        lab.store.delete(key)
+        lab.sync()
+        got = lab.probe()[(80, "TCP")]
+        others = [p for p in PODS if p != "x/a"]
+        assert not any(got["x/a"][d] for d in others), got["x/a"]  # from it: dropped on node0
+        assert not any(got[s]["x/a"] for s in others), got  # to it: dropped on node0
+        assert got["y/c"]["z/b"] and got["y/a"]["x/b"]  # node0's other pods, other nodes: as before
+    finally:
+        lab.store.put(key, record.value)
+        lab.delete(objects)
+    assert lab.probe()[(80, "TCP")]["y/a"]["x/a"]
+
+
 def _table(ns: str) -> dict:
     """The policy table as {chain: [rules]} and {set: elements}, without handles or
     counters, comparable between two namespaces."""
@@ -180,6 +206,8 @@ def _table(ns: str) -> dict:
 def test_incremental_updates_equal_a_full_apply(lab):
     """After a series of incremental changes, node0's table is exactly what a full
     apply of the same policy builds (checked in a scratch namespace)."""
+    from podnet import keys
+    from podnet.model.cluster import NodeLease
     from podnet.policy.compile import compile_node
 
     steps = [CASES["from-namespace-y"], CASES["cp-order"], CASES["egress-named-port"], CASES["cp-tier-order"]]
@@ -191,11 +219,12 @@ def test_incremental_updates_equal_a_full_apply(lab):
         lab.sync()
         node0 = lab.data["nodes"]["node0"]["netns"]
         world, _ = load_world(lab.store)
+        node0_block = NodeLease.from_json(lab.store.get_json(keys.node("node0"))).block  # its unowned check
         scratch = f"pn-t-{secrets.token_hex(3)}-full"
         subprocess.run(["ip", "netns", "add", scratch], check=True)
         try:
             subprocess.run(["nsenter", f"--net=/run/netns/{scratch}", "nft", "-f", "-"], check=True, text=True,
-                           input=compile_node(world, "node0").render())
+                           input=compile_node(world, "node0", pod_nets=(node0_block,)).render())
             assert _table(node0) == _table(scratch)
         finally:
             subprocess.run(["ip", "netns", "del", scratch], check=True)

@@ -46,7 +46,7 @@ def test_the_fixtures_cover_every_key_family():
     seen = {next(f.pattern for f in keys.FAMILIES if e.key.startswith(f.prefix)
                  and (f.prefix != keys.IPAM or ("/last/" in e.key) == ("/last/" in f.pattern)))
             for path in STORES for e in raw_entries(path)}
-    assert seen == {f.pattern for f in keys.FAMILIES}
+    assert seen == {f.pattern for f in keys.FAMILIES if f.since == "0.1.0"}  # newer ones: not in 0.1.0
 
 
 @pytest.mark.parametrize("path", STORES, ids=lambda p: p.name)

@@ -101,10 +101,11 @@ def test_service_converges_at_start_on_change_and_on_demand(paths, store):
     networks = NetworkService(paths, "/run/podnet/t.sock", store=store)
     try:
         svc.start()
-        wait_for(lambda: nft.scripts == [RESET])  # once at start, from the snapshot
+        time.sleep(0.3)  # converged at start: no networks, no marker: the kernel is left alone
+        assert nft.scripts == []
         networks.create("a")
         networks.create("b", internal=True)
-        wait_for(lambda: '"net b: internal, no traffic in"' in nft.scripts[-1])
+        wait_for(lambda: bool(nft.scripts) and '"net b: internal, no traffic in"' in nft.scripts[-1])
         assert nft.scripts[-1] == isolation.render(networks.list())
         result = svc.ops()[SYNC_OP]({"op": SYNC_OP}, [])
         assert result["table"] == "inet podnet-iso"
@@ -117,7 +118,9 @@ def test_service_converges_at_start_on_change_and_on_demand(paths, store):
         networks.close()
 
 
-def test_service_retries_after_a_failed_apply(store):
+def test_service_retries_after_a_failed_apply(paths, store):
+    with NetworkService(paths, "/run/podnet/t.sock", store=store) as networks:
+        networks.create("a")
     nft = FakeNft()
     nft.fail = "table busy"
     svc = IsolationService(lambda: store, nft, watch_timeout=0.1)
@@ -128,7 +131,9 @@ def test_service_retries_after_a_failed_apply(store):
         svc.stop()
 
 
-def test_service_resyncs_periodically(store):
+def test_service_resyncs_periodically(paths, store):
+    with NetworkService(paths, "/run/podnet/t.sock", store=store) as networks:
+        networks.create("a")
     nft = FakeNft()
     svc = IsolationService(lambda: store, nft, resync_seconds=0.2, watch_timeout=0.05)
     try:
@@ -138,7 +143,9 @@ def test_service_resyncs_periodically(store):
         svc.stop()
 
 
-def test_sync_op_error_is_a_podnet_error(store):
+def test_sync_op_error_is_a_podnet_error(paths, store):
+    with NetworkService(paths, "/run/podnet/t.sock", store=store) as networks:
+        networks.create("a")
     nft = FakeNft()
     nft.fail = "boom"
     svc = IsolationService(lambda: store, nft)
@@ -166,8 +173,9 @@ def test_for_agent_shares_the_agents_store_handle(paths, store):
 
 
 def test_store_that_does_not_exist_yet(paths):
-    """An agent whose state dir has no store yet: an empty table now, the networks as
-    soon as the store appears, and no store created by the agent."""
+    """An agent whose state dir has no store yet: the kernel left alone now (nothing
+    says there are no networks), the networks as soon as the store appears, and no
+    store created by the agent."""
     nft = FakeNft()
     opened: list[object] = []
 
@@ -180,13 +188,47 @@ def test_store_that_does_not_exist_yet(paths):
     svc = IsolationService(existing, nft, watch_timeout=0.05)
     try:
         svc.start()
-        wait_for(lambda: nft.scripts == [RESET])
-        time.sleep(0.2)
-        assert not paths.store.exists() and nft.scripts == [RESET]
+        time.sleep(0.3)
+        assert not paths.store.exists() and nft.scripts == []
         with NetworkService(paths) as networks:
             networks.create("x", internal=True)
-        wait_for(lambda: "net x: internal" in nft.scripts[-1])
+        wait_for(lambda: bool(nft.scripts) and "net x: internal" in nft.scripts[-1])
     finally:
         svc.stop()
         for store in opened:
             store.close()
+
+
+# -- fail closed: the service removes the table only when the store says so (issue 10, item 4)
+
+
+def test_a_store_without_networks_or_marker_leaves_the_table_alone(store):
+    """A wrong state dir or a fresh store looks like "no networks": the table in force
+    (internal networks' isolation) stays until the store records the last rm."""
+    nft = FakeNft()
+    svc = IsolationService(lambda: store, nft)
+    result = svc.converge()
+    assert nft.scripts == [] and result["kept"], result
+
+
+def test_no_store_at_all_leaves_the_table_alone():
+    nft = FakeNft()
+    svc = IsolationService(lambda: None, nft)
+    assert svc.converge()["kept"] and nft.scripts == []
+
+
+def test_rm_of_the_last_network_writes_the_marker_and_the_table_goes(paths, store):
+    from podnet import keys
+
+    nft = FakeNft()
+    svc = IsolationService(lambda: store, nft)
+    with NetworkService(paths, "/run/podnet/t.sock", store=store) as networks:
+        networks.create("a", internal=True)
+        assert store.get(keys.none_left("networks")) is None
+        svc.converge()
+        assert "net a: internal" in nft.scripts[-1]
+        networks.remove("a")
+        assert store.get(keys.none_left("networks")) is not None
+        assert not svc.converge()["kept"] and nft.scripts[-1] == RESET
+        networks.create("b")
+        assert store.get(keys.none_left("networks")) is None  # networks again: the marker goes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import yaml
 
 from podnet.objects.registry import parse_documents
@@ -219,3 +221,91 @@ def test_ingress_named_port_from_an_ipblock_is_the_local_pods_own():
     (line,) = c.chains[policy_chain]
     (block,) = [n for n, s in c.sets.items() if s.elements == ("10.244.1.0/24",)]
     assert line.startswith(f"ip saddr @{block} meta l4proto udp th dport {{ 80 }} counter accept")
+
+
+# -- log prefixes and comments nft takes (issue 10, item 7)
+
+RULE_NAMED = """
+apiVersion: podnet.io/v1
+kind: ClusterPolicy
+metadata: {name: guard}
+spec:
+  selector: {podSelector: {matchLabels: {pod: a}}}
+  types: [Ingress]
+  ingress:
+  - {action: Deny, name: NAME1}
+  - {action: Deny, name: NAME2}
+"""
+
+
+def _prefixes_and_comments(c) -> tuple[list[str], list[str]]:
+    import re
+
+    lines = [line for chain in c.chains.values() for line in chain]
+    prefixes = [m.group(1) for line in lines for m in re.finditer(r'log prefix "([^"]*)"', line)]
+    comments = [m.group(1) for line in lines for m in re.finditer(r'comment "([^"]*)"', line)]
+    return prefixes, comments
+
+
+def _printable(text: str) -> bool:
+    return all(0x20 <= ord(ch) < 0x7F for ch in text) and not set(text) & set('"\\;')
+
+
+def test_non_ascii_and_long_rule_names_fit_nflog_by_bytes_and_stay_apart():
+    """A non-ASCII name made a 203-byte prefix nft refused (127 bytes at most): prefixes
+    and comments are printable ASCII, cut by bytes, and two names stay two."""
+    cases = [("блокировать-всё-" * 8, "блокировать-всё-" * 7 + "иначе"),  # 2 bytes a character
+             ("ä", "ö"),  # the same once made ASCII
+             ("x" * 200 + "1", "x" * 200 + "2"),  # the same once cut
+             ('say "hi"; \\ bye\n', "tab\there")]
+    for first, second in cases:
+        text = RULE_NAMED.replace("NAME1", json.dumps(first)).replace("NAME2", json.dumps(second))
+        c = compile_node(world(text), "node0")
+        prefixes, comments = _prefixes_and_comments(c)
+        rule_prefixes = [p for p in prefixes if p.startswith("D cp:")]
+        assert len(rule_prefixes) == 2 and len(set(rule_prefixes)) == 2, rule_prefixes
+        assert all(len(p.encode()) <= 127 and _printable(p) for p in prefixes), prefixes
+        rule_comments = [m for m in comments if m.startswith("ClusterPolicy")]
+        assert len(set(rule_comments)) == 2, rule_comments
+        assert all(len(m.encode()) <= 127 and _printable(m) for m in comments), comments
+        assert set(c.rules) >= {p.rstrip() for p in rule_prefixes}
+
+
+def test_plain_names_are_left_as_they_are():
+    from podnet.policy.table import nft_text
+
+    assert nft_text("NetworkPolicy x/allow-y ingress[0]", 120) == "NetworkPolicy x/allow-y ingress[0]"
+    cut = nft_text("y" * 300, 120)
+    assert len(cut) == 120 and cut.startswith("y" * 100) and cut != nft_text("y" * 301, 120)
+
+
+# -- addresses of the node's own block that no local pod owns (issue 10, item 4)
+
+
+def test_unowned_addresses_of_the_nodes_block_are_dropped_both_ways():
+    """Fail closed, as Calico and Cilium: on a node enforcing policy, forwarded traffic
+    from or to an address of its own pod block that no local pod owns (a pod not
+    registered yet, a recycled address) is dropped, not let through."""
+    c = compile_node(world(DENY_X), "node0", pod_nets=("10.244.0.0/24",))
+    assert c.sets["owned4"].elements == ("10.244.0.2", "10.244.0.3", "10.244.0.4")
+    egress, ingress = c.chains["egress"], c.chains["ingress"]
+    assert egress[1] == "ct state established,related accept"
+    assert egress[2] == (f'ip saddr 10.244.0.0/24 ip saddr != @owned4 counter log prefix "D unowned egress " '
+                         f'group {LOG_GROUP} drop comment "unowned address of block 10.244.0.0/24"')
+    assert ingress[2].startswith("ip daddr 10.244.0.0/24 ip daddr != @owned4 counter log prefix ")
+    assert egress[3] == "ip saddr vmap @out4"  # after the check: no chain is ever inherited
+    assert "owned4" not in compile_node(world(DENY_X), "node0").sets  # no block known: no check
+
+
+def test_unowned_check_follows_the_block_and_the_pods_by_diff():
+    w = world(DENY_X)
+    before = compile_node(w, "node0", pod_nets=("10.244.0.0/24",))
+    new = Endpoint("pod", "d", "x", ("10.244.0.9",), {"pod": "d"}, PORTS, "node0")
+    w2 = World.build([*parse_documents([{"apiVersion": "v1", "kind": "Namespace",
+                                         "metadata": {"name": n, "labels": {"ns": n}}} for n in "xyz"]),
+                      *w.network_policies], [*w.endpoints, new])
+    diff = compile_node(w2, "node0", pod_nets=("10.244.0.0/24",)).diff(before)
+    assert "flush set inet podnet-policy owned4" in diff and "10.244.0.9" in diff
+    assert "flush chain inet podnet-policy egress" not in diff
+    gone = compile_node(w, "node0").diff(before)
+    assert "delete set inet podnet-policy owned4" in gone and "flush chain inet podnet-policy egress" in gone

@@ -17,8 +17,8 @@ import pytest
 
 from podnet import errors, naming
 from podnet.kernel.nat.manager import NatManager
-from podnet.kernel.nat.parse import parse_port_mappings
-from podnet.kernel.nat.render import plan_rules, render_add
+from podnet.kernel.nat.parse import InstalledRule, PortMapping, parse_port_mappings, parse_table
+from podnet.kernel.nat.render import plan_rules, render_add, render_delete
 from podnet.kernel.nft import FakeNft, Nft
 
 NET = "net1"
@@ -30,13 +30,19 @@ V4 = ipaddress.ip_interface("10.77.0.2/24")
 V6 = ipaddress.ip_interface("fd00::2/64")
 TAG = f'comment "podnet:{NID}:{A}"'
 
-LAYOUT4 = """\
-add table ip podnet
-add chain ip podnet prerouting { type nat hook prerouting priority dstnat; policy accept; }
-add chain ip podnet output { type nat hook output priority -100; policy accept; }
-add chain ip podnet postrouting { type nat hook postrouting priority srcnat; policy accept; }
+LAYOUT6 = """\
+add table ip6 podnet
+add chain ip6 podnet prerouting { type nat hook prerouting priority dstnat; policy accept; }
+add chain ip6 podnet output { type nat hook output priority -100; policy accept; }
+add chain ip6 podnet postrouting { type nat hook postrouting priority srcnat; policy accept; }
 """
-LAYOUT6 = LAYOUT4.replace(" ip podnet", " ip6 podnet")
+GUARD_COMMENT = "podnet loopback guard: 127.0.0.0/8 only from lo or DNATed"
+GUARD_RULE = 'iif != "lo" ip daddr 127.0.0.0/8 ct status & dnat == 0 counter drop'
+LAYOUT4 = LAYOUT6.replace(" ip6 podnet", " ip podnet") + (
+    "add chain ip podnet input { type filter hook input priority filter; policy accept; }\n"
+    "flush chain ip podnet input\n"
+    f'add rule ip podnet input {GUARD_RULE} comment "{GUARD_COMMENT}"\n'
+)
 
 
 def tagged(lines: str, tag: str = TAG) -> str:
@@ -172,6 +178,9 @@ def test_render_nothing_to_do_is_empty(ips: list, pm: list, masq: bool) -> None:
         {"hostPort": 80, "containerPort": 80, "hostIP": "localhost"},
         {"hostPort": 80, "containerPort": 80, "hostIP": "10.0.0.0/8"},
         {"hostPort": 80, "containerPort": 80, "hostIP": 7},
+        {"hostPort": 80, "containerPort": 80, "hostIP": "fe80::1%eth0"},
+        {"hostPort": 80, "containerPort": 80, "hostIP": "fe80::1%x;flush ruleset"},
+        {"hostPort": 80, "containerPort": 80, "HostIP": "fe80::1%x\nflush ruleset"},
         "80:80",
     ],
 )
@@ -187,6 +196,42 @@ def test_bad_mapping_list_and_attach_id() -> None:
         render_add(NET, "not-hex", [V4], [], True)
     with pytest.raises(errors.InvalidConfig):
         render_add(NET, 'abc" ; flush', [V4], [], True)
+
+
+def test_render_guards_the_hosts_loopback_wherever_it_writes_ipv4() -> None:
+    """Every IPv4 table podnet writes drops 127.0.0.0/8 that did not come in on lo and
+    was not DNATed (CVE-2020-8558): a bridge with route_localnet would take it. ipMasq
+    alone (a cluster node's pods) gets it too; IPv6 needs none (the kernel drops ::1
+    arriving on any other device)."""
+    guard = f'add rule ip podnet input {GUARD_RULE} comment "{GUARD_COMMENT}"\n'
+    assert guard in render_add(NET, A, [V4], PM, False)
+    assert guard in render_add(NET, A, [V4], [], True)
+    only6 = render_add(NET, A, [V6], PM, True)
+    assert only6 and "input" not in only6 and "127.0.0.0/8" not in only6
+
+
+def test_scoped_addresses_never_reach_a_script() -> None:
+    """Python keeps an IPv6 scope ID (and whatever rides on it) in str(): refused."""
+    with pytest.raises(errors.InvalidConfig, match="scope"):
+        render_add(NET, A, [V4], [], True, ["fe80::%x;flush ruleset/64"])
+    scoped = ipaddress.ip_address("fe80::1%x;flush ruleset")
+    with pytest.raises(errors.InvalidConfig, match="scope"):  # a mapping built without parse_port_mappings
+        plan_rules([V6], [PortMapping(80, 80, "tcp", scoped)], False)
+    # an interface's .ip and .network drop the scope: harmless
+    got = render_add(NET, A, [ipaddress.ip_interface("fe80::2%x;flush ruleset/64")], PM, True)
+    assert "%" not in got and "flush ruleset" not in got
+
+
+def test_foreign_chains_and_families_in_a_listing_are_not_podnet_rules() -> None:
+    """A listing is kernel output, but a tagged rule outside podnet's chains (or a
+    chain name that is no identifier) is never turned into a `delete` line."""
+    odd = [_rule("ip", "x; flush ruleset", 9, A, [FIB_LOCAL], NET), _rule("inet", "prerouting", 10, A, [FIB_LOCAL], NET)]
+    assert parse_table(table(*odd)) == []
+    with pytest.raises(errors.InvalidConfig):
+        render_delete([InstalledRule("ip", "prerouting; flush ruleset", 4, NID, A, "")])
+    with pytest.raises(errors.InvalidConfig):
+        render_delete([InstalledRule("ip", "prerouting", True, NID, A, "")])  # type: ignore[arg-type]
+    assert render_delete([InstalledRule("ip6", "output", 7, NID, A, "")]) == "delete rule ip6 podnet output handle 7\n"
 
 
 def test_duplicates_collapse_and_clashes_are_rejected() -> None:
@@ -257,7 +302,21 @@ def _rule(family: str, chain: str, handle: int, attach: str, expr: list, net: st
     }
 
 
-def table(*rules: dict, family: str = "ip") -> dict:
+GUARD_JSON = {
+    "rule": {
+        "family": "ip", "table": "podnet", "chain": "input", "handle": 90, "comment": GUARD_COMMENT,
+        "expr": [
+            {"match": {"op": "!=", "left": {"meta": {"key": "iif"}}, "right": "lo"}},
+            _payload("ip", "daddr", _prefix("127.0.0.0/8")),
+            {"match": {"op": "!", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+            {"counter": {"packets": 3, "bytes": 180}},
+            {"drop": None},
+        ],
+    }
+}
+
+
+def table(*rules: dict, family: str = "ip", guard: bool = True) -> dict:
     head: list[dict] = [
         {
             "metainfo": {
@@ -290,6 +349,10 @@ def table(*rules: dict, family: str = "ip") -> dict:
                 }
             }
         )
+    if family == "ip" and guard:
+        head.append({"chain": {"family": "ip", "table": "podnet", "name": "input", "handle": 4, "type": "filter",
+                               "hook": "input", "prio": 0, "policy": "accept"}})
+        head.append(GUARD_JSON)
     return {"nftables": head + list(rules)}
 
 
@@ -488,7 +551,20 @@ def test_check_reports_missing_rules(tmp_path: Path) -> None:
         "ip output fib daddr type local udp dport 53 dnat to 10.77.0.2:53",
     ]
     mgr_empty, _ = manager(tmp_path)
-    assert len(mgr_empty.check(NET, A, [V4], PM)) == 5
+    assert len(mgr_empty.check(NET, A, [V4], PM)) == 6  # the 5 rules and the guard
+
+
+def test_check_reports_a_missing_loopback_guard(tmp_path: Path) -> None:
+    """A table from before the guard (or flushed by hand) fails CHECK, and the agent's
+    resync re-adds the attachment, which brings the guard back."""
+    mgr, fake = manager(tmp_path)
+    fake.tables[("ip", "podnet")] = table(*attachment_a(), guard=False)
+    assert mgr.check(NET, A, [V4], PM) == [f"ip input {GUARD_RULE}"]
+    assert mgr.check(NET, A, [V6], PM) != [f"ip input {GUARD_RULE}"]  # no IPv4 rules: no guard needed
+    mgr.add(NET, A, [V4], PM)
+    assert f'{GUARD_RULE} comment "{GUARD_COMMENT}"' in fake.scripts[-1]
+    assert mgr.rules(NET)[A] == mgr.rules(NET)[A]  # the guard is no attachment's rule
+    assert "input" not in " ".join(mgr.rules(NET)[A])
 
 
 def test_route_localnet_is_enabled_on_the_host_interface(tmp_path: Path) -> None:
@@ -505,11 +581,37 @@ def test_route_localnet_is_enabled_on_the_host_interface(tmp_path: Path) -> None
     assert len(fake.scripts) == 3
 
 
-def test_route_localnet_failure_is_a_kernel_error_before_nft(tmp_path: Path) -> None:
+def test_route_localnet_comes_only_after_the_guard_is_in_force(tmp_path: Path) -> None:
+    """The bridge takes 127.0.0.0/8 only once the transaction holding the guard is
+    applied: an nft failure leaves route_localnet alone."""
+    knob = tmp_path / "net/ipv4/conf/br0/route_localnet"
+    knob.parent.mkdir(parents=True)
+    knob.write_text("0\n")
     mgr, fake = manager(tmp_path)
+    fake.fail = "Error: Could not process rule: No such file or directory"
+    with pytest.raises(errors.KernelError):
+        mgr.add(NET, A, [V4], PM, host_if="br0")
+    assert knob.read_text() == "0\n"
+    mgr.add(NET, A, [V4], PM, host_if="br0")
+    assert knob.read_text() == "1\n" and GUARD_COMMENT in fake.scripts[-1]
+
+
+def test_route_localnet_failure_is_a_kernel_error_and_leaves_no_rule(tmp_path: Path) -> None:
+    class Installing(FakeNft):
+        """Listings follow what was applied: the attachment's rules once added."""
+
+        def apply(self, script: str) -> None:
+            super().apply(script)
+            if "dnat to" in script:
+                self.tables[("ip", "podnet")] = table(*attachment_a())
+
+    fake = Installing()
+    mgr = NatManager(fake, lock_path=str(tmp_path / "nft.lock"), proc_sys=str(tmp_path))
     with pytest.raises(errors.KernelError, match=r"net\.ipv4\.conf\.nosuch0\.route_localnet"):
         mgr.add(NET, A, [V4], PM, host_if="nosuch0")
-    assert fake.scripts == []
+    assert fake.scripts[0] == render_add(NET, A, [V4], PM, False)
+    assert fake.scripts[1:] == ["".join(f"delete rule ip podnet {c} handle {h}\n" for c, h in (
+        ("prerouting", 4), ("output", 5), ("postrouting", 6), ("postrouting", 7), ("postrouting", 8)))]
 
 
 @pytest.mark.parametrize("ifname", ["", ".", "..", "../../x", "a/b", "toolonginterface", "a b"])
@@ -565,6 +667,18 @@ def test_nft_list_table_json(tmp_path: Path) -> None:
         nft.list_table_json("ip", "podnet; flush ruleset")
     with pytest.raises(errors.KernelError, match="not found"):
         Nft(str(tmp_path / "missing")).apply("add table ip x\n")
+
+
+def test_nft_argv_never_carries_a_second_command(tmp_path: Path) -> None:
+    """nft parses its joined arguments as a script: a set name is checked like a table."""
+    seen = tmp_path / "argv"
+    nft = Nft(_stub(tmp_path, f'echo "$@" > {seen}; exit 1\n'))
+    with pytest.raises(errors.KernelError):
+        nft.set_elements("inet", "podnet-policy", "generation; flush ruleset")
+    assert not seen.exists()
+    with pytest.raises(errors.KernelError):
+        FakeNft().set_elements("inet", "podnet-policy", "x\nflush ruleset")
+    assert nft.set_elements("inet", "podnet-policy", "generation") is None and seen.exists()
 
 
 def test_fake_nft_records_scripts() -> None:

@@ -32,3 +32,24 @@ def test_sqlite_second_handle_keeps_other_processes_writes_visible(tmp_path):
     assert check.stdout.strip() == "5"
     second.close()
     first.close()
+
+
+def test_a_missing_store_is_an_error_unless_the_caller_creates_it(tmp_path):
+    """A mistyped path must not become a new, empty store (issue 10, item 4): opening
+    one that does not exist names the path; `create=True` makes it."""
+    import pytest
+
+    from podnet.errors import StoreError
+    from podnet.store import open_store
+
+    missing = tmp_path / "typo" / "store.db"
+    for location in (str(missing), f"sqlite://{missing}"):
+        with pytest.raises(StoreError, match=str(missing)):
+            open_store(location, create=False)
+    assert not missing.parent.exists()  # nothing made on the way
+    with open_store(str(missing), create=True) as store:
+        store.put("k", '"v"')
+    with open_store(str(missing), create=False) as store:
+        assert store.get_json("k") == "v"
+    with open_store("memory://", create=False) as store:  # nothing to find: fine
+        assert store.get("k") is None

@@ -34,4 +34,6 @@ class AgentService(Protocol):
 
     def start(self) -> None: ...
 
+    def request_stop(self) -> None: ...  # ask to stop, return at once (stop() waits)
+
     def stop(self) -> None: ...

@@ -236,8 +236,10 @@ class Agent:
             svc.start()
         log.info("podnet agent serving %s (store %s)", self.socket_path, self.store_path)
         try:
-            self.server.serve_forever(poll_interval=0.5)
+            self.server.serve_forever(poll_interval=0.1)
         finally:
+            for svc in self.services:
+                svc.request_stop()
             for svc in reversed(self.services):
                 svc.stop()
             self.server.server_close()

@@ -98,6 +98,9 @@ class DnsService:
     def start(self) -> None:
         self._loop.start()  # binds every server from the agent's own namespace
 
+    def request_stop(self) -> None:
+        self._loop.signal_stop()
+
     def stop(self) -> None:
         self._loop.stop()
         with self._lock:

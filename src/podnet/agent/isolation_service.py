@@ -3,6 +3,11 @@ in the store: once at start, whenever `networks/` changes (list-then-watch), eve
 RESYNC_SECONDS (repairing a table flushed by hand), and on demand through the
 `network.sync` op, which `podnet network create|rm` call so the table is in place
 when they return. The table lives in the agent's own namespace.
+
+Fail closed: with no networks in the store the table is removed only when the store
+records that the last one was removed (`network rm` writes keys.none_left("networks")).
+A store that does not exist or merely looks empty (a wrong --state-dir, a fresh
+store) leaves whatever table is in force alone: internal networks stay isolated.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ log = logging.getLogger("podnet.agent.isolation")
 RESYNC_SECONDS = 30.0
 WATCH_TIMEOUT = 1.0
 MAX_BACKOFF = 30.0
+KEPT = ("no networks in the store and no record that the last one was removed: "
+        "the table in force (if any) is left as it is")
 
 
 class IsolationService:
@@ -47,7 +54,8 @@ class IsolationService:
         self._lock = threading.Lock()
         self._loop = ServiceThread("podnet-isolation", self._run, join_timeout=self.watch_timeout + 10)
         self._stop = self._loop.stopping
-        self._rules: list[str] | None = None
+        self._rules: list[str] | None = None  # what this service last applied (None: nothing yet)
+        self._kept = False  # the last converge left the kernel's table alone
 
     @classmethod
     def for_agent(cls, agent: AgentContext) -> IsolationService:
@@ -72,6 +80,9 @@ class IsolationService:
     def start(self) -> None:
         self._loop.start()
 
+    def request_stop(self) -> None:
+        self._loop.signal_stop()
+
     def stop(self) -> None:
         self._loop.stop()
 
@@ -92,14 +103,21 @@ class IsolationService:
             store = self._open()
             entries, revision = store.snapshot(keys.NETWORKS) if store is not None else ([], 0)
             networks = [NetworkRecord.from_json(e.json()) for e in entries]
-            rules = isolation.apply(self.nft, networks)
-            if rules != self._rules:
-                log.info("isolation: %d rule(s) for %d network(s)", len(rules), len(networks))
-                self._rules = rules
+            kept = not networks and (store is None or store.get(keys.none_left("networks")) is None)
+            if kept:  # nothing says there are no networks: leave the kernel's table as it is
+                if not self._kept:  # once, when it starts
+                    log.warning("isolation: %s", KEPT)
+                rules = self._rules
+            else:
+                rules = isolation.apply(self.nft, networks)
+                if rules != self._rules:
+                    log.info("isolation: %d rule(s) for %d network(s)", len(rules), len(networks))
+            self._rules, self._kept = rules, kept
         result = {
             "table": f"{isolation.FAMILY} {isolation.TABLE}",
             "networks": sorted(n.name for n in networks),
             "rules": rules,
+            "kept": KEPT if kept else None,
         }
         return result, revision
 

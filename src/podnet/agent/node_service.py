@@ -28,12 +28,11 @@ import contextlib
 import ipaddress
 import json
 import logging
-import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from podnet import keys
+from podnet import fileio, keys
 from podnet.agent.service_thread import ServiceThread
 from podnet.cluster import leases
 from podnet.cluster.leases import CLUSTER_NETWORK, Claim
@@ -113,6 +112,9 @@ class NodeService:
     def start(self) -> None:
         if self.options is not None:
             self._loop.start()
+
+    def request_stop(self) -> None:
+        self._loop.signal_stop()
 
     def stop(self) -> None:
         self._loop.stop()
@@ -286,9 +288,7 @@ class NodeService:
         except OSError:
             pass
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)  # readers see the whole file or none
+        fileio.write_atomic(path, text)  # readers see the whole file or none
         log.info("wrote %s", path)
 
     def _converge(self, repair: bool) -> int:

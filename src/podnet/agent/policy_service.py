@@ -14,9 +14,16 @@
   rebuilt whole. (A single rule deleted by hand inside a chain is not detected until
   that chain changes or the agent restarts.)
 - Fail closed: the table lives in the kernel, so the node keeps enforcing while the
-  agent is down or the store is unreachable; a policy set that cannot be built (say, a
-  ClusterPolicy naming a missing tier) keeps the last good table and is reported in
-  `policy.status`. The agent never deletes the table when it stops.
+  agent is down or the store is unreachable; the agent never deletes it when it stops.
+  It goes only when the store records that the last NetworkPolicy/ClusterPolicy was
+  deleted (keys.none_left("policy"), written by `podnet delete`): a store that merely
+  looks empty (a mistyped --store, a wrong etcd prefix) keeps it. A policy set that
+  cannot be built (a ClusterPolicy naming a missing tier, a policy record that does
+  not parse, any exception), and a script nft refuses, keep the last good table; bad
+  pod records are left out (policy/world.py) while the rest still applies. Each is
+  shown in `policy.status` (`error`) and logged once per distinct text.
+- The node's pod block (its lease) is handed to the compiler: addresses of it that no
+  local pod owns are dropped (policy/compile.py).
 - Same-node pod traffic is bridged: the service turns bridge-nf-call-iptables (and
   ip6tables) on in the node's namespace so the forward hook sees it.
 - A reader thread takes NFLOG group LOG_GROUP: each logged packet becomes a flow record
@@ -37,6 +44,8 @@ from podnet.agent.service_thread import ServiceThread, list_then_watch
 from podnet.errors import KernelError, PodnetError
 from podnet.kernel import sysctl
 from podnet.kernel.nft import Nft, NftPort
+from podnet.model.base import CorruptRecord
+from podnet.model.cluster import NodeLease
 from podnet.model.policy import PolicySettings
 from podnet.store import Store
 
@@ -46,13 +55,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("podnet.agent.policy")
 
-POLICY_PREFIXES = (keys.NETWORK_POLICIES, keys.CLUSTER_POLICIES)  # what makes a table needed
 RESYNC_SECONDS = 30.0
 WATCH_TIMEOUT = 1.0
 MAX_BACKOFF = 10.0
 FLOW_BUFFER = 20000
 VERDICTS = {"A": "allow", "D": "deny", "L": "log", "P": "pass"}
 BRIDGE_NF = ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables")
+MAX_SHOWN = 5  # problems shown in status (and the log) at once
+KEPT = ("the store holds no NetworkPolicy or ClusterPolicy and no record that the last policy was "
+        "deleted (a wrong --store or etcd prefix?): the table in force stays; `podnet delete` of the "
+        "last policy, or `nft delete table inet podnet-policy` on this node, removes it")
+
+
+def _text(exc: PodnetError) -> str:
+    return f"{exc.msg}: {exc.details}" if exc.details else exc.msg
 
 
 def flow_record(seq: int, packet: Any, node: str) -> dict[str, Any]:
@@ -84,6 +100,9 @@ class PolicyService:
         self._parsed: dict[str, tuple[int, Any]] = {}  # store key -> (revision, parsed object)
         self._generation = 0  # stamped into the table on every apply (see converge)
         self._empty = False  # known: no policy at all, no table (see _any_policy)
+        self._kept = False  # no policy in the store, but a table in force that stays (_no_policy)
+        self._logged: str | None = None  # the last error logged (each distinct one once)
+        self._block: tuple[str, ...] = ()  # this node's pod block, from its lease (_pod_nets)
         self._cache: Any = None  # policy.compile.CompileCache
 
     # -- AgentService
@@ -103,6 +122,10 @@ class PolicyService:
             self._loop.start()
             self._reader.start()
 
+    def request_stop(self) -> None:
+        self._loop.signal_stop()
+        self._reader.signal_stop()
+
     def stop(self) -> None:
         self._loop.stop()
         self._reader.stop()
@@ -117,7 +140,7 @@ class PolicyService:
             compiled = self.applied
             return {
                 "node": self.node,
-                "table": "inet podnet-policy" if compiled else None,
+                "table": "inet podnet-policy" if compiled or self._kept else None,
                 "chains": len(compiled.chains) if compiled else 0,
                 "rules": sum(len(c) for c in compiled.chains.values()) if compiled else 0,
                 "sets": len(compiled.sets) if compiled else 0,
@@ -155,65 +178,147 @@ class PolicyService:
     # -- converging
 
     def converge(self, full: bool = False, events: list | None = None) -> dict[str, Any]:
+        """Bring the kernel's table to the store's policy. Never raises for what the
+        store or nft holds: a failure keeps the table in force (fail closed) and is
+        reported in status and, once per distinct error, in the log."""
+        assert self.node is not None
+        with self._lock:
+            try:
+                return self._converge(full, events)
+            except PodnetError as exc:
+                self._report([_text(exc)], "keeping the table in force")
+            except Exception as exc:  # noqa: BLE001 - a bug must not stop enforcement updates
+                self._parsed.clear()  # neither cache can be trusted after it: rebuild both
+                self._cache = None
+                self._report([f"internal error: {exc!r}"], "keeping the table in force", exc)
+            return self.status_unlocked(revision=None)
+
+    def _converge(self, full: bool, events: list | None) -> dict[str, Any]:
         from podnet.policy.compile import CompileCache, compile_node
         from podnet.policy.world import load_world
 
         assert self.node is not None
-        with self._lock:
-            started = time.monotonic()
-            store = self._store()
-            if (self._empty or self.applied is None) and not self._any_policy(store, events):
-                return self._no_policy(store)
+        started = time.monotonic()
+        store = self._store()
+        if (self._empty or self.applied is None) and not self._any_policy(store, events):
+            return self._no_policy(store, events)
+        problems: list[str] = []  # records left out or kept at their last good version
+        try:
+            world, revision = load_world(store, self._parsed, events, problems)
+        except PodnetError as exc:
+            self._report([*problems, _text(exc)], "keeping the table in force")
+            return self.status_unlocked(revision=None)
+        if not world.network_policies and not world.cluster_policies:
+            return self._no_policy(store, events, problems)  # the last one went
+        settings = PolicySettings.from_json(store.get_json(keys.POLICY_SETTINGS) or {})
+        if self._cache is None:
+            self._cache = CompileCache()
+        compiled = compile_node(world, self.node, settings.log_allowed, self._cache, self._pod_nets(store))
+        compiled_ms = (time.monotonic() - started) * 1000
+        if not full and self.applied is not None and not self._intact():
+            full = True  # the table was deleted or replaced by hand: rebuild it
+        try:
+            changed = self._apply(compiled, full)
+        except PodnetError as exc:  # nft refused it: the kernel keeps the table it had
+            self._report([*problems, f"nft refused the policy table: {_text(exc)}"], "keeping the table in force")
+            return self.status_unlocked(revision=None)
+        self.applied, self._empty, self._kept = compiled, False, False
+        self._report(problems, "left out or kept at their last good version")
+        self.stats = {"revision": revision, "compile_ms": round(compiled_ms, 1),
+                      "apply_ms": round((time.monotonic() - started) * 1000 - compiled_ms, 1),
+                      "full": full or changed == "full", "changed": bool(changed),
+                      "endpoints": len(world.endpoints)}
+        return self.status_unlocked(revision=revision)
+
+    def _apply(self, compiled: Compiled, full: bool) -> str:
+        """Apply `compiled` as the difference to the table in force, or whole; a
+        refused difference is tried once more as the whole table (nft may have
+        refused it for a drift of the kernel's table). Returns what was applied:
+        "", "diff" or "full"; PodnetError when nft refuses the whole table."""
+        if not full and self.applied is not None:
+            script = compiled.diff(self.applied)
+            if not script:
+                return ""
+            generation = zlib.crc32(f"{self._generation}\n{script}".encode())
             try:
-                world, revision = load_world(store, self._parsed, events)
-                if not world.network_policies and not world.cluster_policies:
-                    return self._no_policy(store)  # the last one was deleted
-                settings = PolicySettings.from_json(store.get_json(keys.POLICY_SETTINGS) or {})
-                if self._cache is None:
-                    self._cache = CompileCache()
-                compiled = compile_node(world, self.node, settings.log_allowed, self._cache)
-            except PodnetError as exc:  # keep the last good table: fail closed
-                self.error = exc.msg
-                log.warning("policy: cannot build the policy, keeping the table in force: %s", exc.msg)
-                return self.status_unlocked(revision=None)
-            compiled_ms = (time.monotonic() - started) * 1000
-            if not full and self.applied is not None and not self._intact():
-                full = True  # the table was deleted or replaced by hand: rebuild it
-            if full or self.applied is None:
-                script = compiled.render()
-                generation = zlib.crc32(script.encode())
-                if self.applied is None and self._generation_in_kernel() == generation:
-                    script = ""  # a restart: the kernel already holds exactly this table
-            else:
-                script = compiled.diff(self.applied)
-                generation = zlib.crc32(f"{self._generation}\n{script}".encode()) if script else self._generation
-            if script:
                 self.nft.apply(script + compiled.stamp(generation))
-            self._generation = generation  # only once the kernel holds it
-            self.applied, self.error, self._empty = compiled, None, False
-            self.stats = {"revision": revision, "compile_ms": round(compiled_ms, 1),
-                          "apply_ms": round((time.monotonic() - started) * 1000 - compiled_ms, 1),
-                          "full": full, "changed": bool(script), "endpoints": len(world.endpoints)}
-            return self.status_unlocked(revision=revision)
+            except PodnetError as exc:
+                log.warning("policy: nft refused a change (%s); applying the whole table", _text(exc))
+            else:
+                self._generation = generation  # only once the kernel holds it
+                return "diff"
+        script = compiled.render()
+        generation = zlib.crc32(script.encode())
+        if self.applied is None and self._generation_in_kernel() == generation:
+            self._generation = generation
+            return ""  # a restart: the kernel already holds exactly this table
+        self.nft.apply(script + compiled.stamp(generation))
+        self._generation = generation
+        return "full"
+
+    def _report(self, problems: list[str], context: str, exc: BaseException | None = None) -> None:
+        """Status shows the problems now; the log gets each distinct text once."""
+        shown = problems[:MAX_SHOWN] + ([f"and {len(problems) - MAX_SHOWN} more"] if len(problems) > MAX_SHOWN else [])
+        self.error = "; ".join(shown) or None
+        if self.error is not None and self.error != self._logged:
+            log.warning("policy: %s: %s", context, self.error, exc_info=exc)
+        self._logged = self.error
+
+    def _pod_nets(self, store: Store) -> tuple[str, ...]:
+        """This node's pod block, from its lease (kept while the lease is away: the
+        addresses stay this node's until another block is leased): its addresses that
+        no local pod owns are dropped. A plain host (--policy-host) has none."""
+        if getattr(self.agent, "node_options", None) is None:
+            return ()
+        key = keys.node(self.node or "")
+        try:
+            raw = store.get_json(key)
+            if raw is not None:
+                self._block = (NodeLease.from_json(raw, key).block,)
+        except CorruptRecord as exc:
+            log.warning("policy: %s (the unowned-address check keeps block %s)", exc.msg, self._block or "none")
+        return self._block
 
     def _any_policy(self, store: Store, events: list | None) -> bool:
         """Is there any policy at all? Without one nothing is compiled and no table is
         kept (every flow is allowed, as without podnet policy): most clusters start so,
         and fifty lab agents then skip compiling their pods' registrations."""
         if events is not None and self._empty:
-            return any(e.key.startswith(POLICY_PREFIXES) for e in events)
-        return any(store.list(prefix) for prefix in POLICY_PREFIXES)
+            return any(e.key.startswith(keys.ENFORCING_POLICY) for e in events)
+        return any(store.list(prefix) for prefix in keys.ENFORCING_POLICY)
 
-    def _no_policy(self, store: Store) -> dict[str, Any]:
+    def _no_policy(self, store: Store, events: list | None, problems: list[str] | None = None) -> dict[str, Any]:
+        """No policy in the store. The table goes only when the store records that the
+        last policy was deleted (`podnet delete` writes the marker): a store that just
+        looks empty (a mistyped --store, a wrong etcd prefix, keys deleted by hand)
+        leaves the table in force, and status says so."""
         from podnet.policy.compile import FAMILY, TABLE
 
-        if self.applied is not None or not self._empty:  # a table from before: remove it
-            self.nft.apply(f"table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n")
-        self.applied, self.error, self._generation, self._empty = None, None, 0, True
-        self._parsed.clear()  # relisted when a policy appears
         revision = store.revision()
+        self._parsed.clear()  # relisted when a policy appears (events were not applied to it)
         self.stats = {"revision": revision, "compile_ms": 0.0, "apply_ms": 0.0, "full": False, "endpoints": 0}
+        problems = list(problems or ())
+        if not self._empty:
+            if store.get(keys.none_left("policy")) is not None:
+                self.nft.apply(f"table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n")
+                self.applied, self._generation, self._empty, self._kept = None, 0, True, False
+            elif self.applied is not None or (self._kept and events is not None) or self._table_in_kernel():
+                self._kept = True
+                problems.append(KEPT)
+            else:  # nothing enforced here, nothing to keep
+                self.applied, self._generation, self._empty, self._kept = None, 0, True, False
+        self._report(problems, "no policy in the store")
         return self.status_unlocked(revision=revision)
+
+    def _table_in_kernel(self) -> bool:
+        """Does this namespace hold a policy table (its generation set)? When nft
+        cannot tell, assume it does: keeping it is the safe side."""
+        from podnet.policy.compile import FAMILY, GENERATION_SET, TABLE
+
+        try:
+            return self.nft.set_elements(FAMILY, TABLE, GENERATION_SET) is not None
+        except PodnetError:
+            return True
 
     def _generation_in_kernel(self) -> int | None:
         """The generation the table in the kernel was stamped with. A full table's

@@ -30,6 +30,11 @@ class ServiceThread:
         self._thread = threading.Thread(target=self.target, name=self.name, daemon=True)
         self._thread.start()
 
+    def signal_stop(self) -> None:
+        """Ask the loop to end without waiting for it: the agent asks every service
+        first, so their last waits overlap instead of adding up."""
+        self.stopping.set()
+
     def stop(self) -> None:
         self.stopping.set()
         if self._thread is not None:

@@ -94,6 +94,9 @@ class SupervisorService:
         self._sweeper = threading.Thread(target=self._sweep_loop, name="podnet-supervisor", daemon=True)
         self._sweeper.start()
 
+    def request_stop(self) -> None:
+        self._stopping.set()
+
     def stop(self) -> None:
         """Stop the sweep, then the containers this agent is the parent of (as Docker
         does without live-restore): left running, they would become orphans of a PID 1

@@ -38,7 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     agent.add_argument("--config", metavar="FILE", help="take unset settings from FILE's agent section "
                                                         "(e.g. /etc/podnet/config.yaml)")
     agent.add_argument("--socket", help=f"UNIX socket (default $PODNET_AGENT_SOCKET or {DEFAULT_SOCKET})")
-    agent.add_argument("--store", help="store: SQLite path or etcd://... (default STATE_DIR/store.db)")
+    agent.add_argument("--store", help="store: SQLite path or etcd://... (default STATE_DIR/store.db, made on "
+                                       "a first start); a SQLite store given here must exist, unless --init")
+    agent.add_argument("--init", action="store_true",
+                       help="make the --store SQLite file if it does not exist (a new cluster or node)")
     agent.add_argument("--state-dir", help="state directory (default $PODNET_STATE_DIR or /var/lib/podnet)")
     agent.add_argument("--dns-upstream", metavar="IP[:PORT]",
                        help="where container DNS forwards names outside its networks (default: nowhere)")
@@ -119,7 +122,30 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         node = NodeOptions(s["node"], s["fabric"], s["cluster_cidr"], s["block_prefix"], s["underlay"], s["lease_ttl"])
     if s["policy_host"] and s["node"]:
         return fail("--policy-host and --node exclude each other (a node enforces its own host endpoint)", 2)
+    if s["store"]:
+        failed = _check_store(s["store"], args.init)
+        if failed is not None:
+            return failed
     return run_agent(s["socket"], s["store"], s["state_dir"], s["dns_upstream"], node, s["policy_host"])
+
+
+def _check_store(location: str, init: bool) -> int | None:
+    """An explicit SQLite store must exist (a mistyped path would become an empty
+    store, which reads as "no policy, no networks"); `--init` makes it. None: go on."""
+    from podnet.errors import PodnetError, StoreError
+    from podnet.store import missing_store, open_store
+
+    try:
+        missing = missing_store(location)
+        if missing is None:
+            return None
+        if not init:
+            return fail(StoreError(f"store {missing} does not exist",
+                                   "give --init to make a new store there, or check --store"), 2)
+        open_store(missing, create=True).close()  # nothing else of this process holds it yet
+    except PodnetError as exc:
+        return fail(exc, 2)
+    return None
 
 
 def _cmd_install(args: argparse.Namespace) -> int:

@@ -60,17 +60,18 @@ def _file_options(parser: argparse.ArgumentParser) -> None:
 
 
 def read_documents(files: list[str]) -> list[dict[str, Any]]:
-    import yaml
+    """The documents of every file, read with bounds (podnet/yamlsafe.py): a small
+    file cannot expand into a huge tree through aliases."""
+    from podnet import yamlsafe
 
     docs: list[dict[str, Any]] = []
     for name in files:
         try:
-            text = sys.stdin.read() if name == "-" else open(name).read()  # noqa: SIM115
+            data = yamlsafe.read_stream(sys.stdin) if name == "-" else yamlsafe.read_file(name)
+            loaded = [d for d in yamlsafe.load_all(data) if d is not None]
         except OSError as exc:
             raise PodnetError(f"cannot read {name}: {exc.strerror}") from None
-        try:
-            loaded = [d for d in yaml.safe_load_all(text) if d is not None]
-        except yaml.YAMLError as exc:
+        except yamlsafe.YAMLError as exc:
             raise PodnetError(f"{name} is not valid YAML", str(exc).replace("\n", " ")) from None
         for doc in loaded:
             if not isinstance(doc, dict):

@@ -73,9 +73,10 @@ def store_location(where: Target) -> str:
 
 
 def open_cluster_store(args: argparse.Namespace) -> Store:
+    """The cluster's store, which must exist: a mistyped --store never becomes a new one."""
     from podnet.store import open_store
 
-    return open_store(store_location(target(args)))
+    return open_store(store_location(target(args)), create=False)
 
 
 def in_lab(args: argparse.Namespace) -> int | None:

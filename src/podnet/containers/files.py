@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from podnet.fileio import write_atomic
+
 HOST_RESOLV = Path("/etc/resolv.conf")
 HOST_HOSTS = Path("/etc/hosts")
 LOCALHOST = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
@@ -38,10 +40,12 @@ def render_resolv(nameserver: str | None) -> str:
 
 
 def write_files(files: ContainerFiles, hostname: str, hosts: str, resolv: str) -> None:
+    """Before the container starts: they are bind-mounted, so a later rewrite (a new
+    inode) would not reach a running container."""
     files.root.mkdir(parents=True, exist_ok=True)
-    files.hostname.write_text(hostname + "\n")
-    files.hosts.write_text(hosts)
-    files.resolv.write_text(resolv)
+    write_atomic(files.hostname, hostname + "\n")
+    write_atomic(files.hosts, hosts)
+    write_atomic(files.resolv, resolv)
     files.log.touch()
 
 

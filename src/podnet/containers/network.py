@@ -20,6 +20,7 @@ from pathlib import Path
 from podnet import keys
 from podnet.containers.files import ContainerFiles
 from podnet.containers.spec import DEFAULT_NETWORK, ContainerError, NetworkChoice
+from podnet.fileio import write_atomic
 from podnet.model.network import NetworkRecord
 from podnet.runtime.libcni import CniFailure, Conflist, invoke
 from podnet.state import StatePaths
@@ -207,6 +208,5 @@ def attachment_summary(result: dict, ifname: str) -> tuple[list[str], str | None
 
 
 def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    os.replace(tmp, path)
+    """The CNI cache: DEL reads it after a crash, so never half of it."""
+    write_atomic(path, json.dumps(value, indent=2))

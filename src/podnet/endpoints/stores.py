@@ -26,6 +26,7 @@ import os
 from contextlib import suppress
 
 from podnet import keys
+from podnet.fileio import write_atomic
 from podnet.store.base import Store
 
 REGISTRY_SUFFIX = ".stores"
@@ -60,18 +61,9 @@ def note(registry: str, location: str) -> None:
     path = os.path.join(registry, hashlib.sha256(location.encode()).hexdigest()[:16])
     if os.path.exists(path):
         return
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with suppress(OSError):
+    with suppress(OSError):  # the writer removes its temp file on failure
         os.makedirs(registry, mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, json.dumps(location).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    with suppress(OSError):
-        os.unlink(tmp)
+        write_atomic(path, json.dumps(location), 0o600)
 
 
 def noted(registry: str) -> list[str]:

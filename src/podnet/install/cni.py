@@ -10,10 +10,11 @@ appended when the plugin must fall back to in-process work.
 from __future__ import annotations
 
 import json
-import os
+from contextlib import suppress
 from pathlib import Path
 
 from podnet.defaults import DEFAULT_BRIDGE, DEFAULT_NETWORK, DEFAULT_SUBNET
+from podnet.fileio import write_atomic
 
 PLUGINS = {"podnet": "podnet.cni.plugin", "podnet-ipam": "podnet.cni.ipam_plugin"}
 # What `podnet uninstall` looks for before it removes a file: it removes only its own.
@@ -39,13 +40,6 @@ def fallback_paths() -> list[str]:
     import pyroute2
 
     return [str(Path(pyroute2.__file__).resolve().parent.parent)]
-
-
-def write_file(path: Path, text: str, mode: int = 0o755) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)  # atomic: a runtime never execs a half-written file
 
 
 def default_conflist(name: str, subnet: str, bridge: str) -> dict:
@@ -90,12 +84,14 @@ def install_cni(
     src, fallback = source_root(), fallback_paths()
     for name, module in PLUGINS.items():
         path = target / name
-        write_file(path, TEMPLATE.format(marker=MARKER, src=src, module=module, fallback=fallback))
+        # atomic, and a temp file per writer: installs in parallel never fail, and a
+        # runtime never execs a half-written file
+        write_atomic(path, TEMPLATE.format(marker=MARKER, src=src, module=module, fallback=fallback), 0o755)
         written.append(str(path))
     if conf_dir:
         path = conflist_path(conf_dir, network)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            path.write_text(conflist_text(network, subnet, bridge))
+        with suppress(FileExistsError):  # an existing conflist is never overwritten
+            write_atomic(path, conflist_text(network, subnet, bridge), replace=False)
             written.append(str(path))
     return written

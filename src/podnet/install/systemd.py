@@ -22,8 +22,9 @@ from podnet.defaults import (
     UNIT,
 )
 from podnet.errors import InvalidConfig, PodnetError
+from podnet.fileio import write_atomic
 from podnet.install import under
-from podnet.install.cni import MARKER, write_file
+from podnet.install.cni import MARKER
 from podnet.rpc.wire import DEFAULT_SOCKET
 
 RUN_DIR = str(Path(DEFAULT_SOCKET).parent)  # the socket, nft.lock, the labs' state files
@@ -168,11 +169,11 @@ def install_systemd(root: str = "/", unit_dir: str = DEFAULT_UNIT_DIR, config: s
         lines.append(f"kept {conf} (exists)")
     else:
         conf.parent.mkdir(parents=True, exist_ok=True)
-        write_file(conf, config_skeleton(config), 0o644)
+        write_atomic(conf, config_skeleton(config), 0o644)
         lines.append(f"wrote {conf}")
     unit = under(root, unit_dir) / UNIT
     unit.parent.mkdir(parents=True, exist_ok=True)
-    write_file(unit, render_unit(podnet or console_script(), config), 0o644)
+    write_atomic(unit, render_unit(podnet or console_script(), config), 0o644)
     lines.append(f"wrote {unit}")
     commands = " && ".join(f"systemctl {' '.join(c)}" for c in START)
     if not start:

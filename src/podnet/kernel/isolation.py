@@ -22,6 +22,12 @@ isolation is the parent network's business (as in Docker).
 Every apply replaces the whole table in one `nft -f -` transaction (`add` makes the
 delete safe when the table is absent), so no packet ever sees a half-built table; with
 nothing to enforce, the table is removed.
+
+Names reach the script only as tokens of kernel/nftsyntax.py: a network whose name or
+bridge cannot be one quoted nft string (a record read back from a store is checked by
+NetworkRecord.from_json, but the kernel's interface-name rule still allows a quote or
+a `*`, which nft reads as a wildcard) is refused with an InvalidConfig naming it, and
+nothing is applied.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
+from podnet.errors import InvalidConfig
+from podnet.kernel import nftsyntax as tok
 from podnet.kernel.nft import NftPort
 
 FAMILY = "inet"
@@ -46,27 +54,37 @@ class IsolatedNetwork(Protocol):
     internal: bool
 
 
-def _q(name: str) -> str:
-    return f'"{name}"'
+class _Tokens:
+    """One network's bridge and comments as nft tokens, or InvalidConfig naming it."""
+
+    def __init__(self, net: IsolatedNetwork) -> None:
+        try:
+            if not tok.is_safe_text(net.name) or not net.name:
+                raise InvalidConfig("its name is not printable ASCII without quote, backslash or ';'")
+            self.name = net.name
+            self.bridge = tok.ifname(str(net.bridge))
+            self.internal = bool(net.internal)
+        except InvalidConfig as exc:
+            raise InvalidConfig(f"network {net.name!r} cannot be rendered into nft: {exc.msg}") from None
+
+    def comment(self, why: str) -> str:
+        return tok.comment(f"net {self.name}: {why}")
 
 
 def rules(networks: Iterable[IsolatedNetwork]) -> list[str]:
     """The forward chain's rules, in a stable order (sorted by network name)."""
-    bridged = sorted(
-        (n for n in networks if n.driver == "bridge" and n.bridge), key=lambda n: n.name
-    )
+    bridged = [_Tokens(n) for n in networks if n.driver == "bridge" and n.bridge]
+    bridged.sort(key=lambda n: n.name)
     out: list[str] = []
     for net in bridged:
-        br = _q(str(net.bridge))
-        others = [_q(str(o.bridge)) for o in bridged if o.bridge != net.bridge]
+        br = net.bridge
+        others = [o.bridge for o in bridged if o.bridge != br]
         if others:
-            out.append(
-                f"iifname {br} oifname {{ {', '.join(others)} }} drop "
-                f'comment "net {net.name}: isolated from other networks"'
-            )
+            out.append(f"iifname {br} oifname {tok.elements(others)} drop comment "
+                       + net.comment("isolated from other networks"))
         if net.internal:
-            out.append(f'iifname {br} oifname != {br} drop comment "net {net.name}: internal, no traffic out"')
-            out.append(f'oifname {br} iifname != {br} drop comment "net {net.name}: internal, no traffic in"')
+            out.append(f"iifname {br} oifname != {br} drop comment " + net.comment("internal, no traffic out"))
+            out.append(f"oifname {br} iifname != {br} drop comment " + net.comment("internal, no traffic in"))
     return out
 
 

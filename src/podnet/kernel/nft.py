@@ -18,7 +18,7 @@ from typing import Protocol
 
 from podnet.errors import KernelError
 
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 _FAMILIES = frozenset({"ip", "ip6", "inet", "arp", "bridge", "netdev"})
 _MISSING = "No such file or directory"
 
@@ -33,9 +33,11 @@ class NftPort(Protocol):
     def set_elements(self, family: str, table: str, name: str) -> list | None: ...
 
 
-def _check_table(family: str, table: str) -> None:
-    if family not in _FAMILIES or not _NAME.fullmatch(table):
-        raise KernelError(f"invalid nft table {family!r} {table!r}")
+def _check_table(family: str, table: str, *names: str) -> None:
+    """nft joins its arguments into one command line and parses that as a script
+    (`list set ip t "x; flush ruleset"` would run both): only plain names go there."""
+    if family not in _FAMILIES or not all(isinstance(n, str) and _NAME.fullmatch(n) for n in (table, *names)):
+        raise KernelError(f"invalid nft object {family!r} {' '.join(map(repr, (table, *names)))}")
 
 
 def _find_nft() -> str:
@@ -95,7 +97,7 @@ class Nft:
     def set_elements(self, family: str, table: str, name: str) -> list | None:
         """The elements of one named set (cheap: nothing else of the table is listed);
         None when the table or the set is absent."""
-        _check_table(family, table)
+        _check_table(family, table, name)
         proc = self._run(["-j", "list", "set", family, table, name])
         if proc.returncode != 0:
             return None
@@ -135,7 +137,7 @@ class FakeNft:
         return self.tables.get((family, table))
 
     def set_elements(self, family: str, table: str, name: str) -> list | None:
-        _check_table(family, table)
+        _check_table(family, table, name)
         doc = self.tables.get((family, table))
         if doc is None:
             return None

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from podnet.fileio import write_atomic
 from podnet.lab import topology as topo
 from podnet.lab.state import NETNS_DIR, LabError, LabState, enter, ip, node_socket, run, state_file
 from podnet.lab.supervisor_client import SupervisorClient
@@ -180,7 +181,7 @@ class LabBuilder:
 
     def start_store(self) -> str:
         if self.o.store == "sqlite":
-            return str(self.st.labdir / "store.db")
+            return create_store(self.st.labdir / "store.db")
         members = [(f"etcd{i}", topo.etcd_ip(i)) for i in range(ETCD_MEMBERS)]
         cluster = ",".join(f"{name}=http://{addr}:2380" for name, addr in members)
         for i, (name, addr) in enumerate(members):
@@ -218,7 +219,7 @@ class LabBuilder:
             argv = [sys.executable, "-m", "podnet.cli", "agent", "--socket", info["socket"],
                     "--state-dir", str(state_dir)]
             if self.simulate:  # a store per node (the agents would repair each other's pods)
-                argv += ["--store", str(state_dir / "store.db")]
+                argv += ["--store", create_store(state_dir / "store.db")]
             else:
                 argv += ["--store", store, "--node", node.name, "--fabric", self.o.fabric,
                          "--cluster-cidr", self.o.cluster_cidr, "--block-prefix", str(BLOCK_PREFIX),
@@ -276,7 +277,7 @@ class LabBuilder:
                       "tcp": [p.port for p in pod.ports if p.protocol == "TCP"],
                       "udp": [p.port for p in pod.ports if p.protocol == "UDP"]} for pod in pods]
             spec = self.st.labdir / "echo" / f"{node}.json"
-            spec.write_text(json.dumps(specs))
+            write_atomic(spec, json.dumps(specs))
             ready = self.st.labdir / "ready" / f"node-{node}"
             proc = f"echo/{node}"
             pid = self.spawn(proc, self.st.data["nodes"][node]["netns"],
@@ -317,6 +318,15 @@ class LabBuilder:
 
 
 
+def create_store(path: Path) -> str:
+    """`lab up` makes its stores: the agents it starts are given an existing --store
+    (they refuse a missing one, which a typo would be)."""
+    from podnet.store import open_store
+
+    open_store(str(path), create=True).close()  # no handle of this process is open on it
+    return str(path)
+
+
 def write_simulated_conflist(path: Path, block: str, socket: str) -> None:
     """What the agent writes once it leased `block` (stands in until it can)."""
     gateway = block.rsplit(".", 1)[0] + ".1"
@@ -329,9 +339,7 @@ def write_simulated_conflist(path: Path, block: str, socket: str) -> None:
         }],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(config, indent=2))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(config, indent=2))
 
 
 def _conflist_block(path: Path) -> str | None:

@@ -10,13 +10,13 @@ namespace is never changed.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from podnet.errors import PodnetError
+from podnet.fileio import write_atomic
 from podnet.lab import topology as topo
 from podnet.procs import owner_alive
 
@@ -86,9 +86,7 @@ class LabState:
     def save(self) -> None:
         path = state_file(self.name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.data, separators=(",", ":")))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(self.data, separators=(",", ":")))  # teardown needs all of it
 
     @property
     def labdir(self) -> Path:

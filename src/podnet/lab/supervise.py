@@ -34,6 +34,7 @@ import threading
 import time
 from pathlib import Path
 
+from podnet.fileio import write_atomic
 from podnet.procs import process_owner
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -50,9 +51,7 @@ class Supervisor:
         self.stopping = threading.Event()
 
     def save(self) -> None:
-        tmp = self.record.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.entries, separators=(",", ":")))
-        os.replace(tmp, self.record)
+        write_atomic(self.record, json.dumps(self.entries, separators=(",", ":")))
 
     def spawn(self, request: dict) -> dict:
         name, argv = str(request["name"]), [str(a) for a in request["argv"]]

@@ -165,15 +165,13 @@ def default_topology(nodes: int = 2, pods_per_node: int = 2, racks: int = 1) -> 
 
 def load(path: str | Path) -> Topology:
     """Read and validate a YAML topology file."""
-    import yaml
+    from podnet import yamlsafe
 
     try:
-        text = Path(path).read_text()
+        data = yamlsafe.load(yamlsafe.read_file(path))
     except OSError as exc:
         raise TopologyError(f"cannot read topology file {path}: {exc.strerror or exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except yamlsafe.YAMLError as exc:
         raise TopologyError(f"{path} is not valid YAML", str(exc)) from None
     try:
         return parse(data)

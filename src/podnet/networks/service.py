@@ -4,8 +4,9 @@ A network is one store record (`networks/<name>`, the source of truth the agent
 watches) plus its rendered conflist (`<state>/net.d/<name>.conflist`, what a runtime
 executes). Create checks everything first, then writes both inside one store
 transaction, and removes the file again if the transaction fails: a failed create
-leaves nothing behind. The isolation table is the agent's job (it watches the store);
-`sync_isolation()` only asks it to converge now.
+leaves nothing behind. Remove deletes the conflist before the record: no runtime
+attaches to a network whose isolation is going away. The isolation table is the
+agent's job (it watches the store); `sync_isolation()` only asks it to converge now.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from podnet import keys
+from podnet import fileio, keys
 from podnet.errors import InvalidConfig
 from podnet.model.base import CorruptRecord
 from podnet.model.container import ContainerRecord
@@ -173,17 +174,25 @@ class NetworkService:
                     )
                 if self.store.compare_and_put(network.key, dumps(network.to_json()), 0) is None:
                     raise NetworkExists(f"network name {name!r} is already in use")
+                self.store.delete(keys.none_left("networks"))  # networks again (see remove)
                 path = target  # from here on the file is ours to remove on failure
-                _write_atomic(target, json.dumps(document, indent=2) + "\n")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                fileio.write_atomic(target, json.dumps(document, indent=2) + "\n")  # whole or none
         except BaseException:
             if path is not None:
-                path.unlink(missing_ok=True)
+                fileio.remove(path)
             raise
         return network
 
     def remove(self, name: str, force: bool = False) -> Removal:
-        """Delete the record, the conflist and the bridge. Refuses while containers are
-        attached unless `force`; then they keep running without this network."""
+        """Delete the conflist, the record and the bridge. Refuses while containers are
+        attached unless `force`; then they keep running without this network.
+
+        The conflist goes first (and durably), inside the transaction: from then on no
+        runtime can attach, while the record, and so the agent's isolation of the
+        network, stays until the delete commits. A crash or a failed delete leaves a
+        record without a conflist (a second rm finishes), never a usable conflist
+        without isolation."""
         with self.store.transaction():
             network = self.get(name)
             attached = self.containers_on(name)
@@ -193,8 +202,10 @@ class NetworkService:
                     f"network {name!r} has {len(attached)} attached container(s): {who}",
                     "stop and remove them first, or use --force",
                 )
+            fileio.remove(self.conflist_path(name))
             self.store.delete(network.key)
-        self.conflist_path(name).unlink(missing_ok=True)
+            if not self.store.list(keys.NETWORKS):  # the marker that lets the agent drop isolation
+                self.store.put(keys.none_left("networks"), dumps({"deletedAt": time.time()}))
         deleted = network.bridge is not None and delete_bridge(network.bridge)
         return Removal(network, attached, deleted)
 
@@ -224,13 +235,6 @@ def _check_parent(parent: str) -> None:
         raise InvalidConfig(
             f"parent interface {parent!r} does not exist in this network namespace"
         ) from None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)  # a runtime never reads a half-written conflist
 
 
 def delete_bridge(name: str) -> bool:

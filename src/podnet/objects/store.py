@@ -5,15 +5,22 @@ live where all of them watch (the lab's shared SQLite file, or etcd). Each objec
 one JSON manifest under its kind's prefix (the registry gives it). One `apply`,
 `delete` or `label` is one store transaction: all the documents of a file land
 together or not at all, and agents see one revision.
+
+The "none left" marker (keys.none_left("policy")): `delete` that removes the last
+NetworkPolicy or ClusterPolicy records it, in the same transaction, and `apply` of
+one clears it. Only with it may a node drop its policy table; a store that merely
+looks empty (a mistyped --store, a wrong etcd prefix) leaves the table in force.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from podnet import keys
 from podnet.errors import ObjectError
 from podnet.model.policy import PodRecord
 from podnet.objects.registry import kind_of_key
@@ -39,6 +46,8 @@ def apply(store: Store, objects: Sequence[Any]) -> list[Change]:
     """Create or replace every object, in one transaction (kubectl apply, whole docs)."""
     changes = []
     with store.transaction() as tx:
+        if any(obj.key.startswith(keys.ENFORCING_POLICY) for obj in objects):
+            tx.delete(keys.none_left("policy"))  # there is policy again
         for obj in objects:
             value = dumps(obj.to_dict())
             old = tx.get(obj.key)
@@ -51,9 +60,14 @@ def apply(store: Store, objects: Sequence[Any]) -> list[Change]:
 
 
 def delete(store: Store, objects: Sequence[Any]) -> list[Change]:
-    """Delete every object named (its spec is not compared), in one transaction."""
+    """Delete every object named (its spec is not compared), in one transaction; the
+    last policy deleted leaves the marker that there is none on purpose."""
     with store.transaction() as tx:
-        return [Change(obj.key, "deleted" if tx.delete(obj.key) else "not found") for obj in objects]
+        changes = [Change(obj.key, "deleted" if tx.delete(obj.key) else "not found") for obj in objects]
+        if any(c.what == "deleted" and c.key.startswith(keys.ENFORCING_POLICY) for c in changes) and not any(
+                tx.list(prefix) for prefix in keys.ENFORCING_POLICY):
+            tx.put(keys.none_left("policy"), dumps({"deletedAt": time.time()}))
+        return changes
 
 
 def get(store: Store, kind: Kind, namespace: str | None = None) -> list[dict[str, Any]]:

@@ -4,8 +4,11 @@ be rendered whole or as the difference to the previous one (pure).
 Layout (evaluate.py is the semantics; this is how the kernel does the same):
 
     table inet podnet-policy
-      chain egress   hook forward prio -5   ct established,related accept; vmap saddr -> out_<ep>
-      chain ingress  hook forward prio  0   ct established,related accept; vmap daddr -> in_<ep>
+      chain egress   hook forward prio -5   ct established,related accept; unowned source
+                                            drop; vmap saddr -> out_<ep>
+      chain ingress  hook forward prio  0   ct established,related accept; unowned
+                                            destination drop; vmap daddr -> in_<ep>
+      set owned4/6   the addresses of this node's pods (the unowned check's allow list)
       chain host_in  hook input  / host_out hook output: the node's own host endpoint
       map out4/in4 (ipv4_addr : verdict), out6/in6: one element per local endpoint address
       chain in_<ep>       jump in_<ep>_t<k> per tier that has policies for it, then the
@@ -31,13 +34,21 @@ Why this shape:
   so `podnet flows` can say which rule decided (kernel/nflog.py).
 - Chain and set names derive from content (endpoint identity, member set), so an
   unchanged part keeps its name and `diff` touches only what changed.
+- Fail closed on addresses nobody owns: an address of this node's own pod block
+  that no local pod record names (a pod created while the agent was down and not
+  compiled yet, one its orchestrator has not registered, a recycled address two
+  records claim: policy/world.py leaves it out) is dropped in both directions, as
+  Calico and Cilium drop traffic of workloads they do not know. Without it such an
+  address would fall through the verdict maps to accept, or run a former pod's
+  chain. Other nodes' blocks are judged by their nodes; established flows keep
+  going, as after any policy change. The check exists only while the table does
+  (some NetworkPolicy or ClusterPolicy exists): without policy every flow is allowed.
 - Host endpoint chains start with failsafe accepts (the store, VXLAN), as Calico's
   failsafe ports: a deny-all on a node must not cut the node from its own cluster.
 """
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -50,91 +61,27 @@ from podnet.policy.evaluate import (
 )
 from podnet.policy.objects import ClusterPolicy, NetworkPolicy
 from podnet.policy.rules import ClusterRule, NetworkPolicyPort, NetworkPolicyRule, Peer
+from podnet.policy.table import (
+    COMMENT_MAX,
+    FAMILY,
+    GENERATION_SET,
+    LOG_GROUP,
+    PREFIX_MAX,
+    TABLE,
+    Compiled,
+    NftSet,
+    nft_text,
+)
+from podnet.policy.table import short_hash as _hash
 
-FAMILY, TABLE = "inet", "podnet-policy"
-GENERATION_SET = "generation"  # one element: which apply the kernel holds (cheap drift check)
-LOG_GROUP = 100
-PREFIX_MAX = 120  # NFLOG prefixes are at most 127 bytes
+__all__ = ["FAMILY", "GENERATION_SET", "LOG_GROUP", "TABLE", "CompileCache", "Compiled", "compile_node"]
+
 FAILSAFE_TCP = (2379, 2380)  # etcd: the node's store
 FAILSAFE_UDP = (8472,)  # VXLAN between nodes
 IN, OUT = "Ingress", "Egress"
 _FIELD = {IN: "saddr", OUT: "daddr"}  # the *other* side's address, per direction
 _IPFAM = {4: "ip", 6: "ip6"}
 _L4 = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
-
-
-@dataclass(frozen=True)
-class NftSet:
-    type: str  # "ipv4_addr", "ipv6_addr", "ipv4_addr . inet_service", ...
-    interval: bool
-    elements: tuple[str, ...]
-
-    def render(self, name: str) -> str:
-        flags = "\n    flags interval" if self.interval else ""
-        elements = f"\n    elements = {{ {', '.join(self.elements)} }}" if self.elements else ""
-        return f"  set {name} {{\n    type {self.type}{flags}{elements}\n  }}"
-
-
-@dataclass
-class Compiled:
-    """The table for one node: sets, verdict maps, chains (lines), rule descriptions."""
-
-    sets: dict[str, NftSet] = field(default_factory=dict)
-    maps: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)  # name -> (type, elems)
-    chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    rules: dict[str, str] = field(default_factory=dict)  # log prefix -> what it means
-
-    def render(self) -> str:
-        """The whole table, replacing any previous one in the same transaction."""
-        parts = [f"table {FAMILY} {TABLE} {{", f"  set {GENERATION_SET} {{\n    type mark\n  }}",
-                 *[s.render(n) for n, s in sorted(self.sets.items())]]
-        for name, (kind, elements) in sorted(self.maps.items()):
-            body = f"\n    elements = {{ {', '.join(elements)} }}" if elements else ""
-            parts.append(f"  map {name} {{\n    type {kind} : verdict{body}\n  }}")
-        for name, lines in self.chains.items():
-            parts.append(f"  chain {name} {{\n" + "".join(f"    {line}\n" for line in lines) + "  }")
-        parts.append("}")
-        return (f"table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n" + "\n".join(parts) + "\n")
-
-    def diff(self, old: Compiled) -> str:
-        """One transaction taking table `old` to this one, touching only what changed."""
-        t = f"{FAMILY} {TABLE}"
-        out: list[str] = []
-        for name, s in sorted(self.sets.items()):
-            if name not in old.sets:
-                out.append("add " + s.render(name).strip().replace("set ", f"set {t} ", 1))
-            elif old.sets[name] != s:
-                out.append(f"flush set {t} {name}")
-                if s.elements:
-                    out.append(f"add element {t} {name} {{ {', '.join(s.elements)} }}")
-        new_chains = [n for n in self.chains if n not in old.chains]
-        for name in new_chains:
-            first = self.chains[name][0] if self.chains[name] else ""
-            hook = f" {{ {first} }}" if first.startswith("type ") else ""  # a base chain (host_in)
-            out.append(f"add chain {t} {name}{hook}")
-        for name, lines in self.chains.items():
-            if name in old.chains and old.chains[name] == lines:
-                continue
-            if name in old.chains:
-                out.append(f"flush chain {t} {name}")
-            out.extend(f"add rule {t} {name} {line}" for line in lines if not line.startswith("type "))
-        for name, (kind, elements) in sorted(self.maps.items()):
-            if old.maps.get(name) == (kind, elements):
-                continue
-            out.append(f"flush map {t} {name}")
-            if elements:
-                out.append(f"add element {t} {name} {{ {', '.join(elements)} }}")
-        gone = [n for n in old.chains if n not in self.chains]
-        out.extend(f"flush chain {t} {name}" for name in gone)
-        out.extend(f"delete chain {t} {name}" for name in gone)
-        out.extend(f"delete set {t} {name}" for name in sorted(old.sets) if name not in self.sets)
-        return "\n".join(out) + ("\n" if out else "")
-
-    @staticmethod
-    def stamp(generation: int) -> str:
-        """Script lines recording `generation` in the table (append to a transaction)."""
-        return (f"flush set {FAMILY} {TABLE} {GENERATION_SET}\n"
-                f"add element {FAMILY} {TABLE} {GENERATION_SET} {{ {generation} }}\n")
 
 
 Match = tuple[int | None, str]  # (address family, or None for either; an nft match fragment)
@@ -147,19 +94,9 @@ def _combine(left: Sequence[Match], right: Sequence[Match]) -> list[Match]:
             if fa is None or fb is None or fa == fb]
 
 
-def _hash(*parts: object) -> str:
-    return hashlib.sha1("\0".join(map(str, parts)).encode()).hexdigest()[:10]
-
-
-def _quote(text: str) -> str:
-    return text.replace("\\", "/").replace('"', "'")
-
-
 def _prefix(verdict: str, what: str) -> str:
-    text = f"{verdict} {what}"
-    if len(text) > PREFIX_MAX:
-        text = text[: PREFIX_MAX - 11] + "~" + _hash(text)
-    return _quote(text)
+    """The NFLOG prefix naming a rule (policy/table.py: bytes, ASCII, unique)."""
+    return nft_text(f"{verdict} {what}", PREFIX_MAX)
 
 
 @dataclass
@@ -176,10 +113,11 @@ class CompileCache:
 
 class _Builder:
     def __init__(self, world: World, node: str, log_allowed: bool,
-                 cache: CompileCache | None = None) -> None:
+                 cache: CompileCache | None = None, pod_nets: Sequence[str] = ()) -> None:
         self.world = world
         self.node = node
         self.log_allowed = log_allowed
+        self.pod_nets = [ipaddress.ip_network(net) for net in pod_nets]
         self.out = Compiled()
         self.cache = cache or CompileCache()
         # everything a policy's lines depend on besides the policy itself
@@ -311,7 +249,7 @@ class _Builder:
         self.out.rules[prefix] = what
         logging = f'log prefix "{prefix} " group {LOG_GROUP} ' if log else ""
         text = " ".join(p for p in (match, "counter", logging.strip(), verdict) if p)
-        return f'{text} comment "{_quote(what)[:120]}"'
+        return f'{text} comment "{nft_text(what, COMMENT_MAX)}"'
 
     def cluster_rule_lines(self, cp: ClusterPolicy, i: int, rule: ClusterRule, direction: str) -> list[str]:
         what = f"{cp.tier}/{cp.name} {direction.lower()}[{i}]" + (f" {rule.name}" if rule.name else "")
@@ -364,7 +302,7 @@ class _Builder:
             if tier_lines:
                 tier_chain = f"{name}_t{k}"
                 self.out.chains[tier_chain] = tuple(tier_lines)
-                lines.append(f'jump {tier_chain} comment "tier {tier.name}"')
+                lines.append(f'jump {tier_chain} comment "{nft_text(f"tier {tier.name}", COMMENT_MAX)}"')
         if ep.kind == "pod":
             isolating = self.isolating(ep, direction)
             for np in isolating:
@@ -429,6 +367,21 @@ class _Builder:
         self.out.chains[name] = lines
         return name
 
+    def unowned(self, pods: Sequence[Endpoint], direction: str) -> list[str]:
+        """Drop lines for the addresses of this node's pod block that no local pod owns
+        (a pod not registered yet, a recycled address), before the verdict maps: such
+        an address never falls through to accept, nor runs a former pod's chain."""
+        fld = "saddr" if direction == OUT else "daddr"
+        lines = []
+        for net in self.pod_nets:
+            ipf, owned = _IPFAM[net.version], f"owned{net.version}"
+            self.out.sets[owned] = NftSet(f"ipv{net.version}_addr", False, tuple(sorted(
+                {ip for ep in pods for ip in ep.ips if ipaddress.ip_address(ip).version == net.version})))
+            lines.append(self._line(f"{ipf} {fld} {net} {ipf} {fld} != @{owned}", "drop",
+                                    _prefix("D", f"unowned {direction.lower()}"),
+                                    f"unowned address of block {net}", True))
+        return lines
+
     def prune(self) -> None:
         for memo, used in ((self.cache.chains, self.used_chains), (self.cache.isolating, self.used_isolating)):
             for key in [k for k in memo if k not in used]:
@@ -450,9 +403,9 @@ class _Builder:
                         maps[f"{d}{ipaddress.ip_address(ip).version}"].append(f"{ip} : jump {chain}")
         est = "ct state established,related accept"
         base["egress"] = ("type filter hook forward priority -5; policy accept;", est,
-                          "ip saddr vmap @out4", "ip6 saddr vmap @out6")
+                          *self.unowned(pods, OUT), "ip saddr vmap @out4", "ip6 saddr vmap @out6")
         base["ingress"] = ("type filter hook forward priority 0; policy accept;", est,
-                           "ip daddr vmap @in4", "ip6 daddr vmap @in6")
+                           *self.unowned(pods, IN), "ip daddr vmap @in4", "ip6 daddr vmap @in6")
         for ep in hosts:
             failsafe = [f"tcp dport {{ {', '.join(map(str, FAILSAFE_TCP))} }} accept",
                         f"tcp sport {{ {', '.join(map(str, FAILSAFE_TCP))} }} accept",
@@ -472,10 +425,11 @@ class _Builder:
 
 
 def compile_node(world: World, node: str, log_allowed: bool = False,
-                 cache: CompileCache | None = None) -> Compiled:
+                 cache: CompileCache | None = None, pod_nets: Sequence[str] = ()) -> Compiled:
     """The table enforcing `world`'s policy for the endpoints on `node`; `cache` (kept
-    by the caller between compiles) makes a recompile cost what changed."""
-    builder = _Builder(world, node, log_allowed, cache)
+    by the caller between compiles) makes a recompile cost what changed. `pod_nets`:
+    the node's own pod block(s), whose addresses no local pod owns are dropped."""
+    builder = _Builder(world, node, log_allowed, cache, pod_nets)
     compiled = builder.build()
     builder.prune()
     return compiled

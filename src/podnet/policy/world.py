@@ -5,14 +5,30 @@ explain` and `podnet describe` judge with. Objects are parsed through their kind
 declaration (policy/kinds.py), pods read as PodRecords, and host endpoints without
 explicit addresses get their machine's underlay address (a node's from its lease, a
 plain lab host's from its `hosts/<name>` record).
+
+Records that cannot be used (the agent passes `problems`; the CLI's strict reading
+raises instead), so that one bad record never freezes the policy of the cluster, and
+never opens what it closed:
+- a record that no longer parses keeps its last good version (while the agent runs);
+- a pod record never seen good is left out: its addresses are then no pod's, which a
+  node drops in its own block (policy/compile.py), and no selector can match it;
+- any other object never seen good (a policy, namespace, tier or host endpoint) stops
+  the build (CorruptRecord): leaving it out could open what it closes, so the node
+  keeps the table in force;
+- an address that two pods claim (a recycled address still named by a former pod's
+  record) belongs to neither: it is left out of both.
+Each is reported in `problems`, naming the key.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from podnet import keys
+from podnet.errors import PodnetError
 from podnet.model.base import CorruptRecord, parse_json
 from podnet.model.cluster import HostRecord, NodeLease
 from podnet.model.policy import PodRecord
@@ -40,19 +56,39 @@ def parse_stored(key: str, value: str) -> Any:
     return kind.parse_manifest(doc, Loc(key))
 
 
+@dataclass(frozen=True)
+class Unusable:
+    """A cached record that does not parse: why, and its last good version (None:
+    never seen good)."""
+
+    error: str
+    last_good: Any = None
+
+
 def load_world(store: Store, parsed: dict[str, tuple[int, Any]] | None = None,
-               events: Sequence[Any] | None = None) -> tuple[World, int]:
+               events: Sequence[Any] | None = None,
+               problems: list[str] | None = None) -> tuple[World, int]:
     """The policy world and the revision it reflects.
 
     `parsed` (kept by the caller) maps a key to (revision, parsed object): an unchanged
     entry is not parsed again and yields the very same object, which the compiler's
     cache relies on. With `events` (the watch events since the world `parsed` holds),
     only those keys are applied, and the store is not listed: one change among 10k
-    objects costs one parse. Without them, one consistent snapshot is read."""
+    objects costs one parse. Without them, one consistent snapshot is read.
+
+    `problems` given: records that cannot be used are handled as the module says and
+    reported there; else the first one raises."""
     cache: dict[str, tuple[int, Any]] = {} if parsed is None else parsed
 
     def parse(key: str, revision: int, value: str) -> None:
-        cache[key] = (revision, parse_stored(key, value))
+        try:
+            cache[key] = (revision, parse_stored(key, value))
+        except Exception as exc:  # noqa: BLE001 - lenient: any parser failure is this record's
+            if problems is None:
+                raise
+            error = exc.msg if isinstance(exc, PodnetError) else f"{key}: cannot be read ({exc!r})"
+            old = cache.get(key, (0, None))[1]
+            cache[key] = (revision, Unusable(error, old.last_good if isinstance(old, Unusable) else old))
 
     as_of = cache.get(AS_OF, (0, None))[0]  # the revision the cache reflects
     if events is not None and as_of:
@@ -81,18 +117,61 @@ def load_world(store: Store, parsed: dict[str, tuple[int, Any]] | None = None,
         for key in [k for k in cache if k not in live]:
             del cache[key]
     cache[AS_OF] = (revision, None)
-    return _world(store, cache), revision
+    return _world(store, _usable(cache, problems), problems), revision
 
 
-def _world(store: Store, cache: Mapping[str, tuple[int, Any]]) -> World:
-    objects = [obj for key, (_rev, obj) in cache.items() if key != AS_OF and not key.startswith(keys.PODS)]
-    pods = [pod for key, (_rev, pod) in cache.items() if key.startswith(keys.PODS)]
+def _usable(cache: Mapping[str, tuple[int, Any]], problems: list[str] | None) -> dict[str, Any]:
+    """key -> object to build from: last good versions stand in, pods never good are
+    left out; an object never good stops the build."""
+    out: dict[str, Any] = {}
+    for key, (_rev, obj) in cache.items():
+        if key == AS_OF:
+            continue
+        if isinstance(obj, Unusable):
+            assert problems is not None  # only lenient loads cache these
+            kept = "; its last good version stays" if obj.last_good is not None else ""
+            problems.append(obj.error + kept)
+            if obj.last_good is None and not key.startswith(keys.PODS):
+                raise CorruptRecord(obj.error, "no policy change applies until it is fixed or deleted")
+            obj = obj.last_good
+        if obj is not None:
+            out[key] = obj
+    return out
+
+
+def _world(store: Store, cache: Mapping[str, Any], problems: list[str] | None = None) -> World:
+    objects = [obj for key, obj in cache.items() if not key.startswith(keys.PODS)]
+    pods = [pod for key, pod in cache.items() if key.startswith(keys.PODS)]
     hosts = []
     for obj in objects:
         if isinstance(obj, HostEndpoint) and not obj.ips:
             ip = machine_address(store, obj)
             hosts.append(Endpoint("host", obj.name, None, (ip,) if ip else (), obj.labels, (), obj.machine))
-    return World.build(objects, endpoints_from_pods(pods, hosts))
+    endpoints = endpoints_from_pods(pods, hosts)
+    if problems is not None:
+        endpoints = _without_shared_addresses(objects, endpoints, problems)
+    return World.build(objects, endpoints)
+
+
+def _without_shared_addresses(objects: Sequence[Any], endpoints: Sequence[Endpoint],
+                              problems: list[str]) -> list[Endpoint]:
+    """Pods without the addresses another pod (or a host endpoint) claims too: which
+    one is really there cannot be told, so neither gets the other's rules."""
+    hosts = {ipaddress.ip_address(ip) for obj in objects if isinstance(obj, HostEndpoint) for ip in obj.ips}
+    hosts |= {ipaddress.ip_address(ip) for ep in endpoints if ep.kind == "host" for ip in ep.ips}
+    claims: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, list[str]] = {}
+    for ep in endpoints:
+        if ep.kind == "pod":
+            for ip in ep.ips:
+                claims.setdefault(ipaddress.ip_address(ip), []).append(f"{ep.namespace}/{ep.name}")
+    shared = {ip for ip, pods in claims.items() if len(pods) > 1 or ip in hosts}
+    for ip in sorted(shared, key=lambda a: (a.version, a)):
+        owners = ", ".join(claims[ip]) + (" and a host endpoint" if ip in hosts else "")
+        problems.append(f"address {ip} is claimed by {owners}: it belongs to none of them")
+    if not shared:
+        return list(endpoints)
+    return [replace(ep, ips=tuple(ip for ip in ep.ips if ipaddress.ip_address(ip) not in shared))
+            if ep.kind == "pod" else ep for ep in endpoints]
 
 
 def machine_address(store: Store, hep: HostEndpoint) -> str | None:

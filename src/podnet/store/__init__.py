@@ -2,49 +2,73 @@
 
 Backends are imported only when asked for, so opening a SQLite store never pays for
 another backend's imports.
+
+A SQLite file is made only where the caller says it makes stores (`create=True`, the
+default of the library API: the CNI path's dataDir stores, `network create`, `lab up`,
+`agent --init`). A command that names an existing cluster (`podnet agent --store`, the
+CLI's `--store`/context) passes `create=False`: a mistyped path is an error naming
+the path, never a new empty store, which would look like "no policy, no networks".
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from podnet.errors import InvalidConfig
 from podnet.store.base import Entry, Event, RevisionCompacted, Store
 
-__all__ = ["Entry", "Event", "RevisionCompacted", "Store", "open_store"]
+__all__ = ["Entry", "Event", "RevisionCompacted", "Store", "missing_store", "open_store"]
 
 _SQLITE = "sqlite://"
 _MEMORY = "memory://"
 _ETCD = "etcd://"
 
 
-def open_store(url_or_path: str, **options: Any) -> Store:
+def open_store(url_or_path: str, *, create: bool = True, **options: Any) -> Store:
     """A Store for a location: "memory://" -> MemoryStore; "sqlite:///abs/path",
     "sqlite://rel/path" or a bare path -> SqliteStore;
     "etcd://host:port[,host:port...][/prefix]" -> EtcdStore (prefix default /podnet/).
-    Options go to the backend."""
+    `create=False`: a SQLite file that does not exist is a StoreError naming it (and
+    nothing is made, not even its directory). Options go to the backend."""
     target = str(url_or_path)
-    if not target:
-        raise InvalidConfig("store location is empty")
     if target.startswith(_MEMORY):
         from podnet.store.memory import MemoryStore
 
         return MemoryStore(**options)
     if target.startswith(_ETCD):
         return _open_etcd(target, options)
-    if target.startswith(_SQLITE):
-        target = target[len(_SQLITE) :]
-        if not target:
-            raise InvalidConfig(f"store URL {url_or_path!r} names no file")
-    elif "://" in target:
-        scheme = target.split("://", 1)[0]
-        raise InvalidConfig(
-            f"unsupported store URL {url_or_path!r}",
-            f"scheme {scheme!r} is unknown; use memory://, sqlite:///path, etcd://host:port or a path",
-        )
+    path = _sqlite_path(target)
     from podnet.store.sqlite import SqliteStore
 
-    return SqliteStore(target, **options)
+    return SqliteStore(path, create=create, **options)
+
+
+def missing_store(url_or_path: str) -> str | None:
+    """The file of a SQLite location that does not exist yet; None when it exists or
+    the location is not a file (memory://, etcd://: nothing to look for)."""
+    target = str(url_or_path)
+    if target.startswith((_MEMORY, _ETCD)):
+        return None
+    path = _sqlite_path(target)
+    return None if os.path.exists(path) else path
+
+
+def _sqlite_path(target: str) -> str:
+    if not target:
+        raise InvalidConfig("store location is empty")
+    if target.startswith(_SQLITE):
+        path = target[len(_SQLITE) :]
+        if not path:
+            raise InvalidConfig(f"store URL {target!r} names no file")
+        return path
+    if "://" in target:
+        scheme = target.split("://", 1)[0]
+        raise InvalidConfig(
+            f"unsupported store URL {target!r}",
+            f"scheme {scheme!r} is unknown; use memory://, sqlite:///path, etcd://host:port or a path",
+        )
+    return target
 
 
 def _open_etcd(url: str, options: dict[str, Any]) -> Store:

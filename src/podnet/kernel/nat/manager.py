@@ -3,6 +3,10 @@
 Parsing and rendering are pure (parse.py, render.py); this module adds what needs the
 kernel: the cross-process lock, reading the tables back, the conflict check against
 what other attachments installed, route_localnet, and the `nft -f -` transaction.
+
+route_localnet is switched on only after the transaction holding the loopback guard
+(render.py) is in force, so no bridge ever takes 127.0.0.0/8 unguarded; if the switch
+fails, the attachment's rules just installed are deleted again (nothing half-built).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 from podnet import naming
-from podnet.errors import KernelError, TryAgainLater
+from podnet.errors import KernelError, PodnetError, TryAgainLater
 from podnet.kernel import sysctl
 from podnet.kernel.nat.parse import (
     FAMILIES,
@@ -24,10 +28,11 @@ from podnet.kernel.nat.parse import (
     check_attach_id,
     check_conflicts,
     check_ifname,
+    has_guard,
     parse_port_mappings,
     parse_table,
 )
-from podnet.kernel.nat.render import TABLE, plan_rules, render_delete, render_rules
+from podnet.kernel.nat.render import GUARD, TABLE, plan_rules, render_delete, render_rules
 from podnet.kernel.nft import NftPort
 
 DEFAULT_LOCK_PATH = "/run/podnet/nft.lock"
@@ -86,12 +91,13 @@ class NatManager:
 
     # -- reading
 
-    def installed(self) -> list[InstalledRule]:
+    def _tables(self) -> dict[str, dict | None]:
+        return {fam: self.nft.list_table_json(fam, TABLE) for fam in FAMILIES}
+
+    def installed(self, tables: dict[str, dict | None] | None = None) -> list[InstalledRule]:
         """Every podnet-tagged rule in both tables (absent tables contribute nothing)."""
-        out: list[InstalledRule] = []
-        for fam in FAMILIES:
-            out.extend(parse_table(self.nft.list_table_json(fam, TABLE)))
-        return out
+        docs = self._tables() if tables is None else tables
+        return [rule for fam in FAMILIES for rule in parse_table(docs[fam])]
 
     def rules(self, network: str | None = None) -> dict[str, list[str]]:
         """attach_id -> ["<family> <chain> <rule text>", ...], for CHECK and diagnostics."""
@@ -111,11 +117,17 @@ class NatManager:
         ip_masq: bool = False,
         masq_exclude: Iterable[str] = (),
     ) -> list[str]:
-        """The expected rules of an attachment that are missing (empty list: all there)."""
+        """The expected rules of an attachment that are missing (empty list: all there),
+        the loopback guard included wherever the attachment has IPv4 rules."""
         check_attach_id(attach_id)
         expected = plan_rules(container_ips, parse_port_mappings(port_mappings), ip_masq, masq_exclude)
-        have = set(self.rules(network).get(attach_id, []))
-        return [r.describe() for r in expected if r.describe() not in have]
+        tables = self._tables()
+        nid = naming.net_id(network)
+        have = {r.describe() for r in self.installed(tables) if (r.net_id, r.attach_id) == (nid, attach_id)}
+        missing = [r.describe() for r in expected if r.describe() not in have]
+        if any(r.family == GUARD.family for r in expected) and not has_guard(tables[GUARD.family]):
+            missing.append(GUARD.describe())
+        return missing
 
     # -- changing
 
@@ -148,10 +160,13 @@ class NatManager:
             localnet = any(r.family == "ip" and r.key is not None for r in rules) and any(
                 m.needs_localnet() for m in mappings if m.applies_to("ip")
             )
+            self.nft.apply(render_delete(mine) + render_rules(network, attach_id, rules))
             if localnet and host_if is not None:
-                self._enable_route_localnet(host_if)
-            script = render_delete(mine) + render_rules(network, attach_id, rules)
-            self.nft.apply(script)
+                try:
+                    self._enable_route_localnet(host_if)
+                except PodnetError:
+                    self._delete_locked(lambda r: (r.net_id, r.attach_id) == (nid, attach_id))
+                    raise
 
     def remove(self, network: str, attach_id: str) -> int:
         """Delete an attachment's rules in one transaction; 0 when none (idempotent)."""
@@ -174,18 +189,21 @@ class NatManager:
 
     def _delete_where(self, pred: Callable[[InstalledRule], bool]) -> list[InstalledRule]:
         with self._locked():
-            for attempt in (1, 2):
-                victims = [r for r in self.installed() if pred(r)]
-                if not victims:
-                    return []
-                try:
-                    self.nft.apply(render_delete(victims))
-                    return victims
-                except KernelError:
-                    # Someone outside podnet's lock (an operator's `nft delete`) may have
-                    # removed a handle between our listing and the transaction: re-read once.
-                    if attempt == 2:
-                        raise
+            return self._delete_locked(pred)
+
+    def _delete_locked(self, pred: Callable[[InstalledRule], bool]) -> list[InstalledRule]:
+        for attempt in (1, 2):
+            victims = [r for r in self.installed() if pred(r)]
+            if not victims:
+                return []
+            try:
+                self.nft.apply(render_delete(victims))
+                return victims
+            except KernelError:
+                # Someone outside podnet's lock (an operator's `nft delete`) may have
+                # removed a handle between our listing and the transaction: re-read once.
+                if attempt == 2:
+                    raise
         return []  # pragma: no cover - the loop always returns or raises
 
     def _enable_route_localnet(self, host_if: str) -> None:

@@ -18,19 +18,25 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from podnet import addresses
 from podnet.cni.gokeys import go_field
 from podnet.errors import InvalidConfig, PortInUse
 from podnet.naming import is_ifname
 
 FAMILIES = ("ip", "ip6")
 PROTOCOLS = ("tcp", "udp", "sctp")
+NAT_CHAINS = ("prerouting", "output", "postrouting")
 LOOPBACK4 = ipaddress.IPv4Network("127.0.0.0/8")
+# The `ip podnet` input chain holds one rule, no attachment's: 127.0.0.0/8 is dropped
+# unless it came in on lo or was DNATed (render.py says why). Found by its comment.
+GUARD_CHAIN = "input"
+GUARD_COMMENT = "podnet loopback guard: 127.0.0.0/8 only from lo or DNATed"
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
-_ATTACH_RE = re.compile(r"^[0-9a-f]{12}$")
-_COMMENT_RE = re.compile(r"^podnet:([0-9a-f]{8}):([0-9a-f]{12})$")
+_ATTACH_RE = re.compile(r"[0-9a-f]{12}")
+_COMMENT_RE = re.compile(r"podnet:([0-9a-f]{8}):([0-9a-f]{12})")
 
 
 # ---------------------------------------------------------------- input model
@@ -99,14 +105,7 @@ def parse_port_mappings(raw: Iterable[Any]) -> list[PortMapping]:
         host_ip_raw = go_field(pm, "hostIP")
         host_ip: IPAddress | None = None
         if host_ip_raw not in (None, ""):
-            if not isinstance(host_ip_raw, str):
-                raise InvalidConfig(f"port mapping hostIP must be a string, got {host_ip_raw!r}")
-            try:
-                host_ip = ipaddress.ip_address(host_ip_raw)
-            except ValueError:
-                raise InvalidConfig(
-                    f"port mapping hostIP {host_ip_raw!r} is not an IP address"
-                ) from None
+            host_ip = addresses.address(host_ip_raw, "port mapping hostIP")  # no scope ID
         mapping = PortMapping(
             _port(pm, "hostPort"), _port(pm, "containerPort"), proto.lower(), host_ip
         )
@@ -127,7 +126,7 @@ def parse_port_mappings(raw: Iterable[Any]) -> list[PortMapping]:
 
 def check_attach_id(attach: str) -> None:
     """The attachment id goes into every rule's comment: 12 lowercase hex digits only."""
-    if not isinstance(attach, str) or not _ATTACH_RE.match(attach):
+    if not isinstance(attach, str) or not _ATTACH_RE.fullmatch(attach):
         raise InvalidConfig(f"attach_id must be 12 lowercase hex digits, got {attach!r}")
 
 
@@ -274,19 +273,29 @@ def _dnat_key(family: str, exprs: list[dict]) -> MapKey | None:
     return (family, host, port, proto)
 
 
-def parse_table(doc: dict | None) -> list[InstalledRule]:
-    """The podnet-tagged rules of one `nft -j list table` document (others ignored)."""
-    out: list[InstalledRule] = []
+def _rules(doc: dict | None) -> Iterable[dict]:
     for item in (doc or {}).get("nftables", []):
         rule = item.get("rule") if isinstance(item, dict) else None
-        if not rule:
-            continue
-        tag = _COMMENT_RE.match(str(rule.get("comment", "")))
-        if not tag:
-            continue
-        exprs = [e for e in rule.get("expr", []) if isinstance(e, dict)]
+        if isinstance(rule, dict):
+            yield rule
+
+
+def has_guard(doc: dict | None) -> bool:
+    """Whether an `nft -j list table ip podnet` document holds the loopback guard."""
+    return any(r.get("chain") == GUARD_CHAIN and r.get("comment") == GUARD_COMMENT for r in _rules(doc))
+
+
+def parse_table(doc: dict | None) -> list[InstalledRule]:
+    """The podnet-tagged rules of one `nft -j list table` document: those in podnet's
+    NAT chains of its two families (anything else is no attachment's rule)."""
+    out: list[InstalledRule] = []
+    for rule in _rules(doc):
+        tag = _COMMENT_RE.fullmatch(str(rule.get("comment", "")))
         family = rule.get("family", "")
         chain = rule.get("chain", "")
+        if not tag or family not in FAMILIES or chain not in NAT_CHAINS:
+            continue
+        exprs = [e for e in rule.get("expr", []) if isinstance(e, dict)]
         out.append(
             InstalledRule(
                 family=family,

@@ -11,6 +11,17 @@ Decisions:
   here *and*, when br_netfilter is loaded with bridge-nf-call-iptables=1 (the default
   in every new namespace), hairpin mode on the container's bridge port: br_netfilter
   DNATs in the bridge path and sends the frame back out of the port it came from.
+- The loopback guard (CVE-2020-8558): route_localnet on a bridge makes the kernel take
+  packets for 127.0.0.0/8 from it, so a container routing 127.0.0.1 via its gateway
+  (CAP_NET_ADMIN, or a raw socket) would reach services bound to the host's loopback.
+  Every IPv4 script therefore (re)writes chain `input` of `ip podnet` with one rule:
+  drop 127.0.0.0/8 that did not come in on lo and was not DNATed (`ct status dnat`:
+  the answers to the host's own 127.0.0.1:hostPort connections carry it), as
+  kube-proxy does. It is no attachment's rule: DEL, GC and resync leave it, like
+  route_localnet itself; CHECK reports it missing. IPv6 needs none: the kernel drops
+  ::1 arriving on any device but lo.
+- Every variable token goes through kernel/nftsyntax.py (addresses without scope IDs,
+  ports and handles as integers, fixed keywords, the quoted comment).
 - Each change is one `nft -f -` transaction: `add table`/`add chain` are no-ops when
   present, so creating the layout and the rules cannot half-succeed. Re-ADD of the same
   attachment replaces its rules in the same transaction (idempotent ADD).
@@ -21,10 +32,15 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from podnet import naming
+from podnet import addresses, naming
+from podnet.kernel import nftsyntax as tok
 from podnet.kernel.nat.parse import (
     FAMILIES,
+    GUARD_CHAIN,
+    GUARD_COMMENT,
     LOOPBACK4,
+    NAT_CHAINS,
+    PROTOCOLS,
     InstalledRule,
     IPAddress,
     IPInterface,
@@ -37,11 +53,14 @@ from podnet.kernel.nat.parse import (
 )
 
 TABLE = "podnet"
-CHAIN_SPECS = {
-    "prerouting": "type nat hook prerouting priority dstnat; policy accept;",
-    "output": "type nat hook output priority -100; policy accept;",
-    "postrouting": "type nat hook postrouting priority srcnat; policy accept;",
-}
+CHAIN_SPECS = dict(zip(NAT_CHAINS, (
+    "type nat hook prerouting priority dstnat; policy accept;",
+    "type nat hook output priority -100; policy accept;",
+    "type nat hook postrouting priority srcnat; policy accept;",
+), strict=True))
+GUARD_SPEC = "type filter hook input priority filter; policy accept;"
+GUARD = Rule("ip", GUARD_CHAIN, f'iif != "lo" ip daddr {tok.network(LOOPBACK4)} ct status & dnat == 0 counter drop')
+HANDLE_MAX = 2**64 - 1
 
 _NO_MASQ = {"ip": "224.0.0.0/4", "ip6": "ff00::/8"}  # never masquerade multicast
 
@@ -50,15 +69,21 @@ def comment(network: str, attach: str) -> str:
     return f"podnet:{naming.net_id(network)}:{attach}"
 
 
-def _net_text(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
-    """A network as nft prints it: a host route is a bare address, not a /32."""
-    if net.prefixlen == net.max_prefixlen:
-        return str(net.network_address)
-    return str(net)
-
-
 def _target(addr: IPAddress, port: int) -> str:
-    return f"[{addr}]:{port}" if addr.version == 6 else f"{addr}:{port}"
+    host = tok.address(addr)
+    return f"[{host}]:{tok.port(port)}" if addr.version == 6 else f"{host}:{tok.port(port)}"
+
+
+def _dnat_body(fam: str, m: PortMapping, cip: IPAddress) -> str:
+    host = m.host_match()
+    match = f"{fam} daddr {tok.address(host)}" if host is not None else "fib daddr type local"
+    proto = tok.keyword(m.protocol, PROTOCOLS)
+    return f"{match} {proto} dport {tok.port(m.host_port)} dnat to {_target(cip, m.container_port)}"
+
+
+def _masq_body(fam: str, ip: IPInterface, excluded: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
+    skip = [tok.network(ip.network), _NO_MASQ[fam], *(tok.network(n) for n in excluded if family_of(n) == fam)]
+    return f"{fam} saddr {tok.address(ip.ip)} " + "".join(f"{fam} daddr != {n} " for n in skip) + "masquerade"
 
 
 def plan_rules(
@@ -71,7 +96,7 @@ def plan_rules(
     destinations ipMasq leaves alone (Flannel does not masquerade pod-to-pod traffic
     inside the cluster CIDR, so the far pod sees the real client address)."""
     ips = list(container_ips)
-    excluded = [ipaddress.ip_network(c) for c in masq_exclude]
+    excluded = [addresses.network(c, "ipMasqExclude", strict=False) for c in masq_exclude]
     rules: list[Rule] = []
     for fam in FAMILIES:
         fam_ips = [i for i in ips if family_of(i) == fam]
@@ -80,53 +105,41 @@ def plan_rules(
         cip = fam_ips[0]
         fam_maps = [m for m in mappings if m.applies_to(fam)]
         for m in fam_maps:
-            host = m.host_match()
-            match = f"{fam} daddr {host}" if host is not None else "fib daddr type local"
-            body = (
-                f"{match} {m.protocol} dport {m.host_port} "
-                f"dnat to {_target(cip.ip, m.container_port)}"
-            )
+            body = _dnat_body(fam, m, cip.ip)
             rules.append(Rule(fam, "prerouting", body, map_key(m, fam)))
             rules.append(Rule(fam, "output", body))
         if fam_maps:
-            dnat_tail = f"{fam} daddr {cip.ip} ct status dnat masquerade"
-            rules.append(Rule(fam, "postrouting", f"{fam} saddr {cip.ip} {dnat_tail}"))
+            dnat_tail = f"{fam} daddr {tok.address(cip.ip)} ct status dnat masquerade"
+            rules.append(Rule(fam, "postrouting", f"{fam} saddr {tok.address(cip.ip)} {dnat_tail}"))
             if fam == "ip" and any(m.needs_localnet() for m in fam_maps):
-                rules.append(Rule(fam, "postrouting", f"ip saddr {LOOPBACK4} {dnat_tail}"))
+                rules.append(Rule(fam, "postrouting", f"ip saddr {tok.network(LOOPBACK4)} {dnat_tail}"))
             if cip.network.prefixlen < cip.network.max_prefixlen:
-                subnet = _net_text(cip.network)
-                rules.append(Rule(fam, "postrouting", f"{fam} saddr {subnet} {dnat_tail}"))
+                rules.append(Rule(fam, "postrouting", f"{fam} saddr {tok.network(cip.network)} {dnat_tail}"))
         if ip_masq:
-            for i in fam_ips:
-                rules.append(
-                    Rule(
-                        fam,
-                        "postrouting",
-                        f"{fam} saddr {i.ip} {fam} daddr != {_net_text(i.network)} "
-                        f"{fam} daddr != {_NO_MASQ[fam]} "
-                        + "".join(f"{fam} daddr != {_net_text(n)} " for n in excluded if family_of(n) == fam)
-                        + "masquerade",
-                    )
-                )
+            rules.extend(Rule(fam, "postrouting", _masq_body(fam, i, excluded)) for i in fam_ips)
     return rules
 
 
 def render_rules(network: str, attach: str, rules: list[Rule]) -> str:
-    """Layout (idempotent) plus `add rule` lines; "" when there are no rules."""
+    """Layout (idempotent, the IPv4 loopback guard rewritten) plus `add rule` lines;
+    "" when there are no rules."""
     if not rules:
         return ""
-    tag = comment(network, attach)
+    check_attach_id(attach)
+    tag = tok.comment(comment(network, attach))
     lines: list[str] = []
     for fam in FAMILIES:
         fam_rules = [r for r in rules if r.family == fam]
         if not fam_rules:
             continue
         lines.append(f"add table {fam} {TABLE}")
+        lines.extend(f"add chain {fam} {TABLE} {name} {{ {spec} }}" for name, spec in CHAIN_SPECS.items())
+        if fam == GUARD.family:
+            lines.append(f"add chain {fam} {TABLE} {GUARD_CHAIN} {{ {GUARD_SPEC} }}")
+            lines.append(f"flush chain {fam} {TABLE} {GUARD_CHAIN}")
+            lines.append(f"add rule {fam} {TABLE} {GUARD_CHAIN} {GUARD.body} comment {tok.comment(GUARD_COMMENT)}")
         lines.extend(
-            f"add chain {fam} {TABLE} {name} {{ {spec} }}" for name, spec in CHAIN_SPECS.items()
-        )
-        lines.extend(
-            f'add rule {fam} {TABLE} {r.chain} {r.body} comment "{tag}"' for r in fam_rules
+            f"add rule {fam} {TABLE} {tok.keyword(r.chain, NAT_CHAINS)} {r.body} comment {tag}" for r in fam_rules
         )
     return "\n".join(lines) + "\n"
 
@@ -147,4 +160,8 @@ def render_add(
 
 def render_delete(rules: Iterable[InstalledRule]) -> str:
     """`delete rule ... handle N` lines: handles make deletion exact, never by pattern."""
-    return "".join(f"delete rule {r.family} {TABLE} {r.chain} handle {r.handle}\n" for r in rules)
+    return "".join(
+        f"delete rule {tok.keyword(r.family, FAMILIES)} {TABLE} {tok.keyword(r.chain, NAT_CHAINS)} "
+        f"handle {tok.integer(r.handle, 1, HANDLE_MAX)}\n"
+        for r in rules
+    )

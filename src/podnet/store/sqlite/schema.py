@@ -56,6 +56,14 @@ def ensure_schema(pool: Pool, conn: sqlite3.Connection) -> None:
         raise map_error(exc, pool.path) from exc
 
 
+def require_file(path: str) -> None:
+    """A store that must exist already (the caller makes no stores)."""
+    if not os.path.isfile(path):
+        raise StoreError(f"store {path} does not exist",
+                         "check the path; podnet makes a store only where told to "
+                         "(podnet agent --init, podnet lab up, podnet network create)")
+
+
 def prepare_path(path: str) -> None:
     """Parent directory 0700 and the file 0600: reservations and leases are not
     every local user's business, and SQLite's -wal/-shm files copy the db's mode."""

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from podnet.store.base import Entry, Event, Store
 from podnet.store.sqlite.operations import Operations
 from podnet.store.sqlite.pool import Pool
-from podnet.store.sqlite.schema import ensure_schema, prepare_path
+from podnet.store.sqlite.schema import ensure_schema, prepare_path, require_file
 from podnet.store.sqlite.transactions import SqliteTx, Transactions
 from podnet.store.sqlite.watch import Tail
 
@@ -18,7 +18,9 @@ class SqliteStore(Store):
     """Store in one SQLite file (WAL). Safe for many threads and processes at once.
 
     busy_timeout: seconds one attempt waits for the write lock; attempts: how many
-    such waits before TryAgainLater. history: events kept for watch().
+    such waits before TryAgainLater. history: events kept for watch(). create: make
+    the file (and its directory) when missing; without it a missing file is a
+    StoreError naming the path (a mistyped path never becomes an empty store).
     """
 
     def __init__(
@@ -30,8 +32,11 @@ class SqliteStore(Store):
         history: int = 10_000,
         clock: Callable[[], float] = time.time,
         poll_interval: float = 0.05,
+        create: bool = True,
     ) -> None:
         self.path = os.fspath(path)
+        if not create:
+            require_file(self.path)
         # (no part holds the store: dropped without close(), it is freed at once, and
         # the pool's idle connections closed with it)
         self._pool = Pool(self.path, busy_timeout, max(1, attempts))
