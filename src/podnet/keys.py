@@ -35,6 +35,11 @@ CLUSTER_POLICIES = POLICY + "clusterpolicies/"
 TIERS = POLICY + "tiers/"
 HOST_ENDPOINTS = POLICY + "hostendpoints/"
 POLICY_SETTINGS = POLICY + "settings"
+SERVICES = "services/"
+ENDPOINT_SLICES = "endpointslices/"
+CLUSTER_IPS = "alloc/clusterips/"
+NODE_PORTS = "alloc/nodeports/"
+SERVICE_SETTINGS = "settings/services"
 # the objects that make a node keep a policy table (agent/policy_service.py)
 ENFORCING_POLICY = (NETWORK_POLICIES, CLUSTER_POLICIES)
 
@@ -71,6 +76,11 @@ FAMILIES: tuple[Family, ...] = (
     Family(CLUSTER_POLICIES, "policy/clusterpolicies/<name>", "ClusterPolicy (manifest)"),
     Family(TIERS, "policy/tiers/<name>", "Tier (manifest)"),
     Family(HOST_ENDPOINTS, "policy/hostendpoints/<name>", "HostEndpoint (manifest)"),
+    Family(SERVICES, "services/<namespace>/<name>", "Service (manifest)", since="0.2.0"),
+    Family(ENDPOINT_SLICES, "endpointslices/<namespace>/<name>", "EndpointSlice (manifest)", since="0.2.0"),
+    Family(CLUSTER_IPS, "alloc/clusterips/<address>", "ServiceClaim", since="0.2.0"),
+    Family(NODE_PORTS, "alloc/nodeports/<protocol>-<port>", "ServiceClaim", since="0.2.0"),
+    Family(SERVICE_SETTINGS, "settings/services", "ServiceSettings", since="0.2.0"),
 )
 
 
@@ -175,6 +185,18 @@ def none_left(what: str) -> str:
 
 def pod(namespace: str, name: str) -> str:
     return f"{PODS}{segment(namespace, 'namespace')}/{segment(name, 'pod name')}"
+
+
+def cluster_ip(address: str) -> str:
+    """The claim of one ClusterIP: whoever writes it first owns the address."""
+    return CLUSTER_IPS + segment(address, "address")
+
+
+def node_port(protocol: str, port: int) -> str:
+    """The claim of one node port (every node's, as NodePorts are cluster-wide)."""
+    if protocol not in ("tcp", "udp") or not 1 <= int(port) <= 65535:
+        raise BadKey(f"no node port key for {protocol!r} {port!r}")
+    return f"{NODE_PORTS}{protocol}-{int(port)}"
 
 
 def object_key(prefix: str, name: str, namespace: str | None = None) -> str:

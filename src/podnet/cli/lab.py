@@ -12,6 +12,7 @@ from podnet.cli.target import add_target_options, lab_name
 from podnet.defaults import FABRIC_NAMES
 from podnet.errors import PodnetError
 from podnet.kernel.gso import BIG_TCP as NIC_GSO
+from podnet.model.service import DEFAULT_SERVICE_CIDR, ServiceSettings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--fabric", choices=FABRIC_NAMES, default="vxlan", help="how nodes reach each other's pods")
     up.add_argument("--store", choices=("sqlite", "etcd"), default="sqlite",
                     help="shared cluster store: one SQLite file, or a 3-member etcd cluster in the lab")
+    up.add_argument("--service-cidr", default=DEFAULT_SERVICE_CIDR,
+                    help=f"where ClusterIPs come from (default {DEFAULT_SERVICE_CIDR})")
     up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each daemon (default 30)")
     up.add_argument("--lease-ttl", type=float, default=None,
                     help="the agents' node lease TTL in seconds (default 10): a dead node is reclaimed after it")
@@ -94,7 +97,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     if not 65536 <= args.nic_gso <= 524280:
         fail("--nic-gso must be between 65536 and 524280 bytes")
+    ServiceSettings(args.service_cidr)  # refused here, before anything is built
     builder = LabBuilder(topology, LabOptions(name, args.fabric, args.store, timeout=args.timeout,
+                                            service_cidr=args.service_cidr,
                                             nic_gso=args.nic_gso,
                                             **({"lease_ttl": args.lease_ttl} if args.lease_ttl else {})), progress)
     if builder.simulate:

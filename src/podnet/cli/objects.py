@@ -29,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     delete.set_defaults(func=_cmd_delete)
 
     get = sub.add_parser("get", help="list objects: namespaces, networkpolicies, clusterpolicies, "
-                                     "tiers, hostendpoints, pods, nodes")
-    get.add_argument("kind", help="a kind or its short name (ns, netpol, cp, hep, po, no)")
+                                     "tiers, hostendpoints, pods, nodes, services, endpointslices")
+    get.add_argument("kind", help="a kind or its short name (ns, netpol, cp, hep, po, no, svc, eps)")
     get.add_argument("-n", "--namespace", help="only this namespace (namespaced kinds)")
     get.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")
     add_target_options(get)
@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     describe = sub.add_parser("describe", help="one object and what the cluster made of it "
                                                "(a pod: its node, IPs and the policies selecting it)")
-    describe.add_argument("kind", help="a kind or its short name (ns, netpol, cp, tiers, hep, po, no)")
+    describe.add_argument("kind", help="a kind or its short name (ns, netpol, cp, tiers, hep, po, no, svc, eps)")
     describe.add_argument("name", metavar="NAME|NS/NAME", help="the object; NS/NAME for namespaced kinds")
     describe.add_argument("-n", "--namespace", help="the namespace of NAME (default: default)")
     describe.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")

@@ -44,6 +44,7 @@ from podnet.lab.underlay import (
     set_nic_gso,
     set_sysctls,
 )
+from podnet.model.service import DEFAULT_SERVICE_CIDR
 from podnet.state import StatePaths
 
 CLUSTER_CONFLIST = "cluster.conflist"
@@ -58,6 +59,7 @@ class LabOptions:
     fabric: str = "vxlan"
     store: str = "sqlite"
     cluster_cidr: str = topo.CLUSTER_CIDR
+    service_cidr: str = DEFAULT_SERVICE_CIDR  # ClusterIPs (`lab up --service-cidr`)
     timeout: float = 30.0
     lease_ttl: float = LEASE_TTL  # the agents' --lease-ttl (reliability tests shorten it)
     nic_gso: int = NIC_GSO  # GSO/GRO limit of the lab's "NICs" (65536: no BIG TCP)
@@ -210,6 +212,7 @@ class LabBuilder:
 
     def start_agents(self, store: str) -> None:
         self.st.data["store_url"] = store
+        self.st.data["service_cidr"] = self.o.service_cidr
         for node in self.t.nodes:
             info = self.st.data["nodes"][node.name]
             state_dir = Path(info["state_dir"])

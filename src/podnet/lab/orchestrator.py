@@ -38,6 +38,7 @@ def needs_lab_namespace(url: str) -> bool:
 def register(name: str) -> int:
     from podnet.model.cluster import HostRecord
     from podnet.model.policy import PodRecord
+    from podnet.model.service import ServiceSettings
     from podnet.objects.store import register_pods
     from podnet.store import open_store
 
@@ -54,6 +55,8 @@ def register(name: str) -> int:
     for ns in state.data.get("namespace_labels", {}).items():
         namespaces[ns[0]] = dict(ns[1])
     with open_store(state.data["store_url"]) as store:
+        if state.data.get("service_cidr") and store.get(keys.SERVICE_SETTINGS) is None:
+            store.put(keys.SERVICE_SETTINGS, ServiceSettings(state.data["service_cidr"]).encode())
         register_pods(store, pods, namespaces)
         for host, entry in (state.data.get("hosts") or {}).items():
             store.put(keys.host(host), HostRecord(entry["underlay"], entry["rack"]).encode())

@@ -17,6 +17,7 @@ from podnet.model.endpoint import EndpointRecord
 from podnet.model.ipam import Reservation
 from podnet.model.network import NetworkRecord
 from podnet.model.policy import PodRecord, PolicySettings
+from podnet.model.service import ServiceClaim, ServiceSettings
 from podnet.store.base import Entry
 
 RECORD_TYPES: dict[str, type] = {
@@ -28,6 +29,9 @@ RECORD_TYPES: dict[str, type] = {
     keys.HOSTS: HostRecord,
     keys.PODS: PodRecord,
     keys.POLICY_SETTINGS: PolicySettings,
+    keys.CLUSTER_IPS: ServiceClaim,
+    keys.NODE_PORTS: ServiceClaim,
+    keys.SERVICE_SETTINGS: ServiceSettings,
 }
 
 
@@ -44,8 +48,9 @@ def decode(entry: Entry) -> Any:
             raise CorruptRecord(f"{entry.key}: expected a path")
         return path
     for prefix, record in RECORD_TYPES.items():
-        if entry.key.startswith(prefix) and (prefix != keys.POLICY_SETTINGS or entry.key == prefix):
+        exact = prefix in (keys.POLICY_SETTINGS, keys.SERVICE_SETTINGS)
+        if entry.key.startswith(prefix) and (not exact or entry.key == prefix):
             return record.from_json(parse_json(entry.value, entry.key), entry.key)
-    if entry.key.startswith(keys.POLICY):
+    if entry.key.startswith((keys.POLICY, keys.SERVICES, keys.ENDPOINT_SLICES)):  # object manifests
         return None
     raise CorruptRecord(f"{entry.key!r} belongs to no key family")

@@ -4,7 +4,8 @@
     podnet get|describe KIND lookup(KIND)    -> the kind's prefix, columns, describe
 
 Adding a kind is one module that declares it (a `Kind`, see schema/kind.py; the
-policy kinds are in policy/kinds.py, Node in cluster/kinds.py) plus its line below.
+policy kinds are in policy/kinds.py, Node in cluster/kinds.py, Service and
+EndpointSlice in services/kinds.py) plus its line below.
 Nothing else lists kinds: the CLI, the store operations and the agents go through
 this table. Pure: a kind's parser never touches the store.
 """
@@ -19,10 +20,12 @@ from podnet.errors import ObjectError
 from podnet.policy.kinds import POLICY_KINDS
 from podnet.schema.fields import Loc, mapping
 from podnet.schema.kind import ENVELOPE, Kind
+from podnet.services.kinds import SERVICE_KINDS
 
 KINDS: tuple[Kind, ...] = (
     *POLICY_KINDS,
     *CLUSTER_KINDS,
+    *SERVICE_KINDS,
 )
 _BY_KIND = {kind.kind: kind for kind in KINDS}
 _BY_NAME = {name: kind for kind in KINDS for name in kind.names}
@@ -49,11 +52,13 @@ def applicable() -> list[str]:
 def parse_document(doc: Mapping[str, Any], index: int) -> Any:
     """One manifest (already loaded from YAML) into its frozen object."""
     loc = Loc(f"document {index}")
-    doc = mapping(doc, loc, ENVELOPE)
+    doc = mapping(doc, loc)
     kind = _BY_KIND.get(doc.get("kind"))  # type: ignore[arg-type]
     if kind is None or kind.parse is None:
         raise loc.field("kind").error(f"{doc.get('kind')!r} is not a kind podnet apply takes",
                                       f"podnet apply knows {', '.join(applicable())}")
+    if kind.reads == ("spec",):
+        mapping(doc, loc, ENVELOPE)
     return kind.parse_manifest(doc, loc)
 
 

@@ -49,8 +49,11 @@ def apply(store: Store, objects: Sequence[Any]) -> list[Change]:
         if any(obj.key.startswith(keys.ENFORCING_POLICY) for obj in objects):
             tx.delete(keys.none_left("policy"))  # there is policy again
         for obj in objects:
-            value = dumps(obj.to_dict())
             old = tx.get(obj.key)
+            kind = kind_of_key(obj.key)
+            if kind is not None and kind.admit is not None:  # what the API server fills in (a ClusterIP)
+                obj = kind.admit(tx, obj, None if old is None else old.json())
+            value = dumps(obj.to_dict())
             if old is not None and old.value == value:
                 changes.append(Change(obj.key, "unchanged"))
                 continue
@@ -63,11 +66,21 @@ def delete(store: Store, objects: Sequence[Any]) -> list[Change]:
     """Delete every object named (its spec is not compared), in one transaction; the
     last policy deleted leaves the marker that there is none on purpose."""
     with store.transaction() as tx:
-        changes = [Change(obj.key, "deleted" if tx.delete(obj.key) else "not found") for obj in objects]
+        changes = [Change(obj.key, "deleted" if _delete(tx, obj.key) else "not found") for obj in objects]
         if any(c.what == "deleted" and c.key.startswith(keys.ENFORCING_POLICY) for c in changes) and not any(
                 tx.list(prefix) for prefix in keys.ENFORCING_POLICY):
             tx.put(keys.none_left("policy"), dumps({"deletedAt": time.time()}))
         return changes
+
+
+def _delete(tx: Store, key: str) -> bool:
+    """Delete one object and what goes with it (a Service's claims)."""
+    kind = kind_of_key(key)
+    if kind is not None and kind.release is not None:
+        entry = tx.get(key)
+        if entry is not None:
+            kind.release(tx, entry.json())
+    return tx.delete(key)
 
 
 def get(store: Store, kind: Kind, namespace: str | None = None) -> list[dict[str, Any]]:

@@ -64,6 +64,16 @@ class Kind:
     describe: Callable[[Mapping[str, Any], Any], list[Section]] | None = None
     # the manifest of a stored value, when the store does not keep a manifest
     manifest: Callable[[Any], dict[str, Any]] | None = None
+    # the top-level fields the parser reads besides the metadata: ("spec",) hands it
+    # the spec itself; others (EndpointSlice keeps its body at the top level, Service
+    # reads its status too) get a mapping of the fields given
+    reads: tuple[str, ...] = ("spec",)
+    # (transaction, parsed object, stored manifest or None) -> the object to store:
+    # what the API server decides on create/update (a Service's ClusterIP), in apply's
+    # transaction
+    admit: Callable[[Any, Any, Mapping[str, Any] | None], Any] | None = None
+    # (transaction, stored manifest): what goes with a deleted object (its claims)
+    release: Callable[[Any, Mapping[str, Any]], None] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -109,6 +119,9 @@ class Kind:
             raise loc.field("apiVersion").error(
                 f"{doc.get('apiVersion')!r} is not the apiVersion of {self.kind}",
                 f"use apiVersion: {self.api_version}")
+        if self.reads != ("spec",):
+            mapping(doc, loc, ("apiVersion", "kind", "metadata", *self.reads))
+            return self.parse(self.metadata(doc, loc), {k: doc[k] for k in self.reads if k in doc})
         return self.parse(self.metadata(doc, loc), doc.get("spec"))
 
 

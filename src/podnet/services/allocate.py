@@ -1,0 +1,164 @@
+"""ClusterIPs and node ports: what the API server hands out when a Service is applied.
+
+Each address and port is claimed under its own key (keys.cluster_ip, keys.node_port)
+in the same store transaction that writes the Service, so two applies racing for one
+address cannot both win (SQLite serialises; etcd's transaction compares revisions and
+one side retries). The stored manifest carries what was given, so re-applying a file
+without `clusterIP` keeps the address, and a changed one is refused (immutable, as in
+Kubernetes). Deleting a service, or a port or type change that drops a node port,
+frees the claims in the same transaction.
+
+Dynamic ClusterIPs come from above the static band (the lowest min(max(16, n/16), 256)
+addresses, as Kubernetes keeps them for services that ask for an address, such as
+the DNS service's .10), chosen at random and probed, then by a scan when the range
+is nearly full.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from typing import Any
+
+from podnet import keys
+from podnet.errors import ObjectError
+from podnet.model.service import ServiceClaim, ServiceSettings
+from podnet.services.objects import HEADLESS, Service
+from podnet.store.base import Store
+
+RANDOM_PROBES = 64
+
+
+def settings(store: Store) -> ServiceSettings:
+    entry = store.get(keys.SERVICE_SETTINGS)
+    return ServiceSettings() if entry is None else ServiceSettings.from_json(entry.json(), entry.key)
+
+
+def _owner(store: Store, key: str) -> str | None:
+    entry = store.get(key)
+    return None if entry is None else ServiceClaim.from_json(entry.json(), entry.key).service
+
+
+def _claim(store: Store, key: str, svc: Service, what: str, where: str) -> None:
+    owner = _owner(store, key)
+    if owner is not None and owner != svc.ref:
+        raise ObjectError(f"Service {svc.ref}: {where}: {what} is already allocated to service {owner}")
+    if owner is None:
+        store.put(key, ServiceClaim(svc.ref).encode())
+
+
+def _static_band(size: int) -> int:
+    return min(max(16, size // 16), 256)
+
+
+def _pick_address(store: Store, net: ipaddress.IPv4Network | ipaddress.IPv6Network, ref: str) -> str:
+    first, last = _static_band(net.num_addresses), net.num_addresses - 2  # no network or broadcast address
+    if first > last:
+        first = 1
+    for _ in range(RANDOM_PROBES):
+        candidate = str(net.network_address + random.randint(first, last))
+        if store.get(keys.cluster_ip(candidate)) is None:
+            return candidate
+    taken = {keys.object_ref(keys.CLUSTER_IPS, e.key) for e in store.list(keys.CLUSTER_IPS)}
+    for offset in [*range(first, last + 1), *range(1, first)]:
+        candidate = str(net.network_address + offset)
+        if candidate not in taken:
+            return candidate
+    raise ObjectError(f"Service {ref}: the service CIDR {net} is full", "delete services or widen the range")
+
+
+def _requested_address(svc: Service, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
+    ip = ipaddress.ip_address(svc.cluster_ip)
+    if ip not in net or ip in (net.network_address, net.broadcast_address):
+        raise ObjectError(f"Service {svc.ref}: spec.clusterIP: {ip} is not a usable address of the "
+                          f"service CIDR {net}")
+    return str(ip)
+
+
+def _cluster_ip(store: Store, svc: Service, old: Service | None, net: Any) -> str:
+    if old is not None and old.cluster_ip:
+        if svc.cluster_ip and svc.cluster_ip != old.cluster_ip:
+            raise ObjectError(f"Service {svc.ref}: spec.clusterIP: {svc.cluster_ip!r} differs from "
+                              f"{old.cluster_ip!r}, and it is immutable",
+                              "delete the service and apply it again to change it")
+        return old.cluster_ip
+    if svc.cluster_ip == HEADLESS:
+        return HEADLESS
+    address = _requested_address(svc, net) if svc.cluster_ip else _pick_address(store, net, svc.ref)
+    _claim(store, keys.cluster_ip(address), svc, f"clusterIP {address}", "spec.clusterIP")
+    return address
+
+
+def _node_ports(store: Store, svc: Service, old: Service | None,
+                span: tuple[int, int]) -> dict[tuple[int, str], int]:
+    if not svc.uses_node_ports:
+        return {}
+    kept = {(p.port, p.protocol): p.node_port for p in (old.ports if old else ()) if p.node_port is not None}
+    low, high = span
+    out: dict[tuple[int, str], int] = {}
+    taken: set[tuple[str, int]] = set()
+    for i, port in enumerate(svc.ports):
+        where = f"spec.ports[{i}].nodePort"
+        number = port.node_port or kept.get((port.port, port.protocol))
+        if number is not None and not low <= number <= high:
+            raise ObjectError(f"Service {svc.ref}: {where}: {number} is outside the node port range {low}-{high}")
+        if number is None:
+            number = _pick_port(store, port.protocol.lower(), span, taken, svc.ref)
+        if (port.protocol, number) in taken:
+            raise ObjectError(f"Service {svc.ref}: {where}: {number}/{port.protocol} is used twice")
+        taken.add((port.protocol, number))
+        _claim(store, keys.node_port(port.protocol.lower(), number), svc, f"node port {number}/{port.protocol}",
+               where)
+        out[(port.port, port.protocol)] = number
+    return out
+
+
+def _pick_port(store: Store, protocol: str, span: tuple[int, int], taken: set[tuple[str, int]], ref: str) -> int:
+    low, high = span
+    for _ in range(RANDOM_PROBES):
+        number = random.randint(low, high)
+        if (protocol.upper(), number) not in taken and store.get(keys.node_port(protocol, number)) is None:
+            return number
+    claimed = {e.key for e in store.list(keys.NODE_PORTS)}
+    for number in range(low, high + 1):
+        if (protocol.upper(), number) not in taken and keys.node_port(protocol, number) not in claimed:
+            return number
+    raise ObjectError(f"Service {ref}: every node port of {low}-{high} is taken")
+
+
+def _claims(svc: Service) -> set[str]:
+    out = {keys.node_port(p.protocol.lower(), p.node_port) for p in svc.ports if p.node_port is not None}
+    if svc.cluster_ip and svc.cluster_ip != HEADLESS:
+        out.add(keys.cluster_ip(svc.cluster_ip))
+    return out
+
+
+def _free(store: Store, svc: Service, claims: set[str]) -> None:
+    for key in sorted(claims):
+        if _owner(store, key) == svc.ref:
+            store.delete(key)
+
+
+def admit(store: Store, svc: Service, old: Service | None) -> Service:
+    """`svc` with its ClusterIP and node ports given and claimed; what `old` held and
+    `svc` no longer does is freed. Runs inside the caller's transaction."""
+    conf = settings(store)
+    allocated = svc.with_allocation(_cluster_ip(store, svc, old, conf.network),
+                                    _node_ports(store, svc, old, conf.node_ports))
+    if old is not None:
+        _free(store, old, _claims(old) - _claims(allocated))
+    return allocated
+
+
+def release(store: Store, old: Service) -> None:
+    """Free everything a deleted service held."""
+    _free(store, old, _claims(old))
+
+
+def release_owned(store: Store, ref: str) -> None:
+    """Free every claim of service `ref` (found by scanning: for a manifest that can
+    no longer be read)."""
+    for prefix in (keys.CLUSTER_IPS, keys.NODE_PORTS):
+        for entry in store.list(prefix):
+            if ServiceClaim.from_json(entry.json(), entry.key).service == ref:
+                store.delete(entry.key)
