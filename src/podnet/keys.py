@@ -40,6 +40,7 @@ ENDPOINT_SLICES = "endpointslices/"
 CLUSTER_IPS = "alloc/clusterips/"
 NODE_PORTS = "alloc/nodeports/"
 SERVICE_SETTINGS = "settings/services"
+READINESS = "readiness/"
 # the objects that make a node keep a policy table (agent/policy_service.py)
 ENFORCING_POLICY = (NETWORK_POLICIES, CLUSTER_POLICIES)
 
@@ -81,6 +82,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(CLUSTER_IPS, "alloc/clusterips/<address>", "ServiceClaim", since="0.2.0"),
     Family(NODE_PORTS, "alloc/nodeports/<protocol>-<port>", "ServiceClaim", since="0.2.0"),
     Family(SERVICE_SETTINGS, "settings/services", "ServiceSettings", since="0.2.0"),
+    Family(READINESS, "readiness/<namespace>/<pod>", "Readiness", since="0.2.0"),
 )
 
 
@@ -197,6 +199,11 @@ def node_port(protocol: str, port: int) -> str:
     if protocol not in ("tcp", "udp") or not 1 <= int(port) <= 65535:
         raise BadKey(f"no node port key for {protocol!r} {port!r}")
     return f"{NODE_PORTS}{protocol}-{int(port)}"
+
+
+def readiness(namespace: str, pod_name: str) -> str:
+    """A probed pod's readiness, written by the node that runs it."""
+    return f"{READINESS}{segment(namespace, 'namespace')}/{segment(pod_name, 'pod name')}"
 
 
 def object_key(prefix: str, name: str, namespace: str | None = None) -> str:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from test_fabric_cluster import eventually
 
 from podnet.lab.sandbox import stop_process
 from podnet.objects import store as object_store
@@ -246,13 +247,19 @@ def test_flows_name_the_rule_that_decided(lab):
         t0 = time.time()
         got = lab.probe()
         assert not got[(80, "TCP")]["z/a"]["x/b"] and not got[(81, "UDP")]["y/a"]["z/c"]
-        out = cli("flows", "--lab", lab.name, "--pod", "x/b", "--verdict", "deny", "--since", str(time.time() - t0),
-                  "-o", "json")
-        assert out.returncode == 0, out.stderr
         # (a verdict is timestamped when the agent reads it: one of an earlier test may
-        # be read late, so only this test's rules are looked at)
+        # be read late, so only this test's rules are looked at; and the agents read the
+        # log on their own threads, so a loaded machine may show them a moment later)
         ours = {"isolated:x/deny ingress", "cp:default/no-udp-81 egress[0] no-udp"}
-        flows = [f for f in json.loads(out.stdout) if f["rule"] in ours]
+
+        def ours_logged() -> list[dict]:
+            out = cli("flows", "--lab", lab.name, "--pod", "x/b", "--verdict", "deny", "--since",
+                      str(time.time() - t0), "-o", "json")
+            assert out.returncode == 0, out.stderr
+            found = [f for f in json.loads(out.stdout) if f["rule"] in ours]
+            return found if {f["rule"] for f in found} == ours else []
+
+        flows = eventually(ours_logged, 10) or ours_logged()
         odd = [f for f in flows if f["dst"] != lab.ip("x/b") or f["verdict"] != "deny"]
         assert flows and not odd, json.dumps(odd)
         # x/b is isolated; y's UDP 81 egress is also denied on y's side, by its own rule

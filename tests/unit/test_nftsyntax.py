@@ -69,3 +69,11 @@ def test_integers_ports_keywords_elements():
     assert tok.elements(['"a"', '"b"']) == '{ "a", "b" }'
     with pytest.raises(InvalidConfig):
         tok.elements([])
+
+
+def test_identifier():
+    assert tok.identifier("svc4-abc123") == "svc4-abc123"
+    assert tok.identifier("a" * 64) == "a" * 64
+    for bad in ("", "4svc", "-x", "a" * 65, "a b", "a;b", 'a"', "a.b", "a/b", "a\nb", "é", None, 7):
+        with pytest.raises(InvalidConfig):
+            tok.identifier(bad)

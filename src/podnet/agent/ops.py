@@ -17,6 +17,8 @@ from podnet.agent.dns_service import dns_service
 from podnet.agent.isolation_service import IsolationService
 from podnet.agent.node_service import NodeService
 from podnet.agent.policy_service import PolicyService
+from podnet.agent.readiness_service import ReadinessService
+from podnet.agent.services_service import ServicesService
 from podnet.agent.supervisor_service import SupervisorService
 
 # name -> factory(agent); order is start order (stop runs in reverse)
@@ -26,6 +28,8 @@ SERVICES: dict[str, Callable[[AgentContext], AgentService]] = {
     "supervisor": SupervisorService,  # parent of detached containers; finishes dead ones
     "node": NodeService,  # --node: lease a block, render cluster.conflist, converge the fabric
     "policy": PolicyService,  # --node: policy/ in the cluster store -> inet podnet-policy; flows
+    "readiness": ReadinessService,  # --node: probes this node's pods, publishes readiness/
+    "services": ServicesService,  # --node: services/, endpointslices/, pods -> inet podnet-svc
 }
 
 

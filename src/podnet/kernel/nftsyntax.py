@@ -16,6 +16,8 @@ one token ever reaches a script:
   as its bare address, as nft prints it back.
 - `integer(value, lo, hi)`: a decimal integer in range (ports, handles).
 - `keyword(value, allowed)`: one of a fixed set of words (families, protocols, chains).
+- `identifier(name)`: a name made from data (a chain, set or map named after a
+  service): a letter, then letters, digits, `_` or `-`, at most 64 bytes.
 - `elements(tokens)`: an anonymous set `{ a, b }` of tokens made here.
 """
 
@@ -99,6 +101,14 @@ def keyword(value: str, allowed: Collection[str]) -> str:
     if not isinstance(value, str) or value not in allowed or not _IDENTIFIER.fullmatch(value):
         raise InvalidConfig(f"{value!r} is not one of {', '.join(sorted(allowed))}")
     return value
+
+
+def identifier(name: str) -> str:
+    """A table, chain, set or map name built from data, as is (nft reads it as one word)."""
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
+        raise InvalidConfig(f"{name!r} is not an nft name (a letter, then letters, digits, '_' or '-'; "
+                            "at most 64 bytes)")
+    return name
 
 
 def elements(tokens: Iterable[str]) -> str:

@@ -284,7 +284,8 @@ class LabBuilder:
             ready = self.st.labdir / "ready" / f"node-{node}"
             proc = f"echo/{node}"
             pid = self.spawn(proc, self.st.data["nodes"][node]["netns"],
-                             [sys.executable, "-m", "podnet.lab.echo", "--spec", str(spec), "--ready", str(ready)])
+                             [sys.executable, "-m", "podnet.lab.echo", "--spec", str(spec), "--ready", str(ready),
+                              "--report-peer"])
             for pod in pods:
                 self.st.data["pods"][pod.key].update(echo_proc=proc, echo_pid=pid)
         self.st.save()
@@ -299,7 +300,10 @@ class LabBuilder:
         for pod in self.t.pods:
             self.st.data["pods"][pod.key]["named_ports"] = [
                 {"name": p.name, "port": p.port, "protocol": p.protocol} for p in pod.ports]
+            if pod.readiness is not None:
+                self.st.data["pods"][pod.key]["readiness"] = pod.readiness.to_dict()
         self.st.data["namespace_labels"] = {ns.name: dict(ns.labels) for ns in self.t.namespaces}
+        self.st.data["services"] = [dict(doc) for doc in self.t.services]
         self.st.save()
         from podnet.lab.orchestrator import in_lab_argv
 

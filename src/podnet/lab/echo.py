@@ -4,7 +4,8 @@ every declared port, so probes learn *who* answered.
 
 - TCP: each line received is answered with `<name> <line>`; a request that starts like
   HTTP (`GET /...`) gets an HTTP/1.0 200 whose body is `<name>\\n`, so curl and urllib
-  work too. With `--report-peer` (the lab's outside world), `GET /peer` answers with
+  work too. With `--report-peer` (the outside world and pods: services check which source
+  address a backend sees), `GET /peer` answers with
   the client's address instead, so a probe can verify masquerade.
 - UDP (IPv4): every datagram is answered with `<name>`, from the address it was sent to.
 

@@ -38,8 +38,10 @@ def needs_lab_namespace(url: str) -> bool:
 def register(name: str) -> int:
     from podnet.model.cluster import HostRecord
     from podnet.model.policy import PodRecord
+    from podnet.model.probe import parse_probe
     from podnet.model.service import ServiceSettings
-    from podnet.objects.store import register_pods
+    from podnet.objects.registry import parse_documents
+    from podnet.objects.store import apply, register_pods
     from podnet.store import open_store
 
     state = LabState.load(name)
@@ -49,15 +51,19 @@ def register(name: str) -> int:
         namespaces.setdefault(namespace, {})
         ports = tuple({"name": p.get("name", ""), "port": int(p["port"]), "protocol": p["protocol"]}
                       for p in pod.get("named_ports", []))
+        readiness = parse_probe(pod["readiness"]) if pod.get("readiness") else None
         pods.append(PodRecord(namespace, pod_name, pod.get("node", ""),
                               tuple(ip.split("/")[0] for ip in pod.get("ips", [])),
-                              dict(pod.get("labels") or {}), ports))
+                              dict(pod.get("labels") or {}), ports, readiness))
     for ns in state.data.get("namespace_labels", {}).items():
         namespaces[ns[0]] = dict(ns[1])
     with open_store(state.data["store_url"]) as store:
         if state.data.get("service_cidr") and store.get(keys.SERVICE_SETTINGS) is None:
             store.put(keys.SERVICE_SETTINGS, ServiceSettings(state.data["service_cidr"]).encode())
         register_pods(store, pods, namespaces)
+        services = state.data.get("services") or []
+        if services:  # the topology's services, once their pods exist
+            apply(store, parse_documents(services))
         for host, entry in (state.data.get("hosts") or {}).items():
             store.put(keys.host(host), HostRecord(entry["underlay"], entry["rack"]).encode())
     return 0

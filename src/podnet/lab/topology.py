@@ -23,8 +23,13 @@ YAML format::
         node: node0
         labels: {app: web}
         ports: [{port: 80, protocol: TCP, name: http}, {port: 53, protocol: UDP}]
+        readinessProbe: {tcpSocket: {port: http}, periodSeconds: 1}
+    services:               # Kubernetes v1 Service manifests, applied once pods exist
+      - metadata: {name: web, namespace: shop}
+        spec: {selector: {app: web}, ports: [{port: 80, targetPort: http}]}
 
-The namespace `default` always exists; `rack` defaults to 0; `ports` to none.
+The namespace `default` always exists; `rack` defaults to 0; `ports` to none. A
+service's apiVersion and kind may be left out (they can only be v1 Service).
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from podnet.errors import PodnetError
+from podnet.errors import InvalidConfig, PodnetError
+from podnet.model.probe import ReadinessProbe, parse_probe
 
 UNDERLAY_PREFIX = "172.31"
 ROUTER_HOST = 1
@@ -91,6 +97,7 @@ class Pod:
     node: str
     labels: Mapping[str, str] = field(default_factory=dict)
     ports: tuple[Port, ...] = ()
+    readiness: ReadinessProbe | None = None
 
     @property
     def key(self) -> str:
@@ -103,6 +110,7 @@ class Topology:
     nodes: tuple[Node, ...]
     namespaces: tuple[Namespace, ...]
     pods: tuple[Pod, ...]
+    services: tuple[Mapping, ...] = ()  # Service manifests, checked by the object registry
 
     @property
     def racks(self) -> int:
@@ -181,11 +189,27 @@ def load(path: str | Path) -> Topology:
 
 def parse(data: object) -> Topology:
     """Validate a decoded topology document."""
-    doc = _mapping(data, "the topology", {"nodes", "namespaces", "pods"})
+    doc = _mapping(data, "the topology", {"nodes", "namespaces", "pods", "services"})
     nodes = _parse_nodes(_list(doc.get("nodes"), "nodes"))
     namespaces = _parse_namespaces(_list(doc.get("namespaces") or [], "namespaces"))
     pods = _parse_pods(_list(doc.get("pods") or [], "pods"), {n.name for n in nodes}, {n.name for n in namespaces})
-    return Topology(nodes, namespaces, pods)
+    return Topology(nodes, namespaces, pods, _parse_services(_list(doc.get("services") or [], "services")))
+
+
+def _parse_services(items: list) -> tuple[Mapping, ...]:
+    """Service manifests (apiVersion v1 and kind Service by default), parsed now so a
+    bad one stops `lab up` before anything is built."""
+    from podnet.errors import ObjectError
+    from podnet.objects.registry import parse_documents
+
+    docs = [{"apiVersion": "v1", "kind": "Service", **_mapping(item, f"services[{i}]",
+                                                                 {"apiVersion", "kind", "metadata", "spec", "status"})}
+            for i, item in enumerate(items)]
+    try:
+        parse_documents(docs)
+    except ObjectError as exc:
+        raise TopologyError(f"services: {exc.msg}", exc.details) from None
+    return tuple(docs)
 
 
 def _parse_nodes(items: list) -> tuple[Node, ...]:
@@ -233,7 +257,7 @@ def _parse_pods(items: list, nodes: set[str], namespaces: set[str]) -> tuple[Pod
     pods = []
     for i, item in enumerate(items):
         where = f"pods[{i}]"
-        raw = _mapping(item, where, {"name", "namespace", "node", "labels", "ports"})
+        raw = _mapping(item, where, {"name", "namespace", "node", "labels", "ports", "readinessProbe"})
         name = check_name(raw.get("name"), f"{where}.name")
         namespace = raw.get("namespace", "default")
         if namespace not in namespaces:
@@ -246,7 +270,15 @@ def _parse_pods(items: list, nodes: set[str], namespaces: set[str]) -> tuple[Pod
             raise TopologyError(f"pod {namespace}/{name} is declared twice")
         seen.add((namespace, name))
         ports = _ports(_list(raw.get("ports") or [], f"{where}.ports"), f"{where}.ports")
-        pods.append(Pod(name, namespace, node, _labels(raw.get("labels"), f"{where}.labels"), ports))
+        readiness = None
+        if raw.get("readinessProbe") is not None:
+            try:
+                readiness = parse_probe(raw["readinessProbe"], f"{where}.readinessProbe")
+            except InvalidConfig as exc:
+                raise TopologyError(exc.msg, exc.details) from None
+            if isinstance(readiness.port, str) and readiness.port not in {p.name for p in ports}:
+                raise TopologyError(f"{where}.readinessProbe: the pod has no port named {readiness.port!r}")
+        pods.append(Pod(name, namespace, node, _labels(raw.get("labels"), f"{where}.labels"), ports, readiness))
     return tuple(pods)
 
 

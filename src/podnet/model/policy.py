@@ -17,6 +17,7 @@ from typing import Any
 from podnet import addresses, keys
 from podnet.errors import InvalidConfig
 from podnet.model.base import Fields
+from podnet.model.probe import ReadinessProbe, parse_probe
 from podnet.store.base import dumps
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
@@ -30,16 +31,26 @@ class PodRecord:
     ips: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     ports: tuple[Mapping[str, Any], ...] = ()  # {"name", "port", "protocol"}
+    readiness: ReadinessProbe | None = None  # probed by the pod's node (agent/readiness_service.py)
 
     @property
     def key(self) -> str:
         return keys.pod(self.namespace, self.name)
 
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def named_ports(self, protocol: str = "TCP") -> dict[str, int]:
+        return {p["name"]: p["port"] for p in self.ports if p.get("name") and p.get("protocol", "TCP") == protocol}
+
     def to_json(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"nodeName": self.node, "ports": [dict(p) for p in self.ports]}
+        if self.readiness is not None:  # only then: records of 0.1.0 encode to the same bytes
+            spec["readinessProbe"] = self.readiness.to_dict()
         return {"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": self.name, "namespace": self.namespace, "labels": dict(self.labels)},
-                "spec": {"nodeName": self.node, "ports": [dict(p) for p in self.ports]},
-                "status": {"podIPs": list(self.ips)}}
+                "spec": spec, "status": {"podIPs": list(self.ips)}}
 
     def encode(self) -> str:
         return dumps(self.to_json())
@@ -69,10 +80,16 @@ class PodRecord:
                 raise p.error("protocol", f"must be one of {', '.join(PROTOCOLS)}")
             p.text("name", "")
             checked.append(dict(port))
+        readiness = None
+        if spec.raw.get("readinessProbe") is not None:
+            try:
+                readiness = parse_probe(spec.raw["readinessProbe"], "readinessProbe")
+            except InvalidConfig as exc:
+                raise spec.error("readinessProbe", exc.msg) from None
         return cls(namespace=keys.segment(meta.text("namespace"), "namespace"),
                    name=keys.segment(meta.text("name"), "pod name"),
                    node=spec.text("nodeName", "") or "", ips=ips, labels=meta.labels("labels"),
-                   ports=tuple(checked))
+                   ports=tuple(checked), readiness=readiness)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from podnet.model.endpoint import EndpointRecord
 from podnet.model.ipam import Reservation
 from podnet.model.network import NetworkRecord
 from podnet.model.policy import PodRecord, PolicySettings
-from podnet.model.service import ServiceClaim, ServiceSettings
+from podnet.model.service import Readiness, ServiceClaim, ServiceSettings
 from podnet.store.base import Entry
 
 RECORD_TYPES: dict[str, type] = {
@@ -32,6 +32,7 @@ RECORD_TYPES: dict[str, type] = {
     keys.CLUSTER_IPS: ServiceClaim,
     keys.NODE_PORTS: ServiceClaim,
     keys.SERVICE_SETTINGS: ServiceSettings,
+    keys.READINESS: Readiness,
 }
 
 

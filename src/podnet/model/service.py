@@ -3,6 +3,8 @@
 - `alloc/clusterips/<address>` and `alloc/nodeports/<protocol>-<port>` ->
   ServiceClaim: which service owns a ClusterIP or a node port. Claims are written in
   the transaction that stores the service, so two applies can never both get one.
+- `readiness/<namespace>/<pod>` -> Readiness: what the pod's node last judged of a
+  pod with a readiness probe (services/probes.py); backends follow it on every node.
 - `settings/services` -> ServiceSettings: the cluster's service CIDR, node port range
   and DNS domain (written by `lab up` and `agent --init`; defaults otherwise).
 """
@@ -44,6 +46,25 @@ class ServiceClaim:
         if not sep or not namespace or not name or "/" in name:
             raise f.error("service", f"is not namespace/name: {service!r}")
         return cls(service)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    node: str
+    since: float = 0.0  # when it last flipped
+    reason: str = ""  # the last failure, for `describe svc`
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ready": self.ready, "node": self.node, "since": self.since, "reason": self.reason}
+
+    def encode(self) -> str:
+        return dumps(self.to_json())
+
+    @classmethod
+    def from_json(cls, raw: object, what: str = "readiness") -> Readiness:
+        f = Fields(raw, what)
+        return cls(f.flag("ready"), f.text("node", ""), f.number("since"), f.text("reason", "")[:200])
 
 
 @dataclass(frozen=True)

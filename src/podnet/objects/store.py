@@ -14,6 +14,7 @@ looks empty (a mistyped --store, a wrong etcd prefix) leaves the table in force.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -161,7 +162,7 @@ def label(store: Store, kind: Kind, target: str, changes: Sequence[str]) -> Chan
                 raise ObjectError(f"pod {target} is not known", "pods are registered when they are created")
             pod = PodRecord.from_json(entry.json(), entry.key)
             labels = parse_labels(_relabel(pod.labels, sets, removes), f"Pod {target}: metadata.labels")
-            updated = PodRecord(pod.namespace, pod.name, pod.node, pod.ips, labels, pod.ports)
+            updated = dataclasses.replace(pod, labels=labels)
             tx.put(updated.key, updated.encode())
             return Change(updated.key, "labeled")
     raise ObjectError(f"cannot label a {kind.kind}", "label namespace NAME or pod NS/NAME")

@@ -1,0 +1,239 @@
+"""Services in a lab, on the real kernel: ClusterIP and NodePort from pods on every node
+and from the outside world, the spread over backends, ClientIP affinity and its
+timeout, readiness taking a backend out cluster-wide and back, `Local` keeping the
+client's address, an empty service refusing at once, and UDP after a backend change.
+
+One lab for the whole module (2 nodes, 3 backends, 2 clients), torn down by name.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+import yaml
+from test_fabric_cluster import eventually
+
+from podnet.lab.state import state_file
+
+pytestmark = pytest.mark.root
+
+WEB_PORTS = [{"port": 80, "protocol": "TCP", "name": "http"}, {"port": 80, "protocol": "UDP", "name": "echo"}]
+PROBE = {"tcpSocket": {"port": "http"}, "periodSeconds": 1, "failureThreshold": 1}
+TOPOLOGY = {
+    "nodes": [{"name": "node0"}, {"name": "node1"}],
+    "pods": [
+        {"name": "web-0", "node": "node0", "labels": {"app": "web"}, "ports": WEB_PORTS, "readinessProbe": PROBE},
+        {"name": "web-1", "node": "node1", "labels": {"app": "web"}, "ports": WEB_PORTS, "readinessProbe": PROBE},
+        {"name": "web-2", "node": "node1", "labels": {"app": "web"}, "ports": WEB_PORTS, "readinessProbe": PROBE},
+        {"name": "cl-0", "node": "node0", "labels": {"app": "client"}},
+        {"name": "cl-1", "node": "node1", "labels": {"app": "client"}},
+    ],
+    "services": [
+        {"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [
+            {"name": "http", "port": 8080, "targetPort": "http"},
+            {"name": "echo", "port": 5353, "protocol": "UDP", "targetPort": "echo"}]}},
+        {"metadata": {"name": "web-np"}, "spec": {"type": "NodePort", "selector": {"app": "web"},
+                                                  "ports": [{"port": 80, "targetPort": "http", "nodePort": 30080}]}},
+        {"metadata": {"name": "web-local"}, "spec": {
+            "type": "NodePort", "externalTrafficPolicy": "Local", "selector": {"app": "web"},
+            "ports": [{"port": 80, "targetPort": "http", "nodePort": 30081}]}},
+        {"metadata": {"name": "sticky"}, "spec": {
+            "selector": {"app": "web"}, "sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 2}}, "ports": [{"port": 80, "targetPort": "http"}]}},
+        {"metadata": {"name": "empty"}, "spec": {"selector": {"app": "nothing"}, "ports": [{"port": 80}]}},
+    ],
+}
+NODE_IPS = {"node0": "172.31.0.10", "node1": "172.31.0.11"}
+
+# N TCP connections to ip:port; prints {"<echo name>": count}
+SPREAD = """
+import collections, json, socket, sys
+seen = collections.Counter()
+for _ in range(int(sys.argv[3])):
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3) as s:
+        s.sendall(b"x\\n")
+        seen[s.makefile().readline().split()[0]] += 1
+print(json.dumps(seen))
+"""
+# one TCP connect: prints the errno name, or "connected"
+CONNECT = """
+import socket, sys, time
+start = time.monotonic()
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close(); print("connected")
+except OSError as exc:
+    print(type(exc).__name__, round(time.monotonic() - start, 3))
+"""
+PEER = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode().strip())"
+# UDP datagrams from ONE socket (one conntrack flow): prints who answered each
+UDP_FLOW = """
+import json, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1); s.bind(("", 40000))
+out = []
+for _ in range(int(sys.argv[3])):
+    s.sendto(b"hi", (sys.argv[1], int(sys.argv[2])))
+    try:
+        out.append(s.recv(100).decode())
+    except TimeoutError:
+        out.append("timeout")
+    time.sleep(0.05)
+print(json.dumps(out))
+"""
+
+
+def podnet(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "podnet.cli", *args], capture_output=True, text=True,
+                          timeout=120, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"podnet {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+class Lab:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def py(self, target: str, code: str, *args: str) -> str:
+        proc = podnet("lab", "exec", "--lab", self.name, target, "--", sys.executable, "-c", code, *args)
+        return proc.stdout.strip()
+
+    def sh(self, target: str, *cmd: str) -> None:
+        podnet("lab", "exec", "--lab", self.name, target, "--", *cmd)
+
+    def cluster_ip(self, service: str) -> str:
+        docs = json.loads(podnet("get", "--lab", self.name, "svc", "-o", "json").stdout)
+        return next(d["spec"]["clusterIP"] for d in docs if d["metadata"]["name"] == service)
+
+    def spread(self, target: str, ip: str, port: int, n: int) -> collections.Counter:
+        return collections.Counter(json.loads(self.py(target, SPREAD, ip, str(port), str(n))))
+
+    def readiness(self) -> dict[str, bool]:
+        out = podnet("lab", "exec", "--lab", self.name, "node0", "--", sys.executable, "-c",
+                     "from podnet.store import open_store; from podnet import keys; import json, sys;"
+                     "s = open_store(sys.argv[1]);"
+                     "print(json.dumps({e.key.rsplit('/', 1)[1]: e.json()['ready'] for e in s.list(keys.READINESS)}))",
+                     json.loads(state_file(self.name).read_text())["store_url"]).stdout
+        return json.loads(out)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Iterator[Lab]:
+    name = f"s{secrets.token_hex(2)}"
+    path = tmp_path_factory.mktemp("svc") / "topology.yaml"
+    path.write_text(yaml.safe_dump(TOPOLOGY))
+    try:
+        podnet("lab", "up", "--lab", name, "-f", str(path), "--fabric", "host-gw")
+        built = Lab(name)
+        assert eventually(lambda: built.readiness() == {"web-0": True, "web-1": True, "web-2": True},
+                          timeout=20), built.readiness()
+        yield built
+    finally:
+        if state_file(name).exists():
+            podnet("lab", "down", "--lab", name)
+
+
+def test_cluster_ip_spreads_over_every_backend_from_both_nodes(lab):
+    ip = lab.cluster_ip("web")
+    for client in ("default/cl-0", "default/cl-1"):
+        seen = lab.spread(client, ip, 8080, 300)
+        assert set(seen) == {"web-0", "web-1", "web-2"}, seen
+        assert all(0.20 <= count / 300 <= 0.47 for count in seen.values()), seen
+
+
+def test_node_port_answers_on_every_node_from_outside_and_from_pods(lab):
+    for node_ip in NODE_IPS.values():
+        assert sum(lab.spread("out", node_ip, 30080, 30).values()) == 30
+        assert sum(lab.spread("default/cl-0", node_ip, 30080, 10).values()) == 10
+
+
+def test_an_empty_service_refuses_at_once(lab):
+    answer = lab.py("default/cl-0", CONNECT, lab.cluster_ip("empty"), "80", "5").split()
+    assert answer[0] == "ConnectionRefusedError", answer  # refused, not a 5 s timeout
+
+
+def test_affinity_holds_a_client_then_lets_go_after_the_timeout(lab):
+    ip = lab.cluster_ip("sticky")
+    first = lab.spread("default/cl-0", ip, 80, 20)
+    assert len(first) == 1, first  # 20 connections, one backend
+    others = set()
+    for _ in range(8):  # after the 2 s timeout the choice is random again: 1/3 to keep the same
+        time.sleep(2.5)
+        others |= set(lab.spread("default/cl-0", ip, 80, 1))
+        if others - set(first):
+            break
+    assert others - set(first), (first, others)
+
+
+def test_local_policy_keeps_the_client_address_and_uses_local_backends(lab):
+    outside = lab.py("out", PEER, f"http://{NODE_IPS['node1']}:30081/peer")
+    assert outside == "172.31.0.254"  # the outside world's own address, not the node's
+    seen = lab.spread("out", NODE_IPS["node1"], 30081, 30)
+    assert set(seen) <= {"web-1", "web-2"}, seen  # node1's own backends only
+    masqueraded = lab.py("out", PEER, f"http://{NODE_IPS['node0']}:30080/peer")
+    assert masqueraded != "172.31.0.254"  # Cluster policy: the node masquerades
+
+
+def test_readiness_takes_a_backend_out_everywhere_and_back(lab):
+    ip = lab.cluster_ip("web")
+    block = ("nft", "add table inet t; add chain inet t in { type filter hook input priority 0; }; "
+             "add rule inet t in tcp dport 80 reject with tcp reset")
+    lab.sh("default/web-2", *block)
+    try:
+        assert eventually(lambda: lab.readiness().get("web-2") is False)
+        time.sleep(1.0)  # every node's table follows the store within a second
+        for client in ("default/cl-0", "default/cl-1"):
+            seen = lab.spread(client, ip, 8080, 60)
+            assert set(seen) == {"web-0", "web-1"}, seen
+    finally:
+        lab.sh("default/web-2", "nft", "delete table inet t")
+    assert eventually(lambda: lab.readiness().get("web-2") is True)
+    assert eventually(lambda: "web-2" in lab.spread("default/cl-0", ip, 8080, 30))
+
+
+def test_udp_flow_moves_when_its_backend_goes(lab):
+    ip = lab.cluster_ip("web")
+    first = json.loads(lab.py("default/cl-0", UDP_FLOW, ip, "5353", "5"))
+    backend = first[0]
+    assert first == [backend] * 5, first  # one flow, one backend
+    lab.sh(f"default/{backend}", "nft", "add table inet t; add chain inet t in { type filter hook input "
+           "priority 0; }; add rule inet t in tcp dport 80 reject with tcp reset")
+    try:
+        assert eventually(lambda: lab.readiness().get(backend) is False)
+        time.sleep(1.0)
+        after = json.loads(lab.py("default/cl-0", UDP_FLOW, ip, "5353", "5"))
+        assert backend not in after and "timeout" not in after, after  # the old conntrack entry is gone
+    finally:
+        lab.sh(f"default/{backend}", "nft", "delete table inet t")
+    assert eventually(lambda: lab.readiness().get(backend) is True)
+
+
+DENY_WEB = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-web, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Ingress]
+"""
+
+
+def test_policy_sees_the_backend_pod_behind_the_service(lab, tmp_path):
+    """Service translation comes first (nat prerouting), so a NetworkPolicy judges the
+    backend pod as destination, as in Kubernetes."""
+    ip = lab.cluster_ip("web")
+    path = tmp_path / "deny.yaml"
+    path.write_text(DENY_WEB)
+    podnet("apply", "--lab", lab.name, "-f", str(path))
+    try:
+        time.sleep(1.0)  # every node's policy table follows
+        assert lab.py("default/cl-0", CONNECT, ip, "8080", "1.5").split()[0] == "TimeoutError"
+    finally:
+        podnet("delete", "--lab", lab.name, "-f", str(path))
+    assert eventually(lambda: lab.py("default/cl-0", CONNECT, ip, "8080", "1.5") == "connected")
