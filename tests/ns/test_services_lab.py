@@ -237,3 +237,21 @@ def test_policy_sees_the_backend_pod_behind_the_service(lab, tmp_path):
     finally:
         podnet("delete", "--lab", lab.name, "-f", str(path))
     assert eventually(lambda: lab.py("default/cl-0", CONNECT, ip, "8080", "1.5") == "connected")
+
+
+def test_probe_shows_which_backends_answer_a_service(lab):
+    out = json.loads(podnet("probe", "--lab", lab.name, "--to", "svc/default/web", "--from", "app=client",
+                            "--count", "30", "-o", "json").stdout)
+    assert out["service"] == "default/web" and set(out["from"]) == {"default/cl-0", "default/cl-1"}
+    ip = lab.cluster_ip("web")
+    for row in out["from"].values():
+        assert set(row) == {f"{ip}:8080/tcp", f"{ip}:5353/udp"}
+        assert set(row[f"{ip}:8080/tcp"]) == {"web-0", "web-1", "web-2"}, row
+        assert sum(row[f"{ip}:5353/udp"].values()) == 30 and set(row[f"{ip}:5353/udp"]) <= {"web-0", "web-1", "web-2"}
+    empty = json.loads(podnet("probe", "--lab", lab.name, "--to", f"{lab.cluster_ip('empty')}:80",
+                              "--from", "namespace=default,app=client", "--count", "3", "-o", "json").stdout)
+    assert all(row == {f"{lab.cluster_ip('empty')}:80/tcp": {"refused": 3}} for row in empty["from"].values()), empty
+    missing = podnet("probe", "--lab", lab.name, "--to", "svc/default/nope", check=False)
+    assert missing.returncode != 0 and "service default/nope not found" in missing.stderr
+    table = podnet("probe", "--lab", lab.name, "--to", "svc/web", "--from", "app=client", "--count", "3").stdout
+    assert "service default/web: who answered" in table

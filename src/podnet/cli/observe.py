@@ -9,7 +9,7 @@ import time
 from collections.abc import Sequence
 
 from podnet.cli.output import add_output_option
-from podnet.cli.target import add_target_options, lab_name
+from podnet.cli.target import add_target_options, lab_aware, lab_name, open_cluster_store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -98,8 +98,11 @@ def _register_probe(sub: argparse._SubParsersAction) -> None:
         "labels plus namespace= and node= (default: all)",
     )
     probe.add_argument(
-        "--to", dest="target", metavar="SELECTOR", help="target pods, same syntax (default: all)"
+        "--to", dest="target", metavar="SELECTOR|svc/NS/NAME|VIP[:PORT]",
+        help="target pods, same syntax (default: all); or a service: each source opens --count "
+        "connections to it and the table shows which backends answered",
     )
+    probe.add_argument("--count", type=int, default=10, help="connections per source and service port (default 10)")
     probe.add_argument(
         "--timeout", default="1.0", metavar="SECONDS", help="per-probe timeout (default 1.0)"
     )
@@ -110,6 +113,10 @@ def _register_probe(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_probe(args: argparse.Namespace) -> int:
     from podnet.observe import matrix
+    from podnet.observe.service_probe import is_service_target
+
+    if is_service_target(args.target):
+        return lab_aware(_probe_service)(args)
 
     request = matrix.Request.from_args(
         args.port, args.protocol, args.source, args.target, args.timeout
@@ -126,4 +133,26 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         from rich.console import Console
 
         matrix.render(tables, Console(), f"in lab {name}", seconds)
+    return 0
+
+
+def _probe_service(args: argparse.Namespace) -> int:
+    from podnet.lab.state import NETNS_DIR
+    from podnet.observe import matrix, service_probe
+
+    if not 1 <= args.count <= 1000:
+        raise matrix.MatrixError("--count must be 1..1000")
+    timeout = matrix.parse_timeout(args.timeout)
+    lab = matrix.load_lab(lab_name(args, "podnet probe"))
+    pods = lab.get("pods") or {}
+    chosen = matrix.select_pods(pods, matrix.parse_selector(args.source), "from")
+    with open_cluster_store(args) as store:
+        service, found = service_probe.frontends(store, args.target)
+    results = service_probe.run({k: str(NETNS_DIR / pods[k]["netns"]) for k in chosen}, found, args.count, timeout)
+    if args.output == "json":
+        print(json.dumps({"service": service, "from": results}, indent=2))
+    else:
+        from rich.console import Console
+
+        service_probe.render(service, results, Console())
     return 0

@@ -195,7 +195,7 @@ def address(pod: Mapping) -> str | None:
     return str(ips[0]).split("/")[0] if ips else None
 
 
-def _select(pods: Mapping[str, Mapping], selector: LabelSelector, role: str) -> list[str]:
+def select_pods(pods: Mapping[str, Mapping], selector: LabelSelector, role: str) -> list[str]:
     chosen = [k for k, p in pods.items() if selector.matches(pod_labels(k, p))]
     if not chosen:
         if not pods:
@@ -213,8 +213,8 @@ def plan(lab: Mapping, request: Request | None = None) -> Plan:
     """Who probes what, for lab state data `lab` (pure)."""
     request = request or Request()
     pods: Mapping[str, Mapping] = lab.get("pods") or {}
-    sources = _select(pods, request.source, "from")
-    targets = _select(pods, request.target, "to")
+    sources = select_pods(pods, request.source, "from")
+    targets = select_pods(pods, request.target, "to")
     wanted_ports = set(request.ports)
     offered = {cell for t in targets for cell in served(pods[t])}
     cells = sorted(
