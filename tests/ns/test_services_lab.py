@@ -255,3 +255,18 @@ def test_probe_shows_which_backends_answer_a_service(lab):
     assert missing.returncode != 0 and "service default/nope not found" in missing.stderr
     table = podnet("probe", "--lab", lab.name, "--to", "svc/web", "--from", "app=client", "--count", "3").stdout
     assert "service default/web: who answered" in table
+
+
+def test_connectivity_test_checks_every_service(lab):
+    proc = podnet("connectivity", "test", "--lab", lab.name, "-o", "json", check=False)
+    results = json.loads(proc.stdout)
+    services = [r for r in results if r["check"].startswith("service/")]
+    failed = [f"{r['check']} {r['source']} -> {r['destination']}: {r['detail']}" for r in results if not r["ok"]]
+    assert proc.returncode == 0 and not failed, "\n".join(failed)
+    cluster = {r["destination"].split()[0] for r in services if r["check"] == "service/cluster-ip"}
+    assert cluster == {"default/web:http", "default/web:echo", "default/web-np:80", "default/web-local:80",
+                       "default/sticky:80", "default/empty:80"}
+    assert any(r["destination"].startswith("default/empty:80") and r["detail"] == "refused" for r in services)
+    node_ports = {r["destination"].rsplit(" ", 1)[0] for r in services if r["check"] == "service/node-port"}
+    assert node_ports == {"default/web-np:80 node0", "default/web-np:80 node1",
+                          "default/web-local:80 node0", "default/web-local:80 node1"}

@@ -75,6 +75,7 @@ def render_conflist(block: str, cluster_cidr: str, mtu: int, agent_socket: str, 
                 "isDefaultGateway": True,
                 "ipMasq": True,
                 "ipMasqExclude": [cluster_cidr],
+                "hairpinMode": True,  # a pod reaching itself through its service (br_netfilter)
                 "mtu": mtu,
                 "agentSocket": agent_socket,
                 "capabilities": {"portMappings": True, "ips": True},

@@ -28,12 +28,14 @@ def _register_connectivity(sub: argparse._SubParsersAction) -> None:
     test.set_defaults(func=_cmd_test)
 
 
+@lab_aware
 def _cmd_test(args: argparse.Namespace) -> int:
     from podnet.observe import connectivity
 
     name = lab_name(args, "podnet connectivity test")
     start = time.monotonic()
-    results = connectivity.test_lab(name, args.timeout, args.parallel)
+    with open_cluster_store(args) as store:
+        results = connectivity.test_lab(name, args.timeout, args.parallel, store)
     if args.output == "json":
         print(json.dumps([r.as_dict() for r in results], indent=2))
     else:

@@ -341,7 +341,7 @@ def write_simulated_conflist(path: Path, block: str, socket: str) -> None:
         "cniVersion": "1.0.0", "name": "cluster",
         "plugins": [{
             "type": "podnet", "bridge": "pncl0", "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
-            "agentSocket": socket, "capabilities": {"portMappings": True, "ips": True},
+            "hairpinMode": True, "agentSocket": socket, "capabilities": {"portMappings": True, "ips": True},
             "ipam": {"type": "podnet-ipam", "ranges": [[{"subnet": block, "gateway": gateway}]]},
         }],
     }

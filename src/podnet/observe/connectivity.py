@@ -27,7 +27,9 @@ pairs):
 - `pmtu/cross-node`: a UDP datagram of pod MTU - 28 bytes with DF to a pod on another
   node must be answered, one byte more must be refused with EMSGSIZE;
 - `served-port`: every TCP/UDP port every pod serves, from a pod on another node (the
-  echo server must answer with that pod's name).
+  echo server must answer with that pod's name);
+- `service/cluster-ip`, `service/node-port`: every port of every service
+  (observe/service_checks.py).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from podnet.errors import PodnetError
+from podnet.store.base import Store
 
 PROBE_SCRIPT = Path(__file__).with_name("probe.py")
 DEFAULT_TIMEOUT = 2.0
@@ -105,13 +108,24 @@ def _next_node(nodes: Sequence[str], node: str) -> str | None:
     return nodes[(nodes.index(node) + 1) % len(nodes)]
 
 
+def pods_by_node(lab: dict) -> dict[str, list[str]]:
+    """node -> its pods with an address, in topology order."""
+    pods: dict[str, dict] = lab.get("pods", {})
+    return {n: [k for k, p in pods.items() if p.get("node") == n and _address(p)] for n in lab.get("nodes", {})}
+
+
+def first_pods(lab: dict) -> dict[str, str]:
+    """node -> the pod that stands for it (its first)."""
+    return {n: keys[0] for n, keys in pods_by_node(lab).items() if keys}
+
+
 def plan(lab: dict) -> list[Probe]:
     """Every probe for the lab described by its state file's data (pure)."""
     nodes: dict[str, dict] = lab.get("nodes", {})
     pods: dict[str, dict] = lab.get("pods", {})
     names = list(nodes)  # the topology's order (node2 before node10)
-    on_node = {n: [k for k, p in pods.items() if p.get("node") == n and _address(p)] for n in names}
-    first = {n: on_node[n][0] for n in names if on_node[n]}
+    on_node = pods_by_node(lab)
+    first = first_pods(lab)
     probes: list[Probe] = []
 
     def pod_probe(check: str, src: str, dst_label: str, spec: dict) -> None:
@@ -263,9 +277,18 @@ def load_lab(name: str) -> dict:
     return data
 
 
-def test_lab(name: str, timeout: float = DEFAULT_TIMEOUT, parallel: int = DEFAULT_PARALLEL) -> list[Result]:
-    """Plan and run every check against lab `name`."""
-    return run(plan(load_lab(name)), timeout, parallel)
+def test_lab(name: str, timeout: float = DEFAULT_TIMEOUT, parallel: int = DEFAULT_PARALLEL,
+             store: Store | None = None) -> list[Result]:
+    """Plan and run every check against lab `name`; with its cluster store, every
+    service too (observe/service_checks.py)."""
+    lab = load_lab(name)
+    probes = plan(lab)
+    if store is not None:
+        from podnet.observe.service_checks import probes as service_probes
+        from podnet.observe.service_checks import service_targets
+
+        probes += [Probe(*planned) for planned in service_probes(lab, service_targets(store), first_pods(lab))]
+    return run(probes, timeout, parallel)
 
 
 test_lab.__test__ = False  # type: ignore[attr-defined]  # not a pytest test

@@ -14,6 +14,11 @@ Kinds (every one bounded by `timeout` seconds):
 - `http`: GET `path` from `dst:port`; ok when the body is `expect`.
 - `pmtu`: DF set (IP_PMTUDISC_DO) on a UDP socket: a datagram of `mtu - 28` bytes must
   be answered by `expect`, one byte more must fail locally with EMSGSIZE.
+- `refused`: a TCP connect must be refused (a service without ready backends must
+  refuse at once, not time out).
+
+`tcp` and `udp` take `expect_any` (a list) instead of `expect`: any of those names may
+answer (a service's backends).
 """
 
 from __future__ import annotations
@@ -127,19 +132,34 @@ def pmtu(dst: str, port: int, expect: str, timeout: float) -> tuple[bool, str]:
         return False, f"{size + 1} B with DF was sent although the path MTU is {mtu}"
 
 
+def refused(dst: str, port: int, timeout: float) -> tuple[bool, str]:
+    try:
+        socket.create_connection((dst, port), timeout=timeout).close()
+    except ConnectionRefusedError:
+        return True, "refused"
+    return False, "connected (expected a refusal)"
+
+
 def run(spec: dict) -> dict:
     """Run one probe described by `spec`; never raises."""
     timeout = float(spec.get("timeout", 2.0))
     kind, dst, port = spec["kind"], spec["dst"], int(spec.get("port", 0))
     expect = str(spec.get("expect", ""))
+    anyof = [str(name) for name in spec.get("expect_any") or []]
     start = time.monotonic()
     try:
         if kind == "icmp":
             ok, detail = icmp(dst, timeout)
+        elif kind in ("tcp", "udp") and anyof:
+            _, detail = (tcp if kind == "tcp" else udp)(dst, port, "", timeout)
+            ok = detail.startswith("answer ") and detail[8:-1].split(" ", 1)[0] in anyof
+            expect = " or ".join(anyof)
         elif kind == "tcp":
             ok, detail = tcp(dst, port, expect, timeout)
         elif kind == "udp":
             ok, detail = udp(dst, port, expect, timeout)
+        elif kind == "refused":
+            ok, detail = refused(dst, port, timeout)
         elif kind == "http":
             ok, detail = http(dst, port, spec.get("path", "/"), expect, timeout)
         elif kind == "pmtu":

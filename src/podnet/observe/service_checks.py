@@ -1,0 +1,97 @@
+"""The service checks of `podnet connectivity test`: every port of every service of
+the lab, as the cluster store describes it.
+
+- `service/cluster-ip`: from each node's first pod, the ClusterIP port must be
+  answered by one of its ready backends (the lab's echo servers answer with the pod's
+  name), or refused at once when it has none (podnet's promise: no timeouts);
+- `service/node-port`: from the outside world, each node's NodePort likewise (with
+  `externalTrafficPolicy: Local`, only that node's backends, and a node without one
+  drops: then the check expects nothing and is skipped).
+
+Split from connectivity.py: this part reads the store (services/ are objects there),
+the rest of the test only the lab's state file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from podnet import keys
+from podnet.errors import PodnetError
+from podnet.model.policy import PodRecord
+from podnet.model.service import Readiness
+from podnet.services.endpoints import backing
+from podnet.services.kinds import read_service, read_slice
+from podnet.store.base import Store
+
+
+@dataclass(frozen=True)
+class ServiceTarget:
+    ref: str  # namespace/name:port
+    ip: str
+    port: int
+    protocol: str  # tcp | udp
+    node_port: int | None
+    backends: tuple[tuple[str, str], ...]  # (echo name, node) of each ready pod backend
+    external_local: bool = False
+
+
+def service_targets(store: Store) -> list[ServiceTarget]:
+    """Every port of every service with a ClusterIP, with its ready pod backends."""
+    pods = [PodRecord.from_json(e.json(), e.key) for e in store.list(keys.PODS)]
+    slices = [read_slice(e.json(), e.key) for e in store.list(keys.ENDPOINT_SLICES)]
+    ready = {p.ref: False for p in pods if p.readiness is not None}
+    for entry in store.list(keys.READINESS):
+        try:
+            ready[keys.object_ref(keys.READINESS, entry.key)] = Readiness.from_json(entry.json(), entry.key).ready
+        except PodnetError:
+            continue
+    out = []
+    for entry in store.list(keys.SERVICES):
+        svc = read_service(entry.json(), entry.key)
+        if svc.headless or not svc.cluster_ip:
+            continue
+        for spec in svc.ports:
+            found = backing(svc, spec, pods, slices, ready)
+            names = tuple(sorted({(b.target.rsplit("/", 1)[1], b.node) for b in found
+                                  if b.ready and b.target.startswith("pod ")}))
+            out.append(ServiceTarget(f"{svc.ref}:{spec.name or spec.port}", svc.cluster_ip, spec.port,
+                                     spec.protocol.lower(), spec.node_port, names, svc.external_policy == "Local"))
+    return out
+
+
+def _spec(target: ServiceTarget, dst: str, port: int, backends: Sequence[str]) -> dict:
+    if not backends:
+        return {"kind": "refused", "dst": dst, "port": port}
+    return {"kind": target.protocol, "dst": dst, "port": port, "expect_any": list(backends)}
+
+
+Planned = tuple[str, str, str, str, dict]  # check, source, netns, destination, probe.py spec
+
+
+def probes(lab: dict, targets: Sequence[ServiceTarget], first_pods: dict[str, str]) -> list[Planned]:
+    """The planned probes for `targets` (connectivity.py makes them Probes);
+    `first_pods` maps each node to the pod that stands for it."""
+    nodes, pods = lab.get("nodes", {}), lab.get("pods", {})
+    outside = lab.get("outside") or {}
+    out = []
+    for target in targets:
+        if not target.backends and target.protocol == "udp":
+            continue  # an unanswered datagram proves nothing: only TCP can show the refusal
+        everyone = [name for name, _ in target.backends]
+        for pod in first_pods.values():
+            out.append(("service/cluster-ip", pod, pods[pod]["netns"],
+                             f"{target.ref} {target.ip}:{target.port}/{target.protocol}",
+                             _spec(target, target.ip, target.port, everyone)))
+        if target.node_port is None or not outside.get("netns"):
+            continue
+        for node, info in nodes.items():
+            local = [name for name, where in target.backends if where == node]
+            if target.external_local and not local:
+                continue  # dropped by design on a node without a local backend
+            out.append(("service/node-port", "outside", outside["netns"],
+                             f"{target.ref} {node} {info['underlay']}:{target.node_port}/{target.protocol}",
+                             _spec(target, info["underlay"], target.node_port,
+                                   local if target.external_local else everyone)))
+    return out
