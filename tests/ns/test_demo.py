@@ -23,6 +23,7 @@ def test_lab_demo_passes_tours_and_cleans_up():
                               text=True, timeout=180, check=False)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert " passed, 0 failed" in proc.stdout and "FAIL" not in proc.stdout
+        assert "✓ service load balancing and fail-over" in proc.stdout and "failed over: answered by" in proc.stdout
         assert "what to try next" in proc.stdout and f"podnet connectivity test --lab {name}" in proc.stdout
         assert f"lab {name} removed" in proc.stdout
         after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

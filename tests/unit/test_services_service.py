@@ -125,3 +125,15 @@ def test_a_restarted_agent_keeps_its_table_when_nothing_changed(store):
     restarted_on_change = service(store, nft)
     restarted_on_change.converge()
     assert restarted_on_change.stats["applied"] == "full" and len(nft.scripts) == applied + 1
+
+
+def test_the_periodic_check_reads_only_the_generation(store):
+    nft = KernelNft()
+    store.put(keys.pod("default", "a"), pod("a", "10.244.0.2").encode())
+    svc = service(store, nft)
+    svc.converge()
+    assert svc._intact() and nft.list_calls == []  # never `nft list table` (29 MB at 10,000 services)
+    del nft.tables[("inet", "podnet-svc")]  # deleted by hand
+    assert not svc._intact()
+    svc.converge(full=True)
+    assert svc._intact() and svc.stats["applied"] == "full"

@@ -60,6 +60,7 @@ class ServicesService:
         self._loop = ServiceThread("podnet-services", self._run, join_timeout=WATCH_TIMEOUT + 10)
         self._parsed: dict[str, tuple[int, Any]] = {}  # key -> (revision, parsed object or error)
         self.applied: NodePlan | None = None
+        self._generation: int | None = None  # the stamp of `applied` in the kernel
         self.problems: list[str] = []
         self.stats: dict[str, Any] = {}
 
@@ -156,7 +157,7 @@ class ServicesService:
             return self._status_unlocked()
         generation = plan_generation(plan)
         if old is None and not full and self._generation_in_kernel() == generation:
-            self.applied = plan  # a restart: the kernel already holds exactly this plan's table
+            self.applied, self._generation = plan, generation  # a restart: the kernel holds this plan's table
             self.stats = {"revision": revision, "applied": "kept", "ms": 0.0, "udp_flows_flushed_for": []}
             return self._status_unlocked()
         if old is None or full or plan.node_ips != old.node_ips or plan.cluster_cidrs != old.cluster_cidrs:
@@ -164,7 +165,7 @@ class ServicesService:
         else:
             script, how = render.render_update(old, plan), "diff"
         self.nft.apply(script + _stamp(generation))
-        self.applied = plan
+        self.applied, self._generation = plan, generation
         gone = _udp_backends(old) - _udp_backends(plan) if old is not None else set()
         flushed = _forget_udp_flows(gone)
         self.stats = {"revision": revision, "applied": how, "ms": round((time.monotonic() - started) * 1000, 1),
@@ -193,8 +194,10 @@ class ServicesService:
         return elements[0] if elements and isinstance(elements[0], int) else None
 
     def _intact(self) -> bool:
-        """The table is still there (not deleted by hand since the last apply)."""
-        return self.applied is None or self.nft.list_table_json(render.FAMILY, render.TABLE) is not None
+        """The table still holds what this agent applied (not deleted or replaced by
+        hand). Reads only the one-element generation set: listing the whole table
+        costs 3.6 s and 29 MB of JSON at 10,000 services."""
+        return self.applied is None or self._generation_in_kernel() == self._generation
 
 
 def plan_generation(plan: NodePlan) -> int:

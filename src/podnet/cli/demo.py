@@ -1,8 +1,11 @@
 """`podnet demo` (`make demo`): a 3-node cluster on this machine, tested, then a tour.
 
 `lab up --nodes 3` (lab `demo`: namespaces, one agent per node, two echo pods per
-node, the VXLAN fabric, the outside world), then `connectivity test` against it, then
-a printed tour of what to try next, then `lab down` unless `--keep`. Whatever fails
+node with readiness probes, the `echo` service over them, the VXLAN fabric, the
+outside world), then `connectivity test` against it (services included), then the
+service act (cli/demo_service.py: load balancing, a backend failing its probe and the
+service failing over, its return), then a printed tour of what to try next, then
+`lab down` unless `--keep`. Whatever fails
 (the build, a check, Ctrl-C) the lab is torn down by its recorded names and PIDs,
 except that `--keep` leaves a built lab up for a look at the failure.
 
@@ -43,12 +46,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def run_demo(keep: bool = False, name: str = DEMO_LAB, nodes: int = DEMO_NODES, fabric: str = "vxlan") -> int:
     """Build, test, tour and (unless `keep`) remove the lab; 0 when every check passed."""
+    from podnet.cli import demo_service
     from podnet.cli.lab import print_summary
     from podnet.cli.observe import render
     from podnet.lab import topology
     from podnet.lab.builder import LabBuilder, LabOptions
     from podnet.lab.teardown import teardown
     from podnet.observe import connectivity
+    from podnet.store import open_store
 
     if os.geteuid() != 0:
         print("podnet demo needs root (it creates network namespaces)", file=sys.stderr)
@@ -62,17 +67,22 @@ def run_demo(keep: bool = False, name: str = DEMO_LAB, nodes: int = DEMO_NODES, 
         console.print(f"[green]✓[/] {step} [dim]({time.monotonic() - start:.1f}s)[/]")
 
     console.print(f"[bold]podnet demo[/]: a {nodes}-node cluster ({fabric}) in network namespaces, lab [cyan]{name}[/]")
-    builder = LabBuilder(topology.default_topology(nodes, 2, 1), LabOptions(name, fabric), progress)
+    builder = LabBuilder(demo_service.with_service(topology.default_topology(nodes, 2, 1)), LabOptions(name, fabric),
+                         progress)
     passed = False
     try:
         with console.status(f"podnet lab up --lab {name} --nodes {nodes} --fabric {fabric} ..."):
             state = builder.build()
         console.print(f"lab [bold]{name}[/] up in {time.monotonic() - start:.1f}s")
         print_summary(state.data)
+        if not demo_service.wait_ready(state.data):
+            console.print("[red]✗ the pods did not all pass their readiness probes[/]")
         test_start = time.monotonic()
-        results = connectivity.run(connectivity.plan(state.data))
+        with open_store(state.data["store_url"]) as store:
+            results = connectivity.test_lab(name, store=store)
         render(results, console, f"lab {name}", time.monotonic() - test_start)
         passed = bool(results) and all(r.ok for r in results)
+        passed = demo_service.act(console, state.data) and passed
         tour(console, name, state.data, keep)
     except PodnetError as err:
         console.print(f"[red]✗ {err.msg}[/]")
@@ -114,6 +124,8 @@ def tour(console: Any, name: str, data: dict, keep: bool) -> None:
         ("break a route, watch the test fail, then the agent repair it (~3 s)",
          f"podnet lab exec --lab {name} {node} -- ip route del {other_block}"),
         ("every pod to every pod, for real ('.' reachable, 'X' blocked)", f"podnet probe --lab {name} --port 80"),
+        ("the echo service: its address, who answers it from every pod",
+         f"podnet get svc --lab {name}; podnet probe --lab {name} --to svc/default/echo"),
         ("isolate a pod's namespace, then ask which rule drops what",
          f"podnet apply --lab {name} -f examples/policy/default-deny.yaml && "
          f"podnet flows --lab {name} --verdict deny; podnet policy explain {far} {src} --lab {name}"),
