@@ -36,6 +36,7 @@ log = logging.getLogger("podnet.agent.readiness")
 
 TICK = 0.1  # how often due probes are looked for
 REFRESH_SECONDS = 1.0  # how often the pod list is read again
+MAX_BACKOFF = 10.0  # between reads while the store fails
 WORKERS = 16
 
 
@@ -155,14 +156,16 @@ class ReadinessService:
 
     def _run(self) -> None:
         stopping = self._loop.stopping
-        refreshed = float("-inf")
+        refreshed, every = float("-inf"), REFRESH_SECONDS
         while not stopping.is_set():
             now = time.monotonic()
-            if now - refreshed >= REFRESH_SECONDS:
+            if now - refreshed >= every:
                 try:
                     self._refresh(self._store())
-                except PodnetError as exc:
+                    every = REFRESH_SECONDS
+                except PodnetError as exc:  # an unreachable store: back off, it has callers enough
                     log.warning("readiness: cannot read pods: %s", exc.msg)
+                    every = min(every * 2, MAX_BACKOFF)
                 refreshed = now
             with self._lock:
                 due = [t for t in self._tracked.values() if not t.running and t.next_at <= now]
