@@ -270,3 +270,27 @@ def test_connectivity_test_checks_every_service(lab):
     node_ports = {r["destination"].rsplit(" ", 1)[0] for r in services if r["check"] == "service/node-port"}
     assert node_ports == {"default/web-np:80 node0", "default/web-np:80 node1",
                           "default/web-local:80 node0", "default/web-local:80 node1"}
+
+
+def test_a_thousand_services_applied_at_once_reach_every_node(lab, tmp_path):
+    from podnet.rpc.client import call
+
+    docs = [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"bulk-{i}", "namespace": "default"},
+             "spec": {"selector": {"app": "web"}, "ports": [{"port": 9000 + i % 100, "targetPort": "http"}]}}
+            for i in range(1000)]
+    path = tmp_path / "bulk.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    nodes = json.loads(state_file(lab.name).read_text())["nodes"]
+
+    def ports_everywhere() -> set[int]:
+        return {call(info["socket"], "services.status", timeout=5)["service_ports"] for info in nodes.values()}
+
+    before = ports_everywhere()
+    podnet("apply", "--lab", lab.name, "-f", str(path))
+    try:
+        assert eventually(lambda: ports_everywhere() == {max(before) + 1000}, 30), ports_everywhere()
+        seen = lab.spread("default/cl-1", lab.cluster_ip("bulk-777"), 9077, 9)
+        assert set(seen) <= {"web-0", "web-1", "web-2"} and sum(seen.values()) == 9, seen
+    finally:
+        podnet("delete", "--lab", lab.name, "-f", str(path))
+    assert eventually(lambda: ports_everywhere() == before, 30), ports_everywhere()
