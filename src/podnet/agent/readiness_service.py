@@ -26,6 +26,7 @@ from podnet.errors import PodnetError
 from podnet.model.policy import PodRecord
 from podnet.model.probe import ReadinessProbe
 from podnet.model.service import Readiness
+from podnet.services.endpoints import judged_readiness
 from podnet.services.probes import ProbeState
 from podnet.store import Store
 
@@ -117,12 +118,7 @@ class ReadinessService:
                 continue
             if pod.node == self.node and pod.readiness is not None and pod.ips:
                 mine[pod.ref] = pod
-        published = {}
-        for entry in store.list(keys.READINESS):
-            try:
-                published[keys.object_ref(keys.READINESS, entry.key)] = Readiness.from_json(entry.json(), entry.key).ready
-            except PodnetError:
-                continue  # rewritten at the pod's next flip
+        published = judged_readiness(store.list(keys.READINESS))
         now = time.monotonic()
         with self._lock:
             for ref in [r for r in self._tracked if r not in mine]:

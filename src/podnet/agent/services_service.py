@@ -29,6 +29,7 @@ from podnet.model.cluster import NodeLease
 from podnet.model.policy import PodRecord
 from podnet.model.service import Readiness
 from podnet.services import render
+from podnet.services.endpoints import readiness
 from podnet.services.kinds import read_service, read_slice
 from podnet.services.plan import NodePlan
 from podnet.services.planner import node_plan
@@ -44,7 +45,7 @@ WATCH_TIMEOUT = 1.0
 MAX_BACKOFF = 10.0
 SYNC_OP = "services.sync"
 GENERATION_SET = "generation"
-WATCHED = (keys.SERVICES, keys.ENDPOINT_SLICES, keys.PODS, keys.READINESS, keys.NODES)
+WATCHED = (keys.SERVICES, keys.ENDPOINT_SLICES, keys.PODS, keys.READINESS)  # and this node's own lease
 
 
 class ServicesService:
@@ -82,11 +83,7 @@ class ServicesService:
 
     def status(self) -> dict[str, Any]:
         with self._lock:
-            plan = self.applied
-            return {"node": self.node, "table": f"{render.FAMILY} {render.TABLE}" if plan else None,
-                    "service_ports": len(plan.services) if plan else 0,
-                    "backends": sum(len(p.backends) for p in plan.services) if plan else 0,
-                    "problems": list(self.problems), **self.stats}
+            return self._status_unlocked()
 
     # -- converging
 
@@ -126,8 +123,7 @@ class ServicesService:
         pods = self._read(snapshot[keys.PODS], PodRecord.from_json)
         judged = self._read(snapshot[keys.READINESS], lambda raw, key: (keys.object_ref(keys.READINESS, key),
                                                                         Readiness.from_json(raw, key).ready))
-        # a pod with a probe is not ready until its node has seen it pass
-        ready = {**{p.ref: False for p in pods if p.readiness is not None}, **dict(judged)}
+        ready = readiness(pods, dict(judged))
         entry = store.get(keys.node(self.node))
         node_ips = (NodeLease.from_json(entry.json(), entry.key).underlay_ip,) if entry else ()
         cidrs = (self.cluster_cidr,) if self.cluster_cidr else ()
@@ -176,12 +172,18 @@ class ServicesService:
 
     def _status_unlocked(self) -> dict[str, Any]:
         plan = self.applied
-        return {"node": self.node, "service_ports": len(plan.services) if plan else 0,
+        return {"node": self.node, "table": f"{render.FAMILY} {render.TABLE}" if plan else None,
+                "service_ports": len(plan.services) if plan else 0,
+                "backends": sum(len(p.backends) for p in plan.services) if plan else 0,
                 "problems": list(self.problems), **self.stats}
 
     def _run(self) -> None:
+        assert self.node is not None  # started only on a cluster node
+        own_lease = keys.node(self.node)
+
         def converge(periodic: bool, events: list | None) -> int:
-            if events is not None and not any(e.key.startswith(WATCHED) for e in events):
+            # other nodes renew their leases every few seconds: no reason to plan again
+            if events is not None and not any(e.key.startswith(WATCHED) or e.key == own_lease for e in events):
                 return max((e.revision for e in events), default=self.stats.get("revision", 0))
             self.converge(full=periodic and not self._intact())
             return int(self.stats.get("revision", 0))

@@ -44,12 +44,11 @@ def wait_ready(data: dict, timeout: float = 20.0) -> bool:
 def ready_pods(data: dict) -> set[str]:
     """The names of the pods their nodes last judged ready."""
     from podnet import keys
-    from podnet.model.service import Readiness
+    from podnet.services.endpoints import judged_readiness
     from podnet.store import open_store
 
     with open_store(data["store_url"]) as store:
-        return {e.key.rsplit("/", 1)[1] for e in store.list(keys.READINESS)
-                if Readiness.from_json(e.json(), e.key).ready}
+        return {ref.split("/", 1)[1] for ref, ok in judged_readiness(store.list(keys.READINESS)).items() if ok}
 
 
 def _spread(data: dict, client: str, found: list) -> dict[str, int]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podnet.errors import InvalidConfig
+from podnet.schema.fields import is_port_name
 
 DEFAULTS = {"initialDelaySeconds": 0, "periodSeconds": 10, "timeoutSeconds": 1, "successThreshold": 1,
             "failureThreshold": 3}
@@ -54,8 +55,7 @@ def _integer(raw: Mapping[str, Any], name: str, where: str) -> int:
 
 
 def _port(value: Any, where: str) -> int | str:
-    if isinstance(value, str) and value and len(value) <= 15 and value.replace("-", "").isalnum() and \
-            value.islower() and any(c.isalpha() for c in value):
+    if is_port_name(value):
         return value
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
         return value

@@ -18,10 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from podnet import keys
-from podnet.errors import PodnetError
 from podnet.model.policy import PodRecord
-from podnet.model.service import Readiness
-from podnet.services.endpoints import backing
+from podnet.services.endpoints import backing, judged_readiness, readiness
 from podnet.services.kinds import read_service, read_slice
 from podnet.store.base import Store
 
@@ -41,12 +39,7 @@ def service_targets(store: Store) -> list[ServiceTarget]:
     """Every port of every service with a ClusterIP, with its ready pod backends."""
     pods = [PodRecord.from_json(e.json(), e.key) for e in store.list(keys.PODS)]
     slices = [read_slice(e.json(), e.key) for e in store.list(keys.ENDPOINT_SLICES)]
-    ready = {p.ref: False for p in pods if p.readiness is not None}
-    for entry in store.list(keys.READINESS):
-        try:
-            ready[keys.object_ref(keys.READINESS, entry.key)] = Readiness.from_json(entry.json(), entry.key).ready
-        except PodnetError:
-            continue
+    ready = readiness(pods, judged_readiness(store.list(keys.READINESS)))
     out = []
     for entry in store.list(keys.SERVICES):
         svc = read_service(entry.json(), entry.key)

@@ -28,13 +28,12 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from podnet import addresses, keys
-from podnet.errors import InvalidConfig, ObjectError
+from podnet import keys
+from podnet.errors import ObjectError
 from podnet.policy.rules import (
     ClusterRule,
     NetworkPolicyRule,
@@ -343,14 +342,6 @@ def parse_host_endpoint(meta: Metadata, raw: Any) -> HostEndpoint:
         fields.dns_name(node, loc.field("node"), label=True)
     else:
         fields.dns_name(host, loc.field("host"), label=True)
-    ips: list[str] = []
-    for i, ip in enumerate(fields.items(spec.get("ips") or [], loc.field("ips"))):
-        try:
-            if not isinstance(ip, str):
-                raise ValueError(ip)
-            ips.append(str(ipaddress.ip_address(addresses.refuse_scope(ip, ""))))
-        except ValueError:
-            raise loc.field("ips").item(i).error(f"{ip!r} is not an IP address") from None
-        except InvalidConfig as exc:
-            raise loc.field("ips").item(i).error(exc.msg.strip()) from None
+    ips_loc = loc.field("ips")
+    ips = [fields.address(ip, ips_loc.item(i)) for i, ip in enumerate(fields.items(spec.get("ips") or [], ips_loc))]
     return HostEndpoint(meta.name, node, host, tuple(ips), meta.labels)

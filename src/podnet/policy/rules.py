@@ -8,7 +8,6 @@ Pure, standard library only.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,9 +19,6 @@ DIRECTIONS = ("Ingress", "Egress")
 NP_PROTOCOLS = ("TCP", "UDP", "SCTP")
 CP_PROTOCOLS = ("TCP", "UDP", "SCTP", "ICMP")
 ACTIONS = ("Allow", "Deny", "Pass", "Log")
-# IANA_SVC_NAME: at most 15 characters, lowercase alphanumerics and '-', at least one
-# letter, no leading/trailing or doubled '-'.
-_SVC_NAME_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 
 def selector(obj: Any, loc: Loc) -> LabelSelector:
@@ -189,7 +185,7 @@ class NetworkPolicyPort:
             raise loc.field("protocol").error(f"{proto!r} is not one of {', '.join(NP_PROTOCOLS)}")
         port = obj.get("port")
         if isinstance(port, str):
-            if len(port) > 15 or not _SVC_NAME_RE.fullmatch(port) or not re.search("[a-z]", port):
+            if not fields.is_port_name(port):
                 raise loc.field("port").error(
                     f"{port!r} is neither a port number nor a port name",
                     "a named port has at most 15 lowercase alphanumerics or '-' with at "

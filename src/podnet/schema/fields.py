@@ -102,6 +102,29 @@ def dns_name(obj: Any, loc: Loc, *, label: bool) -> str:
     return obj
 
 
+# IANA_SVC_NAME (a named port): at most 15 lowercase alphanumerics and '-', at least
+# one letter, no leading, trailing or doubled '-'.
+_PORT_NAME_RE = re.compile(r"[a-z0-9]+(-[a-z0-9]+)*")
+
+
+def is_port_name(text: object) -> bool:
+    return isinstance(text, str) and len(text) <= 15 and _PORT_NAME_RE.fullmatch(text) is not None and \
+        any("a" <= c <= "z" for c in text)
+
+
+def address(obj: Any, loc: Loc) -> str:
+    """One IP address, normalised, never with a scope ID (ipaddress keeps whatever
+    follows a '%', and it would reach nft)."""
+    if isinstance(obj, str) and "%" in obj:
+        raise loc.error(f"{obj!r} carries a scope ID ('%'), which podnet does not take")
+    try:
+        if not isinstance(obj, str):
+            raise ValueError(obj)
+        return str(ipaddress.ip_address(obj))
+    except ValueError:
+        raise loc.error(f"{obj!r} is not an IP address") from None
+
+
 def cidr(obj: Any, loc: Loc, *, bare_ip: bool = False) -> IPNetwork:
     """A CIDR without host bits (or, with `bare_ip`, a single address)."""
     if not isinstance(obj, str):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from collections.abc import Callable, Collection
 from typing import Any
 
 from podnet import keys
@@ -51,20 +52,28 @@ def _static_band(size: int) -> int:
     return min(max(16, size // 16), 256)
 
 
+def _pick(store: Store, ranges: list[range], key: Callable[[int], str], prefix: str,
+          skip: Collection[int] = ()) -> int | None:
+    """A number whose claim `key(n)` is free: random draws from the first range
+    (probed with a get each), then a scan of every range against one listing of
+    `prefix` when the space is nearly full; None when nothing is free."""
+    for _ in range(RANDOM_PROBES if ranges[0] else 0):
+        n = random.choice(ranges[0])
+        if n not in skip and store.get(key(n)) is None:
+            return n
+    claimed = {e.key for e in store.list(prefix)}
+    return next((n for r in ranges for n in r if n not in skip and key(n) not in claimed), None)
+
+
 def _pick_address(store: Store, net: ipaddress.IPv4Network | ipaddress.IPv6Network, ref: str) -> str:
     first, last = _static_band(net.num_addresses), net.num_addresses - 2  # no network or broadcast address
     if first > last:
         first = 1
-    for _ in range(RANDOM_PROBES):
-        candidate = str(net.network_address + random.randint(first, last))
-        if store.get(keys.cluster_ip(candidate)) is None:
-            return candidate
-    taken = {keys.object_ref(keys.CLUSTER_IPS, e.key) for e in store.list(keys.CLUSTER_IPS)}
-    for offset in [*range(first, last + 1), *range(1, first)]:
-        candidate = str(net.network_address + offset)
-        if candidate not in taken:
-            return candidate
-    raise ObjectError(f"Service {ref}: the service CIDR {net} is full", "delete services or widen the range")
+    offset = _pick(store, [range(first, last + 1), range(1, first)],
+                   lambda n: keys.cluster_ip(str(net.network_address + n)), keys.CLUSTER_IPS)
+    if offset is None:
+        raise ObjectError(f"Service {ref}: the service CIDR {net} is full", "delete services or widen the range")
+    return str(net.network_address + offset)
 
 
 def _requested_address(svc: Service, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
@@ -115,15 +124,11 @@ def _node_ports(store: Store, svc: Service, old: Service | None,
 
 def _pick_port(store: Store, protocol: str, span: tuple[int, int], taken: set[tuple[str, int]], ref: str) -> int:
     low, high = span
-    for _ in range(RANDOM_PROBES):
-        number = random.randint(low, high)
-        if (protocol.upper(), number) not in taken and store.get(keys.node_port(protocol, number)) is None:
-            return number
-    claimed = {e.key for e in store.list(keys.NODE_PORTS)}
-    for number in range(low, high + 1):
-        if (protocol.upper(), number) not in taken and keys.node_port(protocol, number) not in claimed:
-            return number
-    raise ObjectError(f"Service {ref}: every node port of {low}-{high} is taken")
+    number = _pick(store, [range(low, high + 1)], lambda n: keys.node_port(protocol, n), keys.NODE_PORTS,
+                   {n for proto, n in taken if proto == protocol.upper()})
+    if number is None:
+        raise ObjectError(f"Service {ref}: every node port of {low}-{high} is taken")
+    return number
 
 
 def _claims(svc: Service) -> set[str]:

@@ -14,8 +14,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from podnet import keys
+from podnet.errors import PodnetError
 from podnet.model.policy import PodRecord
+from podnet.model.service import Readiness
 from podnet.services.objects import EndpointSlice, Service, ServicePortSpec
+from podnet.store.base import Entry
 
 
 @dataclass(frozen=True, order=True)
@@ -27,6 +31,23 @@ class Backing:
     ready: bool
     node: str = ""
     target: str = ""  # "pod ns/name", or "slice ns/name" for a slice's endpoint
+
+
+def judged_readiness(entries: Iterable[Entry]) -> dict[str, bool]:
+    """"ns/name" -> ready, from the `readiness/` records nodes published (a record that
+    cannot be read is left out: the pod's node rewrites it at the next flip)."""
+    out = {}
+    for entry in entries:
+        try:
+            out[keys.object_ref(keys.READINESS, entry.key)] = Readiness.from_json(entry.json(), entry.key).ready
+        except (PodnetError, ValueError):
+            continue
+    return out
+
+
+def readiness(pods: Iterable[PodRecord], judged: Mapping[str, bool]) -> dict[str, bool]:
+    """What `backing` takes: a pod with a probe is not ready until its node judged it."""
+    return {**{p.ref: False for p in pods if p.readiness is not None}, **judged}
 
 
 def _pod_port(pod: PodRecord, spec: ServicePortSpec) -> int | None:

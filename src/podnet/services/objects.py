@@ -25,8 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from podnet import addresses, keys
-from podnet.errors import InvalidConfig
+from podnet import keys
 from podnet.schema import fields
 from podnet.schema.fields import Loc
 from podnet.schema.kind import Metadata, manifest
@@ -198,23 +197,12 @@ def _choice(obj: Any, loc: Loc, allowed: tuple[str, ...], default: str) -> str:
     return obj
 
 
-def address(obj: Any, loc: Loc) -> str:
-    """One IP address, normalised, never with a scope ID."""
-    try:
-        if not isinstance(obj, str):
-            raise ValueError(obj)
-        return str(ipaddress.ip_address(addresses.refuse_scope(obj, "")))
-    except ValueError:
-        raise loc.error(f"{obj!r} is not an IP address") from None
-    except InvalidConfig as exc:
-        raise loc.error(exc.msg.strip()) from None
-
-
 def _port_name(obj: Any, loc: Loc) -> str:
-    """A port name: a DNS label of at most 15 characters with a letter (IANA_SVC_NAME)."""
+    """A port name (IANA_SVC_NAME, fields.is_port_name)."""
     name = fields.dns_name(obj, loc, label=True)
-    if len(name) > 15 or not any(c.isalpha() for c in name):
-        raise loc.error(f"{name!r} is not a port name", "at most 15 characters, with at least one letter")
+    if not fields.is_port_name(name):
+        raise loc.error(f"{name!r} is not a port name",
+                        "at most 15 lowercase alphanumerics or single '-', with at least one letter")
     return name
 
 
@@ -271,7 +259,7 @@ def _cluster_ip(spec: Mapping[str, Any], loc: Loc) -> str:
         return ""
     if single == HEADLESS:
         return HEADLESS
-    return address(single, loc.field("clusterIP"))
+    return fields.address(single, loc.field("clusterIP"))
 
 
 def _affinity(spec: Mapping[str, Any], loc: Loc) -> int | None:
@@ -303,12 +291,12 @@ def _load_balancer_ips(status: Any, loc: Loc) -> tuple[str, ...]:
     out = []
     for i, item in enumerate(fields.items(lb.get("ingress") or [], ingress_loc)):
         entry = fields.mapping(item, ingress_loc.item(i), ("ip",))
-        out.append(address(entry.get("ip"), ingress_loc.item(i).field("ip")))
+        out.append(fields.address(entry.get("ip"), ingress_loc.item(i).field("ip")))
     return tuple(out)
 
 
 def _addresses(raw: Any, loc: Loc) -> tuple[str, ...]:
-    return tuple(address(ip, loc.item(i)) for i, ip in enumerate(fields.items(raw or [], loc)))
+    return tuple(fields.address(ip, loc.item(i)) for i, ip in enumerate(fields.items(raw or [], loc)))
 
 
 def parse_service(meta: Metadata, body: Mapping[str, Any]) -> Service:
@@ -346,7 +334,7 @@ def _slice_endpoint(item: Any, loc: Loc, address_type: str) -> SliceEndpoint:
     listed = fields.items(entry.get("addresses"), loc.field("addresses"))
     if len(listed) != 1:
         raise loc.field("addresses").error("give exactly one address (as Kubernetes does)")
-    ip = address(listed[0], loc.field("addresses").item(0))
+    ip = fields.address(listed[0], loc.field("addresses").item(0))
     if (ipaddress.ip_address(ip).version == 4) != (address_type == "IPv4"):
         raise loc.field("addresses").item(0).error(f"{ip} is not an {address_type} address")
     conditions = fields.mapping(entry.get("conditions") or {}, loc.field("conditions"),
