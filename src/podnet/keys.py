@@ -80,7 +80,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(SERVICES, "services/<namespace>/<name>", "Service (manifest)", since="0.2.0"),
     Family(ENDPOINT_SLICES, "endpointslices/<namespace>/<name>", "EndpointSlice (manifest)", since="0.2.0"),
     Family(CLUSTER_IPS, "alloc/clusterips/<address>", "ServiceClaim", since="0.2.0"),
-    Family(NODE_PORTS, "alloc/nodeports/<protocol>-<port>", "ServiceClaim", since="0.2.0"),
+    Family(NODE_PORTS, "alloc/nodeports/<protocol>-<port>", "PortClaim", since="0.2.0"),
     Family(SERVICE_SETTINGS, "settings/services", "ServiceSettings", since="0.2.0"),
     Family(READINESS, "readiness/<namespace>/<pod>", "Readiness", since="0.2.0"),
 )
@@ -195,7 +195,8 @@ def cluster_ip(address: str) -> str:
 
 
 def node_port(protocol: str, port: int) -> str:
-    """The claim of one node port (every node's, as NodePorts are cluster-wide)."""
+    """The claim of one node port (every node's, as NodePorts are cluster-wide), or of
+    the host ports of that number that endpoints publish (services/ports.py)."""
     if protocol not in ("tcp", "udp") or not 1 <= int(port) <= 65535:
         raise BadKey(f"no node port key for {protocol!r} {port!r}")
     return f"{NODE_PORTS}{protocol}-{int(port)}"

@@ -165,7 +165,8 @@ def test_lab_down_removes_everything() -> None:
     try:
         podnet("lab", "up", "--name", name, "--nodes", "2", "--pods-per-node", "1")
         namespaces, processes = recorded(name)
-        assert len(namespaces) == 6 and len(processes) == 6  # supervisor, outside, 2 agents, 2 pods
+        # namespaces: fab0, out, 2 nodes, 2 pods, 2 DNS pods; processes: supervisor, outside, 2 agents, 2 echo
+        assert len(namespaces) == 8 and len(processes) == 6
         assert all(owner_alive(p["owner"]) for p in processes)
         podnet("lab", "down", "--name", name)
         assert_gone(name, processes)

@@ -300,7 +300,8 @@ def test_b_removed_node_is_reclaimed_within_the_ttl(sqlite_lab: Lab) -> None:
     print(f"node2 reclaimed {elapsed:.1f}s after removal (lease TTL {SQLITE_TTL}s)")
     assert elapsed <= SQLITE_TTL + 2.5, f"reclaimed only after {elapsed:.1f}s"
     left = lab.read_store("node0", "ipam/cluster/ip/", "endpoints/cluster/")
-    assert len(left["ipam/cluster/ip/"]) == 2 and len(left["endpoints/cluster/"]) == 2  # node0's, node1's
+    # node0's and node1's pod and DNS pod
+    assert len(left["ipam/cluster/ip/"]) == 4 and len(left["endpoints/cluster/"]) == 4
     assert not all_pairs_connected(lab, ["default/p0-0", "default/p1-0"])
 
 

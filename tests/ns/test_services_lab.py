@@ -1,7 +1,8 @@
 """Services in a lab, on the real kernel: ClusterIP and NodePort from pods on every node
 and from the outside world, the spread over backends, ClientIP affinity and its
 timeout, readiness taking a backend out cluster-wide and back, `Local` keeping the
-client's address, an empty service refusing at once, and UDP after a backend change.
+client's address, an empty service refusing at once, UDP after a backend change, and
+cluster DNS (names, SRV, headless following readiness, DNS under egress policy).
 
 One lab for the whole module (2 nodes, 3 backends, 2 clients), torn down by name.
 """
@@ -15,12 +16,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import yaml
 from test_fabric_cluster import eventually
 
 from podnet.lab.state import state_file
+from podnet.observe import probe as probe_module
 
 pytestmark = pytest.mark.root
 
@@ -267,9 +270,122 @@ def test_connectivity_test_checks_every_service(lab):
     assert cluster == {"default/web:http", "default/web:echo", "default/web-np:80", "default/web-local:80",
                        "default/sticky:80", "default/empty:80"}
     assert any(r["destination"].startswith("default/empty:80") and r["detail"] == "refused" for r in services)
+    dns_checks = [r for r in results if r["check"] == "dns/cluster-ip"]
+    assert len(dns_checks) == 4 and all(r["detail"] == f"answer {DNS_IP}" for r in dns_checks), dns_checks
     node_ports = {r["destination"].rsplit(" ", 1)[0] for r in services if r["check"] == "service/node-port"}
     assert node_ports == {"default/web-np:80 node0", "default/web-np:80 node1",
                           "default/web-local:80 node0", "default/web-local:80 node1"}
+
+
+PROBE_SCRIPT = str(Path(probe_module.__file__))
+HEADLESS = """
+apiVersion: v1
+kind: Service
+metadata: {name: web-hl, namespace: default}
+spec:
+  clusterIP: None
+  selector: {app: web}
+  ports: [{name: http, port: 80, targetPort: http}]
+"""
+EGRESS_DENY = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: clients-egress-deny, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: client}}
+  policyTypes: [Egress]
+"""
+EGRESS_DNS = EGRESS_DENY.replace("clients-egress-deny", "clients-egress-dns") + """  egress:
+  - to: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: kube-system}},
+          podSelector: {matchLabels: {k8s-app: kube-dns}}}]
+    ports: [{protocol: UDP, port: 53}, {protocol: TCP, port: 53}]
+"""
+DNS_IP = "10.96.0.10"  # the lab's service CIDR's .10
+
+
+def dns(lab: Lab, client: str, name: str, qtype: str = "A", tcp: bool = False, timeout: float = 2.0) -> str:
+    """What the cluster DNS service told `client`: `answer a,b` or the rcode or an error."""
+    spec = {"kind": "dns", "dst": DNS_IP, "port": 53, "name": name, "qtype": qtype, "tcp": tcp, "timeout": timeout}
+    proc = podnet("lab", "exec", "--lab", lab.name, client, "--", sys.executable, "-I", "-S", PROBE_SCRIPT,
+                  json.dumps(spec))
+    return json.loads(proc.stdout)["detail"]
+
+
+def test_cluster_dns_answers_services_ports_and_pods_on_every_node(lab):
+    web = lab.cluster_ip("web")
+    pod_ip = json.loads(state_file(lab.name).read_text())["pods"]["default/web-1"]["ips"][0].split("/")[0]
+    for client in ("default/cl-0", "default/cl-1"):
+        for tcp in (False, True):
+            assert dns(lab, client, "web.default.svc.cluster.local", tcp=tcp) == f"answer {web}"
+        assert dns(lab, client, "_http._tcp.web.default.svc.cluster.local", "SRV") == \
+            "answer 0 100 8080 web.default.svc.cluster.local"
+        assert dns(lab, client, "_echo._udp.web.default.svc.cluster.local", "SRV") == \
+            "answer 0 100 5353 web.default.svc.cluster.local"
+        assert dns(lab, client, f"{pod_ip.replace('.', '-')}.default.pod.cluster.local") == f"answer {pod_ip}"
+        assert dns(lab, client, "nope.default.svc.cluster.local") == "NXDOMAIN"
+        assert dns(lab, client, ".".join(reversed(web.split("."))) + ".in-addr.arpa", "PTR") == \
+            "answer web.default.svc.cluster.local"
+        assert dns(lab, client, "example.com") == "REFUSED"  # no upstream given: nothing leaves the lab
+    # the answers come from inside each node's DNS pod (the agent's sockets live there)
+    for node in ("node0", "node1"):
+        spec = {"kind": "dns", "dst": "127.0.0.1", "port": 53, "name": "web.default.svc.cluster.local"}
+        out = podnet("lab", "exec", "--lab", lab.name, f"kube-system/kube-dns-{node}", "--", sys.executable, "-I",
+                     "-S", PROBE_SCRIPT, json.dumps(spec)).stdout
+        assert json.loads(out)["detail"] == f"answer {web}"
+
+
+def test_headless_dns_gives_the_ready_pods_and_follows_readiness(lab, tmp_path):
+    ips = {name: entry["ips"][0].split("/")[0]
+           for name, entry in json.loads(state_file(lab.name).read_text())["pods"].items()}
+    every = {ips[f"default/web-{i}"] for i in range(3)}
+    path = tmp_path / "headless.yaml"
+    path.write_text(HEADLESS)
+    podnet("apply", "--lab", lab.name, "-f", str(path))
+    name = "web-hl.default.svc.cluster.local"
+
+    def answered() -> set[str]:
+        detail = dns(lab, "default/cl-1", name)
+        return set(detail.removeprefix("answer ").split(",")) if detail.startswith("answer ") else {detail}
+
+    block = ("nft", "add table inet t; add chain inet t in { type filter hook input priority 0; }; "
+             "add rule inet t in tcp dport 80 reject with tcp reset")
+    try:
+        assert eventually(lambda: answered() == every), answered()
+        lab.sh("default/web-2", *block)
+        try:
+            assert eventually(lambda: answered() == every - {ips["default/web-2"]}), answered()
+        finally:
+            lab.sh("default/web-2", "nft", "delete table inet t")
+        assert eventually(lambda: answered() == every), answered()
+        srv = dns(lab, "default/cl-0", "_http._tcp." + name, "SRV")
+        assert sorted(srv.removeprefix("answer ").split(",")) == sorted(
+            f"0 33 80 {ip.replace('.', '-')}.{name}" for ip in every), srv
+    finally:
+        podnet("delete", "--lab", lab.name, "-f", str(path))
+    assert eventually(lambda: answered() == {"NXDOMAIN"})
+
+
+def test_dns_under_egress_default_deny_needs_a_port_53_rule(lab, tmp_path):
+    """DNS is a service like any other: the packet to the ClusterIP reaches a DNS pod
+    through the forward hook, where the client's egress policy applies."""
+    deny, allow = tmp_path / "deny.yaml", tmp_path / "allow.yaml"
+    deny.write_text(EGRESS_DENY)
+    allow.write_text(EGRESS_DNS)
+    name = "web.default.svc.cluster.local"
+    answer = f"answer {lab.cluster_ip('web')}"
+    podnet("apply", "--lab", lab.name, "-f", str(deny))
+    try:
+        assert eventually(lambda: dns(lab, "default/cl-0", name, timeout=0.5).startswith("timed out"))
+        assert dns(lab, "default/cl-1", name, tcp=True, timeout=0.5).startswith("timed out")
+        podnet("apply", "--lab", lab.name, "-f", str(allow))
+        assert eventually(lambda: dns(lab, "default/cl-0", name) == answer)
+        assert dns(lab, "default/cl-1", name, tcp=True) == answer
+        # the rule opens DNS only: the service itself stays denied by the default-deny
+        assert lab.py("default/cl-0", CONNECT, lab.cluster_ip("web"), "8080", "1").split()[0] == "TimeoutError"
+    finally:
+        podnet("delete", "--lab", lab.name, "-f", str(allow), check=False)
+        podnet("delete", "--lab", lab.name, "-f", str(deny))
+    assert eventually(lambda: lab.py("default/cl-0", CONNECT, lab.cluster_ip("web"), "8080", "1.5") == "connected")
 
 
 def test_a_thousand_services_applied_at_once_reach_every_node(lab, tmp_path):

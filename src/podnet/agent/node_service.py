@@ -37,6 +37,7 @@ from podnet.agent.service_thread import ServiceThread
 from podnet.cluster import leases
 from podnet.cluster.leases import CLUSTER_NETWORK, Claim
 from podnet.cluster.options import NodeOptions
+from podnet.defaults import DEFAULT_CLUSTER_DOMAIN
 from podnet.errors import PodnetError
 from podnet.model.cluster import NodeLease
 from podnet.store import RevisionCompacted, Store
@@ -58,12 +59,15 @@ REFUSED = "refused: "  # how a fabric's verdict on a peer starts when it refused
 
 
 def render_conflist(block: str, cluster_cidr: str, mtu: int, agent_socket: str, store: str,
-                    gso_max_size: int | None = None) -> dict[str, Any]:
+                    gso_max_size: int | None = None, cluster_dns: str | None = None,
+                    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> dict[str, Any]:
     """The pod network's conflist (pure): masquerade only toward outside the cluster.
     `ipam.store` names the shared cluster store (the agent's --store, verbatim), so the
     node's endpoint records and reservations live where peers can reclaim them.
     `gso_max_size`: the pods' GSO limit, from the underlay and the fabric (kernel/gso.py);
-    the node knows its underlay, a default route may not point there."""
+    the node knows its underlay, a default route may not point there.
+    `cluster_dns`: the DNS service's ClusterIP; ADD's result then carries it and the
+    search list of the pod's namespace under `cluster_domain` (cni/config.py conf_dns)."""
     doc: dict[str, Any] = {
         "cniVersion": "1.0.0",
         "name": CLUSTER_NETWORK,
@@ -89,6 +93,9 @@ def render_conflist(block: str, cluster_cidr: str, mtu: int, agent_socket: str, 
     }
     if gso_max_size:
         doc["plugins"][0]["gsoMaxSize"] = gso_max_size
+    if cluster_dns:
+        doc["plugins"][0]["dns"] = {"nameservers": [cluster_dns]}
+        doc["plugins"][0]["clusterDomain"] = cluster_domain
     return doc
 
 
@@ -278,7 +285,8 @@ class NodeService:
         links.ensure_address(ipr, index, gateway)
         self._write_conflist(render_conflist(str(block), self.options.cluster_cidr, mtu,
                                              self.agent.socket_path, self.agent.store_path,
-                                             self._pod_gso(ipr)))
+                                             self._pod_gso(ipr), self.options.cluster_dns,
+                                             self.options.cluster_domain))
 
     def _write_conflist(self, doc: dict[str, Any]) -> None:
         path = self.agent.state.net_d / CONFLIST

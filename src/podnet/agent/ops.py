@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from podnet.agent.cluster_dns_service import ClusterDnsService
 from podnet.agent.context import AgentContext, AgentService
 from podnet.agent.dns_service import dns_service
 from podnet.agent.isolation_service import IsolationService
@@ -30,6 +31,7 @@ SERVICES: dict[str, Callable[[AgentContext], AgentService]] = {
     "policy": PolicyService,  # --node: policy/ in the cluster store -> inet podnet-policy; flows
     "readiness": ReadinessService,  # --node: probes this node's pods, publishes readiness/
     "services": ServicesService,  # --node: services/, endpointslices/, pods -> inet podnet-svc
+    "cluster-dns": ClusterDnsService,  # --cluster-dns-netns: <svc>.<ns>.svc.<domain> in the node's DNS pod
 }
 
 

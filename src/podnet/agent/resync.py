@@ -39,6 +39,7 @@ from podnet.ipam.service import IpamService
 from podnet.kernel import links, netns
 from podnet.model.endpoint import EndpointRecord
 from podnet.naming import attach_id, host_veth_name, net_id
+from podnet.services import ports
 from podnet.store.base import Store
 
 log = logging.getLogger("podnet.resync")
@@ -108,6 +109,9 @@ def _resync_store(
     # (a veth it built is claimed by nobody: the orphan sweep removes it).
     for reservation in retry_conflicts(IpamService(store, identity=service.identity).rollback_dead_pending):
         report.released.append(f"{reservation.network}/{reservation.address}")
+    # Host ports claimed by endpoints that are gone (rolled back above, or freed with
+    # a dead node's block): their claims must not keep a node port from a service.
+    report.released.extend(ports.prune(store))  # their claim keys
 
 
 def _resync_endpoint(service: CniService, store: Store, key: str, record: EndpointRecord, host_fd: int,

@@ -13,6 +13,7 @@ from podnet.defaults import (
     DEFAULT_BLOCK_PREFIX,
     DEFAULT_BRIDGE,
     DEFAULT_CLUSTER_CIDR,
+    DEFAULT_CLUSTER_DOMAIN,
     DEFAULT_CONFIG,
     DEFAULT_LEASE_TTL,
     DEFAULT_NETWORK,
@@ -30,6 +31,7 @@ AGENT_DEFAULTS = {
     "socket": None, "store": None, "state_dir": None, "dns_upstream": None, "policy_host": None,
     "node": None, "fabric": "vxlan", "cluster_cidr": DEFAULT_CLUSTER_CIDR,
     "block_prefix": DEFAULT_BLOCK_PREFIX, "underlay": "eth0", "lease_ttl": DEFAULT_LEASE_TTL,
+    "cluster_dns": None, "cluster_domain": DEFAULT_CLUSTER_DOMAIN, "cluster_dns_netns": None,
 }
 
 
@@ -54,6 +56,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     cluster.add_argument("--block-prefix", type=int, help=f"prefix length of a node's block (default {DEFAULT_BLOCK_PREFIX})")
     cluster.add_argument("--underlay", help="the node's interface toward other nodes (default eth0)")
     cluster.add_argument("--lease-ttl", type=float, help=f"node lease TTL in seconds (default {DEFAULT_LEASE_TTL:g})")
+    cluster.add_argument("--cluster-dns", metavar="IP",
+                         help="the cluster DNS service's ClusterIP, given to pods in their CNI result")
+    cluster.add_argument("--cluster-domain", help=f"the cluster's DNS domain (default {DEFAULT_CLUSTER_DOMAIN})")
+    cluster.add_argument("--cluster-dns-netns", metavar="PATH",
+                         help="answer cluster DNS on port 53 inside this pod namespace (a pod of kube-dns)")
     agent.set_defaults(func=_cmd_agent)
 
     install = sub.add_parser("install-cni", help="install the podnet CNI executables (and the agent as a service)")
@@ -119,7 +126,11 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         return fail(str(exc), 2)
     node = None
     if s["node"]:
-        node = NodeOptions(s["node"], s["fabric"], s["cluster_cidr"], s["block_prefix"], s["underlay"], s["lease_ttl"])
+        failed = _check_cluster_dns(s)
+        if failed is not None:
+            return failed
+        node = NodeOptions(s["node"], s["fabric"], s["cluster_cidr"], s["block_prefix"], s["underlay"], s["lease_ttl"],
+                           s["cluster_dns"], s["cluster_domain"], s["cluster_dns_netns"])
     if s["policy_host"] and s["node"]:
         return fail("--policy-host and --node exclude each other (a node enforces its own host endpoint)", 2)
     if s["store"]:
@@ -127,6 +138,22 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         if failed is not None:
             return failed
     return run_agent(s["socket"], s["store"], s["state_dir"], s["dns_upstream"], node, s["policy_host"])
+
+
+def _check_cluster_dns(s: dict) -> int | None:
+    """--cluster-dns must be an address and --cluster-domain a DNS name, or nothing starts."""
+    import ipaddress
+
+    from podnet.schema.fields import DNS_SUBDOMAIN_RE
+
+    if s["cluster_dns"]:
+        try:
+            s["cluster_dns"] = str(ipaddress.ip_address(s["cluster_dns"]))
+        except ValueError:
+            return fail(f"--cluster-dns: not an IP address: {s['cluster_dns']!r}", 2)
+    if not DNS_SUBDOMAIN_RE.match(s["cluster_domain"] or ""):
+        return fail(f"--cluster-domain: not a DNS name: {s['cluster_domain']!r}", 2)
+    return None
 
 
 def _check_store(location: str, init: bool) -> int | None:

@@ -1,5 +1,6 @@
-"""The demo's service act: a ClusterIP service over the echo pods, load balanced, then
-one backend failing its readiness probe and the service failing over, then its return.
+"""The demo's service act: a ClusterIP service over the echo pods, found by its name
+through cluster DNS, load balanced, then one backend failing its readiness probe and
+the service failing over, then its return.
 
 The demo topology gives every echo pod a readiness probe (TCP on its http port, every
 second) and declares the `echo` Service; this module shows the spread from one pod,
@@ -89,6 +90,12 @@ def act(console: Any, data: dict) -> bool:
     with open_store(data["store_url"]) as store:
         _, found = service_probe.frontends(store, "svc/default/echo")
     console.print(f"\n[bold]service default/echo[/] ({found[0].label}): {CONNECTIONS} connections from {client}")
+    resolved = _resolve(data, client, "echo.default.svc." + (data.get("cluster_dns") or {}).get("domain", ""))
+    if resolved is not None:
+        console.print(f"  {client} resolves it through cluster DNS: {resolved}")
+        ok_dns = resolved.endswith(f"-> {found[0].ip}")
+    else:
+        ok_dns = True  # a lab without cluster DNS
     before = _spread(data, client, found)
     console.print(f"  answered by {before}")
     ok = set(before) == {p.split("/", 1)[1] for p in pods}
@@ -110,6 +117,25 @@ def act(console: Any, data: dict) -> bool:
     back = _until(lambda: victim_name in ready_pods(data)) and \
         _until(lambda: victim_name in _spread(data, client, found))
     console.print(f"  {victim} passes again: {'back in the service' if back else 'NOT back'}")
-    mark = "[green]✓[/]" if ok and back else "[red]✗[/]"
+    mark = "[green]✓[/]" if ok and back and ok_dns else "[red]✗[/]"
     console.print(f"{mark} service load balancing and fail-over")
-    return ok and back
+    return ok and back and ok_dns
+
+
+def _resolve(data: dict, client: str, name: str) -> str | None:
+    """`name`'s A record as the client pod gets it from the cluster DNS service."""
+    import json
+
+    from podnet.observe.connectivity import probe_argv
+
+    dns = data.get("cluster_dns")
+    if not dns:
+        return None
+    spec = {"kind": "dns", "dst": dns["ip"], "port": 53, "name": name, "qtype": "A"}
+    proc = subprocess.run(probe_argv(data["pods"][client]["netns"], spec),
+                          capture_output=True, text=True, timeout=10, check=False)
+    try:
+        detail = json.loads(proc.stdout)["detail"]
+    except (ValueError, KeyError):
+        return f"no answer ({proc.stderr.strip()[-200:]})"
+    return f"{name} -> {detail.removeprefix('answer ')}"

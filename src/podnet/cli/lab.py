@@ -9,7 +9,7 @@ import time
 
 from podnet.cli.output import add_output_option, emit_object, fail
 from podnet.cli.target import add_target_options, lab_name
-from podnet.defaults import FABRIC_NAMES
+from podnet.defaults import DEFAULT_CLUSTER_DOMAIN, FABRIC_NAMES
 from podnet.errors import PodnetError
 from podnet.kernel.gso import BIG_TCP as NIC_GSO
 from podnet.model.service import DEFAULT_SERVICE_CIDR, ServiceSettings
@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="shared cluster store: one SQLite file, or a 3-member etcd cluster in the lab")
     up.add_argument("--service-cidr", default=DEFAULT_SERVICE_CIDR,
                     help=f"where ClusterIPs come from (default {DEFAULT_SERVICE_CIDR})")
+    up.add_argument("--cluster-domain", default=DEFAULT_CLUSTER_DOMAIN,
+                    help=f"the cluster DNS domain (default {DEFAULT_CLUSTER_DOMAIN})")
+    up.add_argument("--no-cluster-dns", dest="cluster_dns", action="store_false",
+                    help="no DNS pods and no kube-system/kube-dns service (the service CIDR's .10)")
     up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each daemon (default 30)")
     up.add_argument("--lease-ttl", type=float, default=None,
                     help="the agents' node lease TTL in seconds (default 10): a dead node is reclaimed after it")
@@ -97,9 +101,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     if not 65536 <= args.nic_gso <= 524280:
         fail("--nic-gso must be between 65536 and 524280 bytes")
-    ServiceSettings(args.service_cidr)  # refused here, before anything is built
+    ServiceSettings(args.service_cidr, cluster_domain=args.cluster_domain)  # refused here, before anything is built
     builder = LabBuilder(topology, LabOptions(name, args.fabric, args.store, timeout=args.timeout,
-                                            service_cidr=args.service_cidr,
+                                            service_cidr=args.service_cidr, cluster_dns=args.cluster_dns,
+                                            cluster_domain=args.cluster_domain,
                                             nic_gso=args.nic_gso,
                                             **({"lease_ttl": args.lease_ttl} if args.lease_ttl else {})), progress)
     if builder.simulate:
@@ -142,6 +147,11 @@ def print_summary(data: dict) -> None:
     console.print(pods)
     out = data.get("outside", {})
     console.print(f"outside: {out.get('ip')} (HTTP :80, UDP :80) in {out.get('netns')}")
+    dns = data.get("cluster_dns")
+    if dns:
+        servers = ", ".join(" ".join([node, (pod.get("ips") or ["?"])[0].split("/")[0], *(
+            [pod["server"]] if pod.get("server") else [])]) for node, pod in (dns.get("pods") or {}).items())
+        console.print(f"cluster dns: {dns['ip']} (kube-system/kube-dns, {dns['domain']}): {servers}")
     console.print(f"try: podnet lab exec --lab {data['name']} default/<pod> -- ping {out.get('ip')}")
 
 

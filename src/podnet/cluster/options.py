@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from podnet.defaults import DEFAULT_BLOCK_PREFIX, DEFAULT_CLUSTER_CIDR, DEFAULT_LEASE_TTL
+from podnet.defaults import (
+    DEFAULT_BLOCK_PREFIX,
+    DEFAULT_CLUSTER_CIDR,
+    DEFAULT_CLUSTER_DOMAIN,
+    DEFAULT_LEASE_TTL,
+)
 
 
 @dataclass(frozen=True)
@@ -15,3 +20,6 @@ class NodeOptions:
     block_prefix: int = DEFAULT_BLOCK_PREFIX
     underlay: str = "eth0"
     lease_ttl: float = DEFAULT_LEASE_TTL
+    cluster_dns: str | None = None  # the DNS service's ClusterIP, handed to pods (kubelet --cluster-dns)
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN  # (kubelet --cluster-domain)
+    cluster_dns_netns: str | None = None  # the DNS pod this agent answers in (/run/netns/...)

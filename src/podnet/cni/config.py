@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 
 DEFAULT_BRIDGE = "podnet0"
 MODES = ("bridge", "macvlan")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
 MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
 # Our own IPAM answers to these type names without exec'ing anything.
 BUILTIN_IPAM = frozenset({"podnet-ipam", "podnet"})
@@ -226,12 +229,30 @@ def parse_call(request: CniRequest, default_store: str = DEFAULT_STORE) -> CniCa
     return CniCall(request, conf, store_path_for(request.config, default_store))
 
 
-def conf_dns(raw: Mapping) -> Mapping:
-    """The config's `dns` (for ADD's result); checked only when ADD uses it."""
+def conf_dns(raw: Mapping, args: Mapping[str, str] | None = None) -> Mapping:
+    """The config's `dns` (for ADD's result); checked only when ADD uses it.
+
+    With podnet's `clusterDomain` (the cluster conflist: the kubelet's --cluster-domain)
+    the search list is Kubernetes' for the pod's namespace (K8S_POD_NAMESPACE):
+    `<ns>.svc.<domain> svc.<domain> <domain>`, before any configured domains, and
+    `ndots:5` unless options are given, so `web` and `web.other` resolve as in a pod."""
     dns = raw.get("dns") or {}
     if not isinstance(dns, Mapping):
         raise InvalidConfig("'dns' must be an object")
-    return dns
+    domain = raw.get("clusterDomain")
+    if domain is None:
+        return dns
+    if not isinstance(domain, str) or not _DNS_NAME.match(domain):
+        raise InvalidConfig(f"'clusterDomain' must be a DNS name such as cluster.local, got {domain!r}")
+    namespace = (args or {}).get("K8S_POD_NAMESPACE", "")
+    search = [f"svc.{domain}", domain]
+    if _DNS_LABEL.match(namespace):
+        search.insert(0, f"{namespace}.svc.{domain}")
+    configured = dns.get("search") or []
+    if not isinstance(configured, list):
+        raise InvalidConfig("'dns.search' must be a list")
+    return {**dns, "search": [*search, *(s for s in configured if s not in search)],
+            "options": dns.get("options") or ["ndots:5"]}
 
 
 def store_path_for(raw_config: Mapping, default: str = DEFAULT_STORE) -> str:

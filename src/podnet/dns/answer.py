@@ -29,7 +29,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import KW_ONLY, dataclass
 
-from dnslib import AAAA, CLASS, EDNS0, OPCODE, PTR, QTYPE, RCODE, RR, A, DNSHeader, DNSRecord
+from dnslib import AAAA, CLASS, EDNS0, OPCODE, PTR, QTYPE, RCODE, RR, SRV, A, DNSHeader, DNSRecord
 from dnslib.buffer import Buffer
 
 log = logging.getLogger("podnet.dns")
@@ -215,9 +215,12 @@ def _qname(labels: tuple[bytes, ...]) -> str | None:
 
 
 def _record(qname: object, qtype: str, value: str, ttl: int) -> RR | None:
-    """One answer: an address becomes A or AAAA (by its family), a name a PTR."""
+    """One answer: an address becomes A or AAAA (by its family), a name a PTR, and
+    "priority weight port target" an SRV."""
     if qtype == "PTR":
         return RR(qname, QTYPE.PTR, ttl=ttl, rdata=PTR(value.rstrip(".") + "."))
+    if qtype == "SRV":
+        return _srv(qname, value, ttl)
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
@@ -225,3 +228,14 @@ def _record(qname: object, qtype: str, value: str, ttl: int) -> RR | None:
     if address.version == 4:
         return RR(qname, QTYPE.A, ttl=ttl, rdata=A(str(address)))
     return RR(qname, QTYPE.AAAA, ttl=ttl, rdata=AAAA(str(address)))
+
+
+def _srv(qname: object, value: str, ttl: int) -> RR | None:
+    try:
+        priority, weight, port, target = value.split()
+        numbers = [int(priority), int(weight), int(port)]
+    except ValueError:
+        return None
+    if not all(0 <= n < 65536 for n in numbers):
+        return None
+    return RR(qname, QTYPE.SRV, ttl=ttl, rdata=SRV(*numbers, target=target.rstrip(".") + "."))

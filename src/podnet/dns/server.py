@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 import selectors
 import socket
 import struct
@@ -78,8 +79,10 @@ class DnsServer:
         upstream: tuple[str, int] | None = None,
         ttl: int = DEFAULT_TTL,
         label: str = "",
+        netns_path: str | None = None,
     ) -> None:
         self.address = str(ipaddress.ip_address(address))
+        self.netns_path = netns_path  # bind there (a pod's namespace); the sockets stay in it
         self.family = socket.AF_INET6 if ":" in self.address else socket.AF_INET
         self.port = port
         self.upstream = upstream
@@ -110,6 +113,21 @@ class DnsServer:
         return self
 
     def _bind(self) -> None:
+        """UDP and TCP on the same port, in `netns_path` if given (a socket belongs to the
+        namespace it was made in, whatever thread later uses it)."""
+        if self.netns_path is None:
+            self._bind_here()
+            return
+        from podnet.kernel import netns
+
+        fd = netns.open_netns(self.netns_path)
+        try:
+            with netns.entered(fd):
+                self._bind_here()
+        finally:
+            os.close(fd)
+
+    def _bind_here(self) -> None:
         """UDP and TCP on the same port; port 0 picks a free one for both."""
         for _attempt in range(20):
             udp = socket.socket(self.family, socket.SOCK_DGRAM)

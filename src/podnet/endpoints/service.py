@@ -35,6 +35,7 @@ from podnet.attach import ATTACH
 from podnet.cni import skel
 from podnet.cni.config import DEFAULT_STORE, CniCall, PodnetConf, conf_dns, parse_call
 from podnet.cni.skel import CniRequest
+from podnet.endpoints import hostports
 from podnet.endpoints import stores as registry
 from podnet.endpoints.ipam import Ipam, ipam_for
 from podnet.endpoints.result import AddResult, addressing, attach_context
@@ -195,6 +196,7 @@ class CniService:
             addresses = _write_pending(store, key, pending, ipam, undo)
             if not addresses.ips:
                 raise InvalidConfig(f"IPAM plugin {conf.ipam_type} returned no address")
+            hostports.claim(call, store, self.identity.node, undo)  # a node port of the cluster refuses
             ctx = attach_context(conf, req, host_fd, container_fd, *addressing(conf, addresses))
             attached = attacher.add(ctx, undo)
             _fault_point("after-attach")
@@ -205,7 +207,7 @@ class CniService:
                     manager.add(conf.name, aid, list(ctx.ips), list(conf.port_mappings), conf.ip_masq,
                                 attached.host_if, masq_exclude=conf.ip_masq_exclude)
                 undo.callback(self._nat_remove, host_fd, conf.name, aid)
-            result = AddResult(attached, addresses, dict(conf_dns(req.config)) or addresses.dns)
+            result = AddResult(attached, addresses, dict(conf_dns(req.config, req.args)) or addresses.dns)
             ready = pending.ready(tuple(str(ip) for ip in ctx.ips), attacher.host_links(ctx), nat, result.as_cni())
 
             def commit() -> None:
@@ -228,8 +230,10 @@ class CniService:
         conf, req = call.conf, call.request
         key = keys.endpoint(conf.name, req.container_id, req.ifname)
         entry = store.get(key)
-        self.teardown(conf, req, read_record(entry.value) if entry else None, host_fd, container_fd)
+        record = read_record(entry.value) if entry else None
+        self.teardown(conf, req, record, host_fd, container_fd)
         retry_conflicts(ipam.release)
+        hostports.release(call, store, record)  # before the record: a holder without one is garbage
         store.delete(key)
 
     def teardown(
@@ -290,6 +294,7 @@ class CniService:
             store.delete(entry.key)
             removed["endpoints"].append((cid, ifname))
         removed["addresses"] = retry_conflicts(ipam.gc, valid)
+        removed["ports"] = hostports.prune(call, store)
         if conf.mode == "bridge":
             keep = {attach_id(conf.name, cid, ifname) for cid, ifname in valid}
             with netns.entered(host_fd):

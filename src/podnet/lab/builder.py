@@ -10,6 +10,8 @@ Layout (lab `L`, every namespace named `pn-lab-L-<role>`):
 - `out`: the outside world on rack 0 (172.31.0.254, and 198.51.100.1 on lo) running
   an HTTP (TCP 80) / UDP 80 echo target;
 - `etcd<i>`: with `--store etcd`, three etcd members on rack 0 (172.31.0.200+i);
+- `dns-<node>`: the node's cluster DNS pod (kube-system/kube-dns-<node>), served by the
+  node's agent, behind the service kube-system/kube-dns (the service CIDR's .10);
 - `p-<ns>-<pod>`: one per pod, attached through the node's CNI conflist, served by the
   built-in echo server for its ports (one `echo/<node>` process per node, whose sockets
   are opened inside each pod's namespace).
@@ -31,11 +33,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from podnet.defaults import DEFAULT_CLUSTER_DOMAIN
 from podnet.fileio import write_atomic
+from podnet.lab import orchestrator
 from podnet.lab import topology as topo
 from podnet.lab.state import NETNS_DIR, LabError, LabState, enter, ip, node_socket, run, state_file
 from podnet.lab.supervisor_client import SupervisorClient
-from podnet.lab.topology import Pod, Topology
+from podnet.lab.topology import Pod, Port, Topology
 from podnet.lab.underlay import (
     NIC_GSO,
     machine_routes,
@@ -48,6 +52,8 @@ from podnet.model.service import DEFAULT_SERVICE_CIDR
 from podnet.state import StatePaths
 
 CLUSTER_CONFLIST = "cluster.conflist"
+DNS_POD_PREFIX = "kube-dns-"
+DNS_PORTS = tuple(Port(p["port"], p["protocol"], p["name"]) for p in orchestrator.DNS_PORTS)
 BLOCK_PREFIX = 24
 LEASE_TTL = 10
 ETCD_MEMBERS = 3
@@ -63,6 +69,8 @@ class LabOptions:
     timeout: float = 30.0
     lease_ttl: float = LEASE_TTL  # the agents' --lease-ttl (reliability tests shorten it)
     nic_gso: int = NIC_GSO  # GSO/GRO limit of the lab's "NICs" (65536: no BIG TCP)
+    cluster_dns: bool = True  # a DNS pod per node, served by its agent, behind kube-system/kube-dns
+    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
 
 
 Progress = Callable[[str], None]
@@ -213,6 +221,7 @@ class LabBuilder:
     def start_agents(self, store: str) -> None:
         self.st.data["store_url"] = store
         self.st.data["service_cidr"] = self.o.service_cidr
+        dns = self.plan_cluster_dns()
         for node in self.t.nodes:
             info = self.st.data["nodes"][node.name]
             state_dir = Path(info["state_dir"])
@@ -227,6 +236,9 @@ class LabBuilder:
                 argv += ["--store", store, "--node", node.name, "--fabric", self.o.fabric,
                          "--cluster-cidr", self.o.cluster_cidr, "--block-prefix", str(BLOCK_PREFIX),
                          "--underlay", "eth0", "--lease-ttl", str(self.o.lease_ttl)]
+                if dns:
+                    argv += ["--cluster-dns", dns["ip"], "--cluster-domain", dns["domain"],
+                             "--cluster-dns-netns", str(NETNS_DIR / dns["pods"][node.name]["netns"])]
             info["agent_pid"] = self.spawn(f"agent/{node.name}", info["netns"], argv)
             self.st.save()
         for node in self.t.nodes:
@@ -241,6 +253,30 @@ class LabBuilder:
             info["conflist"] = str(conflist)
             info["block"] = _conflist_block(conflist)
         self.st.save()
+
+    def plan_cluster_dns(self) -> dict | None:
+        """One DNS pod namespace per node, recorded and made before the agents start
+        (each agent serves in its own as soon as it exists; the pod is attached with
+        the others). The DNS service's ClusterIP is the service CIDR's 10th address,
+        as kubeadm picks it."""
+        if not self.o.cluster_dns or self.simulate:
+            return None
+        import ipaddress
+
+        dns = {"ip": str(ipaddress.ip_network(self.o.service_cidr)[10]), "domain": self.o.cluster_domain,
+               "namespace": orchestrator.DNS_NAMESPACE,
+               "pods": {node.name: {"name": f"{DNS_POD_PREFIX}{node.name}", "netns": self.ns(f"dns-{node.name}")}
+                        for node in self.t.nodes}}
+        self.st.data["cluster_dns"] = dns
+        self.st.add_netns_batch([pod["netns"] for pod in dns["pods"].values()])
+        self.st.save()
+        return dns
+
+    def dns_pods(self) -> list[tuple[Pod, str]]:
+        """The DNS pods as pods (labels and named ports of CoreDNS's), with their netns."""
+        dns = self.st.data.get("cluster_dns") or {}
+        return [(Pod(entry["name"], orchestrator.DNS_NAMESPACE, node, orchestrator.DNS_LABELS, DNS_PORTS), entry["netns"])
+                for node, entry in (dns.get("pods") or {}).items()]
 
     def _wait(self, predicate: Callable[[], bool], what: str, pid_name: str | None = None) -> None:
         deadline = time.monotonic() + self.o.timeout
@@ -262,11 +298,15 @@ class LabBuilder:
             self.st.data["pods"][pod.key] = {"node": pod.node, "netns": topo.pod_netns(self.o.name, pod),
                                              "labels": dict(pod.labels), "ports": [str(p) for p in pod.ports]}
         self.st.add_netns_batch([self.st.data["pods"][pod.key]["netns"] for pod in self.t.pods])
+        dns_pods = self.dns_pods()
         with ThreadPoolExecutor(max_workers=8) as pool:
             results = list(pool.map(self.attach, self.t.pods))
+            dns_results = list(pool.map(lambda item: self.attach(*item), dns_pods))
         for pod, result in zip(self.t.pods, results, strict=True):
             ips = [entry["address"] for entry in result.get("ips", [])]
             self.st.data["pods"][pod.key]["ips"] = ips
+        for (pod, _netns), result in zip(dns_pods, dns_results, strict=True):
+            self.st.data["cluster_dns"]["pods"][pod.node]["ips"] = [e["address"] for e in result.get("ips", [])]
         self.st.save()
         self.register_pods()
         # one echo process per node, serving each of its pods from inside the pod's namespace
@@ -309,7 +349,7 @@ class LabBuilder:
 
         run(in_lab_argv(self.st, [sys.executable, "-m", "podnet.lab.orchestrator", self.o.name]), timeout=60)
 
-    def attach(self, pod: Pod) -> dict:
+    def attach(self, pod: Pod, netns: str | None = None) -> dict:
         """CNI ADD of the node's cluster conflist, run inside the node's namespace."""
         from podnet.runtime.libcni import CniFailure, Conflist
 
@@ -318,7 +358,7 @@ class LabBuilder:
         conflist = Conflist(config, [str(self.st.labdir / "bin"), "/usr/lib/cni"], enter=enter(node["netns"]))
         cid = f"lab-{self.o.name}-{pod.namespace}-{pod.name}"
         try:
-            return conflist.add(cid, str(NETNS_DIR / topo.pod_netns(self.o.name, pod)), "eth0",
+            return conflist.add(cid, str(NETNS_DIR / (netns or topo.pod_netns(self.o.name, pod))), "eth0",
                                 args=f"K8S_POD_NAMESPACE={pod.namespace};K8S_POD_NAME={pod.name}")
         except CniFailure as exc:
             raise LabError(f"attaching pod {pod.key} on {pod.node} failed", str(exc)) from None

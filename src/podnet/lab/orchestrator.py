@@ -35,6 +35,19 @@ def needs_lab_namespace(url: str) -> bool:
     return url.startswith("etcd://")
 
 
+DNS_NAMESPACE = "kube-system"
+DNS_LABELS = {"k8s-app": "kube-dns"}
+DNS_PORTS = ({"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"})
+
+
+def kube_dns(cluster_ip: str) -> dict:
+    """The cluster DNS service, as kubeadm installs it: its pods are the nodes' DNS pods."""
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": DNS_NAMESPACE, "labels": dict(DNS_LABELS)},
+            "spec": {"selector": dict(DNS_LABELS), "clusterIP": cluster_ip,
+                     "ports": [{**port, "targetPort": port["name"]} for port in DNS_PORTS]}}
+
+
 def register(name: str) -> int:
     from podnet.model.cluster import HostRecord
     from podnet.model.policy import PodRecord
@@ -57,11 +70,17 @@ def register(name: str) -> int:
                               dict(pod.get("labels") or {}), ports, readiness))
     for ns in state.data.get("namespace_labels", {}).items():
         namespaces[ns[0]] = dict(ns[1])
+    dns = state.data.get("cluster_dns") or {}
+    for node, entry in (dns.get("pods") or {}).items():
+        namespaces.setdefault(DNS_NAMESPACE, {})
+        pods.append(PodRecord(DNS_NAMESPACE, entry["name"], node, tuple(ip.split("/")[0] for ip in entry.get("ips", [])),
+                              dict(DNS_LABELS), DNS_PORTS))
     with open_store(state.data["store_url"]) as store:
         if state.data.get("service_cidr") and store.get(keys.SERVICE_SETTINGS) is None:
-            store.put(keys.SERVICE_SETTINGS, ServiceSettings(state.data["service_cidr"]).encode())
+            domain = {"cluster_domain": dns["domain"]} if dns.get("domain") else {}
+            store.put(keys.SERVICE_SETTINGS, ServiceSettings(state.data["service_cidr"], **domain).encode())
         register_pods(store, pods, namespaces)
-        services = state.data.get("services") or []
+        services = ([kube_dns(dns["ip"])] if dns.get("ip") else []) + list(state.data.get("services") or [])
         if services:  # the topology's services, once their pods exist
             apply(store, parse_documents(services))
         for host, entry in (state.data.get("hosts") or {}).items():

@@ -129,7 +129,9 @@ def resolve_target(name: str, target: str) -> str:
     """`NODE`, `NS/POD`, or a lab role (out, rtr, fab0, etcd0) -> its namespace."""
     state = LabState.load(name)
     if "/" in target:
-        pod = state.data.get("pods", {}).get(target)
+        dns = state.data.get("cluster_dns") or {}
+        pod = state.data.get("pods", {}).get(target) or next(
+            (p for p in (dns.get("pods") or {}).values() if target == f"{dns.get('namespace')}/{p['name']}"), None)
         if pod is None:
             raise LabError(f"no pod {target!r} in lab {name}", f"pods: {', '.join(state.data.get('pods', {}))}")
         return pod["netns"]

@@ -37,6 +37,14 @@ def status(name: str) -> dict:
         entry = procs.get(info.get("echo_proc") or f"echo/{key}", {})
         pods.append({"name": key, **info, "echo_alive": process_alive(entry)})
     data["nodes"], data["pods"] = nodes, pods
+    dns = data.get("cluster_dns")
+    if dns:
+        for node, pod in (dns.get("pods") or {}).items():
+            socket = next((row.get("socket") for row in nodes if row["name"] == node), None)
+            try:
+                pod["server"] = call(socket, "clusterdns.status", timeout=3)["state"] if socket else "no agent"
+            except (PodnetError, OSError, ValueError, KeyError, TypeError) as exc:
+                pod["server"] = f"unknown: {exc}"
     return data
 
 

@@ -17,7 +17,7 @@ from podnet.model.endpoint import EndpointRecord
 from podnet.model.ipam import Reservation
 from podnet.model.network import NetworkRecord
 from podnet.model.policy import PodRecord, PolicySettings
-from podnet.model.service import Readiness, ServiceClaim, ServiceSettings
+from podnet.model.service import PortClaim, Readiness, ServiceClaim, ServiceSettings
 from podnet.store.base import Entry
 
 RECORD_TYPES: dict[str, type] = {
@@ -30,7 +30,7 @@ RECORD_TYPES: dict[str, type] = {
     keys.PODS: PodRecord,
     keys.POLICY_SETTINGS: PolicySettings,
     keys.CLUSTER_IPS: ServiceClaim,
-    keys.NODE_PORTS: ServiceClaim,
+    keys.NODE_PORTS: PortClaim,
     keys.SERVICE_SETTINGS: ServiceSettings,
     keys.READINESS: Readiness,
 }

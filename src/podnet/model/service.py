@@ -1,8 +1,13 @@
 """What service allocation keeps in the store besides the Service manifests.
 
-- `alloc/clusterips/<address>` and `alloc/nodeports/<protocol>-<port>` ->
-  ServiceClaim: which service owns a ClusterIP or a node port. Claims are written in
-  the transaction that stores the service, so two applies can never both get one.
+- `alloc/clusterips/<address>` -> ServiceClaim: which service owns a ClusterIP.
+  Claims are written in the transaction that stores the service, so two applies can
+  never both get one.
+- `alloc/nodeports/<protocol>-<port>` -> PortClaim: one claim per (protocol, port) of
+  the node-port range, held either by a service (its node port, on every node) or by
+  the endpoints that publish it as a host port (CNI `portMappings`, each on its own
+  node: several nodes may publish one host port). So a node port and a published
+  port can never both exist (services/ports.py).
 - `readiness/<namespace>/<pod>` -> Readiness: what the pod's node last judged of a
   pod with a readiness probe (services/probes.py); backends follow it on every node.
 - `settings/services` -> ServiceSettings: the cluster's service CIDR, node port range
@@ -15,20 +20,20 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from podnet import addresses
+from podnet import addresses, keys
+from podnet.defaults import DEFAULT_CLUSTER_DOMAIN
 from podnet.errors import InvalidConfig
-from podnet.model.base import Fields
+from podnet.model.base import CorruptRecord, Fields
 from podnet.schema.fields import DNS_SUBDOMAIN_RE
 from podnet.store.base import dumps
 
 DEFAULT_SERVICE_CIDR = "10.96.0.0/16"
 DEFAULT_NODE_PORTS = (30000, 32767)
-DEFAULT_CLUSTER_DOMAIN = "cluster.local"
 
 
 @dataclass(frozen=True)
 class ServiceClaim:
-    """Who owns a ClusterIP or node port: `namespace/name` of the service."""
+    """Who owns a ClusterIP: `namespace/name` of the service."""
 
     service: str
 
@@ -41,11 +46,86 @@ class ServiceClaim:
     @classmethod
     def from_json(cls, raw: object, what: str = "service claim") -> ServiceClaim:
         f = Fields(raw, what)
-        service = f.text("service")
-        namespace, sep, name = service.partition("/")
-        if not sep or not namespace or not name or "/" in name:
-            raise f.error("service", f"is not namespace/name: {service!r}")
-        return cls(service)
+        return cls(_service_ref(f))
+
+
+def _service_ref(f: Fields) -> str:
+    service = f.text("service")
+    namespace, sep, name = service.partition("/")
+    if not sep or not namespace or not name or "/" in name:
+        raise f.error("service", f"is not namespace/name: {service!r}")
+    return service
+
+
+@dataclass(frozen=True)
+class PortHolder:
+    """One endpoint that publishes a host port: the node it runs on (for messages) and
+    its attachment, whose endpoint record (keys.endpoint) says whether it still exists."""
+
+    node: str
+    network: str
+    container_id: str
+    ifname: str
+
+    @property
+    def endpoint(self) -> tuple[str, str, str]:
+        """What identifies the holder: its attachment (the node that wrote it may have
+        been the agent or the plugin's fallback, which name the node differently)."""
+        return self.network, self.container_id, self.ifname
+
+    def __str__(self) -> str:
+        return f"node {self.node or '(unnamed)'} (endpoint {self.network}/{self.container_id}/{self.ifname})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "network": self.network, "containerID": self.container_id,
+                "ifname": self.ifname}
+
+    @classmethod
+    def from_json(cls, raw: object, what: str = "host port holder") -> PortHolder:
+        f = Fields(raw, what)
+        names = []
+        for name in ("network", "containerID"):
+            try:
+                names.append(keys.segment(f.text(name), name))
+            except keys.BadKey as exc:
+                raise f.error(name, exc.msg) from None
+        return cls(f.text("node", ""), names[0], names[1], f.ifname("ifname"))
+
+
+@dataclass(frozen=True)
+class PortClaim:
+    """Who owns one (protocol, port) of the node-port range: a service (`service`) or
+    the endpoints publishing it as a host port (`holders`), never both."""
+
+    service: str = ""
+    holders: tuple[PortHolder, ...] = ()
+
+    def __post_init__(self) -> None:
+        if bool(self.service) == bool(self.holders):
+            raise InvalidConfig("a port claim names either a service or host port holders")
+
+    def to_json(self) -> dict[str, Any]:
+        if self.service:
+            return {"service": self.service}  # as ServiceClaim wrote it
+        return {"hostPorts": [h.to_json() for h in self.holders]}
+
+    def encode(self) -> str:
+        return dumps(self.to_json())
+
+    @classmethod
+    def from_json(cls, raw: object, what: str = "port claim") -> PortClaim:
+        f = Fields(raw, what)
+        if f.has("service") == f.has("hostPorts"):
+            raise CorruptRecord(f"{what}: names neither a service nor host port holders, or both")
+        if f.has("service"):
+            return cls(_service_ref(f))
+        raw_holders = f.raw["hostPorts"]
+        if not isinstance(raw_holders, list) or not raw_holders:
+            raise f.error("hostPorts", f"must be a non-empty list, got {raw_holders!r}")
+        holders = tuple(PortHolder.from_json(h, f"{what}: hostPorts[{i}]") for i, h in enumerate(raw_holders))
+        if len({h.endpoint for h in holders}) != len(holders):
+            raise f.error("hostPorts", "names one endpoint twice")
+        return cls(holders=holders)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,11 @@ Kinds (every one bounded by `timeout` seconds):
 - `refused`: a TCP connect must be refused (a service without ready backends must
   refuse at once, not time out).
 
+- `dns`: one query for `name` (`qtype` A, AAAA, SRV or PTR) to `dst:port` over UDP (or
+  TCP with `"tcp": true`); the detail is `answer <records, sorted, comma-joined>` or
+  the rcode (`NXDOMAIN`...), ok when it equals `expect` (a DNS server answering at all,
+  for instance at a ClusterIP under NetworkPolicy, is what the lab's checks look at).
+
 `tcp` and `udp` take `expect_any` (a list) instead of `expect`: any of those names may
 answer (a service's backends).
 """
@@ -140,6 +145,73 @@ def refused(dst: str, port: int, timeout: float) -> tuple[bool, str]:
     return False, "connected (expected a refusal)"
 
 
+DNS_TYPES = {"A": 1, "PTR": 12, "AAAA": 28, "SRV": 33}
+DNS_RCODES = {1: "FORMERR", 2: "SERVFAIL", 3: "NXDOMAIN", 4: "NOTIMP", 5: "REFUSED"}
+
+
+def _dns_name(data: bytes, at: int) -> tuple[str, int]:
+    """The name at `at` (following compression pointers) and the offset after it."""
+    labels, end, hops = [], None, 0
+    while True:
+        size = data[at]
+        if size & 0xC0 == 0xC0:
+            end = at + 2 if end is None else end
+            at, hops = ((size & 0x3F) << 8) | data[at + 1], hops + 1
+            if hops > 32:
+                raise ValueError("compression loop")
+            continue
+        if size == 0:
+            return ".".join(labels), (at + 1 if end is None else end)
+        labels.append(data[at + 1:at + 1 + size].decode("ascii", "replace"))
+        at += 1 + size
+
+
+def _dns_rdata(data: bytes, rtype: int, at: int, size: int) -> str:
+    if rtype == 1:
+        return socket.inet_ntop(socket.AF_INET, data[at:at + size])
+    if rtype == 28:
+        return socket.inet_ntop(socket.AF_INET6, data[at:at + size])
+    if rtype == 33:
+        priority, weight, port = struct.unpack("!HHH", data[at:at + 6])
+        return f"{priority} {weight} {port} {_dns_name(data, at + 6)[0]}"
+    return _dns_name(data, at)[0]
+
+
+def dns(dst: str, port: int, name: str, qtype: str, timeout: float, over_tcp: bool) -> tuple[bool, str]:
+    ident = os.getpid() & 0xFFFF
+    question = b"".join(bytes([len(label)]) + label.encode() for label in name.strip(".").split(".")) + b"\0"
+    query = struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + question + struct.pack("!HH", DNS_TYPES[qtype], 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM if over_tcp else socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect((dst, port))
+        if over_tcp:
+            sock.sendall(struct.pack("!H", len(query)) + query)
+            size, data = None, b""
+            while size is None or len(data) < size + 2:
+                chunk = sock.recv(65535)
+                if not chunk:
+                    return False, "connection closed"
+                data += chunk
+                size = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
+            data = data[2:]
+        else:
+            sock.send(query)
+            data = sock.recv(65535)
+    got_id, flags, _qd, answers = struct.unpack("!HHHH", data[:8])
+    if got_id != ident:
+        return False, "a reply to another query"
+    if flags & 0xF:
+        return False, DNS_RCODES.get(flags & 0xF, f"rcode {flags & 0xF}")
+    at, records = _dns_name(data, 12)[1] + 4, []
+    for _ in range(answers):
+        at = _dns_name(data, at)[1]
+        rtype, _cls, _ttl, size = struct.unpack("!HHIH", data[at:at + 10])
+        if rtype == DNS_TYPES[qtype]:
+            records.append(_dns_rdata(data, rtype, at + 10, size))
+        at += 10 + size
+    return True, "answer " + ",".join(sorted(records))
+
+
 def run(spec: dict) -> dict:
     """Run one probe described by `spec`; never raises."""
     timeout = float(spec.get("timeout", 2.0))
@@ -164,12 +236,17 @@ def run(spec: dict) -> dict:
             ok, detail = http(dst, port, spec.get("path", "/"), expect, timeout)
         elif kind == "pmtu":
             ok, detail = pmtu(dst, port, expect, timeout)
+        elif kind == "dns":
+            _, detail = dns(dst, port or 53, spec["name"], spec.get("qtype", "A"), timeout, bool(spec.get("tcp")))
+            ok = detail == expect
         else:
             ok, detail = False, f"unknown probe kind {kind!r}"
     except TimeoutError:
         ok, detail = False, f"timed out after {timeout:g}s"
     except OSError as exc:
         ok, detail = False, exc.strerror or str(exc)
+    except (ValueError, IndexError, KeyError, struct.error) as exc:  # a reply that does not parse
+        ok, detail = False, f"bad reply: {exc}"
     if not ok and expect and detail.startswith("answer"):
         detail += f", expected {expect!r}"
     return {"ok": ok, "detail": detail, "ms": round((time.monotonic() - start) * 1000, 1)}

@@ -6,7 +6,10 @@ the lab, as the cluster store describes it.
   name), or refused at once when it has none (podnet's promise: no timeouts);
 - `service/node-port`: from the outside world, each node's NodePort likewise (with
   `externalTrafficPolicy: Local`, only that node's backends, and a node without one
-  drops: then the check expects nothing and is skipped).
+  drops: then the check expects nothing and is skipped);
+- `dns/cluster-ip`: from each node's first pod, the cluster DNS service's name asked
+  of its own ClusterIP, over UDP and TCP, must give that address (the DNS pods behind
+  it are the nodes' agents answering, not echo servers: the checks above skip it).
 
 Split from connectivity.py: this part reads the store (services/ are objects there),
 the rest of the test only the lab's state file.
@@ -60,7 +63,8 @@ def _spec(target: ServiceTarget, dst: str, port: int, backends: Sequence[str]) -
     return {"kind": target.protocol, "dst": dst, "port": port, "expect_any": list(backends)}
 
 
-Planned = tuple[str, str, str, str, dict]  # check, source, netns, destination, probe.py spec
+Planned = tuple[str, str, str, str, dict]
+DNS_SERVICE = "kube-dns.kube-system"  # the lab's cluster DNS service (lab/orchestrator.py)  # check, source, netns, destination, probe.py spec
 
 
 def probes(lab: dict, targets: Sequence[ServiceTarget], first_pods: dict[str, str]) -> list[Planned]:
@@ -68,8 +72,11 @@ def probes(lab: dict, targets: Sequence[ServiceTarget], first_pods: dict[str, st
     `first_pods` maps each node to the pod that stands for it."""
     nodes, pods = lab.get("nodes", {}), lab.get("pods", {})
     outside = lab.get("outside") or {}
-    out = []
+    dns = lab.get("cluster_dns") or {}
+    out = _dns_probes(dns, pods, first_pods) if dns.get("ip") else []
     for target in targets:
+        if dns.get("ip") and target.ip == dns["ip"]:
+            continue
         if not target.backends and target.protocol == "udp":
             continue  # an unanswered datagram proves nothing: only TCP can show the refusal
         everyone = [name for name, _ in target.backends]
@@ -88,3 +95,11 @@ def probes(lab: dict, targets: Sequence[ServiceTarget], first_pods: dict[str, st
                              _spec(target, info["underlay"], target.node_port,
                                    local if target.external_local else everyone)))
     return out
+
+
+def _dns_probes(dns: dict, pods: dict, first_pods: dict[str, str]) -> list[Planned]:
+    name = f"{DNS_SERVICE}.svc.{dns['domain']}"
+    return [("dns/cluster-ip", pod, pods[pod]["netns"], f"{name} A @{dns['ip']}/{transport}",
+             {"kind": "dns", "dst": dns["ip"], "port": 53, "name": name, "qtype": "A",
+              "tcp": transport == "tcp", "expect": f"answer {dns['ip']}"})
+            for pod in first_pods.values() for transport in ("udp", "tcp")]

@@ -3,9 +3,11 @@
 Each address and port is claimed under its own key (keys.cluster_ip, keys.node_port)
 in the same store transaction that writes the Service, so two applies racing for one
 address cannot both win (SQLite serialises; etcd's transaction compares revisions and
-one side retries). The stored manifest carries what was given, so re-applying a file
-without `clusterIP` keeps the address, and a changed one is refused (immutable, as in
-Kubernetes). Deleting a service, or a port or type change that drops a node port,
+one side retries). A node port's key is also where a CNI ADD claims a host port of
+the node-port range (services/ports.py): a port that an endpoint still publishes, on
+any node, is refused with the holder named, and random allocation skips it. The
+stored manifest carries what was given, so re-applying a file without `clusterIP`
+keeps the address, and a changed one is refused (immutable, as in Kubernetes). Deleting a service, or a port or type change that drops a node port,
 frees the claims in the same transaction.
 
 Dynamic ClusterIPs come from above the static band (the lowest min(max(16, n/16), 256)
@@ -23,9 +25,10 @@ from typing import Any
 
 from podnet import keys
 from podnet.errors import ObjectError
-from podnet.model.service import ServiceClaim, ServiceSettings
+from podnet.model.service import PortClaim, ServiceClaim, ServiceSettings
+from podnet.services import ports
 from podnet.services.objects import HEADLESS, Service
-from podnet.store.base import Store
+from podnet.store.base import Entry, Store
 
 RANDOM_PROBES = 64
 
@@ -35,9 +38,16 @@ def settings(store: Store) -> ServiceSettings:
     return ServiceSettings() if entry is None else ServiceSettings.from_json(entry.json(), entry.key)
 
 
+def _service_of(entry: Entry) -> str:
+    """The service a claim names ("" for a host port's claim)."""
+    if entry.key.startswith(keys.NODE_PORTS):
+        return ports.decode(entry).service
+    return ServiceClaim.from_json(entry.json(), entry.key).service
+
+
 def _owner(store: Store, key: str) -> str | None:
     entry = store.get(key)
-    return None if entry is None else ServiceClaim.from_json(entry.json(), entry.key).service
+    return None if entry is None else _service_of(entry)
 
 
 def _claim(store: Store, key: str, svc: Service, what: str, where: str) -> None:
@@ -46,6 +56,21 @@ def _claim(store: Store, key: str, svc: Service, what: str, where: str) -> None:
         raise ObjectError(f"Service {svc.ref}: {where}: {what} is already allocated to service {owner}")
     if owner is None:
         store.put(key, ServiceClaim(svc.ref).encode())
+
+
+def _claim_port(store: Store, key: str, svc: Service, what: str, where: str) -> None:
+    """A node port's claim: refused while an endpoint on any node publishes it as a
+    host port; the claim of endpoints that are all gone is taken over."""
+    claim = ports.read(store.get(key))
+    if claim is not None and claim.service:
+        if claim.service != svc.ref:
+            raise ObjectError(f"Service {svc.ref}: {where}: {what} is already allocated to service {claim.service}")
+        return
+    holders = ports.alive(store, claim.holders) if claim is not None else ()
+    if holders:
+        raise ObjectError(f"Service {svc.ref}: {where}: {what} is published as a host port by "
+                          f"{ports.describe(holders)}", "choose another nodePort, or leave it out to get a free one")
+    store.put(key, PortClaim(svc.ref).encode())
 
 
 def _static_band(size: int) -> int:
@@ -116,8 +141,8 @@ def _node_ports(store: Store, svc: Service, old: Service | None,
         if (port.protocol, number) in taken:
             raise ObjectError(f"Service {svc.ref}: {where}: {number}/{port.protocol} is used twice")
         taken.add((port.protocol, number))
-        _claim(store, keys.node_port(port.protocol.lower(), number), svc, f"node port {number}/{port.protocol}",
-               where)
+        _claim_port(store, keys.node_port(port.protocol.lower(), number), svc,
+                    f"node port {number}/{port.protocol}", where)
         out[(port.port, port.protocol)] = number
     return out
 
@@ -165,5 +190,5 @@ def release_owned(store: Store, ref: str) -> None:
     no longer be read)."""
     for prefix in (keys.CLUSTER_IPS, keys.NODE_PORTS):
         for entry in store.list(prefix):
-            if ServiceClaim.from_json(entry.json(), entry.key).service == ref:
+            if _service_of(entry) == ref:
                 store.delete(entry.key)

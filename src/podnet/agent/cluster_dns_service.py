@@ -1,0 +1,189 @@
+"""Cluster DNS: the node agent answers `<svc>.<ns>.svc.<domain>` and the other names of
+dns/cluster.py on port 53 inside its node's DNS pod (`--cluster-dns-netns`).
+
+Why in a pod of its own and not on the node: pods reach DNS through the ClusterIP of
+the `kube-system/kube-dns` service, which the service table translates to the DNS
+pods; the translated packet crosses the node's forward hook like any pod-to-pod packet,
+so NetworkPolicy treats DNS as Kubernetes does (under an egress default-deny a pod
+cannot resolve until a rule allows port 53). A server on the node's own address would
+be reached through the input hook, which pod policy never sees. The orchestrator (the
+lab, or whatever creates pods) makes the pod and its record, labelled
+`k8s-app: kube-dns`; the agent only serves in it, with its sockets made inside the
+pod's namespace, so no second process needs supervising.
+
+The zone is rebuilt from services/, endpointslices/, pods and readiness/ after every
+change to them (one watch wake-up: answers follow endpoints as the service table does).
+Names outside the cluster domain go to the agent's `--dns-upstream` if one is set, else
+are REFUSED. A pod namespace re-created under the same path is noticed (its identity
+changes) and served again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING, Any
+
+from podnet import keys
+from podnet.agent.dns_service import DNS_PORT, agent_upstream
+from podnet.agent.service_thread import ServiceThread, list_then_watch
+from podnet.dns.cluster import ClusterZone, build_cluster_zone
+from podnet.dns.server import DnsServer, format_endpoint
+from podnet.errors import PodnetError
+from podnet.model.policy import PodRecord
+from podnet.model.service import Readiness, ServiceSettings
+from podnet.services.endpoints import readiness
+from podnet.services.kinds import read_service, read_slice
+
+if TYPE_CHECKING:
+    from podnet.agent.context import AgentContext, OpHandler
+    from podnet.store import Store
+
+log = logging.getLogger("podnet.agent.cluster_dns")
+
+WATCHED = (keys.SERVICES, keys.ENDPOINT_SLICES, keys.PODS, keys.READINESS, keys.SERVICE_SETTINGS)
+RESYNC_SECONDS = 10.0
+WATCH_TIMEOUT = 0.5  # also how soon a pod namespace that appears is served
+ANY_ADDRESS = "0.0.0.0"
+
+
+def _netns_identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class ClusterDnsService:
+    """AgentService (agent/ops.py); idle unless the agent is a node with a DNS pod."""
+
+    def __init__(self, agent: AgentContext, port: int = DNS_PORT) -> None:
+        self.agent = agent
+        options = getattr(agent, "node_options", None)
+        self.netns_path: str | None = options.cluster_dns_netns if options is not None else None
+        self.domain = options.cluster_domain if options is not None else ""
+        self.cluster_cidr = options.cluster_cidr if options is not None else ""
+        self.port = port
+        self.upstream = agent_upstream(agent) if self.netns_path else None
+        self.zone = ClusterZone(self.domain)
+        self.problems: list[str] = []
+        self._server: DnsServer | None = None
+        self._served: tuple[int, int] | None = None  # identity of the namespace served in
+        self._error = ""
+        self._lock = threading.Lock()
+        self._loop = ServiceThread("podnet-cluster-dns", self._run, join_timeout=WATCH_TIMEOUT + 10)
+
+    # -- AgentService
+
+    def ops(self) -> dict[str, OpHandler]:
+        return {"clusterdns.status": lambda _message, _fds: self.status()}
+
+    def start(self) -> None:
+        if self.netns_path:
+            self._loop.start()
+
+    def request_stop(self) -> None:
+        self._loop.signal_stop()
+
+    def stop(self) -> None:
+        self._loop.stop()
+        with self._lock:
+            server, self._server, self._served = self._server, None, None
+        if server is not None:
+            server.stop()
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            server = self._server
+            return {"enabled": bool(self.netns_path), "netns": self.netns_path, "domain": self.domain,
+                    "serving": server is not None and server.running,
+                    "state": "serving" if server is not None else (self._error or "waiting for the DNS pod"),
+                    "upstream": None if self.upstream is None else format_endpoint(*self.upstream),
+                    "names": self.zone.names(), "problems": list(self.problems),
+                    "stats": dict(server.stats) if server is not None else {}}
+
+    # -- the loop
+
+    def _store(self) -> Store:
+        return self.agent.service.store(self.agent.store_path)
+
+    def _run(self) -> None:
+        def converge(_periodic: bool, events: list | None) -> int:
+            self._serve()
+            if events is not None and not any(e.key.startswith(WATCHED) for e in events):
+                return max((e.revision for e in events), default=0)
+            return self.refresh(self._store())
+
+        def store() -> Store:
+            self._serve()  # every watch wake-up: a DNS pod that appeared is served at once
+            return self._store()
+
+        list_then_watch(self._loop.stopping, "", store, converge, RESYNC_SECONDS, WATCH_TIMEOUT, log)
+
+    def refresh(self, store: Store) -> int:
+        """Rebuild the zone from the store; returns the revision it reflects. A record
+        that does not decode is left out and named in `problems`."""
+        problems: list[str] = []
+        listed: dict[str, list] = {}
+        revision = 0
+        for prefix in WATCHED[:4]:
+            listed[prefix], rev = store.snapshot(prefix)
+            revision = max(revision, rev)
+        services = _decoded(listed[keys.SERVICES], read_service, problems)
+        slices = _decoded(listed[keys.ENDPOINT_SLICES], read_slice, problems)
+        pods = _decoded(listed[keys.PODS], PodRecord.from_json, problems)
+        judged = _decoded(listed[keys.READINESS], lambda raw, key: (keys.object_ref(keys.READINESS, key),
+                                                                    Readiness.from_json(raw, key).ready), problems)
+        entry = store.get(keys.SERVICE_SETTINGS)
+        try:
+            settings = ServiceSettings() if entry is None else ServiceSettings.from_json(entry.json(), entry.key)
+        except (PodnetError, ValueError) as exc:
+            problems.append(f"{keys.SERVICE_SETTINGS}: {getattr(exc, 'msg', exc)}")
+            settings = ServiceSettings()
+        reverse = [settings.service_cidr, *([self.cluster_cidr] if self.cluster_cidr else [])]
+        zone = build_cluster_zone(self.domain, services, pods, slices, readiness(pods, dict(judged)), reverse)
+        with self._lock:
+            self.zone, self.problems = zone, problems
+        return revision
+
+    def _serve(self) -> None:
+        """A server in the DNS pod's namespace while it exists (a new one if the
+        namespace was made again); nothing while it does not."""
+        assert self.netns_path is not None
+        identity = _netns_identity(self.netns_path)
+        with self._lock:
+            if identity == self._served and (identity is None or self._server is not None):
+                return
+            old, self._server, self._served = self._server, None, None
+        if old is not None:
+            old.stop()
+            log.info("cluster dns: %s was made again, serving anew", self.netns_path)
+        if identity is None:
+            return
+        server = DnsServer(ANY_ADDRESS, self.port, lambda qname, qtype: self.zone.lookup(qname, qtype),
+                           is_local=lambda qname: self.zone.is_local(qname), upstream=self.upstream,
+                           label=f"cluster {self.domain}", netns_path=self.netns_path)
+        try:
+            server.start()
+        except (OSError, PodnetError) as exc:
+            server.stop()
+            error = f"cannot serve in {self.netns_path}: {getattr(exc, 'msg', None) or exc}"
+            if error != self._error:
+                log.warning("cluster dns: %s", error)
+            self._error = error
+            return
+        with self._lock:
+            self._server, self._served, self._error = server, identity, ""
+        log.info("cluster dns: serving %s on port %d in %s", self.domain, server.port, self.netns_path)
+
+
+def _decoded(entries: list, reader: Any, problems: list[str]) -> list:
+    out = []
+    for entry in entries:
+        try:
+            out.append(reader(entry.json(), entry.key))
+        except (PodnetError, ValueError) as exc:
+            problems.append(f"{entry.key}: {getattr(exc, 'msg', exc)}")
+    return out
