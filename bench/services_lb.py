@@ -1,7 +1,7 @@
 """Service load balancing at scale: first-packet latency, endpoint-change time and
 ClusterIP throughput while 100, 1k and 10k Services exist (issue 11, "Benchmarks").
 
-    .venv/bin/python bench/services_lb.py [--services 100,1000,10000] [--seconds 5] [--json]
+    .venv/bin/python bench/services_lb.py [--services 100,1000,10000] [--seconds 5] [--no-cluster-dns] [--json]
 
 A 2-node lab (host-gw): `client` on node0, `server` on node1 behind the Service
 `bench/svc`; `moving` selects spare-0 and, while labelled `pool=m`, spare-1; N-2
@@ -12,8 +12,12 @@ new TCP connections per second and p99 connect time to the ClusterIP (and to the
 IP); the time from one endpoint change (spare-1 relabelled in the store) until both
 agents applied it, with the agents' own figure; iperf3 through the ClusterIP and to
 the pod IP. A child under `nsenter --net=` a scratch namespace runs the agent's own
-ServicesService on the lab's store: the full table's load time, and one change split
-into plan, the rest of the converge and `nft -f`. bench/README.md has the details.
+ServicesService on the lab's store: the full table's load time, and one change (fed as
+the agent's watch feeds it: the events since the last pass) split into plan (events
+into the incremental plan), the rest of the converge (render, stamp) and nft (the one
+transaction, through libnftables). `--no-cluster-dns` leaves the agents' cluster DNS
+out (its zone follows the same changes, in the same interpreter). bench/README.md has
+the details.
 
 Targets: conn/s and p99 at the largest N within 1.1x of the smallest (iptables
 kube-proxy: p99 x4.7 from 5k to 30k); one endpoint change <= 50 ms; ClusterIP/pod
@@ -139,7 +143,8 @@ class Bench:
 
         path = tmp / f"{self.name}.yaml"
         path.write_text(yaml.safe_dump(TOPOLOGY))
-        builder = LabBuilder(topo.load(path), LabOptions(self.name, "host-gw", "sqlite", timeout=60))
+        builder = LabBuilder(topo.load(path), LabOptions(self.name, "host-gw", "sqlite", timeout=60,
+                                                         cluster_dns=self.args.cluster_dns))
         self.built = True
         self.data = builder.build().data
         self.store = open_store(self.data["store_url"])
@@ -277,18 +282,19 @@ class Bench:
 
 def inner(store_url: str, toggles: int) -> int:
     """Child (in the scratch namespace): load the whole table as a new agent would, then
-    time `toggles` endpoint changes (an even number: spare-1 ends as it was)."""
+    time `toggles` endpoint changes (an even number: spare-1 ends as it was), each fed to
+    the service as the agent's watch feeds it (the events since the last pass)."""
     from types import SimpleNamespace
 
     from podnet.agent.services_service import ServicesService
-    from podnet.kernel.nft import Nft
+    from podnet.kernel.libnft import LibNft
     from podnet.lab.topology import CLUSTER_CIDR
     from podnet.model.policy import PodRecord
     from podnet.objects.store import label
     from podnet.policy.kinds import POD
     from podnet.store import open_store
 
-    class TimedNft(Nft):
+    class TimedNft(LibNft):
         def apply(self, script: str) -> None:
             started = time.monotonic()
             super().apply(script)
@@ -298,21 +304,28 @@ def inner(store_url: str, toggles: int) -> int:
     agent = SimpleNamespace(node_options=SimpleNamespace(node="node0", cluster_cidr=CLUSTER_CIDR),
                             service=SimpleNamespace(store=lambda _path: store), store_path=store_url)
     svc = ServicesService(agent, nft=TimedNft())  # type: ignore[arg-type]
-    plan = svc._plan
+    read, refresh = svc._read, svc.cache.refresh
     step: dict = {}
 
-    def timed_plan(s):  # the store snapshot, parsing (cached by revision) and the node plan
+    def timed_read(events):  # the events (or a listing) into the incremental plan
         started = time.monotonic()
-        out = plan(s)
+        out = read(events)
         step["plan_ms"] = (time.monotonic() - started) * 1000
         return out
 
-    svc._plan = timed_plan  # type: ignore[method-assign]
+    def timed_refresh():  # planning again the services whose inputs changed
+        started = time.monotonic()
+        out = refresh()
+        step["plan_ms"] += (time.monotonic() - started) * 1000
+        return out
 
-    def converge(full: bool) -> dict:
+    svc._read = timed_read  # type: ignore[method-assign]
+    svc.cache.refresh = timed_refresh  # type: ignore[method-assign]
+
+    def converge(full: bool, events: list | None = None) -> dict:
         step.clear()
         started = time.monotonic()
-        status = svc.converge(full=full)
+        status = svc.converge(full=full, events=events)
         total = (time.monotonic() - started) * 1000
         if status.get("problems") or "nft_ms" not in step:
             raise SystemExit(f"replica: {status.get('problems')}")
@@ -321,16 +334,20 @@ def inner(store_url: str, toggles: int) -> int:
                 "script_lines": step["script_lines"], "applied": status.get("applied")}
 
     full = converge(full=True)
+    revision = svc.stats["revision"]
     entry = store.get(POD.key("spare-1", NS))
     pool = entry is not None and PodRecord.from_json(entry.json(), entry.key).labels.get("pool") == "m"
     changes = []
     for _ in range(toggles):
         label(store, POD, f"{NS}/spare-1", ["pool-"] if pool else ["pool=m"])
         pool = not pool
-        changes.append(converge(full=False))
+        events = store.watch("", revision, 5.0)
+        revision = max(e.revision for e in events)
+        changes.append(converge(full=False, events=events))
     store.close()
-    print(json.dumps({"full": full, "change": {k: round(statistics.median(c[k] for c in changes), 1)
-                                               for k in ("total_ms", "plan_ms", "rest_ms", "nft_ms")}
+    print(json.dumps({"full": full, "in_process": svc.nft.in_process,  # type: ignore[attr-defined]
+                      "change": {k: round(statistics.median(c[k] for c in changes), 1)
+                                 for k in ("total_ms", "plan_ms", "rest_ms", "nft_ms")}
                       | {"script_lines": changes[-1]["script_lines"],
                          "applied": sorted({c["applied"] for c in changes})}}))
     return 0
@@ -389,7 +406,7 @@ def run(args: argparse.Namespace) -> dict:
                     f"agents {entry['load']['agents_s']}s; measuring")
                 entry.update(measure(bench, args.repeat, args.seconds))
                 entry["change"] = bench.change_time(args.changes)
-                entry["replica"] = bench.replica(scratch, 4)
+                entry["replica"] = bench.replica(scratch, 6)
                 entry["tput_ratio"] = round(entry["svc_gbps"] / entry["pod_gbps"], 3)
                 outcome["services"][str(n)] = entry
                 log(f"{n} services: {entry['conn_per_s']:.0f} conn/s, p99 {entry['p99_ms']:.3f} ms (best round "
@@ -443,7 +460,7 @@ def render(outcome: dict) -> None:
     con.print(table)
     steps = Table(title="one endpoint change, where the time goes (agent code replayed in a scratch namespace)")
     for col in ("services", "end to end", "store write", "agent ms (max node)", "watch + poll", "replica: plan",
-                "rest (diff, stamp)", "nft -f", "script lines"):
+                "rest (render, stamp)", "nft", "script lines"):
         steps.add_column(col, justify="right")
     for n, e in rows.items():
         ch, rep = e["change"], e["replica"]["change"]
@@ -465,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5, help="seconds per measurement (default 5)")
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds per service count (default 3)")
     parser.add_argument("--changes", type=int, default=10, help="timed endpoint changes per count (default 10)")
+    parser.add_argument("--no-cluster-dns", dest="cluster_dns", action="store_false",
+                        help="agents without cluster DNS (whose zone follows the same endpoint changes)")
     parser.add_argument("--json", action="store_true", help="machine-readable results only")
     args = parser.parse_args(argv)
     try:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -32,7 +33,9 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from cniharness import needs_root
-from podnet.errors import InvalidConfig
+from podnet.errors import InvalidConfig, KernelError
+from podnet.kernel.libnft import LibNft
+from podnet.kernel.netns import entered, open_netns
 from podnet.lab.sandbox import Sandbox, wait_for_path
 from podnet.services.plan import PROTOCOLS, Backend, NodePlan, ServicePort
 from podnet.services.render import FAMILY, TABLE, delete_table, render_table, render_update
@@ -207,6 +210,15 @@ def test_a_pod_reaching_itself_through_its_service_is_masqueraded(lab: Lab) -> N
     assert lab.ask(lab.backends["b0"], {"host": "10.96.0.15", "port": 80, "path": "/peer"}) == [BRIDGE_IP]
 
 
+def test_a_backend_calling_its_service_spreads_and_only_its_own_connections_are_masqueraded(lab: Lab) -> None:
+    """The client is one of the backends: it still reaches each of them a third of the
+    time, and only when it lands on itself does the backend see the node's address."""
+    named = Counter(map(backend_of, lab.ask(lab.backends["b0"], {"host": "10.96.0.10", "port": 80, "n": 150})))
+    assert set(named) == set(NAMES) and all(25 <= c <= 75 for c in named.values()), named  # 17%..50%
+    peers = Counter(lab.ask(lab.backends["b0"], {"host": "10.96.0.10", "port": 80, "path": "/peer", "n": 150}))
+    assert set(peers) == {BRIDGE_IP, V4["b0"]} and 25 <= peers[BRIDGE_IP] <= 75, peers
+
+
 def test_an_empty_service_refuses_at_once(lab: Lab) -> None:
     tries = [{"host": "10.96.0.12", "port": 80}, {"host": "10.96.0.12", "port": 53, "udp": True},
              {"host": NODE_IP, "port": 30099}]
@@ -370,3 +382,26 @@ def test_updates_that_move_frontends_between_ports(lab: Lab) -> None:
     lab.nft(lab.scratch, delete_table())
     assert lab.box.exec(lab.scratch, ["nft", "list", "tables"]).stdout.strip() == ""
 
+
+
+# -- the agent's way of applying them: libnftables in-process (kernel/libnft.py)
+
+def test_libnftables_applies_one_transaction_in_the_callers_namespace(lab: Lab) -> None:
+    nft = LibNft()
+    assert nft.in_process  # libnftables.so.1 is on every host these tests run on
+    other = lab.box.netns("nft2")
+    for ns in (lab.scratch, other):  # one object, called from two namespaces in turn
+        fd = open_netns(Sandbox.path(ns))
+        try:
+            with entered(fd):
+                nft.apply(delete_table())
+                nft.apply(render_table(PLAN))
+                with pytest.raises(KernelError) as refused:  # all or nothing, nft's own message
+                    nft.apply("add table inet pn-half\nadd rule inet podnet-svc no-such-chain accept\n")
+                assert "No such file or directory" in refused.value.details, refused.value.details
+        finally:
+            os.close(fd)
+    full = lab.box.exec(lab.scratch, ["nft", "list", "ruleset"]).stdout
+    assert lab.box.exec(other, ["nft", "list", "ruleset"]).stdout == full
+    assert "podnet-svc" in full and "pn-half" not in full
+    nft.close()

@@ -7,12 +7,15 @@ from __future__ import annotations
 import pytest
 from dnslib import QTYPE, DNSRecord
 
+from podnet import keys
 from podnet.cni.config import conf_dns
 from podnet.dns.answer import Answerer
-from podnet.dns.cluster import build_cluster_zone, dashed
+from podnet.dns.cluster import ZoneCache, build_cluster_zone, dashed
 from podnet.dns.server import DnsServer
 from podnet.errors import InvalidConfig
+from podnet.model.cluster import NodeLease
 from podnet.model.policy import PodRecord
+from podnet.model.service import Readiness
 from podnet.objects.registry import parse_documents
 from podnet.observe import probe
 
@@ -23,10 +26,14 @@ def objects(*docs):
     return parse_documents([{"apiVersion": doc.pop("apiVersion", "v1"), **doc} for doc in docs])
 
 
-def service(name, namespace="default", **spec):
+def manifest(name, namespace="default", **spec):
     spec.setdefault("selector", {"app": "web"})
     spec.setdefault("ports", [{"name": "http", "port": 80, "targetPort": "http"}])
-    (svc,) = objects({"kind": "Service", "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def service(name, namespace="default", **spec):
+    (svc,) = objects(manifest(name, namespace, **spec))
     return svc
 
 
@@ -135,3 +142,50 @@ def test_the_lab_probe_reads_real_answers(tcp):
         assert ask("20.0.96.10.in-addr.arpa", "PTR") == "answer web.default.svc.cluster.local"
         assert ask("nope.default.svc.cluster.local") == "NXDOMAIN"
         assert ask("example.com") == "REFUSED"
+
+
+def test_the_zone_kept_change_by_change_equals_one_built_from_scratch():
+    """ZoneCache sets again only what a change touched; after every step its records
+    are those of a zone built from all the objects at once (with the same readiness:
+    judged by the pod's node, and never while that node's lease is gone)."""
+    cache = ZoneCache("cluster.local", ["10.96.0.0/16"])
+    lease = NodeLease("n1", "10.244.1.0/24", "172.31.0.11", "eth0", "vxlan", {}, 0.0).encode()
+    steps = [
+        (keys.object_key(keys.SERVICES, "web", "default"), manifest("web", clusterIP="10.96.0.20")),
+        (keys.object_key(keys.SERVICES, "hl", "default"), manifest("hl", clusterIP="None")),
+        (keys.pod("default", "a"), PODS[0]),
+        (keys.pod("default", "b"), PODS[1]),  # on n1, which has no lease yet: not in hl
+        (keys.node("n1"), lease),
+        (keys.readiness("default", "a"), Readiness(False, "n0")),
+        (keys.pod("default", "b"), PodRecord("default", "b", "n1", ("10.244.1.7",), {"app": "web"}, PORTS)),
+        (keys.node("n1"), None),  # the lease expired
+        (keys.readiness("default", "a"), None),
+        (keys.object_key(keys.SERVICES, "web", "default"), None),
+        (keys.pod("default", "a"), None),
+    ]
+    for revision, (key, value) in enumerate(steps, start=1):
+        if value is None:
+            cache.delete(key, revision)
+        else:
+            cache.put(key, value.encode() if isinstance(value, PodRecord | Readiness) else value, revision)
+        cache.refresh()
+        pods = list(cache.pods.values())
+        ready = {p.ref: cache.ready(p) for p in pods}
+        whole = build_cluster_zone("cluster.local", cache.services.values(), pods, [], ready)
+        assert cache.zone.records() == whole.records(), (key, value)
+    assert cache.zone.lookup("hl.default.svc.cluster.local", "A") == []  # b's node is gone, a is deleted
+
+
+def test_a_headless_service_drops_the_pods_of_a_node_whose_lease_went():
+    cache = ZoneCache("cluster.local")
+    cache.put(keys.object_key(keys.SERVICES, "hl", "default"), manifest("hl", clusterIP="None"), 1)
+    cache.put(keys.pod("default", "b"), PODS[1].encode(), 2)
+    cache.put(keys.node("n1"), "{}", 3)
+    cache.refresh()
+    assert cache.zone.lookup("hl.default.svc.cluster.local", "A") == ["10.244.1.2"]
+    cache.put(keys.node("n1"), "{}", 4)  # renewed
+    assert cache.refresh() == 0
+    cache.delete(keys.node("n1"), 5)
+    cache.refresh()
+    assert cache.zone.lookup("hl.default.svc.cluster.local", "A") == []
+

@@ -12,7 +12,15 @@ import pytest
 
 from podnet.errors import InvalidConfig
 from podnet.services.plan import Backend, NodePlan, ServicePort
-from podnet.services.render import MASQ_MARK, TABLE, delete_table, render_table, render_update
+from podnet.services.render import (
+    MASQ_MARK,
+    TABLE,
+    delete_table,
+    render_full,
+    render_table,
+    render_update,
+    shared_counts,
+)
 
 P = f"inet {TABLE}"
 B0, B1, B2 = Backend("10.244.1.10", 8080, local=True), Backend("10.244.2.11", 8080), Backend("10.244.3.12", 8080)
@@ -20,6 +28,7 @@ B6 = Backend("fd00:244::10", 8080, local=True)
 CIDRS = ("10.244.0.0/16", "fd00:244::/56")
 ELEMENT = re.compile(r'(\S+ \. (?:tcp|udp) \. \d+|(?:tcp|udp) \. \d+) comment "[^"]*" : goto ([\w-]+)')
 MARK = f"meta mark set meta mark | {MASQ_MARK:#x}"
+SETS = ("hairpin", "cluster-masq")  # plain sets with elements (the others are maps)
 
 
 def port(id: str = "web", **kw) -> ServicePort:
@@ -38,19 +47,18 @@ class Parsed:
     elements: dict[str, dict[str, str]]  # map -> key -> target chain
     deleted: list[str]  # "chain NAME", "set NAME", "element MAP KEY"
     flushed: list[str]
+    members: dict[str, set[str]]  # plain set -> its elements added (hairpin4, cluster-masq4...)
 
     def ep_targets(self, chain: str) -> set[str]:
-        """The DNAT targets a balancing chain can reach (its cascade of choices, ending
-        in a plain goto)."""
+        """The DNAT targets a balancing chain can choose (its cascade of choices, ending
+        in a plain one)."""
         rules = self.chains[chain]
-        assert rules[-1].startswith("goto ep-"), rules[-1]
-        choices = [r for r in rules if r.startswith(("numgen random mod", "goto ep-"))]
-        return {re.search(r"dnat ip6? to (\S+)", self.chains[ep][-1]).group(1)
-                for r in choices for ep in re.findall(r"goto (ep-[\w-]+)", r)}
+        assert "numgen" not in rules[-1] and " dnat " in rules[-1], rules[-1]
+        return {re.search(r" dnat ip6? to (\S+)", r).group(1) for r in rules if " dnat " in r}
 
 
 def parse(script: str) -> Parsed:
-    out = Parsed(defaultdict(list), {}, defaultdict(dict), [], [])
+    out = Parsed(defaultdict(list), {}, defaultdict(dict), [], [], defaultdict(set))
     for line in script.splitlines():
         if m := re.fullmatch(rf"add rule {P} (\S+) (.*)", line):
             out.chains[m[1]].append(m[2])
@@ -58,6 +66,8 @@ def parse(script: str) -> Parsed:
             out.chains.setdefault(m[1], [])
         elif m := re.fullmatch(rf"add (?:set|map) {P} (\S+) \{{ (.*) \}}", line):
             out.sets[m[1]] = m[2]
+        elif (m := re.fullmatch(rf"add element {P} (\S+) \{{ (.*) \}}", line)) and m[1].startswith(SETS):
+            out.members[m[1]] |= {item.split(" comment ")[0] for item in m[2].split(", ")}
         elif m := re.fullmatch(rf"add element {P} (\S+) \{{ (.*) \}}", line):
             for key, target in ELEMENT.findall(m[2]):
                 assert key not in out.elements[m[1]], line
@@ -85,8 +95,8 @@ def test_every_frontend_is_one_element_of_its_map():
     # each family balances over its own backends only
     assert t.ep_targets("svc4-web") == {"10.244.1.10:8080", "10.244.2.11:8080"}
     assert t.ep_targets("svc6-web") == {"[fd00:244::10]:8080"}
-    # the services chain looks each packet up once per map: no rule per service
-    assert len(t.chains["services"]) == 4 and all("vmap @" in r for r in t.chains["services"])
+    # the services chain looks each packet up once per map or set: no rule per service
+    assert len(t.chains["services"]) == 6 and all(re.search(r" (vmap )?@", r) for r in t.chains["services"])
 
 
 def test_the_hot_path_does_not_grow_with_the_services():
@@ -102,17 +112,35 @@ def test_numgen_cascade_is_uniform_and_each_backend_dnats():
         t = parse(render_table(plan(port(backends=backends))))
         rules = [r for r in t.chains["svc4-web"] if "numgen" in r]
         n = len(backends)
-        # rule i takes 1/(n-i) of what reaches it: each backend gets 1/n
-        assert [int(re.search(r"numgen random mod (\d+) 0 goto", r)[1]) for r in rules] == list(range(n, 1, -1))
-        assert "vmap" not in " ".join(t.chains["svc4-web"])
+        # choice i takes 1/(n-i) of what reaches it: each backend gets 1/n
+        mods = [int(re.search(r"numgen random mod (\d+) 0 ", r)[1]) for r in rules]
+        assert mods == list(range(n, 1, -1))
+        assert "vmap" not in " ".join(t.chains["svc4-web"]) and "goto" not in " ".join(t.chains["svc4-web"])
         assert t.ep_targets("svc4-web") == {f"{b.ip}:{b.port}" for b in backends}
-    rule = rules[0]
-    ep = t.chains[re.search(r" 0 goto (\S+) ", rule)[1]]
-    # one backend: a plain goto (no anonymous map, which costs the kernel a scan of every map)
+    # one backend: a plain choice (no anonymous map, which costs the kernel a scan of every map)
     single = parse(render_table(plan(port(backends=(B0,))))).chains["svc4-web"]
-    assert single[-1].startswith("goto ep-web-") and not any("numgen" in r for r in single)
-    assert ep[0].startswith(f"ip saddr {B0.ip} {MARK}")  # hairpin: the client is the backend itself
-    assert ep[-1].startswith(f"meta l4proto tcp dnat ip to {B0.ip}:8080")
+    assert single == [f'meta l4proto tcp dnat ip to {B0.ip}:8080 comment "default/web:80 -> {B0.ip}:8080"']
+
+
+def test_a_client_sent_to_itself_is_masqueraded_after_the_dnat():
+    """Hairpin: one set of `B . B` for every backend B, looked up in nat-postrouting (saddr
+    is daddr after a DNAT), so choosing a backend stays one rule. A backend of several
+    ports is one element, there until its last port lets it go."""
+    t = parse(render_table(plan(port(backends=(B0, B1, B6), cluster_ips=("10.96.0.10", "fd00:96::10")),
+                                port("two", cluster_ips=("10.96.0.11",), backends=(B0,)))))
+    assert t.members["hairpin4"] == {f"{b.ip} . {b.ip}" for b in (B0, B1)}
+    assert t.members["hairpin6"] == {f"{B6.ip} . {B6.ip}"}
+    post = t.chains["nat-postrouting"]
+    assert post[1:] == ["ip saddr . ip daddr @hairpin4 ct status dnat masquerade",
+                        "ip6 saddr . ip6 daddr @hairpin6 ct status dnat masquerade"]
+    assert not any(MARK in r for r in t.chains["svc4-web"])  # nothing per backend in the balancer
+    both = plan(port(backends=(B0, B1)), port("two", cluster_ips=("10.96.0.11",), backends=(B0,)))
+    u = parse(render_update(both, plan(port(backends=(B1,)), port("two", cluster_ips=("10.96.0.11",), backends=(B0,)))))
+    assert not any("hairpin" in d for d in u.deleted) and not u.members  # "two" still sends to B0
+    u = parse(render_update(both, plan(port(backends=(B1,)), port("two", cluster_ips=("10.96.0.11",), backends=()))))
+    assert [d for d in u.deleted if "hairpin" in d] == [f"element hairpin4 {B0.ip} . {B0.ip}"]
+    u = parse(render_update(plan(), both))
+    assert u.members["hairpin4"] == {f"{B0.ip} . {B0.ip}", f"{B1.ip} . {B1.ip}"}
 
 
 def test_affinity_sets_only_with_affinity():
@@ -125,13 +153,13 @@ def test_affinity_sets_only_with_affinity():
     assert len(sets) == 3
     assert all("flags dynamic,timeout; timeout 7s;" in body for body in sets.values())
     assert sorted(body.split(";")[0] for body in sets.values()) == ["type ipv4_addr"] * 2 + ["type ipv6_addr"]
-    # the balancing chain sends a known client to its endpoint before choosing at random
+    # the balancing chain sends a known client to its backend before choosing at random
     rules = t.chains["svc4-web"]
-    checks = [r for r in rules if re.fullmatch(r"ip saddr @aff-web-\w+ goto ep-web-\w+", r)]
-    assert len(checks) == 2 and rules.index(checks[-1]) < len(rules) - 1
-    for check in checks:
-        aff, ep = re.fullmatch(r"ip saddr @(\S+) goto (\S+)", check).groups()
-        assert f"update @{aff} {{ ip saddr }}" in t.chains[ep]
+    checks = [r for r in rules if re.match(r"ip saddr @aff-web-\w+ ", r)]
+    assert len(checks) == 2 and rules.index(checks[-1]) < min(i for i, r in enumerate(rules) if "numgen" in r)
+    for rule in rules:  # every choice refreshes the affinity of the backend it takes
+        aff = re.search(r"update @(\S+) \{ ip saddr \} dnat ip to (\S+) ", rule)
+        assert aff and aff[1] in sets and ("saddr @" not in rule or f"saddr @{aff[1]} " in rule), rule
     # a new timeout is a new set: nothing is ever redefined in place
     t2 = parse(render_table(plan(port(affinity_timeout=8, cluster_ips=("10.96.0.10", "fd00:96::10"),
                                       backends=(B0, B1, B6)))))
@@ -166,11 +194,18 @@ def test_cluster_policy_masquerades_external_clients_only():
     t = parse(render_table(plan(port(node_port=30080))))
     assert t.chains["ext4-web"] == [
         f'ip saddr != @cluster-cidrs4 {MARK} comment "default/web:80 external client: masquerade"', "goto svc4-web"]
-    # and outside clients of the cluster IP (their answer must come back through this node)
-    assert t.chains["svc4-web"][0].startswith(f"ip daddr {{ 10.96.0.10 }} ip saddr != @cluster-cidrs4 {MARK}")
+    # and outside clients of the cluster IP (their answer must come back through this node):
+    # its frontend is in a set the services chain looks up, so the balancer stays one rule per choice
+    assert f"ip saddr != @cluster-cidrs4 ip daddr . meta l4proto . th dport @cluster-masq4 {MARK}" in t.chains[
+        "services"]
+    assert t.members["cluster-masq4"] == {"10.96.0.10 . tcp . 80"}
     post = t.chains["nat-postrouting"]
-    assert post == [f"meta mark & {MASQ_MARK:#x} == {MASQ_MARK:#x} meta mark set meta mark ^ {MASQ_MARK:#x} "
-                    "masquerade"]
+    assert post[0] == (f"meta mark & {MASQ_MARK:#x} == {MASQ_MARK:#x} meta mark set meta mark ^ {MASQ_MARK:#x} "
+                       "masquerade")
+    # not for a Local internal policy (the client keeps its address), nor without cluster CIDRs
+    assert not parse(render_table(plan(port(internal_local=True)))).members["cluster-masq4"]
+    bare = parse(render_table(NodePlan(node_ips=(), cluster_cidrs=(), services=(port(),))))
+    assert not bare.members["cluster-masq4"] and not any("cluster-masq" in r for r in bare.chains["services"])
 
 
 def test_the_reject_maps_hold_the_empty_services():
@@ -256,13 +291,14 @@ def test_one_backend_change_touches_only_its_own_port():
     ports[17] = dataclasses.replace(ports[17], backends=(B0, B1, Backend("10.244.4.13", 8080)))
     new = plan(*ports)
     script = render_update(old, new)
-    names = set(re.findall(r"\b((?:svc|loc|ext)[46]-\w+|ep-\w+-\w+|aff-\w+-\w+)", script))
-    assert names and all(re.fullmatch(r"(?:svc4|ep|aff)-s17(?:-\w+)?", n) for n in names), names
+    names = set(re.findall(r"\b((?:svc|loc|ext)[46]-\w+|aff-\w+-\w+)", script))
+    assert names and all(re.fullmatch(r"(?:svc4|aff)-s17(?:-\w+)?", n) for n in names), names
     u = parse(script)
-    assert u.flushed == ["svc4-s17", "ep-s17-" + u.flushed[1].split("-")[-1]]  # the balancer and the one gone
-    assert [d.split()[0] for d in u.deleted] == ["chain", "set"]  # its endpoint chain and affinity set
-    assert not u.elements and "element" not in script  # its frontends did not change
-    assert set(u.chains) == {"svc4-s17", next(c for c in u.chains if c.startswith("ep-s17-"))}
+    assert u.flushed == ["svc4-s17"]  # the balancer alone
+    assert [d.split()[0] for d in u.deleted] == ["set"]  # the affinity set of the backend gone
+    assert not u.elements and not u.deleted[1:]  # its frontends did not change
+    assert u.members == {"hairpin4": {"10.244.4.13 . 10.244.4.13"}}  # the one backend new to the table
+    assert set(u.chains) == {"svc4-s17"}
     assert parse(render_table(new)).ep_targets("svc4-s17") == {"10.244.1.10:8080", "10.244.2.11:8080",
                                                                "10.244.4.13:8080"}
     assert render_update(new, new) == ""
@@ -306,4 +342,13 @@ def test_backends_are_deduplicated_and_shared_endpoint_chains_agree():
     assert t.ep_targets("loc4-web") == {"10.244.1.10:8080"}
     assert t.ep_targets("svc4-web") == {"10.244.1.10:8080", "10.244.2.11:8080"}
     assert Counter(c.split("-")[0] for c in t.chains if c.endswith("web") or "-web-" in c) == {
-        "svc4": 1, "loc4": 1, "ext4": 1, "ep": 2}
+        "svc4": 1, "loc4": 1, "ext4": 1}
+
+
+def test_shared_counts_are_what_the_full_render_counts():
+    ports = (port(backends=(B0, B0, dataclasses.replace(B0, local=False), B1, B6), cluster_ips=("10.96.0.10",)),
+             port("dual", cluster_ips=("10.96.0.11", "fd00:96::11"), backends=(B0, B6, Backend(B0.ip, 9090))),
+             port("empty", cluster_ips=("10.96.0.12",), backends=()), port("headless", cluster_ips=(), backends=(B1,)))
+    counts = shared_counts(ports)
+    assert counts == render_full(plan(*ports))[1]
+    assert counts[("hairpin4", f"{B0.ip} . {B0.ip}")] == 3  # web, and dual twice (two ports of B0)

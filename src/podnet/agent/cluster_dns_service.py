@@ -11,8 +11,9 @@ lab, or whatever creates pods) makes the pod and its record, labelled
 `k8s-app: kube-dns`; the agent only serves in it, with its sockets made inside the
 pod's namespace, so no second process needs supervising.
 
-The zone is rebuilt from services/, endpointslices/, pods and readiness/ after every
-change to them (one watch wake-up: answers follow endpoints as the service table does).
+The zone follows services/, endpointslices/, pods, readiness/ and the node leases
+change by change (dns/cluster.py ZoneCache: a changed endpoint sets again only its
+service's records), within one watch wake-up, as the service table does.
 Names outside the cluster domain go to the agent's `--dns-upstream` if one is set, else
 are REFUSED. A pod namespace re-created under the same path is noticed (its identity
 changes) and served again.
@@ -28,22 +29,19 @@ from typing import TYPE_CHECKING, Any
 from podnet import keys
 from podnet.agent.dns_service import DNS_PORT, agent_upstream
 from podnet.agent.service_thread import ServiceThread, list_then_watch
-from podnet.dns.cluster import ClusterZone, build_cluster_zone
+from podnet.dns.cluster import ZoneCache
 from podnet.dns.server import DnsServer, format_endpoint
 from podnet.errors import PodnetError
-from podnet.model.policy import PodRecord
-from podnet.model.service import Readiness, ServiceSettings
-from podnet.services.endpoints import readiness
-from podnet.services.kinds import read_service, read_slice
+from podnet.model.service import ServiceSettings
 
 if TYPE_CHECKING:
     from podnet.agent.context import AgentContext, OpHandler
     from podnet.store import Store
+    from podnet.store.base import Event
 
 log = logging.getLogger("podnet.agent.cluster_dns")
 
-WATCHED = (keys.SERVICES, keys.ENDPOINT_SLICES, keys.PODS, keys.READINESS, keys.SERVICE_SETTINGS)
-RESYNC_SECONDS = 10.0
+RESYNC_SECONDS = 30.0  # a listing costs a look-up per unchanged object
 WATCH_TIMEOUT = 0.5  # also how soon a pod namespace that appears is served
 ANY_ADDRESS = "0.0.0.0"
 
@@ -67,8 +65,9 @@ class ClusterDnsService:
         self.cluster_cidr = options.cluster_cidr if options is not None else ""
         self.port = port
         self.upstream = agent_upstream(agent) if self.netns_path else None
-        self.zone = ClusterZone(self.domain)
+        self.cache = ZoneCache(self.domain)
         self.problems: list[str] = []
+        self._relist = True
         self._server: DnsServer | None = None
         self._served: tuple[int, int] | None = None  # identity of the namespace served in
         self._error = ""
@@ -101,7 +100,7 @@ class ClusterDnsService:
                     "serving": server is not None and server.running,
                     "state": "serving" if server is not None else (self._error or "waiting for the DNS pod"),
                     "upstream": None if self.upstream is None else format_endpoint(*self.upstream),
-                    "names": self.zone.names(), "problems": list(self.problems),
+                    "names": self.cache.zone.names(), "problems": list(self.problems),
                     "stats": dict(server.stats) if server is not None else {}}
 
     # -- the loop
@@ -112,9 +111,7 @@ class ClusterDnsService:
     def _run(self) -> None:
         def converge(_periodic: bool, events: list | None) -> int:
             self._serve()
-            if events is not None and not any(e.key.startswith(WATCHED) for e in events):
-                return max((e.revision for e in events), default=0)
-            return self.refresh(self._store())
+            return self.refresh(self._store(), events)
 
         def store() -> Store:
             self._serve()  # every watch wake-up: a DNS pod that appeared is served at once
@@ -122,30 +119,25 @@ class ClusterDnsService:
 
         list_then_watch(self._loop.stopping, "", store, converge, RESYNC_SECONDS, WATCH_TIMEOUT, log)
 
-    def refresh(self, store: Store) -> int:
-        """Rebuild the zone from the store; returns the revision it reflects. A record
-        that does not decode is left out and named in `problems`."""
-        problems: list[str] = []
-        listed: dict[str, list] = {}
-        revision = 0
-        for prefix in WATCHED[:4]:
-            listed[prefix], rev = store.snapshot(prefix)
-            revision = max(revision, rev)
-        services = _decoded(listed[keys.SERVICES], read_service, problems)
-        slices = _decoded(listed[keys.ENDPOINT_SLICES], read_slice, problems)
-        pods = _decoded(listed[keys.PODS], PodRecord.from_json, problems)
-        judged = _decoded(listed[keys.READINESS], lambda raw, key: (keys.object_ref(keys.READINESS, key),
-                                                                    Readiness.from_json(raw, key).ready), problems)
-        entry = store.get(keys.SERVICE_SETTINGS)
-        try:
-            settings = ServiceSettings() if entry is None else ServiceSettings.from_json(entry.json(), entry.key)
-        except (PodnetError, ValueError) as exc:
-            problems.append(f"{keys.SERVICE_SETTINGS}: {getattr(exc, 'msg', exc)}")
-            settings = ServiceSettings()
-        reverse = [settings.service_cidr, *([self.cluster_cidr] if self.cluster_cidr else [])]
-        zone = build_cluster_zone(self.domain, services, pods, slices, readiness(pods, dict(judged)), reverse)
+    def refresh(self, store: Store, events: list[Event] | None = None) -> int:
+        """Bring the zone to the store: the watch's `events`, or (None) a listing, which
+        also reads the service CIDR. Returns the revision it reflects. A record that
+        does not decode is left out and named in `problems`."""
         with self._lock:
-            self.zone, self.problems = zone, problems
+            relist, self._relist = self._relist or events is None, True  # until this pass ends well
+        settings_problems = [p for p in self.problems if p.startswith(keys.SERVICE_SETTINGS)]
+        if relist:
+            settings_problems = []
+            revision = self.cache.relist(store)
+            self.cache.zone.reverse_nets = _reverse_nets(store, self.cluster_cidr, settings_problems)
+        else:
+            assert events is not None
+            self.cache.feed(events)
+            revision = max((e.revision for e in events), default=0)
+        self.cache.refresh()
+        with self._lock:
+            self._relist = False
+            self.problems = [*settings_problems, *self.cache.problems()]
         return revision
 
     def _serve(self) -> None:
@@ -162,8 +154,8 @@ class ClusterDnsService:
             log.info("cluster dns: %s was made again, serving anew", self.netns_path)
         if identity is None:
             return
-        server = DnsServer(ANY_ADDRESS, self.port, lambda qname, qtype: self.zone.lookup(qname, qtype),
-                           is_local=lambda qname: self.zone.is_local(qname), upstream=self.upstream,
+        zone = self.cache.zone
+        server = DnsServer(ANY_ADDRESS, self.port, zone.lookup, is_local=zone.is_local, upstream=self.upstream,
                            label=f"cluster {self.domain}", netns_path=self.netns_path)
         try:
             server.start()
@@ -179,11 +171,15 @@ class ClusterDnsService:
         log.info("cluster dns: serving %s on port %d in %s", self.domain, server.port, self.netns_path)
 
 
-def _decoded(entries: list, reader: Any, problems: list[str]) -> list:
-    out = []
-    for entry in entries:
-        try:
-            out.append(reader(entry.json(), entry.key))
-        except (PodnetError, ValueError) as exc:
-            problems.append(f"{entry.key}: {getattr(exc, 'msg', exc)}")
-    return out
+def _reverse_nets(store: Store, cluster_cidr: str, problems: list[str]) -> tuple:
+    """The reverse zones that are the cluster's own: the service and pod CIDRs."""
+    import ipaddress
+
+    entry = store.get(keys.SERVICE_SETTINGS)
+    try:
+        settings = ServiceSettings() if entry is None else ServiceSettings.from_json(entry.json(), entry.key)
+    except (PodnetError, ValueError) as exc:
+        problems.append(f"{keys.SERVICE_SETTINGS}: {getattr(exc, 'msg', exc)}")
+        settings = ServiceSettings()
+    nets = [settings.service_cidr, *([cluster_cidr] if cluster_cidr else [])]
+    return tuple(ipaddress.ip_network(net, strict=False) for net in nets)

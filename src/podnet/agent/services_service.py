@@ -1,39 +1,42 @@
 """The agent keeps its node's service load balancer (table `inet podnet-svc`,
-services/render.py) in step with the store: Services, EndpointSlices and pods, at
-start, on every change (list-then-watch of the whole store, filtered to those
-prefixes), every RESYNC_SECONDS (repairing a table changed by hand), and on demand
-(`services.sync`, which `podnet apply` need not wait for).
+services/render.py) in step with the store: Services, EndpointSlices, pods and their
+readiness, at start, on every change (list-then-watch of the whole store, filtered to
+those prefixes), every RESYNC_SECONDS (repairing a table changed by hand), and on
+demand (`services.sync`, which `podnet apply` need not wait for).
 
-A change is applied as the difference between the last plan and the new one, in one
-nft transaction: one endpoint's change touches only its service's chains and map
-elements. When a UDP backend goes away its conntrack entries go too, or clients
-would keep sending to the dead address (the classic kube-proxy bug). Stored objects
-are parsed again (validated) and cached by revision; a malformed one is left out
-and reported in `services.status`, the others still apply.
+A change costs what it touches, not the number of services: the watch's events go
+into the incremental plan (services/cache.py: only the services whose inputs changed
+are planned again), only the ports that changed are rendered (render.render_changes),
+and their difference is applied in one nft transaction (kernel/libnft.py: no nft
+process per change). A listing (start, periodic pass, `services.sync`, after any
+failure or a compacted history) goes through the same cache: only what changed since
+is parsed and planned. When a UDP backend goes away its conntrack entries go too, or
+clients would keep sending to the dead address (the classic kube-proxy bug). A
+malformed stored object is left out and reported in `services.status`, the others
+still apply.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import threading
 import time
-import zlib
 from typing import TYPE_CHECKING, Any
 
 from podnet import keys
 from podnet.agent.service_thread import ServiceThread, list_then_watch
 from podnet.errors import PodnetError
-from podnet.kernel.nft import Nft, NftPort
+from podnet.kernel.libnft import LibNft
+from podnet.kernel.nft import NftPort
 from podnet.model.cluster import NodeLease
-from podnet.model.policy import PodRecord
-from podnet.model.service import Readiness
 from podnet.services import render
-from podnet.services.endpoints import readiness
-from podnet.services.kinds import read_service, read_slice
+from podnet.services.applied import AppliedTable
+from podnet.services.cache import PlanCache
 from podnet.services.plan import NodePlan
-from podnet.services.planner import node_plan
 from podnet.store import Store
+from podnet.store.base import PUT, Event
 
 if TYPE_CHECKING:
     from podnet.agent.context import AgentContext, OpHandler
@@ -45,7 +48,6 @@ WATCH_TIMEOUT = 1.0
 MAX_BACKOFF = 10.0
 SYNC_OP = "services.sync"
 GENERATION_SET = "generation"
-WATCHED = (keys.SERVICES, keys.ENDPOINT_SLICES, keys.PODS, keys.READINESS)  # and this node's own lease
 
 
 class ServicesService:
@@ -55,15 +57,20 @@ class ServicesService:
         options = getattr(agent, "node_options", None)
         self.node: str | None = options.node if options is not None else None
         self.cluster_cidr: str = options.cluster_cidr if options is not None else ""
-        self.nft = nft or Nft()
+        self.nft = nft or LibNft()
         self.resync_seconds = resync_seconds
         self._lock = threading.Lock()
         self._loop = ServiceThread("podnet-services", self._run, join_timeout=WATCH_TIMEOUT + 10)
-        self._parsed: dict[str, tuple[int, Any]] = {}  # key -> (revision, parsed object or error)
-        self.applied: NodePlan | None = None
-        self._generation: int | None = None  # the stamp of `applied` in the kernel
+        self.cache = self._new_cache()
+        self.table = AppliedTable()  # what the kernel holds, as this agent applied it
+        self._pending: set[str] = set()  # port ids planned since the last applied change
+        self._relist = True  # read a listing at the next pass, whatever the watch saw
         self.problems: list[str] = []
         self.stats: dict[str, Any] = {}
+
+    def _new_cache(self) -> PlanCache:
+        """Pods of a node whose lease is gone back nothing (services/watched.py)."""
+        return PlanCache(self.node or "", (self.cluster_cidr,) if self.cluster_cidr else (), track_nodes=True)
 
     # -- AgentService
 
@@ -85,84 +92,93 @@ class ServicesService:
         with self._lock:
             return self._status_unlocked()
 
+    @property
+    def applied(self) -> NodePlan | None:
+        """The plan the kernel's table was rendered from (None before the first pass)."""
+        return self.table.plan()
+
     # -- converging
 
     def _store(self) -> Store:
         return self.agent.service.store(self.agent.store_path)
 
-    def _read(self, entries: list, reader: Any) -> list:
-        """Entries parsed (validated) once per revision; a bad one is left out and named."""
-        out = []
-        for entry in entries:
-            cached = self._parsed.get(entry.key)
-            if cached is None or cached[0] != entry.revision:
-                try:
-                    cached = (entry.revision, reader(entry.json(), entry.key))
-                except (PodnetError, ValueError) as exc:
-                    cached = (entry.revision, PodnetError(f"{entry.key}: {getattr(exc, 'msg', exc)}"))
-                self._parsed[entry.key] = cached
-            if isinstance(cached[1], PodnetError):
-                self.problems.append(cached[1].msg)
-            else:
-                out.append(cached[1])
-        return out
-
-    def _plan(self, store: Store) -> tuple[NodePlan, int]:
+    def _read(self, events: list[Event] | None) -> int:
+        """Feed the cache: the watch's events, or a listing of every watched prefix (and
+        this node's lease: NodePorts answer on its address). The revision it reflects:
+        the oldest listing's, so a watch from there misses nothing (the cache skips what
+        it already holds)."""
         assert self.node is not None
-        self.problems = []
-        snapshot: dict[str, list] = {}
-        revision = 0
-        for prefix in (keys.SERVICES, keys.ENDPOINT_SLICES, keys.PODS, keys.READINESS):
-            snapshot[prefix], rev = store.snapshot(prefix)
-            revision = max(revision, rev)
-        live = {e.key for entries in snapshot.values() for e in entries}
-        for key in [k for k in self._parsed if k not in live]:
-            del self._parsed[key]
-        services = self._read(snapshot[keys.SERVICES], read_service)
-        slices = self._read(snapshot[keys.ENDPOINT_SLICES], read_slice)
-        pods = self._read(snapshot[keys.PODS], PodRecord.from_json)
-        judged = self._read(snapshot[keys.READINESS], lambda raw, key: (keys.object_ref(keys.READINESS, key),
-                                                                        Readiness.from_json(raw, key).ready))
-        ready = readiness(pods, dict(judged))
-        entry = store.get(keys.node(self.node))
-        node_ips = (NodeLease.from_json(entry.json(), entry.key).underlay_ip,) if entry else ()
-        cidrs = (self.cluster_cidr,) if self.cluster_cidr else ()
-        return node_plan(services, pods, slices, ready, self.node, node_ips, cidrs), revision
+        own_lease = keys.node(self.node)
+        if events is not None and not self._relist:
+            self.cache.feed(events)
+            for event in events:
+                if event.key == own_lease:
+                    self._node_ips(event.value if event.kind == PUT else None)
+            return max((e.revision for e in events), default=int(self.stats.get("revision", 0)))
+        store = self._store()
+        revision = self.cache.relist(store)
+        entry = store.get(own_lease)
+        self._node_ips(entry.value if entry is not None else None)
+        self._relist = False
+        return revision
 
-    def converge(self, full: bool = False) -> dict[str, Any]:
-        """Bring the kernel's table to the store's services; never raises for what the
-        store or nft holds (the table in force stays, the error shows in status)."""
+    def _node_ips(self, lease: str | None) -> None:
+        if lease is None:
+            self.cache.node_ips = ()
+            return
+        try:
+            self.cache.node_ips = (NodeLease.from_json(json.loads(lease), keys.node(self.node or "")).underlay_ip,)
+        except ValueError as exc:
+            raise PodnetError(f"this node's lease: {exc}") from None
+
+    def converge(self, full: bool = False, events: list[Event] | None = None) -> dict[str, Any]:
+        """Bring the kernel's table to the store's services (`events`: the changes seen
+        since the last pass; None: list the store); never raises for what the store or
+        nft holds (the table in force stays, the error shows in status)."""
         with self._lock:
             try:
-                return self._converge(full)
+                return self._converge(full, events)
             except PodnetError as exc:
+                self._relist = True
                 self.problems.append(f"keeping the table in force: {exc.msg}")
                 log.warning("services: %s", exc.msg)
             except Exception as exc:  # noqa: BLE001 - a bug must not stop later updates
-                self._parsed.clear()
+                self.cache = self._new_cache()  # built again from a listing
+                self._pending = set()
+                self.table.generation = None  # the next pass renders the whole table
+                self._relist = True
                 self.problems.append(f"internal error: {exc!r}")
                 log.exception("services: internal error")
         return self.status()
 
-    def _converge(self, full: bool) -> dict[str, Any]:
+    def _converge(self, full: bool, events: list[Event] | None) -> dict[str, Any]:
         started = time.monotonic()
-        plan, revision = self._plan(self._store())
-        old = self.applied
-        if old is not None and plan == old and not full:
-            self.stats["revision"] = revision
-            return self._status_unlocked()
-        generation = plan_generation(plan)
-        if old is None and not full and self._generation_in_kernel() == generation:
-            self.applied, self._generation = plan, generation  # a restart: the kernel holds this plan's table
-            self.stats = {"revision": revision, "applied": "kept", "ms": 0.0, "udp_flows_flushed_for": []}
-            return self._status_unlocked()
-        if old is None or full or plan.node_ips != old.node_ips or plan.cluster_cidrs != old.cluster_cidrs:
-            script, how = render.render_table(plan), "full"
+        self.problems = self.cache.problems()
+        revision = self._read(events)
+        self._pending |= self.cache.refresh()
+        self.problems = self.cache.problems()
+        table, cache = self.table, self.cache
+        if full or table.generation is None or table.settings_differ(cache.node_ips, cache.cluster_cidrs):
+            plan, generation = cache.plan(), cache.generation()
+            if table.ports is None and not full and self._generation_in_kernel() == generation:
+                table.replace(plan, generation, render.shared_counts(plan.services))  # a restart: this plan's table
+                self._pending.clear()
+                self.stats = {"revision": revision, "applied": "kept", "ms": 0.0, "udp_flows_flushed_for": []}
+                return self._status_unlocked()
+            script, shared = render.render_full(plan)
+            self.nft.apply(script + _stamp(generation))
+            gone, how = table.replace(plan, generation, shared), "full"
         else:
-            script, how = render.render_update(old, plan), "diff"
-        self.nft.apply(script + _stamp(generation))
-        self.applied, self._generation = plan, generation
-        gone = _udp_backends(old) - _udp_backends(plan) if old is not None else set()
+            script, change = render.render_changes(table.ports or {}, cache.ports, self._pending, cache.cluster_cidrs,
+                                                   table.shared)
+            if not script:
+                self._pending.clear()
+                self.stats["revision"] = revision
+                return self._status_unlocked()
+            generation = cache.generation()
+            self.nft.apply(script + _stamp(generation))
+            gone, how = table.update(cache.ports, self._pending, generation, change), "diff"
+        self._pending.clear()
         flushed = _forget_udp_flows(gone)
         self.stats = {"revision": revision, "applied": how, "ms": round((time.monotonic() - started) * 1000, 1),
                       "udp_flows_flushed_for": sorted(f"{ip}:{port}" for ip, port in flushed)}
@@ -171,21 +187,19 @@ class ServicesService:
         return self._status_unlocked()
 
     def _status_unlocked(self) -> dict[str, Any]:
-        plan = self.applied
-        return {"node": self.node, "table": f"{render.FAMILY} {render.TABLE}" if plan else None,
-                "service_ports": len(plan.services) if plan else 0,
-                "backends": sum(len(p.backends) for p in plan.services) if plan else 0,
+        applied = self.table.ports is not None
+        return {"node": self.node, "table": f"{render.FAMILY} {render.TABLE}" if applied else None,
+                "service_ports": len(self.table.ports or ()), "backends": self.table.backends if applied else 0,
                 "problems": list(self.problems), **self.stats}
 
     def _run(self) -> None:
         assert self.node is not None  # started only on a cluster node
-        own_lease = keys.node(self.node)
-
         def converge(periodic: bool, events: list | None) -> int:
-            # other nodes renew their leases every few seconds: no reason to plan again
-            if events is not None and not any(e.key.startswith(WATCHED) or e.key == own_lease for e in events):
+            # lease renewals reach the cache too (a node that comes or goes changes its
+            # pods' readiness), and cost a look-up when nothing changed
+            if events is not None and not any(e.key.startswith(self.cache.prefixes) for e in events):
                 return max((e.revision for e in events), default=self.stats.get("revision", 0))
-            self.converge(full=periodic and not self._intact())
+            self.converge(full=periodic and not self._intact(), events=events)
             return int(self.stats.get("revision", 0))
 
         list_then_watch(self._loop.stopping, "", lambda: self._store(), converge, self.resync_seconds,
@@ -199,25 +213,12 @@ class ServicesService:
         """The table still holds what this agent applied (not deleted or replaced by
         hand). Reads only the one-element generation set: listing the whole table
         costs 3.6 s and 29 MB of JSON at 10,000 services."""
-        return self.applied is None or self._generation_in_kernel() == self._generation
-
-
-def plan_generation(plan: NodePlan) -> int:
-    """A checksum of the plan (and of how it is rendered), stamped into the table with
-    every change: an agent restarted on an unchanged store finds its own table and
-    leaves it alone instead of rebuilding it (a rebuild drops affinity and counters)."""
-    return zlib.crc32(f"{render.FORMAT}\n{plan!r}".encode())
+        return self.table.generation is None or self._generation_in_kernel() == self.table.generation
 
 
 def _stamp(generation: int) -> str:
     name = f"{render.FAMILY} {render.TABLE} {GENERATION_SET}"
     return f"\nadd set {name} {{ type mark; }}\nflush set {name}\nadd element {name} {{ {generation} }}\n"
-
-
-def _udp_backends(plan: NodePlan | None) -> set[tuple[str, int]]:
-    if plan is None:
-        return set()
-    return {(b.ip, b.port) for p in plan.services if p.protocol == "udp" for b in p.backends}
 
 
 def _forget_udp_flows(backends: set[tuple[str, int]]) -> set[tuple[str, int]]:

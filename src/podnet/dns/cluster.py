@@ -12,28 +12,36 @@ domain `D` (`cluster.local` by default):
 - `<a-b-c-d>.<ns>.pod.D`: A of a pod of that namespace that holds the address (CoreDNS's
   `pods verified`: no answer for an address no pod has);
 - PTR of ClusterIPs (-> the service's name) and of headless endpoints' addresses.
-Names that lead to one of these (`svc.D`, `<ns>.svc.D`) exist without data (NODATA);
+Names that lead to one of these (`svc.D`, `<ns>.svc.D`), and a headless service without
+a ready endpoint, exist without data (NODATA);
 anything else under D, or under the reverse zones of the service and pod CIDRs, is
 NXDOMAIN and never leaves the server.
 
-Values follow dns/answer.py's contract: addresses, PTR targets, and SRV as
-"priority weight port target." strings.
+Each service and each pod contributes a fragment (its records); the zone keeps them by
+owner, and `ZoneCache` sets again only the fragments of what a change touched
+(services/watched.py), so one changed endpoint costs its own records, not the
+cluster's (at 10,000 services a whole rebuild takes ~0.2 s, and the agent's interpreter
+is shared with the service table's path, whose target is 50 ms). Values follow dns/answer.py's contract: addresses, PTR targets,
+and SRV as "priority weight port target." strings.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections import defaultdict
+import threading
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
 from podnet.dns.records import IPNetwork, fold, reverse_address, valid_name
 from podnet.model.policy import PodRecord
 from podnet.services.endpoints import Backing, backing
 from podnet.services.objects import EndpointSlice, Service, ServicePortSpec
+from podnet.services.watched import WatchedObjects
 
 ANY_PORT = ServicePortSpec(port=0, target_port=0)  # a headless service without ports still has endpoints
 SRV_PRIORITY = 0
+EXISTS = ""  # a record type no query asks for: the name exists
+Fragment = tuple[tuple[str, str, str], ...]  # (name, type, value), names folded
 
 
 def dashed(ip: str) -> str:
@@ -45,92 +53,53 @@ def _family(ip: str) -> str:
     return "AAAA" if ":" in ip else "A"
 
 
-@dataclass(frozen=True)
-class ClusterZone:
-    """One cluster's names: name -> record type -> values. `lookup` and `is_local`
-    follow dns/answer.py's contract."""
-
-    domain: str
-    records: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
-    nonterminals: frozenset[str] = frozenset()
-    reverse_nets: tuple[IPNetwork, ...] = ()
-
-    def lookup(self, qname: str, qtype: str) -> list[str] | None:
-        name = fold(qname)
-        rrsets = self.records.get(name)
-        if rrsets is None:
-            return [] if name in self.nonterminals else None
-        if qtype == "ANY":
-            return [*rrsets.get("A", ()), *rrsets.get("AAAA", ())]
-        return list(rrsets.get(qtype, ()))
-
-    def is_local(self, qname: str) -> bool:
-        name = fold(qname)
-        if name == self.domain or name.endswith("." + self.domain):
-            return True
-        address = reverse_address(name)
-        return address is not None and any(address in net for net in self.reverse_nets)
-
-    def names(self) -> int:
-        return len(self.records)
-
-
-class _Builder:
-    def __init__(self, domain: str) -> None:
-        self.domain = domain
-        self.records: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+class _Fragment:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str, str]] = []
 
     def add(self, name: str, rtype: str, value: str) -> None:
         name = fold(name)
-        if valid_name(name) and value not in self.records[name][rtype]:
-            self.records[name][rtype].append(value)
+        if valid_name(name) and (name, rtype, value) not in self.records:
+            self.records.append((name, rtype, value))
 
     def address(self, name: str, ip: str) -> None:
         self.add(name, _family(ip), ip)
 
     def pointer(self, ip: str, name: str) -> None:
-        self.add(ipaddress.ip_address(ip).reverse_pointer, "PTR", name)
-
-    def zone(self, reverse_nets: tuple[IPNetwork, ...]) -> ClusterZone:
-        suffix = "." + self.domain
-        nonterminals = {self.domain}
-        for name in self.records:
-            while name.endswith(suffix):
-                name = name.split(".", 1)[1]
-                nonterminals.add(name)
-        records = {name: {t: tuple(v) for t, v in types.items()} for name, types in self.records.items()}
-        return ClusterZone(self.domain, records, frozenset(nonterminals - set(records)), reverse_nets)
+        try:
+            self.add(ipaddress.ip_address(ip).reverse_pointer, "PTR", name)
+        except ValueError:
+            return  # checked when stored; never a reason to fail a zone
 
 
-def build_cluster_zone(domain: str, services: Iterable[Service], pods: Iterable[PodRecord],
-                       slices: Iterable[EndpointSlice], ready: Mapping[str, bool],
-                       reverse_nets: Iterable[str] = ()) -> ClusterZone:
-    """The zone of `domain` from the cluster's objects; `ready` as backing() takes it
-    (pod "ns/name" -> ready; absent: ready)."""
+def service_fragment(domain: str, svc: Service, pods: Iterable[PodRecord], slices: Iterable[EndpointSlice],
+                     ready: Mapping[str, bool]) -> Fragment:
+    """The records of one service; `pods` may be any superset of its namespace's pods,
+    `ready` as backing() takes it (pod "ns/name" -> ready; absent: ready)."""
     domain = fold(domain)
-    out = _Builder(domain)
-    pods, slices = list(pods), list(slices)
-    by_namespace: dict[str, list[PodRecord]] = defaultdict(list)
-    for pod in pods:
-        by_namespace[pod.namespace].append(pod)
-        for ip in pod.ips:
-            out.address(f"{dashed(ip)}.{pod.namespace}.pod.{domain}", ip)
-    for svc in services:
-        base = f"{svc.name}.{svc.namespace}.svc.{domain}"
-        if svc.headless:
-            _headless(out, svc, base, by_namespace.get(svc.namespace, []), slices, ready)
-        elif svc.cluster_ip:
-            out.address(base, svc.cluster_ip)
-            out.pointer(svc.cluster_ip, base)
-            for spec in svc.ports:
-                if spec.name:
-                    out.add(f"_{spec.name}._{spec.protocol.lower()}.{base}", "SRV",
-                            f"{SRV_PRIORITY} 100 {spec.port} {base}.")
-    nets = tuple(ipaddress.ip_network(net, strict=False) for net in reverse_nets)
-    return out.zone(nets)
+    out = _Fragment()
+    base = f"{svc.name}.{svc.namespace}.svc.{domain}"
+    out.add(base, EXISTS, "")  # a headless service with no ready endpoint: NODATA, not NXDOMAIN
+    if svc.headless:
+        _headless(out, svc, base, list(pods), list(slices), ready)
+    elif svc.cluster_ip:
+        out.address(base, svc.cluster_ip)
+        out.pointer(svc.cluster_ip, base)
+        for spec in svc.ports:
+            if spec.name:
+                out.add(f"_{spec.name}._{spec.protocol.lower()}.{base}", "SRV",
+                        f"{SRV_PRIORITY} 100 {spec.port} {base}.")
+    return tuple(out.records)
 
 
-def _headless(out: _Builder, svc: Service, base: str, pods: list[PodRecord], slices: list[EndpointSlice],
+def pod_fragment(domain: str, pod: PodRecord) -> Fragment:
+    out = _Fragment()
+    for ip in pod.ips:
+        out.address(f"{dashed(ip)}.{pod.namespace}.pod.{fold(domain)}", ip)
+    return tuple(out.records)
+
+
+def _headless(out: _Fragment, svc: Service, base: str, pods: list[PodRecord], slices: list[EndpointSlice],
               ready: Mapping[str, bool]) -> None:
     """A headless service answers with its ready endpoints, each also under its own name."""
     hostnames = {e.address: e.hostname for piece in slices if piece.namespace == svc.namespace
@@ -146,3 +115,133 @@ def _headless(out: _Builder, svc: Service, base: str, pods: list[PodRecord], sli
             if spec.name:
                 out.add(f"_{spec.name}._{spec.protocol.lower()}.{base}", "SRV",
                         f"{SRV_PRIORITY} {weight} {endpoint.port} {own}.")  # no proxy: the endpoint's own port
+
+
+class ClusterZone:
+    """One cluster's names, kept as fragments by owner (a service's or a pod's key) and
+    changed in place; `lookup` and `is_local` follow dns/answer.py's contract and may
+    run in the server's thread while the watch thread sets fragments."""
+
+    def __init__(self, domain: str, reverse_nets: Iterable[str] = ()) -> None:
+        self.domain = fold(domain)
+        self.reverse_nets: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n, strict=False) for n in reverse_nets)
+        self._owned: dict[str, Fragment] = {}
+        self._records: dict[str, dict[str, Counter[str]]] = {}
+        self._ancestors: Counter[str] = Counter({self.domain: 1})  # names on the way: NODATA
+        self._lock = threading.Lock()
+
+    def set(self, owner: str, fragment: Fragment | None) -> bool:
+        """Replace what `owner` contributes (None or empty: nothing); True if it changed."""
+        fragment = fragment or ()
+        with self._lock:
+            old = self._owned.get(owner, ())
+            if old == fragment:
+                return False
+            for name, rtype, value in old:
+                self._remove(name, rtype, value)
+            for name, rtype, value in fragment:
+                self._add(name, rtype, value)
+            if fragment:
+                self._owned[owner] = fragment
+            else:
+                self._owned.pop(owner, None)
+            return True
+
+    def owners(self) -> set[str]:
+        with self._lock:
+            return set(self._owned)
+
+    def _add(self, name: str, rtype: str, value: str) -> None:
+        self._records.setdefault(name, defaultdict(Counter))[rtype][value] += 1
+        for parent in self._parents(name):
+            self._ancestors[parent] += 1
+
+    def _remove(self, name: str, rtype: str, value: str) -> None:
+        types = self._records[name]
+        types[rtype][value] -= 1
+        if types[rtype][value] <= 0:
+            del types[rtype][value]
+            if not types[rtype]:
+                del types[rtype]
+            if not types:
+                del self._records[name]
+        for parent in self._parents(name):
+            self._ancestors[parent] -= 1
+            if self._ancestors[parent] <= 0:
+                del self._ancestors[parent]
+
+    def _parents(self, name: str) -> list[str]:
+        out, suffix = [], "." + self.domain
+        while name.endswith(suffix):
+            name = name.split(".", 1)[1]
+            if name != self.domain:
+                out.append(name)
+        return out
+
+    def lookup(self, qname: str, qtype: str) -> list[str] | None:
+        name = fold(qname)
+        with self._lock:
+            types = self._records.get(name)
+            if types is None:
+                return [] if name in self._ancestors else None
+            if qtype == "ANY":
+                return [*types.get("A", ()), *types.get("AAAA", ())]
+            return list(types.get(qtype, ()))
+
+    def is_local(self, qname: str) -> bool:
+        name = fold(qname)
+        if name == self.domain or name.endswith("." + self.domain):
+            return True
+        address = reverse_address(name)
+        return address is not None and any(address in net for net in self.reverse_nets)
+
+    def names(self) -> int:
+        with self._lock:
+            return len(self._records)
+
+    def records(self) -> dict[str, dict[str, list[str]]]:
+        """Every name, type and value (sorted): what two zones are compared by."""
+        with self._lock:
+            return {name: {t: sorted(values) for t, values in types.items()} for name, types in self._records.items()}
+
+
+def build_cluster_zone(domain: str, services: Iterable[Service], pods: Iterable[PodRecord],
+                       slices: Iterable[EndpointSlice], ready: Mapping[str, bool],
+                       reverse_nets: Iterable[str] = ()) -> ClusterZone:
+    """The whole zone at once (tests, and what the incremental one must equal)."""
+    zone = ClusterZone(domain, reverse_nets)
+    pods, slices = list(pods), list(slices)
+    by_namespace: dict[str, list[PodRecord]] = defaultdict(list)
+    for pod in pods:
+        by_namespace[pod.namespace].append(pod)
+        zone.set(f"pod {pod.namespace}/{pod.name}", pod_fragment(domain, pod))
+    for svc in services:
+        zone.set(f"service {svc.namespace}/{svc.name}",
+                 service_fragment(domain, svc, by_namespace.get(svc.namespace, []), slices, ready))
+    return zone
+
+
+class ZoneCache(WatchedObjects):
+    """The watched objects and the zone built from them, change by change; pods of a
+    node whose lease is gone are not ready (no headless answers point at them)."""
+
+    def __init__(self, domain: str, reverse_nets: Iterable[str] = ()) -> None:
+        super().__init__(track_nodes=True)
+        self.domain = fold(domain)
+        self.zone = ClusterZone(domain, reverse_nets)
+
+    def refresh(self) -> int:
+        """Set again the fragments of what changed; how many differ."""
+        services, pods = self.take_dirty()
+        changed = 0
+        for key in services:
+            svc = self.services.get(key)
+            fragment: Fragment | None = None
+            if svc is not None:
+                selected, slices, ready = self.inputs(svc)
+                fragment = service_fragment(self.domain, svc, selected, slices, ready)
+            changed += self.zone.set(key, fragment)
+        for key in pods:
+            pod = self.pods.get(key)
+            changed += self.zone.set(key, pod_fragment(self.domain, pod) if pod is not None else None)
+        return changed
