@@ -489,6 +489,7 @@ class Podman:
             # Never let podman (and the CNI DEL it runs) loose in the root namespace.
             problems.append(f"netns {self.netns} gone before cleanup; skipped podman rm")
             return problems
+        removed = [*self.containers, *self.pods]
         if self.containers:
             cp = self.run(["rm", "-f", "-t", "0", "--ignore", *self.containers], check=False)
             if cp.returncode != 0:
@@ -507,7 +508,23 @@ class Podman:
             self.run(["rm", "-f", "-t", "0", "--ignore", *left], check=False)
         self.containers.clear()
         self.pods.clear()
+        remove_empty_cgroups(removed + left)
         return problems
+
+
+def remove_empty_cgroups(container_ids: Iterable[str], root: Path = Path("/sys/fs/cgroup")) -> None:
+    """podman 4.3 with cgroupfs leaves each container's (empty) cgroup under
+    libpod_parent/ in every hierarchy: remove those of our containers, deepest first.
+    rmdir refuses a cgroup that still has processes, so nothing alive is touched."""
+    ids = [cid for cid in container_ids if len(cid) >= 12]
+    for parent in root.glob("*/libpod_parent"):
+        for group in parent.iterdir():
+            if group.is_dir() and any(group.name.startswith(cid) or cid.startswith(group.name) for cid in ids):
+                for path in sorted((p for p in group.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                    with contextlib.suppress(OSError):
+                        path.rmdir()
+                with contextlib.suppress(OSError):
+                    group.rmdir()
 
 
 # --------------------------------------------------------------------------- session
