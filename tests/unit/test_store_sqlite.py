@@ -53,3 +53,45 @@ def test_a_missing_store_is_an_error_unless_the_caller_creates_it(tmp_path):
         assert store.get_json("k") == "v"
     with open_store("memory://", create=False) as store:  # nothing to find: fine
         assert store.get("k") is None
+
+
+def test_another_process_write_wakes_a_quiet_watch_at_once(tmp_path, monkeypatch):
+    """The tail's polls are made 30 s apart here: only the inotify wake-up (wake.py)
+    can deliver another process's write within the 10 s the watch waits."""
+    import subprocess
+    import sys
+    import time
+
+    from podnet.store.sqlite import SqliteStore
+    from podnet.store.sqlite import watch as watch_module
+
+    monkeypatch.setattr(watch_module, "IDLE_POLL", 30.0)
+    monkeypatch.setattr(watch_module, "FULL_SCAN_SECONDS", 60.0)
+    path = str(tmp_path / "store.db")
+    with SqliteStore(path, poll_interval=30.0) as store:
+        store.put("a/0", "{}")
+        revision = store.revision()
+        assert store.watch("a/", revision, timeout=0.3) == []  # the tail runs, and is quiet
+        time.sleep(0.3)
+        writer = ("import sys; from podnet.store import open_store\n"
+                  "with open_store(sys.argv[1]) as s: s.put('a/1', '{}')")
+        subprocess.run([sys.executable, "-c", writer, path], check=True, timeout=60)
+        events = store.watch("a/", revision, timeout=10.0)
+        assert [e.key for e in events] == ["a/1"]
+
+
+def test_file_wake_reports_the_database_and_its_wal_only(tmp_path):
+    import threading
+
+    from podnet.store.sqlite.wake import FileWake
+
+    woken = threading.Event()
+    wake = FileWake(str(tmp_path / "store.db"), woken.set)
+    assert wake.start()
+    try:
+        (tmp_path / "other.log").write_text("x")
+        assert not woken.wait(0.3)
+        (tmp_path / "store.db-wal").write_bytes(b"x")
+        assert woken.wait(5.0)
+    finally:
+        wake.close()

@@ -22,6 +22,7 @@ from podnet.store.base import Event, RevisionCompacted, prefix_end
 from podnet.store.sqlite.operations import Operations
 from podnet.store.sqlite.pool import Pool
 from podnet.store.sqlite.transactions import Transactions
+from podnet.store.sqlite.wake import FileWake
 
 FULL_SCAN_SECONDS = 1.0  # watch(): a full scan at least this often, changed or not
 TAIL_EVENTS = 8192  # watch(): how many recent events the shared tail keeps in memory
@@ -149,6 +150,15 @@ class Tail:
                 self._error, self._thread = exc, None
                 self._cond.notify_all()
             return
+        quiet = threading.Event()  # inotify wakes only a quiet tail: a burst stays batched
+
+        def wake() -> None:
+            if quiet.is_set():
+                with self._txs.committed:
+                    self._txs.committed.notify_all()
+
+        file_wake = FileWake(self._pool.path, wake)
+        file_wake.start()  # another process's write wakes the tail at once (wake.py)
         try:
             version: int | None = None
             idle_version: int | None = None  # the version seen by the previous pass
@@ -162,19 +172,24 @@ class Tail:
                     version, next_full = current, mono + FULL_SCAN_SECONDS
                     next_expiry = self._read_new()
                 # Writers in this process wake us at once. Another process's change is
-                # seen within IDLE_POLL when things are quiet (a lone policy edit), and
-                # batched per `poll_interval` while changes keep coming (a lab's pods
-                # attaching: each pass then reads the head and the new events).
+                # seen at once when things are quiet (a lone endpoint change: inotify,
+                # wake.py; else within IDLE_POLL), and batched per `poll_interval` while
+                # changes keep coming (a lab's pods attaching: each pass then reads the
+                # head and the new events, and fifty agents do not wake per write).
                 with self._txs.committed:
-                    self._txs.committed.wait(
-                        self._poll if current != idle_version else min(self._poll, IDLE_POLL)
-                    )
+                    if idle_version is not None and current != idle_version:
+                        quiet.clear()
+                        self._txs.committed.wait(self._poll)
+                    else:
+                        quiet.set()
+                        self._txs.committed.wait(min(self._poll, IDLE_POLL))
                 idle_version = current
         except (StoreError, sqlite3.Error) as exc:
             with self._cond:
                 self._error = exc if isinstance(exc, StoreError) else StoreError(f"store watch failed: {exc}")
                 self._cond.notify_all()
         finally:
+            file_wake.close()
             self._pool.checkin(probe)
             with self._cond:
                 self._thread = None
