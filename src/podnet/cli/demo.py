@@ -126,6 +126,8 @@ def tour(console: Any, name: str, data: dict, keep: bool) -> None:
         ("every pod to every pod, for real ('.' reachable, 'X' blocked)", f"podnet probe --lab {name} --port 80"),
         ("the echo service: its address, who answers it from every pod",
          f"podnet get svc --lab {name}; podnet probe --lab {name} --to svc/default/echo"),
+        ("the echo service by name, from cluster DNS (the kube-dns service, 10.96.0.10)",
+         f"podnet lab exec --lab {name} {src} -- busybox nslookup echo.default.svc.cluster.local 10.96.0.10"),
         ("isolate a pod's namespace, then ask which rule drops what",
          f"podnet apply --lab {name} -f examples/policy/default-deny.yaml && "
          f"podnet flows --lab {name} --verdict deny; podnet policy explain {far} {src} --lab {name}"),
