@@ -12,7 +12,7 @@ LINT_DIRS := $(wildcard src tests bench)
 
 # Debian packages the tests, the demo and the interop peers need.
 DEB_PACKAGES := nftables iproute2 podman runc containernetworking-plugins busybox-static \
-	iperf3 conntrack python3-venv ethtool procps util-linux etcd-server containerd
+	iperf3 conntrack python3-venv ethtool procps util-linux etcd-server containerd bird2
 
 .PHONY: deps apt-deps venv test lint demo bench clean
 

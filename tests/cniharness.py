@@ -191,3 +191,12 @@ def gso_of(ns: str, ifname: str) -> GsoLimits:
             return found[0]
     finally:
         os.close(fd)
+
+
+def podnet_cli(*args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
+    """`podnet ARGS` as a user runs it; with `check`, a failure shows its output."""
+    proc = subprocess.run([sys.executable, "-m", "podnet.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"podnet {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc

@@ -41,6 +41,8 @@ CLUSTER_IPS = "alloc/clusterips/"
 NODE_PORTS = "alloc/nodeports/"
 SERVICE_SETTINGS = "settings/services"
 READINESS = "readiness/"
+BGP_CONFIGURATIONS = "bgpconfigurations/"
+BGP_PEERS = "bgppeers/"
 # the objects that make a node keep a policy table (agent/policy_service.py)
 ENFORCING_POLICY = (NETWORK_POLICIES, CLUSTER_POLICIES)
 
@@ -83,6 +85,8 @@ FAMILIES: tuple[Family, ...] = (
     Family(NODE_PORTS, "alloc/nodeports/<protocol>-<port>", "PortClaim", since="0.2.0"),
     Family(SERVICE_SETTINGS, "settings/services", "ServiceSettings", since="0.2.0"),
     Family(READINESS, "readiness/<namespace>/<pod>", "Readiness", since="0.2.0"),
+    Family(BGP_CONFIGURATIONS, "bgpconfigurations/<name>", "BGPConfiguration (manifest)", since="0.2.0"),
+    Family(BGP_PEERS, "bgppeers/<name>", "BGPPeer (manifest)", since="0.2.0"),
 )
 
 

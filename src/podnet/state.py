@@ -24,6 +24,11 @@ class StatePaths:
         return self.root / "store.db"
 
     @property
+    def bird_dir(self) -> Path:
+        """This node's BIRD (bgp fabric): bird.conf, its control socket and pid file."""
+        return self.root / "bird"
+
+    @property
     def net_d(self) -> Path:
         """Rendered CNI conflists, one per network (what a runtime's conf dir holds)."""
         return self.root / "net.d"

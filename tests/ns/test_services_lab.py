@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import json
 import secrets
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ import pytest
 import yaml
 from test_fabric_cluster import eventually
 
+from cniharness import podnet_cli as podnet
 from podnet.lab.state import state_file
 from podnet.observe import probe as probe_module
 
@@ -89,14 +89,6 @@ for _ in range(int(sys.argv[3])):
     time.sleep(0.05)
 print(json.dumps(out))
 """
-
-
-def podnet(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "podnet.cli", *args], capture_output=True, text=True,
-                          timeout=120, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"podnet {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 class Lab:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import types
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from podnet.fabric import FABRICS
 from podnet.fabric.base import ApplyReport, FabricContext, FdbSpec, NeighSpec, RouteSpec
 from podnet.fabric.vxlan import vtep_mac
 from podnet.model.cluster import BlockClaim, NodeLease, block_key
+from podnet.state import StatePaths
 from podnet.store import open_store
 from podnet.store.base import Entry
 
@@ -119,7 +121,8 @@ def test_a_lease_under_another_nodes_key_is_skipped():
 def node_service(store) -> NodeService:
     """A node service on `store` that never touches a kernel (apply is a no-op)."""
     agent = types.SimpleNamespace(node_options=NodeOptions("a", fabric="host-gw"), store_path="memory://",
-                                  service=types.SimpleNamespace(store=lambda _path: store))
+                                  service=types.SimpleNamespace(store=lambda _path: store),
+                                  state=StatePaths(Path("/nonexistent/podnet-state")))  # host-gw writes nothing
     svc = NodeService(agent)  # type: ignore[arg-type]
     svc.fabric = FABRICS["host-gw"]()
     svc.fabric.apply = lambda _ipr, _want: ApplyReport()  # type: ignore[method-assign]

@@ -54,6 +54,7 @@ BRIDGE = "pncl0"
 CONFLIST = "cluster.conflist"
 REPAIR_SECONDS = 3.0
 WATCH_TIMEOUT = 1.0
+WATCHED = (keys.NODES, keys.BGP_CONFIGURATIONS, keys.BGP_PEERS)  # what the fabric is built from
 MAX_BACKOFF = 10.0
 REFUSED = "refused: "  # how a fabric's verdict on a peer starts when it refused the lease
 
@@ -171,8 +172,10 @@ class NodeService:
                     dirty, next_repair = False, now + REPAIR_SECONDS
                 wait = max(0.05, min(WATCH_TIMEOUT, next_renew - time.monotonic(), next_repair - time.monotonic()))
                 try:
-                    if self._store().watch(keys.NODES, revision, wait):
-                        dirty = True
+                    seen = self._store().watch("", revision, wait)
+                    if seen:
+                        revision = max(revision, seen[-1].revision)
+                        dirty = dirty or any(e.key.startswith(WATCHED) for e in seen)
                 except RevisionCompacted:
                     dirty = True
                 backoff = 0.5
@@ -225,7 +228,7 @@ class NodeService:
 
         def make(block: str) -> NodeLease:
             return NodeLease(opts.node, block, str(underlay.ip), opts.underlay, opts.fabric,
-                             fabric.backend_data(opts.node), started)
+                             fabric.backend_data(opts.node), started, dict(opts.labels))
 
         store = self._store()
         own = store.get_json(keys.node(opts.node)) or {}
@@ -315,6 +318,9 @@ class NodeService:
         report = self.fabric.apply(self._iproute(), want)
         if report:
             log.info("fabric %s: added %s removed %s", self.fabric.name, report.added, report.removed)
+        daemon = self.fabric.sync(self.ctx, current.values(), want, self.agent.state.bird_dir, store)
+        if daemon not in ("", "unchanged"):
+            log.info("fabric %s: routing daemon %s", self.fabric.name, daemon)
         for name, state in want.peers.items():
             if state != self.peer_state.get(name):
                 (log.info if state == "ok" else log.warning)("peer %s: %s", name, state)

@@ -32,6 +32,7 @@ AGENT_DEFAULTS = {
     "node": None, "fabric": "vxlan", "cluster_cidr": DEFAULT_CLUSTER_CIDR,
     "block_prefix": DEFAULT_BLOCK_PREFIX, "underlay": "eth0", "lease_ttl": DEFAULT_LEASE_TTL,
     "cluster_dns": None, "cluster_domain": DEFAULT_CLUSTER_DOMAIN, "cluster_dns_netns": None,
+    "node_labels": None,
 }
 
 
@@ -56,6 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     cluster.add_argument("--block-prefix", type=int, help=f"prefix length of a node's block (default {DEFAULT_BLOCK_PREFIX})")
     cluster.add_argument("--underlay", help="the node's interface toward other nodes (default eth0)")
     cluster.add_argument("--lease-ttl", type=float, help=f"node lease TTL in seconds (default {DEFAULT_LEASE_TTL:g})")
+    cluster.add_argument("--node-labels", metavar="K=V[,K=V]",
+                         help="labels of this node, published in its lease (BGPPeer nodeSelector/peerSelector)")
     cluster.add_argument("--cluster-dns", metavar="IP",
                          help="the cluster DNS service's ClusterIP, given to pods in their CNI result")
     cluster.add_argument("--cluster-domain", help=f"the cluster's DNS domain (default {DEFAULT_CLUSTER_DOMAIN})")
@@ -129,8 +132,12 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         failed = _check_cluster_dns(s)
         if failed is not None:
             return failed
+        try:
+            labels = _node_labels(s["node_labels"] or "")
+        except ValueError as exc:
+            return fail(f"--node-labels: {exc}", 2)
         node = NodeOptions(s["node"], s["fabric"], s["cluster_cidr"], s["block_prefix"], s["underlay"], s["lease_ttl"],
-                           s["cluster_dns"], s["cluster_domain"], s["cluster_dns_netns"])
+                           s["cluster_dns"], s["cluster_domain"], s["cluster_dns_netns"], labels)
     if s["policy_host"] and s["node"]:
         return fail("--policy-host and --node exclude each other (a node enforces its own host endpoint)", 2)
     if s["store"]:
@@ -138,6 +145,24 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         if failed is not None:
             return failed
     return run_agent(s["socket"], s["store"], s["state_dir"], s["dns_upstream"], node, s["policy_host"])
+
+
+def _node_labels(text: str) -> tuple[tuple[str, str], ...]:
+    """`k=v,k2=v2` -> pairs, each checked by Kubernetes' label rules."""
+    from podnet.errors import PodnetError
+    from podnet.schema.fields import parse_labels
+
+    pairs = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"{item!r} is not KEY=VALUE")
+        pairs[key] = value
+    try:
+        checked = parse_labels(pairs, "--node-labels")
+    except PodnetError as exc:
+        raise ValueError(exc.msg) from None
+    return tuple(sorted(checked.items()))
 
 
 def _check_cluster_dns(s: dict) -> int | None:

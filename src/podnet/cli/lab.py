@@ -12,6 +12,7 @@ from podnet.cli.target import add_target_options, lab_name
 from podnet.defaults import DEFAULT_CLUSTER_DOMAIN, FABRIC_NAMES
 from podnet.errors import PodnetError
 from podnet.kernel.gso import BIG_TCP as NIC_GSO
+from podnet.lab.routers import MAX_BGP_RACKS
 from podnet.model.service import DEFAULT_SERVICE_CIDR, ServiceSettings
 
 
@@ -100,8 +101,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
         console.print(f"[green]✓[/] {step} [dim]({time.monotonic() - start:.1f}s)[/]")
 
     if not 65536 <= args.nic_gso <= 524280:
-        fail("--nic-gso must be between 65536 and 524280 bytes")
+        return fail("--nic-gso must be between 65536 and 524280 bytes", 2)
     ServiceSettings(args.service_cidr, cluster_domain=args.cluster_domain)  # refused here, before anything is built
+    if args.fabric == "bgp" and topology.racks > MAX_BGP_RACKS:
+        return fail(f"--fabric bgp: at most {MAX_BGP_RACKS} racks (one /30 uplink each in 172.31.250.0/24)", 2)
     builder = LabBuilder(topology, LabOptions(name, args.fabric, args.store, timeout=args.timeout,
                                             service_cidr=args.service_cidr, cluster_dns=args.cluster_dns,
                                             cluster_domain=args.cluster_domain,

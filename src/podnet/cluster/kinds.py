@@ -19,7 +19,7 @@ from podnet.schema.kind import Column, Kind, Section, manifest
 def node_manifest(raw: Any) -> dict[str, Any]:
     """A stored lease as a podnet.io/v1 Node manifest."""
     lease = NodeLease.from_json(raw)
-    return manifest("podnet.io/v1", "Node", lease.name, None, {}, {
+    return manifest("podnet.io/v1", "Node", lease.name, None, dict(lease.labels), {
         "block": lease.block, "underlayIP": lease.underlay_ip, "underlayInterface": lease.underlay_if,
         "fabric": lease.fabric, "backend": dict(lease.backend), "started": lease.started})
 

@@ -23,3 +23,4 @@ class NodeOptions:
     cluster_dns: str | None = None  # the DNS service's ClusterIP, handed to pods (kubelet --cluster-dns)
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN  # (kubelet --cluster-domain)
     cluster_dns_netns: str | None = None  # the DNS pod this agent answers in (/run/netns/...)
+    labels: tuple[tuple[str, str], ...] = ()  # published in the lease (BGPPeer selectors: rack, route-reflector)

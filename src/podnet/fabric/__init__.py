@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from podnet.fabric.base import RouteNetwork
+from podnet.fabric.bgp import BgpFabric
 from podnet.fabric.hostgw import HostGwFabric
 from podnet.fabric.vxlan import VxlanFabric
 
 FABRICS: dict[str, type[RouteNetwork]] = {
     "vxlan": VxlanFabric,
     "host-gw": HostGwFabric,
+    "bgp": BgpFabric,
 }

@@ -24,6 +24,7 @@ import ipaddress
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -31,6 +32,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from podnet.errors import KernelError
 from podnet.model.cluster import NodeLease
+from podnet.store.base import Store
 
 ROUTE_PROTO = 77  # tags podnet fabric routes (unused by iproute2's rt_protos)
 RTNH_F_ONLINK = 4
@@ -111,6 +113,12 @@ class RouteNetwork:
 
     def desired(self, ctx: FabricContext, peers: Iterable[NodeLease], claims: Mapping[str, str]) -> Desired:
         raise NotImplementedError
+
+    def sync(self, ctx: FabricContext, peers: Iterable[NodeLease], want: Desired, state_dir: Path,
+             store: Store | None = None) -> str:
+        """Configure the fabric's routing daemon from the peers `want` accepted (the
+        bgp fabric's BIRD); nothing for fabrics whose routes are all in `want`."""
+        return ""
 
     # -- the shared kernel half
 

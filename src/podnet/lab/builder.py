@@ -33,9 +33,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from podnet.defaults import DEFAULT_CLUSTER_DOMAIN
 from podnet.fileio import write_atomic
-from podnet.lab import orchestrator
+from podnet.lab import orchestrator, routers
 from podnet.lab import topology as topo
 from podnet.lab.state import NETNS_DIR, LabError, LabState, enter, ip, node_socket, run, state_file
 from podnet.lab.supervisor_client import SupervisorClient
@@ -117,8 +119,14 @@ class LabBuilder:
         self.st.data["supervisor"] = {"pid": self.sup.proc.pid}
         self.st.save()
         self.start_outside()
+        bgp_racks = self.o.fabric == "bgp" and self.t.racks > 1
+        if bgp_racks:
+            self.start_routers()
         store = self.start_store()
         self.progress(f"store: {store}")
+        if bgp_racks:
+            self.apply_bgp_objects(store)
+            self.progress(f"routers: {self.t.racks} ToR(s) and a spine running BIRD, an AS per rack")
         self.start_agents(store)
         self.progress(f"agents: {len(self.t.nodes)} up, blocks leased")
         self.attach_pods()
@@ -141,7 +149,9 @@ class LabBuilder:
             # (br_netfilter is on by default in new namespaces and costs throughput).
             set_sysctls(fab, {"net.bridge.bridge-nf-call-iptables": 0,
                               "net.bridge.bridge-nf-call-ip6tables": 0})
-        if racks > 1:
+        if racks > 1 and self.o.fabric == "bgp":
+            self.bgp_routers()
+        elif racks > 1:
             rtr = self.st.add_netns(self.ns("rtr"))
             self.forwarding(rtr)
             for rack in range(racks):
@@ -151,6 +161,8 @@ class LabBuilder:
         self.plug(0, "out", out, "eth0", f"{topo.OUTSIDE_UNDERLAY}/24")
         ip("-n", out, "addr", "add", f"{topo.OUTSIDE_IP}/32", "dev", "lo")
         self.route_to_racks(out)
+        if racks > 1 and self.o.fabric == "bgp":  # services the nodes advertise (serviceClusterIPs) are
+            ip("-n", out, "route", "add", self.o.service_cidr, "via", topo.router_ip(0))  # behind rack 0's ToR
         self.st.data["outside"] = {"netns": out, "underlay": topo.OUTSIDE_UNDERLAY, "ip": topo.OUTSIDE_IP}
         for node in self.t.nodes:
             ns = self.st.add_netns(self.ns(node.name))
@@ -162,6 +174,49 @@ class LabBuilder:
             self.forwarding(ns)
             machine_routes(ns, node.rack, self.t.racks)
         self.st.save()
+
+    def bgp_routers(self) -> None:
+        """A ToR per rack (where the static router's legs were) and a spine (lab/routers.py)."""
+        spine = self.st.add_netns(self.ns("spine"))
+        self.forwarding(spine)
+        for rack in range(self.t.racks):
+            tor = self.st.add_netns(self.ns(f"tor{rack}"))
+            self.forwarding(tor)
+            self.plug(rack, f"tor{rack}", tor, "eth0", f"{topo.router_ip(rack)}/24")
+            tor_ip, spine_ip = routers.uplink(rack)
+            ip("-n", tor, "link", "add", "up0", "type", "veth", "peer", "name", f"r{rack}", "netns", spine)
+            ip("-n", tor, "addr", "add", f"{tor_ip}/30", "dev", "up0")
+            ip("-n", tor, "link", "set", "up0", "up")
+            ip("-n", spine, "addr", "add", f"{spine_ip}/30", "dev", f"r{rack}")
+            ip("-n", spine, "link", "set", f"r{rack}", "up")
+            if rack == 0:  # the outside world hangs off rack 0's segment
+                ip("-n", tor, "route", "add", f"{topo.OUTSIDE_IP}/32", "via", topo.OUTSIDE_UNDERLAY)
+
+    def start_routers(self) -> None:
+        """The routers' BIRDs, as lab processes, and the BGP objects that make the nodes
+        peer with their ToR (applied before any agent starts)."""
+        from podnet.bgp.render import render
+
+        for router in routers.routers(self.t.racks, list(self.t.nodes)):
+            where = self.st.labdir / "routers" / router.name
+            where.mkdir(parents=True, exist_ok=True)
+            conf = where / "bird.conf"
+            write_atomic(conf, render(router.spec))
+            pid = self.spawn(f"bird/{router.name}", self.ns(router.name),
+                             ["bird", "-f", "-R", "-c", str(conf), "-s", str(where / "bird.ctl"),
+                              "-P", str(where / "bird.pid")])
+            self.st.data.setdefault("routers", {})[router.name] = {"netns": self.ns(router.name), "pid": pid,
+                                                                  "ctl": str(where / "bird.ctl")}
+        self.st.save()
+
+    def apply_bgp_objects(self, store: str) -> None:
+        docs = routers.bgp_objects(self.t.racks, list(self.t.nodes))
+        path = self.st.labdir / "bgp-objects.yaml"
+        write_atomic(path, yaml.safe_dump_all(docs))
+        from podnet.lab.orchestrator import in_lab_argv
+
+        run(in_lab_argv(self.st, [sys.executable, "-m", "podnet.cli", "apply", "--store", store, "-f", str(path)]),
+            timeout=60)
 
     def plug(self, rack: int, fabric_end: str, ns: str, ifname: str, address: str) -> None:
         plug(self.ns(f"fab{rack}"), fabric_end, ns, ifname, address, self.o.nic_gso)
@@ -235,7 +290,8 @@ class LabBuilder:
             else:
                 argv += ["--store", store, "--node", node.name, "--fabric", self.o.fabric,
                          "--cluster-cidr", self.o.cluster_cidr, "--block-prefix", str(BLOCK_PREFIX),
-                         "--underlay", "eth0", "--lease-ttl", str(self.o.lease_ttl)]
+                         "--underlay", "eth0", "--lease-ttl", str(self.o.lease_ttl),
+                         "--node-labels", f"rack=r{node.rack}"]
                 if dns:
                     argv += ["--cluster-dns", dns["ip"], "--cluster-domain", dns["domain"],
                              "--cluster-dns-netns", str(NETNS_DIR / dns["pods"][node.name]["netns"])]
@@ -253,6 +309,18 @@ class LabBuilder:
             info["conflist"] = str(conflist)
             info["block"] = _conflist_block(conflist)
         self.st.save()
+        if self.o.fabric == "bgp" and not self.simulate:
+            self._wait(self._bgp_converged, "every node's BGP routes to the other nodes' blocks")
+
+    def _bgp_converged(self) -> bool:
+        """Each node's kernel holds a BIRD route (proto bird) to every other node's block."""
+        nodes = self.st.data["nodes"]
+        for name, info in nodes.items():
+            routes = ip("-n", info["netns"], "-4", "route", "show", "proto", "bird").stdout
+            learned = {line.split()[0] for line in routes.splitlines() if line.strip()}
+            if any(other["block"] not in learned for peer, other in nodes.items() if peer != name):
+                return False
+        return True
 
     def plan_cluster_dns(self) -> dict | None:
         """One DNS pod namespace per node, recorded and made before the agents start

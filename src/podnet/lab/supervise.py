@@ -152,7 +152,21 @@ class Supervisor:
         while self.children and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.05)
+        self.stop_adopted(grace)
         self.save()
+
+    def stop_adopted(self, grace: float) -> None:
+        """The orphans this subreaper inherited (a BIRD whose agent was killed outlives
+        it on purpose, bgp/bird.py) end with the lab: SIGTERM, then SIGKILL, each by pid
+        and only while the kernel still names this process as its parent; all reaped."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in _own_children():
+                _signal(pid, sig)
+            deadline = time.monotonic() + grace
+            while _own_children() and time.monotonic() < deadline:
+                self.reap()
+                time.sleep(0.05)
+            self.reap()
 
     def run(self) -> int:
         self.entries["supervisor"] = {"pid": os.getpid(), "owner": process_owner(), "argv": sys.argv}
@@ -166,6 +180,22 @@ class Supervisor:
             self.reap()
         self.stop_children()
         return 0
+
+
+def _own_children() -> list[int]:
+    """The pids whose parent is this process, from /proc (threads excluded)."""
+    me, out = os.getpid(), []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and fields[1] == str(me) and fields[0] != "Z":
+            out.append(int(entry))
+    return out
 
 
 def _signal(pid: int, sig: int) -> None:

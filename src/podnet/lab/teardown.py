@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from podnet.bgp.bird import BirdDaemon
 from podnet.lab import topology as topo
 from podnet.lab.state import NETNS_DIR, RUN_DIR, LabState, ip, lab_dir, process_alive, state_file
+from podnet.state import StatePaths
 
 
 def _kill(pid: int, sig: int) -> None:
@@ -55,6 +57,11 @@ def teardown(name: str, progress: Callable[[str], None] = lambda _: None) -> lis
         _kill(entry["pid"], signal.SIGKILL)
     for entry in _wait_dead(children, 5):
         problems.append(f"process {entry['pid']} survived SIGKILL")
+    for node, info in (state.data.get("nodes") or {}).items():
+        # the supervisor ends the BIRDs it adopted; one left when it is gone too
+        # (a crashed lab) is found by its pid file and checked before it is signalled
+        if info.get("state_dir") and BirdDaemon(StatePaths(Path(info["state_dir"])).bird_dir).stop():
+            progress(f"stopped the BIRD of {node}")
     progress(f"stopped {running} recorded process(es)")
     namespaces = list(state.data.get("namespaces", []))
     for ns in reversed(namespaces):

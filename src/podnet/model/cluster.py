@@ -1,7 +1,8 @@
 """What cluster members publish in the shared store: node leases, block claims, hosts.
 
 - `nodes/<name>` -> NodeLease: the node's block, underlay address and interface,
-  fabric and opaque backend data (e.g. the VTEP MAC); written with a TTL and renewed.
+  fabric and opaque backend data (e.g. the VTEP MAC), and its labels (what BGPPeer
+  selectors match, `rack: r0`); written with a TTL and renewed.
 - `blocks/<address>-<prefixlen>` -> BlockClaim: which node owns a block of the
   cluster CIDR, taken by compare-and-put so two nodes never share one; same TTL.
 - `hosts/<name>` -> HostRecord: a plain (non-node) machine on the underlay, as the lab
@@ -19,6 +20,7 @@ from typing import Any
 from podnet import addresses, keys
 from podnet.errors import InvalidConfig
 from podnet.model.base import CorruptRecord, Fields
+from podnet.schema.fields import label_key_problem, label_value_problem
 from podnet.store.base import dumps
 
 
@@ -37,6 +39,16 @@ def _block(f: Fields, name: str) -> str:
         raise f.error(name, f"is not an IPv4 network: {value!r}") from None
 
 
+def _labels(f: Fields, name: str) -> dict[str, str]:
+    """Label keys and values by Kubernetes' rules: selectors match them."""
+    labels = f.labels(name)
+    for key, value in labels.items():
+        problem = label_key_problem(key) or label_value_problem(value)
+        if problem:
+            raise f.error(name, problem)
+    return dict(sorted(labels.items()))
+
+
 @dataclass(frozen=True)
 class NodeLease:
     """What one node publishes about itself (`nodes/<name>`)."""
@@ -48,6 +60,7 @@ class NodeLease:
     fabric: str
     backend: dict[str, Any] = field(default_factory=dict)
     started: float = 0.0
+    labels: dict[str, str] = field(default_factory=dict)  # absent in leases before issue 12: {}
 
     @property
     def key(self) -> str:
@@ -66,6 +79,7 @@ class NodeLease:
             "fabric": self.fabric,
             "backend": dict(self.backend),
             "started": self.started,
+            **({"labels": dict(sorted(self.labels.items()))} if self.labels else {}),
         }
 
     def encode(self) -> str:
@@ -84,6 +98,7 @@ class NodeLease:
             fabric=f.text("fabric", ""),
             backend=f.mapping("backend"),
             started=f.number("started"),
+            labels=_labels(f, "labels"),
         )
 
 

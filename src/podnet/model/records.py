@@ -52,6 +52,7 @@ def decode(entry: Entry) -> Any:
         exact = prefix in (keys.POLICY_SETTINGS, keys.SERVICE_SETTINGS)
         if entry.key.startswith(prefix) and (not exact or entry.key == prefix):
             return record.from_json(parse_json(entry.value, entry.key), entry.key)
-    if entry.key.startswith((keys.POLICY, keys.SERVICES, keys.ENDPOINT_SLICES)):  # object manifests
+    if entry.key.startswith((keys.POLICY, keys.SERVICES, keys.ENDPOINT_SLICES,
+                             keys.BGP_CONFIGURATIONS, keys.BGP_PEERS)):  # object manifests
         return None
     raise CorruptRecord(f"{entry.key!r} belongs to no key family")

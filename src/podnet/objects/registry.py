@@ -5,7 +5,8 @@
 
 Adding a kind is one module that declares it (a `Kind`, see schema/kind.py; the
 policy kinds are in policy/kinds.py, Node in cluster/kinds.py, Service and
-EndpointSlice in services/kinds.py) plus its line below.
+EndpointSlice in services/kinds.py, BGPConfiguration and BGPPeer in bgp/kinds.py)
+plus its line below.
 Nothing else lists kinds: the CLI, the store operations and the agents go through
 this table. Pure: a kind's parser never touches the store.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from podnet.bgp.kinds import BGP_KINDS
 from podnet.cluster.kinds import CLUSTER_KINDS
 from podnet.errors import ObjectError
 from podnet.policy.kinds import POLICY_KINDS
@@ -26,6 +28,7 @@ KINDS: tuple[Kind, ...] = (
     *POLICY_KINDS,
     *CLUSTER_KINDS,
     *SERVICE_KINDS,
+    *BGP_KINDS,
 )
 _BY_KIND = {kind.kind: kind for kind in KINDS}
 _BY_NAME = {name: kind for kind in KINDS for name in kind.names}
