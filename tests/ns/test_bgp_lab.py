@@ -116,9 +116,27 @@ def test_a_full_mesh_carries_every_block_with_no_tunnel_and_no_podnet_route(lab)
         assert lab.sh(node, "ip", "route", "show", "proto", "77") == ""
         assert "vxlan" not in lab.sh(node, "ip", "-d", "link", "show")
     proc = podnet("connectivity", "test", "--name", lab.name, "-o", "json", check=False)
-    failed = [f"{r['check']} {r['source']} -> {r['destination']}: {r['detail']}"
-              for r in json.loads(proc.stdout) if not r["ok"]]
+    results = json.loads(proc.stdout)
+    failed = [f"{r['check']} {r['source']} -> {r['destination']}: {r['detail']}" for r in results if not r["ok"]]
     assert proc.returncode == 0 and not failed, failed
+    assert len([r for r in results if r["check"] == "bgp/session"]) == NODES * (NODES - 1)
+
+
+def test_bgp_status_shows_every_session_and_fails_when_a_bird_does_not_answer(lab):
+    nodes = json.loads(podnet("bgp", "status", "--lab", lab.name, "-o", "json").stdout)
+    assert [n["node"] for n in nodes] == [f"node{i}" for i in range(NODES)]
+    for node in nodes:
+        assert len(node["sessions"]) == NODES - 1
+        assert all(s["state"] == "Established" and s["imported"] == 1 and s["exported"] == 1
+                   for s in node["sessions"]), node
+    pid = lab.bird_pid("node3")
+    os.kill(pid, signal.SIGSTOP)  # BIRD's own pid file: its control socket stops answering
+    try:
+        proc = podnet("bgp", "status", "--lab", lab.name, "-o", "json", check=False)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    stuck = {n["node"]: n for n in json.loads(proc.stdout)}
+    assert proc.returncode == 1 and "error" in stuck["node3"] and "error" not in stuck["node0"], stuck["node3"]
 
 
 def test_bird_killed_is_started_again_and_a_running_flow_keeps_going(lab):

@@ -116,7 +116,16 @@ class NodeService:
     # -- AgentService
 
     def ops(self) -> dict[str, OpHandler]:
-        return {"node.status": lambda _message, _fds: self.status()}
+        return {"node.status": lambda _message, _fds: self.status(),
+                "bgp.status": lambda _message, _fds: self.bgp_status()}
+
+    def bgp_status(self) -> dict[str, Any]:
+        """The bgp fabric's BIRD and sessions; an error on a node of another fabric."""
+        from podnet.fabric.bgp import BgpFabric
+
+        if not isinstance(self.fabric, BgpFabric):
+            raise PodnetError(f"node {self.options.node if self.options else '?'} does not run the bgp fabric")
+        return {"node": self.options.node if self.options else None, **self.fabric.status()}
 
     def start(self) -> None:
         if self.options is not None:

@@ -4,7 +4,7 @@
     objects.py    apply, delete, get, describe,     observe.py   connectivity test, probe
                   label                             network.py   network ...
     policy.py     flows, policy explain|status|...  container.py container ...
-    demo.py       demo (and demo_host.py)
+    demo.py       demo (and demo_host.py)           bgp.py       bgp status
     output.py     printing and errors               target.py    which cluster (--lab, --store, ...)
 
 Nothing below the CLI imports it; the lab and the tests run it as a process
@@ -16,11 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from podnet.cli import agent, container, demo, lab, network, objects, observe, policy
+from podnet.cli import agent, bgp, container, demo, lab, network, objects, observe, policy
 from podnet.cli.output import fail
 from podnet.errors import PodnetError
 
-VERB_GROUPS = (agent, demo, network, container, lab, observe, objects, policy)
+VERB_GROUPS = (agent, demo, network, container, lab, observe, objects, policy, bgp)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from podnet.bgp.bird import BirdDaemon
 from podnet.bgp.model import BirdSpec, Neighbor
@@ -112,3 +113,28 @@ class BgpFabric(RouteNetwork):
         ok = [p for p in peers if want.peers.get(p.name) == OK]
         self.last = self.bird.ensure(render(bird_spec(ctx, ok, configs, bgp_peers)))
         return self.last
+
+    def status(self) -> dict[str, Any]:
+        """This node's BIRD and its BGP sessions, from its control socket: state, since,
+        the neighbour, routes imported and exported (`podnet bgp status`)."""
+        from podnet.bgp.birdc import BirdControl, BirdError
+
+        if self.bird is None:
+            return {"bird": None, "sessions": [], "last": self.last}
+        out: dict[str, Any] = {"bird": {"pid": self.bird.pid(), "config": str(self.bird.conf)},
+                               "last": self.last, "sessions": []}
+        control = BirdControl(str(self.bird.ctl))
+        try:
+            for row in control.protocols():
+                if row["proto"] != "BGP":
+                    continue
+                detail = control.protocol_detail(row["name"])
+                routes = detail.get("routes", {})
+                out["sessions"].append({
+                    "name": row["name"], "state": row["info"] or row["state"], "since": row["since"],
+                    "neighbor": detail.get("neighbor_address", ""), "neighbor_as": detail.get("neighbor_as"),
+                    "imported": routes.get("imported", 0), "exported": routes.get("exported", 0),
+                    "last_error": detail.get("last_error", "")})
+        except (BirdError, OSError) as exc:
+            out["error"] = getattr(exc, "msg", None) or str(exc)
+        return out

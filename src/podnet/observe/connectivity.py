@@ -29,7 +29,9 @@ pairs):
 - `served-port`: every TCP/UDP port every pod serves, from a pod on another node (the
   echo server must answer with that pod's name);
 - `service/cluster-ip`, `service/node-port`: every port of every service
-  (observe/service_checks.py).
+  (observe/service_checks.py);
+- `bgp/session` (a bgp lab): every node's BGP sessions Established, from its agent
+  (observe/bgp_checks.py).
 """
 
 from __future__ import annotations
@@ -288,7 +290,12 @@ def test_lab(name: str, timeout: float = DEFAULT_TIMEOUT, parallel: int = DEFAUL
         from podnet.observe.service_checks import service_targets
 
         probes += [Probe(*planned) for planned in service_probes(lab, service_targets(store), first_pods(lab))]
-    return run(probes, timeout, parallel)
+    results = run(probes, timeout, parallel)
+    if lab.get("fabric") == "bgp":
+        from podnet.observe.bgp_checks import checks
+
+        results += [Result(*check, 0.0) for check in checks(lab)]
+    return results
 
 
 test_lab.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
