@@ -3,12 +3,14 @@ the test created. Shared by the namespace, interop and concurrency tests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,3 +202,26 @@ def podnet_cli(*args: str, check: bool = True, timeout: float = 180) -> subproce
     if check and proc.returncode != 0:
         raise AssertionError(f"podnet {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@contextlib.contextmanager
+def topology_lab(prefix: str, topology: dict, workdir: Path, *flags: str) -> Iterator[dict]:
+    """`lab up -f` of `topology` under a fresh name `<prefix><hex>`; the lab's state;
+    always `lab down` (the bgp lab tests: BIRD must be there)."""
+    import secrets
+
+    import yaml
+
+    from podnet.lab.state import state_file
+
+    if not shutil.which("bird") and "bgp" in flags:
+        pytest.skip("bird2 is not installed (make deps installs it)")
+    name = f"{prefix}{secrets.token_hex(2)}"
+    path = workdir / "topology.yaml"
+    path.write_text(yaml.safe_dump(topology))
+    try:
+        podnet_cli("lab", "up", "--name", name, "-f", str(path), *flags)
+        yield json.loads(state_file(name).read_text())
+    finally:
+        if state_file(name).exists():
+            podnet_cli("lab", "down", "--name", name)

@@ -8,18 +8,15 @@ through the routers.
 from __future__ import annotations
 
 import json
-import secrets
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
-import yaml
 from test_fabric_cluster import eventually
 
 from cniharness import podnet_cli as podnet
-from podnet.lab.state import state_file
+from cniharness import topology_lab
 
 pytestmark = pytest.mark.root
 
@@ -49,17 +46,8 @@ def sessions(ctl: str) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Iterator[dict]:
-    if not shutil.which("bird"):
-        pytest.skip("bird2 is not installed (make deps installs it)")
-    name = f"r{secrets.token_hex(2)}"
-    path = tmp_path_factory.mktemp("racks") / "topology.yaml"
-    path.write_text(yaml.safe_dump(TOPOLOGY))
-    try:
-        podnet("lab", "up", "--name", name, "-f", str(path), "--fabric", "bgp", "--no-cluster-dns")
-        yield json.loads(state_file(name).read_text())
-    finally:
-        if state_file(name).exists():
-            podnet("lab", "down", "--name", name)
+    with topology_lab("r", TOPOLOGY, tmp_path_factory.mktemp("racks"), "--fabric", "bgp", "--no-cluster-dns") as built:
+        yield built
 
 
 def in_ns(ns: str, *argv: str) -> str:

@@ -217,13 +217,18 @@ def test_a_route_reflector_topology_from_peer_selectors():
     """Calico's recipe: reflectors peer with each other, every other node with them."""
     peers = [one(peer("rr-mesh", nodeSelector="has(route-reflector)", peerSelector="has(route-reflector)")),
              one(peer("to-rr", nodeSelector="!has(route-reflector)", peerSelector="route-reflector == 'true'"))]
-    # a reflector: the other reflector (same cluster ID: not a client), never itself
-    assert sessions("node0", peers) == [("rr-mesh", "172.31.1.10", 64512, 179, False)]
+    # a reflector: the other reflector (same cluster ID: not a client), and, peering back
+    # (sessions are symmetric, as Calico renders them), the clients that select it
+    assert sessions("node0", peers) == [("rr-mesh", "172.31.1.10", 64512, 179, False),
+                                        ("to-rr", "172.31.0.11", 64512, 179, True),
+                                        ("to-rr", "172.31.1.11", 65003, 1179, True)]
     assert sessions("node1", peers) == [("to-rr", "172.31.0.10", 64512, 179, False),
                                         ("to-rr", "172.31.1.10", 64512, 179, False)]
     # the reflectors' clients open their sessions with their own AS as the far one's
     everyone = [one(peer("all-to-rr", peerSelector="has(route-reflector)"))]
-    assert sessions("node0", everyone) == [("all-to-rr", "172.31.1.10", 64512, 179, False)]
+    assert sessions("node0", everyone) == [("all-to-rr", "172.31.1.10", 64512, 179, False),
+                                           ("all-to-rr", "172.31.0.11", 64512, 179, True),
+                                           ("all-to-rr", "172.31.1.11", 65003, 1179, True)]
     clients = [one(peer("rr-to-clients", nodeSelector="has(route-reflector)", peerSelector="!has(route-reflector)"))]
     assert sessions("node2", clients) == [("rr-to-clients", "172.31.0.11", 64512, 179, True),
                                           ("rr-to-clients", "172.31.1.11", 65003, 1179, True)]
@@ -285,7 +290,8 @@ def test_apply_get_describe_delete(store):
     assert [c.what for c in repo.apply(store, parse_documents(docs))] == ["unchanged"] * 3
     assert [d["metadata"]["name"] for d in repo.get(store, lookup("bgpconfigs"))] == ["default", "node.node0"]
     details = dict(describe(store, lookup("bgpp"), "to-rr")["details"])
-    assert details["Sessions"] == ["node1 -> 172.31.0.10:179 AS 65000 (node node0)"]
+    assert details["Sessions"] == ["node0 -> 172.31.0.11:179 AS 65000 (node node1) route reflector client",
+                                   "node1 -> 172.31.0.10:179 AS 65000 (node node0)"]  # both ends
     rr = dict(describe(store, lookup("bgpconfig"), "node.node0")["details"])
     assert "routeReflectorClusterID: 244.0.0.1" in rr["Effective for node0"] and rr["Node"] == "node0"
     default = dict(describe(store, lookup("bgpconfigurations"), "default")["details"])

@@ -340,27 +340,34 @@ def node_infos(nodes: Mapping[str, tuple[str, Mapping[str, str]]],
 def peers_for(node: str, node_labels: Mapping[str, str], peers: Iterable[BGPPeer],
               nodes: Mapping[str, NodeInfo]) -> list[PeerTarget]:
     """The sessions the BGPPeers give `node`, by peer name: peerIP as written,
-    peerSelector expanded to the matching nodes' addresses, never `node` itself. One
-    session per far address (the first peer by name wins), as BIRD has one per
-    neighbour."""
+    peerSelector expanded to the matching nodes' addresses, and, for a node a
+    peerSelector selects, the nodes that peer applies to (sessions are symmetric: a
+    reflector peers back with its clients); never `node` itself. One session per far
+    address (the first peer by name wins), as BIRD has one per neighbour."""
     me = nodes.get(node)
     mine = {me.address} if me else set()
     out: dict[str, PeerTarget] = {}
+
+    def session(peer: BGPPeer, name: str, other: NodeInfo) -> PeerTarget:
+        asn = other.asn if other.asn is not None else peer.as_number or DEFAULT_AS_NUMBER
+        client = me is not None and me.rr_cluster_id is not None and other.rr_cluster_id != me.rr_cluster_id
+        return PeerTarget(peer.name, other.address, asn, other.listen_port, name, peer.keep_original_next_hop, client)
+
     for peer in sorted(peers, key=lambda p: p.name):
-        if not peer.applies_to(node, node_labels):
-            continue
         targets: list[PeerTarget] = []
-        if peer.peer_address is not None:
-            assert peer.as_number is not None  # parse_bgp_peer requires it with peerIP
-            targets.append(PeerTarget(peer.name, peer.peer_address, peer.as_number,
-                                      peer.peer_port or DEFAULT_LISTEN_PORT, None, peer.keep_original_next_hop))
-        elif peer.peer_selector is not None:
-            for name, other in sorted(nodes.items()):
-                if peer.peer_selector.matches(other.labels):
-                    asn = other.asn if other.asn is not None else peer.as_number or DEFAULT_AS_NUMBER
-                    client = me is not None and me.rr_cluster_id is not None and other.rr_cluster_id != me.rr_cluster_id
-                    targets.append(PeerTarget(peer.name, other.address, asn, other.listen_port, name,
-                                              peer.keep_original_next_hop, client))
+        if peer.applies_to(node, node_labels):
+            if peer.peer_address is not None:
+                assert peer.as_number is not None  # parse_bgp_peer requires it with peerIP
+                targets.append(PeerTarget(peer.name, peer.peer_address, peer.as_number,
+                                          peer.peer_port or DEFAULT_LISTEN_PORT, None, peer.keep_original_next_hop))
+            elif peer.peer_selector is not None:
+                targets += [session(peer, name, other) for name, other in sorted(nodes.items())
+                            if peer.peer_selector.matches(other.labels)]
+        if peer.peer_selector is not None and peer.peer_selector.matches(node_labels):
+            # the far end of a peerSelector peer peers back, as Calico's confd renders it:
+            # a reflector opens a session with every node that selects it
+            targets += [session(peer, name, other) for name, other in sorted(nodes.items())
+                        if name != node and peer.applies_to(name, other.labels)]
         for target in targets:
             if target.address not in mine:  # never a session to itself (by name or by address)
                 out.setdefault(target.address, target)

@@ -120,13 +120,17 @@ class LabBuilder:
         self.st.save()
         self.start_outside()
         bgp_racks = self.o.fabric == "bgp" and self.t.racks > 1
+        reflectors = [n.name for n in self.t.nodes if n.route_reflector] if self.o.fabric == "bgp" else []
         if bgp_racks:
             self.start_routers()
         store = self.start_store()
         self.progress(f"store: {store}")
         if bgp_racks:
-            self.apply_bgp_objects(store)
+            self.apply_bgp_objects(store, routers.bgp_objects(self.t.racks, list(self.t.nodes)))
             self.progress(f"routers: {self.t.racks} ToR(s) and a spine running BIRD, an AS per rack")
+        elif reflectors:
+            self.apply_bgp_objects(store, routers.reflector_objects(list(self.t.nodes)))
+            self.progress(f"route reflectors: {', '.join(reflectors)} (no node-to-node mesh)")
         self.start_agents(store)
         self.progress(f"agents: {len(self.t.nodes)} up, blocks leased")
         self.attach_pods()
@@ -209,8 +213,8 @@ class LabBuilder:
                                                                   "ctl": str(where / "bird.ctl")}
         self.st.save()
 
-    def apply_bgp_objects(self, store: str) -> None:
-        docs = routers.bgp_objects(self.t.racks, list(self.t.nodes))
+    def apply_bgp_objects(self, store: str, docs: list[dict]) -> None:
+        """BGP objects in the store before any agent starts (its first BIRD config is right)."""
         path = self.st.labdir / "bgp-objects.yaml"
         write_atomic(path, yaml.safe_dump_all(docs))
         from podnet.lab.orchestrator import in_lab_argv
@@ -291,7 +295,7 @@ class LabBuilder:
                 argv += ["--store", store, "--node", node.name, "--fabric", self.o.fabric,
                          "--cluster-cidr", self.o.cluster_cidr, "--block-prefix", str(BLOCK_PREFIX),
                          "--underlay", "eth0", "--lease-ttl", str(self.o.lease_ttl),
-                         "--node-labels", f"rack=r{node.rack}"]
+                         "--node-labels", routers.node_labels(node)]
                 if dns:
                     argv += ["--cluster-dns", dns["ip"], "--cluster-domain", dns["domain"],
                              "--cluster-dns-netns", str(NETNS_DIR / dns["pods"][node.name]["netns"])]

@@ -66,6 +66,29 @@ def routers(racks: int, nodes: list[topo.Node]) -> list[Router]:
     return out
 
 
+REFLECTOR_LABEL = "route-reflector"
+REFLECTOR_CLUSTER_ID = "244.0.0.1"  # Calico's documented example
+
+
+def reflector_objects(nodes: list[topo.Node]) -> list[dict]:
+    """Calico's route reflector topology for the nodes marked `routeReflector`: no mesh,
+    the reflectors share one cluster ID, every node peers with every reflector (the
+    reflectors' sessions with each other carry what each reflects)."""
+    api = "projectcalico.org/v3"
+    docs: list[dict] = [{"apiVersion": api, "kind": "BGPConfiguration", "metadata": {"name": "default"},
+                         "spec": {"nodeToNodeMeshEnabled": False}}]
+    docs += [{"apiVersion": api, "kind": "BGPConfiguration", "metadata": {"name": f"node.{n.name}"},
+              "spec": {"routeReflectorClusterID": REFLECTOR_CLUSTER_ID}} for n in nodes if n.route_reflector]
+    docs.append({"apiVersion": api, "kind": "BGPPeer", "metadata": {"name": "peer-with-route-reflectors"},
+                 "spec": {"peerSelector": f"has({REFLECTOR_LABEL})"}})
+    return docs
+
+
+def node_labels(node: topo.Node) -> str:
+    """What a lab node's agent publishes (`--node-labels`)."""
+    return f"rack=r{node.rack}" + (f",{REFLECTOR_LABEL}=true" if node.route_reflector else "")
+
+
 def bgp_objects(racks: int, nodes: list[topo.Node]) -> list[dict]:
     """What the lab applies so the nodes peer with their ToR: no mesh, an AS per rack
     (a per-node BGPConfiguration), one BGPPeer per rack."""

@@ -78,6 +78,7 @@ class Node:
     rack: int
     index: int  # position among all nodes
     rack_index: int  # position inside its rack
+    route_reflector: bool = False  # bgp fabric: this node reflects the others' routes (lab/routers.py)
 
     @property
     def underlay_ip(self) -> str:
@@ -220,7 +221,7 @@ def _parse_nodes(items: list) -> tuple[Node, ...]:
     nodes = []
     for i, item in enumerate(items):
         where = f"nodes[{i}]"
-        raw = _mapping(item, where, {"name", "rack"})
+        raw = _mapping(item, where, {"name", "rack", "routeReflector"})
         name = check_name(raw.get("name"), f"{where}.name")
         if name in seen:
             raise TopologyError(f"node {name!r} is declared twice")
@@ -232,7 +233,10 @@ def _parse_nodes(items: list) -> tuple[Node, ...]:
         if k >= MAX_NODES_PER_RACK:
             raise TopologyError(f"rack {rack} has more than {MAX_NODES_PER_RACK} nodes")
         per_rack[rack] = k + 1
-        nodes.append(Node(name, rack, i, k))
+        reflector = raw.get("routeReflector", False)
+        if not isinstance(reflector, bool):
+            raise TopologyError(f"{where}.routeReflector must be true or false, not {reflector!r}")
+        nodes.append(Node(name, rack, i, k, reflector))
     missing = [r for r in range(max(per_rack) + 1) if r not in per_rack]
     if missing:
         raise TopologyError(f"racks are numbered from 0 without gaps; rack(s) {missing} have no node")
