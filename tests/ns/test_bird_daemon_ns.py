@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from podnet.bgp.bird import BirdDaemon, BirdError
+from podnet.bgp.bird import BirdDaemon, BirdDaemonError
 from podnet.kernel import netns
 
 pytestmark = pytest.mark.root
@@ -36,8 +36,8 @@ def test_started_once_reconfigured_in_place_refused_safely_adopted_and_stopped(b
         assert pid is not None and os.stat(f"/proc/{pid}/ns/net").st_ino == os.fstat(fd).st_ino  # in the test's netns
         assert daemon.ensure(CONF) == "unchanged"
         assert daemon.ensure(MORE) == "reconfigured" and daemon.pid() == pid
-        assert "s1" in daemon.birdc_cmd("show", "protocols")
-        with pytest.raises(BirdError, match="refused"):
+        assert "s1" in {row["name"] for row in daemon.control.protocols()}
+        with pytest.raises(BirdDaemonError, match="refused"):
             daemon.ensure("router id 10.0.0.1;\nprotocol device { bogus }\n")
         assert daemon.pid() == pid and (tmp_path / "bird" / "bird.conf").read_text() == MORE  # the old one stays
         again = BirdDaemon(tmp_path / "bird")  # a restarted agent

@@ -21,6 +21,7 @@ changes) and served again.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import threading
@@ -30,9 +31,11 @@ from podnet import keys
 from podnet.agent.dns_service import DNS_PORT, agent_upstream
 from podnet.agent.service_thread import ServiceThread, list_then_watch
 from podnet.dns.cluster import ZoneCache
+from podnet.dns.records import IPNetwork
 from podnet.dns.server import DnsServer, format_endpoint
 from podnet.errors import PodnetError
 from podnet.model.service import ServiceSettings
+from podnet.services import allocate
 
 if TYPE_CHECKING:
     from podnet.agent.context import AgentContext, OpHandler
@@ -67,7 +70,7 @@ class ClusterDnsService:
         self.upstream = agent_upstream(agent) if self.netns_path else None
         self.cache = ZoneCache(self.domain)
         self.problems: list[str] = []
-        self._relist = True
+        self._settings_problem: str | None = None
         self._server: DnsServer | None = None
         self._served: tuple[int, int] | None = None  # identity of the namespace served in
         self._error = ""
@@ -120,24 +123,19 @@ class ClusterDnsService:
         list_then_watch(self._loop.stopping, "", store, converge, RESYNC_SECONDS, WATCH_TIMEOUT, log)
 
     def refresh(self, store: Store, events: list[Event] | None = None) -> int:
-        """Bring the zone to the store: the watch's `events`, or (None) a listing, which
-        also reads the service CIDR. Returns the revision it reflects. A record that
-        does not decode is left out and named in `problems`."""
-        with self._lock:
-            relist, self._relist = self._relist or events is None, True  # until this pass ends well
-        settings_problems = [p for p in self.problems if p.startswith(keys.SERVICE_SETTINGS)]
-        if relist:
-            settings_problems = []
+        """Bring the zone to the store: the watch's `events`, or (None: the first pass,
+        the periodic one and any after a failure) a listing, which also reads the
+        service CIDR. Returns the revision it reflects. A record that does not decode is
+        left out and named in `problems`."""
+        if events is None:
             revision = self.cache.relist(store)
-            self.cache.zone.reverse_nets = _reverse_nets(store, self.cluster_cidr, settings_problems)
+            self.cache.zone.reverse_nets, self._settings_problem = _reverse_nets(store, self.cluster_cidr)
         else:
-            assert events is not None
             self.cache.feed(events)
             revision = max((e.revision for e in events), default=0)
         self.cache.refresh()
         with self._lock:
-            self._relist = False
-            self.problems = [*settings_problems, *self.cache.problems()]
+            self.problems = [*filter(None, [self._settings_problem]), *self.cache.problems()]
         return revision
 
     def _serve(self) -> None:
@@ -171,15 +169,13 @@ class ClusterDnsService:
         log.info("cluster dns: serving %s on port %d in %s", self.domain, server.port, self.netns_path)
 
 
-def _reverse_nets(store: Store, cluster_cidr: str, problems: list[str]) -> tuple:
-    """The reverse zones that are the cluster's own: the service and pod CIDRs."""
-    import ipaddress
-
-    entry = store.get(keys.SERVICE_SETTINGS)
+def _reverse_nets(store: Store, cluster_cidr: str) -> tuple[tuple[IPNetwork, ...], str | None]:
+    """The reverse zones that are the cluster's own (the service and pod CIDRs), and why
+    the stored service settings could not be read (then the defaults stand)."""
+    problem = None
     try:
-        settings = ServiceSettings() if entry is None else ServiceSettings.from_json(entry.json(), entry.key)
+        settings = allocate.settings(store)
     except (PodnetError, ValueError) as exc:
-        problems.append(f"{keys.SERVICE_SETTINGS}: {getattr(exc, 'msg', exc)}")
-        settings = ServiceSettings()
+        problem, settings = f"{keys.SERVICE_SETTINGS}: {getattr(exc, 'msg', exc)}", ServiceSettings()
     nets = [settings.service_cidr, *([cluster_cidr] if cluster_cidr else [])]
-    return tuple(ipaddress.ip_network(net, strict=False) for net in nets)
+    return tuple(ipaddress.ip_network(net, strict=False) for net in nets), problem

@@ -32,18 +32,18 @@ import subprocess
 import time
 from pathlib import Path
 
+from podnet.bgp.birdc import BirdControl
 from podnet.errors import PodnetError
 from podnet.fileio import write_atomic
 
 log = logging.getLogger("podnet.bgp")
 
 BIRD = "bird"
-BIRDC = "birdc"
 START_TIMEOUT = 10.0
 
 
-class BirdError(PodnetError):
-    """BIRD could not be started, or refused a configuration."""
+class BirdDaemonError(PodnetError):
+    """BIRD could not be started, or refused a configuration before it got it."""
 
 
 def _cmdline(pid: int) -> list[str]:
@@ -57,14 +57,15 @@ def _cmdline(pid: int) -> list[str]:
 class BirdDaemon:
     """This node's BIRD (module docstring)."""
 
-    def __init__(self, directory: Path, binary: str = BIRD, birdc: str = BIRDC) -> None:
+    def __init__(self, directory: Path, binary: str = BIRD) -> None:
         self.dir = directory
         self.conf = directory / "bird.conf"
         self.ctl = directory / "bird.ctl"
         self.pidfile = directory / "bird.pid"
         self.binary = binary
-        self.birdc = birdc
-        self._child: subprocess.Popen | None = None
+        self.control = BirdControl(str(self.ctl))
+        self._child: subprocess.Popen | None = None  # the BIRD this object started (it waits on it)
+        self._managed = False  # the running BIRD has this object's configuration (started or adopted)
 
     # -- finding it
 
@@ -84,24 +85,24 @@ class BirdDaemon:
     def _reap(self) -> None:
         if self._child is not None and self._child.poll() is not None:
             log.warning("bgp: BIRD (pid %d) exited with %s", self._child.pid, self._child.returncode)
-            self._child = None
+            self._child, self._managed = None, False
 
     # -- running it
 
     def ensure(self, config: str) -> str:
         """BIRD running `config`: "started", "adopted" (a BIRD of a former agent, now on
-        `config`), "reconfigured" or "unchanged". BirdError if it cannot be."""
+        `config`), "reconfigured" or "unchanged". BirdDaemonError if it cannot start, and
+        birdc's BirdError if the running BIRD refuses `configure`."""
         self.dir.mkdir(parents=True, exist_ok=True)
         changed = self._write(config)
         if self.running():
-            adopted = self._child is None
+            adopted = not self._managed
             if changed or adopted:
-                self.birdc_cmd("configure")
-            if adopted:
-                self._child = _Adopted()  # configured once: from now on only changes
-                return "adopted"
-            return "reconfigured" if changed else "unchanged"
+                self.control.configure()
+            self._managed = True
+            return "adopted" if adopted else "reconfigured" if changed else "unchanged"
         self._start()
+        self._managed = True
         return "started"
 
     def _write(self, config: str) -> bool:
@@ -116,7 +117,7 @@ class BirdDaemon:
                                timeout=30, check=False)
         candidate.unlink(missing_ok=True)
         if check.returncode != 0:
-            raise BirdError("BIRD refused the rendered configuration", (check.stderr or check.stdout).strip())
+            raise BirdDaemonError("BIRD refused the rendered configuration", (check.stderr or check.stdout).strip())
         write_atomic(self.conf, config)
         return True
 
@@ -130,22 +131,12 @@ class BirdDaemon:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self._child.poll() is not None:
-                raise BirdError(f"BIRD exited with {self._child.returncode} at start", _tail(log_path))
+                raise BirdDaemonError(f"BIRD exited with {self._child.returncode} at start", _tail(log_path))
             if self.ctl.exists() and self.pid() == self._child.pid:
                 log.info("bgp: started BIRD (pid %d) with %s", self._child.pid, self.conf)
                 return
             time.sleep(0.02)
-        raise BirdError(f"BIRD did not open {self.ctl} within {START_TIMEOUT:g}s", _tail(log_path))
-
-    def birdc_cmd(self, *command: str, timeout: float = 10.0) -> str:
-        """One birdc command on this BIRD's socket; its output. BirdError when BIRD says
-        no (a configure it refuses keeps the old configuration)."""
-        proc = subprocess.run([self.birdc, "-s", str(self.ctl), *command], capture_output=True, text=True,
-                              timeout=timeout, check=False)
-        out = proc.stdout.strip()
-        if proc.returncode != 0:  # birdc exits 1 on any error reply (a refused configure included)
-            raise BirdError(f"birdc {' '.join(command)} failed", out or proc.stderr.strip())
-        return out
+        raise BirdDaemonError(f"BIRD did not open {self.ctl} within {START_TIMEOUT:g}s", _tail(log_path))
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Tear-down: end this node's BIRD by its pid (checked); True if one was running.
@@ -167,18 +158,8 @@ class BirdDaemon:
         if self.pid() == pid:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        self._child = None
+        self._child, self._managed = None, False
         return True
-
-
-class _Adopted:
-    """Stands for a BIRD this agent did not start (it cannot wait on it)."""
-
-    pid = -1
-    returncode = None
-
-    def poll(self) -> int | None:
-        return None
 
 
 def _tail(path: Path, lines: int = 10) -> str:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from podnet.defaults import FABRIC_ROUTE_PROTO
+
 BIRD_ROUTE_PROTO = 12  # RTPROT_BIRD: what BIRD's kernel protocol tags its routes with
-PODNET_ROUTE_PROTO = 77  # fabric/base.py ROUTE_PROTO: never touched by BIRD
+PODNET_ROUTE_PROTO = FABRIC_ROUTE_PROTO  # podnet's own fabric routes: never touched by BIRD
 
 
 @dataclass(frozen=True, order=True)

@@ -10,7 +10,6 @@ import argparse
 import json
 
 from podnet.cli.output import fail
-from podnet.cli.target import lab_name
 from podnet.errors import PodnetError
 from podnet.state import agent_socket
 
@@ -26,19 +25,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def node_sockets(args: argparse.Namespace) -> dict[str, str]:
-    """node -> agent socket: the lab's nodes, or the one agent asked for."""
-    if args.socket or not (args.lab or _default_lab()):
+    """node -> agent socket: the lab's nodes (--lab, else $PODNET_LAB), or the one
+    agent asked for (--socket, else the local agent: a real machine)."""
+    import os
+
+    lab = None if args.socket else args.lab or os.environ.get("PODNET_LAB")
+    if not lab:
         return {"": args.socket or agent_socket()}
     from podnet.lab.state import LabState
 
-    state = LabState.load(lab_name(args, "podnet bgp status"))
-    return {node: info["socket"] for node, info in state.data.get("nodes", {}).items()}
-
-
-def _default_lab() -> str | None:
-    import os
-
-    return os.environ.get("PODNET_LAB")
+    return {node: info["socket"] for node, info in LabState.load(lab).data.get("nodes", {}).items()}
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -147,10 +147,6 @@ class ClusterZone:
                 self._owned.pop(owner, None)
             return True
 
-    def owners(self) -> set[str]:
-        with self._lock:
-            return set(self._owned)
-
     def _add(self, name: str, rtype: str, value: str) -> None:
         self._records.setdefault(name, defaultdict(Counter))[rtype][value] += 1
         for parent in self._parents(name):

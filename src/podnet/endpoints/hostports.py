@@ -54,14 +54,14 @@ def claim(call: CniCall, store: Store, node: str, undo: ExitStack) -> None:
 def release(call: CniCall, store: Store, record: EndpointRecord | None) -> None:
     """DEL: release the host ports the endpoint published (those of its ADD's config,
     as recorded, and those of the DEL's); a holder missed here is pruned once its
-    record is gone."""
-    span = _span(call, store)
-    if span is None:
-        return
+    record is gone. An endpoint that published nothing costs no store read."""
     sources = [call.conf.port_mappings]
     if record is not None and record.config:
         with suppress(PodnetError):
             sources.append(parse_conf(record.config).port_mappings)
+    span = _span(call, store) if any(sources) else None
+    if span is None:
+        return
     wanted: set[ports.Port] = set()
     for mappings in sources:
         with suppress(PodnetError):  # mappings that never passed an ADD claimed nothing

@@ -30,11 +30,12 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from podnet.defaults import FABRIC_ROUTE_PROTO
 from podnet.errors import KernelError
 from podnet.model.cluster import NodeLease
 from podnet.store.base import Store
 
-ROUTE_PROTO = 77  # tags podnet fabric routes (unused by iproute2's rt_protos)
+ROUTE_PROTO = FABRIC_ROUTE_PROTO  # tags podnet fabric routes
 RTNH_F_ONLINK = 4
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02

@@ -117,13 +117,13 @@ class BgpFabric(RouteNetwork):
     def status(self) -> dict[str, Any]:
         """This node's BIRD and its BGP sessions, from its control socket: state, since,
         the neighbour, routes imported and exported (`podnet bgp status`)."""
-        from podnet.bgp.birdc import BirdControl, BirdError
+        from podnet.bgp.birdc import BirdError
 
         if self.bird is None:
             return {"bird": None, "sessions": [], "last": self.last}
         out: dict[str, Any] = {"bird": {"pid": self.bird.pid(), "config": str(self.bird.conf)},
                                "last": self.last, "sessions": []}
-        control = BirdControl(str(self.bird.ctl))
+        control = self.bird.control
         try:
             for row in control.protocols():
                 if row["proto"] != "BGP":

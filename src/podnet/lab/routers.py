@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from podnet.bgp.model import BirdSpec, Neighbor
+from podnet.fabric.bgp import protocol_name
 from podnet.lab import topology as topo
 
 SPINE_AS = 65200
@@ -52,7 +53,7 @@ def routers(racks: int, nodes: list[topo.Node]) -> list[Router]:
     out = []
     for rack in range(racks):
         tor_ip, spine_ip = uplink(rack)
-        members = [Neighbor(f"node_{n.name.replace('-', '_')}", n.underlay_ip, node_as(rack))
+        members = [Neighbor(protocol_name("node", n.name), n.underlay_ip, node_as(rack))
                    for n in nodes if n.rack == rack]
         originate = [topo.rack_subnet(rack)] + ([f"{topo.OUTSIDE_IP}/32"] if rack == 0 else [])
         out.append(Router(f"tor{rack}", BirdSpec(
