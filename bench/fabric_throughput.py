@@ -1,7 +1,9 @@
-"""Cross-node pod-to-pod TCP throughput (iperf3) for the vxlan and host-gw fabrics.
+"""Cross-node pod-to-pod TCP throughput (iperf3) for the vxlan, host-gw and bgp fabrics.
 
     .venv/bin/python bench/fabric_throughput.py [--seconds 10] [--repeat 1] [--json]
     .venv/bin/python bench/fabric_throughput.py --fabric vxlan --seconds 3
+    .venv/bin/python bench/fabric_throughput.py --fabric bgp --seconds 3     # node-to-node mesh
+    .venv/bin/python bench/fabric_throughput.py --bgp-racks --seconds 5 --repeat 3
 
 Builds one 2-node lab per fabric (one pod per node, `podnet.lab.builder.LabBuilder`, the
 same code as `podnet lab up`), and a baseline in the same run: a plain veth pair between
@@ -15,7 +17,26 @@ any VXLAN fabric on this machine.
 
 The server is `iperf3 -s` started with `nsenter --net=<pod netns>` and stopped by its
 PID; the client runs the same way with `-J`; the figure is the receiver's bit rate.
-Ratios: fabric / veth, targets vxlan >= 0.8x, host-gw >= 0.95x.
+Ratios: fabric / veth, targets vxlan >= 0.8x, host-gw >= 0.95x, bgp >= 0.95x (its
+node-to-node mesh on one segment routes as host-gw does, through BIRD's routes).
+
+`--bgp-racks` (issue 12) builds three labs instead: bgp with 2 racks of 2 nodes (a BIRD
+top-of-rack router per rack and a spine, lab/routers.py), vxlan with 2 racks of one node
+(the static router `rtr` between them) and host-gw with one rack of 2 nodes. Nodes are
+dealt round-robin over the racks (node<i> in rack i % racks) and pod p<i>-0 sits on
+node<i>; the pairs are picked from the built lab by their nodes' racks, not assumed,
+and each is shown with the namespaces its packets pass (followed with `ip route get`
+from node to router to node). Measured, interleaved, with the veth pair for scale:
+- same rack: bgp pod -> pod (node0 -> node2, by the route BIRD installed: through tor0
+  when the ToR announces itself as next hop, as the lab's ToRs do, else straight to the
+  rack mate) against host-gw pod -> pod (node0 -> node1, podnet's route to the rack
+  mate); target bgp/host-gw >= 0.95x;
+- cross rack: bgp pod -> pod (node0 -> node1) against vxlan pod -> pod (node0 ->
+  node1), for information. Not like for like: bgp packets are routed, unencapsulated,
+  through three more namespaces, tor0 -> spine -> tor1 (routing only, no NAT or
+  policy), while vxlan packets are encapsulated on the nodes and pass only the static
+  router, one forwarding hop. Also for information: node -> node across racks over each
+  lab's underlay (the ToRs and spine, or the static router), the floor of each.
 
 Safety: the labs are named `b<hex>` (namespaces `pn-lab-b<hex>-*`, torn down with
 `podnet.lab.teardown.teardown`, which removes exactly what the lab recorded), the baseline
@@ -39,11 +60,14 @@ import time
 from pathlib import Path
 
 from benchlib import (
+    BenchError,
     Iperf,
     close_lab,
-    list_netns,
+    close_sandbox,
+    console,
     log,
     no_interrupt,
+    print_cleanup,
     run_bench,
 )
 
@@ -54,9 +78,28 @@ if str(ROOT / "src") not in sys.path:
 PREFIX = "pn-bench-"
 NETNS_DIR = Path("/run/netns")
 PORT = 5201
-TARGETS = {"vxlan": 0.8, "host-gw": 0.95}
+TARGETS = {"vxlan": 0.8, "host-gw": 0.95, "bgp": 0.95}
+DEFAULT_FABRICS = ("vxlan", "host-gw")
 BASE_A, BASE_B = "10.99.0.1", "10.99.0.2"
 BARE_A, BARE_B = "10.98.0.1", "10.98.0.2"  # the bare VXLAN tunnel over the baseline pair
+
+# --bgp-racks: fabric -> (nodes, racks) of its lab
+RACK_LABS = {"bgp": (4, 2), "vxlan": (2, 2), "host-gw": (2, 1)}
+# path -> (lab, same rack?, pod -> pod or node -> node over the underlay)
+RACK_PATHS = {
+    "bgp-same": ("bgp", True, "pod"),
+    "host-gw-same": ("host-gw", True, "pod"),
+    "bgp-cross": ("bgp", False, "pod"),
+    "vxlan-cross": ("vxlan", False, "pod"),
+    "underlay-bgp-cross": ("bgp", False, "node"),
+    "underlay-rtr-cross": ("vxlan", False, "node"),
+}
+# (path, against, what, target or None)
+RACK_COMPARE = (
+    ("bgp-same", "host-gw-same", "bgp/host-gw, same rack", 0.95),
+    ("bgp-cross", "vxlan-cross", "bgp/vxlan, cross rack", None),
+)
+UNDERLAY_IF = "eth0"  # a lab machine's NIC
 
 
 # --------------------------------------------------------------------------------------
@@ -65,10 +108,13 @@ BARE_A, BARE_B = "10.98.0.1", "10.98.0.2"  # the bare VXLAN tunnel over the base
 class BenchLab:
     """One lab built with LabBuilder; `close()` tears down exactly what it recorded."""
 
-    def __init__(self, fabric: str, nodes: int = 2, store: str = "sqlite", nic_gso: int = 0) -> None:
+    def __init__(
+        self, fabric: str, nodes: int = 2, store: str = "sqlite", nic_gso: int = 0, racks: int = 1
+    ) -> None:
         self.name = f"b{secrets.token_hex(3)}"
         self.fabric = fabric
         self.nodes = nodes
+        self.racks = racks
         self.store = store
         self.nic_gso = nic_gso
         self.data: dict = {}
@@ -82,9 +128,14 @@ class BenchLab:
         start = time.monotonic()
         self.phases = []
         builder = LabBuilder(
-            topo.default_topology(self.nodes, pods_per_node),
-            LabOptions(self.name, self.fabric, self.store, timeout=60,
-                       **({"nic_gso": self.nic_gso} if self.nic_gso else {})),
+            topo.default_topology(self.nodes, pods_per_node, self.racks),
+            LabOptions(
+                self.name,
+                self.fabric,
+                self.store,
+                timeout=60,
+                **({"nic_gso": self.nic_gso} if self.nic_gso else {}),
+            ),
             lambda step: self.phases.append((step, time.monotonic() - start)),
         )
         self.built = True  # from here on, teardown must run even if build() raises
@@ -121,100 +172,242 @@ def path_mtu(ns: str, ifname: str = "eth0") -> int:
 
 
 # --------------------------------------------------------------------------------------
+# --bgp-racks: which pods, on which racks, through which namespaces
+# --------------------------------------------------------------------------------------
+def pick_pair(lab: BenchLab, same_rack: bool) -> tuple[str, str]:
+    """A pod on node0 and a pod on the first other node in the same (or another) rack,
+    found in what the lab built: the racks a pair spans are what the figure is about."""
+    nodes, pods = lab.data["nodes"], lab.data["pods"]
+    client = next((key for key, pod in pods.items() if pod["node"] == "node0"), None)
+    for key, pod in pods.items():
+        if client is None or pod["node"] == "node0":
+            continue
+        if (nodes[pod["node"]]["rack"] == nodes["node0"]["rack"]) == same_rack:
+            return client, key
+    where = "same" if same_rack else "another"
+    raise BenchError(
+        f"lab {lab.name} ({lab.fabric}) has no pod pair from node0 to a node in {where} rack"
+    )
+
+
+def route_get(ns: str, dst: str) -> dict:
+    out = subprocess.run(
+        ["ip", "-n", ns, "-j", "route", "get", dst], capture_output=True, text=True, check=False
+    )
+    try:
+        return json.loads(out.stdout)[0]
+    except (ValueError, IndexError):
+        raise BenchError(f"ip route get {dst} in {ns}: {out.stderr.strip()}") from None
+
+
+def lab_machines(lab: BenchLab) -> tuple[dict[str, str], dict[str, str]]:
+    """(address -> machine, machine -> netns) of a lab's nodes and routers: the ToRs and
+    spine of a bgp lab with racks, the static router `rtr` of any other lab with racks."""
+    from podnet.lab import routers
+    from podnet.lab import topology as topo
+
+    owner = {info["underlay"]: name for name, info in lab.data["nodes"].items()}
+    netns = {name: info["netns"] for name, info in lab.data["nodes"].items()}
+    racks = lab.data.get("racks", 1)
+    if lab.data.get("routers"):
+        for rack in range(racks):
+            tor_up, spine_leg = routers.uplink(rack)
+            owner.update(
+                {topo.router_ip(rack): f"tor{rack}", tor_up: f"tor{rack}", spine_leg: "spine"}
+            )
+        netns.update({name: r["netns"] for name, r in lab.data["routers"].items()})
+    elif racks > 1:
+        owner.update({topo.router_ip(rack): "rtr" for rack in range(racks)})
+        netns["rtr"] = topo.netns_name(lab.name, "rtr")
+    return owner, netns
+
+
+def trace(lab: BenchLab, src: str, dst_ip: str, dst: str) -> dict:
+    """The machines a packet from node `src` to `dst_ip` (on node `dst`) passes, each
+    one's route (`ip route get`) followed to the next; a route off the NIC (a tunnel) is
+    followed by its outer packets, to `dst`'s underlay address."""
+    owner, netns = lab_machines(lab)
+    hops, tunnel, target = [src], None, dst_ip
+    for _ in range(10):
+        route = route_get(netns[hops[-1]], target)
+        gateway = route.get("gateway")
+        if hops[-1] == dst and gateway is None:
+            return {"hops": hops, "tunnel": tunnel}
+        if route.get("dev") != UNDERLAY_IF and tunnel is None and hops[-1] == src:
+            tunnel, target = route.get("dev"), lab.data["nodes"][dst]["underlay"]
+            continue
+        following = owner.get(gateway or target)
+        if following is None:
+            break
+        hops.append(following)
+    raise BenchError(f"lab {lab.name}: cannot follow {src} -> {dst_ip} past {' -> '.join(hops)}")
+
+
+def rack_path(lab: BenchLab, same_rack: bool, kind: str) -> dict:
+    """An iperf3 path of --bgp-racks: client, server, and where both sit."""
+    client, server = pick_pair(lab, same_rack)
+    nodes = lab.data["nodes"]
+    src, dst = lab.data["pods"][client]["node"], lab.data["pods"][server]["node"]
+    if kind == "pod":
+        path = iperf_path(lab.pod_ns(client), lab.pod_ns(server), lab.pod_ip(server))
+    else:
+        path = iperf_path(nodes[src]["netns"], nodes[dst]["netns"], nodes[dst]["underlay"])
+    path["pair"] = {
+        "lab": lab.name,
+        "fabric": lab.fabric,
+        "client": client if kind == "pod" else src,
+        "server": server if kind == "pod" else dst,
+        "client_node": src,
+        "client_rack": nodes[src]["rack"],
+        "server_node": dst,
+        "server_rack": nodes[dst]["rack"],
+        **trace(lab, src, path["server_ip"], dst),
+    }
+    return path
+
+
+# --------------------------------------------------------------------------------------
 # Bench
 # --------------------------------------------------------------------------------------
+def iperf_path(client: str, server: str, server_ip: str, ifname: str = "eth0") -> dict:
+    """What a round needs of a path: both namespaces, the server's address, the MTU."""
+    return {
+        "client": client,
+        "server": server,
+        "server_ip": server_ip,
+        "mtu": path_mtu(client, ifname),
+    }
+
+
+def veth_pair(sandbox, roles: tuple[str, str], gso: int = 0) -> tuple[str, str]:
+    """Two sandbox namespaces joined by `veth0` (BASE_A, BASE_B), with `gso` limits if set."""
+    from podnet.lab.sandbox import ip
+    from podnet.lab.underlay import set_nic_gso
+
+    a, b = (sandbox.netns(role) for role in roles)
+    ip("-n", a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", b)
+    for ns, addr in ((a, BASE_A), (b, BASE_B)):
+        if gso:
+            set_nic_gso(ns, "veth0", gso)
+        ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "veth0")
+        ip("-n", ns, "link", "set", "veth0", "up")
+    return a, b
+
+
+def baseline(sandbox, args: argparse.Namespace, extras: bool) -> dict[str, dict]:
+    """The veth pair every figure is put against, and (`extras`) the info rows built on
+    the baseline namespaces: BIG TCP limits, a bare VXLAN tunnel."""
+    from podnet.lab.sandbox import ip
+
+    a, b = veth_pair(sandbox, ("a", "b"))
+    paths = {"veth": iperf_path(a, b, BASE_B, "veth0")}
+    if extras and args.big_veth:
+        # For information: the same pair with the lab NICs' BIG TCP limits, i.e. what
+        # the fabric's own overhead is measured against when pods send big packets.
+        from podnet.lab.underlay import NIC_GSO
+
+        c, d = veth_pair(sandbox, ("c", "d"), args.nic_gso or NIC_GSO)
+        paths["veth-big"] = iperf_path(c, d, BASE_B, "veth0")
+    if extras and "vxlan" in args.fabric and args.bare_vxlan:
+        # For information: a bare kernel VXLAN tunnel over the baseline pair itself (no
+        # bridges, routing, NAT or policy): the ceiling of any VXLAN fabric here.
+        for ns, local, remote, inner in ((a, BASE_A, BASE_B, BARE_A), (b, BASE_B, BASE_A, BARE_B)):
+            vxlan = f"id 7 local {local} remote {remote} dstport 8472 dev veth0"
+            ip("-n", ns, "link", "add", "vx0", "type", "vxlan", *vxlan.split())
+            ip("-n", ns, "addr", "add", f"{inner}/24", "dev", "vx0")
+            ip("-n", ns, "link", "set", "vx0", "up")
+        paths["vxlan-bare"] = iperf_path(a, b, BARE_B, "vx0")
+    return paths
+
+
+def lab_paths(labs: dict[str, BenchLab], args: argparse.Namespace) -> dict[str, dict]:
+    """Pod on node0 -> pod on node1 of each 2-node lab, and node0 -> node1 over the
+    first lab's underlay (info)."""
+    paths = {}
+    for fabric, lab in labs.items():
+        client, server = "default/p0-0", "default/p1-0"
+        paths[fabric] = iperf_path(lab.pod_ns(client), lab.pod_ns(server), lab.pod_ip(server))
+    if args.underlay and labs:
+        nodes = next(iter(labs.values())).data["nodes"]
+        paths["underlay"] = iperf_path(
+            nodes["node0"]["netns"], nodes["node1"]["netns"], nodes["node1"]["underlay"]
+        )
+    return paths
+
+
+def measure(paths: dict[str, dict], iperf: Iperf, args: argparse.Namespace) -> dict:
+    """`--repeat` interleaved rounds over every path (the first path rotates); the part
+    of the outcome they make."""
+    servers = {key: iperf.server(p["server"], p["server_ip"]) for key, p in paths.items()}
+    runs: dict[str, list[dict]] = {key: [] for key in paths}
+    order = list(paths)
+    load_before = os.getloadavg()
+    for r in range(args.repeat):
+        k = r % len(order)
+        for key in order[k:] + order[:k]:  # rotate who goes first
+            p = paths[key]
+            result = Iperf.client(p["client"], p["server_ip"], args.seconds)
+            runs[key].append(result)
+            log(f"round {r + 1}/{args.repeat} {key}: {result['gbps']:.2f} Gbit/s")
+    load_after = os.getloadavg()
+    for key, proc in servers.items():
+        iperf.stop(proc)
+        paths[key]["server_pid"] = proc.pid
+    return {
+        "seconds": args.seconds,
+        "repeat": args.repeat,
+        "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
+        "loadavg_1m": {"before": round(load_before[0], 2), "after": round(load_after[0], 2)},
+        "paths": {
+            key: {
+                "mtu": paths[key]["mtu"],
+                "gbps": [round(x["gbps"], 3) for x in runs[key]],
+                "median_gbps": round(statistics.median(x["gbps"] for x in runs[key]), 3),
+                "retransmits": [x["retransmits"] for x in runs[key]],
+                "sender_cpu": [x["sender_cpu"] for x in runs[key]],
+                "receiver_cpu": [x["receiver_cpu"] for x in runs[key]],
+                **({"pair": paths[key]["pair"]} if "pair" in paths[key] else {}),
+            }
+            for key in paths
+        },
+    }
+
+
 def bench(args: argparse.Namespace) -> dict:
-    from podnet.lab.sandbox import Sandbox, ip
+    from podnet.lab.sandbox import Sandbox
 
     sandbox = Sandbox(PREFIX)
     iperf = Iperf()
-    labs = {fabric: BenchLab(fabric, nic_gso=args.nic_gso) for fabric in args.fabric}
+    if args.bgp_racks:
+        labs = {
+            f: BenchLab(f, nodes, nic_gso=args.nic_gso, racks=racks)
+            for f, (nodes, racks) in RACK_LABS.items()
+        }
+    else:
+        labs = {fabric: BenchLab(fabric, nic_gso=args.nic_gso) for fabric in args.fabric}
     problems: list[str] = []
     outcome: dict = {}
     try:
-        # Baseline: a plain veth pair between two namespaces.
-        a, b = sandbox.netns("a"), sandbox.netns("b")
-        ip("-n", a, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", b)
-        for ns, addr in ((a, BASE_A), (b, BASE_B)):
-            ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "veth0")
-            ip("-n", ns, "link", "set", "veth0", "up")
-        paths = {
-            "veth": {"client": a, "server": b, "server_ip": BASE_B, "mtu": path_mtu(a, "veth0")}
-        }
-        if args.big_veth:
-            # For information: the same pair with the lab NICs' BIG TCP limits, i.e. what
-            # the fabric's own overhead is measured against when pods send big packets.
-            from podnet.lab.underlay import NIC_GSO, set_nic_gso
-
-            c, d = sandbox.netns("c"), sandbox.netns("d")
-            ip("-n", c, "link", "add", "veth0", "type", "veth", "peer", "name", "veth0", "netns", d)
-            for ns, addr in ((c, BASE_A), (d, BASE_B)):
-                set_nic_gso(ns, "veth0", args.nic_gso or NIC_GSO)
-                ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "veth0")
-                ip("-n", ns, "link", "set", "veth0", "up")
-            paths["veth-big"] = {"client": c, "server": d, "server_ip": BASE_B, "mtu": path_mtu(c, "veth0")}
-        if "vxlan" in args.fabric and args.bare_vxlan:
-            # For information: a bare kernel VXLAN tunnel over the baseline pair itself (no
-            # bridges, routing, NAT or policy): the ceiling of any VXLAN fabric here.
-            for ns, local, remote, inner in ((a, BASE_A, BASE_B, BARE_A), (b, BASE_B, BASE_A, BARE_B)):
-                ip("-n", ns, "link", "add", "vx0", "type", "vxlan", "id", "7", "local", local, "remote", remote,
-                   "dstport", "8472", "dev", "veth0")
-                ip("-n", ns, "addr", "add", f"{inner}/24", "dev", "vx0")
-                ip("-n", ns, "link", "set", "vx0", "up")
-            paths["vxlan-bare"] = {"client": a, "server": b, "server_ip": BARE_B, "mtu": path_mtu(a, "vx0")}
+        paths = baseline(sandbox, args, extras=not args.bgp_racks)
         for fabric, lab in labs.items():
             t0 = time.monotonic()
             lab.up()
             log(f"lab {lab.name} ({fabric}) up in {time.monotonic() - t0:.1f}s")
-            client, server = "default/p0-0", "default/p1-0"
-            paths[fabric] = {
-                "client": lab.pod_ns(client),
-                "server": lab.pod_ns(server),
-                "server_ip": lab.pod_ip(server),
-                "mtu": path_mtu(lab.pod_ns(client)),
-            }
-        if args.underlay and labs:
-            lab = next(iter(labs.values()))
-            nodes = lab.data["nodes"]
-            paths["underlay"] = {
-                "client": nodes["node0"]["netns"],
-                "server": nodes["node1"]["netns"],
-                "server_ip": nodes["node1"]["underlay"],
-                "mtu": path_mtu(nodes["node0"]["netns"]),
-            }
-        servers = {key: iperf.server(p["server"], p["server_ip"]) for key, p in paths.items()}
-        runs: dict[str, list[dict]] = {key: [] for key in paths}
-        order = list(paths)
-        load_before = os.getloadavg()
-        for r in range(args.repeat):
-            k = r % len(order)
-            for key in order[k:] + order[:k]:  # rotate who goes first
-                p = paths[key]
-                result = Iperf.client(p["client"], p["server_ip"], args.seconds)
-                runs[key].append(result)
-                log(f"round {r + 1}/{args.repeat} {key}: {result['gbps']:.2f} Gbit/s")
-        load_after = os.getloadavg()
-        for key, proc in servers.items():
-            iperf.stop(proc)
-            paths[key]["server_pid"] = proc.pid
-        outcome = {
-            "seconds": args.seconds,
-            "repeat": args.repeat,
-            "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
-            "loadavg_1m": {"before": round(load_before[0], 2), "after": round(load_after[0], 2)},
-            "paths": {
-                key: {
-                    "mtu": paths[key]["mtu"],
-                    "gbps": [round(x["gbps"], 3) for x in runs[key]],
-                    "median_gbps": round(statistics.median(x["gbps"] for x in runs[key]), 3),
-                    "retransmits": [x["retransmits"] for x in runs[key]],
-                    "sender_cpu": [x["sender_cpu"] for x in runs[key]],
-                    "receiver_cpu": [x["receiver_cpu"] for x in runs[key]],
-                }
-                for key in paths
-            },
-            "labs": {f: {"name": lab.name, "phases": lab.phases} for f, lab in labs.items()},
-        }
+        if args.bgp_racks:
+            for key, (fabric, same_rack, kind) in RACK_PATHS.items():
+                if kind == "pod" or args.underlay:
+                    paths[key] = rack_path(labs[fabric], same_rack, kind)
+                    pair = paths[key]["pair"]
+                    log(
+                        f"{key}: {pair['client']} on {pair['client_node']} (rack {pair['client_rack']}) -> "
+                        f"{pair['server']} on {pair['server_node']} (rack {pair['server_rack']}), "
+                        f"via {' -> '.join(pair['hops'])}"
+                        + (f" in {pair['tunnel']}" if pair["tunnel"] else "")
+                    )
+        else:
+            paths.update(lab_paths(labs, args))
+        outcome = measure(paths, iperf, args)
+        outcome["labs"] = {f: {"name": lab.name, "phases": lab.phases} for f, lab in labs.items()}
         base = outcome["paths"]["veth"]["median_gbps"]
         outcome["ratios"] = {
             key: round(outcome["paths"][key]["median_gbps"] / base, 3)
@@ -224,7 +417,21 @@ def bench(args: argparse.Namespace) -> dict:
         if "veth-big" in outcome["paths"]:
             big = outcome["paths"]["veth-big"]["median_gbps"]
             outcome["ratios_big_veth"] = {
-                key: round(outcome["paths"][key]["median_gbps"] / big, 3) for key in paths if key != "veth-big"
+                key: round(outcome["paths"][key]["median_gbps"] / big, 3)
+                for key in paths
+                if key != "veth-big"
+            }
+        if args.bgp_racks:
+            medians = {key: p["median_gbps"] for key, p in outcome["paths"].items()}
+            outcome["mode"] = "bgp-racks"
+            outcome["compare"] = {
+                what: {
+                    "path": key,
+                    "against": other,
+                    "ratio": round(medians[key] / medians[other], 3),
+                    "target": target,
+                }
+                for key, other, what, target in RACK_COMPARE
             }
     finally:
         with no_interrupt():
@@ -238,13 +445,6 @@ def bench(args: argparse.Namespace) -> dict:
     return outcome
 
 
-def close_sandbox(sandbox) -> list[str]:
-    token = f"{sandbox.prefix}{sandbox.token}-"
-    sandbox.close()
-    left = [ns for ns in list_netns() if ns.startswith(token)]
-    return [f"namespaces still present: {left}"] if left else []
-
-
 # --------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------
@@ -254,15 +454,33 @@ LABELS = {
     "vxlan-bare": "bare VXLAN tunnel over that pair (info)",
     "vxlan": "pod -> pod, vxlan",
     "host-gw": "pod -> pod, host-gw",
+    "bgp": "pod -> pod, bgp (node-to-node mesh)",
     "underlay": "node -> node, lab underlay (info)",
+    "bgp-same": "pod -> pod, bgp, same rack",
+    "host-gw-same": "pod -> pod, host-gw, same rack",
+    "bgp-cross": "pod -> pod, bgp, cross rack",
+    "vxlan-cross": "pod -> pod, vxlan, cross rack",
+    "underlay-bgp-cross": "node -> node, ToRs + spine (info)",
+    "underlay-rtr-cross": "node -> node, static router (info)",
 }
 
 
+def ratio_cell(ratio: float | None, target: float | None) -> str:
+    """A ratio, green or red against its target when it has one."""
+    if ratio is None:
+        return "1.00x"
+    if target is None:
+        return f"{ratio:.2f}x"
+    return f"[{'green' if ratio >= target else 'red'}]{ratio:.2f}x[/]"
+
+
 def render(outcome: dict) -> None:
-    from rich.console import Console
+    if outcome.get("mode") == "bgp-racks":
+        render_racks(outcome)
+        return
     from rich.table import Table
 
-    con = Console() if sys.stdout.isatty() else Console(width=140)
+    con = console()
     table = Table(
         title=f"cross-node TCP throughput, iperf3 1 stream, {outcome['seconds']} s x "
         f"{outcome['repeat']} ({outcome['machine']['cpus']} CPUs, load {outcome['loadavg_1m']['before']})"
@@ -274,38 +492,77 @@ def render(outcome: dict) -> None:
     for col in columns:
         table.add_column(col, justify="left" if col == "path" else "right")
     for key, p in outcome["paths"].items():
-        ratio = outcome["ratios"].get(key)
         target = TARGETS.get(key)
-        if ratio is None:
-            shown = "1.00x"
-        elif target is None:
-            shown = f"{ratio:.2f}x"
-        else:
-            shown = f"[{'green' if ratio >= target else 'red'}]{ratio:.2f}x[/]"
         table.add_row(
             LABELS.get(key, key),
             str(p["mtu"]),
             f"{p['median_gbps']:.2f}",
             " ".join(f"{g:.2f}" for g in p["gbps"]),
             " ".join(str(r) for r in p["retransmits"]),
-            shown,
+            ratio_cell(outcome["ratios"].get(key), target),
             f">= {target}x" if target else "",
             *([f"{big[key]:.2f}x" if key in big else "1.00x"] if big else []),
         )
     con.print(table)
-    clean = outcome["cleanup"]
-    con.print(
-        "cleanup: labs and baseline torn down, nothing left"
-        if clean["ok"]
-        else f"[red]cleanup problems:[/] {clean['problems']}"
-    )
+    print_cleanup(con, outcome, "cleanup: labs and baseline torn down, nothing left")
     for key, target in TARGETS.items():
         if key in outcome["ratios"]:
             print(f"{key}/veth: {outcome['ratios'][key]:.2f}x (target >= {target}x)")
     paths = outcome["paths"]
     if "vxlan" in paths and "vxlan-bare" in paths:
-        print(f"bare VXLAN tunnel/veth: {outcome['ratios']['vxlan-bare']:.2f}x; pod vxlan/bare tunnel: "
-              f"{paths['vxlan']['median_gbps'] / paths['vxlan-bare']['median_gbps']:.2f}x")
+        print(
+            f"bare VXLAN tunnel/veth: {outcome['ratios']['vxlan-bare']:.2f}x; pod vxlan/bare tunnel: "
+            f"{paths['vxlan']['median_gbps'] / paths['vxlan-bare']['median_gbps']:.2f}x"
+        )
+
+
+def render_racks(outcome: dict) -> None:
+    """--bgp-racks: each path with the racks its ends sit on and the machines between."""
+    from rich.table import Table
+
+    con = console()
+    table = Table(
+        title=f"same-rack and cross-rack TCP throughput, iperf3 1 stream, {outcome['seconds']} s x "
+        f"{outcome['repeat']} ({outcome['machine']['cpus']} CPUs, load {outcome['loadavg_1m']['before']})"
+    )
+    for col in (
+        "path",
+        "nodes (rack)",
+        "through",
+        "MTU",
+        "Gbit/s (median)",
+        "runs",
+        "retr",
+        "vs veth",
+    ):
+        table.add_column(
+            col, justify="left" if col in ("path", "nodes (rack)", "through") else "right"
+        )
+    for key, p in outcome["paths"].items():
+        pair = p.get("pair")
+        ends = through = ""
+        if pair:
+            ends = f"{pair['client_node']} (r{pair['client_rack']}) -> {pair['server_node']} (r{pair['server_rack']})"
+            through = " > ".join(pair["hops"]) + (f" ({pair['tunnel']})" if pair["tunnel"] else "")
+        table.add_row(
+            LABELS.get(key, key),
+            ends,
+            through,
+            str(p["mtu"]),
+            f"{p['median_gbps']:.2f}",
+            " ".join(f"{g:.2f}" for g in p["gbps"]),
+            " ".join(str(r) for r in p["retransmits"]),
+            ratio_cell(outcome["ratios"].get(key), None),
+        )
+    con.print(table)
+    print_cleanup(con, outcome, "cleanup: labs and baseline torn down, nothing left")
+    for what, c in outcome["compare"].items():
+        line = f"{what}: {c['ratio']:.2f}x"
+        if c["target"] is not None:
+            line += f" (target >= {c['target']}x)"
+        else:
+            line += " (info: bgp through tor0 > spine > tor1, unencapsulated; vxlan through rtr)"
+        con.print(ratio_cell(c["ratio"], c["target"]).join(line.split(f"{c['ratio']:.2f}x", 1)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,20 +573,40 @@ def main(argv: list[str] | None = None) -> int:
         "--fabric",
         action="append",
         choices=tuple(TARGETS),
-        help="fabric(s) to measure (repeatable; default both)",
+        help="fabric(s) to measure (repeatable; default vxlan and host-gw)",
+    )
+    parser.add_argument(
+        "--bgp-racks",
+        action="store_true",
+        help="bgp same-rack against host-gw and cross-rack against vxlan (labs with racks)",
     )
     parser.add_argument(
         "--no-underlay", dest="underlay", action="store_false", help="skip the node -> node row"
     )
-    parser.add_argument("--nic-gso", type=int, default=0, metavar="BYTES",
-                        help="the labs' NIC GSO limit (default: podnet lab's, BIG TCP; 65536 = none)")
-    parser.add_argument("--no-bare-vxlan", dest="bare_vxlan", action="store_false",
-                        help="skip the bare VXLAN tunnel between the baseline namespaces (info row)")
-    parser.add_argument("--no-big-veth", dest="big_veth", action="store_false",
-                        help="skip the veth pair with BIG TCP limits (info row)")
+    parser.add_argument(
+        "--nic-gso",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="the labs' NIC GSO limit (default: podnet lab's, BIG TCP; 65536 = none)",
+    )
+    parser.add_argument(
+        "--no-bare-vxlan",
+        dest="bare_vxlan",
+        action="store_false",
+        help="skip the bare VXLAN tunnel between the baseline namespaces (info row)",
+    )
+    parser.add_argument(
+        "--no-big-veth",
+        dest="big_veth",
+        action="store_false",
+        help="skip the veth pair with BIG TCP limits (info row)",
+    )
     parser.add_argument("--json", action="store_true", help="print machine-readable results only")
     args = parser.parse_args(argv)
-    args.fabric = args.fabric or list(TARGETS)
+    if args.bgp_racks and args.fabric:
+        parser.error("--bgp-racks builds its own labs (bgp, vxlan, host-gw): leave out --fabric")
+    args.fabric = args.fabric or list(DEFAULT_FABRICS)
     if args.seconds <= 0 or args.repeat < 1:
         parser.error("--seconds must be > 0 and --repeat >= 1")
     if os.geteuid() != 0:

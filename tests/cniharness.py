@@ -204,6 +204,21 @@ def podnet_cli(*args: str, check: bool = True, timeout: float = 180) -> subproce
     return proc
 
 
+def bird_routes(netns: str) -> dict[str, str]:
+    """What BIRD installed in a namespace's kernel (`proto bird`): prefix -> next hop,
+    or "blackhole" for the node's own blocks."""
+    out = subprocess.run(["ip", "-n", netns, "-4", "route", "show", "proto", "bird"], capture_output=True,
+                         text=True, check=True, timeout=10).stdout
+    routes = {}
+    for line in out.splitlines():
+        words = line.split()
+        if words[:1] == ["blackhole"]:
+            routes[words[1]] = "blackhole"
+        elif "via" in words:
+            routes[words[0]] = words[words.index("via") + 1]
+    return routes
+
+
 @contextlib.contextmanager
 def topology_lab(prefix: str, topology: dict, workdir: Path, *flags: str) -> Iterator[dict]:
     """`lab up -f` of `topology` under a fresh name `<prefix><hex>`; the lab's state;

@@ -50,6 +50,7 @@ AGENT_FIELDS: dict[str, tuple[str, type]] = {
     "blockPrefix": ("block_prefix", int), "underlay": ("underlay", str), "leaseTTL": ("lease_ttl", float),
     "store": ("store", str), "socket": ("socket", str), "stateDir": ("state_dir", str),
     "dnsUpstream": ("dns_upstream", str), "policyHost": ("policy_host", str),
+    "strictAffinity": ("strict_affinity", bool),
 }
 
 
@@ -152,6 +153,10 @@ def _agent(raw: Any, loc: Loc) -> dict[str, Any]:
             out[dest] = _text(doc, key, loc)
         elif kind is int:
             out[dest] = fields.integer(value, loc.field(key))
+        elif kind is bool:
+            if not isinstance(value, bool):
+                raise loc.field(key).error(f"{value!r} is not true or false")
+            out[dest] = value
         else:
             out[dest] = float(fields.number(value, loc.field(key)))
     return out

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from test_fabric_cluster import eventually
 
+from cniharness import bird_routes
 from cniharness import podnet_cli as podnet
 from podnet.lab.sandbox import stop_process
 from podnet.lab.state import lab_dir, owner_alive, state_file
@@ -75,7 +76,8 @@ class Lab:
         return {row[0]: row[-1] for row in rows}
 
     def bird_routes(self, node: str) -> set[str]:
-        return {line.split()[0] for line in self.sh(node, "ip", "-4", "route", "show", "proto", "bird").splitlines()}
+        """The blocks BIRD routes to other nodes (the node's own: a blackhole, checked apart)."""
+        return {prefix for prefix, via in bird_routes(self.data["nodes"][node]["netns"]).items() if via != "blackhole"}
 
     def blocks(self) -> dict[str, str]:
         return {name: info["block"] for name, info in self.data["nodes"].items()}
@@ -113,6 +115,7 @@ def test_a_full_mesh_carries_every_block_with_no_tunnel_and_no_podnet_route(lab)
         sessions = lab.sessions(node)
         assert len(sessions) == NODES - 1 and set(sessions.values()) == {"Established"}, sessions
         assert lab.bird_routes(node) == {b for n, b in blocks.items() if n != node}
+        assert bird_routes(lab.data["nodes"][node]["netns"])[blocks[node]] == "blackhole"  # its own, as Calico's
         assert lab.sh(node, "ip", "route", "show", "proto", "77") == ""
         assert "vxlan" not in lab.sh(node, "ip", "-d", "link", "show")
     proc = podnet("connectivity", "test", "--name", lab.name, "-o", "json", check=False)

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 from test_fabric_cluster import eventually
 
+from cniharness import bird_routes, topology_lab
 from cniharness import podnet_cli as podnet
-from cniharness import topology_lab
 
 pytestmark = pytest.mark.root
 
@@ -67,8 +67,11 @@ def test_nodes_peer_with_their_tor_and_pods_cross_racks_with_no_tunnel(lab):
         assert "vxlan" not in links and "ipip" not in links
         assert in_ns(node["netns"], "ip", "route", "show", "proto", "77") == ""
         others = {n["block"] for m, n in lab["nodes"].items() if m != name}
-        learned = {line.split()[0] for line in in_ns(node["netns"], "ip", "route", "show", "proto", "bird").splitlines()}
-        assert others <= learned, (name, learned)  # rack mates' blocks too, back through the ToR
+        learned = bird_routes(node["netns"])
+        assert others <= set(learned), (name, learned)  # rack mates' blocks too, from the ToR
+        for other, info in lab["nodes"].items():
+            if other != name and info["rack"] == node["rack"]:  # straight to the rack mate, not via the ToR
+                assert learned[info["block"]] == info["underlay"], (name, other, learned)
     proc = podnet("connectivity", "test", "--name", lab["name"], "-o", "json", check=False)
     results = json.loads(proc.stdout)
     assert proc.returncode == 0, [r for r in results if not r["ok"]]

@@ -350,7 +350,7 @@ def test_a_tor_passes_routes_between_racks_over_ebgp(sandbox):
     for node in (tor, n1, n2):
         node.start()
     wait_until(lambda: tor.established("rack1", "rack2") and n1.established("tor") and n2.established("tor"), "sessions Established")
-    assert wait_until(lambda: n2.routes().get("10.244.1.0/26"), "r1's block at r2")["gateway"] == "10.0.2.1"  # next hop self
+    assert wait_until(lambda: n2.routes().get("10.244.1.0/26"), "r1's block at r2")["gateway"] == "10.0.2.1"  # off r2's link: the ToR's own
     assert wait_until(lambda: n1.routes().get("10.244.2.0/26"), "r2's block at r1")["gateway"] == "10.0.1.1"
     assert tor.routes()["10.244.1.0/26"]["gateway"] == "10.0.1.2"
     assert tor.ctl.protocol_detail("pn_rack2")["session"].startswith("external")

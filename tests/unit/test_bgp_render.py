@@ -93,7 +93,6 @@ protocol bgp pn_tor0 {
   ipv4 {
     import filter podnet_import;
     export filter podnet_export_all;
-    next hop self;
   };
 }
 """
@@ -143,10 +142,12 @@ def test_reflector_reflects_and_names_its_cluster_on_every_ibgp_session():
     assert "next hop self" not in client + other  # iBGP keeps the original next hop
 
 
-def test_ebgp_passes_bgp_routes_on_with_next_hop_self():
+def test_ebgp_passes_bgp_routes_on_keeping_a_next_hop_on_the_link():
+    """No `next hop self`: BIRD sets its own address only for a next hop off the
+    neighbour's link, so a ToR hands rack mates each other's address (test_bird_ns)."""
     session = block(render(spec(rr_cluster_id=None, neighbors=NODE.neighbors[:1])), "protocol bgp pn_tor0")
     assert "neighbor 10.0.0.254 port 179 as 65100;" in session
-    assert "export filter podnet_export_all;" in session and "next hop self;" in session
+    assert "export filter podnet_export_all;" in session and "next hop self" not in session
     assert "rr cluster id" not in session  # only iBGP sessions reflect
 
 

@@ -33,6 +33,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from podnet import fileio, keys
+from podnet.agent import node_blocks
 from podnet.agent.service_thread import ServiceThread
 from podnet.cluster import leases
 from podnet.cluster.leases import CLUSTER_NETWORK, Claim
@@ -41,6 +42,7 @@ from podnet.defaults import DEFAULT_CLUSTER_DOMAIN
 from podnet.errors import PodnetError
 from podnet.model.cluster import NodeLease
 from podnet.store import RevisionCompacted, Store
+from podnet.store.base import Event
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -54,21 +56,26 @@ BRIDGE = "pncl0"
 CONFLIST = "cluster.conflist"
 REPAIR_SECONDS = 3.0
 WATCH_TIMEOUT = 1.0
-WATCHED = (keys.NODES, keys.BGP_CONFIGURATIONS, keys.BGP_PEERS)  # what the fabric is built from
+WATCHED = (keys.NODES, keys.BLOCKS, keys.BGP_CONFIGURATIONS, keys.BGP_PEERS)  # what the fabric is built from
 MAX_BACKOFF = 10.0
 REFUSED = "refused: "  # how a fabric's verdict on a peer starts when it refused the lease
 
 
 def render_conflist(block: str, cluster_cidr: str, mtu: int, agent_socket: str, store: str,
                     gso_max_size: int | None = None, cluster_dns: str | None = None,
-                    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> dict[str, Any]:
+                    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN, affinity: dict[str, Any] | None = None,
+                    routed: bool = False) -> dict[str, Any]:
     """The pod network's conflist (pure): masquerade only toward outside the cluster.
     `ipam.store` names the shared cluster store (the agent's --store, verbatim), so the
     node's endpoint records and reservations live where peers can reclaim them.
     `gso_max_size`: the pods' GSO limit, from the underlay and the fabric (kernel/gso.py);
     the node knows its underlay, a default route may not point there.
     `cluster_dns`: the DNS service's ClusterIP; ADD's result then carries it and the
-    search list of the pod's namespace under `cluster_domain` (cni/config.py conf_dns)."""
+    search list of the pod's namespace under `cluster_domain` (cni/config.py conf_dns).
+    `affinity`: `ipam.blockAffinity` (ipam/blocks.py): pods come from the node's blocks,
+    `block` (the lease's) being the first; `routed`: pods are /32s behind their own
+    veths (attach/routed.py; the bgp fabric's, so borrowed addresses work), else they
+    share the bridge, one gateway per block."""
     doc: dict[str, Any] = {
         "cniVersion": "1.0.0",
         "name": CLUSTER_NETWORK,
@@ -92,6 +99,12 @@ def render_conflist(block: str, cluster_cidr: str, mtu: int, agent_socket: str, 
             }
         ],
     }
+    if affinity:
+        doc["plugins"][0]["ipam"]["blockAffinity"] = affinity
+    if routed:
+        plugin = doc["plugins"][0]
+        del plugin["bridge"], plugin["hairpinMode"]
+        plugin["mode"] = "routed"
     if gso_max_size:
         doc["plugins"][0]["gsoMaxSize"] = gso_max_size
     if cluster_dns:
@@ -109,6 +122,8 @@ class NodeService:
         self.ctx: FabricContext | None = None
         self.peers: dict[str, NodeLease] = {}
         self.peer_state: dict[str, str] = {}
+        self.claims: dict[str, str] = {}  # block -> node, as last read (a vanished peer's blocks are freed)
+        self.blocks: tuple[str, ...] = ()  # this node's blocks, its lease's first
         self._lock = threading.Lock()
         self._loop = ServiceThread("podnet-node", self._run, join_timeout=WATCH_TIMEOUT + 10)
         self._ipr: IPRoute | None = None
@@ -155,8 +170,8 @@ class NodeService:
             mtu = self.fabric.mtu(self.ctx.underlay_mtu) if self.fabric and self.ctx else None
         refused = [{"name": p["name"], "block": p["block"], "reason": p["state"].removeprefix(REFUSED)}
                    for p in peers if p["state"].startswith(REFUSED)]
-        return {"node": opts.node, "block": own.block if own else None, "fabric": opts.fabric,
-                "peers": peers, "refused": refused, "mtu": mtu}
+        return {"node": opts.node, "block": own.block if own else None, "blocks": list(self.blocks),
+                "fabric": opts.fabric, "peers": peers, "refused": refused, "mtu": mtu}
 
     # -- the loop
 
@@ -184,7 +199,7 @@ class NodeService:
                     seen = self._store().watch("", revision, wait)
                     if seen:
                         revision = max(revision, seen[-1].revision)
-                        dirty = dirty or any(e.key.startswith(WATCHED) for e in seen)
+                        dirty = dirty or any(e.key.startswith(WATCHED) or self._borrowing(e) for e in seen)
                 except RevisionCompacted:
                     dirty = True
                 backoff = 0.5
@@ -276,10 +291,24 @@ class NodeService:
                 self.claim = None
             self._join()
 
+    @property
+    def routed(self) -> bool:
+        """Pods are /32s behind their own veths (the bgp fabric), not bridge ports."""
+        return self.options is not None and self.options.fabric == "bgp"
+
+    def _affinity(self) -> dict[str, Any]:
+        """`ipam.blockAffinity` of the conflist: growth for every fabric; borrowing only
+        for routed pods (a bridge port cannot hold another node's block's address)."""
+        opts = self.options
+        assert opts is not None
+        return {"node": opts.node, "pool": opts.cluster_cidr, "blockSize": opts.block_prefix,
+                "strictAffinity": opts.strict_affinity or not self.routed, "ttl": opts.lease_ttl}
+
     def _prepare(self) -> None:
         """Node-local plumbing that must exist before the first pod: forwarding, the
-        fabric device, the bridge with the gateway address, then the conflist."""
-        from podnet.kernel import links, sysctl
+        fabric device, the bridge with its blocks' gateways (not for routed pods), then
+        the conflist."""
+        from podnet.kernel import sysctl
 
         assert self.ctx is not None and self.fabric is not None and self.options is not None
         sysctl.ensure("net.ipv4.ip_forward", 1)  # this thread's namespace: the node's
@@ -287,18 +316,17 @@ class NodeService:
         self.fabric.setup(ipr, self.ctx)
         block = self.ctx.own.network
         mtu = self.fabric.mtu(self.ctx.underlay_mtu)
-        index = links.ensure_bridge(ipr, BRIDGE, mtu)
-        gateway = ipaddress.IPv4Interface(f"{leases.gateway_of(block)}/{block.prefixlen}")
-        cluster = ipaddress.IPv4Network(self.options.cluster_cidr)
-        for msg in ipr.get_addr(index=index, family=2):
-            addr = ipaddress.IPv4Interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")
-            if addr != gateway and addr.ip in cluster:  # an old block's gateway
-                ipr.addr("del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
-        links.ensure_address(ipr, index, gateway)
+        if not self.routed:
+            self._bridge_gateways(ipr, mtu)
         self._write_conflist(render_conflist(str(block), self.options.cluster_cidr, mtu,
                                              self.agent.socket_path, self.agent.store_path,
                                              self._pod_gso(ipr), self.options.cluster_dns,
-                                             self.options.cluster_domain))
+                                             self.options.cluster_domain, self._affinity(), self.routed))
+
+    def _bridge_gateways(self, ipr: IPRoute, mtu: int) -> None:
+        assert self.ctx is not None and self.options is not None
+        node_blocks.sync_bridge_gateways(ipr, BRIDGE, mtu, (self.ctx.own.block, *self.blocks), self.ctx.cluster,
+                                         lambda: node_blocks.held(self._store(), self.options.node))
 
     def _write_conflist(self, doc: dict[str, Any]) -> None:
         path = self.agent.state.net_d / CONFLIST
@@ -322,8 +350,16 @@ class NodeService:
             if name not in current:
                 self._reclaim(store, gone)
         if repair:
+            self._release_empty_blocks(store)
+        claims = leases.list_claims(store)
+        own = self.ctx.own
+        mine = tuple(dict.fromkeys([own.block, *sorted((b for b, n in claims.items() if n == own.name),
+                                                       key=ipaddress.IPv4Network)]))
+        with self._lock:
+            self.claims, self.blocks = claims, mine
+        if repair:
             self._prepare()
-        want = self.fabric.desired(self.ctx, current.values(), leases.list_claims(store))
+        want = self.fabric.desired(self.ctx, current.values(), claims)
         report = self.fabric.apply(self._iproute(), want)
         if report:
             log.info("fabric %s: added %s removed %s", self.fabric.name, report.added, report.removed)
@@ -338,18 +374,18 @@ class NodeService:
         return revision
 
     def _reclaim(self, store: Store, gone: NodeLease) -> None:
-        from podnet.fabric.base import block_problem
+        node_blocks.reclaim(store, self.ctx, gone, self.claims)  # ctx: set at join, before any _converge
 
-        # ctx is set at join, before _converge (the caller) ever runs
-        if self.ctx is not None and (problem := block_problem(self.ctx, gone.network)) is not None:
-            # never a peer's block (e.g. a forged 10.0.0.0/8): freeing it would free ours
-            log.info("peer %s left; its lease was refused (%s): nothing freed", gone.name, problem)
-            return
-        released = leases.release_block(store, gone.name, gone.block)
-        owner = leases.block_owner(store, gone.block)
-        if owner is not None:  # back already, or re-claimed (a new owner frees it itself)
-            log.info("peer %s left; block %s is claimed by %s: nothing freed", gone.name, gone.block, owner)
-            return
-        freed = leases.free_block_addresses(store, gone.block)
-        log.info("peer %s left: block %s %s, %d address(es) freed", gone.name, gone.block,
-                 "released" if released else "already free", len(freed))
+    def _release_empty_blocks(self, store: Store) -> None:
+        """Give back this node's blocks that emptied (never its lease's block)."""
+        from podnet.ipam.blocks import release_empty
+
+        opts, ctx = self.options, self.ctx
+        assert opts is not None and ctx is not None
+        released = release_empty(store, opts.node, ctx.own.block, CLUSTER_NETWORK, ctx.cluster, ctx.block_prefix)
+        if released:
+            log.info("node %s: released empty block(s) %s", opts.node, ", ".join(released))
+
+    def _borrowing(self, event: Event) -> bool:
+        return self.routed and self.options is not None and node_blocks.borrowing_event(
+            event, self.options.node, self.blocks, getattr(self.fabric, "borrowed", ()))

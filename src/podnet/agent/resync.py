@@ -3,7 +3,8 @@ network namespace, before serving anything.
 
 1. Roll back ADDs whose owner died mid-way (pending endpoint records and pending IPAM
    reservations of dead processes): their links, rules and addresses go.
-2. Repair ready endpoints: a missing bridge, gateway address or NAT rule is re-created.
+2. Repair ready endpoints: a missing bridge, gateway address, routed pod's host route or
+   NAT rule is re-created.
 3. Remove orphans: podnet host veths and NAT rules that no endpoint of any known store
    claims (endpoints/stores.py: the agent's store, the stores networks pointed it at,
    and those the plugin's fallback noted while no agent ran).
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from pyroute2 import IPRoute
 
 from podnet import keys
+from podnet.attach import routed
 from podnet.cni.config import CniCall, PodnetConf, parse_call
 from podnet.endpoints.ipam import ipam_for
 from podnet.endpoints.service import CniService, read_record, retry_conflicts, teardown_request
@@ -151,9 +153,29 @@ def _roll_back(service: CniService, store: Store, call: CniCall, record: Endpoin
 
 
 def _repair(service: CniService, conf: PodnetConf, record: EndpointRecord, host_fd: int) -> list[str]:
-    """Re-create missing host-side state of a ready bridge endpoint."""
-    if conf.mode != "bridge":
+    """Re-create missing host-side state of a ready bridge or routed endpoint."""
+    if conf.mode == "routed":
+        fixed = routed.repair(host_fd, record.attach_id, [ipaddress.ip_interface(a) for a in record.ips])
+        host_if = record.host_links[0] if record.host_links else None
+    elif conf.mode == "bridge":
+        fixed, host_if = _repair_bridge(conf, record, host_fd), conf.bridge
+    else:
         return []
+    if record.nat:
+        ips = [ipaddress.ip_interface(a) for a in record.ips]
+        with netns.entered(host_fd):
+            manager = service.nat()
+            missing = manager.check(conf.name, record.attach_id, ips, list(conf.port_mappings), conf.ip_masq,
+                                    conf.ip_masq_exclude)
+            if missing:
+                manager.add(conf.name, record.attach_id, ips, list(conf.port_mappings), conf.ip_masq, host_if,
+                            conf.ip_masq_exclude)
+                fixed.append(f"{len(missing)} NAT rule(s) of {record.attach_id}")
+    return fixed
+
+
+def _repair_bridge(conf: PodnetConf, record: EndpointRecord, host_fd: int) -> list[str]:
+    """A bridge endpoint's bridge, gateway address and bridge port."""
     fixed: list[str] = []
     with netns.entered(host_fd), IPRoute() as ipr:
         if links.link_index(ipr, conf.bridge) is None:
@@ -171,16 +193,6 @@ def _repair(service: CniService, conf: PodnetConf, record: EndpointRecord, host_
             if index is not None and links.link_attr(ipr, index, "IFLA_MASTER") != bridge:
                 links.attach_to_bridge(ipr, index, bridge, conf.hairpin_mode)
                 fixed.append(f"{name} re-attached to {conf.bridge}")
-    if record.nat:
-        ips = [ipaddress.ip_interface(a) for a in record.ips]
-        with netns.entered(host_fd):
-            manager = service.nat()
-            missing = manager.check(conf.name, record.attach_id, ips, list(conf.port_mappings), conf.ip_masq,
-                                    conf.ip_masq_exclude)
-            if missing:
-                manager.add(conf.name, record.attach_id, ips, list(conf.port_mappings), conf.ip_masq, conf.bridge,
-                            conf.ip_masq_exclude)
-                fixed.append(f"{len(missing)} NAT rule(s) of {record.attach_id}")
     return fixed
 
 

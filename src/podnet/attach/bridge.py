@@ -153,22 +153,34 @@ class BridgeAttacher:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _delete_host(self, ctx: AttachContext) -> None:
-        links.delete_link(links.warm_iproute(ctx.host_fd), host_veth_name(ctx.attach_id))
+        delete_host_veth(ctx)
 
     def delete(self, ctx: AttachContext) -> None:
         # Deleting either end of a veth removes both; the host end is always reachable.
         self._delete_host(ctx)
 
     def check(self, ctx: AttachContext) -> None:
-        host_name = host_veth_name(ctx.attach_id)
-        ipr = links.warm_iproute(ctx.host_fd)
-        index = links.link_index(ipr, host_name)
-        if index is None:
-            raise KernelError(f"host veth {host_name} is missing")
+        ipr, index, host_name = host_veth(ctx)
         bridge = links.link_index(ipr, ctx.conf.bridge)
         if bridge is None or links.link_attr(ipr, index, "IFLA_MASTER") != bridge:
             raise KernelError(f"{host_name} is not attached to bridge {ctx.conf.bridge}")
         check_container_iface(ctx)
+
+
+def delete_host_veth(ctx: AttachContext) -> None:
+    """Delete the pod's host veth (and so the pair), if it is there."""
+    links.delete_link(links.warm_iproute(ctx.host_fd), host_veth_name(ctx.attach_id))
+
+
+def host_veth(ctx: AttachContext) -> tuple[IPRoute, int, str]:
+    """The pod's host veth for CHECK: the host namespace's IPRoute, its index and its
+    name; KernelError when it is missing."""
+    host_name = host_veth_name(ctx.attach_id)
+    ipr = links.warm_iproute(ctx.host_fd)
+    index = links.link_index(ipr, host_name)
+    if index is None:
+        raise KernelError(f"host veth {host_name} is missing")
+    return ipr, index, host_name
 
 
 def check_container_iface(ctx: AttachContext) -> None:

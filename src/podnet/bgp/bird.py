@@ -142,24 +142,37 @@ class BirdDaemon:
         """Tear-down: end this node's BIRD by its pid (checked); True if one was running.
         Its kernel routes stay (`persist`) until the namespace goes."""
         pid = self.pid()
+        if pid is None and self._child is not None and self._child.poll() is None:
+            pid = self._child.pid  # started, its pid file not written yet
         if pid is None:
             return False
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
+        # Wait for the process itself, not its pid file: BIRD removes that file first.
+        child = self._child if self._child is not None and self._child.pid == pid else None
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.pid() == pid:
-            if self._child is not None and self._child.pid == pid:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._child.wait(0.05)
-                if self._child.poll() is not None:
-                    break
-            else:
-                time.sleep(0.05)
-        if self.pid() == pid:
+        while time.monotonic() < deadline and _running(pid, child):
+            time.sleep(0.05)
+        if _running(pid, child):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+            if child is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout)
         self._child, self._managed = None, False
         return True
+
+
+def _running(pid: int, child: subprocess.Popen | None) -> bool:
+    """Whether BIRD `pid` still runs: our child is reaped when it ends; an adopted one
+    (another agent's child) is gone when the pid is, or a zombie of its parent."""
+    if child is not None:
+        return child.poll() is None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _tail(path: Path, lines: int = 10) -> str:

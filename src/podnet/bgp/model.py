@@ -37,6 +37,8 @@ class BirdSpec:
     local_address: str  # source address of the sessions (the underlay address)
     neighbors: tuple[Neighbor, ...] = ()
     originate: tuple[str, ...] = ()  # prefixes this node announces (its blocks, /32s, service CIDRs)
+    kernel_blackholes: tuple[str, ...] = ()  # of `originate`, what BIRD also installs in the kernel as a
+    # blackhole (the node's own blocks: their pods have more specific routes)
     accept: tuple[str, ...] = ()  # prefixes it installs from peers, with any longer prefix (cluster CIDR, service CIDR)
     rr_cluster_id: str | None = None  # set: this node is a route reflector with that cluster id (IPv4 form)
     listen_port: int = 179

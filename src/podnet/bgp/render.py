@@ -1,11 +1,15 @@
 """bird.conf from a `BirdSpec` (pure).
 
 Design notes (BIRD 2.0.12's own documentation, doc/bird.sgml):
-- **Only BGP routes reach the kernel.** The kernel protocol exports `source = RTS_BGP`
-  with a usable next hop only (`dest = RTD_UNICAST`: a BGP route whose next hop does not
-  resolve would otherwise be installed as an `unreachable` route), so the static
-  blackholes a node originates for its own blocks stay inside BIRD: the node reaches its
-  block's addresses through its more specific connected/host routes. BIRD tags what it
+- **Only BGP routes and the node's block blackholes reach the kernel.** The kernel
+  protocol exports `source = RTS_BGP` with a usable next hop only (`dest = RTD_UNICAST`:
+  a BGP route whose next hop does not resolve would otherwise be installed as an
+  `unreachable` route), and of the static originations exactly the `kernel_blackholes`
+  (the node's own blocks, as Calico installs them: the node reaches its pods through
+  their more specific host routes, and an address of the block without a pod is dropped
+  instead of looping through the default route). Borrowed /32s and service ranges stay
+  inside BIRD: a blackholed service range would fail the node's own connects before
+  DNAT. BIRD tags what it
   installs with proto bird (12) and, at its scans, removes only routes of that proto it
   did not install.
 - **It learns nothing from the kernel** (`learn off`, `import none`: connected routes and
@@ -27,8 +31,11 @@ Design notes (BIRD 2.0.12's own documentation, doc/bird.sgml):
 - **Exports.** iBGP sessions announce the static originations; a route reflector
   (`rr_cluster_id` set) also passes BGP routes on (`rr client` on its client sessions,
   BIRD keeps their original next hop). eBGP sessions (a ToR) announce BGP routes too,
-  with `next hop self`. A router on several links gives a session the source address
-  of its own link (`Neighbor.local_address`).
+  without `next hop self` (Calico dropped it too): BIRD then gives its own address
+  only when a route's next hop is not on the neighbour's link, so a ToR sends a node
+  its rack mates' blocks with the rack mate as next hop (same-rack traffic does not
+  hairpin through the ToR) and other racks' blocks via itself. A router on several
+  links gives a session the source address of its own link (`Neighbor.local_address`).
 - **Names:** BGP sessions are `pn_<Neighbor.name>` (a prefix no BIRD keyword has: a bare
   `bgp_path` would be one), podnet's other protocols and filters `podnet_*`.
 - **Imports** accept only prefixes within `spec.accept` (`net ~ [ p+ ]`).
@@ -82,6 +89,9 @@ def render(spec: BirdSpec) -> str:
     gr_wait = _int(spec.graceful_restart_wait, "graceful_restart_wait", 1, 86400)
     cluster_id = None if spec.rr_cluster_id is None else _ipv4(spec.rr_cluster_id, "rr_cluster_id", nonzero=True)
     originate = _prefixes(spec.originate, "originate")
+    blackholes = _prefixes(spec.kernel_blackholes, "kernel_blackholes")
+    if set(blackholes) - set(originate):
+        raise ValueError(f"kernel_blackholes: {sorted(set(blackholes) - set(originate))[0]} is not originated")
     accept = _prefixes(spec.accept, "accept")
     neighbors = _neighbors(spec, local, asn, cluster_id)
     multihop = any(not n.direct for n in neighbors)
@@ -96,7 +106,8 @@ def render(spec: BirdSpec) -> str:
         *_filter(IMPORT_FILTER, [f"net ~ [ {', '.join(p + '+' for p in accept)} ]"] if accept else []),
         *_filter(EXPORT_ORIGINATED, ["source = RTS_STATIC"]),
         *_filter(EXPORT_ALL, ["source = RTS_STATIC", "source = RTS_BGP"]),
-        *_filter(KERNEL_EXPORT, ["source = RTS_BGP && dest = RTD_UNICAST"]),
+        *_filter(KERNEL_EXPORT, ["source = RTS_BGP && dest = RTD_UNICAST",
+                                 *([f"source = RTS_STATIC && net ~ [ {', '.join(blackholes)} ]"] if blackholes else [])]),
     ]
     if multihop:  # the underlay's routes, for recursive next hops (module docstring)
         out += _filter(KERNEL_IMPORT, [f"krt_source != {PODNET_ROUTE_PROTO} && dest = RTD_UNICAST"])
@@ -159,8 +170,6 @@ def _bgp(n: Neighbor, asn: int, local: str, listen_port: int, gr_time: int, clus
         f"    import filter {IMPORT_FILTER};",
         f"    export filter {EXPORT_ALL if (reflector or (transit and not internal)) else EXPORT_ORIGINATED};",
     ]
-    if not internal:
-        lines.append("    next hop self;")
     return [*lines, "  };", "}"]
 
 

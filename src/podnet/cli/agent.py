@@ -32,7 +32,7 @@ AGENT_DEFAULTS = {
     "node": None, "fabric": "vxlan", "cluster_cidr": DEFAULT_CLUSTER_CIDR,
     "block_prefix": DEFAULT_BLOCK_PREFIX, "underlay": "eth0", "lease_ttl": DEFAULT_LEASE_TTL,
     "cluster_dns": None, "cluster_domain": DEFAULT_CLUSTER_DOMAIN, "cluster_dns_netns": None,
-    "node_labels": None,
+    "node_labels": None, "strict_affinity": False,
 }
 
 
@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     cluster.add_argument("--block-prefix", type=int, help=f"prefix length of a node's block (default {DEFAULT_BLOCK_PREFIX})")
     cluster.add_argument("--underlay", help="the node's interface toward other nodes (default eth0)")
     cluster.add_argument("--lease-ttl", type=float, help=f"node lease TTL in seconds (default {DEFAULT_LEASE_TTL:g})")
+    cluster.add_argument("--strict-affinity", action="store_true", default=None,
+                         help="never borrow an address from another node's block when the pool has no free "
+                              "block (Calico's strictAffinity; always so for bridged pods: vxlan, host-gw)")
     cluster.add_argument("--node-labels", metavar="K=V[,K=V]",
                          help="labels of this node, published in its lease (BGPPeer nodeSelector/peerSelector)")
     cluster.add_argument("--cluster-dns", metavar="IP",
@@ -137,7 +140,8 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         except ValueError as exc:
             return fail(f"--node-labels: {exc}", 2)
         node = NodeOptions(s["node"], s["fabric"], s["cluster_cidr"], s["block_prefix"], s["underlay"], s["lease_ttl"],
-                           s["cluster_dns"], s["cluster_domain"], s["cluster_dns_netns"], labels)
+                           s["cluster_dns"], s["cluster_domain"], s["cluster_dns_netns"], labels,
+                           bool(s["strict_affinity"]))
     if s["policy_host"] and s["node"]:
         return fail("--policy-host and --node exclude each other (a node enforces its own host endpoint)", 2)
     if s["store"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 import time
@@ -13,6 +14,7 @@ from podnet.defaults import DEFAULT_CLUSTER_DOMAIN, FABRIC_NAMES
 from podnet.errors import PodnetError
 from podnet.kernel.gso import BIG_TCP as NIC_GSO
 from podnet.lab.routers import MAX_BGP_RACKS
+from podnet.lab.topology import CLUSTER_CIDR
 from podnet.model.service import DEFAULT_SERVICE_CIDR, ServiceSettings
 
 
@@ -29,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--fabric", choices=FABRIC_NAMES, default="vxlan", help="how nodes reach each other's pods")
     up.add_argument("--store", choices=("sqlite", "etcd"), default="sqlite",
                     help="shared cluster store: one SQLite file, or a 3-member etcd cluster in the lab")
+    up.add_argument("--cluster-cidr", default=CLUSTER_CIDR, help=f"the pods' pool (default {CLUSTER_CIDR})")
+    up.add_argument("--block-prefix", type=int, default=None,
+                    help="prefix length of the blocks nodes claim from the pool (default 26 for bgp, else 24)")
     up.add_argument("--service-cidr", default=DEFAULT_SERVICE_CIDR,
                     help=f"where ClusterIPs come from (default {DEFAULT_SERVICE_CIDR})")
     up.add_argument("--cluster-domain", default=DEFAULT_CLUSTER_DOMAIN,
@@ -89,7 +94,7 @@ def _topology(args: argparse.Namespace):
 def _cmd_up(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from podnet.lab.builder import LabBuilder, LabOptions
+    from podnet.lab.builder import BGP_BLOCK_PREFIX, BLOCK_PREFIX, LabBuilder, LabOptions
     from podnet.lab.teardown import teardown
 
     name = lab_name(args, "podnet lab up")
@@ -102,6 +107,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     if not 65536 <= args.nic_gso <= 524280:
         return fail("--nic-gso must be between 65536 and 524280 bytes", 2)
+    block_prefix = args.block_prefix or (BGP_BLOCK_PREFIX if args.fabric == "bgp" else BLOCK_PREFIX)
+    try:
+        pool = ipaddress.IPv4Network(args.cluster_cidr)
+    except ValueError as exc:
+        return fail(f"--cluster-cidr: {exc}", 2)
+    if not pool.prefixlen <= block_prefix <= 30:
+        return fail(f"--block-prefix must be from {pool.prefixlen} to 30 for --cluster-cidr {pool}", 2)
     ServiceSettings(args.service_cidr, cluster_domain=args.cluster_domain)  # refused here, before anything is built
     if args.fabric == "bgp" and topology.racks > 1 and any(n.route_reflector for n in topology.nodes):
         return fail("--fabric bgp: route reflectors with several racks are not built yet "
@@ -111,7 +123,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     builder = LabBuilder(topology, LabOptions(name, args.fabric, args.store, timeout=args.timeout,
                                             service_cidr=args.service_cidr, cluster_dns=args.cluster_dns,
                                             cluster_domain=args.cluster_domain,
-                                            nic_gso=args.nic_gso,
+                                            nic_gso=args.nic_gso, cluster_cidr=str(pool), block_prefix=block_prefix,
                                             **({"lease_ttl": args.lease_ttl} if args.lease_ttl else {})), progress)
     if builder.simulate:
         console.print("[yellow]! PODNET_LAB_SIMULATE_NODES: the lab hands out blocks itself "

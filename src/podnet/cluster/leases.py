@@ -165,9 +165,15 @@ def _publish(store: Store, lease: NodeLease, ttl: float) -> Claim:
 
 
 def renew(store: Store, claim: Claim) -> bool:
-    """Extend both keys; False when either is gone (the caller must acquire again)."""
+    """Extend the lease, its block's claim and the node's other block claims (block
+    IPAM, ipam/blocks.py); False when the lease or its block's claim is gone (the
+    caller must acquire again). Another claim that expired is simply no longer the
+    node's."""
     lease_ok = store.refresh(claim.lease.key, claim.ttl)
     block_ok = store.refresh(block_key(claim.lease.block), claim.ttl)
+    for block, owner in list_claims(store).items():
+        if owner == claim.lease.name and block != claim.lease.block:
+            store.refresh(block_key(block), claim.ttl)
     return lease_ok and block_ok
 
 
@@ -218,6 +224,27 @@ def free_block_addresses(store: Store, block: str, network: str = CLUSTER_NETWOR
         except (CorruptRecord, ValueError):
             numbered_here = False
         if (cid, ifname) in holders or numbered_here:
+            store.delete(entry.key, expected_revision=entry.revision)
+    return freed
+
+
+def free_node_addresses(store: Store, node: str, network: str = CLUSTER_NETWORK) -> list[str]:
+    """Delete the reservations `node`'s pods hold in `network` (those it borrowed in
+    other nodes' blocks: the rest went with its blocks) and their endpoint records;
+    for a node whose lease is gone, which by the lease contract is dead."""
+    freed, holders = [], set()
+    for entry in store.list(keys.ipam_addresses(network)):
+        if node not in entry.value:  # the owner tag names the node: skip the rest unparsed
+            continue
+        reservation = Reservation.from_entry(entry)
+        if reservation.node != node:
+            continue
+        holders.add(reservation.attachment)
+        if store.delete(entry.key, expected_revision=entry.revision):
+            freed.append(reservation.address)
+    for entry in store.list(keys.endpoints(network)):
+        _net, cid, ifname = keys.parse_endpoint(entry.key)
+        if (cid, ifname) in holders:
             store.delete(entry.key, expected_revision=entry.revision)
     return freed
 

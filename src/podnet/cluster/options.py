@@ -24,3 +24,4 @@ class NodeOptions:
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN  # (kubelet --cluster-domain)
     cluster_dns_netns: str | None = None  # the DNS pod this agent answers in (/run/netns/...)
     labels: tuple[tuple[str, str], ...] = ()  # published in the lease (BGPPeer selectors: rack, route-reflector)
+    strict_affinity: bool = False  # never borrow an address from another node's block (always so on a bridge)

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from podnet.cni.skel import CniRequest
 
 DEFAULT_BRIDGE = "podnet0"
-MODES = ("bridge", "macvlan")
+MODES = ("bridge", "routed", "macvlan")
+HOST_ROUTED_MODES = ("bridge", "routed")  # traffic passes the node's stack: NAT and port mappings work
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$")
 MACVLAN_MODES = ("bridge", "private", "vepa", "passthru")
@@ -152,7 +153,7 @@ def _valid_attachments(raw: Mapping) -> tuple[tuple[str, str], ...] | None:
 
 def _attachment_kind(raw: Mapping) -> tuple[str, str]:
     """(attachment, macvlan mode). `mode` names the attachment ("bridge" default,
-    "macvlan"), except in a macvlan config copied from the reference plugin, which has
+    "routed": a /32 pod behind its own veth, attach/routed.py, "macvlan"), except in a macvlan config copied from the reference plugin, which has
     a `master` and uses `mode` for the macvlan mode."""
     mode = _str(raw, "mode", None)
     macvlan_mode = _str(raw, "macvlanMode", "bridge") or "bridge"
@@ -224,8 +225,8 @@ def parse_call(request: CniRequest, default_store: str = DEFAULT_STORE) -> CniCa
     conf = parse_conf(request.config)
     # Not on DEL: the runtime cleans up a refused ADD with the same config, and a
     # macvlan DEL never touches NAT anyway.
-    if conf.port_mappings and conf.mode != "bridge" and request.command != "DEL":
-        raise InvalidConfig("port mappings need mode 'bridge' (macvlan traffic bypasses the host)")
+    if conf.port_mappings and conf.mode not in HOST_ROUTED_MODES and request.command != "DEL":
+        raise InvalidConfig("port mappings need mode 'bridge' or 'routed' (macvlan traffic bypasses the host)")
     return CniCall(request, conf, store_path_for(request.config, default_store))
 
 

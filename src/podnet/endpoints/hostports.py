@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from contextlib import ExitStack, suppress
 
-from podnet.cni.config import CniCall, parse_conf
+from podnet.cni.config import HOST_ROUTED_MODES, CniCall, parse_conf
 from podnet.errors import PodnetError
 from podnet.kernel.nat.parse import parse_port_mappings
 from podnet.model.endpoint import EndpointRecord
@@ -24,7 +24,7 @@ from podnet.store.base import Store
 
 
 def _span(call: CniCall, store: Store) -> tuple[int, int] | None:
-    if not call.shared_store or call.conf.mode != "bridge":
+    if not call.shared_store or call.conf.mode not in HOST_ROUTED_MODES:
         return None
     return ports.node_port_range(store)
 

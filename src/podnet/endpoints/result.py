@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
 from podnet.attach.base import AttachContext, Attached
+from podnet.attach.routed import gateway_for
 from podnet.cni.config import PodnetConf
 from podnet.cni.skel import CniRequest
-from podnet.ipam.result import IpamResult, IPInterface
+from podnet.ipam.result import IpamAddress, IpamResult, IPInterface
 from podnet.naming import attach_id
 
 RouteSpec = tuple[str, str | None]  # (dst, gateway) as the attachment installs it
@@ -74,13 +75,27 @@ def attach_context(
     )
 
 
+def as_routed(addresses: IpamResult) -> IpamResult:
+    """What a routed pod gets (attach/routed.py, Calico's model): each address alone
+    (/32, /128), whatever block the IPAM took it from, and the link-local gateway."""
+    return replace(addresses, ips=tuple(
+        IpamAddress(ip.address, ipaddress.ip_network(f"{ip.address}/{ip.address.max_prefixlen}"),
+                    ipaddress.ip_address(gateway_for(ip.address.version)), ip.range_set)
+        for ip in addresses.ips))
+
+
 def addressing(
     conf: PodnetConf, addresses: IpamResult
 ) -> tuple[tuple[IPInterface, ...], tuple[str, ...], tuple[RouteSpec, ...]]:
-    """The container's addresses, their gateways ("" for none) and its routes."""
+    """The container's addresses, their gateways ("" for none) and its routes; a
+    routed pod's gateway is reached by a link-scope route first (it is in no subnet)."""
     ips = tuple(ip.ip_interface for ip in addresses.ips)
     gateways = tuple(str(ip.gateway) if ip.gateway is not None else "" for ip in addresses.ips)
-    return ips, gateways, _routes(conf, addresses, gateways, ips)
+    routes = _routes(conf, addresses, gateways, ips)
+    if conf.mode == "routed":
+        links = tuple((f"{gw}/{ipaddress.ip_address(gw).max_prefixlen}", None) for gw in dict.fromkeys(gateways) if gw)
+        routes = links + routes
+    return ips, gateways, routes
 
 
 def _routes(
@@ -91,7 +106,7 @@ def _routes(
     routes: list[RouteSpec] = []
     for route in addresses.routes:
         gw = str(route.gw) if route.gw is not None else None
-        if gw is None and conf.mode == "bridge":
+        if gw is None and conf.mode in ("bridge", "routed"):
             version = route.dst.version
             gw = next((g for g, ip in zip(gateways, ips, strict=False) if g and ip.version == version), None)
         routes.append((str(route.dst), gw))

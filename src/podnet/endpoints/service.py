@@ -33,12 +33,19 @@ from typing import IO, TypeVar
 from podnet import keys
 from podnet.attach import ATTACH
 from podnet.cni import skel
-from podnet.cni.config import DEFAULT_STORE, CniCall, PodnetConf, conf_dns, parse_call
+from podnet.cni.config import (
+    DEFAULT_STORE,
+    HOST_ROUTED_MODES,
+    CniCall,
+    PodnetConf,
+    conf_dns,
+    parse_call,
+)
 from podnet.cni.skel import CniRequest
 from podnet.endpoints import hostports
 from podnet.endpoints import stores as registry
 from podnet.endpoints.ipam import Ipam, ipam_for
-from podnet.endpoints.result import AddResult, addressing, attach_context
+from podnet.endpoints.result import AddResult, addressing, as_routed, attach_context
 from podnet.errors import (
     InvalidConfig,
     InvalidNetNS,
@@ -194,13 +201,15 @@ class CniService:
                 node=self.identity.node,
             )
             addresses = _write_pending(store, key, pending, ipam, undo)
+            if conf.mode == "routed":
+                addresses = as_routed(addresses)
             if not addresses.ips:
                 raise InvalidConfig(f"IPAM plugin {conf.ipam_type} returned no address")
             hostports.claim(call, store, self.identity.node, undo)  # a node port of the cluster refuses
             ctx = attach_context(conf, req, host_fd, container_fd, *addressing(conf, addresses))
             attached = attacher.add(ctx, undo)
             _fault_point("after-attach")
-            nat = bool(conf.port_mappings or conf.ip_masq) and conf.mode == "bridge"
+            nat = bool(conf.port_mappings or conf.ip_masq) and conf.mode in HOST_ROUTED_MODES
             if nat:
                 manager = self.nat()
                 with netns.entered(host_fd):
@@ -249,7 +258,7 @@ class CniService:
         ATTACH[conf.mode].delete(attach_context(conf, req, host_fd, container_fd))
         # Without a record (or while pending) we cannot know whether rules exist; look,
         # it is idempotent.
-        if (record is None or record.nat is not False) and conf.mode == "bridge":
+        if (record is None or record.nat is not False) and conf.mode in HOST_ROUTED_MODES:
             self._nat_remove(host_fd, conf.name, aid)
 
     # -- CHECK --------------------------------------------------------------------------
@@ -295,7 +304,7 @@ class CniService:
             removed["endpoints"].append((cid, ifname))
         removed["addresses"] = retry_conflicts(ipam.gc, valid)
         removed["ports"] = hostports.prune(call, store)
-        if conf.mode == "bridge":
+        if conf.mode in HOST_ROUTED_MODES:
             keep = {attach_id(conf.name, cid, ifname) for cid, ifname in valid}
             with netns.entered(host_fd):
                 removed["rules"] = sorted(self.nat().gc(conf.name, keep))

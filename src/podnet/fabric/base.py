@@ -250,6 +250,22 @@ def block_problem(ctx: FabricContext, net: ipaddress.IPv4Network) -> str | None:
     return None
 
 
+def peer_blocks(ctx: FabricContext, peer: NodeLease, claims: Mapping[str, str]) -> list[ipaddress.IPv4Network]:
+    """Every block an accepted peer holds: its lease's, then the others its claims
+    give it as it grows (block IPAM, ipam/blocks.py), each checked as the lease's is."""
+    out = [peer.network]
+    for block, owner in sorted(claims.items()):
+        if owner != peer.name or block == peer.block:
+            continue
+        try:
+            net = ipaddress.IPv4Network(block)
+        except ValueError:
+            continue
+        if block_problem(ctx, net) is None:
+            out.append(net)
+    return out
+
+
 def _claim_problem(net: ipaddress.IPv4Network, name: str, claims: Mapping[str, str]) -> str | None:
     owner = claims.get(str(net))
     if owner is None:

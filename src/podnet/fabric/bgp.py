@@ -48,10 +48,13 @@ def protocol_name(prefix: str, name: str) -> str:
 
 
 def bird_spec(ctx: FabricContext, peers: Iterable[NodeLease], configs: Iterable[BGPConfiguration] = (),
-              bgp_peers: Iterable[BGPPeer] = ()) -> BirdSpec:
-    """This node's BIRD (pure): its block (and the service ranges its effective
-    BGPConfiguration advertises) announced; sessions with every valid bgp peer when the
-    node-to-node mesh is on, and those the BGPPeers give (routers, reflectors)."""
+              bgp_peers: Iterable[BGPPeer] = (), blocks: Iterable[str] = (), borrowed: Iterable[str] = ()) -> BirdSpec:
+    """This node's BIRD (pure): its blocks (the lease's and `blocks`, its other claims),
+    a /32 per `borrowed` address (its pods' addresses in other nodes' blocks) and the
+    service ranges its effective BGPConfiguration advertises, announced; its blocks
+    blackholed in its own kernel (Calico's: an address of the block without a pod goes
+    nowhere, not back out of the default route); sessions with every valid bgp peer
+    when the node-to-node mesh is on, and those the BGPPeers give (routers, reflectors)."""
     configs, peers = tuple(configs), sorted(peers, key=lambda p: p.name)
     own = ctx.own
     config = effective_config(configs, own.name)
@@ -76,10 +79,24 @@ def bird_spec(ctx: FabricContext, peers: Iterable[NodeLease], configs: Iterable[
                                              rr_client=target.rr_client, direct=on_link(target.address),
                                              port=target.port, allow_local_as=ebgp)
     services = (*(config.service_cluster_ips or ()), *(config.service_external_ips or ()))
+    own_blocks = tuple(dict.fromkeys((str(own.network), *blocks)))
+    hosts = tuple(f"{address}/32" for address in borrowed)
     return BirdSpec(router_id=own.underlay_ip, asn=config.as_number or 0, local_address=own.underlay_ip,
-                    neighbors=tuple(sorted(neighbors.values())), originate=(str(own.network), *services),
+                    neighbors=tuple(sorted(neighbors.values())), originate=(*own_blocks, *hosts, *services),
+                    kernel_blackholes=own_blocks,
                     accept=(str(ctx.cluster), *services), rr_cluster_id=config.rr_cluster_id,
                     listen_port=config.listen_port or 179, transit=False)
+
+
+def _own_addressing(ctx: FabricContext, store: Store) -> tuple[list[str], list[str]]:
+    """This node's blocks (its claims) and the addresses its pods borrowed elsewhere."""
+    from podnet.cluster.leases import CLUSTER_NETWORK, list_claims
+    from podnet.ipam.blocks import blocks_of, borrowed
+    from podnet.ipam.config import BlockAffinity
+
+    affinity = BlockAffinity(ctx.own.name, ctx.cluster, ctx.block_prefix)
+    own = blocks_of(list_claims(store), ctx.own.name, affinity)
+    return [str(b) for b in own], borrowed(store, ctx.own.name, CLUSTER_NETWORK, [ctx.own.network, *own])
 
 
 class BgpFabric(RouteNetwork):
@@ -88,6 +105,7 @@ class BgpFabric(RouteNetwork):
     def __init__(self) -> None:
         self.bird: BirdDaemon | None = None
         self.last: str = ""  # what the last sync did (status)
+        self.borrowed: frozenset[str] = frozenset()  # this node's pods' addresses in other nodes' blocks
 
     def desired(self, ctx: FabricContext, peers: Iterable[NodeLease], claims: Mapping[str, str]) -> Desired:
         good, refused = valid_peers(ctx, peers, claims)
@@ -111,7 +129,9 @@ class BgpFabric(RouteNetwork):
             self.bird = BirdDaemon(state_dir)
         configs, bgp_peers = load_bgp(store) if store is not None else ([], [])
         ok = [p for p in peers if want.peers.get(p.name) == OK]
-        self.last = self.bird.ensure(render(bird_spec(ctx, ok, configs, bgp_peers)))
+        own, lent = _own_addressing(ctx, store) if store is not None else ([], [])
+        self.borrowed = frozenset(lent)
+        self.last = self.bird.ensure(render(bird_spec(ctx, ok, configs, bgp_peers, own, lent)))
         return self.last
 
     def status(self) -> dict[str, Any]:

@@ -14,7 +14,15 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 
-from podnet.fabric.base import OK, Desired, FabricContext, RouteNetwork, RouteSpec, valid_peers
+from podnet.fabric.base import (
+    OK,
+    Desired,
+    FabricContext,
+    RouteNetwork,
+    RouteSpec,
+    peer_blocks,
+    valid_peers,
+)
 from podnet.model.cluster import NodeLease
 
 
@@ -35,6 +43,7 @@ class HostGwFabric(RouteNetwork):
                     f"segment {segment} (host-gw needs one L2 segment; use vxlan across racks)"
                 )
                 continue
-            want.routes.add(RouteSpec(str(peer.network), peer.underlay_ip, ctx.own.underlay_if))
+            for block in peer_blocks(ctx, peer, claims):
+                want.routes.add(RouteSpec(str(block), peer.underlay_ip, ctx.own.underlay_if))
             want.peers[peer.name] = OK
         return want

@@ -43,6 +43,7 @@ from podnet.fabric.base import (
     NeighSpec,
     RouteNetwork,
     RouteSpec,
+    peer_blocks,
     valid_peers,
 )
 from podnet.kernel import gso, rtnl
@@ -81,7 +82,8 @@ class VxlanFabric(RouteNetwork):
                 want.peers[peer.name] = f"refused: peer runs fabric {peer.fabric!r} without a VTEP MAC"
                 continue
             vtep = str(vtep_ip_of(peer.block))
-            want.routes.add(RouteSpec(str(peer.network), vtep, DEVICE, onlink=True))
+            for block in peer_blocks(ctx, peer, claims):  # every block via the peer's one VTEP
+                want.routes.add(RouteSpec(str(block), vtep, DEVICE, onlink=True))
             want.neighbours.add(NeighSpec(vtep, mac.lower(), DEVICE))
             want.fdb.add(FdbSpec(mac.lower(), peer.underlay_ip, DEVICE))
             want.peers[peer.name] = OK

@@ -4,7 +4,9 @@ Field names are host-local's, so an existing config only needs its `type` change
 `ranges` (a list of range sets, each a list of {subnet, rangeStart, rangeEnd,
 gateway}), the older flat `subnet`/`rangeStart`/`rangeEnd`/`gateway`, `routes` and
 `dataDir`; podnet adds `reserved` (alias `exclude`): addresses or CIDRs never handed
-out. One address is allocated from every range set, so dual stack is two sets.
+out, and `blockAffinity` (Calico's block IPAM, ipam/blocks.py: the node's pods come
+from the blocks of `pool` it claims, `ranges` then only names its first block). One
+address is allocated from every range set, so dual stack is two sets.
 
 Everything is validated here, once, with the field's path in the message, so the
 allocator can assume a well-formed config. Standard library only.
@@ -94,12 +96,26 @@ class Route:
 
 
 @dataclass(frozen=True)
+class BlockAffinity:
+    """`ipam.blockAffinity`: number `node`'s pods from the blocks of `pool` it claims
+    (`blocks/`, one /`block_size` at a time, each claim living `ttl` seconds unless
+    renewed); `strict`: never borrow from another node's block."""
+
+    node: str
+    pool: IPv4Network
+    block_size: int
+    strict: bool = False
+    ttl: float = 10.0
+
+
+@dataclass(frozen=True)
 class IpamConfig:
     range_sets: tuple[RangeSet, ...]
     routes: tuple[Route, ...] = ()
     reserved: tuple[IPNetwork, ...] = ()
     data_dir: str | None = None
     type: str = ""
+    affinity: BlockAffinity | None = None
 
     def set_index(self, address: IPAddress) -> int | None:
         """Index of the range set that holds address, or None."""
@@ -128,7 +144,36 @@ def parse_ipam_config(raw: Mapping[str, Any]) -> IpamConfig:
         reserved=_reserved(raw),
         data_dir=data_dir or None,
         type=kind if isinstance(kind, str) else "",
+        affinity=_affinity(raw.get("blockAffinity")),
     )
+
+
+def _affinity(raw: object) -> BlockAffinity | None:
+    where = "ipam.blockAffinity"
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise InvalidConfig(f"{where} must be an object")
+    unknown = set(raw) - {"node", "pool", "blockSize", "strictAffinity", "ttl"}
+    if unknown:
+        raise InvalidConfig(f"{where}.{sorted(unknown)[0]} is not a field of {where}")
+    node = raw.get("node")
+    if not isinstance(node, str) or not node or "/" in node:
+        raise InvalidConfig(f"{where}.node must be the node's name, got {node!r}")
+    pool = _network(raw.get("pool"), f"{where}.pool")
+    if not isinstance(pool, IPv4Network):
+        raise InvalidConfig(f"{where}.pool must be an IPv4 network, got {pool}")
+    size = raw.get("blockSize")
+    if not isinstance(size, int) or isinstance(size, bool) or not pool.prefixlen <= size <= _MAX_PREFIX[4]:
+        raise InvalidConfig(f"{where}.blockSize must be an integer from {pool.prefixlen} to {_MAX_PREFIX[4]}, "
+                            f"got {size!r}")
+    strict = raw.get("strictAffinity", False)
+    if not isinstance(strict, bool):
+        raise InvalidConfig(f"{where}.strictAffinity must be true or false, got {strict!r}")
+    ttl = raw.get("ttl", 10.0)
+    if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 0 < ttl <= 86400:
+        raise InvalidConfig(f"{where}.ttl must be a number of seconds (0 < ttl <= 86400), got {ttl!r}")
+    return BlockAffinity(node, pool, size, strict, float(ttl))
 
 
 def parse_address(value: object, where: str) -> IPAddress:

@@ -20,12 +20,13 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 from podnet import keys
-from podnet.errors import AddressInUse, InvalidConfig, UnknownContainer
+from podnet.errors import AddressExhausted, AddressInUse, InvalidConfig, UnknownContainer
 from podnet.identity import NodeIdentity
-from podnet.ipam import allocator
+from podnet.ipam import allocator, blocks
 from podnet.ipam.config import IPAddress, IpamConfig, IPNetwork, parse_address, parse_ipam_config
 from podnet.ipam.result import IpamAddress, IpamResult
 from podnet.model.ipam import PENDING, READY, Reservation
@@ -48,6 +49,10 @@ class _TakenKeys:
 
     def __contains__(self, address: object) -> bool:
         return str(address) in self._keys
+
+    def keys(self) -> set[str]:
+        """The addresses, as their key suffixes."""
+        return self._keys
 
 
 class IpamService:
@@ -133,12 +138,14 @@ class IpamService:
         """
         config = _config(ipam_config)
         _check_attachment(container_id, ifname)
-        wanted = _requested_by_set(config, requested_ips)
         state = READY if mark_ready else PENDING
         with self.store.transaction():
             entries = self._entries(network)
             mine = self._mine(entries, container_id, ifname)
             taken = _TakenKeys({e.key.rsplit("/", 1)[1] for e in entries})
+            if config.affinity is not None:  # the node's blocks, a new one, or a lender's (ipam/blocks.py)
+                config = _with_blocks(self.store, config, taken, taken.keys(), mine)
+            wanted = _requested_by_set(config, requested_ips)
             ips = tuple(
                 self._one(
                     network,
@@ -292,10 +299,29 @@ class IpamService:
                 taken.append(parse_address(entry.key.rsplit("/", 1)[1], "key"))
             except InvalidConfig:
                 continue
+        if config.affinity is not None:  # what an ADD would take from now (nothing claimed)
+            try:
+                in_use = {str(a) for a in taken}
+                config = _with_blocks(self.store, config, _TakenKeys(in_use), in_use, (), claim=False)
+            except AddressExhausted:
+                return 0
         return min(allocator.count_free(rset, taken, config.reserved) for rset in config.range_sets)
 
 
 # -- helpers ------------------------------------------------------------------------
+
+
+def _with_blocks(store: Store, config: IpamConfig, taken: _TakenKeys, in_use: Iterable[str],
+                 mine: Iterable[Reservation], claim: bool = True) -> IpamConfig:
+    """The config with its IPv4 range set replaced by what block affinity allows now
+    (`in_use`: every reserved address; `mine`: what the attachment already holds)."""
+    assert config.affinity is not None
+    index = next((i for i, rset in enumerate(config.range_sets) if rset.version == 4), 0)
+    held = [parse_address(r.address, "held") for r in mine]
+    rset = blocks.choose(store, config.affinity, taken, in_use, held, config.reserved, claim)
+    sets = list(config.range_sets)
+    sets[index] = rset
+    return replace(config, range_sets=tuple(sets))
 
 
 def _inside(address: str, subnets: tuple[IPNetwork, ...]) -> bool:

@@ -221,15 +221,16 @@ def configure_container_iface(
     ifname: str,
     ips: Iterable[IPAddr],
     routes: Iterable[tuple[str, str | None]],
+    neighbours: Iterable[tuple[str, str]] = (),
 ) -> int:
-    """Address `ifname` in namespace `netns_fd`, bring it up, add routes (one batch, see
-    kernel/rtnl.py); return its index. Loopback is the runtime's business (podman and
+    """Address `ifname` in namespace `netns_fd`, bring it up, add permanent neighbour
+    entries (ip, mac) and routes (one batch, see kernel/rtnl.py); return its index. Loopback is the runtime's business (podman and
     the CNI `loopback` plugin bring it up)."""
     with rtnl.RtnlSocket(netns_fd) as sock:
         index = sock.link_index(ifname)
         if index is None:
             raise KernelError(f"interface {ifname} did not arrive in the container namespace")
-        sock.configure(index, ips, routes)
+        sock.configure(index, ips, routes, neighbours)
     return index
 
 

@@ -1,5 +1,6 @@
 """Minimal rtnetlink for the CNI ADD hot path only: create the veth pair, set
-hairpin, and configure the container side (addresses, up, routes).
+hairpin, and configure the container side (addresses, up, routes, permanent
+neighbours).
 
 Why not pyroute2 here: through its sync API every request costs 0.15-0.25 ms of
 Python (an asyncio loop turn, encoding, a round trip) and an IPRoute ~0.4 ms to build;
@@ -22,9 +23,9 @@ from podnet.errors import KernelError
 from podnet.kernel import netns
 
 NETLINK_ROUTE = 0
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x200, 0x400
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x200, 0x400
 NLMSG_ERROR = 2
-RTM_NEWLINK, RTM_GETLINK, RTM_NEWADDR, RTM_NEWROUTE = 16, 18, 20, 24
+RTM_NEWLINK, RTM_GETLINK, RTM_NEWADDR, RTM_NEWROUTE, RTM_NEWNEIGH = 16, 18, 20, 24, 28
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 10, 18, 28
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
 VETH_INFO_PEER = 1
@@ -35,11 +36,13 @@ IFA_F_NODAD = 0x02
 RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
 RT_TABLE_MAIN, RTPROT_BOOT, RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RTN_UNICAST = 254, 3, 0, 253, 1
 IFF_UP = 0x1
+NDA_DST, NDA_LLADDR, NUD_PERMANENT = 1, 2, 0x80
 
 _HDR = struct.Struct("=IHHII")  # nlmsghdr
 _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg
 _IFADDR = struct.Struct("=BBBBI")  # ifaddrmsg
 _RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg
+_NDMSG = struct.Struct("=BxxxiHBB")  # ndmsg
 _ATTR = struct.Struct("=HH")
 IPAddr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -129,9 +132,10 @@ class RtnlSocket:
         peer_mac: str,
         extra: bytes = b"",
     ) -> int:
-        """One RTM_NEWLINK: host end enslaved to `master` and up, the peer born in the
-        container namespace under its final name; `extra` (packed attributes, e.g. GSO
-        limits) goes to both ends. Returns the kernel's errno."""
+        """One RTM_NEWLINK: host end enslaved to `master` (0: to nothing, a routed
+        pod's) and up, the peer born in the container namespace under its final name;
+        `extra` (packed attributes, e.g. GSO limits) goes to both ends. Returns the
+        kernel's errno."""
         peer_info = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + extra
         peer_info += attr(IFLA_IFNAME, peer.encode() + b"\0") + attr(IFLA_MTU, u32(mtu))
         peer_info += attr(IFLA_ADDRESS, _mac(peer_mac)) + attr(IFLA_NET_NS_FD, u32(peer_netns_fd))
@@ -140,7 +144,7 @@ class RtnlSocket:
         )
         body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP)
         body += attr(IFLA_IFNAME, host.encode() + b"\0") + attr(IFLA_MTU, u32(mtu))
-        body += attr(IFLA_ADDRESS, _mac(host_mac)) + attr(IFLA_MASTER, u32(master)) + extra
+        body += attr(IFLA_ADDRESS, _mac(host_mac)) + (attr(IFLA_MASTER, u32(master)) if master else b"") + extra
         body += attr(IFLA_LINKINFO | NLA_F_NESTED, info)
         return self._call(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
 
@@ -195,9 +199,11 @@ class RtnlSocket:
         index: int,
         addresses: Iterable[IPAddr],
         routes: Iterable[tuple[str, str | None]],
+        neighbours: Iterable[tuple[str, str]] = (),
     ) -> None:
-        """Add addresses (no DAD), bring the link up, add routes: one sendmsg. An address
-        or route that already exists is fine (idempotent); any other error raises."""
+        """Add addresses (no DAD), bring the link up, add permanent neighbour entries
+        (ip, mac), add routes: one sendmsg. An address or route that already exists is
+        fine (idempotent); any other error raises."""
         messages: list[bytes] = []
         what: dict[int, str] = {}
         for addr in addresses:
@@ -210,6 +216,13 @@ class RtnlSocket:
         seq, msg = self._message(RTM_NEWLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, index, IFF_UP, IFF_UP))
         messages.append(msg)
         what[seq] = "link up"
+        for ip, mac in neighbours:
+            neighbour = ipaddress.ip_address(ip)
+            body = _NDMSG.pack(_family(neighbour.version), index, NUD_PERMANENT, 0, RTN_UNICAST)
+            body += attr(NDA_DST, neighbour.packed) + attr(NDA_LLADDR, _mac(mac))
+            seq, msg = self._message(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body)
+            messages.append(msg)
+            what[seq] = f"neighbour {ip} {mac}"
         for dst, gw in routes:
             net = ipaddress.ip_network(dst, strict=False)
             scope = RT_SCOPE_UNIVERSE if gw else RT_SCOPE_LINK

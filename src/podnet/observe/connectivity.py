@@ -17,7 +17,9 @@ pairs):
 
 - `pod-to-pod/same-node`: ICMP between the first two pods of a node;
 - `pod-to-pod/cross-node` (`/cross-rack` when the racks differ): ICMP between nodes;
-- `pod-to-node/gateway`: ICMP to the pod's own gateway (the node's pncl0, block .1);
+- `pod-to-node/gateway`: ICMP to the pod's own gateway (the node's pncl0, block .1); on a bgp
+  lab, whose pods are routed behind a link-local gateway, `pod-to-node/own`: ICMP to its
+  node's underlay address;
 - `pod-to-node/remote`: ICMP to another node's underlay address;
 - `node-to-pod/local` and `node-to-pod/remote`: ICMP from a node to its own pod and to
   another node's pod;
@@ -146,7 +148,10 @@ def plan(lab: dict) -> list[Probe]:
                   {"kind": "icmp", "dst": _address(pods[first[b]])})
     for node in names:  # pods and nodes
         nxt = _next_node(names, node)
-        if node in first and nodes[node].get("block"):
+        if node in first and lab.get("fabric") == "bgp":  # routed pods: their gateway is link-local
+            under = nodes[node]["underlay"]
+            pod_probe("pod-to-node/own", first[node], f"{node} eth0 ({under})", {"kind": "icmp", "dst": under})
+        elif node in first and nodes[node].get("block"):
             gw = _gateway(nodes[node]["block"])
             pod_probe("pod-to-node/gateway", first[node], f"{node} pncl0 ({gw})", {"kind": "icmp", "dst": gw})
         if node in first and nxt:

@@ -1,0 +1,104 @@
+"""The node service's share of block IPAM (ipam/blocks.py): a bridge's gateway per
+block, what a departed peer's blocks and borrowed addresses leave behind, and which
+store events change what a bgp node announces.
+
+Why apart from node_service.py: these are decisions about blocks, each testable with
+a store and a lease, while the node service is the loop that runs them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
+
+from podnet import keys
+from podnet.cluster import leases
+from podnet.cluster.leases import CLUSTER_NETWORK
+from podnet.model.cluster import NodeLease
+from podnet.model.ipam import Reservation
+from podnet.store.base import DELETE, Entry, Event, Store
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
+
+    from podnet.fabric.base import FabricContext
+
+log = logging.getLogger("podnet.agent.node")
+
+RESERVATIONS = keys.ipam_addresses(CLUSTER_NETWORK)
+
+
+def held(store: Store, node: str) -> set[str]:
+    """The blocks `node`'s claims hold now."""
+    return {block for block, owner in leases.list_claims(store).items() if owner == node}
+
+
+def sync_bridge_gateways(ipr: IPRoute, bridge: str, mtu: int, blocks: Iterable[str],
+                         cluster: ipaddress.IPv4Network, claims_now: Callable[[], set[str]]) -> None:
+    """`bridge` with the gateway (first address) of each of `blocks`: ADD adds a new
+    block's at once, this drops a released or former block's. The claims are read again
+    (`claims_now`) before a gateway goes: an ADD may have grown into its block since
+    `blocks` was read."""
+    from podnet.kernel import links
+
+    index = links.ensure_bridge(ipr, bridge, mtu)
+    wanted = {ipaddress.IPv4Interface(f"{leases.gateway_of(b)}/{ipaddress.IPv4Network(b).prefixlen}")
+              for b in blocks}
+    stale = [addr for msg in ipr.get_addr(index=index, family=2)
+             if (addr := ipaddress.IPv4Interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")) not in wanted
+             and addr.ip in cluster]
+    if stale:
+        holding = claims_now()
+        for addr in stale:
+            if str(addr.network) not in holding:
+                ipr.addr("del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
+    for gateway in sorted(wanted):
+        links.ensure_address(ipr, index, gateway)
+
+
+def reclaim(store: Store, ctx: FabricContext | None, gone: NodeLease, claims: Mapping[str, str]) -> None:
+    """A peer's lease vanished: release each of its blocks (`claims`: as last read) and,
+    once a block is unclaimed, free the reservations and endpoint records in it; then
+    free the addresses its pods borrowed in live blocks. Nothing for a lease that was
+    refused (a forged 10.0.0.0/8 must not free this node's pods)."""
+    from podnet.fabric.base import block_problem
+
+    def problem(block: ipaddress.IPv4Network) -> str | None:
+        return None if ctx is None else block_problem(ctx, block)
+
+    if (refused := problem(gone.network)) is not None:
+        log.info("peer %s left; its lease was refused (%s): nothing freed", gone.name, refused)
+        return
+    extra = [b for b, n in claims.items() if n == gone.name and b != gone.block
+             and problem(ipaddress.IPv4Network(b)) is None]
+    for block in (gone.block, *sorted(extra, key=ipaddress.IPv4Network)):
+        released = leases.release_block(store, gone.name, block)
+        owner = leases.block_owner(store, block)
+        if owner is not None:  # back already, or re-claimed (a new owner frees it itself)
+            log.info("peer %s left; block %s is claimed by %s: nothing freed", gone.name, block, owner)
+            continue
+        freed = leases.free_block_addresses(store, block)
+        log.info("peer %s left: block %s %s, %d address(es) freed", gone.name, block,
+                 "released" if released else "already free", len(freed))
+    if store.get(gone.key) is None:  # its addresses borrowed from live blocks go with it
+        lent = leases.free_node_addresses(store, gone.name)
+        if lent:
+            log.info("peer %s left: %d borrowed address(es) freed", gone.name, len(lent))
+
+
+def borrowing_event(event: Event, node: str, blocks: Iterable[str], announced: Iterable[str]) -> bool:
+    """A reservation of `node`'s outside its `blocks` came, or one it `announced` went:
+    the bgp fabric announces borrowed addresses as /32s. A put names the node in its
+    owner tag; any other node's pod coming or going is none of this node's business."""
+    if not event.key.startswith(RESERVATIONS):
+        return False
+    address = event.key.rsplit("/", 1)[1]
+    if event.value is None or event.kind == DELETE:
+        return address in set(announced)
+    try:
+        inside = any(ipaddress.IPv4Address(address) in ipaddress.IPv4Network(b) for b in blocks)
+    except ValueError:
+        return False
+    return not inside and Reservation.from_entry(Entry(event.key, event.value, event.revision, event.revision)).node == node
