@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from cniharness import Cni, bridge_config, links, reservations, start_echo, tcp_probe
+from cniharness import Cni, bridge_config, gso_of, links, reservations, start_echo, tcp_probe
 
 pytestmark = pytest.mark.root
 
@@ -72,3 +72,16 @@ def test_port_mappings_work_in_routed_mode(routed, sandbox, host_ns):
     routed.in_ns(client, "ip", "addr", "add", "192.0.2.2/24", "dev", "pntu1")
     routed.in_ns(client, "ip", "link", "set", "pntu1", "up")
     assert tcp_probe(sandbox, client, "192.0.2.1", 8081) == "hello from c1"
+
+
+def test_an_explicit_gso_limit_reaches_both_ends_of_the_pods_veth(routed, sandbox, host_ns):
+    """The pod must take what the node's uplink delivers (BIG TCP on a NIC that does it):
+    the conflist's gsoMaxSize, as a cluster node writes it, goes to both ends."""
+    from podnet.kernel.gso import GsoLimits
+
+    big = GsoLimits(196608, 196608)
+    c1 = sandbox.netns("c1")
+    config = {**routed.config, "gsoMaxSize": 196608}
+    result = routed.call("ADD", c1, "c1", config=config)
+    assert result.ok, result.output
+    assert gso_of(c1, "eth0") == big and gso_of(host_ns, result.output["interfaces"][0]["name"]) == big

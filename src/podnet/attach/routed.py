@@ -24,6 +24,7 @@ from podnet.attach.base import AttachContext, Attached, IPAddr
 from podnet.attach.bridge import check_container_iface, delete_host_veth, host_veth
 from podnet.errors import KernelError
 from podnet.kernel import links, netns, rtnl, sysctl
+from podnet.kernel.gso import GsoLimits
 from podnet.naming import host_veth_name
 
 GATEWAY_V4, GATEWAY_V6 = "169.254.1.1", "fe80::1"
@@ -50,14 +51,18 @@ class RoutedAttacher:
         ipr = links.warm_iproute(ctx.host_fd)
         undo.callback(self.delete, ctx)  # idempotent: safe before the pair exists
         mtu = ctx.conf.mtu or links.uplink_mtu(ipr)
+        # What the uplink delivers, the pod's veth must take (kernel/gso.py): BIG TCP on a
+        # NIC that does it; the conflist's gsoMaxSize (a cluster node writes its underlay's) wins.
+        size = ctx.conf.gso_max_size
+        limits = GsoLimits(size, size) if size else links.uplink_gso(ipr, ctx.host_fd)
         try:
             links.create_veth(ctx.host_fd, host_name, ctx.ifname, ctx.container_fd, mtu, 0,
-                              host_mac, peer_mac, False)
+                              host_mac, peer_mac, False, limits)
         except links.LinkExists:
             if not links.delete_link(ipr, host_name):  # a crashed ADD's leftover holds the host name
                 raise KernelError(f"interface {ctx.ifname} already exists in the container namespace") from None
             links.create_veth(ctx.host_fd, host_name, ctx.ifname, ctx.container_fd, mtu, 0,
-                              host_mac, peer_mac, False)
+                              host_mac, peer_mac, False, limits)
         with netns.entered(ctx.host_fd):  # /proc/sys/net is the calling thread's namespace
             sysctl.ensure("net.ipv4.conf", 1, host_name, "proxy_arp")
             sysctl.ensure("net.ipv4.neigh", 0, host_name, "proxy_delay")
