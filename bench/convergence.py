@@ -40,8 +40,9 @@ R > 1 and no node-to-node mesh, the route travels BIRD on node A -> ToR of A's r
 spine -> ToR of B's rack -> BIRD on node B -> B's kernel, lab/routers.py). So before each
 ADD the bench records the unicast routes of node B inside the cluster CIDR; a pod whose
 address none of them covered is "first pod of a new block", and those and the others get
-their own p50/p99/max when any exist. Blocks are the lab's `--block-prefix` (/24 today,
-so 100 pods stay in node A's first block; with /26 blocks that grow, they cross blocks).
+their own p50/p99/max when any exist. Blocks are the lab's `--block-prefix`: /26 on bgp,
+so 100 pods cross into node A's second block (block IPAM, ipam/blocks.py: the ADD claims
+it, node A's agent sees the claim and its BIRD announces it); /24 on vxlan and host-gw.
 
 Safety: labs are named `b<hex>` (namespaces `pn-lab-b<hex>-*`); `teardown` removes
 exactly what the lab recorded (namespaces, processes by pid:starttime, the routers'
@@ -558,8 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print machine-readable results only")
     args = parser.parse_args(argv)
     args.vantages = list(dict.fromkeys(args.vantages))
-    if args.pods < 1 or args.pods > 200 or any(n < 2 for n in args.nodes):
-        parser.error("--pods must be 1..200 (one /24 block per node) and --nodes >= 2")
+    if args.pods < 1 or args.pods > 1000 or any(n < 2 for n in args.nodes):
+        parser.error("--pods must be 1..1000 (nodes grow into more blocks) and --nodes >= 2")
     if args.racks < 1 or any(n < args.racks for n in args.nodes):
         parser.error("--racks must be between 1 and the number of nodes")
     if args.fabric == "bgp" and args.racks > MAX_BGP_RACKS:

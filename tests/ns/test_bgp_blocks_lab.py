@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_fabric_cluster import eventually
 
-from cniharness import bird_routes, topology_lab
+from cniharness import bird_routes, podnet_cli, topology_lab
 from podnet.lab.sandbox import Sandbox
 from podnet.lab.state import enter
 from podnet.runtime.libcni import Conflist
@@ -27,6 +27,8 @@ pytestmark = pytest.mark.root
 POOL = "10.244.0.0/27"
 TOPOLOGY = {
     "nodes": [{"name": "node0"}, {"name": "node1"}],
+    # the peerings a topology may declare (applied before the agents start)
+    "bgp": [{"kind": "BGPConfiguration", "metadata": {"name": "default"}, "spec": {"asNumber": 64600}}],
     "pods": [{"name": "a", "node": "node0", "ports": [{"port": 80, "protocol": "TCP", "name": "http"}]},
              {"name": "b", "node": "node1", "ports": [{"port": 80, "protocol": "TCP", "name": "http"}]}],
 }
@@ -100,6 +102,8 @@ def block_of(address: str) -> str:
 
 
 def test_growth_borrowing_withdrawal_and_release(lab, sandbox):
+    status = json.loads(podnet_cli("bgp", "status", "--lab", lab["name"], "-o", "json").stdout)
+    assert {s["neighbor_as"] for node in status for s in node["sessions"]} == {64600}  # the topology's
     node0 = NodePods(lab, "node0", sandbox)
     remote_pod = lab["pods"]["default/b"]["netns"]
     first = block_of(lab["pods"]["default/a"]["ips"][0].split("/")[0])
@@ -134,8 +138,9 @@ def test_growth_borrowing_withdrawal_and_release(lab, sandbox):
 
 @pytest.fixture(scope="module")
 def vxlan_lab(tmp_path_factory) -> Iterator[dict]:
+    topology = {k: v for k, v in TOPOLOGY.items() if k != "bgp"}  # BGP objects need --fabric bgp
     flags = ("--fabric", "vxlan", "--no-cluster-dns", "--cluster-cidr", POOL, "--block-prefix", "29")
-    with topology_lab("k", TOPOLOGY, tmp_path_factory.mktemp("vxblocks"), *flags) as built:
+    with topology_lab("k", topology, tmp_path_factory.mktemp("vxblocks"), *flags) as built:
         yield built
 
 

@@ -117,3 +117,15 @@ def test_cli_reports_a_bad_file_before_touching_anything(tmp_path, capsys) -> No
     assert "unknown node 'b'" in capsys.readouterr().err
     assert main(["lab", "up", "--name", "x", "-f", str(path), "--nodes", "3"]) == 1
     assert "exclude each other" in capsys.readouterr().err
+
+
+def test_bgp_objects_in_a_topology_are_checked_with_the_field():
+    base = {"nodes": [{"name": "n0"}]}
+    good = topo.parse({**base, "bgp": [{"kind": "BGPPeer", "metadata": {"name": "tor"},
+                                            "spec": {"peerIP": "172.31.0.1", "asNumber": 65100}}]})
+    assert good.bgp[0]["apiVersion"] == "projectcalico.org/v3" and good.bgp[0]["kind"] == "BGPPeer"
+    with pytest.raises(TopologyError, match="asNumber"):
+        topo.parse({**base, "bgp": [{"kind": "BGPPeer", "metadata": {"name": "tor"},
+                                         "spec": {"peerIP": "172.31.0.1", "asNumber": 0}}]})
+    with pytest.raises(TopologyError, match="bgp\\[0\\].kind must be BGPConfiguration or BGPPeer"):
+        topo.parse({**base, "bgp": [{"kind": "Service", "metadata": {"name": "x"}}]})

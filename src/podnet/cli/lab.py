@@ -118,6 +118,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     if args.fabric == "bgp" and topology.racks > 1 and any(n.route_reflector for n in topology.nodes):
         return fail("--fabric bgp: route reflectors with several racks are not built yet "
                     "(racks peer with their ToR; reflectors serve one segment)", 2)
+    if topology.bgp and args.fabric != "bgp":
+        return fail("the topology's bgp objects (BGPConfiguration, BGPPeer) need --fabric bgp", 2)
     if args.fabric == "bgp" and topology.racks > MAX_BGP_RACKS:
         return fail(f"--fabric bgp: at most {MAX_BGP_RACKS} racks (one /30 uplink each in 172.31.250.0/24)", 2)
     builder = LabBuilder(topology, LabOptions(name, args.fabric, args.store, timeout=args.timeout,

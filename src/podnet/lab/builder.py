@@ -137,6 +137,9 @@ class LabBuilder:
         elif reflectors:
             self.apply_bgp_objects(store, routers.reflector_objects(list(self.t.nodes)))
             self.progress(f"route reflectors: {', '.join(reflectors)} (no node-to-node mesh)")
+        if self.t.bgp:
+            self.apply_bgp_objects(store, [dict(d) for d in self.t.bgp], "topology-bgp.yaml")
+            self.progress(f"bgp: the topology's {len(self.t.bgp)} BGP object(s) applied")
         self.start_agents(store)
         self.progress(f"agents: {len(self.t.nodes)} up, blocks leased")
         self.attach_pods()
@@ -209,7 +212,7 @@ class LabBuilder:
         peer with their ToR (applied before any agent starts)."""
         from podnet.bgp.render import render
 
-        for router in routers.routers(self.t.racks, list(self.t.nodes)):
+        for router in routers.routers(self.t.racks, list(self.t.nodes), self.o.cluster_cidr):
             where = self.st.labdir / "routers" / router.name
             where.mkdir(parents=True, exist_ok=True)
             conf = where / "bird.conf"
@@ -221,9 +224,9 @@ class LabBuilder:
                                                                   "ctl": str(where / "bird.ctl")}
         self.st.save()
 
-    def apply_bgp_objects(self, store: str, docs: list[dict]) -> None:
+    def apply_bgp_objects(self, store: str, docs: list[dict], file: str = "bgp-objects.yaml") -> None:
         """BGP objects in the store before any agent starts (its first BIRD config is right)."""
-        path = self.st.labdir / "bgp-objects.yaml"
+        path = self.st.labdir / file
         write_atomic(path, yaml.safe_dump_all(docs))
         from podnet.lab.orchestrator import in_lab_argv
 

@@ -26,7 +26,7 @@ TOR_AS_BASE = 65100
 NODE_AS_BASE = 65000
 UPLINK_PREFIX = f"{topo.UNDERLAY_PREFIX}.250"
 MAX_BGP_RACKS = 63  # 4 addresses per uplink in one /24
-ACCEPT = (f"{topo.UNDERLAY_PREFIX}.0.0/16", topo.CLUSTER_CIDR, "10.96.0.0/12", "198.51.100.0/24")
+ACCEPT = (f"{topo.UNDERLAY_PREFIX}.0.0/16", "10.96.0.0/12", "198.51.100.0/24")  # and the pods' pool
 
 
 def tor_as(rack: int) -> int:
@@ -48,8 +48,10 @@ class Router:
     spec: BirdSpec
 
 
-def routers(racks: int, nodes: list[topo.Node]) -> list[Router]:
-    """Every router's BIRD (pure)."""
+def routers(racks: int, nodes: list[topo.Node], pool: str = topo.CLUSTER_CIDR) -> list[Router]:
+    """Every router's BIRD (pure); `pool`: the cluster CIDR (`lab up --cluster-cidr`),
+    whose blocks and borrowed /32s the routers pass on."""
+    accept = (*ACCEPT, pool)
     out = []
     for rack in range(racks):
         tor_ip, spine_ip = uplink(rack)
@@ -59,11 +61,11 @@ def routers(racks: int, nodes: list[topo.Node]) -> list[Router]:
         out.append(Router(f"tor{rack}", BirdSpec(
             router_id=topo.router_ip(rack), asn=tor_as(rack), local_address=topo.router_ip(rack),
             neighbors=(*members, Neighbor("spine", spine_ip, SPINE_AS, local_address=tor_ip)),
-            originate=tuple(originate), accept=ACCEPT)))
+            originate=tuple(originate), accept=accept)))
     spine = [Neighbor(f"tor{rack}", uplink(rack)[0], tor_as(rack), local_address=uplink(rack)[1])
              for rack in range(racks)]
     out.append(Router("spine", BirdSpec(router_id=uplink(0)[1], asn=SPINE_AS, local_address=uplink(0)[1],
-                                        neighbors=tuple(spine), accept=ACCEPT)))
+                                        neighbors=tuple(spine), accept=accept)))
     return out
 
 

@@ -112,6 +112,7 @@ class Topology:
     namespaces: tuple[Namespace, ...]
     pods: tuple[Pod, ...]
     services: tuple[Mapping, ...] = ()  # Service manifests, checked by the object registry
+    bgp: tuple[Mapping, ...] = ()  # BGPConfiguration/BGPPeer documents: the peerings (bgp fabric)
 
     @property
     def racks(self) -> int:
@@ -190,11 +191,12 @@ def load(path: str | Path) -> Topology:
 
 def parse(data: object) -> Topology:
     """Validate a decoded topology document."""
-    doc = _mapping(data, "the topology", {"nodes", "namespaces", "pods", "services"})
+    doc = _mapping(data, "the topology", {"nodes", "namespaces", "pods", "services", "bgp"})
     nodes = _parse_nodes(_list(doc.get("nodes"), "nodes"))
     namespaces = _parse_namespaces(_list(doc.get("namespaces") or [], "namespaces"))
     pods = _parse_pods(_list(doc.get("pods") or [], "pods"), {n.name for n in nodes}, {n.name for n in namespaces})
-    return Topology(nodes, namespaces, pods, _parse_services(_list(doc.get("services") or [], "services")))
+    return Topology(nodes, namespaces, pods, _parse_services(_list(doc.get("services") or [], "services")),
+                    _parse_bgp(_list(doc.get("bgp") or [], "bgp")))
 
 
 def _parse_services(items: list) -> tuple[Mapping, ...]:
@@ -210,6 +212,26 @@ def _parse_services(items: list) -> tuple[Mapping, ...]:
         parse_documents(docs)
     except ObjectError as exc:
         raise TopologyError(f"services: {exc.msg}", exc.details) from None
+    return tuple(docs)
+
+
+def _parse_bgp(items: list) -> tuple[Mapping, ...]:
+    """BGPConfiguration and BGPPeer documents (projectcalico.org/v3 by default): the
+    peerings the lab applies before any agent starts, after its own (a `default`
+    configuration here replaces the lab's); checked now, with the field's path."""
+    from podnet.errors import ObjectError
+    from podnet.objects.registry import parse_documents
+
+    docs = []
+    for i, item in enumerate(items):
+        raw = _mapping(item, f"bgp[{i}]", {"apiVersion", "kind", "metadata", "spec"})
+        if raw.get("kind") not in ("BGPConfiguration", "BGPPeer"):
+            raise TopologyError(f"bgp[{i}].kind must be BGPConfiguration or BGPPeer, not {raw.get('kind')!r}")
+        docs.append({"apiVersion": "projectcalico.org/v3", **raw})
+    try:
+        parse_documents(docs)
+    except ObjectError as exc:
+        raise TopologyError(f"bgp: {exc.msg}", exc.details) from None
     return tuple(docs)
 
 
