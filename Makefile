@@ -65,8 +65,9 @@ test: deps
 demo: deps
 	$(VENV)/bin/podnet demo $(ARGS)
 
+# Every bench and one report with plots (bench/out/<time>/report.html); ARGS=--quick: a few minutes.
 bench: deps
-	$(VENV)/bin/python bench/cni_latency.py $(ARGS)
+	$(VENV)/bin/python bench/run_all.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis .import_linter_cache build dist src/*.egg-info

@@ -50,7 +50,7 @@ AGENT_FIELDS: dict[str, tuple[str, type]] = {
     "blockPrefix": ("block_prefix", int), "underlay": ("underlay", str), "leaseTTL": ("lease_ttl", float),
     "store": ("store", str), "socket": ("socket", str), "stateDir": ("state_dir", str),
     "dnsUpstream": ("dns_upstream", str), "policyHost": ("policy_host", str),
-    "strictAffinity": ("strict_affinity", bool),
+    "strictAffinity": ("strict_affinity", bool), "metricsAddr": ("metrics_addr", str),
 }
 
 

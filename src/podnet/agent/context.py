@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from podnet.agent.metrics import AgentMetrics
     from podnet.cluster.options import NodeOptions
     from podnet.endpoints.service import CniService
     from podnet.state import StatePaths
@@ -27,6 +28,7 @@ class AgentContext(Protocol):
     node_options: NodeOptions | None  # None: not a cluster node
     policy_host: str | None  # a plain host whose HostEndpoint policy this agent enforces
     dns_upstream: str | None
+    metrics: AgentMetrics  # this agent's Prometheus registry (agent/metrics.py)
 
 
 class AgentService(Protocol):

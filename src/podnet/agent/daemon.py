@@ -7,6 +7,9 @@ period) run on a pool of their own, so a CNI request never queues behind them.
 
 On start it resyncs (agent/resync.py) before it accepts any request, so a restarted
 agent first repairs what a crash left behind.
+
+Every CNI request is timed here, once, into the agent's own metrics (agent/metrics.py),
+served as op `metrics` and, with `--metrics-addr`, over HTTP.
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ import signal
 import socket
 import socketserver
 import threading
+import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from podnet import keys
 from podnet.agent.intake import Intake, Request
+from podnet.agent.metrics import AgentMetrics, MetricsAddrError, serve_http
 from podnet.agent.ops import build_services, long_ops
 from podnet.agent.resync import resync
 from podnet.cluster.options import NodeOptions
@@ -139,6 +145,7 @@ class Agent:
         dns_upstream: str | None = None,
         node_options: NodeOptions | None = None,
         policy_host: str | None = None,
+        metrics_addr: str | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.node_options = node_options  # None: not a cluster node (node service idle)
@@ -155,8 +162,11 @@ class Agent:
                                   agent_socket=socket_path)
         self.locks = KeyedLocks()
         self.server: AgentServer | None = None
+        self.metrics_addr = metrics_addr  # None: metrics only over the socket (op `metrics`)
+        self.metrics = AgentMetrics(lambda: (e.key for e in self.service.store(self.store_path).list(keys.IPAM)))
         self.services = build_services(self)
         self.ops = {op: fn for svc in self.services for op, fn in svc.ops().items()}
+        self.ops["metrics"] = lambda _message, _fds: self.metrics.render()
         self.long_ops = long_ops(self.services)
 
     def waits(self, meta: bytes) -> bool:
@@ -192,8 +202,11 @@ class Agent:
         container_fd = fds[1] if len(fds) > 1 else None
         out = io.StringIO()
         lock_key = env.get("CNI_CONTAINERID") or "-" + env.get("CNI_COMMAND", "")
+        started = time.perf_counter()
         with self.locks.hold(lock_key):
             code = self.service.run_invocation(env, body, out, host_fd, container_fd)
+        self.metrics.cni_done(env.get("CNI_COMMAND", ""), time.perf_counter() - started,
+                              out.getvalue() if code else None)
         if code:
             log.info("%s %s: %s", env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID", ""), out.getvalue().strip())
         return code, out.getvalue().encode()
@@ -230,7 +243,13 @@ class Agent:
     def serve(self) -> None:
         report = resync(self.service)
         log.info("resync: %s", report)
-        self.bind()
+        stop_http = serve_http(self.metrics, self.metrics_addr) if self.metrics_addr else None
+        try:
+            self.bind()
+        except BaseException:
+            if stop_http:
+                stop_http()
+            raise
         assert self.server is not None
         for svc in self.services:
             svc.start()
@@ -245,6 +264,8 @@ class Agent:
             self.server.server_close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.socket_path)
+            if stop_http:
+                stop_http()
             self.service.close()
 
     def stop(self) -> None:
@@ -273,17 +294,22 @@ def run_agent(
     dns_upstream: str | None = None,
     node_options: NodeOptions | None = None,
     policy_host: str | None = None,
+    metrics_addr: str | None = None,
 ) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s podnet-agent %(levelname)s %(message)s")
     if state_dir is None and store_path and not os.environ.get("PODNET_STATE_DIR"):
         state = StatePaths(Path(store_path).parent)  # the store's directory is the state dir
     else:
         state = StatePaths.resolve(state_dir)
-    agent = Agent(socket_path, store_path or str(state.store), state, dns_upstream, node_options, policy_host)
+    agent = Agent(socket_path, store_path or str(state.store), state, dns_upstream, node_options, policy_host,
+                  metrics_addr)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop())
     signal.signal(signal.SIGINT, lambda *_: agent.stop())
     try:
         agent.serve()
+    except MetricsAddrError as err:
+        log.error("%s", err.msg)
+        return 2
     except PodnetError as err:
         log.error("%s", err.msg)
         return 1

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from podnet import fileio, keys
 from podnet.agent import node_blocks
+from podnet.agent.metrics import AgentMetrics
 from podnet.agent.service_thread import ServiceThread
 from podnet.cluster import leases
 from podnet.cluster.leases import CLUSTER_NETWORK, Claim
@@ -127,6 +128,8 @@ class NodeService:
         self._lock = threading.Lock()
         self._loop = ServiceThread("podnet-node", self._run, join_timeout=WATCH_TIMEOUT + 10)
         self._ipr: IPRoute | None = None
+        # the agent's registry; a private one for fakes of the agent (unit tests)
+        self.metrics: AgentMetrics = getattr(agent, "metrics", None) or AgentMetrics()
 
     # -- AgentService
 
@@ -343,6 +346,7 @@ class NodeService:
     def _converge(self, repair: bool) -> int:
         """Peers from the store -> kernel; free what vanished peers held."""
         assert self.fabric is not None and self.ctx is not None
+        started = time.perf_counter()
         store = self._store()
         entries, revision = store.snapshot(keys.NODES)
         current = {lease.name: lease for lease in leases.parse_leases(entries) if lease.name != self.ctx.own.name}
@@ -371,6 +375,7 @@ class NodeService:
                 (log.info if state == "ok" else log.warning)("peer %s: %s", name, state)
         with self._lock:
             self.peers, self.peer_state = current, dict(want.peers)
+        self.metrics.fabric_pass(time.perf_counter() - started, repair, report.added, report.removed, want.peers)
         return revision
 
     def _reclaim(self, store: Store, gone: NodeLease) -> None:

@@ -16,11 +16,23 @@ from __future__ import annotations
 import argparse
 import sys
 
-from podnet.cli import agent, bgp, container, demo, lab, network, objects, observe, policy
+from podnet.cli import (
+    agent,
+    bgp,
+    container,
+    demo,
+    lab,
+    metrics,
+    network,
+    objects,
+    observe,
+    policy,
+    status,
+)
 from podnet.cli.output import fail
 from podnet.errors import PodnetError
 
-VERB_GROUPS = (agent, demo, network, container, lab, observe, objects, policy, bgp)
+VERB_GROUPS = (agent, demo, network, container, lab, observe, status, metrics, objects, policy, bgp)
 
 
 def build_parser() -> argparse.ArgumentParser:

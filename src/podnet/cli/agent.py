@@ -32,7 +32,7 @@ AGENT_DEFAULTS = {
     "node": None, "fabric": "vxlan", "cluster_cidr": DEFAULT_CLUSTER_CIDR,
     "block_prefix": DEFAULT_BLOCK_PREFIX, "underlay": "eth0", "lease_ttl": DEFAULT_LEASE_TTL,
     "cluster_dns": None, "cluster_domain": DEFAULT_CLUSTER_DOMAIN, "cluster_dns_netns": None,
-    "node_labels": None, "strict_affinity": False,
+    "node_labels": None, "strict_affinity": False, "metrics_addr": None,
 }
 
 
@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="where container DNS forwards names outside its networks (default: nowhere)")
     agent.add_argument("--policy-host", metavar="NAME",
                        help="only enforce the policy of the plain host NAME (its HostEndpoint) from --store")
+    agent.add_argument("--metrics-addr", metavar="HOST:PORT",
+                       help="also serve Prometheus metrics on http://HOST:PORT/metrics (default: only over "
+                            "the agent socket, `podnet metrics`)")
     cluster = agent.add_argument_group("cluster node (all ignored without --node)")
     cluster.add_argument("--node", help="join a cluster through the store as node NAME")
     cluster.add_argument("--fabric", choices=FABRIC_NAMES, help="how nodes reach each other's pod blocks (default vxlan)")
@@ -144,11 +147,19 @@ def _cmd_agent(args: argparse.Namespace) -> int:
                            bool(s["strict_affinity"]))
     if s["policy_host"] and s["node"]:
         return fail("--policy-host and --node exclude each other (a node enforces its own host endpoint)", 2)
+    if s["metrics_addr"]:
+        from podnet.agent.metrics import parse_addr
+
+        try:
+            parse_addr(s["metrics_addr"])
+        except ValueError as exc:
+            return fail(str(exc), 2)
     if s["store"]:
         failed = _check_store(s["store"], args.init)
         if failed is not None:
             return failed
-    return run_agent(s["socket"], s["store"], s["state_dir"], s["dns_upstream"], node, s["policy_host"])
+    return run_agent(s["socket"], s["store"], s["state_dir"], s["dns_upstream"], node, s["policy_host"],
+                     s["metrics_addr"])
 
 
 def _node_labels(text: str) -> tuple[tuple[str, str], ...]:

@@ -1,0 +1,145 @@
+"""A real agent's metrics: CNI requests move the histogram and the error counter, the
+IPAM gauge follows the store, `podnet metrics` prints what prometheus_client parses,
+and `--metrics-addr` serves the same families over HTTP (inside the agent's namespace,
+on its own loopback, so any port is free there)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from cniharness import Cni, bridge_config, podnet_cli, topology_lab
+from podnet.lab.sandbox import wait_for_path
+
+pytestmark = pytest.mark.root
+
+METRICS_ADDR = "127.0.0.1:9464"  # the agent's namespace is new: nothing else listens there
+
+
+def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def scrape(socket_path: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return parse(podnet_cli("metrics", "--socket", socket_path).stdout)
+
+
+def add_count(got: dict) -> float:
+    return got.get(("podnet_cni_request_duration_seconds_count", (("command", "ADD"),)), 0)
+
+
+@pytest.fixture
+def metered(sandbox, host_ns, socket_path, data_dir):
+    """An agent with --metrics-addr whose own store is the network's (so the IPAM
+    gauge sees the network's reservations)."""
+    argv = [sys.executable, "-m", "podnet.cli", "agent", "--socket", socket_path, "--store",
+            f"{data_dir}/podnet.db", "--init", "--metrics-addr", METRICS_ADDR]
+    proc = sandbox.spawn(host_ns, argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    wait_for_path(socket_path, timeout=20, proc=proc)
+    return proc
+
+
+def test_cni_requests_move_the_metrics(metered, sandbox, host_ns, cni_bin, data_dir, socket_path):
+    cni = Cni(cni_bin, host_ns, bridge_config("t-net", data_dir, agentSocket=socket_path), sandbox)
+    before = scrape(socket_path)
+    assert add_count(before) == 0
+    c1 = sandbox.netns("c1")
+    cni.add(c1, "c1")
+    failed = cni.call("ADD", sandbox.netns("c2"), "c2", ifname="x" * 16)  # longer than 15 bytes
+    assert not failed.ok and failed.output["code"] == 4
+    after = scrape(socket_path)
+    assert add_count(after) == 2
+    assert after[("podnet_cni_errors_total", (("code", "4"), ("command", "ADD")))] == 1
+    assert ("podnet_cni_errors_total", (("code", "4"), ("command", "DEL"))) not in after
+    assert after[("podnet_ipam_addresses_reserved", (("network", "t-net"),))] == 1
+    cni.delete(c1, "c1")
+    final = scrape(socket_path)
+    assert final[("podnet_cni_request_duration_seconds_count", (("command", "DEL"),))] == 1
+    assert final.get(("podnet_ipam_addresses_reserved", (("network", "t-net"),)), 0) == 0
+
+
+def test_metrics_addr_serves_the_same_families_over_http(metered, sandbox, host_ns, socket_path):
+    get = ("import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
+           f"'http://{METRICS_ADDR}/metrics', timeout=10).read().decode())")
+    http = sandbox.exec(host_ns, [sys.executable, "-c", get]).stdout
+    over_http = {f.name for f in text_string_to_metric_families(http)}
+    over_socket = {f.name for f in text_string_to_metric_families(podnet_cli("metrics", "--socket",
+                                                                             socket_path).stdout)}
+    assert {"podnet_cni_request_duration_seconds", "podnet_cni_errors", "podnet_fabric_converge_duration_seconds"} \
+        <= over_http
+    assert over_http == over_socket
+
+
+def test_an_address_it_cannot_listen_on_exits_2(sandbox, host_ns, socket_path, tmp_path):
+    argv = [sys.executable, "-m", "podnet.cli", "agent", "--socket", socket_path, "--store",
+            str(tmp_path / "agent.db"), "--init", "--metrics-addr", "192.0.2.1:9464"]  # not an address here
+    proc = sandbox.exec(host_ns, argv, check=False, timeout=60)
+    assert proc.returncode == 2
+    assert "--metrics-addr 192.0.2.1:9464: cannot listen there" in proc.stdout + proc.stderr
+
+
+# -- a lab: every node's agent through `podnet metrics`, fabric peers and drift repairs
+
+TOPOLOGY = {"nodes": [{"name": "node0"}, {"name": "node1"}],
+            "pods": [{"name": "a", "node": "node0"}, {"name": "b", "node": "node1"}]}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory) -> Iterator[dict]:
+    """Two host-gw nodes with a pod each, shared by the lab tests."""
+    with topology_lab("tm", TOPOLOGY, tmp_path_factory.mktemp("metrics"), "--fabric", "host-gw",
+                      "--no-cluster-dns") as built:
+        yield built
+
+
+def blocks(text: str) -> dict[str, str]:
+    """`podnet metrics --lab` output -> node -> its text (split at `# node NAME`)."""
+    out: dict[str, str] = {}
+    node = None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("# node "):
+            node = line.removeprefix("# node ").strip()
+            out[node] = ""
+        elif node is not None:
+            out[node] += line
+    return out
+
+
+def test_every_lab_node_is_read_and_sees_its_peer(lab):
+    every = blocks(podnet_cli("metrics", "--lab", lab["name"]).stdout)
+    assert sorted(every) == sorted(lab["nodes"])
+    for node, text in every.items():
+        got = parse(text)
+        assert got[("podnet_fabric_peers", (("state", "ok"),))] == 1, node
+        assert got[("podnet_fabric_peers", (("state", "refused"),))] == 0, node
+        assert got[("podnet_fabric_converge_duration_seconds_count", (("pass", "repair"),))] >= 1, node
+        assert got[("podnet_ipam_addresses_reserved", (("network", "cluster"),))] >= len(lab["nodes"]), node
+    node = sorted(lab["nodes"])[0]
+    one = podnet_cli("metrics", node, "--lab", lab["name"]).stdout
+    assert "# node" not in one and parse(one)[("podnet_fabric_peers", (("state", "ok"),))] == 1
+    wrong = podnet_cli("metrics", "nosuchnode", "--lab", lab["name"], check=False)
+    assert wrong.returncode == 2 and "no node 'nosuchnode' in the lab" in wrong.stderr
+
+
+def test_a_deleted_route_is_counted_as_a_drift_repair(lab):
+    node, peer = sorted(lab["nodes"])
+    info = lab["nodes"][node]
+    key = ("podnet_fabric_drift_repairs_total", (("action", "added"), ("kind", "route")))
+    before = parse(podnet_cli("metrics", node, "--lab", lab["name"]).stdout).get(key, 0)
+    routes = subprocess.run(["ip", "-n", info["netns"], "-j", "route", "show", "proto", "77"], capture_output=True,
+                            text=True, check=True, timeout=10).stdout
+    peer_route = next(r["dst"] for r in json.loads(routes) if r.get("gateway") == lab["nodes"][peer]["underlay"])
+    subprocess.run(["ip", "-n", info["netns"], "route", "del", peer_route], check=True, timeout=10)
+    deadline = time.monotonic() + 30  # the repair pass runs every 3 s
+    after = before
+    while after == before and time.monotonic() < deadline:
+        time.sleep(0.5)
+        after = parse(podnet_cli("metrics", node, "--lab", lab["name"]).stdout).get(key, 0)
+    assert after == before + 1
