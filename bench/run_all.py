@@ -44,6 +44,7 @@ BENCHES = (
     Bench("services_lb", "services_lb.py", ("--services", "100,1000", "--seconds", "1", "--repeat", "1",
                                             "--changes", "3")),
     Bench("bgp_scale", "bgp_scale.py", ("--nodes", "10"), ("--nodes", "50", "--repeat", "3")),
+    Bench("agent_overhead", "agent_overhead.py", ("--seconds", "10", "--pods", "50", "--status-nodes", "5")),
 )
 
 

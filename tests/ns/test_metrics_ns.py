@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from test_fabric_cluster import eventually
 
 from cniharness import Cni, bridge_config, podnet_cli, topology_lab
 from podnet.lab.sandbox import wait_for_path
@@ -88,7 +89,7 @@ def test_an_address_it_cannot_listen_on_exits_2(sandbox, host_ns, socket_path, t
 # -- a lab: every node's agent through `podnet metrics`, fabric peers and drift repairs
 
 TOPOLOGY = {"nodes": [{"name": "node0"}, {"name": "node1"}],
-            "pods": [{"name": "a", "node": "node0"}, {"name": "b", "node": "node1"}]}
+            "pods": [{"name": "a", "node": "node0"}, {"name": "b", "node": "node1", "labels": {"pod": "b"}}]}
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +144,42 @@ def test_a_deleted_route_is_counted_as_a_drift_repair(lab):
         time.sleep(0.5)
         after = parse(podnet_cli("metrics", node, "--lab", lab["name"]).stdout).get(key, 0)
     assert after == before + 1
+
+
+DENY_B = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-b, namespace: default}
+spec:
+  podSelector: {matchLabels: {pod: b}}
+  policyTypes: [Ingress]
+"""
+CONNECT = """
+import socket, sys
+s = socket.socket(); s.settimeout(1.0)
+try:
+    s.connect((sys.argv[1], 80)); print("connected")
+except OSError as exc:
+    print(type(exc).__name__)
+"""
+
+
+def test_policy_verdicts_are_counted_by_rule(lab, tmp_path):
+    """A denied connection moves the denying rule's packet counter on the node that judged it."""
+    pods = lab["pods"]
+    target = pods["default/b"]
+    path = tmp_path / "deny.yaml"
+    path.write_text(DENY_B)
+    podnet_cli("apply", "--lab", lab["name"], "-f", str(path))
+    try:
+        def denied() -> bool:
+            out = subprocess.run(["ip", "netns", "exec", pods["default/a"]["netns"], sys.executable, "-c", CONNECT,
+                                  target["ips"][0].split("/")[0]], capture_output=True, text=True, timeout=10).stdout
+            return out.strip() == "TimeoutError"
+
+        assert eventually(denied, 10)
+        got = parse(podnet_cli("metrics", target["node"], "--lab", lab["name"]).stdout)
+        counted = {labels: value for (name, labels), value in got.items() if name == "podnet_policy_rule_packets_total"}
+        assert any("deny-b" in dict(labels)["rule"] and value > 0 for labels, value in counted.items()), counted
+    finally:
+        podnet_cli("delete", "--lab", lab["name"], "-f", str(path))

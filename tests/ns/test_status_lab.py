@@ -85,6 +85,29 @@ def test_a_healthy_lab_shows_every_node_block_and_count(lab: Lab) -> None:
     assert "healthy" in table.stdout
 
 
+def test_report_writes_one_self_contained_page(lab: Lab, tmp_path) -> None:
+    """`podnet report`: the snapshot, the connectivity test run now, and a bench run's
+    plots embedded; nothing in the page is fetched from elsewhere."""
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "index.json").write_text(json.dumps({"quick": True, "runs": [{"name": "cni_latency", "ok": True,
+                                                                          "exit": 0, "seconds": 9.5}]}))
+    png = b"\x89PNG\r\n\x1a\n" + bytes(64)
+    (bench / "cni_latency.png").write_bytes(png)
+    page = tmp_path / "report.html"
+    out = podnet("report", "--lab", lab.name, "--bench", str(bench), "-f", str(page), check=False, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = page.read_text()
+    for name in lab.state()["nodes"]:
+        assert f"<td>{name}</td>" in text
+    assert "healthy" in text and " 0 failed</p>" in text and "pod-to-pod/cross-node" in text
+    assert "data:image/png;base64," in text and "cni_latency" in text
+    fetched = [marker for marker in ('src="http', "href=", "<link", "url(", "<script") if marker in text]
+    assert not fetched, fetched  # the checks' details may name URLs; nothing is loaded from one
+    bad = podnet("report", "--lab", lab.name, "--bench", str(tmp_path / "nope"), "-f", str(page), check=False)
+    assert bad.returncode != 0 and "is not a directory" in bad.stderr
+
+
 def test_a_killed_agent_is_degraded_with_its_node_named(lab: Lab) -> None:
     entry = json.loads((lab_dir(lab.name) / "procs.json").read_text())["agent/node1"]
     assert owner_alive(entry["owner"])

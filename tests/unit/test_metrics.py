@@ -135,3 +135,25 @@ def test_metrics_cli_says_when_no_agent_answers(capsys, monkeypatch):
     monkeypatch.delenv("PODNET_LAB", raising=False)
     assert main(["metrics", "--socket", "/nonexistent/agent.sock"]) == 1
     assert "no podnet agent answers on /nonexistent/agent.sock" in capsys.readouterr().err
+
+
+def test_policy_rules_are_counted_from_the_nodes_counters_at_scrape_time():
+    rows = [{"rule": "np x/deny ingress default", "packets": 7, "bytes": 420}]
+    metrics = AgentMetrics()
+    metrics.watch_policy(lambda: {"node": "n0", "rules": rows})
+    got = samples(metrics)
+    assert got[("podnet_policy_rule_packets_total", (("rule", "np x/deny ingress default"),))] == 7
+    assert got[("podnet_policy_rule_bytes_total", (("rule", "np x/deny ingress default"),))] == 420
+    rows[0] = {**rows[0], "packets": 9}
+    assert samples(metrics)[("podnet_policy_rule_packets_total",
+                                      (("rule", "np x/deny ingress default"),))] == 9
+
+
+def test_a_failing_nft_drops_the_policy_counters_not_the_scrape():
+    def broken() -> dict:
+        raise StoreError("nft: cannot list table")
+
+    metrics = AgentMetrics()
+    metrics.watch_policy(broken)
+    text = metrics.render()
+    assert "podnet_policy_rule_packets" not in text and "podnet_cni_request_duration_seconds" in text

@@ -167,6 +167,9 @@ class Agent:
         self.services = build_services(self)
         self.ops = {op: fn for svc in self.services for op, fn in svc.ops().items()}
         self.ops["metrics"] = lambda _message, _fds: self.metrics.render()
+        if "policy.counters" in self.ops:  # a node's policy verdicts, per rule, at scrape time
+            counters = self.ops["policy.counters"]
+            self.metrics.watch_policy(lambda: counters(None, []))
         self.long_ops = long_ops(self.services)
 
     def waits(self, meta: bytes) -> bool:

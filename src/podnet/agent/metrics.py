@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 
 from podnet import keys
@@ -82,6 +83,33 @@ class _IpamCollector:
         return [family]
 
 
+class _PolicyCollector:
+    """Packets and bytes per policy rule, from the node's nft counters at scrape time
+    (op `policy.counters`: every rule line carries a counter and a comment naming its
+    policy and rule, policy/compile.py); nothing when the node has no policy table."""
+
+    def __init__(self, counters: Callable[[], Mapping[str, Any]]) -> None:
+        self.counters = counters
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        try:
+            rows = self.counters().get("rules") or []
+        except (PodnetError, OSError) as exc:  # a scrape must not fail because nft did
+            log.warning("metrics: cannot read policy counters: %s", exc)
+            return []
+        packets = CounterMetricFamily("podnet_policy_rule_packets", "packets each policy rule decided (nft counters)",
+                                      labels=["rule"])
+        octets = CounterMetricFamily("podnet_policy_rule_bytes", "bytes each policy rule decided (nft counters)",
+                                     labels=["rule"])
+        for row in rows:
+            packets.add_metric([str(row["rule"])], int(row["packets"]))
+            octets.add_metric([str(row["rule"])], int(row["bytes"]))
+        return [packets, octets]
+
+
 class AgentMetrics:
     """The metrics of one agent. `reservations` lists the IPAM keys of its store
     (None: no IPAM gauge, e.g. a node service's fake agent in unit tests)."""
@@ -103,6 +131,10 @@ class AgentMetrics:
                            ["state"], registry=r)
         if reservations is not None:
             r.register(_IpamCollector(reservations))
+
+    def watch_policy(self, counters: Callable[[], Mapping[str, Any]]) -> None:
+        """Scrape the node's policy counters too (`counters`: the op `policy.counters`)."""
+        self.registry.register(_PolicyCollector(counters))
 
     def cni_done(self, command: str, seconds: float, failed_reply: str | None) -> None:
         """One CNI request served; `failed_reply` is the error reply when it failed."""

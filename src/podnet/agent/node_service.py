@@ -33,7 +33,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from podnet import fileio, keys
-from podnet.agent import node_blocks
+from podnet.agent import doctor, node_blocks
 from podnet.agent.metrics import AgentMetrics
 from podnet.agent.service_thread import ServiceThread
 from podnet.cluster import leases
@@ -127,6 +127,9 @@ class NodeService:
         self.blocks: tuple[str, ...] = ()  # this node's blocks, its lease's first
         self._lock = threading.Lock()
         self._loop = ServiceThread("podnet-node", self._run, join_timeout=WATCH_TIMEOUT + 10)
+        self._repair_now = threading.Event()
+        self.passes = 0  # converge passes done (a repair asked for waits for the next)
+        self.long_ops = ("node.doctor",)  # --fix waits for a repair pass
         self._ipr: IPRoute | None = None
         # the agent's registry; a private one for fakes of the agent (unit tests)
         self.metrics: AgentMetrics = getattr(agent, "metrics", None) or AgentMetrics()
@@ -135,6 +138,7 @@ class NodeService:
 
     def ops(self) -> dict[str, OpHandler]:
         return {"node.status": lambda _message, _fds: self.status(),
+                "node.doctor": lambda message, _fds: doctor.examine(self, bool(message.get("fix"))),
                 "bgp.status": lambda _message, _fds: self.bgp_status()}
 
     def bgp_status(self) -> dict[str, Any]:
@@ -144,6 +148,24 @@ class NodeService:
         if not isinstance(self.fabric, BgpFabric):
             raise PodnetError(f"node {self.options.node if self.options else '?'} does not run the bgp fabric")
         return {"node": self.options.node if self.options else None, **self.fabric.status()}
+
+    @property
+    def name(self) -> str | None:
+        return self.options.node if self.options else None
+
+    def request_repair(self, timeout: float) -> bool:
+        """Have the loop run its repair pass now (`podnet doctor --fix`); True once a
+        pass that started after this call has finished."""
+        with self._lock:
+            seen = self.passes
+        self._repair_now.set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            with self._lock:
+                if self.passes >= seen + 2 or (self.passes > seen and not self._repair_now.is_set()):
+                    return True
+        return False
 
     def start(self) -> None:
         if self.options is not None:
@@ -194,9 +216,14 @@ class NodeService:
                 if now >= next_renew:
                     self._renew()
                     next_renew = now + self.options.lease_ttl / 3  # type: ignore[union-attr]
+                if self._repair_now.is_set():  # `podnet doctor --fix`: the repair pass, now
+                    self._repair_now.clear()
+                    next_repair = now
                 if dirty or now >= next_repair:
                     revision = self._converge(repair=now >= next_repair)
                     dirty, next_repair = False, now + REPAIR_SECONDS
+                    with self._lock:
+                        self.passes += 1
                 wait = max(0.05, min(WATCH_TIMEOUT, next_renew - time.monotonic(), next_repair - time.monotonic()))
                 try:
                     seen = self._store().watch("", revision, wait)

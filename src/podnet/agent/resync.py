@@ -105,7 +105,7 @@ def _resync_store(
         # Another node's, built for a caller in another namespace, or unreadable: not
         # ours to judge, but nobody's orphan either.
         aid = record.attach_id if record is not None else attach_id(network, cid, ifname)
-        claimed_links.update((record.host_links if record is not None else ()) or [host_veth_name(aid)])
+        claimed_links.update(links_claimed(record, aid))
         claimed_rules.add((net_id(network), aid))
     # Second net: reservations whose ADD died before its endpoint record was written
     # (a veth it built is claimed by nobody: the orphan sweep removes it).
@@ -114,6 +114,12 @@ def _resync_store(
     # Host ports claimed by endpoints that are gone (rolled back above, or freed with
     # a dead node's block): their claims must not keep a node port from a service.
     report.released.extend(ports.prune(store))  # their claim keys
+
+
+def links_claimed(record: EndpointRecord | None, aid: str) -> tuple[str, ...]:
+    """The host links an endpoint record keeps from the orphan sweep: those it names,
+    else (pending, or unreadable) the host veth its attachment would have."""
+    return tuple((record.host_links if record is not None else ()) or [host_veth_name(aid)])
 
 
 def _resync_endpoint(service: CniService, store: Store, key: str, record: EndpointRecord, host_fd: int,

@@ -21,6 +21,7 @@ from podnet.cli import (
     bgp,
     container,
     demo,
+    doctor,
     lab,
     metrics,
     network,
@@ -32,7 +33,7 @@ from podnet.cli import (
 from podnet.cli.output import fail
 from podnet.errors import PodnetError
 
-VERB_GROUPS = (agent, demo, network, container, lab, observe, status, metrics, objects, policy, bgp)
+VERB_GROUPS = (agent, demo, network, container, lab, observe, status, metrics, doctor, objects, policy, bgp)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,9 @@
-"""`podnet status`: the cluster at a glance (observe/status.py judges, this prints).
+"""`podnet status`: the cluster at a glance (observe/status.py judges, this prints);
+`podnet report`: the same snapshot, the connectivity test and a `make bench` run in one
+self-contained HTML file (observe/report.py).
 
     podnet status [--lab NAME | --store URL | --context NAME] [--cluster-cidr CIDR] [-o table|json]
+    podnet report [--lab NAME | ...] [--bench bench/out/<time>] [-f podnet-report.html]
 
 On a lab every node's agent is asked; elsewhere only this machine's (`--socket`), and
 the other nodes are shown from their leases. Exit 1 when anything is degraded, each
@@ -15,14 +18,24 @@ import argparse
 import copy
 import json
 import sys
+from pathlib import Path
 
 from podnet.cli.output import add_output_option, fail
-from podnet.cli.target import add_target_options, lab_aware, node_sockets, store_location, target
+from podnet.cli.target import (
+    add_target_options,
+    lab_aware,
+    node_sockets,
+    open_cluster_store,
+    store_location,
+    target,
+)
 from podnet.defaults import DEFAULT_CLUSTER_CIDR
 from podnet.errors import PodnetError
+from podnet.fileio import write_atomic
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from podnet.config import Target
     from podnet.observe.status import ClusterStatus
 
 
@@ -35,6 +48,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help=f"the pool the nodes' blocks come from (default {DEFAULT_CLUSTER_CIDR})")
     add_output_option(status)
     status.set_defaults(func=_cmd_status)
+    report = sub.add_parser("report", help="one self-contained HTML file: the cluster at a glance, the "
+                                           "connectivity test (a lab), benchmarks (--bench)")
+    add_target_options(report)
+    report.add_argument("--socket", help="this machine's agent, on a real cluster")
+    report.add_argument("--cluster-cidr", default=DEFAULT_CLUSTER_CIDR, help="the pool of the nodes' blocks")
+    report.add_argument("--bench", type=Path, metavar="DIR", help="a `make bench` results directory (bench/out/<time>)")
+    report.add_argument("-f", "--file", type=Path, default=Path("podnet-report.html"),
+                        help="where to write the page (default ./podnet-report.html)")
+    report.set_defaults(func=_cmd_report)
 
 
 def _unresolved(args: argparse.Namespace) -> argparse.Namespace:
@@ -45,8 +67,8 @@ def _unresolved(args: argparse.Namespace) -> argparse.Namespace:
     return original
 
 
-@lab_aware
-def _cmd_status(args: argparse.Namespace) -> int:
+def _collect(args: argparse.Namespace) -> tuple[ClusterStatus, Target]:
+    """The cluster's status and where it was read (PodnetError on a bad target)."""
     import ipaddress
     import time
 
@@ -55,16 +77,21 @@ def _cmd_status(args: argparse.Namespace) -> int:
     try:
         pool = str(ipaddress.IPv4Network(args.cluster_cidr))
     except ValueError:
-        return fail(PodnetError(f"--cluster-cidr {args.cluster_cidr!r} is not an IPv4 network", "e.g. 10.244.0.0/16"))
+        raise PodnetError(f"--cluster-cidr {args.cluster_cidr!r} is not an IPv4 network", "e.g. 10.244.0.0/16") from None
+    where = target(_unresolved(args))
+    url = getattr(args, "resolved_store", None) or store_location(where)
+    sockets = node_sockets(_unresolved(args))
+    _exists(url)
+    return summarize(read_store(url), ask_agents(sockets), pool=pool, expect_all=where.lab is not None,
+                     now=time.time()), where
+
+
+@lab_aware
+def _cmd_status(args: argparse.Namespace) -> int:
     try:
-        where = target(_unresolved(args))
-        url = getattr(args, "resolved_store", None) or store_location(where)
-        sockets = node_sockets(_unresolved(args))
-        _exists(url)
+        result, where = _collect(args)
     except PodnetError as exc:
         return fail(exc)
-    result = summarize(read_store(url), ask_agents(sockets), pool=pool, expect_all=where.lab is not None,
-                       now=time.time())
     if args.output == "json":
         print(json.dumps(result.to_json(), indent=2, default=str))
         for reason in result.degraded:  # scripts read the JSON; a person reads these
@@ -72,6 +99,31 @@ def _cmd_status(args: argparse.Namespace) -> int:
     else:
         _print(result, where.lab)
     return 1 if result.degraded else 0
+
+
+@lab_aware
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Write the page; exit 1 when the cluster is degraded or a connectivity check failed."""
+    from podnet.observe import connectivity
+    from podnet.observe.report import render
+
+    if args.bench is not None and not args.bench.is_dir():
+        return fail(PodnetError(f"--bench {args.bench} is not a directory", "give a make bench results directory, "
+                                                                              "bench/out/<time>"))
+    try:
+        result, where = _collect(args)
+        results = None
+        if where.lab:
+            with open_cluster_store(args) as store:
+                results = [r.as_dict() for r in connectivity.test_lab(where.lab, store=store)]
+    except PodnetError as exc:
+        return fail(exc)
+    title = f"podnet: {'lab ' + where.lab if where.lab else 'cluster'}"
+    write_atomic(args.file, render(title, result.to_json(), results, args.bench))
+    failed = [r for r in results or [] if not r["ok"]]
+    print(f"wrote {args.file}: {'healthy' if not result.degraded else f'{len(result.degraded)} degraded'}"
+          f"{'' if results is None else f', connectivity {len(results) - len(failed)} passed {len(failed)} failed'}")
+    return 1 if result.degraded or failed else 0
 
 
 def _exists(url: str) -> None:

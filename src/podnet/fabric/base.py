@@ -123,32 +123,41 @@ class RouteNetwork:
 
     # -- the shared kernel half
 
-    def apply(self, ipr: IPRoute, want: Desired) -> ApplyReport:
-        """Make the kernel hold exactly `want`'s fabric state; report the changes."""
+    def apply(self, ipr: IPRoute, want: Desired, dry_run: bool = False) -> ApplyReport:
+        """Make the kernel hold exactly `want`'s fabric state; report the changes.
+        `dry_run`: change nothing, report what would change (`podnet doctor`: entries
+        missing are "added", stale ones "removed")."""
         report = ApplyReport()
+
+        def act(log: list[str], what: str, fn: Any, *args: Any, **kw: Any) -> None:
+            if dry_run:
+                log.append(what)
+            else:
+                self._try(log, what, fn, *args, **kw)
+
         have_routes = self._routes(ipr)
         for spec, raw in have_routes.items():
             if spec not in want.routes:
-                self._try(report.removed, f"route {spec.dst}", ipr.route, "del", **raw)
+                act(report.removed, f"route {spec.dst}", ipr.route, "del", **raw)
         for spec in sorted(want.routes - set(have_routes)):
-            index = _index(ipr, spec.dev)
+            index = _maybe_index(ipr, spec.dev) if dry_run else _index(ipr, spec.dev)
             kw: dict[str, Any] = {"dst": spec.dst, "gateway": spec.gateway, "oif": index, "proto": ROUTE_PROTO}
             if spec.onlink:
                 kw["flags"] = RTNH_F_ONLINK
-            self._try(report.added, f"route {spec.dst} via {spec.gateway} dev {spec.dev}", ipr.route, "replace", **kw)
+            act(report.added, f"route {spec.dst} via {spec.gateway} dev {spec.dev}", ipr.route, "replace", **kw)
         if self.device is not None and (dev := _maybe_index(ipr, self.device)) is not None:
             have_neigh = self._neighbours(ipr, dev)
             for spec in have_neigh - want.neighbours:
-                self._try(report.removed, f"neigh {spec.ip}", ipr.neigh, "del", dst=spec.ip, lladdr=spec.mac, ifindex=dev)
+                act(report.removed, f"neigh {spec.ip}", ipr.neigh, "del", dst=spec.ip, lladdr=spec.mac, ifindex=dev)
             for spec in sorted(want.neighbours - have_neigh):
-                self._try(report.added, f"neigh {spec.ip} {spec.mac}", ipr.neigh, "replace",
+                act(report.added, f"neigh {spec.ip} {spec.mac}", ipr.neigh, "replace",
                           dst=spec.ip, lladdr=spec.mac, ifindex=dev, state=NUD_PERMANENT)
             have_fdb = self._fdb(ipr, dev)
             for spec in have_fdb - want.fdb:
-                self._try(report.removed, f"fdb {spec.mac}", ipr.neigh, "del", family=socket.AF_BRIDGE,
+                act(report.removed, f"fdb {spec.mac}", ipr.neigh, "del", family=socket.AF_BRIDGE,
                           ifindex=dev, lladdr=spec.mac, dst=spec.dst, flags=NTF_SELF)
             for spec in sorted(want.fdb - have_fdb):
-                self._try(report.added, f"fdb {spec.mac} dst {spec.dst}", ipr.neigh, "replace",
+                act(report.added, f"fdb {spec.mac} dst {spec.dst}", ipr.neigh, "replace",
                           family=socket.AF_BRIDGE, ifindex=dev, lladdr=spec.mac, dst=spec.dst,
                           state=NUD_PERMANENT, flags=NTF_SELF)
         return report
