@@ -383,9 +383,9 @@ class NodeService:
         if repair:
             self._release_empty_blocks(store)
         claims = leases.list_claims(store)
-        own = self.ctx.own
-        mine = tuple(dict.fromkeys([own.block, *sorted((b for b, n in claims.items() if n == own.name),
-                                                       key=ipaddress.IPv4Network)]))
+        from podnet.fabric.base import own_blocks
+
+        mine = own_blocks(self.ctx, claims)
         with self._lock:
             self.claims, self.blocks = claims, mine
         if repair:

@@ -71,6 +71,7 @@ class Desired:
     neighbours: set[NeighSpec] = field(default_factory=set)
     fdb: set[FdbSpec] = field(default_factory=set)
     peers: dict[str, str] = field(default_factory=dict)  # name -> "ok" | "refused: ..."
+    blocks: tuple[str, ...] = ()  # this node's own blocks (`own_blocks`), the lease's first
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,16 @@ def block_problem(ctx: FabricContext, net: ipaddress.IPv4Network) -> str | None:
         if net.overlaps(prefix):
             return f"block {net} overlaps the underlay prefix {prefix}"
     return None
+
+
+def own_blocks(ctx: FabricContext, claims: Mapping[str, str]) -> tuple[str, ...]:
+    """This node's blocks: its lease's, then the other blocks of the pool its claims
+    hold (block IPAM, ipam/blocks.py `blocks_of`), lowest first."""
+    from podnet.ipam.blocks import blocks_of
+    from podnet.ipam.config import BlockAffinity
+
+    held = blocks_of(claims, ctx.own.name, BlockAffinity(ctx.own.name, ctx.cluster, ctx.block_prefix))
+    return tuple(dict.fromkeys([ctx.own.block, *(str(b) for b in held)]))
 
 
 def peer_blocks(ctx: FabricContext, peer: NodeLease, claims: Mapping[str, str]) -> list[ipaddress.IPv4Network]:

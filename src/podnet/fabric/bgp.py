@@ -28,7 +28,7 @@ from typing import Any
 from podnet.bgp.bird import BirdDaemon
 from podnet.bgp.model import BirdSpec, Neighbor
 from podnet.bgp.objects import BGPConfiguration, BGPPeer, effective_config, node_infos, peers_for
-from podnet.fabric.base import OK, Desired, FabricContext, RouteNetwork, valid_peers
+from podnet.fabric.base import OK, Desired, FabricContext, RouteNetwork, own_blocks, valid_peers
 from podnet.model.cluster import NodeLease
 from podnet.store.base import Store
 
@@ -88,17 +88,6 @@ def bird_spec(ctx: FabricContext, peers: Iterable[NodeLease], configs: Iterable[
                     listen_port=config.listen_port or 179, transit=False)
 
 
-def _own_addressing(ctx: FabricContext, store: Store) -> tuple[list[str], list[str]]:
-    """This node's blocks (its claims) and the addresses its pods borrowed elsewhere."""
-    from podnet.cluster.leases import CLUSTER_NETWORK, list_claims
-    from podnet.ipam.blocks import blocks_of, borrowed
-    from podnet.ipam.config import BlockAffinity
-
-    affinity = BlockAffinity(ctx.own.name, ctx.cluster, ctx.block_prefix)
-    own = blocks_of(list_claims(store), ctx.own.name, affinity)
-    return [str(b) for b in own], borrowed(store, ctx.own.name, CLUSTER_NETWORK, [ctx.own.network, *own])
-
-
 class BgpFabric(RouteNetwork):
     name = "bgp"
 
@@ -109,7 +98,7 @@ class BgpFabric(RouteNetwork):
 
     def desired(self, ctx: FabricContext, peers: Iterable[NodeLease], claims: Mapping[str, str]) -> Desired:
         good, refused = valid_peers(ctx, peers, claims)
-        want = Desired(peers=dict(refused))
+        want = Desired(peers=dict(refused), blocks=own_blocks(ctx, claims))  # what sync announces
         for peer in good:
             if peer.fabric != self.name:
                 want.peers[peer.name] = f"refused: peer runs fabric {peer.fabric!r}, not bgp"
@@ -129,9 +118,13 @@ class BgpFabric(RouteNetwork):
             self.bird = BirdDaemon(state_dir)
         configs, bgp_peers = load_bgp(store) if store is not None else ([], [])
         ok = [p for p in peers if want.peers.get(p.name) == OK]
-        own, lent = _own_addressing(ctx, store) if store is not None else ([], [])
+        from podnet.cluster.leases import CLUSTER_NETWORK
+        from podnet.ipam.blocks import borrowed
+
+        mine = [ipaddress.IPv4Network(b) for b in want.blocks] or [ctx.own.network]
+        lent = borrowed(store, ctx.own.name, CLUSTER_NETWORK, mine) if store is not None else []
         self.borrowed = frozenset(lent)
-        self.last = self.bird.ensure(render(bird_spec(ctx, ok, configs, bgp_peers, own, lent)))
+        self.last = self.bird.ensure(render(bird_spec(ctx, ok, configs, bgp_peers, want.blocks, lent)))
         return self.last
 
     def status(self) -> dict[str, Any]:
