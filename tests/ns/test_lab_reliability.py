@@ -168,7 +168,7 @@ class Lab:
 
     def new_pod(self, node: str, tag: str) -> str:
         """A pod namespace attached through the node's CNI conflist; its address."""
-        from podnet.runtime.libcni import Conflist
+        from podnet.runtime.libcni import CniFailure, Conflist
 
         ns = f"pn-lab-{self.name}-{tag}"
         self.extra_netns.append(ns)
@@ -177,7 +177,19 @@ class Lab:
         info = self.nodes[node]
         conflist = Conflist(json.loads(Path(info["conflist"]).read_text()),
                             [str(lab_dir(self.name) / "bin"), "/usr/lib/cni"], enter=enter(info["netns"]))
-        result = conflist.add(f"rel-{tag}", str(NETNS_DIR / ns), "eth0")
+        # code 11 is CNI's "try again later": a runtime retries it (kubelet does), so
+        # does this helper, for a store that has only just come back (its members may
+        # still be electing a leader)
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                result = conflist.add(f"rel-{tag}", str(NETNS_DIR / ns), "eth0")
+                break
+            except CniFailure as exc:
+                if exc.result.error_code != 11 or time.monotonic() > deadline:
+                    raise
+                print(f"ADD on {node}: {exc}; retrying")
+                time.sleep(0.5)
         return result["ips"][0]["address"].split("/")[0]
 
     def from_pod_ns(self, ns: str, dst: str) -> str | None:

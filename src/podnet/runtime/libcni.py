@@ -74,8 +74,10 @@ def invoke(
 
 class CniFailure(Exception):
     def __init__(self, plugin: str, command: str, result: PluginResult) -> None:
-        msg = (result.output or {}).get("msg", result.stderr.strip()[-500:])
-        super().__init__(f"{plugin} {command} failed (code {result.error_code}): {msg}")
+        output = result.output or {}
+        msg = output.get("msg", result.stderr.strip()[-500:])
+        details = f" ({output['details']})" if output.get("details") else ""
+        super().__init__(f"{plugin} {command} failed (code {result.error_code}): {msg}{details}")
         self.result = result
 
 
