@@ -10,9 +10,11 @@ ARGS    ?=
 # git does not keep empty dirs: lint those of src tests bench that exist.
 LINT_DIRS := $(wildcard src tests bench)
 
-# Debian packages the tests, the demo and the interop peers need.
+# Debian packages the tests, the demo and the interop peers need (chromium: the dashboard's
+# browser test drives it through Playwright; `playwright install` downloads nothing here).
 DEB_PACKAGES := nftables iproute2 podman runc containernetworking-plugins busybox-static \
-	iperf3 conntrack python3-venv ethtool procps util-linux etcd-server containerd bird2
+	iperf3 conntrack python3-venv ethtool procps util-linux etcd-server containerd bird2 \
+	chromium
 
 .PHONY: deps apt-deps venv test lint demo bench clean
 

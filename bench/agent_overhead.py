@@ -7,8 +7,7 @@ are scraped every second; and the wall time of `podnet status` on a 20-node lab.
 
 Issue 13: "CPU and RSS of an agent idle and with 200 pods while metrics are scraped
 every second. Targets: at most 2% of one core idle and at most 80 MB RSS", and "time of
-`podnet status` and of `podnet trace` on a 20-node lab". `podnet trace` does not exist
-yet: it is not measured.
+`podnet status` and of `podnet trace` on a 20-node lab" (trace: bench/trace_time.py).
 
 Agent: a 2-node vxlan lab built with `podnet.lab.builder.LabBuilder` (the code behind
 `podnet lab up`, one pod per node, cluster DNS on), named `b<hex>`. node0's agent is
@@ -301,7 +300,6 @@ def status_timing(args: argparse.Namespace, labs: list[BenchLab]) -> dict:
         "floor_s": spread(floor),
         "ratio_to_floor": round(status["median"] / statistics.median(floor), 2),
         "degraded_runs": len(bad),
-        "trace": "not measured: `podnet trace` does not exist yet",
     }
 
 
@@ -409,7 +407,6 @@ def render(outcome: dict) -> None:
         con.print(table)
         if status["degraded_runs"]:
             con.print(f"[red]{status['degraded_runs']} status runs exited non-zero (degraded)[/]")
-        con.print(f"podnet trace: {status['trace']}")
     print_cleanup(con, outcome, "cleanup: labs torn down, nothing left")
     if agent:
         idle, pods = agent["idle"], agent["with_pods"]

@@ -70,6 +70,7 @@ from benchlib import (
     print_cleanup,
     run_bench,
 )
+from pathlat import ping_rtt
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "src") not in sys.path:
@@ -353,6 +354,11 @@ def measure(paths: dict[str, dict], iperf: Iperf, args: argparse.Namespace) -> d
     for key, proc in servers.items():
         iperf.stop(proc)
         paths[key]["server_pid"] = proc.pid
+    latency = {}
+    for key, p in paths.items():  # after the iperf rounds: nothing else on the path
+        if args.pings:
+            latency[key] = ping_rtt(p["client"], p["server_ip"], args.pings)
+            log(f"{key}: round trip p50 {latency[key]['p50_us']} us, p99 {latency[key]['p99_us']} us")
     return {
         "seconds": args.seconds,
         "repeat": args.repeat,
@@ -367,6 +373,7 @@ def measure(paths: dict[str, dict], iperf: Iperf, args: argparse.Namespace) -> d
                 "sender_cpu": [x["sender_cpu"] for x in runs[key]],
                 "receiver_cpu": [x["receiver_cpu"] for x in runs[key]],
                 **({"pair": paths[key]["pair"]} if "pair" in paths[key] else {}),
+                **({"rtt": latency[key]} if key in latency else {}),
             }
             for key in paths
         },
@@ -486,7 +493,7 @@ def render(outcome: dict) -> None:
         f"{outcome['repeat']} ({outcome['machine']['cpus']} CPUs, load {outcome['loadavg_1m']['before']})"
     )
     big = outcome.get("ratios_big_veth")
-    columns = ["path", "MTU", "Gbit/s (median)", "runs", "retr", "vs veth", "target"]
+    columns = ["path", "MTU", "Gbit/s (median)", "runs", "retr", "vs veth", "target", "RTT p50 / p99 us"]
     if big:
         columns.append("vs BIG TCP veth (info)")
     for col in columns:
@@ -501,6 +508,7 @@ def render(outcome: dict) -> None:
             " ".join(str(r) for r in p["retransmits"]),
             ratio_cell(outcome["ratios"].get(key), target),
             f">= {target}x" if target else "",
+            f"{p['rtt']['p50_us']:.0f} / {p['rtt']['p99_us']:.0f}" if "rtt" in p else "",
             *([f"{big[key]:.2f}x" if key in big else "1.00x"] if big else []),
         )
     con.print(table)
@@ -602,17 +610,19 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="skip the veth pair with BIG TCP limits (info row)",
     )
+    parser.add_argument("--pings", type=int, default=500, metavar="N",
+                        help="round trips per path for the latency figure, busybox ping -A (0: none)")
     parser.add_argument("--json", action="store_true", help="print machine-readable results only")
     args = parser.parse_args(argv)
     if args.bgp_racks and args.fabric:
         parser.error("--bgp-racks builds its own labs (bgp, vxlan, host-gw): leave out --fabric")
     args.fabric = args.fabric or list(DEFAULT_FABRICS)
-    if args.seconds <= 0 or args.repeat < 1:
-        parser.error("--seconds must be > 0 and --repeat >= 1")
+    if args.seconds <= 0 or args.repeat < 1 or args.pings < 0:
+        parser.error("--seconds must be > 0, --repeat >= 1 and --pings >= 0")
     if os.geteuid() != 0:
         print("fabric_throughput: needs root (creates network namespaces)", file=sys.stderr)
         return 2
-    for tool in ("iperf3", "nsenter", "ss"):
+    for tool in ("iperf3", "nsenter", "ss", "busybox"):
         if not shutil.which(tool):
             print(f"fabric_throughput: {tool} is not installed", file=sys.stderr)
             return 2

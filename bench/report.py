@@ -77,10 +77,16 @@ def fabric_throughput(data: dict, out: Path, name: str = "fabric_throughput") ->
         if setup:
             pngs.append(_bars(out, f"{name}_setup", "lab up time per fabric (setup cost)", list(setup),
                               {"s": list(setup.values())}, "s"))
+    rtt = {k: p["rtt"] for k, p in paths.items() if "rtt" in p}
+    if rtt:
+        pngs.append(_bars(out, f"{name}_rtt", "round-trip latency, ping -A (lower is better)", list(rtt),
+                          {"p50": [r["p50_us"] for r in rtt.values()], "p99": [r["p99_us"] for r in rtt.values()]},
+                          "us"))
     ratios = data.get("ratios") or {}
-    rows = [[k, p.get("mtu", ""), p["median_gbps"], " ".join(str(g) for g in p["gbps"]), ratios.get(k, "")]
+    rows = [[k, p.get("mtu", ""), p["median_gbps"], " ".join(str(g) for g in p["gbps"]), ratios.get(k, ""),
+             f"{p['rtt']['p50_us']} / {p['rtt']['p99_us']}" if "rtt" in p else ""]
             for k, p in paths.items()]
-    body = table(["path", "MTU", "median Gbit/s", "runs", "x of the veth pair"], rows)
+    body = table(["path", "MTU", "median Gbit/s", "runs", "x of the veth pair", "RTT p50 / p99 us"], rows)
     if isinstance(data.get("compare"), dict):
         body += table(["comparison", "ratio", "target"],
                         [[k, c.get("ratio", ""), f">= {c['target']}x" if c.get("target") else "info"]
@@ -133,7 +139,34 @@ def bgp_scale(data: dict, out: Path) -> Section:
     return "BGP sessions and memory", [png], table(["", "mesh", "reflectors", "ratio"], rows)
 
 
+def agent_overhead(data: dict, out: Path) -> Section:
+    """An agent's CPU and RSS idle and with pods (scraped every second), and `podnet status`."""
+    sections = []
+    rows = []
+    agent, targets = data.get("agent"), data["targets"]
+    if agent:
+        phases = {"idle": agent["idle"], f"{agent['pods']} pods": agent["with_pods"]}
+        sections.append(_bars(out, "agent_overhead", "agent CPU, % of one core (target idle <= "
+                              f"{targets['cpu_idle_pct']}%)", list(phases),
+                              {"CPU %": [m["cpu_pct"] for m in phases.values()]}, "%"))
+        rows += [[f"agent, {k}", f"{m['cpu_pct']} % CPU", f"{m['rss_mib_max']} MiB RSS max"] for k, m in phases.items()]
+    status = data.get("status")
+    if status:
+        rows.append([f"podnet status, {status['nodes']} nodes", f"{status['status_s']['median']} s median",
+                     f"{status['ratio_to_floor']}x its --help"])
+    return "Agent overhead and podnet status", sections, table(["", "figure", ""], rows)
+
+
+def trace_time(data: dict, out: Path) -> Section:
+    modes = ("floor", "static", "live")
+    png = _bars(out, "trace_time", f"podnet trace on {data['nodes']} nodes, median s", ["--help", "static", "--live"],
+                {"s": [data[m]["median_s"] for m in modes]}, "s")
+    rows = [[m, data[m]["median_s"], data[m]["p90_s"], data.get("ratio_to_floor", {}).get(m, "")] for m in modes]
+    return "podnet trace time", [png], table(["mode", "median s", "p90 s", "x --help"], rows)
+
+
 RENDERERS: dict[str, Callable[[dict, Path], Section]] = {
+    "agent_overhead": agent_overhead, "trace_time": trace_time,
     "cni_latency": cni_latency, "fabric_throughput": fabric_throughput,
     "fabric_bgp": lambda d, o: fabric_throughput(d, o, "fabric_bgp"), "convergence": convergence,
     "policy_scale": policy_scale, "services_lb": services_lb, "bgp_scale": bgp_scale,

@@ -45,6 +45,7 @@ BENCHES = (
                                             "--changes", "3")),
     Bench("bgp_scale", "bgp_scale.py", ("--nodes", "10"), ("--nodes", "50", "--repeat", "3")),
     Bench("agent_overhead", "agent_overhead.py", ("--seconds", "10", "--pods", "50", "--status-nodes", "5")),
+    Bench("trace_time", "trace_time.py", ("--nodes", "5", "--runs", "3")),
 )
 
 

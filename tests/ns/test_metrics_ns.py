@@ -1,7 +1,8 @@
 """A real agent's metrics: CNI requests move the histogram and the error counter, the
 IPAM gauge follows the store, `podnet metrics` prints what prometheus_client parses,
 and `--metrics-addr` serves the same families over HTTP (inside the agent's namespace,
-on its own loopback, so any port is free there)."""
+on its own loopback, so any port is free there). In a lab: fabric peers and drift
+repairs, policy rule counters, service endpoints and NAT hits, store latency."""
 
 from __future__ import annotations
 
@@ -89,7 +90,11 @@ def test_an_address_it_cannot_listen_on_exits_2(sandbox, host_ns, socket_path, t
 # -- a lab: every node's agent through `podnet metrics`, fabric peers and drift repairs
 
 TOPOLOGY = {"nodes": [{"name": "node0"}, {"name": "node1"}],
-            "pods": [{"name": "a", "node": "node0"}, {"name": "b", "node": "node1", "labels": {"pod": "b"}}]}
+            "pods": [{"name": "a", "node": "node0"},
+                     {"name": "b", "node": "node1", "labels": {"pod": "b", "app": "web"},
+                      "ports": [{"port": 80, "protocol": "TCP", "name": "http"}]}],
+            "services": [{"metadata": {"name": "web"}, "spec": {"selector": {"app": "web"}, "ports": [
+                {"name": "http", "port": 8080, "targetPort": "http"}]}}]}
 
 
 @pytest.fixture(scope="module")
@@ -183,3 +188,84 @@ def test_policy_verdicts_are_counted_by_rule(lab, tmp_path):
         assert any("deny-b" in dict(labels)["rule"] and value > 0 for labels, value in counted.items()), counted
     finally:
         podnet_cli("delete", "--lab", lab["name"], "-f", str(path))
+
+
+# -- services: ready endpoints and NAT hits; the store's latency
+
+CONNECTS = """
+import socket, sys
+ok = 0
+for _ in range(int(sys.argv[3])):
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3):
+        ok += 1
+print(ok)
+"""
+EXTRA = """
+apiVersion: v1
+kind: Service
+metadata: {name: extra, namespace: default}
+spec:
+  selector: {pod: b}
+  ports: [{port: 81, targetPort: 80}]
+"""
+
+
+def node_metrics(lab: dict, node: str) -> dict:
+    return parse(podnet_cli("metrics", node, "--lab", lab["name"]).stdout)
+
+
+def labelled(got: dict, name: str, label: str) -> dict[str, float]:
+    return {dict(labels)[label]: value for (sample, labels), value in got.items() if sample == name}
+
+
+def test_service_endpoints_follow_the_ready_pods_and_nat_hits_the_connections(lab, tmp_path):
+    pods = lab["pods"]
+    ready = sum(1 for pod in pods.values() if pod["labels"].get("app") == "web")  # no probe: ready at once
+    client_node, server_node = pods["default/a"]["node"], pods["default/b"]["node"]
+    assert client_node != server_node
+    assert eventually(lambda: all(labelled(node_metrics(lab, n), "podnet_service_endpoints", "service")
+                                  .get("default/web") == ready for n in lab["nodes"]), 20)
+    svcs = json.loads(podnet_cli("get", "--lab", lab["name"], "svc", "-o", "json").stdout)
+    cluster_ip = next(d["spec"]["clusterIP"] for d in svcs if d["metadata"]["name"] == "web")
+    hits = "podnet_service_nat_packets_total"
+    before = {n: labelled(node_metrics(lab, n), hits, "service").get("default/web", 0) for n in lab["nodes"]}
+    made = subprocess.run(["ip", "netns", "exec", pods["default/a"]["netns"], sys.executable, "-c", CONNECTS,
+                           cluster_ip, "8080", "5"], capture_output=True, text=True, timeout=30, check=True)
+    assert made.stdout.strip() == "5"
+    client, server = node_metrics(lab, client_node), node_metrics(lab, server_node)
+    # the client's node DNATs each new connection once (its first packet); the backend's
+    # node sees them already DNATed
+    assert labelled(client, hits, "service")["default/web"] >= before[client_node] + 5
+    assert labelled(client, "podnet_service_nat_bytes_total", "service")["default/web"] > 0
+    assert labelled(server, hits, "service")["default/web"] == before[server_node]
+    # a Service applied now appears with its endpoints, and goes with it
+    path = tmp_path / "extra.yaml"
+    path.write_text(EXTRA)
+    podnet_cli("apply", "--lab", lab["name"], "-f", str(path))
+    try:
+        assert eventually(lambda: labelled(node_metrics(lab, client_node), "podnet_service_endpoints", "service")
+                          .get("default/extra") == 1, 20)
+    finally:
+        podnet_cli("delete", "--lab", lab["name"], "-f", str(path))
+    assert eventually(lambda: "default/extra" not in labelled(node_metrics(lab, client_node),
+                                                              "podnet_service_endpoints", "service"), 20)
+
+
+def test_store_calls_are_timed_per_op(lab, tmp_path):
+    node = sorted(lab["nodes"])[0]
+    count = "podnet_store_request_duration_seconds_count"
+    first = labelled(node_metrics(lab, node), count, "op")
+    assert first["watch"] >= 1  # the services' and policy's long polls, under their own label
+    path = tmp_path / "timed.yaml"
+    path.write_text(EXTRA.replace("extra", "timed"))
+    podnet_cli("apply", "--lab", lab["name"], "-f", str(path))
+    try:
+        def grew() -> bool:
+            now = labelled(node_metrics(lab, node), count, "op")
+            return sum(v for op, v in now.items() if op != "watch") > sum(v for op, v in first.items() if op != "watch")
+
+        assert eventually(grew, 20)
+    finally:
+        podnet_cli("delete", "--lab", lab["name"], "-f", str(path))
+    errors = labelled(node_metrics(lab, node), "podnet_store_errors_total", "op")
+    assert sum(errors.values()) == 0, errors  # a healthy lab: no store call failed

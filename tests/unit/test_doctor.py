@@ -51,3 +51,108 @@ def test_leaks_are_reservations_without_an_endpoint():
     held = [("10.244.0.5", "c1", "eth0"), ("10.244.0.6", "c2", "eth0")]
     found = leak_findings(held, {("c1", "eth0")})
     assert len(found) == 1 and found[0].target == ("c2", "eth0") and "10.244.0.6" in found[0].problem
+
+
+# -- nft tables (agent/doctor_tables.py): the outline of what the agent applied vs the live table
+
+def compiled_table():
+    from podnet.policy.table import Compiled, NftSet
+
+    return Compiled(
+        sets={"owned4": NftSet("ipv4_addr", False, ("10.244.0.2", "10.244.0.3")),
+              "nets": NftSet("ipv4_addr", True, ("10.0.0.0/8",))},
+        maps={"in4": ("ipv4_addr", ("10.244.0.2 : jump in_a",))},
+        chains={"ingress": ("type filter hook forward priority 0; policy accept;", "ct state established,related accept",
+                            'ip daddr @owned4 counter log prefix "D x " group 100 drop comment "unowned"'),
+                "in_a": ('counter drop comment "default deny ingress default/a"',)})
+
+
+def listing(*, flushed: str = "", elements: dict | None = None, shuffle: bool = False) -> dict:
+    """An `nft -j list table` of compiled_table() as the kernel prints it: handles,
+    counter values, the generation stamp, interval elements in its own words."""
+    elements = {"generation": [12345], "owned4": ["10.244.0.2", "10.244.0.3"],
+                "nets": [{"prefix": {"addr": "10.0.0.0", "len": 8}}], **(elements or {})}
+    items = [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "inet", "name": "podnet-policy", "handle": 7}}]
+    items += [{"set": {"name": n, "handle": i, "elem": e}} for i, (n, e) in enumerate(elements.items())]
+    items += [{"map": {"name": "in4", "handle": 20, "elem": [["10.244.0.2", {"jump": {"target": "in_a"}}]]}},
+              {"chain": {"name": "ingress", "handle": 30}}, {"chain": {"name": "in_a", "handle": 31}}]
+    rules = [{"rule": {"chain": "ingress", "handle": 40, "expr": [{"accept": None}]}},
+             {"rule": {"chain": "ingress", "handle": 41, "comment": "unowned",
+                       "expr": [{"counter": {"packets": 9, "bytes": 900}}, {"drop": None}]}},
+             {"rule": {"chain": "in_a", "handle": 42, "comment": "default deny ingress default/a",
+                       "expr": [{"counter": {"packets": 3, "bytes": 180}}, {"drop": None}]}}]
+    rules = [r for r in rules if r["rule"]["chain"] != flushed]
+    # shuffled: objects in another order (a chain's rules keep theirs: that order is the chain's)
+    return {"nftables": rules + items[::-1] if shuffle else items + rules}
+
+
+def test_the_live_outline_matches_the_applied_one_whatever_handles_counters_and_listing_order():
+    from podnet.agent.doctor_tables import differences, live_shape, policy_shape
+
+    want = policy_shape(compiled_table())
+    assert want.chains == {"ingress": (None, "unowned"), "in_a": ("default deny ingress default/a",)}
+    assert want.sets == {"generation": None, "owned4": 2, "nets": None, "in4": 1}
+    assert differences(want, live_shape(listing())) == []
+    assert differences(want, live_shape(listing(shuffle=True))) == []
+    assert differences(want, live_shape(listing(elements={"nets": []}))) == []  # interval sets: nft's own words
+
+
+def test_a_flushed_chain_a_missing_table_and_changed_elements_are_named():
+    from podnet.agent.doctor_tables import differences, live_shape, policy_shape, table_finding
+
+    want = policy_shape(compiled_table())
+    assert differences(want, live_shape(listing(flushed="in_a"))) == ["rules in chain: in_a (0 of 1)"]
+    assert differences(want, live_shape(None)) == ["the table is missing"]
+    assert differences(want, live_shape({"nftables": [{"metainfo": {}}]})) == ["the table is missing"]
+    assert differences(want, live_shape(listing(elements={"owned4": ["10.244.0.2"]}))) == [
+        "elements in: owned4 (1 of 2)"]
+    doc = listing()
+    doc["nftables"][-1]["rule"]["comment"] = "someone else's rule"
+    doc["nftables"].append({"chain": {"name": "extra", "handle": 99}})
+    assert differences(want, live_shape(doc)) == ["chain the agent did not apply: extra",
+                                                  "other rules (by comment) in chain: in_a"]
+    found = table_finding("inet podnet-policy", "policy", ["the table is missing"])
+    assert found.problem == "table inet podnet-policy is missing" and found.fixable
+    assert found.target == ("inet podnet-policy", "policy") and "re-applies its whole table" in found.fix
+
+
+def test_the_service_outline_counts_elements_but_not_counters_intervals_or_affinity():
+    from podnet.agent.doctor_tables import services_shape
+    from podnet.services.plan import Backend, NodePlan, ServicePort
+    from podnet.services.render import table_objects
+
+    backends = (Backend("10.244.1.10", 8080), Backend("10.244.2.11", 8080))
+    web = ServicePort(id="web", ref="default/web:80", protocol="tcp", port=80, cluster_ips=("10.96.0.10",),
+                      backends=backends, affinity_timeout=60)
+    shape = services_shape(table_objects(NodePlan(("192.168.50.1",), ("10.244.0.0/16",), (web,))), "generation")
+    assert shape.sets["service-ips4"] == 1 and shape.sets["hairpin4"] == 2 and shape.sets["node-ips4"] == 1
+    assert shape.sets["cluster-cidrs4"] is None and shape.sets["generation"] is None
+    assert not any(name.startswith("hits") for name in shape.sets)
+    affinity = [name for name in shape.sets if name.startswith("aff")]
+    assert affinity and all(shape.sets[name] is None for name in affinity)
+    assert shape.chains["nat-prerouting"] == (None,)
+
+
+# -- expired leases and DNS (agent/doctor_cluster.py)
+
+def test_a_routed_block_no_live_lease_holds_is_named_with_its_last_owner():
+    from podnet.agent.doctor_cluster import expired_lease_findings
+
+    routes = [("10.244.5.0/24", "172.31.0.12", "podnet"), ("10.244.1.0/24", "172.31.0.11", "podnet"),
+              ("10.244.0.0/24", "", "bird"), ("10.244.7.5/32", "172.31.0.13", "bird"),
+              ("10.99.0.0/24", "172.31.0.12", "podnet"), ("10.244.6.0/24", "172.31.0.13", "bird")]
+    found = expired_lease_findings(routes, {"10.244.1.0/24": "node1"}, ["10.244.0.0/24"], "10.244.0.0/16", 24,
+                                   {"10.244.5.0/24": "node9"})
+    assert [f.target for f in found] == [("10.244.5.0/24",), ("10.244.6.0/24",)]
+    assert "via 172.31.0.12 (podnet)" in found[0].problem and "node node9's lease expired" in found[0].problem
+    assert "(its lease expired" in found[1].problem and "BIRD" in found[1].fix
+    assert all(f.fixable and f.check == "leases" and "repair pass" in f.fix for f in found)
+
+
+def test_only_a_dns_server_that_did_not_answer_is_named_and_never_as_fixable():
+    from podnet.agent.doctor_cluster import dns_findings
+
+    found = dns_findings([("in the pod", "fix a", None), ("at 10.96.0.10", "fix b", "no answer within 1 s")],
+                         "kube-dns.kube-system.svc.cluster.local")
+    assert len(found) == 1 and not found[0].fixable and found[0].fix == "fix b"
+    assert found[0].problem.startswith("the cluster DNS server at 10.96.0.10 does not answer (no answer within 1 s")

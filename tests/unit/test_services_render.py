@@ -64,7 +64,7 @@ def parse(script: str) -> Parsed:
             out.chains[m[1]].append(m[2])
         elif m := re.fullmatch(rf"add chain {P} (\S+)( .*)?", line):
             out.chains.setdefault(m[1], [])
-        elif m := re.fullmatch(rf"add (?:set|map) {P} (\S+) \{{ (.*) \}}", line):
+        elif m := re.fullmatch(rf"add (?:set|map|counter) {P} (\S+) \{{ (.*) \}}", line):
             out.sets[m[1]] = m[2]
         elif (m := re.fullmatch(rf"add element {P} (\S+) \{{ (.*) \}}", line)) and m[1].startswith(SETS):
             out.members[m[1]] |= {item.split(" comment ")[0] for item in m[2].split(", ")}
@@ -74,7 +74,7 @@ def parse(script: str) -> Parsed:
                 out.elements[m[1]][key] = target
         elif m := re.fullmatch(rf"delete element {P} (\S+) \{{ (.*) \}}", line):
             out.deleted.extend(f"element {m[1]} {key}" for key in m[2].split(", "))
-        elif m := re.fullmatch(rf"delete (chain|set) {P} (\S+)", line):
+        elif m := re.fullmatch(rf"delete (chain|set|counter) {P} (\S+)", line):
             out.deleted.append(f"{m[1]} {m[2]}")
         elif m := re.fullmatch(rf"flush chain {P} (\S+)", line):
             out.flushed.append(m[1])
@@ -119,7 +119,7 @@ def test_numgen_cascade_is_uniform_and_each_backend_dnats():
         assert t.ep_targets("svc4-web") == {f"{b.ip}:{b.port}" for b in backends}
     # one backend: a plain choice (no anonymous map, which costs the kernel a scan of every map)
     single = parse(render_table(plan(port(backends=(B0,))))).chains["svc4-web"]
-    assert single == [f'meta l4proto tcp dnat ip to {B0.ip}:8080 comment "default/web:80 -> {B0.ip}:8080"']
+    assert single == [f'meta l4proto tcp counter name hits-web-57e4a715 dnat ip to {B0.ip}:8080 comment "default/web:80 -> {B0.ip}:8080"']
 
 
 def test_a_client_sent_to_itself_is_masqueraded_after_the_dnat():
@@ -158,7 +158,7 @@ def test_affinity_sets_only_with_affinity():
     checks = [r for r in rules if re.match(r"ip saddr @aff-web-\w+ ", r)]
     assert len(checks) == 2 and rules.index(checks[-1]) < min(i for i, r in enumerate(rules) if "numgen" in r)
     for rule in rules:  # every choice refreshes the affinity of the backend it takes
-        aff = re.search(r"update @(\S+) \{ ip saddr \} dnat ip to (\S+) ", rule)
+        aff = re.search(r"update @(\S+) \{ ip saddr \} counter name hits-web-57e4a715 dnat ip to (\S+) ", rule)
         assert aff and aff[1] in sets and ("saddr @" not in rule or f"saddr @{aff[1]} " in rule), rule
     # a new timeout is a new set: nothing is ever redefined in place
     t2 = parse(render_table(plan(port(affinity_timeout=8, cluster_ips=("10.96.0.10", "fd00:96::10"),

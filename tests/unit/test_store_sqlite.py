@@ -66,6 +66,7 @@ def test_another_process_write_wakes_a_quiet_watch_at_once(tmp_path, monkeypatch
     from podnet.store.sqlite import watch as watch_module
 
     monkeypatch.setattr(watch_module, "IDLE_POLL", 30.0)
+    monkeypatch.setattr(watch_module, "IDLE_POLL_WOKEN", 30.0)
     monkeypatch.setattr(watch_module, "FULL_SCAN_SECONDS", 60.0)
     path = str(tmp_path / "store.db")
     with SqliteStore(path, poll_interval=30.0) as store:

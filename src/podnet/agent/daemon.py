@@ -158,18 +158,21 @@ class Agent:
         # Its records name its node (--node, else the machine id, podnet/identity.py);
         # stores the fallback used while it was down are noted beside its socket.
         identity = NodeIdentity.local(node_options.node if node_options else "")
+        self.metrics = AgentMetrics(lambda: (e.key for e in self.service.store(self.store_path).list(keys.IPAM)))
         self.service = CniService(default_store=self.store_path, track_stores=True, identity=identity,
-                                  agent_socket=socket_path)
+                                  agent_socket=socket_path, wrap_store=self.metrics.timed_store)
         self.locks = KeyedLocks()
         self.server: AgentServer | None = None
         self.metrics_addr = metrics_addr  # None: metrics only over the socket (op `metrics`)
-        self.metrics = AgentMetrics(lambda: (e.key for e in self.service.store(self.store_path).list(keys.IPAM)))
         self.services = build_services(self)
         self.ops = {op: fn for svc in self.services for op, fn in svc.ops().items()}
         self.ops["metrics"] = lambda _message, _fds: self.metrics.render()
         if "policy.counters" in self.ops:  # a node's policy verdicts, per rule, at scrape time
             counters = self.ops["policy.counters"]
             self.metrics.watch_policy(lambda: counters(None, []))
+        if "services.counters" in self.ops:  # a node's service endpoints and NAT hits, at scrape time
+            services = self.ops["services.counters"]
+            self.metrics.watch_services(lambda: services(None, []))
         self.long_ops = long_ops(self.services)
 
     def waits(self, meta: bytes) -> bool:

@@ -16,6 +16,12 @@ Checks (each a pure judgement over what `examine` reads):
   sweep would (agent/resync.py), only when every store could be read.
 - leaks: this node's ready reservations of the pod network with no endpoint record
   (an address no pod holds); fix: release them.
+- nft: the policy and service tables against what their services applied
+  (agent/doctor_tables.py); fix: the service re-applies its whole table.
+- leases: routes to blocks no live lease in the store holds (agent/doctor_cluster.py);
+  fix: the repair pass. (Named here, not again as stale fabric routes.)
+- dns: the node's cluster DNS server, and the address pods are given, not answering
+  one query (agent/doctor_cluster.py); explained only.
 Nothing here changes the kernel or the store except what `fix` does.
 """
 
@@ -23,8 +29,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
+
+from podnet.agent.doctor_finding import Finding
 
 if TYPE_CHECKING:
     from podnet.agent.node_service import NodeService
@@ -32,18 +39,6 @@ if TYPE_CHECKING:
 HOST_VETH = re.compile(r"^pn[0-9a-f]{11}$")  # a pod's host veth (naming.py host_veth_name)
 CONNTRACK_PRESSURE = 0.8
 REPAIR_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True)
-class Finding:
-    check: str  # fabric, mtu, conntrack, bgp
-    problem: str
-    fix: str  # what `--fix` does, or how to fix it by hand
-    fixable: bool = False  # `--fix` repairs it
-    target: tuple[str, ...] = ()  # what `--fix` acts on: (veth,) of an orphan, (container ID, ifname) of a leak
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def fabric_findings(missing: Iterable[str], stale: Iterable[str]) -> list[Finding]:
@@ -99,6 +94,9 @@ def examine(node: NodeService, fix: bool = False) -> dict[str, Any]:
     fixed: list[dict[str, Any]] = []
     if fix and any(f.fixable for f in findings):
         _remove_orphans_and_leaks(node, findings)
+        from podnet.agent.doctor_tables import reapply_tables
+
+        reapply_tables(node, findings)
         if not node.request_repair(REPAIR_TIMEOUT):
             return {"node": node.name, "findings": [f.to_json() for f in findings], "fixed": [],
                     "error": f"the repair pass did not run within {REPAIR_TIMEOUT:g} s"}
@@ -110,6 +108,8 @@ def examine(node: NodeService, fix: bool = False) -> dict[str, Any]:
 def _findings(node: NodeService) -> list[Finding]:
     from pyroute2 import IPRoute
 
+    from podnet.agent.doctor_cluster import cluster_dns_findings, lease_findings
+    from podnet.agent.doctor_tables import nft_findings
     from podnet.fabric.bgp import BgpFabric
 
     fabric, ctx = node.fabric, node.ctx
@@ -120,7 +120,9 @@ def _findings(node: NodeService) -> list[Finding]:
         drift = fabric.apply(ipr, want, dry_run=True)
         links = {str(msg.get("IFLA_IFNAME")): int(msg.get("IFLA_MTU")) for msg in ipr.get_links()
                  if HOST_VETH.match(str(msg.get("IFLA_IFNAME") or ""))}
-    out = fabric_findings(drift.added, drift.removed)
+    expired = lease_findings(node)
+    gone = {f"route {f.target[0]}" for f in expired}  # named once, as an expired lease
+    out = fabric_findings(drift.added, [r for r in drift.removed if r not in gone])
     out += mtu_findings(links, fabric.mtu(ctx.underlay_mtu))
     out += conntrack_findings(_read_int("/proc/sys/net/netfilter/nf_conntrack_count"),
                               _read_int("/proc/sys/net/netfilter/nf_conntrack_max"))
@@ -129,7 +131,7 @@ def _findings(node: NodeService) -> list[Finding]:
     claimed, records, held = _endpoints(node)
     out += orphan_findings(links, claimed)
     out += leak_findings(held, records)
-    return out
+    return out + expired + nft_findings(node) + cluster_dns_findings(node)
 
 
 def _endpoints(node: NodeService) -> tuple[set[str] | None, set[tuple[str, str]], list[tuple[str, str, str]]]:

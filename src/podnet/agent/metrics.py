@@ -13,8 +13,11 @@ What is measured, and where:
 - Fabric (cluster nodes): each converge pass is timed, what its apply added or removed
   (route/neigh/fdb) is counted as drift repairs, and its peers' verdicts (ok/refused)
   set a gauge.
-Store latency is not measured: the store is reached through many call sites and no
-single seam times them all without a proxy around every backend.
+- Policy (cluster nodes): packets and bytes per rule, from nft at scrape time.
+- Services (cluster nodes): ready endpoints and NAT hits per service, at scrape time
+  (agent/metrics_services.py).
+- Store: every call of the agent's stores, timed by a proxy around each store it opens
+  (agent/store_metrics.py).
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
 
 from podnet import keys
+from podnet.agent.metrics_services import ServicesCollector
+from podnet.agent.store_metrics import StoreMetrics
 from podnet.errors import PodnetError
+from podnet.store.base import Store
 
 log = logging.getLogger("podnet.agent.metrics")
 
@@ -129,8 +135,17 @@ class AgentMetrics:
                              "or remove", ["kind", "action"], registry=r)
         self.peers = Gauge("podnet_fabric_peers", "peer nodes by the fabric's verdict on their lease",
                            ["state"], registry=r)
+        self.store = StoreMetrics(r)
         if reservations is not None:
             r.register(_IpamCollector(reservations))
+
+    def timed_store(self, store: Store) -> Store:
+        """`store` with its calls timed into this registry (CniService's `wrap_store`)."""
+        return self.store.timed(store)
+
+    def watch_services(self, counters: Callable[[], Mapping[str, Any]]) -> None:
+        """Scrape the node's services too (`counters`: the op `services.counters`)."""
+        self.registry.register(ServicesCollector(counters))
 
     def watch_policy(self, counters: Callable[[], Mapping[str, Any]]) -> None:
         """Scrape the node's policy counters too (`counters`: the op `policy.counters`)."""

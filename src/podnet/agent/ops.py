@@ -21,6 +21,7 @@ from podnet.agent.policy_service import PolicyService
 from podnet.agent.readiness_service import ReadinessService
 from podnet.agent.services_service import ServicesService
 from podnet.agent.supervisor_service import SupervisorService
+from podnet.agent.trace_service import TraceService
 
 # name -> factory(agent); order is start order (stop runs in reverse)
 SERVICES: dict[str, Callable[[AgentContext], AgentService]] = {
@@ -32,6 +33,7 @@ SERVICES: dict[str, Callable[[AgentContext], AgentService]] = {
     "readiness": ReadinessService,  # --node: probes this node's pods, publishes readiness/
     "services": ServicesService,  # --node: services/, endpointslices/, pods -> inet podnet-svc
     "cluster-dns": ClusterDnsService,  # --cluster-dns-netns: <svc>.<ns>.svc.<domain> in the node's DNS pod
+    "trace": TraceService,  # podnet trace: a packet's path from this node's kernel; traced probes
 }
 
 

@@ -152,19 +152,10 @@ class PolicyService:
         """Packets and bytes per rule (the nft counters, summed by the rule's comment:
         one rule of a policy may be several lines), busiest first; on demand only, as it
         lists the whole table."""
+        from podnet.kernel.nft import counter_totals
         from podnet.policy.compile import FAMILY, TABLE
 
-        doc = self.nft.list_table_json(FAMILY, TABLE) or {"nftables": []}
-        totals: dict[str, list[int]] = {}
-        for item in doc["nftables"]:
-            rule = item.get("rule")
-            if not rule or "comment" not in rule:
-                continue
-            for expr in rule.get("expr", []):
-                if "counter" in expr:
-                    entry = totals.setdefault(rule["comment"], [0, 0])
-                    entry[0] += int(expr["counter"].get("packets", 0))
-                    entry[1] += int(expr["counter"].get("bytes", 0))
+        totals = counter_totals(self.nft.list_table_json(FAMILY, TABLE))
         rows = [{"rule": k, "packets": v[0], "bytes": v[1]} for k, v in totals.items()]
         rows.sort(key=lambda r: (-r["packets"], r["rule"]))
         return {"node": self.node, "rules": rows}

@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from podnet import keys
+from podnet.agent.metrics_services import service_counters
 from podnet.agent.service_thread import ServiceThread, list_then_watch
 from podnet.errors import PodnetError
 from podnet.kernel.libnft import LibNft
@@ -76,7 +77,8 @@ class ServicesService:
 
     def ops(self) -> dict[str, OpHandler]:
         return {"services.status": lambda _message, _fds: self.status(),
-                SYNC_OP: lambda _message, _fds: self.converge(full=False)}
+                SYNC_OP: lambda _message, _fds: self.converge(full=False),
+                "services.counters": lambda _message, _fds: self.counters()}
 
     def start(self) -> None:
         if self.node is not None:
@@ -91,6 +93,13 @@ class ServicesService:
     def status(self) -> dict[str, Any]:
         with self._lock:
             return self._status_unlocked()
+
+    def counters(self) -> dict[str, Any]:
+        """Ready endpoints and NAT hits per service (agent/metrics_services.py); nft is
+        read outside the lock, so a scrape never holds up a converge pass."""
+        with self._lock:
+            ports = list((self.table.ports or {}).values())
+        return service_counters(self.node, ports, lambda: self.nft.list_counters_json(render.FAMILY, render.TABLE))
 
     @property
     def applied(self) -> NodePlan | None:

@@ -5,7 +5,10 @@
                   label                             network.py   network ...
     policy.py     flows, policy explain|status|...  container.py container ...
     demo.py       demo (and demo_host.py)           bgp.py       bgp status
-    output.py     printing and errors               target.py    which cluster (--lab, --store, ...)
+    status.py     status, report                    metrics.py   metrics
+    doctor.py     doctor                            trace.py     trace
+    dashboard.py  dashboard                         target.py    which cluster (--lab, --store, ...)
+    output.py     printing and errors
 
 Nothing below the CLI imports it; the lab and the tests run it as a process
 (`python -m podnet.cli`).
@@ -20,6 +23,7 @@ from podnet.cli import (
     agent,
     bgp,
     container,
+    dashboard,
     demo,
     doctor,
     lab,
@@ -29,11 +33,13 @@ from podnet.cli import (
     observe,
     policy,
     status,
+    trace,
 )
 from podnet.cli.output import fail
 from podnet.errors import PodnetError
 
-VERB_GROUPS = (agent, demo, network, container, lab, observe, status, metrics, doctor, objects, policy, bgp)
+VERB_GROUPS = (agent, demo, network, container, lab, observe, status, metrics, doctor, trace, dashboard, objects,
+               policy, bgp)
 
 
 def build_parser() -> argparse.ArgumentParser:

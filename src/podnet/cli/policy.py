@@ -104,7 +104,7 @@ def _row(flow: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
 
 
 def _cmd_flows(args: argparse.Namespace) -> int:
-    from podnet.rpc.client import call
+    from podnet.observe.flows import FlowCursor
 
     try:
         sockets = node_sockets(args)
@@ -114,26 +114,14 @@ def _cmd_flows(args: argparse.Namespace) -> int:
     except PodnetError as exc:
         return fail(exc)
     ips = set(pods[args.pod]) if args.pod else None
-    cursors = dict.fromkeys(sockets, 0)
+    cursor = FlowCursor(sockets, page=PAGE)
     names = {ip: key for key, addresses in pods.items() for ip in addresses}  # flows read `x/a`
 
     oldest = time.time() - args.since if args.since else 0.0
 
     def fetch() -> list[dict[str, Any]]:
-        found = []
-        for node, sock in sockets.items():
-            while True:  # page through everything the node has since our cursor
-                try:
-                    reply = call(sock, "policy.flows", timeout=5, since=cursors[node], limit=PAGE)
-                except PodnetError:
-                    break  # a node whose agent is down has nothing to say right now
-                cursors[node] = reply["next"]  # type: ignore[index]
-                found += reply["flows"]  # type: ignore[index]
-                if len(reply["flows"]) < PAGE:  # type: ignore[index]
-                    break
-        found = [f for f in found if (ips is None or f["src"] in ips or f["dst"] in ips)
-                 and (args.verdict is None or f["verdict"] == args.verdict) and f["time"] >= oldest]
-        return sorted(found, key=lambda f: f["time"])
+        return [f for f in cursor.fetch() if (ips is None or f["src"] in ips or f["dst"] in ips)
+                and (args.verdict is None or f["verdict"] == args.verdict) and f["time"] >= oldest]
 
     flows = fetch()
     if not args.follow:

@@ -84,6 +84,7 @@ class CniService:
         track_stores: bool = False,
         identity: NodeIdentity | None = None,
         agent_socket: str | None = None,
+        wrap_store: Callable[[Store], Store] | None = None,
     ) -> None:
         self.default_store = default_store
         self.track_stores = track_stores
@@ -92,13 +93,18 @@ class CniService:
         self._stores: dict[str, Store] = {}
         self._stores_lock = threading.Lock()
         self._nat_factory = nat_factory or (lambda: NatManager(Nft()))
+        self._wrap_store = wrap_store  # the agent's: time every store call (agent/store_metrics.py)
+
+    def _open(self, path: str) -> Store:
+        store = open_store(path)
+        return store if self._wrap_store is None else self._wrap_store(store)
 
     # -- plumbing ---------------------------------------------------------------------
     def store(self, path: str) -> Store:
         with self._stores_lock:
             store = self._stores.get(path)
             if store is None:
-                store = self._stores[path] = open_store(path)
+                store = self._stores[path] = self._open(path)
                 if self.track_stores and path != self.default_store:
                     self._remember_store(path)
             return store
@@ -106,7 +112,7 @@ class CniService:
     def _remember_store(self, path: str) -> None:
         """The agent notes every store a network points it at (dataDir), so its next
         start-up resync also finds the endpoints kept there."""
-        default = self._stores.get(self.default_store) or open_store(self.default_store)
+        default = self._stores.get(self.default_store) or self._open(self.default_store)
         self._stores[self.default_store] = default
         registry.remember(default, path)
 

@@ -32,6 +32,30 @@ class NftPort(Protocol):
 
     def set_elements(self, family: str, table: str, name: str) -> list | None: ...
 
+    def list_counters_json(self, family: str, table: str) -> dict | None: ...
+
+
+def counter_totals(doc: dict | None) -> dict[str, tuple[int, int]]:
+    """(packets, bytes) per comment in an `nft -j` listing: the anonymous counters of
+    every commented rule plus every commented named counter object, summed by comment
+    (one policy rule may be several lines; a service port's DNAT rules share one named
+    counter). Read at scrape time by the policy and services metrics."""
+    totals: dict[str, tuple[int, int]] = {}
+
+    def add(comment: str, counter: dict) -> None:
+        packets, octets = totals.get(comment, (0, 0))
+        totals[comment] = (packets + int(counter.get("packets", 0)), octets + int(counter.get("bytes", 0)))
+
+    for item in (doc or {}).get("nftables", []):
+        if "counter" in item and "comment" in item["counter"]:
+            add(item["counter"]["comment"], item["counter"])
+        rule = item.get("rule")
+        if rule and "comment" in rule:
+            for expr in rule.get("expr", []):
+                if isinstance(expr.get("counter"), dict):  # `counter name X` is a string: the object counts
+                    add(rule["comment"], expr["counter"])
+    return totals
+
 
 def _check_table(family: str, table: str, *names: str) -> None:
     """nft joins its arguments into one command line and parses that as a script
@@ -83,16 +107,24 @@ class Nft:
 
     def list_table_json(self, family: str, table: str) -> dict | None:
         """`nft -j list table`: the parsed document, or None when the table is absent."""
+        return self._list_json("table", family, table)
+
+    def list_counters_json(self, family: str, table: str) -> dict | None:
+        """`nft -j list counters table`: the table's named counters only (cheap: no rule,
+        set or map is listed); None when the table is absent."""
+        return self._list_json("counters table", family, table)
+
+    def _list_json(self, what: str, family: str, table: str) -> dict | None:
         _check_table(family, table)
-        proc = self._run(["-j", "list", "table", family, table])
+        proc = self._run(["-j", "list", *what.split(), family, table])
         if proc.returncode != 0:
             if _MISSING in proc.stderr:
                 return None
-            raise KernelError(f"nft list table {family} {table} failed", proc.stderr.strip())
+            raise KernelError(f"nft list {what} {family} {table} failed", proc.stderr.strip())
         try:
             return json.loads(proc.stdout)
         except ValueError as exc:
-            raise KernelError(f"nft printed invalid JSON for {family} {table}", str(exc)) from None
+            raise KernelError(f"nft printed invalid JSON for {what} {family} {table}", str(exc)) from None
 
     def set_elements(self, family: str, table: str, name: str) -> list | None:
         """The elements of one named set (cheap: nothing else of the table is listed);
@@ -135,6 +167,11 @@ class FakeNft:
         _check_table(family, table)
         self.list_calls.append((family, table))
         return self.tables.get((family, table))
+
+    def list_counters_json(self, family: str, table: str) -> dict | None:
+        _check_table(family, table)
+        doc = self.tables.get((family, table))
+        return None if doc is None else {"nftables": [i for i in doc.get("nftables", []) if "counter" in i]}
 
     def set_elements(self, family: str, table: str, name: str) -> list | None:
         _check_table(family, table, name)

@@ -39,6 +39,10 @@ cluster_cidrs.
                   masqueraded. external_local: pods and the node itself (masqueraded) use
                   svc, external clients use loc and keep their source address, or are
                   dropped when no backend is local (as kube-proxy does)
+    hits-<id>-<h> a named counter that every DNAT rule of the port's chains counts into
+                  (comment: the port's ref; h: the ref's hash): the NAT hits the agent's
+                  metrics read with `nft list counters` (services_service.counters), not
+                  the whole table; an object, so a backend change (chains rewritten) keeps it
     aff-<id>-<h>  a backend's affinity set (h: hash of its ip, port and the timeout),
                   `flags dynamic,timeout`: a new timeout is a new set, never a set
                   redefined in place
@@ -60,6 +64,7 @@ other tables may use the others.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -91,7 +96,7 @@ from podnet.services.render_diff import (
 __all__ = ["FAMILY", "MASQ_MARK", "TABLE", "delete_table", "render_changes", "render_full", "render_table",
            "render_update", "shared_counts"]
 
-FORMAT = 2  # bump when the same plan renders to a different table (agents then rebuild it)
+FORMAT = 3  # bump when the same plan renders to a different table (agents then rebuild it)
 MASQ_MARK = 0x4000
 REJECT = "reject-chain"  # "reject" is an nft keyword
 
@@ -171,6 +176,7 @@ def _family(out: Objects, p: PortTokens, v: int, has_cidrs: bool) -> None:
 
 def _balance(out: Objects, p: PortTokens, name: str, backends: list[BackendTokens]) -> None:
     """A chain choosing one of `backends`: the client's affinity first, else at random."""
+    out.sets[_hits(p)] = ("counter", f"comment {p.comment};")  # its DNATs, read by the metrics
     rules = []
     if p.affinity is not None:
         for b in backends:
@@ -188,7 +194,14 @@ def _pick(p: PortTokens, b: BackendTokens, choice: str) -> str:
     """The rule sending a client to `b` when `choice` holds (and refreshing its affinity)."""
     ip = _IP[b.v]
     update = f"update @{p.affinity_set(b)} {{ {ip} saddr }} " if p.affinity is not None else ""
-    return f"{choice}meta l4proto {p.proto} {update}dnat {ip} to {b.target} comment {p.note('-> ' + b.target)}"
+    return (f"{choice}meta l4proto {p.proto} {update}counter name {_hits(p)} dnat {ip} to {b.target} "
+            f"comment {p.note('-> ' + b.target)}")
+
+
+def _hits(p: PortTokens) -> str:
+    """The port's named counter; its ref's hash in the name, as the comment holds the
+    ref and an object is never redefined in place (a renamed port gets a new counter)."""
+    return tok.identifier(f"hits-{p.id}-{hashlib.sha256(p.ref.encode()).hexdigest()[:8]}")
 
 
 # -- the table's skeleton: what does not depend on the services

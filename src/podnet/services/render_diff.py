@@ -52,7 +52,7 @@ class Objects:
     and `shared` how many times a (set, key) shared with other ports is held here.
     """
 
-    sets: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> ("set"|"map", body)
+    sets: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> ("set"|"map"|"counter", body)
     chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
     hooks: dict[str, str] = field(default_factory=dict)
     elements: dict[tuple[str, str], str] = field(default_factory=dict)

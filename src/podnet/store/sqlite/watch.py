@@ -26,7 +26,11 @@ from podnet.store.sqlite.wake import FileWake
 
 FULL_SCAN_SECONDS = 1.0  # watch(): a full scan at least this often, changed or not
 TAIL_EVENTS = 8192  # watch(): how many recent events the shared tail keeps in memory
-IDLE_POLL = 0.02  # watch(): how often the tail looks while nothing changes
+IDLE_POLL = 0.02  # watch(): how often the tail looks while nothing changes (no inotify)
+# ... and with inotify, which wakes it for every other process's write (wake.py) and
+# every writer of this process: the poll is then only a safety net. 50 polls a second
+# were a third of an idle agent's CPU (bench/README.md, agent overhead).
+IDLE_POLL_WOKEN = 0.5
 # watch(): the events' head revision, the next expiry and the compaction mark, in one read
 _WATCH_HEAD = (
     "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'events'),"
@@ -150,15 +154,20 @@ class Tail:
                 self._error, self._thread = exc, None
                 self._cond.notify_all()
             return
-        quiet = threading.Event()  # inotify wakes only a quiet tail: a burst stays batched
+        # inotify wakes only a quiet tail (a burst stays batched); a write seen while
+        # the tail was busy is remembered, so the next quiet wait does not sleep on it
+        quiet, pending = False, False
 
         def wake() -> None:
-            if quiet.is_set():
-                with self._txs.committed:
+            nonlocal pending
+            with self._txs.committed:
+                pending = True
+                if quiet:
                     self._txs.committed.notify_all()
 
         file_wake = FileWake(self._pool.path, wake)
-        file_wake.start()  # another process's write wakes the tail at once (wake.py)
+        # another process's write wakes the tail at once (wake.py)
+        idle_poll = IDLE_POLL_WOKEN if file_wake.start() else min(self._poll, IDLE_POLL)
         try:
             version: int | None = None
             idle_version: int | None = None  # the version seen by the previous pass
@@ -178,11 +187,14 @@ class Tail:
                 # head and the new events, and fifty agents do not wake per write).
                 with self._txs.committed:
                     if idle_version is not None and current != idle_version:
-                        quiet.clear()
+                        quiet = pending = False
                         self._txs.committed.wait(self._poll)
+                    elif pending:
+                        pending = False  # written since this pass looked: look again now
                     else:
-                        quiet.set()
-                        self._txs.committed.wait(min(self._poll, IDLE_POLL))
+                        quiet = True
+                        self._txs.committed.wait(self._idle_wait(idle_poll, next_expiry))
+                        quiet = pending = False
                 idle_version = current
         except (StoreError, sqlite3.Error) as exc:
             with self._cond:
@@ -194,6 +206,14 @@ class Tail:
             with self._cond:
                 self._thread = None
                 self._cond.notify_all()
+
+    def _idle_wait(self, idle_poll: float, next_expiry: float | None) -> float:
+        """How long a quiet tail sleeps: the idle poll, cut short by the next expiry
+        (its delete events are due then)."""
+        wait = idle_poll
+        if next_expiry is not None:
+            wait = min(wait, max(0.0, next_expiry - self._clock()))
+        return wait
 
     def _read_new(self) -> float | None:
         """One pass of the tail after a change: the head, the new events of the watched
