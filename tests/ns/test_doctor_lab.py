@@ -1,7 +1,8 @@
 """`podnet doctor` on a real lab (2 host-gw nodes): healthy says so (exit 0); a deleted
 fabric route is found and named, and `--fix` has the node repair it; a pod veth with
-the wrong MTU is found and explained (nothing repairs a pod's MTU); a node whose agent
-does not answer is named."""
+the wrong MTU is found and explained (nothing repairs a pod's MTU), as are an underlay
+MTU changed under the agent and a pod bridge off the pod MTU, on their node and across
+nodes; a node whose agent does not answer is named."""
 
 from __future__ import annotations
 
@@ -72,6 +73,29 @@ def test_a_pod_veth_with_the_wrong_mtu_is_explained_not_fixed(lab):
         assert not mtu[0]["fixable"] and "re-create the pod" in mtu[0]["fix"]
     finally:
         ip(netns, "link", "set", veth, "mtu", "1500")
+    assert doctor(lab)[0] == 0
+
+
+def test_an_underlay_mtu_changed_on_one_node_is_named_there_and_across_nodes(lab):
+    """node1's underlay shrinks under the agent, node0's pod bridge is set off the pod
+    MTU: each node names its own fault, and the CLI names what crosses nodes (node0's
+    pods still send 1500-byte packets that node1's underlay no longer carries)."""
+    node0, node1 = (lab["nodes"][n]["netns"] for n in ("node0", "node1"))
+    ip(node1, "link", "set", "eth0", "mtu", "1400")
+    ip(node0, "link", "set", "pncl0", "mtu", "1400")
+    try:
+        code, nodes = doctor(lab)
+        by_node = {n["node"]: [f for f in n["findings"] if f["check"] == "mtu"] for n in nodes}
+        assert code == 1
+        assert [f["problem"].split(":")[0] for f in by_node["node1"]] == [
+            "underlay eth0 has MTU 1400, the agent sized the pod network (1500) for 1500"]
+        assert [f["problem"].split(":")[0] for f in by_node["node0"]] == ["pncl0 has MTU 1400, the pod network's is 1500"]
+        assert [f["problem"] for f in by_node["cluster"]] == [
+            "pods on node0 send packets up to 1500 bytes, but what reaches their pods is limited to node1 1400: "
+            "bigger packets are dropped"]
+    finally:
+        ip(node1, "link", "set", "eth0", "mtu", "1500")
+        ip(node0, "link", "set", "pncl0", "mtu", "1500")
     assert doctor(lab)[0] == 0
 
 

@@ -8,9 +8,11 @@ from podnet.agent.doctor import (
     conntrack_findings,
     fabric_findings,
     leak_findings,
+    link_mtu_findings,
     mtu_findings,
     orphan_findings,
 )
+from podnet.cli.doctor import mtu_mismatches
 
 
 def test_fabric_drift_is_fixable_and_says_missing_or_stale():
@@ -25,6 +27,30 @@ def test_only_veths_off_the_pod_mtu_are_named():
     found = mtu_findings({"pn0123456789a": 1450, "pn0123456789b": 1400}, 1450)
     assert len(found) == 1 and "pn0123456789b has MTU 1400, the pod network's is 1450" in found[0].problem
     assert not found[0].fixable
+
+
+def test_an_underlay_changed_since_start_and_own_devices_off_the_pod_mtu_are_named():
+    healthy = {"eth0": 1500, "pnvx0": 1450, "pncl0": 1450, "lo": 65536}
+    assert link_mtu_findings(healthy, "eth0", 1500, 1450, ["pnvx0", "pncl0"]) == []
+    found = link_mtu_findings({**healthy, "eth0": 1400, "pnvx0": 1400}, "eth0", 1500, 1450, ["pnvx0", "pncl0"])
+    assert [f.problem.split(":")[0] for f in found] == [
+        "underlay eth0 has MTU 1400, the agent sized the pod network (1450) for 1500", "pnvx0 has MTU 1400, the pod "
+        "network's is 1450"]
+    assert "dropped" in found[0].problem and not any(f.fixable for f in found)
+    assert "restart the node's agent" in found[0].fix and "re-create the pods" in found[0].fix
+    assert link_mtu_findings({"eth0": 1500}, "eth0", 1500, 1500, ["pncl0"]) == []  # a device not there: no claim
+
+
+def test_pods_sending_more_than_another_node_carries_are_named_per_sender():
+    def node(name, pods, carried):
+        return {"node": name, "findings": [], "fixed": [], "mtu": {"pods": pods, "carried": carried}}
+
+    assert mtu_mismatches([node("a", 1450, 1450), node("b", 1450, 1450), {"node": "c", "error": "down"}]) == []
+    found = mtu_mismatches([node("a", 1450, 1450), node("b", 1450, 1350), node("c", 1350, 1350)])
+    assert [f["problem"].split(",")[0] for f in found] == ["pods on a send packets up to 1450 bytes",
+                                                           "pods on b send packets up to 1450 bytes"]
+    assert "limited to b 1350, c 1350" in found[0]["problem"] and "limited to c 1350" in found[1]["problem"]
+    assert not found[0]["fixable"] and "same MTU" in found[0]["fix"]
 
 
 def test_conntrack_pressure_from_80_percent():

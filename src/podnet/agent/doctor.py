@@ -8,7 +8,11 @@ Checks (each a pure judgement over what `examine` reads):
   run now (the same code that runs every 3 s).
 - mtu: pod host veths whose MTU is not the pod network's (the fabric's MTU over the
   underlay's): big packets would be dropped silently. Explained only: a pod's MTU is
-  set at its ADD; re-create the pod.
+  set at its ADD; re-create the pod. Also the underlay's MTU now against the one the
+  agent sized the pod network from at start, and the fabric device and pod bridge
+  against the pod network's MTU (explained: restart the agent). The reply carries the
+  node's pod MTU and the biggest pod packet its underlay carries now, which the CLI
+  compares across nodes (cli/doctor.py `mtu_mismatches`).
 - conntrack: the table over 80% of nf_conntrack_max: new flows are about to be dropped.
 - bgp: a BGP session that is not Established (the bgp fabric).
 - orphans: pod host veths that no endpoint record of any store the agent knows claims
@@ -51,6 +55,28 @@ def mtu_findings(links: Mapping[str, int], want: int) -> list[Finding]:
     return [Finding("mtu", f"pod veth {name} has MTU {mtu}, the pod network's is {want}: bigger packets are "
                            "dropped on the way", "re-create the pod (its MTU is set at ADD)")
             for name, mtu in sorted(links.items()) if mtu != want]
+
+
+def link_mtu_findings(mtus: Mapping[str, int], underlay: str, sized_for: int, pod_mtu: int,
+                      own: Iterable[str]) -> list[Finding]:
+    """The underlay against the MTU the agent sized the pod network from at start, and
+    the node's own devices (fabric device, pod bridge) against the pod network's MTU."""
+    out = []
+    now = mtus.get(underlay)
+    if now is not None and now != sized_for:
+        out.append(Finding("mtu", f"underlay {underlay} has MTU {now}, the agent sized the pod network ({pod_mtu}) "
+                                  f"for {sized_for}: " + ("big packets are dropped on the wire" if now < sized_for
+                                                          else "pods use less than the wire carries"),
+                           "restart the node's agent (it sizes the pod network from the underlay at start), "
+                           "then re-create the pods"))
+    for name in own:
+        mtu = mtus.get(name)
+        if mtu is not None and mtu != pod_mtu:
+            out.append(Finding("mtu", f"{name} has MTU {mtu}, the pod network's is {pod_mtu}: "
+                                      + ("big packets are dropped on the way" if mtu < pod_mtu else "it may pass "
+                                         "packets the next hop drops"),
+                               "restart the node's agent (it sets its devices up at start)"))
+    return out
 
 
 def conntrack_findings(count: int | None, maximum: int | None) -> list[Finding]:
@@ -102,7 +128,21 @@ def examine(node: NodeService, fix: bool = False) -> dict[str, Any]:
                     "error": f"the repair pass did not run within {REPAIR_TIMEOUT:g} s"}
         before, findings = findings, _findings(node)
         fixed = [f.to_json() for f in before if f.fixable and f not in findings]
-    return {"node": node.name, "findings": [f.to_json() for f in findings], "fixed": fixed}
+    return {"node": node.name, "findings": [f.to_json() for f in findings], "fixed": fixed, "mtu": _mtu(node)}
+
+
+def _mtu(node: NodeService) -> dict[str, int] | None:
+    """The pod network's MTU on this node, and the biggest pod packet its underlay
+    carries now (the CLI compares these across nodes: cli/doctor.py)."""
+    from pyroute2 import IPRoute
+
+    fabric, ctx = node.fabric, node.ctx
+    if fabric is None or ctx is None:
+        return None
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=ctx.own.underlay_if)
+        now = int(ipr.get_links(found[0])[0].get("IFLA_MTU")) if found else ctx.underlay_mtu
+    return {"pods": fabric.mtu(ctx.underlay_mtu), "carried": fabric.mtu(now)}
 
 
 def _findings(node: NodeService) -> list[Finding]:
@@ -118,12 +158,18 @@ def _findings(node: NodeService) -> list[Finding]:
     with IPRoute() as ipr:  # this op's own socket: the node loop's IPRoute is its thread's
         want = fabric.desired(ctx, node.peers.values(), node.claims)
         drift = fabric.apply(ipr, want, dry_run=True)
-        links = {str(msg.get("IFLA_IFNAME")): int(msg.get("IFLA_MTU")) for msg in ipr.get_links()
-                 if HOST_VETH.match(str(msg.get("IFLA_IFNAME") or ""))}
+        mtus = {str(msg.get("IFLA_IFNAME")): int(msg.get("IFLA_MTU") or 0) for msg in ipr.get_links()}
+    links = {name: mtu for name, mtu in mtus.items() if HOST_VETH.match(name)}
     expired = lease_findings(node)
     gone = {f"route {f.target[0]}" for f in expired}  # named once, as an expired lease
     out = fabric_findings(drift.added, [r for r in drift.removed if r not in gone])
-    out += mtu_findings(links, fabric.mtu(ctx.underlay_mtu))
+    pod_mtu = fabric.mtu(ctx.underlay_mtu)
+    out += mtu_findings(links, pod_mtu)
+    bridge = node.pod_bridge
+    if bridge and links and mtus.get(bridge) == min(links.values()):
+        bridge = None  # a bridge takes its smallest port's MTU: the veth named above is the cause
+    own = [d for d in (fabric.device, bridge) if d]
+    out += link_mtu_findings(mtus, ctx.own.underlay_if, ctx.underlay_mtu, pod_mtu, own)
     out += conntrack_findings(_read_int("/proc/sys/net/netfilter/nf_conntrack_count"),
                               _read_int("/proc/sys/net/netfilter/nf_conntrack_max"))
     if isinstance(fabric, BgpFabric):

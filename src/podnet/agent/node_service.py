@@ -326,6 +326,11 @@ class NodeService:
         """Pods are /32s behind their own veths (the bgp fabric), not bridge ports."""
         return self.options is not None and self.options.fabric == "bgp"
 
+    @property
+    def pod_bridge(self) -> str | None:
+        """The bridge the node's pods are ports of (None: routed pods)."""
+        return None if self.routed else BRIDGE
+
     def _affinity(self) -> dict[str, Any]:
         """`ipam.blockAffinity` of the conflist: growth for every fabric; borrowing only
         for routed pods (a bridge port cannot hold another node's block's address)."""

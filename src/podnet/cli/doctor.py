@@ -36,11 +36,33 @@ def ask(sockets: dict[str, str], fix: bool) -> list[dict]:
     return out
 
 
+def mtu_mismatches(nodes: list[dict]) -> list[dict]:
+    """Findings across nodes: pods on one node send packets bigger than another node's
+    underlay now carries (vxlan: less the encapsulation). Packets from the first to the
+    second are then dropped silently, TCP stalls on big segments and big UDP vanishes:
+    the MTU complaint users of every fabric know."""
+    sized = {n["node"]: n["mtu"] for n in nodes if isinstance(n.get("mtu"), dict)}
+    out = []
+    for sender, mtu in sorted(sized.items()):
+        short = sorted(f"{other} {m['carried']}" for other, m in sized.items()
+                       if other != sender and m["carried"] < mtu["pods"])
+        if short:
+            out.append({"check": "mtu", "fixable": False, "target": [],
+                        "problem": f"pods on {sender} send packets up to {mtu['pods']} bytes, but what reaches "
+                                   f"their pods is limited to {', '.join(short)}: bigger packets are dropped",
+                        "fix": "give every node's underlay the same MTU, then restart the agents and re-create "
+                               "the pods (their MTU is set at ADD)"})
+    return out
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     try:
         nodes = ask(node_sockets(args), args.fix)
     except PodnetError as err:
         return fail(err)
+    cluster = mtu_mismatches(nodes)
+    if cluster:
+        nodes.append({"node": "cluster", "findings": cluster, "fixed": []})
     bad = any(n.get("error") or n["findings"] for n in nodes)
     if args.output == "json":
         print(json.dumps(nodes, indent=2))
