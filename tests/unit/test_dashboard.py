@@ -328,6 +328,23 @@ def test_the_flow_cursor_pages_and_never_repeats(monkeypatch):
     assert cursor.fetch() == [{"seq": 6, "time": 6.0}]
 
 
+def test_a_restarted_agent_s_verdicts_are_read_from_its_first_number(monkeypatch):
+    """An agent numbers from 1 again after a restart (a new `boot`): its first verdicts
+    are not skipped while their numbers are below the old cursor."""
+    agent = {"boot": "b1", "logged": [{"seq": i, "time": float(i)} for i in range(1, 4)]}
+
+    def call(sock, op, timeout, since, limit):
+        items = [f for f in agent["logged"] if f["seq"] > since][:limit]
+        return {"flows": items, "next": items[-1]["seq"] if items else since, "boot": agent["boot"]}
+
+    monkeypatch.setattr("podnet.rpc.client.call", call)
+    cursor = FlowCursor({"a": "n0"})
+    assert len(cursor.fetch()) == 3 and cursor.fetch() == []
+    agent.update(boot="b2", logged=[{"seq": 1, "time": 10.0}])  # restarted, one new verdict
+    assert cursor.fetch() == [{"seq": 1, "time": 10.0}]
+    assert cursor.fetch() == []
+
+
 def test_the_data_source_reads_pods_services_and_endpoints_from_a_store(tmp_path: Path):
     url = str(tmp_path / "podnet.db")
     with open_store(url) as store:

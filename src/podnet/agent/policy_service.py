@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import secrets
 import threading
 import time
 import zlib
@@ -97,6 +98,9 @@ class PolicyService:
         self.stats: dict[str, Any] = {}
         self.flows: collections.deque[dict[str, Any]] = collections.deque(maxlen=FLOW_BUFFER)
         self._seq = 0
+        # numbers start at 1 again when the agent restarts: readers keep a cursor per
+        # boot (observe/flows.py), so the reply names this one
+        self.boot = secrets.token_hex(4)
         self._parsed: dict[str, tuple[int, Any]] = {}  # store key -> (revision, parsed object)
         self._generation = 0  # stamped into the table on every apply (see converge)
         self._empty = False  # known: no policy at all, no table (see _any_policy)
@@ -164,7 +168,7 @@ class PolicyService:
         with self._lock:
             items = [f for f in self.flows if f["seq"] > since][:limit]
             return {"flows": items, "next": items[-1]["seq"] if items else max(since, 0),
-                    "node": self.node}
+                    "node": self.node, "boot": self.boot}
 
     # -- converging
 
