@@ -11,10 +11,11 @@ ARGS    ?=
 LINT_DIRS := $(wildcard src tests bench)
 
 # Debian packages the tests, the demo and the interop peers need (chromium: the dashboard's
-# browser test drives it through Playwright; `playwright install` downloads nothing here).
+# browser test drives it through Playwright, whose bundled node driver needs libatomic1;
+# `playwright install` downloads nothing here).
 DEB_PACKAGES := nftables iproute2 podman runc containernetworking-plugins busybox-static \
 	iperf3 conntrack python3-venv ethtool procps util-linux etcd-server containerd bird2 \
-	chromium
+	chromium libatomic1
 
 .PHONY: deps apt-deps venv test lint demo bench clean
 
