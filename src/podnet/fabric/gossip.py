@@ -1,0 +1,85 @@
+"""Gossip fabric, the Weave way: the fast path (kernel VXLAN) over a partial mesh.
+
+Design notes (issue 14; the gossip layer itself is src/podnet/gossip/):
+- Peers find each other by gossip and publish who they are connected to; every node
+  computes, from the same topology, the first hop towards every other peer (shortest
+  path, ties by name: gossip/topology.py `next_hops`). That map is this fabric's
+  `routing`, set by the agent before each converge; `desired` stays pure.
+- A peer reached directly gets exactly the vxlan fabric's three kernel objects (route
+  via its VTEP IP onlink, permanent neighbour, FDB entry to its underlay address), on
+  the same device, VNI and port (fabric/vxlan.py), so the fast path is Flannel's.
+- A peer reached through a middle peer M: its blocks are routed via M's VTEP IP (M's
+  neighbour and FDB entries exist, M being direct). M forwards in the kernel, from its
+  VXLAN device back into it, towards the peer by its own routing: the relay never
+  leaves the kernel, and each hop decides by its own view, as IP routing does. When
+  the direct link returns, the topology changes, the next converge routes direct again.
+- A peer with no path is refused ("unreachable"); its routes go, and come back with
+  the path.
+- The userspace sleeve (fabric/sleeve/: UDP 6784 through a TUN, optionally encrypted)
+  takes the peers the routing marks `sleeve`: their routes are left to it here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from podnet.cluster.leases import vtep_ip_of
+from podnet.fabric.base import (
+    OK,
+    Desired,
+    FabricContext,
+    FdbSpec,
+    NeighSpec,
+    RouteSpec,
+    peer_blocks,
+    valid_peers,
+)
+from podnet.fabric.vxlan import DEVICE, VxlanFabric
+from podnet.model.cluster import NodeLease
+
+UNREACHABLE = "refused: unreachable (no path in the gossip topology)"
+
+
+@dataclass(frozen=True)
+class Routing:
+    """How this node reaches its peers now: peer -> the peer its packets go to first
+    (the peer itself: direct); `sleeve`: peers the userspace sleeve carries."""
+
+    via: Mapping[str, str] = field(default_factory=dict)
+    sleeve: frozenset[str] = frozenset()
+
+
+class GossipFabric(VxlanFabric):
+    name = "gossip"
+
+    def __init__(self) -> None:
+        self.routing = Routing()
+
+    def desired(self, ctx: FabricContext, peers: Iterable[NodeLease], claims: Mapping[str, str]) -> Desired:
+        good, refused = valid_peers(ctx, peers, claims)
+        want = Desired(peers=dict(refused))
+        by_name = {}
+        for peer in good:
+            mac = peer.backend.get("vtep_mac")
+            if peer.fabric != self.name or not isinstance(mac, str):
+                want.peers[peer.name] = f"refused: peer runs fabric {peer.fabric!r} without a VTEP MAC"
+                continue
+            by_name[peer.name] = (peer, mac.lower())
+        via = self.routing.via
+        for name, (peer, _mac) in by_name.items():
+            first = via.get(name)
+            if name in self.routing.sleeve:
+                want.peers[name] = "ok: sleeve"
+                continue
+            if first is None or first not in by_name or via.get(first) != first:
+                want.peers[name] = UNREACHABLE  # no path, or a first hop that is not itself direct
+                continue
+            hop, hop_mac = by_name[first]
+            vtep = str(vtep_ip_of(hop.block))
+            for block in peer_blocks(ctx, peer, claims):
+                want.routes.add(RouteSpec(str(block), vtep, DEVICE, onlink=True))
+            want.neighbours.add(NeighSpec(vtep, hop_mac, DEVICE))
+            want.fdb.add(FdbSpec(hop_mac, hop.underlay_ip, DEVICE))
+            want.peers[name] = OK if first == name else f"ok: via {first}"
+        return want
