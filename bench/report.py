@@ -165,7 +165,18 @@ def trace_time(data: dict, out: Path) -> Section:
     return "podnet trace time", [png], table(["mode", "median s", "p90 s", "x --help"], rows)
 
 
+def sleeve_throughput(data: dict, out: Path) -> Section:
+    paths, ratios = data["paths"], data["ratios_vs_vxlan"]
+    png = _bars(out, "sleeve_throughput", "gossip sleeve against the kernel, median Gbit/s", list(paths),
+                {"Gbit/s": [p["median_gbps"] for p in paths.values()]}, "Gbit/s")
+    rows = [[k, p["median_gbps"], ratios.get(k, ""), p.get("cores_per_gbps", "")] for k, p in paths.items()]
+    return ("Gossip sleeve throughput (target: encrypted >= "
+            f"{data['target_encrypted_gbps']} Gbit/s)"), [png], table(["path", "median Gbit/s", "x kernel VXLAN",
+                                                                      "cores per Gbit/s"], rows)
+
+
 RENDERERS: dict[str, Callable[[dict, Path], Section]] = {
+    "sleeve_throughput": sleeve_throughput,
     "agent_overhead": agent_overhead, "trace_time": trace_time,
     "cni_latency": cni_latency, "fabric_throughput": fabric_throughput,
     "fabric_bgp": lambda d, o: fabric_throughput(d, o, "fabric_bgp"), "convergence": convergence,

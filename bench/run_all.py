@@ -46,6 +46,7 @@ BENCHES = (
     Bench("bgp_scale", "bgp_scale.py", ("--nodes", "10"), ("--nodes", "50", "--repeat", "3")),
     Bench("agent_overhead", "agent_overhead.py", ("--seconds", "10", "--pods", "50", "--status-nodes", "5")),
     Bench("trace_time", "trace_time.py", ("--nodes", "5", "--runs", "3")),
+    Bench("sleeve_throughput", "sleeve_throughput.py", ("--seconds", "2", "--repeat", "1")),
 )
 
 
