@@ -28,13 +28,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from podnet.gossip import topology as topo
 from podnet.gossip.auth import AuthRefused, Channel, Handshake, load_credential
+from podnet.gossip.connection import Change, Connection, GossipTiming
 from podnet.gossip.lww import Document, LwwMap, canonical
 from podnet.gossip.wire import (
-    MAX_FRAME,
     NO_RING,
     Gossip,
     WireError,
@@ -50,55 +49,7 @@ from podnet.gossip.wire import (
 
 log = logging.getLogger("podnet.gossip")
 PORT = 6783
-
-
-@dataclass(frozen=True)
-class GossipTiming:
-    """Seconds. The tests shrink them; the defaults suit a LAN."""
-
-    gossip_interval: float = 1.0
-    heartbeat_interval: float = 1.0
-    dead_after: float = 5.0
-    handshake_timeout: float = 5.0
-    reconnect_min: float = 0.5
-    reconnect_max: float = 30.0
-    push_delay: float = 0.02
-    full_sync_rounds: int = 10  # every Nth round sends the whole topology (anti-entropy)
-    tombstone_ttl: float = 3600.0  # keep above the longest partition (lww.py)
-
-
-@dataclass(frozen=True)
-class Change:
-    """What a merge changed: the topology (recompute `next_hops`), these document keys."""
-
-    topology: bool
-    keys: tuple[str, ...] = ()
-
-
-@dataclass(eq=False)
-class _Connection:
-    peer: str
-    address: str  # where the peer listens, "ip:port"
-    outbound: bool
-    writer: asyncio.StreamWriter
-    channel: Channel | None
-    secret: bytes | None
-    since: float = field(default_factory=time.time)
-    last_received: float = field(default_factory=time.time)
-    last_sent: float = 0.0
-    sent_seq: int = 0  # documents: what `delta` gave up to
-    sent_ring: str | None = None
-    sent_versions: dict[str, int] = field(default_factory=dict)  # topology: peer -> version sent
-
-    def send(self, payload: bytes) -> None:
-        if self.writer.transport.is_closing():
-            raise ConnectionError(f"connection to {self.peer} is closing")
-        if self.channel is not None:
-            payload = self.channel.seal(payload)
-        self.writer.write(frame(payload))
-        self.last_sent = time.time()
-        if self.writer.transport.get_write_buffer_size() > 4 * MAX_FRAME:
-            raise ConnectionError(f"peer {self.peer} does not read")
+DEFAULT_TIMING = GossipTiming()
 
 
 class GossipPeer:
@@ -111,7 +62,7 @@ class GossipPeer:
                  seeds: list[tuple[str, int]] | tuple = (), password: str | bytes | None = None,
                  key_file: str | None = None, on_change: Callable[[Change], None] | None = None,
                  get_ring: Callable[[], object] | None = None, merge_ring: Callable[[object], None] | None = None,
-                 may_connect: Callable[[str], bool] | None = None, timing: GossipTiming = GossipTiming()) -> None:
+                 may_connect: Callable[[str], bool] | None = None, timing: GossipTiming = DEFAULT_TIMING) -> None:
         self.name = topo.check_peer_name(name)
         self.listen = listen
         self.seeds = [topo.format_address(*topo.check_address(topo.format_address(h, p), "seed")) for h, p in seeds]
@@ -122,7 +73,7 @@ class GossipPeer:
         self._lock = threading.Lock()
         self._docs = LwwMap(self.name, tombstone_ttl_ms=int(timing.tombstone_ttl * 1000))
         self._topology: dict[str, topo.PeerEntry] = {}
-        self._connections: dict[str, _Connection] = {}
+        self._connections: dict[str, Connection] = {}
         self._seen: dict[str, float] = {}
         self._backoff: dict[str, tuple[float, float]] = {}  # target -> (next try, delay)
         self._dialing: set[str] = set()
@@ -380,7 +331,7 @@ class GossipPeer:
                 await writer.wait_closed()
         return conn is not None
 
-    async def _handshake(self, reader, writer, dialed: str | None, remote_ip: str) -> _Connection | None:
+    async def _handshake(self, reader, writer, dialed: str | None, remote_ip: str) -> Connection | None:
         port = self.address[1] if self.address else PORT
         hs = Handshake(self.name, port, self._credential, initiator=dialed is not None)
         writer.write(frame(hs.hello().encode()))
@@ -400,7 +351,7 @@ class GossipPeer:
             return None
         address = dialed or topo.format_address(remote_ip, hello.port)
         channel = Channel(hs.secret, self.name, hello.name) if hs.secret is not None else None
-        conn = _Connection(hello.name, address, dialed is not None, writer, channel, hs.secret)
+        conn = Connection(hello.name, address, dialed is not None, writer, channel, hs.secret)
         with self._lock:
             old = self._connections.get(hello.name)
             if old is not None and topo.keeps_first(self.name, hello.name, old.outbound, conn.outbound):
@@ -415,7 +366,7 @@ class GossipPeer:
         self._changed(Change(topology=True))
         return conn
 
-    def _dropped(self, conn: _Connection) -> None:
+    def _dropped(self, conn: Connection) -> None:
         with self._lock:
             if self._connections.get(conn.peer) is not conn:
                 return
