@@ -175,8 +175,16 @@ def sleeve_throughput(data: dict, out: Path) -> Section:
                                                                       "cores per Gbit/s"], rows)
 
 
+def gossip_convergence(data: dict, out: Path) -> Section:
+    shown = ("document", "join", "leave")
+    png = _bars(out, "gossip_convergence", f"gossip on loopback, {data['peers']} peers, median s", list(shown),
+                {"s": [data[k]["median_s"] for k in shown]}, "s")
+    rows = [[k, data[k]["median_s"], data[k]["max_s"]] for k in shown]
+    return "Gossip convergence (loopback)", [png], table(["event everywhere", "median s", "max s"], rows)
+
+
 RENDERERS: dict[str, Callable[[dict, Path], Section]] = {
-    "sleeve_throughput": sleeve_throughput,
+    "sleeve_throughput": sleeve_throughput, "gossip_convergence": gossip_convergence,
     "agent_overhead": agent_overhead, "trace_time": trace_time,
     "cni_latency": cni_latency, "fabric_throughput": fabric_throughput,
     "fabric_bgp": lambda d, o: fabric_throughput(d, o, "fabric_bgp"), "convergence": convergence,
