@@ -189,3 +189,47 @@ def test_a_taken_port_fails_start_and_a_seed_naming_this_peer_is_skipped(make_pe
     eventually(lambda: direct(a) == {"b"}, "connected")
     eventually(lambda: f"{b.address[0]}:{b.address[1]}" in b._own_addresses, "b found itself")
     assert not any("own name" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stopped_peer_s_space_is_reclaimed_once_the_survivors_agree(make_peer):
+    """gossip/ring_sync.py over real peers: c stops; a and b vote it gone through the
+    ring they gossip, and after the grace period the agreed taker (a, the lowest live
+    peer) holds c's space, in both copies."""
+    from podnet.gossip.ring import Ring
+    from podnet.gossip.ring_sync import RingSync
+
+    ring = Ring.empty("10.32.0.0/24").claim_initial(["a", "b", "c"])
+    syncs = {n: RingSync(n, ring, grace=0.5) for n in "abc"}
+    peers: dict[str, GossipPeer] = {}
+    for n in "abc":
+        peers[n] = make_peer(n, seeds=[peers["a"]] if peers else (), get_ring=syncs[n].get_ring,
+                             merge_ring=syncs[n].merge_ring)
+    eventually(lambda: all(len(p.next_hops()) == 2 for p in peers.values()), "one mesh")
+    c_space = ring.owned_by("c")
+    live = dict(peers)
+    stop = threading.Event()
+
+    def rounds() -> None:
+        while not stop.is_set():
+            for n, peer in list(live.items()):
+                if syncs[n].tick(peer.next_hops()):
+                    peer.push()
+            time.sleep(0.05)
+
+    ticker = threading.Thread(target=rounds, name="ring-rounds")
+    ticker.start()
+    try:
+        time.sleep(0.3)
+        assert all(s.ring().owned_by("c") == c_space for s in syncs.values())  # nobody is gone yet
+        del live["c"]
+        peers["c"].stop()
+        stopped = time.monotonic()
+        eventually(lambda: all(syncs[n].ring().tombstoned("c") for n in "ab"), "c reclaimed in both copies")
+        assert time.monotonic() - stopped >= 0.5  # not before the grace period
+    finally:
+        stop.set()
+        ticker.join()
+    a, b = syncs["a"].ring(), syncs["b"].ring()
+    assert a.owned_by("c") == [] and a.to_json() == b.to_json()
+    assert [peer for peer, _ in syncs["a"].reclaimed] == ["c"] and not syncs["b"].reclaimed
+    assert all(a.owner_of(lo) == "a" for lo, _hi in c_space)
