@@ -116,7 +116,7 @@ def examine(node: NodeService, fix: bool = False) -> dict[str, Any]:
     """Every check on this node; with `fix`, what it can fix repaired (orphans deleted,
     leaks released, the repair pass run), then every check again (what is left is what
     `fix` could not repair)."""
-    findings = _findings(node)
+    findings, mtus = _findings(node)
     fixed: list[dict[str, Any]] = []
     if fix and any(f.fixable for f in findings):
         _remove_orphans_and_leaks(node, findings)
@@ -126,26 +126,25 @@ def examine(node: NodeService, fix: bool = False) -> dict[str, Any]:
         if not node.request_repair(REPAIR_TIMEOUT):
             return {"node": node.name, "findings": [f.to_json() for f in findings], "fixed": [],
                     "error": f"the repair pass did not run within {REPAIR_TIMEOUT:g} s"}
-        before, findings = findings, _findings(node)
+        before, (findings, mtus) = findings, _findings(node)
         fixed = [f.to_json() for f in before if f.fixable and f not in findings]
-    return {"node": node.name, "findings": [f.to_json() for f in findings], "fixed": fixed, "mtu": _mtu(node)}
+    return {"node": node.name, "findings": [f.to_json() for f in findings], "fixed": fixed,
+            "mtu": _mtu(node, mtus)}
 
 
-def _mtu(node: NodeService) -> dict[str, int] | None:
+def _mtu(node: NodeService, mtus: Mapping[str, int]) -> dict[str, int] | None:
     """The pod network's MTU on this node, and the biggest pod packet its underlay
-    carries now (the CLI compares these across nodes: cli/doctor.py)."""
-    from pyroute2 import IPRoute
-
+    carries now (`mtus`: the links' MTUs the checks read; the CLI compares these
+    across nodes: cli/doctor.py)."""
     fabric, ctx = node.fabric, node.ctx
     if fabric is None or ctx is None:
         return None
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname=ctx.own.underlay_if)
-        now = int(ipr.get_links(found[0])[0].get("IFLA_MTU")) if found else ctx.underlay_mtu
+    now = mtus.get(ctx.own.underlay_if, ctx.underlay_mtu)
     return {"pods": fabric.mtu(ctx.underlay_mtu), "carried": fabric.mtu(now)}
 
 
-def _findings(node: NodeService) -> list[Finding]:
+def _findings(node: NodeService) -> tuple[list[Finding], dict[str, int]]:
+    """Every check's findings, and the MTU of every link of the node (read once)."""
     from pyroute2 import IPRoute
 
     from podnet.agent.doctor_cluster import cluster_dns_findings, lease_findings
@@ -154,7 +153,7 @@ def _findings(node: NodeService) -> list[Finding]:
 
     fabric, ctx = node.fabric, node.ctx
     if fabric is None or ctx is None:
-        return []
+        return [], {}
     with IPRoute() as ipr:  # this op's own socket: the node loop's IPRoute is its thread's
         want = fabric.desired(ctx, node.peers.values(), node.claims)
         drift = fabric.apply(ipr, want, dry_run=True)
@@ -177,7 +176,7 @@ def _findings(node: NodeService) -> list[Finding]:
     claimed, records, held = _endpoints(node)
     out += orphan_findings(links, claimed)
     out += leak_findings(held, records)
-    return out + expired + nft_findings(node) + cluster_dns_findings(node)
+    return out + expired + nft_findings(node) + cluster_dns_findings(node), mtus
 
 
 def _endpoints(node: NodeService) -> tuple[set[str] | None, set[tuple[str, str]], list[tuple[str, str, str]]]:

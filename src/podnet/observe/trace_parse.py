@@ -21,7 +21,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from podnet.policy.table import COMMENT_MAX, nft_text
+from podnet.policy.table import (
+    COMMENT_MAX,
+    cluster_rule_what,
+    isolation_what,
+    nft_text,
+    np_rule_what,
+)
 
 TRACE_TABLE_PREFIX = "pntrace-"  # the temporary tables trace.arm creates (one per probe)
 _TRACE = re.compile(r"^trace id (?P<id>[0-9a-f]+) (?P<family>\w+) (?P<table>\S+) (?P<chain>\S+) "
@@ -156,18 +162,14 @@ def rule_comment(rule: Mapping[str, Any] | None, direction: str, endpoint: str, 
     """The comment policy/compile.py puts on the line that decides: the rule of a
     Decision (RuleRef as a dict), or the default deny of an isolated pod (`isolated_by`
     the policies' `ns/name`s, comma-joined). None: no line decides (not isolated)."""
-    d = direction.lower()
     if rule is None:
-        if not isolated_by:
-            return None
-        return nft_text(f"default deny {d} {endpoint} (isolated by {isolated_by})", COMMENT_MAX)
+        return nft_text(isolation_what(direction, endpoint, isolated_by), COMMENT_MAX) if isolated_by else None
     policy = str(rule["policy"])  # "ClusterPolicy/NAME" or "NetworkPolicy NS/NAME" (evaluate.py RuleRef)
     if policy.startswith("ClusterPolicy/"):
         name = policy.split("/", 1)[1]
-        text = f"ClusterPolicy {rule['tier']}/{name} {d}[{rule['index']}]" + (f" {rule['name']}" if rule.get("name")
-                                                                               else "")
+        text = "ClusterPolicy " + cluster_rule_what(rule["tier"], name, direction, rule["index"], rule.get("name"))
     else:
-        text = f"NetworkPolicy {policy.split(' ', 1)[1]} {d}[{rule['index']}]"
+        text = "NetworkPolicy " + np_rule_what(policy.split(" ", 1)[1], direction, rule["index"])
     return nft_text(text, COMMENT_MAX)
 
 

@@ -70,7 +70,10 @@ from podnet.policy.table import (
     TABLE,
     Compiled,
     NftSet,
+    cluster_rule_what,
+    isolation_what,
     nft_text,
+    np_rule_what,
 )
 from podnet.policy.table import short_hash as _hash
 
@@ -252,7 +255,7 @@ class _Builder:
         return f'{text} comment "{nft_text(what, COMMENT_MAX)}"'
 
     def cluster_rule_lines(self, cp: ClusterPolicy, i: int, rule: ClusterRule, direction: str) -> list[str]:
-        what = f"{cp.tier}/{cp.name} {direction.lower()}[{i}]" + (f" {rule.name}" if rule.name else "")
+        what = cluster_rule_what(cp.tier, cp.name, direction, i, rule.name)
         verdict = {"Allow": "accept", "Deny": "drop", "Pass": "return", "Log": ""}[rule.action]
         letter = {"Allow": "A", "Deny": "D", "Pass": "P", "Log": "L"}[rule.action]
         log = rule.action in ("Deny", "Log") or (rule.action == "Allow" and self.log_allowed)
@@ -275,7 +278,7 @@ class _Builder:
 
     def np_rule_lines(self, np: NetworkPolicy, i: int, rule: NetworkPolicyRule, direction: str,
                       local: Endpoint) -> list[str]:
-        what = f"{np.namespace}/{np.name} {direction.lower()}[{i}]"
+        what = np_rule_what(f"{np.namespace}/{np.name}", direction, i)
         prefix = _prefix("A", f"np:{what}")
         lines = []
         for j, peer in enumerate(rule.peers or (None,)):
@@ -311,7 +314,7 @@ class _Builder:
                     lines.append(f"jump {chain}")
             if isolating:
                 names = ",".join(f"{p.namespace}/{p.name}" for p in isolating)
-                what = f"default deny {direction.lower()} {ep.namespace}/{ep.name} (isolated by {names})"
+                what = isolation_what(direction, f"{ep.namespace}/{ep.name}", names)
                 lines.append(self._line("", "drop", _prefix("D", f"isolated:{names} {direction.lower()}"),
                                         what, True))
         if not lines:

@@ -40,6 +40,22 @@ def nft_text(text: str, limit: int) -> str:
     return "".join(ch if ch in _SAFE else "?" for ch in text[: limit - len(tag)]) + tag
 
 
+# What names a rule line: its NFLOG prefix (after a verdict letter), its comment (after
+# the kind), the rule counters and `podnet trace` (observe/trace_parse.py) read back.
+def cluster_rule_what(tier: str, name: str, direction: str, index: int, rule_name: str | None = None) -> str:
+    return f"{tier}/{name} {direction.lower()}[{index}]" + (f" {rule_name}" if rule_name else "")
+
+
+def np_rule_what(ref: str, direction: str, index: int) -> str:
+    """`ref`: the NetworkPolicy's `namespace/name`."""
+    return f"{ref} {direction.lower()}[{index}]"
+
+
+def isolation_what(direction: str, endpoint: str, names: str) -> str:
+    """The default deny of `endpoint` (`ns/name`), isolated by `names` (comma-joined)."""
+    return f"default deny {direction.lower()} {endpoint} (isolated by {names})"
+
+
 @dataclass(frozen=True)
 class NftSet:
     type: str  # "ipv4_addr", "ipv6_addr", "ipv4_addr . inet_service", ...
