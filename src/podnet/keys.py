@@ -27,6 +27,9 @@ CONTAINERS = "containers/"
 HOSTS = "hosts/"
 STORES = "meta/stores/"
 NONE_LEFT = "meta/none-left/"
+GOSSIP_DNS = "meta/gossip/dns/"
+GOSSIP_ROUTING = "meta/gossip/routing"  # the gossip fabric's first hops, this node's view
+IPAM_HOLD = "meta/ipam-hold/"  # a node that must hand out no address now (the gossip ring's minority side)
 POLICY = "policy/"
 PODS = POLICY + "pods/"
 NAMESPACES = POLICY + "namespaces/"
@@ -72,6 +75,11 @@ FAMILIES: tuple[Family, ...] = (
     Family(STORES, "meta/stores/<sha256(path)[:16]>", "store path (JSON string)"),
     Family(NONE_LEFT, "meta/none-left/<policy or networks>", "marker: the last one was deleted (time)",
            since="0.2.0"),
+    Family(GOSSIP_ROUTING, "meta/gossip/routing", "peer -> first hop, and the sleeve's peers (JSON)",
+           since="0.2.0"),
+    Family(IPAM_HOLD, "meta/ipam-hold/<node>", "why the node hands out no address now (JSON)", since="0.2.0"),
+    Family(GOSSIP_DNS, "meta/gossip/dns/<hostname>/<ip>", "gossip DNS name, this node's view (JSON)",
+           since="0.2.0"),
     Family(PODS, "policy/pods/<namespace>/<name>", "PodRecord"),
     Family(POLICY_SETTINGS, "policy/settings", "PolicySettings"),
     Family(NAMESPACES, "policy/namespaces/<name>", "Namespace (manifest)"),
@@ -108,6 +116,11 @@ def segment(value: object, what: str = "name") -> str:
 
 def node(name: str) -> str:
     return NODES + segment(name, "node name")
+
+
+def ipam_hold(node: str) -> str:
+    """Why `node` may hand out no address now (absent: it may)."""
+    return f"{IPAM_HOLD}{segment(node, 'node')}"
 
 
 def block(address: str, prefixlen: int) -> str:
@@ -187,6 +200,17 @@ def none_left(what: str) -> str:
     if what not in NONE_LEFT_OF:
         raise BadKey(f"no none-left marker for {what!r}")
     return NONE_LEFT + what
+
+
+def gossip_dns(hostname: str, ip: str) -> str:
+    """A name the gossip DNS answers, as this node's DNS reads it (agent/gossip_dns.py)."""
+    return f"{GOSSIP_DNS}{segment(hostname, 'hostname')}/{segment(ip, 'address')}"
+
+
+def parse_gossip_dns(key: str) -> tuple[str, str]:
+    """`meta/gossip/dns/<hostname>/<ip>` -> (hostname, ip)."""
+    parts = _parts(key, GOSSIP_DNS, 2)
+    return parts[0], parts[1]
 
 
 def pod(namespace: str, name: str) -> str:

@@ -29,6 +29,11 @@ class StatePaths:
         return self.root / "bird"
 
     @property
+    def gossip_dir(self) -> Path:
+        """The gossip fabric's saved ring and documents (agent/gossip_service.py)."""
+        return self.root / "gossip"
+
+    @property
     def net_d(self) -> Path:
         """Rendered CNI conflists, one per network (what a runtime's conf dir holds)."""
         return self.root / "net.d"

@@ -14,6 +14,9 @@ pod's namespace, so no second process needs supervising.
 The zone follows services/, endpointslices/, pods, readiness/ and the node leases
 change by change (dns/cluster.py ZoneCache: a changed endpoint sets again only its
 service's records), within one watch wake-up, as the service table does.
+A gossip node (`--fabric gossip`) also answers `<pod>.<gossip domain>` from its
+`meta/gossip/dns/` keys (agent/gossip_dns.py writes them, dns/gossip_zone.py serves
+them) in the same server and from the same watch.
 Names outside the cluster domain go to the agent's `--dns-upstream` if one is set, else
 are REFUSED. A pod namespace re-created under the same path is noticed (its identity
 changes) and served again.
@@ -30,7 +33,9 @@ from typing import TYPE_CHECKING, Any
 from podnet import keys
 from podnet.agent.dns_service import DNS_PORT, agent_upstream
 from podnet.agent.service_thread import ServiceThread, list_then_watch
+from podnet.cluster.options import GossipOptions
 from podnet.dns.cluster import ZoneCache
+from podnet.dns.gossip_zone import CombinedZone, GossipZone
 from podnet.dns.records import IPNetwork
 from podnet.dns.server import DnsServer, format_endpoint
 from podnet.errors import PodnetError
@@ -69,6 +74,8 @@ class ClusterDnsService:
         self.port = port
         self.upstream = agent_upstream(agent) if self.netns_path else None
         self.cache = ZoneCache(self.domain)
+        gossip = (options.gossip or GossipOptions()) if options is not None and options.fabric == "gossip" else None
+        self.gossip_zone = GossipZone(gossip.dns_domain) if gossip is not None else None
         self.problems: list[str] = []
         self._settings_problem: str | None = None
         self._server: DnsServer | None = None
@@ -104,6 +111,8 @@ class ClusterDnsService:
                     "state": "serving" if server is not None else (self._error or "waiting for the DNS pod"),
                     "upstream": None if self.upstream is None else format_endpoint(*self.upstream),
                     "names": self.cache.zone.names(), "problems": list(self.problems),
+                    "gossip_domain": self.gossip_zone.domain if self.gossip_zone else None,
+                    "gossip_names": self.gossip_zone.names() if self.gossip_zone else 0,
                     "stats": dict(server.stats) if server is not None else {}}
 
     # -- the loop
@@ -130,12 +139,17 @@ class ClusterDnsService:
         if events is None:
             revision = self.cache.relist(store)
             self.cache.zone.reverse_nets, self._settings_problem = _reverse_nets(store, self.cluster_cidr)
+            if self.gossip_zone is not None:
+                self.gossip_zone.relist(store.list(keys.GOSSIP_DNS))
         else:
             self.cache.feed(events)
+            if self.gossip_zone is not None:
+                self.gossip_zone.feed(events)
             revision = max((e.revision for e in events), default=0)
         self.cache.refresh()
         with self._lock:
-            self.problems = [*filter(None, [self._settings_problem]), *self.cache.problems()]
+            self.problems = [*filter(None, [self._settings_problem]), *self.cache.problems(),
+                             *(self.gossip_zone.problems() if self.gossip_zone else ())]
         return revision
 
     def _serve(self) -> None:
@@ -152,7 +166,7 @@ class ClusterDnsService:
             log.info("cluster dns: %s was made again, serving anew", self.netns_path)
         if identity is None:
             return
-        zone = self.cache.zone
+        zone = CombinedZone((self.gossip_zone, self.cache.zone)) if self.gossip_zone else self.cache.zone
         server = DnsServer(ANY_ADDRESS, self.port, zone.lookup, is_local=zone.is_local, upstream=self.upstream,
                            label=f"cluster {self.domain}", netns_path=self.netns_path)
         try:

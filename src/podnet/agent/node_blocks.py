@@ -102,3 +102,30 @@ def borrowing_event(event: Event, node: str, blocks: Iterable[str], announced: I
     except ValueError:
         return False
     return not inside and Reservation.from_entry(Entry(event.key, event.value, event.revision, event.revision)).node == node
+
+
+def ring_block(store: Store, node: str, hint: str | None) -> str:
+    """The gossip fabric's lease block: `hint` (the last one) if the ring still gives
+    it to `node`, else its lowest; PodnetError while the ring gives it none (the node
+    service retries: the ring comes with the gossip)."""
+    from podnet.errors import PodnetError
+
+    mine = sorted((b for b, owner in leases.list_claims(store).items() if owner == node), key=ipaddress.IPv4Network)
+    if not mine:
+        raise PodnetError(f"node {node} owns no block of the ring yet (waiting for the gossip)")
+    return hint if hint in mine else mine[0]
+
+
+def in_use(store: Store, blocks: Iterable[str], keep: str) -> tuple[str, ...]:
+    """`blocks` that hold a reservation, and `keep` (the lease's): a gossip node owns a
+    large part of the ring, and its bridge carries a gateway only for the blocks its
+    pods use (an ADD adds a new block's gateway itself)."""
+    nets = [ipaddress.IPv4Network(b) for b in blocks]
+    used = set()
+    for entry in store.list(RESERVATIONS):
+        try:
+            address = ipaddress.IPv4Address(entry.key.rsplit("/", 1)[1])
+        except ValueError:
+            continue
+        used.update(str(n) for n in nets if address in n)
+    return tuple(b for b in blocks if b == keep or b in used)

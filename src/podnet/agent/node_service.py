@@ -57,7 +57,7 @@ BRIDGE = "pncl0"
 CONFLIST = "cluster.conflist"
 REPAIR_SECONDS = 3.0
 WATCH_TIMEOUT = 1.0
-WATCHED = (keys.NODES, keys.BLOCKS, keys.BGP_CONFIGURATIONS, keys.BGP_PEERS)  # what the fabric is built from
+WATCHED = (keys.NODES, keys.BLOCKS, keys.BGP_CONFIGURATIONS, keys.BGP_PEERS, keys.GOSSIP_ROUTING)  # the fabric's inputs
 MAX_BACKOFF = 10.0
 REFUSED = "refused: "  # how a fabric's verdict on a peer starts when it refused the lease
 
@@ -287,8 +287,12 @@ class NodeService:
         store = self._store()
         own = store.get_json(keys.node(opts.node)) or {}
         previous = self._previous_block()
-        claim = leases.acquire(store, opts.node, opts.cluster_cidr, opts.block_prefix,
-                               opts.lease_ttl, make, preferred=previous)
+        if self.gossip:
+            block = node_blocks.ring_block(store, opts.node, own.get("block") or previous)
+            claim = leases.publish(store, make(block), opts.lease_ttl)
+        else:
+            claim = leases.acquire(store, opts.node, opts.cluster_cidr, opts.block_prefix,
+                                   opts.lease_ttl, make, preferred=previous)
         if claim.lease.block not in (own.get("block"), previous):
             # A block this node never had: whatever a former (dead) owner left is stale.
             stale = leases.free_block_addresses(store, claim.lease.block)
@@ -305,6 +309,12 @@ class NodeService:
                  opts.fabric, underlay, mtu)
         self._prepare()
 
+    @property
+    def gossip(self) -> bool:
+        """The gossip fabric: its ring owns the blocks (agent/gossip_service.py writes
+        their claims, without TTL) and decides a dead peer's fate, not the lease."""
+        return self.options is not None and self.options.fabric == "gossip"
+
     def _previous_block(self) -> str | None:
         """The block this node had before a restart, from its rendered conflist."""
         try:
@@ -315,7 +325,7 @@ class NodeService:
 
     def _renew(self) -> None:
         assert self.claim is not None and self.options is not None
-        if not leases.renew(self._store(), self.claim):
+        if not leases.renew(self._store(), self.claim, blocks=not self.gossip):
             log.warning("node %s: lease of %s was lost; claiming again", self.options.node, self.claim.lease.block)
             with self._lock:
                 self.claim = None
@@ -382,19 +392,27 @@ class NodeService:
         store = self._store()
         entries, revision = store.snapshot(keys.NODES)
         current = {lease.name: lease for lease in leases.parse_leases(entries) if lease.name != self.ctx.own.name}
-        for name, gone in self.peers.items():
-            if name not in current:
-                self._reclaim(store, gone)
-        if repair:
-            self._release_empty_blocks(store)
+        if not self.gossip:  # the gossip fabric's ring reclaims and gives back space
+            for name, gone in self.peers.items():
+                if name not in current:
+                    self._reclaim(store, gone)
+            if repair:
+                self._release_empty_blocks(store)
         claims = leases.list_claims(store)
         from podnet.fabric.base import own_blocks
 
         mine = own_blocks(self.ctx, claims)
+        if self.gossip:
+            mine = node_blocks.in_use(store, mine, self.ctx.own.block)
         with self._lock:
             self.claims, self.blocks = claims, mine
         if repair:
             self._prepare()
+        if self.gossip:
+            from podnet.fabric.gossip import GossipFabric, Routing
+
+            if isinstance(self.fabric, GossipFabric):
+                self.fabric.routing = Routing.from_json(store.get_json(keys.GOSSIP_ROUTING))
         want = self.fabric.desired(self.ctx, current.values(), claims)
         report = self.fabric.apply(self._iproute(), want)
         if report:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from podnet.agent.cluster_dns_service import ClusterDnsService
 from podnet.agent.context import AgentContext, AgentService
 from podnet.agent.dns_service import dns_service
+from podnet.agent.gossip_service import GossipService
 from podnet.agent.isolation_service import IsolationService
 from podnet.agent.node_service import NodeService
 from podnet.agent.policy_service import PolicyService
@@ -28,6 +29,7 @@ SERVICES: dict[str, Callable[[AgentContext], AgentService]] = {
     "isolation": IsolationService.for_agent,  # networks/ -> the inet podnet-iso table
     "dns": dns_service,  # networks/ + containers/ -> a DNS server on each bridge gateway
     "supervisor": SupervisorService,  # parent of detached containers; finishes dead ones
+    "gossip": GossipService,  # --fabric gossip: peers, the ring -> blocks/, documents <-> the local store
     "node": NodeService,  # --node: lease a block, render cluster.conflist, converge the fabric
     "policy": PolicyService,  # --node: policy/ in the cluster store -> inet podnet-policy; flows
     "readiness": ReadinessService,  # --node: probes this node's pods, publishes readiness/

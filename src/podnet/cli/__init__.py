@@ -31,6 +31,7 @@ from podnet.cli import (
     network,
     objects,
     observe,
+    peers,
     policy,
     status,
     trace,
@@ -39,7 +40,7 @@ from podnet.cli.output import fail
 from podnet.errors import PodnetError
 
 VERB_GROUPS = (agent, demo, network, container, lab, observe, status, metrics, doctor, trace, dashboard, objects,
-               policy, bgp)
+               policy, bgp, peers)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ import os
 import sys
 
 from podnet.cli.output import fail
+from podnet.cluster.options import DEFAULT_GOSSIP_DOMAIN, DEFAULT_RECLAIM_GRACE, GOSSIP_PORT
 from podnet.defaults import (
     DEFAULT_BLOCK_PREFIX,
     DEFAULT_BRIDGE,
@@ -33,7 +34,10 @@ AGENT_DEFAULTS = {
     "block_prefix": DEFAULT_BLOCK_PREFIX, "underlay": "eth0", "lease_ttl": DEFAULT_LEASE_TTL,
     "cluster_dns": None, "cluster_domain": DEFAULT_CLUSTER_DOMAIN, "cluster_dns_netns": None,
     "node_labels": None, "strict_affinity": False, "metrics_addr": None,
+    "peer": None, "gossip_port": GOSSIP_PORT, "key_file": None, "ipalloc_init": None,
+    "reclaim_grace": DEFAULT_RECLAIM_GRACE, "dns_domain": DEFAULT_GOSSIP_DOMAIN,
 }
+STORE_NONE = "none"  # --store none: the node's own store, kept in step by gossip (--fabric gossip)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,6 +74,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     cluster.add_argument("--cluster-domain", help=f"the cluster's DNS domain (default {DEFAULT_CLUSTER_DOMAIN})")
     cluster.add_argument("--cluster-dns-netns", metavar="PATH",
                          help="answer cluster DNS on port 53 inside this pod namespace (a pod of kube-dns)")
+    gossip = agent.add_argument_group("gossip fabric (--fabric gossip --store none)")
+    gossip.add_argument("--peer", action="append", metavar="HOST[:PORT]",
+                        help="a peer to join through (repeat; the rest are learnt by gossip)")
+    gossip.add_argument("--gossip-port", type=int, help=f"TCP port of the gossip (default {GOSSIP_PORT})")
+    gossip.add_argument("--key-file", metavar="FILE",
+                        help="the cluster's shared secret; else $PODNET_GOSSIP_PASSWORD; else peers are "
+                             "not authenticated")
+    gossip.add_argument("--ipalloc-init", metavar="NODE[,NODE]",
+                        help="the nodes the address ring is first split among (Weave's seed=); default: "
+                             "a node without --peer starts the ring alone, others wait for it")
+    gossip.add_argument("--reclaim-grace", type=float,
+                        help=f"seconds before a dead peer's space is reclaimed (default {DEFAULT_RECLAIM_GRACE:g})")
+    gossip.add_argument("--dns-domain", help=f"the gossip DNS domain (default {DEFAULT_GOSSIP_DOMAIN})")
     agent.set_defaults(func=_cmd_agent)
 
     install = sub.add_parser("install-cni", help="install the podnet CNI executables (and the agent as a service)")
@@ -142,9 +159,17 @@ def _cmd_agent(args: argparse.Namespace) -> int:
             labels = _node_labels(s["node_labels"] or "")
         except ValueError as exc:
             return fail(f"--node-labels: {exc}", 2)
+        try:
+            gossip = _gossip_options(s)
+        except ValueError as exc:
+            return fail(str(exc), 2)
         node = NodeOptions(s["node"], s["fabric"], s["cluster_cidr"], s["block_prefix"], s["underlay"], s["lease_ttl"],
                            s["cluster_dns"], s["cluster_domain"], s["cluster_dns_netns"], labels,
-                           bool(s["strict_affinity"]))
+                           bool(s["strict_affinity"]), gossip)
+        if gossip is not None:
+            s["store"] = None  # the node's own store: STATE_DIR/store.db
+    elif s["store"] == STORE_NONE:
+        return fail("--store none needs --node and --fabric gossip (a node that keeps its own state)", 2)
     if s["policy_host"] and s["node"]:
         return fail("--policy-host and --node exclude each other (a node enforces its own host endpoint)", 2)
     if s["metrics_addr"]:
@@ -160,6 +185,62 @@ def _cmd_agent(args: argparse.Namespace) -> int:
             return failed
     return run_agent(s["socket"], s["store"], s["state_dir"], s["dns_upstream"], node, s["policy_host"],
                      s["metrics_addr"])
+
+
+def _gossip_options(s: dict):
+    """--fabric gossip's settings, checked; None for another fabric. The store must be
+    `none`: every gossip node keeps its own (agent/gossip_mirror.py)."""
+    from podnet.cluster.options import GossipOptions
+    from podnet.gossip.topology import check_peer_name
+    from podnet.schema.fields import DNS_SUBDOMAIN_RE
+
+    if s["fabric"] != "gossip":
+        if s["store"] == STORE_NONE:
+            raise ValueError("--store none is for --fabric gossip only (other fabrics share one store)")
+        return None
+    if s["store"] not in (None, STORE_NONE):
+        raise ValueError("--fabric gossip keeps no shared store: give --store none (each node keeps its own, "
+                         "and the gossip keeps them in step)")
+    if not 1 <= int(s["gossip_port"]) <= 65535:
+        raise ValueError(f"--gossip-port: {s['gossip_port']} is not a port")
+    peers = [_peer_address(text, int(s["gossip_port"])) for text in s["peer"] or []]
+    names = tuple(sorted({n.strip() for n in (s["ipalloc_init"] or "").split(",") if n.strip()}))
+    for name in names:
+        try:
+            check_peer_name(name, "--ipalloc-init")
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+    if names and s["node"] not in names and not peers:
+        raise ValueError(f"--ipalloc-init does not name {s['node']} and no --peer is given: "
+                         "this node could never get the ring")
+    if not float(s["reclaim_grace"]) >= 1:  # also refuses nan
+
+        raise ValueError("--reclaim-grace: at least 1 second")
+    if not DNS_SUBDOMAIN_RE.match(s["dns_domain"] or ""):
+        raise ValueError(f"--dns-domain: not a DNS name: {s['dns_domain']!r}")
+    if s["key_file"] and not os.path.isfile(s["key_file"]):
+        raise ValueError(f"--key-file: {s['key_file']} is not a file")
+    return GossipOptions(tuple(peers), int(s["gossip_port"]), s["key_file"], None, names,
+                         float(s["reclaim_grace"]), s["dns_domain"])
+
+
+def _peer_address(text: str, default_port: int) -> tuple[str, int]:
+    """`--peer`: IP, IP:PORT, [IPv6] or [IPv6]:PORT; a bare address gets `default_port`."""
+    import ipaddress
+
+    from podnet.gossip.topology import check_address
+
+    host = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return str(ip), default_port
+    try:
+        return check_address(text, "--peer")
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _node_labels(text: str) -> tuple[tuple[str, str], ...]:

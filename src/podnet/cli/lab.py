@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from podnet.cli.output import add_output_option, emit_object, fail
+from podnet.cli.output import add_output_option, emit_object, emit_rows, fail
 from podnet.cli.target import add_target_options, lab_name
 from podnet.defaults import DEFAULT_CLUSTER_DOMAIN, FABRIC_NAMES
 from podnet.errors import PodnetError
@@ -29,8 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--pods-per-node", type=int, help="echo pods per node (default 2; not with -f)")
     up.add_argument("--racks", type=int, help="L2 segments joined by a router (default 1; not with -f)")
     up.add_argument("--fabric", choices=FABRIC_NAMES, default="vxlan", help="how nodes reach each other's pods")
-    up.add_argument("--store", choices=("sqlite", "etcd"), default="sqlite",
-                    help="shared cluster store: one SQLite file, or a 3-member etcd cluster in the lab")
+    up.add_argument("--store", choices=("sqlite", "etcd", "none"), default=None,
+                    help="shared cluster store: one SQLite file (default), a 3-member etcd cluster in the lab, "
+                         "or none: each node keeps its own, in step by gossip (--fabric gossip, its default)")
+    up.add_argument("--reclaim-grace", type=float, default=None,
+                    help="--fabric gossip: seconds before a dead node's space is reclaimed (default 10)")
     up.add_argument("--cluster-cidr", default=CLUSTER_CIDR, help=f"the pods' pool (default {CLUSTER_CIDR})")
     up.add_argument("--block-prefix", type=int, default=None,
                     help="prefix length of the blocks nodes claim from the pool (default 26 for bgp, else 24)")
@@ -68,6 +71,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--udp", type=int, action="append", metavar="PORT", help="UDP ports it serves (default 80)")
     add_output_option(add)
     add.set_defaults(func=_cmd_host_add)
+
+    link = lab_sub.add_parser("link", help="cut and heal the underlay link between two machines of a rack")
+    link_sub = link.add_subparsers(dest="link_cmd", required=True)
+    for verb, what in (("cut", "drop every IPv4 packet between the two machines in their rack's fabric"),
+                       ("heal", "let the two machines reach each other over their rack's fabric again")):
+        change = link_sub.add_parser(verb, help=what)
+        _name_option(change)
+        change.add_argument("a", metavar="A", help="a node or host of the lab")
+        change.add_argument("b", metavar="B", help="another node or host on the same rack")
+        change.set_defaults(func=_cmd_link, link_verb=verb)
+    listed = link_sub.add_parser("list", help="the cut links, whether the fabric has them, packets dropped")
+    _name_option(listed)
+    add_output_option(listed)
+    listed.set_defaults(func=_cmd_link_list)
 
     run = lab_sub.add_parser("exec", help="run a command in a node's or a pod's network namespace")
     _name_option(run)
@@ -107,6 +124,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     if not 65536 <= args.nic_gso <= 524280:
         return fail("--nic-gso must be between 65536 and 524280 bytes", 2)
+    store = args.store or ("none" if args.fabric == "gossip" else "sqlite")
+    if (store == "none") != (args.fabric == "gossip"):
+        return fail("--fabric gossip keeps no shared store (--store none), and only it: "
+                    f"not --fabric {args.fabric} with --store {store}", 2)
+    if args.reclaim_grace is not None and (args.fabric != "gossip" or args.reclaim_grace < 1):
+        return fail("--reclaim-grace: at least 1 second, with --fabric gossip", 2)
     block_prefix = args.block_prefix or (BGP_BLOCK_PREFIX if args.fabric == "bgp" else BLOCK_PREFIX)
     try:
         pool = ipaddress.IPv4Network(args.cluster_cidr)
@@ -122,11 +145,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
         return fail("the topology's bgp objects (BGPConfiguration, BGPPeer) need --fabric bgp", 2)
     if args.fabric == "bgp" and topology.racks > MAX_BGP_RACKS:
         return fail(f"--fabric bgp: at most {MAX_BGP_RACKS} racks (one /30 uplink each in 172.31.250.0/24)", 2)
-    builder = LabBuilder(topology, LabOptions(name, args.fabric, args.store, timeout=args.timeout,
+    builder = LabBuilder(topology, LabOptions(name, args.fabric, store, timeout=args.timeout,
                                             service_cidr=args.service_cidr, cluster_dns=args.cluster_dns,
                                             cluster_domain=args.cluster_domain,
                                             nic_gso=args.nic_gso, cluster_cidr=str(pool), block_prefix=block_prefix,
-                                            **({"lease_ttl": args.lease_ttl} if args.lease_ttl else {})), progress)
+                                            **({"lease_ttl": args.lease_ttl} if args.lease_ttl else {}),
+                                            **({"reclaim_grace": args.reclaim_grace} if args.reclaim_grace else {})),
+                         progress)
     if builder.simulate:
         console.print("[yellow]! PODNET_LAB_SIMULATE_NODES: the lab hands out blocks itself "
                       "(no cross-node pod routes)[/]")
@@ -210,6 +235,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         pods.add_row(pod["name"], pod["node"], ", ".join(pod.get("ips", [])) or "-", ", ".join(pod["ports"]) or "-",
                      "up" if pod["echo_alive"] else "DOWN")
     console.print(pods)
+    if data.get("cuts"):
+        console.print("cut links: " + ", ".join(f"{a}-{b}" for a, b in data["cuts"]))
     healthy = data["supervisor"]["alive"] and all(n["agent_alive"] for n in data["nodes"])
     return 0 if healthy else 1
 
@@ -239,6 +266,23 @@ def _cmd_host_add(args: argparse.Namespace) -> int:
     else:
         print(f"host {args.host}: {entry['underlay']} on rack {entry['rack']} ({entry['netns']}), serving "
               f"TCP {entry['tcp']} UDP {entry['udp']}; protect it with a HostEndpoint (spec.host: {args.host})")
+    return 0
+
+
+def _cmd_link(args: argparse.Namespace) -> int:
+    from podnet.lab import cuts
+
+    name = lab_name(args, f"podnet lab link {args.link_verb}")
+    a, b = (cuts.cut if args.link_verb == "cut" else cuts.heal)(name, args.a, args.b)
+    print(f"link {a}-{b} {'cut' if args.link_verb == 'cut' else 'healed'} in lab {name}")
+    return 0
+
+
+def _cmd_link_list(args: argparse.Namespace) -> int:
+    from podnet.lab.cuts import listing
+
+    rows = listing(lab_name(args, "podnet lab link list"))
+    emit_rows(rows, ("link", "rack", "a_ip", "b_ip", "in_kernel", "dropped_packets"), args.output, "cut links")
     return 0
 
 

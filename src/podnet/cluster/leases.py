@@ -160,16 +160,26 @@ def acquire(
 
 
 def _publish(store: Store, lease: NodeLease, ttl: float) -> Claim:
+    return publish(store, lease, ttl)
+
+
+def publish(store: Store, lease: NodeLease, ttl: float) -> Claim:
+    """Write the lease of a block the node already owns (the gossip fabric: its ring
+    hands out blocks and writes their claims, nothing is claimed here)."""
     store.put(lease.key, lease.encode(), ttl)
     return Claim(lease, ttl)
 
 
-def renew(store: Store, claim: Claim) -> bool:
+def renew(store: Store, claim: Claim, blocks: bool = True) -> bool:
     """Extend the lease, its block's claim and the node's other block claims (block
     IPAM, ipam/blocks.py); False when the lease or its block's claim is gone (the
     caller must acquire again). Another claim that expired is simply no longer the
-    node's."""
+    node's. `blocks=False`: claims that carry no TTL (the gossip fabric's, from the
+    ring) are only checked."""
     lease_ok = store.refresh(claim.lease.key, claim.ttl)
+    if not blocks:
+        owner = block_owner(store, claim.lease.block)
+        return lease_ok and owner == claim.lease.name
     block_ok = store.refresh(block_key(claim.lease.block), claim.ttl)
     for block, owner in list_claims(store).items():
         if owner == claim.lease.name and block != claim.lease.block:

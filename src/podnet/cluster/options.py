@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from podnet.defaults import (
     DEFAULT_BLOCK_PREFIX,
@@ -10,6 +10,23 @@ from podnet.defaults import (
     DEFAULT_CLUSTER_DOMAIN,
     DEFAULT_LEASE_TTL,
 )
+
+GOSSIP_PORT = 6783  # Weave's
+DEFAULT_RECLAIM_GRACE = 60.0
+DEFAULT_GOSSIP_DOMAIN = "podnet.local"  # weave.local's counterpart
+
+
+@dataclass(frozen=True)
+class GossipOptions:
+    """`--fabric gossip`: how this node finds and trusts its peers (agent/gossip_service.py)."""
+
+    peers: tuple[tuple[str, int], ...] = ()  # seeds: (host, port)
+    port: int = GOSSIP_PORT
+    key_file: str | None = None  # the shared secret (else $PODNET_GOSSIP_PASSWORD, else none)
+    password: str | None = field(default=None, repr=False)
+    ipalloc_init: tuple[str, ...] = ()  # the peers of the ring's initial split (Weave's seed=)
+    reclaim_grace: float = DEFAULT_RECLAIM_GRACE  # a dead peer's space is reclaimed after this
+    dns_domain: str = DEFAULT_GOSSIP_DOMAIN
 
 
 @dataclass(frozen=True)
@@ -25,3 +42,4 @@ class NodeOptions:
     cluster_dns_netns: str | None = None  # the DNS pod this agent answers in (/run/netns/...)
     labels: tuple[tuple[str, str], ...] = ()  # published in the lease (BGPPeer selectors: rack, route-reflector)
     strict_affinity: bool = False  # never borrow an address from another node's block (always so on a bridge)
+    gossip: GossipOptions | None = None  # --fabric gossip: peers, secret, ring genesis

@@ -8,7 +8,8 @@ all the parsing and building; nothing here reads DNS wire format by hand.
 
 Answers, for a query of one question in class IN:
 - `lookup(qname, qtype)` returns a list: NOERROR, authoritative, one record per item
-  (A/AAAA for addresses, PTR for names; an empty list is NODATA);
+  (A/AAAA for addresses, PTR for names; an empty list is NODATA), with the server's
+  TTL unless the item is a `Timed` that brings its own;
 - it returns None and `is_local(qname)` is true: NXDOMAIN (an unknown container name
   never leaks to an upstream);
 - otherwise the query is relayed untouched to the upstream if one is configured, else
@@ -41,6 +42,18 @@ UDP_PAYLOAD = 512  # without EDNS (RFC 1035)
 EDNS_PAYLOAD = 1232  # what we advertise and the most we send (DNS flag day 2020)
 MAX_ANSWERS = 64  # one shared alias held by very many containers stays one packet
 ZONE_TRANSFERS = frozenset({"AXFR", "IXFR"})
+
+
+class Timed(str):
+    """An answer value with a TTL of its own (seconds), for zones whose records carry
+    one (the gossip DNS, dns/gossip_zone.py); a plain str gets the server's TTL."""
+
+    ttl: int
+
+    def __new__(cls, value: str, ttl: int) -> Timed:
+        made = super().__new__(cls, value)
+        made.ttl = ttl
+        return made
 
 
 def single_label(qname: str) -> bool:
@@ -144,7 +157,7 @@ class Answerer:
         if found is not None:
             reply = self._reply(request, RCODE.NOERROR, authoritative=True)
             for value in found[:MAX_ANSWERS]:
-                record = _record(question.qname, qtype, value, self.ttl)
+                record = _record(question.qname, qtype, value, getattr(value, "ttl", self.ttl))
                 if record is not None:
                     reply.add_answer(record)
             return _Decided(reply, request, ("answered",))

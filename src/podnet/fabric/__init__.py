@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from podnet.fabric.base import RouteNetwork
 from podnet.fabric.bgp import BgpFabric
+from podnet.fabric.gossip import GossipFabric
 from podnet.fabric.hostgw import HostGwFabric
 from podnet.fabric.vxlan import VxlanFabric
 
@@ -11,4 +12,5 @@ FABRICS: dict[str, type[RouteNetwork]] = {
     "vxlan": VxlanFabric,
     "host-gw": HostGwFabric,
     "bgp": BgpFabric,
+    "gossip": GossipFabric,
 }

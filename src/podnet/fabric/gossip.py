@@ -21,6 +21,7 @@ Design notes (issue 14; the gossip layer itself is src/podnet/gossip/):
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -48,6 +49,17 @@ class Routing:
 
     via: Mapping[str, str] = field(default_factory=dict)
     sleeve: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_json(cls, raw: object) -> Routing:
+        """As the gossip service stored it; anything malformed counts as no path."""
+        via = raw.get("via") if isinstance(raw, dict) else None
+        sleeve = raw.get("sleeve") if isinstance(raw, dict) else None
+        if not isinstance(via, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in via.items()):
+            via = {}
+        if not isinstance(sleeve, list) or not all(isinstance(p, str) for p in sleeve):
+            sleeve = []
+        return cls(dict(via), frozenset(sleeve))
 
 
 class GossipFabric(VxlanFabric):
@@ -77,8 +89,8 @@ class GossipFabric(VxlanFabric):
                 continue
             hop, hop_mac = by_name[first]
             vtep = str(vtep_ip_of(hop.block))
-            for block in peer_blocks(ctx, peer, claims):
-                want.routes.add(RouteSpec(str(block), vtep, DEVICE, onlink=True))
+            for net in ipaddress.collapse_addresses(peer_blocks(ctx, peer, claims)):  # a ring part: few routes
+                want.routes.add(RouteSpec(str(net), vtep, DEVICE, onlink=True))
             want.neighbours.add(NeighSpec(vtep, hop_mac, DEVICE))
             want.fdb.add(FdbSpec(hop_mac, hop.underlay_ip, DEVICE))
             want.peers[name] = OK if first == name else f"ok: via {first}"

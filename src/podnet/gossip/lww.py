@@ -184,6 +184,10 @@ class LwwMap:
         doc = self._docs.get(key)
         return None if doc is None or doc.deleted else doc.value
 
+    def document(self, key: str) -> Document | None:
+        """The document of `key`, a tombstone included."""
+        return self._docs.get(key)
+
     def items(self, prefix: str = "") -> dict[str, object]:
         """Live documents under `prefix`: key -> value."""
         return {key: doc.value for key, doc in sorted(self._docs.items())

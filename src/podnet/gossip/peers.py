@@ -119,9 +119,27 @@ class GossipPeer:
         with self._lock:
             return self._docs.get(key)
 
+    def document(self, key: str) -> Document | None:
+        with self._lock:
+            return self._docs.document(key)
+
     def documents(self, prefix: str = "") -> dict[str, object]:
         with self._lock:
             return self._docs.items(prefix)
+
+    def snapshot(self) -> list[dict]:
+        """Every document with its version (tombstones too): what a restarted peer
+        `restore`s, so its writes keep their place in the order."""
+        with self._lock:
+            return [doc.to_json() for doc in self._docs.documents().values()]
+
+    def restore(self, raw: list) -> list[str]:
+        """Merge documents saved by `snapshot` (each checked); the keys that changed."""
+        docs = [Document.from_json(item) for item in raw]
+        with self._lock:
+            changed = self._docs.merge(docs, _now_ms())
+        self.push()
+        return changed
 
     def topology(self) -> dict[str, topo.PeerEntry]:
         with self._lock:

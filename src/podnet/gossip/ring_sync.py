@@ -51,6 +51,15 @@ class RingSync:
                 log.warning("gossip %s: ring merge refused: %s", self.name, exc)
                 raise
 
+    def change(self, edit: Callable[[Ring], Ring]) -> Ring:
+        """A change this peer makes (an initial claim, a donation, a removal): `edit`
+        gets the copy and returns the new one, under the lock; RingError leaves it."""
+        with self._lock:
+            ring = edit(self._ring)
+            ring.check()
+            self._ring = ring
+            return ring
+
     def tick(self, reachable: Iterable[str], now: float | None = None) -> bool:
         """One round of votes and reclaims; True when this copy changed."""
         now = self._clock() if now is None else now

@@ -27,7 +27,7 @@ from ipaddress import IPv4Address, IPv4Network, ip_address
 
 from podnet import keys
 from podnet.cluster.leases import list_claims
-from podnet.errors import AddressExhausted
+from podnet.errors import AddressExhausted, TryAgainLater
 from podnet.ipam import allocator
 from podnet.ipam.config import BlockAffinity, IPAddress, IpRange, RangeSet
 from podnet.model.cluster import BlockClaim, block_key
@@ -68,7 +68,11 @@ def choose(store: Store, affinity: BlockAffinity, taken: Container[IPAddress], i
     one has room; else those plus a block newly claimed for the node; else, unless
     strict, a lender's block with room. `in_use`: every reserved address of the
     network (which blocks hold something); `claim=False` (STATUS) only looks.
-    AddressExhausted when nothing is left."""
+    AddressExhausted when nothing is left; TryAgainLater while the node is held (a
+    gossip node cut off from most of its ring: the others may reclaim its blocks)."""
+    if claim and (hold := store.get_json(keys.ipam_hold(affinity.node))) is not None:
+        reason = hold.get("reason") if isinstance(hold, dict) else None
+        raise TryAgainLater(f"node {affinity.node} hands out no address now: {reason or 'held'}")
     reserved = tuple(reserved)
     claims = list_claims(store)
     mine = blocks_of(claims, affinity.node, affinity)

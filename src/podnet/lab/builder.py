@@ -37,11 +37,11 @@ import yaml
 
 from podnet.defaults import DEFAULT_CLUSTER_DOMAIN
 from podnet.fileio import write_atomic
-from podnet.lab import orchestrator, routers
+from podnet.lab import cuts, orchestrator, routers
 from podnet.lab import topology as topo
 from podnet.lab.state import NETNS_DIR, LabError, LabState, enter, ip, node_socket, run, state_file
 from podnet.lab.supervisor_client import SupervisorClient
-from podnet.lab.topology import Pod, Port, Topology
+from podnet.lab.topology import Node, Pod, Port, Topology
 from podnet.lab.underlay import (
     NIC_GSO,
     machine_routes,
@@ -60,6 +60,7 @@ BLOCK_PREFIX = 24
 BGP_BLOCK_PREFIX = 26  # Calico's default block size: nodes grow into more blocks as pods come
 LEASE_TTL = 10
 ETCD_MEMBERS = 3
+RECLAIM_GRACE = 10.0
 
 
 @dataclass
@@ -75,6 +76,7 @@ class LabOptions:
     nic_gso: int = NIC_GSO  # GSO/GRO limit of the lab's "NICs" (65536: no BIG TCP)
     cluster_dns: bool = True  # a DNS pod per node, served by its agent, behind kube-system/kube-dns
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+    reclaim_grace: float = RECLAIM_GRACE  # --fabric gossip: a dead node's space is reclaimed after it
 
 
 Progress = Callable[[str], None]
@@ -117,6 +119,8 @@ class LabBuilder:
                                      nic_gso=self.o.nic_gso, hosts={})
         self.st.labdir.mkdir(parents=True, exist_ok=True)
         self.underlay()
+        if self.t.cuts:  # cut before any agent starts: no node ever sees these links up
+            cuts.set_cuts(self.st, self.t.cuts)
         self.progress(f"underlay: {self.t.racks} rack(s), {len(self.t.nodes)} node(s), outside {topo.OUTSIDE_IP}")
         from podnet.install.cni import install_cni
 
@@ -262,6 +266,9 @@ class LabBuilder:
     def start_store(self) -> str:
         if self.o.store == "sqlite":
             return create_store(self.st.labdir / "store.db")
+        if self.o.store == "none":  # each node's own (its agent makes it); the lab's commands use the first's
+            first = self.st.data["nodes"][self.t.nodes[0].name]
+            return str(Path(first["state_dir"]) / "store.db")
         members = [(f"etcd{i}", topo.etcd_ip(i)) for i in range(ETCD_MEMBERS)]
         cluster = ",".join(f"{name}=http://{addr}:2380" for name, addr in members)
         for i, (name, addr) in enumerate(members):
@@ -302,14 +309,10 @@ class LabBuilder:
                     "--state-dir", str(state_dir)]
             if self.simulate:  # a store per node (the agents would repair each other's pods)
                 argv += ["--store", create_store(state_dir / "store.db")]
+            elif self.o.store == "none":
+                argv += [*self._node_argv(node, "none", dns), *self._gossip_argv(node)]
             else:
-                argv += ["--store", store, "--node", node.name, "--fabric", self.o.fabric,
-                         "--cluster-cidr", self.o.cluster_cidr, "--block-prefix", str(self.block_prefix),
-                         "--underlay", "eth0", "--lease-ttl", str(self.o.lease_ttl),
-                         "--node-labels", routers.node_labels(node)]
-                if dns:
-                    argv += ["--cluster-dns", dns["ip"], "--cluster-domain", dns["domain"],
-                             "--cluster-dns-netns", str(NETNS_DIR / dns["pods"][node.name]["netns"])]
+                argv += self._node_argv(node, store, dns)
             info["agent_pid"] = self.spawn(f"agent/{node.name}", info["netns"], argv)
             self.st.save()
         for node in self.t.nodes:
@@ -326,6 +329,24 @@ class LabBuilder:
         self.st.save()
         if self.o.fabric == "bgp" and not self.simulate:
             self._wait(self._bgp_converged, "every node's BGP routes to the other nodes' blocks")
+
+    def _node_argv(self, node: Node, store: str, dns: dict | None) -> list[str]:
+        argv = ["--store", store, "--node", node.name, "--fabric", self.o.fabric,
+                "--cluster-cidr", self.o.cluster_cidr, "--block-prefix", str(self.block_prefix),
+                "--underlay", "eth0", "--lease-ttl", str(self.o.lease_ttl),
+                "--node-labels", routers.node_labels(node)]
+        if dns:
+            argv += ["--cluster-dns", dns["ip"], "--cluster-domain", dns["domain"],
+                     "--cluster-dns-netns", str(NETNS_DIR / dns["pods"][node.name]["netns"])]
+        return argv
+
+    def _gossip_argv(self, node: Node) -> list[str]:
+        """Every node joins through the first one (Weave's one seed peer); the ring is
+        first split among all the topology's nodes (--ipalloc-init)."""
+        seed = self.t.nodes[0]
+        argv = ["--ipalloc-init", ",".join(n.name for n in self.t.nodes),
+                "--reclaim-grace", str(self.o.reclaim_grace)]
+        return argv if node.name == seed.name else [*argv, "--peer", seed.underlay_ip]
 
     def _bgp_converged(self) -> bool:
         """Each node's kernel holds a BIRD route (proto bird) to every other node's block."""

@@ -27,9 +27,12 @@ YAML format::
     services:               # Kubernetes v1 Service manifests, applied once pods exist
       - metadata: {name: web, namespace: shop}
         spec: {selector: {app: web}, ports: [{port: 80, targetPort: http}]}
+    cuts:                   # underlay links cut in the rack's fabric (lab/cuts.py)
+      - [node0, node2]
 
 The namespace `default` always exists; `rack` defaults to 0; `ports` to none. A
-service's apiVersion and kind may be left out (they can only be v1 Service).
+service's apiVersion and kind may be left out (they can only be v1 Service). A cut
+names two nodes of one rack: links between racks go through the router, not cut here.
 """
 
 from __future__ import annotations
@@ -113,6 +116,7 @@ class Topology:
     pods: tuple[Pod, ...]
     services: tuple[Mapping, ...] = ()  # Service manifests, checked by the object registry
     bgp: tuple[Mapping, ...] = ()  # BGPConfiguration/BGPPeer documents: the peerings (bgp fabric)
+    cuts: tuple[tuple[str, str], ...] = ()  # underlay links cut from the start, each pair sorted
 
     @property
     def racks(self) -> int:
@@ -191,12 +195,13 @@ def load(path: str | Path) -> Topology:
 
 def parse(data: object) -> Topology:
     """Validate a decoded topology document."""
-    doc = _mapping(data, "the topology", {"nodes", "namespaces", "pods", "services", "bgp"})
+    doc = _mapping(data, "the topology", {"nodes", "namespaces", "pods", "services", "bgp", "cuts"})
     nodes = _parse_nodes(_list(doc.get("nodes"), "nodes"))
     namespaces = _parse_namespaces(_list(doc.get("namespaces") or [], "namespaces"))
     pods = _parse_pods(_list(doc.get("pods") or [], "pods"), {n.name for n in nodes}, {n.name for n in namespaces})
     return Topology(nodes, namespaces, pods, _parse_services(_list(doc.get("services") or [], "services")),
-                    _parse_bgp(_list(doc.get("bgp") or [], "bgp")))
+                    _parse_bgp(_list(doc.get("bgp") or [], "bgp")),
+                    _parse_cuts(_list(doc.get("cuts") or [], "cuts"), {n.name: n.rack for n in nodes}))
 
 
 def _parse_services(items: list) -> tuple[Mapping, ...]:
@@ -233,6 +238,36 @@ def _parse_bgp(items: list) -> tuple[Mapping, ...]:
     except ObjectError as exc:
         raise TopologyError(f"bgp: {exc.msg}", exc.details) from None
     return tuple(docs)
+
+
+def _parse_cuts(items: list, racks: Mapping[str, int]) -> tuple[tuple[str, str], ...]:
+    cuts: list[tuple[str, str]] = []
+    for i, item in enumerate(items):
+        where = f"cuts[{i}]"
+        if not isinstance(item, list) or len(item) != 2:
+            raise TopologyError(f"{where} must be a list of two node names, not {item!r}")
+        cut = check_link(racks, item[0], item[1], (f"{where}[0]", f"{where}[1]"))
+        if cut in cuts:
+            raise TopologyError(f"{where}: the link {cut[0]}-{cut[1]} is listed twice")
+        cuts.append(cut)
+    return tuple(cuts)
+
+
+def check_link(racks: Mapping[str, int], a: object, b: object, fields: tuple[str, str],
+               kind: str = "node") -> tuple[str, str]:
+    """An underlay link that can be cut: two different machines (name -> rack) of one
+    rack, as a sorted pair; the error names the field (`fields` name a and b)."""
+    for name, where in zip((a, b), fields, strict=True):
+        if not isinstance(name, str) or name not in racks:
+            raise TopologyError(f"{where}: unknown {kind} {name!r}", f"{kind}s: {', '.join(sorted(racks))}")
+    assert isinstance(a, str) and isinstance(b, str)
+    if a == b:
+        raise TopologyError(f"{fields[1]}: {a} cannot be cut from itself")
+    if racks[a] != racks[b]:
+        raise TopologyError(f"{fields[1]}: {a} (rack {racks[a]}) and {b} (rack {racks[b]}) are in different racks",
+                            "cross-rack links go through the router and are not cut this way; "
+                            "cut a link between two machines of one rack")
+    return (a, b) if a < b else (b, a)
 
 
 def _parse_nodes(items: list) -> tuple[Node, ...]:
