@@ -110,13 +110,20 @@ class BenchLab:
     """One lab built with LabBuilder; `close()` tears down exactly what it recorded."""
 
     def __init__(
-        self, fabric: str, nodes: int = 2, store: str = "sqlite", nic_gso: int = 0, racks: int = 1
+        self,
+        fabric: str,
+        nodes: int = 2,
+        store: str = "sqlite",
+        nic_gso: int = 0,
+        racks: int = 1,
+        encrypt: bool = False,
     ) -> None:
         self.name = f"b{secrets.token_hex(3)}"
         self.fabric = fabric
         self.nodes = nodes
         self.racks = racks
         self.store = store
+        self.encrypt = encrypt  # --fabric gossip: a cluster secret (the encrypted sleeve)
         self.nic_gso = nic_gso
         self.data: dict = {}
         self.built = False
@@ -135,6 +142,7 @@ class BenchLab:
                 self.fabric,
                 self.store,
                 timeout=60,
+                encrypt=self.encrypt,
                 **({"nic_gso": self.nic_gso} if self.nic_gso else {}),
             ),
             lambda step: self.phases.append((step, time.monotonic() - start)),

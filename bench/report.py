@@ -175,16 +175,35 @@ def sleeve_throughput(data: dict, out: Path) -> Section:
                                                                       "cores per Gbit/s"], rows)
 
 
+def gossip_throughput(data: dict, out: Path) -> Section:
+    paths, ratios, targets = data["paths"], data["ratios_vs_vxlan"], data["targets"]
+    png = _bars(out, "gossip_throughput", "gossip fabric pod-to-pod, median Gbit/s", list(paths),
+                {"Gbit/s": [p["median_gbps"] for p in paths.values()]}, "Gbit/s")
+    rows = [[k, p["median_gbps"], ratios.get(k, ""), p["median_agent_cores"], p["agent_cores_per_gbps"]]
+            for k, p in paths.items()]
+    body = table(["lab", "median Gbit/s", "x vxlan", "agents' cores", "agents' cores per Gbit/s"], rows)
+    body += table(["target", "met"], [[f"fast path >= {targets['fast_vs_vxlan']}x vxlan", data["meets"]["fast_vs_vxlan"]],
+                                      [f"encrypted >= {targets['encrypted_gbps']} Gbit/s", data["meets"]["encrypted_gbps"]],
+                                      ["plain sleeve", data["plain_sleeve"]]])
+    return "Gossip fabric throughput: fast path and encrypted sleeve against vxlan", [png], body
+
+
 def gossip_convergence(data: dict, out: Path) -> Section:
-    shown = ("document", "join", "leave")
+    shown = {k: data[k] for k in ("document", "join", "leave")}
+    reclaim = data.get("reclaim")  # results before the reclaim was timed have none
+    if reclaim:
+        grace = f"{reclaim['grace_s']:g}"
+        shown |= {"dead peer gone": reclaim["detect"], f"reclaim agreed (grace {grace} s)": reclaim["agree"],
+                  "reclaim beyond the grace": reclaim["beyond_grace"]}
     png = _bars(out, "gossip_convergence", f"gossip on loopback, {data['peers']} peers, median s", list(shown),
-                {"s": [data[k]["median_s"] for k in shown]}, "s")
-    rows = [[k, data[k]["median_s"], data[k]["max_s"]] for k in shown]
+                {"s": [r["median_s"] for r in shown.values()]}, "s")
+    rows = [[k, r["median_s"], r["max_s"]] for k, r in shown.items()]
     return "Gossip convergence (loopback)", [png], table(["event everywhere", "median s", "max s"], rows)
 
 
 RENDERERS: dict[str, Callable[[dict, Path], Section]] = {
     "sleeve_throughput": sleeve_throughput, "gossip_convergence": gossip_convergence,
+    "gossip_throughput": gossip_throughput,
     "agent_overhead": agent_overhead, "trace_time": trace_time,
     "cni_latency": cni_latency, "fabric_throughput": fabric_throughput,
     "fabric_bgp": lambda d, o: fabric_throughput(d, o, "fabric_bgp"), "convergence": convergence,

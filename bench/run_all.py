@@ -47,6 +47,8 @@ BENCHES = (
     Bench("agent_overhead", "agent_overhead.py", ("--seconds", "10", "--pods", "50", "--status-nodes", "5")),
     Bench("trace_time", "trace_time.py", ("--nodes", "5", "--runs", "3")),
     Bench("sleeve_throughput", "sleeve_throughput.py", ("--seconds", "2", "--repeat", "1")),
+    Bench("gossip_throughput", "gossip_throughput.py", ("--seconds", "2", "--repeat", "1"),
+          ("--seconds", "5", "--repeat", "3")),
     Bench("gossip_convergence", "gossip_convergence.py", ("--peers", "10", "--runs", "3")),
 )
 

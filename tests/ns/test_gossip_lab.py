@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from cniharness import podnet_cli
+from underlay_capture import capture_while_sending
 
 pytestmark = pytest.mark.root
 
@@ -131,6 +132,15 @@ def test_an_object_applied_on_any_peer_is_enforced_and_deleted_everywhere(lab: d
     for node in lab["nodes"]:
         listed = podnet_cli("get", "networkpolicies", "--store", store_of(lab, node), "-o", "json").stdout
         assert "deny-all" not in listed
+
+
+def test_without_a_secret_pods_talk_over_the_kernel_fast_path_in_clear(lab: dict) -> None:
+    """The control of tests/ns/test_gossip_sleeve_lab.py's capture: the same marker is
+    readable here, carried by VXLAN and not by the sleeve."""
+    seen = capture_while_sending(lab, "node1", "default/p0-0", "default/p1-0")
+    assert seen["marker"] >= 1 and seen["sleeve"] == 0
+    assert all(path == "fast" and not encrypted for n in lab["nodes"] for name, (path, encrypted) in
+               {p["name"]: (p["path"], p["encrypted"]) for p in peers(lab)[n]["peers"]}.items())
 
 
 def test_a_cut_link_is_routed_through_a_middle_peer_and_goes_direct_when_healed(lab: dict) -> None:

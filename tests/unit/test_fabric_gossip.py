@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 
 from podnet.fabric.base import FabricContext, FdbSpec, NeighSpec, RouteSpec
-from podnet.fabric.gossip import UNREACHABLE, GossipFabric, Routing
+from podnet.fabric.gossip import SLEEVE_DEVICE, UNREACHABLE, GossipFabric, Routing
 from podnet.fabric.vxlan import vtep_mac
 from podnet.model.cluster import NodeLease
 
@@ -52,11 +52,30 @@ def test_a_first_hop_that_is_not_direct_or_no_path_is_unreachable():
     assert not want.routes and not want.fdb and not want.neighbours
 
 
-def test_sleeve_peers_are_left_to_the_sleeve_and_other_fabrics_refused():
-    want = desired({"b": "b", "c": "c", "d": "d"}, frozenset({"c"}))
-    assert want.peers["c"] == "ok: sleeve"
-    assert not [r for r in want.routes if r.dst == "10.244.2.0/24"]
+def test_sleeve_peers_are_routed_to_the_sleeve_device_and_other_fabrics_refused():
+    want = desired({"b": "b", "c": "b", "d": "d"}, frozenset({"c", "d"}))
+    assert want.peers["c"] == "ok: sleeve via b" and want.peers["d"] == "ok: sleeve"
+    assert [r for r in want.routes if r.dst == "10.244.2.0/24"] == [RouteSpec("10.244.2.0/24", "", SLEEVE_DEVICE)]
+    assert RouteSpec("10.244.3.0/24", "", SLEEVE_DEVICE) in want.routes  # the sleeve picks the first hop
+    assert {f.dst for f in want.fdb} == {"172.31.0.2"}  # no fast-path entries for sleeve peers
     fabric = GossipFabric()
     fabric.routing = Routing({"b": "b"})
     other = fabric.desired(ctx(), [lease("b", "vxlan")], {BLOCKS["b"]: "b"})
     assert other.peers["b"].startswith("refused: peer runs fabric 'vxlan'")
+
+
+def test_a_peers_adjacent_blocks_are_one_route():
+    fabric = GossipFabric()
+    fabric.routing = Routing({"b": "b"})
+    claims = {"10.244.1.0/24": "b", "10.244.4.0/24": "b", "10.244.5.0/24": "b", "10.244.6.0/24": "b",
+              "10.244.7.0/24": "b"}
+    want = fabric.desired(ctx(), [lease("b")], claims)
+    assert {r.dst for r in want.routes} == {"10.244.1.0/24", "10.244.4.0/22"}
+
+
+def test_one_mtu_for_both_paths_and_routing_read_back_checked():
+    assert GossipFabric().mtu(1500) == 1420 and GossipFabric().mtu(9000) == 8920
+    assert Routing.from_json({"via": {"b": "b"}, "sleeve": ["b"]}) == Routing({"b": "b"}, frozenset({"b"}))
+    for bad in (None, [], {"via": {"b": 1}}, {"via": "b"}, {"via": {"b": "b"}, "sleeve": "b"}):
+        routing = Routing.from_json(bad)
+        assert routing.sleeve == frozenset() and (routing.via in ({}, {"b": "b"}))

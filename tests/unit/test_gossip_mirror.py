@@ -45,7 +45,8 @@ def test_replicated_prefixes():
     assert replicated(LEASE) and replicated(POLICY)
     assert replicated(keys.ipam_address(CLUSTER_NETWORK, "10.244.2.5"))
     assert not replicated(keys.block("10.244.2.0", 24))
-    assert not replicated(keys.endpoint(CLUSTER_NETWORK, "c1", "eth0"))
+    assert replicated(keys.endpoint(CLUSTER_NETWORK, "c1", "eth0"))  # a pod's attachment: cluster-wide
+    assert not replicated(keys.endpoint("other", "c1", "eth0"))  # a local network's: the node's own
     assert not replicated(keys.ipam_address("other", "10.9.0.5"))
 
 
@@ -77,7 +78,7 @@ def test_publish_skips_a_value_that_is_no_json(node):
     assert docs.document(DOC_PREFIX + LEASE) is None and mirror.published == 0
 
 
-@pytest.mark.parametrize("key", [keys.block("10.244.2.0", 24), keys.endpoint(CLUSTER_NETWORK, "c1", "eth0"),
+@pytest.mark.parametrize("key", [keys.block("10.244.2.0", 24), keys.endpoint("other", "c1", "eth0"),
                                  keys.ipam_address("other", "10.9.0.5")])
 def test_a_key_that_is_not_replicated_goes_neither_way(node, key):
     store, docs, mirror = node

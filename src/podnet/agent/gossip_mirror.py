@@ -5,10 +5,10 @@ Design notes:
   everything in podnet reads and writes that store as it would a shared one: the CNI
   path, the node, policy and services loops, `podnet apply` run on the node. What must
   be the same on every node (leases, pods, namespaces, policies, services, their
-  slices, readiness, the pods' address reservations) is copied into last-writer-wins
+  slices, readiness, the pods' address reservations and attachment records) is copied into last-writer-wins
   documents (gossip/lww.py) under `store/<key>`, and documents that peers wrote are
   copied back into the store. What is the node's own (its container records, networks,
-  allocation cursors) stays local, and block claims are derived from the ring
+  allocation cursors, attachments to other networks) stays local, and block claims are derived from the ring
   (agent/gossip_service.py), never copied: the ring alone says who owns a block.
 - Both directions compare values, so a copy never echoes: a store write the mirror
   made from a document finds the document equal and publishes nothing. The store is
@@ -42,6 +42,7 @@ log = logging.getLogger("podnet.gossip")
 DOC_PREFIX = "store/"
 REPLICATED = (keys.NODES, keys.POLICY, keys.SERVICES, keys.ENDPOINT_SLICES, keys.CLUSTER_IPS, keys.NODE_PORTS,
               keys.SERVICE_SETTINGS, keys.READINESS, keys.HOSTS, keys.ipam_addresses(CLUSTER_NETWORK),
+              keys.endpoints(CLUSTER_NETWORK),  # the pods' attachments, as a shared store shows them
               keys.none_left("policy"))  # "the last policy was deleted", not "a wrong store"
 
 

@@ -44,11 +44,13 @@ from podnet.store import RevisionCompacted, Store
 
 if TYPE_CHECKING:
     from podnet.agent.context import AgentContext, OpHandler
+    from podnet.agent.gossip_sleeve import GossipSleeve
     from podnet.gossip.peers import GossipPeer
 
 log = logging.getLogger("podnet.gossip")
 
 TICK = 0.5
+FULL_PASS = 5.0  # seconds between passes that re-check everything (a hand-deleted claim comes back)
 SAVE_EVERY = 1.0
 PASSWORD_ENV = "PODNET_GOSSIP_PASSWORD"
 
@@ -65,8 +67,13 @@ class GossipService:
         self.duties: RingDuties | None = None
         self.space: BlockSpace | None = None
         self.dns: GossipDns | None = None
+        self.sleeve: GossipSleeve | None = None
+        self.carried: frozenset[str] = frozenset()
         self._wake = threading.Event()
         self._pending: set[str] = set()
+        self._docs_changed = False
+        self._inputs: tuple = ()
+        self._next_full = 0.0
         self._pending_lock = threading.Lock()
         self._ready = threading.Event()
         self._secured = False
@@ -122,6 +129,8 @@ class GossipService:
                     log.warning("gossip: %s", getattr(exc, "msg", None) or exc)
                     stop.wait(TICK)
         finally:
+            if self.sleeve is not None:
+                self.sleeve.stop()
             if self.peer is not None:
                 self.peer.stop()
             self._save(force=True)
@@ -156,30 +165,70 @@ class GossipService:
                  self.peer.address, ", ".join(self.peer.seeds) or "none", applied, published)
 
     def _round(self) -> None:
+        """Votes, reclaims and the partition hold every round (they follow the clock);
+        the rest only when something it reads changed (a document, the ring, the
+        store, the paths) or every FULL_PASS seconds, which keeps an idle node idle."""
         assert self.peer and self.sync and self.mirror and self.duties
         with self._pending_lock:
             pending, self._pending = self._pending, set()
+            docs_changed, self._docs_changed = self._docs_changed, False
         self.mirror.apply_all(sorted(pending))
-        reachable = set(self.peer.next_hops())
+        hops = self.peer.next_hops()
+        reachable = set(hops)
         before = self.sync.ring()
         self.duties.claim_initial()
         self.sync.tick(reachable)
-        own = self._store().get_json(keys.node(self.duties.name)) or {}
-        self.duties.answer_requests(reachable, [own["block"]] if isinstance(own.get("block"), str) else [])
-        if not self.duties.hold(reachable):
-            self.duties.ask_for_space(reachable)
+        held = self.duties.hold(reachable)
         self.duties.bury()
-        if self.dns is not None:
-            self.dns.sync(dead=frozenset(self.duties.buried))
+        store, now = self._store(), time.monotonic()
+        inputs = (self.sync.ring(), store.revision(), tuple(sorted(hops.items())))
+        if docs_changed or inputs != self._inputs or now >= self._next_full:
+            own = store.get_json(keys.node(self.duties.name)) or {}
+            self.duties.answer_requests(reachable, [own["block"]] if isinstance(own.get("block"), str) else [])
+            if not held:
+                self.duties.ask_for_space(reachable)
+            if self.dns is not None:
+                self.dns.sync(dead=frozenset(self.duties.buried))
+            self.duties.write_claims()
+            self._write_routing(self._sleeve_round())
+            self._next_full = now + FULL_PASS
+            self._inputs = (self.sync.ring(), store.revision(), tuple(sorted(hops.items())))
         if self.sync.ring() != before:
             self.peer.push()
-        self.duties.write_claims()
-        self._write_routing()
         self._save()
 
-    def _write_routing(self) -> None:
+    def _sleeve_round(self) -> frozenset[str]:
+        """With a secret, the sleeve carries every peer (agent/gossip_sleeve.py)."""
+        if not self._secured or self.peer is None or self.options is None:
+            return frozenset()
+        from podnet.agent.gossip_sleeve import GossipSleeve
+        from podnet.cluster import leases as cluster_leases
+
+        store = self._store()
+        own = store.get_json(keys.node(self.options.node)) or {}
+        if not isinstance(own.get("block"), str):
+            return frozenset()  # no lease yet: the sleeve's address is the lease block's
+        if self.sleeve is None:
+            self.sleeve = GossipSleeve(self.options.node, self._fabric_mtu())
+        hops = self.peer.next_hops()
+        secrets = {p: secret for p, first in hops.items() if first == p
+                   and (secret := self.peer.session_secret(p)) is not None}
+        peers = {lease.name: lease for lease in cluster_leases.list_leases(store)}
+        return self.sleeve.sync(hops, secrets, peers, cluster_leases.list_claims(store), own["block"])
+
+    def _fabric_mtu(self) -> int:
+        """The node's pod MTU, as its conflist says (the fabric's, from the underlay)."""
+        from podnet.agent.node_service import CONFLIST
+
+        try:
+            return int(json.loads((self.agent.state.net_d / CONFLIST).read_text())["plugins"][0]["mtu"])
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            return 1420
+
+    def _write_routing(self, sleeve: frozenset[str]) -> None:
         assert self.peer is not None
-        value = {"via": self.peer.next_hops(), "sleeve": []}
+        self.carried = sleeve
+        value = {"via": self.peer.next_hops(), "sleeve": sorted(sleeve)}
         store = self._store()
         if store.get_json(keys.GOSSIP_ROUTING) != value:
             store.put_json(keys.GOSSIP_ROUTING, value)
@@ -214,9 +263,10 @@ class GossipService:
     # -- peer callbacks (the peer's thread)
     def _on_change(self, change: Change) -> None:
         doc_keys = [k for k in change.keys if k.startswith(DOC_PREFIX)]
-        if doc_keys:
+        if change.keys:
             with self._pending_lock:
                 self._pending.update(doc_keys)
+                self._docs_changed = True
         self._wake.set()
 
     def _merge_ring(self, blob: object) -> None:
@@ -274,7 +324,8 @@ class GossipService:
 
         self._need_ready()
         assert self.peer and self.sync and self.space
-        return describe(self.peer, self.sync.ring(), self.space, self._store(), self.gossip, self._secured)
+        return describe(self.peer, self.sync.ring(), self.space, self._store(), self.gossip, self._secured,
+                        self.carried)
 
     def remove(self, peer: object) -> dict[str, Any]:
         self._need_ready()

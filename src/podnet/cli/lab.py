@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--store", choices=("sqlite", "etcd", "none"), default=None,
                     help="shared cluster store: one SQLite file (default), a 3-member etcd cluster in the lab, "
                          "or none: each node keeps its own, in step by gossip (--fabric gossip, its default)")
+    up.add_argument("--encrypt", action="store_true",
+                    help="--fabric gossip: a random cluster secret; peers authenticate and pods talk over the "
+                         "encrypted sleeve")
     up.add_argument("--reclaim-grace", type=float, default=None,
                     help="--fabric gossip: seconds before a dead node's space is reclaimed (default 10)")
     up.add_argument("--cluster-cidr", default=CLUSTER_CIDR, help=f"the pods' pool (default {CLUSTER_CIDR})")
@@ -128,6 +131,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     if (store == "none") != (args.fabric == "gossip"):
         return fail("--fabric gossip keeps no shared store (--store none), and only it: "
                     f"not --fabric {args.fabric} with --store {store}", 2)
+    if args.encrypt and args.fabric != "gossip":
+        return fail("--encrypt is for --fabric gossip (its sleeve)", 2)
     if args.reclaim_grace is not None and (args.fabric != "gossip" or args.reclaim_grace < 1):
         return fail("--reclaim-grace: at least 1 second, with --fabric gossip", 2)
     block_prefix = args.block_prefix or (BGP_BLOCK_PREFIX if args.fabric == "bgp" else BLOCK_PREFIX)
@@ -150,7 +155,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
                                             cluster_domain=args.cluster_domain,
                                             nic_gso=args.nic_gso, cluster_cidr=str(pool), block_prefix=block_prefix,
                                             **({"lease_ttl": args.lease_ttl} if args.lease_ttl else {}),
-                                            **({"reclaim_grace": args.reclaim_grace} if args.reclaim_grace else {})),
+                                            **({"reclaim_grace": args.reclaim_grace} if args.reclaim_grace else {}),
+                                            encrypt=args.encrypt),
                          progress)
     if builder.simulate:
         console.print("[yellow]! PODNET_LAB_SIMULATE_NODES: the lab hands out blocks itself "

@@ -32,6 +32,7 @@ from podnet.cli.target import (
 from podnet.defaults import DEFAULT_CLUSTER_CIDR
 from podnet.errors import PodnetError
 from podnet.fileio import write_atomic
+from podnet.observe.peers_view import compact_blocks
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -151,12 +152,14 @@ def _print(result: ClusterStatus, lab: str | None) -> None:
         console.print(Text(counts))
     nodes = Table(title="nodes")
     for col in ("node", "lease", "underlay", "fabric", "mtu", "blocks", "agent", "peers", "bgp"):
-        nodes.add_column(col, no_wrap=col != "agent")
+        nodes.add_column(col, no_wrap=col not in ("agent", "blocks"))
     for n in result.nodes:
-        lease = (f"age {n.get('lease_age_s')}s, expires {n.get('lease_expires_s')}s" if n["lease"] else "NONE")
+        expires = n.get("lease_expires_s")  # None: no TTL (a gossip node's copy of a peer's lease)
+        lease = (f"age {n.get('lease_age_s')}s" + (f", expires {expires}s" if expires is not None else "")
+                 if n["lease"] else "NONE")
         peers = f"{n['peers_ok']}/{n['peers']} ok" if "peers" in n else "-"
         nodes.add_row(n["name"], lease, str(n.get("underlay_ip") or "-"), str(n.get("fabric") or "-"),
-                      str(n.get("mtu") or "-"), ", ".join(n["blocks"]) or "-", Text(n["agent"]), peers,
+                      str(n.get("mtu") or "-"), ", ".join(compact_blocks(n["blocks"])) or "-", Text(n["agent"]), peers,
                       str(n.get("bgp") or "-"),
                       style="red" if n["agent"] not in ("answers", "not reachable from here") or n.get("refused")
                       else None)
@@ -165,7 +168,7 @@ def _print(result: ClusterStatus, lab: str | None) -> None:
     blocks = Table(title="blocks")
     for col in ("block", "node", "used", "size", "%"):
         blocks.add_column(col, no_wrap=True)
-    for b in result.blocks:
+    for b in _shown_blocks(result.blocks):
         share = 100 * b["used"] / b["size"] if b["size"] else 0.0
         blocks.add_row(b["block"], b["node"], str(b["used"]), str(b["size"]), f"{share:.1f}")
     console.print(blocks)
@@ -175,6 +178,26 @@ def _print(result: ClusterStatus, lab: str | None) -> None:
             console.print(Text(f"  {reason}", style="red"))
     else:
         console.print("[green]healthy[/]")
+
+
+def _shown_blocks(rows: list[dict], most_empty: int = 4) -> list[dict]:
+    """Blocks in use, and a node's empty ones as one row once it has many (a gossip
+    node owns a large part of the ring); `-o json` keeps every block."""
+    empty: dict[str, list[dict]] = {}
+    for row in rows:
+        if not row["used"]:
+            empty.setdefault(row["node"], []).append(row)
+    out = []
+    for row in rows:
+        spare = empty.get(row["node"], [])
+        if row["used"] or len(spare) <= most_empty:
+            out.append(row)
+        elif row is spare[0]:
+            cidrs = compact_blocks(r["block"] for r in spare)
+            shown = ", ".join(cidrs[:3]) + (", ..." if len(cidrs) > 3 else "")
+            out.append({"block": f"{len(spare)} empty: {shown}", "node": row["node"], "used": 0,
+                        "size": sum(r["size"] for r in spare)})
+    return out
 
 
 def _pool_line(pool: dict) -> str:

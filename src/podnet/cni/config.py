@@ -100,8 +100,9 @@ def _gso_max_size(raw: Mapping) -> int | None:
     size = raw.get("gsoMaxSize")
     if size is None or size == 0:
         return None
-    if not isinstance(size, int) or isinstance(size, bool) or not 65536 <= size <= 524280:
-        raise InvalidConfig(f"'gsoMaxSize' must be an integer between 65536 and 524280, got {size!r}")
+    if not isinstance(size, int) or isinstance(size, bool) or not 16384 <= size <= 524280:
+        # below 64 KiB: an egress that takes less, e.g. the gossip fabric's sleeve TUN (62 KiB)
+        raise InvalidConfig(f"'gsoMaxSize' must be an integer between 16384 and 524280, got {size!r}")
     return size
 
 

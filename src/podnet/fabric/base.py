@@ -142,10 +142,11 @@ class RouteNetwork:
                 act(report.removed, f"route {spec.dst}", ipr.route, "del", **raw)
         for spec in sorted(want.routes - set(have_routes)):
             index = _maybe_index(ipr, spec.dev) if dry_run else _index(ipr, spec.dev)
-            kw: dict[str, Any] = {"dst": spec.dst, "gateway": spec.gateway, "oif": index, "proto": ROUTE_PROTO}
+            kw: dict[str, Any] = {"dst": spec.dst, "gateway": spec.gateway or None, "oif": index, "proto": ROUTE_PROTO}
             if spec.onlink:
                 kw["flags"] = RTNH_F_ONLINK
-            act(report.added, f"route {spec.dst} via {spec.gateway} dev {spec.dev}", ipr.route, "replace", **kw)
+            act(report.added, f"route {spec.dst}{f' via {spec.gateway}' if spec.gateway else ''} dev {spec.dev}",
+                ipr.route, "replace", **kw)
         if self.device is not None and (dev := _maybe_index(ipr, self.device)) is not None:
             have_neigh = self._neighbours(ipr, dev)
             for spec in have_neigh - want.neighbours:

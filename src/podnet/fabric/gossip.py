@@ -36,10 +36,14 @@ from podnet.fabric.base import (
     peer_blocks,
     valid_peers,
 )
+from podnet.fabric.sleeve.tun import DEFAULT_MTU as SLEEVE_MTU
+from podnet.fabric.sleeve.tun import GSO_MAX_SIZE as SLEEVE_GSO
 from podnet.fabric.vxlan import DEVICE, VxlanFabric
 from podnet.model.cluster import NodeLease
 
 UNREACHABLE = "refused: unreachable (no path in the gossip topology)"
+SLEEVE_DEVICE = "pnsl0"  # agent/gossip_sleeve.py's TUN
+SLEEVE_OVERHEAD = 1500 - SLEEVE_MTU  # its headers, AEAD tag and chunking
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,15 @@ class Routing:
 class GossipFabric(VxlanFabric):
     name = "gossip"
 
+    # Pods send at most what the sleeve's TUN takes: a forwarded GSO packet bigger than
+    # the egress device's limit is cut in software (kernel/gso.py), ~6x slower measured.
+    gso_cap = SLEEVE_GSO
+
+    def mtu(self, underlay_mtu: int) -> int:
+        """One MTU for both paths: the sleeve's (its headers, AEAD tag and chunking cost
+        more than VXLAN's 50 bytes), so a peer moving between paths never black-holes."""
+        return underlay_mtu - SLEEVE_OVERHEAD
+
     def __init__(self) -> None:
         self.routing = Routing()
 
@@ -81,8 +94,10 @@ class GossipFabric(VxlanFabric):
         via = self.routing.via
         for name, (peer, _mac) in by_name.items():
             first = via.get(name)
-            if name in self.routing.sleeve:
-                want.peers[name] = "ok: sleeve"
+            if name in self.routing.sleeve:  # the sleeve's TUN; the sleeve picks the first hop
+                for net in ipaddress.collapse_addresses(peer_blocks(ctx, peer, claims)):
+                    want.routes.add(RouteSpec(str(net), "", SLEEVE_DEVICE))
+                want.peers[name] = "ok: sleeve" if first == name else f"ok: sleeve via {first}"
                 continue
             if first is None or first not in by_name or via.get(first) != first:
                 want.peers[name] = UNREACHABLE  # no path, or a first hop that is not itself direct

@@ -57,8 +57,9 @@ class GsoLimits:
         )
 
     def link_attrs(self) -> bytes:
-        """What a new link needs: nothing when the limits are the kernel's defaults."""
-        return self.attrs() if self.big else b""
+        """What a new link needs: nothing when the limits are the kernel's defaults
+        (bigger for BIG TCP; smaller for an egress that takes less, e.g. a TUN)."""
+        return b"" if self == DEFAULT else self.attrs()
 
 
 DEFAULT = GsoLimits()

@@ -77,6 +77,7 @@ class LabOptions:
     cluster_dns: bool = True  # a DNS pod per node, served by its agent, behind kube-system/kube-dns
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
     reclaim_grace: float = RECLAIM_GRACE  # --fabric gossip: a dead node's space is reclaimed after it
+    encrypt: bool = False  # --fabric gossip: a cluster secret, so peers talk over the encrypted sleeve
 
 
 Progress = Callable[[str], None]
@@ -346,7 +347,18 @@ class LabBuilder:
         seed = self.t.nodes[0]
         argv = ["--ipalloc-init", ",".join(n.name for n in self.t.nodes),
                 "--reclaim-grace", str(self.o.reclaim_grace)]
+        if self.o.encrypt:
+            argv += ["--key-file", str(self.gossip_key())]
         return argv if node.name == seed.name else [*argv, "--peer", seed.underlay_ip]
+
+    def gossip_key(self) -> Path:
+        """The lab's cluster secret (random, root-only), made once."""
+        import secrets
+
+        path = self.st.labdir / "gossip.key"
+        if not path.exists():
+            write_atomic(path, secrets.token_hex(32), 0o600)
+        return path
 
     def _bgp_converged(self) -> bool:
         """Each node's kernel holds a BIRD route (proto bird) to every other node's block."""
