@@ -1,30 +1,40 @@
 """Cross-node pod-to-pod TCP throughput of the gossip fabric (issue 14): the kernel
-VXLAN fast path and the agent's encrypted sleeve, against the vxlan fabric, and the
-agents' CPU per Gbit/s.
+VXLAN fast path and the agent's encrypted sleeve, against the vxlan fabric, direct and
+relayed through a middle peer, and the agents' CPU per Gbit/s.
 
     sudo .venv/bin/python bench/gossip_throughput.py [--seconds 5] [--repeat 3] [--json]
 
-Three 2-node labs (one pod per node), built with `podnet.lab.builder.LabBuilder` as
+Three labs (one pod per node), built with `podnet.lab.builder.LabBuilder` as
 `podnet lab up` builds them (fabric_throughput.BenchLab):
-- vxlan: `--fabric vxlan --store sqlite`, the baseline of the ratios;
-- gossip-fast: `--fabric gossip --store none`, no secret: the kernel VXLAN fast path,
-  FDB and neighbour entries programmed from the gossip;
+- vxlan: 2 nodes, `--fabric vxlan --store sqlite`, the baseline of the ratios;
+- gossip-fast: 3 nodes, `--fabric gossip --store none`, no secret: the kernel VXLAN
+  fast path, FDB and neighbour entries programmed from the gossip;
 - gossip-enc: the same with `--encrypt`: every pod packet goes through the agent's
   in-process encrypted sleeve (TUN pnsl0, UDP 6784).
-Before measuring, every node's `podnet peers --lab NAME -o json` must show the other
-node on the expected path (fast; sleeve and encrypted), and p1-0 must answer a ping
-from p0-0. The plain (unencrypted) sleeve is not a lab path:
+Before measuring, every node's `podnet peers --lab NAME -o json` must show every other
+node direct on the expected path (fast; sleeve and encrypted), and p1-0 must answer a
+ping from p0-0. The plain (unencrypted) sleeve is not a lab path:
 without a secret the agent takes the fast path; bench/sleeve_throughput.py measures
 it (bare namespaces, the sleeve as a forwarder process).
 
-Each round runs iperf3 TCP p0-0 -> p1-0 in every lab (one stream, `-t SECONDS` after
-one omitted second), interleaved, the first lab rotating. Figures: median Gbit/s,
+Direct: each round runs iperf3 TCP p0-0 -> p1-0 in every lab (one stream, `-t SECONDS`
+after one omitted second), interleaved, the first lab rotating. Figures: median Gbit/s,
 gossip-fast/vxlan (target >= 0.95x), the encrypted sleeve's Gbit/s (target >= 1), and
-the CPU of both nodes' agents (utime + stime of every thread, /proc/<pid>/stat, over
+the CPU of all the lab's agents (utime + stime of every thread, /proc/<pid>/stat, over
 the client's run, divided by its wall time) as cores, and cores per Gbit/s. On the
 fast path the kernel does the work in softirq context, which no agent is charged
 for: its figure is the agents' idle cost, shown for information. The busiest agent
 threads of the encrypted runs are kept (where the CPU goes).
+
+Relay (issue 14: "stay in the kernel where it can, fall back to the sleeve where it
+cannot; measure both"): then the node0-node2 underlay link of both gossip labs is cut
+(podnet.lab.cuts: an nft drop in the lab's fabric namespace), and once node0's and
+node2's `podnet peers` show each other reached via node1 on the lab's path, interleaved
+rounds p0-0 -> p2-0 run in both: gossip-fast relays in node1's kernel (VXLAN in, VXLAN
+out), gossip-enc in node1's sleeve (opened and sealed again). Figures: median Gbit/s,
+ratio to the same lab's direct figure, all three agents' cores (and per node: the
+middle one's is the relay's cost) per Gbit/s. Nothing is healed: teardown deletes the
+fabric namespace and its nft table with it.
 
 Safety: the labs are named `b<hex>` (namespaces `pn-lab-b<hex>-*`) and torn down in a
 `finally` (also on Ctrl-C, SIGTERM or SIGHUP) with podnet.lab.teardown, which removes
@@ -43,6 +53,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from benchlib import (
     BenchError,
@@ -61,13 +72,27 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
-# lab key -> (fabric, store, encrypt, the path `podnet peers` must show: (path, encrypted))
-LABS: dict[str, tuple[str, str, bool, tuple[str, bool] | None]] = {
-    "vxlan": ("vxlan", "sqlite", False, None),
-    "gossip-fast": ("gossip", "none", False, ("fast", False)),
-    "gossip-enc": ("gossip", "none", True, ("sleeve", True)),
+
+class LabSpec(NamedTuple):
+    fabric: str
+    store: str
+    encrypt: bool
+    path: tuple[str, bool] | None  # what `podnet peers` must show: (path, encrypted)
+    nodes: int
+
+
+LABS: dict[str, LabSpec] = {
+    "vxlan": LabSpec("vxlan", "sqlite", False, None, 2),
+    "gossip-fast": LabSpec("gossip", "none", False, ("fast", False), 3),
+    "gossip-enc": LabSpec("gossip", "none", True, ("sleeve", True), 3),
 }
 CLIENT, SERVER = "default/p0-0", "default/p1-0"
+# The relay: the node0-node2 link cut, p0-0 -> p2-0 through node1
+CUT, MIDDLE, RELAY_SERVER = ("node0", "node2"), "node1", "default/p2-0"
+RELAYS = {
+    "gossip-fast": "kernel relay (node1: VXLAN in, VXLAN out)",
+    "gossip-enc": "sleeve relay (node1: opened, sealed again)",
+}
 TARGET_FAST_RATIO = 0.95
 TARGET_ENCRYPTED_GBPS = 1.0
 PLAIN_SLEEVE = (
@@ -75,13 +100,14 @@ PLAIN_SLEEVE = (
     "bench/sleeve_throughput.py measures it (bare namespaces, forwarder process)"
 )
 TOP_THREADS = 4
+Shown = tuple[str | None, str | None, bool]  # how a node reaches a peer: via, path, encrypted
 
 
 # --------------------------------------------------------------------------------------
-# Ready: the expected path in `podnet peers`, and a reply across it
+# Ready: the expected paths in `podnet peers`, and a reply across them
 # --------------------------------------------------------------------------------------
-def peer_paths(lab: BenchLab) -> dict[str, dict[str, tuple[str, bool]]]:
-    """node -> peer -> (path, encrypted), as `podnet peers --lab NAME -o json` says."""
+def peer_paths(lab: BenchLab) -> dict[str, dict[str, Shown]]:
+    """node -> peer -> (via, path, encrypted), as `podnet peers --lab NAME -o json` says."""
     out = subprocess.run(
         [sys.executable, "-m", "podnet.cli", "peers", "--lab", lab.name, "-o", "json"],
         capture_output=True,
@@ -95,56 +121,62 @@ def peer_paths(lab: BenchLab) -> dict[str, dict[str, tuple[str, bool]]]:
         return {}
     return {
         n["node"]: {
-            p["name"]: (p.get("path"), bool(p.get("encrypted"))) for p in n.get("peers") or ()
+            p["name"]: (p.get("via"), p.get("path"), bool(p.get("encrypted")))
+            for p in n.get("peers") or ()
         }
         for n in nodes
         if "error" not in n
     }
 
 
-def wait_ready(lab: BenchLab, expected: tuple[str, bool] | None, timeout: float) -> dict:
-    """Until every node sees every other on `expected` and p1-0 answers p0-0; what
-    `podnet peers` said last (for the JSON)."""
-    names = set(lab.data["nodes"])
+def direct_paths(lab: BenchLab, spec: LabSpec) -> dict[tuple[str, str], Shown]:
+    """Every node reaches every other directly on the lab's path (none: not gossip)."""
+    if spec.path is None:
+        return {}
+    names = list(lab.data["nodes"])
+    return {(n, o): (o, *spec.path) for n in names for o in names if o != n}
+
+
+def relay_paths(spec: LabSpec) -> dict[tuple[str, str], Shown]:
+    """Both ends of the cut link reach each other via the middle node, on the lab's path."""
+    assert spec.path is not None
+    return {(a, b): (MIDDLE, *spec.path) for a, b in (CUT, CUT[::-1])}
+
+
+def wait_ready(
+    lab: BenchLab, want: dict[tuple[str, str], Shown], server: str, timeout: float
+) -> dict[str, dict[str, Shown]]:
+    """Until `podnet peers` shows each (node, peer) of `want` as wanted and `server`
+    answers a ping from CLIENT; what `podnet peers` said last (for the JSON)."""
     deadline = time.monotonic() + timeout
-    seen: dict = {}
-    while expected is not None:
+    seen: dict[str, dict[str, Shown]] = {}
+    while want:
         seen = peer_paths(lab)
-        if set(seen) == names and all(
-            peers.get(other) == expected for node, peers in seen.items() for other in names - {node}
-        ):
+        if all(seen.get(node, {}).get(peer) == shown for (node, peer), shown in want.items()):
             break
         if time.monotonic() > deadline:
             raise BenchError(
-                f"lab {lab.name}: peers not all on {expected} within {timeout:.0f}s: {seen}"
+                f"lab {lab.name}: peers not as {want} (node, peer: via, path, encrypted) "
+                f"within {timeout:.0f}s: {seen}"
             )
         time.sleep(0.5)
-    ping = [
-        *nsenter(lab.pod_ns(CLIENT)),
-        "busybox",
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "1",
-        lab.pod_ip(SERVER),
-    ]
-    while subprocess.run(ping, capture_output=True, check=False).returncode != 0:
+    ping = [*nsenter(lab.pod_ns(CLIENT)), "busybox", "ping", "-c", "1", "-W", "1"]
+    while subprocess.run([*ping, lab.pod_ip(server)], capture_output=True, check=False).returncode:
         if time.monotonic() > deadline:
             raise BenchError(
-                f"lab {lab.name}: {SERVER} does not answer {CLIENT} within {timeout:.0f}s"
+                f"lab {lab.name}: {server} does not answer {CLIENT} within {timeout:.0f}s"
             )
         time.sleep(0.2)
-    return {node: {peer: list(v) for peer, v in peers.items()} for node, peers in seen.items()}
+    return seen
 
 
 # --------------------------------------------------------------------------------------
-# The agents' CPU
+# The agents' CPU, and interleaved rounds
 # --------------------------------------------------------------------------------------
-def agent_pids(lab: BenchLab) -> list[int]:
-    """Both nodes' agents, by the PIDs the lab recorded (checked alive)."""
-    pids = [info["agent_pid"] for info in lab.data["nodes"].values()]
-    for pid in pids:
+def agent_pids(lab: BenchLab) -> dict[str, int]:
+    """node -> its agent's PID, as the lab recorded it (checked alive)."""
+    pids = {node: info["agent_pid"] for node, info in lab.data["nodes"].items()}
+    for pid in pids.values():
         if not Path(f"/proc/{pid}").exists():
             raise BenchError(f"lab {lab.name}: agent pid {pid} is gone")
     return pids
@@ -165,23 +197,41 @@ def thread_seconds(pid: int) -> dict[str, float]:
     return out
 
 
-def run_once(path: dict, pids: list[int], seconds: float) -> dict:
-    """One iperf3 run and the agents' CPU over it, as cores and by thread."""
+def run_once(path: dict, pids: dict[str, int], seconds: float) -> dict:
+    """One iperf3 run and the agents' CPU over it, as cores, by node and by thread."""
     from podnet.fabric.sleeve.launch import cpu_seconds
 
-    before = {pid: cpu_seconds(pid) for pid in pids}
-    threads_before = {k: v for pid in pids for k, v in thread_seconds(pid).items()}
+    before = {node: cpu_seconds(pid) for node, pid in pids.items()}
+    threads_before = {k: v for pid in pids.values() for k, v in thread_seconds(pid).items()}
     started = time.monotonic()
     result = Iperf.client(path["client"], path["server_ip"], seconds)
     wall = time.monotonic() - started
-    cpu = sum(cpu_seconds(pid) - before[pid] for pid in pids)
-    result["agent_cores"] = round(cpu / wall, 3)
-    threads_after = {k: v for pid in pids for k, v in thread_seconds(pid).items()}
+    by_node = {node: (cpu_seconds(pid) - before[node]) / wall for node, pid in pids.items()}
+    result["agent_cores"] = round(sum(by_node.values()), 3)
+    result["agent_cores_by_node"] = {node: round(c, 3) for node, c in by_node.items()}
+    threads_after = {k: v for pid in pids.values() for k, v in thread_seconds(pid).items()}
     busy = {k: (v - threads_before.get(k, 0.0)) / wall for k, v in threads_after.items()}
     result["threads"] = {
         k: round(c, 3) for k, c in sorted(busy.items(), key=lambda kv: -kv[1])[:TOP_THREADS]
     }
     return result
+
+
+def interleaved(
+    paths: dict[str, dict], pids: dict[str, dict[str, int]], args: argparse.Namespace, what: str
+) -> dict[str, list[dict]]:
+    """`args.repeat` rounds of one run per lab, the first lab rotating."""
+    order, runs = list(paths), {key: [] for key in paths}
+    for r in range(args.repeat):
+        k = r % len(order)
+        for key in order[k:] + order[:k]:
+            result = run_once(paths[key], pids[key], args.seconds)
+            runs[key].append(result)
+            log(
+                f"{what} round {r + 1}/{args.repeat} {key}: {result['gbps']:.2f} Gbit/s, "
+                f"agents {result['agent_cores']} cores"
+            )
+    return runs
 
 
 def summarize(runs: list[dict], mtu: int) -> dict:
@@ -196,18 +246,74 @@ def summarize(runs: list[dict], mtu: int) -> dict:
         "receiver_cpu": [r["receiver_cpu"] for r in runs],
         "agent_cores": [r["agent_cores"] for r in runs],
         "median_agent_cores": round(cores, 3),
+        "median_agent_cores_by_node": {
+            node: round(statistics.median(r["agent_cores_by_node"][node] for r in runs), 3)
+            for node in runs[0]["agent_cores_by_node"]
+        },
         "agent_cores_per_gbps": round(cores / median, 3) if median else None,
         "busiest_threads": [r["threads"] for r in runs],
     }
 
 
+def ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
 # --------------------------------------------------------------------------------------
 # Bench
 # --------------------------------------------------------------------------------------
+def relay(labs: dict[str, BenchLab], pids: dict, iperf: Iperf, args: argparse.Namespace) -> dict:
+    """Cut node0-node2 in the gossip labs, wait until node1 carries the pair both ways
+    on the lab's path, and run interleaved rounds p0-0 -> p2-0."""
+    from podnet.lab import cuts
+
+    keys = [key for key in labs if key in RELAYS]
+    cut_at = {}
+    for key in keys:
+        cuts.cut(labs[key].name, *CUT)
+        cut_at[key] = time.monotonic()
+    seen, shown_after, paths = {}, {}, {}
+    for key in keys:
+        lab = labs[key]
+        seen[key] = wait_ready(lab, relay_paths(LABS[key]), RELAY_SERVER, args.ready_timeout)
+        shown_after[key] = round(time.monotonic() - cut_at[key], 1)
+        log(f"lab {lab.name} ({key}): {CUT[0]} <-> {CUT[1]} via {MIDDLE} after {shown_after[key]}s")
+        paths[key] = iperf_path(
+            lab.pod_ns(CLIENT), lab.pod_ns(RELAY_SERVER), lab.pod_ip(RELAY_SERVER)
+        )
+    servers = [iperf.server(p["server"], p["server_ip"]) for p in paths.values()]
+    runs = interleaved(paths, {key: pids[key] for key in keys}, args, "relay")
+    for proc in servers:
+        iperf.stop(proc)
+    return {
+        "cut": list(CUT),
+        "middle": MIDDLE,
+        "client": CLIENT,
+        "server": RELAY_SERVER,
+        "labs": {
+            key: {
+                "relay": RELAYS[key],
+                # when this bench saw it (an upper bound), not a convergence time
+                "shown_after_cut_s": shown_after[key],
+                "peers": {
+                    node: {
+                        peer: dict(zip(("via", "path", "encrypted"), v, strict=True))
+                        for peer, v in p.items()
+                    }
+                    for node, p in seen[key].items()
+                },
+                "cuts": cuts.listing(labs[key].name),
+            }
+            for key in keys
+        },
+        "paths": {key: summarize(runs[key], paths[key]["mtu"]) for key in keys},
+    }
+
+
 def bench(args: argparse.Namespace) -> dict:
     labs = {
-        key: BenchLab(fabric, store=store, encrypt=encrypt)
-        for key, (fabric, store, encrypt, _) in LABS.items()
+        key: BenchLab(spec.fabric, nodes=spec.nodes, store=spec.store, encrypt=spec.encrypt)
+        for key, spec in LABS.items()
     }
     iperf = Iperf()
     problems: list[str] = []
@@ -217,28 +323,24 @@ def bench(args: argparse.Namespace) -> dict:
         for key, lab in labs.items():
             t0 = time.monotonic()
             lab.up()
-            seen[key] = wait_ready(lab, LABS[key][3], args.ready_timeout)
+            seen[key] = wait_ready(lab, direct_paths(lab, LABS[key]), SERVER, args.ready_timeout)
             log(f"lab {lab.name} ({key}) up and ready in {time.monotonic() - t0:.1f}s")
             paths[key] = iperf_path(lab.pod_ns(CLIENT), lab.pod_ns(SERVER), lab.pod_ip(SERVER))
             pids[key] = agent_pids(lab)
         servers = [iperf.server(p["server"], p["server_ip"]) for p in paths.values()]
-        order, runs = list(paths), {key: [] for key in paths}
         load_before = os.getloadavg()
-        for r in range(args.repeat):
-            k = r % len(order)
-            for key in order[k:] + order[:k]:  # rotate who goes first
-                result = run_once(paths[key], pids[key], args.seconds)
-                runs[key].append(result)
-                log(
-                    f"round {r + 1}/{args.repeat} {key}: {result['gbps']:.2f} Gbit/s, "
-                    f"agents {result['agent_cores']} cores"
-                )
-        load_after = os.getloadavg()
+        runs = interleaved(paths, pids, args, "direct")
         for proc in servers:
             iperf.stop(proc)
+        relayed = relay(labs, pids, iperf, args)
+        load_after = os.getloadavg()
         rows = {key: summarize(runs[key], paths[key]["mtu"]) for key in paths}
+        relayed["ratios_vs_direct"] = {
+            key: ratio(row["median_gbps"], rows[key]["median_gbps"])
+            for key, row in relayed["paths"].items()
+        }
         vxlan = rows["vxlan"]["median_gbps"]
-        fast = round(rows["gossip-fast"]["median_gbps"] / vxlan, 3) if vxlan else None
+        fast = ratio(rows["gossip-fast"]["median_gbps"], vxlan)
         enc = rows["gossip-enc"]["median_gbps"]
         outcome = {
             "seconds": args.seconds,
@@ -251,17 +353,19 @@ def bench(args: argparse.Namespace) -> dict:
                     "fabric": lab.fabric,
                     "store": lab.store,
                     "encrypt": lab.encrypt,
-                    "agent_pids": pids[key],
-                    "peers": seen[key],
+                    "nodes": lab.nodes,
+                    "agent_pids": list(pids[key].values()),
+                    "peers": {  # direct: node -> peer -> [path, encrypted]
+                        node: {peer: [path, enc] for peer, (_, path, enc) in p.items()}
+                        for node, p in seen[key].items()
+                    },
                     "phases": lab.phases,
                 }
                 for key, lab in labs.items()
             },
             "paths": rows,
-            "ratios_vs_vxlan": {
-                key: round(row["median_gbps"] / vxlan, 3) if vxlan else None
-                for key, row in rows.items()
-            },
+            "ratios_vs_vxlan": {key: ratio(row["median_gbps"], vxlan) for key, row in rows.items()},
+            "relay": relayed,
             "targets": {
                 "fast_vs_vxlan": TARGET_FAST_RATIO,
                 "encrypted_gbps": TARGET_ENCRYPTED_GBPS,
@@ -293,37 +397,66 @@ LABELS = {
 }
 
 
-def render(outcome: dict) -> None:
+COLUMNS = (
+    "path",
+    "MTU",
+    "Gbit/s (median)",
+    "runs",
+    "retr",
+    "ratio",
+    "agents' cores",
+    "cores per Gbit/s",
+)
+
+
+def throughput_table(title: str, paths: dict, ratios: dict, ratio_to: str, labels: dict):
+    """One row per lab: its median and runs, its ratio (`ratio_to`), its agents' CPU."""
     from rich.table import Table
 
-    con = console()
-    table = Table(
-        title=f"gossip fabric, cross-node TCP throughput, iperf3 1 stream, {outcome['seconds']} s x "
-        f"{outcome['repeat']} ({outcome['machine']['cpus']} CPUs, load {outcome['loadavg_1m']['before']})"
-    )
-    for col in (
-        "path",
-        "MTU",
-        "Gbit/s (median)",
-        "runs",
-        "retr",
-        "vs vxlan",
-        "agents' cores",
-        "cores per Gbit/s",
-    ):
-        table.add_column(col, justify="left" if col == "path" else "right")
-    for key, p in outcome["paths"].items():
+    table = Table(title=title)
+    for col in COLUMNS:
+        table.add_column(
+            f"vs {ratio_to}" if col == "ratio" else col,
+            justify="left" if col == "path" else "right",
+        )
+    for key, p in paths.items():
         table.add_row(
-            LABELS.get(key, key),
+            labels.get(key, key),
             str(p["mtu"]),
             f"{p['median_gbps']:.2f}",
             " ".join(f"{g:.2f}" for g in p["gbps"]),
             " ".join(str(r) for r in p["retransmits"]),
-            f"{outcome['ratios_vs_vxlan'][key]:.2f}x",
+            f"{ratios[key]:.2f}x" if ratios[key] is not None else "-",
             f"{p['median_agent_cores']:.3f}",
             f"{p['agent_cores_per_gbps']:.3f}" if p["agent_cores_per_gbps"] is not None else "-",
         )
-    con.print(table)
+    return table
+
+
+def render(outcome: dict) -> None:
+    con = console()
+    runs = f"iperf3 1 stream, {outcome['seconds']} s x {outcome['repeat']}"
+    con.print(
+        throughput_table(
+            f"gossip fabric, cross-node TCP throughput, {runs} ({outcome['machine']['cpus']} "
+            f"CPUs, load {outcome['loadavg_1m']['before']})",
+            outcome["paths"],
+            outcome["ratios_vs_vxlan"],
+            "vxlan",
+            LABELS,
+        )
+    )
+    relayed = outcome["relay"]
+    con.print(
+        throughput_table(
+            f"relayed p0-0 -> p2-0, {relayed['cut'][0]}-{relayed['cut'][1]} cut, through "
+            f"{relayed['middle']}, {runs}",
+            relayed["paths"],
+            relayed["ratios_vs_direct"],
+            "direct",
+            RELAYS,
+        )
+    )
     print_cleanup(con, outcome, "cleanup: labs torn down, no namespace left")
     meets, paths = outcome["meets"], outcome["paths"]
     mark = {True: "[green]met[/]", False: "[red]MISSED[/]"}
@@ -336,6 +469,9 @@ def render(outcome: dict) -> None:
         f"(target >= {TARGET_ENCRYPTED_GBPS} Gbit/s): {mark[meets['encrypted_gbps']]}, "
         f"{paths['gossip-enc']['agent_cores_per_gbps']} agent cores per Gbit/s"
     )
+    for key, p in relayed["paths"].items():
+        by_node = ", ".join(f"{n} {c}" for n, c in p["median_agent_cores_by_node"].items())
+        con.print(f"{key} relay, agents' cores by node: {by_node}")
     con.print(f"plain sleeve: {outcome['plain_sleeve']}")
     busiest = paths["gossip-enc"]["busiest_threads"][-1]
     con.print(

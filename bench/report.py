@@ -177,15 +177,26 @@ def sleeve_throughput(data: dict, out: Path) -> Section:
 
 def gossip_throughput(data: dict, out: Path) -> Section:
     paths, ratios, targets = data["paths"], data["ratios_vs_vxlan"], data["targets"]
-    png = _bars(out, "gossip_throughput", "gossip fabric pod-to-pod, median Gbit/s", list(paths),
-                {"Gbit/s": [p["median_gbps"] for p in paths.values()]}, "Gbit/s")
+    relay = data.get("relay") or {"paths": {}}  # results before the relay was measured have none
+    bars = {k: p["median_gbps"] for k, p in paths.items()} | {
+        f"{k} relayed": p["median_gbps"] for k, p in relay["paths"].items()}
+    png = _bars(out, "gossip_throughput", "gossip fabric pod-to-pod, median Gbit/s", list(bars),
+                {"Gbit/s": list(bars.values())}, "Gbit/s")
     rows = [[k, p["median_gbps"], ratios.get(k, ""), p["median_agent_cores"], p["agent_cores_per_gbps"]]
             for k, p in paths.items()]
     body = table(["lab", "median Gbit/s", "x vxlan", "agents' cores", "agents' cores per Gbit/s"], rows)
     body += table(["target", "met"], [[f"fast path >= {targets['fast_vs_vxlan']}x vxlan", data["meets"]["fast_vs_vxlan"]],
                                       [f"encrypted >= {targets['encrypted_gbps']} Gbit/s", data["meets"]["encrypted_gbps"]],
                                       ["plain sleeve", data["plain_sleeve"]]])
-    return "Gossip fabric throughput: fast path and encrypted sleeve against vxlan", [png], body
+    if relay["paths"]:
+        cut = "-".join(relay["cut"])
+        body += table([f"relayed via {relay['middle']} ({cut} cut)", "median Gbit/s", "x direct", "agents' cores",
+                       "agents' cores per Gbit/s", f"{relay['middle']}'s agent cores"],
+                      [[relay["labs"][k]["relay"], p["median_gbps"], relay["ratios_vs_direct"][k],
+                        p["median_agent_cores"], p["agent_cores_per_gbps"],
+                        p["median_agent_cores_by_node"].get(relay["middle"], "")]
+                       for k, p in relay["paths"].items()])
+    return "Gossip fabric throughput: fast path and encrypted sleeve against vxlan, direct and relayed", [png], body
 
 
 def gossip_convergence(data: dict, out: Path) -> Section:

@@ -162,6 +162,34 @@ def test_a_cut_link_is_routed_through_a_middle_peer_and_goes_direct_when_healed(
     assert probe(lab)["default/p0-0"]["default/p2-0"]
 
 
+def paths(lab: dict, node: str) -> dict[str, tuple[str | None, str, bool]]:
+    return {p["name"]: (p["via"], p["path"], p["encrypted"]) for p in peers(lab).get(node, {}).get("peers", [])}
+
+
+def test_a_peer_whose_vxlan_is_lost_is_carried_by_the_sleeve_until_it_comes_back(lab: dict) -> None:
+    """UDP 8472 between node0 and node1 dropped in the rack's fabric namespace (gossip
+    and the sleeve's UDP 6784 still pass): the fast-path probe notices, the plain
+    sleeve carries the pair, and the fast path returns when VXLAN does."""
+    fab = next(ns for ns in lab["namespaces"] if ns.endswith("-fab0"))
+    a, b = (lab["nodes"][n]["underlay"].split("/")[0] for n in ("node0", "node1"))
+    table = "podnet-test-vxlan-drop"
+    rules = (f"table bridge {table} {{\n chain forward {{\n  type filter hook forward priority 0;\n"
+             f"  ip saddr {{ {a}, {b} }} ip daddr {{ {a}, {b} }} udp dport 8472 drop\n }}\n}}\n")
+    subprocess.run(["ip", "netns", "exec", fab, "nft", "-f", "-"], input=rules, text=True, check=True)
+    try:
+        wait_until(lambda: paths(lab, "node0").get("node1") == ("node1", "sleeve", False)
+                   and paths(lab, "node1").get("node0") == ("node0", "sleeve", False), "node0-node1 on the sleeve")
+        assert paths(lab, "node0").get("node2") == ("node2", "fast", False)  # the others keep the fast path
+        seen = probe(lab)
+        assert seen["default/p0-0"]["default/p1-0"] and seen["default/p1-0"]["default/p0-0"], seen
+        assert "dev pnsl0" in route_to(lab, "node0", "default/p1-0")
+    finally:
+        subprocess.run(["ip", "netns", "exec", fab, "nft", "delete", "table", "bridge", table], check=True)
+    wait_until(lambda: paths(lab, "node0").get("node1") == ("node1", "fast", False)
+               and paths(lab, "node1").get("node0") == ("node0", "fast", False), "node0-node1 back on the fast path")
+    assert "dev pnvx0" in route_to(lab, "node0", "default/p1-0")
+
+
 def resolve(lab: dict, pod: str, name: str) -> str:
     """`name` asked of the cluster DNS service from inside `pod` (answer <ips> or the rcode)."""
     import sys

@@ -57,7 +57,9 @@ def test_sleeve_peers_are_routed_to_the_sleeve_device_and_other_fabrics_refused(
     assert want.peers["c"] == "ok: sleeve via b" and want.peers["d"] == "ok: sleeve"
     assert [r for r in want.routes if r.dst == "10.244.2.0/24"] == [RouteSpec("10.244.2.0/24", "", SLEEVE_DEVICE)]
     assert RouteSpec("10.244.3.0/24", "", SLEEVE_DEVICE) in want.routes  # the sleeve picks the first hop
-    assert {f.dst for f in want.fdb} == {"172.31.0.2"}  # no fast-path entries for sleeve peers
+    # direct peers keep their fast-path entries (the probe's way out), the relayed one has none
+    assert {f.dst for f in want.fdb} == {"172.31.0.2", "172.31.0.4"}
+    assert NeighSpec("10.244.3.0", vtep_mac("d"), "pnvx0") in want.neighbours
     fabric = GossipFabric()
     fabric.routing = Routing({"b": "b"})
     other = fabric.desired(ctx(), [lease("b", "vxlan")], {BLOCKS["b"]: "b"})

@@ -39,3 +39,12 @@ def test_a_peer_without_a_session_secret_or_a_lease_is_not_carried():
     assert plan("a", 6784, {"d": "d"}, {"d": SECRET_D}, no_lease, CLAIMS) == ({}, {}, frozenset())
     # a secret for a peer that is reached through another is no sleeve peer of this node
     assert plan("a", 6784, {"d": "b"}, {"d": SECRET_D}, LEASES, CLAIMS) == ({}, {}, frozenset())
+
+
+def test_without_a_secret_only_peers_whose_fast_path_is_down_take_the_plain_sleeve():
+    hops = {"b": "b", "c": "b", "d": "d"}
+    peers, routes, carried = plan("a", 6784, hops, None, LEASES, CLAIMS, frozenset({"b"}))
+    assert set(peers) == {"b"} and peers["b"].tx_key is None and peers["b"].rx_key is None
+    assert carried == {"b", "c"}  # c is reached through b
+    assert routes == {"10.244.1.0/24": "b", "10.244.2.0/24": "b", "10.244.4.0/23": "b"}
+    assert plan("a", 6784, hops, None, LEASES, CLAIMS) == ({}, {}, frozenset())  # all fast: nothing

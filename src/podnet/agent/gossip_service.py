@@ -31,10 +31,12 @@ from typing import TYPE_CHECKING, Any
 from podnet import fileio, keys
 from podnet.agent.gossip_dns import GossipDns
 from podnet.agent.gossip_mirror import DOC_PREFIX, StoreMirror, replicated
+from podnet.agent.gossip_probe import FastPathProbe
 from podnet.agent.gossip_ring import RingDuties, ring_from_file
 from podnet.agent.service_thread import ServiceThread
 from podnet.cluster.options import GossipOptions
 from podnet.errors import PodnetError
+from podnet.fabric.vxlan import DEVICE as VXLAN_DEVICE
 from podnet.gossip.blocks import BlockSpace
 from podnet.gossip.connection import Change
 from podnet.gossip.lww import DocumentError
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("podnet.gossip")
 
 TICK = 0.5
+PROBE_EVERY = 1.0  # seconds between fast-path echoes to each direct peer
 FULL_PASS = 5.0  # seconds between passes that re-check everything (a hand-deleted claim comes back)
 SAVE_EVERY = 1.0
 PASSWORD_ENV = "PODNET_GOSSIP_PASSWORD"
@@ -69,6 +72,9 @@ class GossipService:
         self.dns: GossipDns | None = None
         self.sleeve: GossipSleeve | None = None
         self.carried: frozenset[str] = frozenset()
+        self.probe = FastPathProbe(VXLAN_DEVICE)
+        self._vteps: dict[str, str] = {}
+        self._next_probe = 0.0
         self._wake = threading.Event()
         self._pending: set[str] = set()
         self._docs_changed = False
@@ -129,6 +135,7 @@ class GossipService:
                     log.warning("gossip: %s", getattr(exc, "msg", None) or exc)
                     stop.wait(TICK)
         finally:
+            self.probe.close()
             if self.sleeve is not None:
                 self.sleeve.stop()
             if self.peer is not None:
@@ -181,7 +188,8 @@ class GossipService:
         held = self.duties.hold(reachable)
         self.duties.bury()
         store, now = self._store(), time.monotonic()
-        inputs = (self.sync.ring(), store.revision(), tuple(sorted(hops.items())))
+        fast_down = self._probe_round(hops, now)
+        inputs = (self.sync.ring(), store.revision(), tuple(sorted(hops.items())), fast_down)
         if docs_changed or inputs != self._inputs or now >= self._next_full:
             own = store.get_json(keys.node(self.duties.name)) or {}
             self.duties.answer_requests(reachable, [own["block"]] if isinstance(own.get("block"), str) else [])
@@ -190,16 +198,36 @@ class GossipService:
             if self.dns is not None:
                 self.dns.sync(dead=frozenset(self.duties.buried))
             self.duties.write_claims()
-            self._write_routing(self._sleeve_round())
+            self._vteps = self._direct_vteps(store, hops)
+            self._write_routing(self._sleeve_round(fast_down))
             self._next_full = now + FULL_PASS
-            self._inputs = (self.sync.ring(), store.revision(), tuple(sorted(hops.items())))
+            self._inputs = (self.sync.ring(), store.revision(), tuple(sorted(hops.items())), fast_down)
         if self.sync.ring() != before:
             self.peer.push()
         self._save()
 
-    def _sleeve_round(self) -> frozenset[str]:
-        """With a secret, the sleeve carries every peer (agent/gossip_sleeve.py)."""
-        if not self._secured or self.peer is None or self.options is None:
+    def _probe_round(self, hops: dict[str, str], now: float) -> frozenset[str]:
+        """One fast-path echo per direct peer every PROBE_EVERY seconds; the direct
+        peers that have not answered for a while (agent/gossip_probe.py). Not needed
+        with a secret: the sleeve carries everything then."""
+        if self._secured:
+            return frozenset()
+        if now >= self._next_probe:
+            self._next_probe = now + PROBE_EVERY
+            self.probe.round({p: v for p, v in self._vteps.items() if hops.get(p) == p})
+        return self.probe.down() & {p for p, first in hops.items() if first == p}
+
+    def _direct_vteps(self, store: Store, hops: dict[str, str]) -> dict[str, str]:
+        from podnet.cluster import leases as cluster_leases
+
+        return {lease.name: str(cluster_leases.vtep_ip_of(lease.block)) for lease in cluster_leases.list_leases(store)
+                if hops.get(lease.name) == lease.name}
+
+    def _sleeve_round(self, fast_down: frozenset[str]) -> frozenset[str]:
+        """With a secret the sleeve carries every peer, else the peers whose fast path
+        is down (agent/gossip_sleeve.py)."""
+        if (not self._secured and not fast_down and self.sleeve is None) or self.peer is None \
+                or self.options is None:
             return frozenset()
         from podnet.agent.gossip_sleeve import GossipSleeve
         from podnet.cluster import leases as cluster_leases
@@ -212,9 +240,9 @@ class GossipService:
             self.sleeve = GossipSleeve(self.options.node, self._fabric_mtu())
         hops = self.peer.next_hops()
         secrets = {p: secret for p, first in hops.items() if first == p
-                   and (secret := self.peer.session_secret(p)) is not None}
+                   and (secret := self.peer.session_secret(p)) is not None} if self._secured else None
         peers = {lease.name: lease for lease in cluster_leases.list_leases(store)}
-        return self.sleeve.sync(hops, secrets, peers, cluster_leases.list_claims(store), own["block"])
+        return self.sleeve.sync(hops, secrets, peers, cluster_leases.list_claims(store), own["block"], fast_down)
 
     def _fabric_mtu(self) -> int:
         """The node's pod MTU, as its conflist says (the fabric's, from the underlay)."""

@@ -3,8 +3,10 @@
 Design notes:
 - With a cluster secret (`--key-file` or $PODNET_GOSSIP_PASSWORD) every peer's pod
   traffic goes through the sleeve, never the kernel's VXLAN fast path, which carries
-  it in clear (Weave: encryption implies the sleeve). Without a secret the sleeve is
-  off and every reachable peer takes the fast path.
+  it in clear (Weave: encryption implies the sleeve). Without a secret every peer
+  takes the fast path while it works, and the plain sleeve carries a direct peer whose
+  fast path does not answer (agent/gossip_probe.py); the sleeve starts with the first
+  peer it has to carry.
 - Keys: per direct connection, `derive_sleeve_keys` over that gossip session's secret
   (gossip/auth.py: HKDF of the password, both nonces, both names), so a reconnect
   brings new keys, and a counter that starts at the wall clock never reuses a nonce.
@@ -33,19 +35,26 @@ from podnet.model.cluster import NodeLease
 log = logging.getLogger("podnet.gossip")
 
 
-def plan(name: str, port: int, hops: Mapping[str, str], secrets: Mapping[str, bytes],
-         leases: Mapping[str, NodeLease], claims: Mapping[str, str],
+def plan(name: str, port: int, hops: Mapping[str, str], secrets: Mapping[str, bytes] | None,
+         leases: Mapping[str, NodeLease], claims: Mapping[str, str], fast_down: frozenset[str] = frozenset(),
          ) -> tuple[dict[str, PeerRoute], dict[str, str], frozenset[str]]:
-    """(sleeve peers, prefix -> first hop, peers carried): a direct peer with a session
-    secret and a lease is a sleeve peer, keyed from that session; every peer whose
-    first hop is one is carried, its blocks as their CIDR cover. Pure."""
+    """(sleeve peers, prefix -> first hop, peers carried). With a secret (`secrets`
+    not None: the session secret per connected peer) every direct peer with a session
+    and a lease is a sleeve peer, keyed from that session; without one only the direct
+    peers whose fast path is down (`fast_down`), plain. Every peer whose first hop is a
+    sleeve peer is carried, its blocks as their CIDR cover. Pure."""
     peers = {}
-    for peer, secret in secrets.items():
+    for peer, first in hops.items():
         lease = leases.get(peer)
-        if hops.get(peer) != peer or lease is None:
+        if first != peer or lease is None:
             continue
-        tx, rx = derive_sleeve_keys(secret, name, peer)
-        peers[peer] = PeerRoute(lease.underlay_ip, port, tx, rx)
+        if secrets is not None:
+            if (secret := secrets.get(peer)) is None:
+                continue
+            tx, rx = derive_sleeve_keys(secret, name, peer)
+            peers[peer] = PeerRoute(lease.underlay_ip, port, tx, rx)
+        elif peer in fast_down:
+            peers[peer] = PeerRoute(lease.underlay_ip, port)
     routes, carried = {}, set()
     for peer, first in hops.items():
         if first not in peers or peer not in leases:
@@ -65,10 +74,10 @@ class GossipSleeve:
         self.sleeve: Sleeve | None = None
         self.carried: frozenset[str] = frozenset()
 
-    def sync(self, hops: Mapping[str, str], secrets: Mapping[str, bytes], leases: Mapping[str, NodeLease],
-             claims: Mapping[str, str], own_block: str) -> frozenset[str]:
+    def sync(self, hops: Mapping[str, str], secrets: Mapping[str, bytes] | None, leases: Mapping[str, NodeLease],
+             claims: Mapping[str, str], own_block: str, fast_down: frozenset[str] = frozenset()) -> frozenset[str]:
         """Peers and routes from the gossip's view now; returns the peers it carries."""
-        peers, routes, carried = plan(self.name, self.port, hops, secrets, leases, claims)
+        peers, routes, carried = plan(self.name, self.port, hops, secrets, leases, claims, fast_down)
         if not carried and self.sleeve is None:
             return frozenset()
         if self.sleeve is None:
@@ -76,7 +85,8 @@ class GossipSleeve:
             self.sleeve = Sleeve(DEVICE, ("0.0.0.0", self.port), peers, local=self.name, routes=routes,
                                  addresses=(f"{vtep}/32",), options=TunOptions(mtu=self.mtu))
             self.sleeve.start()
-            log.info("gossip %s: sleeve %s up on UDP %d (encrypted)", self.name, DEVICE, self.port)
+            log.info("gossip %s: sleeve %s up on UDP %d (%s)", self.name, DEVICE, self.port,
+                     "encrypted" if secrets is not None else "plain: the fast path is down to some peer")
         else:
             self.sleeve.set_peers(peers)
             self.sleeve.set_routes(routes)

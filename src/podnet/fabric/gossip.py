@@ -92,11 +92,14 @@ class GossipFabric(VxlanFabric):
                 continue
             by_name[peer.name] = (peer, mac.lower())
         via = self.routing.via
-        for name, (peer, _mac) in by_name.items():
+        for name, (peer, mac) in by_name.items():
             first = via.get(name)
             if name in self.routing.sleeve:  # the sleeve's TUN; the sleeve picks the first hop
                 for net in ipaddress.collapse_addresses(peer_blocks(ctx, peer, claims)):
                     want.routes.add(RouteSpec(str(net), "", SLEEVE_DEVICE))
+                if first == name:  # the fast-path probe still goes out through VXLAN (agent/gossip_probe.py)
+                    want.neighbours.add(NeighSpec(str(vtep_ip_of(peer.block)), mac, DEVICE))
+                    want.fdb.add(FdbSpec(mac, peer.underlay_ip, DEVICE))
                 want.peers[name] = "ok: sleeve" if first == name else f"ok: sleeve via {first}"
                 continue
             if first is None or first not in by_name or via.get(first) != first:

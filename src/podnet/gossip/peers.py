@@ -198,9 +198,13 @@ class GossipPeer:
             await self._rounds()
         finally:
             server.close()
-            for task in list(self._tasks):
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await asyncio.sleep(0)  # a connection accepted just now: its task registers itself
+            while self._tasks:  # every task ends before the loop closes (none left pending)
+                pending = list(self._tasks)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                await asyncio.sleep(0)
             await server.wait_closed()
             self._loop = None
 
