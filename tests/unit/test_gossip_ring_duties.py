@@ -352,3 +352,39 @@ def test_ring_from_file_checks_the_ring_and_its_size():
         ring_from_file(ring.to_json(), BlockSpace.of("10.244.0.0/20", 24))
     with pytest.raises(RingError):
         ring_from_file({"cidr": "0.0.0.0/29", "tokens": "x"}, SPACE)
+
+
+# -- the minority side of a partition
+
+
+def test_a_node_cut_off_from_most_members_holds_its_ipam_before_they_may_reclaim():
+    nodes = cluster("a", "b", "c", "d", "e", genesis=("a", "b", "c", "d", "e"))
+    a = nodes["a"]
+    hold_after = a.duties.hold_after
+    assert hold_after == (60.0 - 5.0) / 2  # halfway between noticing (dead_after) and the others' grace
+    key = keys.ipam_hold("a")
+    assert not a.duties.hold({"b"}, now=T0)  # cut off from c, d, e: 3 of 5, but only just noticed
+    assert not a.duties.hold({"b"}, now=T0 + hold_after - 0.1) and a.store.get(key) is None
+    assert a.duties.hold({"b"}, now=T0 + hold_after)
+    reason = a.store.get_json(key)["reason"]
+    assert "c, d, e" in reason and "3 of the ring's 5" in reason
+    assert not a.duties.hold({"b", "c", "d"}, now=T0 + hold_after + 1)  # back in contact with most
+    assert a.store.get(key) is None
+
+
+def test_an_even_split_holds_neither_side():
+    nodes = cluster("a", "b", "c", "d", genesis=("a", "b", "c", "d"))
+    for name, other in (("a", "b"), ("c", "d")):
+        assert not nodes[name].duties.hold({other}, now=T0 + 1000)  # 2 of 4 away: no majority there either
+
+
+def test_an_add_on_a_held_node_is_told_to_try_again_later():
+    from podnet.errors import TryAgainLater
+    from podnet.ipam import blocks
+    from podnet.ipam.config import BlockAffinity
+
+    store = MemoryStore()
+    store.put_json(keys.ipam_hold("a"), {"reason": "cut off"})
+    with pytest.raises(TryAgainLater, match="cut off"):
+        blocks.choose(store, BlockAffinity("a", IPv4Network("10.244.0.0/21"), 24), set(), [])
+    blocks.choose(store, BlockAffinity("a", IPv4Network("10.244.0.0/21"), 24), set(), [], claim=False)  # STATUS

@@ -44,10 +44,12 @@ RETRY_REQUEST = 5.0  # seconds before an unanswered request is sent again (to th
 
 class RingDuties:
     def __init__(self, name: str, space: BlockSpace, sync: RingSync, store: Store, docs: Documents,
-                 genesis: tuple[str, ...], has_seeds: bool) -> None:
+                 genesis: tuple[str, ...], has_seeds: bool, dead_after: float = 5.0) -> None:
         self.name, self.space, self.sync, self.store, self.docs = name, space, sync, store, docs
         self.genesis, self.has_seeds = genesis, has_seeds
-        self.hold_after = sync.grace / 2  # well before the others may reclaim (their grace, from the cut)
+        # The others may reclaim `grace` after they last heard from this node; it notices
+        # the cut `dead_after` later than that: hold halfway through what is left.
+        self.hold_after = max(0.0, (sync.grace - dead_after) / 2)
         self.at_risk_since: float | None = None
         self.answered: dict[str, int] = {}  # asker -> the request seq answered
         self.seq = 0
@@ -170,7 +172,8 @@ class RingDuties:
 
     # -- the minority side of a partition
     def hold(self, reachable: set[str], now: float | None = None) -> bool:
-        """Cut off from most of the ring's members for `hold_after` seconds: they may
+        """Cut off from most of the ring's members for `hold_after` seconds (counted from
+        when this node noticed, which is `dead_after` after they last heard from it): they may
         reclaim this node's blocks once their grace has passed, so its IPAM hands out
         nothing more (`meta/ipam-hold/<node>`, read by every ADD) until it reaches them
         again. Pods that have addresses keep them. True while held."""

@@ -163,7 +163,8 @@ class GossipService:
                 log.warning("gossip: saved documents not restored: %s", exc)
         store = self._store()
         self.mirror = StoreMirror(store, self.peer)
-        self.duties = RingDuties(opts.node, self.space, self.sync, store, self.peer, g.ipalloc_init, bool(g.peers))
+        self.duties = RingDuties(opts.node, self.space, self.sync, store, self.peer, g.ipalloc_init, bool(g.peers),
+                                 self.peer.timing.dead_after)
         self.dns = GossipDns(opts.node, self.peer, store, g.dns_domain)
         applied, published = self.mirror.first_sync()
         self.peer.start()

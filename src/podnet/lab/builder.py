@@ -39,6 +39,7 @@ from podnet.defaults import DEFAULT_CLUSTER_DOMAIN
 from podnet.fileio import write_atomic
 from podnet.lab import cuts, orchestrator, routers
 from podnet.lab import topology as topo
+from podnet.lab.gossip import gossip_argv
 from podnet.lab.state import NETNS_DIR, LabError, LabState, enter, ip, node_socket, run, state_file
 from podnet.lab.supervisor_client import SupervisorClient
 from podnet.lab.topology import Node, Pod, Port, Topology
@@ -311,7 +312,8 @@ class LabBuilder:
             if self.simulate:  # a store per node (the agents would repair each other's pods)
                 argv += ["--store", create_store(state_dir / "store.db")]
             elif self.o.store == "none":
-                argv += [*self._node_argv(node, "none", dns), *self._gossip_argv(node)]
+                argv += [*self._node_argv(node, "none", dns),
+                         *gossip_argv(self.t, node, self.o.reclaim_grace, self.st.labdir if self.o.encrypt else None)]
             else:
                 argv += self._node_argv(node, store, dns)
             info["agent_pid"] = self.spawn(f"agent/{node.name}", info["netns"], argv)
@@ -340,25 +342,6 @@ class LabBuilder:
             argv += ["--cluster-dns", dns["ip"], "--cluster-domain", dns["domain"],
                      "--cluster-dns-netns", str(NETNS_DIR / dns["pods"][node.name]["netns"])]
         return argv
-
-    def _gossip_argv(self, node: Node) -> list[str]:
-        """Every node joins through the first one (Weave's one seed peer); the ring is
-        first split among all the topology's nodes (--ipalloc-init)."""
-        seed = self.t.nodes[0]
-        argv = ["--ipalloc-init", ",".join(n.name for n in self.t.nodes),
-                "--reclaim-grace", str(self.o.reclaim_grace)]
-        if self.o.encrypt:
-            argv += ["--key-file", str(self.gossip_key())]
-        return argv if node.name == seed.name else [*argv, "--peer", seed.underlay_ip]
-
-    def gossip_key(self) -> Path:
-        """The lab's cluster secret (random, root-only), made once."""
-        import secrets
-
-        path = self.st.labdir / "gossip.key"
-        if not path.exists():
-            write_atomic(path, secrets.token_hex(32), 0o600)
-        return path
 
     def _bgp_converged(self) -> bool:
         """Each node's kernel holds a BIRD route (proto bird) to every other node's block."""
