@@ -10,7 +10,7 @@ from pyroute2 import IPRoute
 from podnet.attach.base import AttachContext, Attached
 from podnet.attach.bridge import check_container_iface
 from podnet.errors import InvalidConfig
-from podnet.kernel import links, netns
+from podnet.kernel import links, netns, vlan
 
 
 def _master_index(ipr: IPRoute, master: str | None) -> int:
@@ -33,12 +33,17 @@ class MacvlanAttacher:
         assert ctx.container_fd is not None
         with netns.entered(ctx.host_fd), IPRoute() as ipr:
             master = _master_index(ipr, ctx.conf.master)
+            if ctx.conf.vlan:
+                parent = str(links.link_attr(ipr, master, "IFLA_IFNAME"))
+                master = vlan.ensure_vlan(ipr, master, parent, ctx.conf.vlan)
             master_mtu = int(links.link_attr(ipr, master, "IFLA_MTU"))
             mtu = ctx.conf.mtu or master_mtu
             if mtu > master_mtu:
                 raise InvalidConfig(f"mtu {mtu} is larger than the master's mtu {master_mtu}")
             mac = links.random_mac()
             links.create_macvlan(ipr, ctx.ifname, master, ctx.conf.macvlan_mode, mtu, ctx.container_fd, mac)
+            if ctx.conf.macvlan_mode == "passthru":  # the kernel gives it the master's MAC instead
+                mac = str(links.link_attr(ipr, master, "IFLA_ADDRESS"))
         undo.callback(self.delete, ctx)
         links.configure_container_iface(ctx.container_fd, ctx.ifname, ctx.ips, ctx.routes)
         return Attached(

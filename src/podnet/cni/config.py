@@ -2,9 +2,10 @@
 
 Field names follow the reference plugins (bridge: bridge, isGateway, isDefaultGateway,
 ipMasq, mtu, hairpinMode; macvlan: master, mode, mtu) so an existing conflist only needs
-its `type` changed; podnet adds `gsoMaxSize` (kernel/gso.py). `parse_call` turns one
-request into a CniCall: the request and its config, each parsed once, and where the
-network's state lives. Standard library only.
+its `type` changed; podnet adds `gsoMaxSize` (kernel/gso.py) and, for macvlan, `vlan`
+(the children sit on the sub-interface `<master>.<vlan>`, kernel/vlan.py). `parse_call`
+turns one request into a CniCall: the request and its config, each parsed once, and
+where the network's state lives. Standard library only.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class PodnetConf:
     hairpin_mode: bool = False
     master: str | None = None
     macvlan_mode: str = "bridge"
+    vlan: int | None = None  # macvlan on the 802.1Q sub-interface <master>.<vlan>
     ipam: Mapping = field(default_factory=dict)
     agent_socket: str = DEFAULT_SOCKET
     port_mappings: tuple[Mapping, ...] = ()
@@ -104,6 +106,18 @@ def _gso_max_size(raw: Mapping) -> int | None:
         # below 64 KiB: an egress that takes less, e.g. the gossip fabric's sleeve TUN (62 KiB)
         raise InvalidConfig(f"'gsoMaxSize' must be an integer between 16384 and 524280, got {size!r}")
     return size
+
+
+def _vlan(raw: Mapping, attach: str) -> int | None:
+    """macvlan's `vlan`: an 802.1Q id (1-4094; 0 and 4095 are reserved)."""
+    vlan = raw.get("vlan")
+    if vlan is None:
+        return None
+    if not isinstance(vlan, int) or isinstance(vlan, bool) or not 1 <= vlan <= 4094:
+        raise InvalidConfig(f"'vlan' must be an integer between 1 and 4094, got {vlan!r}")
+    if attach != "macvlan":
+        raise InvalidConfig(f"'vlan' applies to macvlan networks only, not mode {attach!r}")
+    return vlan
 
 
 def _cidrs(raw: Mapping, key: str) -> tuple[str, ...]:
@@ -199,6 +213,7 @@ def parse_conf(raw: Mapping) -> PodnetConf:
         hairpin_mode=_bool(raw, "hairpinMode", bool(port_mappings)),
         master=_ifname(master, "master") if master else None,
         macvlan_mode=macvlan_mode,
+        vlan=_vlan(raw, attach),
         ipam=ipam,
         agent_socket=_str(raw, "agentSocket", DEFAULT_SOCKET) or DEFAULT_SOCKET,
         port_mappings=port_mappings,

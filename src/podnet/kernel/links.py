@@ -164,6 +164,12 @@ def create_macvlan(
             address=mac,
         )
     except NetlinkError as exc:
+        if exc.code == errno.EINVAL:  # the MTU is checked before: a passthru conflict
+            master = link_attr(ipr, master_index, "IFLA_IFNAME")
+            raise KernelError(
+                f"cannot create macvlan {name} ({mode} mode) on {master}: a passthru macvlan takes its master "
+                "whole, and the master already has one, or this one is passthru and the master has macvlans"
+            ) from None
         raise _fail(f"cannot create macvlan {name}", exc) from None
 
 
