@@ -1,4 +1,4 @@
-"""`podnet container run|ls|inspect|exec|logs|stop|rm`: Docker's container commands
+"""`podnet container run|ls|inspect|exec|logs|stop|rm|connect|disconnect`: Docker's container commands
 over podnet's CNI path. The work is in podnet.containers; this module only parses,
 prints (tables for people, `-o json` for scripts) and maps errors to exit codes
 (`run` uses Docker's 125 for its own failures, so they differ from the container's).
@@ -55,9 +55,11 @@ def _run(host, args: argparse.Namespace) -> int:
     from podnet.containers import lifecycle, spec
 
     try:
+        choice, extra_networks = spec.parse_networks(args.network)
         req = spec.check_request(spec.RunRequest(
             name=args.name or spec.new_id()[:12],
-            choice=spec.parse_network(args.network),
+            choice=choice,
+            extra_networks=extra_networks,
             cmd=tuple(_command(args.cmd)),
             ports=spec.parse_ports(args.publish),
             ip=args.ip,
@@ -136,6 +138,20 @@ def _rm(host, args: argparse.Namespace) -> int:
     return 0
 
 
+def _connect(host, args: argparse.Namespace) -> int:
+    from podnet.containers.connect import connect
+
+    _done(_shown(connect(host, args.network, args.name)), args.output)
+    return 0
+
+
+def _disconnect(host, args: argparse.Namespace) -> int:
+    from podnet.containers.connect import disconnect
+
+    _done(_shown(disconnect(host, args.network, args.name)), args.output)
+    return 0
+
+
 def _done(record: dict[str, Any], output: str) -> None:
     if output == "json":
         emit_object(record, "json")
@@ -150,7 +166,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     run = add_host_options(commands.add_parser("run", help="run a command in a new container"))
     run.add_argument("--name", help="container name (default: a random one)")
-    run.add_argument("--network", help="NET, host, none or container:NAME (default: network 'podnet')")
+    run.add_argument("--network", action="append",
+                     help="NET, host, none or container:NAME (default: network 'podnet'); repeat with further"
+                          " networks to put the container on each (eth1, eth2...; the default route stays on"
+                          " the first)")
     run.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOSTPORT:CONTAINERPORT[/PROTO]",
                      help="publish a container port on the host (repeatable)")
     run.add_argument("--ip", help="a static address on the network")
@@ -187,6 +206,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     rm.add_argument("name")
     rm.add_argument("-f", "--force", action="store_true", help="stop it first if it is running")
     rm.set_defaults(func=_with_host(_rm))
+
+    for name, helptext, fn in (("connect", "put a running container on a further network", _connect),
+                               ("disconnect", "take a running container off a secondary network", _disconnect)):
+        parser = add_host_options(commands.add_parser(name, help=helptext))
+        parser.add_argument("network")
+        parser.add_argument("name")
+        parser.set_defaults(func=_with_host(fn))
 
 
 __all__ = ["register"]

@@ -9,7 +9,8 @@ network modes, attached through podnet's own CNI path exactly as a runtime would
 - `network`: networks read from the store and net.d, network namespaces, CNI ADD/DEL
   with a result cache (libcni semantics);
 - `process`: the argv that enters the namespaces, output tee, stopping by pid;
-- `lifecycle`: run (with rollback), finish (exited + CNI DEL + netns), stop, rm.
+- `lifecycle`: run (with rollback), finish (exited + CNI DEL + netns), stop, rm;
+- `connect`: connect/disconnect a running container to/from further networks.
 
 Detached containers are children of the agent (agent/supervisor_service.py); the CLI
 is the parent of foreground ones. Both finish a container with `lifecycle.finish`.

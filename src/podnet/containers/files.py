@@ -26,6 +26,18 @@ class ContainerFiles:
         self.cni_cache = root / "cni-result.json"
         self.lock = root / "lock"
 
+    def cni_cache_for(self, ifname: str) -> Path:
+        """One cache per attachment: eth0's keeps the old name (containers made
+        before multi-network records still tear down), eth1's is cni-result-eth1.json."""
+        return self.cni_cache if ifname == "eth0" else self.root / f"cni-result-{ifname}.json"
+
+    def cni_caches(self) -> list[Path]:
+        """Every attachment's cache on disk, secondaries first (newest interface
+        first, undoing in reverse order of creation) and eth0's last."""
+        secondary = sorted(self.root.glob("cni-result-*.json"),
+                           key=lambda p: (len(p.name), p.name), reverse=True)
+        return [*secondary, *([self.cni_cache] if self.cni_cache.exists() else [])]
+
 
 def render_hosts(hostname: str, name: str, ips: list[str]) -> str:
     """localhost plus the container's own addresses under its hostname and name."""

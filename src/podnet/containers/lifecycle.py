@@ -28,6 +28,7 @@ from podnet.containers.network import (
     attachment_summary,
     create_netns,
     delete_netns,
+    load_named_network,
     load_network,
 )
 from podnet.containers.process import (
@@ -45,12 +46,13 @@ from podnet.containers.spec import (
     RunRequest,
     default_hostname,
     exit_status,
+    ifname_at,
     netns_path,
     new_id,
     new_record,
     now,
 )
-from podnet.model.container import ContainerRecord
+from podnet.model.container import Attachment, ContainerRecord
 from podnet.procs import owner_alive, process_owner
 from podnet.state import StatePaths
 from podnet.store.base import Store
@@ -108,11 +110,13 @@ def create(host: Host, req: RunRequest, undo: ExitStack) -> Launch:
     that need nothing built (network, plugins' VERSION, the joined container) come
     first, so most refusals cost nothing to undo."""
     choice, network, other = req.choice, None, None
+    extras = [load_named_network(host.store, host.paths, name).as_secondary() for name in req.extra_networks]
     if choice.mode == "bridge":
         network = load_network(host.store, host.paths, choice)
         network.check_request(req.ip, req.ports)
         host.cni.ensure_installed()
-        host.cni.check_versions(network.conflist)
+        for each in (network, *extras):
+            host.cni.check_versions(each.conflist)
     elif choice.mode == "container":
         other = running_target(host, choice.joined or "")
     cid = new_id()
@@ -128,9 +132,16 @@ def create(host: Host, req: RunRequest, undo: ExitStack) -> Launch:
     if own:
         create_netns(netns or "")
         undo.callback(delete_netns, netns or "")
-    ips, mac = _attach(host, req, network, files, cid, netns or "", undo) if network else ([], None)
+    attachments: list[Attachment] = []
+    if network is not None:
+        ips, mac = _attach(host, req, network, files, cid, netns or "", undo)
+        attachments.append(Attachment(network.name, IFNAME, tuple(ips), mac))
+    for index, extra in enumerate(extras, start=1):
+        undo.callback(host.cni.detach, files, ifname_at(index))
+        attachments.append(attach_network(host, files, cid, netns or "", extra, ifname_at(index)))
+    ips = [ip for a in attachments for ip in a.ips]
     cfiles.write_files(files, hostname, *_etc_files(host, req, hostname, ips, network, other))
-    record = host.records.patch(req.name, cid, ips=tuple(ips), mac=mac) or record
+    record = host.records.update(req.name, cid, lambda rec: rec.with_attachments(tuple(attachments))) or record
     argv = launch_argv(netns, hostname, files, req.cmd, own_netns=own)
     return Launch(record, argv, container_env(hostname, req.env), files)
 
@@ -145,6 +156,14 @@ def _attach(host: Host, req: RunRequest, network: ContainerNetwork, files: Conta
         runtime_config["ips"] = [req.ip]
     result = host.cni.attach(files, cid, netns, IFNAME, network, runtime_config)
     return attachment_summary(result, IFNAME)
+
+
+def attach_network(host: Host, files: ContainerFiles, cid: str, netns: str, network: ContainerNetwork,
+                   ifname: str) -> Attachment:
+    """CNI ADD of a further network (given as_secondary): no ports, no --ip."""
+    result = host.cni.attach(files, cid, netns, ifname, network, {})
+    ips, mac = attachment_summary(result, ifname)
+    return Attachment(network.name, ifname, tuple(ips), mac)
 
 
 def _cni_port(port: dict) -> dict:
@@ -263,7 +282,7 @@ def finish(host: Host, name: str, container_id: str, exit_code: int | None) -> C
 
 
 @contextlib.contextmanager
-def _locked(files: ContainerFiles) -> Iterator[None]:
+def locked(files: ContainerFiles) -> Iterator[None]:
     """Serialise teardowns of one container (a stop racing its own reaper)."""
     try:
         handle = open(files.lock, "a")  # noqa: SIM115 - closed below
@@ -279,8 +298,8 @@ def teardown(host: Host, record: ContainerRecord) -> None:
     """CNI DEL (from the cache) and the netns, each attempted; idempotent."""
     files = host.files(record.id)
     errors: list[ContainerError] = []
-    with _locked(files):
-        for step in (lambda: host.cni.detach(files),
+    with locked(files):
+        for step in (lambda: host.cni.detach_all(files),
                      lambda: delete_netns(record.netns or "") if owns_netns(record) else None):
             try:
                 step()
@@ -379,5 +398,5 @@ def default_host(state_dir: str | None = None, socket_path: str | None = None) -
     return Host(paths, open_store(str(paths.store)), agent_socket(socket_path))
 
 
-__all__ = ["Host", "Launch", "create", "exec_in", "finish", "remove", "run_detached", "run_foreground",
+__all__ = ["Host", "Launch", "attach_network", "create", "exec_in", "finish", "remove", "run_detached", "run_foreground",
            "settle", "stale", "stop", "stop_process", "teardown"]

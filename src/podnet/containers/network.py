@@ -9,6 +9,7 @@ them); this module never creates one.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import json
 import os
@@ -58,6 +59,15 @@ class ContainerNetwork:
         return {cap for plugin in self.conflist.get("plugins", [])
                 for cap, on in (plugin.get("capabilities") or {}).items() if on}
 
+    def as_secondary(self) -> ContainerNetwork:
+        """The network as a container's second (third...) attachment: the same
+        conflist with `isDefaultGateway` off in every plugin and IPAM routes to a
+        default destination dropped, so the default route stays on eth0 while the
+        network's own subnets are reached through this interface (the kernel's
+        connected route). Done in the config, not by deleting routes after ADD, so
+        the ADD result, the cache and CHECK all agree with what is in the namespace."""
+        return ContainerNetwork(self.record, secondary_conflist(self.conflist))
+
     def check_request(self, ip: str | None, ports: tuple[dict, ...]) -> None:
         """--ip inside a subnet, and the plugins declare what libcni will hand them
         (runtimeConfig is filtered by capabilities: an undeclared one is dropped)."""
@@ -74,11 +84,33 @@ class ContainerNetwork:
             raise ContainerError(f"network {self.name} cannot publish ports (no plugin declares 'portMappings')")
 
 
+def secondary_conflist(conflist: dict) -> dict:
+    """See ContainerNetwork.as_secondary (pure; the input is left alone)."""
+    out = copy.deepcopy(conflist)
+    for plugin in out.get("plugins") or []:
+        if "isDefaultGateway" in plugin:
+            plugin["isDefaultGateway"] = False
+        ipam = plugin.get("ipam")
+        if isinstance(ipam, dict) and isinstance(ipam.get("routes"), list):
+            ipam["routes"] = [r for r in ipam["routes"] if not _default_destination(r)]
+    return out
+
+
+def _default_destination(route: object) -> bool:
+    try:
+        return isinstance(route, dict) and ipaddress.ip_network(route.get("dst", ""), strict=False).prefixlen == 0
+    except ValueError:
+        return False  # the plugin's own parser names a bad route
+
+
 def load_network(store: Store, paths: StatePaths, choice: NetworkChoice) -> ContainerNetwork:
-    name = choice.network or DEFAULT_NETWORK
+    return load_named_network(store, paths, choice.network or DEFAULT_NETWORK, choice.defaulted)
+
+
+def load_named_network(store: Store, paths: StatePaths, name: str, defaulted: bool = False) -> ContainerNetwork:
     raw = store.get_json(keys.network(name))
     if raw is None:
-        if choice.defaulted:
+        if defaulted:
             raise ContainerError(
                 f"no --network given and the default network {name!r} does not exist",
                 f"create it with: podnet network create {name}  (or pass --network NET|host|none)",
@@ -164,29 +196,46 @@ class Cni:
 
     def attach(self, files: ContainerFiles, container_id: str, netns: str, ifname: str,
                network: ContainerNetwork, runtime_config: dict) -> dict:
-        """ADD; the cache is written *before* ADD (without a result) so a crash in the
-        middle still leaves what DEL needs, and completed with the result after."""
+        """ADD; the cache (one per interface) is written *before* ADD (without a
+        result) so a crash in the middle still leaves what DEL needs, and completed
+        with the result after."""
+        cache_path = files.cni_cache_for(ifname)
         cache = {"kind": "cniCacheV1", "containerId": container_id, "ifName": ifname,
                  "networkName": network.name, "netns": netns, "config": network.conflist,
                  "runtimeConfig": runtime_config, "result": None}
-        _write_json(files.cni_cache, cache)
+        _write_json(cache_path, cache)
         try:
             result = self._conflist(network.conflist).add(container_id, netns, ifname, runtime_config)
         except CniFailure as exc:
-            self.detach(files)  # libcni: a failed ADD is cleaned up with a DEL
+            self.detach(files, ifname)  # libcni: a failed ADD is cleaned up with a DEL
             output = exc.result.output or {}
             raise AttachFailed(
                 f"cannot attach to network {network.name}: {output.get('msg') or exc}",
                 output.get("details", ""), code=exc.result.error_code or 1,
             ) from None
-        _write_json(files.cni_cache, {**cache, "result": result})
+        _write_json(cache_path, {**cache, "result": result})
         return result
 
-    def detach(self, files: ContainerFiles) -> bool:
-        """DEL in reverse chain order with the cached config and result, then forget
-        the cache. False when there was nothing attached."""
+    def detach(self, files: ContainerFiles, ifname: str = "eth0") -> bool:
+        """DEL of one attachment in reverse chain order with the cached config and
+        result, then forget the cache. False when there was nothing attached."""
+        return self._detach_cache(files.cni_cache_for(ifname))
+
+    def detach_all(self, files: ContainerFiles) -> None:
+        """DEL of every attachment with a cache, last made first; each is tried, the
+        first failure is raised after the others."""
+        errors: list[ContainerError] = []
+        for path in files.cni_caches():
+            try:
+                self._detach_cache(path)
+            except ContainerError as err:
+                errors.append(err)
+        if errors:
+            raise errors[0]
+
+    def _detach_cache(self, path: Path) -> bool:
         try:
-            cache = json.loads(files.cni_cache.read_text())
+            cache = json.loads(path.read_text())
         except FileNotFoundError:
             return False
         try:
@@ -196,7 +245,7 @@ class Cni:
             )
         except CniFailure as exc:
             raise ContainerError(f"CNI DEL on network {cache.get('networkName')} failed: {exc}") from None
-        files.cni_cache.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         return True
 
 

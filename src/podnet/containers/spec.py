@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 
 from podnet import addresses
 from podnet.errors import InvalidConfig, PodnetError
-from podnet.model.container import ContainerRecord
+from podnet.model.container import Attachment, ContainerRecord
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")  # Docker's rule
 MAX_NAME = 128
@@ -78,6 +78,13 @@ class RunRequest:
     env: dict[str, str] = field(default_factory=dict)
     auto_remove: bool = False
     interactive: bool = False
+    extra_networks: tuple[str, ...] = ()  # --network given again: eth1, eth2, ...
+
+    @property
+    def networks(self) -> tuple[str, ...]:
+        """Every named network, primary first (empty unless bridge mode)."""
+        primary = (self.choice.network or DEFAULT_NETWORK,) if self.choice.mode == "bridge" else ()
+        return primary + self.extra_networks
 
 
 def check_name(name: str, what: str = "container name") -> str:
@@ -114,6 +121,27 @@ def parse_network(value: str | None) -> NetworkChoice:
         raise BadSpec("--network bridge names no network",
                       "give a network made with `podnet network create`, or host, none, container:NAME")
     return NetworkChoice("bridge", check_name(value, "network name"))
+
+
+def parse_networks(values: Sequence[str] | None) -> tuple[NetworkChoice, tuple[str, ...]]:
+    """Repeated --network: the first decides the mode (and is the primary network);
+    every further one must name a network, and none may repeat."""
+    values = list(values or [])
+    choice = parse_network(values[0] if values else None)
+    extras = tuple(values[1:])
+    if extras and choice.mode != "bridge":
+        raise BadSpec(f"--network {choice.label} cannot be combined with other networks",
+                      "only named networks can be joined together (give each with --network NET)")
+    for extra in extras:
+        if extra in ("host", "none", "bridge") or extra.startswith("container:"):
+            raise BadSpec(f"--network {extra} can only be the sole --network",
+                          "further --network options must name networks made with `podnet network create`")
+        check_name(extra, "network name")
+    named = [choice.network, *extras]
+    repeated = sorted({n for n in named if named.count(n) > 1})
+    if repeated:
+        raise BadSpec(f"--network {repeated[0]} is given twice", "a container is on each network once")
+    return choice, extras
 
 
 def _port_number(text: str, spec: str) -> int:
@@ -235,6 +263,7 @@ def new_record(req: RunRequest, container_id: str, netns: str | None, hostname: 
         joined=req.choice.joined,
         netns=netns,
         ifname=IFNAME,
+        attachments=tuple(Attachment(net, ifname_at(i)) for i, net in enumerate(req.networks)),
         aliases=tuple(req.aliases),
         hostname=hostname,
         ports=tuple(dict(p) for p in req.ports),
@@ -252,7 +281,22 @@ def port_text(port: Mapping) -> str:
 
 
 def network_label(record: ContainerRecord) -> str:
+    if record.network_mode == "bridge" and len(record.networks) > 1:
+        return ",".join(record.networks)
     return NetworkChoice(record.network_mode, record.network, record.joined).label
+
+
+def ifname_at(index: int) -> str:
+    """The interface of a container's index-th network: eth0 (primary), eth1, ..."""
+    return f"eth{index}"
+
+
+def next_ifname(used: Sequence[str]) -> str:
+    """The lowest ethN not in use (a disconnected eth1 is reused, as Docker does)."""
+    index = 0
+    while ifname_at(index) in used:
+        index += 1
+    return ifname_at(index)
 
 
 def ls_row(record: ContainerRecord) -> dict:

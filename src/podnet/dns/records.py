@@ -161,7 +161,7 @@ def attached(container: ContainerRecord, network: str) -> bool:
     """Running, on this network, with addresses of its own."""
     return (
         container.state == "running"
-        and container.network == network
+        and network in container.networks
         and container.network_mode not in UNREGISTERED_MODES
     )
 
@@ -202,8 +202,8 @@ def build_zones(networks: Iterable[NetworkRecord], containers: Iterable[Containe
     """network name -> Zone, grouping containers once (not networks x containers)."""
     by_network: dict[str, list[ContainerRecord]] = defaultdict(list)
     for container in containers:
-        if container.network is not None:
-            by_network[container.network].append(container)
+        for network in container.networks:  # a multi-network container is in each zone
+            by_network[network].append(container)
     return {network.name: build_zone(network, by_network.get(network.name, [])) for network in networks}
 
 

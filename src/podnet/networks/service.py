@@ -108,9 +108,10 @@ class NetworkService:
                 record = ContainerRecord.from_entry(entry)
             except CorruptRecord:
                 continue
-            if record.network == name:
+            attachment = record.attachment(name)
+            if attachment is not None:
                 attached[record.id or record.name] = {
-                    "name": record.name, "id": record.id, "state": record.state, "ips": list(record.ips),
+                    "name": record.name, "id": record.id, "state": record.state, "ips": list(attachment.ips),
                 }
         for cid, ips in self._cni_attachments(name).items():
             attached.setdefault(cid, {"name": None, "id": cid, "state": "attached (CNI)", "ips": ips})
