@@ -399,8 +399,21 @@ def test_one_peer_that_still_sees_the_dead_peer_stops_the_reclaim():
     seen_again = voted.merge(voted.vote("b", "c", False, 50.0, live))
     assert "c still see(s) b" in seen_again.can_reclaim("b", "a", 10_000, live, GRACE)
     # A peer that has not heard of the late join of "0" proposes a; "0" proposes itself.
-    split = voted.vote("b", "0", True, 0.0, ["0", "a", "c"])
+    joined = voted.donate("c", "0", 1, in_contact=["a"])
+    split = joined.vote("b", "0", True, 0.0, ["0", "a", "c"])
     assert "the votes name 0, a as taker" in split.can_reclaim("b", "a", 10_000, live, GRACE)
+
+
+def test_the_votes_of_a_peer_whose_space_went_count_no_more():
+    """A voter removed (or reclaimed) after it voted "seen" must not hold another dead
+    peer's space for ever (two of four lost, one removed by `peers rm`)."""
+    ring = Ring.empty("10.32.0.0/24").claim_initial(["a", "b", "c", "d"])
+    live = ["a", "b"]
+    voted = ring.vote("d", "c", False, 0.0, ["a", "b", "c", "d"])  # c saw d, then died
+    voted = voted.vote("d", "a", True, 0.0, live).vote("d", "b", True, 0.0, live)
+    assert "c still see(s) d" in voted.can_reclaim("d", "a", 10_000, live, GRACE)
+    removed = voted.remove("c", "a")
+    assert removed.can_reclaim("d", "a", 10_000, live, GRACE) == ""  # a, b: two of three members
 
 
 def test_a_peer_cut_off_from_most_members_stops_allocating_and_cannot_add_members():

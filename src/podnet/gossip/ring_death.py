@@ -58,21 +58,24 @@ def reclaim_refusal(death: Death | None, dead_peer: str, by_peer: str, now: floa
         return f"{dead_peer} is live"
     if by_peer not in live:
         return f"{by_peer} is not among the live peers"
-    if death is None or not death.votes:
+    # a voter whose own space was reclaimed or removed votes no more: its last word
+    # ("seen", from before it died) must not hold another dead peer's space for ever
+    ballots = {voter: ballot for voter, ballot in (death.votes if death else {}).items() if voter in members}
+    if not ballots:
         return f"no peer voted that {dead_peer} is gone"
-    seen = sorted(v for v, ballot in death.votes.items() if not ballot.gone)
+    seen = sorted(v for v, ballot in ballots.items() if not ballot.gone)
     if seen:
         return f"{', '.join(seen)} still see(s) {dead_peer}"
-    missing = sorted(live - set(death.votes))
+    missing = sorted(live - set(ballots))
     if missing:
         return f"not agreed by {', '.join(missing)}"
-    takers = {ballot.taker for ballot in death.votes.values()}
+    takers = {ballot.taker for ballot in ballots.values()}
     if takers != {by_peer}:
         return f"the votes name {', '.join(sorted(takers))} as taker, not only {by_peer}"
     if len(live & members) * 2 <= len(members):
         return (f"the live peers are {len(live & members)} of the ring's {len(members)} members "
                 "(a strict majority is needed)")
-    latest = max(ballot.last_seen for ballot in death.votes.values())
+    latest = max(ballot.last_seen for ballot in ballots.values())
     if now - latest < grace:
         return f"grace period of {grace:g}s not over ({now - latest:g}s since {dead_peer} was last seen)"
     return ""

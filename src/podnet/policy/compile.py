@@ -97,7 +97,7 @@ def _combine(left: Sequence[Match], right: Sequence[Match]) -> list[Match]:
             if fa is None or fb is None or fa == fb]
 
 
-def _prefix(verdict: str, what: str) -> str:
+def log_prefix(verdict: str, what: str) -> str:
     """The NFLOG prefix naming a rule (policy/table.py: bytes, ASCII, unique)."""
     return nft_text(f"{verdict} {what}", PREFIX_MAX)
 
@@ -114,7 +114,7 @@ class CompileCache:
     chains: dict[tuple, tuple] = field(default_factory=dict)  # -> (policy, lines, sets, rules)
 
 
-class _Builder:
+class ChainBuilder:
     def __init__(self, world: World, node: str, log_allowed: bool,
                  cache: CompileCache | None = None, pod_nets: Sequence[str] = ()) -> None:
         self.world = world
@@ -248,7 +248,7 @@ class _Builder:
 
     # -- chains ----------------------------------------------------------------------
 
-    def _line(self, match: str, verdict: str, prefix: str, what: str, log: bool) -> str:
+    def rule_line(self, match: str, verdict: str, prefix: str, what: str, log: bool) -> str:
         self.out.rules[prefix] = what
         logging = f'log prefix "{prefix} " group {LOG_GROUP} ' if log else ""
         text = " ".join(p for p in (match, "counter", logging.strip(), verdict) if p)
@@ -259,7 +259,7 @@ class _Builder:
         verdict = {"Allow": "accept", "Deny": "drop", "Pass": "return", "Log": ""}[rule.action]
         letter = {"Allow": "A", "Deny": "D", "Pass": "P", "Log": "L"}[rule.action]
         log = rule.action in ("Deny", "Log") or (rule.action == "Allow" and self.log_allowed)
-        prefix = _prefix(letter, f"cp:{what}")
+        prefix = log_prefix(letter, f"cp:{what}")
         protocols: list[str] = []
         if rule.protocol is None:
             protocols = [""]
@@ -273,13 +273,13 @@ class _Builder:
         for j, peer in enumerate(rule.peers or (None,)):
             for _family, match in _combine(self.peer_matches(peer, direction, None, (cp.ref, direction, i, j)),
                                            [(None, p) for p in protocols]):
-                lines.append(self._line(match, verdict, prefix, f"ClusterPolicy {what}", log))
+                lines.append(self.rule_line(match, verdict, prefix, f"ClusterPolicy {what}", log))
         return lines
 
     def np_rule_lines(self, np: NetworkPolicy, i: int, rule: NetworkPolicyRule, direction: str,
                       local: Endpoint) -> list[str]:
         what = np_rule_what(f"{np.namespace}/{np.name}", direction, i)
-        prefix = _prefix("A", f"np:{what}")
+        prefix = log_prefix("A", f"np:{what}")
         lines = []
         for j, peer in enumerate(rule.peers or (None,)):
             key = (f"np:{np.namespace}/{np.name}", direction, i, j)
@@ -288,7 +288,7 @@ class _Builder:
                 ports = [m for p in rule.ports
                          for m in self.np_port_matches(p, direction, local, peer, np.namespace, key)]
             for _family, match in _combine(self.peer_matches(peer, direction, np.namespace, key), ports):
-                lines.append(self._line(match, "accept", prefix, f"NetworkPolicy {what}", self.log_allowed))
+                lines.append(self.rule_line(match, "accept", prefix, f"NetworkPolicy {what}", self.log_allowed))
         return lines
 
     def endpoint_chain(self, ep: Endpoint, direction: str) -> str | None:
@@ -315,7 +315,7 @@ class _Builder:
             if isolating:
                 names = ",".join(f"{p.namespace}/{p.name}" for p in isolating)
                 what = isolation_what(direction, f"{ep.namespace}/{ep.name}", names)
-                lines.append(self._line("", "drop", _prefix("D", f"isolated:{names} {direction.lower()}"),
+                lines.append(self.rule_line("", "drop", log_prefix("D", f"isolated:{names} {direction.lower()}"),
                                         what, True))
         if not lines:
             return None
@@ -380,8 +380,8 @@ class _Builder:
             ipf, owned = _IPFAM[net.version], f"owned{net.version}"
             self.out.sets[owned] = NftSet(f"ipv{net.version}_addr", False, tuple(sorted(
                 {ip for ep in pods for ip in ep.ips if ipaddress.ip_address(ip).version == net.version})))
-            lines.append(self._line(f"{ipf} {fld} {net} {ipf} {fld} != @{owned}", "drop",
-                                    _prefix("D", f"unowned {direction.lower()}"),
+            lines.append(self.rule_line(f"{ipf} {fld} {net} {ipf} {fld} != @{owned}", "drop",
+                                    log_prefix("D", f"unowned {direction.lower()}"),
                                     f"unowned address of block {net}", True))
         return lines
 
@@ -432,7 +432,7 @@ def compile_node(world: World, node: str, log_allowed: bool = False,
     """The table enforcing `world`'s policy for the endpoints on `node`; `cache` (kept
     by the caller between compiles) makes a recompile cost what changed. `pod_nets`:
     the node's own pod block(s), whose addresses no local pod owns are dropped."""
-    builder = _Builder(world, node, log_allowed, cache, pod_nets)
+    builder = ChainBuilder(world, node, log_allowed, cache, pod_nets)
     compiled = builder.build()
     builder.prune()
     return compiled

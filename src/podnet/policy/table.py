@@ -77,9 +77,10 @@ class Compiled:
     chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
     rules: dict[str, str] = field(default_factory=dict)  # log prefix -> what it means
 
-    def render(self) -> str:
-        """The whole table, replacing any previous one in the same transaction."""
-        parts = [f"table {FAMILY} {TABLE} {{", f"  set {GENERATION_SET} {{\n    type mark\n  }}",
+    def render(self, table: str = TABLE) -> str:
+        """The whole table, replacing any previous one in the same transaction;
+        `table`: its name (a macvlan pod's own table, policy/pod_table.py)."""
+        parts = [f"table {FAMILY} {table} {{", f"  set {GENERATION_SET} {{\n    type mark\n  }}",
                  *[s.render(n) for n, s in sorted(self.sets.items())]]
         for name, (kind, elements) in sorted(self.maps.items()):
             body = f"\n    elements = {{ {', '.join(elements)} }}" if elements else ""
@@ -87,7 +88,7 @@ class Compiled:
         for name, lines in self.chains.items():
             parts.append(f"  chain {name} {{\n" + "".join(f"    {line}\n" for line in lines) + "  }")
         parts.append("}")
-        return (f"table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n" + "\n".join(parts) + "\n")
+        return (f"table {FAMILY} {table}\ndelete table {FAMILY} {table}\n" + "\n".join(parts) + "\n")
 
     def diff(self, old: Compiled) -> str:
         """One transaction taking table `old` to this one, touching only what changed."""
