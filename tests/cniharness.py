@@ -10,7 +10,8 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,3 +241,14 @@ def topology_lab(prefix: str, topology: dict, workdir: Path, *flags: str) -> Ite
     finally:
         if state_file(name).exists():
             podnet_cli("lab", "down", "--name", name)
+
+
+def wait_until(check: Callable[[], object], what: str, timeout: float = 30.0) -> object:
+    """`check()`'s first true result, polled every 0.2 s; AssertionError naming `what`
+    after `timeout` seconds (the gossip lab tests wait on the cluster's own pace)."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)
+    return result

@@ -18,12 +18,12 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cniharness import podnet_cli
+from cniharness import podnet_cli, wait_until
 from underlay_capture import capture_while_sending
 
 pytestmark = pytest.mark.root
@@ -47,17 +47,6 @@ def lab() -> Iterator[dict]:
             podnet_cli("lab", "down", "--name", name)
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     assert f"pn-lab-{name}-" not in listed
-
-
-def wait_until(check: Callable[[], object], what: str, timeout: float = 30.0) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
 
 
 def peers(lab: dict) -> dict[str, dict]:

@@ -15,13 +15,12 @@ import json
 import secrets
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cniharness import podnet_cli
+from cniharness import podnet_cli, wait_until
 from underlay_capture import capture_while_sending
 
 pytestmark = pytest.mark.root
@@ -54,15 +53,6 @@ def lab() -> Iterator[dict]:
             podnet_cli("lab", "down", "--name", name)
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     assert f"pn-lab-{name}-" not in listed
-
-
-def wait_until(check, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
-    return result
 
 
 def paths(lab: dict, node: str) -> dict[str, tuple[str | None, str, bool]]:

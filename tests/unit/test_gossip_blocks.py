@@ -18,7 +18,6 @@ from podnet.gossip.blocks import (
     BlockSpace,
     answer,
     choose_donor,
-    free_blocks,
 )
 from podnet.gossip.ring import Ring
 from podnet.gossip.ring_parts import RingError
@@ -139,18 +138,6 @@ def test_claims_cover_every_block_once_after_random_donations(peers, seed, steps
 
 
 # -- free blocks -------------------------------------------------------------------------
-
-
-def test_free_blocks_leaves_out_the_blocks_that_hold_an_address():
-    space = BlockSpace.of("10.1.0.0/22", 24)
-    ring = claimed(space, ("a", "b"))  # a: .0 .1, b: .2 .3
-    assert free_blocks(space, ring, "a", []) == [IPv4Network("10.1.0.0/24"), IPv4Network("10.1.1.0/24")]
-    assert free_blocks(space, ring, "a", ["10.1.1.0/24", "10.1.3.0/24", "192.168.0.0/24"]) == [
-        IPv4Network("10.1.0.0/24")]
-    assert free_blocks(space, ring, "c", []) == []
-
-
-# -- BlockRequest ------------------------------------------------------------------------
 
 
 def test_a_request_round_trips_through_its_document():

@@ -385,6 +385,9 @@ def test_an_add_on_a_held_node_is_told_to_try_again_later():
 
     store = MemoryStore()
     store.put_json(keys.ipam_hold("a"), {"reason": "cut off"})
+    ring = BlockAffinity("a", IPv4Network("10.244.0.0/21"), 24, ring=True)
     with pytest.raises(TryAgainLater, match="cut off"):
-        blocks.choose(store, BlockAffinity("a", IPv4Network("10.244.0.0/21"), 24), set(), [])
-    blocks.choose(store, BlockAffinity("a", IPv4Network("10.244.0.0/21"), 24), set(), [], claim=False)  # STATUS
+        blocks.choose(store, ring, set(), [])
+    blocks.choose(store, ring, set(), [], claim=False)  # STATUS
+    # a node whose blocks are not the ring's never reads a hold (nor pays for it in its ADDs)
+    blocks.choose(store, BlockAffinity("a", IPv4Network("10.244.0.0/21"), 24), set(), [])

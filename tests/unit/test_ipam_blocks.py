@@ -107,6 +107,7 @@ def test_emptied_blocks_are_released_but_never_the_leases(store):
     ("blockSize", 31, "blockSize must be an integer from 27 to 30"),
     ("pool", "fd00::/64", "pool must be an IPv4 network"),
     ("strictAffinity", "yes", "strictAffinity must be true or false"),
+    ("ring", "yes", "ring must be true or false"),
     ("node", "", "node must be the node's name"),
     ("ttl", 0, "ttl must be a number of seconds"),
     ("color", "red", "ipam.blockAffinity.color is not a field"),

@@ -173,3 +173,15 @@ def test_cli_on_a_store_without_a_local_agent(cluster_db: str, tmp_path: Path, c
 def test_cli_refuses_a_bad_cluster_cidr(cluster_db: str, capsys) -> None:
     assert main(["status", "--store", cluster_db, "--cluster-cidr", "nonsense"]) == 1
     assert "--cluster-cidr" in capsys.readouterr().err
+
+
+def test_a_nodes_many_empty_blocks_show_as_one_row_and_used_blocks_each():
+    from podnet.cli.status import _shown_blocks
+
+    rows = [{"block": "10.244.0.0/24", "node": "a", "used": 2, "size": 253}]
+    rows += [{"block": f"10.244.{i}.0/24", "node": "a", "used": 0, "size": 253} for i in range(1, 9)]
+    rows += [{"block": "10.244.9.0/24", "node": "b", "used": 0, "size": 253}]  # few: shown as they are
+    shown = _shown_blocks(rows)
+    assert [r["block"] for r in shown] == ["10.244.0.0/24", "8 empty: 10.244.1.0/24, 10.244.2.0/23, 10.244.4.0/22, ...",
+                                           "10.244.9.0/24"]
+    assert shown[1]["size"] == 8 * 253 and shown[1]["node"] == "a"

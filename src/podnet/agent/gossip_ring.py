@@ -33,6 +33,8 @@ from podnet.gossip.blocks import REQUESTS, BlockRequest, BlockSpace, answer, cho
 from podnet.gossip.ring import Ring
 from podnet.gossip.ring_parts import RingError
 from podnet.gossip.ring_sync import RingSync
+from podnet.ipam.blocks import occupied_blocks
+from podnet.ipam.config import BlockAffinity
 from podnet.model.cluster import BlockClaim
 from podnet.store.base import Store
 
@@ -76,26 +78,21 @@ class RingDuties:
 
     # -- ring -> blocks/ claims
     def write_claims(self) -> int:
-        want = self.space.claims(self.sync.ring())
+        """The ring's owners as the store's claims; the number of keys changed."""
+        want = {claim.key: claim.encode()
+                for claim in (BlockClaim(owner, block) for block, owner in self.space.claims(self.sync.ring()).items())}
+        have = {entry.key: entry.value for entry in self.store.list(keys.BLOCKS)}
         changed = 0
-        have = {}
-        for entry in self.store.list(keys.BLOCKS):
-            have[entry.key] = entry
-        wanted_keys = {}
-        for block, owner in want.items():
-            claim = BlockClaim(owner, block)
-            wanted_keys[claim.key] = claim
-        for key, claim in wanted_keys.items():
-            entry = have.get(key)
-            if entry is None or entry.value != claim.encode():
-                self.store.put(key, claim.encode())
+        for key, value in want.items():
+            if have.get(key) != value:
+                self.store.put(key, value)
                 changed += 1
-        for key in have.keys() - wanted_keys.keys():
+        for key in have.keys() - want.keys():
             try:
-                net = ipaddress.IPv4Network(key[len(keys.BLOCKS):].replace("-", "/"))
+                stale = ipaddress.IPv4Network(key[len(keys.BLOCKS):].replace("-", "/")).subnet_of(self.space.cidr)
             except ValueError:
-                net = None
-            if net is not None and net.subnet_of(self.space.cidr):
+                stale = False  # not a claim of this pool's shape: not the ring's to remove
+            if stale:
                 self.store.delete(key)
                 changed += 1
         return changed
@@ -103,15 +100,8 @@ class RingDuties:
     # -- space requests
     def occupied(self) -> set[str]:
         """Blocks of the pool that hold a reservation (any node's)."""
-        out = set()
-        for entry in self.store.list(keys.ipam_addresses(CLUSTER_NETWORK)):
-            try:
-                address = ipaddress.IPv4Address(entry.key.rsplit("/", 1)[1])
-            except ValueError:
-                continue
-            if address in self.space.cidr:
-                out.add(str(ipaddress.IPv4Network(f"{address}/{self.space.prefix}", strict=False)))
-        return out
+        affinity = BlockAffinity(self.name, self.space.cidr, self.space.prefix)
+        return {str(b) for b in occupied_blocks(self.store, CLUSTER_NETWORK, affinity)}
 
     def free_addresses(self) -> int:
         """Addresses this node may still hand out in its blocks."""

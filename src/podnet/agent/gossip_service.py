@@ -34,6 +34,7 @@ from podnet.agent.gossip_mirror import DOC_PREFIX, StoreMirror, replicated
 from podnet.agent.gossip_probe import FastPathProbe
 from podnet.agent.gossip_ring import RingDuties, ring_from_file
 from podnet.agent.service_thread import ServiceThread
+from podnet.cluster import leases as cluster_leases
 from podnet.cluster.options import GossipOptions
 from podnet.errors import PodnetError
 from podnet.fabric.vxlan import DEVICE as VXLAN_DEVICE
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from podnet.agent.context import AgentContext, OpHandler
     from podnet.agent.gossip_sleeve import GossipSleeve
     from podnet.gossip.peers import GossipPeer
+    from podnet.model.cluster import NodeLease
 
 log = logging.getLogger("podnet.gossip")
 
@@ -192,15 +194,17 @@ class GossipService:
         fast_down = self._probe_round(hops, now)
         inputs = (self.sync.ring(), store.revision(), tuple(sorted(hops.items())), fast_down)
         if docs_changed or inputs != self._inputs or now >= self._next_full:
-            own = store.get_json(keys.node(self.duties.name)) or {}
-            self.duties.answer_requests(reachable, [own["block"]] if isinstance(own.get("block"), str) else [])
+            leases = {lease.name: lease for lease in cluster_leases.list_leases(store)}
+            own = leases.get(self.duties.name)
+            self.duties.answer_requests(reachable, [own.block] if own else [])
             if not held:
                 self.duties.ask_for_space(reachable)
             if self.dns is not None:
                 self.dns.sync(dead=frozenset(self.duties.buried))
             self.duties.write_claims()
-            self._vteps = self._direct_vteps(store, hops)
-            self._write_routing(self._sleeve_round(fast_down))
+            self._vteps = {name: str(cluster_leases.vtep_ip_of(lease.block)) for name, lease in leases.items()
+                           if hops.get(name) == name}
+            self._write_routing(self._sleeve_round(hops, leases, fast_down))
             self._next_full = now + FULL_PASS
             self._inputs = (self.sync.ring(), store.revision(), tuple(sorted(hops.items())), fast_down)
         if self.sync.ring() != before:
@@ -218,32 +222,21 @@ class GossipService:
             self.probe.round({p: v for p, v in self._vteps.items() if hops.get(p) == p})
         return self.probe.down() & {p for p, first in hops.items() if first == p}
 
-    def _direct_vteps(self, store: Store, hops: dict[str, str]) -> dict[str, str]:
-        from podnet.cluster import leases as cluster_leases
-
-        return {lease.name: str(cluster_leases.vtep_ip_of(lease.block)) for lease in cluster_leases.list_leases(store)
-                if hops.get(lease.name) == lease.name}
-
-    def _sleeve_round(self, fast_down: frozenset[str]) -> frozenset[str]:
+    def _sleeve_round(self, hops: dict[str, str], leases: dict[str, NodeLease],
+                      fast_down: frozenset[str]) -> frozenset[str]:
         """With a secret the sleeve carries every peer, else the peers whose fast path
         is down (agent/gossip_sleeve.py)."""
-        if (not self._secured and not fast_down and self.sleeve is None) or self.peer is None \
-                or self.options is None:
-            return frozenset()
+        own = leases.get(self.options.node) if self.options else None
+        if (not self._secured and not fast_down and self.sleeve is None) or self.peer is None or own is None:
+            return frozenset()  # (no lease yet: the sleeve's address is the lease block's)
         from podnet.agent.gossip_sleeve import GossipSleeve
-        from podnet.cluster import leases as cluster_leases
 
-        store = self._store()
-        own = store.get_json(keys.node(self.options.node)) or {}
-        if not isinstance(own.get("block"), str):
-            return frozenset()  # no lease yet: the sleeve's address is the lease block's
         if self.sleeve is None:
-            self.sleeve = GossipSleeve(self.options.node, self._fabric_mtu())
-        hops = self.peer.next_hops()
+            self.sleeve = GossipSleeve(own.name, self._fabric_mtu())
         secrets = {p: secret for p, first in hops.items() if first == p
                    and (secret := self.peer.session_secret(p)) is not None} if self._secured else None
-        peers = {lease.name: lease for lease in cluster_leases.list_leases(store)}
-        return self.sleeve.sync(hops, secrets, peers, cluster_leases.list_claims(store), own["block"], fast_down)
+        return self.sleeve.sync(hops, secrets, leases, cluster_leases.list_claims(self._store()), own.block,
+                                fast_down)
 
     def _fabric_mtu(self) -> int:
         """The node's pod MTU, as its conflist says (the fabric's, from the underlay)."""

@@ -116,16 +116,13 @@ def ring_block(store: Store, node: str, hint: str | None) -> str:
     return hint if hint in mine else mine[0]
 
 
-def in_use(store: Store, blocks: Iterable[str], keep: str) -> tuple[str, ...]:
-    """`blocks` that hold a reservation, and `keep` (the lease's): a gossip node owns a
-    large part of the ring, and its bridge carries a gateway only for the blocks its
-    pods use (an ADD adds a new block's gateway itself)."""
-    nets = [ipaddress.IPv4Network(b) for b in blocks]
-    used = set()
-    for entry in store.list(RESERVATIONS):
-        try:
-            address = ipaddress.IPv4Address(entry.key.rsplit("/", 1)[1])
-        except ValueError:
-            continue
-        used.update(str(n) for n in nets if address in n)
-    return tuple(b for b in blocks if b == keep or b in used)
+def in_use(store: Store, blocks: Iterable[str], ctx: FabricContext) -> tuple[str, ...]:
+    """`blocks` that hold a reservation, and the lease's: a gossip node owns a large
+    part of the ring, and its bridge carries a gateway only for the blocks its pods use
+    (an ADD adds a new block's gateway itself)."""
+    from podnet.ipam.blocks import occupied_blocks
+    from podnet.ipam.config import BlockAffinity
+
+    used = {str(b) for b in occupied_blocks(store, CLUSTER_NETWORK,
+                                            BlockAffinity(ctx.own.name, ctx.cluster, ctx.block_prefix))}
+    return tuple(b for b in blocks if b == ctx.own.block or b in used)

@@ -347,7 +347,8 @@ class NodeService:
         opts = self.options
         assert opts is not None
         return {"node": opts.node, "pool": opts.cluster_cidr, "blockSize": opts.block_prefix,
-                "strictAffinity": opts.strict_affinity or not self.routed, "ttl": opts.lease_ttl}
+                "strictAffinity": opts.strict_affinity or not self.routed, "ttl": opts.lease_ttl,
+                **({"ring": True} if self.gossip else {})}
 
     def _prepare(self) -> None:
         """Node-local plumbing that must exist before the first pod: forwarding, the
@@ -403,7 +404,7 @@ class NodeService:
 
         mine = own_blocks(self.ctx, claims)
         if self.gossip:
-            mine = node_blocks.in_use(store, mine, self.ctx.own.block)
+            mine = node_blocks.in_use(store, mine, self.ctx)
         with self._lock:
             self.claims, self.blocks = claims, mine
         if repair:

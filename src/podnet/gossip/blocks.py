@@ -111,12 +111,6 @@ class BlockSpace:
         return out
 
 
-def free_blocks(space: BlockSpace, ring: Ring, peer: str, occupied: Iterable[str]) -> list[IPv4Network]:
-    """`peer`'s blocks that hold no address (`occupied`: blocks with a reservation)."""
-    taken = set(space.indexes(occupied))
-    return [b for b in space.owned(ring, peer) if space.index(b) not in taken]
-
-
 @dataclass(frozen=True)
 class BlockRequest:
     """`asker` asks `donor` for `blocks` blocks; `seq` tells a new request from a repeated one."""

@@ -70,7 +70,7 @@ def choose(store: Store, affinity: BlockAffinity, taken: Container[IPAddress], i
     network (which blocks hold something); `claim=False` (STATUS) only looks.
     AddressExhausted when nothing is left; TryAgainLater while the node is held (a
     gossip node cut off from most of its ring: the others may reclaim its blocks)."""
-    if claim and (hold := store.get_json(keys.ipam_hold(affinity.node))) is not None:
+    if claim and affinity.ring and (hold := store.get_json(keys.ipam_hold(affinity.node))) is not None:
         reason = hold.get("reason") if isinstance(hold, dict) else None
         raise TryAgainLater(f"node {affinity.node} hands out no address now: {reason or 'held'}")
     reserved = tuple(reserved)
@@ -156,8 +156,7 @@ def release_empty(store: Store, node: str, keep: str, network: str, pool: IPv4Ne
         mine = [b for b in blocks_of(list_claims(store), node, affinity) if str(b) != keep]
         if not mine:
             return []
-        occupied = {b for e in store.list(keys.ipam_addresses(network))
-                    if (b := _block_of(e.key.rsplit("/", 1)[1], affinity)) is not None}
+        occupied = occupied_blocks(store, network, affinity)
         for block in mine:
             if block in occupied:
                 continue
@@ -165,3 +164,9 @@ def release_empty(store: Store, node: str, keep: str, network: str, pool: IPv4Ne
             if entry is not None and store.delete(entry.key, expected_revision=entry.revision):
                 released.append(str(block))
     return released
+
+
+def occupied_blocks(store: Store, network: str, affinity: BlockAffinity) -> set[IPv4Network]:
+    """The pool's blocks that hold a reservation of `network` (any node's)."""
+    return {b for e in store.list(keys.ipam_addresses(network))
+            if (b := _block_of(e.key.rsplit("/", 1)[1], affinity)) is not None}

@@ -99,13 +99,16 @@ class Route:
 class BlockAffinity:
     """`ipam.blockAffinity`: number `node`'s pods from the blocks of `pool` it claims
     (`blocks/`, one /`block_size` at a time, each claim living `ttl` seconds unless
-    renewed); `strict`: never borrow from another node's block."""
+    renewed); `strict`: never borrow from another node's block; `ring`: the blocks come
+    from the gossip fabric's ring, which may hold the node (agent/gossip_ring.py), so an
+    ADD reads the hold first (other nodes' ADDs pay nothing for it)."""
 
     node: str
     pool: IPv4Network
     block_size: int
     strict: bool = False
     ttl: float = 10.0
+    ring: bool = False
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ def _affinity(raw: object) -> BlockAffinity | None:
         return None
     if not isinstance(raw, Mapping):
         raise InvalidConfig(f"{where} must be an object")
-    unknown = set(raw) - {"node", "pool", "blockSize", "strictAffinity", "ttl"}
+    unknown = set(raw) - {"node", "pool", "blockSize", "strictAffinity", "ttl", "ring"}
     if unknown:
         raise InvalidConfig(f"{where}.{sorted(unknown)[0]} is not a field of {where}")
     node = raw.get("node")
@@ -173,7 +176,10 @@ def _affinity(raw: object) -> BlockAffinity | None:
     ttl = raw.get("ttl", 10.0)
     if not isinstance(ttl, int | float) or isinstance(ttl, bool) or not 0 < ttl <= 86400:
         raise InvalidConfig(f"{where}.ttl must be a number of seconds (0 < ttl <= 86400), got {ttl!r}")
-    return BlockAffinity(node, pool, size, strict, float(ttl))
+    ring = raw.get("ring", False)
+    if not isinstance(ring, bool):
+        raise InvalidConfig(f"{where}.ring must be true or false, got {ring!r}")
+    return BlockAffinity(node, pool, size, strict, float(ttl), ring)
 
 
 def parse_address(value: object, where: str) -> IPAddress:
