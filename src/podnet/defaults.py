@@ -8,7 +8,7 @@ DEFAULT_STATE_DIR = "/var/lib/podnet"
 DEFAULT_CONFIG = "/etc/podnet/config.yaml"
 
 # a cluster node (podnet agent --node ...)
-FABRIC_NAMES = ("vxlan", "host-gw", "bgp", "gossip")  # fabric/__init__.py FABRICS has exactly these keys
+FABRIC_NAMES = ("vxlan", "host-gw", "bgp", "gossip", "macvlan")  # fabric/__init__.py FABRICS has exactly these keys
 DEFAULT_CLUSTER_CIDR = "10.244.0.0/16"
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"  # cluster DNS (kubelet --cluster-domain)
 FABRIC_ROUTE_PROTO = 77  # tags podnet fabric routes (unused by iproute2's rt_protos; BIRD's are 12)

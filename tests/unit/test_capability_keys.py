@@ -115,7 +115,7 @@ def test_capabilities_claimed_are_the_ones_read() -> None:
     """Every conflist podnet writes claims exactly the capabilities its plugin reads:
     a claimed one it ignored would be silently lost, an unclaimed one never arrives
     (libcni filters runtimeConfig by the conflist's exact capability names)."""
-    from podnet.agent.node_service import render_conflist
+    from podnet.agent.node_conflist import render_conflist
     from podnet.cni.gokeys import CAPABILITIES
     from podnet.install.cni import default_conflist
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from podnet import keys
-from podnet.agent.node_service import NodeService, render_conflist
+from podnet.agent.node_conflist import render_conflist
+from podnet.agent.node_service import NodeService
 from podnet.cluster import leases
 from podnet.cluster.options import NodeOptions
 from podnet.cni.config import parse_conf, store_path_for

@@ -47,7 +47,7 @@ def test_kind_aliases():
     assert lookup("no").kind == "Node" and lookup("po") is POD
     with pytest.raises(ObjectError, match="unknown kind") as err:
         lookup("deployment")
-    assert "ClusterPolicy, EndpointSlice, HostEndpoint, Namespace, NetworkPolicy, Node, Pod, Service, Tier" in (
+    assert "ClusterPolicy, EndpointSlice, Host, HostEndpoint, Namespace, NetworkPolicy, Node, Pod, Service, Tier" in (
         err.value.details)
 
 

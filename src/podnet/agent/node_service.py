@@ -35,13 +35,15 @@ from typing import TYPE_CHECKING, Any
 from podnet import fileio, keys
 from podnet.agent import doctor, node_blocks
 from podnet.agent.metrics import AgentMetrics
+from podnet.agent.node_conflist import BRIDGE, render_conflist, to_macvlan
 from podnet.agent.service_thread import ServiceThread
 from podnet.cluster import leases
 from podnet.cluster.leases import CLUSTER_NETWORK, Claim
 from podnet.cluster.options import NodeOptions
-from podnet.defaults import DEFAULT_CLUSTER_DOMAIN
 from podnet.errors import PodnetError
-from podnet.model.cluster import NodeLease
+from podnet.hostjoin.routes import node_routes
+from podnet.model.base import CorruptRecord
+from podnet.model.cluster import HostRecord, NodeLease
 from podnet.store import RevisionCompacted, Store
 from podnet.store.base import Event
 
@@ -53,65 +55,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("podnet.agent.node")
 
-BRIDGE = "pncl0"
 CONFLIST = "cluster.conflist"
 REPAIR_SECONDS = 3.0
 WATCH_TIMEOUT = 1.0
-WATCHED = (keys.NODES, keys.BLOCKS, keys.BGP_CONFIGURATIONS, keys.BGP_PEERS, keys.GOSSIP_ROUTING)  # the fabric's inputs
+WATCHED = (keys.NODES, keys.BLOCKS, keys.BGP_CONFIGURATIONS, keys.BGP_PEERS, keys.GOSSIP_ROUTING,
+           keys.HOSTS)  # the fabric's inputs (hosts: `podnet host join`'s routes back)
 MAX_BACKOFF = 10.0
 REFUSED = "refused: "  # how a fabric's verdict on a peer starts when it refused the lease
-
-
-def render_conflist(block: str, cluster_cidr: str, mtu: int, agent_socket: str, store: str,
-                    gso_max_size: int | None = None, cluster_dns: str | None = None,
-                    cluster_domain: str = DEFAULT_CLUSTER_DOMAIN, affinity: dict[str, Any] | None = None,
-                    routed: bool = False) -> dict[str, Any]:
-    """The pod network's conflist (pure): masquerade only toward outside the cluster.
-    `ipam.store` names the shared cluster store (the agent's --store, verbatim), so the
-    node's endpoint records and reservations live where peers can reclaim them.
-    `gso_max_size`: the pods' GSO limit, from the underlay and the fabric (kernel/gso.py);
-    the node knows its underlay, a default route may not point there.
-    `cluster_dns`: the DNS service's ClusterIP; ADD's result then carries it and the
-    search list of the pod's namespace under `cluster_domain` (cni/config.py conf_dns).
-    `affinity`: `ipam.blockAffinity` (ipam/blocks.py): pods come from the node's blocks,
-    `block` (the lease's) being the first; `routed`: pods are /32s behind their own
-    veths (attach/routed.py; the bgp fabric's, so borrowed addresses work), else they
-    share the bridge, one gateway per block."""
-    doc: dict[str, Any] = {
-        "cniVersion": "1.0.0",
-        "name": CLUSTER_NETWORK,
-        "plugins": [
-            {
-                "type": "podnet",
-                "bridge": BRIDGE,
-                "isGateway": True,
-                "isDefaultGateway": True,
-                "ipMasq": True,
-                "ipMasqExclude": [cluster_cidr],
-                "hairpinMode": True,  # a pod reaching itself through its service (br_netfilter)
-                "mtu": mtu,
-                "agentSocket": agent_socket,
-                "capabilities": {"portMappings": True, "ips": True},
-                "ipam": {
-                    "type": "podnet-ipam",
-                    "ranges": [[{"subnet": block, "gateway": str(leases.gateway_of(block))}]],
-                    "store": store,
-                },
-            }
-        ],
-    }
-    if affinity:
-        doc["plugins"][0]["ipam"]["blockAffinity"] = affinity
-    if routed:
-        plugin = doc["plugins"][0]
-        del plugin["bridge"], plugin["hairpinMode"]
-        plugin["mode"] = "routed"
-    if gso_max_size:
-        doc["plugins"][0]["gsoMaxSize"] = gso_max_size
-    if cluster_dns:
-        doc["plugins"][0]["dns"] = {"nameservers": [cluster_dns]}
-        doc["plugins"][0]["clusterDomain"] = cluster_domain
-    return doc
 
 
 class NodeService:
@@ -278,13 +228,15 @@ class NodeService:
         assert opts is not None
         fabric = FABRICS[opts.fabric]()
         underlay, mtu, prefixes = self._underlay()
+        store = self._store()
+        if self.macvlan:
+            self._configure_segment(store, fabric)
         started = time.time()
 
         def make(block: str) -> NodeLease:
             return NodeLease(opts.node, block, str(underlay.ip), opts.underlay, opts.fabric,
                              fabric.backend_data(opts.node), started, dict(opts.labels))
 
-        store = self._store()
         own = store.get_json(keys.node(opts.node)) or {}
         previous = self._previous_block()
         if self.gossip:
@@ -308,6 +260,26 @@ class NodeService:
         log.info("node %s: block %s (fabric %s, underlay %s mtu %d)", opts.node, claim.lease.block,
                  opts.fabric, underlay, mtu)
         self._prepare()
+
+    def _configure_segment(self, store: Store, fabric: Any) -> None:
+        """The macvlan fabric's pod segment (the cluster CIDR) and router; the router's
+        block is kept for it and plain hosts before this node claims any."""
+        import ipaddress
+
+        opts = self.options
+        assert opts is not None
+        fabric.configure(opts.cluster_cidr, opts.segment_gateway)
+        kept = ipaddress.IPv4Network(f"{fabric.gateway}/{opts.block_prefix}", strict=False)
+        holder = leases.keep_for_hosts(store, kept)
+        if holder != leases.HOSTS_OWNER:
+            raise PodnetError(f"the segment router's block {kept} is claimed by node {holder}",
+                              "macvlan keeps that block for the router and plain hosts: free it or pick "
+                              "another --segment-gateway")
+
+    @property
+    def macvlan(self) -> bool:
+        """Pods are macvlans on the underlay's L2 segment (fabric/macvlan.py)."""
+        return self.options is not None and self.options.fabric == "macvlan"
 
     @property
     def gossip(self) -> bool:
@@ -339,7 +311,7 @@ class NodeService:
     @property
     def pod_bridge(self) -> str | None:
         """The bridge the node's pods are ports of (None: routed pods)."""
-        return None if self.routed else BRIDGE
+        return None if self.routed or self.macvlan else BRIDGE
 
     def _affinity(self) -> dict[str, Any]:
         """`ipam.blockAffinity` of the conflist: growth for every fabric; borrowing only
@@ -362,12 +334,28 @@ class NodeService:
         self.fabric.setup(ipr, self.ctx)
         block = self.ctx.own.network
         mtu = self.fabric.mtu(self.ctx.underlay_mtu)
-        if not self.routed:
+        if self.pod_bridge:
             self._bridge_gateways(ipr, mtu)
-        self._write_conflist(render_conflist(str(block), self.options.cluster_cidr, mtu,
-                                             self.agent.socket_path, self.agent.store_path,
-                                             self._pod_gso(ipr), self.options.cluster_dns,
-                                             self.options.cluster_domain, self._affinity(), self.routed))
+        doc = render_conflist(str(block), self.options.cluster_cidr, mtu, self.agent.socket_path,
+                              self.agent.store_path, self._pod_gso(ipr), self.options.cluster_dns,
+                              self.options.cluster_domain, self._affinity(), self.routed)
+        if self.macvlan:
+            doc = self._macvlan_conflist(doc)
+        self._write_conflist(doc)
+
+    def _macvlan_conflist(self, doc: dict[str, Any]) -> dict[str, Any]:
+        from podnet.fabric.macvlan import shim_address
+        from podnet.services.allocate import settings
+
+        assert self.ctx is not None and self.options is not None
+        try:
+            service_cidr: str | None = settings(self._store()).service_cidr
+        except Exception as exc:  # noqa: BLE001 - a bad settings record: pods without the service route
+            log.warning("node: macvlan pods get no service route: %s", getattr(exc, "msg", exc))
+            service_cidr = None
+        fabric = self.fabric
+        return to_macvlan(doc, self.options.underlay, self.options.cluster_cidr, str(getattr(fabric, "gateway", "")),
+                          str(shim_address(self.ctx.own.block)), service_cidr)
 
     def _bridge_gateways(self, ipr: IPRoute, mtu: int) -> None:
         assert self.ctx is not None and self.options is not None
@@ -415,6 +403,7 @@ class NodeService:
             if isinstance(self.fabric, GossipFabric):
                 self.fabric.routing = Routing.from_json(store.get_json(keys.GOSSIP_ROUTING))
         want = self.fabric.desired(self.ctx, current.values(), claims)
+        want.routes |= node_routes(_joined_hosts(store), self.ctx, claims)
         report = self.fabric.apply(self._iproute(), want)
         if report:
             log.info("fabric %s: added %s removed %s", self.fabric.name, report.added, report.removed)
@@ -445,3 +434,18 @@ class NodeService:
     def _borrowing(self, event: Event) -> bool:
         return self.routed and self.options is not None and node_blocks.borrowing_event(
             event, self.options.node, self.blocks, getattr(self.fabric, "borrowed", ()))
+
+
+def _joined_hosts(store: Store) -> dict[str, HostRecord]:
+    """`hosts/` records with a podnet address (`podnet host join`); a bad one is skipped
+    (routes.node_routes checks what is left before it becomes a route)."""
+    out = {}
+    for entry in store.list(keys.HOSTS):
+        try:
+            record = HostRecord.from_json(entry.json(), entry.key)
+        except (CorruptRecord, ValueError):
+            continue
+        if record.pod_ip:
+            out[entry.key] = record
+    return out
+

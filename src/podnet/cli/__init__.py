@@ -8,6 +8,7 @@
     status.py     status, report                    metrics.py   metrics
     doctor.py     doctor                            trace.py     trace
     dashboard.py  dashboard                         target.py    which cluster (--lab, --store, ...)
+    host.py       host join|leave
     output.py     printing and errors
 
 Nothing below the CLI imports it; the lab and the tests run it as a process
@@ -26,6 +27,7 @@ from podnet.cli import (
     dashboard,
     demo,
     doctor,
+    host,
     lab,
     metrics,
     network,
@@ -40,7 +42,7 @@ from podnet.cli.output import fail
 from podnet.errors import PodnetError
 
 VERB_GROUPS = (agent, demo, network, container, lab, observe, status, metrics, doctor, trace, dashboard, objects,
-               policy, bgp, peers)
+               policy, bgp, peers, host)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,7 +35,7 @@ AGENT_DEFAULTS = {
     "cluster_dns": None, "cluster_domain": DEFAULT_CLUSTER_DOMAIN, "cluster_dns_netns": None,
     "node_labels": None, "strict_affinity": False, "metrics_addr": None,
     "peer": None, "gossip_port": GOSSIP_PORT, "key_file": None, "ipalloc_init": None,
-    "reclaim_grace": DEFAULT_RECLAIM_GRACE, "dns_domain": DEFAULT_GOSSIP_DOMAIN,
+    "reclaim_grace": DEFAULT_RECLAIM_GRACE, "dns_domain": DEFAULT_GOSSIP_DOMAIN, "segment_gateway": None,
 }
 STORE_NONE = "none"  # --store none: the node's own store, kept in step by gossip (--fabric gossip)
 
@@ -67,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     cluster.add_argument("--strict-affinity", action="store_true", default=None,
                          help="never borrow an address from another node's block when the pool has no free "
                               "block (Calico's strictAffinity; always so for bridged pods: vxlan, host-gw)")
+    cluster.add_argument("--segment-gateway", metavar="IP",
+                         help="--fabric macvlan: the router's address in the pod segment (the cluster CIDR; "
+                              "default its first address)")
     cluster.add_argument("--node-labels", metavar="K=V[,K=V]",
                          help="labels of this node, published in its lease (BGPPeer nodeSelector/peerSelector)")
     cluster.add_argument("--cluster-dns", metavar="IP",
@@ -159,13 +162,16 @@ def _cmd_agent(args: argparse.Namespace) -> int:
             labels = _node_labels(s["node_labels"] or "")
         except ValueError as exc:
             return fail(f"--node-labels: {exc}", 2)
+        failed = _check_segment(s)
+        if failed is not None:
+            return failed
         try:
             gossip = _gossip_options(s)
         except ValueError as exc:
             return fail(str(exc), 2)
         node = NodeOptions(s["node"], s["fabric"], s["cluster_cidr"], s["block_prefix"], s["underlay"], s["lease_ttl"],
                            s["cluster_dns"], s["cluster_domain"], s["cluster_dns_netns"], labels,
-                           bool(s["strict_affinity"]), gossip)
+                           bool(s["strict_affinity"]), gossip, s["segment_gateway"])
         if gossip is not None:
             s["store"] = None  # the node's own store: STATE_DIR/store.db
     elif s["store"] == STORE_NONE:
@@ -259,6 +265,21 @@ def _node_labels(text: str) -> tuple[tuple[str, str], ...]:
     except PodnetError as exc:
         raise ValueError(exc.msg) from None
     return tuple(sorted(checked.items()))
+
+
+def _check_segment(s: dict) -> int | None:
+    """--segment-gateway: an address inside the cluster CIDR, for --fabric macvlan only."""
+    if not s["segment_gateway"]:
+        return None
+    if s["fabric"] != "macvlan":
+        return fail("--segment-gateway is for --fabric macvlan only (the router of the pods' L2 segment)", 2)
+    from podnet.fabric.macvlan import MacvlanFabric
+
+    try:
+        MacvlanFabric().configure(s["cluster_cidr"], s["segment_gateway"])
+    except ValueError as exc:
+        return fail(f"--segment-gateway: {exc}", 2)
+    return None
 
 
 def _check_cluster_dns(s: dict) -> int | None:

@@ -72,6 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--rack", type=int, default=0, help="the rack (L2 segment) to plug it into (default 0)")
     add.add_argument("--tcp", type=int, action="append", metavar="PORT", help="TCP ports it serves (default 80)")
     add.add_argument("--udp", type=int, action="append", metavar="PORT", help="UDP ports it serves (default 80)")
+    add.add_argument("--join", action="store_true", help="then join it to the pod network (podnet host join "
+                                                         "--apply inside it): a podnet address and routes to the pods")
     add_output_option(add)
     add.set_defaults(func=_cmd_host_add)
 
@@ -148,6 +150,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
                     "(racks peer with their ToR; reflectors serve one segment)", 2)
     if topology.bgp and args.fabric != "bgp":
         return fail("the topology's bgp objects (BGPConfiguration, BGPPeer) need --fabric bgp", 2)
+    if args.fabric == "macvlan" and topology.racks > 1:
+        return fail("--fabric macvlan: pods live on one L2 segment with their nodes: one rack only "
+                    "(across racks use vxlan, or bgp with a ToR per rack)", 2)
     if args.fabric == "bgp" and topology.racks > MAX_BGP_RACKS:
         return fail(f"--fabric bgp: at most {MAX_BGP_RACKS} racks (one /30 uplink each in 172.31.250.0/24)", 2)
     builder = LabBuilder(topology, LabOptions(name, args.fabric, store, timeout=args.timeout,
@@ -264,14 +269,16 @@ def _cmd_host_add(args: argparse.Namespace) -> int:
 
     name = lab_name(args, "podnet lab host add")
     try:
-        entry = add_host(name, args.host, args.rack, tuple(args.tcp or (80,)), tuple(args.udp or (80,)))
+        entry = add_host(name, args.host, args.rack, tuple(args.tcp or (80,)), tuple(args.udp or (80,)),
+                         join=args.join)
     except PodnetError as exc:
         return fail(exc)
     if args.output == "json":
         emit_object(entry, "json")
     else:
         print(f"host {args.host}: {entry['underlay']} on rack {entry['rack']} ({entry['netns']}), serving "
-              f"TCP {entry['tcp']} UDP {entry['udp']}; protect it with a HostEndpoint (spec.host: {args.host})")
+              f"TCP {entry['tcp']} UDP {entry['udp']}; protect it with a HostEndpoint (spec.host: {args.host})"
+              + (f"; joined the pod network as {entry['pod_ip']}" if entry.get("pod_ip") else ""))
     return 0
 
 

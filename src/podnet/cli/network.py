@@ -27,6 +27,9 @@ several times (IPv4 and IPv6); --gateway and --ip-range may be given once per ad
 family and apply to the first --subnet of their family. An --internal network gets no
 default route, no masquerade and no forwarding in or out: its containers reach each
 other (and the host) only. Separate bridge networks cannot reach each other.
+A macvlan network with --vlan N (or Docker's --parent eth0.N) puts its containers on
+the 802.1Q sub-interface <parent>.N, made at the first attach; that needs the 8021q
+kernel module.
 """
 
 
@@ -95,7 +98,7 @@ def _cmd_create(args: argparse.Namespace) -> int:
         network = service.create(
             args.name, driver=args.driver, subnets=args.subnet, gateways=args.gateway,
             ip_ranges=args.ip_range, parent=args.parent, mtu=args.mtu, internal=args.internal,
-            labels=_labels(args.label),
+            labels=_labels(args.label), vlan=args.vlan,
         )
         _sync(service)
         if args.output == "json":
@@ -159,7 +162,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--gateway", action="append", default=[], metavar="IP", help="one per address family")
     create.add_argument("--ip-range", action="append", default=[], metavar="CIDR",
                         help="allocate container addresses from this part of the subnet")
-    create.add_argument("--parent", metavar="IF", help="host interface of a macvlan network")
+    create.add_argument("--parent", metavar="IF",
+                        help="host interface of a macvlan network (IF.N: VLAN N on IF, as Docker's parent=eth0.10)")
+    create.add_argument("--vlan", type=int, metavar="N", help="macvlan on 802.1Q VLAN N (1-4094) of --parent")
     create.add_argument("--mtu", type=int, help="MTU of the containers' interfaces")
     create.add_argument("--internal", action="store_true", help="no access to or from outside the network")
     create.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")

@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     delete.set_defaults(func=_cmd_delete)
 
     get = sub.add_parser("get", help="list objects: namespaces, networkpolicies, clusterpolicies, "
-                                     "tiers, hostendpoints, pods, nodes, services, endpointslices")
+                                     "tiers, hostendpoints, pods, nodes, services, endpointslices, hosts")
     get.add_argument("kind", help="a kind or its short name (ns, netpol, cp, hep, po, no, svc, eps)")
     get.add_argument("-n", "--namespace", help="only this namespace (namespaced kinds)")
     get.add_argument("-o", "--output", choices=("table", "json", "yaml"), default="table")

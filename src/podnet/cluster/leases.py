@@ -40,6 +40,9 @@ from podnet.store.base import Entry, Store
 CLUSTER_NETWORK = "cluster"  # the pod network's name: its IPAM keys are ipam/cluster/...
 
 
+HOSTS_OWNER = "@hosts"  # the claimant of the block kept for plain hosts and the router (no node name has "@")
+
+
 class NoFreeBlock(PodnetError):
     """Every block of the cluster CIDR is leased by another node."""
 
@@ -193,6 +196,23 @@ def release_block(store: Store, name: str, block: str) -> bool:
     if entry is None:
         return False
     return _claimant(entry) == name and store.delete(entry.key, expected_revision=entry.revision)
+
+
+def keep_for_hosts(store: Store, block: str | ipaddress.IPv4Network) -> str:
+    """Claim `block` for plain hosts and the router, without a TTL (no node renews
+    it), unless someone holds it; return its holder. Nodes then never lease it or
+    grow into it (acquire and ipam/blocks.py skip claimed blocks), so addresses in
+    it (the macvlan segment's router, `podnet host join`'s) never clash with a pod's."""
+    claim = BlockClaim(HOSTS_OWNER, str(ipaddress.IPv4Network(block)))
+    entry = store.get(claim.key)
+    if entry is None and store.compare_and_put(claim.key, claim.encode(), 0) is not None:
+        return HOSTS_OWNER
+    return block_owner(store, claim.block) or HOSTS_OWNER
+
+
+def hosts_blocks(claims: dict[str, str]) -> list[ipaddress.IPv4Network]:
+    """The blocks kept for hosts, lowest first (`claims`: `list_claims`)."""
+    return sorted(ipaddress.IPv4Network(b) for b, owner in claims.items() if owner == HOSTS_OWNER)
 
 
 def block_owner(store: Store, block: str) -> str | None:

@@ -43,3 +43,4 @@ class NodeOptions:
     labels: tuple[tuple[str, str], ...] = ()  # published in the lease (BGPPeer selectors: rack, route-reflector)
     strict_affinity: bool = False  # never borrow an address from another node's block (always so on a bridge)
     gossip: GossipOptions | None = None  # --fabric gossip: peers, secret, ring genesis
+    segment_gateway: str | None = None  # --fabric macvlan: the pod segment's router (None: its first address)

@@ -53,6 +53,7 @@ class PodnetConf:
     master: str | None = None
     macvlan_mode: str = "bridge"
     vlan: int | None = None  # macvlan on the 802.1Q sub-interface <master>.<vlan>
+    segment: tuple[str, str] | None = None  # macvlan: (on-link subnet, its router), fabric/macvlan.py
     ipam: Mapping = field(default_factory=dict)
     agent_socket: str = DEFAULT_SOCKET
     port_mappings: tuple[Mapping, ...] = ()
@@ -118,6 +119,29 @@ def _vlan(raw: Mapping, attach: str) -> int | None:
     if attach != "macvlan":
         raise InvalidConfig(f"'vlan' applies to macvlan networks only, not mode {attach!r}")
     return vlan
+
+
+def _segment(raw: Mapping, attach: str) -> tuple[str, str] | None:
+    """macvlan's `segment` {subnet, gateway}: the L2 prefix pods sit on (the IPAM's
+    address gets its prefix length, whichever block it came from) and its router."""
+    segment = raw.get("segment")
+    if segment is None:
+        return None
+    if attach != "macvlan":
+        raise InvalidConfig(f"'segment' applies to macvlan networks only, not mode {attach!r}")
+    if not isinstance(segment, Mapping):
+        raise InvalidConfig(f"'segment' must be an object with 'subnet' and 'gateway', got {segment!r}")
+    try:
+        subnet = ipaddress.ip_network(str(segment.get("subnet")))
+    except ValueError as exc:
+        raise InvalidConfig(f"'segment.subnet': {exc}") from None
+    try:
+        gateway = ipaddress.ip_address(str(segment.get("gateway")))
+    except ValueError as exc:
+        raise InvalidConfig(f"'segment.gateway': {exc}") from None
+    if gateway not in subnet:
+        raise InvalidConfig(f"'segment.gateway' {gateway} is outside 'segment.subnet' {subnet}")
+    return str(subnet), str(gateway)
 
 
 def _cidrs(raw: Mapping, key: str) -> tuple[str, ...]:
@@ -214,6 +238,7 @@ def parse_conf(raw: Mapping) -> PodnetConf:
         master=_ifname(master, "master") if master else None,
         macvlan_mode=macvlan_mode,
         vlan=_vlan(raw, attach),
+        segment=_segment(raw, attach),
         ipam=ipam,
         agent_socket=_str(raw, "agentSocket", DEFAULT_SOCKET) or DEFAULT_SOCKET,
         port_mappings=port_mappings,

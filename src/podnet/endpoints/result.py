@@ -84,6 +84,16 @@ def as_routed(addresses: IpamResult) -> IpamResult:
         for ip in addresses.ips))
 
 
+def on_segment(addresses: IpamResult, subnet: str, gateway: str) -> IpamResult:
+    """What a macvlan pod on a pod segment gets (fabric/macvlan.py): each address of
+    the segment's family with the segment's prefix and router, whatever block the
+    IPAM took it from (every pod of every node is on-link)."""
+    net, router = ipaddress.ip_network(subnet), ipaddress.ip_address(gateway)
+    return replace(addresses, ips=tuple(
+        IpamAddress(ip.address, net, router, ip.range_set) if ip.address in net else ip
+        for ip in addresses.ips))
+
+
 def addressing(
     conf: PodnetConf, addresses: IpamResult
 ) -> tuple[tuple[IPInterface, ...], tuple[str, ...], tuple[RouteSpec, ...]]:

@@ -45,7 +45,7 @@ from podnet.cni.skel import CniRequest
 from podnet.endpoints import hostports
 from podnet.endpoints import stores as registry
 from podnet.endpoints.ipam import Ipam, ipam_for
-from podnet.endpoints.result import AddResult, addressing, as_routed, attach_context
+from podnet.endpoints.result import AddResult, addressing, as_routed, attach_context, on_segment
 from podnet.errors import (
     InvalidConfig,
     InvalidNetNS,
@@ -94,6 +94,8 @@ class CniService:
         self._stores_lock = threading.Lock()
         self._nat_factory = nat_factory or (lambda: NatManager(Nft()))
         self._wrap_store = wrap_store  # the agent's: time every store call (agent/store_metrics.py)
+        # told of each new attachment before its ADD returns: (store, key, record); must not raise
+        self.after_add: list[Callable[[str, str, EndpointRecord], None]] = []  # (agent/pod_policy.py)
 
     def _open(self, path: str) -> Store:
         store = open_store(path)
@@ -209,6 +211,8 @@ class CniService:
             addresses = _write_pending(store, key, pending, ipam, undo)
             if conf.mode == "routed":
                 addresses = as_routed(addresses)
+            elif conf.segment:
+                addresses = on_segment(addresses, *conf.segment)
             if not addresses.ips:
                 raise InvalidConfig(f"IPAM plugin {conf.ipam_type} returned no address")
             hostports.claim(call, store, self.identity.node, undo)  # a node port of the cluster refuses
@@ -232,6 +236,8 @@ class CniService:
 
             retry_conflicts(commit)
             undo.pop_all()
+        for hook in self.after_add:
+            hook(call.store, key, ready)
         return result
 
     def _nat_remove(self, host_fd: int, network: str, aid: str) -> None:

@@ -6,6 +6,7 @@ from podnet.fabric.base import RouteNetwork
 from podnet.fabric.bgp import BgpFabric
 from podnet.fabric.gossip import GossipFabric
 from podnet.fabric.hostgw import HostGwFabric
+from podnet.fabric.macvlan import MacvlanFabric
 from podnet.fabric.vxlan import VxlanFabric
 
 FABRICS: dict[str, type[RouteNetwork]] = {
@@ -13,4 +14,5 @@ FABRICS: dict[str, type[RouteNetwork]] = {
     "host-gw": HostGwFabric,
     "bgp": BgpFabric,
     "gossip": GossipFabric,
+    "macvlan": MacvlanFabric,
 }

@@ -37,7 +37,7 @@ import yaml
 
 from podnet.defaults import DEFAULT_CLUSTER_DOMAIN
 from podnet.fileio import write_atomic
-from podnet.lab import cuts, orchestrator, routers
+from podnet.lab import cuts, extra_networks, orchestrator, routers
 from podnet.lab import topology as topo
 from podnet.lab.gossip import gossip_argv
 from podnet.lab.state import NETNS_DIR, LabError, LabState, enter, ip, node_socket, run, state_file
@@ -102,6 +102,15 @@ class LabBuilder:
     @property
     def block_prefix(self) -> int:
         return self.o.block_prefix or (BGP_BLOCK_PREFIX if self.o.fabric == "bgp" else BLOCK_PREFIX)
+
+    @property
+    def segment_router(self) -> str:
+        """--fabric macvlan: the router's address in the pod segment (the cluster CIDR's
+        first, which the agents keep for it), with the segment's prefix."""
+        import ipaddress
+
+        pool = ipaddress.IPv4Network(self.o.cluster_cidr)
+        return f"{pool[1]}/{pool.prefixlen}"
 
     @property
     def st(self) -> LabState:
@@ -179,6 +188,10 @@ class LabBuilder:
         out = self.st.add_netns(self.ns("out"))
         self.plug(0, "out", out, "eth0", f"{topo.OUTSIDE_UNDERLAY}/24")
         ip("-n", out, "addr", "add", f"{topo.OUTSIDE_IP}/32", "dev", "lo")
+        self.st.data["cluster_cidr"] = self.o.cluster_cidr  # `lab host add --join` numbers from it
+        if self.o.fabric == "macvlan":  # the pod segment's router: a second prefix on the same L2
+            ip("-n", out, "addr", "add", self.segment_router, "dev", "eth0")
+            self.forwarding(out)  # pods reach the nodes' underlay through it
         self.route_to_racks(out)
         if racks > 1 and self.o.fabric == "bgp":  # services the nodes advertise (serviceClusterIPs) are
             ip("-n", out, "route", "add", self.o.service_cidr, "via", topo.router_ip(0))  # behind rack 0's ToR
@@ -404,6 +417,7 @@ class LabBuilder:
         for pod, result in zip(self.t.pods, results, strict=True):
             ips = [entry["address"] for entry in result.get("ips", [])]
             self.st.data["pods"][pod.key]["ips"] = ips
+            extra_networks.attach_extra(self.st, pod, self.t.networks)
         for (pod, _netns), result in zip(dns_pods, dns_results, strict=True):
             self.st.data["cluster_dns"]["pods"][pod.node]["ips"] = [e["address"] for e in result.get("ips", [])]
         self.st.save()

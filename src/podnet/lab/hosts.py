@@ -9,12 +9,19 @@ select the HostEndpoint naming this host (host: NAME) on the host's own input an
 output hooks. Its address is published in the store as `hosts/<name>` (from inside the
 lab), where policy finds it for hostEndpointSelector peers.
 
+`--join` then runs `podnet host join NAME --apply` inside the host (hostjoin/): it gets
+a podnet address from the hosts block and routes to every node's pods, as a VM would
+by running the command itself. The address is recorded in the lab state (`pod_ip`);
+everything join did lives in the host's namespace and the store, so `lab down` needs
+nothing more.
+
 Everything is recorded in the lab state before it is created, and the daemons are
 children of the lab's supervisor: `lab down` removes a host like any node.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -39,8 +46,9 @@ def host_socket(lab: str, name: str) -> str:
 
 
 def add_host(lab: str, name: str, rack: int = 0, tcp: tuple[int, ...] = (80,), udp: tuple[int, ...] = (80,),
-             timeout: float = 30.0) -> dict:
-    """Create, record and start a plain host; return its state entry."""
+             timeout: float = 30.0, join: bool = False) -> dict:
+    """Create, record and start a plain host (`join`: then join it to the pod
+    network); return its state entry."""
     if os.geteuid() != 0:
         raise LabError("podnet lab host add needs root (it creates a network namespace)")
     topo.check_name(name, "host name")
@@ -69,7 +77,24 @@ def add_host(lab: str, name: str, rack: int = 0, tcp: tuple[int, ...] = (80,), u
     st.save()
     # publishes hosts/<name>, from inside the lab (an etcd store is reachable only there)
     run(in_lab_argv(st, [sys.executable, "-m", "podnet.lab.orchestrator", lab]), timeout=60)
+    if join:
+        join_host(st, name, entry)
     return entry
+
+
+def join_host(st: LabState, name: str, entry: dict) -> None:
+    """`podnet host join NAME --apply` run inside the host, as on a real VM; its
+    podnet address goes into the lab state."""
+    argv = [*enter(entry["netns"]), sys.executable, "-m", "podnet.cli", "host", "join", name, "--apply",
+            "--underlay", "eth0", "--store", st.data["store_url"], "-o", "json"]
+    if st.data.get("cluster_cidr"):
+        argv += ["--cluster-cidr", st.data["cluster_cidr"]]
+    proc = run(argv, timeout=60)
+    try:
+        entry["pod_ip"] = json.loads(proc.stdout)["record"]["pod_ip"]
+    except (ValueError, KeyError, TypeError):
+        raise LabError(f"host join of {name} printed no address", proc.stdout.strip()[-300:]) from None
+    st.save()
 
 
 def _start(st: LabState, name: str, entry: dict, timeout: float) -> None:
@@ -78,7 +103,8 @@ def _start(st: LabState, name: str, entry: dict, timeout: float) -> None:
     ready = st.labdir / "ready" / f"host-{name}"
     ready.parent.mkdir(parents=True, exist_ok=True)
     Path(entry["state_dir"]).mkdir(parents=True, exist_ok=True)
-    echo = [sys.executable, "-m", "podnet.lab.echo", "--name", name, "--ready", str(ready)]
+    # --report-peer: `GET /peer` tells which source address reached the host (a pod's, not masqueraded)
+    echo = [sys.executable, "-m", "podnet.lab.echo", "--name", name, "--ready", str(ready), "--report-peer"]
     for port in entry["tcp"]:
         echo += ["--tcp", str(port)]
     for port in entry["udp"]:

@@ -49,6 +49,7 @@ def kube_dns(cluster_ip: str) -> dict:
 
 
 def register(name: str) -> int:
+    from podnet.model.base import CorruptRecord
     from podnet.model.cluster import HostRecord
     from podnet.model.policy import PodRecord
     from podnet.model.probe import parse_probe
@@ -84,7 +85,11 @@ def register(name: str) -> int:
         if services:  # the topology's services, once their pods exist
             apply(store, parse_documents(services))
         for host, entry in (state.data.get("hosts") or {}).items():
-            store.put(keys.host(host), HostRecord(entry["underlay"], entry["rack"]).encode())
+            try:  # `host join`'s podnet address stays
+                pod_ip = HostRecord.from_json(store.get_json(keys.host(host))).pod_ip
+            except CorruptRecord:  # none yet (or unreadable: written anew)
+                pod_ip = ""
+            store.put(keys.host(host), HostRecord(entry["underlay"], entry["rack"], pod_ip).encode())
     return 0
 
 

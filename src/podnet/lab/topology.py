@@ -29,6 +29,12 @@ YAML format::
         spec: {selector: {app: web}, ports: [{port: 80, targetPort: http}]}
     cuts:                   # underlay links cut in the rack's fabric (lab/cuts.py)
       - [node0, node2]
+    networks:               # extra pod networks, Multus-style (lab/extra_networks.py)
+      - {name: storage, type: macvlan, subnet: 192.168.50.0/24, mode: bridge, master: eth0}
+      - {name: local, type: bridge, subnet: 192.168.60.0/24}
+
+A pod joins extra networks with `networks: [storage]` or Multus' annotation
+`annotations: {k8s.v1.cni.cncf.io/networks: "storage,local"}` (eth1, eth2, ...).
 
 The namespace `default` always exists; `rack` defaults to 0; `ports` to none. A
 service's apiVersion and kind may be left out (they can only be v1 Service). A cut
@@ -44,7 +50,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from podnet.errors import InvalidConfig, PodnetError
+from podnet.lab.extra_network_spec import ExtraNetwork, parse_networks, pod_networks
 from podnet.model.probe import ReadinessProbe, parse_probe
+from podnet.model.service import DEFAULT_SERVICE_CIDR
 
 UNDERLAY_PREFIX = "172.31"
 ROUTER_HOST = 1
@@ -55,6 +63,12 @@ OUTSIDE_UNDERLAY = "172.31.0.254"
 OUTSIDE_IP = "198.51.100.1"
 ETCD_FIRST_HOST = 200
 CLUSTER_CIDR = "10.244.0.0/16"
+RESERVED_RANGES = {  # what an extra network's subnet must not overlap (the lab's defaults)
+    "the cluster CIDR": CLUSTER_CIDR,
+    "the service CIDR": DEFAULT_SERVICE_CIDR,
+    "the lab underlay": f"{UNDERLAY_PREFIX}.0.0/16",
+    "the outside world": f"{OUTSIDE_IP}/32",
+}
 
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,13}[a-z0-9])?$")
 _LAB_NAME = re.compile(r"^[a-z0-9]{1,8}$")
@@ -102,6 +116,7 @@ class Pod:
     labels: Mapping[str, str] = field(default_factory=dict)
     ports: tuple[Port, ...] = ()
     readiness: ReadinessProbe | None = None
+    networks: tuple[str, ...] = ()  # extra networks (eth1, eth2, ...), lab/extra_networks.py
 
     @property
     def key(self) -> str:
@@ -117,6 +132,7 @@ class Topology:
     services: tuple[Mapping, ...] = ()  # Service manifests, checked by the object registry
     bgp: tuple[Mapping, ...] = ()  # BGPConfiguration/BGPPeer documents: the peerings (bgp fabric)
     cuts: tuple[tuple[str, str], ...] = ()  # underlay links cut from the start, each pair sorted
+    networks: tuple[ExtraNetwork, ...] = ()  # extra pod networks (lab/extra_networks.py)
 
     @property
     def racks(self) -> int:
@@ -195,13 +211,18 @@ def load(path: str | Path) -> Topology:
 
 def parse(data: object) -> Topology:
     """Validate a decoded topology document."""
-    doc = _mapping(data, "the topology", {"nodes", "namespaces", "pods", "services", "bgp", "cuts"})
+    doc = _mapping(data, "the topology", {"nodes", "namespaces", "pods", "services", "bgp", "cuts", "networks"})
     nodes = _parse_nodes(_list(doc.get("nodes"), "nodes"))
     namespaces = _parse_namespaces(_list(doc.get("namespaces") or [], "namespaces"))
-    pods = _parse_pods(_list(doc.get("pods") or [], "pods"), {n.name for n in nodes}, {n.name for n in namespaces})
+    try:
+        networks = parse_networks(_list(doc.get("networks") or [], "networks"), RESERVED_RANGES)
+    except InvalidConfig as exc:
+        raise TopologyError(exc.msg, exc.details) from None
+    pods = _parse_pods(_list(doc.get("pods") or [], "pods"), {n.name for n in nodes}, {n.name for n in namespaces},
+                       networks)
     return Topology(nodes, namespaces, pods, _parse_services(_list(doc.get("services") or [], "services")),
                     _parse_bgp(_list(doc.get("bgp") or [], "bgp")),
-                    _parse_cuts(_list(doc.get("cuts") or [], "cuts"), {n.name: n.rack for n in nodes}))
+                    _parse_cuts(_list(doc.get("cuts") or [], "cuts"), {n.name: n.rack for n in nodes}), networks)
 
 
 def _parse_services(items: list) -> tuple[Mapping, ...]:
@@ -313,12 +334,14 @@ def _parse_namespaces(items: list) -> tuple[Namespace, ...]:
     return tuple(found.values())
 
 
-def _parse_pods(items: list, nodes: set[str], namespaces: set[str]) -> tuple[Pod, ...]:
+def _parse_pods(items: list, nodes: set[str], namespaces: set[str],
+                networks: tuple[ExtraNetwork, ...] = ()) -> tuple[Pod, ...]:
     seen: set[tuple[str, str]] = set()
     pods = []
     for i, item in enumerate(items):
         where = f"pods[{i}]"
-        raw = _mapping(item, where, {"name", "namespace", "node", "labels", "ports", "readinessProbe"})
+        raw = _mapping(item, where, {"name", "namespace", "node", "labels", "ports", "readinessProbe",
+                                     "networks", "annotations"})
         name = check_name(raw.get("name"), f"{where}.name")
         namespace = raw.get("namespace", "default")
         if namespace not in namespaces:
@@ -339,7 +362,12 @@ def _parse_pods(items: list, nodes: set[str], namespaces: set[str]) -> tuple[Pod
                 raise TopologyError(exc.msg, exc.details) from None
             if isinstance(readiness.port, str) and readiness.port not in {p.name for p in ports}:
                 raise TopologyError(f"{where}.readinessProbe: the pod has no port named {readiness.port!r}")
-        pods.append(Pod(name, namespace, node, _labels(raw.get("labels"), f"{where}.labels"), ports, readiness))
+        try:
+            extra = pod_networks(raw, where, networks)
+        except InvalidConfig as exc:
+            raise TopologyError(exc.msg, exc.details) from None
+        pods.append(Pod(name, namespace, node, _labels(raw.get("labels"), f"{where}.labels"), ports, readiness,
+                        extra))
     return tuple(pods)
 
 

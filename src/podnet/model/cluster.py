@@ -6,7 +6,8 @@
 - `blocks/<address>-<prefixlen>` -> BlockClaim: which node owns a block of the
   cluster CIDR, taken by compare-and-put so two nodes never share one; same TTL.
 - `hosts/<name>` -> HostRecord: a plain (non-node) machine on the underlay, as the lab
-  registers it, so policy can find a host endpoint's address.
+  registers it or `podnet host join` writes it (with its podnet address), so policy
+  can find a host endpoint's addresses and nodes route back to a joined host.
 
 Names and addresses are checked when read back: they become routes and nft elements.
 """
@@ -133,13 +134,20 @@ class BlockClaim:
 
 @dataclass(frozen=True)
 class HostRecord:
-    """`hosts/<name>`: a plain machine on the lab's underlay (rack, address)."""
+    """`hosts/<name>`: a plain machine on the underlay (rack, address), and its podnet
+    address once `podnet host join` gave it one (`pod_ip`; "" = not joined: such a
+    record encodes exactly as before the field existed)."""
 
     underlay_ip: str
     rack: int = 0
+    pod_ip: str = ""
+
+    @property
+    def joined(self) -> bool:
+        return bool(self.pod_ip)
 
     def to_json(self) -> dict[str, Any]:
-        return {"underlay_ip": self.underlay_ip, "rack": self.rack}
+        return {"underlay_ip": self.underlay_ip, "rack": self.rack, **({"pod_ip": self.pod_ip} if self.pod_ip else {})}
 
     def encode(self) -> str:
         return dumps(self.to_json())
@@ -150,4 +158,5 @@ class HostRecord:
         rack = f.integer("rack", 0)
         if rack is None or rack < 0:
             raise CorruptRecord(f"{what}: field 'rack' must be a non-negative integer")
-        return cls(underlay_ip=_address(f, "underlay_ip"), rack=rack)
+        pod_ip = _address(f, "pod_ip") if f.raw.get("pod_ip") else ""
+        return cls(underlay_ip=_address(f, "underlay_ip"), rack=rack, pod_ip=pod_ip)

@@ -2,8 +2,10 @@
 
 One type for the record that `podnet network` writes and the container, DNS and
 isolation code read: {"name", "id", "driver", "subnets": [{"subnet", "gateway",
-"ip_range"}], "parent", "mtu", "internal", "bridge", "created", "labels"}. Every
-subnet carries its gateway (explicit or the first host), so no reader recomputes it.
+"ip_range"}], "parent", "mtu", "internal", "bridge", "created", "labels"}, plus
+"vlan" (right after "parent") only for a macvlan network on an 802.1Q VLAN, so a record
+without one keeps the very bytes older releases wrote. Every subnet carries its gateway
+(explicit or the first host), so no reader recomputes it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ BRIDGE_PREFIX = "pnb"  # + 10 hex of the id: 13 bytes, inside IFNAMSIZ
 # comments that name the network (kernel limit 128 bytes) well inside their limits.
 NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 NAME_MAX = 64
+VLAN_MIN, VLAN_MAX = 1, 4094  # 802.1Q ids; 0 and 4095 are reserved
 # `--network host|none` are modes of `podnet container run`, never network names.
 RESERVED_NAMES = frozenset({"host", "none"})
 
@@ -93,18 +96,21 @@ class NetworkRecord:
     bridge: str | None = None
     created: float = 0.0
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    vlan: int | None = None  # macvlan only: the children sit on <parent>.<vlan> (kernel/vlan.py)
 
     @property
     def key(self) -> str:
         return keys.network(self.name)
 
     def to_json(self) -> dict[str, Any]:
+        vlan = {"vlan": self.vlan} if self.vlan is not None else {}  # absent: the bytes of old records
         return {
             "name": self.name,
             "id": self.id,
             "driver": self.driver,
             "subnets": [s.to_json() for s in self.subnets],
             "parent": self.parent,
+            **vlan,
             "mtu": self.mtu,
             "internal": self.internal,
             "bridge": self.bridge,
@@ -137,6 +143,11 @@ class NetworkRecord:
         mtu = f.integer("mtu")
         if mtu is not None and not 68 <= mtu <= 65535:
             raise f.error("mtu", f"must be between 68 and 65535, got {mtu}")
+        vlan = f.integer("vlan")
+        if vlan is not None and not VLAN_MIN <= vlan <= VLAN_MAX:
+            raise f.error("vlan", f"must be between {VLAN_MIN} and {VLAN_MAX}, got {vlan}")
+        if vlan is not None and driver != "macvlan":
+            raise f.error("vlan", f"applies to macvlan networks only, not driver {driver!r}")
         subnets = f.raw.get("subnets") or []
         if not isinstance(subnets, list):
             raise f.error("subnets", "must be a list")
@@ -155,4 +166,5 @@ class NetworkRecord:
             bridge=f.optional_text("bridge"),
             created=f.number("created"),
             labels=f.labels("labels"),
+            vlan=vlan,
         )

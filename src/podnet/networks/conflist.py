@@ -31,6 +31,8 @@ def render(network: NetworkRecord, agent_socket: str, data_dir: str) -> dict[str
         plugin["bridge"] = network.bridge
     else:
         plugin["master"] = network.parent
+        if network.vlan is not None:  # the children sit on <master>.<vlan> (kernel/vlan.py)
+            plugin["vlan"] = network.vlan
     plugin.update(
         isGateway=True,
         isDefaultGateway=not network.internal,

@@ -151,12 +151,13 @@ class NetworkService:
         mtu: int | None = None,
         internal: bool = False,
         labels: Mapping[str, str] | None = None,
+        vlan: int | None = None,
     ) -> NetworkRecord:
         """Validate, then store the record and write the conflist (both or neither)."""
         req = NetworkRequest(
             name=name, driver=driver, subnets=tuple(subnets), gateways=tuple(gateways),
             ip_ranges=tuple(ip_ranges), parent=parent, mtu=mtu, internal=internal,
-            labels=dict(labels or {}),
+            labels=dict(labels or {}), vlan=vlan,
         )
         path: Path | None = None
         try:

@@ -29,7 +29,7 @@ from podnet.policy.kinds import NAMESPACE, POD
 from podnet.policy.objects import K8S_NAME_LABEL, Namespace
 from podnet.schema.fields import Loc, parse_labels
 from podnet.schema.kind import Kind, manifest, not_found
-from podnet.store.base import Store, dumps
+from podnet.store.base import Entry, Store, dumps
 
 
 @dataclass(frozen=True)
@@ -86,15 +86,26 @@ def _delete(tx: Store, key: str) -> bool:
 
 def get(store: Store, kind: Kind, namespace: str | None = None) -> list[dict[str, Any]]:
     """The manifests of `kind` (in `namespace` when given and the kind is namespaced)."""
-    read = kind.manifest or (lambda raw: raw)
-    return [read(entry.json()) for entry in store.list(kind.list_prefix(namespace))]
+    return [_manifest(kind, entry) for entry in store.list(kind.list_prefix(namespace))]
 
 
 def get_one(store: Store, kind: Kind, name: str, namespace: str | None = None) -> dict[str, Any]:
     entry = store.get(kind.key(name, namespace or "default"))
     if entry is None:
         raise not_found(kind, name, namespace)
-    return (kind.manifest or (lambda raw: raw))(entry.json())
+    return _manifest(kind, entry)
+
+
+def _manifest(kind: Kind, entry: Entry) -> dict[str, Any]:
+    """A stored object as its manifest; a record that does not carry its own name
+    (a host's: `hosts/<name>`) is named by its key."""
+    if kind.manifest is None:
+        return entry.json()
+    doc = kind.manifest(entry.json())
+    meta = doc.get("metadata") or {}
+    if not meta.get("name") and not kind.namespaced:
+        doc["metadata"] = {**meta, "name": keys.object_ref(kind.prefix, entry.key)}
+    return doc
 
 
 def namespace_object(name: str, labels: Mapping[str, str]) -> Namespace:

@@ -20,11 +20,14 @@ pairs):
 - `pod-to-node/gateway`: ICMP to the pod's own gateway (the node's pncl0, block .1); on a bgp
   lab, whose pods are routed behind a link-local gateway, `pod-to-node/own`: ICMP to its
   node's underlay address;
+  macvlan lab `pod-to-node/shim`: ICMP to its node's shim (pnmv0, the block's .1), the
+  macvlan parent's way to its own children;
 - `pod-to-node/remote`: ICMP to another node's underlay address;
 - `node-to-pod/local` and `node-to-pod/remote`: ICMP from a node to its own pod and to
   another node's pod;
 - `pod-to-outside/http`: HTTP `GET /peer` at the outside world, which answers with the
-  address it saw: it must be the pod's *node* underlay address (masquerade);
+  address it saw: it must be the pod's *node* underlay address (masquerade), on a
+  macvlan lab the pod's own (pods sit on the network, no NAT);
 - `pod-to-outside/udp`: the outside's UDP echo;
 - `pmtu/cross-node`: a UDP datagram of pod MTU - 28 bytes with DF to a pod on another
   node must be answered, one byte more must be refused with EMSGSIZE;
@@ -94,6 +97,12 @@ def _address(pod: dict) -> str | None:
     return ips[0].split("/")[0] if ips else None
 
 
+def _outside_sees(lab: dict, node: dict, pod: dict) -> str:
+    """The client address the outside world must report: the node's (masquerade), or
+    on a macvlan lab the pod's own."""
+    return _address(pod) if lab.get("fabric") == "macvlan" else node["underlay"]
+
+
 def _gateway(block: str) -> str:
     return str(ipaddress.ip_network(block, strict=False).network_address + 1)
 
@@ -151,6 +160,9 @@ def plan(lab: dict) -> list[Probe]:
         if node in first and lab.get("fabric") == "bgp":  # routed pods: their gateway is link-local
             under = nodes[node]["underlay"]
             pod_probe("pod-to-node/own", first[node], f"{node} eth0 ({under})", {"kind": "icmp", "dst": under})
+        elif node in first and nodes[node].get("block") and lab.get("fabric") == "macvlan":
+            shim = _gateway(nodes[node]["block"])  # macvlan pods reach their own node through its shim
+            pod_probe("pod-to-node/shim", first[node], f"{node} pnmv0 ({shim})", {"kind": "icmp", "dst": shim})
         elif node in first and nodes[node].get("block"):
             gw = _gateway(nodes[node]["block"])
             pod_probe("pod-to-node/gateway", first[node], f"{node} pncl0 ({gw})", {"kind": "icmp", "dst": gw})
@@ -169,7 +181,7 @@ def plan(lab: dict) -> list[Probe]:
             continue
         pod_probe("pod-to-outside/http", first[node], f"outside http://{outside}/peer",
                   {"kind": "http", "dst": outside, "port": OUTSIDE_PORT, "path": "/peer",
-                   "expect": nodes[node]["underlay"]})
+                   "expect": _outside_sees(lab, nodes[node], pods[first[node]])})
         pod_probe("pod-to-outside/udp", first[node], f"outside {outside}:{OUTSIDE_PORT}/udp",
                   {"kind": "udp", "dst": outside, "port": OUTSIDE_PORT, "expect": "outside"})
     for node in names:  # MTU across nodes

@@ -108,7 +108,7 @@ def http(dst: str, port: int, path: str, expect: str, timeout: float) -> tuple[b
     body = body.strip()
     if path == "/peer":  # the outside world reports the address it saw: masquerade check
         ok = body == expect
-        return ok, f"outside saw the client as {body}" + ("" if ok else f", not as the node {expect} (masquerade?)")
+        return ok, f"outside saw the client as {body}" + ("" if ok else f", not as {expect} (masquerade?)")
     return body == expect, f"answer {body!r}"
 
 

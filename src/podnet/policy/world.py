@@ -4,7 +4,7 @@
 explain` and `podnet describe` judge with. Objects are parsed through their kind's
 declaration (policy/kinds.py), pods read as PodRecords, and host endpoints without
 explicit addresses get their machine's underlay address (a node's from its lease, a
-plain lab host's from its `hosts/<name>` record).
+plain lab host's from its `hosts/<name>` record, with its podnet address once joined).
 
 Records that cannot be used (the agent passes `problems`; the CLI's strict reading
 raises instead), so that one bad record never freezes the policy of the cluster, and
@@ -145,8 +145,7 @@ def _world(store: Store, cache: Mapping[str, Any], problems: list[str] | None = 
     hosts = []
     for obj in objects:
         if isinstance(obj, HostEndpoint) and not obj.ips:
-            ip = machine_address(store, obj)
-            hosts.append(Endpoint("host", obj.name, None, (ip,) if ip else (), obj.labels, (), obj.machine))
+            hosts.append(Endpoint("host", obj.name, None, machine_addresses(store, obj), obj.labels, (), obj.machine))
     endpoints = endpoints_from_pods(pods, hosts)
     if problems is not None:
         endpoints = _without_shared_addresses(objects, endpoints, problems)
@@ -174,18 +173,22 @@ def _without_shared_addresses(objects: Sequence[Any], endpoints: Sequence[Endpoi
             if ep.kind == "pod" else ep for ep in endpoints]
 
 
-def machine_address(store: Store, hep: HostEndpoint) -> str | None:
-    """The underlay address of a host endpoint's machine: a node's lease, a plain
-    host's record; None while it has none (or it is unreadable)."""
+def machine_addresses(store: Store, hep: HostEndpoint) -> tuple[str, ...]:
+    """The addresses of a host endpoint's machine: a node's underlay address (its
+    lease); a plain host's underlay address and, once `podnet host join` gave it one,
+    its podnet address (its record), so policy protects the host on both. Empty while
+    it has none (or the record is unreadable)."""
     key = keys.node(hep.node) if hep.node else keys.host(hep.host or "")
     raw = store.get_json(key)
     if raw is None:
-        return None
+        return ()
     try:
-        record = NodeLease.from_json(raw, key) if hep.node else HostRecord.from_json(raw, key)
+        if hep.node:
+            return (NodeLease.from_json(raw, key).underlay_ip,)
+        host = HostRecord.from_json(raw, key)
     except CorruptRecord:
-        return None
-    return record.underlay_ip
+        return ()
+    return (host.underlay_ip, host.pod_ip) if host.pod_ip else (host.underlay_ip,)
 
 
 def endpoints_from_pods(pods: Sequence[PodRecord], hosts: Sequence[Endpoint] = ()) -> list[Endpoint]:
