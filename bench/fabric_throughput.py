@@ -3,6 +3,7 @@
     .venv/bin/python bench/fabric_throughput.py [--seconds 10] [--repeat 1] [--json]
     .venv/bin/python bench/fabric_throughput.py --fabric vxlan --seconds 3
     .venv/bin/python bench/fabric_throughput.py --fabric bgp --seconds 3     # node-to-node mesh
+    .venv/bin/python bench/fabric_throughput.py --fabric macvlan --fabric host-gw --repeat 3
     .venv/bin/python bench/fabric_throughput.py --bgp-racks --seconds 5 --repeat 3
 
 Builds one 2-node lab per fabric (one pod per node, `podnet.lab.builder.LabBuilder`, the
@@ -79,7 +80,7 @@ if str(ROOT / "src") not in sys.path:
 PREFIX = "pn-bench-"
 NETNS_DIR = Path("/run/netns")
 PORT = 5201
-TARGETS = {"vxlan": 0.8, "host-gw": 0.95, "bgp": 0.95}
+TARGETS = {"vxlan": 0.8, "host-gw": 0.95, "bgp": 0.95, "macvlan": 0.95}
 DEFAULT_FABRICS = ("vxlan", "host-gw")
 BASE_A, BASE_B = "10.99.0.1", "10.99.0.2"
 BARE_A, BARE_B = "10.98.0.1", "10.98.0.2"  # the bare VXLAN tunnel over the baseline pair
@@ -469,6 +470,7 @@ LABELS = {
     "vxlan-bare": "bare VXLAN tunnel over that pair (info)",
     "vxlan": "pod -> pod, vxlan",
     "host-gw": "pod -> pod, host-gw",
+    "macvlan": "pod -> pod, macvlan (no bridge, no routing hop)",
     "bgp": "pod -> pod, bgp (node-to-node mesh)",
     "underlay": "node -> node, lab underlay (info)",
     "bgp-same": "pod -> pod, bgp, same rack",

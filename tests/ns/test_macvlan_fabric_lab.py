@@ -90,6 +90,8 @@ def test_pods_are_macvlans_on_the_segment_and_nodes_have_a_shim(lab: dict) -> No
     link = sh(a["netns"], "ip", "-d", "-j", "link", "show", "eth0")
     info = json.loads(link)[0]["linkinfo"]
     assert info["info_kind"] == "macvlan" and info["info_data"]["mode"] == "bridge"
+    node_eth0 = json.loads(sh(lab["nodes"]["node0"]["netns"], "ip", "-d", "-j", "link", "show", "eth0"))[0]
+    assert json.loads(link)[0]["gso_max_size"] == node_eth0["gso_max_size"] > 65536  # BIG TCP, as its master
     address = ipaddress.IPv4Interface(a["ips"][0])
     assert address.network == SEGMENT  # on-link to every pod, whichever node
     assert "default via 10.244.0.1 dev eth0" in sh(a["netns"], "ip", "route")

@@ -10,7 +10,7 @@ from pyroute2 import IPRoute
 from podnet.attach.base import AttachContext, Attached
 from podnet.attach.bridge import check_container_iface
 from podnet.errors import InvalidConfig
-from podnet.kernel import links, netns, vlan
+from podnet.kernel import gso, links, netns, rtnl, vlan
 
 
 def _master_index(ipr: IPRoute, master: str | None) -> int:
@@ -23,6 +23,16 @@ def _master_index(ipr: IPRoute, master: str | None) -> int:
         if route.get("RTA_OIF"):
             return int(route.get("RTA_OIF"))
     raise InvalidConfig("macvlan needs 'master': no default route to pick an uplink from")
+
+
+def _gso_limits(ctx: AttachContext, master: int) -> gso.GsoLimits:
+    """BIG TCP for the child: its master's GSO/GRO limits (kernel/gso.py), at most the
+    config's `gsoMaxSize`; more than the master takes would be segmented in software."""
+    with rtnl.RtnlSocket(ctx.host_fd) as sock:
+        limits = gso.limits_of(sock, master)
+    if ctx.conf.gso_max_size:
+        limits = gso.GsoLimits(min(limits.ipv6, ctx.conf.gso_max_size), min(limits.ipv4, ctx.conf.gso_max_size))
+    return limits
 
 
 class MacvlanAttacher:
@@ -44,7 +54,13 @@ class MacvlanAttacher:
             links.create_macvlan(ipr, ctx.ifname, master, ctx.conf.macvlan_mode, mtu, ctx.container_fd, mac)
             if ctx.conf.macvlan_mode == "passthru":  # the kernel gives it the master's MAC instead
                 mac = str(links.link_attr(ipr, master, "IFLA_ADDRESS"))
+            limits = _gso_limits(ctx, master)
         undo.callback(self.delete, ctx)
+        if limits.big:  # a new macvlan has the legacy 64 KiB limits whatever its master takes
+            with netns.entered(ctx.container_fd), IPRoute() as inside:
+                index = links.link_index(inside, ctx.ifname)
+            if index is not None:
+                links.ensure_gso(ctx.container_fd, index, limits)
         links.configure_container_iface(ctx.container_fd, ctx.ifname, ctx.ips, ctx.routes)
         return Attached(
             interfaces=[{"name": ctx.ifname, "mac": mac, "sandbox": ctx.netns_path}],
