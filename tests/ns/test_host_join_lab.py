@@ -4,9 +4,10 @@ from its podnet address, pods reach it there, `get hosts` shows it, a selectorle
 Service whose only endpoint is the host (an EndpointSlice by address) is reached
 through its ClusterIP, a second join changes nothing, and `host leave` undoes it all.
 
-One lab per fabric (vxlan, host-gw; 2 nodes, 1 pod each), torn down by name. The nodes'
-routes back to the host (hostjoin/routes.py `node_routes`) are installed here until the
-node service installs them itself: the test computes them with that very function.
+One lab per fabric (vxlan, host-gw, bgp: 2 nodes, 1 pod each; macvlan in
+test_macvlan_fabric_lab.py), torn down by name. Each node's agent routes the host's
+podnet address back via its underlay (hostjoin/routes.py `node_routes`): the fixture
+waits for those routes.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class Lab:
                    for node in ("node0", "node1"))
 
 
-@pytest.fixture(scope="module", params=["vxlan", "host-gw"])
+@pytest.fixture(scope="module", params=["vxlan", "host-gw", "bgp"])
 def lab(request) -> Iterator[Lab]:
     name = f"j{secrets.token_hex(2)}"
     try:

@@ -160,6 +160,15 @@ def test_the_hosts_block_full_is_a_clear_error():
         reserve.join(store, "vm2", HOST, CLUSTER, 30)
 
 
+def test_a_gossip_cluster_refuses_a_join_and_says_what_to_do_instead():
+    store = MemoryStore()
+    publish(store, lease("n0", "10.244.0.0/17", "172.31.0.10", fabric="gossip"))
+    with pytest.raises(JoinError, match="ring hands the whole cluster CIDR") as caught:
+        reserve.join(store, "vm1", HOST, CLUSTER, 24)
+    assert "podnet agent --fabric gossip" in caught.value.details
+    assert store.get(keys.host("vm1")) is None and not leases.hosts_blocks(leases.list_claims(store))
+
+
 # -- the record, get hosts, policy ----------------------------------------------------
 
 

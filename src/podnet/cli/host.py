@@ -201,7 +201,7 @@ def _cmd_leave(args: argparse.Namespace) -> int:
     else:
         print(f"# host {args.name} left the pod network" + (f" ({pod_ip} freed)" if pod_ip else ""))
         if pod_ip:
-            from podnet.hostjoin.plan import HOST_ROUTE_PROTO
+            from podnet.defaults import HOST_ROUTE_PROTO
 
             print(f"ip route flush proto {HOST_ROUTE_PROTO}")
             print(f"ip address del {pod_ip}/32 dev {args.underlay or 'eth0'}  # /<segment prefix> on macvlan")

@@ -17,8 +17,9 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from podnet.defaults import HOST_ROUTE_PROTO
 from podnet.errors import KernelError
-from podnet.hostjoin.plan import HOST_ROUTE_PROTO, HostNet, HostRoute, JoinError, JoinPlan
+from podnet.hostjoin.plan import HostNet, HostRoute, JoinError, JoinPlan
 from podnet.kernel import links
 
 MAIN_TABLE = 254

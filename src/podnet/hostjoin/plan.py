@@ -8,7 +8,7 @@ Design notes:
 - The address comes from the block kept for hosts (`leases.HOSTS_OWNER`, no TTL):
   nodes never lease or grow into it, so it never clashes with a pod's. Its first
   address is the router's (the macvlan segment's gateway), never a host's.
-- Routed fabrics (vxlan, host-gw, gossip, bgp): the address is a /32 on the underlay
+- Routed fabrics (vxlan, host-gw, bgp): the address is a /32 on the underlay
   interface, and each node's blocks are routed via that node's underlay address when
   the node is on-link, `src` the podnet address, so pods see (and answer) the podnet
   address, not the underlay one. Nodes off-link (another rack) are reached through
@@ -18,6 +18,9 @@ Design notes:
 - macvlan: pods sit on the segment itself (a lease's backend data names it and its
   router), so the address goes on the underlay interface with the segment's prefix
   length and nothing needs routing.
+- gossip: refused (reserve.py): its ring hands the whole cluster CIDR to its peers, so
+  no block is left for hosts; such a host runs the agent and becomes a peer, as a
+  Weave host runs weave.
 
 Pure: no store, no kernel (reserve.py and apply.py do those).
 """
@@ -30,10 +33,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from podnet.cluster.leases import HOSTS_OWNER
+from podnet.defaults import HOST_ROUTE_PROTO
 from podnet.errors import PodnetError
 from podnet.model.cluster import NodeLease
 
-HOST_ROUTE_PROTO = 79  # tags `host join` routes (fabric routes are 77, BIRD's 12): leave removes exactly these
 MACVLAN = "macvlan"
 
 

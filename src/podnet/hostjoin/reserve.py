@@ -121,6 +121,11 @@ def join(store: Store, name: str, host: HostNet, cluster: ipaddress.IPv4Network,
     """Reserve the host's address, write its record, and plan its routes."""
     keys.segment(name, "host name")
     leases = list_leases(store)
+    if any(lease.fabric == "gossip" for lease in leases):
+        raise JoinError("the gossip fabric's ring hands the whole cluster CIDR to its peers: no block is left "
+                        "to keep for plain hosts",
+                        "run the agent on the host instead (podnet agent --fabric gossip --peer ...), as "
+                        "Weave's hosts run weave")
     block = hosts_block(store, cluster, block_prefix_of(leases, default_prefix))
     address, reused = reserve(store, name, block)
     old = read_host(store, name)
