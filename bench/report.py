@@ -91,8 +91,9 @@ def fabric_throughput(data: dict, out: Path, name: str = "fabric_throughput") ->
         body += table(["comparison", "ratio", "target"],
                         [[k, c.get("ratio", ""), f">= {c['target']}x" if c.get("target") else "info"]
                          for k, c in data["compare"].items()])
-    title = "Fabric comparison against a veth pair and the bare kernel tunnel" if name == "fabric_throughput" \
-        else "bgp against host-gw (same rack) and vxlan (across racks)"
+    title = {"fabric_throughput": "Fabric comparison against a veth pair and the bare kernel tunnel",
+             "fabric_macvlan": "macvlan against host-gw (no bridge, no routing hop)"}.get(
+        name, "bgp against host-gw (same rack) and vxlan (across racks)")
     return title, pngs, body
 
 
@@ -212,9 +213,20 @@ def gossip_convergence(data: dict, out: Path) -> Section:
     return "Gossip convergence (loopback)", [png], table(["event everywhere", "median s", "max s"], rows)
 
 
+def macvlan_policy(data: dict, out: Path) -> Section:
+    none, table_ = data["median_gbps"], data["median_conn_per_s"]
+    png = _bars(out, "macvlan_policy", f"a macvlan pod's own policy table, {data['rules']} rules, median Gbit/s",
+                ["no table", "pod table"], {"Gbit/s": [none["none"], none["table"]]}, "Gbit/s")
+    rows = [["TCP Gbit/s", none["none"], none["table"], data["ratio"]],
+            ["new connections/s", table_["none"], table_["table"], data["conn_ratio"]]]
+    return (f"macvlan pod policy table at {data['rules']} rules ({data['table_lines']} lines)", [png],
+            table(["figure", "no table", "pod table", "ratio"], rows))
+
+
 RENDERERS: dict[str, Callable[[dict, Path], Section]] = {
     "sleeve_throughput": sleeve_throughput, "gossip_convergence": gossip_convergence,
-    "gossip_throughput": gossip_throughput,
+    "gossip_throughput": gossip_throughput, "macvlan_policy": macvlan_policy,
+    "fabric_macvlan": lambda d, o: fabric_throughput(d, o, "fabric_macvlan"),
     "agent_overhead": agent_overhead, "trace_time": trace_time,
     "cni_latency": cni_latency, "fabric_throughput": fabric_throughput,
     "fabric_bgp": lambda d, o: fabric_throughput(d, o, "fabric_bgp"), "convergence": convergence,

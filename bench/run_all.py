@@ -50,6 +50,9 @@ BENCHES = (
     Bench("gossip_throughput", "gossip_throughput.py", ("--seconds", "2", "--repeat", "1"),
           ("--seconds", "5", "--repeat", "3")),
     Bench("gossip_convergence", "gossip_convergence.py", ("--peers", "10", "--runs", "3")),
+    Bench("fabric_macvlan", "fabric_throughput.py", ("--fabric", "macvlan", "--fabric", "host-gw", "--seconds", "2"),
+          ("--fabric", "macvlan", "--fabric", "host-gw", "--seconds", "5", "--repeat", "3")),
+    Bench("macvlan_policy", "macvlan_policy.py", ("--seconds", "2", "--repeat", "1", "--conn-seconds", "1")),
 )
 
 

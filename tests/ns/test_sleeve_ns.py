@@ -188,13 +188,22 @@ def capture(lab: Lab, key: str, marker: bytes) -> list[bytes]:
         wait_ready(str(ready), proc)
         sent = lab.run("a", SEND_UDP, lab.inner(key, "b"), "7009", marker.hex(), "5")
         assert sent.returncode == 0, sent.stderr
-        eventually(lambda: out.exists() and out.stat().st_size > 5 * len(marker), 5)
+        # all five datagrams, counted as records (a sealed one is bigger than the marker:
+        # a byte count would stop at four)
+        eventually(lambda: out.exists() and len(_records(out.read_bytes())) >= 5, 5)
     finally:
         proc.send_signal(signal.SIGTERM)
         lab.sandbox.stop(proc)
-    data, payloads = out.read_bytes(), []
-    while data:
+    return _records(out.read_bytes())
+
+
+def _records(data: bytes) -> list[bytes]:
+    """The capture file's length-prefixed payloads (a record still being written is left out)."""
+    payloads = []
+    while len(data) >= 4:
         (size,) = struct.unpack_from("!I", data)
+        if len(data) < 4 + size:
+            break
         payloads.append(data[4 : 4 + size])
         data = data[4 + size :]
     return payloads

@@ -41,6 +41,9 @@ import zlib
 from typing import TYPE_CHECKING, Any
 
 from podnet import keys
+from podnet.agent.pod_netns import PodKernel
+from podnet.agent.pod_policy import PodPolicy, node_addresses
+from podnet.agent.pod_policy import error_text as _text
 from podnet.agent.service_thread import ServiceThread, list_then_watch
 from podnet.errors import KernelError, PodnetError
 from podnet.kernel import sysctl
@@ -68,10 +71,6 @@ KEPT = ("the store holds no NetworkPolicy or ClusterPolicy and no record that th
         "last policy, or `nft delete table inet podnet-policy` on this node, removes it")
 
 
-def _text(exc: PodnetError) -> str:
-    return f"{exc.msg}: {exc.details}" if exc.details else exc.msg
-
-
 def flow_record(seq: int, packet: Any, node: str) -> dict[str, Any]:
     """A logged packet as `podnet flows` shows it: the prefix's first letter is the
     verdict, the rest names the rule (policy/compile.py)."""
@@ -83,7 +82,7 @@ def flow_record(seq: int, packet: Any, node: str) -> dict[str, Any]:
 
 class PolicyService:
     def __init__(self, agent: AgentContext, nft: NftPort | None = None,
-                 resync_seconds: float = RESYNC_SECONDS) -> None:
+                 resync_seconds: float = RESYNC_SECONDS, pod_kernel: PodKernel | None = None) -> None:
         self.agent = agent
         options = getattr(agent, "node_options", None)
         # whose endpoints this agent enforces: its cluster node, or a plain host
@@ -108,6 +107,11 @@ class PolicyService:
         self._logged: str | None = None  # the last error logged (each distinct one once)
         self._block: tuple[str, ...] = ()  # this node's pod block, from its lease (_pod_nets)
         self._cache: Any = None  # policy.compile.CompileCache
+        # a cluster node's macvlan pods, which the forward hook never sees: a table in each
+        self.pods = PodPolicy(self._store, self.node, pod_kernel, self._record_flows, store_path=agent.store_path) \
+            if options is not None and self.node else None
+        if self.pods is not None and hasattr(agent.service, "after_add"):  # (a test's agent may lack it)
+            agent.service.after_add.append(self.pods.attached)  # a pod's table stands before its ADD returns
 
     # -- AgentService
 
@@ -125,14 +129,20 @@ class PolicyService:
         if self.node is not None:
             self._loop.start()
             self._reader.start()
+        if self.pods is not None:
+            self.pods.start()
 
     def request_stop(self) -> None:
         self._loop.signal_stop()
         self._reader.signal_stop()
+        if self.pods is not None:
+            self.pods.signal_stop()
 
     def stop(self) -> None:
         self._loop.stop()
         self._reader.stop()
+        if self.pods is not None:
+            self.pods.stop()
 
     # -- state
 
@@ -148,8 +158,8 @@ class PolicyService:
                 "chains": len(compiled.chains) if compiled else 0,
                 "rules": sum(len(c) for c in compiled.chains.values()) if compiled else 0,
                 "sets": len(compiled.sets) if compiled else 0,
-                "error": self.error,
-                **self.stats,
+                "error": self._errors(),
+                **self.stats, **(self.pods.status() if self.pods else {}),
             }
 
     def counters(self) -> dict[str, Any]:
@@ -160,6 +170,8 @@ class PolicyService:
         from podnet.policy.compile import FAMILY, TABLE
 
         totals = counter_totals(self.nft.list_table_json(FAMILY, TABLE))
+        if self.pods is not None:
+            self.pods.add_counters(totals)  # the macvlan pods' own tables
         rows = [{"rule": k, "packets": v[0], "bytes": v[1]} for k, v in totals.items()]
         rows.sort(key=lambda r: (-r["packets"], r["rule"]))
         return {"node": self.node, "rules": rows}
@@ -210,6 +222,8 @@ class PolicyService:
             self._cache = CompileCache()
         compiled = compile_node(world, self.node, settings.log_allowed, self._cache, self._pod_nets(store))
         compiled_ms = (time.monotonic() - started) * 1000
+        if self.pods is not None:  # each macvlan pod's own table (agent/pod_policy.py)
+            self.pods.enforce(world, settings.log_allowed, node_addresses(self._block))
         if not full and self.applied is not None and not self._intact():
             full = True  # the table was deleted or replaced by hand: rebuild it
         try:
@@ -302,6 +316,8 @@ class PolicyService:
                 problems.append(KEPT)
             else:  # nothing enforced here, nothing to keep
                 self.applied, self._generation, self._empty, self._kept = None, 0, True, False
+            if self._empty and self.pods is not None:  # no table here: none in the macvlan pods either
+                self.pods.enforce(None)
         self._report(problems, "no policy in the store")
         return self.status_unlocked(revision=revision)
 
@@ -333,9 +349,13 @@ class PolicyService:
         (possibly 10k-rule) table."""
         return self._generation_in_kernel() == self._generation
 
+    def _errors(self) -> str | None:
+        """The node table's problems and its macvlan pods' (agent/pod_policy.py)."""
+        return "; ".join(filter(None, (self.error, self.pods and self.pods.error()))) or None
+
     def status_unlocked(self, revision: int | None) -> dict[str, Any]:
         compiled = self.applied
-        return {"revision": revision, "error": self.error,
+        return {"revision": revision, "error": self._errors(),
                 "rules": sum(len(c) for c in compiled.chains.values()) if compiled else 0}
 
     def _bridge_netfilter(self) -> None:
@@ -372,9 +392,13 @@ class PolicyService:
         with reader:
             while not self._reader.stopping.is_set():
                 packets = reader.read(0.5)
-                if not packets:
-                    continue
-                with self._lock:
-                    for packet in packets:
-                        self._seq += 1
-                        self.flows.append(flow_record(self._seq, packet, self.node))
+                if packets:
+                    self._record_flows(packets)
+
+    def _record_flows(self, packets: list) -> None:
+        """Logged packets (of the node's table or a pod's) into the flow buffer."""
+        assert self.node is not None
+        with self._lock:
+            for packet in packets:
+                self._seq += 1
+                self.flows.append(flow_record(self._seq, packet, self.node))

@@ -25,6 +25,10 @@ flows` and `trace` name the same rule), hooked where the pod's own traffic passe
 - Fail closed as the node's `unowned` check: while any policy exists, a pod whose
   addresses its record does not name (not registered yet, a recycled address, one
   two records claim) gets a drop in both directions under the same prefixes.
+- The pod's own node is never judged (`node_ips`, the first address of each of its pod
+  blocks: a macvlan node's shim, a bridge's gateway): traffic between a bridged pod and
+  its node never crosses the forward hook either, and the node's readiness probes
+  must reach an isolated pod (as Calico allows host to local workload).
 - A multi-network pod's table judges all its links: traffic of a bridged one is then
   judged twice (here and at the node's forward hook) by the same lines, so with the
   same verdict; only its drops are logged twice.
@@ -33,12 +37,13 @@ flows` and `trace` name the same rule), hooked where the pod's own traffic passe
 from __future__ import annotations
 
 import ipaddress
+import zlib
 from collections.abc import Sequence
 
 from podnet.errors import InvalidConfig
 from podnet.policy.compile import IN, OUT, ChainBuilder, CompileCache, log_prefix
 from podnet.policy.evaluate import Endpoint, World
-from podnet.policy.table import Compiled
+from podnet.policy.table import FAMILY, GENERATION_SET, Compiled
 
 POD_TABLE = "podnet-pod-policy"
 # IPv6 link control a pod needs whatever its policy (never forwarded by a node)
@@ -52,13 +57,18 @@ def removal_script(table: str = POD_TABLE) -> str:
     return f"table inet {table}\ndelete table inet {table}\n"
 
 
+def _who(namespace: str, name: str) -> str:
+    """A registered pod as `pod ns/name`; an attachment no pod record names as `name`."""
+    return f"pod {namespace}/{name}" if namespace else name
+
+
 def _addresses(namespace: str, name: str, ips: Sequence[str]) -> set[str]:
     out = set()
     for i, ip in enumerate(ips):
         try:
             out.add(str(ipaddress.ip_address(ip)))
         except ValueError:
-            raise InvalidConfig(f"pod {namespace}/{name}: ips[{i}]: {ip!r} is not an IP address") from None
+            raise InvalidConfig(f"{_who(namespace, name)}: ips[{i}]: {ip!r} is not an IP address") from None
     return out
 
 
@@ -66,12 +76,27 @@ def _record(world: World, namespace: str, name: str) -> Endpoint | None:
     return next((ep for ep in world.endpoints if ep.identity == ("pod", namespace, name)), None)
 
 
+def _node_lines(node_ips: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Per direction, the accept of the pod's own node (see the module's notes)."""
+    found = _addresses("", "node_ips", node_ips)
+    out: dict[str, tuple[str, ...]] = {IN: (), OUT: ()}
+    for family, version in (("ip", 4), ("ip6", 6)):
+        mine = sorted((a for a in found if ipaddress.ip_address(a).version == version), key=ipaddress.ip_address)
+        if mine:
+            for direction, side in ((IN, "saddr"), (OUT, "daddr")):
+                out[direction] += (f'{family} {side} {{ {", ".join(mine)} }} accept comment "this node"',)
+    return out
+
+
 def compile_pod(world: World, namespace: str, name: str, ips: Sequence[str], *, log_allowed: bool = False,
-                cache: CompileCache | None = None) -> Compiled | None:
+                cache: CompileCache | None = None, node_ips: Sequence[str] = ()) -> Compiled | None:
     """The table enforcing `world`'s policy inside pod `namespace/name`, whose
     interfaces hold `ips`; None: nothing selects it (no table). `cache`: one per pod,
-    kept by the caller between compiles, as compile_node's."""
+    kept by the caller between compiles, as compile_node's. An attachment no pod
+    record names (namespace "") is unowned: `name` then says what it is. `node_ips`:
+    the pod's node's own addresses, never judged (as for a bridged pod)."""
     own = _addresses(namespace, name, ips)
+    node_lines = _node_lines(node_ips)
     if not world.network_policies and not world.cluster_policies:
         return None
     builder = ChainBuilder(world, "", log_allowed, cache)
@@ -79,7 +104,7 @@ def compile_pod(world: World, namespace: str, name: str, ips: Sequence[str], *, 
     judged: dict[str, str] = {}
     for direction in (IN, OUT):
         if pod is None or not own <= set(pod.ips):
-            what = f"unowned address of pod {namespace}/{name}"
+            what = f"unowned address of {_who(namespace, name)}"
             judged[direction] = builder.rule_line("", "drop", log_prefix("D", f"unowned {direction.lower()}"), what, True)
         elif chain := builder.endpoint_chain(pod, direction):
             judged[direction] = f"jump {chain}"
@@ -91,7 +116,7 @@ def compile_pod(world: World, namespace: str, name: str, ips: Sequence[str], *, 
         chain, hook, meta = _HOOK[direction]
         base[chain] = (f"type filter hook {hook} priority 0; policy accept;",
                        "ct state established,related accept", f'meta {meta} "lo" accept',
-                       LINK_CONTROL, verdict)
+                       LINK_CONTROL, *node_lines[direction], verdict)
     out = builder.out
     return Compiled(sets=out.sets, chains={**base, **out.chains}, rules=out.rules)
 
@@ -102,3 +127,15 @@ def compile_pod_table(world: World, namespace: str, name: str, ips: Sequence[str
     in one transaction, or the table's removal when nothing selects the pod."""
     compiled = compile_pod(world, namespace, name, ips, log_allowed=log_allowed, cache=cache)
     return removal_script() if compiled is None else compiled.render(POD_TABLE)
+
+
+def stamped_script(compiled: Compiled | None) -> tuple[str, int]:
+    """(script, generation): the transaction taking a pod to `compiled`, recording in the
+    table's generation set a checksum of its text (0 and the removal: no table). The
+    agent reads that one set back to skip a pod whose table is already exactly this,
+    also after a restart."""
+    if compiled is None:
+        return removal_script(), 0
+    script = compiled.render(POD_TABLE)
+    generation = zlib.crc32(script.encode()) or 1
+    return script + f"add element {FAMILY} {POD_TABLE} {GENERATION_SET} {{ {generation} }}\n", generation
