@@ -15,7 +15,7 @@ LINT_DIRS := $(wildcard src tests bench)
 # `playwright install` downloads nothing here).
 DEB_PACKAGES := nftables iproute2 podman runc containernetworking-plugins busybox-static \
 	iperf3 conntrack python3-venv ethtool procps util-linux etcd-server containerd bird2 \
-	chromium libatomic1
+	chromium libatomic1 haproxy wrk
 
 .PHONY: deps apt-deps venv test lint demo bench clean
 

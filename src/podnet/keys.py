@@ -46,6 +46,12 @@ SERVICE_SETTINGS = "settings/services"
 READINESS = "readiness/"
 BGP_CONFIGURATIONS = "bgpconfigurations/"
 BGP_PEERS = "bgppeers/"
+MESH = "mesh/"  # every mesh family (objects, CA): what the sidecar manager watches
+MESH_HTTP_ROUTES = MESH + "httproutes/"
+MESH_TRAFFIC_POLICIES = MESH + "trafficpolicies/"
+MESH_AUTHORIZATION_POLICIES = MESH + "authorizationpolicies/"
+MESH_PEER_AUTHENTICATIONS = MESH + "peerauthentications/"
+MESH_CA = MESH + "ca"  # the mesh's certificate authority (agent/mesh_service.py)
 # the objects that make a node keep a policy table (agent/policy_service.py)
 ENFORCING_POLICY = (NETWORK_POLICIES, CLUSTER_POLICIES)
 
@@ -95,6 +101,14 @@ FAMILIES: tuple[Family, ...] = (
     Family(READINESS, "readiness/<namespace>/<pod>", "Readiness", since="0.2.0"),
     Family(BGP_CONFIGURATIONS, "bgpconfigurations/<name>", "BGPConfiguration (manifest)", since="0.2.0"),
     Family(BGP_PEERS, "bgppeers/<name>", "BGPPeer (manifest)", since="0.2.0"),
+    Family(MESH_HTTP_ROUTES, "mesh/httproutes/<namespace>/<name>", "HTTPRoute (manifest)", since="0.2.0"),
+    Family(MESH_TRAFFIC_POLICIES, "mesh/trafficpolicies/<namespace>/<name>", "MeshTrafficPolicy (manifest)",
+           since="0.2.0"),
+    Family(MESH_AUTHORIZATION_POLICIES, "mesh/authorizationpolicies/<namespace>/<name>",
+           "MeshAuthorizationPolicy (manifest)", since="0.2.0"),
+    Family(MESH_PEER_AUTHENTICATIONS, "mesh/peerauthentications/<namespace>/<name>",
+           "PeerAuthentication (manifest)", since="0.2.0"),
+    Family(MESH_CA, "mesh/ca", "the mesh CA: certificate and key (PEM, JSON)", since="0.2.0"),
 )
 
 

@@ -47,8 +47,8 @@ def test_kind_aliases():
     assert lookup("no").kind == "Node" and lookup("po") is POD
     with pytest.raises(ObjectError, match="unknown kind") as err:
         lookup("deployment")
-    assert "ClusterPolicy, EndpointSlice, Host, HostEndpoint, Namespace, NetworkPolicy, Node, Pod, Service, Tier" in (
-        err.value.details)
+    assert ("ClusterPolicy, EndpointSlice, HTTPRoute, Host, HostEndpoint, MeshAuthorizationPolicy, MeshTrafficPolicy, "
+            "Namespace, NetworkPolicy, Node, PeerAuthentication, Pod, Service, Tier") in err.value.details
 
 
 def test_register_pods_keeps_user_namespace_labels(store):

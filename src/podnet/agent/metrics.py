@@ -18,6 +18,8 @@ What is measured, and where:
   (agent/metrics_services.py).
 - Store: every call of the agent's stores, timed by a proxy around each store it opens
   (agent/store_metrics.py).
+- Mesh (cluster nodes with sidecars): golden signals per service and route, counted
+  from the sidecars' access log (mesh/golden.py, registered by `watch_mesh`).
 """
 
 from __future__ import annotations
@@ -136,6 +138,7 @@ class AgentMetrics:
         self.peers = Gauge("podnet_fabric_peers", "peer nodes by the fabric's verdict on their lease",
                            ["state"], registry=r)
         self.store = StoreMetrics(r)
+        self._mesh: Any = None  # the mesh's golden signals (watch_mesh)
         if reservations is not None:
             r.register(_IpamCollector(reservations))
 
@@ -150,6 +153,14 @@ class AgentMetrics:
     def watch_policy(self, counters: Callable[[], Mapping[str, Any]]) -> None:
         """Scrape the node's policy counters too (`counters`: the op `policy.counters`)."""
         self.registry.register(_PolicyCollector(counters))
+
+    def watch_mesh(self, collector: Any) -> None:
+        """Scrape the mesh's golden signals too (mesh/golden.py `Golden`, fed by the
+        access log sink); a later sink's collector replaces an earlier one."""
+        if self._mesh is not None:
+            self.registry.unregister(self._mesh)
+        self._mesh = collector
+        self.registry.register(collector)
 
     def cni_done(self, command: str, seconds: float, failed_reply: str | None) -> None:
         """One CNI request served; `failed_reply` is the error reply when it failed."""

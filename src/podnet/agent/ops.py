@@ -17,6 +17,7 @@ from podnet.agent.context import AgentContext, AgentService
 from podnet.agent.dns_service import dns_service
 from podnet.agent.gossip_service import GossipService
 from podnet.agent.isolation_service import IsolationService
+from podnet.agent.mesh_service import MeshService
 from podnet.agent.node_service import NodeService
 from podnet.agent.policy_service import PolicyService
 from podnet.agent.readiness_service import ReadinessService
@@ -34,6 +35,7 @@ SERVICES: dict[str, Callable[[AgentContext], AgentService]] = {
     "policy": PolicyService,  # --node: policy/ in the cluster store -> inet podnet-policy; flows
     "readiness": ReadinessService,  # --node: probes this node's pods, publishes readiness/
     "services": ServicesService,  # --node: services/, endpointslices/, pods -> inet podnet-svc
+    "mesh": MeshService,  # --node: a sidecar (HAProxy) per local meshed pod, its certificate, golden signals
     "cluster-dns": ClusterDnsService,  # --cluster-dns-netns: <svc>.<ns>.svc.<domain> in the node's DNS pod
     "trace": TraceService,  # podnet trace: a packet's path from this node's kernel; traced probes
 }

@@ -29,6 +29,7 @@ from podnet.cli import (
     doctor,
     host,
     lab,
+    mesh,
     metrics,
     network,
     objects,
@@ -42,7 +43,7 @@ from podnet.cli.output import fail
 from podnet.errors import PodnetError
 
 VERB_GROUPS = (agent, demo, network, container, lab, observe, status, metrics, doctor, trace, dashboard, objects,
-               policy, bgp, peers, host)
+               policy, bgp, peers, host, mesh)
 
 
 def build_parser() -> argparse.ArgumentParser:

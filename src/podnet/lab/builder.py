@@ -37,7 +37,7 @@ import yaml
 
 from podnet.defaults import DEFAULT_CLUSTER_DOMAIN
 from podnet.fileio import write_atomic
-from podnet.lab import cuts, extra_networks, orchestrator, routers
+from podnet.lab import apps, cuts, extra_networks, orchestrator, routers
 from podnet.lab import topology as topo
 from podnet.lab.gossip import gossip_argv
 from podnet.lab.state import NETNS_DIR, LabError, LabState, enter, ip, node_socket, run, state_file
@@ -425,7 +425,8 @@ class LabBuilder:
         # one echo process per node, serving each of its pods from inside the pod's namespace
         by_node: dict[str, list[Pod]] = {}
         for pod in self.t.pods:
-            by_node.setdefault(pod.node, []).append(pod)
+            if not pod.own_app:  # those run their own app process (lab/apps.py)
+                by_node.setdefault(pod.node, []).append(pod)
         (self.st.labdir / "ready").mkdir(parents=True, exist_ok=True)
         (self.st.labdir / "echo").mkdir(parents=True, exist_ok=True)
         for node, pods in by_node.items():
@@ -445,6 +446,8 @@ class LabBuilder:
         for node in by_node:
             self._wait((self.st.labdir / "ready" / f"node-{node}").exists, f"the echo server of {node}'s pods",
                        pid_name=f"echo/{node}")
+        apps.start(self.st, [pod for pod in self.t.pods if pod.own_app],
+                   lambda name, ns, argv: self.spawn(name, ns, argv), self.o.timeout)
         self._wait((self.st.labdir / "ready-outside").exists, "the outside echo server", pid_name="echo/outside")
 
     def register_pods(self) -> None:

@@ -24,6 +24,7 @@ YAML format::
         labels: {app: web}
         ports: [{port: 80, protocol: TCP, name: http}, {port: 53, protocol: UDP}]
         readinessProbe: {tcpSocket: {port: http}, periodSeconds: 1}
+        ownApp: true        # its own app process (lab/meshapp.py: HTTP/1.1, restartable alone)
     services:               # Kubernetes v1 Service manifests, applied once pods exist
       - metadata: {name: web, namespace: shop}
         spec: {selector: {app: web}, ports: [{port: 80, targetPort: http}]}
@@ -117,6 +118,7 @@ class Pod:
     ports: tuple[Port, ...] = ()
     readiness: ReadinessProbe | None = None
     networks: tuple[str, ...] = ()  # extra networks (eth1, eth2, ...), lab/extra_networks.py
+    own_app: bool = False  # its own app process (lab/meshapp.py), not the node's shared echo
 
     @property
     def key(self) -> str:
@@ -341,7 +343,7 @@ def _parse_pods(items: list, nodes: set[str], namespaces: set[str],
     for i, item in enumerate(items):
         where = f"pods[{i}]"
         raw = _mapping(item, where, {"name", "namespace", "node", "labels", "ports", "readinessProbe",
-                                     "networks", "annotations"})
+                                     "networks", "annotations", "ownApp"})
         name = check_name(raw.get("name"), f"{where}.name")
         namespace = raw.get("namespace", "default")
         if namespace not in namespaces:
@@ -366,8 +368,13 @@ def _parse_pods(items: list, nodes: set[str], namespaces: set[str],
             extra = pod_networks(raw, where, networks)
         except InvalidConfig as exc:
             raise TopologyError(exc.msg, exc.details) from None
+        own_app = raw.get("ownApp", False)
+        if not isinstance(own_app, bool):
+            raise TopologyError(f"{where}.ownApp: must be true or false, got {own_app!r}")
+        if own_app and not any(p.protocol == "TCP" for p in ports):
+            raise TopologyError(f"{where}.ownApp: the pod serves no TCP port for its app")
         pods.append(Pod(name, namespace, node, _labels(raw.get("labels"), f"{where}.labels"), ports, readiness,
-                        extra))
+                        extra, own_app))
     return tuple(pods)
 
 

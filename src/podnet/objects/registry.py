@@ -6,7 +6,8 @@
 Adding a kind is one module that declares it (a `Kind`, see schema/kind.py; the
 policy kinds are in policy/kinds.py, Node in cluster/kinds.py, Service and
 EndpointSlice in services/kinds.py, BGPConfiguration and BGPPeer in bgp/kinds.py,
-Host in hostjoin/kinds.py)
+Host in hostjoin/kinds.py, HTTPRoute, MeshTrafficPolicy, MeshAuthorizationPolicy and
+PeerAuthentication in mesh/kinds.py)
 plus its line below.
 Nothing else lists kinds: the CLI, the store operations and the agents go through
 this table. Pure: a kind's parser never touches the store.
@@ -21,6 +22,7 @@ from podnet.bgp.kinds import BGP_KINDS
 from podnet.cluster.kinds import CLUSTER_KINDS
 from podnet.errors import ObjectError
 from podnet.hostjoin.kinds import HOST_KINDS
+from podnet.mesh.kinds import MESH_KINDS
 from podnet.policy.kinds import POLICY_KINDS
 from podnet.schema.fields import Loc, mapping
 from podnet.schema.kind import ENVELOPE, Kind
@@ -32,6 +34,7 @@ KINDS: tuple[Kind, ...] = (
     *SERVICE_KINDS,
     *BGP_KINDS,
     *HOST_KINDS,
+    *MESH_KINDS,
 )
 _BY_KIND = {kind.kind: kind for kind in KINDS}
 _BY_NAME = {name: kind for kind in KINDS for name in kind.names}

@@ -1,0 +1,291 @@
+"""The node's service mesh: a sidecar (HAProxy) for each local meshed pod, kept in step
+with the cluster, its certificate issued and rotated, and what the sidecars log turned
+into golden signals.
+
+    store: pods, services, slices, readiness, namespaces, mesh/ objects, the mesh CA
+      -> mesh/plan.py Planner.node(this node) -> a SidecarSpec per local meshed pod
+      -> agent/mesh_sidecar.py: start / weights through the runtime API / reload / stop
+
+- Runs on cluster nodes (`--node`). Watches the whole store (one watch, like the node
+  service) and converges when a key under one of WATCHED changes, and every
+  RESYNC_SECONDS (a dead sidecar is restarted, certificates due are rotated).
+- The mesh CA lives in the cluster store (`mesh/ca`, made once by whichever agent
+  needs it first, by compare-and-put); each agent issues its local pods' certificates
+  (CERT_LIFETIME, renewed at 2/3 of it through the runtime API, without a reload).
+  Who can read the store can mint identities: the store is the trust root, as etcd
+  is for Kubernetes' secrets.
+- A pod's network namespace comes from its endpoint record on this node (the CNI ADD
+  wrote it): a pod not attached here yet is skipped until it is.
+- A pod whose sidecar cannot be built (a bad label for its identity, a configuration
+  HAProxy refuses) keeps what runs and is named in `mesh.status`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from podnet import keys
+from podnet.agent.mesh_sidecar import Sidecar
+from podnet.agent.service_thread import ServiceThread
+from podnet.errors import PodnetError
+from podnet.model.endpoint import EndpointRecord
+from podnet.store import RevisionCompacted, Store
+
+if TYPE_CHECKING:
+    from podnet.agent.context import AgentContext, OpHandler
+    from podnet.mesh.ca import IssuedCert, MeshCA
+    from podnet.mesh.plan import SidecarPaths
+    from podnet.model.policy import PodRecord
+
+log = logging.getLogger("podnet.agent.mesh")
+
+WATCHED = (keys.PODS, keys.NAMESPACES, keys.SERVICES, keys.ENDPOINT_SLICES, keys.READINESS, keys.MESH,
+           keys.ENDPOINTS)
+RESYNC_SECONDS = 5.0
+WATCH_TIMEOUT = 1.0
+CERT_LIFETIME = 3600.0
+
+
+class MeshService:
+    def __init__(self, agent: AgentContext, cert_lifetime: float | None = None) -> None:
+        self.agent = agent
+        options = getattr(agent, "node_options", None)
+        self.node: str | None = options.node if options else None
+        self.cert_lifetime = cert_lifetime or getattr(options, "mesh_cert_lifetime", None) or CERT_LIFETIME
+        self.root = Path(agent.state.root) / "mesh"
+        self.sidecars: dict[str, Sidecar] = {}
+        self.certs: dict[str, IssuedCert] = {}
+        self.problems: dict[str, str] = {}
+        self.passes = 0
+        self._lock = threading.Lock()
+        self._ca: MeshCA | None = None
+        self._kernel: Any = None
+        self._sink: Any = None
+        self._loop = ServiceThread("podnet-mesh", self._run, join_timeout=WATCH_TIMEOUT + 15)
+
+    # -- AgentService
+
+    def ops(self) -> dict[str, OpHandler]:
+        return {"mesh.status": lambda _m, _f: self.status(),
+                "mesh.top": lambda _m, _f: self.top(),
+                "mesh.denials": lambda m, _f: self.denials(m)}
+
+    def start(self) -> None:
+        if self.node is not None:
+            self._loop.start()
+
+    def request_stop(self) -> None:
+        self._loop.signal_stop()
+
+    def stop(self) -> None:
+        self._loop.stop()
+        with self._lock:
+            for sidecar in self.sidecars.values():
+                sidecar.stop()
+            self.sidecars.clear()
+        if self._sink is not None:
+            self._sink.stop()
+
+    # -- ops
+
+    def status(self) -> dict[str, Any]:
+        if self.node is None:
+            raise PodnetError("this agent is not a cluster node (started without --node)")
+        with self._lock:
+            pods = []
+            for ref, car in sorted(self.sidecars.items()):
+                cert = self.certs.get(ref)
+                pods.append({"pod": ref, "alive": car.alive, "pid": car.state.pid, "reloads": car.state.reloads,
+                             "restarts": car.state.restarts, "weight_updates": car.state.weight_updates,
+                             "rotations": car.state.rotations, "last": car.state.last, "error": car.state.error,
+                             "identity": cert.spiffe_id if cert else None,
+                             "cert_expires": cert.not_after.timestamp() if cert else None,
+                             "history": list(car.state.history), "routes": _routes_of(car.text)})
+            return {"node": self.node, "pods": pods, "problems": dict(self.problems), "passes": self.passes}
+
+    def top(self) -> dict[str, Any]:
+        return {"node": self.node, "routes": self._sink.golden.snapshot() if self._sink else []}
+
+    def denials(self, message: dict) -> dict[str, Any]:
+        kind = message.get("kind") or "all"
+        return {"node": self.node, "records": self._sink.recent(kind) if self._sink else []}
+
+    # -- the loop
+
+    def _store(self) -> Store:
+        return self.agent.service.store(self.agent.store_path)
+
+    def _run(self) -> None:
+        stop = self._loop.stopping
+        revision, dirty, next_pass = 0, True, 0.0
+        self._start_sink()
+        while not stop.is_set():
+            try:
+                now = time.monotonic()
+                if dirty or now >= next_pass:
+                    revision = max(revision, self.converge())
+                    dirty, next_pass = False, now + RESYNC_SECONDS
+                try:
+                    seen = self._store().watch("", revision, WATCH_TIMEOUT)
+                except RevisionCompacted:
+                    dirty = True
+                    continue
+                if seen:
+                    revision = max(revision, seen[-1].revision)
+                    dirty = dirty or any(e.key.startswith(WATCHED) for e in seen)
+            except Exception as exc:  # noqa: BLE001 - keep meshing; retry on the next pass
+                log.warning("mesh: %s", getattr(exc, "msg", None) or exc)
+                stop.wait(1.0)
+
+    def _start_sink(self) -> None:
+        try:
+            from podnet.mesh.log_sink import LogSink
+
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._sink = LogSink(str(self.root / "log.sock"), getattr(self.agent, "metrics", None))
+            self._sink.start()
+        except Exception as exc:  # noqa: BLE001 - the mesh works without its statistics
+            log.warning("mesh: no access log sink: %s", exc)
+
+    def converge(self) -> int:
+        from podnet.mesh.objects import load_mesh
+        from podnet.mesh.plan import Planner, meshed_namespaces
+        from podnet.services.watched import WatchedObjects
+
+        store = self._store()
+        watched = WatchedObjects()
+        revision = watched.relist(store)
+        namespaces = _namespace_labels(store)
+        mesh = load_mesh(store)
+        specs = {}
+        problems: dict[str, str] = {}
+        try:
+            specs = Planner(watched, meshed_namespaces(namespaces), mesh).node(self.node or "", self._paths)
+        except PodnetError as exc:
+            problems["plan"] = exc.msg
+        netns = _local_netns(store, self.node or "")
+        with self._lock:
+            if specs:
+                self._ensure_ca(store)
+            for ref, spec in specs.items():
+                pod = watched.pods.get(keys.pod(*ref.split("/", 1)))
+                where = next((netns[ip] for ip in (pod.ips if pod else ()) if ip in netns), None)
+                if where is None:
+                    continue  # not attached on this node yet
+                try:
+                    self._ensure_cert(ref, spec.cert, pod)
+                    car = self.sidecars.get(ref) or Sidecar(ref, where, Path(spec.stats_socket).parent, self._netns())
+                    self.sidecars[ref] = car
+                    what = car.apply(spec)
+                    if what != "unchanged":
+                        log.info("mesh: sidecar of %s %s", ref, what)
+                except PodnetError as exc:
+                    problems[ref] = f"{exc.msg}{': ' + exc.details if exc.details else ''}"
+            for ref in [r for r in self.sidecars if r not in specs]:
+                self.sidecars.pop(ref).stop()
+                self.certs.pop(ref, None)
+                log.info("mesh: sidecar of %s stopped (no longer meshed here)", ref)
+            self.problems = {**problems, **({"objects": "; ".join(mesh.problems)} if mesh.problems else {})}
+            self.passes += 1
+        return revision
+
+    # -- certificates and paths
+
+    def _netns(self) -> Any:
+        if self._kernel is None:
+            from podnet.agent.pod_netns import NetnsKernel
+
+            self._kernel = NetnsKernel()
+        return self._kernel
+
+    def _paths(self, pod: PodRecord) -> SidecarPaths:
+        from podnet.fileio import write_atomic
+        from podnet.mesh.plan import SidecarPaths
+        from podnet.mesh.render import DELAY_LUA
+
+        work = self.root / f"{pod.namespace}_{pod.name}"
+        work.mkdir(parents=True, exist_ok=True)
+        lua = self.root / "delay.lua"
+        if not lua.exists():
+            write_atomic(lua, DELAY_LUA)
+        return SidecarPaths(str(work / "cert.pem"), str(self.root / "ca.pem"), str(work / "haproxy.sock"),
+                            str(self.root / "log.sock"), str(lua))
+
+    def _ensure_ca(self, store: Store) -> None:
+        from podnet.fileio import write_atomic
+        from podnet.mesh.ca import MeshCA
+
+        if self._ca is None:
+            entry = store.get(keys.MESH_CA)
+            if entry is None:
+                made = MeshCA.create()
+                store.compare_and_put(keys.MESH_CA, _dumps(made.to_json()), 0)
+                entry = store.get(keys.MESH_CA)
+            assert entry is not None
+            self._ca = MeshCA.from_json(entry.json(), entry.key)
+            write_atomic(self.root / "ca.pem", self._ca.cert_pem())
+
+    def _ensure_cert(self, ref: str, path: str, pod: PodRecord | None) -> None:
+        from podnet.fileio import write_atomic
+        from podnet.mesh.identity import identity_of_pod
+
+        assert self._ca is not None and pod is not None
+        cert = self.certs.get(ref)
+        now = dt.datetime.now(dt.UTC)
+        if cert is not None and now < cert.renew_at() and Path(path).exists():
+            return
+        issued = self._ca.issue(identity_of_pod(pod.namespace, pod.labels, where=f"pod {ref}"), self.cert_lifetime)
+        self.certs[ref] = issued
+        car = self.sidecars.get(ref)
+        if car is not None and car.alive and cert is not None:
+            car.rotate(path, issued.pem_bundle())
+            log.info("mesh: rotated the certificate of %s (serial %x)", ref, issued.serial)
+        else:
+            write_atomic(Path(path), issued.pem_bundle())
+
+
+def _dumps(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)
+
+
+def _namespace_labels(store: Store) -> dict[str, dict[str, str]]:
+    out = {}
+    for entry in store.list(keys.NAMESPACES):
+        try:
+            doc = entry.json()
+            meta = doc.get("metadata") or {}
+            out[str(meta.get("name") or entry.key.rsplit("/", 1)[1])] = dict(meta.get("labels") or {})
+        except (ValueError, AttributeError, TypeError):
+            continue
+    return out
+
+
+def _local_netns(store: Store, node: str) -> dict[str, str]:
+    """pod address -> the network namespace its endpoint record on `node` names."""
+    out = {}
+    for entry in store.list(keys.ENDPOINTS):
+        try:
+            record = EndpointRecord.decode(entry.value, entry.key)
+        except (PodnetError, ValueError):
+            continue
+        if record.node != node or record.pending or not record.netns:
+            continue
+        for ip in record.ips:
+            try:
+                out[str(ipaddress.ip_interface(ip).ip)] = record.netns
+            except ValueError:
+                continue
+    return out
+
+
+def _routes_of(text: str) -> list[str]:
+    """The routes a sidecar's configuration holds (their `txn.route` names)."""
+    return sorted({line.split('"', 2)[1] for line in text.splitlines() if "set-var-fmt(txn.route)" in line})

@@ -1,0 +1,152 @@
+"""One meshed pod's sidecar as a process: HAProxy in master-worker mode inside the pod's
+network namespace, a child of the node agent (which waits on it: PID 1 reaps nothing).
+
+- `apply(spec)`: the configuration rendered (mesh/render.py) against what runs: the
+  same text does nothing; only server weights changed goes through the runtime API
+  (no reload: a canary shift drops nothing); anything else is checked (`haproxy -c`)
+  and then reloaded (SIGUSR2 to the master: a new worker takes the listeners, the old
+  one finishes its requests). Reloads are counted: they are meant to be rare.
+- The interception table (mesh/intercept.py) goes in before HAProxy starts and is
+  removed after it stops, so the pod is never redirected to a port nobody listens on.
+- A certificate rotation writes the new bundle and hands it to the running workers
+  through the runtime API (`set ssl cert` + `commit`), no reload.
+- A dead sidecar is restarted by the next `apply` (the service's periodic pass).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from podnet.errors import KernelError, PodnetError
+from podnet.fileio import write_atomic
+from podnet.mesh import render as haproxy_config
+from podnet.mesh.intercept import intercept_script, removal_script
+from podnet.mesh.spec import SidecarSpec
+
+HAPROXY = "/usr/sbin/haproxy"
+
+
+@dataclass
+class SidecarState:
+    pid: int | None = None
+    started: float = 0.0
+    reloads: int = 0
+    weight_updates: int = 0
+    rotations: int = 0
+    restarts: int = 0
+    error: str | None = None
+    last: str = ""  # what the last apply did
+    cert_not_after: float = 0.0
+    history: list[str] = field(default_factory=list)
+
+
+class Sidecar:
+    def __init__(self, ref: str, netns: str, workdir: Path, kernel) -> None:  # noqa: ANN001 - agent/pod_netns.PodKernel
+        self.ref, self.netns, self.workdir, self.kernel = ref, netns, workdir, kernel
+        self.config = workdir / "haproxy.cfg"
+        self.proc: subprocess.Popen | None = None
+        self.text = ""
+        self.state = SidecarState()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def apply(self, spec: SidecarSpec) -> str:
+        text = haproxy_config.render(spec)
+        if self.alive and text == self.text:
+            return "unchanged"
+        same_structure = haproxy_config.structure(text) == haproxy_config.structure(self.text)
+        if self.alive and same_structure and self._set_weights(spec):
+            write_atomic(self.config, text)
+            self.text = text
+            self.state.weight_updates += 1
+            return self._did("weights set through the runtime API")
+        self._check(text)
+        write_atomic(self.config, text)
+        if self.alive:
+            assert self.proc is not None
+            os.kill(self.proc.pid, signal.SIGUSR2)
+            self.text = text
+            self.state.reloads += 1
+            return self._did("reloaded")
+        self._start(spec)
+        self.text = text
+        return self._did("started")
+
+    def rotate(self, bundle_path: str, pem: str) -> None:
+        """A new certificate for the running workers, without a reload."""
+        from podnet.mesh.haproxy_api import HaproxyApi
+
+        write_atomic(Path(bundle_path), pem)
+        if self.alive:
+            HaproxyApi(str(self.workdir / "haproxy.sock")).update_cert(bundle_path, pem)
+        self.state.rotations += 1
+
+    def stop(self) -> None:
+        """Interception off first (the pod talks directly again), then HAProxy."""
+        with contextlib.suppress(PodnetError, OSError):
+            self.kernel.apply(self.netns, removal_script())  # gone with its namespace, if it is
+        if self.proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            self.proc = None
+        self.text = ""
+
+    # -- internals
+
+    def _did(self, what: str) -> str:
+        self.state.last, self.state.error = what, None
+        self.state.history = [*self.state.history[-9:], f"{time.strftime('%H:%M:%S')} {what}"]
+        return what
+
+    def _set_weights(self, spec: SidecarSpec) -> bool:
+        from podnet.mesh.haproxy_api import HaproxyApi
+
+        want = haproxy_config.weights(spec)
+        api = HaproxyApi(str(self.workdir / "haproxy.sock"))
+        try:
+            for (backend, server), weight in want.items():
+                api.set_server_weight(backend, server, weight)
+        except (PodnetError, OSError):
+            return False  # reload instead: the text says what the weights must be
+        return True
+
+    def _check(self, text: str) -> None:
+        probe = self.workdir / "haproxy.cfg.new"
+        write_atomic(probe, text)
+        out = subprocess.run([HAPROXY, "-c", "-q", "-f", str(probe)], capture_output=True, text=True, timeout=30,
+                             check=False)
+        if out.returncode != 0:
+            self.state.error = f"configuration refused by haproxy -c: {(out.stderr or out.stdout).strip()[-500:]}"
+            raise KernelError(f"sidecar of {self.ref}: {self.state.error}")
+
+    def _start(self, spec: SidecarSpec) -> None:
+        ports = [p.port for p in spec.inbound]
+        self.proc = subprocess.Popen(
+            ["nsenter", f"--net={self.netns}", HAPROXY, "-W", "-db", "-f", str(self.config)],
+            stdin=subprocess.DEVNULL, stdout=open(self.workdir / "haproxy.log", "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while not (self.workdir / "haproxy.sock").exists():  # listening (the stats socket comes last)
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                code = self.proc.poll()
+                self.stop()
+                raise KernelError(f"sidecar of {self.ref} did not start (exit {code})",
+                                  f"see {self.workdir / 'haproxy.log'}")
+            time.sleep(0.02)
+        if self.state.started:
+            self.state.restarts += 1
+        self.state.pid, self.state.started = self.proc.pid, time.time()
+        self.kernel.apply(self.netns, intercept_script(ports))

@@ -1,0 +1,1 @@
+"""The service mesh: objects, identities, certificates and the HAProxy sidecar's control."""
