@@ -223,7 +223,32 @@ def macvlan_policy(data: dict, out: Path) -> Section:
             table(["figure", "no table", "pod table", "ratio"], rows))
 
 
+def mesh_latency(data: dict, out: Path) -> Section:
+    lat, cpu, tp = data["latency"], data["sidecar_cpu"], data["throughput"]
+    quantiles = list(lat["added_ms"])
+    png = _bars(out, "mesh_latency", f"HAProxy sidecar mesh at {data['rate']:g} req/s, latency ms (lower is better)",
+                quantiles, {mode: [lat["quantiles_ms"][mode][q] for q in quantiles] for mode in lat["quantiles_ms"]},
+                "ms")
+    body = table(["path", *quantiles], [[mode, *(q[k] for k in quantiles)] for mode, q in lat["quantiles_ms"].items()]
+                 + [["added (meshed - unmeshed)", *(lat["added_ms"][k] for k in quantiles)]])
+    body += table(["process", "cores per round", "vCPU per 1k req/s", "net of idle"],
+                  [[k, " ".join(map(str, r["cores"])), r["vcpu_per_1k_rps"], r["net_of_idle"]] for k, r in cpu.items()])
+    body += table(["wrk -t1 -c32 against", "median req/s", "req/s per client-sidecar core", "bound by"],
+                  [[k, r["median_rps"], r["rps_per_client_sidecar_core"] or "", r["median_run"]["bound_by"]]
+                   for k, r in tp.items()])
+    want, met = data.get("targets") or {"added_p90_ms": 0.3, "vcpu_per_1k_rps": 0.1,  # results before they were saved
+                                        "rps_per_client_sidecar_core": 30000}, data["meets"]
+    body += table(["target", "met"], [[f"added p90 <= {want['added_p90_ms']} ms", met["added_p90"]],
+                                      [f"<= {want['vcpu_per_1k_rps']} vCPU per 1k req/s per sidecar", met["vcpu_per_1k"]],
+                                      [f">= {want['rps_per_client_sidecar_core']} req/s per client-sidecar core (stub)",
+                                       met["rps_per_core"]],
+                                      ["sidecar reloads during the run", data["reloads"]["during_run"]],
+                                      ["server app", data["app"]]])
+    return f"Service mesh (HAProxy sidecars) against no mesh, {data['machine']['cpus']} CPUs", [png], body
+
+
 RENDERERS: dict[str, Callable[[dict, Path], Section]] = {
+    "mesh_latency": mesh_latency,
     "sleeve_throughput": sleeve_throughput, "gossip_convergence": gossip_convergence,
     "gossip_throughput": gossip_throughput, "macvlan_policy": macvlan_policy,
     "fabric_macvlan": lambda d, o: fabric_throughput(d, o, "fabric_macvlan"),

@@ -53,6 +53,8 @@ BENCHES = (
     Bench("fabric_macvlan", "fabric_throughput.py", ("--fabric", "macvlan", "--fabric", "host-gw", "--seconds", "2"),
           ("--fabric", "macvlan", "--fabric", "host-gw", "--seconds", "5", "--repeat", "3")),
     Bench("macvlan_policy", "macvlan_policy.py", ("--seconds", "2", "--repeat", "1", "--conn-seconds", "1")),
+    Bench("mesh_latency", "mesh_latency.py", ("--seconds", "2", "--repeat", "1", "--wrk-seconds", "2", "--idle-seconds", "1"),
+          ("--seconds", "10", "--repeat", "3", "--wrk-seconds", "5")),
 )
 
 

@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,7 +138,8 @@ def split(v1: int, v2: int) -> dict:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory) -> Iterator[Lab]:
     work = tmp_path_factory.mktemp("mesh")
-    with topology_lab("ms", TOPOLOGY, work, "--no-cluster-dns") as state:
+    # certificates of 9 s: every sidecar rotates (at 6 s) again and again under the tests' load
+    with topology_lab("ms", TOPOLOGY, work, "--no-cluster-dns", "--mesh-cert-lifetime", "9") as state:
         built = Lab(state, work)
         podnet_cli("mesh", "enable", "shop", "--lab", built.name)
         wait_until(lambda: {p for p, s in built.sidecars().items() if s["alive"]} >=
@@ -195,7 +197,8 @@ def test_header_routing(lab: Lab) -> None:
         {"backendRefs": [{"name": "web-v1", "port": 80}]}])
     lab.apply(header)
     wait_until(lambda: lab.routes_in_force("shop/web-header#1"), "the header route", timeout=20)
-    assert {s[1] for s in lab.load("shop/client", web, 30, headers={"x-canary": "yes"})} == {"v2"}
+    seen = lab.load("shop/client", web, 30, headers={"x-canary": "yes"})
+    assert {s[1] for s in seen} == {"v2"}, seen
     assert {s[1] for s in lab.load("shop/client", web, 30)} == {"v1"}
     lab.delete(header)
 
@@ -313,3 +316,82 @@ def test_network_policy_still_decides_at_l3_l4(lab: Lab) -> None:
         assert {s[0] for s in lab.load("shop/intruder", v2, 3)} == {200}
     finally:
         lab.delete(deny)
+
+
+def test_a_retry_budget_stops_retrying_a_failing_backend(lab: Lab) -> None:
+    v1 = lab.cluster_ip("shop", "web-v1")
+    policy = {"apiVersion": "mesh.podnet.io/v1", "kind": "MeshTrafficPolicy",
+              "metadata": {"name": "web-v1", "namespace": "shop"},
+              "spec": {"targetRef": {"kind": "Service", "name": "web-v1"},
+                       "retries": {"attempts": 3, "retryOn": ["5xx"], "budgetPercent": 10}}}
+    for pod in ("shop/web-v1-a", "shop/web-v1-b"):
+        apps.control(lab.name, pod, {"fail_percent": 50, "fail_status": 503})
+    lab.apply(policy)
+    try:
+        wait_until(lambda: "disable-l7-retry" in _config(lab, "shop/client"), "the retry budget", timeout=20)
+        batches = []
+        for _ in range(8):  # ~4 s: the agent reads the budget from the access log about once a second
+            batches.append(Counter(s[0] for s in lab.load("shop/client", v1, 40)))
+            time.sleep(0.5)
+        late = sum((b for b in batches[4:]), Counter())
+        assert late[503] >= 0.15 * sum(late.values()), batches  # retries off: the failures show
+        history = " ".join(lab.sidecars()["shop/client"]["history"])
+        assert "retry budget of be_" in history and "exhausted" in history, history
+    finally:
+        for pod in ("shop/web-v1-a", "shop/web-v1-b"):
+            apps.control(lab.name, pod, {})
+        lab.delete(policy)
+
+
+def test_certificates_rotate_under_load_without_a_failed_request(lab: Lab) -> None:
+    before = lab.sidecars()
+    seen: list = []
+    deadline = time.monotonic() + 8  # more than one renewal period (6 s) of every sidecar
+    while time.monotonic() < deadline:
+        seen += lab.load("shop/client", lab.cluster_ip("shop", "web-v1"), 50)
+    assert Counter(s[0] for s in seen) == {200: len(seen)}, Counter(s[0] for s in seen)
+    after = lab.sidecars()
+    for ref in ("shop/client", "shop/web-v1-a", "shop/web-v1-b"):
+        assert after[ref]["rotations"] > before[ref]["rotations"], (ref, before[ref], after[ref])
+        assert after[ref]["reloads"] == before[ref]["reloads"], (ref, after[ref]["history"])  # no reload
+
+
+def test_a_failing_endpoint_is_ejected_and_returns(lab: Lab) -> None:
+    v1 = lab.cluster_ip("shop", "web-v1")
+    policy = {"apiVersion": "mesh.podnet.io/v1", "kind": "MeshTrafficPolicy",
+              "metadata": {"name": "web-v1", "namespace": "shop"},
+              "spec": {"targetRef": {"kind": "Service", "name": "web-v1"},
+                       "outlierDetection": {"consecutive5xxErrors": 2, "interval": "500ms"}}}
+    lab.apply(policy)
+    try:
+        wait_until(lambda: "on-error mark-down" in _config(lab, "shop/client"), "outlier detection", timeout=20)
+        apps.control(lab.name, "shop/web-v1-a", {"fail_percent": 100, "fail_status": 500})
+        lab.load("shop/client", v1, 20)  # web-v1-a fails twice in a row: ejected
+        ejected = Counter(s[2].split()[0] for s in lab.load("shop/client", v1, 30))
+        assert ejected == {"web-v1-b": 30}, ejected
+        apps.control(lab.name, "shop/web-v1-a", {})
+        back = wait_until(lambda: "web-v1-a" in {s[2].split()[0] for s in lab.load("shop/client", v1, 10)},
+                          "web-v1-a back after its health check passes", timeout=15)
+        assert back
+    finally:
+        apps.control(lab.name, "shop/web-v1-a", {})
+        lab.delete(policy)
+
+
+def test_fault_injection_aborts_and_delays(lab: Lab) -> None:
+    v2 = lab.cluster_ip("shop", "web-v2")
+    policy = {"apiVersion": "mesh.podnet.io/v1", "kind": "MeshTrafficPolicy",
+              "metadata": {"name": "web-v2", "namespace": "shop"},
+              "spec": {"targetRef": {"kind": "Service", "name": "web-v2"},
+                       "fault": {"abort": {"percent": 50, "httpStatus": 502}, "delay": {"percent": 100,
+                                                                                      "fixedDelay": "200ms"}}}}
+    lab.apply(policy)
+    try:
+        wait_until(lambda: "podnet_delay" in _config(lab, "shop/client"), "the fault", timeout=20)
+        started = time.monotonic()
+        seen = Counter(s[0] for s in lab.load("shop/client", v2, 40))
+        took = time.monotonic() - started
+        assert 8 <= seen[502] <= 32 and seen[200] + seen[502] == 40, seen  # 50% +- 30 points of 40
+        assert took >= seen[200] * 0.2, (took, seen)  # every request that was not aborted waited 200 ms
+    finally:
+        lab.delete(policy)

@@ -30,7 +30,7 @@ HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if Path("/usr/sbin/hap
 
 
 def spec(tmp_path: Path, mtls: str = "PERMISSIVE", v2_weight: int = 28) -> SidecarSpec:
-    policy = MeshTrafficPolicy("shop", "web", "web", retries=Retries(3, 0.5, ("5xx", "connect-failure")),
+    policy = MeshTrafficPolicy("shop", "web", "web", retries=Retries(3, 0.5, ("5xx", "connect-failure"), 20),
                                circuit_breaker=CircuitBreaker(10, 5), outlier=OutlierDetection(3, 1.0, 10.0))
     split = Backend("be_split", (Server("s_10_244_0_5_80", "10.244.0.5", 80, 256, True, "web.shop"),
                                  Server("s_10_244_1_5_80", "10.244.1.5", 80, v2_weight, True, "web.shop")), policy,
@@ -48,7 +48,8 @@ def spec(tmp_path: Path, mtls: str = "PERMISSIVE", v2_weight: int = 28) -> Sidec
                        (InboundPort(80, ("shop/web", "shop/web-v1"), (("shop/web-v1", 5),),
                                     (Authz("shop/only-client", "shop/web", ("client.shop",)),)), InboundPort(8080)),
                        (web,), (split, plain), str(tmp_path / "cert.pem"), str(tmp_path / "ca.pem"),
-                       str(tmp_path / "haproxy.sock"), str(tmp_path / "log.sock"), str(tmp_path / "delay.lua"))
+                       str(tmp_path / "haproxy.sock"), str(tmp_path / "log.sock"), str(tmp_path / "delay.lua"),
+                       str(tmp_path / "budget.map"))
 
 
 def test_routes_matches_backends_and_policies_become_haproxy_lines(tmp_path: Path) -> None:
@@ -59,6 +60,8 @@ def test_routes_matches_backends_and_policies_become_haproxy_lines(tmp_path: Pat
     assert "return status 503" in text and "lua.podnet_delay 200" in text
     assert "retries 3" in text and "retry-on 500 502 503 504 conn-failure" in text
     assert "timeout server 500ms" in text  # the per-try timeout, shorter than the request's 1.5 s
+    assert f"disable-l7-retry if {{ str(be_split),map({tmp_path}/budget.map) -m str 1 }}" in text
+    assert "disable-l7-retry" not in text.split("\nbackend be_default\n")[1]  # no budget there
     assert "maxconn 10 maxqueue 5" in text and "error-limit 3 on-error mark-down" in text
     assert "verifyhost web.shop" in text and "server s_10_244_1_9_80 10.244.1.9:80 weight 1\n" in text
     assert "deny_status 429 if { dst_port 80 } { var(txn.service) -m str shop/web-v1 }" in text
@@ -101,6 +104,7 @@ def test_haproxy_accepts_the_rendered_configuration(tmp_path: Path, mtls: str) -
     (tmp_path / "ca.pem").write_text(ca.cert_pem())
     (tmp_path / "cert.pem").write_text(ca.issue("spiffe://cluster.local/ns/shop/sa/client", 600).pem_bundle())
     (tmp_path / "delay.lua").write_text(DELAY_LUA)
+    (tmp_path / "budget.map").write_text("be_split 0\n")
     config = tmp_path / "haproxy.cfg"
     config.write_text(render(sidecar))
     out = subprocess.run([str(HAPROXY), "-c", "-f", str(config)], capture_output=True, text=True, check=False)

@@ -67,6 +67,7 @@ class MeshService:
         self._ca: MeshCA | None = None
         self._kernel: Any = None
         self._sink: Any = None
+        self.budgets: Any = None  # mesh/budget.py RetryBudgets, fed by the sink
         self._loop = ServiceThread("podnet-mesh", self._run, join_timeout=WATCH_TIMEOUT + 15)
 
     # -- AgentService
@@ -128,9 +129,10 @@ class MeshService:
         while not stop.is_set():
             try:
                 now = time.monotonic()
-                if dirty or now >= next_pass:
+                if dirty or now >= next_pass or self._renewal_due():
                     revision = max(revision, self.converge())
                     dirty, next_pass = False, now + RESYNC_SECONDS
+                self.enforce_budgets()
                 try:
                     seen = self._store().watch("", revision, WATCH_TIMEOUT)
                 except RevisionCompacted:
@@ -148,7 +150,11 @@ class MeshService:
             from podnet.mesh.log_sink import LogSink
 
             self.root.mkdir(parents=True, exist_ok=True)
+            from podnet.mesh.budget import RetryBudgets
+
             self._sink = LogSink(str(self.root / "log.sock"), getattr(self.agent, "metrics", None))
+            self.budgets = RetryBudgets()
+            self._sink.observers.append(self.budgets.observe)
             self._sink.start()
         except Exception as exc:  # noqa: BLE001 - the mesh works without its statistics
             log.warning("mesh: no access log sink: %s", exc)
@@ -195,6 +201,30 @@ class MeshService:
             self.passes += 1
         return revision
 
+    def _renewal_due(self) -> bool:
+        """A certificate's renewal time has come: converge now (it rotates), not at
+        the next periodic pass, which could come after it expired."""
+        now = dt.datetime.now(dt.UTC)
+        with self._lock:
+            return any(now >= cert.renew_at() for cert in self.certs.values())
+
+    def enforce_budgets(self) -> None:
+        """Retries off for a backend over its budget, on again below it (about once a
+        second: each pass of the loop)."""
+        if self.budgets is None:
+            return
+        from podnet.mesh.spec import budgets
+
+        with self._lock:
+            cars = [(ref, car) for ref, car in self.sidecars.items() if car.spec and car.spec.budget_map]
+        for ref, car in cars:
+            assert car.spec is not None
+            for backend, percent in budgets(car.spec).items():
+                try:
+                    car.set_over_budget(car.spec, backend, self.budgets.over(ref, backend, percent))
+                except (PodnetError, OSError) as exc:
+                    log.warning("mesh: retry budget of %s %s: %s", ref, backend, getattr(exc, "msg", exc))
+
     # -- certificates and paths
 
     def _netns(self) -> Any:
@@ -215,7 +245,7 @@ class MeshService:
         if not lua.exists():
             write_atomic(lua, DELAY_LUA)
         return SidecarPaths(str(work / "cert.pem"), str(self.root / "ca.pem"), str(work / "haproxy.sock"),
-                            str(self.root / "log.sock"), str(lua))
+                            str(self.root / "log.sock"), str(lua), str(work / "budget.map"))
 
     def _ensure_ca(self, store: Store) -> None:
         from podnet.fileio import write_atomic

@@ -27,7 +27,7 @@ from podnet.errors import KernelError, PodnetError
 from podnet.fileio import write_atomic
 from podnet.mesh import render as haproxy_config
 from podnet.mesh.intercept import intercept_script, removal_script
-from podnet.mesh.spec import SidecarSpec
+from podnet.mesh.spec import SidecarSpec, budgets
 
 HAPROXY = "/usr/sbin/haproxy"
 
@@ -52,6 +52,8 @@ class Sidecar:
         self.config = workdir / "haproxy.cfg"
         self.proc: subprocess.Popen | None = None
         self.text = ""
+        self.spec: SidecarSpec | None = None
+        self.over_budget: set[str] = set()  # backends whose retries are off (mesh/budget.py)
         self.state = SidecarState()
 
     @property
@@ -60,6 +62,7 @@ class Sidecar:
 
     def apply(self, spec: SidecarSpec) -> str:
         text = haproxy_config.render(spec)
+        self.spec = spec
         if self.alive and text == self.text:
             return "unchanged"
         same_structure = haproxy_config.structure(text) == haproxy_config.structure(self.text)
@@ -68,11 +71,14 @@ class Sidecar:
             self.text = text
             self.state.weight_updates += 1
             return self._did("weights set through the runtime API")
+        self._write_budget_map(spec)
         self._check(text)
         write_atomic(self.config, text)
         if self.alive:
             assert self.proc is not None
+            old = self._worker()
             os.kill(self.proc.pid, signal.SIGUSR2)
+            self._await_worker(old)
             self.text = text
             self.state.reloads += 1
             return self._did("reloaded")
@@ -122,6 +128,44 @@ class Sidecar:
         except (PodnetError, OSError):
             return False  # reload instead: the text says what the weights must be
         return True
+
+    def _worker(self) -> str:
+        """The serving worker's pid, as its runtime API says ("" if it does not answer)."""
+        from podnet.mesh.haproxy_api import HaproxyApi
+
+        try:
+            info = HaproxyApi(str(self.workdir / "haproxy.sock"), timeout=1.0).command("show info")
+        except (PodnetError, OSError):
+            return ""
+        return next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("Pid:")), "")
+
+    def _await_worker(self, old: str, timeout: float = 5.0) -> None:
+        """Return once a new worker answers on the runtime API (it holds the listeners):
+        what is applied is then what serves."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = self._worker()
+            if now and now != old:
+                return
+            time.sleep(0.02)
+        self.state.error = f"no new worker within {timeout:.0f}s of the reload"
+
+    def _write_budget_map(self, spec: SidecarSpec) -> None:
+        """Every budgeted backend within its budget at (re)start: the agent flips them."""
+        if spec.budget_map:
+            write_atomic(Path(spec.budget_map), "".join(f"{name} 0\n" for name in budgets(spec)))
+            self.over_budget = set()
+
+    def set_over_budget(self, spec: SidecarSpec, backend: str, over: bool) -> None:
+        """Stop (or allow again) `backend`'s retries now, through the runtime API."""
+        from podnet.mesh.haproxy_api import HaproxyApi
+
+        if over == (backend in self.over_budget) or not self.alive:
+            return
+        HaproxyApi(str(self.workdir / "haproxy.sock")).command(
+            f"set map {spec.budget_map} {backend} {1 if over else 0}")
+        (self.over_budget.add if over else self.over_budget.discard)(backend)
+        self._did(f"retry budget of {backend} {'exhausted: retries off' if over else 'back: retries on'}")
 
     def _check(self, text: str) -> None:
         probe = self.workdir / "haproxy.cfg.new"

@@ -36,6 +36,7 @@ AGENT_DEFAULTS = {
     "node_labels": None, "strict_affinity": False, "metrics_addr": None,
     "peer": None, "gossip_port": GOSSIP_PORT, "key_file": None, "ipalloc_init": None,
     "reclaim_grace": DEFAULT_RECLAIM_GRACE, "dns_domain": DEFAULT_GOSSIP_DOMAIN, "segment_gateway": None,
+    "mesh_cert_lifetime": None,
 }
 STORE_NONE = "none"  # --store none: the node's own store, kept in step by gossip (--fabric gossip)
 
@@ -70,6 +71,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     cluster.add_argument("--segment-gateway", metavar="IP",
                          help="--fabric macvlan: the router's address in the pod segment (the cluster CIDR; "
                               "default its first address)")
+    cluster.add_argument("--mesh-cert-lifetime", type=_lifetime, metavar="SECONDS",
+                         help="lifetime of the mesh certificates this node issues its pods (default 3600; "
+                              "renewed at 2/3 of it, without a reload)")
     cluster.add_argument("--node-labels", metavar="K=V[,K=V]",
                          help="labels of this node, published in its lease (BGPPeer nodeSelector/peerSelector)")
     cluster.add_argument("--cluster-dns", metavar="IP",
@@ -171,7 +175,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
             return fail(str(exc), 2)
         node = NodeOptions(s["node"], s["fabric"], s["cluster_cidr"], s["block_prefix"], s["underlay"], s["lease_ttl"],
                            s["cluster_dns"], s["cluster_domain"], s["cluster_dns_netns"], labels,
-                           bool(s["strict_affinity"]), gossip, s["segment_gateway"])
+                           bool(s["strict_affinity"]), gossip, s["segment_gateway"], s["mesh_cert_lifetime"])
         if gossip is not None:
             s["store"] = None  # the node's own store: STATE_DIR/store.db
     elif s["store"] == STORE_NONE:
@@ -265,6 +269,17 @@ def _node_labels(text: str) -> tuple[tuple[str, str], ...]:
     except PodnetError as exc:
         raise ValueError(exc.msg) from None
     return tuple(sorted(checked.items()))
+
+
+def _lifetime(text: str) -> float:
+    """--mesh-cert-lifetime: seconds, at least 5 (a renewal at 2/3 of it must have room)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 5 <= value <= 366 * 86400:
+        raise argparse.ArgumentTypeError(f"must be from 5 seconds to a year, got {text}")
+    return value
 
 
 def _check_segment(s: dict) -> int | None:

@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--encrypt", action="store_true",
                     help="--fabric gossip: a random cluster secret; peers authenticate and pods talk over the "
                          "encrypted sleeve")
+    up.add_argument("--mesh-cert-lifetime", type=float, default=None, metavar="SECONDS",
+                    help="the agents' mesh certificate lifetime (default 3600; tests rotate with a few seconds)")
     up.add_argument("--reclaim-grace", type=float, default=None,
                     help="--fabric gossip: seconds before a dead node's space is reclaimed (default 10)")
     up.add_argument("--cluster-cidr", default=CLUSTER_CIDR, help=f"the pods' pool (default {CLUSTER_CIDR})")
@@ -135,6 +137,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
                     f"not --fabric {args.fabric} with --store {store}", 2)
     if args.encrypt and args.fabric != "gossip":
         return fail("--encrypt is for --fabric gossip (its sleeve)", 2)
+    if args.mesh_cert_lifetime is not None and not 5 <= args.mesh_cert_lifetime <= 366 * 86400:
+        return fail("--mesh-cert-lifetime: from 5 seconds to a year", 2)
     if args.reclaim_grace is not None and (args.fabric != "gossip" or args.reclaim_grace < 1):
         return fail("--reclaim-grace: at least 1 second, with --fabric gossip", 2)
     block_prefix = args.block_prefix or (BGP_BLOCK_PREFIX if args.fabric == "bgp" else BLOCK_PREFIX)
@@ -161,6 +165,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
                                             nic_gso=args.nic_gso, cluster_cidr=str(pool), block_prefix=block_prefix,
                                             **({"lease_ttl": args.lease_ttl} if args.lease_ttl else {}),
                                             **({"reclaim_grace": args.reclaim_grace} if args.reclaim_grace else {}),
+                                            mesh_cert_lifetime=args.mesh_cert_lifetime,
                                             encrypt=args.encrypt),
                          progress)
     if builder.simulate:

@@ -44,3 +44,4 @@ class NodeOptions:
     strict_affinity: bool = False  # never borrow an address from another node's block (always so on a bridge)
     gossip: GossipOptions | None = None  # --fabric gossip: peers, secret, ring genesis
     segment_gateway: str | None = None  # --fabric macvlan: the pod segment's router (None: its first address)
+    mesh_cert_lifetime: float | None = None  # the mesh certificates this node issues (None: 1 h)

@@ -79,6 +79,7 @@ class LabOptions:
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
     reclaim_grace: float = RECLAIM_GRACE  # --fabric gossip: a dead node's space is reclaimed after it
     encrypt: bool = False  # --fabric gossip: a cluster secret, so peers talk over the encrypted sleeve
+    mesh_cert_lifetime: float | None = None  # the agents' --mesh-cert-lifetime
 
 
 Progress = Callable[[str], None]
@@ -351,6 +352,8 @@ class LabBuilder:
                 "--cluster-cidr", self.o.cluster_cidr, "--block-prefix", str(self.block_prefix),
                 "--underlay", "eth0", "--lease-ttl", str(self.o.lease_ttl),
                 "--node-labels", routers.node_labels(node)]
+        if self.o.mesh_cert_lifetime:
+            argv += ["--mesh-cert-lifetime", str(self.o.mesh_cert_lifetime)]
         if dns:
             argv += ["--cluster-dns", dns["ip"], "--cluster-domain", dns["domain"],
                      "--cluster-dns-netns", str(NETNS_DIR / dns["pods"][node.name]["netns"])]

@@ -27,6 +27,7 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from podnet.errors import PodnetError
@@ -74,6 +75,7 @@ class LogSink:
         self.path = path
         self.metrics = metrics
         self.golden = golden or Golden()
+        self.observers: list[Callable[[AccessRecord, float | None], None]] = []
         self._kept: dict[str, collections.deque[dict[str, Any]]] = {
             kind: collections.deque(maxlen=keep) for kind in KINDS}
         self._lock = threading.Lock()  # the kept records (the counts are the thread's alone)
@@ -137,6 +139,8 @@ class LogSink:
             self.tcp += 1
             return record
         self.golden.observe(record, now)
+        for observe in self.observers:  # e.g. the retry budgets (mesh/budget.py)
+            observe(record, now)
         kinds = kinds_of(record)
         if kinds:
             with self._lock:

@@ -43,6 +43,7 @@ class SidecarPaths:
     stats_socket: str
     log_socket: str
     lua: str
+    budget_map: str = ""
 
 
 def meshed(pod: PodRecord, meshed_namespaces: Iterable[str]) -> bool:
@@ -92,7 +93,8 @@ class Planner:
                 mtls=peer_auth.mode if peer_auth else MTLS_PERMISSIVE,
                 inbound=self._inbound(pod), outbound=outbound, backends=backends,
                 cert=where.cert, ca=where.ca, stats_socket=where.stats_socket, log_socket=where.log_socket,
-                lua=where.lua if any(s.fault and s.fault.delay_percent for s in outbound) else "")
+                lua=where.lua if any(s.fault and s.fault.delay_percent for s in outbound) else "",
+                budget_map=where.budget_map)
         return out
 
     # -- inbound

@@ -195,6 +195,8 @@ def _backend(spec: SidecarSpec, backend: Backend) -> list[str]:
     if retries:
         kinds = " ".join(dict.fromkeys(w for k in retries.retry_on for w in RETRY_ON[k].split()))
         out += [f"  retries {retries.attempts}", f"  retry-on {kinds}", "  option redispatch 1"]
+        if retries.budget_percent and spec.budget_map:  # over budget: the agent set our key to 1
+            out.append(f"  http-request disable-l7-retry if {{ str({backend.name}),map({spec.budget_map}) -m str 1 }}")
     else:
         out.append("  retries 0")
     # HAProxy times each try: the per-try timeout, at most the request's (504 beyond)

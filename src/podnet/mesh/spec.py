@@ -93,3 +93,10 @@ class SidecarSpec:
     stats_socket: str  # the runtime API (weights, certificates)
     log_socket: str  # the node agent's access log sink (UNIX datagram)
     lua: str = ""  # path of the fault-delay action script ("" when no delay is used)
+    budget_map: str = ""  # backend -> 1 while over its retry budget (mesh/budget.py flips it)
+
+
+def budgets(spec: SidecarSpec) -> dict[str, float]:
+    """backend -> its retry budget in percent, for the backends that have one."""
+    return {b.name: b.policy.retries.budget_percent for b in spec.backends
+            if b.policy and b.policy.retries and b.policy.retries.budget_percent}
