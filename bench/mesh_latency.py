@@ -252,7 +252,11 @@ def tree_seconds(pid: int) -> float:
     tick = os.sysconf("SC_CLK_TCK")
     total = sum(_stat(pid))
     for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        for child in children:
             try:
                 total += sum(_stat(int(child))[:2])
             except (OSError, ValueError):

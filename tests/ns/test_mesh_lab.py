@@ -282,6 +282,10 @@ def test_authorization_by_identity_answers_403_naming_the_policy(lab: Lab) -> No
         assert {s[0] for s in denied} == {403}, denied
         assert "denied by MeshAuthorizationPolicy shop/only-client: intruder.shop may not call shop/web-v2" \
             in denied[0][2], denied
+        listed = wait_until(lambda: [r for r in json.loads(podnet_cli(
+            "flows", "--mesh", "denied", "--lab", lab.name, "-o", "json").stdout)
+            if r["peer"] == "intruder.shop" and r["status"] == 403], "the denials in podnet flows --mesh", timeout=10)
+        assert listed[0]["pod"] == "shop/web-v2-a" and listed[0]["request_id"], listed[0]
     finally:
         lab.delete(policy)
 

@@ -46,7 +46,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def run_demo(keep: bool = False, name: str = DEMO_LAB, nodes: int = DEMO_NODES, fabric: str = "vxlan") -> int:
     """Build, test, tour and (unless `keep`) remove the lab; 0 when every check passed."""
-    from podnet.cli import demo_service
+    from podnet.cli import demo_mesh, demo_service
     from podnet.cli.lab import print_summary
     from podnet.cli.observe import render
     from podnet.lab import topology
@@ -67,8 +67,8 @@ def run_demo(keep: bool = False, name: str = DEMO_LAB, nodes: int = DEMO_NODES, 
         console.print(f"[green]✓[/] {step} [dim]({time.monotonic() - start:.1f}s)[/]")
 
     console.print(f"[bold]podnet demo[/]: a {nodes}-node cluster ({fabric}) in network namespaces, lab [cyan]{name}[/]")
-    builder = LabBuilder(demo_service.with_service(topology.default_topology(nodes, 2, 1)), LabOptions(name, fabric),
-                         progress)
+    builder = LabBuilder(demo_mesh.with_mesh(demo_service.with_service(topology.default_topology(nodes, 2, 1))),
+                         LabOptions(name, fabric), progress)
     passed = False
     try:
         with console.status(f"podnet lab up --lab {name} --nodes {nodes} --fabric {fabric} ..."):
@@ -83,6 +83,7 @@ def run_demo(keep: bool = False, name: str = DEMO_LAB, nodes: int = DEMO_NODES, 
         render(results, console, f"lab {name}", time.monotonic() - test_start)
         passed = bool(results) and all(r.ok for r in results)
         passed = demo_service.act(console, state.data) and passed
+        passed = demo_mesh.act(console, state.data) and passed
         tour(console, name, state.data, keep)
     except PodnetError as err:
         console.print(f"[red]✗ {err.msg}[/]")

@@ -82,7 +82,7 @@ def act(console: Any, data: dict) -> bool:
     from podnet.observe import service_probe
     from podnet.store import open_store
 
-    pods = list(data.get("pods", {}))
+    pods = [key for key in data.get("pods", {}) if key.startswith("default/")]  # the echo pods
     if len(pods) < 3:
         return True  # too small a lab to show a fail-over
     client, victim = pods[0], pods[-1]

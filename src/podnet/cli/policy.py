@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     flows.add_argument("--pod", metavar="NS/NAME", help="only flows from or to this pod")
     flows.add_argument("--verdict", choices=("deny", "allow", "log", "pass"), help="only this verdict")
     flows.add_argument("--since", type=float, metavar="SECONDS", help="only flows of the last SECONDS")
+    flows.add_argument("--mesh", nargs="?", const="all", choices=("all", "denied", "rate_limited", "retried", "failed"),
+                       help="the service mesh's requests instead: 403s, 429s, retried and failed ones, each with "
+                            "its request id (the sidecars' access log, kept by each node's agent)")
     flows.add_argument("-o", "--output", choices=("table", "json"), default="table")
     _agent_options(flows)
     flows.set_defaults(func=_cmd_flows)
@@ -106,6 +109,8 @@ def _row(flow: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
 def _cmd_flows(args: argparse.Namespace) -> int:
     from podnet.observe.flows import FlowCursor
 
+    if args.mesh:
+        return _mesh_flows(args)
     try:
         sockets = node_sockets(args)
         pods = _pod_addresses(args)
@@ -142,6 +147,37 @@ def _cmd_flows(args: argparse.Namespace) -> int:
             flows = fetch()
     except KeyboardInterrupt:
         return 0
+
+
+MESH_COLUMNS = ["TIME", "NODE", "KIND", "POD", "SERVICE", "ROUTE", "STATUS", "PEER", "REQUEST-ID"]
+
+
+def _mesh_flows(args: argparse.Namespace) -> int:
+    """The requests the mesh refused, retried or failed (op mesh.denials), oldest first."""
+    from podnet.rpc.client import call
+
+    try:
+        sockets = node_sockets(args)
+    except PodnetError as exc:
+        return fail(exc)
+    oldest = time.time() - args.since if args.since else 0.0
+    records = []
+    for node, sock in sockets.items():
+        try:
+            reply = call(sock, "mesh.denials", timeout=5.0, kind=args.mesh)
+        except PodnetError:
+            continue  # an agent that is down has nothing to say now
+        records += [{**r, "node": node} for r in reply.get("records", [])  # type: ignore[union-attr]
+                    if r["time"] >= oldest and (not args.pod or args.pod in (r.get("pod"), r.get("peer")))]
+    records.sort(key=lambda r: r["time"])
+    if args.output == "json":
+        print(json.dumps(records, indent=2))
+        return 0
+    rows = [{"TIME": datetime.fromtimestamp(r["time"]).strftime("%H:%M:%S.%f")[:-3], "NODE": r["node"],
+             "KIND": ",".join(r["kinds"]), "POD": r["pod"], "SERVICE": r["service"], "ROUTE": r["route"],
+             "STATUS": r["status"], "PEER": r["peer"] or "-", "REQUEST-ID": r["request_id"]} for r in records]
+    emit_rows(rows, MESH_COLUMNS, "table", title=f"{len(rows)} mesh request(s)")
+    return 0
 
 
 # -------------------------------------------------------------------------- policy

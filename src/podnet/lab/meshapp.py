@@ -7,6 +7,9 @@ many pods). Run inside the pod's namespace by the lab's supervisor:
 
     python -m podnet.lab.meshapp --name POD [--version V] --port P... --control FILE --ready FILE
 
+- A line that is not an HTTP request is answered `<name> <line>` and the connection
+  closed, as the lab's echo server does, so `podnet connectivity test` and the service
+  checks recognise the pod.
 - `GET /...` answers 200 with `<name> <version>\\n` and headers `x-pod`, `x-version`,
   and the request's `x-request-id` echoed back (so a test can follow one request);
   `GET /headers` answers with the request's headers; `GET /status/<code>` with that code.
@@ -69,6 +72,15 @@ def handler(name: str, version: str, control: Control) -> type[BaseHTTPRequestHa
 
         def log_message(self, *args: Any) -> None:  # quiet: the sidecar logs requests
             return
+
+        def parse_request(self) -> bool:
+            line = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+            words = line.split()
+            if not words or not words[-1].startswith("HTTP/"):  # the echo server's line protocol
+                self.wfile.write(f"{name} {line}\n".encode())
+                self.close_connection = True
+                return False
+            return super().parse_request()
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             settings = control.current()
