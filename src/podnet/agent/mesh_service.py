@@ -161,13 +161,18 @@ class MeshService:
 
     def converge(self) -> int:
         from podnet.mesh.objects import load_mesh
-        from podnet.mesh.plan import Planner, meshed_namespaces
+        from podnet.mesh.plan import MESH_LABEL, Planner, meshed_namespaces
         from podnet.services.watched import WatchedObjects
 
         store = self._store()
+        namespaces = _namespace_labels(store)
+        if not meshed_namespaces(namespaces) and not self.sidecars and \
+                not any(MESH_LABEL in entry.value for entry in store.list(keys.PODS)):
+            with self._lock:  # nothing meshed anywhere: no plan, no listing of services
+                self.problems, self.passes = {}, self.passes + 1
+            return store.revision()
         watched = WatchedObjects()
         revision = watched.relist(store)
-        namespaces = _namespace_labels(store)
         mesh = load_mesh(store)
         specs = {}
         problems: dict[str, str] = {}
