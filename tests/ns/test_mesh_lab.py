@@ -85,6 +85,23 @@ print(json.dumps(seen))
 """
 
 
+# N requests at once, each on its own connection (threads started together)
+PARALLEL = r"""
+import http.client, json, sys, threading
+host, n, out = sys.argv[1], int(sys.argv[2]), []
+def one():
+    try:
+        c = http.client.HTTPConnection(host, 80, timeout=10); c.request("GET", "/"); r = c.getresponse(); r.read()
+        out.append(r.status)
+    except Exception:
+        out.append(0)
+threads = [threading.Thread(target=one) for _ in range(n)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(out))
+"""
+
+
 class Lab:
     def __init__(self, state: dict, workdir: Path) -> None:
         self.state, self.name, self.workdir = state, state["name"], workdir
@@ -253,7 +270,7 @@ def test_the_sidecar_survives_its_apps_restart(lab: Lab) -> None:
 def _config(lab: Lab, pod: str) -> str:
     node = lab.state["pods"][pod]["node"]
     ns, name = pod.split("/")
-    return (Path(lab.state["nodes"][node]["state_dir"]) / "mesh" / f"{ns}_{name}" / "haproxy.cfg").read_text()
+    return (Path(lab.state["nodes"][node]["state_dir"]) / "mesh" / f"{ns}_{name}" / "applied.cfg").read_text()
 
 
 def test_golden_signals_and_one_request_id_across_two_hops(lab: Lab) -> None:
@@ -398,4 +415,23 @@ def test_fault_injection_aborts_and_delays(lab: Lab) -> None:
         assert 8 <= seen[502] <= 32 and seen[200] + seen[502] == 40, seen  # 50% +- 30 points of 40
         assert took >= seen[200] * 0.2, (took, seen)  # every request that was not aborted waited 200 ms
     finally:
+        lab.delete(policy)
+
+
+def test_circuit_breaking_refuses_what_the_endpoint_cannot_take(lab: Lab) -> None:
+    v2 = lab.cluster_ip("shop", "web-v2")  # one endpoint: web-v2-a
+    policy = {"apiVersion": "mesh.podnet.io/v1", "kind": "MeshTrafficPolicy",
+              "metadata": {"name": "web-v2", "namespace": "shop"},
+              "spec": {"targetRef": {"kind": "Service", "name": "web-v2"},
+                       "circuitBreaker": {"maxConnections": 1, "maxPendingRequests": 1}}}
+    apps.control(lab.name, "shop/web-v2-a", {"delay_ms": 500})
+    lab.apply(policy)
+    try:
+        wait_until(lambda: "maxconn 1 maxqueue 1" in _config(lab, "shop/client"), "the circuit breaker", timeout=20)
+        out = subprocess.run(["nsenter", f"--net={lab.netns('shop/client')}", sys.executable, "-c", PARALLEL, v2, "6"],
+                             capture_output=True, text=True, timeout=60, check=True)
+        statuses = Counter(json.loads(out.stdout))
+        assert statuses[200] >= 1 and statuses[503] >= 2, statuses  # one served, one queued, the rest refused
+    finally:
+        apps.control(lab.name, "shop/web-v2-a", {})
         lab.delete(policy)

@@ -113,6 +113,9 @@ class Sidecar:
     # -- internals
 
     def _did(self, what: str) -> str:
+        """Note what was done; `applied.cfg` is then what serves (haproxy.cfg is written
+        before a reload, which takes a moment to have a new worker serving it)."""
+        write_atomic(self.workdir / "applied.cfg", self.text)
         self.state.last, self.state.error = what, None
         self.state.history = [*self.state.history[-9:], f"{time.strftime('%H:%M:%S')} {what}"]
         return what

@@ -210,7 +210,9 @@ def _backend(spec: SidecarSpec, backend: Backend) -> list[str]:
     for server in backend.servers:
         line = f"  server {server.name} {server.ip}:{server.port} weight {server.weight}"
         if breaker and breaker.max_connections:
-            line += f" maxconn {breaker.max_connections} maxqueue {breaker.max_pending_requests or 0}"
+            line += f" maxconn {breaker.max_connections}"
+        if breaker and breaker.max_pending_requests is not None:  # HAProxy's 0 means unlimited: at least 1
+            line += f" maxqueue {max(1, breaker.max_pending_requests)}"
         if outlier:
             line += (f" check inter {_ms(outlier.interval)} rise 1 fall 1 observe layer7 "
                      f"error-limit {outlier.consecutive_5xx} on-error mark-down")
