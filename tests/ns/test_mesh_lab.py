@@ -141,6 +141,13 @@ class Lab:
         return all(route in " ".join(p["routes"]) for p in self.sidecars().values() if p["pod"] == "shop/client")
 
 
+def traffic_policy(service: str, spec: dict) -> dict:
+    """A MeshTrafficPolicy named after the shop service it targets."""
+    return {"apiVersion": "mesh.podnet.io/v1", "kind": "MeshTrafficPolicy",
+            "metadata": {"name": service, "namespace": "shop"},
+            "spec": {"targetRef": {"kind": "Service", "name": service}, **spec}}
+
+
 def route(name: str, rules: list[dict]) -> dict:
     return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
             "metadata": {"name": name, "namespace": "shop"},
@@ -222,10 +229,7 @@ def test_header_routing(lab: Lab) -> None:
 
 def test_retries_hide_a_half_failing_backend_and_a_timeout_fires(lab: Lab) -> None:
     v1 = lab.cluster_ip("shop", "web-v1")
-    policy = {"apiVersion": "mesh.podnet.io/v1", "kind": "MeshTrafficPolicy",
-              "metadata": {"name": "web-v1", "namespace": "shop"},
-              "spec": {"targetRef": {"kind": "Service", "name": "web-v1"},
-                       "retries": {"attempts": 3, "retryOn": ["5xx"]}, "timeout": "300ms"}}
+    policy = traffic_policy("web-v1", {"retries": {"attempts": 3, "retryOn": ["5xx"]}, "timeout": "300ms"})
     for pod in ("shop/web-v1-a", "shop/web-v1-b"):
         apps.control(lab.name, pod, {"fail_percent": 50, "fail_status": 503})
     try:
@@ -247,9 +251,7 @@ def test_retries_hide_a_half_failing_backend_and_a_timeout_fires(lab: Lab) -> No
 
 def test_rate_limit_answers_429(lab: Lab) -> None:
     v2 = lab.cluster_ip("shop", "web-v2")
-    policy = {"apiVersion": "mesh.podnet.io/v1", "kind": "MeshTrafficPolicy",
-              "metadata": {"name": "web-v2", "namespace": "shop"},
-              "spec": {"targetRef": {"kind": "Service", "name": "web-v2"}, "rateLimit": {"requestsPerSecond": 5}}}
+    policy = traffic_policy("web-v2", {"rateLimit": {"requestsPerSecond": 5}})
     lab.apply(policy)
     try:
         wait_until(lambda: "rl_80" in _config(lab, "shop/web-v2-a"), "the rate limit", timeout=20)
@@ -341,10 +343,7 @@ def test_network_policy_still_decides_at_l3_l4(lab: Lab) -> None:
 
 def test_a_retry_budget_stops_retrying_a_failing_backend(lab: Lab) -> None:
     v1 = lab.cluster_ip("shop", "web-v1")
-    policy = {"apiVersion": "mesh.podnet.io/v1", "kind": "MeshTrafficPolicy",
-              "metadata": {"name": "web-v1", "namespace": "shop"},
-              "spec": {"targetRef": {"kind": "Service", "name": "web-v1"},
-                       "retries": {"attempts": 3, "retryOn": ["5xx"], "budgetPercent": 10}}}
+    policy = traffic_policy("web-v1", {"retries": {"attempts": 3, "retryOn": ["5xx"], "budgetPercent": 10}})
     for pod in ("shop/web-v1-a", "shop/web-v1-b"):
         apps.control(lab.name, pod, {"fail_percent": 50, "fail_status": 503})
     lab.apply(policy)
@@ -379,10 +378,7 @@ def test_certificates_rotate_under_load_without_a_failed_request(lab: Lab) -> No
 
 def test_a_failing_endpoint_is_ejected_and_returns(lab: Lab) -> None:
     v1 = lab.cluster_ip("shop", "web-v1")
-    policy = {"apiVersion": "mesh.podnet.io/v1", "kind": "MeshTrafficPolicy",
-              "metadata": {"name": "web-v1", "namespace": "shop"},
-              "spec": {"targetRef": {"kind": "Service", "name": "web-v1"},
-                       "outlierDetection": {"consecutive5xxErrors": 2, "interval": "500ms"}}}
+    policy = traffic_policy("web-v1", {"outlierDetection": {"consecutive5xxErrors": 2, "interval": "500ms"}})
     lab.apply(policy)
     try:
         wait_until(lambda: "on-error mark-down" in _config(lab, "shop/client"), "outlier detection", timeout=20)
@@ -401,11 +397,8 @@ def test_a_failing_endpoint_is_ejected_and_returns(lab: Lab) -> None:
 
 def test_fault_injection_aborts_and_delays(lab: Lab) -> None:
     v2 = lab.cluster_ip("shop", "web-v2")
-    policy = {"apiVersion": "mesh.podnet.io/v1", "kind": "MeshTrafficPolicy",
-              "metadata": {"name": "web-v2", "namespace": "shop"},
-              "spec": {"targetRef": {"kind": "Service", "name": "web-v2"},
-                       "fault": {"abort": {"percent": 50, "httpStatus": 502}, "delay": {"percent": 100,
-                                                                                      "fixedDelay": "200ms"}}}}
+    policy = traffic_policy("web-v2", {"fault": {"abort": {"percent": 50, "httpStatus": 502},
+                                                 "delay": {"percent": 100, "fixedDelay": "200ms"}}})
     lab.apply(policy)
     try:
         wait_until(lambda: "podnet_delay" in _config(lab, "shop/client"), "the fault", timeout=20)
@@ -420,10 +413,7 @@ def test_fault_injection_aborts_and_delays(lab: Lab) -> None:
 
 def test_circuit_breaking_refuses_what_the_endpoint_cannot_take(lab: Lab) -> None:
     v2 = lab.cluster_ip("shop", "web-v2")  # one endpoint: web-v2-a
-    policy = {"apiVersion": "mesh.podnet.io/v1", "kind": "MeshTrafficPolicy",
-              "metadata": {"name": "web-v2", "namespace": "shop"},
-              "spec": {"targetRef": {"kind": "Service", "name": "web-v2"},
-                       "circuitBreaker": {"maxConnections": 1, "maxPendingRequests": 1}}}
+    policy = traffic_policy("web-v2", {"circuitBreaker": {"maxConnections": 1, "maxPendingRequests": 1}})
     apps.control(lab.name, "shop/web-v2-a", {"delay_ms": 500})
     lab.apply(policy)
     try:

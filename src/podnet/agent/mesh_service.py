@@ -36,11 +36,13 @@ from podnet.agent.service_thread import ServiceThread
 from podnet.errors import PodnetError
 from podnet.model.endpoint import EndpointRecord
 from podnet.store import RevisionCompacted, Store
+from podnet.store.base import dumps
 
 if TYPE_CHECKING:
     from podnet.agent.context import AgentContext, OpHandler
     from podnet.mesh.ca import IssuedCert, MeshCA
     from podnet.mesh.plan import SidecarPaths
+    from podnet.mesh.spec import SidecarSpec
     from podnet.model.policy import PodRecord
 
 log = logging.getLogger("podnet.agent.mesh")
@@ -107,7 +109,7 @@ class MeshService:
                              "rotations": car.state.rotations, "last": car.state.last, "error": car.state.error,
                              "identity": cert.spiffe_id if cert else None,
                              "cert_expires": cert.not_after.timestamp() if cert else None,
-                             "history": list(car.state.history), "routes": _routes_of(car.text)})
+                             "history": list(car.state.history), "routes": _routes_of(car.spec)})
             return {"node": self.node, "pods": pods, "problems": dict(self.problems), "passes": self.passes}
 
     def top(self) -> dict[str, Any]:
@@ -260,7 +262,7 @@ class MeshService:
             entry = store.get(keys.MESH_CA)
             if entry is None:
                 made = MeshCA.create()
-                store.compare_and_put(keys.MESH_CA, _dumps(made.to_json()), 0)
+                store.compare_and_put(keys.MESH_CA, dumps(made.to_json()), 0)
                 entry = store.get(keys.MESH_CA)
             assert entry is not None
             self._ca = MeshCA.from_json(entry.json(), entry.key)
@@ -285,21 +287,17 @@ class MeshService:
             write_atomic(Path(path), issued.pem_bundle())
 
 
-def _dumps(value: Any) -> str:
-    import json
-
-    return json.dumps(value, sort_keys=True)
-
-
 def _namespace_labels(store: Store) -> dict[str, dict[str, str]]:
+    """name -> labels of every stored Namespace that parses (policy/world.py's reader)."""
+    from podnet.policy.world import parse_stored
+
     out = {}
     for entry in store.list(keys.NAMESPACES):
         try:
-            doc = entry.json()
-            meta = doc.get("metadata") or {}
-            out[str(meta.get("name") or entry.key.rsplit("/", 1)[1])] = dict(meta.get("labels") or {})
-        except (ValueError, AttributeError, TypeError):
+            namespace = parse_stored(entry.key, entry.value)
+        except (PodnetError, ValueError):
             continue
+        out[namespace.name] = dict(namespace.labels)
     return out
 
 
@@ -321,6 +319,6 @@ def _local_netns(store: Store, node: str) -> dict[str, str]:
     return out
 
 
-def _routes_of(text: str) -> list[str]:
-    """The routes a sidecar's configuration holds (their `txn.route` names)."""
-    return sorted({line.split('"', 2)[1] for line in text.splitlines() if "set-var-fmt(txn.route)" in line})
+def _routes_of(spec: SidecarSpec | None) -> list[str]:
+    """The routes a sidecar serves (as the access log names them)."""
+    return sorted({rule.route for svc in spec.outbound for rule in svc.rules}) if spec else []

@@ -62,15 +62,13 @@ class Sidecar:
 
     def apply(self, spec: SidecarSpec) -> str:
         text = haproxy_config.render(spec)
-        self.spec = spec
         if self.alive and text == self.text:
             return "unchanged"
         same_structure = haproxy_config.structure(text) == haproxy_config.structure(self.text)
         if self.alive and same_structure and self._set_weights(spec):
             write_atomic(self.config, text)
-            self.text = text
             self.state.weight_updates += 1
-            return self._did("weights set through the runtime API")
+            return self._did("weights set through the runtime API", spec, text)
         self._write_budget_map(spec)
         self._check(text)
         write_atomic(self.config, text)
@@ -79,12 +77,10 @@ class Sidecar:
             old = self._worker()
             os.kill(self.proc.pid, signal.SIGUSR2)
             self._await_worker(old)
-            self.text = text
             self.state.reloads += 1
-            return self._did("reloaded")
+            return self._did("reloaded", spec, text)
         self._start(spec)
-        self.text = text
-        return self._did("started")
+        return self._did("started", spec, text)
 
     def rotate(self, bundle_path: str, pem: str) -> None:
         """A new certificate for the running workers, without a reload."""
@@ -108,13 +104,16 @@ class Sidecar:
                 self.proc.kill()
                 self.proc.wait(5)
             self.proc = None
-        self.text = ""
+        self.spec, self.text = None, ""
 
     # -- internals
 
-    def _did(self, what: str) -> str:
-        """Note what was done; `applied.cfg` is then what serves (haproxy.cfg is written
-        before a reload, which takes a moment to have a new worker serving it)."""
+    def _did(self, what: str, spec: SidecarSpec | None = None, text: str = "") -> str:
+        """Note what was done, and with `spec` (rendered as `text`) what now serves:
+        `applied.cfg` too (haproxy.cfg is written before a reload, which takes a moment
+        to have a new worker serving it)."""
+        if spec is not None:
+            self.spec, self.text = spec, text
         write_atomic(self.workdir / "applied.cfg", self.text)
         self.state.last, self.state.error = what, None
         self.state.history = [*self.state.history[-9:], f"{time.strftime('%H:%M:%S')} {what}"]

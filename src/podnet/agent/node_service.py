@@ -41,9 +41,9 @@ from podnet.cluster import leases
 from podnet.cluster.leases import CLUSTER_NETWORK, Claim
 from podnet.cluster.options import NodeOptions
 from podnet.errors import PodnetError
+from podnet.hostjoin.reserve import list_hosts
 from podnet.hostjoin.routes import node_routes
-from podnet.model.base import CorruptRecord
-from podnet.model.cluster import HostRecord, NodeLease
+from podnet.model.cluster import NodeLease
 from podnet.store import RevisionCompacted, Store
 from podnet.store.base import Event
 
@@ -403,7 +403,7 @@ class NodeService:
             if isinstance(self.fabric, GossipFabric):
                 self.fabric.routing = Routing.from_json(store.get_json(keys.GOSSIP_ROUTING))
         want = self.fabric.desired(self.ctx, current.values(), claims)
-        want.routes |= node_routes(_joined_hosts(store), self.ctx, claims)
+        want.routes |= node_routes(list_hosts(store), self.ctx, claims)
         report = self.fabric.apply(self._iproute(), want)
         if report:
             log.info("fabric %s: added %s removed %s", self.fabric.name, report.added, report.removed)
@@ -434,18 +434,3 @@ class NodeService:
     def _borrowing(self, event: Event) -> bool:
         return self.routed and self.options is not None and node_blocks.borrowing_event(
             event, self.options.node, self.blocks, getattr(self.fabric, "borrowed", ()))
-
-
-def _joined_hosts(store: Store) -> dict[str, HostRecord]:
-    """`hosts/` records with a podnet address (`podnet host join`); a bad one is skipped
-    (routes.node_routes checks what is left before it becomes a route)."""
-    out = {}
-    for entry in store.list(keys.HOSTS):
-        try:
-            record = HostRecord.from_json(entry.json(), entry.key)
-        except (CorruptRecord, ValueError):
-            continue
-        if record.pod_ip:
-            out[entry.key] = record
-    return out
-

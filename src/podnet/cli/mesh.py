@@ -57,16 +57,9 @@ def _cmd_label(args: argparse.Namespace) -> int:
 
 
 def collect(sockets: dict[str, str], timeout: float = 10.0) -> list[dict]:
-    from podnet.rpc.client import call
+    from podnet.rpc.client import ask_each
 
-    out = []
-    for node, socket in sockets.items():
-        try:
-            answer = call(socket, "mesh.status", timeout=timeout)
-            out.append({**answer, "node": answer.get("node") or node})
-        except (PodnetError, OSError, ValueError) as exc:
-            out.append({"node": node, "error": getattr(exc, "msg", None) or str(exc), "pods": []})
-    return out
+    return ask_each(sockets, "mesh.status", {"pods": []}, timeout)
 
 
 def unwell(nodes: list[dict]) -> list[str]:

@@ -41,17 +41,12 @@ def register_top(verbs: argparse._SubParsersAction) -> None:
 
 def ask(sockets: dict[str, str], timeout: float = 5.0) -> list[dict[str, Any]]:
     """Each node's `mesh.top` answer, or the reason it gave none."""
-    from podnet.rpc.client import call
+    from podnet.rpc.client import ask_each
 
-    out = []
-    for node, socket in sockets.items():
-        node = node or "local"  # the agent at --socket (no lab)
-        try:
-            answer = call(socket, "mesh.top", timeout=timeout)
-            out.append({"node": answer.get("node") or node, "routes": answer.get("routes") or []})
-        except (PodnetError, OSError, ValueError) as exc:
-            out.append({"node": node, "error": getattr(exc, "msg", None) or str(exc), "routes": []})
-    return out
+    answers = ask_each({node or "local": sock for node, sock in sockets.items()},  # "": the agent at --socket
+                       "mesh.top", {"routes": []}, timeout)
+    return [{"node": a["node"], "routes": a.get("routes") or [], **({"error": a["error"]} if "error" in a else {})}
+            for a in answers]
 
 
 def merge(answers: list[dict[str, Any]]) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from podnet.cluster.leases import gateway_of
 from podnet.errors import KernelError
 from podnet.fabric.base import OK, Desired, FabricContext, RouteNetwork, RouteSpec, valid_peers
 from podnet.model.cluster import NodeLease
@@ -46,10 +47,9 @@ SHIM = "pnmv0"
 NAT_TABLE = "podnet-macvlan"
 
 
-def shim_address(block: str) -> ipaddress.IPv4Address:
-    """The node's address on the segment: its lease block's first (its IPAM gateway,
-    never a pod's)."""
-    return ipaddress.IPv4Network(block)[1]
+# The node's address on the segment: its lease block's first (the block's IPAM
+# gateway, never a pod's).
+shim_address = gateway_of
 
 
 def nat_script(shim: str = SHIM) -> str:

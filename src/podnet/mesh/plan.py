@@ -27,7 +27,7 @@ from podnet.mesh.model import MTLS_PERMISSIVE, BackendRef, RouteRule
 from podnet.mesh.objects import MeshObjects
 from podnet.mesh.spec import Authz, Backend, InboundPort, OutboundService, Rule, Server, SidecarSpec
 from podnet.model.policy import PodRecord
-from podnet.services.endpoints import backing
+from podnet.services.endpoints import backing, pod_port, selects
 from podnet.services.objects import Service, ServicePortSpec
 from podnet.services.watched import WatchedObjects
 
@@ -118,24 +118,9 @@ class Planner:
 
     def _services_on(self, pod: PodRecord, port: int) -> list[Service]:
         """The services selecting `pod` whose port reaches its `port`, by name."""
-        out = []
-        for svc in sorted(self._services.values(), key=lambda s: s.ref):
-            if svc.namespace != pod.namespace or not svc.selector:
-                continue
-            if not all(pod.labels.get(k) == v for k, v in svc.selector.items()):
-                continue
-            for spec in svc.ports:
-                if spec.protocol != "TCP":
-                    continue
-                target = spec.target_port
-                if isinstance(target, str) and target:
-                    reaches = pod.named_ports().get(target) == port
-                else:
-                    reaches = (target or spec.port) == port
-                if reaches:
-                    out.append(svc)
-                    break
-        return out
+        return [svc for svc in sorted(self._services.values(), key=lambda s: s.ref)
+                if svc.namespace == pod.namespace and svc.selector and selects(svc.selector, pod.labels)
+                and any(spec.protocol == "TCP" and pod_port(pod, spec) == port for spec in svc.ports)]
 
     # -- outbound
 

@@ -5,23 +5,14 @@ node that does not answer or has no session at all)."""
 
 from __future__ import annotations
 
-from podnet.errors import PodnetError
-
 ESTABLISHED = "Established"
 
 
 def collect(sockets: dict[str, str], timeout: float = 10.0) -> list[dict]:
     """node -> agent socket  =>  each node's answer (or its error), in that order."""
-    from podnet.rpc.client import call
+    from podnet.rpc.client import ask_each
 
-    out = []
-    for node, socket in sockets.items():
-        try:
-            answer = call(socket, "bgp.status", timeout=timeout)
-            out.append({**answer, "node": answer.get("node") or node})
-        except (PodnetError, OSError, ValueError) as exc:
-            out.append({"node": node, "error": getattr(exc, "msg", None) or str(exc), "sessions": []})
-    return out
+    return ask_each(sockets, "bgp.status", {"sessions": []}, timeout)
 
 
 def healthy(nodes: list[dict]) -> bool:

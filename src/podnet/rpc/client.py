@@ -43,3 +43,17 @@ def call(socket_path: str, op: str, timeout: float = 60.0, **payload) -> object:
         err.code = int(error.get("code", 999))
         raise err
     return reply.get("result")
+
+
+def ask_each(sockets: dict[str, str], op: str, empty: dict | None = None, timeout: float = 10.0) -> list[dict]:
+    """Each node's answer to `op` (node -> its agent's socket), in that order, with
+    its `node` filled in; a node that gives none has {"node", "error"} and `empty`'s
+    fields instead, so a caller lists every node either way."""
+    out = []
+    for node, sock in sockets.items():
+        try:
+            answer = call(sock, op, timeout=timeout)
+            out.append({**answer, "node": answer.get("node") or node})  # type: ignore[union-attr]
+        except (PodnetError, OSError, ValueError) as exc:
+            out.append({"node": node, "error": getattr(exc, "msg", None) or str(exc), **(empty or {})})
+    return out

@@ -50,7 +50,7 @@ def readiness(pods: Iterable[PodRecord], judged: Mapping[str, bool]) -> dict[str
     return {**{p.ref: False for p in pods if p.readiness is not None}, **judged}
 
 
-def _pod_port(pod: PodRecord, spec: ServicePortSpec) -> int | None:
+def pod_port(pod: PodRecord, spec: ServicePortSpec) -> int | None:
     if isinstance(spec.target_port, int):
         return spec.target_port
     for entry in pod.ports:
@@ -75,9 +75,9 @@ def backing(svc: Service, spec: ServicePortSpec, pods: Iterable[PodRecord], slic
     out: list[Backing] = []
     if svc.selector is not None:
         for pod in pods:
-            if pod.namespace != svc.namespace or not _selects(svc.selector, pod.labels):
+            if pod.namespace != svc.namespace or not selects(svc.selector, pod.labels):
                 continue
-            port = _pod_port(pod, spec)
+            port = pod_port(pod, spec)
             if port is None:
                 continue
             ref = f"{pod.namespace}/{pod.name}"
@@ -94,7 +94,7 @@ def backing(svc: Service, spec: ServicePortSpec, pods: Iterable[PodRecord], slic
     return tuple(sorted(set(out)))
 
 
-def _selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
+def selects(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     """A Service selector is equality on every label given (never empty: parsing
     turns `{}` into no selector, as the API server stores it)."""
     return all(labels.get(k) == v for k, v in selector.items())
