@@ -95,3 +95,23 @@ def owner_alive(tag: str, names: Collection[str] = (), boot_id: str = "") -> boo
     """False only for an owner provably dead: another node's owner counts as alive
     (its own node judges it)."""
     return owner_state(tag, names, boot_id) != DEAD
+
+
+def cmdline(pid: int) -> list[str]:
+    """A process's argv from /proc ([] when it is gone): how a daemon found by its pid
+    file is checked to be the one meant before it is signalled."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` runs: a zombie has ended (its parent, not us, reaps it)."""
+    try:
+        fields = _stat_fields(pid)
+    except OSError:
+        return False
+    return fields is not None and fields[0] not in ("Z", "X")

@@ -29,6 +29,11 @@ class StatePaths:
         return self.root / "bird"
 
     @property
+    def mesh_dir(self) -> Path:
+        """This node's mesh sidecars (agent/mesh_service.py): a work directory per pod, the CA, the log socket."""
+        return self.root / "mesh"
+
+    @property
     def gossip_dir(self) -> Path:
         """The gossip fabric's saved ring and documents (agent/gossip_service.py)."""
         return self.root / "gossip"

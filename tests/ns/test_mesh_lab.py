@@ -5,7 +5,7 @@ Shown, each with real requests from inside a pod's namespace (through its sideca
 sidecars come up for the meshed pods only; a 90/10 canary over 1000 requests, then
 shifted to 50/50 under load without a failed request and without a reload; header
 routing; retries hiding a 50% failing backend; a timeout firing (504); 429 above a
-rate limit; the sidecar surviving its app's restart; a meshed pod reaching an
+rate limit; the sidecar surviving its app's restart and its agent's (adopted by the next one); a meshed pod reaching an
 unmeshed service; strict mTLS refusing a pod without a certificate; authorization by
 identity (403 naming the policy); NetworkPolicy still deciding at L3/L4.
 
@@ -15,7 +15,9 @@ One lab for the module (namespaces pn-lab-ms<hex>-*), torn down by name, also on
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -29,7 +31,9 @@ import yaml
 
 from cniharness import podnet_cli, topology_lab, wait_until
 from podnet.lab import apps
-from podnet.lab.state import NETNS_DIR
+from podnet.lab.state import NETNS_DIR, lab_dir
+from podnet.lab.supervisor_client import spawn_supervised
+from podnet.procs import owner_alive
 
 pytestmark = [pytest.mark.root,
               pytest.mark.skipif(not shutil.which("haproxy") and not Path("/usr/sbin/haproxy").exists(),
@@ -425,3 +429,48 @@ def test_circuit_breaking_refuses_what_the_endpoint_cannot_take(lab: Lab) -> Non
     finally:
         apps.control(lab.name, "shop/web-v2-a", {})
         lab.delete(policy)
+
+
+def test_sidecars_outlive_an_agent_restart_and_are_adopted(lab: Lab) -> None:
+    """Last in the module: node0's agent is stopped (SIGTERM, as an upgrade stops it)
+    and a new one started by the lab's supervisor with the same argv."""
+    web = lab.cluster_ip("shop", "web")
+    pids = {ref: car["pid"] for ref, car in lab.sidecars().items()}
+    entry = json.loads((lab_dir(lab.name) / "procs.json").read_text())["agent/node0"]
+    done, during = threading.Event(), []
+
+    def keep_calling() -> None:
+        while not done.is_set():
+            during.extend(lab.load("shop/client", web, 20))
+
+    caller = threading.Thread(target=keep_calling)
+    caller.start()
+    try:
+        os.kill(entry["pid"], signal.SIGTERM)
+        wait_until(lambda: not owner_alive(entry["owner"]), "node0's agent to end", timeout=30)
+        ended = len(during)
+        time.sleep(1.0)
+        served_alone = len(during) - ended  # answered while no agent ran on node0
+        spawn_supervised(lab_dir(lab.name), "agent/node0-again", entry["argv"],
+                         lab_dir(lab.name) / "logs" / "agent_node0.again.log")
+        wait_until(lambda: all("adopted" in " ".join(car["history"]) for ref, car in lab.sidecars().items()
+                               if ref in ("shop/client", "shop/web-v1-a")), "node0's sidecars adopted", timeout=30)
+    finally:
+        done.set()
+        caller.join()
+    assert served_alone > 0 and during and all(s[0] == 200 for s in during), Counter(s[0] for s in during)
+    cars = lab.sidecars()
+    assert {ref: car["pid"] for ref, car in cars.items()} == pids  # the same processes, none started twice
+    assert cars["shop/client"]["restarts"] == 0 and cars["shop/client"]["reloads"] == 0
+    # the new agent drives them: a fresh certificate through the runtime API, a new route by a reload
+    wait_until(lambda: lab.sidecars()["shop/client"]["rotations"] >= 1, "a certificate from the new agent", timeout=20)
+    lab.apply(split(0, 100))
+    try:
+        wait_until(lambda: lab.routes_in_force("shop/web-split#0"), "the split in the adopted sidecar", timeout=20)
+        assert {s[1] for s in lab.load("shop/client", web, 20)} == {"v2"}
+        rows = wait_until(lambda: [r for r in json.loads(podnet_cli("mesh", "top", "--lab", lab.name, "-o", "json",
+                                                                    check=False).stdout)["routes"]
+                                   if r["route"] == "shop/web-split#0"], "the new agent's golden signals", timeout=10)
+        assert rows[0]["requests"] >= 20, rows
+    finally:
+        lab.delete(split(0, 100))

@@ -16,6 +16,13 @@ into golden signals.
   is for Kubernetes' secrets.
 - A pod's network namespace comes from its endpoint record on this node (the CNI ADD
   wrote it): a pod not attached here yet is skipped until it is.
+- Sidecars outlive the agent: `stop()` leaves them serving (an agent restart or
+  upgrade must not fail a meshed request), and a starting agent adopts every sidecar
+  its predecessor left in its work directories (mesh/sidecar_process.py) before its
+  first pass, gives each a fresh certificate through the runtime API, and stops the
+  ones whose pods are no longer meshed here. Their access-log lines while no agent
+  listens are lost to the golden signals (HAProxy drops them), not to the requests.
+  `lab down` ends them with the lab (its supervisor reaps and ends orphans).
 - A pod whose sidecar cannot be built (a bad label for its identity, a configuration
   HAProxy refuses) keeps what runs and is named in `mesh.status`.
 """
@@ -60,7 +67,7 @@ class MeshService:
         options = getattr(agent, "node_options", None)
         self.node: str | None = options.node if options else None
         self.cert_lifetime = cert_lifetime or getattr(options, "mesh_cert_lifetime", None) or CERT_LIFETIME
-        self.root = Path(agent.state.root) / "mesh"
+        self.root = agent.state.mesh_dir
         self.sidecars: dict[str, Sidecar] = {}
         self.certs: dict[str, IssuedCert] = {}
         self.problems: dict[str, str] = {}
@@ -89,8 +96,8 @@ class MeshService:
     def stop(self) -> None:
         self._loop.stop()
         with self._lock:
-            for sidecar in self.sidecars.values():
-                sidecar.stop()
+            if self.sidecars:
+                log.info("mesh: %d sidecar(s) left serving for the next agent to adopt", len(self.sidecars))
             self.sidecars.clear()
         if self._sink is not None:
             self._sink.stop()
@@ -128,6 +135,7 @@ class MeshService:
         stop = self._loop.stopping
         revision, dirty, next_pass = 0, True, 0.0
         self._start_sink()
+        self.adopt()
         while not stop.is_set():
             try:
                 now = time.monotonic()
@@ -161,6 +169,24 @@ class MeshService:
         except Exception as exc:  # noqa: BLE001 - the mesh works without its statistics
             log.warning("mesh: no access log sink: %s", exc)
 
+    def adopt(self) -> int:
+        """Take over the sidecars a former agent left running (module docstring); how many."""
+        from podnet.mesh.sidecar_process import sidecar_pid
+
+        adopted = 0
+        for workdir in sorted(p for p in self.root.glob("*_*") if p.is_dir()) if self.root.is_dir() else []:
+            pid = sidecar_pid(workdir)
+            ref = workdir.name.replace("_", "/", 1)  # namespaces and pod names hold no "_"
+            if pid is None or ref in self.sidecars:
+                continue
+            car = Sidecar(ref, f"/proc/{pid}/ns/net", workdir, self._netns())  # its endpoint's path once planned
+            if car.adopt():
+                with self._lock:
+                    self.sidecars[ref] = car
+                adopted += 1
+                log.info("mesh: adopted the sidecar of %s (pid %d)", ref, pid)
+        return adopted
+
     def converge(self) -> int:
         from podnet.mesh.objects import load_mesh
         from podnet.mesh.plan import MESH_LABEL, Planner, meshed_namespaces
@@ -192,9 +218,10 @@ class MeshService:
                 if where is None:
                     continue  # not attached on this node yet
                 try:
-                    self._ensure_cert(ref, spec.cert, pod)
                     car = self.sidecars.get(ref) or Sidecar(ref, where, Path(spec.stats_socket).parent, self._netns())
+                    car.netns = where
                     self.sidecars[ref] = car
+                    self._ensure_cert(ref, spec.cert, pod)
                     what = car.apply(spec)
                     if what != "unchanged":
                         log.info("mesh: sidecar of %s %s", ref, what)
@@ -280,7 +307,7 @@ class MeshService:
         issued = self._ca.issue(identity_of_pod(pod.namespace, pod.labels, where=f"pod {ref}"), self.cert_lifetime)
         self.certs[ref] = issued
         car = self.sidecars.get(ref)
-        if car is not None and car.alive and cert is not None:
+        if car is not None and car.alive:  # running (or adopted): handed over without a reload
             car.rotate(path, issued.pem_bundle())
             log.info("mesh: rotated the certificate of %s (serial %x)", ref, issued.serial)
         else:

@@ -1,5 +1,7 @@
 """One meshed pod's sidecar as a process: HAProxy in master-worker mode inside the pod's
-network namespace, a child of the node agent (which waits on it: PID 1 reaps nothing).
+network namespace, started by the node agent (which waits on it: PID 1 reaps nothing)
+and outliving it: a restarted agent adopts it by its pid file (mesh/sidecar_process.py)
+and goes on driving it, so meshed requests never notice an agent restart.
 
 - `apply(spec)`: the configuration rendered (mesh/render.py) against what runs: the
   same text does nothing; only server weights changed goes through the runtime API
@@ -11,6 +13,9 @@ network namespace, a child of the node agent (which waits on it: PID 1 reaps not
 - A certificate rotation writes the new bundle and hands it to the running workers
   through the runtime API (`set ssl cert` + `commit`), no reload.
 - A dead sidecar is restarted by the next `apply` (the service's periodic pass).
+- Adopted (`adopt()`): what it serves is `applied.cfg`, so the same rendering changes
+  nothing and a weight change still goes through the runtime API; it is signalled by
+  its checked pid; its retry-budget map is unknown until the agent sets it again.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from podnet.errors import KernelError, PodnetError
 from podnet.fileio import write_atomic
 from podnet.mesh import render as haproxy_config
 from podnet.mesh.intercept import intercept_script, removal_script
+from podnet.mesh.sidecar_process import PIDFILE, end, sidecar_pid
 from podnet.mesh.spec import SidecarSpec, budgets
 
 HAPROXY = "/usr/sbin/haproxy"
@@ -50,20 +56,40 @@ class Sidecar:
     def __init__(self, ref: str, netns: str, workdir: Path, kernel) -> None:  # noqa: ANN001 - agent/pod_netns.PodKernel
         self.ref, self.netns, self.workdir, self.kernel = ref, netns, workdir, kernel
         self.config = workdir / "haproxy.cfg"
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen | None = None  # the master this agent started (it waits on it)
+        self.adopted: int | None = None  # or the master of a former agent, by its pid
         self.text = ""
         self.spec: SidecarSpec | None = None
-        self.over_budget: set[str] = set()  # backends whose retries are off (mesh/budget.py)
+        self.over_budget: dict[str, bool] = {}  # backend -> retries off (mesh/budget.py); absent: unknown
         self.state = SidecarState()
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        if self.proc is not None:
+            return self.proc.poll() is None
+        return self.adopted is not None and sidecar_pid(self.workdir) == self.adopted
+
+    @property
+    def master(self) -> int | None:
+        return self.proc.pid if self.proc is not None else self.adopted
+
+    def adopt(self) -> bool:
+        """Take over the sidecar a former agent left running here (True if there is one)."""
+        pid = sidecar_pid(self.workdir)
+        if pid is None or self.alive:
+            return False
+        try:
+            self.text = (self.workdir / "applied.cfg").read_text()
+        except OSError:
+            self.text = ""  # never applied: the next apply reloads it
+        self.adopted, self.over_budget = pid, {}
+        self.state.pid, self.state.started = pid, (self.workdir / PIDFILE).stat().st_mtime
+        return True
 
     def apply(self, spec: SidecarSpec) -> str:
         text = haproxy_config.render(spec)
         if self.alive and text == self.text:
-            return "unchanged"
+            return "unchanged" if self.spec is not None else self._did("adopted", spec, text)
         same_structure = haproxy_config.structure(text) == haproxy_config.structure(self.text)
         if self.alive and same_structure and self._set_weights(spec):
             write_atomic(self.config, text)
@@ -73,9 +99,9 @@ class Sidecar:
         self._check(text)
         write_atomic(self.config, text)
         if self.alive:
-            assert self.proc is not None
+            assert self.master is not None
             old = self._worker()
-            os.kill(self.proc.pid, signal.SIGUSR2)
+            os.kill(self.master, signal.SIGUSR2)
             self._await_worker(old)
             self.state.reloads += 1
             return self._did("reloaded", spec, text)
@@ -104,6 +130,10 @@ class Sidecar:
                 self.proc.kill()
                 self.proc.wait(5)
             self.proc = None
+        if self.adopted is not None:
+            if sidecar_pid(self.workdir) == self.adopted:
+                end(self.adopted)
+            self.adopted = None
         self.spec, self.text = None, ""
 
     # -- internals
@@ -156,18 +186,20 @@ class Sidecar:
         """Every budgeted backend within its budget at (re)start: the agent flips them."""
         if spec.budget_map:
             write_atomic(Path(spec.budget_map), "".join(f"{name} 0\n" for name in budgets(spec)))
-            self.over_budget = set()
+            self.over_budget = dict.fromkeys(budgets(spec), False)
 
     def set_over_budget(self, spec: SidecarSpec, backend: str, over: bool) -> None:
         """Stop (or allow again) `backend`'s retries now, through the runtime API."""
         from podnet.mesh.haproxy_api import HaproxyApi
 
-        if over == (backend in self.over_budget) or not self.alive:
+        known = backend in self.over_budget
+        if self.over_budget.get(backend) == over or not self.alive:
             return
         HaproxyApi(str(self.workdir / "haproxy.sock")).command(
             f"set map {spec.budget_map} {backend} {1 if over else 0}")
-        (self.over_budget.add if over else self.over_budget.discard)(backend)
-        self._did(f"retry budget of {backend} {'exhausted: retries off' if over else 'back: retries on'}")
+        self.over_budget[backend] = over
+        if known or over:  # an adopted sidecar's unknown map set to "on" is no news
+            self._did(f"retry budget of {backend} {'exhausted: retries off' if over else 'back: retries on'}")
 
     def _check(self, text: str) -> None:
         probe = self.workdir / "haproxy.cfg.new"
@@ -180,10 +212,13 @@ class Sidecar:
 
     def _start(self, spec: SidecarSpec) -> None:
         ports = [p.port for p in spec.inbound]
+        (self.workdir / "haproxy.sock").unlink(missing_ok=True)  # a dead master's: not a sign of this one
         self.proc = subprocess.Popen(
-            ["nsenter", f"--net={self.netns}", HAPROXY, "-W", "-db", "-f", str(self.config)],
+            ["nsenter", f"--net={self.netns}", HAPROXY, "-W", "-db", "-f", str(self.config),
+             "-p", str(self.workdir / PIDFILE)],
             stdin=subprocess.DEVNULL, stdout=open(self.workdir / "haproxy.log", "ab"),  # noqa: SIM115
-            stderr=subprocess.STDOUT)
+            stderr=subprocess.STDOUT, start_new_session=True)  # a signal to the agent's group spares it
+        self.adopted = None
         deadline = time.monotonic() + 10
         while not (self.workdir / "haproxy.sock").exists():  # listening (the stats socket comes last)
             if self.proc.poll() is not None or time.monotonic() > deadline:

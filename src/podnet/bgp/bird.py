@@ -35,6 +35,7 @@ from pathlib import Path
 from podnet.bgp.birdc import BirdControl
 from podnet.errors import PodnetError
 from podnet.fileio import write_atomic
+from podnet.procs import cmdline, running
 
 log = logging.getLogger("podnet.bgp")
 
@@ -44,14 +45,6 @@ START_TIMEOUT = 10.0
 
 class BirdDaemonError(PodnetError):
     """BIRD could not be started, or refused a configuration before it got it."""
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 class BirdDaemon:
@@ -76,7 +69,7 @@ class BirdDaemon:
             pid = int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if str(self.ctl) in _cmdline(pid) else None
+        return pid if str(self.ctl) in cmdline(pid) else None
 
     def running(self) -> bool:
         self._reap()
@@ -168,11 +161,7 @@ def _running(pid: int, child: subprocess.Popen | None) -> bool:
     (another agent's child) is gone when the pid is, or a zombie of its parent."""
     if child is not None:
         return child.poll() is None
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
+    return running(pid)
 
 
 def _tail(path: Path, lines: int = 10) -> str:

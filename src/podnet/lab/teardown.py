@@ -19,6 +19,7 @@ from pathlib import Path
 from podnet.bgp.bird import BirdDaemon
 from podnet.lab import topology as topo
 from podnet.lab.state import NETNS_DIR, RUN_DIR, LabState, ip, lab_dir, process_alive, state_file
+from podnet.mesh.sidecar_process import end_left_behind
 from podnet.state import StatePaths
 
 
@@ -62,6 +63,9 @@ def teardown(name: str, progress: Callable[[str], None] = lambda _: None) -> lis
         # (a crashed lab) is found by its pid file and checked before it is signalled
         if info.get("state_dir") and BirdDaemon(StatePaths(Path(info["state_dir"])).bird_dir).stop():
             progress(f"stopped the BIRD of {node}")
+        # likewise the mesh sidecars, which outlive their agent (mesh/sidecar_process.py)
+        if info.get("state_dir") and (ended := end_left_behind(StatePaths(Path(info["state_dir"])).mesh_dir)):
+            progress(f"stopped {ended} mesh sidecar(s) of {node}")
     progress(f"stopped {running} recorded process(es)")
     namespaces = list(state.data.get("namespaces", []))
     for ns in reversed(namespaces):
