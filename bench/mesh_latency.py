@@ -13,7 +13,11 @@ port 9000 of the server pod, where the bench runs an HAProxy `http-request retur
 stub: in `mesh` it terminates mTLS with the server pod's own certificate, in `plain`
 it is plain HTTP). Meshed: client app -> nft redirect -> client sidecar (outbound,
 HTTP routing, mTLS) -> node1 -> nft redirect -> server sidecar (inbound, TLS
-terminated) -> app. Unmeshed: client -> the ClusterIP's DNAT -> app.
+terminated) -> app. Unmeshed: client -> the ClusterIP's DNAT -> app. The floor, "bare"
+(in `plain`): client -> a bare HAProxy in the client pod (127.0.0.1:18080, HTTP
+keep-alive, no TLS, no log, no interception) -> a bare HAProxy in the server pod
+(:18081) -> app: what two HAProxy hops cost on this machine before any mesh feature.
+`--mtls STRICT` applies a namespace-wide STRICT PeerAuthentication first.
 
 1. Latency at a fixed rate: an open-loop client (this file, `--loadgen`) in the
    client pod's netns (`nsenter --net`), pinned with `taskset -c` to the last CPU, sends
@@ -21,13 +25,15 @@ terminated) -> app. Unmeshed: client -> the ClusterIP's DNAT -> app.
    from its *scheduled* send time (a late send counts as latency: no coordinated
    omission), one warm-up second unrecorded. Rounds interleaved (meshed, unmeshed; the
    first rotating); quantiles over all rounds pooled, meshed minus unmeshed
-   (target: at most 0.3 ms added at p90).
+   (target: at most 0.3 ms added at p90). The bare pair's rounds are interleaved too.
 2. Sidecar CPU: utime+stime of each sidecar's HAProxy master (its PID from `podnet mesh
    status -o json`), its reaped children and its live workers, over each meshed
-   round; vCPU per 1k req/s per sidecar (target at most 0.1). The agents' CPU (their
+   round; vCPU per 1k req/s per sidecar (target at most 0.1), and the same for each
+   bare HAProxy over the bare rounds (the ratio sidecar / bare proxy is the mesh's own
+   cost, independent of this machine's wakeup and network-stack prices). The agents' CPU (their
    log sinks read one access-log line per request per sidecar) is shown beside it.
 3. Throughput: `wrk -t1 -c32` pinned like the load generator, against the server and
-   the stub service, meshed and unmeshed; req/s, the client sidecar's CPU, and req/s
+   the stub service, meshed, unmeshed and through the bare client proxy (18090 -> stub); req/s, the client sidecar's CPU, and req/s
    per client-sidecar core (target at least 30k). Each row says what bound it: the
    component whose CPU is nearest its ceiling (wrk and the Python app: one core each;
    the machine: every CPU busy).
@@ -57,8 +63,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 HTTP = [{"port": 80, "protocol": "TCP", "name": "http"}]
 STUB_PORT = 9000
-MODES = ("meshed", "unmeshed")
-NS = {"meshed": "mesh", "unmeshed": "plain"}
+MODES = ("meshed", "unmeshed", "bare")
+NS = {"meshed": "mesh", "unmeshed": "plain", "bare": "plain"}
+NAMESPACES = ("mesh", "plain")
+BARE_APP_PORT, BARE_SERVER_PORT, BARE_STUB_PORT = 18080, 18081, 18090
 QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99}
 TARGET_ADDED_P90_MS = 0.3
 TARGET_VCPU_PER_1K = 0.1
@@ -198,11 +206,11 @@ if str(ROOT / "src") not in sys.path:
 
 def topology() -> dict:
     pods = [{"name": role, "namespace": ns, "node": node, "labels": {"app": role}, "ports": HTTP, "ownApp": True}
-            for ns in NS.values() for role, node in (("client", "node0"), ("server", "node1"))]
+            for ns in NAMESPACES for role, node in (("client", "node0"), ("server", "node1"))]
     services = [{"metadata": {"name": name, "namespace": ns},
                  "spec": {"selector": {"app": "server"}, "ports": [{"name": "http", "port": 80, "targetPort": target}]}}
-                for ns in NS.values() for name, target in (("server", "http"), ("stub", STUB_PORT))]
-    return {"nodes": [{"name": "node0"}, {"name": "node1"}], "namespaces": [{"name": ns} for ns in NS.values()],
+                for ns in NAMESPACES for name, target in (("server", "http"), ("stub", STUB_PORT))]
+    return {"nodes": [{"name": "node0"}, {"name": "node1"}], "namespaces": [{"name": ns} for ns in NAMESPACES],
             "pods": pods, "services": services}
 
 
@@ -295,23 +303,40 @@ class Meter:
 
 
 # --------------------------------------------------------------------------------------
-# The stubs: HAProxy answering by itself on port 9000 of each server pod
+# The bench's own HAProxies: a stub answering by itself on port 9000 of each server
+# pod, and the bare pair (the floor)
 # --------------------------------------------------------------------------------------
-STUB_CONFIG = """global
+BASE_CONFIG = """global
   maxconn 4096
+  stats socket {workdir}/haproxy.sock mode 600 level admin
 defaults
   mode http
   timeout connect 2s
   timeout client 60s
   timeout server 60s
-frontend stub
-  bind :{port}{tls}
-  http-request return status 200 content-type text/plain string "stub"
 """
 
 
+def stub_sections(tls: str) -> str:
+    return (f"frontend stub\n  bind :{STUB_PORT}{tls}\n"
+            '  http-request return status 200 content-type text/plain string "stub"\n')
+
+
+def bare_client(server_ip: str) -> str:
+    """The bare pair's client end: the app's hop and the stub's, plain HTTP."""
+    return (f"frontend app\n  bind 127.0.0.1:{BARE_APP_PORT}\n  default_backend app\n"
+            f"backend app\n  server s {server_ip}:{BARE_SERVER_PORT}\n"
+            f"frontend stub\n  bind 127.0.0.1:{BARE_STUB_PORT}\n  default_backend stub\n"
+            f"backend stub\n  server s {server_ip}:{STUB_PORT}\n")
+
+
+def bare_server() -> str:
+    return f"frontend in\n  bind :{BARE_SERVER_PORT}\n  default_backend app\nbackend app\n  server app 127.0.0.1:80\n"
+
+
 class Stubs:
-    """One stub HAProxy per server pod, started in its netns and stopped by PID."""
+    """The bench's own HAProxies (a stub per server pod, the bare pair), each started
+    in a pod's netns with its own directory and stopped by PID."""
 
     def __init__(self) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="pn-bench-mesh-"))
@@ -319,17 +344,23 @@ class Stubs:
 
     def start(self, mode: str, netns: str, cert: str | None, ca: str | None) -> int:
         tls = f" ssl crt {cert} ca-file {ca} verify optional" if cert else ""
-        config = self.workdir / f"{mode}.cfg"
-        config.write_text(STUB_CONFIG.format(port=STUB_PORT, tls=tls))
-        with open(self.workdir / f"{mode}.log", "ab") as out:  # nsenter execs haproxy: the PID is its master's
+        return self.run(f"stub-{mode}", netns, stub_sections(tls), STUB_PORT)
+
+    def run(self, name: str, netns: str, sections: str, port: int) -> int:
+        """An HAProxy with BASE_CONFIG and `sections`, listening on `port` in `netns`."""
+        workdir = self.workdir / name
+        workdir.mkdir()
+        config = workdir / "haproxy.cfg"
+        config.write_text(BASE_CONFIG.format(workdir=workdir) + sections)
+        with open(workdir / "haproxy.log", "ab") as out:  # nsenter execs haproxy: the PID is its master's
             proc = subprocess.Popen([*nsenter(netns), "/usr/sbin/haproxy", "-W", "-db", "-f", str(config)],
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
-        self.procs[mode] = proc
+        self.procs[name] = proc
         deadline = time.monotonic() + 10
-        while not subprocess.run([*nsenter(netns), "ss", "-Hltn", f"sport = :{STUB_PORT}"], capture_output=True,
+        while not subprocess.run([*nsenter(netns), "ss", "-Hltn", f"sport = :{port}"], capture_output=True,
                                  text=True, check=False).stdout.strip():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise BenchError(f"stub HAProxy in {netns} did not listen: {(self.workdir / f'{mode}.log').read_text()}")
+                raise BenchError(f"HAProxy {name} in {netns} did not listen: {(workdir / 'haproxy.log').read_text()}")
             time.sleep(0.05)
         return proc.pid
 
@@ -355,8 +386,10 @@ def in_client(lab: MeshLab, mode: str, argv: list[str], timeout: float) -> subpr
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def loadgen_argv(host: str, *args: str) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), "--loadgen", host, *args]
+def loadgen_argv(target: str, *args: str) -> list[str]:
+    """The load generator's argv against `target`, "host" (port 80) or "host:port"."""
+    host, _, port = target.partition(":")
+    return [sys.executable, str(Path(__file__).resolve()), "--loadgen", host, "--port", port or "80", *args]
 
 
 def get(lab: MeshLab, mode: str, host: str, path: str = "/") -> dict:
@@ -381,8 +414,8 @@ def wait_ready(lab: MeshLab, ips: dict, timeout: float) -> dict[str, dict]:
                     for mode in MODES}
             meshed_app, meshed_stub = seen["meshed"]
             plain_app, plain_stub = seen["unmeshed"]
-            if (meshed_app["status"] == plain_app["status"] == meshed_stub["status"] == plain_stub["status"] == 200
-                    and "x-podnet-service" in meshed_app["body"] and "x-podnet-service" not in plain_app["body"]):
+            if (all(answer["status"] == 200 for pair in seen.values() for answer in pair)
+                    and "x-podnet-service" not in seen["bare"][0]["body"] and "x-podnet-service" in meshed_app["body"] and "x-podnet-service" not in plain_app["body"]):
                 return {"client": client, "server": server}
         if time.monotonic() > deadline:
             raise BenchError(f"lab {lab.name}: the mesh was not ready within {timeout:.0f}s: {cars}")
@@ -395,6 +428,14 @@ def sidecar_workdir(pid: int) -> Path:
     if Path(f"/proc/{pid}/comm").read_text().strip() != "haproxy" or b"-f" not in argv:
         raise BenchError(f"pid {pid} is not an HAProxy sidecar: {argv}")
     return Path(argv[argv.index(b"-f") + 1].decode()).parent
+
+
+def strict_applied(car: dict) -> bool:
+    """The sidecar serves STRICT mTLS (TLS on its inbound bind)."""
+    try:
+        return "bind :15006 ssl" in (sidecar_workdir(car["pid"]) / "applied.cfg").read_text()
+    except OSError:
+        return False
 
 
 INFO_KEYS = ("Nbthread", "CumConns", "CumReq", "CumSslConns")
@@ -473,9 +514,11 @@ def summarize_latency(runs: dict[str, list[dict]]) -> dict:
     pooled = {m: [x for r in runs[m] for x in r.pop("_ms")] for m in MODES}
     quantiles = {m: {q: round(percentile(pooled[m], v), 3) for q, v in QUANTILES.items()} for m in MODES}
     added = {q: round(quantiles["meshed"][q] - quantiles["unmeshed"][q], 3) for q in QUANTILES}
+    bare = {q: round(quantiles["bare"][q] - quantiles["unmeshed"][q], 3) for q in QUANTILES}
     per_round = [{q: round(a[q] - b[q], 3) for q in QUANTILES} for a, b in zip(runs["meshed"], runs["unmeshed"],
                                                                                    strict=True)]
-    return {"rounds": runs, "quantiles_ms": quantiles, "added_ms": added, "added_ms_by_round": per_round}
+    return {"rounds": runs, "quantiles_ms": quantiles, "added_ms": added, "added_ms_by_round": per_round,
+            "bare_added_ms": bare}
 
 
 def sidecar_cost(runs: list[dict], idle: dict[str, float]) -> dict:
@@ -500,11 +543,15 @@ def sidecar_cost(runs: list[dict], idle: dict[str, float]) -> dict:
 # --------------------------------------------------------------------------------------
 # Bench
 # --------------------------------------------------------------------------------------
-def measured_pids(lab: MeshLab, mode: str, cars: dict[str, dict], stubs: dict[str, int]) -> dict[str, int]:
+def measured_pids(lab: MeshLab, mode: str, cars: dict[str, dict], stubs: dict[str, int],
+                  bare: dict[str, int]) -> dict[str, int]:
+    """What each round meters; in a bare round the "sidecars" are the bare pair."""
     pids = {f"agent {n}": info["agent_pid"] for n, info in lab.data["nodes"].items()}
-    pids |= {"app": lab.data["pods"][f"{NS[mode]}/server"]["app_pid"], "stub": stubs[mode]}
+    pids |= {"app": lab.data["pods"][f"{NS[mode]}/server"]["app_pid"], "stub": stubs[NS[mode]]}
     if mode == "meshed":
         pids |= {"client sidecar": cars["client"]["pid"], "server sidecar": cars["server"]["pid"]}
+    elif mode == "bare":
+        pids |= {"client sidecar": bare["client"], "server sidecar": bare["server"]}
     return pids
 
 
@@ -521,33 +568,46 @@ def bench(args: argparse.Namespace) -> dict:
         lab.up()
         app = "podnet.lab.meshapp as the lab runs it"
         lab.cli("mesh", "enable", "mesh")
-        ips = {m: {svc: lab.cluster_ip(NS[m], svc) for svc in ("server", "stub")} for m in MODES}
+        if args.mtls == "STRICT":
+            strict = Path(stubs.workdir) / "strict.yaml"
+            strict.write_text("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
+                              "metadata: {name: default, namespace: mesh}\nspec: {mtls: {mode: STRICT}}\n")
+            lab.cli("apply", "-f", str(strict))
+        ips = {m: {svc: lab.cluster_ip(NS[m], svc) for svc in ("server", "stub")} for m in MODES if m != "bare"}
         cars = {"client": None, "server": None}
         deadline = time.monotonic() + args.ready_timeout
-        while not all(c and c["alive"] for c in cars.values()):  # the stub needs the server's certificate
+        while not all(c and c["alive"] and (args.mtls != "STRICT" or strict_applied(c))
+                      for c in cars.values()):  # the stub needs the server's certificate
             if time.monotonic() > deadline:
                 raise BenchError(f"lab {lab.name}: no sidecars within {args.ready_timeout:.0f}s")
             time.sleep(0.5)
             cars = {role: lab.sidecars().get(f"mesh/{role}") for role in cars}
         certs = sidecar_workdir(cars["server"]["pid"])
-        stub_pids = {"meshed": stubs.start("meshed", lab.data["pods"]["mesh/server"]["netns"],
-                                           str(certs / "cert.pem"), str(certs.parent / "ca.pem")),
-                     "unmeshed": stubs.start("unmeshed", lab.data["pods"]["plain/server"]["netns"], None, None)}
+        pods = lab.data["pods"]
+        stub_pids = {"mesh": stubs.start("meshed", pods["mesh/server"]["netns"],
+                                         str(certs / "cert.pem"), str(certs.parent / "ca.pem")),
+                     "plain": stubs.start("unmeshed", pods["plain/server"]["netns"], None, None)}
+        bare = {"server": stubs.run("bare-server", pods["plain/server"]["netns"],
+                                    bare_server(), BARE_SERVER_PORT),
+                "client": stubs.run("bare-client", pods["plain/client"]["netns"],
+                                    bare_client(pods["plain/server"]["ips"][0].split("/")[0]),
+                                    BARE_APP_PORT)}
+        ips["bare"] = {"server": f"127.0.0.1:{BARE_APP_PORT}", "stub": f"127.0.0.1:{BARE_STUB_PORT}"}
         cars = wait_ready(lab, ips, args.ready_timeout)
         log(f"lab {lab.name} up, meshed and answering in {time.monotonic() - t0:.1f}s")
-        pids = {m: measured_pids(lab, m, cars, stub_pids) for m in MODES}
+        pids = {m: measured_pids(lab, m, cars, stub_pids, bare) for m in MODES}
         with Meter(pids["meshed"]) as idle:
             time.sleep(args.idle_seconds)
         reloads_before, load_before = reloads(lab), os.getloadavg()
         latency: dict[str, list[dict]] = {m: [] for m in MODES}
         throughput: dict[str, list[dict]] = {f"{m} {t}": [] for t in ("server", "stub") for m in MODES}
         for r in range(args.repeat):
-            for mode in MODES[r % 2:] + MODES[:r % 2]:
+            for mode in MODES[r % len(MODES):] + MODES[:r % len(MODES)]:
                 run = fixed_rate_round(lab, mode, ips[mode]["server"], pids[mode], args)
                 latency[mode].append(run)
                 log(f"round {r + 1}/{args.repeat} {mode}: p50 {run['p50']} p90 {run['p90']} p99 {run['p99']} ms, "
                     f"{run['achieved_rps']} req/s, cores {run['cores']}")
-            for key in list(throughput)[r % 4:] + list(throughput)[:r % 4]:
+            for key in list(throughput)[r % len(throughput):] + list(throughput)[:r % len(throughput)]:
                 mode, target = key.split()
                 run = wrk_run(lab, mode, target, ips[mode][target], pids[mode], args.wrk_seconds)
                 throughput[key].append(run)
@@ -561,6 +621,8 @@ def bench(args: argparse.Namespace) -> dict:
                            "sidecars": {k: {"pid": c["pid"], "identity": c["identity"]} for k, c in cars.items()}},
                    "latency": summarize_latency(latency), "idle_seconds": args.idle_seconds,
                    "sidecar_cpu": sidecar_cost(latency["meshed"], idle.cores),
+                   "bare_cpu": sidecar_cost(latency["bare"], idle.cores | {"client sidecar": 0.0, "server sidecar": 0.0}),
+                   "mtls": args.mtls,
                    "throughput": {k: throughput_row(k, runs) for k, runs in throughput.items()},
                    "reloads": {"before": reloads_before, "after": reloads_after,
                                "during_run": sum(reloads_after.values()) - sum(reloads_before.values())}}
@@ -613,6 +675,8 @@ def render(outcome: dict) -> None:
                       str(sum(r["errors"] + r["unanswered"] for r in runs)),
                       f"{max(r['max_send_lag_ms'] for r in runs):.2f}")
     table.add_row("[bold]added (meshed - unmeshed)", *(f"{lat['added_ms'][q]:+.3f}" for q in QUANTILES), "", "", "", "")
+    table.add_row("added by the bare pair (bare - unmeshed)", *(f"{lat['bare_added_ms'][q]:+.3f}" for q in QUANTILES),
+                  "", "", "", "")
     con.print(table)
     con.print("added per round (ms): " + "; ".join(" ".join(f"{q} {v:+.3f}" for q, v in r.items())
                                                    for r in lat["added_ms_by_round"]))
@@ -620,14 +684,16 @@ def render(outcome: dict) -> None:
     for col in ("process", "cores per round", "idle cores", "vCPU per 1k req/s", "net of idle", "threads",
                 "conns per req", "TLS conns per req"):
         cpu.add_column(col, justify="left" if col == "process" else "right")
-    for key, row in outcome["sidecar_cpu"].items():
+    rows = [*outcome["sidecar_cpu"].items(),
+            *((f"bare {k.split()[0]} proxy", outcome["bare_cpu"][k]) for k in ("client sidecar", "server sidecar"))]
+    for key, row in rows:
         cpu.add_row(key, " ".join(f"{c:.3f}" for c in row["cores"]), f"{row['idle_cores']:.3f}",
                     str(row["vcpu_per_1k_rps"]), str(row["net_of_idle"]),
                     *(str(row.get(k, "")) for k in ("threads", "connections_per_request",
                                                     "tls_connections_per_request")))
     con.print(cpu)
     tp = Table(title=f"throughput, wrk -t1 -c32 -d{outcome['wrk_seconds']:g}s pinned to CPU {m['pinned_cpu']} in the "
-                     "client pod (median run)")
+                     "client pod (median run; in bare runs the 'sidecars' are the bare HAProxy pair)")
     for col in ("target", "req/s", "runs", "client sidecar", "server sidecar", "app", "stub", "wrk", "machine",
                 "req/s per client-sidecar core", "bound by"):
         tp.add_column(col, justify="left" if col in ("target", "bound by") else "right")
@@ -647,12 +713,26 @@ def render(outcome: dict) -> None:
     stub = outcome["throughput"]["meshed stub"]
     con.print(f"added p90 {lat['added_ms']['p90']:+.3f} ms (target <= {TARGET_ADDED_P90_MS} ms): "
               f"{mark[met['added_p90']]}")
-    con.print(f"vCPU per 1k req/s: client sidecar {sc['client sidecar']['vcpu_per_1k_rps']}, server sidecar "
-              f"{sc['server sidecar']['vcpu_per_1k_rps']} (target <= {TARGET_VCPU_PER_1K}): {mark[met['vcpu_per_1k']]}")
+    con.print(f"vCPU per 1k req/s ({outcome['mtls']} mTLS): client sidecar {sc['client sidecar']['vcpu_per_1k_rps']}, "
+              f"server sidecar {sc['server sidecar']['vcpu_per_1k_rps']} (target <= {TARGET_VCPU_PER_1K}): "
+              f"{mark[met['vcpu_per_1k']]}; {floor_ratios(outcome)}")
     con.print(f"client sidecar against the stub: {stub['rps_per_client_sidecar_core']} req/s per core (target >= "
               f"{TARGET_RPS_PER_CORE}; {stub['median_rps']:.0f} req/s over "
               f"{stub['median_run']['cores']['client sidecar']:.2f} cores, an extrapolation when it is not the "
               f"bound): {mark[met['rps_per_core']]}")
+
+
+def floor_ratios(outcome: dict) -> str:
+    """The sidecars against the bare HAProxy pair of the same run: what the mesh adds
+    to two HAProxy hops on this machine."""
+    sc, bare = outcome["sidecar_cpu"], outcome["bare_cpu"]
+    parts = []
+    for key in ("client sidecar", "server sidecar"):
+        mine, floor = sc[key]["vcpu_per_1k_rps"], bare[key]["vcpu_per_1k_rps"]
+        parts.append(f"{key.split()[0]} {mine}/{floor} = {mine / floor:.2f}x" if mine and floor else f"{key} -")
+    stub, bare_stub = (outcome["throughput"][k]["rps_per_client_sidecar_core"] for k in ("meshed stub", "bare stub"))
+    per_core = f"{stub}/{bare_stub} = {stub / bare_stub:.2f}x" if stub and bare_stub else "-"
+    return f"against the bare HAProxy pair: vCPU {', '.join(parts)}; req/s per client core {per_core}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -665,6 +745,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds the sidecars' idle CPU is measured before the rounds (default 3)")
     parser.add_argument("--ready-timeout", type=float, default=60, metavar="S",
                         help="seconds the mesh may take to answer on every path (default 60)")
+    parser.add_argument("--mtls", choices=("PERMISSIVE", "STRICT"), default="PERMISSIVE",
+                        help="the meshed namespace's mTLS mode (default PERMISSIVE, the mesh's default)")
     parser.add_argument("--json", action="store_true", help="print machine-readable results only")
     args = parser.parse_args(argv)
     if min(args.rate, args.seconds, args.wrk_seconds, args.ready_timeout, args.idle_seconds) <= 0 or args.repeat < 1:

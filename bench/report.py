@@ -232,7 +232,9 @@ def mesh_latency(data: dict, out: Path) -> Section:
     body = table(["path", *quantiles], [[mode, *(q[k] for k in quantiles)] for mode, q in lat["quantiles_ms"].items()]
                  + [["added (meshed - unmeshed)", *(lat["added_ms"][k] for k in quantiles)]])
     body += table(["process", "cores per round", "vCPU per 1k req/s", "net of idle"],
-                  [[k, " ".join(map(str, r["cores"])), r["vcpu_per_1k_rps"], r["net_of_idle"]] for k, r in cpu.items()])
+                  [[k, " ".join(map(str, r["cores"])), r["vcpu_per_1k_rps"], r["net_of_idle"]]
+                   for k, r in [*cpu.items(), *((f"bare {k.split()[0]} proxy (the floor)", r)
+                                               for k, r in (data.get("bare_cpu") or {}).items() if "sidecar" in k)]])
     body += table(["wrk -t1 -c32 against", "median req/s", "req/s per client-sidecar core", "bound by"],
                   [[k, r["median_rps"], r["rps_per_client_sidecar_core"] or "", r["median_run"]["bound_by"]]
                    for k, r in tp.items()])

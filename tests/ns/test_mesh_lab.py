@@ -320,7 +320,7 @@ def test_strict_mtls_refuses_a_pod_without_a_certificate(lab: Lab) -> None:
     assert {s[0] for s in lab.load("plain/other", target, 3)} == {200}  # permissive: plain text passes
     lab.apply(strict)
     try:
-        wait_until(lambda: "tcp-request content reject" in _config(lab, "shop/web-v1-a"), "strict mTLS",
+        wait_until(lambda: "bind :15006 ssl" in _config(lab, "shop/web-v1-a"), "strict mTLS",
                    timeout=20)
         refused = lab.load("plain/other", target, 3)
         assert {s[0] for s in refused} == {0}, refused  # the connection is closed: no certificate, no entry

@@ -72,9 +72,12 @@ def test_routes_matches_backends_and_policies_become_haproxy_lines(tmp_path: Pat
 
 def test_strict_refuses_plain_text_and_permissive_takes_it(tmp_path: Path) -> None:
     strict = render(spec(tmp_path, MTLS_STRICT))
-    assert "tcp-request content reject" in strict and "verify required" in strict
+    assert f"frontend in_tls\n  bind :15006 ssl crt {tmp_path}" in strict and "verify required\n" in strict
+    assert "frontend inbound" not in strict and "abns@" not in strict  # no sniffing, no local hop
+    assert strict.count("denied by MeshAuthorizationPolicy") == 1  # the rules once, on the TLS frontend
     permissive = render(spec(tmp_path))
-    assert "tcp-request content reject" not in permissive and "verify optional" in permissive
+    assert "frontend inbound\n  bind :15006\n  mode tcp" in permissive and "verify optional" in permissive
+    assert "verify required\n" not in permissive.split("frontend in_tls")[1].split("backend app")[0]
 
 
 def test_a_weight_change_keeps_the_structure(tmp_path: Path) -> None:

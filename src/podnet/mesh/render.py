@@ -6,8 +6,10 @@
                                 --anything else: passthrough to the original destination
     client -> nft prerouting redirect -> :15006 inbound (tcp) --TLS hello--> in_tls
                                   (terminates mTLS, knows the peer) --+--> app 127.0.0.1:<port>
-                                --plain (PERMISSIVE only)--> http ----+
+                                --plain (PERMISSIVE)--> http ---------+
                                   rate limit (429), authorization (403 naming the policy)
+              STRICT: :15006 is in_tls itself (TLS on the bind, a certificate required):
+              no sniffing, no local hop, and plain text never gets an HTTP answer
 
 Design notes:
 - One frontend per direction, in TCP mode, switching to HTTP only for what the mesh
@@ -145,18 +147,18 @@ def _service_rules(svc: OutboundService) -> list[str]:
 
 
 def _inbound(spec: SidecarSpec) -> list[str]:
-    out = ["frontend inbound", f"  bind :{INBOUND_PORT}", "  mode tcp", "  tcp-request inspect-delay 5s",
-           "  tcp-request content accept if { req.ssl_hello_type 1 }"]
-    if spec.mtls == MTLS_STRICT:
-        out.append("  tcp-request content reject")  # no TLS hello: no certificate, no entry
-    else:
-        out += ["  tcp-request content accept if HTTP", "  tcp-request content switch-mode http"]
-        out += _inbound_http(spec, plain=True)
-    out += ["  use_backend in_tls if { req.ssl_hello_type 1 }", "  default_backend app", "",
-            "backend in_tls", "  mode tcp", "  server tls abns@podnet-in-tls send-proxy-v2", "",
-            "frontend in_tls", f"  bind abns@podnet-in-tls accept-proxy ssl crt {spec.cert} ca-file {spec.ca} "
-            f"verify {'required' if spec.mtls == MTLS_STRICT else 'optional'}", "  mode http",
-            "  http-request set-var(txn.peer) ssl_c_s_dn(cn) if { ssl_c_used }"]
+    tls = f"ssl crt {spec.cert} ca-file {spec.ca}"
+    if spec.mtls == MTLS_STRICT:  # TLS on the intercepted port itself: no hello, no certificate, no entry
+        out = ["frontend in_tls", f"  bind :{INBOUND_PORT} {tls} verify required", "  mode http",
+               "  http-request set-var(txn.peer) ssl_c_s_dn(cn)"]
+    else:  # plain text passes too: sniff, then hand TLS to a second frontend (one more local hop)
+        out = ["frontend inbound", f"  bind :{INBOUND_PORT}", "  mode tcp", "  tcp-request inspect-delay 5s",
+               "  tcp-request content accept if { req.ssl_hello_type 1 }", "  tcp-request content accept if HTTP",
+               "  tcp-request content switch-mode http", *_inbound_http(spec, plain=True),
+               "  use_backend in_tls if { req.ssl_hello_type 1 }", "  default_backend app", "",
+               "backend in_tls", "  mode tcp", "  server tls abns@podnet-in-tls send-proxy-v2", "",
+               "frontend in_tls", f"  bind abns@podnet-in-tls accept-proxy {tls} verify optional", "  mode http",
+               "  http-request set-var(txn.peer) ssl_c_s_dn(cn) if { ssl_c_used }"]
     out += _inbound_http(spec, plain=False)
     out += ["  default_backend app", "", "backend app", "  mode http", "  server app 127.0.0.1", ""]
     for port in spec.inbound:
