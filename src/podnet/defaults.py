@@ -13,6 +13,7 @@ DEFAULT_CLUSTER_CIDR = "10.244.0.0/16"
 DEFAULT_CLUSTER_DOMAIN = "cluster.local"  # cluster DNS (kubelet --cluster-domain)
 FABRIC_ROUTE_PROTO = 77  # tags podnet fabric routes (unused by iproute2's rt_protos; BIRD's are 12)
 HOST_ROUTE_PROTO = 79  # tags `podnet host join`'s routes on a joined host: leave removes exactly these
+CLUSTERSET_ROUTE_PROTO = 80  # tags the routes to other clusters of the set (clusterset/): theirs alone to change
 DEFAULT_BLOCK_PREFIX = 24
 DEFAULT_LEASE_TTL = 10.0
 

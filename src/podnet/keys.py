@@ -52,6 +52,11 @@ MESH_TRAFFIC_POLICIES = MESH + "trafficpolicies/"
 MESH_AUTHORIZATION_POLICIES = MESH + "authorizationpolicies/"
 MESH_PEER_AUTHENTICATIONS = MESH + "peerauthentications/"
 MESH_CA = MESH + "ca"  # the mesh's certificate authority (agent/mesh_service.py)
+CLUSTERSET = "clusterset/"  # joining clusters (clusterset/): who we are, our peers, our gateways
+CLUSTERSET_SELF = CLUSTERSET + "self"
+CLUSTERSET_PEERS = CLUSTERSET + "peers/"
+CLUSTERSET_GATEWAYS = CLUSTERSET + "gateways/"
+CLUSTERSET_ACTIVE_GATEWAY = CLUSTERSET + "active-gateway"
 # the objects that make a node keep a policy table (agent/policy_service.py)
 ENFORCING_POLICY = (NETWORK_POLICIES, CLUSTER_POLICIES)
 
@@ -109,6 +114,11 @@ FAMILIES: tuple[Family, ...] = (
     Family(MESH_PEER_AUTHENTICATIONS, "mesh/peerauthentications/<namespace>/<name>",
            "PeerAuthentication (manifest)", since="0.2.0"),
     Family(MESH_CA, "mesh/ca", "the mesh CA: certificate and key (PEM, JSON)", since="0.2.0"),
+    Family(CLUSTERSET_SELF, "clusterset/self", "ClusterInfo", since="0.3.0"),
+    Family(CLUSTERSET_PEERS, "clusterset/peers/<cluster>", "ClusterPeer", since="0.3.0"),
+    Family(CLUSTERSET_GATEWAYS, "clusterset/gateways/<node>", "GatewayCandidate", since="0.3.0"),
+    Family(CLUSTERSET_ACTIVE_GATEWAY, "clusterset/active-gateway", "ActiveGateway (a lease in its value)",
+           since="0.3.0"),
 )
 
 
@@ -126,6 +136,14 @@ def segment(value: object, what: str = "name") -> str:
 
 
 # -- one function per family -----------------------------------------------------------
+
+
+def clusterset_peer(cluster: str) -> str:
+    return CLUSTERSET_PEERS + segment(cluster, "cluster name")
+
+
+def clusterset_gateway(node_name: str) -> str:
+    return CLUSTERSET_GATEWAYS + segment(node_name, "node name")
 
 
 def node(name: str) -> str:

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from podnet import keys
 from podnet.agent.mesh_sidecar import Sidecar
-from podnet.agent.service_thread import ServiceThread
+from podnet.agent.service_thread import NodeLoopService, ServiceThread
 from podnet.errors import PodnetError
 from podnet.model.endpoint import EndpointRecord
 from podnet.store import RevisionCompacted, Store
@@ -61,7 +61,7 @@ WATCH_TIMEOUT = 1.0
 CERT_LIFETIME = 3600.0
 
 
-class MeshService:
+class MeshService(NodeLoopService):
     def __init__(self, agent: AgentContext, cert_lifetime: float | None = None) -> None:
         self.agent = agent
         options = getattr(agent, "node_options", None)
@@ -86,15 +86,8 @@ class MeshService:
                 "mesh.top": lambda _m, _f: self.top(),
                 "mesh.denials": lambda m, _f: self.denials(m)}
 
-    def start(self) -> None:
-        if self.node is not None:
-            self._loop.start()
-
-    def request_stop(self) -> None:
-        self._loop.signal_stop()
-
     def stop(self) -> None:
-        self._loop.stop()
+        super().stop()
         with self._lock:
             if self.sidecars:
                 log.info("mesh: %d sidecar(s) left serving for the next agent to adopt", len(self.sidecars))

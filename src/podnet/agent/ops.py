@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from podnet.agent.cluster_dns_service import ClusterDnsService
+from podnet.agent.clusterset_service import ClustersetService
 from podnet.agent.context import AgentContext, AgentService
 from podnet.agent.dns_service import dns_service
 from podnet.agent.gossip_service import GossipService
@@ -35,6 +36,7 @@ SERVICES: dict[str, Callable[[AgentContext], AgentService]] = {
     "policy": PolicyService,  # --node: policy/ in the cluster store -> inet podnet-policy; flows
     "readiness": ReadinessService,  # --node: probes this node's pods, publishes readiness/
     "services": ServicesService,  # --node: services/, endpointslices/, pods -> inet podnet-svc
+    "clusterset": ClustersetService,  # --node: routes, tunnel and gateway election toward the other clusters
     "mesh": MeshService,  # --node: a sidecar (HAProxy) per local meshed pod, its certificate, golden signals
     "cluster-dns": ClusterDnsService,  # --cluster-dns-netns: <svc>.<ns>.svc.<domain> in the node's DNS pod
     "trace": TraceService,  # podnet trace: a packet's path from this node's kernel; traced probes

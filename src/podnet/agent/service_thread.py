@@ -42,6 +42,24 @@ class ServiceThread:
             self._thread = None
 
 
+class NodeLoopService:
+    """The life of a service whose loop runs on cluster nodes only (`node` set, from
+    `--node`): started there, asked to stop first, then joined."""
+
+    node: str | None
+    _loop: ServiceThread
+
+    def start(self) -> None:
+        if self.node is not None:
+            self._loop.start()
+
+    def request_stop(self) -> None:
+        self._loop.signal_stop()
+
+    def stop(self) -> None:
+        self._loop.stop()
+
+
 def list_then_watch(
     stopping: threading.Event,
     prefix: str,

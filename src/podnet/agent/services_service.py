@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from podnet import keys
 from podnet.agent.metrics_services import service_counters
-from podnet.agent.service_thread import ServiceThread, list_then_watch
+from podnet.agent.service_thread import NodeLoopService, ServiceThread, list_then_watch
 from podnet.errors import PodnetError
 from podnet.kernel.libnft import LibNft
 from podnet.kernel.nft import NftPort
@@ -51,7 +51,7 @@ SYNC_OP = "services.sync"
 GENERATION_SET = "generation"
 
 
-class ServicesService:
+class ServicesService(NodeLoopService):
     def __init__(self, agent: AgentContext, nft: NftPort | None = None,
                  resync_seconds: float = RESYNC_SECONDS) -> None:
         self.agent = agent
@@ -79,16 +79,6 @@ class ServicesService:
         return {"services.status": lambda _message, _fds: self.status(),
                 SYNC_OP: lambda _message, _fds: self.converge(full=False),
                 "services.counters": lambda _message, _fds: self.counters()}
-
-    def start(self) -> None:
-        if self.node is not None:
-            self._loop.start()
-
-    def request_stop(self) -> None:
-        self._loop.signal_stop()
-
-    def stop(self) -> None:
-        self._loop.stop()
 
     def status(self) -> dict[str, Any]:
         with self._lock:

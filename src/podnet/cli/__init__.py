@@ -8,7 +8,8 @@
     status.py     status, report                    metrics.py   metrics
     doctor.py     doctor                            trace.py     trace
     dashboard.py  dashboard                         target.py    which cluster (--lab, --store, ...)
-    host.py       host join|leave
+    host.py       host join|leave                   wan.py       wan up|down|status|plug|unplug
+    cluster.py    cluster init|join|leave|gateway|status (a clusterset)
     output.py     printing and errors
 
 Nothing below the CLI imports it; the lab and the tests run it as a process
@@ -23,6 +24,7 @@ import sys
 from podnet.cli import (
     agent,
     bgp,
+    cluster,
     container,
     dashboard,
     demo,
@@ -38,12 +40,13 @@ from podnet.cli import (
     policy,
     status,
     trace,
+    wan,
 )
 from podnet.cli.output import fail
 from podnet.errors import PodnetError
 
 VERB_GROUPS = (agent, demo, network, container, lab, observe, status, metrics, doctor, trace, dashboard, objects,
-               policy, bgp, peers, host, mesh)
+               policy, bgp, peers, host, mesh, wan, cluster)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -100,6 +100,7 @@ class RouteNetwork:
 
     name = "base"
     device: str | None = None  # the fabric's own device (neigh/FDB live there), if any
+    route_proto = ROUTE_PROTO  # the routes `apply` owns: only those are ever changed
     gso_cap: int | None = None  # pods' GSO limit at most this (None: the underlay's, kernel/gso.py)
 
     def mtu(self, underlay_mtu: int) -> int:
@@ -136,13 +137,14 @@ class RouteNetwork:
             else:
                 self._try(log, what, fn, *args, **kw)
 
-        have_routes = self._routes(ipr)
+        have_routes = self._routes(ipr, self.route_proto)
         for spec, raw in have_routes.items():
             if spec not in want.routes:
                 act(report.removed, f"route {spec.dst}", ipr.route, "del", **raw)
         for spec in sorted(want.routes - set(have_routes)):
             index = _maybe_index(ipr, spec.dev) if dry_run else _index(ipr, spec.dev)
-            kw: dict[str, Any] = {"dst": spec.dst, "gateway": spec.gateway or None, "oif": index, "proto": ROUTE_PROTO}
+            kw: dict[str, Any] = {"dst": spec.dst, "gateway": spec.gateway or None, "oif": index,
+                                  "proto": self.route_proto}
             if spec.onlink:
                 kw["flags"] = RTNH_F_ONLINK
             act(report.added, f"route {spec.dst}{f' via {spec.gateway}' if spec.gateway else ''} dev {spec.dev}",
@@ -175,18 +177,18 @@ class RouteNetwork:
         log.append(what)
 
     @staticmethod
-    def _routes(ipr: IPRoute) -> dict[RouteSpec, dict[str, Any]]:
-        """podnet fabric routes in the main table -> the attributes that delete them."""
+    def _routes(ipr: IPRoute, proto: int = ROUTE_PROTO) -> dict[RouteSpec, dict[str, Any]]:
+        """Routes of `proto` in the main table -> the attributes that delete them."""
         names = {msg["index"]: msg.get("IFLA_IFNAME") for msg in ipr.get_links()}
         out = {}
         for msg in ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
-            if msg["proto"] != ROUTE_PROTO:
+            if msg["proto"] != proto:
                 continue
             dst = f"{msg.get('RTA_DST')}/{msg['dst_len']}"
             gw = msg.get("RTA_GATEWAY") or ""
             oif = msg.get("RTA_OIF")
             spec = RouteSpec(dst, gw, str(names.get(oif, "")), bool(msg["flags"] & RTNH_F_ONLINK))
-            out[spec] = {"dst": dst, "gateway": gw or None, "oif": oif, "proto": ROUTE_PROTO, "table": MAIN_TABLE}
+            out[spec] = {"dst": dst, "gateway": gw or None, "oif": oif, "proto": proto, "table": MAIN_TABLE}
         return out
 
     def _neighbours(self, ipr: IPRoute, dev: int) -> set[NeighSpec]:

@@ -1,0 +1,140 @@
+"""The node's part in a clusterset: every pass (PASS_SECONDS), from the records of our
+store (clusterset/records.py) and, on the gateway in charge, each peer's store:
+
+    elect          take / refresh / give up `clusterset/active-gateway` (a TTL key)
+    plan_node      routes to the peers' ranges (via the gateway, or through the tunnel
+                   on the gateway itself), the tunnel, the no-masquerade set (plan.py)
+    apply          pncs0, routes of protocol 80, `ip podnet-clusterset` (kernel.py)
+
+- Runs on cluster nodes (`--node`); a cluster that joined nothing costs one listing of
+  `clusterset/` a pass and holds nothing (what an earlier pass made is removed).
+- A peer's store is opened lazily (its URL from `clusterset/peers/<name>`, never
+  created) and read only by our gateway in charge, for the peer's gateway in charge; a
+  peer whose store does not answer keeps its routes out and is named in the status.
+- A pass that fails keeps what the kernel holds (the last good plan) and says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from podnet import keys
+from podnet.agent.service_thread import NodeLoopService, ServiceThread
+from podnet.clusterset.plan import plan_node
+from podnet.clusterset.records import LocalView, elect, read_active, read_local
+from podnet.errors import PodnetError
+from podnet.model.cluster import NodeLease
+from podnet.store import Store, open_store
+
+if TYPE_CHECKING:
+    from podnet.agent.context import AgentContext, OpHandler
+    from podnet.clusterset.model import ActiveGateway, ClusterPeer
+
+log = logging.getLogger("podnet.agent.clusterset")
+
+PASS_SECONDS = 1.0
+
+
+class ClustersetService(NodeLoopService):
+    def __init__(self, agent: AgentContext) -> None:
+        self.agent = agent
+        options = getattr(agent, "node_options", None)
+        self.node: str | None = options.node if options else None
+        self._kernel: Any = None
+        self._remote: dict[str, Store] = {}
+        self._held = False  # this node holds clusterset state from an earlier pass
+        self._lock = threading.Lock()
+        self._status: dict[str, Any] = {"node": self.node, "passes": 0}
+        self._loop = ServiceThread("podnet-clusterset", self._run, join_timeout=PASS_SECONDS + 10)
+
+    # -- AgentService
+
+    def ops(self) -> dict[str, OpHandler]:
+        return {"clusterset.status": lambda _m, _f: self.status()}
+
+    def stop(self) -> None:
+        """The kernel state stays: an agent restart must not cut the clusterset's
+        flows (the next agent takes it over as it is)."""
+        super().stop()
+        for store in self._remote.values():
+            store.close()
+        self._remote.clear()
+
+    def status(self) -> dict[str, Any]:
+        if self.node is None:
+            raise PodnetError("this agent is not a cluster node (started without --node)")
+        with self._lock:
+            return dict(self._status)
+
+    # -- the loop
+
+    def _run(self) -> None:
+        stop = self._loop.stopping
+        while not stop.is_set():
+            try:
+                self.converge()
+            except PodnetError as exc:
+                self._note(error=f"{exc.msg}{': ' + exc.details if exc.details else ''}")
+                log.warning("clusterset: %s", exc.msg)
+            except Exception as exc:  # noqa: BLE001 - the next pass tries again
+                self._note(error=f"{type(exc).__name__}: {exc}")
+                log.exception("clusterset: pass failed")
+            stop.wait(PASS_SECONDS)
+
+    def converge(self) -> None:
+        store: Store = self.agent.service.store(self.agent.store_path)
+        view = read_local(store)
+        if not view.peers or view.me is None:
+            if self._held:
+                self._kernel_port().remove()
+                self._held = False
+            self._note(me=view.me.name if view.me else None, peers={}, active=None, role="none",
+                       problems=view.problems + ([] if view.me or not view.peers else
+                                                 ["peers are recorded but clusterset/self is not"]), error=None)
+            return
+        lease_entry = store.get(keys.node(self.node or ""))
+        if lease_entry is None:
+            self._note(error="this node has no lease yet", problems=view.problems)
+            return
+        lease = NodeLease.from_json(lease_entry.json())
+        active = elect(store, view, lease.name, lease.underlay_ip)
+        here = active is not None and active.node == lease.name
+        remote = {p.name: self._remote_active(p, view) for p in view.peers} if here else {}
+        plan = plan_node(lease.name, lease.underlay_if, view.me, view.peers, active, remote)
+        report = self._kernel_port().apply(view.me, plan)
+        self._held = True
+        if report:
+            log.info("clusterset: %s", "; ".join([*(f"+{a}" for a in report.added),
+                                                  *(f"-{r}" for r in report.removed)]))
+        self._note(me=view.me.name, peers=plan.peers, role="gateway" if here else "member", error=None,
+                   active=active.to_json() if active else None, problems=view.problems,
+                   candidates=sorted(view.candidates), tunnel=bool(plan.tunnel))
+
+    def _remote_active(self, peer: ClusterPeer, view: LocalView) -> ActiveGateway | None:
+        try:
+            store = self._remote.get(peer.name)
+            if store is None:
+                store = self._remote[peer.name] = open_store(peer.store, create=False)
+            active, _ = read_active(store, view.problems, f"{peer.name}: ")
+            return active
+        except PodnetError as exc:
+            view.problems.append(f"{peer.name}: its store {peer.store} does not answer: {exc.msg}")
+            stale = self._remote.pop(peer.name, None)
+            if stale is not None:
+                stale.close()
+            return None
+
+    def _kernel_port(self) -> Any:
+        if self._kernel is None:
+            from podnet.clusterset.kernel import ClustersetKernel
+            from podnet.kernel.nft import Nft
+
+            self._kernel = ClustersetKernel(Nft())
+        return self._kernel
+
+    def _note(self, **fields: Any) -> None:
+        with self._lock:
+            self._status.update(fields, passes=self._status.get("passes", 0) + 1, at=time.time())

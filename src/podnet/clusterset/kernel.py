@@ -1,0 +1,126 @@
+"""A clusterset plan (plan.py) made real in the calling thread's namespace (the node's).
+
+- pncs0 exists only on the gateway in charge; it is recreated when its identity (VNI,
+  port, tunnel address, the interface holding that address) differs, and deleted
+  elsewhere. Its MTU is that interface's less the VXLAN overhead: a pod's packet too
+  big for it gets "fragmentation needed" back from the gateway, never a silent drop.
+- Routes, next hops and FDB entries go through the fabrics' shared apply with their
+  own route protocol (80), so neither side ever removes the other's routes.
+- The nft table is one transaction, written when it differs from what this process
+  last wrote, and every REWRITE_PASSES passes anyway (someone may have deleted it).
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from podnet.clusterset.model import ClusterInfo
+from podnet.clusterset.plan import DEVICE, OVERHEAD, PORT, VNI, NodePlan, Tunnel, nft_script
+from podnet.defaults import CLUSTERSET_ROUTE_PROTO
+from podnet.errors import KernelError
+from podnet.fabric.base import ApplyReport, RouteNetwork
+
+REWRITE_PASSES = 30
+
+
+class ClustersetRoutes(RouteNetwork):
+    """The shared route/neighbour/FDB apply, on pncs0 and protocol 80."""
+
+    name = "clusterset"
+    device = DEVICE
+    route_proto = CLUSTERSET_ROUTE_PROTO
+
+
+class ClustersetKernel:
+    """Owns pncs0, the routes of protocol 80 and `ip podnet-clusterset` here."""
+
+    def __init__(self, nft) -> None:  # noqa: ANN001 - kernel/nft.NftPort
+        self.nft = nft
+        self.routes = ClustersetRoutes()
+        self._written = ""
+        self._passes = 0
+
+    def apply(self, me: ClusterInfo | None, plan: NodePlan) -> ApplyReport:
+        with IPRoute() as ipr:
+            if plan.tunnel is not None:
+                self._ensure_tunnel(ipr, plan.tunnel)
+            else:
+                _delete_link(ipr, DEVICE)
+            report = self.routes.apply(ipr, plan.fabric)
+        script = nft_script(me, plan.remote_cidrs) if me is not None and plan.remote_cidrs else _removal()
+        self._passes += 1
+        if script != self._written or self._passes % REWRITE_PASSES == 0:
+            self.nft.apply(script)
+            self._written = script
+        return report
+
+    def remove(self) -> None:
+        """Everything this node holds for the clusterset (the last peer is gone)."""
+        with IPRoute() as ipr:
+            _delete_link(ipr, DEVICE)
+            self.routes.apply(ipr, NodePlan().fabric)
+        if self._written != _removal():
+            self.nft.apply(_removal())
+            self._written = _removal()
+
+    def _ensure_tunnel(self, ipr: IPRoute, tunnel: Tunnel) -> None:
+        holder = _holder_of(ipr, tunnel.local)
+        if holder is None:
+            raise KernelError(f"clusterset: no interface here holds the tunnel address {tunnel.local}",
+                              "the gateway candidate's address must be one of this node's (podnet cluster gateway)")
+        index, mtu = holder
+        found = ipr.link_lookup(ifname=DEVICE)
+        if found and not _matches(ipr, found[0], tunnel.local, index):
+            ipr.link("del", index=found[0])
+            found = []
+        if not found:
+            try:
+                ipr.link("add", ifname=DEVICE, kind="vxlan", vxlan_id=VNI, vxlan_local=tunnel.local,
+                         vxlan_link=index, vxlan_port=PORT, vxlan_learning=0, address=tunnel.mac,
+                         mtu=mtu - OVERHEAD)
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST:
+                    raise KernelError(f"clusterset: cannot create {DEVICE}: {exc}") from None
+            found = ipr.link_lookup(ifname=DEVICE)
+        link = ipr.get_links(found[0])[0]
+        if link.get("IFLA_ADDRESS") != tunnel.mac or link.get("IFLA_MTU") != mtu - OVERHEAD:
+            ipr.link("set", index=found[0], address=tunnel.mac, mtu=mtu - OVERHEAD)
+        ipr.link("set", index=found[0], state="up")
+
+
+def _removal() -> str:
+    return nft_script(ClusterInfo("x", "10.0.0.0/8", "10.0.0.0/8"), ())
+
+
+def _holder_of(ipr: IPRoute, address: str) -> tuple[int, int] | None:
+    """(index, MTU) of the interface holding `address`."""
+    for msg in ipr.get_addr(family=socket.AF_INET):
+        if msg.get("IFA_ADDRESS") == address:
+            link = ipr.get_links(msg["index"])[0]
+            return msg["index"], int(link.get("IFLA_MTU") or 1500)
+    return None
+
+
+def _matches(ipr: IPRoute, index: int, local: str, link_index: int) -> bool:
+    link = ipr.get_links(index)[0]
+    if link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND")) != "vxlan":
+        return False
+    data = link.get(("IFLA_LINKINFO", "IFLA_INFO_DATA"))
+    attrs = dict(data.get("attrs", [])) if data else {}
+    return (attrs.get("IFLA_VXLAN_ID") == VNI and attrs.get("IFLA_VXLAN_LOCAL") == local
+            and attrs.get("IFLA_VXLAN_LINK") == link_index and attrs.get("IFLA_VXLAN_PORT") == PORT
+            and not attrs.get("IFLA_VXLAN_LEARNING"))
+
+
+def _delete_link(ipr: IPRoute, name: str) -> None:
+    found = ipr.link_lookup(ifname=name)
+    if found:
+        try:
+            ipr.link("del", index=found[0])
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:
+                raise KernelError(f"clusterset: cannot delete {name}: {exc}") from None

@@ -1,0 +1,130 @@
+"""The clusterset's pure parts: records validated, joins refused on overlap, a node's
+plan (member or gateway), the no-masquerade table, and the TTL election on a memory
+store with a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from podnet import keys
+from podnet.clusterset.model import (
+    ActiveGateway,
+    ClusterInfo,
+    ClusterPeer,
+    ClustersetError,
+    GatewayCandidate,
+    check_joinable,
+)
+from podnet.clusterset.plan import DEVICE, cluster_mac, next_hop, nft_script, plan_node
+from podnet.clusterset.records import elect, read_local, write_candidate, write_peer, write_self
+from podnet.fabric.base import FdbSpec, NeighSpec, RouteSpec
+from podnet.store.memory import MemoryStore
+
+WEST = ClusterInfo("west", "10.244.0.0/16", "10.96.0.0/16")
+EAST = ClusterInfo("east", "10.245.0.0/16", "10.97.0.0/16")
+
+
+def test_records_are_validated_with_the_field_named() -> None:
+    assert ClusterInfo.from_json(WEST.to_json()) == WEST
+    with pytest.raises(ClustersetError, match="clusterset/self: clusterCIDR: '10.244.0.1/16' is not an IPv4 network"):
+        ClusterInfo.from_json({**WEST.to_json(), "clusterCIDR": "10.244.0.1/16"})
+    with pytest.raises(ClustersetError, match="name: 'West' is not a cluster name"):
+        ClusterInfo.from_json({**WEST.to_json(), "name": "West"})
+    with pytest.raises(ClustersetError, match="x: store: '' is not a store URL"):
+        ClusterPeer.from_json({**EAST.to_json(), "store": ""}, "x")
+    with pytest.raises(ClustersetError, match="address: 127.0.0.1 cannot be a gateway's address"):
+        GatewayCandidate.from_json({"node": "n0", "address": "127.0.0.1"})
+    with pytest.raises(ClustersetError, match="since: 'soon' is not a time"):
+        ActiveGateway.from_json({"node": "n0", "address": "100.64.0.10", "underlay": "172.31.0.10", "since": "soon"})
+
+
+def test_a_join_is_refused_for_overlapping_ranges_or_a_taken_name() -> None:
+    check_joinable(WEST, EAST, [])
+    clash = ClusterInfo("east", "10.244.128.0/17", "10.98.0.0/16")
+    with pytest.raises(ClustersetError, match="east clusterCIDR 10.244.128.0/17 overlaps west clusterCIDR") as err:
+        check_joinable(WEST, clash, [])
+    assert "--global-cidr" in err.value.details and "--cluster-cidr" in err.value.details
+    third = ClusterInfo("north", "10.246.0.0/16", "10.97.128.0/17")  # clashes with a peer, not with us
+    with pytest.raises(ClustersetError, match="north serviceCIDR 10.97.128.0/17 overlaps east serviceCIDR"):
+        check_joinable(WEST, third, [EAST])
+    with pytest.raises(ClustersetError, match="already has a cluster of that name"):
+        check_joinable(WEST, ClusterInfo("west", "10.250.0.0/16", "10.99.0.0/16"), [])
+
+
+def _active(node: str) -> ActiveGateway:
+    return ActiveGateway(node, "100.64.0.10", "172.31.0.10", 1.0)
+
+
+def test_a_member_routes_the_peers_ranges_to_its_gateway() -> None:
+    peers = [ClusterPeer(EAST, "/s/east.db")]
+    plan = plan_node("node1", "eth0", WEST, peers, _active("node0"), {})
+    assert plan.tunnel is None and plan.fabric.neighbours == set() and plan.fabric.fdb == set()
+    assert plan.fabric.routes == {RouteSpec("10.245.0.0/16", "172.31.0.10", "eth0", onlink=True),
+                                  RouteSpec("10.97.0.0/16", "172.31.0.10", "eth0", onlink=True)}
+    assert plan.remote_cidrs == ("10.245.0.0/16", "10.97.0.0/16") and plan.peers == {"east": "ok (via node0)"}
+    nobody = plan_node("node1", "eth0", WEST, peers, None, {})
+    assert nobody.fabric.routes == set() and "no gateway of west in charge" in nobody.peers["east"]
+
+
+def test_the_gateway_tunnels_to_each_peers_gateway_by_cluster_mac() -> None:
+    north = ClusterInfo("north", "10.246.0.0/16", "10.98.0.0/16")
+    peers = [ClusterPeer(north, "/s/n.db"), ClusterPeer(EAST, "/s/e.db")]
+    theirs = {"east": ActiveGateway("e1", "100.64.0.11", "172.31.0.11", 2.0), "north": None}
+    plan = plan_node("node0", "eth0", WEST, peers, _active("node0"), theirs)
+    assert plan.tunnel is not None and plan.tunnel.local == "100.64.0.10" and plan.tunnel.mac == cluster_mac("west")
+    hop = next_hop(0)  # east sorts first
+    assert hop == "169.254.1.1" and next_hop(1) == "169.254.2.1"
+    assert plan.fabric.routes == {RouteSpec("10.245.0.0/16", hop, DEVICE, onlink=True),
+                                  RouteSpec("10.97.0.0/16", hop, DEVICE, onlink=True)}
+    assert plan.fabric.neighbours == {NeighSpec(hop, cluster_mac("east"), DEVICE)}
+    assert plan.fabric.fdb == {FdbSpec(cluster_mac("east"), "100.64.0.11", DEVICE)}
+    assert plan.peers["north"].startswith("no gateway of north in charge")
+    assert cluster_mac("east") != cluster_mac("west") and int(cluster_mac("east")[:2], 16) & 0b11 == 0b10
+
+
+def test_the_no_masquerade_table_is_one_transaction_and_goes_with_the_last_peer() -> None:
+    script = nft_script(WEST, ("10.245.0.0/16", "10.97.0.0/16"))
+    assert script.startswith("add table ip podnet-clusterset\ndelete table ip podnet-clusterset\n")
+    assert "elements = { 10.245.0.0/16, 10.97.0.0/16 }" in script
+    assert "priority srcnat - 5" in script and "ip saddr 10.244.0.0/16 ip daddr @peers snat to ip saddr" in script
+    assert nft_script(WEST, ()) == "add table ip podnet-clusterset\ndelete table ip podnet-clusterset\n"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_election_takes_refreshes_fails_over_and_steps_down() -> None:
+    clock = Clock()
+    store = MemoryStore(clock=clock)
+    write_self(store, WEST)
+    write_peer(store, ClusterPeer(EAST, "/s/e.db"))
+    for node, address in (("node0", "100.64.0.10"), ("node1", "100.64.0.11")):
+        write_candidate(store, GatewayCandidate(node, address))
+    first = elect(store, read_local(store), "node0", "172.31.0.10", now=clock.now, ttl=3)
+    assert first is not None and first.node == "node0" and first.underlay == "172.31.0.10"
+    assert elect(store, read_local(store), "node1", "172.31.0.11", now=clock.now, ttl=3).node == "node0"
+    assert elect(store, read_local(store), "node2", "172.31.0.12", now=clock.now, ttl=3).node == "node0"
+    clock.now += 2
+    assert elect(store, read_local(store), "node0", "172.31.0.10", now=clock.now, ttl=3).node == "node0"  # refreshed
+    clock.now += 2.5  # 4.5 s after taking it, 2.5 s after the refresh: still node0's
+    assert elect(store, read_local(store), "node1", "172.31.0.11", now=clock.now, ttl=3).node == "node0"
+    clock.now += 1  # node0 stopped refreshing: expired
+    taken = elect(store, read_local(store), "node1", "172.31.0.11", now=clock.now, ttl=3)
+    assert taken is not None and taken.node == "node1" and taken.address == "100.64.0.11"
+    store.delete(keys.clusterset_gateway("node1"))  # no longer a candidate: it gives the key up at once
+    assert elect(store, read_local(store), "node1", "172.31.0.11", now=clock.now, ttl=3) is None
+    assert store.get(keys.CLUSTERSET_ACTIVE_GATEWAY) is None
+
+
+def test_records_that_do_not_validate_are_named_not_used() -> None:
+    store = MemoryStore()
+    store.put(keys.clusterset_peer("east"), '{"name": "east", "clusterCIDR": "nonsense", "serviceCIDR": "10.97.0.0/16", "store": "/s"}')
+    store.put(keys.clusterset_gateway("node0"), '{"node": "node9", "address": "100.64.0.10"}')
+    view = read_local(store)
+    assert view.peers == [] and view.candidates == {}
+    assert any("clusterCIDR" in p for p in view.problems) and any("names node 'node9'" in p for p in view.problems)
