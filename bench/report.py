@@ -249,7 +249,22 @@ def mesh_latency(data: dict, out: Path) -> Section:
     return f"Service mesh (HAProxy sidecars) against no mesh, {data['machine']['cpus']} CPUs", [png], body
 
 
+def clusterset(data: dict, out: Path) -> Section:
+    gbps, lat = data["median_gbps"], data["latency_ms"]
+    png = _bars(out, "clusterset", "west b -> in-cluster and cross-cluster, median Gbit/s", list(gbps),
+                {"Gbit/s": list(gbps.values())}, "Gbit/s")
+    rows = [[path, gbps[path], lat[path]["p50"], lat[path]["p90"], lat[path]["p99"]] for path in gbps]
+    body = table(["path", "Gbit/s", "p50 ms", "p90 ms", "p99 ms"], rows)
+    body += table(["figure", "value"], [["throughput cross / in", data["throughput_ratio"]],
+                                        ["p50 latency cross / in", data["latency_ratio_p50"]],
+                                        ["ServiceExport -> resolvable in the other cluster, s",
+                                         data["export_to_resolvable_s"]],
+                                        ["gateway failover, s", data["failover"]["seconds"]]])
+    return "Two clusters joined over a WAN against one cluster", [png], body
+
+
 RENDERERS: dict[str, Callable[[dict, Path], Section]] = {
+    "clusterset": clusterset,
     "mesh_latency": mesh_latency,
     "sleeve_throughput": sleeve_throughput, "gossip_convergence": gossip_convergence,
     "gossip_throughput": gossip_throughput, "macvlan_policy": macvlan_policy,

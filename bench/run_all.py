@@ -55,6 +55,8 @@ BENCHES = (
     Bench("macvlan_policy", "macvlan_policy.py", ("--seconds", "2", "--repeat", "1", "--conn-seconds", "1")),
     Bench("mesh_latency", "mesh_latency.py", ("--seconds", "2", "--repeat", "1", "--wrk-seconds", "2", "--idle-seconds", "1"),
           ("--seconds", "10", "--repeat", "3", "--wrk-seconds", "5")),
+    Bench("clusterset", "clusterset.py", ("--seconds", "2", "--repeat", "1", "--requests", "300"),
+          ("--seconds", "5", "--repeat", "3")),
 )
 
 

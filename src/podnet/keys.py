@@ -32,6 +32,7 @@ GOSSIP_ROUTING = "meta/gossip/routing"  # the gossip fabric's first hops, this n
 IPAM_HOLD = "meta/ipam-hold/"  # a node that must hand out no address now (the gossip ring's minority side)
 POLICY = "policy/"
 PODS = POLICY + "pods/"
+REMOTE_PODS = POLICY + "remotepods/"  # another cluster's pods, for policy selectors (clusterset/)
 NAMESPACES = POLICY + "namespaces/"
 NETWORK_POLICIES = POLICY + "networkpolicies/"
 CLUSTER_POLICIES = POLICY + "clusterpolicies/"
@@ -57,6 +58,8 @@ CLUSTERSET_SELF = CLUSTERSET + "self"
 CLUSTERSET_PEERS = CLUSTERSET + "peers/"
 CLUSTERSET_GATEWAYS = CLUSTERSET + "gateways/"
 CLUSTERSET_ACTIVE_GATEWAY = CLUSTERSET + "active-gateway"
+SERVICE_EXPORTS = "serviceexports/"  # the Multi-Cluster Services API: what a cluster shares
+SERVICE_IMPORTS = "serviceimports/"  # ... and what it sees of the clusterset's (podnet writes them)
 # the objects that make a node keep a policy table (agent/policy_service.py)
 ENFORCING_POLICY = (NETWORK_POLICIES, CLUSTER_POLICIES)
 
@@ -92,6 +95,8 @@ FAMILIES: tuple[Family, ...] = (
     Family(GOSSIP_DNS, "meta/gossip/dns/<hostname>/<ip>", "gossip DNS name, this node's view (JSON)",
            since="0.2.0"),
     Family(PODS, "policy/pods/<namespace>/<name>", "PodRecord"),
+    Family(REMOTE_PODS, "policy/remotepods/<cluster>/<namespace>/<name>",
+           "PodRecord of a peer cluster's pod (labelled podnet.io/cluster)", since="0.3.0"),
     Family(POLICY_SETTINGS, "policy/settings", "PolicySettings"),
     Family(NAMESPACES, "policy/namespaces/<name>", "Namespace (manifest)"),
     Family(NETWORK_POLICIES, "policy/networkpolicies/<namespace>/<name>", "NetworkPolicy (manifest)"),
@@ -119,6 +124,9 @@ FAMILIES: tuple[Family, ...] = (
     Family(CLUSTERSET_GATEWAYS, "clusterset/gateways/<node>", "GatewayCandidate", since="0.3.0"),
     Family(CLUSTERSET_ACTIVE_GATEWAY, "clusterset/active-gateway", "ActiveGateway (a lease in its value)",
            since="0.3.0"),
+    Family(SERVICE_EXPORTS, "serviceexports/<namespace>/<name>", "ServiceExport (manifest)", since="0.3.0"),
+    Family(SERVICE_IMPORTS, "serviceimports/<namespace>/<name>", "ServiceImport (manifest, podnet writes it)",
+           since="0.3.0"),
 )
 
 
@@ -136,6 +144,10 @@ def segment(value: object, what: str = "name") -> str:
 
 
 # -- one function per family -----------------------------------------------------------
+
+
+def remote_pod(cluster: str, namespace: str, name: str) -> str:
+    return f"{REMOTE_PODS}{segment(cluster, 'cluster name')}/{segment(namespace, 'namespace')}/{segment(name)}"
 
 
 def clusterset_peer(cluster: str) -> str:

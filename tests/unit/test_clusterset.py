@@ -7,6 +7,13 @@ from __future__ import annotations
 import pytest
 
 from podnet import keys
+from podnet.clusterset.exports import (
+    MCS_API,
+    SERVICE_NAME_LABEL,
+    SOURCE_LABEL,
+    Exported,
+    plan_imports,
+)
 from podnet.clusterset.model import (
     ActiveGateway,
     ClusterInfo,
@@ -17,7 +24,10 @@ from podnet.clusterset.model import (
 )
 from podnet.clusterset.plan import DEVICE, cluster_mac, next_hop, nft_script, plan_node
 from podnet.clusterset.records import elect, read_local, write_candidate, write_peer, write_self
+from podnet.dns.cluster import clusterset_fragment
+from podnet.errors import ObjectError
 from podnet.fabric.base import FdbSpec, NeighSpec, RouteSpec
+from podnet.services.objects import Service, ServicePortSpec, SliceEndpoint, SlicePort
 from podnet.store.memory import MemoryStore
 
 WEST = ClusterInfo("west", "10.244.0.0/16", "10.96.0.0/16")
@@ -128,3 +138,66 @@ def test_records_that_do_not_validate_are_named_not_used() -> None:
     view = read_local(store)
     assert view.peers == [] and view.candidates == {}
     assert any("clusterCIDR" in p for p in view.problems) and any("names node 'node9'" in p for p in view.problems)
+
+
+def _exported(cluster: str, ready: bool = True, port: int = 80, target: int = 8080) -> Exported:
+    return Exported(cluster, "default", "web", (ServicePortSpec(port, "TCP", "http", target),), (target,),
+                    (SliceEndpoint(f"10.{245 if cluster == 'east' else 244}.1.5", ready),))
+
+
+def test_imports_serve_local_endpoints_first_and_remote_ones_when_ours_are_gone() -> None:
+    plans = plan_imports("west", [_exported("east"), _exported("west")])
+    plan = plans[("default", "web")]
+    assert plan.clusters == ["west", "east"] and plan.serving == ["west"]
+    assert [s.name for s in plan.slices] == ["derived-web-west"]
+    assert plan.slices[0].labels[SOURCE_LABEL] == "west" and plan.slices[0].service == "derived-web"
+    assert plan.slices[0].ports == (SlicePort(8080, "TCP", "http"),)
+    svc = plan.service()
+    assert svc.name == "derived-web" and svc.selector is None and svc.labels == {SERVICE_NAME_LABEL: "web"}
+    assert svc.ports == (ServicePortSpec(80, "TCP", "http", 80),)
+    failed_over = plan_imports("west", [_exported("east"), _exported("west", ready=False)])[("default", "web")]
+    assert failed_over.serving == ["east"] and [s.name for s in failed_over.slices] == ["derived-web-east"]
+    clash = plan_imports("west", [_exported("west", ready=False), _exported("east", port=81)])[("default", "web")]
+    assert clash.serving == [] and clash.clusters == ["west", "east"]  # ports differ: listed, not served
+    doc = plan.import_manifest("10.96.0.77")
+    assert doc["spec"]["ips"] == ["10.96.0.77"] and doc["spec"]["type"] == "ClusterSetIP"
+    assert doc["status"] == {"clusters": [{"cluster": "west"}, {"cluster": "east"}], "serving": ["west"]}
+
+
+def test_a_service_export_has_no_spec_and_the_clusterset_name_follows_the_derived_service() -> None:
+    from podnet.objects.registry import parse_documents
+
+    [export] = parse_documents([{"apiVersion": MCS_API, "kind": "ServiceExport",
+                                 "metadata": {"name": "web", "namespace": "shop"}}])
+    assert export.key == "serviceexports/shop/web"
+    with pytest.raises(ObjectError, match="spec: a ServiceExport has no spec"):
+        parse_documents([{"apiVersion": MCS_API, "kind": "ServiceExport", "metadata": {"name": "web"},
+                          "spec": {"x": 1}}])
+    derived = Service("derived-web", "shop", ports=(ServicePortSpec(80),), cluster_ip="10.96.0.77",
+                      labels={SERVICE_NAME_LABEL: "web"})
+    assert clusterset_fragment(derived) == (("web.shop.svc.clusterset.local", "A", "10.96.0.77"),)
+    assert clusterset_fragment(Service("web", "shop", cluster_ip="10.96.0.5")) == ()
+
+
+def test_peer_pods_are_mirrored_for_policy_and_kept_through_an_outage() -> None:
+    from podnet.agent.clusterset_imports import CLUSTER_LABEL, mirror_pods
+    from podnet.model.policy import PodRecord
+    from podnet.policy.world import load_world
+
+    ours, east = MemoryStore(), MemoryStore()
+    pod = PodRecord("default", "web-1", "node1", ("10.245.1.5",), {"app": "web"})
+    east.put(pod.key, pod.encode())
+    local = PodRecord("default", "web-1", "node0", ("10.244.0.5",), {"app": "web"})  # the same name, ours
+    ours.put(local.key, local.encode())
+    assert mirror_pods(ours, ["east"], [("east", east)], []) == ["+policy/remotepods/east/default/web-1"]
+    world, _ = load_world(ours, problems=[])
+    remote = [ep for ep in world.endpoints if ep.name == "web-1@east"]
+    assert remote and remote[0].ips == ("10.245.1.5",) and remote[0].node is None
+    assert remote[0].labels == {"app": "web", CLUSTER_LABEL: "east"}
+    assert [ep.name for ep in world.endpoints if ep.name == "web-1"]  # ours stays itself
+    assert mirror_pods(ours, ["east"], [], []) == []  # east does not answer: its pods stay
+    east.delete(pod.key)
+    assert mirror_pods(ours, ["east"], [("east", east)], []) == ["-policy/remotepods/east/default/web-1"]
+    east.put(pod.key, pod.encode())
+    mirror_pods(ours, ["east"], [("east", east)], [])
+    assert mirror_pods(ours, [], [], []) == ["-policy/remotepods/east/default/web-1"]  # no peer any more

@@ -166,7 +166,8 @@ class ClusterDnsService:
             log.info("cluster dns: %s was made again, serving anew", self.netns_path)
         if identity is None:
             return
-        zone = CombinedZone((self.gossip_zone, self.cache.zone)) if self.gossip_zone else self.cache.zone
+        zones = (self.gossip_zone,) if self.gossip_zone else ()
+        zone = CombinedZone((*zones, self.cache.zone, self.cache.clusterset))
         server = DnsServer(ANY_ADDRESS, self.port, zone.lookup, is_local=zone.is_local, upstream=self.upstream,
                            label=f"cluster {self.domain}", netns_path=self.netns_path)
         try:

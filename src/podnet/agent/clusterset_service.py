@@ -5,6 +5,9 @@ store (clusterset/records.py) and, on the gateway in charge, each peer's store:
     plan_node      routes to the peers' ranges (via the gateway, or through the tunnel
                    on the gateway itself), the tunnel, the no-masquerade set (plan.py)
     apply          pncs0, routes of protocol 80, `ip podnet-clusterset` (kernel.py)
+    imports        on the gateway in charge only (one writer a cluster): every cluster's
+                   ServiceExports -> our ServiceImports, derived Services and their
+                   EndpointSlices, local endpoints first (agent/clusterset_imports.py)
 
 - Runs on cluster nodes (`--node`); a cluster that joined nothing costs one listing of
   `clusterset/` a pass and holds nothing (what an earlier pass made is removed).
@@ -103,6 +106,9 @@ class ClustersetService(NodeLoopService):
         active = elect(store, view, lease.name, lease.underlay_ip)
         here = active is not None and active.node == lease.name
         remote = {p.name: self._remote_active(p, view) for p in view.peers} if here else {}
+        imports: list[str] = []
+        if here:
+            imports = self._sync_imports(store, view)
         plan = plan_node(lease.name, lease.underlay_if, view.me, view.peers, active, remote)
         report = self._kernel_port().apply(view.me, plan)
         self._held = True
@@ -111,7 +117,24 @@ class ClustersetService(NodeLoopService):
                                                   *(f"-{r}" for r in report.removed)]))
         self._note(me=view.me.name, peers=plan.peers, role="gateway" if here else "member", error=None,
                    active=active.to_json() if active else None, problems=view.problems,
-                   candidates=sorted(view.candidates), tunnel=bool(plan.tunnel))
+                   candidates=sorted(view.candidates), tunnel=bool(plan.tunnel),
+                   imports=imports or self._status.get("imports", []))
+
+    def _sync_imports(self, store: Store, view: LocalView) -> list[str]:
+        """Our imports made to match every cluster's exports, and the peers' pods mirrored
+        for our policy selectors; what this pass changed."""
+        from podnet.agent.clusterset_imports import exported_everywhere, mirror_pods, sync_imports
+        from podnet.clusterset.exports import plan_imports
+
+        assert view.me is not None
+        sources = [(view.me.name, store), *((p.name, self._remote[p.name]) for p in view.peers
+                                             if p.name in self._remote)]
+        exported = exported_everywhere(sources, view.problems)
+        changed = sync_imports(store, plan_imports(view.me.name, exported), view.problems)
+        changed += mirror_pods(store, [p.name for p in view.peers], sources[1:], view.problems)
+        if changed:
+            log.info("clusterset imports: %s", "; ".join(changed))
+        return changed
 
     def _remote_active(self, peer: ClusterPeer, view: LocalView) -> ActiveGateway | None:
         try:

@@ -11,7 +11,9 @@ domain `D` (`cluster.local` by default):
   which has no proxy in between, as CoreDNS does);
 - `<a-b-c-d>.<ns>.pod.D`: A of a pod of that namespace that holds the address (CoreDNS's
   `pods verified`: no answer for an address no pod has);
-- PTR of ClusterIPs (-> the service's name) and of headless endpoints' addresses.
+- PTR of ClusterIPs (-> the service's name) and of headless endpoints' addresses;
+- in a clusterset, `<name>.<ns>.svc.clusterset.local`: A of the ClusterSetIP of the
+  import `<ns>/<name>` (the ClusterIP of its derived service; a zone of its own).
 Names that lead to one of these (`svc.D`, `<ns>.svc.D`), and a headless service without
 a ready endpoint, exist without data (NODATA);
 anything else under D, or under the reverse zones of the service and pod CIDRs, is
@@ -32,6 +34,7 @@ import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 
+from podnet.clusterset.exports import CLUSTERSET_DOMAIN, SERVICE_NAME_LABEL
 from podnet.dns.records import IPNetwork, fold, reverse_address, valid_name
 from podnet.model.policy import PodRecord
 from podnet.services.endpoints import Backing, backing
@@ -89,6 +92,18 @@ def service_fragment(domain: str, svc: Service, pods: Iterable[PodRecord], slice
             if spec.name:
                 out.add(f"_{spec.name}._{spec.protocol.lower()}.{base}", "SRV",
                         f"{SRV_PRIORITY} 100 {spec.port} {base}.")
+    return tuple(out.records)
+
+
+def clusterset_fragment(svc: Service) -> Fragment:
+    """`<name>.<ns>.svc.clusterset.local` of a derived service (clusterset/exports.py):
+    the ClusterSetIP of the import it serves; nothing for any other service."""
+    name = svc.labels.get(SERVICE_NAME_LABEL)
+    if not name or not svc.cluster_ip or svc.headless:
+        return ()
+    out = _Fragment()
+    base = f"{fold(name)}.{svc.namespace}.svc.{CLUSTERSET_DOMAIN}"
+    out.address(base, svc.cluster_ip)
     return tuple(out.records)
 
 
@@ -225,6 +240,7 @@ class ZoneCache(WatchedObjects):
         super().__init__(track_nodes=True)
         self.domain = fold(domain)
         self.zone = ClusterZone(domain, reverse_nets)
+        self.clusterset = ClusterZone(CLUSTERSET_DOMAIN)  # the imports of a clusterset, if any
 
     def refresh(self) -> int:
         """Set again the fragments of what changed; how many differ."""
@@ -237,6 +253,7 @@ class ZoneCache(WatchedObjects):
                 selected, slices, ready = self.inputs(svc)
                 fragment = service_fragment(self.domain, svc, selected, slices, ready)
             changed += self.zone.set(key, fragment)
+            changed += self.clusterset.set(key, clusterset_fragment(svc) if svc is not None else None)
         for key in pods:
             pod = self.pods.get(key)
             changed += self.zone.set(key, pod_fragment(self.domain, pod) if pod is not None else None)

@@ -7,7 +7,8 @@ Adding a kind is one module that declares it (a `Kind`, see schema/kind.py; the
 policy kinds are in policy/kinds.py, Node in cluster/kinds.py, Service and
 EndpointSlice in services/kinds.py, BGPConfiguration and BGPPeer in bgp/kinds.py,
 Host in hostjoin/kinds.py, HTTPRoute, MeshTrafficPolicy, MeshAuthorizationPolicy and
-PeerAuthentication in mesh/kinds.py)
+PeerAuthentication in mesh/kinds.py, ServiceExport and ServiceImport in
+clusterset/exports.py)
 plus its line below.
 Nothing else lists kinds: the CLI, the store operations and the agents go through
 this table. Pure: a kind's parser never touches the store.
@@ -20,6 +21,7 @@ from typing import Any
 
 from podnet.bgp.kinds import BGP_KINDS
 from podnet.cluster.kinds import CLUSTER_KINDS
+from podnet.clusterset.exports import CLUSTERSET_KINDS
 from podnet.errors import ObjectError
 from podnet.hostjoin.kinds import HOST_KINDS
 from podnet.mesh.kinds import MESH_KINDS
@@ -35,6 +37,7 @@ KINDS: tuple[Kind, ...] = (
     *BGP_KINDS,
     *HOST_KINDS,
     *MESH_KINDS,
+    *CLUSTERSET_KINDS,
 )
 _BY_KIND = {kind.kind: kind for kind in KINDS}
 _BY_NAME = {name: kind for kind in KINDS for name in kind.names}

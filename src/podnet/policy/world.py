@@ -15,6 +15,8 @@ never opens what it closed:
 - any other object never seen good (a policy, namespace, tier or host endpoint) stops
   the build (CorruptRecord): leaving it out could open what it closes, so the node
   keeps the table in force;
+- another cluster's pods (`policy/remotepods/<cluster>/...`, clusterset/) are peers for
+  selectors, never enforced here;
 - an address that two pods claim (a recycled address still named by a former pod's
   record) belongs to neither: it is left out of both.
 Each is reported in `problems`, naming the key.
@@ -45,7 +47,7 @@ _BY_PREFIX = {kind.prefix: kind for kind in POLICY_KINDS if kind.parse is not No
 def parse_stored(key: str, value: str) -> Any:
     """A stored policy object (or pod record) by its key: the kind's parser, with
     errors naming the key (a document read back is validated like a new one)."""
-    if key.startswith(keys.PODS):
+    if key.startswith((keys.PODS, keys.REMOTE_PODS)):
         return PodRecord.from_json(parse_json(value, key), key)
     kind = next((k for prefix, k in _BY_PREFIX.items() if key.startswith(prefix)), None)
     if kind is None:
@@ -131,7 +133,7 @@ def _usable(cache: Mapping[str, tuple[int, Any]], problems: list[str] | None) ->
             assert problems is not None  # only lenient loads cache these
             kept = "; its last good version stays" if obj.last_good is not None else ""
             problems.append(obj.error + kept)
-            if obj.last_good is None and not key.startswith(keys.PODS):
+            if obj.last_good is None and not key.startswith((keys.PODS, keys.REMOTE_PODS)):
                 raise CorruptRecord(obj.error, "no policy change applies until it is fixed or deleted")
             obj = obj.last_good
         if obj is not None:
@@ -140,13 +142,14 @@ def _usable(cache: Mapping[str, tuple[int, Any]], problems: list[str] | None) ->
 
 
 def _world(store: Store, cache: Mapping[str, Any], problems: list[str] | None = None) -> World:
-    objects = [obj for key, obj in cache.items() if not key.startswith(keys.PODS)]
+    objects = [obj for key, obj in cache.items() if not key.startswith((keys.PODS, keys.REMOTE_PODS))]
     pods = [pod for key, pod in cache.items() if key.startswith(keys.PODS)]
+    remote = [(key, pod) for key, pod in cache.items() if key.startswith(keys.REMOTE_PODS)]
     hosts = []
     for obj in objects:
         if isinstance(obj, HostEndpoint) and not obj.ips:
             hosts.append(Endpoint("host", obj.name, None, machine_addresses(store, obj), obj.labels, (), obj.machine))
-    endpoints = endpoints_from_pods(pods, hosts)
+    endpoints = endpoints_from_pods(pods, hosts) + remote_endpoints(remote)
     if problems is not None:
         endpoints = _without_shared_addresses(objects, endpoints, problems)
     return World.build(objects, endpoints)
@@ -189,6 +192,18 @@ def machine_addresses(store: Store, hep: HostEndpoint) -> tuple[str, ...]:
     except CorruptRecord:
         return ()
     return (host.underlay_ip, host.pod_ip) if host.pod_ip else (host.underlay_ip,)
+
+
+def remote_endpoints(remote: Sequence[tuple[str, PodRecord]]) -> list[Endpoint]:
+    """Another cluster's pods (mirrored by our gateway in charge, agent/clusterset_service.py):
+    peers that selectors may match (by their labels, `podnet.io/cluster` among them),
+    never enforced here (no node of ours). Named `<name>@<cluster>`: two clusters may
+    both have a pod default/web-1."""
+    out = []
+    for key, pod in remote:
+        cluster = key[len(keys.REMOTE_PODS):].split("/", 1)[0]
+        out.append(Endpoint("pod", f"{pod.name}@{cluster}", pod.namespace, pod.ips, pod.labels, (), None))
+    return out
 
 
 def endpoints_from_pods(pods: Sequence[PodRecord], hosts: Sequence[Endpoint] = ()) -> list[Endpoint]:
