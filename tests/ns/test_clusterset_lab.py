@@ -1,15 +1,17 @@
 """Two labs joined into a clusterset over a WAN (issue 17), on the real kernel.
 
-west (10.244.0.0/16, services 10.96.0.0/16, cluster DNS) and east (10.245.0.0/16,
-10.97.0.0/16), 2 nodes and 3 pods each (two clients, one `app: web`), vxlan; a WAN `pn-wan-c<hex>` (podnet wan up) into which both
+west (vxlan, 10.244.0.0/16, services 10.96.0.0/16, cluster DNS) and east (host-gw,
+10.245.0.0/16, 10.97.0.0/16), 2 nodes and 3 pods each (two clients, one `app: web`); a WAN `pn-wan-c<hex>` (podnet wan up) into which both
 clusters' node0 and west's node1 are plugged as gateway candidates; `podnet cluster
 join east --peer-lab east --lab west`. Shown: a pod on a node that is no gateway
 reaches a pod of the other cluster behind its non-gateway node, both ways, and the far
 pod sees the caller's own address (no masquerade); `cluster status` names the gateway
-in charge on both sides; a join whose ranges overlap is refused with the ranges named
+in charge on both sides with its tunnel's round trip; a join whose ranges overlap is refused with the ranges named
 and nothing written; a Service exported by east (ServiceExport) is imported in west
 (ServiceImport, ClusterSetIP), resolved as web.default.svc.clusterset.local by west's
-cluster DNS and served by east's pod with the caller's address kept; west exporting
+cluster DNS and served by east's pod with the caller's address kept, and `podnet
+connectivity test --clusterset` passes whole (gateways, pod to pod, the import by name
+and by address); west exporting
 its own is served first, and east's take over when west's endpoints are gone; a
 ClusterPolicy in west denying pods labelled podnet.io/cluster=<east> (east's pods,
 mirrored by west's gateway) drops east's calls, names the rule in west's `podnet
@@ -60,7 +62,9 @@ def topology(pods: dict[str, tuple[str, str]]) -> dict:
 
 TOPOLOGIES = {"west": topology({"wa": ("node0", "client"), "wb": ("node1", "client"), "wweb": ("node1", "web")}),
               "east": topology({"ea": ("node0", "client"), "eb": ("node1", "client"), "eweb": ("node1", "web")})}
-DNS_FLAGS = {"west": (), "east": ("--no-cluster-dns",)}  # west resolves clusterset.local names
+# west resolves clusterset.local names; east runs another fabric (the gateways' routes
+# and tunnel do not depend on it)
+LAB_FLAGS = {"west": (), "east": ("--no-cluster-dns", "--fabric", "host-gw")}
 
 
 class Clusterset:
@@ -97,7 +101,7 @@ def cset(tmp_path_factory) -> Iterator[Clusterset]:
             path = work / f"{role}.yaml"
             path.write_text(yaml.safe_dump(TOPOLOGIES[role]))
             podnet("lab", "up", "--lab", names[role], "-f", str(path), "--cluster-cidr", pods,
-                   "--service-cidr", services, *DNS_FLAGS[role])
+                   "--service-cidr", services, *LAB_FLAGS[role])
         built = Clusterset(names, wan)
         for role, node in (("west", "node0"), ("east", "node0"), ("west", "node1")):
             podnet("cluster", "gateway", "add", node, "--wan", wan, "--lab", names[role])
@@ -130,6 +134,8 @@ def test_status_names_the_gateway_in_charge_and_the_peer_on_both_sides(cset: Clu
         assert status["active"]["node"] in {c["node"] for c in status["candidates"]}
         roles = {n["node"]: n["role"] for n in status["nodes"]}
         assert roles[status["active"]["node"]] == "gateway" and sorted(roles.values()).count("gateway") == 1
+        tunnel = next(n for n in status["nodes"] if n["role"] == "gateway")["tunnels"][cset.names[other]]
+        assert tunnel["rtt_ms"] > 0 and tunnel["gateway"] == cset.status(other)["active"]["node"], tunnel
 
 
 def test_a_join_of_overlapping_ranges_is_refused_and_writes_nothing(cset: Clusterset, tmp_path: Path) -> None:
@@ -183,6 +189,11 @@ def test_an_exported_service_is_imported_resolved_and_served_local_first(cset: C
     print(f"\nServiceExport in east -> {name} resolvable in west: {time.monotonic() - started:.1f} s")
     assert wait_until(lambda: answered_by() == "eweb", "east's endpoint behind the import", timeout=20)
     assert cset.fetch("west", "wb", f"http://{ip}/peer") == cset.pod_ip("west", "wb")  # no masquerade on the way
+    out = podnet("connectivity", "test", "--lab", cset.names["west"], "--clusterset", "-o", "json", check=False)
+    results = json.loads(out.stdout)
+    assert out.returncode == 0 and all(r["ok"] for r in results), results
+    assert {r["check"] for r in results} == {"multicluster/gateway", "multicluster/pod-to-pod", "multicluster/import-dns",
+                                             "multicluster/import"}
     try:
         apply("west", web("web"))  # west exports its own: local first
         wait_until(lambda: imported()["status"]["serving"] == [cset.names["west"]], "west serving its own", timeout=20)

@@ -201,3 +201,33 @@ def test_peer_pods_are_mirrored_for_policy_and_kept_through_an_outage() -> None:
     east.put(pod.key, pod.encode())
     mirror_pods(ours, ["east"], [("east", east)], [])
     assert mirror_pods(ours, [], [], []) == ["-policy/remotepods/east/default/web-1"]  # no peer any more
+
+
+def test_the_clusterset_checks_plan_gateways_imports_and_pods_of_peer_labs(tmp_path) -> None:
+    from podnet.observe import clusterset_checks
+    from podnet.store import open_store
+
+    peer_url = str(tmp_path / "east.db")
+    with open_store(peer_url) as east:
+        write_self(east, EAST)  # no gateway in charge there yet
+    ours = MemoryStore()
+    write_self(ours, WEST)
+    write_peer(ours, ClusterPeer(EAST, peer_url))
+    write_candidate(ours, GatewayCandidate("node0", "100.64.0.10"))
+    elect(ours, read_local(ours), "node0", "172.31.0.10")
+    ours.put(keys.object_key(keys.SERVICE_IMPORTS, "web", "default"),
+             '{"metadata": {"name": "web", "namespace": "default"}, "spec": {"ips": ["10.96.0.77"], '
+             '"ports": [{"port": 80, "protocol": "TCP"}]}}')
+    ours.put(keys.object_key(keys.ENDPOINT_SLICES, "derived-web-east", "default"),
+             '{"metadata": {"name": "derived-web-east", "namespace": "default", "labels": '
+             '{"multicluster.kubernetes.io/service-name": "web"}}, "endpoints": [{"addresses": ["10.245.1.9"]}]}')
+    lab = {"pods": {"default/wa": {"node": "node0", "netns": "pn-lab-w-wa", "ips": ["10.244.0.5/24"]}},
+           "cluster_dns": {"ip": "10.96.0.10"}}
+    planned, judged = clusterset_checks.plan(lab, ours)
+    assert judged == [("multicluster/gateway", "west", "node0", True, "node0 tunnels from 100.64.0.10"),
+                      ("multicluster/gateway", "east", "-", False, "no gateway in charge")]
+    checks = {p[0]: p for p in planned}
+    assert set(checks) == {"multicluster/import-dns", "multicluster/import"}  # east is no lab here: no pod to pod
+    assert checks["multicluster/import-dns"][4]["expect"] == "answer 10.96.0.77"
+    assert checks["multicluster/import"][4] == {"kind": "tcp", "dst": "10.96.0.77", "port": 80,
+                                              "expect_any": ["10.245.1.9"]}  # no lab names that address

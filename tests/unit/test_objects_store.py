@@ -48,7 +48,8 @@ def test_kind_aliases():
     with pytest.raises(ObjectError, match="unknown kind") as err:
         lookup("deployment")
     assert ("ClusterPolicy, EndpointSlice, HTTPRoute, Host, HostEndpoint, MeshAuthorizationPolicy, MeshTrafficPolicy, "
-            "Namespace, NetworkPolicy, Node, PeerAuthentication, Pod, Service, Tier") in err.value.details
+            "Namespace, NetworkPolicy, Node, PeerAuthentication, Pod, Service, ServiceExport, ServiceImport, "
+            "Tier") in err.value.details
 
 
 def test_register_pods_keeps_user_namespace_labels(store):

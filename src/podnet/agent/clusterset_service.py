@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("podnet.agent.clusterset")
 
 PASS_SECONDS = 1.0
+RTT_EVERY = 5  # passes between two measures of each tunnel's round trip (the gateway in charge)
 
 
 class ClustersetService(NodeLoopService):
@@ -49,6 +50,7 @@ class ClustersetService(NodeLoopService):
         self._kernel: Any = None
         self._remote: dict[str, Store] = {}
         self._held = False  # this node holds clusterset state from an earlier pass
+        self._tunnels: dict[str, dict[str, Any]] = {}  # peer -> its gateway and the round trip to it
         self._lock = threading.Lock()
         self._status: dict[str, Any] = {"node": self.node, "passes": 0}
         self._loop = ServiceThread("podnet-clusterset", self._run, join_timeout=PASS_SECONDS + 10)
@@ -109,6 +111,11 @@ class ClustersetService(NodeLoopService):
         imports: list[str] = []
         if here:
             imports = self._sync_imports(store, view)
+            stale = set(self._tunnels) != set(remote) or any(t["rtt_ms"] is None for t in self._tunnels.values())
+            if stale or self._status.get("passes", 0) % RTT_EVERY == 0:
+                self._tunnels = _round_trips(remote)
+        else:
+            self._tunnels = {}
         plan = plan_node(lease.name, lease.underlay_if, view.me, view.peers, active, remote)
         report = self._kernel_port().apply(view.me, plan)
         self._held = True
@@ -118,7 +125,7 @@ class ClustersetService(NodeLoopService):
         self._note(me=view.me.name, peers=plan.peers, role="gateway" if here else "member", error=None,
                    active=active.to_json() if active else None, problems=view.problems,
                    candidates=sorted(view.candidates), tunnel=bool(plan.tunnel),
-                   imports=imports or self._status.get("imports", []))
+                   imports=imports or self._status.get("imports", []), tunnels=self._tunnels)
 
     def _sync_imports(self, store: Store, view: LocalView) -> list[str]:
         """Our imports made to match every cluster's exports, and the peers' pods mirrored
@@ -161,3 +168,23 @@ class ClustersetService(NodeLoopService):
     def _note(self, **fields: Any) -> None:
         with self._lock:
             self._status.update(fields, passes=self._status.get("passes", 0) + 1, at=time.time())
+
+
+def _round_trips(remote: dict[str, ActiveGateway | None]) -> dict[str, dict[str, Any]]:
+    """Each peer's gateway in charge and one ICMP round trip to its tunnel address (the
+    path the tunnel rides), or why there is none."""
+    from podnet.observe.probe import icmp
+
+    out: dict[str, dict[str, Any]] = {}
+    for peer, theirs in sorted(remote.items()):
+        if theirs is None:
+            out[peer] = {"gateway": None, "rtt_ms": None, "detail": "no gateway in charge known"}
+            continue
+        started = time.monotonic()
+        try:
+            ok, detail = icmp(theirs.address, 0.5)
+        except OSError as exc:
+            ok, detail = False, exc.strerror or str(exc)
+        rtt = round((time.monotonic() - started) * 1000, 3) if ok else None
+        out[peer] = {"gateway": theirs.node, "address": theirs.address, "rtt_ms": rtt, "detail": detail}
+    return out

@@ -225,6 +225,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
             problems.append(f"{node.get('node')}: {node['error']}")
         problems += [f"{node.get('node')}: {peer}: {why}" for peer, why in (node.get("peers") or {}).items()
                      if not str(why).startswith("ok")]
+        problems += [f"{node.get('node')}: tunnel to {peer}: {t.get('detail')}"
+                     for peer, t in (node.get("tunnels") or {}).items() if t.get("rtt_ms") is None]
     if view.peers and view.active is None:
         problems.append("no gateway in charge (podnet cluster gateway add NODE ...)")
     out = {"cluster": view.me.to_json() if view.me else None, "peers": [p.to_json() for p in view.peers],
@@ -254,11 +256,13 @@ def _print_status(out: dict) -> None:
         peers.add_row(peer["name"], peer["clusterCIDR"], peer["serviceCIDR"], peer["store"])
     console.print(peers)
     nodes = Table(title="each node's view")
-    for column in ("node", "role", "peers"):
+    for column in ("node", "role", "peers", "tunnels (gateway in charge)"):
         nodes.add_column(column, overflow="fold")
     for node in out["nodes"]:
+        tunnels = "; ".join(f"{p}: {t['gateway']} {t['rtt_ms']} ms" if t.get("rtt_ms") is not None
+                            else f"{p}: {t.get('detail')}" for p, t in (node.get("tunnels") or {}).items())
         nodes.add_row(str(node.get("node")), str(node.get("role", "-")),
-                      "; ".join(f"{p}: {w}" for p, w in (node.get("peers") or {}).items()) or "-")
+                      "; ".join(f"{p}: {w}" for p, w in (node.get("peers") or {}).items()) or "-", tunnels or "-")
     console.print(nodes)
     for problem in out["problems"]:
         console.print(f"[red]✗ {problem}[/]")

@@ -23,6 +23,8 @@ def _register_connectivity(sub: argparse._SubParsersAction) -> None:
     test = conn_sub.add_parser("test", help="run every check in parallel; exit 1 if any fails")
     test.add_argument("--timeout", type=float, default=2.0, help="seconds each probe may take (default 2)")
     test.add_argument("--parallel", type=int, default=16, help="probes in flight at once (default 16)")
+    test.add_argument("--clusterset", action="store_true",
+                      help="the checks across the clusters this lab joined (podnet cluster join) instead")
     add_output_option(test)
     add_target_options(test, lab_only=True)
     test.set_defaults(func=_cmd_test)
@@ -35,7 +37,7 @@ def _cmd_test(args: argparse.Namespace) -> int:
     name = lab_name(args, "podnet connectivity test")
     start = time.monotonic()
     with open_cluster_store(args) as store:
-        results = connectivity.test_lab(name, args.timeout, args.parallel, store)
+        results = connectivity.test_lab(name, args.timeout, args.parallel, store, clusterset=args.clusterset)
     if args.output == "json":
         print(json.dumps([r.as_dict() for r in results], indent=2))
     else:

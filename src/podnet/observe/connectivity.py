@@ -37,6 +37,8 @@ pairs):
   (observe/service_checks.py);
 - `bgp/session` (a bgp lab): every node's BGP sessions Established, from its agent
   (observe/bgp_checks.py).
+`--clusterset` runs instead the checks across the clusters the lab joined
+(observe/clusterset_checks.py).
 """
 
 from __future__ import annotations
@@ -297,10 +299,18 @@ def load_lab(name: str) -> dict:
 
 
 def test_lab(name: str, timeout: float = DEFAULT_TIMEOUT, parallel: int = DEFAULT_PARALLEL,
-             store: Store | None = None) -> list[Result]:
+             store: Store | None = None, clusterset: bool = False) -> list[Result]:
     """Plan and run every check against lab `name`; with its cluster store, every
-    service too (observe/service_checks.py)."""
+    service too (observe/service_checks.py); with `clusterset`, only the checks across
+    the clusters it joined (observe/clusterset_checks.py)."""
     lab = load_lab(name)
+    if clusterset:
+        from podnet.observe import clusterset_checks
+
+        if store is None:
+            raise ConnectivityError("--clusterset needs the lab's store")
+        planned, judged = clusterset_checks.plan(lab, store)
+        return [Result(*j, 0.0) for j in judged] + run([Probe(*p) for p in planned], timeout, parallel)
     probes = plan(lab)
     if store is not None:
         from podnet.observe.service_checks import probes as service_probes
