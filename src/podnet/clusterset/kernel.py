@@ -19,10 +19,20 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from podnet.clusterset.model import ClusterInfo
-from podnet.clusterset.plan import DEVICE, OVERHEAD, PORT, VNI, NodePlan, Tunnel, nft_script
+from podnet.clusterset.plan import (
+    DEVICE,
+    OVERHEAD,
+    PORT,
+    VNI,
+    NodePlan,
+    Tunnel,
+    nft_script,
+    removal_script,
+)
 from podnet.defaults import CLUSTERSET_ROUTE_PROTO
 from podnet.errors import KernelError
 from podnet.fabric.base import ApplyReport, RouteNetwork
+from podnet.fabric.vxlan import ensure_vxlan
 
 REWRITE_PASSES = 30
 
@@ -44,14 +54,14 @@ class ClustersetKernel:
         self._written = ""
         self._passes = 0
 
-    def apply(self, me: ClusterInfo | None, plan: NodePlan) -> ApplyReport:
+    def apply(self, me: ClusterInfo, plan: NodePlan) -> ApplyReport:
         with IPRoute() as ipr:
             if plan.tunnel is not None:
                 self._ensure_tunnel(ipr, plan.tunnel)
             else:
                 _delete_link(ipr, DEVICE)
             report = self.routes.apply(ipr, plan.fabric)
-        script = nft_script(me, plan.remote_cidrs) if me is not None and plan.remote_cidrs else _removal()
+        script = nft_script(me, plan.remote_cidrs)
         self._passes += 1
         if script != self._written or self._passes % REWRITE_PASSES == 0:
             self.nft.apply(script)
@@ -63,9 +73,9 @@ class ClustersetKernel:
         with IPRoute() as ipr:
             _delete_link(ipr, DEVICE)
             self.routes.apply(ipr, NodePlan().fabric)
-        if self._written != _removal():
-            self.nft.apply(_removal())
-            self._written = _removal()
+        if self._written != removal_script():
+            self.nft.apply(removal_script())
+            self._written = removal_script()
 
     def _ensure_tunnel(self, ipr: IPRoute, tunnel: Tunnel) -> None:
         holder = _holder_of(ipr, tunnel.local)
@@ -73,27 +83,8 @@ class ClustersetKernel:
             raise KernelError(f"clusterset: no interface here holds the tunnel address {tunnel.local}",
                               "the gateway candidate's address must be one of this node's (podnet cluster gateway)")
         index, mtu = holder
-        found = ipr.link_lookup(ifname=DEVICE)
-        if found and not _matches(ipr, found[0], tunnel.local, index):
-            ipr.link("del", index=found[0])
-            found = []
-        if not found:
-            try:
-                ipr.link("add", ifname=DEVICE, kind="vxlan", vxlan_id=VNI, vxlan_local=tunnel.local,
-                         vxlan_link=index, vxlan_port=PORT, vxlan_learning=0, address=tunnel.mac,
-                         mtu=mtu - OVERHEAD)
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
-                    raise KernelError(f"clusterset: cannot create {DEVICE}: {exc}") from None
-            found = ipr.link_lookup(ifname=DEVICE)
-        link = ipr.get_links(found[0])[0]
-        if link.get("IFLA_ADDRESS") != tunnel.mac or link.get("IFLA_MTU") != mtu - OVERHEAD:
-            ipr.link("set", index=found[0], address=tunnel.mac, mtu=mtu - OVERHEAD)
-        ipr.link("set", index=found[0], state="up")
-
-
-def _removal() -> str:
-    return nft_script(ClusterInfo("x", "10.0.0.0/8", "10.0.0.0/8"), ())
+        ensure_vxlan(ipr, DEVICE, vni=VNI, local=tunnel.local, link=index, port=PORT, mac=tunnel.mac,
+                     mtu=mtu - OVERHEAD, what="clusterset")
 
 
 def _holder_of(ipr: IPRoute, address: str) -> tuple[int, int] | None:
@@ -103,17 +94,6 @@ def _holder_of(ipr: IPRoute, address: str) -> tuple[int, int] | None:
             link = ipr.get_links(msg["index"])[0]
             return msg["index"], int(link.get("IFLA_MTU") or 1500)
     return None
-
-
-def _matches(ipr: IPRoute, index: int, local: str, link_index: int) -> bool:
-    link = ipr.get_links(index)[0]
-    if link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND")) != "vxlan":
-        return False
-    data = link.get(("IFLA_LINKINFO", "IFLA_INFO_DATA"))
-    attrs = dict(data.get("attrs", [])) if data else {}
-    return (attrs.get("IFLA_VXLAN_ID") == VNI and attrs.get("IFLA_VXLAN_LOCAL") == local
-            and attrs.get("IFLA_VXLAN_LINK") == link_index and attrs.get("IFLA_VXLAN_PORT") == PORT
-            and not attrs.get("IFLA_VXLAN_LEARNING"))
 
 
 def _delete_link(ipr: IPRoute, name: str) -> None:

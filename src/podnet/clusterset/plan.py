@@ -100,15 +100,21 @@ def plan_node(node: str, underlay_if: str, me: ClusterInfo, peers: Sequence[Clus
     return plan
 
 
+def removal_script() -> str:
+    """`ip podnet-clusterset` gone (and no error if it never was)."""
+    return f"add table ip {TABLE}\ndelete table ip {TABLE}\n"
+
+
 def nft_script(me: ClusterInfo, remote_cidrs: Sequence[str]) -> str:
     """The whole `ip podnet-clusterset` table, replaced in one transaction (none when
     there is no peer: the table is deleted)."""
-    lines = [f"add table ip {TABLE}", f"delete table ip {TABLE}"]
     if not remote_cidrs:
-        return "\n".join(lines) + "\n"
+        return removal_script()
     elements = ", ".join(str(ipaddress.IPv4Network(c)) for c in remote_cidrs)
     own = ipaddress.IPv4Network(me.cluster_cidr)
-    lines += [
+    lines = [
+        f"add table ip {TABLE}",
+        f"delete table ip {TABLE}",
         f"add table ip {TABLE}",
         f"add set ip {TABLE} peers {{ type ipv4_addr; flags interval; elements = {{ {elements} }}; }}",
         f"add chain ip {TABLE} postrouting {{ type nat hook postrouting priority srcnat - 5; policy accept; }}",

@@ -94,25 +94,8 @@ class VxlanFabric(RouteNetwork):
         underlay = ipr.link_lookup(ifname=ctx.own.underlay_if)
         if not underlay:
             raise KernelError(f"vxlan: underlay interface {ctx.own.underlay_if} does not exist")
-        mac = vtep_mac(ctx.own.name)
-        mtu = self.mtu(ctx.underlay_mtu)
-        found = ipr.link_lookup(ifname=DEVICE)
-        if found and not _matches(ipr, found[0], str(ctx.underlay.ip), underlay[0]):
-            ipr.link("del", index=found[0])
-            found = []
-        if not found:
-            try:
-                ipr.link("add", ifname=DEVICE, kind="vxlan", vxlan_id=VNI, vxlan_local=str(ctx.underlay.ip),
-                         vxlan_link=underlay[0], vxlan_port=PORT, vxlan_learning=0, address=mac, mtu=mtu)
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
-                    raise KernelError(f"vxlan: cannot create {DEVICE}: {exc}") from None
-            found = ipr.link_lookup(ifname=DEVICE)
-        index = found[0]
-        link = ipr.get_links(index)[0]
-        if link.get("IFLA_ADDRESS") != mac or link.get("IFLA_MTU") != mtu:
-            ipr.link("set", index=index, address=mac, mtu=mtu)
-        ipr.link("set", index=index, state="up")
+        index = ensure_vxlan(ipr, DEVICE, vni=VNI, local=str(ctx.underlay.ip), link=underlay[0], port=PORT,
+                             mac=vtep_mac(ctx.own.name), mtu=self.mtu(ctx.underlay_mtu), what="vxlan")
         with rtnl.RtnlSocket() as sock:  # this thread is in the node's namespace
             gso.ensure(sock, index, gso.DEFAULT)
         vtep = ipaddress.IPv4Interface(f"{vtep_ip_of(ctx.own.block)}/32")
@@ -123,16 +106,41 @@ class VxlanFabric(RouteNetwork):
             ipr.addr("add", index=index, address=str(vtep.ip), prefixlen=32)
 
 
-def _matches(ipr: IPRoute, index: int, local: str, underlay: int) -> bool:
-    link = ipr.get_links(index)[0]
-    if link.get(("IFLA_LINKINFO", "IFLA_INFO_KIND")) != "vxlan":
+def ensure_vxlan(ipr: IPRoute, name: str, *, vni: int, local: str, link: int, port: int, mac: str, mtu: int,
+                 what: str) -> int:
+    """VXLAN device `name` as specified (learning off; recreated when its identity
+    differs: VNI, local address, underlying link, port), with `mac` and `mtu`, up; its
+    index. The fabric's pnvx0 and the clusterset's tunnel (clusterset/kernel.py)."""
+    found = ipr.link_lookup(ifname=name)
+    if found and not _matches(ipr, found[0], vni, local, link, port):
+        ipr.link("del", index=found[0])
+        found = []
+    if not found:
+        try:
+            ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=local, vxlan_link=link,
+                     vxlan_port=port, vxlan_learning=0, address=mac, mtu=mtu)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise KernelError(f"{what}: cannot create {name}: {exc}") from None
+        found = ipr.link_lookup(ifname=name)
+    index = found[0]
+    attrs = ipr.get_links(index)[0]
+    if attrs.get("IFLA_ADDRESS") != mac or attrs.get("IFLA_MTU") != mtu:
+        ipr.link("set", index=index, address=mac, mtu=mtu)
+    ipr.link("set", index=index, state="up")
+    return index
+
+
+def _matches(ipr: IPRoute, index: int, vni: int, local: str, link: int, port: int) -> bool:
+    info = ipr.get_links(index)[0]
+    if info.get(("IFLA_LINKINFO", "IFLA_INFO_KIND")) != "vxlan":
         return False
-    data = link.get(("IFLA_LINKINFO", "IFLA_INFO_DATA"))
+    data = info.get(("IFLA_LINKINFO", "IFLA_INFO_DATA"))
     attrs = dict(data.get("attrs", [])) if data else {}
     return (
-        attrs.get("IFLA_VXLAN_ID") == VNI
+        attrs.get("IFLA_VXLAN_ID") == vni
         and attrs.get("IFLA_VXLAN_LOCAL") == local
-        and attrs.get("IFLA_VXLAN_LINK") == underlay
-        and attrs.get("IFLA_VXLAN_PORT") == PORT
+        and attrs.get("IFLA_VXLAN_LINK") == link
+        and attrs.get("IFLA_VXLAN_PORT") == port
         and not attrs.get("IFLA_VXLAN_LEARNING")
     )

@@ -22,7 +22,6 @@ from podnet import keys
 from podnet.clusterset.exports import CLUSTERSET_DOMAIN, SERVICE_NAME_LABEL
 from podnet.clusterset.records import read_active, read_local
 from podnet.store import Store, open_store
-from podnet.store.base import Entry
 
 Planned = tuple[str, str, str, str, dict]  # check, source, netns, destination, spec
 Judged = tuple[str, str, str, bool, str]  # check, source, destination, ok, detail
@@ -97,7 +96,7 @@ def _gateway_check(cluster: str, active: Any) -> Judged:
 def _import_probes(lab: Mapping[str, Any], store: Store, client: Mapping[str, Any], client_key: str,
                    view: Any) -> list[Planned]:
     names = _pod_names_by_address(lab, view)
-    slices = [e for e in store.list(keys.ENDPOINT_SLICES) if _labelled(e)]
+    serving_by_import = _derived_addresses(store)
     dns = lab.get("cluster_dns") or {}
     out: list[Planned] = []
     for entry in store.list(keys.SERVICE_IMPORTS):
@@ -111,21 +110,24 @@ def _import_probes(lab: Mapping[str, Any], store: Store, client: Mapping[str, An
             out.append(("multicluster/import-dns", client_key, client["netns"], fqdn,
                         {"kind": "dns", "dst": dns["ip"], "port": 53, "name": fqdn, "qtype": "A",
                          "expect": f"answer {ips[0]}"}))
-        serving = sorted({names.get(a, a) for e in slices for a in _addresses(e)
-                          if (e.json().get("metadata") or {}).get("labels", {}).get(SERVICE_NAME_LABEL) == name
-                          and (e.json().get("metadata") or {}).get("namespace") == ns})
+        serving = sorted({names.get(a, a) for a in serving_by_import.get((ns, name), ())})
         if ports:
             out.append(("multicluster/import", client_key, client["netns"], f"{ns}/{name} {ips[0]}:{ports[0]['port']}",
                         {"kind": "tcp", "dst": ips[0], "port": ports[0]["port"], "expect_any": serving}))
     return out
 
 
-def _labelled(entry: Entry) -> bool:
-    return SERVICE_NAME_LABEL in ((entry.json().get("metadata") or {}).get("labels") or {})
-
-
-def _addresses(entry: Entry) -> list[str]:
-    return [a for e in entry.json().get("endpoints") or [] for a in e.get("addresses") or []]
+def _derived_addresses(store: Store) -> dict[tuple[str, str], list[str]]:
+    """(namespace, import name) -> the addresses of its derived EndpointSlices."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for entry in store.list(keys.ENDPOINT_SLICES):
+        doc = entry.json()
+        meta = doc.get("metadata") or {}
+        name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+        if name:
+            out.setdefault((meta.get("namespace"), name), []).extend(
+                a for e in doc.get("endpoints") or [] for a in e.get("addresses") or [])
+    return out
 
 
 def _pod_names_by_address(lab: Mapping[str, Any], view: Any) -> dict[str, str]:
