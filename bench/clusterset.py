@@ -2,7 +2,7 @@
 throughput and request latency against in-cluster, the time from a ServiceExport to a
 name resolvable in the other cluster, and the gateway failover time; one run.
 
-    sudo .venv/bin/python bench/clusterset.py [--seconds 5] [--repeat 3] [--requests 2000] [--json]
+    sudo .venv/bin/python bench/clusterset.py [--seconds 5] [--repeat 3] [--requests 2000] [--global] [--json]
 
 Builds a WAN (`podnet wan up`, 100.64.0.0/24) and two 2-node vxlan labs, west (10.244/16,
 services 10.96/16, cluster DNS) and east (10.245/16, 10.97/16), with pods `a` (node0),
@@ -20,6 +20,9 @@ candidates; `podnet cluster join`. Measured, interleaved per round:
   killed with SIGKILL, its WAN link cut with `wan unplug`; the agent's death alone
   leaves its data plane carrying traffic), requests from east b to the west pod on the
   other node every 50 ms (0.5 s timeout) until one is answered: time to the first answer.
+`--global`: east gets west's very ranges, and each a global CIDR (west 242.0.0.0/15,
+east 242.2.0.0/15): the cross-cluster paths go to global IPs, through the gateways'
+prefix NAT and, for the export, east's global-web Service (clusterset/globalnet.py).
 Everything is torn down by name (both labs, the WAN), also on Ctrl-C.
 """
 
@@ -56,6 +59,7 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
 RANGES = {"west": ("10.244.0.0/16", "10.96.0.0/16"), "east": ("10.245.0.0/16", "10.97.0.0/16")}
+GLOBAL = {"west": "242.0.0.0/15", "east": "242.2.0.0/15"}  # --global: both clusters on west's ranges
 PORT = [{"port": 80, "protocol": "TCP", "name": "http"}]
 NAME = "web.default.svc.clusterset.local"
 EXPORT = """apiVersion: v1
@@ -90,7 +94,8 @@ def podnet(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 class Clusters:
-    def __init__(self, tag: str) -> None:
+    def __init__(self, tag: str, global_cidrs: bool = False) -> None:
+        self.global_cidrs = global_cidrs
         self.names = {"west": f"w{tag}", "east": f"e{tag}"}
         self.wan = f"b{tag}"
         self.work = Path(tempfile.mkdtemp(prefix="pn-bench-cs-"))
@@ -99,6 +104,8 @@ class Clusters:
     def up(self) -> None:
         podnet("wan", "up", self.wan)
         for role, (pods, services) in RANGES.items():
+            if self.global_cidrs:
+                pods, services = RANGES["west"]
             topo = {"nodes": [{"name": "node0"}, {"name": "node1"}],
                     "pods": [{"name": n, "namespace": "default", "node": node, "labels": {"app": app}, "ports": PORT}
                              for n, node, app in (("a", "node0", "client"), ("b", "node1", "client"),
@@ -109,6 +116,9 @@ class Clusters:
                    "--service-cidr", services, *(() if role == "west" else ("--no-cluster-dns",)))
         for role, node in (("west", "node0"), ("east", "node0"), ("west", "node1")):
             podnet("cluster", "gateway", "add", node, "--wan", self.wan, "--lab", self.names[role])
+        if self.global_cidrs:
+            for role, name in self.names.items():
+                podnet("cluster", "init", "--lab", name, "--global-cidr", GLOBAL[role])
         podnet("cluster", "join", self.names["east"], "--peer-lab", self.names["east"], "--lab", self.names["west"])
         from podnet.lab.state import state_file
 
@@ -131,6 +141,14 @@ class Clusters:
 
     def ip(self, role: str, pod: str) -> str:
         return self.state[role]["pods"][f"default/{pod}"]["ips"][0].split("/")[0]
+
+    def reach(self, role: str, pod: str) -> str:
+        """The address the other cluster calls the pod on (its global IP with --global)."""
+        if not self.global_cidrs:
+            return self.ip(role, pod)
+        from podnet.clusterset.globalnet import layout
+
+        return layout(GLOBAL[role], *RANGES["west"]).pod_ip(self.ip(role, pod))
 
     def in_pod(self, role: str, pod: str, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run([*nsenter(self.netns(role, pod)), *argv], capture_output=True, text=True,
@@ -180,7 +198,7 @@ def failover(cs: Clusters) -> dict:
     from podnet.lab.state import lab_dir
 
     gone = cs.status("west")["active"]["node"]
-    target = cs.ip("west", "a" if gone == "node1" else "b")  # a pod on the node that stays
+    target = cs.reach("west", "a" if gone == "node1" else "b")  # a pod on the node that stays
     entry = json.loads((lab_dir(cs.names["west"]) / "procs.json").read_text())[f"agent/{gone}"]
     probe = ("import socket, sys; s = socket.create_connection((sys.argv[1], 80), timeout=0.5); "
              "s.sendall(b'x\\n'); s.settimeout(0.5); print(s.recv(100).decode().strip())")
@@ -200,7 +218,7 @@ def failover(cs: Clusters) -> dict:
 def bench(args: argparse.Namespace) -> dict:
     import secrets
 
-    cs, iperf = Clusters(secrets.token_hex(2)), Iperf()
+    cs, iperf = Clusters(secrets.token_hex(2), args.global_cidrs), Iperf()
     problems: list[str] = []
     outcome: dict = {}
     try:
@@ -216,8 +234,9 @@ def bench(args: argparse.Namespace) -> dict:
         for r in range(args.repeat):
             for path in list(servers)[r % 2:] + list(servers)[:r % 2]:
                 role, pod = servers[path]
-                runs[path].append(Iperf.client(cs.netns("west", "b"), cs.ip(role, pod), args.seconds))
-                lat[path] += latency(cs, cs.ip(role, pod), args.requests)
+                target = cs.ip(role, pod) if role == "west" else cs.reach(role, pod)
+                runs[path].append(Iperf.client(cs.netns("west", "b"), target, args.seconds))
+                lat[path] += latency(cs, target, args.requests)
                 log(f"round {r + 1} {path}: {runs[path][-1]['gbps']:.2f} Gbit/s, "
                     f"p50 {percentile(lat[path][-args.requests:], 0.5):.3f} ms")
             resolvable.append(export_to_resolvable(cs))
@@ -225,7 +244,7 @@ def bench(args: argparse.Namespace) -> dict:
         gbps = {k: statistics.median(run["gbps"] for run in v) for k, v in runs.items()}
         quant = {k: {q: round(percentile(v, p), 3) for q, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
                  for k, v in lat.items()}
-        outcome = {"seconds": args.seconds, "repeat": args.repeat, "requests": args.requests, "machine": machine(),
+        outcome = {"global": args.global_cidrs, "seconds": args.seconds, "repeat": args.repeat, "requests": args.requests, "machine": machine(),
                    "throughput_gbps": {k: [round(run["gbps"], 3) for run in v] for k, v in runs.items()},
                    "median_gbps": {k: round(v, 3) for k, v in gbps.items()},
                    "throughput_ratio": round(gbps["cross-cluster"] / gbps["in-cluster"], 3),
@@ -244,7 +263,8 @@ def render(outcome: dict) -> None:
     from rich.table import Table
 
     con = console()
-    table = Table(title=f"west b -> in-cluster (west a) and cross-cluster (east b), {outcome['repeat']} rounds")
+    how = " on global IPs (both clusters on the same ranges)" if outcome.get("global") else ""
+    table = Table(title=f"west b -> in-cluster (west a) and cross-cluster (east b{how}), {outcome['repeat']} rounds")
     for col in ("path", "iperf3 Gbit/s (median)", "runs", "p50 ms", "p90 ms", "p99 ms"):
         table.add_column(col, justify="left" if col == "path" else "right")
     for path, lat in outcome["latency_ms"].items():
@@ -266,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5, help="iperf3 -t per run (default 5)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds, interleaved (default 3)")
     parser.add_argument("--requests", type=int, default=2000, help="round trips per latency run (default 2000)")
+    parser.add_argument("--global", dest="global_cidrs", action="store_true",
+                        help="both clusters on the same ranges, reached on global IPs")
     parser.add_argument("--json", action="store_true", help="print machine-readable results only")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.repeat < 1 or args.requests < 10:

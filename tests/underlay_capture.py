@@ -1,6 +1,7 @@
 """A marker sent by one lab pod to another's echo server, and what a lab node's NIC
 sees meanwhile (an AF_PACKET capture inside the node's namespace): how the gossip lab
-tests show that the fast path carries pod traffic in clear and the sleeve does not."""
+tests show that the fast path carries pod traffic in clear and the sleeve does not, and
+the clusterset tests the same of a gateway's WAN link."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import sys
 CAPTURE = r"""
 import json, socket, struct, sys, time
 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-sock.bind(("eth0", 0))
+sock.bind((sys.argv[3], 0))
 sock.settimeout(0.2)
 marker, end = bytes.fromhex(sys.argv[1]), time.time() + float(sys.argv[2])
 seen = sleeve = 0
@@ -26,7 +27,7 @@ while time.time() < end:
     if frame[12:14] == b"\x08\x00" and frame[23] == 17:
         ihl = (frame[14] & 0xF) * 4
         ports = struct.unpack("!HH", frame[14 + ihl:18 + ihl])
-        sleeve += 6784 in ports
+        sleeve += int(sys.argv[4]) in ports
 print(json.dumps({"marker": seen, "sleeve": sleeve}))
 """
 
@@ -46,13 +47,19 @@ def ip_of(lab: dict, pod: str) -> str:
 
 def capture_while_sending(lab: dict, node: str, src: str, dst: str) -> dict[str, int]:
     """What node's NIC sees while pod `src` sends a fresh marker to pod `dst`'s echo."""
+    return capture_in(lab["nodes"][node]["netns"], "eth0", 6784, lab["pods"][src]["netns"], ip_of(lab, dst))
+
+
+def capture_in(netns: str, iface: str, port: int, src_netns: str, dst: str) -> dict[str, int]:
+    """What `iface` in `netns` sees while the pod in `src_netns` sends a fresh marker to
+    the echo at `dst`: frames holding the marker, and UDP frames to or from `port`."""
     marker = f"PODNET-PLAINTEXT-{secrets.token_hex(8)}".encode()
-    capture = subprocess.Popen(["ip", "netns", "exec", lab["nodes"][node]["netns"], sys.executable, "-c", CAPTURE,
-                                marker.hex(), "3"], stdout=subprocess.PIPE, text=True)
+    capture = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", CAPTURE, marker.hex(), "3",
+                                iface, str(port)], stdout=subprocess.PIPE, text=True)
     try:
         assert capture.stdout is not None and capture.stdout.readline().strip() == "ready"
-        subprocess.run(["ip", "netns", "exec", lab["pods"][src]["netns"], sys.executable, "-c", SEND,
-                        ip_of(lab, dst), marker.hex()], check=True, timeout=20)
+        subprocess.run(["ip", "netns", "exec", src_netns, sys.executable, "-c", SEND, dst, marker.hex()],
+                       check=True, timeout=20)
         out, _ = capture.communicate(timeout=20)
     finally:
         if capture.poll() is None:

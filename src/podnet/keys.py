@@ -58,6 +58,7 @@ CLUSTERSET_SELF = CLUSTERSET + "self"
 CLUSTERSET_PEERS = CLUSTERSET + "peers/"
 CLUSTERSET_GATEWAYS = CLUSTERSET + "gateways/"
 CLUSTERSET_ACTIVE_GATEWAY = CLUSTERSET + "active-gateway"
+CLUSTERSET_TUNNEL_KEYS = CLUSTERSET + "tunnel-keys/"  # the secret of an encrypted tunnel to a peer
 SERVICE_EXPORTS = "serviceexports/"  # the Multi-Cluster Services API: what a cluster shares
 SERVICE_IMPORTS = "serviceimports/"  # ... and what it sees of the clusterset's (podnet writes them)
 # the objects that make a node keep a policy table (agent/policy_service.py)
@@ -124,6 +125,8 @@ FAMILIES: tuple[Family, ...] = (
     Family(CLUSTERSET_GATEWAYS, "clusterset/gateways/<node>", "GatewayCandidate", since="0.3.0"),
     Family(CLUSTERSET_ACTIVE_GATEWAY, "clusterset/active-gateway", "ActiveGateway (a lease in its value)",
            since="0.3.0"),
+    Family(CLUSTERSET_TUNNEL_KEYS, "clusterset/tunnel-keys/<cluster>",
+           "the secret of the encrypted tunnel to that peer ({secret: base64})", since="0.3.0"),
     Family(SERVICE_EXPORTS, "serviceexports/<namespace>/<name>", "ServiceExport (manifest)", since="0.3.0"),
     Family(SERVICE_IMPORTS, "serviceimports/<namespace>/<name>", "ServiceImport (manifest, podnet writes it)",
            since="0.3.0"),
@@ -152,6 +155,10 @@ def remote_pod(cluster: str, namespace: str, name: str) -> str:
 
 def clusterset_peer(cluster: str) -> str:
     return CLUSTERSET_PEERS + segment(cluster, "cluster name")
+
+
+def clusterset_tunnel_key(cluster: str) -> str:
+    return CLUSTERSET_TUNNEL_KEYS + segment(cluster, "cluster name")
 
 
 def clusterset_gateway(node_name: str) -> str:

@@ -24,6 +24,7 @@ Everything is torn down by name: both labs (`lab down`), then the WAN (`wan down
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -90,25 +91,19 @@ class Clusterset:
         return status if not status["problems"] and status["active"] else None
 
 
-@pytest.fixture(scope="module")
-def cset(tmp_path_factory) -> Iterator[Clusterset]:
-    tag = secrets.token_hex(2)
-    names, wan = {"west": f"w{tag}", "east": f"e{tag}"}, f"c{tag}"
+@contextlib.contextmanager
+def labs_on_a_wan(names: dict[str, str], wan: str, work: Path, ranges: dict[str, tuple[str, str]],
+                  topologies: dict[str, dict], flags: dict[str, tuple[str, ...]]) -> Iterator[None]:
+    """A WAN and one lab per role (its ranges, topology and `lab up` flags), all torn
+    down by name afterwards, whatever happened; then no namespace of theirs is left."""
     try:
         podnet("wan", "up", wan)
-        work = tmp_path_factory.mktemp("clusterset")
-        for role, (pods, services) in RANGES.items():
+        for role, (pods, services) in ranges.items():
             path = work / f"{role}.yaml"
-            path.write_text(yaml.safe_dump(TOPOLOGIES[role]))
+            path.write_text(yaml.safe_dump(topologies[role]))
             podnet("lab", "up", "--lab", names[role], "-f", str(path), "--cluster-cidr", pods,
-                   "--service-cidr", services, *LAB_FLAGS[role])
-        built = Clusterset(names, wan)
-        for role, node in (("west", "node0"), ("east", "node0"), ("west", "node1")):
-            podnet("cluster", "gateway", "add", node, "--wan", wan, "--lab", names[role])
-        podnet("cluster", "join", names["east"], "--peer-lab", names["east"], "--lab", names["west"])
-        for role in names:
-            wait_until(lambda r=role: built.healthy(r), f"{role}'s clusterset healthy", timeout=30)
-        yield built
+                   "--service-cidr", services, *flags[role])
+        yield
     finally:
         for name in names.values():
             if state_file(name).exists():
@@ -116,6 +111,24 @@ def cset(tmp_path_factory) -> Iterator[Clusterset]:
         podnet("wan", "down", wan)
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     assert not any(f"-{n}-" in listed for n in names.values()) and f"pn-wan-{wan}" not in listed
+
+
+def healthy_everywhere(built: Clusterset) -> None:
+    for role in built.names:
+        wait_until(lambda r=role: built.healthy(r), f"{role}'s clusterset healthy", timeout=30)
+
+
+@pytest.fixture(scope="module")
+def cset(tmp_path_factory) -> Iterator[Clusterset]:
+    tag = secrets.token_hex(2)
+    names, wan = {"west": f"w{tag}", "east": f"e{tag}"}, f"c{tag}"
+    with labs_on_a_wan(names, wan, tmp_path_factory.mktemp("clusterset"), RANGES, TOPOLOGIES, LAB_FLAGS):
+        built = Clusterset(names, wan)
+        for role, node in (("west", "node0"), ("east", "node0"), ("west", "node1")):
+            podnet("cluster", "gateway", "add", node, "--wan", wan, "--lab", names[role])
+        podnet("cluster", "join", names["east"], "--peer-lab", names["east"], "--lab", names["west"])
+        healthy_everywhere(built)
+        yield built
 
 
 def test_pods_behind_non_gateway_nodes_reach_each_other_with_their_own_addresses(cset: Clusterset) -> None:
@@ -208,34 +221,46 @@ def test_an_exported_service_is_imported_resolved_and_served_local_first(cset: C
     assert dns(cset, "default/wb", name) == "NXDOMAIN"
 
 
-def test_a_cross_cluster_deny_is_enforced_and_named_in_flows(cset: Clusterset, tmp_path: Path) -> None:
-    east = cset.names["east"]
+@contextlib.contextmanager
+def cluster_denied(built: Clusterset, where: str, denied: str, rule: str, tmp_path: Path) -> Iterator[float]:
+    """A ClusterPolicy in `where` denying pods labelled podnet.io/cluster=<the cluster of
+    role `denied`> to reach `app: web` pods, under `rule`; yields when it was applied,
+    deletes it afterwards."""
+    cluster = built.names[denied]
     policy = tmp_path / "deny.yaml"
     policy.write_text(f"""
 apiVersion: podnet.io/v1
 kind: ClusterPolicy
-metadata: {{name: web-not-from-{east}}}
+metadata: {{name: web-not-from-{cluster}}}
 spec:
   selector: {{podSelector: {{matchLabels: {{app: web}}}}}}
   types: [Ingress]
-  ingress: [{{action: Deny, name: no-east, from: [{{podSelector: {{matchLabels: {{podnet.io/cluster: {east}}}}}}}]}}]
+  ingress: [{{action: Deny, name: {rule}, from: [{{podSelector: {{matchLabels: {{podnet.io/cluster: {cluster}}}}}}}]}}]
 """)
+    since = time.time()
+    podnet("apply", "-f", str(policy), "--lab", built.names[where])
+    try:
+        yield since
+    finally:
+        podnet("delete", "-f", str(policy), "--lab", built.names[where])
+
+
+def denials(built: Clusterset, where: str, since: float, src: str, rule: str) -> list[dict]:
+    """The drops of `src` by `rule` in `where`'s `podnet flows` since `since`."""
+    out = podnet("flows", "--lab", built.names[where], "--verdict", "deny", "--since", str(since), "-o", "json",
+                 check=False).stdout
+    return [f for f in json.loads(out or "[]") if f["src"] == src and rule in f["rule"]]
+
+
+def test_a_cross_cluster_deny_is_enforced_and_named_in_flows(cset: Clusterset, tmp_path: Path) -> None:
     target, caller = cset.pod_ip("west", "wweb"), cset.pod_ip("east", "eb")
     assert cset.fetch("east", "eb", f"http://{target}/peer") == caller  # open before
-    since = time.time()
-    podnet("apply", "-f", str(policy), "--lab", cset.names["west"])
-    try:
+    with cluster_denied(cset, "west", "east", "no-east", tmp_path) as since:
         wait_until(lambda: cset.fetch("east", "eb", f"http://{target}/peer") == "", "the deny in force", timeout=20)
         assert cset.fetch("west", "wb", f"http://{target}/peer") == cset.pod_ip("west", "wb")  # our own pass
-
-        def named() -> list[dict]:
-            out = podnet("flows", "--lab", cset.names["west"], "--verdict", "deny", "--since", str(since),
-                         "-o", "json", check=False).stdout
-            return [f for f in json.loads(out or "[]") if f["src"] == caller and "no-east" in f["rule"]]
-
-        assert wait_until(named, "the drop named in west's flows", timeout=15)[0]["dst"] == target
-    finally:
-        podnet("delete", "-f", str(policy), "--lab", cset.names["west"])
+        drops = wait_until(lambda: denials(cset, "west", since, caller, "no-east"), "the drop named in west's flows",
+                           timeout=15)
+        assert drops[0]["dst"] == target
     assert wait_until(lambda: cset.fetch("east", "eb", f"http://{target}/peer") == caller, "open again", timeout=20)
 
 

@@ -189,7 +189,7 @@ def test_peer_pods_are_mirrored_for_policy_and_kept_through_an_outage() -> None:
     east.put(pod.key, pod.encode())
     local = PodRecord("default", "web-1", "node0", ("10.244.0.5",), {"app": "web"})  # the same name, ours
     ours.put(local.key, local.encode())
-    assert mirror_pods(ours, ["east"], [("east", east)], []) == ["+policy/remotepods/east/default/web-1"]
+    assert mirror_pods(ours, ["east"], [(EAST, east)], []) == ["+policy/remotepods/east/default/web-1"]
     world, _ = load_world(ours, problems=[])
     remote = [ep for ep in world.endpoints if ep.name == "web-1@east"]
     assert remote and remote[0].ips == ("10.245.1.5",) and remote[0].node is None
@@ -197,9 +197,9 @@ def test_peer_pods_are_mirrored_for_policy_and_kept_through_an_outage() -> None:
     assert [ep.name for ep in world.endpoints if ep.name == "web-1"]  # ours stays itself
     assert mirror_pods(ours, ["east"], [], []) == []  # east does not answer: its pods stay
     east.delete(pod.key)
-    assert mirror_pods(ours, ["east"], [("east", east)], []) == ["-policy/remotepods/east/default/web-1"]
+    assert mirror_pods(ours, ["east"], [(EAST, east)], []) == ["-policy/remotepods/east/default/web-1"]
     east.put(pod.key, pod.encode())
-    mirror_pods(ours, ["east"], [("east", east)], [])
+    mirror_pods(ours, ["east"], [(EAST, east)], [])
     assert mirror_pods(ours, [], [], []) == ["-policy/remotepods/east/default/web-1"]  # no peer any more
 
 
@@ -231,3 +231,36 @@ def test_the_clusterset_checks_plan_gateways_imports_and_pods_of_peer_labs(tmp_p
     assert checks["multicluster/import-dns"][4]["expect"] == "answer 10.96.0.77"
     assert checks["multicluster/import"][4] == {"kind": "tcp", "dst": "10.96.0.77", "port": 80,
                                               "expect_any": ["10.245.1.9"]}  # no lab names that address
+
+
+def test_an_encrypted_peer_is_routed_into_the_sleeve_with_keys_from_the_pairs_secret() -> None:
+    import base64
+
+    from podnet.clusterset.model import tunnel_secret_from_json
+    from podnet.clusterset.plan import SLEEVE_DEVICE, SLEEVE_PORT, SleevePlan
+    from podnet.clusterset.sleeve import sleeve_peers
+
+    north = ClusterInfo("north", "10.250.0.0/16", "10.98.0.0/16")
+    peers = [ClusterPeer(EAST, "/s/e.db"), ClusterPeer(north, "/s/n.db", "sleeve")]
+    assert ClusterPeer.from_json(peers[1].to_json()) == peers[1]
+    with pytest.raises(ClustersetError, match="x: tunnel: 'gre' is not one of vxlan, sleeve"):
+        ClusterPeer.from_json({**peers[1].to_json(), "tunnel": "gre"}, "x")
+    theirs = {"east": _active("e0"), "north": ActiveGateway("n0", "100.64.0.30", "172.31.0.10", 1.0)}
+    plan = plan_node("node0", "eth0", WEST, peers, _active("node0"), theirs)
+    assert plan.sleeve is not None and plan.sleeve.listen == "100.64.0.10"
+    assert plan.sleeve.peers == {"north": "100.64.0.30"}
+    assert plan.sleeve.routes == {"10.250.0.0/16": "north", "10.98.0.0/16": "north"}
+    assert RouteSpec("10.250.0.0/16", "", SLEEVE_DEVICE) in plan.fabric.routes
+    assert not any(n.mac == cluster_mac("north") for n in plan.fabric.neighbours)  # no VXLAN next hop for it
+    assert RouteSpec("10.245.0.0/16", next_hop(0), DEVICE, onlink=True) in plan.fabric.routes  # east: VXLAN
+    assert plan_node("node1", "eth0", WEST, peers, _active("node0"), {}).sleeve is None  # members route to the gateway
+    problems: list[str] = []
+    assert sleeve_peers("west", plan.sleeve, {}, problems) == {} and "never sent in clear" in problems[0]
+    secret = bytes(range(32))
+    mine = sleeve_peers("west", plan.sleeve, {"north": secret}, [])["north"]
+    far = sleeve_peers("north", SleevePlan("100.64.0.30", {"west": "100.64.0.10"}), {"west": secret}, [])["west"]
+    assert mine.port == SLEEVE_PORT and mine.tx_key != mine.rx_key
+    assert (far.tx_key, far.rx_key) == (mine.rx_key, mine.tx_key)  # the far side derives the same pair
+    assert tunnel_secret_from_json({"secret": base64.b64encode(secret).decode()}, "k") == secret
+    with pytest.raises(ClustersetError, match="k: secret: not 32 or more bytes of base64"):
+        tunnel_secret_from_json({"secret": "c2hvcnQ="}, "k")

@@ -15,7 +15,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from podnet import keys
-from podnet.clusterset.exports import SERVICE_NAME_LABEL, Exported, ImportPlan
+from podnet.clusterset.exports import (
+    GLOBAL_FOR_LABEL,
+    SERVICE_NAME_LABEL,
+    Exported,
+    ImportPlan,
+    global_service,
+    globalized,
+)
+from podnet.clusterset.model import ClusterInfo
 from podnet.errors import PodnetError
 from podnet.objects import store as objects
 from podnet.services.endpoints import backing
@@ -51,8 +59,10 @@ def read_exports(store: Store, cluster: str, problems: list[str]) -> list[Export
                                                         and spec.target_port else spec.port))
             for item in found:
                 endpoints[item.ip] = endpoints.get(item.ip, True) and item.ready
+        selector = tuple(sorted(svc.selector.items())) if svc.selector is not None else None
         out.append(Exported(cluster, namespace, name, svc.ports, tuple(targets),
-                            tuple(SliceEndpoint(ip, ok) for ip, ok in sorted(endpoints.items()))))
+                            tuple(SliceEndpoint(ip, ok) for ip, ok in sorted(endpoints.items())),
+                            svc.cluster_ip if not svc.headless else "", selector))
     return out
 
 
@@ -110,24 +120,71 @@ def sync_imports(store: Store, plans: Mapping[tuple[str, str], ImportPlan], prob
     return changed
 
 
-def exported_everywhere(stores: Iterable[tuple[str, Store]], problems: list[str]) -> list[Exported]:
+def exported_everywhere(stores: Iterable[tuple[ClusterInfo, Store]], me: str,
+                        problems: list[str]) -> list[Exported]:
+    """Every cluster's exports; another cluster's on its global IPs when it has a
+    global CIDR (exports.globalized)."""
     out = []
-    for cluster, store in stores:
+    for info, store in stores:
         try:
-            out += read_exports(store, cluster, problems)
+            found = read_exports(store, info.name, problems)
         except PodnetError as exc:
-            problems.append(f"{cluster}: its exports cannot be read: {exc.msg}")
+            problems.append(f"{info.name}: its exports cannot be read: {exc.msg}")
+            continue
+        if info.global_cidr and info.name != me:
+            found = [globalized(item, info.layout()) for item in found]
+        out += found
     return out
+
+
+def sync_global_services(store: Store, me: ClusterInfo, exported: Iterable[Exported],
+                         problems: list[str]) -> list[str]:
+    """Make `store` hold a `global-<name>` Service for each of our exports (exports.
+    global_service; none without a global CIDR), and no other; what changed."""
+    want = []
+    if me.global_cidr:
+        for item in exported:
+            if item.cluster != me.name:
+                continue
+            svc = global_service(item, me.layout())
+            if svc is None:
+                problems.append(f"ServiceExport {item.namespace}/{item.name}: no global IP (it needs a selector, a "
+                                "ClusterIP, and a name short enough for global-<name>)")
+            else:
+                want.append(svc)
+    have = {}
+    for entry in store.list(keys.SERVICES):
+        try:
+            labels = (entry.json().get("metadata") or {}).get("labels") or {}
+        except ValueError:
+            continue
+        if GLOBAL_FOR_LABEL in labels:
+            have[entry.key] = entry
+    changed: list[str] = []
+    for svc in want:
+        if store.get(svc.key) is not None and svc.key not in have:
+            problems.append(f"Service {svc.ref} exists and is not podnet's: the global IP of {svc.namespace}/"
+                            f"{svc.labels[GLOBAL_FOR_LABEL]} is not served")
+            continue
+        try:
+            changed += [c.shown for c in objects.apply(store, [svc]) if c.what != "unchanged"]
+        except PodnetError as exc:
+            problems.append(f"global IP of {svc.namespace}/{svc.labels[GLOBAL_FOR_LABEL]}: {exc.msg}")
+    gone = [_Named(k) for k in have if k not in {s.key for s in want}]
+    if gone:
+        changed += [c.shown for c in objects.delete(store, gone) if c.what == "deleted"]
+    return changed
 
 
 CLUSTER_LABEL = "podnet.io/cluster"  # on another cluster's pods, as policy selectors see them
 
 
-def mirror_pods(store: Store, peers: Iterable[str], answering: Iterable[tuple[str, Store]],
+def mirror_pods(store: Store, peers: Iterable[str], answering: Iterable[tuple[ClusterInfo, Store]],
                 problems: list[str]) -> list[str]:
     """Every answering peer's pods as `policy/remotepods/<cluster>/<ns>/<name>` in our
-    store (their labels plus podnet.io/cluster, no node): peers for our policy
-    selectors (policy/world.py). A peer whose store does not answer keeps what was
+    store (their labels plus podnet.io/cluster, no node; a peer with a global CIDR's
+    at their global IPs, the sources we see): peers for our policy selectors
+    (policy/world.py). A peer whose store does not answer keeps what was
     mirrored (an outage must not open or close anything); a cluster that is no peer any
     more loses its pods. One transaction; what changed."""
     from dataclasses import replace
@@ -136,7 +193,8 @@ def mirror_pods(store: Store, peers: Iterable[str], answering: Iterable[tuple[st
 
     want: dict[str, str] = {}
     fresh: set[str] = set()
-    for cluster, remote in answering:
+    for info, remote in answering:
+        cluster = info.name
         fresh.add(cluster)
         for entry in remote.list(keys.PODS):
             try:
@@ -144,7 +202,8 @@ def mirror_pods(store: Store, peers: Iterable[str], answering: Iterable[tuple[st
             except (PodnetError, ValueError) as exc:
                 problems.append(f"{cluster}: {getattr(exc, 'msg', exc)}")
                 continue
-            mirrored = replace(pod, node="", readiness=None, labels={**pod.labels, CLUSTER_LABEL: cluster})
+            ips = pod.ips if not info.global_cidr else _global_ips(info, pod.ips)
+            mirrored = replace(pod, node="", readiness=None, ips=ips, labels={**pod.labels, CLUSTER_LABEL: cluster})
             want[keys.remote_pod(cluster, pod.namespace, pod.name)] = mirrored.encode()
     known = set(peers)
     changed = []
@@ -163,3 +222,14 @@ def mirror_pods(store: Store, peers: Iterable[str], answering: Iterable[tuple[st
             tx.put(key, value)
             changed.append(f"+{key}")
     return changed
+
+
+def _global_ips(info: ClusterInfo, ips: Iterable[str]) -> tuple[str, ...]:
+    layout = info.layout()
+    out = []
+    for ip in ips:
+        try:
+            out.append(layout.pod_ip(ip.split("/")[0]))
+        except ValueError:
+            continue  # not in its cluster CIDR (another family): not reachable from here
+    return tuple(out)

@@ -7,7 +7,8 @@ store (clusterset/records.py) and, on the gateway in charge, each peer's store:
     apply          pncs0, routes of protocol 80, `ip podnet-clusterset` (kernel.py)
     imports        on the gateway in charge only (one writer a cluster): every cluster's
                    ServiceExports -> our ServiceImports, derived Services and their
-                   EndpointSlices, local endpoints first (agent/clusterset_imports.py)
+                   EndpointSlices, local endpoints first; with a global CIDR, our
+                   exports' global-<name> Services (agent/clusterset_imports.py)
 
 - Runs on cluster nodes (`--node`); a cluster that joined nothing costs one listing of
   `clusterset/` a pass and holds nothing (what an earlier pass made is removed).
@@ -62,8 +63,11 @@ class ClustersetService(NodeLoopService):
 
     def stop(self) -> None:
         """The kernel state stays: an agent restart must not cut the clusterset's
-        flows (the next agent takes it over as it is)."""
+        flows (the next agent takes it over as it is). The encrypted tunnel forwards
+        in this process, so it stops here (clusterset/sleeve.py)."""
         super().stop()
+        if self._kernel is not None:
+            self._kernel.sleeve.stop()
         for store in self._remote.values():
             store.close()
         self._remote.clear()
@@ -117,7 +121,7 @@ class ClustersetService(NodeLoopService):
         else:
             self._tunnels = {}
         plan = plan_node(lease.name, lease.underlay_if, view.me, view.peers, active, remote)
-        report = self._kernel_port().apply(view.me, plan)
+        report = self._kernel_port().apply(view.me, plan, view.secrets, view.problems)
         self._held = True
         if report:
             log.info("clusterset: %s", "; ".join([*(f"+{a}" for a in report.added),
@@ -125,19 +129,26 @@ class ClustersetService(NodeLoopService):
         self._note(me=view.me.name, peers=plan.peers, role="gateway" if here else "member", error=None,
                    active=active.to_json() if active else None, problems=view.problems,
                    candidates=sorted(view.candidates), tunnel=bool(plan.tunnel),
+                   sleeve=self._kernel_port().sleeve.stats() if plan.sleeve else None,
                    imports=imports or self._status.get("imports", []), tunnels=self._tunnels)
 
     def _sync_imports(self, store: Store, view: LocalView) -> list[str]:
-        """Our imports made to match every cluster's exports, and the peers' pods mirrored
-        for our policy selectors; what this pass changed."""
-        from podnet.agent.clusterset_imports import exported_everywhere, mirror_pods, sync_imports
+        """Our imports made to match every cluster's exports, our exports' global IPs
+        served (with a global CIDR), and the peers' pods mirrored for our policy
+        selectors; what this pass changed."""
+        from podnet.agent.clusterset_imports import (
+            exported_everywhere,
+            mirror_pods,
+            sync_global_services,
+            sync_imports,
+        )
         from podnet.clusterset.exports import plan_imports
 
         assert view.me is not None
-        sources = [(view.me.name, store), *((p.name, self._remote[p.name]) for p in view.peers
-                                             if p.name in self._remote)]
-        exported = exported_everywhere(sources, view.problems)
+        sources = [(view.me, store), *((p.info, self._remote[p.name]) for p in view.peers if p.name in self._remote)]
+        exported = exported_everywhere(sources, view.me.name, view.problems)
         changed = sync_imports(store, plan_imports(view.me.name, exported), view.problems)
+        changed += sync_global_services(store, view.me, exported, view.problems)
         changed += mirror_pods(store, [p.name for p in view.peers], sources[1:], view.problems)
         if changed:
             log.info("clusterset imports: %s", "; ".join(changed))

@@ -1,8 +1,11 @@
 """`podnet cluster init|join|leave|gateway|status`: clusters joined into a clusterset.
 
-    podnet cluster init NAME --cluster-cidr C --service-cidr S   who this cluster is
+    podnet cluster init NAME --cluster-cidr C --service-cidr S [--global-cidr G]
+                                                                   who this cluster is
+    podnet cluster init --lab LAB [--global-cidr G]                (a lab: its name, its ranges)
     podnet cluster join OTHER --endpoint STORE [--advertise STORE] peer with OTHER
     podnet cluster join OTHER --peer-lab LAB                       (two labs: both named)
+    podnet cluster join OTHER ... --encrypt                        tunnel through the encrypted sleeve
     podnet cluster leave OTHER                                     unpeer
     podnet cluster gateway add NODE (--address IP | --wan WAN)     a gateway candidate
     podnet cluster gateway remove NODE
@@ -30,9 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     cluster = sub.add_parser("cluster", help="join clusters into a clusterset: peers, gateways, status")
     verbs = cluster.add_subparsers(dest="cluster_command", required=True)
     init = verbs.add_parser("init", help="name this cluster and its ranges (clusterset/self)")
-    init.add_argument("name")
-    init.add_argument("--cluster-cidr", required=True)
-    init.add_argument("--service-cidr", required=True)
+    init.add_argument("name", nargs="?", help="this cluster's name (default with --lab: the lab's)")
+    init.add_argument("--cluster-cidr", help="its pods' range (default with --lab: the lab's)")
+    init.add_argument("--service-cidr", help="its services' range (default with --lab: the lab's)")
+    init.add_argument("--global-cidr", help="reach this cluster on global IPs from G only (ranges that overlap "
+                                            "another cluster's): G holds the cluster and service CIDRs one to "
+                                            "one, each in a half")
     add_target_options(init)
     init.set_defaults(func=_cmd_init)
     join = verbs.add_parser("join", help="peer this cluster with OTHER (both stores are written)")
@@ -40,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     where = join.add_mutually_exclusive_group(required=True)
     where.add_argument("--endpoint", metavar="STORE", help="OTHER's store (its agents' --store)")
     where.add_argument("--peer-lab", metavar="LAB", help="OTHER is the lab LAB on this machine")
+    join.add_argument("--encrypt", action="store_true",
+                      help="tunnel to OTHER through the gossip fabric's encrypted sleeve (AES-256-GCM), keyed from "
+                           "a secret this command writes into both stores, instead of VXLAN in clear")
     join.add_argument("--advertise", metavar="STORE", help="this cluster's store as OTHER's agents reach it "
                                                             "(default: the store this command uses)")
     add_target_options(join)
@@ -69,16 +78,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_init(args: argparse.Namespace) -> int:
     from podnet.clusterset.model import ClusterInfo
-    from podnet.clusterset.records import write_self
+    from podnet.clusterset.records import read_local, write_self
 
     try:
-        info = ClusterInfo.from_json({"name": args.name, "clusterCIDR": args.cluster_cidr,
-                                      "serviceCIDR": args.service_cidr}, "podnet cluster init")
+        lab = target(args).lab
+        base = _lab_info(lab).to_json() if lab else {}
+        given = {"name": args.name, "clusterCIDR": args.cluster_cidr, "serviceCIDR": args.service_cidr,
+                 "globalCIDR": args.global_cidr}
+        info = ClusterInfo.from_json({**base, **{k: v for k, v in given.items() if v is not None}},
+                                     "podnet cluster init")
         with open_cluster_store(args) as store:
+            view = read_local(store)
+            if view.me is not None and view.me != info and view.peers:
+                raise PodnetError(f"cluster {view.me.name} has peers ({', '.join(p.name for p in view.peers)}): "
+                                  "they route to it as it was named", "leave them first (podnet cluster leave), "
+                                  "then init and join again")
             write_self(store, info)
     except PodnetError as exc:
         return fail(exc)
-    print(f"cluster {info.name}: pods {info.cluster_cidr}, services {info.service_cidr}")
+    print(f"cluster {info.name}: pods {info.cluster_cidr}, services {info.service_cidr}"
+          + (f", reached on global IPs in {info.global_cidr}" if info.global_cidr else ""))
     return 0
 
 
@@ -107,8 +126,11 @@ def _self_of(store, lab: str | None, where: str):  # noqa: ANN001, ANN202 - Stor
 
 
 def _cmd_join(args: argparse.Namespace) -> int:
-    from podnet.clusterset.model import ClusterPeer, check_joinable
-    from podnet.clusterset.records import write_peer
+    from secrets import token_bytes
+
+    from podnet import keys
+    from podnet.clusterset.model import TUNNEL_SECRET_BYTES, ClusterPeer, check_joinable
+    from podnet.clusterset.records import write_peer, write_tunnel_secret
     from podnet.store import open_store
 
     try:
@@ -122,12 +144,20 @@ def _cmd_join(args: argparse.Namespace) -> int:
                 raise PodnetError(f"the store at {remote_url} is cluster {other.name!r}, not {args.other!r}")
             check_joinable(me, other, [p.info for p in mine.peers])
             check_joinable(other, me, [p.info for p in theirs.peers])
-            write_peer(store, ClusterPeer(other, remote_url))
-            write_peer(remote, ClusterPeer(me, local_url))
+            tunnel = "sleeve" if args.encrypt else "vxlan"
+            if args.encrypt:  # the key first: a peer is never carried without it
+                secret = token_bytes(TUNNEL_SECRET_BYTES)
+                write_tunnel_secret(store, other.name, secret)
+                write_tunnel_secret(remote, me.name, secret)
+            write_peer(store, ClusterPeer(other, remote_url, tunnel))
+            write_peer(remote, ClusterPeer(me, local_url, tunnel))
+            if not args.encrypt:
+                store.delete(keys.clusterset_tunnel_key(other.name))
+                remote.delete(keys.clusterset_tunnel_key(me.name))
     except PodnetError as exc:
         return fail(exc)
-    print(f"joined {me.name} ({me.cluster_cidr}, {me.service_cidr}) <-> {other.name} "
-          f"({other.cluster_cidr}, {other.service_cidr}); traffic flows once each has a gateway in charge")
+    print(f"joined {me.name} ({', '.join(me.routed)}) <-> {other.name} ({', '.join(other.routed)})"
+          f"{', encrypted' if args.encrypt else ''}; traffic flows once each has a gateway in charge")
     return 0
 
 
@@ -153,10 +183,12 @@ def _cmd_leave(args: argparse.Namespace) -> int:
                 raise PodnetError(f"this cluster has no peer {args.other!r}",
                                   f"peers: {', '.join(p.name for p in view.peers) or 'none'}")
             store.delete(keys.clusterset_peer(peer.name))
+            store.delete(keys.clusterset_tunnel_key(peer.name))
             if view.me is not None:
                 try:
                     with open_store(peer.store, create=False) as remote:
                         remote.delete(keys.clusterset_peer(view.me.name))
+                        remote.delete(keys.clusterset_tunnel_key(view.me.name))
                 except PodnetError as exc:
                     print(f"{peer.name}'s store does not answer ({exc.msg}): unpeer it there too")
     except PodnetError as exc:
@@ -245,15 +277,17 @@ def _print_status(out: dict) -> None:
 
     console = Console()
     me = out["cluster"]
-    console.print(f"cluster {me['name']}: pods {me['clusterCIDR']}, services {me['serviceCIDR']}" if me
+    console.print(f"cluster {me['name']}: pods {me['clusterCIDR']}, services {me['serviceCIDR']}"
+                  + (f", global {me['globalCIDR']}" if me.get("globalCIDR") else "") if me
                   else "this cluster has no name yet (podnet cluster init)")
     active = out["active"]
     console.print(f"gateway in charge: {active['node']} ({active['address']})" if active else "gateway in charge: none")
     peers = Table(title="peers")
-    for column in ("cluster", "pods", "services", "store"):
+    for column in ("cluster", "pods", "services", "reached on", "tunnel", "store"):
         peers.add_column(column, overflow="fold")
     for peer in out["peers"]:
-        peers.add_row(peer["name"], peer["clusterCIDR"], peer["serviceCIDR"], peer["store"])
+        peers.add_row(peer["name"], peer["clusterCIDR"], peer["serviceCIDR"], peer.get("globalCIDR") or "its ranges",
+                      "encrypted (sleeve)" if peer.get("tunnel") == "sleeve" else "vxlan", peer["store"])
     console.print(peers)
     nodes = Table(title="each node's view")
     for column in ("node", "role", "peers", "tunnels (gateway in charge)"):

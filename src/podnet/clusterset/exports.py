@@ -12,6 +12,10 @@ ServiceImport, and what an import becomes in the importing cluster (pure).
     -> the node's service table serves the derived Service like any other, and cluster
        DNS answers <name>.<ns>.svc.clusterset.local with its ClusterIP.
 
+A cluster with a global CIDR (globalnet.py) is imported elsewhere on global IPs: its
+share of a service is one endpoint, the service's global IP on the service's own ports,
+which its gateway serves through a `global-<name>` Service (global_service below).
+
 Local first: while our cluster exports ready endpoints of a service, only our slice is
 written; when they are gone, every other exporter's ready endpoints take over (and give
 way again when ours come back). A slice names its source cluster in a label.
@@ -20,10 +24,11 @@ way again when ours come back). A slice names its source cluster in a label.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from podnet import keys
+from podnet.clusterset.globalnet import GlobalLayout, global_service_name
 from podnet.schema.kind import Column, Kind, Metadata, manifest
 from podnet.services.objects import (
     EndpointSlice,
@@ -36,6 +41,7 @@ from podnet.services.objects import (
 MCS_API = "multicluster.x-k8s.io/v1alpha1"
 SERVICE_NAME_LABEL = "multicluster.kubernetes.io/service-name"  # on derived services and their slices
 SOURCE_LABEL = "multicluster.kubernetes.io/source-cluster"
+GLOBAL_FOR_LABEL = "podnet.io/global-ip-for"  # on a global-<name> Service: the exported Service it serves
 DERIVED = "derived-"
 CLUSTERSET_DOMAIN = "clusterset.local"
 
@@ -89,6 +95,8 @@ class Exported:
     ports: tuple[ServicePortSpec, ...]
     target_ports: tuple[int, ...]  # per port, the number the endpoints listen on
     endpoints: tuple[SliceEndpoint, ...]
+    cluster_ip: str = ""
+    selector: tuple[tuple[str, str], ...] | None = None  # the Service's (None: endpoints by hand)
 
     @property
     def ready(self) -> bool:
@@ -121,6 +129,28 @@ class ImportPlan:
                       for p in self.ports]})
         doc["status"] = {"clusters": [{"cluster": c} for c in self.clusters], "serving": list(self.serving)}
         return doc
+
+
+def globalized(item: Exported, layout: GlobalLayout) -> Exported:
+    """`item` as the other clusters reach it: its global IP on the service's ports,
+    ready while any of its endpoints is (none while it has no ClusterIP)."""
+    try:
+        address = layout.service_ip(item.cluster_ip)
+    except ValueError:
+        return replace(item, endpoints=())
+    return replace(item, target_ports=tuple(p.port for p in item.ports),
+                   endpoints=(SliceEndpoint(address, item.ready),))
+
+
+def global_service(item: Exported, layout: GlobalLayout) -> Service | None:
+    """The Service that gives `item` its global IP in its own cluster: the same
+    selector and ports, the global IP as an external IP (None: it cannot have one)."""
+    name = global_service_name(item.name)
+    if name is None or item.selector is None or not item.cluster_ip:
+        return None
+    ports = tuple(ServicePortSpec(p.port, p.protocol, p.name, p.target_port) for p in item.ports)
+    return Service(name, item.namespace, selector=dict(item.selector), ports=ports,
+                   external_ips=(layout.service_ip(item.cluster_ip),), labels={GLOBAL_FOR_LABEL: item.name})
 
 
 def plan_imports(me: str, exported: Iterable[Exported]) -> dict[tuple[str, str], ImportPlan]:

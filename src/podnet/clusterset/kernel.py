@@ -1,5 +1,7 @@
 """A clusterset plan (plan.py) made real in the calling thread's namespace (the node's).
 
+- The encrypted tunnel (sleeve.py) runs only on the gateway in charge of peers joined
+  with --encrypt, started before the routes into its TUN are applied.
 - pncs0 exists only on the gateway in charge; it is recreated when its identity (VNI,
   port, tunnel address, the interface holding that address) differs, and deleted
   elsewhere. Its MTU is that interface's less the VXLAN overhead: a pod's packet too
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Mapping
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -29,6 +32,7 @@ from podnet.clusterset.plan import (
     nft_script,
     removal_script,
 )
+from podnet.clusterset.sleeve import ClustersetSleeve
 from podnet.defaults import CLUSTERSET_ROUTE_PROTO
 from podnet.errors import KernelError
 from podnet.fabric.base import ApplyReport, RouteNetwork
@@ -51,17 +55,29 @@ class ClustersetKernel:
     def __init__(self, nft) -> None:  # noqa: ANN001 - kernel/nft.NftPort
         self.nft = nft
         self.routes = ClustersetRoutes()
+        self.sleeve = ClustersetSleeve()
         self._written = ""
         self._passes = 0
 
-    def apply(self, me: ClusterInfo, plan: NodePlan) -> ApplyReport:
+    def apply(self, me: ClusterInfo, plan: NodePlan, secrets: Mapping[str, bytes] | None = None,
+              problems: list[str] | None = None) -> ApplyReport:
+        """`secrets`: the encrypted tunnels' (peer -> secret); `problems` gets what
+        keeps a planned part from working (a peer without its key)."""
         with IPRoute() as ipr:
             if plan.tunnel is not None:
                 self._ensure_tunnel(ipr, plan.tunnel)
             else:
                 _delete_link(ipr, DEVICE)
+            if plan.sleeve is not None:
+                holder = _holder_of(ipr, plan.sleeve.listen)
+                if holder is None:
+                    raise KernelError(f"clusterset: no interface here holds the tunnel address {plan.sleeve.listen}")
+                self.sleeve.sync(me.name, plan.sleeve, secrets or {}, holder[1], problems if problems is not None
+                                 else [])
+            else:
+                self.sleeve.stop()
             report = self.routes.apply(ipr, plan.fabric)
-        script = nft_script(me, plan.remote_cidrs)
+        script = nft_script(me, plan.remote_cidrs, gateway=plan.tunnel is not None)
         self._passes += 1
         if script != self._written or self._passes % REWRITE_PASSES == 0:
             self.nft.apply(script)
@@ -70,6 +86,7 @@ class ClustersetKernel:
 
     def remove(self) -> None:
         """Everything this node holds for the clusterset (the last peer is gone)."""
+        self.sleeve.stop()
         with IPRoute() as ipr:
             _delete_link(ipr, DEVICE)
             self.routes.apply(ipr, NodePlan().fabric)

@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from podnet import keys
+from podnet.clusterset.globalnet import GlobalLayout, layout
 from podnet.errors import InvalidConfig
 
+TUNNELS = ("vxlan", "sleeve")  # between gateways: VXLAN in clear, or the gossip fabric's encrypted sleeve
+TUNNEL_SECRET_BYTES = 32
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
 
 
@@ -70,19 +73,48 @@ class ClusterInfo:
     name: str
     cluster_cidr: str
     service_cidr: str
+    global_cidr: str | None = None  # set: the clusterset reaches us on it only (clusterset/globalnet.py)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "clusterCIDR": self.cluster_cidr, "serviceCIDR": self.service_cidr}
+        out = {"name": self.name, "clusterCIDR": self.cluster_cidr, "serviceCIDR": self.service_cidr}
+        if self.global_cidr:
+            out["globalCIDR"] = self.global_cidr
+        return out
 
     @classmethod
     def from_json(cls, raw: Any, where: str = keys.CLUSTERSET_SELF) -> ClusterInfo:
-        return cls(check_name(_field(raw, "name", where), f"{where}: name"),
+        info = cls(check_name(_field(raw, "name", where), f"{where}: name"),
                    check_cidr(_field(raw, "clusterCIDR", where), f"{where}: clusterCIDR"),
                    check_cidr(_field(raw, "serviceCIDR", where), f"{where}: serviceCIDR"))
+        if raw.get("globalCIDR") is None:
+            return info
+        info = cls(info.name, info.cluster_cidr, info.service_cidr,
+                   check_cidr(raw["globalCIDR"], f"{where}: globalCIDR"))
+        try:
+            info.layout()
+        except ValueError as exc:
+            raise ClustersetError(f"{where}: globalCIDR: {exc}") from None
+        return info
 
     @property
     def cidrs(self) -> tuple[str, str]:
         return self.cluster_cidr, self.service_cidr
+
+    @property
+    def routed(self) -> tuple[str, ...]:
+        """What the other clusters route to us: our global CIDR, else our own ranges."""
+        return (self.global_cidr,) if self.global_cidr else self.cidrs
+
+    @property
+    def held(self) -> tuple[str, ...]:
+        """Every range we use: no peer's routed range may fall in one of them."""
+        return (*self.cidrs, *((self.global_cidr,) if self.global_cidr else ()))
+
+    def layout(self) -> GlobalLayout:
+        """How our global CIDR maps our ranges (ValueError: it cannot, or there is none)."""
+        if not self.global_cidr:
+            raise ValueError(f"cluster {self.name} has no global CIDR")
+        return layout(self.global_cidr, self.cluster_cidr, self.service_cidr)
 
 
 @dataclass(frozen=True)
@@ -91,16 +123,20 @@ class ClusterPeer:
 
     info: ClusterInfo
     store: str  # where its store is (its agents' --store), read by our active gateway
+    tunnel: str = "vxlan"  # or "sleeve": encrypted, keyed from clusterset/tunnel-keys/<peer>
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.info.to_json(), "store": self.store}
+        return {**self.info.to_json(), "store": self.store, "tunnel": self.tunnel}
 
     @classmethod
     def from_json(cls, raw: Any, where: str = keys.CLUSTERSET_PEERS) -> ClusterPeer:
         store = _field(raw, "store", where)
         if not isinstance(store, str) or not store or "\0" in store:
             raise ClustersetError(f"{where}: store: {store!r} is not a store URL")
-        return cls(ClusterInfo.from_json(raw, where), store)
+        tunnel = raw.get("tunnel", "vxlan")
+        if tunnel not in TUNNELS:
+            raise ClustersetError(f"{where}: tunnel: {tunnel!r} is not one of {', '.join(TUNNELS)}")
+        return cls(ClusterInfo.from_json(raw, where), store, tunnel)
 
     @property
     def name(self) -> str:
@@ -150,30 +186,55 @@ class ActiveGateway:
                    check_address(_field(raw, "underlay", where), f"{where}: underlay"), float(since))
 
 
+def tunnel_secret_from_json(raw: Any, where: str) -> bytes:
+    """The secret two clusters' sleeve keys derive from (`{"secret": base64}`)."""
+    import base64
+    import binascii
+
+    text = _field(raw, "secret", where)
+    try:
+        secret = base64.b64decode(text, validate=True) if isinstance(text, str) else b""
+    except (binascii.Error, ValueError):
+        secret = b""
+    if len(secret) < TUNNEL_SECRET_BYTES:
+        raise ClustersetError(f"{where}: secret: not {TUNNEL_SECRET_BYTES} or more bytes of base64")
+    return secret
+
+
 def overlaps(local: ClusterInfo, others: Iterable[ClusterInfo]) -> list[str]:
-    """Every pair of ranges that collide between `local` and `others`, described."""
+    """Every range one of the two clusters would route to the other that collides with a
+    range the other uses, described (each pair once)."""
     found = []
-    mine = {f"{local.name} {kind}": ipaddress.IPv4Network(cidr)
-            for kind, cidr in (("clusterCIDR", local.cluster_cidr), ("serviceCIDR", local.service_cidr))}
     for other in others:
-        for kind, cidr in (("clusterCIDR", other.cluster_cidr), ("serviceCIDR", other.service_cidr)):
-            theirs = ipaddress.IPv4Network(cidr)
-            for label, net in mine.items():
-                if net.overlaps(theirs):
-                    found.append(f"{label} {net} overlaps {other.name} {kind} {theirs}")
-    return found
+        for to, frm in ((local, other), (other, local)):
+            for routed in frm.routed:
+                theirs = ipaddress.IPv4Network(routed)
+                for label, cidr in _labelled(to):
+                    if theirs.overlaps(ipaddress.IPv4Network(cidr)):
+                        found.append(f"{frm.name} {_label_of(frm, routed)} {theirs} overlaps {to.name} {label} {cidr}")
+    return sorted(set(found))
+
+
+def _labelled(info: ClusterInfo) -> list[tuple[str, str]]:
+    out = [("clusterCIDR", info.cluster_cidr), ("serviceCIDR", info.service_cidr)]
+    return out + ([("globalCIDR", info.global_cidr)] if info.global_cidr else [])
+
+
+def _label_of(info: ClusterInfo, cidr: str) -> str:
+    return next(label for label, value in _labelled(info) if value == cidr)
 
 
 def check_joinable(local: ClusterInfo, remote: ClusterInfo, peers: Iterable[ClusterInfo]) -> None:
-    """Refuse a join that could not route: the same name, or ranges that overlap
-    (each other's, or a peer's the other would have to reach too)."""
+    """Refuse a join that could not route: the same name, or a range one cluster would
+    route toward another that collides with one the other uses (or a peer does: it
+    has to reach the newcomer too)."""
     known = list(peers)
     if remote.name == local.name or any(p.name == remote.name for p in known if p != remote):
         raise ClustersetError(f"cluster {remote.name!r}: the clusterset already has a cluster of that name")
     clashes = overlaps(remote, [local, *(p for p in known if p.name != remote.name)])
     if clashes:
-        raise ClustersetError(
-            "cannot join: " + "; ".join(clashes),
-            "clusters of a set route to each other's pods and services directly, so their ranges must not "
-            "overlap: give one of them other ranges (lab up --cluster-cidr/--service-cidr). Overlapping clusters "
-            "need global addressing (Submariner's Globalnet, `--global-cidr`), which podnet does not offer yet")
+        hint = ("clusters of a set route to each other's ranges, so what one routes must not overlap what another "
+                "uses: give one of them other ranges (lab up --cluster-cidr/--service-cidr), or give each cluster "
+                "whose ranges overlap a global CIDR of its own (podnet cluster init --global-cidr, e.g. "
+                "242.0.0.0/15 and 242.2.0.0/15): the others then reach it on global IPs only")
+        raise ClustersetError("cannot join: " + "; ".join(clashes), hint)

@@ -20,6 +20,7 @@ from podnet.clusterset.model import (
     ClusterPeer,
     ClustersetError,
     GatewayCandidate,
+    tunnel_secret_from_json,
 )
 from podnet.store.base import Store, dumps
 
@@ -37,6 +38,7 @@ class LocalView:
     candidates: dict[str, GatewayCandidate] = field(default_factory=dict)
     active: ActiveGateway | None = None
     active_revision: int = 0
+    secrets: dict[str, bytes] = field(default_factory=dict)  # peer -> its encrypted tunnel's secret
     problems: list[str] = field(default_factory=list)
 
 
@@ -63,6 +65,12 @@ def read_local(store: Store) -> LocalView:
             view.problems.append(f"{entry.key}: names node {candidate.node!r}")
             continue
         view.candidates[candidate.node] = candidate
+    for entry in store.list(keys.CLUSTERSET_TUNNEL_KEYS):
+        try:
+            view.secrets[entry.key[len(keys.CLUSTERSET_TUNNEL_KEYS):]] = tunnel_secret_from_json(entry.json(),
+                                                                                                entry.key)
+        except (ClustersetError, ValueError) as exc:
+            view.problems.append(str(exc))
     view.active, view.active_revision = read_active(store, view.problems)
     return view
 
@@ -112,6 +120,12 @@ def write_self(store: Store, info: ClusterInfo) -> None:
 
 def write_peer(store: Store, peer: ClusterPeer) -> None:
     store.put(keys.clusterset_peer(peer.name), dumps(peer.to_json()))
+
+
+def write_tunnel_secret(store: Store, peer: str, secret: bytes) -> None:
+    import base64
+
+    store.put(keys.clusterset_tunnel_key(peer), dumps({"secret": base64.b64encode(secret).decode()}))
 
 
 def write_candidate(store: Store, candidate: GatewayCandidate) -> None:
