@@ -59,11 +59,17 @@ lint: deps
 	$(VENV)/bin/lint-imports
 
 # Lint failures fail the target too, but pytest still runs (and prints the last lines).
-# --durations: every run names its 30 slowest steps (the suite's budget is 20 minutes).
+# The suite runs on WORKERS pytest-xdist processes, one module per group (tests/conftest.py:
+# a module's labs are built once), then the tests marked `timing` alone.
+# --durations: every run names its slowest steps (the suite's budget is 20 minutes).
+WORKERS ?= 2
 test: deps
 	@lint=0; $(MAKE) --no-print-directory lint || { lint=$$?; echo "lint failed (rc=$$lint); running pytest anyway"; }; \
-	echo "$(VENV)/bin/pytest -q --durations=30"; \
-	$(VENV)/bin/pytest -q --durations=30 || exit $$?; \
+	rc=0; echo "$(VENV)/bin/pytest -q -n $(WORKERS) --dist loadgroup -m 'not timing' --durations=30"; \
+	$(VENV)/bin/pytest -q -n $(WORKERS) --dist loadgroup -m "not timing" --durations=30 || rc=$$?; \
+	echo "$(VENV)/bin/pytest -q -m timing --durations=10   # alone: these hold timings"; \
+	$(VENV)/bin/pytest -q -m timing --durations=10 || rc=$$?; \
+	[ $$rc -eq 0 ] || exit $$rc; \
 	exit $$lint
 
 demo: deps

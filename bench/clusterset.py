@@ -2,7 +2,7 @@
 throughput and request latency against in-cluster, the time from a ServiceExport to a
 name resolvable in the other cluster, and the gateway failover time; one run.
 
-    sudo .venv/bin/python bench/clusterset.py [--seconds 5] [--repeat 3] [--requests 2000] [--global] [--json]
+    sudo .venv/bin/python bench/clusterset.py [--seconds 5] [--repeat 3] [--requests 2000] [--global] [--encrypt] [--json]
 
 Builds a WAN (`podnet wan up`, 100.64.0.0/24) and two 2-node vxlan labs, west (10.244/16,
 services 10.96/16, cluster DNS) and east (10.245/16, 10.97/16), with pods `a` (node0),
@@ -23,6 +23,8 @@ candidates; `podnet cluster join`. Measured, interleaved per round:
 `--global`: east gets west's very ranges, and each a global CIDR (west 242.0.0.0/15,
 east 242.2.0.0/15): the cross-cluster paths go to global IPs, through the gateways'
 prefix NAT and, for the export, east's global-web Service (clusterset/globalnet.py).
+`--encrypt`: the two join with `--encrypt`: the gateways tunnel through the gossip
+fabric's encrypted sleeve (clusterset/sleeve.py) instead of VXLAN.
 Everything is torn down by name (both labs, the WAN), also on Ctrl-C.
 """
 
@@ -94,8 +96,8 @@ def podnet(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 class Clusters:
-    def __init__(self, tag: str, global_cidrs: bool = False) -> None:
-        self.global_cidrs = global_cidrs
+    def __init__(self, tag: str, global_cidrs: bool = False, encrypt: bool = False) -> None:
+        self.global_cidrs, self.encrypt = global_cidrs, encrypt
         self.names = {"west": f"w{tag}", "east": f"e{tag}"}
         self.wan = f"b{tag}"
         self.work = Path(tempfile.mkdtemp(prefix="pn-bench-cs-"))
@@ -119,7 +121,8 @@ class Clusters:
         if self.global_cidrs:
             for role, name in self.names.items():
                 podnet("cluster", "init", "--lab", name, "--global-cidr", GLOBAL[role])
-        podnet("cluster", "join", self.names["east"], "--peer-lab", self.names["east"], "--lab", self.names["west"])
+        podnet("cluster", "join", self.names["east"], "--peer-lab", self.names["east"], "--lab", self.names["west"],
+               *(("--encrypt",) if self.encrypt else ()))
         from podnet.lab.state import state_file
 
         self.state = {role: json.loads(state_file(name).read_text()) for role, name in self.names.items()}
@@ -218,7 +221,7 @@ def failover(cs: Clusters) -> dict:
 def bench(args: argparse.Namespace) -> dict:
     import secrets
 
-    cs, iperf = Clusters(secrets.token_hex(2), args.global_cidrs), Iperf()
+    cs, iperf = Clusters(secrets.token_hex(2), args.global_cidrs, args.encrypt), Iperf()
     problems: list[str] = []
     outcome: dict = {}
     try:
@@ -244,7 +247,8 @@ def bench(args: argparse.Namespace) -> dict:
         gbps = {k: statistics.median(run["gbps"] for run in v) for k, v in runs.items()}
         quant = {k: {q: round(percentile(v, p), 3) for q, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))}
                  for k, v in lat.items()}
-        outcome = {"global": args.global_cidrs, "seconds": args.seconds, "repeat": args.repeat, "requests": args.requests, "machine": machine(),
+        outcome = {"global": args.global_cidrs, "encrypt": args.encrypt, "seconds": args.seconds,
+                   "repeat": args.repeat, "requests": args.requests, "machine": machine(),
                    "throughput_gbps": {k: [round(run["gbps"], 3) for run in v] for k, v in runs.items()},
                    "median_gbps": {k: round(v, 3) for k, v in gbps.items()},
                    "throughput_ratio": round(gbps["cross-cluster"] / gbps["in-cluster"], 3),
@@ -263,7 +267,8 @@ def render(outcome: dict) -> None:
     from rich.table import Table
 
     con = console()
-    how = " on global IPs (both clusters on the same ranges)" if outcome.get("global") else ""
+    how = (" on global IPs (both clusters on the same ranges)" if outcome.get("global") else "") + (
+        ", encrypted tunnel" if outcome.get("encrypt") else "")
     table = Table(title=f"west b -> in-cluster (west a) and cross-cluster (east b{how}), {outcome['repeat']} rounds")
     for col in ("path", "iperf3 Gbit/s (median)", "runs", "p50 ms", "p90 ms", "p99 ms"):
         table.add_column(col, justify="left" if col == "path" else "right")
@@ -288,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="round trips per latency run (default 2000)")
     parser.add_argument("--global", dest="global_cidrs", action="store_true",
                         help="both clusters on the same ranges, reached on global IPs")
+    parser.add_argument("--encrypt", action="store_true", help="join with --encrypt (the sleeve, not VXLAN)")
     parser.add_argument("--json", action="store_true", help="print machine-readable results only")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.repeat < 1 or args.requests < 10:
