@@ -28,6 +28,11 @@ from podnet.fabric.sleeve.tun import TunOptions
 
 log = logging.getLogger("podnet.clusterset")
 
+# The gateway forwards other nodes' pods, whose GSO packets reach 64 KiB: a TUN that took
+# less would have each cut in software and read one MTU-sized packet at a time (measured:
+# 0.2-0.35 Gbit/s); at 64 KiB a sealed message goes out in two UDP GSO sends instead of one.
+FORWARDED_GSO = 65536
+
 
 def sleeve_peers(me: str, plan: SleevePlan, secrets: Mapping[str, bytes],
                  problems: list[str]) -> dict[str, PeerRoute]:
@@ -63,7 +68,7 @@ class ClustersetSleeve:
             self.stop()
         if self.sleeve is None:
             self.sleeve = Sleeve(SLEEVE_DEVICE, listen, peers, local=me, routes=routes,
-                                 options=TunOptions(mtu=underlay_mtu - SLEEVE_OVERHEAD))
+                                 options=TunOptions(mtu=underlay_mtu - SLEEVE_OVERHEAD, gso_max_size=FORWARDED_GSO))
             self.sleeve.start()
             self._listen = listen
             log.info("clusterset: encrypted tunnel %s up on %s:%d", SLEEVE_DEVICE, *listen)

@@ -50,6 +50,10 @@ class TunOptions:
     queues: int = 1
     offload: bool = True  # vnet header + TSO/USO: GSO super-packets
     mtu: int = DEFAULT_MTU
+    # GSO_MAX_SIZE: a sealed super-packet goes out in one UDP GSO send. Forwarded
+    # traffic from pods that are not capped (64 KiB GSO) would be cut in software at
+    # that limit, so a TUN carrying it takes 64 KiB and sends such a message in two.
+    gso_max_size: int = GSO_MAX_SIZE
 
 
 DEFAULT_OPTIONS = TunOptions()
@@ -110,7 +114,7 @@ def set_up(name: str, addresses: list[str], options: TunOptions = DEFAULT_OPTION
     """MTU, GSO limit, addresses and link up, in the current namespace."""
     _ip("link", "set", "dev", name, "mtu", str(options.mtu))
     if options.offload:
-        _ip("link", "set", "dev", name, "gso_max_size", str(GSO_MAX_SIZE))
+        _ip("link", "set", "dev", name, "gso_max_size", str(options.gso_max_size))
     for address in addresses:
         _ip("address", "replace", address, "dev", name)
     _ip("link", "set", "dev", name, "up")
