@@ -15,7 +15,6 @@ from cniharness import Agent, Cni, bridge_config, needs_root  # noqa: E402
 from podnet.install.cni import install_cni  # noqa: E402
 from podnet.lab.sandbox import Sandbox  # noqa: E402
 
-
 # `make test` runs the suite on two pytest-xdist workers (--dist loadgroup), one module
 # per group so a module's labs are built once, on one worker. Modules that must not run
 # beside each other share a group; modules whose assertions hold a timing (TTL windows,

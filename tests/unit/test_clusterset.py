@@ -264,3 +264,25 @@ def test_an_encrypted_peer_is_routed_into_the_sleeve_with_keys_from_the_pairs_se
     assert tunnel_secret_from_json({"secret": base64.b64encode(secret).decode()}, "k") == secret
     with pytest.raises(ClustersetError, match="k: secret: not 32 or more bytes of base64"):
         tunnel_secret_from_json({"secret": "c2hvcnQ="}, "k")
+
+
+def test_a_gossip_lab_cannot_join_a_clusterset(tmp_path, monkeypatch, capsys) -> None:
+    """Its nodes keep a store each: the clusterset's records would reach one node only."""
+    import json
+
+    from podnet.cli import main
+    from podnet.lab import state as lab_state
+    from podnet.store import open_store
+
+    monkeypatch.setattr(lab_state, "RUN_DIR", tmp_path)
+    (tmp_path / "lab-g.json").write_text(json.dumps({"name": "g", "fabric": "gossip", "cluster_cidr": "10.246.0.0/16",
+                                                     "service_cidr": "10.98.0.0/16",
+                                                     "store_url": str(tmp_path / "g.db")}))
+    ours = tmp_path / "ours.db"
+    open_store(str(ours)).close()
+    assert main(["cluster", "init", "west", "--cluster-cidr", "10.244.0.0/16", "--service-cidr", "10.96.0.0/16",
+                 "--store", str(ours)]) == 0
+    assert main(["cluster", "join", "g", "--peer-lab", "g", "--store", str(ours)]) != 0
+    err = capsys.readouterr().err
+    assert "lab g runs the gossip fabric: its nodes share no store" in err and "vxlan, host-gw, bgp" in err
+    assert main(["cluster", "init", "--lab", "g", "--store", str(ours)]) != 0

@@ -107,6 +107,7 @@ def _lab_info(lab: str):  # noqa: ANN202 - ClusterInfo
     from podnet.lab.state import LabState
 
     data = LabState.load(lab).data
+    _check_shared_store(lab, data)
     return ClusterInfo.from_json({"name": lab, "clusterCIDR": data.get("cluster_cidr"),
                                   "serviceCIDR": data.get("service_cidr")}, f"lab {lab}")
 
@@ -135,6 +136,8 @@ def _cmd_join(args: argparse.Namespace) -> int:
 
     try:
         here = target(args)
+        if here.lab:
+            _check_shared_store(here.lab, _lab_data(here.lab))
         local_url = args.advertise or store_location(here)
         remote_url = args.endpoint or _lab_store(args.peer_lab)
         with open_cluster_store(args) as store, open_store(remote_url, create=False) as remote:
@@ -161,10 +164,27 @@ def _cmd_join(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lab_data(lab: str) -> dict:
+    from podnet.lab.state import LabState
+
+    return LabState.load(lab).data
+
+
+def _check_shared_store(lab: str, data: dict) -> None:
+    """A clusterset's records are read by every node from its cluster's store: a gossip
+    lab has none (each node keeps its own, as Weave's peers do)."""
+    if data.get("fabric") == "gossip":
+        raise PodnetError(f"lab {lab} runs the gossip fabric: its nodes share no store, so they cannot all read "
+                          "the clusterset's records", "a cluster of a clusterset runs a fabric with a cluster store "
+                          "(vxlan, host-gw, bgp)")
+
+
 def _lab_store(lab: str) -> str:
     from podnet.lab.state import LabState
 
-    url = LabState.load(lab).data.get("store_url")
+    data = LabState.load(lab).data
+    _check_shared_store(lab, data)
+    url = data.get("store_url")
     if not url:
         raise PodnetError(f"lab {lab!r} has no cluster store yet", "is it up? podnet lab status")
     return str(url)
