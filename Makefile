@@ -59,16 +59,16 @@ lint: deps
 	$(VENV)/bin/lint-imports
 
 # Lint failures fail the target too, but pytest still runs (and prints the last lines).
-# The suite runs on WORKERS pytest-xdist processes, one module per group (tests/conftest.py:
-# a module's labs are built once), then the tests marked `timing` alone.
+# The suite runs on WORKERS pytest-xdist processes, a module at a time per worker (a module's
+# labs are built once), then the modules marked `alone` by tests/conftest.py, alone.
 # --durations: every run names its slowest steps (the suite's budget is 20 minutes).
 WORKERS ?= 2
 test: deps
 	@lint=0; $(MAKE) --no-print-directory lint || { lint=$$?; echo "lint failed (rc=$$lint); running pytest anyway"; }; \
-	rc=0; echo "$(VENV)/bin/pytest -q -n $(WORKERS) --dist loadgroup -m 'not timing' --durations=30"; \
-	$(VENV)/bin/pytest -q -n $(WORKERS) --dist loadgroup -m "not timing" --durations=30 || rc=$$?; \
-	echo "$(VENV)/bin/pytest -q -m timing --durations=10   # alone: these hold timings"; \
-	$(VENV)/bin/pytest -q -m timing --durations=10 || rc=$$?; \
+	rc=0; echo "$(VENV)/bin/pytest -q -n $(WORKERS) --dist loadfile -m 'not alone' --durations=30"; \
+	$(VENV)/bin/pytest -q -n $(WORKERS) --dist loadfile -m "not alone" --durations=30 || rc=$$?; \
+	echo "$(VENV)/bin/pytest -q -m alone --durations=10"; \
+	$(VENV)/bin/pytest -q -m alone --durations=10 || rc=$$?; \
 	[ $$rc -eq 0 ] || exit $$rc; \
 	exit $$lint
 

@@ -15,30 +15,22 @@ from cniharness import Agent, Cni, bridge_config, needs_root  # noqa: E402
 from podnet.install.cni import install_cni  # noqa: E402
 from podnet.lab.sandbox import Sandbox  # noqa: E402
 
-# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup), one module
-# per group so a module's labs are built once, on one worker. Modules that must not run
-# beside each other share a group; modules whose assertions hold a timing (TTL windows,
-# latency thresholds) are marked `timing` and run alone, after the parallel part.
-SHARED_GROUPS = {
-    # each asserts on every pnc-* namespace of the machine, which the others create
-    "pnc": ("ns/test_container_errors.py", "ns/test_container_lifecycle.py", "ns/test_container_multinet_ns.py",
-            "ns/test_container_network.py", "ns/test_agent_socket.py", "ns/test_network_vlan_ns.py",
-            "ns/test_demo.py"),
-    "podman": ("e2e/test_podman_podnet.py", "e2e/test_podman_reference.py"),  # one busybox import
-}
-TIMING = ("unit/test_store_etcd.py", "ns/test_lab_reliability.py", "ns/test_dns_agent.py", "unit/test_dns_server.py",
-          "unit/test_dns_service.py", "unit/test_gossip_peers.py", "ns/test_mesh_lab.py", "ns/test_mesh_log_sink.py")
-_GROUP_OF = {module: group for group, modules in SHARED_GROUPS.items() for module in modules}
+# `make test` runs the suite on two pytest-xdist workers, one module at a time per worker
+# (--dist loadfile: a module's labs are built once). The modules here run alone
+# afterwards (`-m alone`): their assertions hold a timing (TTL windows, latency
+# thresholds, a capture's window) that another worker's load could break, or look at
+# every pnc-* namespace of the machine, which other modules' containers create.
+ALONE = (
+    "unit/test_store_etcd.py", "ns/test_lab_reliability.py", "ns/test_dns_agent.py", "unit/test_dns_server.py",
+    "unit/test_dns_service.py", "unit/test_gossip_peers.py", "ns/test_mesh_lab.py", "ns/test_mesh_log_sink.py",
+    "ns/test_sleeve_ns.py", "ns/test_network_vlan_ns.py", "ns/test_demo.py",
+)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups and `-m` deselects
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        module = item.nodeid.split("::")[0].removeprefix("tests/")
-        if module in TIMING:
-            item.add_marker(pytest.mark.timing)
-        if not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(_GROUP_OF.get(module, module)))
+        if item.nodeid.split("::")[0].removeprefix("tests/") in ALONE:
+            item.add_marker(pytest.mark.alone)
 
 
 @pytest.fixture(scope="session")
