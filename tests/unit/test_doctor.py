@@ -37,7 +37,7 @@ def test_an_underlay_changed_since_start_and_own_devices_off_the_pod_mtu_are_nam
         "underlay eth0 has MTU 1400, the agent sized the pod network (1450) for 1500", "pnvx0 has MTU 1400, the pod "
         "network's is 1450"]
     assert "dropped" in found[0].problem and not any(f.fixable for f in found)
-    assert "restart the node's agent" in found[0].fix and "re-create the pods" in found[0].fix
+    assert "follows the underlay within a pass" in found[0].fix and "podnet status" in found[0].fix
     assert link_mtu_findings({"eth0": 1500}, "eth0", 1500, 1500, ["pncl0"]) == []  # a device not there: no claim
 
 

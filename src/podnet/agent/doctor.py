@@ -67,8 +67,9 @@ def link_mtu_findings(mtus: Mapping[str, int], underlay: str, sized_for: int, po
         out.append(Finding("mtu", f"underlay {underlay} has MTU {now}, the agent sized the pod network ({pod_mtu}) "
                                   f"for {sized_for}: " + ("big packets are dropped on the wire" if now < sized_for
                                                           else "pods use less than the wire carries"),
-                           "restart the node's agent (it sizes the pod network from the underlay at start), "
-                           "then re-create the pods"))
+                           "the node's agent follows the underlay within a pass (agent/mtu_follow.py): if this "
+                           "stays, its agent is not running the node loop; `podnet status` names pods it could "
+                           "not resize"))
     for name in own:
         mtu = mtus.get(name)
         if mtu is not None and mtu != pod_mtu:

@@ -33,7 +33,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from podnet import fileio, keys
-from podnet.agent import doctor, node_blocks
+from podnet.agent import doctor, mtu_follow, node_blocks
 from podnet.agent.metrics import AgentMetrics
 from podnet.agent.node_conflist import BRIDGE, render_conflist, to_macvlan
 from podnet.agent.service_thread import ServiceThread
@@ -79,6 +79,7 @@ class NodeService:
         self._loop = ServiceThread("podnet-node", self._run, join_timeout=WATCH_TIMEOUT + 10)
         self._repair_now = threading.Event()
         self.passes = 0  # converge passes done (a repair asked for waits for the next)
+        self.mtu_changes: list[Any] = []  # agent/mtu_follow.MtuChange, the last few
         self.long_ops = ("node.doctor",)  # --fix waits for a repair pass
         self._ipr: IPRoute | None = None
         # the agent's registry; a private one for fakes of the agent (unit tests)
@@ -143,10 +144,11 @@ class NodeService:
                 for p in sorted(self.peers.values(), key=lambda p: p.name)
             ]
             mtu = self.fabric.mtu(self.ctx.underlay_mtu) if self.fabric and self.ctx else None
+            changes = [c.to_json() for c in self.mtu_changes]
         refused = [{"name": p["name"], "block": p["block"], "reason": p["state"].removeprefix(REFUSED)}
                    for p in peers if p["state"].startswith(REFUSED)]
         return {"node": opts.node, "block": own.block if own else None, "blocks": list(self.blocks),
-                "fabric": opts.fabric, "peers": peers, "refused": refused, "mtu": mtu}
+                "fabric": opts.fabric, "peers": peers, "refused": refused, "mtu": mtu, "mtu_changes": changes}
 
     # -- the loop
 
@@ -174,6 +176,8 @@ class NodeService:
                     dirty, next_repair = False, now + REPAIR_SECONDS
                     with self._lock:
                         self.passes += 1
+                if self.ctx is not None:
+                    mtu_follow.follow(self)
                 wait = max(0.05, min(WATCH_TIMEOUT, next_renew - time.monotonic(), next_repair - time.monotonic()))
                 try:
                     seen = self._store().watch("", revision, wait)

@@ -93,6 +93,11 @@ def _node(name: str, lease: Mapping[str, Any] | None, agent: Mapping[str, Any] |
                agent_blocks=list(answer.get("blocks") or ([answer["block"]] if answer.get("block") else [])),
                peers_ok=sum(1 for p in peers if p.get("state") == "ok"), peers=len(peers),
                refused=[dict(r) for r in answer.get("refused") or ()])
+    row["mtu_changes"] = [dict(c) for c in answer.get("mtu_changes") or ()]
+    if row["mtu_changes"] and row["mtu_changes"][-1].get("failed"):
+        last = row["mtu_changes"][-1]
+        degraded.append(f"node {name}: the underlay's MTU went to {last['underlay'][1]}, and "
+                        f"{len(last['failed'])} pod interface(s) kept the old MTU: {'; '.join(last['failed'])}")
     if lease is None and store_ok:
         degraded.append(f"node {name}: agent answers but has no lease in the store")
     degraded += [f"node {name}: peer {r.get('name')} ({r.get('block')}) refused: {r.get('reason')}"
