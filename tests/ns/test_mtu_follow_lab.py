@@ -3,7 +3,8 @@
 Each lab: two nodes, a pod on each. Its whole underlay (every node's eth0, every port of
 the rack's bridge namespace and the bridge) goes from 1500 to 9000, then to 1400. Within
 a few seconds every pod's interface has the fabric's MTU for it (vxlan 50 less, gossip
-80: its sleeve's room; host-gw, bgp and macvlan the underlay's), the
+80: its sleeve's room, and an encrypted gossip lab's sleeve TUN too; host-gw, bgp and
+macvlan the underlay's), the
 largest UDP datagram that fits (don't-fragment) crosses to the other node's pod and is
 answered, and one byte more is refused at the sender with "message too long" (the
 kernel's fragmentation-needed answer), never black-holed. `podnet status` records the
@@ -27,7 +28,10 @@ UDP_80 = [{"port": 80, "protocol": "UDP", "name": "echo"}]
 TOPOLOGY = {"nodes": [{"name": "node0"}, {"name": "node1"}],
             "pods": [{"name": "a", "namespace": "default", "node": "node0", "ports": UDP_80},
                      {"name": "b", "namespace": "default", "node": "node1", "ports": UDP_80}]}
-OVERHEAD = {"vxlan": 50, "host-gw": 0, "bgp": 0, "gossip": 80, "macvlan": 0}
+# lab -> (the room its encapsulation takes, `lab up` flags); gossip's is its sleeve's
+LABS = {"vxlan": (50, ("--fabric", "vxlan")), "host-gw": (0, ("--fabric", "host-gw")),
+        "bgp": (0, ("--fabric", "bgp")), "gossip": (80, ("--fabric", "gossip")),
+        "gossip-encrypted": (80, ("--fabric", "gossip", "--encrypt")), "macvlan": (0, ("--fabric", "macvlan"))}
 
 # A don't-fragment UDP datagram of N payload bytes to the lab echo (UDP 80): "answered",
 # "too long" (EMSGSIZE: the sender's interface refuses it), or "lost".
@@ -45,11 +49,11 @@ except OSError as exc:
 """
 
 
-@pytest.fixture(scope="module", params=sorted(OVERHEAD))
+@pytest.fixture(scope="module", params=sorted(LABS))
 def lab(request, tmp_path_factory) -> Iterator[dict]:
-    with topology_lab("m", TOPOLOGY, tmp_path_factory.mktemp("mtu"), "--fabric", request.param,
+    with topology_lab("m", TOPOLOGY, tmp_path_factory.mktemp("mtu"), *LABS[request.param][1],
                       "--no-cluster-dns") as built:
-        built["fabric"] = request.param
+        built["kind"] = request.param
         yield built
 
 
@@ -84,10 +88,14 @@ def df_send(lab: dict, size: int) -> str:
 
 @pytest.mark.parametrize("underlay", [9000, 1400])
 def test_pods_follow_the_underlays_mtu(lab: dict, underlay: int) -> None:
-    want = underlay - OVERHEAD[lab["fabric"]]
+    want = underlay - LABS[lab["kind"]][0]
     set_underlay(lab, underlay)
     wait_until(lambda: pod_mtu(lab, "a") == want and pod_mtu(lab, "b") == want, f"every pod at MTU {want}",
                timeout=15)
+    if lab["kind"] == "gossip-encrypted":  # every pod packet crosses the sleeve's TUN: it follows too
+        tuns = [node["netns"] for node in lab["nodes"].values()]
+        wait_until(lambda: all(netns_run(n, "cat", "/sys/class/net/pnsl0/mtu").strip() == str(want) for n in tuns),
+                   f"every sleeve TUN at MTU {want}", timeout=15)
     largest = want - 28  # IPv4 and UDP headers
     assert wait_until(lambda: df_send(lab, largest) == "answered", "the largest datagram answered", timeout=10)
     assert df_send(lab, largest + 1) == "too long"

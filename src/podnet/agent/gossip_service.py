@@ -233,6 +233,8 @@ class GossipService:
 
         if self.sleeve is None:
             self.sleeve = GossipSleeve(own.name, self._fabric_mtu())
+        else:
+            self.sleeve.follow_mtu(self._fabric_mtu())
         secrets = {p: secret for p, first in hops.items() if first == p
                    and (secret := self.peer.session_secret(p)) is not None} if self._secured else None
         return self.sleeve.sync(hops, secrets, leases, cluster_leases.list_claims(self._store()), own.block,

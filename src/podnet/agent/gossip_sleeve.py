@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from podnet.fabric.gossip import SLEEVE_DEVICE as DEVICE
 from podnet.fabric.sleeve.crypto import derive_sleeve_keys
 from podnet.fabric.sleeve.datapath import PORT, PeerRoute, Sleeve
-from podnet.fabric.sleeve.tun import TunOptions
+from podnet.fabric.sleeve.tun import TunOptions, set_mtu
 from podnet.model.cluster import NodeLease
 
 log = logging.getLogger("podnet.gossip")
@@ -94,6 +94,16 @@ class GossipSleeve:
             log.info("gossip %s: the sleeve carries %s", self.name, ", ".join(sorted(carried)) or "no peer")
         self.carried = carried
         return carried
+
+    def follow_mtu(self, mtu: int) -> None:
+        """The pod network's MTU changed (agent/mtu_follow.py re-rendered the conflist):
+        the TUN follows, so pods' packets of the new size pass it."""
+        if mtu == self.mtu:
+            return
+        if self.sleeve is not None:
+            set_mtu(DEVICE, mtu)
+        log.info("gossip %s: sleeve %s MTU %d -> %d", self.name, DEVICE, self.mtu, mtu)
+        self.mtu = mtu
 
     def stats(self) -> dict[str, int]:
         return self.sleeve.stats() if self.sleeve is not None else {}

@@ -110,6 +110,11 @@ def _ip(*args: str) -> None:
         raise TunError(f"ip {' '.join(args)}: {out.stderr.strip()}")
 
 
+def set_mtu(name: str, mtu: int) -> None:
+    """A running TUN's MTU changed (the underlay's did), in the current namespace."""
+    _ip("link", "set", "dev", name, "mtu", str(mtu))
+
+
 def set_up(name: str, addresses: list[str], options: TunOptions = DEFAULT_OPTIONS) -> None:
     """MTU, GSO limit, addresses and link up, in the current namespace."""
     _ip("link", "set", "dev", name, "mtu", str(options.mtu))
