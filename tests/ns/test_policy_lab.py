@@ -399,4 +399,5 @@ def test_host_endpoints_plain_host_and_node(lab):
     finally:
         stop_process(listener)
         lab.delete(objects)
+        call(f"/run/podnet/lab-{lab.name}-h-vm1.sock", "policy.sync")  # the host's enforcer, as after apply
     assert tcp_from(lab, "x/a", vm, 80) == "vm1"
