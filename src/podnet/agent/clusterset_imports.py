@@ -73,14 +73,15 @@ class _Named:
     key: str
 
 
-def _labelled(store: Store, prefix: str) -> dict[str, Mapping]:
+def _labelled(store: Store, prefix: str, label: str = SERVICE_NAME_LABEL) -> dict[str, Mapping]:
+    """The objects under `prefix` carrying `label`: the ones this controller owns."""
     out = {}
     for entry in store.list(prefix):
         try:
             doc = entry.json()
         except ValueError:
             continue
-        if SERVICE_NAME_LABEL in ((doc.get("metadata") or {}).get("labels") or {}):
+        if label in ((doc.get("metadata") or {}).get("labels") or {}):
             out[entry.key] = doc
     return out
 
@@ -152,14 +153,7 @@ def sync_global_services(store: Store, me: ClusterInfo, exported: Iterable[Expor
                                 "ClusterIP, and a name short enough for global-<name>)")
             else:
                 want.append(svc)
-    have = {}
-    for entry in store.list(keys.SERVICES):
-        try:
-            labels = (entry.json().get("metadata") or {}).get("labels") or {}
-        except ValueError:
-            continue
-        if GLOBAL_FOR_LABEL in labels:
-            have[entry.key] = entry
+    have = _labelled(store, keys.SERVICES, GLOBAL_FOR_LABEL)
     changed: list[str] = []
     for svc in want:
         if store.get(svc.key) is not None and svc.key not in have:

@@ -41,7 +41,7 @@ from podnet import keys
 from podnet.agent.mesh_sidecar import Sidecar
 from podnet.agent.service_thread import NodeLoopService, ServiceThread
 from podnet.errors import PodnetError
-from podnet.model.endpoint import EndpointRecord
+from podnet.model.endpoint import decode_entries
 from podnet.store import RevisionCompacted, Store
 from podnet.store.base import dumps
 
@@ -324,12 +324,8 @@ def _namespace_labels(store: Store) -> dict[str, dict[str, str]]:
 def _local_netns(store: Store, node: str) -> dict[str, str]:
     """pod address -> the network namespace its endpoint record on `node` names."""
     out = {}
-    for entry in store.list(keys.ENDPOINTS):
-        try:
-            record = EndpointRecord.decode(entry.value, entry.key)
-        except (PodnetError, ValueError):
-            continue
-        if record.node != node or record.pending or not record.netns:
+    for record in decode_entries(store.list(keys.ENDPOINTS)):
+        if not record.local_to(node):
             continue
         for ip in record.ips:
             try:

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from podnet import keys
-from podnet.errors import PodnetError
-from podnet.model.endpoint import EndpointRecord
+from podnet.kernel import links
+from podnet.model.endpoint import EndpointRecord, decode_entries
 
 if TYPE_CHECKING:
     from podnet.agent.node_service import NodeService
@@ -53,20 +53,19 @@ class MtuChange:
 
 
 def underlay_mtu(ipr: Any, ifname: str) -> int | None:  # noqa: ANN401 - pyroute2 IPRoute
-    found = ipr.link_lookup(ifname=ifname)
-    return int(ipr.get_links(found[0])[0].get("IFLA_MTU") or 0) or None if found else None
+    index = links.link_index(ipr, ifname)
+    return int(links.link_attr(ipr, index, "IFLA_MTU") or 0) or None if index is not None else None
 
 
 def pod_interfaces(records: Iterable[EndpointRecord], node: str) -> list[tuple[tuple[str, ...], str, str]]:
     """(host links, netns path, interface) of each ready pod of `node` (pure)."""
     out = []
     for record in records:
-        if record.node != node or record.pending or not record.netns:
+        if not record.local_to(node):
             continue
-        inside = [i.get("name") for i in record.result.get("interfaces") or []
-                  if i.get("sandbox") and i.get("name")]
-        for name in inside or []:
-            out.append((tuple(record.host_links), record.netns, str(name)))
+        for interface in record.result.get("interfaces") or []:
+            if interface.get("sandbox") and interface.get("name"):
+                out.append((tuple(record.host_links), record.netns, str(interface["name"])))
     return out
 
 
@@ -80,9 +79,7 @@ def resize_pods(ipr: Any, pods: list[tuple[tuple[str, ...], str, str]], mtu: int
         what = f"{path} {name}"
         try:
             for link in host_links:
-                found = ipr.link_lookup(ifname=link)
-                if found:
-                    ipr.link("set", index=found[0], mtu=mtu)
+                _set_mtu(ipr, link, mtu)
             if not os.path.exists(path):
                 continue  # the pod is going: its DEL is on the way
             fd = netns.open_netns(path)
@@ -96,13 +93,17 @@ def resize_pods(ipr: Any, pods: list[tuple[tuple[str, ...], str, str]], mtu: int
             change.failed.append(f"{what}: {getattr(exc, 'msg', None) or exc}")
 
 
+def _set_mtu(ipr: Any, name: str, mtu: int) -> None:  # noqa: ANN401 - pyroute2 IPRoute
+    index = links.link_index(ipr, name)
+    if index is not None:
+        ipr.link("set", index=index, mtu=mtu)
+
+
 def _set_mtu_here(name: str, mtu: int) -> None:
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:  # opened inside the pod's namespace (this thread entered it)
-        found = ipr.link_lookup(ifname=name)
-        if found:
-            ipr.link("set", index=found[0], mtu=mtu)
+        _set_mtu(ipr, name, mtu)
 
 
 def new_change(before: int, after: int, pods_before: int, pods_after: int) -> MtuChange:
@@ -120,12 +121,7 @@ def follow(node: NodeService) -> None:
         return
     pods = node.fabric.mtu(now)
     change = new_change(before, now, node.fabric.mtu(before), pods)
-    records = []
-    for entry in node._store().list(keys.ENDPOINTS):
-        try:
-            records.append(EndpointRecord.decode(entry.value, entry.key))
-        except (PodnetError, ValueError):
-            continue
+    records = decode_entries(node._store().list(keys.ENDPOINTS))
     resize_pods(ipr, pod_interfaces(records, node.options.node), pods, change)
     with node._lock:
         node.ctx = replace(node.ctx, underlay_mtu=now)

@@ -12,7 +12,7 @@ At the gateway in charge the pods' addresses are translated by prefix (nft's
 `snat/dnat ip prefix to`, stateful) on the tunnel device: out of the cluster a pod's
 source becomes its global IP, into the cluster a pod's global IP becomes the pod. An
 exported Service's global IP is an external IP of a `global-<name>` Service the gateway
-keeps next to it (agent/clusterset_globals.py): the node's service table balances it
+keeps next to it (agent/clusterset_imports.py `sync_global_services`): the node's service table balances it
 as any external IP, so there is no second DNAT to chain.
 
 So G must hold each range in its half: a /16 of pods and a /16 of services need a /15.

@@ -83,17 +83,16 @@ class ClusterInfo:
 
     @classmethod
     def from_json(cls, raw: Any, where: str = keys.CLUSTERSET_SELF) -> ClusterInfo:
-        info = cls(check_name(_field(raw, "name", where), f"{where}: name"),
-                   check_cidr(_field(raw, "clusterCIDR", where), f"{where}: clusterCIDR"),
-                   check_cidr(_field(raw, "serviceCIDR", where), f"{where}: serviceCIDR"))
-        if raw.get("globalCIDR") is None:
-            return info
-        info = cls(info.name, info.cluster_cidr, info.service_cidr,
-                   check_cidr(raw["globalCIDR"], f"{where}: globalCIDR"))
-        try:
-            info.layout()
-        except ValueError as exc:
-            raise ClustersetError(f"{where}: globalCIDR: {exc}") from None
+        name = check_name(_field(raw, "name", where), f"{where}: name")
+        cluster = check_cidr(_field(raw, "clusterCIDR", where), f"{where}: clusterCIDR")
+        service = check_cidr(_field(raw, "serviceCIDR", where), f"{where}: serviceCIDR")
+        found = raw.get("globalCIDR")
+        info = cls(name, cluster, service, None if found is None else check_cidr(found, f"{where}: globalCIDR"))
+        if info.global_cidr:
+            try:
+                info.layout()
+            except ValueError as exc:
+                raise ClustersetError(f"{where}: globalCIDR: {exc}") from None
         return info
 
     @property
@@ -104,11 +103,6 @@ class ClusterInfo:
     def routed(self) -> tuple[str, ...]:
         """What the other clusters route to us: our global CIDR, else our own ranges."""
         return (self.global_cidr,) if self.global_cidr else self.cidrs
-
-    @property
-    def held(self) -> tuple[str, ...]:
-        """Every range we use: no peer's routed range may fall in one of them."""
-        return (*self.cidrs, *((self.global_cidr,) if self.global_cidr else ()))
 
     def layout(self) -> GlobalLayout:
         """How our global CIDR maps our ranges (ValueError: it cannot, or there is none)."""

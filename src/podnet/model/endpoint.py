@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from podnet.errors import PodnetError
 from podnet.model.base import Fields, parse_json
 from podnet.naming import is_ifname
 
@@ -53,6 +54,10 @@ class EndpointRecord:
     @property
     def pending(self) -> bool:
         return self.state == PENDING
+
+    def local_to(self, node: str) -> bool:
+        """A ready pod of `node` with a namespace to reach it in."""
+        return self.node == node and not self.pending and bool(self.netns)
 
     def ready(self, ips: tuple[str, ...], host_links: tuple[str, ...], nat: bool,
               result: Mapping[str, Any]) -> EndpointRecord:
@@ -112,3 +117,15 @@ class EndpointRecord:
     @classmethod
     def decode(cls, text: str, what: str = "endpoint record") -> EndpointRecord:
         return cls.from_json(parse_json(text, what), what)
+
+
+def decode_entries(entries: Iterable[Any]) -> list[EndpointRecord]:
+    """The records among store entries of `endpoints/` (key, value); one that does not
+    decode is skipped (`podnet doctor` names such records)."""
+    out = []
+    for entry in entries:
+        try:
+            out.append(EndpointRecord.decode(entry.value, entry.key))
+        except (PodnetError, ValueError):
+            continue
+    return out
