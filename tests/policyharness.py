@@ -44,8 +44,9 @@ class Lab:
         for proc in self.started:
             stop_process(proc, 10)
 
-    def ip(self, pod: str) -> str:
-        return self.data["pods"][pod]["ips"][0].split("/")[0]
+    def ip(self, pod: str, family: int = 4) -> str:
+        """The pod's address of IP `family` (a dual-stack lab's pods have both)."""
+        return next(ip.split("/")[0] for ip in self.data["pods"][pod]["ips"] if (":" in ip) == (family == 6))
 
     def sync(self) -> None:
         """Every agent converges now; then the nodes forget earlier flows, as upstream
@@ -73,17 +74,19 @@ class Lab:
         object_store.delete(self.store, objects)
         self.sync()
 
-    def probe(self) -> dict[tuple[int, str], dict[str, dict[str, bool]]]:
+    def probe(self, family: int = 4) -> dict[tuple[int, str], dict[str, dict[str, bool]]]:
         out = subprocess.run([sys.executable, "-m", "podnet.cli", "probe", "--name", self.name, "-o", "json",
-                              "--timeout", "0.6"], capture_output=True, text=True, timeout=60, check=False)
+                              "--timeout", "0.6", "--family", str(family)],
+                             capture_output=True, text=True, timeout=60, check=False)
         assert out.returncode == 0, out.stderr
         raw = json.loads(out.stdout)
         return {(int(k.split("/")[0]), k.split("/")[1].upper()): v for k, v in raw.items()}
 
-    def expected(self) -> dict[tuple[int, str], dict[str, dict[str, bool]]]:
+    def expected(self, family: int = 4) -> dict[tuple[int, str], dict[str, dict[str, bool]]]:
+        """The reference's verdict of every cell, for the pods' addresses of `family`."""
         world, _rev = load_world(self.store)
-        eps = {f"{e.namespace}/{e.name}": e for e in world.endpoints if e.kind == "pod"}
-        return {(port, proto): {s: {d: decide(world, eps[s], eps[d], port, proto).allowed for d in PODS}
+        at = {pod: self.ip(pod, family) for pod in PODS}
+        return {(port, proto): {s: {d: decide(world, at[s], at[d], port, proto).allowed for d in PODS}
                                 for s in PODS} for port, proto in CELLS}
 
 
@@ -94,14 +97,16 @@ def mismatches(got: dict, want: dict) -> list[str]:
 
 
 @contextlib.contextmanager
-def netpol_lab(fabric: str, prefix: str) -> Iterator[Lab]:
-    """The netpol lab (`<prefix><hex>`), torn down by recorded names whatever happens."""
+def netpol_lab(fabric: str, prefix: str, ipv6: bool = False) -> Iterator[Lab]:
+    """The netpol lab (`<prefix><hex>`), torn down by recorded names whatever happens;
+    `ipv6`: dual stack, every pod with an address of each family."""
     from podnet.lab import topology as topo
     from podnet.lab.builder import LabBuilder, LabOptions
     from podnet.lab.teardown import teardown
 
     name = f"{prefix}{secrets.token_hex(2)[:3]}"
-    builder = LabBuilder(topo.load(NETPOL), LabOptions(name=name, fabric=fabric, timeout=60))
+    dual = {"cluster_cidr6": topo.CLUSTER_CIDR6, "service_cidr": "10.96.0.0/16,fd00:10:96::/112"} if ipv6 else {}
+    builder = LabBuilder(topo.load(NETPOL), LabOptions(name=name, fabric=fabric, timeout=60, **dual))
     lab = None
     try:
         lab = Lab(name, builder.build().data)
@@ -114,11 +119,28 @@ def netpol_lab(fabric: str, prefix: str) -> Iterator[Lab]:
             assert not teardown(name)
 
 
-def check(lab: Lab, text: str) -> dict:
-    """Apply, probe, compare every cell with the oracle, clean up; return the probe."""
+TCP_PROBE = ("import socket,sys\n"
+             "try:\n"
+             "    s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=0.8); s.sendall(b'hi\\n')\n"
+             "    print(s.recv(100).decode().split()[0])\n"
+             "except OSError:\n"
+             "    print('blocked')\n")
+
+
+def tcp_from(lab: Lab, pod: str, ip: str, port: int) -> str:
+    """Who answered a TCP connection from `pod` (the echo server's name), or 'blocked'."""
+    ns = lab.data["pods"][pod]["netns"]
+    out = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-c", TCP_PROBE, ip, str(port)],
+                         capture_output=True, text=True, timeout=20, check=True)
+    return out.stdout.strip()
+
+
+def check(lab: Lab, text: str, family: int = 4) -> dict:
+    """Apply, probe over `family`, compare every cell with the oracle, clean up; return
+    the probe."""
     objects = lab.apply(text)
     try:
-        got, want = lab.probe(), lab.expected()
+        got, want = lab.probe(family), lab.expected(family)
         assert not mismatches(got, want), "\n".join(mismatches(got, want)[:20])
         return got
     finally:
@@ -215,3 +237,33 @@ CASES: dict[str, str] = {
 }
 
 
+
+
+# The cases' IPv4 ranges and their IPv6 counterparts in a dual-stack lab (the pool, and
+# node blocks' twins: cluster/dualstack.py pairs block i of each pool).
+IPV6_OF = {"10.244.0.0/16": "fd00:10:244::/56", "10.244.1.0/24": "fd00:10:244:1::/64",
+           "10.244.2.0/24": "fd00:10:244:2::/64", "192.0.2.0/24": "2001:db8:ffff::/48"}
+
+
+def over_ipv6(text: str) -> str:
+    """A case with every IPv4 range of it replaced by its IPv6 counterpart."""
+    for v4, v6 in IPV6_OF.items():
+        text = text.replace(v4, f"'{v6}'")
+    return text
+
+
+# node0 as a HostEndpoint, closed to namespace x on TCP 7777 (x/a, y/c, z/b live on node0)
+NODE0_HOST = """
+apiVersion: podnet.io/v1
+kind: HostEndpoint
+metadata: {name: node0, labels: {role: node}}
+spec: {node: node0}
+---
+apiVersion: podnet.io/v1
+kind: ClusterPolicy
+metadata: {name: node0-not-from-x}
+spec:
+  selector: {hostEndpointSelector: {matchLabels: {role: node}}}
+  types: [Ingress]
+  ingress: [{action: Deny, protocol: TCP, ports: [7777], from: [{namespaceSelector: {matchLabels: {ns: x}}}]}]
+"""

@@ -30,7 +30,7 @@ from podnet.objects import store as object_store
 from podnet.policy.kinds import NAMESPACE, POD
 from podnet.policy.world import load_world
 from podnet.rpc.client import call
-from policyharness import CASES, CELLS, PODS, Lab, check, cp, netpol_lab, np
+from policyharness import CASES, CELLS, NODE0_HOST, PODS, Lab, check, cp, netpol_lab, np, tcp_from
 
 pytestmark = pytest.mark.root
 
@@ -316,32 +316,11 @@ def test_explain_says_what_and_why_without_traffic(lab):
         lab.delete(objects)
 
 
-TCP_PROBE = ("import socket,sys\n"
-             "try:\n"
-             "    s=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=0.8); s.sendall(b'hi\\n')\n"
-             "    print(s.recv(100).decode().split()[0])\n"
-             "except OSError:\n"
-             "    print('blocked')\n")
-
-
-def tcp_from(lab: Lab, pod: str, ip: str, port: int) -> str:
-    """Who answered a TCP connection from `pod` (the echo server's name), or 'blocked'."""
-    ns = lab.data["pods"][pod]["netns"]
-    out = subprocess.run(["nsenter", f"--net=/run/netns/{ns}", sys.executable, "-c", TCP_PROBE, ip, str(port)],
-                         capture_output=True, text=True, timeout=20, check=True)
-    return out.stdout.strip()
-
-
 HOSTS = """
 apiVersion: podnet.io/v1
 kind: HostEndpoint
 metadata: {name: vm1, labels: {role: vm}}
 spec: {host: vm1}
----
-apiVersion: podnet.io/v1
-kind: HostEndpoint
-metadata: {name: node0, labels: {role: node}}
-spec: {node: node0}
 ---
 apiVersion: podnet.io/v1
 kind: ClusterPolicy
@@ -358,15 +337,7 @@ spec:
   selector: {namespaceSelector: {matchLabels: {ns: z}}}
   types: [Egress]
   egress: [{action: Deny, to: [{hostEndpointSelector: {matchLabels: {role: vm}}}]}]
----
-apiVersion: podnet.io/v1
-kind: ClusterPolicy
-metadata: {name: node0-not-from-x}
-spec:
-  selector: {hostEndpointSelector: {matchLabels: {role: node}}}
-  types: [Ingress]
-  ingress: [{action: Deny, protocol: TCP, ports: [7777], from: [{namespaceSelector: {matchLabels: {ns: x}}}]}]
-"""
+---""" + NODE0_HOST
 
 
 def test_host_endpoints_plain_host_and_node(lab):

@@ -232,7 +232,7 @@ def bad_neighbor(**changes) -> BirdSpec:
         (spec(rr_cluster_id="cluster-1"), r"rr_cluster_id: 'cluster-1' is not a valid IP address"),
         (spec(originate=("10.244.1.1/26",)), r"originate\[0\]: '10.244.1.1/26' has host bits set \(did you mean 10.244.1.0/26\?\)"),
         (spec(originate=("10.244.1.0/26", "fd00::/64")), r"originate\[1\]: 'fd00::/64' is not an IPv4 prefix"),
-        (spec(originate="10.244.1.0/26"), r"originate: expected a list of IPv4 prefixes"),
+        (spec(originate="10.244.1.0/26"), r"originate: expected a list of prefixes"),
         (spec(accept=("10.244.0.0/16 ]; accept; [",)), r"accept\[0\]: .* is not a valid CIDR"),
         (spec(accept=(None,)), r"accept\[0\]: must be a CIDR string, got None"),
         (spec(neighbors=("10.0.0.2",)), r"neighbors\[0\]: expected a Neighbor, got str"),

@@ -9,6 +9,7 @@ import pytest
 
 from podnet.agent.node_conflist import render_conflist, to_macvlan
 from podnet.cluster import leases
+from podnet.cluster.dualstack import Pools
 from podnet.cni.config import parse_conf
 from podnet.endpoints.result import on_segment
 from podnet.errors import InvalidConfig
@@ -67,13 +68,36 @@ def test_the_shim_takes_the_blocks_first_address_and_services_are_masqueraded_fr
 
 def test_the_macvlan_conflist_parses_as_a_macvlan_pod_on_the_segment() -> None:
     doc = render_conflist("10.244.1.0/24", "10.244.0.0/16", 1500, "/run/podnet/a.sock", "/var/lib/pn/c.db")
-    doc = to_macvlan(doc, "eth0", "10.244.0.0/16", "10.244.0.1", "10.244.1.1", "10.96.0.0/12")
+    doc = to_macvlan(doc, "eth0", [("10.244.0.0/16", "10.244.0.1")], {4: "10.244.1.1"}, ["10.96.0.0/12"])
     plugin = doc["plugins"][0]
     conf = parse_conf({"cniVersion": "1.0.0", "name": "cluster", **plugin})
     assert (conf.mode, conf.master, conf.macvlan_mode) == ("macvlan", "eth0", "bridge")
-    assert conf.segment == ("10.244.0.0/16", "10.244.0.1")
+    assert conf.segments == (("10.244.0.0/16", "10.244.0.1"),)
     assert not conf.ip_masq and "bridge" not in plugin and plugin["capabilities"] == {"ips": True}
     assert plugin["ipam"]["routes"] == [{"dst": "10.96.0.0/12", "gw": "10.244.1.1"}]
+
+
+def test_a_dual_stack_macvlan_conflist_has_a_segment_and_a_service_route_per_family() -> None:
+    doc = render_conflist("10.244.1.0/24", "10.244.0.0/16", 1500, "/run/podnet/a.sock", "/var/lib/pn/c.db",
+                          block6="fd00:10:244:1::/64", cluster_cidr6="fd00:10:244::/56")
+    doc = to_macvlan(doc, "eth0", [("10.244.0.0/16", "10.244.0.1"), ("fd00:10:244::/56", "fd00:10:244::1")],
+                     {4: "10.244.1.1", 6: "fd00:10:244:1::1"}, ["10.96.0.0/12", "fd00:10:96::/112"])
+    plugin = doc["plugins"][0]
+    conf = parse_conf({"cniVersion": "1.0.0", "name": "cluster", **plugin})
+    assert conf.segments == (("10.244.0.0/16", "10.244.0.1"), ("fd00:10:244::/56", "fd00:10:244::1"))
+    assert "ipMasqIPv6" not in plugin and [r["subnet"] for [r] in plugin["ipam"]["ranges"]] == [
+        "10.244.1.0/24", "fd00:10:244:1::/64"]
+    assert plugin["ipam"]["routes"] == [{"dst": "10.96.0.0/12", "gw": "10.244.1.1"},
+                                        {"dst": "fd00:10:96::/112", "gw": "fd00:10:244:1::1"}]
+
+
+def test_the_ipv6_segment_router_sits_where_the_ipv4_one_does_in_the_kept_blocks_twin() -> None:
+    fabric = MacvlanFabric()
+    pools = Pools(ipaddress.IPv4Network("10.244.0.0/16"), 24, ipaddress.IPv6Network("fd00:10:244::/56"))
+    fabric.configure("10.244.0.0/16", "10.244.3.9", pools)
+    assert (str(fabric.segment6), str(fabric.gateway6)) == ("fd00:10:244::/56", "fd00:10:244:3::9")
+    assert fabric.segments()[1] == ("fd00:10:244::/56", "fd00:10:244:3::9")
+    assert fabric.backend_data("n")["gateway6"] == "fd00:10:244:3::9"
 
 
 @pytest.mark.parametrize(("raw", "message"), [

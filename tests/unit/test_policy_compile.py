@@ -7,7 +7,7 @@ import json
 import yaml
 
 from podnet.objects.registry import parse_documents
-from podnet.policy.compile import LOG_GROUP, compile_node
+from podnet.policy.compile import LOG_GROUP, NEIGHBOUR_DISCOVERY, compile_node
 from podnet.policy.evaluate import Endpoint, NamedPort, World
 
 PORTS = tuple(NamedPort(f"serve-{p}-{pr.lower()}", p, pr) for p in (80, 81) for pr in ("TCP", "UDP"))
@@ -290,10 +290,11 @@ def test_unowned_addresses_of_the_nodes_block_are_dropped_both_ways():
     assert c.sets["owned4"].elements == ("10.244.0.2", "10.244.0.3", "10.244.0.4")
     egress, ingress = c.chains["egress"], c.chains["ingress"]
     assert egress[1] == "ct state established,related accept"
-    assert egress[2] == (f'ip saddr 10.244.0.0/24 ip saddr != @owned4 counter log prefix "D unowned egress " '
+    assert egress[2] == ingress[2] == NEIGHBOUR_DISCOVERY  # IPv6's ARP, never judged
+    assert egress[3] == (f'ip saddr 10.244.0.0/24 ip saddr != @owned4 counter log prefix "D unowned egress " '
                          f'group {LOG_GROUP} drop comment "unowned address of block 10.244.0.0/24"')
-    assert ingress[2].startswith("ip daddr 10.244.0.0/24 ip daddr != @owned4 counter log prefix ")
-    assert egress[3] == "ip saddr vmap @out4"  # after the check: no chain is ever inherited
+    assert ingress[3].startswith("ip daddr 10.244.0.0/24 ip daddr != @owned4 counter log prefix ")
+    assert egress[4] == "ip saddr vmap @out4"  # after the check: no chain is ever inherited
     assert "owned4" not in compile_node(world(DENY_X), "node0").sets  # no block known: no check
 
 

@@ -74,7 +74,7 @@ def test_defaults_as_the_api_server_sets_them():
     ({"externalTrafficPolicy": "Local"}, "Local needs something external"),
     ({"sessionAffinity": "ClientIP", "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}},
      r"timeoutSeconds: 0 is not 1\.\.86400"),
-    ({"clusterIPs": ["10.96.0.5", "fd00::5"]}, "single-stack"),
+    ({"clusterIPs": ["10.96.0.5", "10.96.0.6"]}, r"spec\.clusterIPs\[1\]: .* one address per family"),
 ])
 def test_bad_specs_name_the_field(spec, message):
     with pytest.raises(ObjectError, match=message):
@@ -249,7 +249,10 @@ def test_describe_lists_backends_with_node_and_readiness(store):
         endpoints=[{"addresses": ["192.0.2.5"], "nodeName": "node1"},
                    {"addresses": ["192.0.2.6"], "conditions": {"ready": False}}])]))
     out = describe(store, lookup("svc"), "legacy", "default")
-    assert out["details"] == [["Endpoints of http/TCP", [
+    ip = out["object"]["spec"]["clusterIP"]
+    assert out["details"][:4] == [["IP Family Policy", "SingleStack"], ["IP Families", "IPv4"], ["IP", ip],
+                                  ["IPs", ip]]
+    assert out["details"][4:] == [["Endpoints of http/TCP", [
         "192.0.2.5:8080  ready  node node1  slice default/vm-1",
         "192.0.2.6:8080  not ready  node -  slice default/vm-1"]]]
     assert SERVICE.columns[1].value(out["object"]) == out["object"]["spec"]["clusterIP"]

@@ -52,6 +52,7 @@ log = logging.getLogger("podnet.agent.cluster_dns")
 RESYNC_SECONDS = 30.0  # a listing costs a look-up per unchanged object
 WATCH_TIMEOUT = 0.5  # also how soon a pod namespace that appears is served
 ANY_ADDRESS = "0.0.0.0"
+ANY_ADDRESS6 = "::"
 
 
 def _netns_identity(path: str) -> tuple[int, int] | None:
@@ -70,7 +71,8 @@ class ClusterDnsService:
         options = getattr(agent, "node_options", None)
         self.netns_path: str | None = options.cluster_dns_netns if options is not None else None
         self.domain = options.cluster_domain if options is not None else ""
-        self.cluster_cidr = options.cluster_cidr if options is not None else ""
+        self.cluster_cidr = ",".join(filter(None, (options.cluster_cidr, options.cluster_cidr6))) if options else ""
+        self.dual_stack = bool(options is not None and options.cluster_cidr6)  # serve on IPv6 too
         self.port = port
         self.upstream = agent_upstream(agent) if self.netns_path else None
         self.cache = ZoneCache(self.domain)
@@ -79,6 +81,7 @@ class ClusterDnsService:
         self.problems: list[str] = []
         self._settings_problem: str | None = None
         self._server: DnsServer | None = None
+        self._server6: DnsServer | None = None  # a dual-stack cluster's: the pod's IPv6 addresses (port 53 too)
         self._served: tuple[int, int] | None = None  # identity of the namespace served in
         self._error = ""
         self._lock = threading.Lock()
@@ -100,8 +103,10 @@ class ClusterDnsService:
         self._loop.stop()
         with self._lock:
             server, self._server, self._served = self._server, None, None
-        if server is not None:
-            server.stop()
+            server6, self._server6 = self._server6, None
+        for one in (server, server6):
+            if one is not None:
+                one.stop()
 
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -161,6 +166,9 @@ class ClusterDnsService:
             if identity == self._served and (identity is None or self._server is not None):
                 return
             old, self._server, self._served = self._server, None, None
+            old6, self._server6 = self._server6, None
+        if old6 is not None:
+            old6.stop()
         if old is not None:
             old.stop()
             log.info("cluster dns: %s was made again, serving anew", self.netns_path)
@@ -179,9 +187,25 @@ class ClusterDnsService:
                 log.warning("cluster dns: %s", error)
             self._error = error
             return
+        server6 = self._serve6(zone, server.port) if self.dual_stack else None
         with self._lock:
-            self._server, self._served, self._error = server, identity, ""
+            self._server, self._server6, self._served, self._error = server, server6, identity, ""
         log.info("cluster dns: serving %s on port %d in %s", self.domain, server.port, self.netns_path)
+
+
+    def _serve6(self, zone: CombinedZone, port: int) -> DnsServer | None:
+        """The same zone on the DNS pod's IPv6 addresses (the IPv6 ClusterIP's backends);
+        IPv4 still serves when this fails, and the log says why."""
+        assert self.netns_path is not None
+        server = DnsServer(ANY_ADDRESS6, port, zone.lookup, is_local=zone.is_local, upstream=self.upstream,
+                           label=f"cluster {self.domain} (IPv6)", netns_path=self.netns_path)
+        try:
+            server.start()
+        except (OSError, PodnetError) as exc:
+            server.stop()
+            log.warning("cluster dns: no IPv6 in %s: %s", self.netns_path, getattr(exc, "msg", None) or exc)
+            return None
+        return server
 
 
 def _reverse_nets(store: Store, cluster_cidr: str) -> tuple[tuple[IPNetwork, ...], str | None]:
@@ -192,5 +216,6 @@ def _reverse_nets(store: Store, cluster_cidr: str) -> tuple[tuple[IPNetwork, ...
         settings = allocate.settings(store)
     except (PodnetError, ValueError) as exc:
         problem, settings = f"{keys.SERVICE_SETTINGS}: {getattr(exc, 'msg', exc)}", ServiceSettings()
-    nets = [settings.service_cidr, *([cluster_cidr] if cluster_cidr else [])]
+    # every family's service CIDR; a dual-stack cluster CIDR is given as "v4,v6"
+    nets = [*settings.service_cidrs, *(c.strip() for c in (cluster_cidr or "").split(",") if c.strip())]
     return tuple(ipaddress.ip_network(net, strict=False) for net in nets), problem

@@ -238,7 +238,7 @@ class GossipService:
         secrets = {p: secret for p, first in hops.items() if first == p
                    and (secret := self.peer.session_secret(p)) is not None} if self._secured else None
         return self.sleeve.sync(hops, secrets, leases, cluster_leases.list_claims(self._store()), own.block,
-                                fast_down)
+                                fast_down, self.options.pools)
 
     def _fabric_mtu(self) -> int:
         """The node's pod MTU, as its conflist says (the fabric's, from the underlay)."""

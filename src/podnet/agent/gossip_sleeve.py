@@ -26,6 +26,7 @@ import ipaddress
 import logging
 from collections.abc import Mapping
 
+from podnet.cluster.dualstack import Pools
 from podnet.fabric.gossip import SLEEVE_DEVICE as DEVICE
 from podnet.fabric.sleeve.crypto import derive_sleeve_keys
 from podnet.fabric.sleeve.datapath import PORT, PeerRoute, Sleeve
@@ -37,12 +38,13 @@ log = logging.getLogger("podnet.gossip")
 
 def plan(name: str, port: int, hops: Mapping[str, str], secrets: Mapping[str, bytes] | None,
          leases: Mapping[str, NodeLease], claims: Mapping[str, str], fast_down: frozenset[str] = frozenset(),
-         ) -> tuple[dict[str, PeerRoute], dict[str, str], frozenset[str]]:
+         pools: Pools | None = None) -> tuple[dict[str, PeerRoute], dict[str, str], frozenset[str]]:
     """(sleeve peers, prefix -> first hop, peers carried). With a secret (`secrets`
     not None: the session secret per connected peer) every direct peer with a session
     and a lease is a sleeve peer, keyed from that session; without one only the direct
     peers whose fast path is down (`fast_down`), plain. Every peer whose first hop is a
-    sleeve peer is carried, its blocks as their CIDR cover. Pure."""
+    sleeve peer is carried, its blocks as their CIDR cover, and in a dual-stack cluster
+    (`pools`) their IPv6 twins too. Pure."""
     peers = {}
     for peer, first in hops.items():
         lease = leases.get(peer)
@@ -60,7 +62,8 @@ def plan(name: str, port: int, hops: Mapping[str, str], secrets: Mapping[str, by
         if first not in peers or peer not in leases:
             continue
         blocks = [ipaddress.IPv4Network(b) for b, owner in claims.items() if owner == peer]
-        for net in ipaddress.collapse_addresses(blocks):
+        twins = [t for b in blocks if (t := pools.twin(b)) is not None] if pools is not None else []
+        for net in (*ipaddress.collapse_addresses(blocks), *ipaddress.collapse_addresses(twins)):
             routes[str(net)] = first
         carried.add(peer)
     return peers, routes, frozenset(carried)
@@ -75,9 +78,10 @@ class GossipSleeve:
         self.carried: frozenset[str] = frozenset()
 
     def sync(self, hops: Mapping[str, str], secrets: Mapping[str, bytes] | None, leases: Mapping[str, NodeLease],
-             claims: Mapping[str, str], own_block: str, fast_down: frozenset[str] = frozenset()) -> frozenset[str]:
+             claims: Mapping[str, str], own_block: str, fast_down: frozenset[str] = frozenset(),
+             pools: Pools | None = None) -> frozenset[str]:
         """Peers and routes from the gossip's view now; returns the peers it carries."""
-        peers, routes, carried = plan(self.name, self.port, hops, secrets, leases, claims, fast_down)
+        peers, routes, carried = plan(self.name, self.port, hops, secrets, leases, claims, fast_down, pools)
         if not carried and self.sleeve is None:
             return frozenset()
         if self.sleeve is None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from podnet import keys
 from podnet.cluster import leases
+from podnet.cluster.dualstack import Pools
 from podnet.cluster.leases import CLUSTER_NETWORK
 from podnet.model.cluster import NodeLease
 from podnet.model.ipam import Reservation
@@ -36,26 +37,45 @@ def held(store: Store, node: str) -> set[str]:
 
 
 def sync_bridge_gateways(ipr: IPRoute, bridge: str, mtu: int, blocks: Iterable[str],
-                         cluster: ipaddress.IPv4Network, claims_now: Callable[[], set[str]]) -> None:
-    """`bridge` with the gateway (first address) of each of `blocks`: ADD adds a new
-    block's at once, this drops a released or former block's. The claims are read again
-    (`claims_now`) before a gateway goes: an ADD may have grown into its block since
-    `blocks` was read."""
+                         cluster: ipaddress.IPv4Network, claims_now: Callable[[], set[str]],
+                         pools: Pools | None = None) -> None:
+    """`bridge` with the gateway (first address) of each of `blocks`, and of each one's
+    IPv6 twin in a dual-stack cluster (`pools`): ADD adds a new block's at once, this
+    drops a released or former block's. The claims are read again (`claims_now`)
+    before a gateway goes: an ADD may have grown into its block since `blocks` was read."""
+    from podnet.cluster.dualstack import gateway6_of
     from podnet.kernel import links
 
     index = links.ensure_bridge(ipr, bridge, mtu)
-    wanted = {ipaddress.IPv4Interface(f"{leases.gateway_of(b)}/{ipaddress.IPv4Network(b).prefixlen}")
-              for b in blocks}
-    stale = [addr for msg in ipr.get_addr(index=index, family=2)
-             if (addr := ipaddress.IPv4Interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")) not in wanted
-             and addr.ip in cluster]
+    wanted: dict[ipaddress.IPv4Interface | ipaddress.IPv6Interface, str] = {}  # gateway -> its IPv4 block
+    for b in blocks:
+        net = ipaddress.IPv4Network(b)
+        wanted[ipaddress.IPv4Interface(f"{leases.gateway_of(net)}/{net.prefixlen}")] = str(net)
+        twin = pools.twin(net) if pools is not None else None
+        if twin is not None:
+            wanted[ipaddress.IPv6Interface(f"{gateway6_of(twin)}/{twin.prefixlen}")] = str(net)
+    pool6 = pools.v6 if pools is not None else None
+    stale = []
+    for msg in ipr.get_addr(index=index):
+        addr = ipaddress.ip_interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")
+        inside = addr.ip in cluster if addr.version == 4 else (pool6 is not None and addr.ip in pool6)
+        if addr not in wanted and inside:
+            stale.append(addr)
     if stale:
         holding = claims_now()
         for addr in stale:
-            if str(addr.network) not in holding:
+            if _block_of_gateway(addr, pools) not in holding:
                 ipr.addr("del", index=index, address=str(addr.ip), prefixlen=addr.network.prefixlen)
-    for gateway in sorted(wanted):
-        links.ensure_address(ipr, index, gateway)
+    for gateway in sorted(wanted, key=lambda a: (a.version, a)):
+        links.ensure_address(ipr, index, gateway, nodad=True)
+
+
+def _block_of_gateway(addr: ipaddress.IPv4Interface | ipaddress.IPv6Interface, pools: Pools | None) -> str | None:
+    """The IPv4 block whose claim a bridge gateway stands for (an IPv6 one: its twin's)."""
+    if addr.version == 4:
+        return str(addr.network)
+    block = pools.block_of_twin(addr.network) if pools is not None else None
+    return str(block) if block is not None else None
 
 
 def reclaim(store: Store, ctx: FabricContext | None, gone: NodeLease, claims: Mapping[str, str]) -> None:

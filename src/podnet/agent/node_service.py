@@ -73,6 +73,7 @@ class NodeService:
         self.ctx: FabricContext | None = None
         self.peers: dict[str, NodeLease] = {}
         self.peer_state: dict[str, str] = {}
+        self.partial: dict[str, str] = {}  # an accepted peer's family the fabric cannot route: why
         self.claims: dict[str, str] = {}  # block -> node, as last read (a vanished peer's blocks are freed)
         self.blocks: tuple[str, ...] = ()  # this node's blocks, its lease's first
         self._lock = threading.Lock()
@@ -140,7 +141,9 @@ class NodeService:
             own = self.claim.lease if self.claim else None
             peers = [
                 {"name": p.name, "block": p.block, "underlay_ip": p.underlay_ip,
-                 "state": self.peer_state.get(p.name, "pending")}
+                 "state": self.peer_state.get(p.name, "pending"),
+                 **({"block6": p.block6, "underlay_ip6": p.underlay_ip6} if p.block6 else {}),
+                 **({"partial": self.partial[p.name]} if p.name in self.partial else {})}
                 for p in sorted(self.peers.values(), key=lambda p: p.name)
             ]
             mtu = self.fabric.mtu(self.ctx.underlay_mtu) if self.fabric and self.ctx else None
@@ -148,6 +151,7 @@ class NodeService:
         refused = [{"name": p["name"], "block": p["block"], "reason": p["state"].removeprefix(REFUSED)}
                    for p in peers if p["state"].startswith(REFUSED)]
         return {"node": opts.node, "block": own.block if own else None, "blocks": list(self.blocks),
+                **({"block6": own.block6} if own and own.block6 else {}),
                 "fabric": opts.fabric, "peers": peers, "refused": refused, "mtu": mtu, "mtu_changes": changes}
 
     # -- the loop
@@ -199,9 +203,11 @@ class NodeService:
             self._ipr = IPRoute()  # this thread lives in the agent's (the node's) namespace
         return self._ipr
 
-    def _underlay(self) -> tuple[ipaddress.IPv4Interface, int, tuple[ipaddress.IPv4Network, ...]]:
-        """The underlay interface's first IPv4 address, its MTU and the prefixes of all
-        its addresses (no peer block may overlap one), detected."""
+    def _underlay(self) -> tuple[ipaddress.IPv4Interface, int, tuple[ipaddress.IPv4Network, ...],
+                                 ipaddress.IPv6Interface | None]:
+        """The underlay interface's first IPv4 address, its MTU, the prefixes of all its
+        IPv4 addresses (no peer block may overlap one) and its first global IPv6
+        address (None when it has none), detected."""
         opts = self.options
         assert opts is not None
         ipr = self._iproute()
@@ -212,8 +218,11 @@ class NodeService:
                      for msg in ipr.get_addr(index=found[0], family=2)]
         if not addresses:
             raise PodnetError(f"underlay interface {opts.underlay} has no IPv4 address")
+        v6 = [ipaddress.IPv6Interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")
+              for msg in ipr.get_addr(index=found[0], family=10)]
+        global6 = next((a for a in v6 if not a.ip.is_link_local), None)
         mtu = int(ipr.get_links(found[0])[0].get("IFLA_MTU"))
-        return addresses[0], mtu, tuple(dict.fromkeys(a.network for a in addresses))
+        return addresses[0], mtu, tuple(dict.fromkeys(a.network for a in addresses)), global6
 
     def _pod_gso(self, ipr: IPRoute) -> int:
         """What pods may send: the underlay's GSO limit, at most the fabric's cap."""
@@ -231,15 +240,20 @@ class NodeService:
         opts = self.options
         assert opts is not None
         fabric = FABRICS[opts.fabric]()
-        underlay, mtu, prefixes = self._underlay()
+        underlay, mtu, prefixes, underlay6 = self._underlay()
         store = self._store()
         if self.macvlan:
             self._configure_segment(store, fabric)
         started = time.time()
 
+        pools = opts.pools
+
         def make(block: str) -> NodeLease:
+            twin = pools.twin(block)
             return NodeLease(opts.node, block, str(underlay.ip), opts.underlay, opts.fabric,
-                             fabric.backend_data(opts.node), started, dict(opts.labels))
+                             fabric.backend_data(opts.node), started, dict(opts.labels),
+                             block6=str(twin) if twin else None,
+                             underlay_ip6=str(underlay6.ip) if underlay6 and twin else None)
 
         own = store.get_json(keys.node(opts.node)) or {}
         previous = self._previous_block()
@@ -260,7 +274,7 @@ class NodeService:
         with self._lock:
             self.claim, self.fabric = claim, fabric
             self.ctx = FabricContext(claim.lease, underlay, mtu, ipaddress.IPv4Network(opts.cluster_cidr),
-                                     opts.block_prefix, prefixes)
+                                     opts.block_prefix, prefixes, pools.v6, underlay6 if pools.v6 else None)
         log.info("node %s: block %s (fabric %s, underlay %s mtu %d)", opts.node, claim.lease.block,
                  opts.fabric, underlay, mtu)
         self._prepare()
@@ -272,7 +286,7 @@ class NodeService:
 
         opts = self.options
         assert opts is not None
-        fabric.configure(opts.cluster_cidr, opts.segment_gateway)
+        fabric.configure(opts.cluster_cidr, opts.segment_gateway, opts.pools)
         kept = ipaddress.IPv4Network(f"{fabric.gateway}/{opts.block_prefix}", strict=False)
         holder = leases.keep_for_hosts(store, kept)
         if holder != leases.HOSTS_OWNER:
@@ -323,6 +337,7 @@ class NodeService:
         opts = self.options
         assert opts is not None
         return {"node": opts.node, "pool": opts.cluster_cidr, "blockSize": opts.block_prefix,
+                **({"pool6": opts.cluster_cidr6} if opts.cluster_cidr6 else {}),
                 "strictAffinity": opts.strict_affinity or not self.routed, "ttl": opts.lease_ttl,
                 **({"ring": True} if self.gossip else {})}
 
@@ -334,37 +349,45 @@ class NodeService:
 
         assert self.ctx is not None and self.fabric is not None and self.options is not None
         sysctl.ensure("net.ipv4.ip_forward", 1)  # this thread's namespace: the node's
+        if self.ctx.cluster6 is not None:
+            sysctl.ensure("net.ipv6.conf.all.forwarding", 1)
         ipr = self._iproute()
         self.fabric.setup(ipr, self.ctx)
         block = self.ctx.own.network
         mtu = self.fabric.mtu(self.ctx.underlay_mtu)
         if self.pod_bridge:
             self._bridge_gateways(ipr, mtu)
+        twin = self.ctx.twin(block)
         doc = render_conflist(str(block), self.options.cluster_cidr, mtu, self.agent.socket_path,
                               self.agent.store_path, self._pod_gso(ipr), self.options.cluster_dns,
-                              self.options.cluster_domain, self._affinity(), self.routed)
+                              self.options.cluster_domain, self._affinity(), self.routed,
+                              block6=str(twin) if twin else None, cluster_cidr6=self.options.cluster_cidr6,
+                              ipv6_masquerade=self.options.ipv6_masquerade)
         if self.macvlan:
             doc = self._macvlan_conflist(doc)
         self._write_conflist(doc)
 
     def _macvlan_conflist(self, doc: dict[str, Any]) -> dict[str, Any]:
+        from podnet.cluster.dualstack import gateway6_of
         from podnet.fabric.macvlan import shim_address
         from podnet.services.allocate import settings
 
         assert self.ctx is not None and self.options is not None
         try:
-            service_cidr: str | None = settings(self._store()).service_cidr
+            service_cidrs: tuple[str, ...] = settings(self._store()).service_cidrs
         except Exception as exc:  # noqa: BLE001 - a bad settings record: pods without the service route
             log.warning("node: macvlan pods get no service route: %s", getattr(exc, "msg", exc))
-            service_cidr = None
-        fabric = self.fabric
-        return to_macvlan(doc, self.options.underlay, self.options.cluster_cidr, str(getattr(fabric, "gateway", "")),
-                          str(shim_address(self.ctx.own.block)), service_cidr)
+            service_cidrs = ()
+        shims = {4: str(shim_address(self.ctx.own.block))}
+        if (twin := self.ctx.twin(self.ctx.own.block)) is not None:
+            shims[6] = str(gateway6_of(twin))
+        return to_macvlan(doc, self.options.underlay, self.fabric.segments(), shims, service_cidrs)  # type: ignore[union-attr]
 
     def _bridge_gateways(self, ipr: IPRoute, mtu: int) -> None:
         assert self.ctx is not None and self.options is not None
         node_blocks.sync_bridge_gateways(ipr, BRIDGE, mtu, (self.ctx.own.block, *self.blocks), self.ctx.cluster,
-                                         lambda: node_blocks.held(self._store(), self.options.node))
+                                         lambda: node_blocks.held(self._store(), self.options.node),
+                                         self.ctx.pools)
 
     def _write_conflist(self, doc: dict[str, Any]) -> None:
         path = self.agent.state.net_d / CONFLIST
@@ -418,7 +441,7 @@ class NodeService:
             if state != self.peer_state.get(name):
                 (log.info if state == "ok" else log.warning)("peer %s: %s", name, state)
         with self._lock:
-            self.peers, self.peer_state = current, dict(want.peers)
+            self.peers, self.peer_state, self.partial = current, dict(want.peers), dict(want.partial)
         self.metrics.fabric_pass(time.perf_counter() - started, repair, report.added, report.removed, want.peers)
         return revision
 

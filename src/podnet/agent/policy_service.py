@@ -274,7 +274,7 @@ class PolicyService:
         self._logged = self.error
 
     def _pod_nets(self, store: Store) -> tuple[str, ...]:
-        """This node's pod block, from its lease (kept while the lease is away: the
+        """This node's pod block (and its IPv6 twin), from its lease (kept while the lease is away: the
         addresses stay this node's until another block is leased): its addresses that
         no local pod owns are dropped. A plain host (--policy-host) has none."""
         if getattr(self.agent, "node_options", None) is None:
@@ -283,7 +283,8 @@ class PolicyService:
         try:
             raw = store.get_json(key)
             if raw is not None:
-                self._block = (NodeLease.from_json(raw, key).block,)
+                lease = NodeLease.from_json(raw, key)
+                self._block = (lease.block, lease.block6) if lease.block6 else (lease.block,)
         except CorruptRecord as exc:
             log.warning("policy: %s (the unowned-address check keeps block %s)", exc.msg, self._block or "none")
         return self._block

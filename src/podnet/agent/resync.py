@@ -171,10 +171,10 @@ def _repair(service: CniService, conf: PodnetConf, record: EndpointRecord, host_
         ips = [ipaddress.ip_interface(a) for a in record.ips]
         with netns.entered(host_fd):
             manager = service.nat()
-            missing = manager.check(conf.name, record.attach_id, ips, list(conf.port_mappings), conf.ip_masq,
+            missing = manager.check(conf.name, record.attach_id, ips, list(conf.port_mappings), conf.masq_families,
                                     conf.ip_masq_exclude)
             if missing:
-                manager.add(conf.name, record.attach_id, ips, list(conf.port_mappings), conf.ip_masq, host_if,
+                manager.add(conf.name, record.attach_id, ips, list(conf.port_mappings), conf.masq_families, host_if,
                             conf.ip_masq_exclude)
                 fixed.append(f"{len(missing)} NAT rule(s) of {record.attach_id}")
     return fixed

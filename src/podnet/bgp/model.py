@@ -17,7 +17,7 @@ class Neighbor:
     """One BGP session of this node."""
 
     name: str  # a BIRD protocol name suffix: [a-z0-9_], unique per node (e.g. "node_node1", "peer_tor0")
-    address: str  # the peer's IPv4 address
+    address: str  # the peer's address: IPv4, or IPv6 for a dual-stack node's IPv6 session
     asn: int  # the peer's AS number (== the node's own: iBGP)
     rr_client: bool = False  # this node reflects routes to that neighbour (it is a route reflector)
     direct: bool = True  # on the same L2 segment (iBGP between namespaces needs `direct;`)
@@ -47,5 +47,7 @@ class BirdSpec:
     scan_time: int = 10  # seconds between kernel scans
     transit: bool = True  # eBGP sessions pass BGP-learned routes on (a router); False: a node that
     # announces only its own prefixes (and reflected ones as a route reflector), never a path through it
+    local_address6: str | None = None  # a dual-stack node's IPv6 underlay address: the source of its
+    # IPv6 sessions (one per IPv4 session to a dual-stack node, carrying the IPv6 blocks)
     graceful_restart_wait: int = 30  # seconds a BIRD started with -R waits for its sessions to come back
     # before it syncs the kernel (BIRD's default, 240 s, leaves a node with one dead peer without new routes for 4 minutes)

@@ -82,19 +82,21 @@ def render(spec: BirdSpec) -> str:
     router_id = _ipv4(spec.router_id, "router_id", nonzero=True)
     asn = _asn(spec.asn, "asn")
     local = _ipv4(spec.local_address, "local_address", nonzero=True)
+    local6 = None if spec.local_address6 is None else _ip(spec.local_address6, "local_address6", 6)
     listen_port = _port(spec.listen_port, "listen_port")
     gr_time = _int(spec.graceful_restart_time, "graceful_restart_time", 1, GR_TIME_MAX)
     table = _int(spec.kernel_table, "kernel_table", 1, TABLE_MAX)
     scan_time = _int(spec.scan_time, "scan_time", 1, 86400)
     gr_wait = _int(spec.graceful_restart_wait, "graceful_restart_wait", 1, 86400)
     cluster_id = None if spec.rr_cluster_id is None else _ipv4(spec.rr_cluster_id, "rr_cluster_id", nonzero=True)
-    originate = _prefixes(spec.originate, "originate")
-    blackholes = _prefixes(spec.kernel_blackholes, "kernel_blackholes")
+    originate = _prefixes(spec.originate, "originate", local6 is not None)
+    blackholes = _prefixes(spec.kernel_blackholes, "kernel_blackholes", local6 is not None)
     if set(blackholes) - set(originate):
         raise ValueError(f"kernel_blackholes: {sorted(set(blackholes) - set(originate))[0]} is not originated")
-    accept = _prefixes(spec.accept, "accept")
-    neighbors = _neighbors(spec, local, asn, cluster_id)
+    accept = _prefixes(spec.accept, "accept", local6 is not None)
+    neighbors = _neighbors(spec, local, asn, cluster_id, local6)
     multihop = any(not n.direct for n in neighbors)
+    families = sorted({4, *(6 for p in (*originate, *accept) if ":" in p), *(6 for n in neighbors if ":" in n.address)})
 
     out = [
         "# Written by podnet (bgp/render.py): do not edit, it is rewritten on change.",
@@ -103,11 +105,12 @@ def render(spec: BirdSpec) -> str:
         "log stderr all;",
         "timeformat protocol iso long;",
         "",
-        *_filter(IMPORT_FILTER, [f"net ~ [ {', '.join(p + '+' for p in accept)} ]"] if accept else []),
+        *_filter(IMPORT_FILTER, [_in(v, [p + "+" for p in accept], len(families) > 1) for v in families if _of(v, accept)]),
         *_filter(EXPORT_ORIGINATED, ["source = RTS_STATIC"]),
         *_filter(EXPORT_ALL, ["source = RTS_STATIC", "source = RTS_BGP"]),
         *_filter(KERNEL_EXPORT, ["source = RTS_BGP && dest = RTD_UNICAST",
-                                 *([f"source = RTS_STATIC && net ~ [ {', '.join(blackholes)} ]"] if blackholes else [])]),
+                                 *(f"source = RTS_STATIC && {_in(v, blackholes, len(families) > 1)}" for v in families
+                                   if _of(v, blackholes))]),
     ]
     if multihop:  # the underlay's routes, for recursive next hops (module docstring)
         out += _filter(KERNEL_IMPORT, [f"krt_source != {PODNET_ROUTE_PROTO} && dest = RTD_UNICAST"])
@@ -115,31 +118,52 @@ def render(spec: BirdSpec) -> str:
     if multihop:
         out += [
             f"protocol direct {DIRECT_PROTOCOL} {{",
-            f"  ipv4 {{ preference {UNDERLAY_PREFERENCE}; import all; export none; }};",
+            *(f"  {_CHANNEL[v]} {{ preference {UNDERLAY_PREFERENCE}; import all; export none; }};" for v in families),
             '  interface "*";',
             "}",
             "",
         ]
     kernel_import = f"preference {UNDERLAY_PREFERENCE}; import filter {KERNEL_IMPORT};" if multihop else "import none;"
-    out += [
-        f"protocol kernel {KERNEL_PROTOCOL} {{",
-        f"  ipv4 {{ {kernel_import} export filter {KERNEL_EXPORT}; }};",
-        f"  kernel table {table};",
-        f"  scan time {scan_time};",
-        f"  learn {'on' if multihop else 'off'};",
-        "  persist on;",
-        "  graceful restart on;",
-        "  merge paths off;",
-        "}",
-        "",
-        f"protocol static {STATIC_PROTOCOL} {{",
-        "  ipv4;",
-        *(f"  route {prefix} blackhole;" for prefix in originate),
-        "}",
-    ]
+    for v in families:  # a kernel and a static protocol per family: a BIRD 2 channel carries one
+        out += [
+            f"protocol kernel {KERNEL_PROTOCOL}{_SUFFIX[v]} {{",
+            f"  {_CHANNEL[v]} {{ {kernel_import} export filter {KERNEL_EXPORT}; }};",
+            f"  kernel table {table};",
+            f"  scan time {scan_time};",
+            f"  learn {'on' if multihop else 'off'};",
+            "  persist on;",
+            "  graceful restart on;",
+            "  merge paths off;",
+            "}",
+            "",
+            f"protocol static {STATIC_PROTOCOL}{_SUFFIX[v]} {{",
+            f"  {_CHANNEL[v]};",
+            *(f"  route {prefix} blackhole;" for prefix in _of(v, originate)),
+            "}",
+            "",
+        ]
+    out.pop()
     for n in neighbors:
-        out += ["", *_bgp(n, asn, local, listen_port, gr_time, cluster_id, spec.transit)]
+        out += ["", *_bgp(n, asn, local6 if ":" in n.address and local6 else local, listen_port, gr_time,
+                          cluster_id, spec.transit)]
     return "\n".join(out) + "\n"
+
+
+_CHANNEL = {4: "ipv4", 6: "ipv6"}
+_SUFFIX = {4: "", 6: "6"}  # protocol names: podnet_kernel (IPv4, as before dual stack), podnet_kernel6
+
+
+def _of(version: int, prefixes: list[str]) -> list[str]:
+    """The prefixes of one IP version."""
+    return [p for p in prefixes if (":" in p) == (version == 6)]
+
+
+def _in(version: int, prefixes: list[str], guard: bool) -> str:
+    """`net` in a prefix set of one family; `guard` (dual stack): behind a test of the
+    net's type (a BIRD 2 prefix set holds one family; matching another family's net
+    against it is an error)."""
+    match = f"net ~ [ {', '.join(_of(version, prefixes))} ]"
+    return f"net.type = {'NET_IP6' if version == 6 else 'NET_IP4'} && {match}" if guard else match
 
 
 def _filter(name: str, accepted: list[str]) -> list[str]:
@@ -166,14 +190,15 @@ def _bgp(n: Neighbor, asn: int, local: str, listen_port: int, gr_time: int, clus
     lines += [
         "  graceful restart on;",
         f"  graceful restart time {gr_time};",
-        "  ipv4 {",
+        f"  {'ipv6' if ':' in n.address else 'ipv4'} {{",
         f"    import filter {IMPORT_FILTER};",
         f"    export filter {EXPORT_ALL if (reflector or (transit and not internal)) else EXPORT_ORIGINATED};",
     ]
     return [*lines, "  };", "}"]
 
 
-def _neighbors(spec: BirdSpec, local: str, asn: int, cluster_id: str | None) -> list[Neighbor]:
+def _neighbors(spec: BirdSpec, local: str, asn: int, cluster_id: str | None,
+               local6: str | None = None) -> list[Neighbor]:
     if not isinstance(spec.neighbors, tuple | list):
         raise ValueError(f"neighbors: expected a list of Neighbor, got {type(spec.neighbors).__name__}")
     checked: dict[str, Neighbor] = {}
@@ -183,9 +208,13 @@ def _neighbors(spec: BirdSpec, local: str, asn: int, cluster_id: str | None) -> 
         if not isinstance(n, Neighbor):
             raise ValueError(f"{field}: expected a Neighbor, got {type(n).__name__}")
         name = _name(n.name, f"{field}.name")
-        address = _ipv4(n.address, f"{field}.address", nonzero=True)
-        own = None if n.local_address is None else _ipv4(n.local_address, f"{field}.local_address", nonzero=True)
-        if address in (local, own):
+        if isinstance(n.address, str) and ":" in n.address and local6 is not None:  # an IPv6 session
+            address = _ip(n.address, f"{field}.address", 6)
+            own = None if n.local_address is None else _ip(n.local_address, f"{field}.local_address", 6)
+        else:
+            address = _ipv4(n.address, f"{field}.address", nonzero=True)
+            own = None if n.local_address is None else _ipv4(n.local_address, f"{field}.local_address", nonzero=True)
+        if address in (local, local6, own):
             raise ValueError(f"{field}.address: {address} is this node's own local_address")
         peer_asn = _asn(n.asn, f"{field}.asn")
         port = _port(n.port, f"{field}.port")
@@ -220,12 +249,32 @@ def _ipv4(value: object, field: str, nonzero: bool = False) -> str:
     return str(address)
 
 
-def _prefixes(values: object, field: str) -> list[str]:
-    """Sorted, deduplicated IPv4 networks (host bits must be zero)."""
+def _ip(value: object, field: str, version: int) -> str:
+    """An address of IP `version`, not the unspecified one."""
+    try:
+        parsed = addresses.address(value, f"{field}:")
+    except InvalidConfig as exc:
+        raise ValueError(exc.msg) from None
+    if parsed.version != version or parsed.is_unspecified:
+        raise ValueError(f"{field}: {value!r} is not a usable IPv{version} address")
+    return str(parsed)
+
+
+def _prefixes(values: object, field: str, ipv6: bool = False) -> list[str]:
+    """Sorted, deduplicated networks, IPv4 then IPv6 (host bits must be zero); IPv6 ones
+    only for a dual-stack spec (`ipv6`: it has local_address6)."""
     if not isinstance(values, tuple | list):
-        raise ValueError(f"{field}: expected a list of IPv4 prefixes, got {values!r}")
-    networks = {_v4(addresses.network, value, f"{field}[{i}]", "prefix") for i, value in enumerate(values)}
-    return [str(n) for n in sorted(networks)]
+        raise ValueError(f"{field}: expected a list of prefixes, got {values!r}")
+    networks = set()
+    for i, value in enumerate(values):
+        try:
+            net = addresses.network(value, f"{field}[{i}]:")
+        except InvalidConfig as exc:
+            raise ValueError(f"{exc.msg} ({exc.details})" if exc.details else exc.msg) from None
+        if net.version == 6 and not ipv6:
+            raise ValueError(f"{field}[{i}]: {value!r} is not an IPv4 prefix (IPv6 needs local_address6)")
+        networks.add(net)
+    return [str(n) for n in sorted(networks, key=lambda n: (n.version, n))]
 
 
 def _v4(read: Callable, value: object, field: str, what: str):

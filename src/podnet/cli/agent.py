@@ -9,6 +9,7 @@ import os
 import sys
 
 from podnet.cli.output import fail
+from podnet.cluster.dualstack import check_pools, parse_cluster_cidrs
 from podnet.cluster.options import DEFAULT_GOSSIP_DOMAIN, DEFAULT_RECLAIM_GRACE, GOSSIP_PORT
 from podnet.defaults import (
     DEFAULT_BLOCK_PREFIX,
@@ -24,6 +25,7 @@ from podnet.defaults import (
     FABRIC_NAMES,
     UNIT,
 )
+from podnet.errors import InvalidConfig
 from podnet.rpc.wire import DEFAULT_SOCKET
 from podnet.state import agent_socket
 
@@ -36,7 +38,7 @@ AGENT_DEFAULTS = {
     "node_labels": None, "strict_affinity": False, "metrics_addr": None,
     "peer": None, "gossip_port": GOSSIP_PORT, "key_file": None, "ipalloc_init": None,
     "reclaim_grace": DEFAULT_RECLAIM_GRACE, "dns_domain": DEFAULT_GOSSIP_DOMAIN, "segment_gateway": None,
-    "mesh_cert_lifetime": None,
+    "mesh_cert_lifetime": None, "ipv6_masquerade": False,
 }
 STORE_NONE = "none"  # --store none: the node's own store, kept in step by gossip (--fabric gossip)
 
@@ -61,7 +63,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     cluster = agent.add_argument_group("cluster node (all ignored without --node)")
     cluster.add_argument("--node", help="join a cluster through the store as node NAME")
     cluster.add_argument("--fabric", choices=FABRIC_NAMES, help="how nodes reach each other's pod blocks (default vxlan)")
-    cluster.add_argument("--cluster-cidr", help=f"pod CIDR split into node blocks (default {DEFAULT_CLUSTER_CIDR})")
+    cluster.add_argument("--cluster-cidr", help=f"pod CIDR split into node blocks (default {DEFAULT_CLUSTER_CIDR}); "
+                                                "dual stack: an IPv4 and an IPv6 prefix, comma separated "
+                                                "(10.244.0.0/16,fd00:10:244::/56)")
+    cluster.add_argument("--ipv6-masquerade", action="store_true", default=None,
+                         help="masquerade pods' IPv6 traffic leaving the cluster too (default: IPv4 only, "
+                              "as Kubernetes: IPv6 pod addresses are routed)")
     cluster.add_argument("--block-prefix", type=int, help=f"prefix length of a node's block (default {DEFAULT_BLOCK_PREFIX})")
     cluster.add_argument("--underlay", help="the node's interface toward other nodes (default eth0)")
     cluster.add_argument("--lease-ttl", type=float, help=f"node lease TTL in seconds (default {DEFAULT_LEASE_TTL:g})")
@@ -166,6 +173,12 @@ def _cmd_agent(args: argparse.Namespace) -> int:
             labels = _node_labels(s["node_labels"] or "")
         except ValueError as exc:
             return fail(f"--node-labels: {exc}", 2)
+        try:
+            pool4, pool6 = parse_cluster_cidrs(s["cluster_cidr"])
+            check_pools(pool4, s["block_prefix"], pool6)
+        except InvalidConfig as exc:
+            return fail(exc.msg, 2)
+        s["cluster_cidr"] = str(pool4)
         failed = _check_segment(s)
         if failed is not None:
             return failed
@@ -173,9 +186,10 @@ def _cmd_agent(args: argparse.Namespace) -> int:
             gossip = _gossip_options(s)
         except ValueError as exc:
             return fail(str(exc), 2)
-        node = NodeOptions(s["node"], s["fabric"], s["cluster_cidr"], s["block_prefix"], s["underlay"], s["lease_ttl"],
+        node = NodeOptions(s["node"], s["fabric"], str(pool4), s["block_prefix"], s["underlay"], s["lease_ttl"],
                            s["cluster_dns"], s["cluster_domain"], s["cluster_dns_netns"], labels,
-                           bool(s["strict_affinity"]), gossip, s["segment_gateway"], s["mesh_cert_lifetime"])
+                           bool(s["strict_affinity"]), gossip, s["segment_gateway"], s["mesh_cert_lifetime"],
+                           str(pool6) if pool6 else None, bool(s["ipv6_masquerade"]))
         if gossip is not None:
             s["store"] = None  # the node's own store: STATE_DIR/store.db
     elif s["store"] == STORE_NONE:

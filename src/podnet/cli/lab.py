@@ -10,12 +10,16 @@ import time
 
 from podnet.cli.output import add_output_option, emit_object, emit_rows, fail
 from podnet.cli.target import add_target_options, lab_name
+from podnet.cluster.dualstack import check_pools, parse_cluster_cidrs
 from podnet.defaults import DEFAULT_CLUSTER_DOMAIN, FABRIC_NAMES
-from podnet.errors import PodnetError
+from podnet.errors import InvalidConfig, PodnetError
 from podnet.kernel.gso import BIG_TCP as NIC_GSO
 from podnet.lab.routers import MAX_BGP_RACKS
-from podnet.lab.topology import CLUSTER_CIDR
+from podnet.lab.topology import CLUSTER_CIDR, CLUSTER_CIDR6
 from podnet.model.service import DEFAULT_SERVICE_CIDR, ServiceSettings
+
+DEFAULT_SERVICE_CIDR6 = "fd00:10:96::/112"  # kind's dual-stack service subnet
+DUAL_STACK_FABRICS = ("vxlan", "host-gw", "bgp", "gossip", "macvlan")  # `lab up --ipv6` (docs/architecture.md: which combinations exist)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,7 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="the agents' mesh certificate lifetime (default 3600; tests rotate with a few seconds)")
     up.add_argument("--reclaim-grace", type=float, default=None,
                     help="--fabric gossip: seconds before a dead node's space is reclaimed (default 10)")
-    up.add_argument("--cluster-cidr", default=CLUSTER_CIDR, help=f"the pods' pool (default {CLUSTER_CIDR})")
+    up.add_argument("--cluster-cidr", default=CLUSTER_CIDR,
+                    help=f"the pods' pool (default {CLUSTER_CIDR}); dual stack: IPv4,IPv6 (implies --ipv6)")
+    up.add_argument("--ipv6", action="store_true",
+                    help=f"dual stack: every pod gets an IPv6 address too (pool {CLUSTER_CIDR6} unless "
+                         "--cluster-cidr names one), and the underlay carries IPv6 beside IPv4")
+    up.add_argument("--ipv6-masquerade", action="store_true",
+                    help="masquerade pods' IPv6 toward the outside world too (default: IPv4 only, as Kubernetes)")
     up.add_argument("--block-prefix", type=int, default=None,
                     help="prefix length of the blocks nodes claim from the pool (default 26 for bgp, else 24)")
     up.add_argument("--service-cidr", default=DEFAULT_SERVICE_CIDR,
@@ -143,12 +153,30 @@ def _cmd_up(args: argparse.Namespace) -> int:
         return fail("--reclaim-grace: at least 1 second, with --fabric gossip", 2)
     block_prefix = args.block_prefix or (BGP_BLOCK_PREFIX if args.fabric == "bgp" else BLOCK_PREFIX)
     try:
-        pool = ipaddress.IPv4Network(args.cluster_cidr)
-    except ValueError as exc:
-        return fail(f"--cluster-cidr: {exc}", 2)
+        pool, pool6 = parse_cluster_cidrs(args.cluster_cidr)
+    except InvalidConfig as exc:
+        return fail(exc.msg, 2)
     if not pool.prefixlen <= block_prefix <= 30:
         return fail(f"--block-prefix must be from {pool.prefixlen} to 30 for --cluster-cidr {pool}", 2)
-    ServiceSettings(args.service_cidr, cluster_domain=args.cluster_domain)  # refused here, before anything is built
+    if (args.ipv6 or args.ipv6_masquerade) and pool6 is None:
+        pool6 = ipaddress.IPv6Network(CLUSTER_CIDR6)
+    if pool6 is not None:
+        try:
+            check_pools(pool, block_prefix, pool6)
+        except InvalidConfig as exc:
+            return fail(exc.msg, 2)
+        if args.fabric not in DUAL_STACK_FABRICS:
+            return fail(f"--ipv6: dual stack is built for --fabric {', '.join(DUAL_STACK_FABRICS)}, "
+                        f"not yet for {args.fabric}", 2)
+        if args.fabric == "bgp" and topology.racks > 1:
+            return fail("--ipv6 with --fabric bgp: one rack (the ToRs' BIRD speaks IPv4 only yet)", 2)
+    service_cidr = args.service_cidr
+    if pool6 is not None and "," not in service_cidr:  # dual stack: services of both families too
+        service_cidr = f"{service_cidr},{DEFAULT_SERVICE_CIDR6}"
+    try:
+        ServiceSettings(service_cidr, cluster_domain=args.cluster_domain)  # refused here, before anything is built
+    except InvalidConfig as exc:
+        return fail(f"--service-cidr: {exc.msg}", 2)
     if args.fabric == "bgp" and topology.racks > 1 and any(n.route_reflector for n in topology.nodes):
         return fail("--fabric bgp: route reflectors with several racks are not built yet "
                     "(racks peer with their ToR; reflectors serve one segment)", 2)
@@ -160,13 +188,15 @@ def _cmd_up(args: argparse.Namespace) -> int:
     if args.fabric == "bgp" and topology.racks > MAX_BGP_RACKS:
         return fail(f"--fabric bgp: at most {MAX_BGP_RACKS} racks (one /30 uplink each in 172.31.250.0/24)", 2)
     builder = LabBuilder(topology, LabOptions(name, args.fabric, store, timeout=args.timeout,
-                                            service_cidr=args.service_cidr, cluster_dns=args.cluster_dns,
+                                            service_cidr=service_cidr, cluster_dns=args.cluster_dns,
                                             cluster_domain=args.cluster_domain,
                                             nic_gso=args.nic_gso, cluster_cidr=str(pool), block_prefix=block_prefix,
                                             **({"lease_ttl": args.lease_ttl} if args.lease_ttl else {}),
                                             **({"reclaim_grace": args.reclaim_grace} if args.reclaim_grace else {}),
                                             mesh_cert_lifetime=args.mesh_cert_lifetime,
-                                            encrypt=args.encrypt),
+                                            encrypt=args.encrypt,
+                                            cluster_cidr6=str(pool6) if pool6 else None,
+                                            ipv6_masquerade=args.ipv6_masquerade),
                          progress)
     if builder.simulate:
         console.print("[yellow]! PODNET_LAB_SIMULATE_NODES: the lab hands out blocks itself "

@@ -25,6 +25,8 @@ def _register_connectivity(sub: argparse._SubParsersAction) -> None:
     test.add_argument("--parallel", type=int, default=16, help="probes in flight at once (default 16)")
     test.add_argument("--clusterset", action="store_true",
                       help="the checks across the clusters this lab joined (podnet cluster join) instead")
+    test.add_argument("--family", type=int, choices=(4, 6), default=None,
+                      help="check only IPv4 or only IPv6 (default: every family the lab's pods have)")
     add_output_option(test)
     add_target_options(test, lab_only=True)
     test.set_defaults(func=_cmd_test)
@@ -37,7 +39,8 @@ def _cmd_test(args: argparse.Namespace) -> int:
     name = lab_name(args, "podnet connectivity test")
     start = time.monotonic()
     with open_cluster_store(args) as store:
-        results = connectivity.test_lab(name, args.timeout, args.parallel, store, clusterset=args.clusterset)
+        results = connectivity.test_lab(name, args.timeout, args.parallel, store, clusterset=args.clusterset,
+                                        family=args.family)
     if args.output == "json":
         print(json.dumps([r.as_dict() for r in results], indent=2))
     else:
@@ -106,6 +109,8 @@ def _register_probe(sub: argparse._SubParsersAction) -> None:
         help="target pods, same syntax (default: all); or a service: each source opens --count "
         "connections to it and the table shows which backends answered",
     )
+    probe.add_argument("--family", type=int, choices=(4, 6), default=None,
+                       help="probe the targets' IPv4 (default) or IPv6 addresses (a dual-stack lab: lab up --ipv6)")
     probe.add_argument("--count", type=int, default=10, help="connections per source and service port (default 10)")
     probe.add_argument(
         "--timeout", default="1.0", metavar="SECONDS", help="per-probe timeout (default 1.0)"
@@ -123,7 +128,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
         return lab_aware(_probe_service)(args)
 
     request = matrix.Request.from_args(
-        args.port, args.protocol, args.source, args.target, args.timeout
+        args.port, args.protocol, args.source, args.target, args.timeout, args.family
     )
     name = lab_name(args, "podnet probe")
     lab = matrix.load_lab(name)

@@ -21,7 +21,9 @@ def node_manifest(raw: Any) -> dict[str, Any]:
     lease = NodeLease.from_json(raw)
     return manifest("podnet.io/v1", "Node", lease.name, None, dict(lease.labels), {
         "block": lease.block, "underlayIP": lease.underlay_ip, "underlayInterface": lease.underlay_if,
-        "fabric": lease.fabric, "backend": dict(lease.backend), "started": lease.started})
+        "fabric": lease.fabric, "backend": dict(lease.backend), "started": lease.started,
+        **({"block6": lease.block6} if lease.block6 else {}),
+        **({"underlayIP6": lease.underlay_ip6} if lease.underlay_ip6 else {})})
 
 
 def describe_node(doc: Mapping[str, Any], view: PolicyView) -> list[Section]:
@@ -44,6 +46,7 @@ NODE = Kind(
     "Node", "podnet.io/v1", "nodes", keys.NODES, ("no",), name_is_label=True, manifest=node_manifest,
     describe=describe_node,
     columns=(Column("BLOCK", lambda d: _spec(d).get("block")),
+             Column("BLOCK6", lambda d: _spec(d).get("block6") or "-"),
              Column("UNDERLAY", lambda d: _spec(d).get("underlayIP")),
              Column("FABRIC", lambda d: _spec(d).get("fabric"))))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from podnet.cluster.dualstack import Pools
 from podnet.defaults import (
     DEFAULT_BLOCK_PREFIX,
     DEFAULT_CLUSTER_CIDR,
@@ -45,3 +46,12 @@ class NodeOptions:
     gossip: GossipOptions | None = None  # --fabric gossip: peers, secret, ring genesis
     segment_gateway: str | None = None  # --fabric macvlan: the pod segment's router (None: its first address)
     mesh_cert_lifetime: float | None = None  # the mesh certificates this node issues (None: 1 h)
+    cluster_cidr6: str | None = None  # dual stack: the IPv6 pool, paired block by block (cluster/dualstack.py)
+    ipv6_masquerade: bool = False  # masquerade IPv6 leaving the cluster (off as in Kubernetes)
+
+    @property
+    def pools(self) -> Pools:
+        import ipaddress
+
+        return Pools(ipaddress.IPv4Network(self.cluster_cidr), self.block_prefix,
+                     ipaddress.IPv6Network(self.cluster_cidr6) if self.cluster_cidr6 else None)

@@ -47,18 +47,27 @@ class PodnetConf:
     is_default_gateway: bool = False
     ip_masq: bool = False
     ip_masq_exclude: tuple[str, ...] = ()  # destinations never masqueraded (the cluster CIDR)
+    ip_masq_ipv6: bool = False  # `ipMasqIPv6`: IPv6 masqueraded too (default: as ipMasq)
     mtu: int | None = None
     gso_max_size: int | None = None  # instead of the GSO limit detected from the uplink
     hairpin_mode: bool = False
     master: str | None = None
     macvlan_mode: str = "bridge"
     vlan: int | None = None  # macvlan on the 802.1Q sub-interface <master>.<vlan>
-    segment: tuple[str, str] | None = None  # macvlan: (on-link subnet, its router), fabric/macvlan.py
+    segments: tuple[tuple[str, str], ...] = ()  # macvlan: (on-link subnet, its router) per family, fabric/macvlan.py
     ipam: Mapping = field(default_factory=dict)
     agent_socket: str = DEFAULT_SOCKET
     port_mappings: tuple[Mapping, ...] = ()
     prev_result: Mapping | None = None
     valid_attachments: tuple[tuple[str, str], ...] | None = None
+
+    @property
+    def masq_families(self) -> tuple[str, ...]:
+        """The nft families ipMasq masquerades: both, or IPv4 alone when `ipMasqIPv6` is
+        false (a dual-stack cluster's default: IPv6 pod addresses are routed, not NATed)."""
+        if not self.ip_masq:
+            return ()
+        return ("ip", "ip6") if self.ip_masq_ipv6 else ("ip",)
 
     @property
     def builtin_ipam(self) -> bool:
@@ -121,26 +130,36 @@ def _vlan(raw: Mapping, attach: str) -> int | None:
     return vlan
 
 
-def _segment(raw: Mapping, attach: str) -> tuple[str, str] | None:
-    """macvlan's `segment` {subnet, gateway}: the L2 prefix pods sit on (the IPAM's
-    address gets its prefix length, whichever block it came from) and its router."""
+def _segments(raw: Mapping, attach: str) -> tuple[tuple[str, str], ...]:
+    """macvlan's `segment` {subnet, gateway}, or a list of them, one per family (a
+    dual-stack pod segment): the L2 prefix pods sit on (the IPAM's address of that
+    family gets its prefix length, whichever block it came from) and its router."""
     segment = raw.get("segment")
     if segment is None:
-        return None
+        return ()
     if attach != "macvlan":
         raise InvalidConfig(f"'segment' applies to macvlan networks only, not mode {attach!r}")
+    items = segment if isinstance(segment, list) else [segment]
+    out = tuple(_segment(item, f"'segment[{i}]'" if isinstance(segment, list) else "'segment'")
+                for i, item in enumerate(items))
+    if len({ipaddress.ip_network(subnet).version for subnet, _ in out}) != len(out):
+        raise InvalidConfig("'segment': at most one segment per IP family")
+    return out
+
+
+def _segment(segment: object, where: str) -> tuple[str, str]:
     if not isinstance(segment, Mapping):
-        raise InvalidConfig(f"'segment' must be an object with 'subnet' and 'gateway', got {segment!r}")
+        raise InvalidConfig(f"{where} must be an object with 'subnet' and 'gateway', got {segment!r}")
     try:
         subnet = ipaddress.ip_network(str(segment.get("subnet")))
     except ValueError as exc:
-        raise InvalidConfig(f"'segment.subnet': {exc}") from None
+        raise InvalidConfig(f"{where[:-1]}.subnet': {exc}") from None
     try:
         gateway = ipaddress.ip_address(str(segment.get("gateway")))
     except ValueError as exc:
-        raise InvalidConfig(f"'segment.gateway': {exc}") from None
+        raise InvalidConfig(f"{where[:-1]}.gateway': {exc}") from None
     if gateway not in subnet:
-        raise InvalidConfig(f"'segment.gateway' {gateway} is outside 'segment.subnet' {subnet}")
+        raise InvalidConfig(f"{where[:-1]}.gateway' {gateway} is outside {where[:-1]}.subnet' {subnet}")
     return str(subnet), str(gateway)
 
 
@@ -230,6 +249,7 @@ def parse_conf(raw: Mapping) -> PodnetConf:
         is_default_gateway=_bool(raw, "isDefaultGateway", False),
         ip_masq=_bool(raw, "ipMasq", False),
         ip_masq_exclude=_cidrs(raw, "ipMasqExclude"),
+        ip_masq_ipv6=_bool(raw, "ipMasqIPv6", _bool(raw, "ipMasq", False)),
         mtu=_mtu(raw),
         gso_max_size=_gso_max_size(raw),
         # Hairpin (a container reaching itself through a DNAT) matters with published
@@ -238,7 +258,7 @@ def parse_conf(raw: Mapping) -> PodnetConf:
         master=_ifname(master, "master") if master else None,
         macvlan_mode=macvlan_mode,
         vlan=_vlan(raw, attach),
-        segment=_segment(raw, attach),
+        segments=_segments(raw, attach),
         ipam=ipam,
         agent_socket=_str(raw, "agentSocket", DEFAULT_SOCKET) or DEFAULT_SOCKET,
         port_mappings=port_mappings,

@@ -2,8 +2,10 @@
 
 The names of Kubernetes' DNS specification (cluster-dns spec v1.1.0), for a cluster
 domain `D` (`cluster.local` by default):
-- `<svc>.<ns>.svc.D`: A/AAAA of the ClusterIP; for a headless service, of every
-  *ready* endpoint (pods selected, or EndpointSlice addresses);
+- `<svc>.<ns>.svc.D`: A/AAAA of the ClusterIPs (both of a dual-stack service); for a
+  headless service, of every *ready* endpoint (pods selected, or EndpointSlice
+  addresses) of the service's IP families (a SingleStack IPv4 one: its pods' IPv4
+  addresses only, as the EndpointSlice controller makes slices per family);
 - `<ep>.<svc>.<ns>.svc.D` for each ready endpoint of a headless service, `<ep>` being
   the slice endpoint's hostname or the address with dashes (`10-244-1-5`), as CoreDNS;
 - `_<port>._<proto>.<svc>.<ns>.svc.D`: SRV for every *named* port (target the
@@ -85,9 +87,10 @@ def service_fragment(domain: str, svc: Service, pods: Iterable[PodRecord], slice
     out.add(base, EXISTS, "")  # a headless service with no ready endpoint: NODATA, not NXDOMAIN
     if svc.headless:
         _headless(out, svc, base, list(pods), list(slices), ready)
-    elif svc.cluster_ip:
-        out.address(base, svc.cluster_ip)
-        out.pointer(svc.cluster_ip, base)
+    elif svc.virtual_ips:
+        for ip in svc.virtual_ips:
+            out.address(base, ip)
+            out.pointer(ip, base)
         for spec in svc.ports:
             if spec.name:
                 out.add(f"_{spec.name}._{spec.protocol.lower()}.{base}", "SRV",
@@ -119,8 +122,10 @@ def _headless(out: _Fragment, svc: Service, base: str, pods: list[PodRecord], sl
     """A headless service answers with its ready endpoints, each also under its own name."""
     hostnames = {e.address: e.hostname for piece in slices if piece.namespace == svc.namespace
                  and piece.service == svc.name for e in piece.endpoints if e.hostname}
+    families = {6 if f == "IPv6" else 4 for f in svc.ip_families}  # none given (stored before): every family
     for spec in svc.ports or (ANY_PORT,):
-        endpoints: list[Backing] = [b for b in backing(svc, spec, pods, slices, ready) if b.ready]
+        endpoints: list[Backing] = [b for b in backing(svc, spec, pods, slices, ready)
+                                    if b.ready and (not families or (6 if ":" in b.ip else 4) in families)]
         weight = max(1, 100 // max(1, len(endpoints)))
         for endpoint in endpoints:
             own = f"{hostnames.get(endpoint.ip) or dashed(endpoint.ip)}.{base}"

@@ -211,8 +211,9 @@ class CniService:
             addresses = _write_pending(store, key, pending, ipam, undo)
             if conf.mode == "routed":
                 addresses = as_routed(addresses)
-            elif conf.segment:
-                addresses = on_segment(addresses, *conf.segment)
+            elif conf.segments:
+                for subnet, router in conf.segments:
+                    addresses = on_segment(addresses, subnet, router)
             if not addresses.ips:
                 raise InvalidConfig(f"IPAM plugin {conf.ipam_type} returned no address")
             hostports.claim(call, store, self.identity.node, undo)  # a node port of the cluster refuses
@@ -223,7 +224,7 @@ class CniService:
             if nat:
                 manager = self.nat()
                 with netns.entered(host_fd):
-                    manager.add(conf.name, aid, list(ctx.ips), list(conf.port_mappings), conf.ip_masq,
+                    manager.add(conf.name, aid, list(ctx.ips), list(conf.port_mappings), conf.masq_families,
                                 attached.host_if, masq_exclude=conf.ip_masq_exclude)
                 undo.callback(self._nat_remove, host_fd, conf.name, aid)
             result = AddResult(attached, addresses, dict(conf_dns(req.config, req.args)) or addresses.dns)

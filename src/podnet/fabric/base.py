@@ -30,6 +30,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from podnet.cluster.dualstack import Pools
 from podnet.defaults import FABRIC_ROUTE_PROTO
 from podnet.errors import KernelError
 from podnet.model.cluster import NodeLease
@@ -71,6 +72,7 @@ class Desired:
     neighbours: set[NeighSpec] = field(default_factory=set)
     fdb: set[FdbSpec] = field(default_factory=set)
     peers: dict[str, str] = field(default_factory=dict)  # name -> "ok" | "refused: ..."
+    partial: dict[str, str] = field(default_factory=dict)  # an accepted peer's family not routed: why
     blocks: tuple[str, ...] = ()  # this node's own blocks (`own_blocks`), the lease's first
 
 
@@ -84,6 +86,16 @@ class FabricContext:
     cluster: ipaddress.IPv4Network  # every peer block lies inside
     block_prefix: int  # ... and has exactly this prefix length
     underlay_prefixes: tuple[ipaddress.IPv4Network, ...] = ()  # the underlay's other addresses' prefixes
+    cluster6: ipaddress.IPv6Network | None = None  # dual stack: the IPv6 pool (cluster/dualstack.py)
+    underlay6: ipaddress.IPv6Interface | None = None  # the underlay's IPv6 address, when it has one
+
+    @property
+    def pools(self) -> Pools:
+        return Pools(self.cluster, self.block_prefix, self.cluster6)
+
+    def twin(self, block: str | ipaddress.IPv4Network) -> ipaddress.IPv6Network | None:
+        """The IPv6 block paired with IPv4 `block` (None: single stack)."""
+        return self.pools.twin(block)
 
 
 @dataclass
@@ -144,7 +156,7 @@ class RouteNetwork:
         for spec in sorted(want.routes - set(have_routes)):
             index = _maybe_index(ipr, spec.dev) if dry_run else _index(ipr, spec.dev)
             kw: dict[str, Any] = {"dst": spec.dst, "gateway": spec.gateway or None, "oif": index,
-                                  "proto": self.route_proto}
+                                  "proto": self.route_proto, "family": _family(spec.dst)}
             if spec.onlink:
                 kw["flags"] = RTNH_F_ONLINK
             act(report.added, f"route {spec.dst}{f' via {spec.gateway}' if spec.gateway else ''} dev {spec.dev}",
@@ -152,10 +164,11 @@ class RouteNetwork:
         if self.device is not None and (dev := _maybe_index(ipr, self.device)) is not None:
             have_neigh = self._neighbours(ipr, dev)
             for spec in have_neigh - want.neighbours:
-                act(report.removed, f"neigh {spec.ip}", ipr.neigh, "del", dst=spec.ip, lladdr=spec.mac, ifindex=dev)
+                act(report.removed, f"neigh {spec.ip}", ipr.neigh, "del", dst=spec.ip, lladdr=spec.mac, ifindex=dev,
+                    family=_family(spec.ip))
             for spec in sorted(want.neighbours - have_neigh):
                 act(report.added, f"neigh {spec.ip} {spec.mac}", ipr.neigh, "replace",
-                          dst=spec.ip, lladdr=spec.mac, ifindex=dev, state=NUD_PERMANENT)
+                    dst=spec.ip, lladdr=spec.mac, ifindex=dev, state=NUD_PERMANENT, family=_family(spec.ip))
             have_fdb = self._fdb(ipr, dev)
             for spec in have_fdb - want.fdb:
                 act(report.removed, f"fdb {spec.mac}", ipr.neigh, "del", family=socket.AF_BRIDGE,
@@ -181,20 +194,23 @@ class RouteNetwork:
         """Routes of `proto` in the main table -> the attributes that delete them."""
         names = {msg["index"]: msg.get("IFLA_IFNAME") for msg in ipr.get_links()}
         out = {}
-        for msg in ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE):
-            if msg["proto"] != proto:
-                continue
-            dst = f"{msg.get('RTA_DST')}/{msg['dst_len']}"
-            gw = msg.get("RTA_GATEWAY") or ""
-            oif = msg.get("RTA_OIF")
-            spec = RouteSpec(dst, gw, str(names.get(oif, "")), bool(msg["flags"] & RTNH_F_ONLINK))
-            out[spec] = {"dst": dst, "gateway": gw or None, "oif": oif, "proto": proto, "table": MAIN_TABLE}
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in ipr.get_routes(family=family, table=MAIN_TABLE, proto=proto):
+                if msg["proto"] != proto or msg.get("RTA_DST") is None:
+                    continue
+                dst = str(ipaddress.ip_network(f"{msg.get('RTA_DST')}/{msg['dst_len']}", strict=False))
+                gw = msg.get("RTA_GATEWAY") or ""
+                oif = msg.get("RTA_OIF")
+                spec = RouteSpec(dst, gw, str(names.get(oif, "")), bool(msg["flags"] & RTNH_F_ONLINK))
+                out[spec] = {"dst": dst, "gateway": gw or None, "oif": oif, "proto": proto, "table": MAIN_TABLE,
+                             "family": family}
         return out
 
     def _neighbours(self, ipr: IPRoute, dev: int) -> set[NeighSpec]:
         return {
             NeighSpec(str(n.get("NDA_DST")), str(n.get("NDA_LLADDR")), str(self.device))
-            for n in ipr.get_neighbours(family=socket.AF_INET, ifindex=dev)
+            for family in (socket.AF_INET, socket.AF_INET6)
+            for n in ipr.get_neighbours(family=family, ifindex=dev)
             if n["state"] & NUD_PERMANENT and n.get("NDA_LLADDR")
         }
 
@@ -204,6 +220,11 @@ class RouteNetwork:
             for n in ipr.get_neighbours(family=socket.AF_BRIDGE, ifindex=dev)
             if n.get("NDA_DST") and n["ifindex"] == dev
         }
+
+
+def _family(address: str) -> int:
+    """AF_INET or AF_INET6 of an address or a prefix."""
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
 def _maybe_index(ipr: IPRoute, name: str) -> int | None:
@@ -240,7 +261,7 @@ def valid_peers(
         except ValueError as exc:
             refused[peer.name] = f"refused: malformed lease ({exc})"
             continue
-        problem = block_problem(ctx, net) or _claim_problem(net, peer.name, claims)
+        problem = block_problem(ctx, net) or _claim_problem(net, peer.name, claims) or _twin_problem(ctx, peer)
         if problem:
             refused[peer.name] = f"refused: {problem}"
             continue
@@ -287,6 +308,24 @@ def peer_blocks(ctx: FabricContext, peer: NodeLease, claims: Mapping[str, str]) 
         if block_problem(ctx, net) is None:
             out.append(net)
     return out
+
+
+def peer_blocks6(ctx: FabricContext, peer: NodeLease, claims: Mapping[str, str]) -> list[ipaddress.IPv6Network]:
+    """The IPv6 twins of an accepted dual-stack peer's blocks (none when this node or
+    the peer is single stack)."""
+    if ctx.cluster6 is None or not peer.block6:
+        return []
+    return [twin for block in peer_blocks(ctx, peer, claims) if (twin := ctx.twin(block)) is not None]
+
+
+def _twin_problem(ctx: FabricContext, peer: NodeLease) -> str | None:
+    """A dual-stack peer's IPv6 block must be its IPv4 block's twin in this cluster's pools."""
+    if ctx.cluster6 is None or not peer.block6:
+        return None
+    twin = ctx.twin(peer.block)
+    if str(twin) != peer.block6:
+        return f"IPv6 block {peer.block6} is not the twin of {peer.block} in {ctx.cluster6} (expected {twin})"
+    return None
 
 
 def _claim_problem(net: ipaddress.IPv4Network, name: str, claims: Mapping[str, str]) -> str | None:

@@ -10,6 +10,9 @@ Design notes:
 - `sync` turns this node's lease, the valid peers' leases and the BGP settings into a
   BirdSpec (bgp/model.py), renders it (bgp/render.py) and has this node's BIRD run it
   (bgp/bird.py: started once, reconfigured in place, adopted after an agent restart).
+- Dual stack: each session with a dual-stack node has an IPv6 twin between the two
+  nodes' IPv6 underlay addresses (`_ipv6_sessions`), announcing the blocks' IPv6
+  twins; a borrowed address of either family is announced as a host route.
 - The default topology is Calico's node-to-node mesh: iBGP with every other bgp node
   (`direct` on the node's own segment, multihop across it); BGPConfiguration and
   BGPPeer objects (bgp/objects.py) change the AS, turn the mesh off, add routers and
@@ -22,6 +25,7 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -80,12 +84,35 @@ def bird_spec(ctx: FabricContext, peers: Iterable[NodeLease], configs: Iterable[
                                              port=target.port, allow_local_as=ebgp)
     services = (*(config.service_cluster_ips or ()), *(config.service_external_ips or ()))
     own_blocks = tuple(dict.fromkeys((str(own.network), *blocks)))
-    hosts = tuple(f"{address}/32" for address in borrowed)
+    hosts = tuple(f"{address}/{128 if ':' in address else 32}" for address in borrowed)
+    local6, accept6 = None, ()
+    if ctx.cluster6 is not None and ctx.underlay6 is not None:  # dual stack: an IPv6 twin of each session
+        local6, accept6 = str(ctx.underlay6.ip), (str(ctx.cluster6),)
+        own_blocks += tuple(str(t) for b in own_blocks if (t := ctx.twin(b)) is not None)
+        neighbors.update(_ipv6_sessions(ctx, neighbors, peers))
     return BirdSpec(router_id=own.underlay_ip, asn=config.as_number or 0, local_address=own.underlay_ip,
                     neighbors=tuple(sorted(neighbors.values())), originate=(*own_blocks, *hosts, *services),
                     kernel_blackholes=own_blocks,
-                    accept=(str(ctx.cluster), *services), rr_cluster_id=config.rr_cluster_id,
-                    listen_port=config.listen_port or 179, transit=False)
+                    accept=(str(ctx.cluster), *accept6, *services), rr_cluster_id=config.rr_cluster_id,
+                    listen_port=config.listen_port or 179, transit=False, local_address6=local6)
+
+
+def _ipv6_sessions(ctx: FabricContext, neighbors: Mapping[str, Neighbor],
+                   peers: Iterable[NodeLease]) -> dict[str, Neighbor]:
+    """For each session with a dual-stack node, the same session between the two IPv6
+    underlay addresses, carrying the IPv6 blocks (as Calico peers IPv6 over IPv6: the
+    next hop a route carries is then the node's own IPv6 address). Routers named by
+    address (a ToR) stay IPv4 only."""
+    by_address = {p.underlay_ip: p for p in peers if p.underlay_ip6}
+    segment6 = ctx.underlay6.network if ctx.underlay6 is not None else None
+    out = {}
+    for address, n in neighbors.items():
+        peer = by_address.get(address)
+        if peer is None or peer.underlay_ip6 is None:
+            continue
+        on_link = segment6 is not None and ipaddress.IPv6Address(peer.underlay_ip6) in segment6
+        out[peer.underlay_ip6] = replace(n, name=f"{n.name}_v6", address=peer.underlay_ip6, direct=on_link)
+    return out
 
 
 class BgpFabric(RouteNetwork):
@@ -121,7 +148,8 @@ class BgpFabric(RouteNetwork):
         from podnet.cluster.leases import CLUSTER_NETWORK
         from podnet.ipam.blocks import borrowed
 
-        mine = [ipaddress.IPv4Network(b) for b in want.blocks] or [ctx.own.network]
+        mine: list = [ipaddress.IPv4Network(b) for b in want.blocks] or [ctx.own.network]
+        mine += [t for b in mine if (t := ctx.twin(b)) is not None]  # a borrowed IPv6 address lies outside these
         lent = borrowed(store, ctx.own.name, CLUSTER_NETWORK, mine) if store is not None else []
         self.borrowed = frozenset(lent)
         self.last = self.bird.ensure(render(bird_spec(ctx, ok, configs, bgp_peers, want.blocks, lent)))

@@ -15,6 +15,8 @@ Design notes (issue 14; the gossip layer itself is src/podnet/gossip/):
   the direct link returns, the topology changes, the next converge routes direct again.
 - A peer with no path is refused ("unreachable"); its routes go, and come back with
   the path.
+- Dual stack: each block's IPv6 twin takes its block's path (the VXLAN device via the
+  first hop's IPv6 VTEP, or the sleeve's TUN), as in the vxlan fabric.
 - The userspace sleeve (fabric/sleeve/: UDP 6784 through a TUN, optionally encrypted)
   takes the peers the routing marks `sleeve`: their routes are left to it here.
 """
@@ -34,6 +36,7 @@ from podnet.fabric.base import (
     NeighSpec,
     RouteSpec,
     peer_blocks,
+    peer_blocks6,
     valid_peers,
 )
 from podnet.fabric.sleeve.tun import DEFAULT_MTU as SLEEVE_MTU
@@ -94,8 +97,10 @@ class GossipFabric(VxlanFabric):
         via = self.routing.via
         for name, (peer, mac) in by_name.items():
             first = via.get(name)
+            twins = peer_blocks6(ctx, peer, claims)  # dual stack: the IPv6 blocks take the same path
             if name in self.routing.sleeve:  # the sleeve's TUN; the sleeve picks the first hop
-                for net in ipaddress.collapse_addresses(peer_blocks(ctx, peer, claims)):
+                for net in (*ipaddress.collapse_addresses(peer_blocks(ctx, peer, claims)),
+                            *ipaddress.collapse_addresses(twins)):
                     want.routes.add(RouteSpec(str(net), "", SLEEVE_DEVICE))
                 if first == name:  # the fast-path probe still goes out through VXLAN (agent/gossip_probe.py)
                     want.neighbours.add(NeighSpec(str(vtep_ip_of(peer.block)), mac, DEVICE))
@@ -110,6 +115,12 @@ class GossipFabric(VxlanFabric):
             for net in ipaddress.collapse_addresses(peer_blocks(ctx, peer, claims)):  # a ring part: few routes
                 want.routes.add(RouteSpec(str(net), vtep, DEVICE, onlink=True))
             want.neighbours.add(NeighSpec(vtep, hop_mac, DEVICE))
+            hop_twin = ctx.twin(hop.block) if twins and hop.block6 else None
+            if hop_twin is not None:  # IPv6 via the first hop's IPv6 VTEP, on the same device
+                vtep6 = str(hop_twin.network_address)
+                want.routes.update(RouteSpec(str(net), vtep6, DEVICE, onlink=True)
+                                   for net in ipaddress.collapse_addresses(twins))
+                want.neighbours.add(NeighSpec(vtep6, hop_mac, DEVICE))
             want.fdb.add(FdbSpec(hop_mac, hop.underlay_ip, DEVICE))
             want.peers[name] = OK if first == name else f"ok: via {first}"
         return want

@@ -21,6 +21,9 @@ Design notes:
   straight over L2 with an address it never asked.
 - Peers get no routes (the segment is on-link); a peer is accepted only when its
   underlay address is on this node's segment and it runs the same segment.
+- Dual stack: the IPv6 pool is a second on-link prefix of the same L2, its router at
+  the router's place in the kept block's twin; the shim also holds its twin block's
+  first IPv6 address.
 - Real-network mapping: the router's interface on the nodes' VLAN gets the pod
   prefix as a secondary address (or a second VLAN on a trunk, with the nodes'
   shims and pods on it), the pod prefix is routed to it from the rest of the
@@ -38,9 +41,11 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from podnet.cluster.dualstack import Pools, gateway6_of
 from podnet.cluster.leases import gateway_of
 from podnet.errors import KernelError
 from podnet.fabric.base import OK, Desired, FabricContext, RouteNetwork, RouteSpec, valid_peers
+from podnet.kernel import links
 from podnet.model.cluster import NodeLease
 
 SHIM = "pnmv0"
@@ -68,18 +73,36 @@ class MacvlanFabric(RouteNetwork):
     def __init__(self) -> None:
         self.segment: ipaddress.IPv4Network | None = None  # the cluster CIDR, on-link for pods
         self.gateway: ipaddress.IPv4Address | None = None  # the segment's router
+        self.segment6: ipaddress.IPv6Network | None = None  # dual stack: the IPv6 pool, on-link too
+        self.gateway6: ipaddress.IPv6Address | None = None  # ... and the router's address in it
         self._nat_done = False
 
-    def configure(self, segment: str, gateway: str | None) -> None:
-        """The segment (the cluster CIDR) and its router (default: its first address)."""
+    def configure(self, segment: str, gateway: str | None, pools: Pools | None = None) -> None:
+        """The segment (the cluster CIDR) and its router (default: its first address);
+        with an IPv6 pool (`pools`), the IPv6 segment too, its router at the same place
+        in its block's twin (so the block kept for the router keeps both addresses)."""
         self.segment = ipaddress.IPv4Network(segment)
         self.gateway = ipaddress.IPv4Address(gateway) if gateway else self.segment[1]
         if self.gateway not in self.segment:
             raise ValueError(f"segment gateway {self.gateway} is outside the segment {self.segment}")
+        if pools is not None and pools.v6 is not None:
+            kept = ipaddress.IPv4Network(f"{self.gateway}/{pools.block_prefix}", strict=False)
+            twin = pools.twin(kept)
+            assert twin is not None
+            self.segment6 = pools.v6
+            self.gateway6 = twin.network_address + (int(self.gateway) - int(kept.network_address))
 
     def backend_data(self, node: str) -> dict[str, Any]:
         """What `podnet host join` and the peers read: the segment and its router."""
-        return {"segment": str(self.segment), "gateway": str(self.gateway)}
+        return {"segment": str(self.segment), "gateway": str(self.gateway),
+                **({"segment6": str(self.segment6), "gateway6": str(self.gateway6)} if self.segment6 else {})}
+
+    def segments(self) -> list[tuple[str, str]]:
+        """(subnet, router) of each family's pod segment, IPv4 first: the conflist's."""
+        out = [(str(self.segment), str(self.gateway))]
+        if self.segment6 is not None:
+            out.append((str(self.segment6), str(self.gateway6)))
+        return out
 
     def setup(self, ipr: IPRoute, ctx: FabricContext) -> None:
         """The shim (a bridge-mode macvlan of the underlay) with this node's address,
@@ -95,12 +118,17 @@ class MacvlanFabric(RouteNetwork):
                 found = ipr.link_lookup(ifname=SHIM)
             index = found[0]
             ipr.link("set", index=index, state="up")
-            have = {a.get("IFA_ADDRESS") for a in ipr.get_addr(index=index, family=2)}
-            address = str(shim_address(ctx.own.block))
-            for stale in have - {address}:
-                ipr.addr("del", index=index, address=stale, prefixlen=32)
-            if address not in have:
-                ipr.addr("add", index=index, address=address, prefixlen=32)
+            have = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index)
+                    if not str(a.get("IFA_ADDRESS")).startswith("fe80:")}
+            wanted = {(str(shim_address(ctx.own.block)), 32)}
+            twin = ctx.twin(ctx.own.block)
+            if twin is not None:  # the IPv6 shim: the twin's first address
+                wanted.add((str(gateway6_of(twin)), 128))
+            for stale, plen in have - wanted:
+                ipr.addr("del", index=index, address=stale, prefixlen=plen)
+            for address, plen in sorted(wanted - have):
+                ipr.addr("add", index=index, address=address, prefixlen=plen,
+                         **({"flags": links.IFA_F_NODAD} if plen == 128 else {}))
         except NetlinkError as exc:
             if exc.code == errno.EINVAL:
                 raise KernelError(f"macvlan fabric: cannot make the shim {SHIM} on {ctx.own.underlay_if} "
@@ -116,6 +144,8 @@ class MacvlanFabric(RouteNetwork):
         assert self.segment is not None
         good, refused = valid_peers(ctx, peers, claims)
         want = Desired(peers=dict(refused), routes={RouteSpec(str(self.segment), "", SHIM)})
+        if self.segment6 is not None:
+            want.routes.add(RouteSpec(str(self.segment6), "", SHIM))
         for peer in good:
             want.peers[peer.name] = self._verdict(ctx, peer)
         return want

@@ -12,6 +12,10 @@ Design notes:
     fdb    <vtep mac> dst <underlay ip> self permanent (which host carries it)
   With learning off and no flooding, nothing is ever discovered by traffic: the store
   is the only source of truth, which keeps the data plane predictable.
+- Dual stack: IPv6 pods ride the same device over the IPv4 underlay (the inner frame
+  is Ethernet; its family does not matter to the tunnel). The IPv6 VTEP is the twin
+  block's network address (/128 on pnvx0), with its own onlink route and permanent
+  neighbour entry per peer, and the same FDB entry.
 - MTU = underlay MTU - 50 (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14),
   detected from the underlay interface, never typed.
 - No BIG TCP through the tunnel (kernel/gso.py): an encapsulated packet over 64 KiB
@@ -26,7 +30,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -44,9 +47,10 @@ from podnet.fabric.base import (
     RouteNetwork,
     RouteSpec,
     peer_blocks,
+    peer_blocks6,
     valid_peers,
 )
-from podnet.kernel import gso, rtnl
+from podnet.kernel import gso, links, rtnl
 from podnet.model.cluster import NodeLease
 
 DEVICE = "pnvx0"
@@ -85,6 +89,11 @@ class VxlanFabric(RouteNetwork):
             for block in peer_blocks(ctx, peer, claims):  # every block via the peer's one VTEP
                 want.routes.add(RouteSpec(str(block), vtep, DEVICE, onlink=True))
             want.neighbours.add(NeighSpec(vtep, mac.lower(), DEVICE))
+            twins = peer_blocks6(ctx, peer, claims)
+            if twins:  # IPv6 inside the same tunnel: the twin's network address is the IPv6 VTEP
+                vtep6 = str(twins[0].network_address)
+                want.routes.update(RouteSpec(str(b), vtep6, DEVICE, onlink=True) for b in twins)
+                want.neighbours.add(NeighSpec(vtep6, mac.lower(), DEVICE))
             want.fdb.add(FdbSpec(mac.lower(), peer.underlay_ip, DEVICE))
             want.peers[peer.name] = OK
         return want
@@ -98,12 +107,17 @@ class VxlanFabric(RouteNetwork):
                              mac=vtep_mac(ctx.own.name), mtu=self.mtu(ctx.underlay_mtu), what="vxlan")
         with rtnl.RtnlSocket() as sock:  # this thread is in the node's namespace
             gso.ensure(sock, index, gso.DEFAULT)
-        vtep = ipaddress.IPv4Interface(f"{vtep_ip_of(ctx.own.block)}/32")
-        have = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)}
-        for addr, plen in have - {(str(vtep.ip), 32)}:
+        twin = ctx.twin(ctx.own.block)
+        wanted = {(str(vtep_ip_of(ctx.own.block)), 32)}
+        if twin is not None:
+            wanted.add((str(twin.network_address), 128))
+        have = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index)
+                if a.get("IFA_ADDRESS") and not a.get("IFA_ADDRESS").startswith("fe80:")}
+        for addr, plen in have - wanted:
             ipr.addr("del", index=index, address=addr, prefixlen=plen)  # an old block's VTEP IP
-        if (str(vtep.ip), 32) not in have:
-            ipr.addr("add", index=index, address=str(vtep.ip), prefixlen=32)
+        for addr, plen in sorted(wanted - have):
+            ipr.addr("add", index=index, address=addr, prefixlen=plen,
+                     **({"flags": links.IFA_F_NODAD} if plen == 128 else {}))
 
 
 def ensure_vxlan(ipr: IPRoute, name: str, *, vni: int, local: str, link: int, port: int, mac: str, mtu: int,

@@ -23,7 +23,7 @@ Standard library only: podnet-ipam runs this in-process.
 from __future__ import annotations
 
 from collections.abc import Container, Iterable, Mapping
-from ipaddress import IPv4Address, IPv4Network, ip_address
+from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
 
 from podnet import keys
 from podnet.cluster.leases import list_claims
@@ -34,7 +34,14 @@ from podnet.model.cluster import BlockClaim, block_key
 from podnet.store.base import Store
 
 
-def block_range(block: IPv4Network) -> IpRange:
+def twin_ranges(rset: RangeSet, affinity: BlockAffinity) -> RangeSet:
+    """The IPv6 twins of an IPv4 range set of blocks (cluster/dualstack.py), in the same
+    order: a pod's IPv6 address comes from the twins of the blocks its IPv4 may."""
+    pools = affinity.pools
+    return RangeSet(tuple(block_range(twin) for r in rset.ranges if (twin := pools.twin(r.subnet)) is not None))
+
+
+def block_range(block: IPv4Network | IPv6Network) -> IpRange:
     """A block as a range: every host address but the first (its gateway)."""
     first = block.network_address + 1
     return IpRange(subnet=block, start=first, end=block.broadcast_address - 1, gateway=first)

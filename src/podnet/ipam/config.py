@@ -20,6 +20,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Any
 
 from podnet import addresses
+from podnet.cluster.dualstack import Pools, check_pools
 from podnet.errors import InvalidConfig
 
 IPAddress = IPv4Address | IPv6Address
@@ -109,6 +110,11 @@ class BlockAffinity:
     strict: bool = False
     ttl: float = 10.0
     ring: bool = False
+    pool6: IPv6Network | None = None  # dual stack: each IPv4 block's twin numbers the IPv6 address
+
+    @property
+    def pools(self) -> Pools:
+        return Pools(self.pool, self.block_size, self.pool6)
 
 
 @dataclass(frozen=True)
@@ -157,7 +163,7 @@ def _affinity(raw: object) -> BlockAffinity | None:
         return None
     if not isinstance(raw, Mapping):
         raise InvalidConfig(f"{where} must be an object")
-    unknown = set(raw) - {"node", "pool", "blockSize", "strictAffinity", "ttl", "ring"}
+    unknown = set(raw) - {"node", "pool", "pool6", "blockSize", "strictAffinity", "ttl", "ring"}
     if unknown:
         raise InvalidConfig(f"{where}.{sorted(unknown)[0]} is not a field of {where}")
     node = raw.get("node")
@@ -179,7 +185,13 @@ def _affinity(raw: object) -> BlockAffinity | None:
     ring = raw.get("ring", False)
     if not isinstance(ring, bool):
         raise InvalidConfig(f"{where}.ring must be true or false, got {ring!r}")
-    return BlockAffinity(node, pool, size, strict, float(ttl), ring)
+    pool6 = None
+    if raw.get("pool6") is not None:
+        pool6 = _network(raw.get("pool6"), f"{where}.pool6")
+        if not isinstance(pool6, IPv6Network):
+            raise InvalidConfig(f"{where}.pool6 must be an IPv6 network, got {pool6}")
+        check_pools(pool, size, pool6, f"{where}.pool6")
+    return BlockAffinity(node, pool, size, strict, float(ttl), ring, pool6)
 
 
 def parse_address(value: object, where: str) -> IPAddress:

@@ -313,7 +313,8 @@ class IpamService:
 
 def _with_blocks(store: Store, config: IpamConfig, taken: _TakenKeys, in_use: Iterable[str],
                  mine: Iterable[Reservation], claim: bool = True) -> IpamConfig:
-    """The config with its IPv4 range set replaced by what block affinity allows now
+    """The config with its IPv4 range set replaced by what block affinity allows now,
+    and in a dual-stack pool its IPv6 range set by those blocks' twins
     (`in_use`: every reserved address; `mine`: what the attachment already holds)."""
     assert config.affinity is not None
     index = next((i for i, rset in enumerate(config.range_sets) if rset.version == 4), 0)
@@ -321,6 +322,9 @@ def _with_blocks(store: Store, config: IpamConfig, taken: _TakenKeys, in_use: It
     rset = blocks.choose(store, config.affinity, taken, in_use, held, config.reserved, claim)
     sets = list(config.range_sets)
     sets[index] = rset
+    index6 = next((i for i, rs in enumerate(config.range_sets) if rs.version == 6), None)
+    if config.affinity.pool6 is not None and index6 is not None:  # the twins of the blocks chosen
+        sets[index6] = blocks.twin_ranges(rset, config.affinity)
     return replace(config, range_sets=tuple(sets))
 
 

@@ -51,7 +51,7 @@ from podnet.lab.underlay import (
     set_nic_gso,
     set_sysctls,
 )
-from podnet.model.service import DEFAULT_SERVICE_CIDR
+from podnet.model.service import DEFAULT_SERVICE_CIDR, ServiceSettings
 from podnet.state import StatePaths
 
 CLUSTER_CONFLIST = "cluster.conflist"
@@ -80,6 +80,8 @@ class LabOptions:
     reclaim_grace: float = RECLAIM_GRACE  # --fabric gossip: a dead node's space is reclaimed after it
     encrypt: bool = False  # --fabric gossip: a cluster secret, so peers talk over the encrypted sleeve
     mesh_cert_lifetime: float | None = None  # the agents' --mesh-cert-lifetime
+    cluster_cidr6: str | None = None  # `lab up --ipv6`: dual stack, the pods' IPv6 pool (and the underlay's)
+    ipv6_masquerade: bool = False  # the agents' --ipv6-masquerade
 
 
 Progress = Callable[[str], None]
@@ -112,6 +114,26 @@ class LabBuilder:
 
         pool = ipaddress.IPv4Network(self.o.cluster_cidr)
         return f"{pool[1]}/{pool.prefixlen}"
+
+    @property
+    def segment_router6(self) -> str:
+        """--fabric macvlan --ipv6: the router's IPv6 address in the pod segment, where
+        the agents put it (fabric/macvlan.py `configure`), with the segment's prefix."""
+        import ipaddress
+
+        from podnet.cluster.dualstack import Pools
+        from podnet.fabric.macvlan import MacvlanFabric
+
+        assert self.o.cluster_cidr6 is not None
+        fabric = MacvlanFabric()
+        fabric.configure(self.o.cluster_cidr, None, Pools(ipaddress.IPv4Network(self.o.cluster_cidr),
+                                                          self.block_prefix, ipaddress.IPv6Network(self.o.cluster_cidr6)))
+        return f"{fabric.gateway6}/{fabric.segment6.prefixlen}"  # type: ignore[union-attr]
+
+    @property
+    def ipv6(self) -> bool:
+        """A dual-stack lab: IPv6 on the underlay too, and every pod gets an address of each family."""
+        return self.o.cluster_cidr6 is not None
 
     @property
     def st(self) -> LabState:
@@ -186,26 +208,38 @@ class LabBuilder:
             for rack in range(racks):
                 self.plug(rack, f"rtr{rack}", rtr, f"r{rack}", f"{topo.router_ip(rack)}/24")
             ip("-n", rtr, "route", "add", "default", "via", topo.OUTSIDE_UNDERLAY)
+            if self.ipv6:
+                ip("-n", rtr, "-6", "route", "add", "default", "via", topo.underlay6_of(topo.OUTSIDE_UNDERLAY))
         out = self.st.add_netns(self.ns("out"))
         self.plug(0, "out", out, "eth0", f"{topo.OUTSIDE_UNDERLAY}/24")
         ip("-n", out, "addr", "add", f"{topo.OUTSIDE_IP}/32", "dev", "lo")
         self.st.data["cluster_cidr"] = self.o.cluster_cidr  # `lab host add --join` numbers from it
+        if self.ipv6:
+            ip("-n", out, "addr", "add", f"{topo.OUTSIDE_IP6}/128", "dev", "lo")
+            self.st.data["ipv6"] = {"cluster_cidr6": self.o.cluster_cidr6, "masquerade": self.o.ipv6_masquerade}
         if self.o.fabric == "macvlan":  # the pod segment's router: a second prefix on the same L2
             ip("-n", out, "addr", "add", self.segment_router, "dev", "eth0")
+            if self.ipv6:
+                ip("-n", out, "addr", "add", self.segment_router6, "dev", "eth0", "nodad")
             self.forwarding(out)  # pods reach the nodes' underlay through it
         self.route_to_racks(out)
         if racks > 1 and self.o.fabric == "bgp":  # services the nodes advertise (serviceClusterIPs) are
-            ip("-n", out, "route", "add", self.o.service_cidr, "via", topo.router_ip(0))  # behind rack 0's ToR
-        self.st.data["outside"] = {"netns": out, "underlay": topo.OUTSIDE_UNDERLAY, "ip": topo.OUTSIDE_IP}
+            for cidr in ServiceSettings(self.o.service_cidr).service_cidrs:  # behind rack 0's ToR (IPv4: the
+                if ":" not in cidr:  # ToRs' BIRD speaks IPv4 only)
+                    ip("-n", out, "route", "add", cidr, "via", topo.router_ip(0))
+        self.st.data["outside"] = {"netns": out, "underlay": topo.OUTSIDE_UNDERLAY, "ip": topo.OUTSIDE_IP,
+                                   **({"underlay6": topo.underlay6_of(topo.OUTSIDE_UNDERLAY), "ip6": topo.OUTSIDE_IP6}
+                                      if self.ipv6 else {})}
         for node in self.t.nodes:
             ns = self.st.add_netns(self.ns(node.name))
             self.st.data["nodes"][node.name] = {
                 "netns": ns, "rack": node.rack, "underlay": node.underlay_ip,
                 "socket": node_socket(self.o.name, node.name), "state_dir": str(self.st.labdir / node.name),
+                **({"underlay6": node.underlay_ip6} if self.ipv6 else {}),
             }
             self.plug(node.rack, f"n{node.index}", ns, "eth0", f"{node.underlay_ip}/24")
             self.forwarding(ns)
-            machine_routes(ns, node.rack, self.t.racks)
+            machine_routes(ns, node.rack, self.t.racks, self.ipv6)
         self.st.save()
 
     def bgp_routers(self) -> None:
@@ -254,14 +288,13 @@ class LabBuilder:
             timeout=60)
 
     def plug(self, rack: int, fabric_end: str, ns: str, ifname: str, address: str) -> None:
-        plug(self.ns(f"fab{rack}"), fabric_end, ns, ifname, address, self.o.nic_gso)
+        plug(self.ns(f"fab{rack}"), fabric_end, ns, ifname, address, self.o.nic_gso, self.ipv6)
 
     def route_to_racks(self, ns: str) -> None:
-        route_to_racks(ns, self.t.racks)
+        route_to_racks(ns, self.t.racks, self.ipv6)
 
-    @staticmethod
-    def forwarding(ns: str) -> None:
-        set_sysctls(ns, {"net.ipv4.ip_forward": 1})
+    def forwarding(self, ns: str) -> None:
+        set_sysctls(ns, {"net.ipv4.ip_forward": 1, **({"net.ipv6.conf.all.forwarding": 1} if self.ipv6 else {})})
 
     # daemons --------------------------------------------------------------
 
@@ -315,6 +348,12 @@ class LabBuilder:
         self.st.data["store_url"] = store
         self.st.data["service_cidr"] = self.o.service_cidr
         dns = self.plan_cluster_dns()
+        self.st.save()
+        if not self.simulate and self.o.store != "none":  # before any agent renders a conflist
+            from podnet.lab.orchestrator import in_lab_argv
+
+            run(in_lab_argv(self.st, [sys.executable, "-m", "podnet.lab.orchestrator", self.o.name, "--settings"]),
+                timeout=60)
         for node in self.t.nodes:
             info = self.st.data["nodes"][node.name]
             state_dir = Path(info["state_dir"])
@@ -343,30 +382,37 @@ class LabBuilder:
                        pid_name=f"agent/{node.name}")
             info["conflist"] = str(conflist)
             info["block"] = _conflist_block(conflist)
+            if self.ipv6:
+                info["block6"] = _conflist_block(conflist, 1)
         self.st.save()
         if self.o.fabric == "bgp" and not self.simulate:
             self._wait(self._bgp_converged, "every node's BGP routes to the other nodes' blocks")
 
     def _node_argv(self, node: Node, store: str, dns: dict | None) -> list[str]:
         argv = ["--store", store, "--node", node.name, "--fabric", self.o.fabric,
-                "--cluster-cidr", self.o.cluster_cidr, "--block-prefix", str(self.block_prefix),
+                "--cluster-cidr", ",".join(filter(None, (self.o.cluster_cidr, self.o.cluster_cidr6))),
+                "--block-prefix", str(self.block_prefix),
                 "--underlay", "eth0", "--lease-ttl", str(self.o.lease_ttl),
                 "--node-labels", routers.node_labels(node)]
         if self.o.mesh_cert_lifetime:
             argv += ["--mesh-cert-lifetime", str(self.o.mesh_cert_lifetime)]
+        if self.o.ipv6_masquerade:
+            argv += ["--ipv6-masquerade"]
         if dns:
             argv += ["--cluster-dns", dns["ip"], "--cluster-domain", dns["domain"],
                      "--cluster-dns-netns", str(NETNS_DIR / dns["pods"][node.name]["netns"])]
         return argv
 
     def _bgp_converged(self) -> bool:
-        """Each node's kernel holds a BIRD route (proto bird) to every other node's block."""
+        """Each node's kernel holds a BIRD route (proto bird) to every other node's block
+        (and, dual stack, to its IPv6 twin)."""
         nodes = self.st.data["nodes"]
-        for name, info in nodes.items():
-            routes = ip("-n", info["netns"], "-4", "route", "show", "proto", "bird").stdout
-            learned = {line.split()[0] for line in routes.splitlines() if line.strip()}
-            if any(other["block"] not in learned for peer, other in nodes.items() if peer != name):
-                return False
+        for family, key in (("-4", "block"), ("-6", "block6")) if self.ipv6 else (("-4", "block"),):
+            for name, info in nodes.items():
+                routes = ip("-n", info["netns"], family, "route", "show", "proto", "bird").stdout
+                learned = {line.split()[0] for line in routes.splitlines() if line.strip()}
+                if any(other.get(key) not in learned for peer, other in nodes.items() if peer != name):
+                    return False
         return True
 
     def plan_cluster_dns(self) -> dict | None:
@@ -376,9 +422,10 @@ class LabBuilder:
         as kubeadm picks it."""
         if not self.o.cluster_dns or self.simulate:
             return None
-        import ipaddress
 
-        dns = {"ip": str(ipaddress.ip_network(self.o.service_cidr)[10]), "domain": self.o.cluster_domain,
+        cidrs = ServiceSettings(self.o.service_cidr).networks
+        dns = {"ip": str(cidrs[0][10]), **({"ip6": str(cidrs[1][10])} if len(cidrs) > 1 else {}),
+               "domain": self.o.cluster_domain,
                "namespace": orchestrator.DNS_NAMESPACE,
                "pods": {node.name: {"name": f"{DNS_POD_PREFIX}{node.name}", "netns": self.ns(f"dns-{node.name}")}
                         for node in self.t.nodes}}
@@ -508,10 +555,11 @@ def write_simulated_conflist(path: Path, block: str, socket: str) -> None:
     write_atomic(path, json.dumps(config, indent=2))
 
 
-def _conflist_block(path: Path) -> str | None:
+def _conflist_block(path: Path, range_set: int = 0) -> str | None:
+    """The node's block as its conflist names it (`range_set` 1: a dual-stack node's IPv6 twin)."""
     try:
         plugin = json.loads(path.read_text())["plugins"][0]
-        return plugin["ipam"]["ranges"][0][0]["subnet"]
+        return plugin["ipam"]["ranges"][range_set][0]["subnet"]
     except (OSError, ValueError, KeyError, IndexError, TypeError):
         return None
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import selectors
@@ -87,12 +88,16 @@ def _dual_stack(server: socketserver.BaseServer) -> None:
     server.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
 
 
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+
+
 def _udp_reply(sock: socket.socket, reply: bytes) -> bool:
     """Answer one pending datagram with `reply`, from the address it was sent to (a
     wildcard socket would pick the source by route, and a masqueraded flow would drop
     it). False when the socket itself failed."""
     try:
-        _data, ancdata, _flags, addr = sock.recvmsg(65535, socket.CMSG_SPACE(12))
+        _data, ancdata, _flags, addr = sock.recvmsg(65535, socket.CMSG_SPACE(20))
     except OSError:
         return False
     cmsgs = []
@@ -100,9 +105,32 @@ def _udp_reply(sock: socket.socket, reply: bytes) -> bool:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
             _ifindex, _spec, dst = struct.unpack("=i4s4s", data[:12])
             cmsgs = [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=i4s4s", 0, dst, bytes(4)))]
+        elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= 20:
+            cmsgs = [(socket.IPPROTO_IPV6, IPV6_PKTINFO, data[:16] + struct.pack("=I", 0))]
     with contextlib.suppress(OSError):
         sock.sendmsg([reply], cmsgs, 0, addr)
     return True
+
+
+def _udp_socket(family: int, port: int) -> socket.socket | None:
+    """A UDP socket on every address of `family` that reports each datagram's
+    destination; None for IPv6 where the namespace has none (IPv6 disabled)."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+            sock.bind(("::", port))
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+            sock.bind(("0.0.0.0", port))
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        if family == socket.AF_INET6 and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+            return None
+        raise
+    return sock
 
 
 class _Stop(Exception):
@@ -122,16 +150,11 @@ def _bind(name: str, tcp: list[int], udp: list[int], report_peer: bool,
             server.server_close()
             raise
         servers.append(server)
-    for port in udp:  # IPv4 only: the lab's pods and underlay are IPv4
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-            sock.bind(("0.0.0.0", port))
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        udp_socks.append((sock, name.encode()))
+    for port in udp:  # one socket per family: a dual-stack pod answers on both
+        for family in (socket.AF_INET, socket.AF_INET6):
+            sock = _udp_socket(family, port)
+            if sock is not None:
+                udp_socks.append((sock, name.encode()))
 
 
 def serve_many(specs: list[dict], ready: str | None = None, report_peer: bool = False) -> None:

@@ -48,9 +48,11 @@ def check_lab_ranges(state: LabState, net: ExtraNetwork) -> None:
     may have moved them: the subnet must not overlap a node's block or the services."""
     subnet = ipaddress.ip_network(net.subnet)
     ranges = {f"the block of {name}": info.get("block") for name, info in state.data.get("nodes", {}).items()}
-    ranges["the service CIDR"] = state.data.get("service_cidr")
+    ranges.update({f"the IPv6 block of {name}": info.get("block6") for name, info in state.data.get("nodes", {}).items()})
+    for i, cidr in enumerate(str(state.data.get("service_cidr") or "").split(",")):  # a prefix per family
+        ranges[f"the service CIDR{' (secondary)' if i else ''}"] = cidr.strip()
     for what, cidr in ranges.items():
-        if cidr and subnet.overlaps(ipaddress.ip_network(cidr)):
+        if cidr and ipaddress.ip_network(cidr).version == subnet.version and subnet.overlaps(ipaddress.ip_network(cidr)):
             raise LabError(f"network {net.name}: its subnet {net.subnet} overlaps {what} ({cidr})")
 
 

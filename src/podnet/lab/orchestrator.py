@@ -40,12 +40,40 @@ DNS_LABELS = {"k8s-app": "kube-dns"}
 DNS_PORTS = ({"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"})
 
 
-def kube_dns(cluster_ip: str) -> dict:
-    """The cluster DNS service, as kubeadm installs it: its pods are the nodes' DNS pods."""
+def kube_dns(cluster_ip: str, cluster_ip6: str | None = None) -> dict:
+    """The cluster DNS service, as kubeadm installs it: its pods are the nodes' DNS pods.
+    In a dual-stack lab it has a ClusterIP of each family (`cluster_ip6`: the IPv6
+    service CIDR's 10th), so pods can ask over IPv6 too."""
+    spec: dict = {"selector": dict(DNS_LABELS), "clusterIP": cluster_ip,
+                  "ports": [{**port, "targetPort": port["name"]} for port in DNS_PORTS]}
+    if cluster_ip6:
+        spec.update(clusterIPs=[cluster_ip, cluster_ip6], ipFamilyPolicy="RequireDualStack",
+                    ipFamilies=["IPv4", "IPv6"])
     return {"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "kube-dns", "namespace": DNS_NAMESPACE, "labels": dict(DNS_LABELS)},
-            "spec": {"selector": dict(DNS_LABELS), "clusterIP": cluster_ip,
-                     "ports": [{**port, "targetPort": port["name"]} for port in DNS_PORTS]}}
+            "spec": spec}
+
+
+def write_settings(name: str) -> int:
+    """The service settings alone, before the agents start: a node renders its pods'
+    conflist from them (the macvlan fabric routes every service CIDR via its shim), so
+    a dual-stack lab's IPv6 service CIDR must be known before the first pod."""
+    from podnet.store import open_store
+
+    state = LabState.load(name)
+    with open_store(state.data["store_url"]) as store:
+        _ensure_settings(store, state.data)
+    return 0
+
+
+def _ensure_settings(store, data: dict) -> None:
+    """The lab's service CIDR(s) and DNS domain in the store, unless set already."""
+    from podnet.model.service import ServiceSettings
+
+    dns = data.get("cluster_dns") or {}
+    if data.get("service_cidr") and store.get(keys.SERVICE_SETTINGS) is None:
+        domain = {"cluster_domain": dns["domain"]} if dns.get("domain") else {}
+        store.put(keys.SERVICE_SETTINGS, ServiceSettings(data["service_cidr"], **domain).encode())
 
 
 def register(name: str) -> int:
@@ -53,7 +81,6 @@ def register(name: str) -> int:
     from podnet.model.cluster import HostRecord
     from podnet.model.policy import PodRecord
     from podnet.model.probe import parse_probe
-    from podnet.model.service import ServiceSettings
     from podnet.objects.registry import parse_documents
     from podnet.objects.store import apply, register_pods
     from podnet.store import open_store
@@ -77,11 +104,9 @@ def register(name: str) -> int:
         pods.append(PodRecord(DNS_NAMESPACE, entry["name"], node, tuple(ip.split("/")[0] for ip in entry.get("ips", [])),
                               dict(DNS_LABELS), DNS_PORTS))
     with open_store(state.data["store_url"]) as store:
-        if state.data.get("service_cidr") and store.get(keys.SERVICE_SETTINGS) is None:
-            domain = {"cluster_domain": dns["domain"]} if dns.get("domain") else {}
-            store.put(keys.SERVICE_SETTINGS, ServiceSettings(state.data["service_cidr"], **domain).encode())
+        _ensure_settings(store, state.data)
         register_pods(store, pods, namespaces)
-        services = ([kube_dns(dns["ip"])] if dns.get("ip") else []) + list(state.data.get("services") or [])
+        services = ([kube_dns(dns["ip"], dns.get("ip6"))] if dns.get("ip") else []) + list(state.data.get("services") or [])
         if services:  # the topology's services, once their pods exist
             apply(store, parse_documents(services))
         for host, entry in (state.data.get("hosts") or {}).items():
@@ -94,4 +119,4 @@ def register(name: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(register(sys.argv[1]))
+    sys.exit(write_settings(sys.argv[1]) if sys.argv[2:] == ["--settings"] else register(sys.argv[1]))

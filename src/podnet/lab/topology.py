@@ -62,6 +62,9 @@ MAX_NODES_PER_RACK = 180  # .10 .. .189; .200+ etcd, .254 outside
 MAX_RACKS = 200
 OUTSIDE_UNDERLAY = "172.31.0.254"
 OUTSIDE_IP = "198.51.100.1"
+UNDERLAY6_PREFIX = "fd00:172:31"  # `lab up --ipv6`: each rack's segment also fd00:172:31:<rack>::/64
+OUTSIDE_IP6 = "2001:db8::1"  # the outside world's IPv6 address (documentation prefix, as 198.51.100.1)
+CLUSTER_CIDR6 = "fd00:10:244::/56"  # the pods' IPv6 pool (kind's)
 ETCD_FIRST_HOST = 200
 CLUSTER_CIDR = "10.244.0.0/16"
 RESERVED_RANGES = {  # what an extra network's subnet must not overlap (the lab's defaults)
@@ -101,6 +104,10 @@ class Node:
     @property
     def underlay_ip(self) -> str:
         return f"{UNDERLAY_PREFIX}.{self.rack}.{FIRST_NODE_HOST + self.rack_index}"
+
+    @property
+    def underlay_ip6(self) -> str:
+        return underlay6_of(self.underlay_ip)
 
 
 @dataclass(frozen=True)
@@ -156,6 +163,16 @@ def rack_subnet(rack: int) -> str:
 
 def router_ip(rack: int) -> str:
     return f"{UNDERLAY_PREFIX}.{rack}.{ROUTER_HOST}"
+
+
+def underlay6_of(ip4: str) -> str:
+    """A lab machine's IPv6 underlay address, read off its IPv4 one: 172.31.R.H ->
+    fd00:172:31:R::H (R and H written in decimal digits, so the two read alike)."""
+    _a, _b, rack, host = ip4.split(".")
+    return str(ipaddress.IPv6Address(f"{UNDERLAY6_PREFIX}:{rack}::{host}"))
+
+
+UNDERLAY6_AGGREGATE = f"{UNDERLAY6_PREFIX}::/48"  # every rack's IPv6 segment
 
 
 def etcd_ip(member: int) -> str:

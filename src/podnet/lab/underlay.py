@@ -38,28 +38,38 @@ def set_sysctls(ns: str, settings: dict[str, str | int]) -> None:
             sysctl.ensure(name, value)
 
 
-def route_to_racks(ns: str, racks: int) -> None:
+def route_to_racks(ns: str, racks: int, ipv6: bool = False) -> None:
     """From rack 0, the other racks' segments are behind the router."""
     if racks > 1:
         ip("-n", ns, "route", "add", f"{topo.UNDERLAY_PREFIX}.0.0/16", "via", topo.router_ip(0))
+        if ipv6:
+            ip("-n", ns, "-6", "route", "add", topo.UNDERLAY6_AGGREGATE, "via", topo.underlay6_of(topo.router_ip(0)))
 
 
-def machine_routes(ns: str, rack: int, racks: int) -> None:
+def machine_routes(ns: str, rack: int, racks: int, ipv6: bool = False) -> None:
     """A node's or plain host's routes: on rack 0 the world is behind the outside
-    namespace (and other racks behind the router); elsewhere everything is."""
+    namespace (and other racks behind the router); elsewhere everything is. `ipv6`:
+    the same for the dual-stack underlay."""
     if rack == 0:
-        route_to_racks(ns, racks)
-        ip("-n", ns, "route", "add", "default", "via", topo.OUTSIDE_UNDERLAY)
+        route_to_racks(ns, racks, ipv6)
+        gateway = topo.OUTSIDE_UNDERLAY
     else:
-        ip("-n", ns, "route", "add", "default", "via", topo.router_ip(rack))
+        gateway = topo.router_ip(rack)
+    ip("-n", ns, "route", "add", "default", "via", gateway)
+    if ipv6:
+        ip("-n", ns, "-6", "route", "add", "default", "via", topo.underlay6_of(gateway))
 
 
-def plug(fab: str, fabric_end: str, ns: str, ifname: str, address: str, nic_gso: int) -> None:
+def plug(fab: str, fabric_end: str, ns: str, ifname: str, address: str, nic_gso: int, ipv6: bool = False) -> None:
     """A veth from the rack bridge in `fab` into `ns` (named `ifname` there), addressed
-    and up, with the lab NICs' GSO limits."""
+    and up, with the lab NICs' GSO limits; `ipv6`: also the IPv6 address read off the
+    IPv4 one (topology.underlay6_of), without duplicate address detection (the lab
+    numbers every machine, and DAD would hold the address back for a second)."""
     ip("-n", fab, "link", "add", fabric_end, "type", "veth", "peer", "name", ifname, "netns", ns)
     ip("-n", fab, "link", "set", fabric_end, "master", "br0", "up")
     ip("-n", ns, "addr", "add", address, "dev", ifname)
+    if ipv6:
+        ip("-n", ns, "addr", "add", f"{topo.underlay6_of(address.split('/')[0])}/64", "dev", ifname, "nodad")
     ip("-n", ns, "link", "set", ifname, "up")
     for where, name in ((fab, fabric_end), (ns, ifname)):
         set_nic_gso(where, name, nic_gso)

@@ -32,12 +32,31 @@ def _address(f: Fields, name: str) -> str:
         raise f.error(name, exc.msg.strip()) from None
 
 
+def _address6(f: Fields, name: str) -> str | None:
+    if f.raw.get(name) is None:
+        return None
+    value = _address(f, name)
+    if ipaddress.ip_address(value).version != 6:
+        raise f.error(name, f"is not an IPv6 address: {value!r}")
+    return value
+
+
 def _block(f: Fields, name: str) -> str:
     value = f.text(name)
     try:
         return str(ipaddress.IPv4Network(value))
     except ValueError:
         raise f.error(name, f"is not an IPv4 network: {value!r}") from None
+
+
+def _block6(f: Fields, name: str) -> str | None:
+    value = f.raw.get(name)
+    if value is None:
+        return None
+    try:
+        return str(ipaddress.IPv6Network(f.text(name)))
+    except ValueError:
+        raise f.error(name, f"is not an IPv6 network: {value!r}") from None
 
 
 def _labels(f: Fields, name: str) -> dict[str, str]:
@@ -62,6 +81,8 @@ class NodeLease:
     backend: dict[str, Any] = field(default_factory=dict)
     started: float = 0.0
     labels: dict[str, str] = field(default_factory=dict)  # absent in leases before issue 12: {}
+    block6: str | None = None  # a dual-stack node's IPv6 block, its IPv4 block's twin (cluster/dualstack.py)
+    underlay_ip6: str | None = None  # the underlay's IPv6 address, when it has one
 
     @property
     def key(self) -> str:
@@ -81,6 +102,8 @@ class NodeLease:
             "backend": dict(self.backend),
             "started": self.started,
             **({"labels": dict(sorted(self.labels.items()))} if self.labels else {}),
+            **({"block6": self.block6} if self.block6 else {}),
+            **({"underlay_ip6": self.underlay_ip6} if self.underlay_ip6 else {}),
         }
 
     def encode(self) -> str:
@@ -100,6 +123,8 @@ class NodeLease:
             backend=f.mapping("backend"),
             started=f.number("started"),
             labels=_labels(f, "labels"),
+            block6=_block6(f, "block6"),
+            underlay_ip6=_address6(f, "underlay_ip6"),
         )
 
 

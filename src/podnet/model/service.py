@@ -10,8 +10,9 @@
   port can never both exist (services/ports.py).
 - `readiness/<namespace>/<pod>` -> Readiness: what the pod's node last judged of a
   pod with a readiness probe (services/probes.py); backends follow it on every node.
-- `settings/services` -> ServiceSettings: the cluster's service CIDR, node port range
-  and DNS domain (written by `lab up` and `agent --init`; defaults otherwise).
+- `settings/services` -> ServiceSettings: the cluster's service CIDR (one prefix, or
+  two of different families on a dual-stack cluster), node port range and DNS domain
+  (written by `lab up` and `agent --init`; defaults otherwise).
 """
 
 from __future__ import annotations
@@ -149,20 +150,64 @@ class Readiness:
 
 @dataclass(frozen=True)
 class ServiceSettings:
+    """The cluster's service ranges. `service_cidr` is the primary family's prefix (what
+    single-stack readers take, and the family a SingleStack service gets); a dual-stack
+    cluster has the other family's in `secondary_cidr`. `service_cidr` may be given as
+    kube-apiserver's `--service-cluster-ip-range`, `10.96.0.0/16,fd00:10:96::/112`: it is
+    split into the two."""
+
     service_cidr: str = DEFAULT_SERVICE_CIDR
     node_ports: tuple[int, int] = DEFAULT_NODE_PORTS
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
+    secondary_cidr: str = ""  # "": a single-stack cluster
 
     def __post_init__(self) -> None:
+        primary, secondary = split_service_cidrs(self.service_cidr, self.secondary_cidr)
+        object.__setattr__(self, "service_cidr", primary)
+        object.__setattr__(self, "secondary_cidr", secondary)
         check_settings(self.service_cidr, self.node_ports, self.cluster_domain)
+        if secondary:
+            check_service_cidr(secondary)
+            if self.networks[0].version == self.networks[1].version:
+                raise InvalidConfig(f"service CIDRs {primary} and {secondary} are both IPv{self.networks[0].version}",
+                                    "give at most one prefix per family, the primary first: "
+                                    "10.96.0.0/16,fd00:10:96::/112")
 
     @property
     def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+        """The primary family's range."""
         return ipaddress.ip_network(self.service_cidr)
 
+    @property
+    def service_cidrs(self) -> tuple[str, ...]:
+        """One prefix per family, the primary first."""
+        return (self.service_cidr, self.secondary_cidr) if self.secondary_cidr else (self.service_cidr,)
+
+    @property
+    def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(c) for c in self.service_cidrs)
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """"IPv4"/"IPv6" of each range, the primary first (what Services may ask for)."""
+        return tuple(f"IPv{n.version}" for n in self.networks)
+
+    @property
+    def dual_stack(self) -> bool:
+        return bool(self.secondary_cidr)
+
+    def network_of(self, family: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        """The range of `family` ("IPv4"/"IPv6"), None when the cluster has none."""
+        return next((n for n in self.networks if f"IPv{n.version}" == family), None)
+
     def to_json(self) -> dict[str, Any]:
-        return {"serviceCIDR": self.service_cidr, "nodePortRange": f"{self.node_ports[0]}-{self.node_ports[1]}",
-                "clusterDomain": self.cluster_domain}
+        # serviceCIDR stays the primary alone: a reader that knows one range reads it as before
+        out: dict[str, Any] = {"serviceCIDR": self.service_cidr,
+                               "nodePortRange": f"{self.node_ports[0]}-{self.node_ports[1]}",
+                               "clusterDomain": self.cluster_domain}
+        if self.secondary_cidr:
+            out["serviceCIDRs"] = list(self.service_cidrs)
+        return out
 
     def encode(self) -> str:
         return dumps(self.to_json())
@@ -170,10 +215,30 @@ class ServiceSettings:
     @classmethod
     def from_json(cls, raw: object, what: str = "service settings") -> ServiceSettings:
         f = Fields(raw, what)
+        primary, secondary = f.text("serviceCIDR"), ""
+        if f.has("serviceCIDRs"):
+            listed = f.raw["serviceCIDRs"]
+            if (not isinstance(listed, list) or not 1 <= len(listed) <= 2
+                    or not all(isinstance(c, str) for c in listed) or listed[0] != primary):
+                raise f.error("serviceCIDRs", f"must list one or two prefixes, serviceCIDR first, got {listed!r}")
+            secondary = listed[1] if len(listed) == 2 else ""
         try:
-            return cls(f.text("serviceCIDR"), parse_port_range(f.text("nodePortRange")), f.text("clusterDomain"))
+            return cls(primary, parse_port_range(f.text("nodePortRange")), f.text("clusterDomain"), secondary)
         except InvalidConfig as exc:
             raise f.error("serviceCIDR", exc.msg) from None
+
+
+def split_service_cidrs(text: str, secondary: str = "") -> tuple[str, str]:
+    """`A` or `A,B` (kube-apiserver's form) -> (A, B or ""), with `secondary` given apart."""
+    if not isinstance(text, str):
+        raise InvalidConfig(f"service CIDR {text!r} is not a CIDR")
+    parts = [p.strip() for p in text.split(",")]
+    if secondary:
+        parts.append(secondary)
+    if len(parts) > 2 or not all(parts):
+        raise InvalidConfig(f"service CIDR {','.join(parts)!r}: give one prefix, or two of different families "
+                            "separated by a comma (10.96.0.0/16,fd00:10:96::/112)")
+    return parts[0], parts[1] if len(parts) == 2 else ""
 
 
 def parse_port_range(text: str) -> tuple[int, int]:
@@ -187,6 +252,16 @@ def parse_port_range(text: str) -> tuple[int, int]:
 def check_settings(cidr: str, node_ports: tuple[int, int], domain: str) -> None:
     """A service CIDR with room for services, not one of the machine's own ranges; a
     port range; a DNS domain."""
+    check_service_cidr(cidr)
+    low, high = node_ports
+    if not 1 <= low <= high <= 65535:
+        raise InvalidConfig(f"node port range {low}-{high} is not within 1-65535")
+    if not isinstance(domain, str) or len(domain) > 253 or not DNS_SUBDOMAIN_RE.fullmatch(domain):
+        raise InvalidConfig(f"cluster domain {domain!r} is not a DNS name")
+
+
+def check_service_cidr(cidr: str) -> None:
+    """One family's service range: assignable, at least 16 addresses, IPv6 /108 or longer."""
     net = addresses.network(cidr, "service CIDR")
     try:
         addresses.check_assignable(net, "service CIDR")
@@ -196,8 +271,3 @@ def check_settings(cidr: str, node_ports: tuple[int, int], domain: str) -> None:
         raise InvalidConfig(f"service CIDR {cidr} is too small (at least 16 addresses)")
     if net.version == 6 and net.prefixlen < 108:
         raise InvalidConfig(f"service CIDR {cidr}: an IPv6 service CIDR must be /108 or longer")
-    low, high = node_ports
-    if not 1 <= low <= high <= 65535:
-        raise InvalidConfig(f"node port range {low}-{high} is not within 1-65535")
-    if not isinstance(domain, str) or len(domain) > 253 or not DNS_SUBDOMAIN_RE.fullmatch(domain):
-        raise InvalidConfig(f"cluster domain {domain!r} is not a DNS name")

@@ -28,8 +28,9 @@ def problems(node: dict) -> list[str]:
     return [f"{s['name']} ({s['neighbor']}): {s['state']}" for s in node["sessions"] if s["state"] != ESTABLISHED]
 
 
-def checks(lab: dict) -> list[tuple[str, str, str, bool, str]]:
-    """(check, source, destination, ok, detail) per session of every node of a bgp lab."""
+def checks(lab: dict, only: int | None = None) -> list[tuple[str, str, str, bool, str]]:
+    """(check, source, destination, ok, detail) per session of every node of a bgp lab;
+    a dual-stack node's IPv6 sessions are `bgp/session/ipv6`; `only`: one family's."""
     sockets = {name: info["socket"] for name, info in (lab.get("nodes") or {}).items()}
     out = []
     for node in collect(sockets, timeout=5.0):
@@ -37,7 +38,11 @@ def checks(lab: dict) -> list[tuple[str, str, str, bool, str]]:
             out.append(("bgp/session", node["node"], "-", False, "; ".join(problems(node))))
             continue
         for s in node["sessions"]:
+            v6 = ":" in str(s["neighbor"])
+            if only is not None and only != (6 if v6 else 4):
+                continue
             ok = s["state"] == ESTABLISHED
-            out.append(("bgp/session", node["node"], f"{s['neighbor']} AS{s.get('neighbor_as')}", ok,
+            out.append(("bgp/session/ipv6" if v6 else "bgp/session", node["node"],
+                        f"{s['neighbor']} AS{s.get('neighbor_as')}", ok,
                         f"{s['state']}, {s['imported']} route(s) in, {s['exported']} out"))
     return out

@@ -94,15 +94,26 @@ class Result:
 # ---------------------------------------------------------------------------- plan
 
 
-def _address(pod: dict) -> str | None:
-    ips = pod.get("ips") or []
-    return ips[0].split("/")[0] if ips else None
+def _address(pod: dict, version: int = 4) -> str | None:
+    """The pod's first address of IP `version`."""
+    for ip in pod.get("ips") or []:
+        address = ip.split("/")[0]
+        if (":" in address) == (version == 6):
+            return address
+    return None
 
 
-def _outside_sees(lab: dict, node: dict, pod: dict) -> str:
+def families(lab: dict) -> tuple[int, ...]:
+    """The IP versions the lab's pods speak: 4, and 6 in a dual-stack lab (`lab up --ipv6`)."""
+    return (4, 6) if lab.get("ipv6") else (4,)
+
+
+def _outside_sees(lab: dict, node: dict, pod: dict, version: int = 4) -> str:
     """The client address the outside world must report: the node's (masquerade), or
     on a macvlan lab the pod's own."""
-    return _address(pod) if lab.get("fabric") == "macvlan" else node["underlay"]
+    if lab.get("fabric") == "macvlan":
+        return _address(pod, version) or ""
+    return node["underlay6" if version == 6 else "underlay"]
 
 
 def _gateway(block: str) -> str:
@@ -134,57 +145,79 @@ def first_pods(lab: dict) -> dict[str, str]:
     return {n: keys[0] for n, keys in pods_by_node(lab).items() if keys}
 
 
-def plan(lab: dict) -> list[Probe]:
-    """Every probe for the lab described by its state file's data (pure)."""
+def plan(lab: dict, only: int | None = None) -> list[Probe]:
+    """Every probe for the lab described by its state file's data (pure): for each IP
+    family the lab speaks, or `only` that one (`--family`). IPv4's checks keep their
+    names; IPv6's end in `/ipv6`."""
+    probes: list[Probe] = []
+    for version in families(lab):
+        if only in (None, version):
+            probes += _plan_family(lab, version)
+    return probes
+
+
+def _plan_family(lab: dict, v: int) -> list[Probe]:
+    """The probes of one IP family (`v`: 4 or 6)."""
     nodes: dict[str, dict] = lab.get("nodes", {})
     pods: dict[str, dict] = lab.get("pods", {})
     names = list(nodes)  # the topology's order (node2 before node10)
     on_node = pods_by_node(lab)
     first = first_pods(lab)
     probes: list[Probe] = []
+    suffix = "/ipv6" if v == 6 else ""
+    under_key, block_key = ("underlay6", "block6") if v == 6 else ("underlay", "block")
+
+    def _address_v(pod: dict) -> str | None:
+        return _address(pod, v)
 
     def pod_probe(check: str, src: str, dst_label: str, spec: dict) -> None:
-        probes.append(Probe(check, src, pods[src]["netns"], dst_label, spec))
+        probes.append(Probe(check + suffix, src, pods[src]["netns"], dst_label, spec))
+
+    def node_probe(check: str, node: str, dst_label: str, spec: dict) -> None:
+        probes.append(Probe(check + suffix, node, nodes[node]["netns"], dst_label, spec))
 
     def pod_label(key: str) -> str:
-        return f"{key} ({_address(pods[key])})"
+        return f"{key} ({_address_v(pods[key])})"
 
     for node in names:  # same node
         if len(on_node[node]) >= 2:
             a, b = on_node[node][:2]
-            pod_probe("pod-to-pod/same-node", a, pod_label(b), {"kind": "icmp", "dst": _address(pods[b])})
+            pod_probe("pod-to-pod/same-node", a, pod_label(b), {"kind": "icmp", "dst": _address_v(pods[b])})
     for a, b in node_pairs([n for n in names if n in first]):
         racks = nodes[a].get("rack", 0) != nodes[b].get("rack", 0)
         pod_probe(f"pod-to-pod/{'cross-rack' if racks else 'cross-node'}", first[a], pod_label(first[b]),
-                  {"kind": "icmp", "dst": _address(pods[first[b]])})
+                  {"kind": "icmp", "dst": _address_v(pods[first[b]])})
     for node in names:  # pods and nodes
         nxt = _next_node(names, node)
         if node in first and lab.get("fabric") == "bgp":  # routed pods: their gateway is link-local
-            under = nodes[node]["underlay"]
+            under = nodes[node][under_key]
             pod_probe("pod-to-node/own", first[node], f"{node} eth0 ({under})", {"kind": "icmp", "dst": under})
-        elif node in first and nodes[node].get("block") and lab.get("fabric") == "macvlan":
-            shim = _gateway(nodes[node]["block"])  # macvlan pods reach their own node through its shim
+        elif node in first and nodes[node].get(block_key) and lab.get("fabric") == "macvlan":
+            shim = _gateway(nodes[node][block_key])  # macvlan pods reach their own node through its shim
             pod_probe("pod-to-node/shim", first[node], f"{node} pnmv0 ({shim})", {"kind": "icmp", "dst": shim})
-        elif node in first and nodes[node].get("block"):
-            gw = _gateway(nodes[node]["block"])
+        elif node in first and nodes[node].get(block_key):
+            gw = _gateway(nodes[node][block_key])
             pod_probe("pod-to-node/gateway", first[node], f"{node} pncl0 ({gw})", {"kind": "icmp", "dst": gw})
         if node in first and nxt:
-            under = nodes[nxt]["underlay"]
+            under = nodes[nxt][under_key]
             pod_probe("pod-to-node/remote", first[node], f"{nxt} eth0 ({under})", {"kind": "icmp", "dst": under})
         if node in first:
-            probes.append(Probe("node-to-pod/local", node, nodes[node]["netns"], pod_label(first[node]),
-                                {"kind": "icmp", "dst": _address(pods[first[node]])}))
+            node_probe("node-to-pod/local", node, pod_label(first[node]),
+                       {"kind": "icmp", "dst": _address_v(pods[first[node]])})
         if nxt and nxt in first:
-            probes.append(Probe("node-to-pod/remote", node, nodes[node]["netns"], pod_label(first[nxt]),
-                                {"kind": "icmp", "dst": _address(pods[first[nxt]])}))
-    outside = (lab.get("outside") or {}).get("ip")
+            node_probe("node-to-pod/remote", node, pod_label(first[nxt]),
+                       {"kind": "icmp", "dst": _address_v(pods[first[nxt]])})
+    outside = (lab.get("outside") or {}).get("ip6" if v == 6 else "ip")
+    if v == 6 and not (lab.get("ipv6") or {}).get("masquerade") and lab.get("fabric") != "macvlan":
+        outside = None  # IPv6 pods are not NATed (Kubernetes' default): the world has no route back
+    host = f"[{outside}]" if v == 6 else outside
     for node in names:  # the outside world
         if node not in first or not outside:
             continue
-        pod_probe("pod-to-outside/http", first[node], f"outside http://{outside}/peer",
+        pod_probe("pod-to-outside/http", first[node], f"outside http://{host}/peer",
                   {"kind": "http", "dst": outside, "port": OUTSIDE_PORT, "path": "/peer",
-                   "expect": _outside_sees(lab, nodes[node], pods[first[node]])})
-        pod_probe("pod-to-outside/udp", first[node], f"outside {outside}:{OUTSIDE_PORT}/udp",
+                   "expect": _outside_sees(lab, nodes[node], pods[first[node]], v)})
+        pod_probe("pod-to-outside/udp", first[node], f"outside {host}:{OUTSIDE_PORT}/udp",
                   {"kind": "udp", "dst": outside, "port": OUTSIDE_PORT, "expect": "outside"})
     for node in names:  # MTU across nodes
         nxt = _next_node(names, node)
@@ -194,25 +227,25 @@ def plan(lab: dict) -> list[Probe]:
         if target:
             port = _udp_port(pods[target])
             pod_probe("pmtu/cross-node", first[node], f"{pod_label(target)} :{port}/udp",
-                      {"kind": "pmtu", "dst": _address(pods[target]), "port": port, "expect": _short(target)})
+                      {"kind": "pmtu", "dst": _address_v(pods[target]), "port": port, "expect": _short(target)})
     for key in pods:  # every served port
         pod = pods[key]
-        if not _address(pod):
+        if not _address_v(pod):
             continue
         src = _port_client(names, on_node, pod["node"], key)
         for port in pod.get("ports", []):
             number, _, proto = str(port).partition("/")
-            spec = {"kind": "udp" if proto.upper() == "UDP" else "tcp", "dst": _address(pod), "port": int(number),
+            spec = {"kind": "udp" if proto.upper() == "UDP" else "tcp", "dst": _address_v(pod), "port": int(number),
                     "expect": _short(key)}
             label = f"{key} :{number}/{(proto or 'tcp').lower()}"
             if src in pods:
                 pod_probe("served-port", src, label, spec)
             else:
-                probes.append(Probe("served-port", src, nodes[src]["netns"], label, spec))
+                node_probe("served-port", src, label, spec)
     for key in pods:  # a pod without an address is a failure, not a silent skip
-        if not _address(pods[key]):
-            probes.append(Probe("pod-address", key, pods[key].get("netns", ""), "-",
-                                {"kind": "missing", "detail": "the pod has no IP address in the lab state"}))
+        if not _address_v(pods[key]):
+            probes.append(Probe("pod-address" + suffix, key, pods[key].get("netns", ""), "-",
+                                {"kind": "missing", "detail": f"the pod has no IPv{v} address in the lab state"}))
     return probes
 
 
@@ -299,7 +332,7 @@ def load_lab(name: str) -> dict:
 
 
 def test_lab(name: str, timeout: float = DEFAULT_TIMEOUT, parallel: int = DEFAULT_PARALLEL,
-             store: Store | None = None, clusterset: bool = False) -> list[Result]:
+             store: Store | None = None, clusterset: bool = False, family: int | None = None) -> list[Result]:
     """Plan and run every check against lab `name`; with its cluster store, every
     service too (observe/service_checks.py); with `clusterset`, only the checks across
     the clusters it joined (observe/clusterset_checks.py)."""
@@ -311,17 +344,19 @@ def test_lab(name: str, timeout: float = DEFAULT_TIMEOUT, parallel: int = DEFAUL
             raise ConnectivityError("--clusterset needs the lab's store")
         planned, judged = clusterset_checks.plan(lab, store)
         return [Result(*j, 0.0) for j in judged] + run([Probe(*p) for p in planned], timeout, parallel)
-    probes = plan(lab)
+    if family == 6 and 6 not in families(lab):
+        raise ConnectivityError(f"lab {name!r} has no IPv6 (it was built without --ipv6)")
+    probes = plan(lab, family)
     if store is not None:
         from podnet.observe.service_checks import probes as service_probes
         from podnet.observe.service_checks import service_targets
 
-        probes += [Probe(*planned) for planned in service_probes(lab, service_targets(store), first_pods(lab))]
+        probes += [Probe(*planned) for planned in service_probes(lab, service_targets(store), first_pods(lab), family)]
     results = run(probes, timeout, parallel)
     if lab.get("fabric") == "bgp":
         from podnet.observe.bgp_checks import checks
 
-        results += [Result(*check, 0.0) for check in checks(lab)]
+        results += [Result(*check, 0.0) for check in checks(lab, family)]
     return results
 
 

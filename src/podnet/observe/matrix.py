@@ -129,6 +129,7 @@ class Request:
     source: LabelSelector = field(default_factory=LabelSelector)
     target: LabelSelector = field(default_factory=LabelSelector)
     timeout: float = DEFAULT_TIMEOUT
+    family: int = 4  # the targets' addresses of this IP version (`--family 6`: a dual-stack lab's IPv6)
 
     @classmethod
     def from_args(
@@ -138,6 +139,7 @@ class Request:
         source: str | None = None,
         target: str | None = None,
         timeout: str | float | None = None,
+        family: int | None = None,
     ) -> Request:
         return cls(
             parse_ports(ports),
@@ -145,6 +147,7 @@ class Request:
             parse_selector(source),
             parse_selector(target),
             parse_timeout(timeout),
+            family or 4,
         )
 
 
@@ -190,9 +193,13 @@ def served(pod: Mapping) -> list[Cell]:
     return cells
 
 
-def address(pod: Mapping) -> str | None:
-    ips = pod.get("ips") or []
-    return str(ips[0]).split("/")[0] if ips else None
+def address(pod: Mapping, version: int = 4) -> str | None:
+    """The pod's first address of IP `version` (a dual-stack pod has one of each)."""
+    for ip in pod.get("ips") or []:
+        found = str(ip).split("/")[0]
+        if (":" in found) == (version == 6):
+            return found
+    return None
 
 
 def select_pods(pods: Mapping[str, Mapping], selector: LabelSelector, role: str) -> list[str]:
@@ -234,6 +241,9 @@ def plan(lab: Mapping, request: Request | None = None) -> Plan:
             f"the selected targets serve no port over {protos}",
             f"served: {', '.join(cell_label(c) for c in sorted(offered)) or 'nothing'}",
         )
+    if not any(address(pods[t], request.family) for t in targets):
+        raise MatrixError(f"no selected target has an IPv{request.family} address",
+                          "IPv6 needs a dual-stack lab (podnet lab up --ipv6)" if request.family == 6 else "")
     serves = {}
     for t in targets:
         own = set(served(pods[t]))
@@ -243,7 +253,7 @@ def plan(lab: Mapping, request: Request | None = None) -> Plan:
         probes[src] = [
             Probe(t, port, proto, addr, t.rsplit("/", 1)[-1])
             for t in targets
-            if (addr := address(pods[t]))
+            if (addr := address(pods[t], request.family))
             for port, proto in serves[t]
         ]
     netns = {src: str(pods[src].get("netns", "")) for src in sources}

@@ -35,6 +35,11 @@ UDP_DATAGRAM = b"probe"
 READ_LIMIT = 4096
 
 
+def _family(address: str) -> int:
+    """Each probe speaks its target address's family (`podnet probe --family 6`)."""
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
 class _Probe:
     __slots__ = ("index", "proto", "addr", "name", "sock", "state", "buf", "deadline", "resend_at")
 
@@ -73,7 +78,7 @@ class _Runner:
         self.active[probe.index] = probe
         try:
             if probe.proto == "tcp":
-                sock = probe.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock = probe.sock = socket.socket(_family(probe.addr[0]), socket.SOCK_STREAM)
                 sock.setblocking(False)
                 err = sock.connect_ex(probe.addr)
                 if err not in (0, errno.EINPROGRESS):
@@ -82,7 +87,7 @@ class _Runner:
                 self.sel.register(sock, selectors.EVENT_WRITE, probe)
                 probe.state = "connect"
             elif probe.proto == "udp":
-                sock = probe.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sock = probe.sock = socket.socket(_family(probe.addr[0]), socket.SOCK_DGRAM)
                 sock.setblocking(False)
                 sock.connect(probe.addr)
                 sock.send(UDP_DATAGRAM)

@@ -13,7 +13,10 @@ Kinds (every one bounded by `timeout` seconds):
 - `udp`: one datagram, ok when the answer is `expect`.
 - `http`: GET `path` from `dst:port`; ok when the body is `expect`.
 - `pmtu`: DF set (IP_PMTUDISC_DO) on a UDP socket: a datagram of `mtu - 28` bytes must
-  be answered by `expect`, one byte more must fail locally with EMSGSIZE.
+  be answered by `expect`, one byte more must fail locally with EMSGSIZE (IPv6: never
+  fragmented by routers, `mtu - 48` bytes).
+
+Every kind speaks the family of `dst` (an IPv6 address: ICMPv6, AF_INET6 sockets).
 - `refused`: a TCP connect must be refused (a service without ready backends must
   refuse at once, not time out).
 
@@ -40,6 +43,15 @@ IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
 IP_MTU = getattr(socket, "IP_MTU", 14)
 UDP_IP_OVERHEAD = 28  # IPv4 header 20 + UDP (or ICMP) header 8
+IPV6_MTU_DISCOVER = getattr(socket, "IPV6_MTU_DISCOVER", 23)
+IPV6_PMTUDISC_DO = 2
+IPV6_MTU = getattr(socket, "IPV6_MTU", 24)
+UDP_IP6_OVERHEAD = 48  # IPv6 header 40 + UDP header 8
+
+
+def family(dst: str) -> int:
+    """AF_INET6 for an IPv6 address, else AF_INET: every kind probes either family."""
+    return socket.AF_INET6 if ":" in dst else socket.AF_INET
 
 
 def checksum(data: bytes) -> int:
@@ -53,6 +65,8 @@ def checksum(data: bytes) -> int:
 
 
 def icmp(dst: str, timeout: float) -> tuple[bool, str]:
+    if family(dst) == socket.AF_INET6:
+        return icmp6(dst, timeout)
     ident, payload = os.getpid() & 0xFFFF, b"podnet-connectivity"
     header = struct.pack("!BBHHH", 8, 0, 0, ident, 1)
     packet = struct.pack("!BBHHH", 8, 0, checksum(header + payload), ident, 1) + payload
@@ -71,6 +85,25 @@ def icmp(dst: str, timeout: float) -> tuple[bool, str]:
                 return False, f"ICMP destination unreachable (code {_code}) from {addr[0]}"
 
 
+def icmp6(dst: str, timeout: float) -> tuple[bool, str]:
+    """ICMPv6 echo: the kernel fills in the checksum and strips the IPv6 header."""
+    ident, payload = os.getpid() & 0xFFFF, b"podnet-connectivity"
+    packet = struct.pack("!BBHHH", 128, 0, 0, ident, 1) + payload
+    with socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as sock:
+        sock.sendto(packet, (dst, 0))
+        deadline = time.monotonic() + timeout
+        while True:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            data, addr = sock.recvfrom(2048)
+            kind, code, _sum, got_id = struct.unpack("!BBHH", data[:6])
+            if socket.inet_pton(socket.AF_INET6, addr[0]) == socket.inet_pton(socket.AF_INET6, dst) \
+                    and kind == 129 and got_id == ident:
+                return True, f"echo reply from {dst}"
+            inner = data[8:]  # the quoted packet: IPv6 header 40, then our echo request
+            if kind == 1 and len(inner) >= 46 and inner[40] == 128 and struct.unpack("!H", inner[44:46])[0] == ident:
+                return False, f"ICMPv6 destination unreachable (code {code}) from {addr[0]}"
+
+
 def _about_us(inner: bytes, ident: int) -> bool:
     """Does an ICMP error quote our echo request (the original IP header + 8 bytes)?"""
     if len(inner) < 20:
@@ -87,7 +120,7 @@ def tcp(dst: str, port: int, expect: str, timeout: float) -> tuple[bool, str]:
 
 
 def udp(dst: str, port: int, expect: str, timeout: float) -> tuple[bool, str]:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with socket.socket(family(dst), socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         sock.connect((dst, port))
         sock.send(b"podnet-connectivity")
@@ -97,7 +130,8 @@ def udp(dst: str, port: int, expect: str, timeout: float) -> tuple[bool, str]:
 
 def http(dst: str, port: int, path: str, expect: str, timeout: float) -> tuple[bool, str]:
     with socket.create_connection((dst, port), timeout=timeout) as sock:
-        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {dst}\r\n\r\n".encode())
+        host = f"[{dst}]" if family(dst) == socket.AF_INET6 else dst
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
         chunks = []
         while chunk := sock.recv(4096):
             chunks.append(chunk)
@@ -113,12 +147,16 @@ def http(dst: str, port: int, path: str, expect: str, timeout: float) -> tuple[b
 
 
 def pmtu(dst: str, port: int, expect: str, timeout: float) -> tuple[bool, str]:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    v6 = family(dst) == socket.AF_INET6
+    with socket.socket(family(dst), socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
-        sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        if v6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DO)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
         sock.connect((dst, port))
-        mtu = sock.getsockopt(socket.IPPROTO_IP, IP_MTU)
-        size = mtu - UDP_IP_OVERHEAD
+        mtu = sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU) if v6 else sock.getsockopt(socket.IPPROTO_IP, IP_MTU)
+        size = mtu - (UDP_IP6_OVERHEAD if v6 else UDP_IP_OVERHEAD)
         sock.send(b"x" * size)
         try:
             answer = sock.recv(4096).decode(errors="replace").strip()
@@ -181,7 +219,7 @@ def dns(dst: str, port: int, name: str, qtype: str, timeout: float, over_tcp: bo
     ident = os.getpid() & 0xFFFF
     question = b"".join(bytes([len(label)]) + label.encode() for label in name.strip(".").split(".")) + b"\0"
     query = struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + question + struct.pack("!HH", DNS_TYPES[qtype], 1)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM if over_tcp else socket.SOCK_DGRAM) as sock:
+    with socket.socket(family(dst), socket.SOCK_STREAM if over_tcp else socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
         sock.connect((dst, port))
         if over_tcp:

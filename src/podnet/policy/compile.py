@@ -4,9 +4,11 @@ be rendered whole or as the difference to the previous one (pure).
 Layout (evaluate.py is the semantics; this is how the kernel does the same):
 
     table inet podnet-policy
-      chain egress   hook forward prio -5   ct established,related accept; unowned source
+      chain egress   hook forward prio -5   ct established,related accept; IPv6 neighbour
+                                            discovery accept; unowned source
                                             drop; vmap saddr -> out_<ep>
-      chain ingress  hook forward prio  0   ct established,related accept; unowned
+      chain ingress  hook forward prio  0   ct established,related accept; neighbour
+                                            discovery accept; unowned
                                             destination drop; vmap daddr -> in_<ep>
       set owned4/6   the addresses of this node's pods (the unowned check's allow list)
       chain host_in  hook input  / host_out hook output: the node's own host endpoint
@@ -100,6 +102,13 @@ def _combine(left: Sequence[Match], right: Sequence[Match]) -> list[Match]:
 def log_prefix(verdict: str, what: str) -> str:
     """The NFLOG prefix naming a rule (policy/table.py: bytes, ASCII, unique)."""
     return nft_text(f"{verdict} {what}", PREFIX_MAX)
+
+
+# IPv6's ARP: neighbour and router discovery are never policy's to judge (ARP never
+# reaches these hooks; without these a pod with an ingress policy stops answering its
+# neighbours' solicitations, and a dual-stack pod loses its IPv6 peers minutes later)
+NEIGHBOUR_DISCOVERY = ("icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, "
+                       "nd-neighbor-advert } accept")
 
 
 @dataclass
@@ -405,9 +414,9 @@ class ChainBuilder:
                     for ip in ep.ips:
                         maps[f"{d}{ipaddress.ip_address(ip).version}"].append(f"{ip} : jump {chain}")
         est = "ct state established,related accept"
-        base["egress"] = ("type filter hook forward priority -5; policy accept;", est,
+        base["egress"] = ("type filter hook forward priority -5; policy accept;", est, NEIGHBOUR_DISCOVERY,
                           *self.unowned(pods, OUT), "ip saddr vmap @out4", "ip6 saddr vmap @out6")
-        base["ingress"] = ("type filter hook forward priority 0; policy accept;", est,
+        base["ingress"] = ("type filter hook forward priority 0; policy accept;", est, NEIGHBOUR_DISCOVERY,
                            *self.unowned(pods, IN), "ip daddr vmap @in4", "ip6 daddr vmap @in6")
         for ep in hosts:
             failsafe = [f"tcp dport {{ {', '.join(map(str, FAILSAFE_TCP))} }} accept",
@@ -418,7 +427,7 @@ class ChainBuilder:
                 if chain:
                     base[key] = (f"type filter hook {hook} priority 0; policy accept;", est,
                                  'meta iifname "lo" accept' if hook == "input" else 'meta oifname "lo" accept',
-                                 *failsafe, f"jump {chain}")
+                                 NEIGHBOUR_DISCOVERY, *failsafe, f"jump {chain}")
         self.out.maps = {
             name: (("ipv4_addr" if name.endswith("4") else "ipv6_addr"), tuple(sorted(elems)))
             for name, elems in maps.items()

@@ -177,8 +177,8 @@ def _without_shared_addresses(objects: Sequence[Any], endpoints: Sequence[Endpoi
 
 
 def machine_addresses(store: Store, hep: HostEndpoint) -> tuple[str, ...]:
-    """The addresses of a host endpoint's machine: a node's underlay address (its
-    lease); a plain host's underlay address and, once `podnet host join` gave it one,
+    """The addresses of a host endpoint's machine: a node's underlay addresses (its
+    lease: IPv4, and IPv6 on a dual-stack node); a plain host's underlay address and, once `podnet host join` gave it one,
     its podnet address (its record), so policy protects the host on both. Empty while
     it has none (or the record is unreadable)."""
     key = keys.node(hep.node) if hep.node else keys.host(hep.host or "")
@@ -186,8 +186,9 @@ def machine_addresses(store: Store, hep: HostEndpoint) -> tuple[str, ...]:
     if raw is None:
         return ()
     try:
-        if hep.node:
-            return (NodeLease.from_json(raw, key).underlay_ip,)
+        if hep.node:  # a dual-stack node: its IPv6 underlay address too
+            lease = NodeLease.from_json(raw, key)
+            return (lease.underlay_ip, lease.underlay_ip6) if lease.underlay_ip6 else (lease.underlay_ip,)
         host = HostRecord.from_json(raw, key)
     except CorruptRecord:
         return ()

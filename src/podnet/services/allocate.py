@@ -10,6 +10,12 @@ stored manifest carries what was given, so re-applying a file without `clusterIP
 keeps the address, and a changed one is refused (immutable, as in Kubernetes). Deleting a service, or a port or type change that drops a node port,
 frees the claims in the same transaction.
 
+Dual stack: services/families.py settles a service's families against the cluster's
+service CIDRs (one per family, settings/services); each family gets one ClusterIP from
+its own CIDR, claimed under its own key. A service raised from SingleStack to
+PreferDualStack/RequireDualStack gets its second address here; set back to SingleStack
+it drops the secondary, whose claim is freed with the rest of what it no longer holds.
+
 Dynamic ClusterIPs come from above the static band (the lowest min(max(16, n/16), 256)
 addresses, as Kubernetes keeps them for services that ask for an address, such as
 the DNS service's .10), chosen at random and probed, then by a scan when the range
@@ -26,7 +32,7 @@ from typing import Any
 from podnet import keys
 from podnet.errors import ObjectError
 from podnet.model.service import PortClaim, ServiceClaim, ServiceSettings
-from podnet.services import ports
+from podnet.services import families, ports
 from podnet.services.objects import HEADLESS, Service
 from podnet.store.base import Entry, Store
 
@@ -101,26 +107,35 @@ def _pick_address(store: Store, net: ipaddress.IPv4Network | ipaddress.IPv6Netwo
     return str(net.network_address + offset)
 
 
-def _requested_address(svc: Service, net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> str:
-    ip = ipaddress.ip_address(svc.cluster_ip)
+def _requested_address(svc: Service, ip_text: str, net: Any, where: str) -> str:
+    ip = ipaddress.ip_address(ip_text)
     if ip not in net or ip in (net.network_address, net.broadcast_address):
-        raise ObjectError(f"Service {svc.ref}: spec.clusterIP: {ip} is not a usable address of the "
+        raise ObjectError(f"Service {svc.ref}: {where}: {ip} is not a usable address of the "
                           f"service CIDR {net}")
     return str(ip)
 
 
-def _cluster_ip(store: Store, svc: Service, old: Service | None, net: Any) -> str:
-    if old is not None and old.cluster_ip:
-        if svc.cluster_ip and svc.cluster_ip != old.cluster_ip:
-            raise ObjectError(f"Service {svc.ref}: spec.clusterIP: {svc.cluster_ip!r} differs from "
-                              f"{old.cluster_ip!r}, and it is immutable",
-                              "delete the service and apply it again to change it")
-        return old.cluster_ip
-    if svc.cluster_ip == HEADLESS:
-        return HEADLESS
-    address = _requested_address(svc, net) if svc.cluster_ip else _pick_address(store, net, svc.ref)
-    _claim(store, keys.cluster_ip(address), svc, f"clusterIP {address}", "spec.clusterIP")
-    return address
+def _cluster_ips(store: Store, svc: Service, old: Service | None, conf: ServiceSettings) -> tuple[str, ...]:
+    """One address per family of the service (families.resolve settled them): those it
+    keeps or asked for, checked against their family's CIDR, the rest picked; each claimed.
+    `svc` is resolved already."""
+    if svc.headless:
+        return svc.cluster_ips
+    kept = set(old.virtual_ips) if old is not None else set()
+    out: list[str] = []
+    for i, family in enumerate(svc.ip_families):
+        net = conf.network_of(family)
+        given = svc.cluster_ips[i] if i < len(svc.cluster_ips) else ""
+        where = "spec.clusterIP" if i == 0 and len(svc.cluster_ips) <= 1 else f"spec.clusterIPs[{i}]"
+        if given in kept:  # held already (and perhaps from a range since changed)
+            out.append(given)
+            continue
+        if net is None:  # resolve refuses a family the cluster lacks; a kept address needs none
+            raise ObjectError(f"Service {svc.ref}: spec.ipFamilies[{i}]: {family} is not configured on this cluster")
+        address = _requested_address(svc, given, net, where) if given else _pick_address(store, net, svc.ref)
+        _claim(store, keys.cluster_ip(address), svc, f"clusterIP {address}", where)
+        out.append(address)
+    return tuple(out)
 
 
 def _node_ports(store: Store, svc: Service, old: Service | None,
@@ -158,9 +173,7 @@ def _pick_port(store: Store, protocol: str, span: tuple[int, int], taken: set[tu
 
 def _claims(svc: Service) -> set[str]:
     out = {keys.node_port(p.protocol.lower(), p.node_port) for p in svc.ports if p.node_port is not None}
-    if svc.cluster_ip and svc.cluster_ip != HEADLESS:
-        out.add(keys.cluster_ip(svc.cluster_ip))
-    return out
+    return out | {keys.cluster_ip(ip) for ip in svc.cluster_ips if ip and ip != HEADLESS}
 
 
 def _free(store: Store, svc: Service, claims: set[str]) -> None:
@@ -173,8 +186,9 @@ def admit(store: Store, svc: Service, old: Service | None) -> Service:
     """`svc` with its ClusterIP and node ports given and claimed; what `old` held and
     `svc` no longer does is freed. Runs inside the caller's transaction."""
     conf = settings(store)
-    allocated = svc.with_allocation(_cluster_ip(store, svc, old, conf.network),
-                                    _node_ports(store, svc, old, conf.node_ports))
+    resolved = families.resolve(svc, old, conf.families)
+    allocated = resolved.with_allocation(_cluster_ips(store, resolved, old, conf),
+                                         _node_ports(store, svc, old, conf.node_ports))
     if old is not None:
         _free(store, old, _claims(old) - _claims(allocated))
     return allocated

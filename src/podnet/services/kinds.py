@@ -1,7 +1,8 @@
 """Service and EndpointSlice declared once for the object registry.
 
-`podnet get svc` reads like kubectl's (TYPE, CLUSTER-IP, EXTERNAL-IP, PORT(S));
-`podnet describe svc NS/NAME` adds every port's backends with their node and
+`podnet get svc` reads like kubectl's (TYPE, CLUSTER-IP: the primary one, EXTERNAL-IP,
+PORT(S)); `podnet describe svc NS/NAME` adds, as kubectl's, the IP family policy, the
+families and every cluster IP, then every port's backends with their node and
 readiness. A Service is admitted through services/allocate.py in apply's own
 transaction (its ClusterIP and node ports), and its claims go with it on delete.
 """
@@ -73,7 +74,10 @@ def describe_service(doc: Mapping[str, Any], view: StoreView) -> list[Section]:
     store = view.store
     pods = [PodRecord.from_json(e.json(), e.key) for e in store.list(keys.PODS)]
     slices = [read_slice(e.json(), e.key) for e in store.list(ENDPOINT_SLICE.list_prefix(svc.namespace))]
-    sections: list[Section] = []
+    sections: list[Section] = [("IP Family Policy", svc.ip_family_policy or "SingleStack"),
+                               ("IP Families", ",".join(svc.families) or "<none>"),
+                               ("IP", svc.cluster_ip or "<pending>"),
+                               ("IPs", ",".join(svc.cluster_ips) or "<pending>")]
     for spec in svc.ports:
         rows = [f"{b.ip}:{b.port}  {'ready' if b.ready else 'not ready'}  node {b.node or '-'}  {b.target}"
                 for b in backing(svc, spec, pods, slices)]

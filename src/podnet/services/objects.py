@@ -16,6 +16,9 @@ Decisions worth knowing, each as the API server makes it:
   externalIPs).
 - ClusterIP and node ports may be left out: services/allocate.py fills them in when
   the object is applied, and keeps them across re-applies (they are immutable).
+- Dual stack (`ipFamilyPolicy`, `ipFamilies`, `clusterIPs`): checked here as the API
+  server validates them, defaulted against the cluster's service CIDRs when applied
+  (services/families.py); `cluster_ip` is always `cluster_ips[0]`, the primary.
 """
 
 from __future__ import annotations
@@ -29,11 +32,11 @@ from podnet import keys
 from podnet.schema import fields
 from podnet.schema.fields import Loc
 from podnet.schema.kind import Metadata, manifest
+from podnet.services.families import HEADLESS, parse_cluster_ips
 
 TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
 PROTOCOLS = ("TCP", "UDP")
 POLICIES = ("Cluster", "Local")
-HEADLESS = "None"
 DEFAULT_AFFINITY_SECONDS = 10800  # the API server's default for ClientIP affinity
 MAX_AFFINITY_SECONDS = 86400
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
@@ -76,11 +79,20 @@ class Service:
     external_policy: str = "Cluster"
     internal_policy: str = "Cluster"
     labels: Mapping[str, str] = field(default_factory=dict, hash=False)
+    cluster_ips: tuple[str, ...] = ()  # every family's, the primary first; ("None",): headless
+    ip_family_policy: str = ""  # "": not given (allocate.py defaults it, as the API server)
+    ip_families: tuple[str, ...] = ()  # "IPv4"/"IPv6", the primary first; (): not given
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "labels", fields.frozen_labels(self.labels))
         if self.selector is not None:
             object.__setattr__(self, "selector", fields.frozen_labels(self.selector))
+        if self.cluster_ips and not self.cluster_ip:
+            object.__setattr__(self, "cluster_ip", self.cluster_ips[0])
+        elif self.cluster_ip and not self.cluster_ips:
+            object.__setattr__(self, "cluster_ips", (self.cluster_ip,))
+        if self.cluster_ips and self.cluster_ips[0] != self.cluster_ip:
+            raise ValueError(f"cluster_ip {self.cluster_ip!r} is not cluster_ips[0] {self.cluster_ips[0]!r}")
 
     @property
     def key(self) -> str:
@@ -95,13 +107,24 @@ class Service:
         return self.cluster_ip == HEADLESS
 
     @property
+    def virtual_ips(self) -> tuple[str, ...]:
+        """The cluster IPs clients call (both families' on a dual-stack service; none headless)."""
+        return tuple(ip for ip in self.cluster_ips if ip and ip != HEADLESS)
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """ipFamilies, else those of its cluster IPs (a service stored before dual stack)."""
+        return self.ip_families or tuple(f"IPv{6 if ':' in ip else 4}" for ip in self.virtual_ips)
+
+    @property
     def uses_node_ports(self) -> bool:
         return self.type in ("NodePort", "LoadBalancer")
 
-    def with_allocation(self, cluster_ip: str, node_ports: Mapping[tuple[int, str], int]) -> Service:
-        """This service with its ClusterIP and node ports filled in (by allocate.py)."""
+    def with_allocation(self, cluster_ips: tuple[str, ...], node_ports: Mapping[tuple[int, str], int]) -> Service:
+        """This service with its ClusterIPs (the primary first) and node ports filled in
+        (by allocate.py)."""
         ports = tuple(replace(p, node_port=node_ports.get((p.port, p.protocol), p.node_port)) for p in self.ports)
-        return replace(self, cluster_ip=cluster_ip, ports=ports)
+        return replace(self, cluster_ip=cluster_ips[0] if cluster_ips else "", cluster_ips=cluster_ips, ports=ports)
 
     def to_dict(self) -> dict[str, Any]:
         spec: dict[str, Any] = {"type": self.type, "ports": [p.to_dict() for p in self.ports]}
@@ -109,6 +132,11 @@ class Service:
             spec["selector"] = dict(self.selector)
         if self.cluster_ip:
             spec["clusterIP"] = self.cluster_ip
+            spec["clusterIPs"] = list(self.cluster_ips)
+        if self.ip_family_policy:
+            spec["ipFamilyPolicy"] = self.ip_family_policy
+        if self.ip_families:
+            spec["ipFamilies"] = list(self.ip_families)
         if self.external_ips:
             spec["externalIPs"] = list(self.external_ips)
         if self.affinity_timeout is not None:
@@ -185,8 +213,9 @@ class EndpointSlice:
 
 # --- parsing ---------------------------------------------------------------------------
 
-SPEC_FIELDS = ("type", "selector", "ports", "clusterIP", "clusterIPs", "externalIPs", "sessionAffinity",
-               "sessionAffinityConfig", "externalTrafficPolicy", "internalTrafficPolicy")
+SPEC_FIELDS = ("type", "selector", "ports", "clusterIP", "clusterIPs", "ipFamilyPolicy", "ipFamilies",
+               "externalIPs", "sessionAffinity", "sessionAffinityConfig", "externalTrafficPolicy",
+               "internalTrafficPolicy")
 
 
 def _choice(obj: Any, loc: Loc, allowed: tuple[str, ...], default: str) -> str:
@@ -245,23 +274,6 @@ def _ports(raw: Any, loc: Loc, node_ports_allowed: bool) -> tuple[ServicePortSpe
     return tuple(ports)
 
 
-def _cluster_ip(spec: Mapping[str, Any], loc: Loc) -> str:
-    single = spec.get("clusterIP")
-    listed = spec.get("clusterIPs")
-    if listed is not None:
-        many = fields.items(listed, loc.field("clusterIPs"))
-        if len(many) > 1:
-            raise loc.field("clusterIPs").error("podnet services are single-stack: give one address")
-        if many and single is not None and many[0] != single:
-            raise loc.field("clusterIPs").error(f"{many[0]!r} differs from spec.clusterIP {single!r}")
-        single = many[0] if many else single
-    if single is None or single == "":
-        return ""
-    if single == HEADLESS:
-        return HEADLESS
-    return fields.address(single, loc.field("clusterIP"))
-
-
 def _affinity(spec: Mapping[str, Any], loc: Loc) -> int | None:
     mode = _choice(spec.get("sessionAffinity"), loc.field("sessionAffinity"), ("None", "ClientIP"), "None")
     config = spec.get("sessionAffinityConfig")
@@ -307,7 +319,8 @@ def parse_service(meta: Metadata, body: Mapping[str, Any]) -> Service:
     if spec.get("selector") is not None:
         selector = fields.parse_labels(fields.mapping(spec["selector"], loc.field("selector")),
                                        str(loc.field("selector"))) or None  # {}: none (as the API stores it)
-    cluster_ip = _cluster_ip(spec, loc)
+    cluster_ips, family_policy, families = parse_cluster_ips(spec, loc)
+    cluster_ip = cluster_ips[0] if cluster_ips else ""
     ports = _ports(spec.get("ports"), loc.field("ports"), kind != "ClusterIP")
     external_ips = _addresses(spec.get("externalIPs"), loc.field("externalIPs"))
     affinity = _affinity(spec, loc)
@@ -326,7 +339,7 @@ def parse_service(meta: Metadata, body: Mapping[str, Any]) -> Service:
             "Local needs something external to apply to", "type NodePort or LoadBalancer, or externalIPs")
     assert meta.namespace is not None
     return Service(meta.name, meta.namespace, kind, selector, ports, cluster_ip, external_ips, lb_ips,
-                   affinity, external, internal, meta.labels)
+                   affinity, external, internal, meta.labels, cluster_ips, family_policy, families)
 
 
 def _slice_endpoint(item: Any, loc: Loc, address_type: str) -> SliceEndpoint:

@@ -3,7 +3,9 @@
 Every node renders every service (a pod on any node may call any service); what
 differs per node is which backends are local (the `Local` traffic policies) and the
 addresses NodePorts answer on. Only ready backends are planned, of the service's
-address family. The ids naming chains and sets are a hash of the service port's
+address families: a dual-stack service's port carries both its cluster IPs, and each
+family is served with the backends of that family (a dual-stack pod backs it twice,
+once by each of its addresses); render.py never DNATs across families. The ids naming chains and sets are a hash of the service port's
 identity, so an unchanged service keeps its chains across updates and restarts.
 """
 
@@ -33,19 +35,20 @@ def _version(ip: str) -> int:
 def service_ports(svc: Service, pods: Iterable[PodRecord], slices: Iterable[EndpointSlice],
                   ready: Mapping[str, bool], node: str) -> list[ServicePort]:
     """What `node` renders for each port of `svc` (nothing for a headless service)."""
-    if svc.headless or not svc.cluster_ip:
+    cluster_ips = svc.virtual_ips
+    if not cluster_ips:
         return []
-    family = _version(svc.cluster_ip)
+    families = {_version(ip) for ip in cluster_ips}
     pods, slices = list(pods), list(slices)
     out = []
     for spec in svc.ports:
         backends = tuple(sorted({Backend(b.ip, b.port, b.node == node and bool(node))
                                  for b in backing(svc, spec, pods, slices, ready)
-                                 if b.ready and _version(b.ip) == family}))
-        external = tuple(ip for ip in (*svc.external_ips, *svc.load_balancer_ips) if _version(ip) == family)
+                                 if b.ready and _version(b.ip) in families}))
+        external = tuple(ip for ip in (*svc.external_ips, *svc.load_balancer_ips) if _version(ip) in families)
         out.append(ServicePort(
             id=port_id(svc, spec), ref=f"{svc.namespace}/{svc.name}:{spec.name or spec.port}",
-            protocol=spec.protocol.lower(), port=spec.port, cluster_ips=(svc.cluster_ip,),
+            protocol=spec.protocol.lower(), port=spec.port, cluster_ips=cluster_ips,
             node_port=spec.node_port, external_ips=external, backends=backends,
             affinity_timeout=svc.affinity_timeout, external_local=svc.external_policy == "Local",
             internal_local=svc.internal_policy == "Local"))

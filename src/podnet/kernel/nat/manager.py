@@ -16,7 +16,7 @@ import fcntl
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 
 from podnet import naming
 from podnet.errors import KernelError, PodnetError, TryAgainLater
@@ -114,7 +114,7 @@ class NatManager:
         attach_id: str,
         container_ips: list[IPInterface],
         port_mappings: list[dict],
-        ip_masq: bool = False,
+        ip_masq: bool | Collection[str] = False,
         masq_exclude: Iterable[str] = (),
     ) -> list[str]:
         """The expected rules of an attachment that are missing (empty list: all there),
@@ -137,7 +137,7 @@ class NatManager:
         attach_id: str,
         container_ips: list[IPInterface],
         port_mappings: list[dict],
-        ip_masq: bool = False,
+        ip_masq: bool | Collection[str] = False,
         host_if: str | None = None,
         masq_exclude: Iterable[str] = (),
     ) -> None:

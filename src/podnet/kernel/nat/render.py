@@ -30,7 +30,7 @@ Decisions:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from podnet import addresses, naming
 from podnet.kernel import nftsyntax as tok
@@ -89,12 +89,13 @@ def _masq_body(fam: str, ip: IPInterface, excluded: list[ipaddress.IPv4Network |
 def plan_rules(
     container_ips: Iterable[IPInterface],
     mappings: list[PortMapping],
-    ip_masq: bool,
+    ip_masq: bool | Collection[str],
     masq_exclude: Iterable[str] = (),
 ) -> list[Rule]:
     """The rules one attachment needs, in install order (pure). `masq_exclude` are
     destinations ipMasq leaves alone (Flannel does not masquerade pod-to-pod traffic
     inside the cluster CIDR, so the far pod sees the real client address)."""
+    masq_families = (FAMILIES if ip_masq else ()) if isinstance(ip_masq, bool) else tuple(ip_masq)
     ips = list(container_ips)
     excluded = [addresses.network(c, "ipMasqExclude", strict=False) for c in masq_exclude]
     rules: list[Rule] = []
@@ -115,7 +116,7 @@ def plan_rules(
                 rules.append(Rule(fam, "postrouting", f"ip saddr {tok.network(LOOPBACK4)} {dnat_tail}"))
             if cip.network.prefixlen < cip.network.max_prefixlen:
                 rules.append(Rule(fam, "postrouting", f"{fam} saddr {tok.network(cip.network)} {dnat_tail}"))
-        if ip_masq:
+        if fam in masq_families:
             rules.extend(Rule(fam, "postrouting", _masq_body(fam, i, excluded)) for i in fam_ips)
     return rules
 
@@ -149,7 +150,7 @@ def render_add(
     attach_id: str,
     container_ips: list[IPInterface],
     port_mappings: list[dict],
-    ip_masq: bool,
+    ip_masq: bool | Collection[str],
     masq_exclude: Iterable[str] = (),
 ) -> str:
     """The script of one transaction adding an attachment's NAT; "" if nothing to do."""
