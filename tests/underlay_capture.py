@@ -16,7 +16,7 @@ sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
 sock.bind((sys.argv[3], 0))
 sock.settimeout(0.2)
 marker, end = bytes.fromhex(sys.argv[1]), time.time() + float(sys.argv[2])
-seen = sleeve = 0
+seen = sleeve = udp6 = 0
 print("ready", flush=True)
 while time.time() < end:
     try:
@@ -28,7 +28,9 @@ while time.time() < end:
         ihl = (frame[14] & 0xF) * 4
         ports = struct.unpack("!HH", frame[14 + ihl:18 + ihl])
         sleeve += int(sys.argv[4]) in ports
-print(json.dumps({"marker": seen, "sleeve": sleeve}))
+    elif frame[12:14] == b"\x86\xdd" and frame[20] == 17:  # IPv6, next header UDP
+        udp6 += int(sys.argv[4]) in struct.unpack("!HH", frame[54:58])
+print(json.dumps({"marker": seen, "sleeve": sleeve, "udp6": udp6}))
 """
 
 SEND = r"""
@@ -52,7 +54,8 @@ def capture_while_sending(lab: dict, node: str, src: str, dst: str) -> dict[str,
 
 def capture_in(netns: str, iface: str, port: int, src_netns: str, dst: str) -> dict[str, int]:
     """What `iface` in `netns` sees while the pod in `src_netns` sends a fresh marker to
-    the echo at `dst`: frames holding the marker, and UDP frames to or from `port`."""
+    the echo at `dst`: frames holding the marker, and UDP frames to or from `port` over
+    IPv4 (`sleeve`) and over IPv6 (`udp6`)."""
     marker = f"PODNET-PLAINTEXT-{secrets.token_hex(8)}".encode()
     capture = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", CAPTURE, marker.hex(), "3",
                                 iface, str(port)], stdout=subprocess.PIPE, text=True)

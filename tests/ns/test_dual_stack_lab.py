@@ -29,6 +29,7 @@ from cniharness import podnet_cli, topology_lab
 from podnet.cluster.dualstack import Pools
 from podnet.lab.state import NETNS_DIR
 from podnet.observe import connectivity
+from underlay_capture import capture_in
 
 pytestmark = pytest.mark.root
 
@@ -90,6 +91,27 @@ def test_connectivity_passes_in_both_families(lab) -> None:
     only6 = connectivity_json(state["name"], "--family", "6")
     assert only6 and all(r["check"].endswith("/ipv6") for r in only6)
     assert {r["check"] for r in only6} == {r["check"] for r in results if r["check"].endswith("/ipv6")}
+
+
+def test_vxlan_carries_ipv6_over_the_ipv6_underlay_and_gossip_over_ipv4(lab) -> None:
+    """vxlan: both nodes have an IPv6 underlay, so IPv6 pods ride pnvx6 (outer IPv6, UDP
+    8472) while IPv4 pods ride pnvx0; the gossip fabric keeps one VXLAN device over
+    IPv4 for both (its sleeve and relays are IPv4). What node0's NIC sees while p0 sends
+    a marker to p1 (on node1) over each family."""
+    fabric, state = lab
+    if fabric not in ("vxlan", "gossip"):
+        pytest.skip("no tunnel")
+    src, node = state["pods"]["default/p0"]["netns"], state["nodes"]["node0"]["netns"]
+    dst = {v: next(ip.split("/")[0] for ip in state["pods"]["default/p1"]["ips"] if (":" in ip) == (v == 6))
+           for v in (4, 6)}
+    over6 = capture_in(node, "eth0", 8472, src, dst[6])
+    over4 = capture_in(node, "eth0", 8472, src, dst[4])
+    assert over6["marker"] and over4["marker"], (over6, over4)  # VXLAN is not encryption
+    assert over4["sleeve"] and not over4["udp6"], over4
+    if fabric == "vxlan":
+        assert over6["udp6"] and not over6["sleeve"], over6
+    else:
+        assert over6["sleeve"] and not over6["udp6"], over6
 
 
 def test_ipv6_to_the_world_is_not_masqueraded_by_default(lab) -> None:

@@ -2,7 +2,8 @@
 
 Each lab: two nodes, a pod on each. Its whole underlay (every node's eth0, every port of
 the rack's bridge namespace and the bridge) goes from 1500 to 9000, then to 1400. Within
-a few seconds every pod's interface has the fabric's MTU for it (vxlan 50 less, gossip
+a few seconds every pod's interface has the fabric's MTU for it (vxlan 50 less, 70 on a
+dual-stack vxlan lab whose IPv6 pods ride the IPv6 underlay, gossip
 80: its sleeve's room, and an encrypted gossip lab's sleeve TUN too; host-gw, bgp and
 macvlan the underlay's), the
 largest UDP datagram that fits (don't-fragment) crosses to the other node's pod and is
@@ -30,6 +31,7 @@ TOPOLOGY = {"nodes": [{"name": "node0"}, {"name": "node1"}],
                      {"name": "b", "namespace": "default", "node": "node1", "ports": UDP_80}]}
 # lab -> (the room its encapsulation takes, `lab up` flags); gossip's is its sleeve's
 LABS = {"vxlan": (50, ("--fabric", "vxlan")), "host-gw": (0, ("--fabric", "host-gw")),
+        "vxlan-ipv6": (70, ("--fabric", "vxlan", "--ipv6")),  # dual stack: IPv6 pods ride pnvx6 (outer IPv6)
         "bgp": (0, ("--fabric", "bgp")), "gossip": (80, ("--fabric", "gossip")),
         "gossip-encrypted": (80, ("--fabric", "gossip", "--encrypt")), "macvlan": (0, ("--fabric", "macvlan"))}
 

@@ -23,7 +23,7 @@ from podnet.cluster.dualstack import (
 from podnet.cluster.leases import list_claims
 from podnet.cni.config import parse_conf
 from podnet.errors import InvalidConfig
-from podnet.fabric.base import FabricContext, NeighSpec, RouteSpec, valid_peers
+from podnet.fabric.base import FabricContext, FdbSpec, NeighSpec, RouteSpec, valid_peers
 from podnet.fabric.bgp import bird_spec
 from podnet.fabric.gossip import GossipFabric, Routing
 from podnet.fabric.hostgw import HostGwFabric
@@ -116,6 +116,18 @@ def test_vxlan_carries_ipv6_in_the_same_tunnel_via_the_twins_vtep() -> None:
     assert NeighSpec("fd00:10:244:1::", vtep_mac("b"), "pnvx0") in want.neighbours
     assert not any(":" in r.dst for r in want.routes if r.gateway.startswith("10.244.2")) and want.peers["c"] == "ok"
     assert len([r for r in want.routes if ":" in r.dst]) == 1 and len(want.fdb) == 2  # one FDB entry per peer
+
+
+def test_vxlan_with_an_ipv6_underlay_carries_ipv6_on_pnvx6_to_peers_that_have_one() -> None:
+    fabric = VxlanFabric()
+    fabric.outer6 = True  # what setup() decides for a dual-stack node with an IPv6 underlay
+    b, c = lease("b", 1), lease("c", 2, underlay6=False)
+    want = fabric.desired(ctx(), [b, c], claims(b, c))
+    assert RouteSpec("fd00:10:244:1::/64", "fd00:10:244:1::", "pnvx6", onlink=True) in want.routes
+    assert FdbSpec(vtep_mac("b"), "fd00:172:31::11", "pnvx6") in want.fdb
+    assert RouteSpec("fd00:10:244:2::/64", "fd00:10:244:2::", "pnvx0", onlink=True) in want.routes  # c: over IPv4
+    assert fabric.devices == ("pnvx0", "pnvx6") and fabric.mtu(1500) == 1430
+    assert GossipFabric.ipv6_outer is False and VxlanFabric().mtu(1500) == 1450
 
 
 def test_host_gw_routes_ipv6_via_the_peers_ipv6_underlay_or_says_why_not() -> None:

@@ -168,7 +168,7 @@ def _findings(node: NodeService) -> tuple[list[Finding], dict[str, int]]:
     bridge = node.pod_bridge
     if bridge and links and mtus.get(bridge) == min(links.values()):
         bridge = None  # a bridge takes its smallest port's MTU: the veth named above is the cause
-    own = [d for d in (fabric.device, bridge) if d]
+    own = [d for d in (*fabric.devices, bridge) if d]
     out += link_mtu_findings(mtus, ctx.own.underlay_if, ctx.underlay_mtu, pod_mtu, own)
     out += conntrack_findings(_read_int("/proc/sys/net/netfilter/nf_conntrack_count"),
                               _read_int("/proc/sys/net/netfilter/nf_conntrack_max"))

@@ -112,6 +112,11 @@ class RouteNetwork:
 
     name = "base"
     device: str | None = None  # the fabric's own device (neigh/FDB live there), if any
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        """Every device of the fabric whose neighbour and FDB entries it owns."""
+        return (self.device,) if self.device else ()
     route_proto = ROUTE_PROTO  # the routes `apply` owns: only those are ever changed
     gso_cap: int | None = None  # pods' GSO limit at most this (None: the underlay's, kernel/gso.py)
 
@@ -161,19 +166,23 @@ class RouteNetwork:
                 kw["flags"] = RTNH_F_ONLINK
             act(report.added, f"route {spec.dst}{f' via {spec.gateway}' if spec.gateway else ''} dev {spec.dev}",
                 ipr.route, "replace", **kw)
-        if self.device is not None and (dev := _maybe_index(ipr, self.device)) is not None:
-            have_neigh = self._neighbours(ipr, dev)
-            for spec in have_neigh - want.neighbours:
+        for name in self.devices:
+            if (dev := _maybe_index(ipr, name)) is None:
+                continue
+            wanted_neigh = {n for n in want.neighbours if n.dev == name}
+            have_neigh = self._neighbours(ipr, dev, name)
+            for spec in have_neigh - wanted_neigh:
                 act(report.removed, f"neigh {spec.ip}", ipr.neigh, "del", dst=spec.ip, lladdr=spec.mac, ifindex=dev,
                     family=_family(spec.ip))
-            for spec in sorted(want.neighbours - have_neigh):
+            for spec in sorted(wanted_neigh - have_neigh):
                 act(report.added, f"neigh {spec.ip} {spec.mac}", ipr.neigh, "replace",
                     dst=spec.ip, lladdr=spec.mac, ifindex=dev, state=NUD_PERMANENT, family=_family(spec.ip))
-            have_fdb = self._fdb(ipr, dev)
-            for spec in have_fdb - want.fdb:
+            wanted_fdb = {f for f in want.fdb if f.dev == name}
+            have_fdb = self._fdb(ipr, dev, name)
+            for spec in have_fdb - wanted_fdb:
                 act(report.removed, f"fdb {spec.mac}", ipr.neigh, "del", family=socket.AF_BRIDGE,
                           ifindex=dev, lladdr=spec.mac, dst=spec.dst, flags=NTF_SELF)
-            for spec in sorted(want.fdb - have_fdb):
+            for spec in sorted(wanted_fdb - have_fdb):
                 act(report.added, f"fdb {spec.mac} dst {spec.dst}", ipr.neigh, "replace",
                           family=socket.AF_BRIDGE, ifindex=dev, lladdr=spec.mac, dst=spec.dst,
                           state=NUD_PERMANENT, flags=NTF_SELF)
@@ -206,17 +215,19 @@ class RouteNetwork:
                              "family": family}
         return out
 
-    def _neighbours(self, ipr: IPRoute, dev: int) -> set[NeighSpec]:
+    @staticmethod
+    def _neighbours(ipr: IPRoute, dev: int, name: str) -> set[NeighSpec]:
         return {
-            NeighSpec(str(n.get("NDA_DST")), str(n.get("NDA_LLADDR")), str(self.device))
+            NeighSpec(str(n.get("NDA_DST")), str(n.get("NDA_LLADDR")), name)
             for family in (socket.AF_INET, socket.AF_INET6)
             for n in ipr.get_neighbours(family=family, ifindex=dev)
             if n["state"] & NUD_PERMANENT and n.get("NDA_LLADDR")
         }
 
-    def _fdb(self, ipr: IPRoute, dev: int) -> set[FdbSpec]:
+    @staticmethod
+    def _fdb(ipr: IPRoute, dev: int, name: str) -> set[FdbSpec]:
         return {
-            FdbSpec(str(n.get("NDA_LLADDR")), str(n.get("NDA_DST")), str(self.device))
+            FdbSpec(str(n.get("NDA_LLADDR")), str(n.get("NDA_DST")), name)
             for n in ipr.get_neighbours(family=socket.AF_BRIDGE, ifindex=dev)
             if n.get("NDA_DST") and n["ifindex"] == dev
         }

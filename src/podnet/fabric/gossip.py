@@ -81,7 +81,10 @@ class GossipFabric(VxlanFabric):
         more than VXLAN's 50 bytes), so a peer moving between paths never black-holes."""
         return underlay_mtu - SLEEVE_OVERHEAD
 
+    ipv6_outer = False  # IPv6 pods ride its one VXLAN device (or the sleeve) over the IPv4 underlay
+
     def __init__(self) -> None:
+        super().__init__()
         self.routing = Routing()
 
     def desired(self, ctx: FabricContext, peers: Iterable[NodeLease], claims: Mapping[str, str]) -> Desired:

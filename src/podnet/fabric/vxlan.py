@@ -12,10 +12,13 @@ Design notes:
     fdb    <vtep mac> dst <underlay ip> self permanent (which host carries it)
   With learning off and no flooding, nothing is ever discovered by traffic: the store
   is the only source of truth, which keeps the data plane predictable.
-- Dual stack: IPv6 pods ride the same device over the IPv4 underlay (the inner frame
-  is Ethernet; its family does not matter to the tunnel). The IPv6 VTEP is the twin
-  block's network address (/128 on pnvx0), with its own onlink route and permanent
-  neighbour entry per peer, and the same FDB entry.
+- Dual stack: the IPv6 VTEP is the twin block's network address (/128), with an
+  onlink route and a permanent neighbour entry per peer. Where both nodes have an
+  IPv6 underlay, IPv6 pods ride `pnvx6` (VNI 1, port 8472, bound to the IPv6
+  underlay address; Flannel's flannel-v6.1), with its own FDB entry to the peer's
+  IPv6 underlay address; the pods' MTU is then the IPv6 tunnel's (underlay - 70, one
+  MTU for both families). Otherwise they ride pnvx0 over the IPv4 underlay (the inner
+  frame is Ethernet: its family does not matter to the tunnel).
 - MTU = underlay MTU - 50 (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14),
   detected from the underlay interface, never typed.
 - No BIG TCP through the tunnel (kernel/gso.py): an encapsulated packet over 64 KiB
@@ -54,9 +57,11 @@ from podnet.kernel import gso, links, rtnl
 from podnet.model.cluster import NodeLease
 
 DEVICE = "pnvx0"
+DEVICE6 = "pnvx6"  # a dual-stack node's tunnel over its IPv6 underlay (Flannel's flannel-v6.1)
 VNI = 1
 PORT = 8472
 OVERHEAD = 50
+OVERHEAD6 = 70  # outer IPv6 40 + UDP 8 + VXLAN 8 + inner Ethernet 14
 
 
 def vtep_mac(node: str) -> str:
@@ -70,9 +75,19 @@ class VxlanFabric(RouteNetwork):
     name = "vxlan"
     device = DEVICE
     gso_cap = gso.LEGACY
+    ipv6_outer = True  # IPv6 pods over an IPv6 underlay where both ends have one (the gossip fabric: never)
+
+    def __init__(self) -> None:
+        self.outer6 = False  # this node carries IPv6 pods over its IPv6 underlay (pnvx6), set by setup()
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return (DEVICE, DEVICE6) if self.outer6 else (DEVICE,)
 
     def mtu(self, underlay_mtu: int) -> int:
-        return underlay_mtu - OVERHEAD
+        """The pods' MTU: what the tunnel leaves of the underlay's, the IPv6 tunnel's
+        (20 bytes more of outer header) when this node uses one: pods have one MTU."""
+        return underlay_mtu - (OVERHEAD6 if self.outer6 else OVERHEAD)
 
     def backend_data(self, node: str) -> dict[str, Any]:
         return {"vtep_mac": vtep_mac(node), "vni": VNI, "port": PORT}
@@ -85,39 +100,58 @@ class VxlanFabric(RouteNetwork):
             if peer.fabric != self.name or not isinstance(mac, str):
                 want.peers[peer.name] = f"refused: peer runs fabric {peer.fabric!r} without a VTEP MAC"
                 continue
+            mac = mac.lower()
             vtep = str(vtep_ip_of(peer.block))
             for block in peer_blocks(ctx, peer, claims):  # every block via the peer's one VTEP
                 want.routes.add(RouteSpec(str(block), vtep, DEVICE, onlink=True))
-            want.neighbours.add(NeighSpec(vtep, mac.lower(), DEVICE))
+            want.neighbours.add(NeighSpec(vtep, mac, DEVICE))
+            want.fdb.add(FdbSpec(mac, peer.underlay_ip, DEVICE))
             twins = peer_blocks6(ctx, peer, claims)
-            if twins:  # IPv6 inside the same tunnel: the twin's network address is the IPv6 VTEP
+            if twins:  # the twin's network address is the peer's IPv6 VTEP
+                dev = DEVICE6 if self.outer6 and peer.underlay_ip6 else DEVICE
                 vtep6 = str(twins[0].network_address)
-                want.routes.update(RouteSpec(str(b), vtep6, DEVICE, onlink=True) for b in twins)
-                want.neighbours.add(NeighSpec(vtep6, mac.lower(), DEVICE))
-            want.fdb.add(FdbSpec(mac.lower(), peer.underlay_ip, DEVICE))
+                want.routes.update(RouteSpec(str(b), vtep6, dev, onlink=True) for b in twins)
+                want.neighbours.add(NeighSpec(vtep6, mac, dev))
+                if dev == DEVICE6:
+                    want.fdb.add(FdbSpec(mac, str(peer.underlay_ip6), DEVICE6))
             want.peers[peer.name] = OK
         return want
 
     def setup(self, ipr: IPRoute, ctx: FabricContext) -> None:
-        """pnvx0 as specified (recreated if its identity differs), up, with the VTEP IP."""
+        """pnvx0 as specified (recreated if its identity differs), up, with the VTEP IP;
+        on a dual-stack node with an IPv6 underlay, pnvx6 beside it, with the IPv6 VTEP."""
         underlay = ipr.link_lookup(ifname=ctx.own.underlay_if)
         if not underlay:
             raise KernelError(f"vxlan: underlay interface {ctx.own.underlay_if} does not exist")
-        index = ensure_vxlan(ipr, DEVICE, vni=VNI, local=str(ctx.underlay.ip), link=underlay[0], port=PORT,
-                             mac=vtep_mac(ctx.own.name), mtu=self.mtu(ctx.underlay_mtu), what="vxlan")
-        with rtnl.RtnlSocket() as sock:  # this thread is in the node's namespace
-            gso.ensure(sock, index, gso.DEFAULT)
         twin = ctx.twin(ctx.own.block)
-        wanted = {(str(vtep_ip_of(ctx.own.block)), 32)}
-        if twin is not None:
-            wanted.add((str(twin.network_address), 128))
-        have = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index)
-                if a.get("IFA_ADDRESS") and not a.get("IFA_ADDRESS").startswith("fe80:")}
-        for addr, plen in have - wanted:
-            ipr.addr("del", index=index, address=addr, prefixlen=plen)  # an old block's VTEP IP
-        for addr, plen in sorted(wanted - have):
-            ipr.addr("add", index=index, address=addr, prefixlen=plen,
-                     **({"flags": links.IFA_F_NODAD} if plen == 128 else {}))
+        self.outer6 = self.ipv6_outer and twin is not None and ctx.underlay6 is not None
+        mac, mtu = vtep_mac(ctx.own.name), self.mtu(ctx.underlay_mtu)
+        index = ensure_vxlan(ipr, DEVICE, vni=VNI, local=str(ctx.underlay.ip), link=underlay[0], port=PORT,
+                             mac=mac, mtu=mtu, what="vxlan")
+        vtep6 = (str(twin.network_address), 128) if twin is not None else None
+        _vtep_addresses(ipr, index, {(str(vtep_ip_of(ctx.own.block)), 32), *([vtep6] if vtep6 and not self.outer6 else [])})
+        if self.outer6:
+            assert ctx.underlay6 is not None and vtep6 is not None
+            index6 = ensure_vxlan(ipr, DEVICE6, vni=VNI, local=str(ctx.underlay6.ip), link=underlay[0], port=PORT,
+                                  mac=mac, mtu=mtu, what="vxlan")
+            _vtep_addresses(ipr, index6, {vtep6})
+        elif found := ipr.link_lookup(ifname=DEVICE6):  # no IPv6 underlay (any more): IPv6 rides pnvx0
+            ipr.link("del", index=found[0])
+        with rtnl.RtnlSocket() as sock:  # this thread is in the node's namespace
+            for name in self.devices:
+                gso.ensure(sock, sock.link_index(name), gso.DEFAULT)
+
+
+def _vtep_addresses(ipr: IPRoute, index: int, wanted: set[tuple[str, int]]) -> None:
+    """Exactly `wanted` (address, prefix length) on a VTEP device, link-local aside (an
+    old block's VTEP IP goes)."""
+    have = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index)
+            if a.get("IFA_ADDRESS") and not a.get("IFA_ADDRESS").startswith("fe80:")}
+    for addr, plen in have - wanted:
+        ipr.addr("del", index=index, address=addr, prefixlen=plen)
+    for addr, plen in sorted(wanted - have):
+        ipr.addr("add", index=index, address=addr, prefixlen=plen,
+                 **({"flags": links.IFA_F_NODAD} if plen == 128 else {}))
 
 
 def ensure_vxlan(ipr: IPRoute, name: str, *, vni: int, local: str, link: int, port: int, mac: str, mtu: int,
@@ -131,8 +165,9 @@ def ensure_vxlan(ipr: IPRoute, name: str, *, vni: int, local: str, link: int, po
         found = []
     if not found:
         try:
-            ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_local=local, vxlan_link=link,
-                     vxlan_port=port, vxlan_learning=0, address=mac, mtu=mtu)
+            where = {"vxlan_local6": local} if ":" in local else {"vxlan_local": local}
+            ipr.link("add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_link=link,
+                     vxlan_port=port, vxlan_learning=0, address=mac, mtu=mtu, **where)
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise KernelError(f"{what}: cannot create {name}: {exc}") from None
@@ -153,7 +188,7 @@ def _matches(ipr: IPRoute, index: int, vni: int, local: str, link: int, port: in
     attrs = dict(data.get("attrs", [])) if data else {}
     return (
         attrs.get("IFLA_VXLAN_ID") == vni
-        and attrs.get("IFLA_VXLAN_LOCAL") == local
+        and attrs.get("IFLA_VXLAN_LOCAL6" if ":" in local else "IFLA_VXLAN_LOCAL") == local
         and attrs.get("IFLA_VXLAN_LINK") == link
         and attrs.get("IFLA_VXLAN_PORT") == port
         and not attrs.get("IFLA_VXLAN_LEARNING")
