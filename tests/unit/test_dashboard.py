@@ -391,7 +391,10 @@ def test_the_command_prints_its_url_serves_and_ends_cleanly_on_ctrl_c(tmp_path: 
     open_store(str(db)).close()
     proc = subprocess.Popen([sys.executable, "-m", "podnet.cli", "dashboard", "--store", str(db), "--port", "0",
                              "--socket", str(tmp_path / "no-agent.sock")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            # as from a terminal: a suite run as a background job hands its
+                            # children SIGINT ignored, and Python then never raises KeyboardInterrupt
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stdout.readline()
         assert line.startswith("podnet dashboard: http://127.0.0.1:"), line + proc.stderr.read()

@@ -24,8 +24,6 @@ QUEUE_LIMIT = 1000
 Event = tuple[str, Any]  # (event name, JSON-able data)
 
 
-STOP_WAIT = 2.0  # seconds stop() waits for a poll in flight
-
 class Source(Protocol):
     """What the dashboard reads (data.ClusterSource; a fake in the unit tests)."""
 
@@ -75,8 +73,8 @@ class Hub:
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():  # a read in flight may take seconds on a loaded machine: the
-            self._thread.join(timeout=STOP_WAIT)  # poller is a daemon and only reads, Ctrl-C must not wait on it
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
         with self._lock:
             for sub in self._subscribers:
                 sub.put(None)
