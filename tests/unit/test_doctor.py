@@ -175,6 +175,19 @@ def test_a_routed_block_no_live_lease_holds_is_named_with_its_last_owner():
     assert all(f.fixable and f.check == "leases" and "repair pass" in f.fix for f in found)
 
 
+def test_an_ipv6_block_routed_without_a_live_lease_is_judged_by_its_ipv4_twins_claim():
+    from podnet.agent.doctor_cluster import expired_lease_findings
+
+    routes = [("fd00:10:244:5::/64", "fd00:172:31::12", "podnet"), ("fd00:10:244:1::/64", "fd00:172:31::11", "bird"),
+              ("fd00:10:244::/64", "", "podnet"), ("fd00:99::/64", "fd00:172:31::12", "podnet")]
+    found = expired_lease_findings(routes, {"10.244.1.0/24": "node1"}, ["10.244.0.0/24"], "10.244.0.0/16", 24,
+                                   {"10.244.5.0/24": "node9"}, "fd00:10:244::/56")
+    assert [f.target for f in found] == [("fd00:10:244:5::/64",)]
+    assert "block fd00:10:244:5::/64 is still routed via fd00:172:31::12" in found[0].problem
+    assert "node node9's lease expired" in found[0].problem
+    assert expired_lease_findings(routes, {}, [], "10.244.0.0/16", 24, {}) == []  # single stack: IPv6 is not judged
+
+
 def test_only_a_dns_server_that_did_not_answer_is_named_and_never_as_fixable():
     from podnet.agent.doctor_cluster import dns_findings
 

@@ -94,6 +94,9 @@ def test_interception_skips_the_sidecar_and_loopback() -> None:
     assert "meta skuid 1337 return" in script and 'oifname "lo" return' in script
     assert script.startswith("table inet podnet-mesh\ndelete table inet podnet-mesh\n")
     assert "redirect to :15006" not in intercept_script([])
+    # the sidecar is IPv4 only: IPv6 to the app's ports is refused, never let past it
+    assert "meta nfproto ipv6 tcp dport { 80, 8080 } reject with tcp reset" in script
+    assert "reject" not in intercept_script([])
 
 
 @pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed (make deps installs it)")

@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from podnet.agent.doctor_finding import Finding
+from podnet.cluster.dualstack import Pools
 
 if TYPE_CHECKING:
     from podnet.agent.node_service import NodeService
@@ -37,19 +38,29 @@ DNS_NAME = "kube-dns.kube-system.svc.{domain}"
 
 
 def expired_lease_findings(routes: Iterable[tuple[str, str, str]], live: Mapping[str, str], own: Iterable[str],
-                           cluster: str, block_prefix: int, last_known: Mapping[str, str]) -> list[Finding]:
+                           cluster: str, block_prefix: int, last_known: Mapping[str, str],
+                           cluster6: str | None = None) -> list[Finding]:
     """`routes`: (destination, next hop, "podnet" | "bird") of this node; `live`: block ->
     node of every claim whose node holds a live lease; `last_known`: block -> node as
-    the node last saw them (to name whose lease it was)."""
+    the node last saw them (to name whose lease it was). In a dual-stack cluster
+    (`cluster6`) an IPv6 block's route is judged by its IPv4 twin's claim."""
     pool, mine = ipaddress.ip_network(cluster), set(own)
+    pools = Pools(ipaddress.IPv4Network(cluster), block_prefix, ipaddress.IPv6Network(cluster6)) if cluster6 else None
     out = []
     for dst, via, proto in sorted(set(routes)):
         net = ipaddress.ip_network(dst, strict=False)
-        if net.version != pool.version or not net.subnet_of(pool) or net.prefixlen != block_prefix:  # type: ignore[arg-type]
+        if net.version == 6 and pools is not None:
+            twin_of = pools.block_of_twin(ipaddress.IPv6Network(dst, strict=False))
+            if twin_of is None:
+                continue
+            block = str(twin_of)
+        elif net.version != pool.version or not net.subnet_of(pool) or net.prefixlen != block_prefix:  # type: ignore[arg-type]
             continue
-        if dst in mine or dst in live:
+        else:
+            block = dst
+        if block in mine or block in live:
             continue
-        whose = f"node {last_known[dst]}'s lease" if dst in last_known else "its lease"
+        whose = f"node {last_known[block]}'s lease" if block in last_known else "its lease"
         fix = ("the node's repair pass re-syncs BIRD with the live leases, ending the session that announced it"
                if proto == "bird" else "the node's repair pass removes routes no live lease wants")
         out.append(Finding("leases", f"block {dst} is still routed via {via or '?'} ({proto}), but no live lease "
@@ -82,11 +93,14 @@ def lease_findings(node: NodeService) -> list[Finding]:
     last_known = {**node.claims, **{p.block: name for name, p in node.peers.items()}}
     names = {ROUTE_PROTO: "podnet", BIRD_PROTO: "bird"}
     with IPRoute() as ipr:
-        routes = [(f"{msg.get('RTA_DST')}/{msg['dst_len']}", str(msg.get("RTA_GATEWAY") or ""), names[msg["proto"]])
-                  for msg in ipr.get_routes(family=socket.AF_INET, table=MAIN_TABLE)
+        routes = [(str(ipaddress.ip_network(f"{msg.get('RTA_DST')}/{msg['dst_len']}", strict=False)),
+                   str(msg.get("RTA_GATEWAY") or ""), names[msg["proto"]])
+                  for family in (socket.AF_INET, socket.AF_INET6)
+                  for msg in ipr.get_routes(family=family, table=MAIN_TABLE)
                   if msg["proto"] in names and msg.get("RTA_DST") and msg["type"] == 1]  # unicast: not BIRD's blackholes
     own = (ctx.own.block, *node.blocks)
-    return expired_lease_findings(routes, live, own, opts.cluster_cidr, opts.block_prefix, last_known)
+    return expired_lease_findings(routes, live, own, opts.cluster_cidr, opts.block_prefix, last_known,
+                                  opts.cluster_cidr6)
 
 
 def query(address: str, name: str, timeout: float = DNS_TIMEOUT, netns_path: str | None = None) -> str | None:

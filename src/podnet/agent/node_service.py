@@ -36,6 +36,7 @@ from podnet import fileio, keys
 from podnet.agent import doctor, mtu_follow, node_blocks
 from podnet.agent.metrics import AgentMetrics
 from podnet.agent.node_conflist import BRIDGE, render_conflist, to_macvlan
+from podnet.agent.node_underlay import Underlay, detect_underlay, pod_gso
 from podnet.agent.service_thread import ServiceThread
 from podnet.cluster import leases
 from podnet.cluster.leases import CLUSTER_NETWORK, Claim
@@ -203,36 +204,13 @@ class NodeService:
             self._ipr = IPRoute()  # this thread lives in the agent's (the node's) namespace
         return self._ipr
 
-    def _underlay(self) -> tuple[ipaddress.IPv4Interface, int, tuple[ipaddress.IPv4Network, ...],
-                                 ipaddress.IPv6Interface | None]:
-        """The underlay interface's first IPv4 address, its MTU, the prefixes of all its
-        IPv4 addresses (no peer block may overlap one) and its first global IPv6
-        address (None when it has none), detected."""
-        opts = self.options
-        assert opts is not None
-        ipr = self._iproute()
-        found = ipr.link_lookup(ifname=opts.underlay)
-        if not found:
-            raise PodnetError(f"underlay interface {opts.underlay} does not exist")
-        addresses = [ipaddress.IPv4Interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")
-                     for msg in ipr.get_addr(index=found[0], family=2)]
-        if not addresses:
-            raise PodnetError(f"underlay interface {opts.underlay} has no IPv4 address")
-        v6 = [ipaddress.IPv6Interface(f"{msg.get('IFA_ADDRESS')}/{msg['prefixlen']}")
-              for msg in ipr.get_addr(index=found[0], family=10)]
-        global6 = next((a for a in v6 if not a.ip.is_link_local), None)
-        mtu = int(ipr.get_links(found[0])[0].get("IFLA_MTU"))
-        return addresses[0], mtu, tuple(dict.fromkeys(a.network for a in addresses)), global6
+    def _underlay(self) -> Underlay:
+        assert self.options is not None
+        return detect_underlay(self._iproute(), self.options.underlay)
 
     def _pod_gso(self, ipr: IPRoute) -> int:
-        """What pods may send: the underlay's GSO limit, at most the fabric's cap."""
-        from podnet.kernel import gso, rtnl
-
         assert self.options is not None and self.fabric is not None
-        found = ipr.link_lookup(ifname=self.options.underlay)
-        with rtnl.RtnlSocket() as sock:  # this thread is in the node's namespace
-            limits = gso.limits_of(sock, found[0] if found else None)
-        return min(limits.ipv4, limits.ipv6, self.fabric.gso_cap or limits.ipv4)
+        return pod_gso(ipr, self.options.underlay, self.fabric.gso_cap)
 
     def _join(self) -> None:
         from podnet.fabric import FABRICS
@@ -240,7 +218,7 @@ class NodeService:
         opts = self.options
         assert opts is not None
         fabric = FABRICS[opts.fabric]()
-        underlay, mtu, prefixes, underlay6 = self._underlay()
+        found = self._underlay()
         store = self._store()
         if self.macvlan:
             self._configure_segment(store, fabric)
@@ -250,10 +228,10 @@ class NodeService:
 
         def make(block: str) -> NodeLease:
             twin = pools.twin(block)
-            return NodeLease(opts.node, block, str(underlay.ip), opts.underlay, opts.fabric,
+            return NodeLease(opts.node, block, str(found.address.ip), opts.underlay, opts.fabric,
                              fabric.backend_data(opts.node), started, dict(opts.labels),
                              block6=str(twin) if twin else None,
-                             underlay_ip6=str(underlay6.ip) if underlay6 and twin else None)
+                             underlay_ip6=str(found.address6.ip) if found.address6 and twin else None)
 
         own = store.get_json(keys.node(opts.node)) or {}
         previous = self._previous_block()
@@ -273,10 +251,10 @@ class NodeService:
 
         with self._lock:
             self.claim, self.fabric = claim, fabric
-            self.ctx = FabricContext(claim.lease, underlay, mtu, ipaddress.IPv4Network(opts.cluster_cidr),
-                                     opts.block_prefix, prefixes, pools.v6, underlay6 if pools.v6 else None)
+            self.ctx = FabricContext(claim.lease, found.address, found.mtu, ipaddress.IPv4Network(opts.cluster_cidr),
+                                     opts.block_prefix, found.prefixes, pools.v6, found.address6 if pools.v6 else None)
         log.info("node %s: block %s (fabric %s, underlay %s mtu %d)", opts.node, claim.lease.block,
-                 opts.fabric, underlay, mtu)
+                 opts.fabric, found.address, found.mtu)
         self._prepare()
 
     def _configure_segment(self, store: Store, fabric: Any) -> None:
