@@ -5,6 +5,7 @@
     .venv/bin/python bench/fabric_throughput.py --fabric bgp --seconds 3     # node-to-node mesh
     .venv/bin/python bench/fabric_throughput.py --fabric macvlan --fabric host-gw --repeat 3
     .venv/bin/python bench/fabric_throughput.py --bgp-racks --seconds 5 --repeat 3
+    .venv/bin/python bench/fabric_throughput.py --ipv6 --fabric vxlan --fabric host-gw --repeat 3
 
 Builds one 2-node lab per fabric (one pod per node, `podnet.lab.builder.LabBuilder`, the
 same code as `podnet lab up`), and a baseline in the same run: a plain veth pair between
@@ -14,7 +15,9 @@ the baseline), `-t SECONDS` after one omitted warm-up second, one stream. Also s
 for information: node0 -> node1 over the lab's underlay (no fabric), which is the
 floor any fabric rides on; the baseline pair with BIG TCP limits; and a bare kernel
 VXLAN tunnel over the baseline pair (no bridges, routing, NAT or policy), the ceiling of
-any VXLAN fabric on this machine.
+any VXLAN fabric on this machine. `--ipv6` (issue 18) builds dual-stack labs and
+measures the same pods over their IPv6 addresses too (`<fabric>-ipv6`, and IPv6/IPv4
+per fabric).
 
 The server is `iperf3 -s` started with `nsenter --net=<pod netns>` and stopped by its
 PID; the client runs the same way with `-J`; the figure is the receiver's bit rate.
@@ -118,6 +121,7 @@ class BenchLab:
         nic_gso: int = 0,
         racks: int = 1,
         encrypt: bool = False,
+        ipv6: bool = False,
     ) -> None:
         self.name = f"b{secrets.token_hex(3)}"
         self.fabric = fabric
@@ -125,6 +129,7 @@ class BenchLab:
         self.racks = racks
         self.store = store
         self.encrypt = encrypt  # --fabric gossip: a cluster secret (the encrypted sleeve)
+        self.ipv6 = ipv6  # `lab up --ipv6`: dual stack
         self.nic_gso = nic_gso
         self.data: dict = {}
         self.built = False
@@ -145,6 +150,8 @@ class BenchLab:
                 timeout=60,
                 encrypt=self.encrypt,
                 **({"nic_gso": self.nic_gso} if self.nic_gso else {}),
+                **({"cluster_cidr6": topo.CLUSTER_CIDR6, "service_cidr": "10.96.0.0/16,fd00:10:96::/112"}
+                   if self.ipv6 else {}),
             ),
             lambda step: self.phases.append((step, time.monotonic() - start)),
         )
@@ -156,8 +163,9 @@ class BenchLab:
     def pod_ns(self, key: str) -> str:
         return self.data["pods"][key]["netns"]
 
-    def pod_ip(self, key: str) -> str:
-        return self.data["pods"][key]["ips"][0].split("/")[0]
+    def pod_ip(self, key: str, version: int = 4) -> str:
+        """The pod's address of IP `version` (a dual-stack lab's pods have one of each)."""
+        return next(ip.split("/")[0] for ip in self.data["pods"][key]["ips"] if (":" in ip) == (version == 6))
 
     def close(self) -> list[str]:
         if not self.built:
@@ -337,6 +345,8 @@ def lab_paths(labs: dict[str, BenchLab], args: argparse.Namespace) -> dict[str, 
     for fabric, lab in labs.items():
         client, server = "default/p0-0", "default/p1-0"
         paths[fabric] = iperf_path(lab.pod_ns(client), lab.pod_ns(server), lab.pod_ip(server))
+        if lab.ipv6:  # the same pods over their IPv6 addresses
+            paths[f"{fabric}-ipv6"] = iperf_path(lab.pod_ns(client), lab.pod_ns(server), lab.pod_ip(server, 6))
     if args.underlay and labs:
         nodes = next(iter(labs.values())).data["nodes"]
         paths["underlay"] = iperf_path(
@@ -400,7 +410,7 @@ def bench(args: argparse.Namespace) -> dict:
             for f, (nodes, racks) in RACK_LABS.items()
         }
     else:
-        labs = {fabric: BenchLab(fabric, nic_gso=args.nic_gso) for fabric in args.fabric}
+        labs = {fabric: BenchLab(fabric, nic_gso=args.nic_gso, ipv6=args.ipv6) for fabric in args.fabric}
     problems: list[str] = []
     outcome: dict = {}
     try:
@@ -430,6 +440,11 @@ def bench(args: argparse.Namespace) -> dict:
             for key in paths
             if key != "veth"
         }
+        if args.ipv6:  # each fabric's IPv6 against its IPv4, same pods, same run
+            outcome["ratios_ipv6_ipv4"] = {
+                f: round(outcome["paths"][f"{f}-ipv6"]["median_gbps"] / outcome["paths"][f]["median_gbps"], 3)
+                for f in labs
+            }
         if "veth-big" in outcome["paths"]:
             big = outcome["paths"]["veth-big"]["median_gbps"]
             outcome["ratios_big_veth"] = {
@@ -473,6 +488,7 @@ LABELS = {
     "macvlan": "pod -> pod, macvlan (no bridge, no routing hop)",
     "bgp": "pod -> pod, bgp (node-to-node mesh)",
     "underlay": "node -> node, lab underlay (info)",
+    **{f"{f}-ipv6": f"pod -> pod, {f}, IPv6 (--ipv6)" for f in ("vxlan", "host-gw", "macvlan", "bgp", "gossip")},
     "bgp-same": "pod -> pod, bgp, same rack",
     "host-gw-same": "pod -> pod, host-gw, same rack",
     "bgp-cross": "pod -> pod, bgp, cross rack",
@@ -526,6 +542,8 @@ def render(outcome: dict) -> None:
     for key, target in TARGETS.items():
         if key in outcome["ratios"]:
             print(f"{key}/veth: {outcome['ratios'][key]:.2f}x (target >= {target}x)")
+    for fabric, ratio in (outcome.get("ratios_ipv6_ipv4") or {}).items():
+        print(f"{fabric}: IPv6/IPv4 {ratio:.2f}x (the same pods over each family, dual-stack lab)")
     paths = outcome["paths"]
     if "vxlan" in paths and "vxlan-bare" in paths:
         print(
@@ -622,10 +640,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--pings", type=int, default=500, metavar="N",
                         help="round trips per path for the latency figure, busybox ping -A (0: none)")
+    parser.add_argument("--ipv6", action="store_true",
+                        help="dual-stack labs (lab up --ipv6): each fabric's pods over IPv4 and over IPv6")
     parser.add_argument("--json", action="store_true", help="print machine-readable results only")
     args = parser.parse_args(argv)
-    if args.bgp_racks and args.fabric:
-        parser.error("--bgp-racks builds its own labs (bgp, vxlan, host-gw): leave out --fabric")
+    if args.bgp_racks and (args.fabric or args.ipv6):
+        parser.error("--bgp-racks builds its own labs (bgp, vxlan, host-gw): leave out --fabric and --ipv6")
     args.fabric = args.fabric or list(DEFAULT_FABRICS)
     if args.seconds <= 0 or args.repeat < 1 or args.pings < 0:
         parser.error("--seconds must be > 0, --repeat >= 1 and --pings >= 0")

@@ -11,6 +11,7 @@ from podnet.cluster.leases import CLUSTER_NETWORK
 from podnet.defaults import DEFAULT_CLUSTER_DOMAIN
 
 BRIDGE = "pncl0"  # the bridge of a node's pods (bridged fabrics)
+IPV6_POD_GSO = 65536  # a pod's IPv6 GSO limit in a dual-stack cluster (attach/base.py cap_pod_ipv6_gso)
 
 
 def render_conflist(block: str, cluster_cidr: str, mtu: int, agent_socket: str, store: str,
@@ -65,6 +66,7 @@ def render_conflist(block: str, cluster_cidr: str, mtu: int, agent_socket: str, 
         if cluster_cidr6:
             plugin["ipMasqExclude"].append(cluster_cidr6)
         plugin["ipMasqIPv6"] = ipv6_masquerade
+        plugin["gsoMaxSizeIPv6"] = IPV6_POD_GSO  # no IPv6 BIG TCP from pods: their node refuses to forward it
     if affinity:
         doc["plugins"][0]["ipam"]["blockAffinity"] = affinity
     if routed:
@@ -87,7 +89,7 @@ def to_macvlan(doc: dict[str, Any], master: str, segments: Sequence[tuple[str, s
     (their traffic never passes the node); each service CIDR goes via the node's shim
     address of its family (`shims`: IP version -> address)."""
     plugin = doc["plugins"][0]
-    for key in ("bridge", "hairpinMode", "isGateway", "ipMasq", "ipMasqExclude", "ipMasqIPv6"):
+    for key in ("bridge", "hairpinMode", "isGateway", "ipMasq", "ipMasqExclude", "ipMasqIPv6", "gsoMaxSizeIPv6"):
         plugin.pop(key, None)
     given = [{"subnet": subnet, "gateway": gateway} for subnet, gateway in segments]
     plugin.update(mode="macvlan", master=master, macvlanMode="bridge", segment=given[0] if len(given) == 1 else given)

@@ -50,6 +50,7 @@ class PodnetConf:
     ip_masq_ipv6: bool = False  # `ipMasqIPv6`: IPv6 masqueraded too (default: as ipMasq)
     mtu: int | None = None
     gso_max_size: int | None = None  # instead of the GSO limit detected from the uplink
+    gso_max_size_ipv6: int | None = None  # `gsoMaxSizeIPv6`: the pod's IPv6 GSO at most this
     hairpin_mode: bool = False
     master: str | None = None
     macvlan_mode: str = "bridge"
@@ -107,14 +108,16 @@ def _mtu(raw: Mapping) -> int | None:
     return mtu
 
 
-def _gso_max_size(raw: Mapping) -> int | None:
-    """podnet's `gsoMaxSize`: the pods' GSO/GRO limit instead of the uplink's (kernel/gso.py)."""
-    size = raw.get("gsoMaxSize")
+def _gso_max_size(raw: Mapping, key: str = "gsoMaxSize") -> int | None:
+    """podnet's `gsoMaxSize`: the pods' GSO/GRO limit instead of the uplink's (kernel/gso.py);
+    `gsoMaxSizeIPv6`: a cap on the pod's own IPv6 GSO only (a cluster node's pods:
+    a forwarding node refuses IPv6 BIG TCP packets a pod sends, measured)."""
+    size = raw.get(key)
     if size is None or size == 0:
         return None
     if not isinstance(size, int) or isinstance(size, bool) or not 16384 <= size <= 524280:
         # below 64 KiB: an egress that takes less, e.g. the gossip fabric's sleeve TUN (62 KiB)
-        raise InvalidConfig(f"'gsoMaxSize' must be an integer between 16384 and 524280, got {size!r}")
+        raise InvalidConfig(f"'{key}' must be an integer between 16384 and 524280, got {size!r}")
     return size
 
 
@@ -252,6 +255,7 @@ def parse_conf(raw: Mapping) -> PodnetConf:
         ip_masq_ipv6=_bool(raw, "ipMasqIPv6", _bool(raw, "ipMasq", False)),
         mtu=_mtu(raw),
         gso_max_size=_gso_max_size(raw),
+        gso_max_size_ipv6=_gso_max_size(raw, "gsoMaxSizeIPv6"),
         # Hairpin (a container reaching itself through a DNAT) matters with published
         # ports; unless the config says otherwise, it costs a netlink call only then.
         hairpin_mode=_bool(raw, "hairpinMode", bool(port_mappings)),
