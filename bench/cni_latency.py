@@ -3,9 +3,13 @@
     .venv/bin/python bench/cni_latency.py [--n 50] [--warmup 3] [--json] [--no-fallback]
     .venv/bin/python bench/cni_latency.py --profile [--n 20] [--json] [--profile-out DIR]
 
-Measures ADD, CHECK and DEL wall time (p50, p90) of each plugin executable, exec'd
-directly (no `ip netns exec` per call) from a process that already lives in the
-bench's simulated host namespace, from just before the spawn to the process exit:
+Measures ADD, CHECK and DEL wall time (p50, p90) of each plugin executable, from just
+before the spawn to the process exit, exec'd two ways, interleaved in one run
+(`--exec direct|nsenter|both`, default both): `direct`, from a process that already
+lives in the bench's simulated host namespace (no `ip netns exec` per call); and
+`nsenter`, through `nsenter --net=<host ns>` as a runtime living in another namespace
+calls it (podman under `nsenter --net`), every call on its own fresh container
+namespace:
 
 - podnet, agent:     `podnet` + built-in `podnet-ipam`, `agentSocket` -> a running agent
 - reference:         /usr/lib/cni `bridge` + `host-local` (containernetworking-plugins)
@@ -64,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--warmup", type=int, default=3, help="uncounted ADD/CHECK/DEL cycles per system"
     )
+    parser.add_argument("--exec", choices=("direct", "nsenter", "both"), default="both",
+                        help="how each plugin is exec'd: from the host namespace, through nsenter --net as a "
+                             "runtime in another namespace does, or both interleaved (default)")
     parser.add_argument("--json", action="store_true", help="print machine-readable results only")
     parser.add_argument(
         "--no-fallback", action="store_true", help="skip the podnet in-process (no agent) row"
