@@ -67,6 +67,17 @@ def test_check(cni, sandbox):
     assert not failed.ok and address in failed.output["msg"]
 
 
+def test_check_names_a_host_veth_taken_off_the_bridge(cni, sandbox, host_ns):
+    c1 = sandbox.netns("c1")
+    result = cni.add(c1, "c1")
+    conf = {**cni.config, "prevResult": result}
+    (veth,) = links(sandbox, host_ns)
+    sandbox.exec(host_ns, ["ip", "link", "set", veth, "nomaster"])
+    failed = cni.call("CHECK", c1, "c1", config=conf)
+    assert not failed.ok and f"{veth} is not attached to bridge" in failed.output["msg"], failed.output
+    cni.delete(c1, "c1")
+
+
 def test_add_into_missing_netns_is_code_3_and_leaves_nothing(cni, sandbox, host_ns, data_dir):
     result = cni.call("ADD", None, "c1", netns_path="/run/netns/pn-t-does-not-exist")
     assert not result.ok and result.output["code"] == 3

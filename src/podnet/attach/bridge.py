@@ -19,7 +19,7 @@ from pyroute2 import IPRoute
 
 from podnet.attach.base import AttachContext, Attached, cap_pod_ipv6_gso
 from podnet.errors import KernelError, UnknownContainer
-from podnet.kernel import links, netns, sysctl
+from podnet.kernel import links, netns, rtnl, sysctl
 from podnet.kernel.gso import DEFAULT as DEFAULT_GSO
 from podnet.kernel.gso import GsoLimits
 from podnet.naming import host_veth_name
@@ -161,16 +161,22 @@ class BridgeAttacher:
         self._delete_host(ctx)
 
     def check(self, ctx: AttachContext) -> None:
-        ipr, index, host_name = host_veth(ctx)
-        bridge = links.link_index(ipr, ctx.conf.bridge)
-        if bridge is None or links.link_attr(ipr, index, "IFLA_MASTER") != bridge:
-            raise KernelError(f"{host_name} is not attached to bridge {ctx.conf.bridge}")
+        host_name = host_veth_name(ctx.attach_id)
+        with rtnl.RtnlSocket(ctx.host_fd) as sock:  # a few fixed lookups: no pyroute2 (kernel/rtnl.py)
+            index = sock.link_index(host_name)
+            if index is None:
+                raise KernelError(f"host veth {host_name} is missing")
+            bridge = sock.link_index(ctx.conf.bridge)
+            if bridge is None or sock.master(index) != bridge:
+                raise KernelError(f"{host_name} is not attached to bridge {ctx.conf.bridge}")
         check_container_iface(ctx)
 
 
 def delete_host_veth(ctx: AttachContext) -> None:
-    """Delete the pod's host veth (and so the pair), if it is there."""
-    links.delete_link(links.warm_iproute(ctx.host_fd), host_veth_name(ctx.attach_id))
+    """Delete the pod's host veth (and so the pair), if it is there: one request by
+    name (kernel/rtnl.py), the kernel's own veth teardown being most of DEL."""
+    with rtnl.RtnlSocket(ctx.host_fd) as sock:
+        sock.delete_link(host_veth_name(ctx.attach_id))
 
 
 def host_veth(ctx: AttachContext) -> tuple[IPRoute, int, str]:
@@ -188,11 +194,11 @@ def check_container_iface(ctx: AttachContext) -> None:
     """The container interface exists, is up, and holds exactly the expected addresses."""
     if ctx.container_fd is None:
         raise UnknownContainer(f"network namespace {ctx.netns_path!r} does not exist")
-    with netns.entered(ctx.container_fd), IPRoute() as ipr:
-        index = links.link_index(ipr, ctx.ifname)
+    with rtnl.RtnlSocket(ctx.container_fd) as sock:
+        index = sock.link_index(ctx.ifname)
         if index is None:
             raise KernelError(f"interface {ctx.ifname} is missing in the container")
-        present = links.addresses(ipr, index)
+        present = sock.addresses(index)
         missing = {str(ip) for ip in ctx.ips} - present
         if missing:
             raise KernelError(f"{ctx.ifname} lacks address(es) {', '.join(sorted(missing))}")
