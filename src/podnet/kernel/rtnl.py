@@ -17,7 +17,7 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from podnet.errors import KernelError
 from podnet.kernel import netns
@@ -63,6 +63,17 @@ def u32(value: int) -> bytes:
 
 def _family(version: int) -> int:
     return socket.AF_INET if version == 4 else socket.AF_INET6
+
+
+def _messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(type, seq, payload) of each netlink message in one datagram."""
+    offset = 0
+    while offset + _HDR.size <= len(data):
+        length, kind, _flags, seq, _pid = _HDR.unpack_from(data, offset)
+        if length < _HDR.size:
+            return
+        yield kind, seq, data[offset + _HDR.size : offset + length]
+        offset += (length + 3) & ~3
 
 
 def _attrs(payload: bytes, offset: int) -> dict[int, bytes]:
@@ -111,13 +122,7 @@ class RtnlSocket:
         """Read until every pending seq is answered: seq -> (errno, payload)."""
         out: dict[int, tuple[int, bytes]] = {}
         while len(out) < len(pending):
-            data = self.sock.recv(65536)
-            offset = 0
-            while offset + _HDR.size <= len(data):
-                length, kind, _flags, seq, _pid = _HDR.unpack_from(data, offset)
-                if length < _HDR.size:
-                    break
-                payload = data[offset + _HDR.size : offset + length]
+            for kind, seq, payload in _messages(self.sock.recv(65536)):
                 if seq in pending:
                     if kind == NLMSG_ERROR:
                         (code,) = struct.unpack_from("=i", payload)
@@ -125,7 +130,6 @@ class RtnlSocket:
                             out[seq] = (-code, payload)
                     else:
                         out[seq] = (0, payload)
-                offset += (length + 3) & ~3
         return out
 
     def _call(self, kind: int, flags: int, body: bytes) -> int:
@@ -217,14 +221,7 @@ class RtnlSocket:
         self.sock.send(_HDR.pack(_HDR.size + len(body), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
         out: set[str] = set()
         while True:
-            data = self.sock.recv(65536)
-            offset = 0
-            while offset + _HDR.size <= len(data):
-                length, kind, _flags, got, _pid = _HDR.unpack_from(data, offset)
-                if length < _HDR.size:
-                    break
-                payload = data[offset + _HDR.size : offset + length]
-                offset += (length + 3) & ~3
+            for kind, got, payload in _messages(self.sock.recv(65536)):
                 if got != seq:
                     continue
                 if kind == NLMSG_DONE:
