@@ -181,7 +181,7 @@ def test_the_conflist_numbers_both_families_and_masquerades_ipv4_only_by_default
     assert plugin["ipMasqExclude"] == ["10.244.0.0/16", "fd00:10:244::/56"] and plugin["ipMasqIPv6"] is False
     conf = parse_conf({"cniVersion": "1.0.0", "name": "cluster", **plugin})
     assert conf.masq_families == ("ip",)
-    assert conf.gso_max_size_ipv6 == 65536  # no IPv6 BIG TCP from pods (attach/base.py cap_pod_ipv6_gso)
+    assert conf.gso_max_size_ipv6 == 65536  # no IPv6 BIG TCP from pods (attach/base.py pod_end_gso)
     with pytest.raises(InvalidConfig, match="'gsoMaxSizeIPv6' must be an integer"):
         parse_conf({"cniVersion": "1.0.0", "name": "c", "type": "podnet", "gsoMaxSizeIPv6": 100})
     ips = [ipaddress.ip_interface("10.244.1.5/24"), ipaddress.ip_interface("fd00:10:244:1::5/64")]

@@ -11,7 +11,7 @@ from podnet.cluster.leases import CLUSTER_NETWORK
 from podnet.defaults import DEFAULT_CLUSTER_DOMAIN
 
 BRIDGE = "pncl0"  # the bridge of a node's pods (bridged fabrics)
-IPV6_POD_GSO = 65536  # a pod's IPv6 GSO limit in a dual-stack cluster (attach/base.py cap_pod_ipv6_gso)
+IPV6_POD_GSO = 65536  # a pod's IPv6 GSO limit in a dual-stack cluster (attach/base.py pod_end_gso)
 
 
 def render_conflist(block: str, cluster_cidr: str, mtu: int, agent_socket: str, store: str,

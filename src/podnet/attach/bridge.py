@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from pyroute2 import IPRoute
 
-from podnet.attach.base import AttachContext, Attached, cap_pod_ipv6_gso
+from podnet.attach.base import AttachContext, Attached, pod_end_gso
 from podnet.errors import KernelError, UnknownContainer
 from podnet.kernel import links, netns, rtnl, sysctl
 from podnet.kernel.gso import DEFAULT as DEFAULT_GSO
@@ -130,9 +130,8 @@ class BridgeAttacher:
             try:
                 links.create_veth(
                     ctx.host_fd, host_name, ctx.ifname, ctx.container_fd, mtu, state.index,
-                    host_mac, peer_mac, ctx.conf.hairpin_mode, state.gso,
+                    host_mac, peer_mac, ctx.conf.hairpin_mode, state.gso, pod_end_gso(ctx, state.gso),
                 )
-                cap_pod_ipv6_gso(ctx, state.gso)
                 if state.bridge_gso != state.gso and not state.gso_retried:
                     # A bridge without ports caps its TSO (so its GSO) at 64 KiB; with
                     # this big-TCP port it can take the uplink's limits now. Once: a

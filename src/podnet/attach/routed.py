@@ -20,7 +20,7 @@ from contextlib import ExitStack
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from podnet.attach.base import AttachContext, Attached, IPAddr, cap_pod_ipv6_gso
+from podnet.attach.base import AttachContext, Attached, IPAddr, pod_end_gso
 from podnet.attach.bridge import check_container_iface, delete_host_veth, host_veth
 from podnet.errors import KernelError
 from podnet.kernel import links, netns, rtnl, sysctl
@@ -57,13 +57,12 @@ class RoutedAttacher:
         limits = GsoLimits(size, size) if size else links.uplink_gso(ipr, ctx.host_fd)
         try:
             links.create_veth(ctx.host_fd, host_name, ctx.ifname, ctx.container_fd, mtu, 0,
-                              host_mac, peer_mac, False, limits)
+                              host_mac, peer_mac, False, limits, pod_end_gso(ctx, limits))
         except links.LinkExists:
             if not links.delete_link(ipr, host_name):  # a crashed ADD's leftover holds the host name
                 raise KernelError(f"interface {ctx.ifname} already exists in the container namespace") from None
             links.create_veth(ctx.host_fd, host_name, ctx.ifname, ctx.container_fd, mtu, 0,
-                              host_mac, peer_mac, False, limits)
-        cap_pod_ipv6_gso(ctx, limits)
+                              host_mac, peer_mac, False, limits, pod_end_gso(ctx, limits))
         with netns.entered(ctx.host_fd):  # /proc/sys/net is the calling thread's namespace
             sysctl.ensure("net.ipv4.conf", 1, host_name, "proxy_arp")
             sysctl.ensure("net.ipv4.neigh", 0, host_name, "proxy_delay")

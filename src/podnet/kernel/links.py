@@ -132,12 +132,15 @@ def create_veth(
     peer_mac: str,
     hairpin: bool,
     limits: gso.GsoLimits = gso.DEFAULT,
+    peer_limits: gso.GsoLimits | None = None,
 ) -> None:
     """A veth pair in one request (see kernel/rtnl.py): the host end enslaved to
     `master` and up, the peer created directly in the container's namespace under its
-    final name; then hairpin mode if asked."""
+    final name (with `peer_limits`, else `limits`); then hairpin mode if asked."""
     with rtnl.RtnlSocket(host_netns_fd) as sock:
-        code = sock.create_veth(host, peer, peer_netns_fd, mtu, master, host_mac, peer_mac, limits.link_attrs())
+        peer_attrs = None if peer_limits is None or peer_limits == limits else peer_limits.link_attrs()
+        code = sock.create_veth(host, peer, peer_netns_fd, mtu, master, host_mac, peer_mac, limits.link_attrs(),
+                                peer_attrs)
         if code == errno.EEXIST:
             raise LinkExists(f"{host} or {peer} already exists")
         if code in (errno.ENODEV, errno.EINVAL):

@@ -148,12 +148,13 @@ class RtnlSocket:
         host_mac: str,
         peer_mac: str,
         extra: bytes = b"",
+        peer_extra: bytes | None = None,
     ) -> int:
         """One RTM_NEWLINK: host end enslaved to `master` (0: to nothing, a routed
         pod's) and up, the peer born in the container namespace under its final name;
-        `extra` (packed attributes, e.g. GSO limits) goes to both ends. Returns the
-        kernel's errno."""
-        peer_info = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + extra
+        `extra` (packed attributes, e.g. GSO limits) goes to both ends unless
+        `peer_extra` gives the peer its own. Returns the kernel's errno."""
+        peer_info = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + (extra if peer_extra is None else peer_extra)
         peer_info += attr(IFLA_IFNAME, peer.encode() + b"\0") + attr(IFLA_MTU, u32(mtu))
         peer_info += attr(IFLA_ADDRESS, _mac(peer_mac)) + attr(IFLA_NET_NS_FD, u32(peer_netns_fd))
         info = attr(IFLA_INFO_KIND, b"veth") + attr(
