@@ -12,8 +12,9 @@ LINT_DIRS := $(wildcard src tests bench)
 
 # Debian packages the tests, the demo and the interop peers need (chromium: the dashboard's
 # browser test drives it through Playwright, whose bundled node driver needs libatomic1;
-# `playwright install` downloads nothing here).
-DEB_PACKAGES := nftables iproute2 podman runc containernetworking-plugins busybox-static \
+# `playwright install` downloads nothing here; gcc and libc6-dev: the CNI exec shim, built by
+# `podnet install-cni`, src/podnet/cni/shim/).
+DEB_PACKAGES := nftables iproute2 podman runc containernetworking-plugins busybox-static gcc libc6-dev \
 	iperf3 conntrack python3-venv ethtool procps util-linux etcd-server containerd bird2 \
 	chromium libatomic1 haproxy wrk
 

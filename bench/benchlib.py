@@ -222,3 +222,18 @@ def run_bench(name: str, bench, args, render) -> int:
         return 1
     outcome["elapsed_s"] = round(time.monotonic() - started, 1)
     return finish(outcome, args.json, render)
+
+
+def median_spread(values: list[float], digits: int = 3) -> dict:
+    """One figure measured in several rounds: its median and the spread around it
+    (issue 19: at least three interleaved rounds, the spread next to the median)."""
+    import statistics
+
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits), "rounds": [round(v, digits) for v in values]}
+
+
+def format_spread(figure: dict, fmt: str = "{:.1f}", suffix: str = "") -> str:
+    """`median (min-max)` of a median_spread figure, e.g. `0.93x (0.90-0.97)`."""
+    med, lo, hi = (fmt.format(figure[k]) for k in ("median", "min", "max"))
+    return f"{med}{suffix} ({lo}-{hi})"

@@ -1,17 +1,22 @@
 """CNI latency: podnet (with its agent) against the reference bridge + host-local.
 
-    .venv/bin/python bench/cni_latency.py [--n 50] [--warmup 3] [--json] [--no-fallback]
+    .venv/bin/python bench/cni_latency.py [--n 50] [--rounds 3] [--warmup 3] [--json] [--no-fallback]
     .venv/bin/python bench/cni_latency.py --profile [--n 20] [--json] [--profile-out DIR]
 
 Measures ADD, CHECK and DEL wall time (p50, p90) of each plugin executable, from just
-before the spawn to the process exit, exec'd two ways, interleaved in one run
+before the spawn to the process exit, in `--rounds` interleaved rounds (median and
+min-max spread over the rounds, and each podnet row's ratio to the reference against
+the 1.0x target), exec'd two ways, interleaved in one run
 (`--exec direct|nsenter|both`, default both): `direct`, from a process that already
 lives in the bench's simulated host namespace (no `ip netns exec` per call); and
 `nsenter`, through `nsenter --net=<host ns>` as a runtime living in another namespace
 calls it (podman under `nsenter --net`), every call on its own fresh container
 namespace:
 
-- podnet, agent:     `podnet` + built-in `podnet-ipam`, `agentSocket` -> a running agent
+- podnet, agent:     the installed `podnet` (the compiled exec shim, when install_cni
+                     could build it) + built-in `podnet-ipam`, `agentSocket` -> a running agent
+- podnet python:     `podnet-python`, the Python plugin the shim stands in for, on the same
+                     agent (`--no-python` skips; absent when no shim was built)
 - reference:         /usr/lib/cni `bridge` + `host-local` (containernetworking-plugins)
 - podnet, no agent:  the plugin's in-process fallback (informative, `--no-fallback` skips)
 
@@ -68,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--warmup", type=int, default=3, help="uncounted ADD/CHECK/DEL cycles per system"
     )
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds (each ADD, CHECK, DEL on every namespace); median and spread over them")
+    parser.add_argument("--no-python", action="store_true",
+                        help="skip the podnet-python row (the Python plugin beside the compiled shim)")
     parser.add_argument("--exec", choices=("direct", "nsenter", "both"), default="both",
                         help="how each plugin is exec'd: from the host namespace, through nsenter --net as a "
                              "runtime in another namespace does, or both interleaved (default)")
@@ -96,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.n is None:
         args.n = 20 if args.profile else 50
-    if args.n < 1 or args.warmup < 0:
-        parser.error("--n must be >= 1 and --warmup >= 0")
+    if args.n < 1 or args.warmup < 0 or args.rounds < 1:
+        parser.error("--n and --rounds must be >= 1 and --warmup >= 0")
     if args.profile:
         return run_bench("cni_latency", profile, args, render_profile)
     return run_bench("cni_latency", bench, args, render_bench)

@@ -16,7 +16,7 @@ OPS = ("ADD", "CHECK", "DEL")
 CNI_VERSION = "1.0.0"
 IFNAME = "eth0"
 PLUGIN_TIMEOUT = 60.0
-BRIDGES = ("pnbpod0", "pnbref0", "pnbinp0")  # podnet (agent), reference, podnet (no agent)
+BRIDGES = ("pnbpod0", "pnbref0", "pnbinp0", "pnbpy0")  # podnet, reference, podnet (no agent), podnet-python
 
 
 # --------------------------------------------------------------------------------------

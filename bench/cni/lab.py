@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchlib import BenchError, close_sandbox, no_interrupt
+from benchlib import BenchError, close_sandbox, log, no_interrupt
 from cni.calls import BRIDGES, PREFIX, REFERENCE_DIR, podnet_config, reference_config
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -181,13 +181,20 @@ def run_in_lab(with_shim: bool, work: Callable[[Lab], tuple[dict, list[dict]]]) 
     return outcome
 
 
-def build_systems(lab: Lab, n: int, warmup: int, fallback: bool) -> list[dict]:
+def build_systems(lab: Lab, n: int, warmup: int, fallback: bool, python: bool = False) -> list[dict]:
+    """The systems under test, in this order: the installed `podnet` (the compiled shim
+    when install_cni could build it), the reference, then optionally `podnet-python`
+    (the Python plugin the shim stands in for, same agent, its own network) and the
+    no-agent fallback."""
+    from podnet.install.cni import FALLBACK_NAME, is_shim
+
     cni_path = f"{lab.bin_dir}:{REFERENCE_DIR}"
     data = lab.work / "data"
+    shim = is_shim(lab.bin_dir / "podnet")
     systems = [
         {
             "key": "podnet",
-            "label": "podnet (agent)",
+            "label": "podnet shim (agent)" if shim else "podnet (agent)",
             "binary": str(lab.bin_dir / "podnet"),
             "socket": lab.socket,
             "config": podnet_config(
@@ -203,6 +210,20 @@ def build_systems(lab: Lab, n: int, warmup: int, fallback: bool) -> list[dict]:
             ),
         },
     ]
+    if python and shim:
+        systems.append(
+            {
+                "key": "python",
+                "label": "podnet python (agent)",
+                "binary": str(lab.bin_dir / FALLBACK_NAME),
+                "socket": lab.socket,
+                "config": podnet_config(
+                    "pnb-python", BRIDGES[3], "10.234.0.0/16", str(data / "python"), lab.socket
+                ),
+            }
+        )
+    elif python:
+        log("no compiled shim (no C compiler?): `podnet` is the Python plugin; no separate python row")
     if fallback:
         systems.append(
             {
@@ -221,7 +242,7 @@ def build_systems(lab: Lab, n: int, warmup: int, fallback: bool) -> list[dict]:
         )
     for s in systems:
         s["cni_path"] = cni_path
-        short = {"podnet": "p", "reference": "r", "inprocess": "i"}[s["key"]]
+        short = {"podnet": "p", "reference": "r", "inprocess": "i", "python": "y"}[s["key"]]
         s["netns"] = [lab.sandbox.path(ns) for ns in lab.namespaces(f"{short}", n)]
         s["warm_netns"] = [lab.sandbox.path(ns) for ns in lab.namespaces(f"{short}w", warmup)]
     return systems

@@ -100,6 +100,14 @@ def parse_importtime(stderr: str) -> dict:
     }
 
 
+def python_plugin(binary: str) -> str:
+    """The Python plugin: `binary` itself, or `podnet-python` beside it when `podnet` is
+    the compiled shim (install_cni)."""
+    from podnet.install.cni import FALLBACK_NAME, is_shim
+
+    return os.path.join(os.path.dirname(binary), FALLBACK_NAME) if is_shim(binary) else binary
+
+
 def profile_inner(spec: dict) -> dict:
     """Inner side (in the host namespace): every measurement of the profile."""
     guard_namespace(spec["host_ns_path"])
@@ -117,13 +125,15 @@ def profile_inner(spec: dict) -> dict:
         "/bin/true": (["/bin/true"], base_env),
         "python3 -IS -c pass": (["/usr/bin/python3", "-IS", "-c", "pass"], base_env),
         "python3 -I -c pass (with site)": (["/usr/bin/python3", "-I", "-c", "pass"], base_env),
-        "podnet VERSION (interpreter + plugin imports + agent round trip)": (
-            [pod["binary"]],
+        "podnet-python VERSION (interpreter + plugin imports + agent round trip)": (
+            [python_plugin(pod["binary"])],
             pod_env,
         ),
         "bridge VERSION (Go start-up)": ([ref["binary"]], base_env),
         "host-local VERSION (Go start-up)": ([os.path.join(REFERENCE_DIR, "host-local")], base_env),
     }
+    if python_plugin(pod["binary"]) != pod["binary"]:
+        floors["podnet shim VERSION (C start-up + agent round trip)"] = ([pod["binary"]], pod_env)
     out["floors"] = {}
     for label, (argv, env) in floors.items():
         for _ in range(3):
@@ -138,7 +148,7 @@ def profile_inner(spec: dict) -> dict:
     imp_runs = []
     for i in range(5):
         ns = next(netns)
-        argv = ["/usr/bin/python3", "-IS", "-X", "importtime", pod["binary"]]
+        argv = ["/usr/bin/python3", "-IS", "-X", "importtime", python_plugin(pod["binary"])]
         _, res, proc, *_ = cni_call(pod, "ADD", f"imp-{i}", ns, None, argv=argv)
         imp_runs.append(parse_importtime(proc.stderr.decode(errors="replace")))
         cni_call(pod, "DEL", f"imp-{i}", ns, res)

@@ -14,7 +14,7 @@ import pytest
 from podnet.cli import main
 from podnet.config import load
 from podnet.install import systemd, under, uninstall
-from podnet.install.cni import conflist_text
+from podnet.install.cni import conflist_text, is_shim
 from podnet.install.systemd import console_script, exec_word, render_unit
 
 CNI = ["--bin-dir", "/opt/cni/bin", "--conf-dir", "/etc/cni/net.d"]
@@ -96,8 +96,10 @@ def test_install_is_idempotent_and_never_overwrites_the_config(capsys, tmp_path)
 
 def test_uninstall_removes_what_install_wrote_and_is_idempotent(capsys, tmp_path):
     install(capsys, tmp_path, "--systemd")
+    shim = is_shim(tmp_path / "opt/cni/bin/podnet")  # with a C compiler, the shim and its Python fallback
     out = remove(capsys, tmp_path, "--systemd")
-    assert out == [f"removed {tmp_path / p}" for p in (UNIT, "opt/cni/bin/podnet", "opt/cni/bin/podnet-ipam", CONFLIST)]
+    written = ("opt/cni/bin/podnet", "opt/cni/bin/podnet-ipam", *(("opt/cni/bin/podnet-python",) if shim else ()))
+    assert out == [f"removed {tmp_path / p}" for p in (UNIT, *written, CONFLIST)]
     assert (tmp_path / CONFIG).is_file() and (tmp_path / "var/lib/podnet").is_dir()  # no --purge
     assert remove(capsys, tmp_path, "--systemd") == ["nothing to remove"]
 
