@@ -86,7 +86,7 @@ if str(ROOT / "src") not in sys.path:
 
 NETNS_DIR = Path("/run/netns")
 PORT = 80
-TARGET_P99_S = 1.0
+TARGET_P99_S = 0.1  # issue 19: p99 <= 100 ms at 50 nodes, on sqlite and on etcd (was 1 s)
 GIVE_UP_S = 10.0
 VANTAGES = ("pod", "node")
 
@@ -279,6 +279,20 @@ def timings(samples: list[dict]) -> dict:
     }
 
 
+def by_round(samples: list[dict], rounds: int) -> dict:
+    """Issue 19: the pods in `rounds` consecutive batches, each batch's p50 and p99; the
+    median of those and their spread, and the p99's ratio to the target."""
+    from benchlib import median_spread
+
+    size = max(1, len(samples) // max(1, rounds))
+    batches = [samples[i * size:(i + 1) * size] for i in range(rounds)]
+    batches = [b for b in batches if b]
+    p99 = median_spread([summary_ms([s["t1"] - s["t0"] for s in b])["p99"] for b in batches], 2)
+    p50 = median_spread([summary_ms([s["t1"] - s["t0"] for s in b])["p50"] for b in batches], 2)
+    return {"n": len(batches), "pods_each": size, "p50_ms": p50, "p99_ms": p99,
+            "p99_ratio_to_target": round(p99["median"] / (TARGET_P99_S * 1000), 2)}
+
+
 def vantage_result(base: dict, vantage: str, samples: list[dict]) -> dict:
     """One row of the report: a vantage point's samples, split by block when a pod
     started a block node B had no route to."""
@@ -288,6 +302,7 @@ def vantage_result(base: dict, vantage: str, samples: list[dict]) -> dict:
         **base,
         "from": vantage,
         **timings(samples),
+        "rounds": by_round(samples, base.get("rounds", 1)),
         "first_try_share": round(sum(1 for t in tries if t == 1) / len(tries), 3),
         "max_attempts": max(tries),
         "new_block_pods": [s["pod"] for s in new],
@@ -388,6 +403,7 @@ def run_one(nodes: int, store: str, args: argparse.Namespace) -> tuple[list[dict
             "rack_a": node_a["rack"],
             "rack_b": lab.data["nodes"][node_b]["rack"],
             "lab_up_s": round(up_s, 2),
+            "rounds": args.rounds,
         }
         results = [vantage_result(base, v, samples[v]) for v in args.vantages]
     finally:
@@ -475,9 +491,15 @@ def render(outcome: dict) -> None:
             what += (
                 f" (new blocks, {new['n']} pods: p99 {new['p99']:.0f} ms, max {new['max']:.0f} ms)"
             )
+        rounds = r.get("rounds") or {}
+        per_round = ""
+        if rounds.get("n", 0) > 1:
+            p99 = rounds["p99_ms"]
+            per_round = (f"; p99 of {rounds['n']} rounds of {rounds['pods_each']} pods: {p99['median']:.1f} ms "
+                         f"({p99['min']:.1f}-{p99['max']:.1f}), {rounds['p99_ratio_to_target']:.2f}x the target")
         print(
-            f"{what}: p99 {r['convergence_ms']['p99']:.0f} ms "
-            f"(target <= {outcome['target_p99_ms']:.0f} ms)"
+            f"{what}: p99 {r['convergence_ms']['p99']:.1f} ms "
+            f"(target <= {outcome['target_p99_ms']:.0f} ms){per_round}"
         )
 
 
@@ -556,9 +578,13 @@ def main(argv: list[str] | None = None) -> int:
         "(default pod; both: polled at once)",
     )
     parser.add_argument("--interval-ms", type=float, default=5.0, help="poll period (default 5)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="the pods in this many consecutive batches, each with its p99 (default 3)")
     parser.add_argument("--json", action="store_true", help="print machine-readable results only")
     args = parser.parse_args(argv)
     args.vantages = list(dict.fromkeys(args.vantages))
+    if args.rounds < 1 or args.rounds > args.pods:
+        parser.error("--rounds must be between 1 and --pods")
     if args.pods < 1 or args.pods > 1000 or any(n < 2 for n in args.nodes):
         parser.error("--pods must be 1..1000 (nodes grow into more blocks) and --nodes >= 2")
     if args.racks < 1 or any(n < args.racks for n in args.nodes):

@@ -10,7 +10,17 @@ Each size runs the real CLI, `python -m podnet.cli lab up --name b<hex> --nodes 
 spawn to its exit, with the per-phase marks the CLI prints (underlay, store, agents,
 pods). The lab is checked (`lab status -o json`: every agent alive and answering, every
 pod with an address and its echo server alive, not timed), then `lab down` is timed
-the same way. Target: 50 x 20 up in <= 60 s on this 2-core machine.
+the same way. Targets (issue 19): 50 x 20 up in <= 30 s and 100 x 10 in <= 60 s on
+this 2-core machine.
+
+Issue 19: `--rounds N` (default 3) builds every size N times, interleaved (the order of
+the sizes rotates), and prints the median with the spread, the ratio to the target and
+whether the rounds agree within 20% (max/min <= 1.2). Each run also reports the CPU the
+lab's agents used (their own and their children's, from /proc, at the end of `lab up`)
+and the idle lab's CPU over 3 s, by kind of process. `--compare-exec` adds, in the same
+rounds, labs whose Python daemons are started the plain way (PODNET_LAB_ZYGOTE=0: an
+interpreter and its imports per agent) instead of forked by the lab's zygote
+(lab/zygote.py), the baseline of the zygote's gain.
 
 `--profile` builds each size once more in-process under cProfile
 (`podnet.lab.builder.LabBuilder`, the code behind `lab up`) and prints where the time
@@ -43,14 +53,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
-TARGET = {(50, 20): 60.0}
+TARGET = {(50, 20): 30.0, (100, 10): 60.0}
+STABLE = 1.2  # the rounds of one size agree within 20% (max/min)
 DEFAULT_SIZES = [(20, 10)]
-BIG = (50, 20)
+BIG = ((50, 20), (100, 10))
+VARIANTS = {"zygote": "1", "exec": "0"}  # PODNET_LAB_ZYGOTE of the lab up
 PHASE = re.compile(r"✓ (.*?) \((\d+(?:\.\d+)?)s\)")
 
 
-def cli_env() -> dict[str, str]:
+def cli_env(zygote: str = "1") -> dict[str, str]:
     env = dict(os.environ)
+    env["PODNET_LAB_ZYGOTE"] = zygote
     env["PYTHONPATH"] = str(ROOT / "src") + (
         os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""
     )
@@ -58,12 +71,12 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def podnet(*args: str, timeout: float) -> tuple[float, subprocess.CompletedProcess]:
+def podnet(*args: str, timeout: float, zygote: str = "1") -> tuple[float, subprocess.CompletedProcess]:
     """Run the CLI; (wall seconds, result). Interrupted: stopped by its PID."""
     argv = [sys.executable, "-m", "podnet.cli", *args]
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env()
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(zygote)
     )
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -134,19 +147,34 @@ def check_lab(name: str, nodes: int, pods: int) -> list[str]:
     return problems
 
 
-def run_size(nodes: int, pods: int, args: argparse.Namespace) -> tuple[dict, list[str]]:
+def lab_cpu(procs: dict) -> dict:
+    """CPU seconds used so far by the lab's recorded processes, by kind (the name's part
+    before '/': agent, echo, zygote...), own and reaped children's, from /proc."""
+    hz, out = os.sysconf("SC_CLK_TCK"), {}
+    for name, entry in procs.items():
+        try:
+            stat = Path(f"/proc/{entry['pid']}/stat").read_text()
+        except (OSError, KeyError):
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        kind = name.split("/")[0]
+        out[kind] = out.get(kind, 0.0) + sum(int(f) for f in fields[11:15]) / hz
+    return {kind: round(cpu, 2) for kind, cpu in sorted(out.items())}
+
+
+def run_size(nodes: int, pods: int, args: argparse.Namespace, variant: str = "zygote") -> tuple[dict, list[str]]:
     name = f"b{secrets.token_hex(3)}"
     record = LabRecord(name)
     problems: list[str] = []
-    result: dict = {"nodes": nodes, "pods_per_node": pods, "lab": name}
+    result: dict = {"nodes": nodes, "pods_per_node": pods, "lab": name, "variant": variant}
     owners: list[str] = []  # "pid:starttime" of every recorded process
     try:
-        log(f"lab up {name}: {nodes} nodes x {pods} pods ({args.fabric}, {args.store})")
+        log(f"lab up {name}: {nodes} nodes x {pods} pods ({args.fabric}, {args.store}, {variant})")
         load = os.getloadavg()[0]
         wall, up = podnet(
             "lab", "up", "--name", name, "--nodes", str(nodes), "--pods-per-node", str(pods),
             "--fabric", args.fabric, "--store", args.store, "--timeout", str(args.timeout),
-            timeout=args.max_seconds,
+            timeout=args.max_seconds, zygote=VARIANTS[variant],
         )  # fmt: skip
         if up.returncode != 0:
             raise BenchError(
@@ -164,10 +192,16 @@ def run_size(nodes: int, pods: int, args: argparse.Namespace) -> tuple[dict, lis
         problems += [f"lab {name} after up: {h}" for h in health]
         from podnet.lab.state import lab_dir
 
+        procs: dict = {}
         with contextlib.suppress(OSError, ValueError):
             procs = json.loads((lab_dir(name) / "procs.json").read_text())
             owners = [e["owner"] for e in procs.values() if e.get("owner")]
         result["processes"] = len(owners)
+        result["cpu_s_at_up"] = lab_cpu(procs)
+        before = lab_cpu(procs)
+        time.sleep(3.0)
+        after = lab_cpu(procs)
+        result["idle_cores"] = {k: round((after.get(k, 0.0) - v) / 3.0, 3) for k, v in before.items()}
         wall, down = podnet("lab", "down", "--name", name, timeout=args.max_seconds)
         result["down_s"] = round(wall, 2)
         log(f"  down in {wall:.1f}s")
@@ -356,7 +390,7 @@ def render(outcome: dict) -> None:
         title=f"lab up / lab down wall time, s ({outcome['fabric']}, store {outcome['store']}, "
         f"{outcome['machine']['cpus']} CPUs)"
     )
-    for col in ("nodes x pods", "namespaces", "lab up", "target", "phases (took)", "lab down"):
+    for col in ("round", "nodes x pods", "daemons", "namespaces", "lab up", "target", "phases (took)", "lab down"):
         table.add_column(col, justify="left" if col == "phases (took)" else "right")
     for r in outcome["runs"]:
         target = TARGET.get((r["nodes"], r["pods_per_node"]))
@@ -366,7 +400,9 @@ def render(outcome: dict) -> None:
         phases = ", ".join(f"{p['phase'].split(':')[0]} {p['took_s']:.1f}" for p in r["phases"])
         namespaces = r["nodes"] * (1 + r["pods_per_node"]) + 2
         table.add_row(
+            str(r.get("round", 1)),
             f"{r['nodes']} x {r['pods_per_node']}",
+            r.get("variant", "zygote"),
             str(namespaces),
             up,
             f"<= {target:.0f}" if target else "",
@@ -374,6 +410,23 @@ def render(outcome: dict) -> None:
             f"{r.get('down_s', float('nan')):.1f}",
         )
     con.print(table)
+    summary = Table(title="over the rounds (issue 19): median (min-max), ratio to the target, rounds within 20%")
+    for col in ("nodes x pods", "daemons", "lab up s", "target", "ratio", "stable", "phases (median s)",
+                "agents' CPU s", "idle lab, cores"):
+        summary.add_column(col, justify="left" if col.startswith("phases") else "right")
+    for r in outcome.get("summary", []):
+        up = r["up_s"]
+        colour = "" if r["met"] is None else ("green" if r["met"] else "red")
+        summary.add_row(
+            f"{r['nodes']} x {r['pods_per_node']}", r["variant"],
+            f"{up['median']:.1f} ({up['min']:.1f}-{up['max']:.1f})",
+            f"<= {r['target_s']:.0f}" if r["target_s"] else "",
+            f"[{colour}]{r['ratio_to_target']:.2f}x[/]" if r["ratio_to_target"] else "",
+            f"{'yes' if r['stable'] else 'NO'} ({r['max_over_min']}x)",
+            ", ".join(f"{k} {v:.1f}" for k, v in r["phases_median_s"].items()),
+            f"{r['agents_cpu_s_median']:.1f}", f"{r['idle_cores_median']:.3f}",
+        )
+    con.print(summary)
     for prof in outcome.get("profiles", []):
         t = Table(
             title=f"cProfile of lab up (in-process) {prof['nodes']} x {prof['pods_per_node']}: "
@@ -417,6 +470,36 @@ def render(outcome: dict) -> None:
         )
 
 
+def summarize(runs: list[dict]) -> list[dict]:
+    """Per size and variant: lab up's median and spread over the rounds, whether the
+    rounds agree within 20%, the ratio to the target, and where the CPU went."""
+    import statistics
+
+    from benchlib import median_spread
+
+    out = []
+    keys = list(dict.fromkeys((r["nodes"], r["pods_per_node"], r["variant"]) for r in runs))
+    for nodes, pods, variant in keys:
+        mine = [r for r in runs if (r["nodes"], r["pods_per_node"], r["variant"]) == (nodes, pods, variant)]
+        up = median_spread([r["up_s"] for r in mine], 2)
+        phases: dict[str, list[float]] = {}
+        for r in mine:
+            for p in r["phases"]:
+                phases.setdefault(p["phase"].split(":")[0], []).append(p["took_s"])
+        target = TARGET.get((nodes, pods))
+        out.append({
+            "nodes": nodes, "pods_per_node": pods, "variant": variant, "rounds": len(mine), "up_s": up,
+            "max_over_min": round(up["max"] / up["min"], 2) if up["min"] else None,
+            "stable": bool(up["min"]) and up["max"] / up["min"] <= STABLE,
+            "target_s": target, "ratio_to_target": round(up["median"] / target, 2) if target else None,
+            "met": up["median"] <= target if target else None,
+            "phases_median_s": {k: round(statistics.median(v), 2) for k, v in phases.items()},
+            "agents_cpu_s_median": round(statistics.median(r["cpu_s_at_up"].get("agent", 0.0) for r in mine), 1),
+            "idle_cores_median": round(statistics.median(sum(r["idle_cores"].values()) for r in mine), 3),
+        })
+    return out
+
+
 def parse_size(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"(\d+)x(\d+)", text)
     if not m or int(m.group(1)) < 1:
@@ -426,7 +509,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--big", action="store_true", help="also 50 nodes x 20 pods")
+    parser.add_argument("--big", action="store_true", help="also 50 nodes x 20 pods and 100 x 10")
     parser.add_argument(
         "--size", type=parse_size, action="append", metavar="NxP", help="sizes (replace 20x10)"
     )
@@ -438,11 +521,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", action="store_true", help="also cProfile lab up in-process")
     parser.add_argument("--profile-out", metavar="DIR", help="with --profile: keep .pstats here")
+    parser.add_argument("--rounds", type=int, default=3, help="builds of each size, interleaved (default 3)")
+    parser.add_argument("--compare-exec", action="store_true",
+                        help="also labs whose daemons start the plain way (no zygote), in the same rounds")
     parser.add_argument("--json", action="store_true", help="print machine-readable results only")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     sizes = list(args.size or DEFAULT_SIZES)
-    if args.big and BIG not in sizes:
-        sizes.append(BIG)
+    if args.big:
+        sizes += [size for size in BIG if size not in sizes]
     if os.geteuid() != 0:
         print("lab_scale: needs root (creates network namespaces)", file=sys.stderr)
         return 2
@@ -453,11 +541,16 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, raise_interrupt)
     started = time.monotonic()
     runs, profiles, problems = [], [], []
+    variants = ["zygote", "exec"] if args.compare_exec else ["zygote"]
     try:
-        for nodes, pods in sizes:
-            result, trouble = run_size(nodes, pods, args)
-            runs.append(result)
-            problems += trouble
+        for round_ in range(args.rounds):  # interleaved: every size and variant once per round
+            order = [(size, variant) for size in sizes for variant in variants]
+            shift = round_ % len(order)
+            for (nodes, pods), variant in order[shift:] + order[:shift]:
+                result, trouble = run_size(nodes, pods, args, variant)
+                result["round"] = round_ + 1
+                runs.append(result)
+                problems += trouble
         if args.profile:
             for nodes, pods in sizes:
                 log(f"cProfile of lab up {nodes}x{pods} (in-process)")
@@ -475,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         "store": args.store,
         "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
         "runs": runs,
+        "summary": summarize(runs),
         "profiles": profiles,
         "cleanup": {"ok": not problems, "problems": problems},
         "elapsed_s": round(time.monotonic() - started, 1),

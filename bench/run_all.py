@@ -57,6 +57,11 @@ BENCHES = (
           ("--seconds", "10", "--repeat", "3", "--wrk-seconds", "5")),
     Bench("clusterset", "clusterset.py", ("--seconds", "2", "--repeat", "1", "--requests", "300"),
           ("--seconds", "5", "--repeat", "3")),
+    # issue 19: a new pod reachable from every node, p99 at 50 nodes on sqlite and on etcd, three rounds
+    Bench("convergence_50", "convergence.py", ("--nodes", "10", "--pods", "30"),
+          ("--nodes", "50", "--store", "sqlite", "etcd", "--pods", "150", "--rounds", "3")),
+    # issue 19: lab up at 50 x 20 and 100 x 10, three interleaved rounds, with the plain-exec baseline
+    Bench("lab_scale", "lab_scale.py", ("--size", "10x10", "--rounds", "1"), ("--big", "--rounds", "3", "--compare-exec")),
 )
 
 

@@ -43,3 +43,17 @@ def test_a_pod_that_fails_is_named_and_the_others_still_resized(tmp_path) -> Non
     assert ipr.set == {"pngood": 8950}
     assert change.failed and change.failed[0].startswith(f"{gone} eth0: no such device")
     assert change.to_json()["failed"] == change.failed and change.resized == []
+
+
+def test_the_underlay_is_looked_at_once_per_look_seconds_however_often_the_loop_wakes() -> None:
+    from podnet.agent.mtu_follow import LOOK_SECONDS, UnderlayLook
+
+    now = [100.0]
+    look = UnderlayLook(clock=lambda: now[0])
+    assert look.due()
+    assert not look.due()  # the loop woke again at once: no second request
+    now[0] += LOOK_SECONDS / 2
+    assert not look.due()
+    now[0] += LOOK_SECONDS / 2
+    assert look.due()
+

@@ -5,8 +5,10 @@ block of the cluster CIDR and leases `nodes/<name>` (cluster/leases.py), renews 
 every ttl/3, prepares the node (ip_forward, bridge pncl0 with the block's gateway, the
 fabric's device) and renders `net.d/cluster.conflist`, which the lab waits for. Then
 it converges the fabric (fabric/) from the peers' leases: list-then-watch on `nodes/`
-for fast reaction, plus a repair pass every REPAIR_SECONDS that brings back anything
-deleted by hand. A peer whose lease vanished loses its routes here, and its block
+for fast reaction, plus a repair pass that brings back anything deleted by hand: at most
+every REPAIR_SECONDS once the kernel announced a change of links, routes or the fabric's
+neighbours (kernel/rtnl_watch.py) or the store changed, and every FULL_REPAIR_SECONDS
+regardless. A peer whose lease vanished loses its routes here, and its block
 claim and IPAM reservations and endpoint records (network "cluster") are freed: they
 live in the cluster store, which the conflist names (`ipam.store`), not in the node's
 own state dir.
@@ -44,6 +46,7 @@ from podnet.cluster.options import NodeOptions
 from podnet.errors import PodnetError
 from podnet.hostjoin.reserve import list_hosts
 from podnet.hostjoin.routes import node_routes
+from podnet.kernel.rtnl_watch import KernelChanges
 from podnet.model.cluster import NodeLease
 from podnet.store import RevisionCompacted, Store
 from podnet.store.base import Event
@@ -57,7 +60,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("podnet.agent.node")
 
 CONFLIST = "cluster.conflist"
-REPAIR_SECONDS = 3.0
+REPAIR_SECONDS = 3.0  # how often a repair pass may run: after the kernel or the store changed
+FULL_REPAIR_SECONDS = 30.0  # ... and at least this often, announced or not (kernel/rtnl_watch.py)
 WATCH_TIMEOUT = 1.0
 WATCHED = (keys.NODES, keys.BLOCKS, keys.BGP_CONFIGURATIONS, keys.BGP_PEERS, keys.GOSSIP_ROUTING,
            keys.HOSTS)  # the fabric's inputs (hosts: `podnet host join`'s routes back)
@@ -82,6 +86,8 @@ class NodeService:
         self._repair_now = threading.Event()
         self.passes = 0  # converge passes done (a repair asked for waits for the next)
         self.mtu_changes: list[Any] = []  # agent/mtu_follow.MtuChange, the last few
+        self.mtu_look = mtu_follow.UnderlayLook()
+        self.kernel_changes = KernelChanges()  # started by the loop's thread
         self.long_ops = ("node.doctor",)  # --fix waits for a repair pass
         self._ipr: IPRoute | None = None
         # the agent's registry; a private one for fakes of the agent (unit tests)
@@ -133,6 +139,8 @@ class NodeService:
             with contextlib.suppress(Exception):  # opened by the (now joined) loop thread
                 self._ipr.close()
             self._ipr = None
+        self.mtu_look.close()
+        self.kernel_changes.close()
 
     def status(self) -> dict[str, Any]:
         opts = self.options
@@ -164,6 +172,8 @@ class NodeService:
         stop = self._loop.stopping
         backoff = 0.5
         revision, dirty, next_repair, next_renew = 0, True, 0.0, 0.0
+        active, next_full = True, 0.0  # store events since the last repair pass; the safety net's time
+        self.kernel_changes.start()
         while not stop.is_set():
             try:
                 if self.claim is None:
@@ -173,20 +183,30 @@ class NodeService:
                 if now >= next_renew:
                     self._renew()
                     next_renew = now + self.options.lease_ttl / 3  # type: ignore[union-attr]
-                if self._repair_now.is_set():  # `podnet doctor --fix`: the repair pass, now
+                forced = self._repair_now.is_set()  # `podnet doctor --fix`: the repair pass, now
+                if forced:
                     self._repair_now.clear()
                     next_repair = now
-                if dirty or now >= next_repair:
-                    revision = self._converge(repair=now >= next_repair)
-                    dirty, next_repair = False, now + REPAIR_SECONDS
+                repair = now >= next_repair
+                if repair and not (forced or dirty or active or now >= next_full):
+                    repair = self.kernel_changes.take()  # an idle node: only after the kernel changed
+                if dirty or repair:
+                    if repair:
+                        self.kernel_changes.take()
+                        active, next_full = False, now + FULL_REPAIR_SECONDS
+                    revision = self._converge(repair=repair)
+                    dirty = False
                     with self._lock:
                         self.passes += 1
+                if now >= next_repair:
+                    next_repair = now + REPAIR_SECONDS
                 if self.ctx is not None:
                     mtu_follow.follow(self)
                 wait = max(0.05, min(WATCH_TIMEOUT, next_renew - time.monotonic(), next_repair - time.monotonic()))
                 try:
                     seen = self._store().watch("", revision, wait)
                     if seen:
+                        active = True
                         revision = max(revision, seen[-1].revision)
                         dirty = dirty or any(e.key.startswith(WATCHED) or self._borrowing(e) for e in seen)
                 except RevisionCompacted:

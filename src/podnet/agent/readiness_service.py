@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("podnet.agent.readiness")
 
-TICK = 0.1  # how often due probes are looked for
+TICK = 0.1  # the shortest sleep of the loop (it sleeps until the next probe or refresh is due)
 REFRESH_SECONDS = 1.0  # how often the pod list is read again
 MAX_BACKOFF = 10.0  # between reads while the store fails
 WORKERS = 16
@@ -76,6 +76,7 @@ class ReadinessService:
         self._loop = ServiceThread("podnet-readiness", self._run, join_timeout=10)
         self._lock = threading.Lock()
         self._tracked: dict[str, _Tracked] = {}
+        self._parsed: dict[str, tuple[int, PodRecord | None]] = {}  # pod key -> (revision, record)
         self._pool: ThreadPoolExecutor | None = None
 
     # -- AgentService
@@ -110,14 +111,21 @@ class ReadinessService:
     def _refresh(self, store: Store) -> None:
         """Track this node's pods with a probe; forget (and unpublish) the others."""
         mine: dict[str, PodRecord] = {}
+        parsed: dict[str, tuple[int, PodRecord | None]] = {}
         for entry in store.list(keys.PODS):
-            try:
-                pod = PodRecord.from_json(entry.json(), entry.key)
-            except PodnetError as exc:
-                log.warning("readiness: %s", exc.msg)
-                continue
-            if pod.node == self.node and pod.readiness is not None and pod.ips:
+            known = self._parsed.get(entry.key)
+            if known is not None and known[0] == entry.revision:  # unchanged since the last read:
+                pod = known[1]  # not parsed again (every agent reads every pod each second)
+            else:
+                try:
+                    pod = PodRecord.from_json(entry.json(), entry.key)
+                except PodnetError as exc:
+                    log.warning("readiness: %s", exc.msg)
+                    pod = None
+            parsed[entry.key] = (entry.revision, pod)
+            if pod is not None and pod.node == self.node and pod.readiness is not None and pod.ips:
                 mine[pod.ref] = pod
+        self._parsed = parsed
         published = judged_readiness(store.list(keys.READINESS))
         now = time.monotonic()
         with self._lock:
@@ -129,6 +137,17 @@ class ReadinessService:
                 tracked = self._tracked.get(ref)
                 if tracked is None or tracked.pod.readiness != pod.readiness or tracked.pod.ips != pod.ips:
                     self._tracked[ref] = _Tracked(pod, now, published.get(ref, False) and tracked is None)
+
+    def _until_due(self, next_refresh: float) -> float:
+        """How long the loop may sleep: until the next probe or refresh is due, at least
+        TICK (a fixed TICK woke every idle agent ten times a second)."""
+        with self._lock:
+            waiting = [t.next_at for t in self._tracked.values() if not t.running]
+            running = any(t.running for t in self._tracked.values())
+        wake = min([next_refresh, *waiting])
+        if running:  # a probe that finishes sets its next time: look again soon
+            wake = min(wake, time.monotonic() + TICK)
+        return max(TICK, wake - time.monotonic())
 
     def _probe(self, tracked: _Tracked) -> None:
         pod, probe = tracked.pod, tracked.pod.readiness
@@ -172,4 +191,4 @@ class ReadinessService:
             for tracked in due:
                 assert self._pool is not None
                 self._pool.submit(self._probe, tracked)
-            stopping.wait(TICK)
+            stopping.wait(self._until_due(refreshed + every))

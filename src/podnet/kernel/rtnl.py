@@ -65,7 +65,7 @@ def _family(version: int) -> int:
     return socket.AF_INET if version == 4 else socket.AF_INET6
 
 
-def _messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+def messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
     """(type, seq, payload) of each netlink message in one datagram."""
     offset = 0
     while offset + _HDR.size <= len(data):
@@ -122,7 +122,7 @@ class RtnlSocket:
         """Read until every pending seq is answered: seq -> (errno, payload)."""
         out: dict[int, tuple[int, bytes]] = {}
         while len(out) < len(pending):
-            for kind, seq, payload in _messages(self.sock.recv(65536)):
+            for kind, seq, payload in messages(self.sock.recv(65536)):
                 if seq in pending:
                     if kind == NLMSG_ERROR:
                         (code,) = struct.unpack_from("=i", payload)
@@ -177,7 +177,8 @@ class RtnlSocket:
         if code:
             raise KernelError(f"cannot set hairpin mode on {name}: {os.strerror(code)}")
 
-    def link_index(self, name: str) -> int | None:
+    def _link_by_name(self, name: str) -> bytes | None:
+        """The ifinfomsg and attributes of link `name` (one request, no dump); None if none."""
         body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr(IFLA_IFNAME, name.encode() + b"\0")
         seq, msg = self._message(RTM_GETLINK, 0, body)
         self.sock.send(msg)
@@ -186,8 +187,17 @@ class RtnlSocket:
             return None
         if code:
             raise KernelError(f"cannot look up {name}: {os.strerror(code)}")
-        _family_, _type, index, _flags, _change = _IFINFO.unpack_from(payload)
-        return index
+        return payload
+
+    def link_index(self, name: str) -> int | None:
+        payload = self._link_by_name(name)
+        return None if payload is None else _IFINFO.unpack_from(payload)[2]
+
+    def link_mtu(self, name: str) -> int | None:
+        """The MTU of link `name` (the node loop reads its underlay's on every pass)."""
+        payload = self._link_by_name(name)
+        raw = _attrs(payload, _IFINFO.size).get(IFLA_MTU) if payload is not None else None
+        return struct.unpack_from("=I", raw)[0] if raw and len(raw) >= 4 else None
 
     def link_attrs(self, index: int) -> dict[int, bytes] | None:
         """The top-level IFLA_* attributes of link `index` (raw payloads); None if gone."""
@@ -222,7 +232,7 @@ class RtnlSocket:
         self.sock.send(_HDR.pack(_HDR.size + len(body), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
         out: set[str] = set()
         while True:
-            for kind, got, payload in _messages(self.sock.recv(65536)):
+            for kind, got, payload in messages(self.sock.recv(65536)):
                 if got != seq:
                     continue
                 if kind == NLMSG_DONE:
@@ -249,24 +259,24 @@ class RtnlSocket:
         """Add addresses (no DAD), bring the link up, add permanent neighbour entries
         (ip, mac), add routes: one sendmsg. An address or route that already exists is
         fine (idempotent); any other error raises."""
-        messages: list[bytes] = []
+        batch: list[bytes] = []
         what: dict[int, str] = {}
         for addr in addresses:
             raw = addr.ip.packed
             body = _IFADDR.pack(_family(addr.version), addr.network.prefixlen, 0, RT_SCOPE_UNIVERSE, index)
             body += attr(IFA_LOCAL, raw) + attr(IFA_ADDRESS, raw) + attr(IFA_FLAGS, struct.pack("=I", IFA_F_NODAD))
             seq, msg = self._message(RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, body)
-            messages.append(msg)
+            batch.append(msg)
             what[seq] = f"address {addr}"
         seq, msg = self._message(RTM_NEWLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, index, IFF_UP, IFF_UP))
-        messages.append(msg)
+        batch.append(msg)
         what[seq] = "link up"
         for ip, mac in neighbours:
             neighbour = ipaddress.ip_address(ip)
             body = _NDMSG.pack(_family(neighbour.version), index, NUD_PERMANENT, 0, RTN_UNICAST)
             body += attr(NDA_DST, neighbour.packed) + attr(NDA_LLADDR, _mac(mac))
             seq, msg = self._message(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body)
-            messages.append(msg)
+            batch.append(msg)
             what[seq] = f"neighbour {ip} {mac}"
         for dst, gw in routes:
             net = ipaddress.ip_network(dst, strict=False)
@@ -278,9 +288,9 @@ class RtnlSocket:
                 body += attr(RTA_GATEWAY, ipaddress.ip_address(gw).packed)
             body += attr(RTA_OIF, struct.pack("=i", index))
             seq, msg = self._message(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_EXCL, body)
-            messages.append(msg)
+            batch.append(msg)
             what[seq] = f"route {dst} via {gw}"
-        self.sock.sendmsg(messages)
+        self.sock.sendmsg(batch)
         for seq, (code, _payload) in sorted(self._replies(what).items()):
             if code and code != errno.EEXIST:
                 raise KernelError(f"cannot add {what[seq]}: {os.strerror(code)}")

@@ -304,6 +304,19 @@ class LabBuilder:
         logs.mkdir(exist_ok=True)
         return self.sup.spawn(name, [*enter(ns), *argv], logs / f"{name.replace('/', '_')}.log", env)
 
+    def spawn_python(self, name: str, ns: str, module: str, args: list[str]) -> int:
+        """A lab daemon written in Python (`python -m module args`), forked by the lab's
+        zygote (lab/zygote.py: no interpreter start and imports per daemon) unless
+        PODNET_LAB_ZYGOTE=0; recorded with the argv that starts it the plain way."""
+        assert self.sup is not None
+        argv = [sys.executable, "-m", module, *args]
+        if os.environ.get("PODNET_LAB_ZYGOTE", "1") == "0":
+            return self.spawn(name, ns, argv)
+        logs = self.st.labdir / "logs"
+        logs.mkdir(exist_ok=True)
+        return self.sup.fork(name, module, args, str(NETNS_DIR / ns), [*enter(ns), *argv],
+                             logs / f"{name.replace('/', '_')}.log")
+
     def start_outside(self) -> None:
         ready = self.st.labdir / "ready-outside"
         pid = self.spawn("echo/outside", self.ns("out"), [sys.executable, "-m", "podnet.lab.echo", "--name", "outside",
@@ -360,8 +373,7 @@ class LabBuilder:
             state_dir.mkdir(parents=True, exist_ok=True)
             self.st.data["sockets"].append(info["socket"])
             self.st.save()
-            argv = [sys.executable, "-m", "podnet.cli", "agent", "--socket", info["socket"],
-                    "--state-dir", str(state_dir)]
+            argv = ["agent", "--socket", info["socket"], "--state-dir", str(state_dir)]
             if self.simulate:  # a store per node (the agents would repair each other's pods)
                 argv += ["--store", create_store(state_dir / "store.db")]
             elif self.o.store == "none":
@@ -369,7 +381,7 @@ class LabBuilder:
                          *gossip_argv(self.t, node, self.o.reclaim_grace, self.st.labdir if self.o.encrypt else None)]
             else:
                 argv += self._node_argv(node, store, dns)
-            info["agent_pid"] = self.spawn(f"agent/{node.name}", info["netns"], argv)
+            info["agent_pid"] = self.spawn_python(f"agent/{node.name}", info["netns"], "podnet.cli", argv)
             self.st.save()
         for node in self.t.nodes:
             info = self.st.data["nodes"][node.name]
@@ -487,9 +499,8 @@ class LabBuilder:
             write_atomic(spec, json.dumps(specs))
             ready = self.st.labdir / "ready" / f"node-{node}"
             proc = f"echo/{node}"
-            pid = self.spawn(proc, self.st.data["nodes"][node]["netns"],
-                             [sys.executable, "-m", "podnet.lab.echo", "--spec", str(spec), "--ready", str(ready),
-                              "--report-peer"])
+            pid = self.spawn_python(proc, self.st.data["nodes"][node]["netns"], "podnet.lab.echo",
+                                    ["--spec", str(spec), "--ready", str(ready), "--report-peer"])
             for pod in pods:
                 self.st.data["pods"][pod.key].update(echo_proc=proc, echo_pid=pid)
         self.st.save()

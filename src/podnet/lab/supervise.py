@@ -49,11 +49,16 @@ class Supervisor:
         self.children: dict[int, subprocess.Popen] = {}
         self.entries: dict[str, dict] = {}
         self.stopping = threading.Event()
+        self.zygote: subprocess.Popen | None = None
+        self.adopted: dict[int, str] = {}  # forked daemons (re-parented here): pid -> name
+        self.early_exits: dict[int, int] = {}  # adopted pids reaped before they were recorded
 
     def save(self) -> None:
         write_atomic(self.record, json.dumps(self.entries, separators=(",", ":")))
 
     def spawn(self, request: dict) -> dict:
+        if request.get("fork"):
+            return self.fork(request)
         name, argv = str(request["name"]), [str(a) for a in request["argv"]]
         env = {**os.environ, **{str(k): str(v) for k, v in (request.get("env") or {}).items()}}
         with self.lock:
@@ -71,6 +76,51 @@ class Supervisor:
             self.entries[name] = {"pid": proc.pid, "owner": process_owner(proc.pid), "argv": argv}
             self.save()
         return {"name": name, "pid": proc.pid}
+
+    def fork(self, request: dict) -> dict:
+        """A Python daemon forked by the zygote (lab/zygote.py) instead of started: it is
+        re-parented to this subreaper, recorded and reaped like the others. Its record
+        keeps `argv`, what would start the same daemon (the tests restart agents so)."""
+        name, fork = str(request["name"]), request["fork"]
+        what = {"module": fork.get("module"), "argv": fork.get("args"), "netns": fork.get("netns"),
+                "env": request.get("env") or {}, "log": request.get("log") or os.devnull}
+        with self.lock:
+            if self.stopping.is_set():
+                return {"name": name, "error": "supervisor is stopping"}
+            try:
+                zygote = self._zygote()
+                assert zygote.stdin is not None and zygote.stdout is not None
+                zygote.stdin.write(json.dumps(what) + "\n")
+                zygote.stdin.flush()
+                reply = json.loads(zygote.stdout.readline() or '{"error": "the zygote exited"}')
+            except (OSError, ValueError) as exc:
+                return {"name": name, "error": f"zygote: {exc}"}
+            if "error" in reply:
+                return {"name": name, "error": reply["error"]}
+            pid = int(reply["pid"])
+            self.adopted[pid] = name
+            self.entries[name] = {"pid": pid, "owner": process_owner(pid),
+                                  "argv": [str(a) for a in request.get("argv") or []]}
+            if pid in self.early_exits:  # it ended before it was recorded
+                self.entries[name]["exit"] = self.early_exits.pop(pid)
+                self.adopted.pop(pid, None)
+            self.save()
+        return {"name": name, "pid": pid}
+
+    def _zygote(self) -> subprocess.Popen:
+        """The zygote, started on first use (caller holds the lock)."""
+        if self.zygote is None or self.zygote.poll() is not None:
+            log = open(self.labdir / "zygote.log", "ab")  # noqa: SIM115 - handed to the child
+            try:
+                self.zygote = subprocess.Popen([sys.executable, "-m", "podnet.lab.zygote"], stdin=subprocess.PIPE,
+                                               stdout=subprocess.PIPE, stderr=log, text=True)
+            finally:
+                log.close()
+            self.children[self.zygote.pid] = self.zygote
+            self.entries["zygote"] = {"pid": self.zygote.pid, "owner": process_owner(self.zygote.pid),
+                                      "argv": self.zygote.args}
+            self.save()
+        return self.zygote
 
     def answer(self, line: str) -> str:
         """One request line -> one reply line."""
@@ -126,30 +176,33 @@ class Supervisor:
             if pid == 0:
                 return
             with self.lock:
+                code = os.waitstatus_to_exitcode(status)
                 proc = self.children.pop(pid, None)
-                if proc is None:
+                if proc is not None:
+                    proc.returncode = code
+                elif self.adopted.pop(pid, None) is None:
+                    self.early_exits[pid] = code  # a forked daemon not recorded yet, or an orphan
                     continue
-                proc.returncode = os.waitstatus_to_exitcode(status)
                 for entry in self.entries.values():
                     if entry["pid"] == pid and "exit" not in entry:
-                        entry["exit"] = proc.returncode
+                        entry["exit"] = code
                 if not self.stopping.is_set():
                     self.save()
 
     def stop_children(self, grace: float = 5.0) -> None:
         with self.lock:
             self.stopping.set()
-            pids = list(self.children)
+            pids = [*self.children, *self.adopted]
         for pid in pids:
             _signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while self.children and time.monotonic() < deadline:
+        while (self.children or self.adopted) and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.05)
-        for pid in list(self.children):
+        for pid in [*self.children, *self.adopted]:
             _signal(pid, signal.SIGKILL)
         deadline = time.monotonic() + grace
-        while self.children and time.monotonic() < deadline:
+        while (self.children or self.adopted) and time.monotonic() < deadline:
             self.reap()
             time.sleep(0.05)
         self.stop_adopted(grace)

@@ -61,6 +61,16 @@ class SupervisorClient:
         self.proc.stdin.flush()
         return _spawned(name, self.proc.stdout.readline(), log)
 
+    def fork(self, name: str, module: str, args: list[str], netns: str, argv: list[str], log: Path) -> int:
+        """A Python daemon forked by the lab's zygote (lab/zygote.py) in `netns`; `argv`
+        is what would start the same daemon, kept in its record."""
+        assert self.proc.stdin and self.proc.stdout
+        request = {"name": name, "argv": argv, "log": str(log),
+                   "fork": {"module": module, "args": args, "netns": netns}}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return _spawned(name, self.proc.stdout.readline(), log)
+
     def detach(self) -> None:
         """Leave the supervisor running on its own (it ignores the closed pipes)."""
         for pipe in (self.proc.stdin, self.proc.stdout):

@@ -226,9 +226,9 @@ class Tail:
         with self._cond:
             scanned = self._head
             prefixes = sorted(self._since)
-            for prefix in prefixes:  # from here on the ring holds their events
-                if self._since[prefix] is None:
-                    self._since[prefix] = head if scanned is None else scanned
+            taken_up = [prefix for prefix in prefixes if self._since[prefix] is None]
+            for prefix in taken_up:  # from here on the ring holds their events
+                self._since[prefix] = head if scanned is None else scanned
         new = (self._events_under(prefixes, scanned)
                if scanned is not None and head > scanned and prefixes else [])
         with self._cond:
@@ -239,8 +239,10 @@ class Tail:
                     self._floor = self._events[0].revision
                 self._events.append(event)
             self._head = max(head, new[-1].revision if new else 0)
+            news = bool(new) or bool(taken_up) or scanned is None or self._compacted != (compacted or 0)
             self._compacted = compacted or 0
-            self._cond.notify_all()
+            if news:  # else nobody waits for this pass: each watcher keeps its own deadline (a
+                self._cond.notify_all()  # notify per pass woke ten threads of every agent 20 times a second)
         return next_expiry
 
     def _events_under(self, prefixes: list[str], revision: int) -> list[Event]:

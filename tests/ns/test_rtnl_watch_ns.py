@@ -1,0 +1,54 @@
+"""kernel/rtnl_watch.py: the node loop's flag for 'the kernel changed', in a sandbox."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from podnet.kernel import netns
+from podnet.kernel.rtnl_watch import KernelChanges
+from podnet.lab.sandbox import ip
+
+pytestmark = pytest.mark.root
+
+
+def _flag_within(changes: KernelChanges, seconds: float = 3.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if changes.take():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_routes_links_and_permanent_neighbours_raise_the_flag_learned_neighbours_do_not(sandbox):
+    ns = sandbox.netns("watch")
+    ip("-n", ns, "link", "add", "pnw0", "type", "veth", "peer", "name", "pnw1")
+    ip("-n", ns, "link", "set", "pnw0", "up")
+    fd = netns.open_netns(sandbox.path(ns))
+    changes = KernelChanges()
+    try:
+        with netns.entered(fd):
+            assert changes.start()
+        assert changes.take()  # nothing is known before the first look
+        assert not changes.take()
+        ip("-n", ns, "neigh", "add", "10.9.0.7", "lladdr", "02:00:00:00:00:07", "dev", "pnw0", "nud", "reachable")
+        assert not _flag_within(changes, 0.5)  # what the kernel learns and ages is not the fabric's
+        ip("-n", ns, "neigh", "add", "10.9.0.8", "lladdr", "02:00:00:00:00:08", "dev", "pnw0", "nud", "permanent")
+        assert _flag_within(changes)
+        ip("-n", ns, "addr", "add", "10.9.0.1/24", "dev", "pnw0")
+        _flag_within(changes, 0.5)  # the address's own route; drained
+        ip("-n", ns, "route", "add", "10.8.0.0/24", "via", "10.9.0.2")
+        assert _flag_within(changes)
+        assert not changes.take()
+        ip("-n", ns, "route", "del", "10.8.0.0/24")
+        assert _flag_within(changes)
+        ip("-n", ns, "link", "del", "pnw0")
+        assert _flag_within(changes)
+    finally:
+        changes.close()
+        os.close(fd)
+    ip("-n", ns, "route", "add", "10.7.0.0/24", "dev", "lo")
+    assert changes.take()  # closed: nobody can tell, so always a change
