@@ -36,6 +36,13 @@ def host_veth_name(attach: str) -> str:
     return HOST_VETH_PREFIX + attach[:11]
 
 
+def is_host_veth(name: str) -> bool:
+    """Is `name` shaped like a pod's host veth (host_veth_name)? The node loop ignores
+    their kernel announcements (kernel/rtnl_watch.py)."""
+    tail = name[len(HOST_VETH_PREFIX):]
+    return name.startswith(HOST_VETH_PREFIX) and len(tail) == 11 and all(c in "0123456789abcdef" for c in tail)
+
+
 def is_ifname(name: object) -> bool:
     """A Linux interface name as the kernel takes it (dev_valid_name): 1-15 bytes, not
     "." or "..", no "/", ":" or whitespace. The one rule for names from configs, from

@@ -10,6 +10,7 @@ import pytest
 from podnet.kernel import netns
 from podnet.kernel.rtnl_watch import KernelChanges
 from podnet.lab.sandbox import ip
+from podnet.naming import host_veth_name, is_host_veth
 
 pytestmark = pytest.mark.root
 
@@ -52,3 +53,31 @@ def test_routes_links_and_permanent_neighbours_raise_the_flag_learned_neighbours
         os.close(fd)
     ip("-n", ns, "route", "add", "10.7.0.0/24", "dev", "lo")
     assert changes.take()  # closed: nobody can tell, so always a change
+
+
+def test_a_pod_veth_joining_the_bridge_is_no_change_but_the_bridge_going_down_is(sandbox):
+    ns, pod = sandbox.netns("watchb"), sandbox.netns("watchp")
+    ip("-n", ns, "link", "add", "pncl0", "type", "bridge")
+    ip("-n", ns, "link", "set", "pncl0", "addrgenmode", "none")  # its link-local route comes ~1 s after
+    ip("-n", ns, "link", "set", "pncl0", "up")  # its carrier: a change, and not the one looked at here
+    fd = netns.open_netns(sandbox.path(ns))
+    changes = KernelChanges(is_host_veth)
+    try:
+        with netns.entered(fd):
+            assert changes.start()
+        for i, attach in enumerate(("0123456789ab", "123456789abc")):
+            changes.take()  # the first port gives the bridge its carrier: a change, once
+            host = host_veth_name(attach)
+            ip("-n", ns, "link", "add", host, "type", "veth", "peer", "name", f"eth{i}", "netns", pod)
+            ip("-n", ns, "link", "set", host, "master", "pncl0")
+            ip("-n", ns, "link", "set", host, "up")
+            ip("-n", pod, "link", "set", f"eth{i}", "up")
+            time.sleep(0.3)
+        assert not _flag_within(changes, 1.0)  # what every ADD does: the repair pass has nothing to see
+        ip("-n", ns, "link", "del", host)
+        assert not _flag_within(changes, 0.5)  # ... and every DEL
+        ip("-n", ns, "link", "set", "pncl0", "down")
+        assert _flag_within(changes)  # the pod network's own device: repair
+    finally:
+        changes.close()
+        os.close(fd)

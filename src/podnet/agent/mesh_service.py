@@ -43,7 +43,7 @@ from podnet.agent.service_thread import NodeLoopService, ServiceThread
 from podnet.errors import PodnetError
 from podnet.model.endpoint import decode_entries
 from podnet.store import RevisionCompacted, Store
-from podnet.store.base import dumps
+from podnet.store.base import Event, dumps
 
 if TYPE_CHECKING:
     from podnet.agent.context import AgentContext, OpHandler
@@ -72,6 +72,7 @@ class MeshService(NodeLoopService):
         self.certs: dict[str, IssuedCert] = {}
         self.problems: dict[str, str] = {}
         self.passes = 0
+        self._meshless = False  # the last pass found nothing meshed anywhere (see _matters)
         self._lock = threading.Lock()
         self._ca: MeshCA | None = None
         self._kernel: Any = None
@@ -126,15 +127,18 @@ class MeshService(NodeLoopService):
 
     def _run(self) -> None:
         stop = self._loop.stopping
-        revision, dirty, next_pass = 0, True, 0.0
+        revision, dirty, next_pass, passed_at = 0, True, 0.0, -1
         self._start_sink()
         self.adopt()
         while not stop.is_set():
             try:
                 now = time.monotonic()
-                if dirty or now >= next_pass or self._renewal_due():
+                due = now >= next_pass and not (self._meshless and self._store().revision() == passed_at)
+                if dirty or due or self._renewal_due():  # (nothing meshed and nothing written: no pass)
                     revision = max(revision, self.converge())
-                    dirty, next_pass = False, now + RESYNC_SECONDS
+                    dirty, next_pass, passed_at = False, now + RESYNC_SECONDS, revision
+                elif now >= next_pass:
+                    next_pass = now + RESYNC_SECONDS
                 self.enforce_budgets()
                 try:
                     seen = self._store().watch("", revision, WATCH_TIMEOUT)
@@ -143,10 +147,21 @@ class MeshService(NodeLoopService):
                     continue
                 if seen:
                     revision = max(revision, seen[-1].revision)
-                    dirty = dirty or any(e.key.startswith(WATCHED) for e in seen)
+                    dirty = dirty or any(self._matters(e) for e in seen)
             except Exception as exc:  # noqa: BLE001 - keep meshing; retry on the next pass
                 log.warning("mesh: %s", getattr(exc, "msg", None) or exc)
                 stop.wait(1.0)
+
+    def _matters(self, event: Event) -> bool:
+        """Does this event change the plan? While nothing is meshed, only what could mesh
+        something does: a namespace, the mesh's objects, a pod carrying the label (a
+        pass lists every pod; fifty agents doing it for every ADD of a lab was quadratic)."""
+        if not self._meshless:
+            return event.key.startswith(WATCHED)
+        from podnet.mesh.plan import MESH_LABEL
+
+        return event.key.startswith((keys.NAMESPACES, keys.MESH)) or (
+            event.key.startswith(keys.PODS) and MESH_LABEL in (event.value or ""))
 
     def _start_sink(self) -> None:
         try:
@@ -190,8 +205,9 @@ class MeshService(NodeLoopService):
         if not meshed_namespaces(namespaces) and not self.sidecars and \
                 not any(MESH_LABEL in entry.value for entry in store.list(keys.PODS)):
             with self._lock:  # nothing meshed anywhere: no plan, no listing of services
-                self.problems, self.passes = {}, self.passes + 1
+                self.problems, self.passes, self._meshless = {}, self.passes + 1, True
             return store.revision()
+        self._meshless = False
         watched = WatchedObjects()
         revision = watched.relist(store)
         mesh = load_mesh(store)

@@ -7,8 +7,8 @@ fabric's device) and renders `net.d/cluster.conflist`, which the lab waits for. 
 it converges the fabric (fabric/) from the peers' leases: list-then-watch on `nodes/`
 for fast reaction, plus a repair pass that brings back anything deleted by hand: at most
 every REPAIR_SECONDS once the kernel announced a change of links, routes or the fabric's
-neighbours (kernel/rtnl_watch.py) or the store changed, and every FULL_REPAIR_SECONDS
-regardless. A peer whose lease vanished loses its routes here, and its block
+neighbours (kernel/rtnl_watch.py) or an address was given back (a block may be empty:
+the pass releases it), and every FULL_REPAIR_SECONDS regardless. A peer whose lease vanished loses its routes here, and its block
 claim and IPAM reservations and endpoint records (network "cluster") are freed: they
 live in the cluster store, which the conflist names (`ipam.store`), not in the node's
 own state dir.
@@ -48,8 +48,9 @@ from podnet.hostjoin.reserve import list_hosts
 from podnet.hostjoin.routes import node_routes
 from podnet.kernel.rtnl_watch import KernelChanges
 from podnet.model.cluster import NodeLease
+from podnet.naming import is_host_veth
 from podnet.store import RevisionCompacted, Store
-from podnet.store.base import Event
+from podnet.store.base import DELETE, Event
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -87,7 +88,7 @@ class NodeService:
         self.passes = 0  # converge passes done (a repair asked for waits for the next)
         self.mtu_changes: list[Any] = []  # agent/mtu_follow.MtuChange, the last few
         self.mtu_look = mtu_follow.UnderlayLook()
-        self.kernel_changes = KernelChanges()  # started by the loop's thread
+        self.kernel_changes = KernelChanges(is_host_veth)  # started by the loop's thread; pods' veths aside
         self.long_ops = ("node.doctor",)  # --fix waits for a repair pass
         self._ipr: IPRoute | None = None
         # the agent's registry; a private one for fakes of the agent (unit tests)
@@ -172,7 +173,7 @@ class NodeService:
         stop = self._loop.stopping
         backoff = 0.5
         revision, dirty, next_repair, next_renew = 0, True, 0.0, 0.0
-        active, next_full = True, 0.0  # store events since the last repair pass; the safety net's time
+        active, next_full = True, 0.0  # addresses freed since the last repair pass; the safety net's time
         self.kernel_changes.start()
         while not stop.is_set():
             try:
@@ -205,8 +206,8 @@ class NodeService:
                 wait = max(0.05, min(WATCH_TIMEOUT, next_renew - time.monotonic(), next_repair - time.monotonic()))
                 try:
                     seen = self._store().watch("", revision, wait)
-                    if seen:
-                        active = True
+                    if seen:  # an address given back may have emptied a block (the repair pass releases it)
+                        active = active or any(e.kind == DELETE and e.key.startswith(keys.IPAM) for e in seen)
                         revision = max(revision, seen[-1].revision)
                         dirty = dirty or any(e.key.startswith(WATCHED) or self._borrowing(e) for e in seen)
                 except RevisionCompacted:

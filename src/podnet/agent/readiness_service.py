@@ -171,12 +171,16 @@ class ReadinessService:
 
     def _run(self) -> None:
         stopping = self._loop.stopping
-        refreshed, every = float("-inf"), REFRESH_SECONDS
+        refreshed, every, read_at = float("-inf"), REFRESH_SECONDS, -1
         while not stopping.is_set():
             now = time.monotonic()
             if now - refreshed >= every:
                 try:
-                    self._refresh(self._store())
+                    store = self._store()
+                    revision = store.revision()
+                    if revision != read_at:  # nothing written since the last read: nothing new
+                        self._refresh(store)  # (every agent listing every pod each second)
+                        read_at = revision
                     every = REFRESH_SECONDS
                 except PodnetError as exc:  # an unreachable store: back off, it has callers enough
                     log.warning("readiness: cannot read pods: %s", exc.msg)

@@ -56,8 +56,8 @@ from podnet.errors import (
 from podnet.identity import NodeIdentity
 from podnet.ipam.result import IpamResult, parse_addresses
 from podnet.kernel import netns
+from podnet.kernel.libnft import LibNft
 from podnet.kernel.nat.manager import NatManager
-from podnet.kernel.nft import Nft
 from podnet.model.base import CorruptRecord
 from podnet.model.endpoint import PENDING, EndpointRecord
 from podnet.naming import attach_id
@@ -92,7 +92,10 @@ class CniService:
         self.store_registry = registry.registry_for(agent_socket) if agent_socket else None
         self._stores: dict[str, Store] = {}
         self._stores_lock = threading.Lock()
-        self._nat_factory = nat_factory or (lambda: NatManager(Nft()))
+        if nat_factory is None:  # one libnftables for every ADD: no `nft` process per call (issue 19)
+            shared = NatManager(LibNft())
+            nat_factory = lambda: shared  # noqa: E731 - the manager keeps no state but its port
+        self._nat_factory = nat_factory
         self._wrap_store = wrap_store  # the agent's: time every store call (agent/store_metrics.py)
         # told of each new attachment before its ADD returns: (store, key, record); must not raise
         self.after_add: list[Callable[[str, str, EndpointRecord], None]] = []  # (agent/pod_policy.py)

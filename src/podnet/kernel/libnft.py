@@ -21,12 +21,13 @@ binary, as `Nft` does, and says so once in the log.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import threading
 
 from podnet.errors import KernelError
-from podnet.kernel.nft import Nft
+from podnet.kernel.nft import MISSING, Nft, check_table
 
 log = logging.getLogger("podnet.kernel.nft")
 
@@ -61,6 +62,8 @@ def _load() -> ctypes.CDLL | None:
             getattr(lib, name).restype = ctypes.c_char_p
         lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+        lib.nft_ctx_output_set_flags.restype = None
         _lib = lib
         return lib
 
@@ -70,9 +73,14 @@ def _netns() -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+NFT_CTX_OUTPUT_JSON = 1 << 4  # <nftables/libnftables.h>: what `nft -j` sets
+
+
 class LibNft(Nft):
     """`Nft` whose `apply` runs in-process through libnftables (module docstring), but
-    for long scripts; listings still run the binary (they are rare)."""
+    for long scripts; and its JSON listings too (issue 19: the CNI ADD reads its NAT
+    tables before it changes them, and two `nft -j list` processes per ADD were most
+    of a node's CPU while a lab attached its pods)."""
 
     def __init__(self, binary: str | None = None, timeout: float = 30.0) -> None:
         super().__init__(binary, timeout)
@@ -100,6 +108,29 @@ class LibNft(Nft):
             error = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace").strip()
         if rc != 0:
             raise KernelError("nft transaction failed", details=error or f"libnftables returned {rc}")
+
+    def _list_json(self, what: str, family: str, table: str) -> dict | None:
+        lib = _load()
+        if lib is None:
+            return super()._list_json(what, family, table)
+        check_table(family, table)
+        with self._lock:
+            ctx = self._context(lib)
+            lib.nft_ctx_output_set_flags(ctx, NFT_CTX_OUTPUT_JSON)
+            try:
+                rc = lib.nft_run_cmd_from_buffer(ctx, f"list {what} {family} {table}".encode())
+                out = (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
+                error = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace").strip()
+            finally:
+                lib.nft_ctx_output_set_flags(ctx, 0)
+        if rc != 0:
+            if MISSING in error:
+                return None
+            raise KernelError(f"nft list {what} {family} {table} failed", error or f"libnftables returned {rc}")
+        try:
+            return json.loads(out)
+        except ValueError as exc:
+            raise KernelError(f"nft printed invalid JSON for {what} {family} {table}", str(exc)) from None
 
     def _context(self, lib: ctypes.CDLL) -> int:
         here = _netns()

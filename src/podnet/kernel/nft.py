@@ -20,7 +20,7 @@ from podnet.errors import KernelError
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 _FAMILIES = frozenset({"ip", "ip6", "inet", "arp", "bridge", "netdev"})
-_MISSING = "No such file or directory"
+MISSING = "No such file or directory"
 
 
 class NftPort(Protocol):
@@ -57,7 +57,7 @@ def counter_totals(doc: dict | None) -> dict[str, tuple[int, int]]:
     return totals
 
 
-def _check_table(family: str, table: str, *names: str) -> None:
+def check_table(family: str, table: str, *names: str) -> None:
     """nft joins its arguments into one command line and parses that as a script
     (`list set ip t "x; flush ruleset"` would run both): only plain names go there."""
     if family not in _FAMILIES or not all(isinstance(n, str) and _NAME.fullmatch(n) for n in (table, *names)):
@@ -115,10 +115,10 @@ class Nft:
         return self._list_json("counters table", family, table)
 
     def _list_json(self, what: str, family: str, table: str) -> dict | None:
-        _check_table(family, table)
+        check_table(family, table)
         proc = self._run(["-j", "list", *what.split(), family, table])
         if proc.returncode != 0:
-            if _MISSING in proc.stderr:
+            if MISSING in proc.stderr:
                 return None
             raise KernelError(f"nft list {what} {family} {table} failed", proc.stderr.strip())
         try:
@@ -129,7 +129,7 @@ class Nft:
     def set_elements(self, family: str, table: str, name: str) -> list | None:
         """The elements of one named set (cheap: nothing else of the table is listed);
         None when the table or the set is absent."""
-        _check_table(family, table, name)
+        check_table(family, table, name)
         proc = self._run(["-j", "list", "set", family, table, name])
         if proc.returncode != 0:
             return None
@@ -164,17 +164,17 @@ class FakeNft:
             self.scripts.append(script)
 
     def list_table_json(self, family: str, table: str) -> dict | None:
-        _check_table(family, table)
+        check_table(family, table)
         self.list_calls.append((family, table))
         return self.tables.get((family, table))
 
     def list_counters_json(self, family: str, table: str) -> dict | None:
-        _check_table(family, table)
+        check_table(family, table)
         doc = self.tables.get((family, table))
         return None if doc is None else {"nftables": [i for i in doc.get("nftables", []) if "counter" in i]}
 
     def set_elements(self, family: str, table: str, name: str) -> list | None:
-        _check_table(family, table, name)
+        check_table(family, table, name)
         doc = self.tables.get((family, table))
         if doc is None:
             return None

@@ -76,7 +76,7 @@ def messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
         offset += (length + 3) & ~3
 
 
-def _attrs(payload: bytes, offset: int) -> dict[int, bytes]:
+def attrs(payload: bytes, offset: int) -> dict[int, bytes]:
     """The top-level attributes after a message's fixed header (raw payloads)."""
     out: dict[int, bytes] = {}
     while offset + _ATTR.size <= len(payload):
@@ -196,7 +196,7 @@ class RtnlSocket:
     def link_mtu(self, name: str) -> int | None:
         """The MTU of link `name` (the node loop reads its underlay's on every pass)."""
         payload = self._link_by_name(name)
-        raw = _attrs(payload, _IFINFO.size).get(IFLA_MTU) if payload is not None else None
+        raw = attrs(payload, _IFINFO.size).get(IFLA_MTU) if payload is not None else None
         return struct.unpack_from("=I", raw)[0] if raw and len(raw) >= 4 else None
 
     def link_attrs(self, index: int) -> dict[int, bytes] | None:
@@ -208,7 +208,7 @@ class RtnlSocket:
             return None
         if code:
             raise KernelError(f"cannot look up link {index}: {os.strerror(code)}")
-        return _attrs(payload, _IFINFO.size)
+        return attrs(payload, _IFINFO.size)
 
     def delete_link(self, name: str) -> bool:
         """Delete link `name` if it exists (by name: no lookup first); True when it did."""
@@ -241,13 +241,13 @@ class RtnlSocket:
                     (code,) = struct.unpack_from("=i", payload)
                     raise KernelError(f"cannot list addresses: {os.strerror(-code)}")
                 family, prefixlen, _aflags, _scope, ifindex = _IFADDR.unpack_from(payload)
-                raw = _attrs(payload, _IFADDR.size).get(IFA_ADDRESS) if ifindex == index else None
+                raw = attrs(payload, _IFADDR.size).get(IFA_ADDRESS) if ifindex == index else None
                 if raw:
                     out.add(f"{socket.inet_ntop(family, raw)}/{prefixlen}")
 
-    def set_link_attrs(self, index: int, attrs: bytes) -> int:
-        """RTM_NEWLINK on an existing link with packed `attrs`; returns the errno."""
-        return self._call(RTM_NEWLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0) + attrs)
+    def set_link_attrs(self, index: int, packed: bytes) -> int:
+        """RTM_NEWLINK on an existing link with `packed` attributes; returns the errno."""
+        return self._call(RTM_NEWLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0) + packed)
 
     def configure(
         self,

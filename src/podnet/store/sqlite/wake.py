@@ -63,11 +63,17 @@ class FileWake:
     """Calls `wake()` whenever a file of the database (`path`, `path-wal`) is written;
     one thread, stopped by `close()`."""
 
-    def __init__(self, path: str, wake: Callable[[], None]) -> None:
+    def __init__(self, path: str, wake: Callable[[], None], listening: threading.Event | None = None) -> None:
         self._dir = os.path.dirname(os.path.abspath(path)) or "."
         base = os.path.basename(path)
         self._names = {base, f"{base}-wal"}
         self._wake = wake
+        # `listening`: set by the caller while a wake-up is useful to it. Cleared here after
+        # each wake-up: meanwhile the events pile up in the kernel (in one read later)
+        # instead of waking this thread for each write of each commit of every process
+        # (50 agents sharing a lab's store: most of their CPU while the pods attached).
+        self._listening = listening
+        self._closing = False
         self._fd = -1
         self._stop_r, self._stop_w = -1, -1
         self._thread: threading.Thread | None = None
@@ -104,10 +110,15 @@ class FileWake:
                     raise
                 if names_of(data) & self._names:
                     self._wake()
+                    if self._listening is not None:
+                        self._listening.clear()
+                        while not self._closing and not self._listening.wait(0.5):
+                            pass
         except (OSError, ValueError) as exc:  # a closed fd: the store went
             log.debug("store: inotify wake-ups ended: %s", exc)
 
     def close(self) -> None:
+        self._closing = True
         if self._thread is not None:
             with contextlib.suppress(OSError):
                 os.write(self._stop_w, b"x")

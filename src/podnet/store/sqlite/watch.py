@@ -31,6 +31,7 @@ IDLE_POLL = 0.02  # watch(): how often the tail looks while nothing changes (no 
 # every writer of this process: the poll is then only a safety net. 50 polls a second
 # were a third of an idle agent's CPU (bench/README.md, agent overhead).
 IDLE_POLL_WOKEN = 0.5
+RECHECKS, RECHECK_SECONDS = 10, 0.002  # after an inotify wake-up that found no commit (see _loop)
 # watch(): the events' head revision, the next expiry and the compaction mark, in one read
 _WATCH_HEAD = (
     "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'events'),"
@@ -156,7 +157,7 @@ class Tail:
             return
         # inotify wakes only a quiet tail (a burst stays batched); a write seen while
         # the tail was busy is remembered, so the next quiet wait does not sleep on it
-        quiet, pending = False, False
+        quiet, pending, recheck = False, False, 0
 
         def wake() -> None:
             nonlocal pending
@@ -165,7 +166,8 @@ class Tail:
                 if quiet:
                     self._txs.committed.notify_all()
 
-        file_wake = FileWake(self._pool.path, wake)
+        listening = threading.Event()  # set while the tail is quiet: only then is a wake-up useful
+        file_wake = FileWake(self._pool.path, wake, listening)
         # another process's write wakes the tail at once (wake.py)
         idle_poll = IDLE_POLL_WOKEN if file_wake.start() else min(self._poll, IDLE_POLL)
         try:
@@ -188,12 +190,23 @@ class Tail:
                 with self._txs.committed:
                     if idle_version is not None and current != idle_version:
                         quiet = pending = False
+                        recheck = 0
                         self._txs.committed.wait(self._poll)
                     elif pending:
                         pending = False  # written since this pass looked: look again now
+                    elif recheck:  # a write announced but not visible yet (below): look again soon
+                        recheck -= 1
+                        self._txs.committed.wait(RECHECK_SECONDS)
                     else:
                         quiet = True
+                        listening.set()
                         self._txs.committed.wait(self._idle_wait(idle_poll, next_expiry))
+                        # inotify reports a commit's WAL frames before its wal-index (-shm,
+                        # mapped memory: no event) makes them visible: a wake-up that finds
+                        # nothing looks again every RECHECK_SECONDS a few times before it
+                        # sleeps the idle poll (a policy change waited ~0.5 s a third of
+                        # the time: bench/policy_scale.py)
+                        recheck = RECHECKS if pending else 0
                         quiet = pending = False
                 idle_version = current
         except (StoreError, sqlite3.Error) as exc:
