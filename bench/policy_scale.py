@@ -2,6 +2,7 @@
 policy rules that select *other* pods.
 
     .venv/bin/python bench/policy_scale.py [--rules 0,1000,10000] [--seconds 5] [--json]
+    .venv/bin/python bench/policy_scale.py --rules 10000 --changes-only      # the change figure only
 
 A 2-node lab (host-gw): `client` on node0, `server` on node1, and four `other-k` pods
 (two per node). The server is isolated by one NetworkPolicy that lets the client in
@@ -17,7 +18,17 @@ from one label: tables of up to 10k rules on both nodes. Measured in the same ru
   and the agent's own compile and apply figures.
 
 Ratios are against N = 0 in the same run. Targets: throughput and connection rate
->= 0.9x at 10k; one change applied in <= 100 ms with 10k present.
+>= 0.9x at 10k; one change applied in <= 50 ms with 10k present (issue 19).
+
+Rounds (`--rounds`, default 3): at each N, every round measures the data plane once
+(throughput, then connection rate; not with `--changes-only`) and then times
+`--changes` single-policy edits, so the change figure is sampled at several moments of
+the run, between the data-plane loads. Printed: the median of all changes, the spread
+of the rounds' medians (min-max) next to it, p90, and the ratio of the median to the
+target; and where a change's time went (medians over the changes, each the slowest
+node's): the bench's store write, write -> the agent's converge starting (the watch),
+the agent's world update, compile, diff and `nft` transaction, and the agent's finish
+-> the bench seeing both nodes' revisions (its 2 ms status poll).
 
 Safety: the lab is `q<hex>` (namespaces `pn-lab-q<hex>-*`), torn down by recorded names
 in a finally, also on Ctrl-C/SIGTERM. Processes are stopped by PID. The root namespace
@@ -42,6 +53,7 @@ from benchlib import (
     log,
     no_interrupt,
     nsenter,
+    percentile,
     run_bench,
 )
 from podnet import keys
@@ -51,7 +63,7 @@ if str(ROOT / "src") not in sys.path:
     sys.path.insert(0, str(ROOT / "src"))
 
 TARGET_RATIO = 0.9
-TARGET_APPLY_MS = 100.0
+TARGET_APPLY_MS = 50.0  # issue 19: one change among 10k reaching every node's kernel
 ECHO_PORT = 80
 TOPOLOGY = {
     "nodes": [{"name": "node0"}, {"name": "node1"}],
@@ -187,23 +199,56 @@ class Bench:
         return {sock.rsplit("-", 1)[-1].removesuffix(".sock"): call(sock, "policy.status")["rules"]  # type: ignore[index]
                 for sock in self.sockets()}
 
-    def change_time(self, n: int, rounds: int) -> dict:
-        """Edit one of the N policies; time until every node applied it."""
+    def change_time(self, n: int, changes: int, first: int) -> list[dict]:
+        """Edit `changes` of the N policies (the `first`-th change of the run onwards);
+        per change: the time until every node applied it, and where it went."""
         from podnet.rpc.client import call
 
-        times, compile_ms, apply_ms = [], [], []
-        for r in range(rounds):
+        out = []
+        for r in range(first, first + changes):
             doc = generated(n, port_shift=r + 1)[r % n]
-            start = time.monotonic()
+            start, wall = time.monotonic(), time.time()
             self.apply([doc])
+            written = time.monotonic()
+            assert self.store is not None
+            want = self.store.revision()
             self.converged()
-            times.append((time.monotonic() - start) * 1000)
+            total = (time.monotonic() - start) * 1000
             stats = [call(sock, "policy.status") for sock in self.sockets()]
-            compile_ms.append(max(s["compile_ms"] for s in stats))  # type: ignore[index]
-            apply_ms.append(max(s["apply_ms"] for s in stats))  # type: ignore[index]
-        return {"end_to_end_ms": [round(t, 1) for t in times],
-                "median_ms": round(statistics.median(times), 1),
-                "compile_ms": statistics.median(compile_ms), "nft_apply_ms": statistics.median(apply_ms)}
+            row = {"ms": round(total, 1), "write_ms": round((written - start) * 1000, 1)}
+            if all(s.get("revision") == want and "started" in s for s in stats):  # type: ignore[union-attr]
+                row.update(
+                    watch_ms=round(max(s["started"] for s in stats) * 1000 - wall * 1000 - row["write_ms"], 1),  # type: ignore[index]
+                    agent_ms=round(max((s["finished"] - s["started"]) * 1000 for s in stats), 1),  # type: ignore[index]
+                    seen_ms=round(total - (max(s["finished"] for s in stats) - wall) * 1000, 1),  # type: ignore[index]
+                    **{k: max(s[k] for s in stats) for k in PHASES})  # type: ignore[index]
+            out.append(row)
+        return out
+
+
+PHASES = ("world_ms", "compile_ms", "diff_ms", "nft_ms")  # the agent's own figures (compile_ms includes world_ms)
+
+
+def summary(rounds: list[list[dict]]) -> dict:
+    """The change figure over all rounds: median, the rounds' medians (spread), p90,
+    the ratio to the target, and the median of each phase."""
+    times = [c["ms"] for r in rounds for c in r]
+    medians = [statistics.median(c["ms"] for c in r) for r in rounds if r]
+    median = statistics.median(times)
+    phases = {}
+    for key in ("write_ms", "watch_ms", *PHASES, "agent_ms", "seen_ms"):
+        values = [c[key] for r in rounds for c in r if key in c]
+        if values:
+            phases[key] = round(statistics.median(values), 1)
+    return {"end_to_end_ms": times, "median_ms": round(median, 1), "p90_ms": round(percentile(times, 0.9), 1),
+            "round_medians_ms": [round(m, 1) for m in medians],
+            "spread_ms": [round(min(medians), 1), round(max(medians), 1)],
+            "target_ms": TARGET_APPLY_MS, "ratio_to_target": round(median / TARGET_APPLY_MS, 2),
+            "phases_ms": phases, "rounds": rounds,
+            # changes the store's watch delivered late (the SQLite tail's 0.5 s idle poll)
+            "late_watch": sum(1 for r in rounds for c in r if c.get("watch_ms", 0) > 100),
+            # (the figures the report shows, as before: the agents' own, medians)
+            "compile_ms": phases.get("compile_ms"), "nft_apply_ms": phases.get("nft_ms")}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -212,7 +257,8 @@ def run(args: argparse.Namespace) -> dict:
     started = time.monotonic()
     bench = Bench(args)
     iperf = Iperf()
-    outcome: dict = {"rules": {}, "seconds": args.seconds, "machine": {"cpus": os.cpu_count()}}
+    outcome: dict = {"rules": {}, "seconds": args.seconds, "changes_only": args.changes_only, "rounds": args.rounds,
+                     "machine": {"cpus": os.cpu_count(), "load": round(os.getloadavg()[0], 1)}}
     problems: list[str] = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -229,20 +275,30 @@ def run(args: argparse.Namespace) -> dict:
             bench.set_rules(n)
             loaded = time.monotonic() - t0
             rules = bench.rule_count()
-            tput = [Iperf.client(client_ns, server_ip, args.seconds)["gbps"] for _ in range(args.repeat)]
-            rate = [bench.conn_rate(args.seconds) for _ in range(args.repeat)]
-            entry = {"table_rules": rules, "load_s": round(loaded, 2),
-                     "gbps": [round(x, 2) for x in tput], "median_gbps": round(statistics.median(tput), 3),
-                     "conn_per_s": [round(x) for x in rate], "median_conn_per_s": round(statistics.median(rate), 1)}
+            tput: list[float] = []
+            rate: list[float] = []
+            rounds: list[list[dict]] = []
+            for r in range(args.rounds):  # the change timing interleaved with the data plane's
+                if not args.changes_only:
+                    tput.append(Iperf.client(client_ns, server_ip, args.seconds)["gbps"])
+                    rate.append(bench.conn_rate(args.seconds))
+                if n:
+                    rounds.append(bench.change_time(n, args.changes, r * args.changes))
+            entry: dict = {"table_rules": rules, "load_s": round(loaded, 2)}
+            if tput:
+                entry.update(gbps=[round(x, 2) for x in tput], median_gbps=round(statistics.median(tput), 3),
+                             conn_per_s=[round(x) for x in rate], median_conn_per_s=round(statistics.median(rate), 1))
             if n:
-                entry["change"] = bench.change_time(n, args.changes)
+                entry["change"] = summary(rounds)
             outcome["rules"][str(n)] = entry
-            log(f"{n} rules: {entry['median_gbps']:.2f} Gbit/s, {entry['median_conn_per_s']:.0f} conn/s, "
-                f"table {rules}, loaded in {loaded:.1f}s"
-                + (f", one change {entry['change']['median_ms']} ms" if n else ""))
+            change = entry.get("change")
+            log(f"{n} rules: table {rules}, loaded in {loaded:.1f}s"
+                + (f", {entry['median_gbps']:.2f} Gbit/s, {entry['median_conn_per_s']:.0f} conn/s" if tput else "")
+                + (f", one change {change['median_ms']} ms (rounds {change['round_medians_ms']}), "
+                   f"phases {change['phases_ms']}" if change else ""))
         iperf.stop(server)
         base = outcome["rules"].get("0")
-        if base:
+        if base and "median_gbps" in base:
             for entry in outcome["rules"].values():
                 entry["gbps_ratio"] = round(entry["median_gbps"] / base["median_gbps"], 3)
                 entry["conn_ratio"] = round(entry["median_conn_per_s"] / base["median_conn_per_s"], 3)
@@ -259,10 +315,12 @@ def render(outcome: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    console = Console(width=170)
+    per = "changes only" if outcome.get("changes_only") else f"{outcome['seconds']} s per measurement"
     table = Table(title=f"policy at scale: rules selecting other pods ({outcome['machine']['cpus']} CPUs, "
-                        f"{outcome['seconds']} s per measurement)")
+                        f"load {outcome['machine'].get('load', '?')}, {per})")
     for col in ("rules", "table rules (node0/node1)", "Gbit/s", "vs 0", "conn/s", "vs 0",
-                "one change, end to end", "compile", "nft apply"):
+                "one change: median [rounds' min-max]", "p90", "vs target"):
         table.add_column(col, justify="right")
     for n, e in outcome["rules"].items():
         change = e.get("change") or {}
@@ -274,12 +332,28 @@ def render(outcome: dict) -> None:
             return f"[{'green' if ok else 'red'}]{value:.2f}x[/]"
 
         ms = change.get("median_ms")
-        table.add_row(n, " / ".join(str(v) for v in e["table_rules"].values()), f"{e['median_gbps']:.2f}",
-                      ratio(e.get("gbps_ratio")), f"{e['median_conn_per_s']:.0f}", ratio(e.get("conn_ratio")),
-                      "-" if ms is None else f"[{'green' if ms <= TARGET_APPLY_MS else 'red'}]{ms:.0f} ms[/]",
-                      "-" if ms is None else f"{change['compile_ms']:.0f} ms",
-                      "-" if ms is None else f"{change['nft_apply_ms']:.0f} ms")
-    Console(width=160).print(table)
+        ok = ms is not None and ms <= TARGET_APPLY_MS
+        table.add_row(n, " / ".join(str(v) for v in e["table_rules"].values()),
+                      f"{e['median_gbps']:.2f}" if "median_gbps" in e else "-", ratio(e.get("gbps_ratio")),
+                      f"{e['median_conn_per_s']:.0f}" if "median_conn_per_s" in e else "-", ratio(e.get("conn_ratio")),
+                      "-" if ms is None else f"{ms:.1f} ms [{change['spread_ms'][0]:.1f}-{change['spread_ms'][1]:.1f}]",
+                      "-" if ms is None else f"{change['p90_ms']:.1f} ms",
+                      "-" if ms is None else f"[{'green' if ok else 'red'}]{change['ratio_to_target']:.2f}x "
+                                             f"of {TARGET_APPLY_MS:.0f} ms[/]")
+    console.print(table)
+    phases = Table(title="where one change's time went (medians; each the slowest node's)")
+    for col in ("rules", "changes", "store write", "watch", "watch > 100 ms", "world", "compile (incl. world)",
+                "diff", "nft", "agent total", "seen by bench"):
+        phases.add_column(col, justify="right")
+    for n, e in outcome["rules"].items():
+        change = e.get("change")
+        if change:
+            p = change["phases_ms"]
+            cells = [f"{p[k]:.1f}" if k in p else "-" for k in
+                     ("write_ms", "watch_ms", "world_ms", "compile_ms", "diff_ms", "nft_ms", "agent_ms", "seen_ms")]
+            phases.add_row(n, str(len(change["end_to_end_ms"])), *cells[:2], str(change.get("late_watch", "-")),
+                           *cells[2:])
+    console.print(phases)
     print(f"targets: throughput and conn/s >= {TARGET_RATIO}x at 10k rules; one change <= {TARGET_APPLY_MS:.0f} ms")
 
 
@@ -287,11 +361,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rules", default="0,1000,10000", help="rule counts, comma separated (0 first)")
     parser.add_argument("--seconds", type=float, default=5, help="seconds per measurement (default 5)")
-    parser.add_argument("--repeat", type=int, default=1, help="measurements per rule count (default 1)")
-    parser.add_argument("--changes", type=int, default=5, help="timed single-policy changes (default 5)")
+    parser.add_argument("--changes", type=int, default=5, help="timed single-policy changes per round (default 5)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per rule count, interleaved (default 3)")
+    parser.add_argument("--changes-only", action="store_true",
+                        help="time the changes only (no throughput or connection-rate measurement)")
     parser.add_argument("--json", action="store_true", help="machine-readable results only")
     args = parser.parse_args(argv)
     args.rules = [int(x) for x in args.rules.split(",")]
+    if args.rounds < 1 or args.changes < 1:
+        parser.error("--rounds and --changes must be at least 1")
     if os.geteuid() != 0:
         print("policy_scale: needs root (creates network namespaces)", file=sys.stderr)
         return 2

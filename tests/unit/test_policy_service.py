@@ -40,7 +40,8 @@ class KernelNft(FakeNft):
             self._hold(generation)
 
     def _hold(self, generation: int) -> None:
-        self.tables[TABLE] = {"nftables": [{"set": {"name": "generation", "elem": [generation]}}]}
+        self.tables[TABLE] = {"nftables": [{"set": {"name": "generation"}},
+                                           {"counter": {"name": f"generation_{generation}"}}]}
 
     def holds(self) -> bool:
         return TABLE in self.tables
@@ -51,7 +52,7 @@ class KernelNft(FakeNft):
         super().apply(script)
         if script.rstrip().endswith("delete table inet podnet-policy"):
             self.tables.pop(TABLE, None)
-        found = re.search(r"add element inet podnet-policy generation \{ (\d+) \}", script)
+        found = re.search(r"add counter inet podnet-policy generation_(\d+)\n", script)
         if found:
             self._hold(int(found.group(1)))
 

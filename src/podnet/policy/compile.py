@@ -51,9 +51,11 @@ Why this shape:
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from podnet.policy.evaluate import (
     Endpoint,
@@ -61,6 +63,7 @@ from podnet.policy.evaluate import (
     peer_selects_endpoint,
     selects,
 )
+from podnet.policy.np_parts import Entry, NpPart
 from podnet.policy.objects import ClusterPolicy, NetworkPolicy
 from podnet.policy.rules import ClusterRule, NetworkPolicyPort, NetworkPolicyRule, Peer
 from podnet.policy.table import (
@@ -87,6 +90,7 @@ IN, OUT = "Ingress", "Egress"
 _FIELD = {IN: "saddr", OUT: "daddr"}  # the *other* side's address, per direction
 _IPFAM = {4: "ip", 6: "ip6"}
 _L4 = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
+_BY_REF = attrgetter("namespace", "name")
 
 
 Match = tuple[int | None, str]  # (address family, or None for either; an nft match fragment)
@@ -118,9 +122,10 @@ class CompileCache:
     policy object while its store entry is unchanged (each entry keeps a reference to
     the object, so an id is never reused while it is cached)."""
 
-    policies: dict[int, NetworkPolicy] = field(default_factory=dict)  # id -> policy, last compile
+    policies: set[int] = field(default_factory=set)  # ids of the last compile's policies
+    network_policies: tuple[NetworkPolicy, ...] | None = None  # ... themselves (keeping those ids)
     isolating: dict[tuple, list[NetworkPolicy]] = field(default_factory=dict)
-    chains: dict[tuple, tuple] = field(default_factory=dict)  # -> (policy, lines, sets, rules)
+    parts: dict[tuple, NpPart] = field(default_factory=dict)  # (endpoint, direction, topology) -> part
 
 
 class ChainBuilder:
@@ -136,11 +141,16 @@ class ChainBuilder:
         self.topology = hash((log_allowed, tuple(
             (e.identity, tuple(e.labels.items()), e.ips, e.ports, e.node) for e in world.endpoints),
             tuple((n, tuple(labels.items())) for n, labels in world.namespaces.items())))
-        current = {id(p): p for p in world.network_policies}
-        self.added = [p for i, p in current.items() if i not in self.cache.policies]
-        self.removed = set(self.cache.policies) - set(current)
-        self.cache.policies = current
-        self.used_chains: set[tuple] = set()
+        self.added: list[NetworkPolicy] = []
+        self.removed: set[int] = set()
+        if world.network_policies is not self.cache.network_policies:  # (load_world keeps an unchanged tuple)
+            current = set(map(id, world.network_policies))
+            self.removed = self.cache.policies - current
+            new = current - self.cache.policies
+            self.added = [p for p in world.network_policies if id(p) in new] if new else []
+            # (ids stay unique while the world's tuple, kept here, holds their objects)
+            self.cache.policies, self.cache.network_policies = current, world.network_policies
+        self.used_parts: set[tuple] = set()
         self.used_isolating: set[tuple] = set()
         # address families in use: no IPv6 lines in an IPv4 cluster (and vice versa)
         self.families = sorted({ipaddress.ip_address(ip).version for ep in world.endpoints
@@ -161,7 +171,14 @@ class ChainBuilder:
 
     def _nets(self, key: tuple, family: int,
               nets: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str:
-        return self._set(key, f"ipv{family}_addr", (str(n) for n in nets), interval=True)
+        """A match operand for address prefixes: one prefix inline (an ipBlock without
+        except, the common case), more in a named interval set. Why not always a set:
+        nft 1.0.6 reads every element of every interval set before any element
+        command (policy/table.py `stamp`), so each one makes pod churn dearer."""
+        nets = list(nets)
+        if len(nets) == 1:
+            return str(nets[0])
+        return "@" + self._set(key, f"ipv{family}_addr", (str(n) for n in nets), interval=True)
 
     # -- peers -----------------------------------------------------------------------
 
@@ -189,7 +206,7 @@ class ChainBuilder:
                 for ex in block.except_:
                     remaining = [piece for net in remaining
                                  for piece in ((net,) if not ex.subnet_of(net) else net.address_exclude(ex))]
-                parts.append(f"{ipf} {fld} @{self._nets((*key, 'block', family), family, remaining)}")
+                parts.append(f"{ipf} {fld} {self._nets((*key, 'block', family), family, remaining)}")
             has_selector = any(s is not None for s in (peer.pod_selector, peer.namespace_selector,
                                                        peer.host_endpoint_selector))
             if has_selector and not in_use:
@@ -202,10 +219,10 @@ class ChainBuilder:
             if peer.nets and not nets:
                 continue  # address filters of the other family only: no match here
             if nets:
-                parts.append(f"{ipf} {fld} @{self._nets((*key, 'nets', family), family, nets)}")
+                parts.append(f"{ipf} {fld} {self._nets((*key, 'nets', family), family, nets)}")
             not_nets = [n for n in peer.not_nets if n.version == family]
             if not_nets:
-                parts.append(f"{ipf} {fld} != @{self._nets((*key, 'notnets', family), family, not_nets)}")
+                parts.append(f"{ipf} {fld} != {self._nets((*key, 'notnets', family), family, not_nets)}")
             if not parts:
                 parts.append(f"meta nfproto ipv{family}")
             out.append((family, " ".join(parts)))
@@ -317,12 +334,13 @@ class ChainBuilder:
                 lines.append(f'jump {tier_chain} comment "{nft_text(f"tier {tier.name}", COMMENT_MAX)}"')
         if ep.kind == "pod":
             isolating = self.isolating(ep, direction)
-            for np in isolating:
-                chain = self.np_chain(np, direction, ep)
-                if chain:
-                    lines.append(f"jump {chain}")
             if isolating:
-                names = ",".join(f"{p.namespace}/{p.name}" for p in isolating)
+                part = self.np_part(ep, direction, isolating)
+                self.out.chains.update(part.chains)
+                self.out.sets.update(part.sets)
+                self.out.rules.update(part.rules)
+                lines.extend(part.jumps)
+                names = part.refs
                 what = isolation_what(direction, f"{ep.namespace}/{ep.name}", names)
                 lines.append(self.rule_line("", "drop", log_prefix("D", f"isolated:{names} {direction.lower()}"),
                                         what, True))
@@ -343,41 +361,40 @@ class ChainBuilder:
         known = self.cache.isolating.get(key)
         if known is None:
             found = [p for p in self.world.network_policies if selects_ep(p)]
-        elif not self.removed and not self.added:
+        else:  # the same list while none of it left and nothing new selects it (np_part reuses its part)
+            new = [p for p in self.added if selects_ep(p)]
             found = known
-        else:
-            found = [p for p in known if id(p) not in self.removed] + [p for p in self.added if selects_ep(p)]
-            found.sort(key=lambda p: (p.namespace, p.name))
+            if new or not self.removed.isdisjoint(map(id, known)):
+                found = [p for p in known if id(p) not in self.removed]
+                for p in new:
+                    bisect.insort(found, p, key=_BY_REF)
         self.cache.isolating[key] = found
         return found
 
-    def np_chain(self, np: NetworkPolicy, direction: str, ep: Endpoint) -> str | None:
+    def np_part(self, ep: Endpoint, direction: str, isolating: list[NetworkPolicy]) -> NpPart:
+        """The allow chains of the policies isolating `ep` (policy/np_parts.py): the
+        last compile's while `isolating` is the same list and nothing they read
+        changed (`topology`), else updated by the policies that left and joined."""
+        key = (ep.identity, direction, self.topology)
+        self.used_parts.add(key)
+        part = self.cache.parts.get(key)
+        if part is None or part.isolating is not isolating:
+            part = (part or NpPart()).updated(isolating, lambda np: self.np_entry(np, direction, ep))
+            self.cache.parts[key] = part
+        return part
+
+    def np_entry(self, np: NetworkPolicy, direction: str, ep: Endpoint) -> Entry:
         """One NetworkPolicy's allow lines for one local endpoint, in a chain of their
-        own: editing that policy rewrites only this chain. Reused from the cache while
-        the policy object and everything it reads are unchanged."""
-        key = (id(np), direction, ep.identity, self.topology)
-        self.used_chains.add(key)
-        cached = self.cache.chains.get(key)
-        if cached is None or cached[0] is not np:
-            name = f"np_{_hash(*ep.identity, np.namespace, np.name, direction)}"
-            sets, rules = self.out.sets, self.out.rules
-            self.out.sets, self.out.rules = {}, {}
-            try:
-                lines = [line for i, rule in enumerate(np.rules(direction))
-                         for line in self.np_rule_lines(np, i, rule, direction, ep)]
-                cached = (np, name, tuple(lines), self.out.sets, self.out.rules)
-            finally:
-                self.out.sets, self.out.rules = sets, rules
-            self.cache.chains[key] = cached
-        _np, name, lines, sets, rules = cached
-        if sets:
-            self.out.sets.update(sets)
-        if rules:
-            self.out.rules.update(rules)
-        if not lines:
-            return None
-        self.out.chains[name] = lines
-        return name
+        own: editing that policy rewrites only this chain."""
+        sets, rules = self.out.sets, self.out.rules
+        self.out.sets, self.out.rules = {}, {}
+        try:
+            lines = tuple(line for i, rule in enumerate(np.rules(direction))
+                          for line in self.np_rule_lines(np, i, rule, direction, ep))
+            name = f"np_{_hash(*ep.identity, np.namespace, np.name, direction)}" if lines else None
+            return Entry(np, name, lines, self.out.sets, self.out.rules)
+        finally:
+            self.out.sets, self.out.rules = sets, rules
 
     def unowned(self, pods: Sequence[Endpoint], direction: str) -> list[str]:
         """Drop lines for the addresses of this node's pod block that no local pod owns
@@ -395,8 +412,8 @@ class ChainBuilder:
         return lines
 
     def prune(self) -> None:
-        for memo, used in ((self.cache.chains, self.used_chains), (self.cache.isolating, self.used_isolating)):
-            for key in [k for k in memo if k not in used]:
+        for memo, used in ((self.cache.parts, self.used_parts), (self.cache.isolating, self.used_isolating)):
+            for key in memo.keys() - used:
                 del memo[key]
 
     def build(self) -> Compiled:

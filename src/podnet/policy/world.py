@@ -20,13 +20,22 @@ never opens what it closed:
 - an address that two pods claim (a recycled address still named by a former pod's
   record) belongs to neither: it is left out of both.
 Each is reported in `problems`, naming the key.
+
+One NetworkPolicy changed among 10,000 (the common event) does not rebuild the world:
+the agent's cache keeps the last world built (`_Built`), and a batch of events that
+only puts or deletes NetworkPolicies that parse replaces them in its sorted tuple
+(bisect), everything else shared. Anything else (another kind, a record that does not
+parse, a world whose build reported problems or read the store for host addresses)
+builds the world whole, as before. A listing (the agent's periodic pass) that finds
+every record as the cache holds it returns the last world as it is.
 """
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from podnet import keys
@@ -36,11 +45,13 @@ from podnet.model.cluster import HostRecord, NodeLease
 from podnet.model.policy import PodRecord
 from podnet.policy.evaluate import Endpoint, NamedPort, World
 from podnet.policy.kinds import POLICY_KINDS
-from podnet.policy.objects import HostEndpoint
+from podnet.policy.objects import HostEndpoint, NetworkPolicy
 from podnet.schema.fields import Loc
 from podnet.store.base import PUT, Store
 
 AS_OF = ""  # load_world's cache: the revision it reflects, under a key no object has
+BUILT = "\0built"  # ... and the last world it built (_Built), under another such key
+_NOT_OBJECTS = (AS_OF, BUILT)
 _BY_PREFIX = {kind.prefix: kind for kind in POLICY_KINDS if kind.parse is not None}
 
 
@@ -93,22 +104,31 @@ def load_world(store: Store, parsed: dict[str, tuple[int, Any]] | None = None,
             cache[key] = (revision, Unusable(error, old.last_good if isinstance(old, Unusable) else old))
 
     as_of = cache.get(AS_OF, (0, None))[0]  # the revision the cache reflects
+    built: _Built | None = cache.pop(BUILT, (0, None))[1]  # back only once this load succeeds
     if events is not None and as_of:
         revision = as_of
+        touched: set[str] = set()
         for event in events:
             if event.revision <= as_of:
                 continue  # already in the cache: a listing since then saw it (or its undoing)
             revision = max(revision, event.revision)
             if event.key == keys.POLICY_SETTINGS or not event.key.startswith(keys.POLICY):
                 continue
+            touched.add(event.key)
             if event.kind == PUT and event.value is not None:
                 parse(event.key, event.revision, event.value)
             else:
                 cache.pop(event.key, None)
+        world = built.update(touched, cache) if built is not None else None
+        if world is not None:
+            cache[AS_OF] = (revision, None)
+            cache[BUILT] = (revision, built)
+            return world, revision
     else:
         with store.transaction():
             entries, revision = store.list(keys.POLICY), store.revision()
         live = {AS_OF}
+        parsed_any = False
         for entry in entries:
             if entry.key == keys.POLICY_SETTINGS:
                 continue
@@ -116,10 +136,66 @@ def load_world(store: Store, parsed: dict[str, tuple[int, Any]] | None = None,
             hit = cache.get(entry.key)
             if hit is None or hit[0] != entry.revision:
                 parse(entry.key, entry.revision, entry.value)
-        for key in [k for k in cache if k not in live]:
+                parsed_any = True
+        gone = [k for k in cache if k not in live]
+        for key in gone:
             del cache[key]
+        if built is not None and not parsed_any and not gone:  # a periodic pass that found no change
+            cache[AS_OF] = (revision, None)
+            cache[BUILT] = (revision, built)
+            return built.world, revision
     cache[AS_OF] = (revision, None)
-    return _world(store, _usable(cache, problems), problems), revision
+    seen = len(problems) if problems is not None else 0
+    usable = _usable(cache, problems)
+    world, hosts = _world(store, usable, problems)
+    if parsed is not None and not hosts and (problems is None or len(problems) == seen):
+        cache[BUILT] = (revision, _Built.of(world, usable))
+    return world, revision
+
+
+@dataclass
+class _Built:
+    """The last world built, and where its NetworkPolicies sit (module docstring)."""
+
+    world: World
+    order: list[tuple[str, str]]  # (namespace, name) of world.network_policies, sorted
+    keys: dict[str, tuple[str, str]] = field(default_factory=dict)  # store key -> (namespace, name)
+
+    @classmethod
+    def of(cls, world: World, usable: Mapping[str, Any]) -> _Built:
+        """`usable`: what the world was built from, by store key (a record's key is
+        where its events come from, whatever its manifest says)."""
+        order = [(p.namespace, p.name) for p in world.network_policies]
+        return cls(world, order, {key: (obj.namespace, obj.name) for key, obj in usable.items()
+                                  if isinstance(obj, NetworkPolicy)})
+
+    def update(self, touched: set[str], cache: Mapping[str, tuple[int, Any]]) -> World | None:
+        """The world with the NetworkPolicies under `touched` as `cache` now holds them
+        (parsed, or gone); None when a full build must decide (module docstring)."""
+        changes: list[tuple[str, NetworkPolicy | None]] = []
+        for key in touched:
+            obj = cache.get(key, (0, None))[1]
+            if not key.startswith(keys.NETWORK_POLICIES) or not (obj is None or isinstance(obj, NetworkPolicy)):
+                return None
+            changes.append((key, obj))
+        policies = list(self.world.network_policies)
+        order, by_key = list(self.order), dict(self.keys)
+        for key, obj in changes:
+            old = by_key.pop(key, None)
+            if old is not None:
+                at = bisect.bisect_left(order, old)
+                del order[at], policies[at]
+            if obj is not None:
+                ref = (obj.namespace, obj.name)
+                at = bisect.bisect_left(order, ref)
+                if at < len(order) and order[at] == ref:
+                    return None  # defined twice (under another key): the full build says so
+                order.insert(at, ref)
+                policies.insert(at, obj)
+                by_key[key] = ref
+        self.world = replace(self.world, network_policies=tuple(policies))
+        self.order, self.keys = order, by_key
+        return self.world
 
 
 def _usable(cache: Mapping[str, tuple[int, Any]], problems: list[str] | None) -> dict[str, Any]:
@@ -127,7 +203,7 @@ def _usable(cache: Mapping[str, tuple[int, Any]], problems: list[str] | None) ->
     left out; an object never good stops the build."""
     out: dict[str, Any] = {}
     for key, (_rev, obj) in cache.items():
-        if key == AS_OF:
+        if key in _NOT_OBJECTS:
             continue
         if isinstance(obj, Unusable):
             assert problems is not None  # only lenient loads cache these
@@ -141,7 +217,8 @@ def _usable(cache: Mapping[str, tuple[int, Any]], problems: list[str] | None) ->
     return out
 
 
-def _world(store: Store, cache: Mapping[str, Any], problems: list[str] | None = None) -> World:
+def _world(store: Store, cache: Mapping[str, Any], problems: list[str] | None = None) -> tuple[World, bool]:
+    """The world, and whether it read the store for host endpoints' addresses."""
     objects = [obj for key, obj in cache.items() if not key.startswith((keys.PODS, keys.REMOTE_PODS))]
     pods = [pod for key, pod in cache.items() if key.startswith(keys.PODS)]
     remote = [(key, pod) for key, pod in cache.items() if key.startswith(keys.REMOTE_PODS)]
@@ -152,7 +229,7 @@ def _world(store: Store, cache: Mapping[str, Any], problems: list[str] | None = 
     endpoints = endpoints_from_pods(pods, hosts) + remote_endpoints(remote)
     if problems is not None:
         endpoints = _without_shared_addresses(objects, endpoints, problems)
-    return World.build(objects, endpoints)
+    return World.build(objects, endpoints), bool(hosts)
 
 
 def _without_shared_addresses(objects: Sequence[Any], endpoints: Sequence[Endpoint],
