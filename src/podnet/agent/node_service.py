@@ -162,7 +162,8 @@ class NodeService:
                    for p in peers if p["state"].startswith(REFUSED)]
         return {"node": opts.node, "block": own.block if own else None, "blocks": list(self.blocks),
                 **({"block6": own.block6} if own and own.block6 else {}),
-                "fabric": opts.fabric, "peers": peers, "refused": refused, "mtu": mtu, "mtu_changes": changes}
+                "fabric": opts.fabric, "peers": peers, "refused": refused, "mtu": mtu, "mtu_changes": changes,
+                "fastpath": self.fabric.fastpath_status() if self.fabric else {"mode": opts.fastpath}}
 
     # -- the loop
 
@@ -239,6 +240,7 @@ class NodeService:
         opts = self.options
         assert opts is not None
         fabric = FABRICS[opts.fabric]()
+        fabric.use_fastpath(opts.fastpath, self.pod_bridge)
         found = self._underlay()
         store = self._store()
         if self.macvlan:

@@ -53,6 +53,7 @@ from podnet.agent.pod_policy import PodPolicy, node_addresses
 from podnet.agent.pod_policy import error_text as _text
 from podnet.agent.service_thread import ServiceThread, list_then_watch
 from podnet.errors import KernelError, PodnetError
+from podnet.fabric import fastpath
 from podnet.kernel import sysctl
 from podnet.kernel.libnft import LibNft
 from podnet.kernel.nft import NftPort
@@ -263,6 +264,7 @@ class PolicyService:
         the kernel's table drifted: the difference names the generation it applies
         to). Returns what was applied: "", "diff" or "full"; PodnetError when nft
         refuses the whole table. `timing` gets diff_ms and nft_ms."""
+        fastpath.policy_enforced(True)  # before the table: the fast path would skip it
         if not full and self.applied is not None:
             began = time.monotonic()
             script = compiled.diff(self.applied)
@@ -344,6 +346,8 @@ class PolicyService:
                 self.applied, self._generation, self._empty, self._kept = None, 0, True, False
             if self._empty and self.pods is not None:  # no table here: none in the macvlan pods either
                 self.pods.enforce(None)
+            if self._empty:  # no policy on this node: the fabric's fast path may skip its forward hook
+                fastpath.policy_enforced(False)
         self._report(problems, "no policy in the store")
         return self.status_unlocked(revision=revision)
 

@@ -37,7 +37,7 @@ AGENT_DEFAULTS = {
     "cluster_dns": None, "cluster_domain": DEFAULT_CLUSTER_DOMAIN, "cluster_dns_netns": None,
     "node_labels": None, "strict_affinity": False, "metrics_addr": None,
     "peer": None, "gossip_port": GOSSIP_PORT, "key_file": None, "ipalloc_init": None,
-    "reclaim_grace": DEFAULT_RECLAIM_GRACE, "dns_domain": DEFAULT_GOSSIP_DOMAIN, "segment_gateway": None,
+    "fastpath": "kernel", "reclaim_grace": DEFAULT_RECLAIM_GRACE, "dns_domain": DEFAULT_GOSSIP_DOMAIN, "segment_gateway": None,
     "mesh_cert_lifetime": None, "ipv6_masquerade": False,
 }
 STORE_NONE = "none"  # --store none: the node's own store, kept in step by gossip (--fabric gossip)
@@ -63,6 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     cluster = agent.add_argument_group("cluster node (all ignored without --node)")
     cluster.add_argument("--node", help="join a cluster through the store as node NAME")
     cluster.add_argument("--fabric", choices=FABRIC_NAMES, help="how nodes reach each other's pod blocks (default vxlan)")
+    cluster.add_argument("--fastpath", choices=("kernel", "ebpf"),
+                         help="--fabric vxlan or host-gw: pods' packets to other nodes through the kernel's "
+                              "bridge and routing (default), or tc eBPF programs straight to and from the tunnel "
+                              "or underlay (off while the node enforces policy)")
     cluster.add_argument("--cluster-cidr", help=f"pod CIDR split into node blocks (default {DEFAULT_CLUSTER_CIDR}); "
                                                 "dual stack: an IPv4 and an IPv6 prefix, comma separated "
                                                 "(10.244.0.0/16,fd00:10:244::/56)")
@@ -189,7 +193,7 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         node = NodeOptions(s["node"], s["fabric"], str(pool4), s["block_prefix"], s["underlay"], s["lease_ttl"],
                            s["cluster_dns"], s["cluster_domain"], s["cluster_dns_netns"], labels,
                            bool(s["strict_affinity"]), gossip, s["segment_gateway"], s["mesh_cert_lifetime"],
-                           str(pool6) if pool6 else None, bool(s["ipv6_masquerade"]))
+                           str(pool6) if pool6 else None, bool(s["ipv6_masquerade"]), s["fastpath"])
         if gossip is not None:
             s["store"] = None  # the node's own store: STATE_DIR/store.db
     elif s["store"] == STORE_NONE:

@@ -64,6 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--nic-gso", type=int, default=NIC_GSO, metavar="BYTES",
                     help=f"GSO/GRO limit of the lab's underlay NICs (default {NIC_GSO}, BIG TCP; "
                          "65536 = a NIC without BIG TCP); pods get what their node's uplink takes")
+    up.add_argument("--fastpath", choices=("kernel", "ebpf"), default="kernel",
+                    help="--fabric vxlan or host-gw: pods' packets to other nodes through each node's bridge "
+                         "and routing (kernel, the default) or tc eBPF programs straight to and from the tunnel "
+                         "or underlay (ebpf; off on a node while it enforces any policy)")
     up.set_defaults(func=_cmd_up)
 
     status = lab_sub.add_parser("status", help="nodes, agents and pods of a running lab")
@@ -151,6 +155,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         return fail("--mesh-cert-lifetime: from 5 seconds to a year", 2)
     if args.reclaim_grace is not None and (args.fabric != "gossip" or args.reclaim_grace < 1):
         return fail("--reclaim-grace: at least 1 second, with --fabric gossip", 2)
+    if args.fastpath != "kernel" and args.fabric not in ("vxlan", "host-gw"):
+        return fail(f"--fastpath {args.fastpath} is for --fabric vxlan or host-gw", 2)
     block_prefix = args.block_prefix or (BGP_BLOCK_PREFIX if args.fabric == "bgp" else BLOCK_PREFIX)
     try:
         pool, pool6 = parse_cluster_cidrs(args.cluster_cidr)
@@ -196,7 +202,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
                                             mesh_cert_lifetime=args.mesh_cert_lifetime,
                                             encrypt=args.encrypt,
                                             cluster_cidr6=str(pool6) if pool6 else None,
-                                            ipv6_masquerade=args.ipv6_masquerade),
+                                            ipv6_masquerade=args.ipv6_masquerade, fastpath=args.fastpath),
                          progress)
     if builder.simulate:
         console.print("[yellow]! PODNET_LAB_SIMULATE_NODES: the lab hands out blocks itself "
@@ -247,7 +253,7 @@ def print_summary(data: dict) -> None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from podnet.lab.status import status
+    from podnet.lab.status import fastpath_text, status
 
     name = lab_name(args, "podnet lab status")
     data = status(name)
@@ -260,10 +266,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     console = Console()
     console.print(f"lab [bold]{name}[/]: {data['phase']}, fabric {data.get('fabric')}, "
-                  f"store {data.get('store_url', data.get('store'))}, "
+                  f"store {data.get('store_url', data.get('store'))}, fast path {data.get('fastpath', 'kernel')}, "
                   f"supervisor {'alive' if data['supervisor']['alive'] else 'DEAD'}")
     nodes = Table(title="nodes")
-    for col in ("node", "underlay", "block", "agent"):
+    for col in ("node", "underlay", "block", "agent", "fast path"):
         nodes.add_column(col, no_wrap=True)
     nodes.add_column("refused peers")  # a lease the node routes nothing for, and why
     for node in data["nodes"]:
@@ -272,7 +278,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         refused = Text("\n".join(f"{r['name']} {r['block']}: {r['reason']}" for r in node["refused"]) or "-")
         nodes.add_row(node["name"], node["underlay"], str(node.get("block") or "-"),
                       f"pid {node.get('agent_pid', '-')} {'up' if node['agent_alive'] else 'DOWN'}, {answer}",
-                      refused, style="red" if node["refused"] else None)
+                      Text(fastpath_text(node["fastpath"])), refused, style="red" if node["refused"] else None)
     console.print(nodes)
     pods = Table(title="pods")
     for col in ("pod", "node", "ip", "ports", "echo"):

@@ -48,6 +48,7 @@ class NodeOptions:
     mesh_cert_lifetime: float | None = None  # the mesh certificates this node issues (None: 1 h)
     cluster_cidr6: str | None = None  # dual stack: the IPv6 pool, paired block by block (cluster/dualstack.py)
     ipv6_masquerade: bool = False  # masquerade IPv6 leaving the cluster (off as in Kubernetes)
+    fastpath: str = "kernel"  # --fastpath ebpf: tc eBPF fast path of vxlan and host-gw (fabric/fastpath.py)
 
     @property
     def pools(self) -> Pools:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
 import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -33,8 +34,11 @@ from pyroute2.netlink.exceptions import NetlinkError
 from podnet.cluster.dualstack import Pools
 from podnet.defaults import FABRIC_ROUTE_PROTO
 from podnet.errors import KernelError
+from podnet.fabric.fastpath import FastPath, clear
 from podnet.model.cluster import NodeLease
 from podnet.store.base import Store
+
+log = logging.getLogger("podnet.fabric")
 
 ROUTE_PROTO = FABRIC_ROUTE_PROTO  # tags podnet fabric routes
 RTNH_F_ONLINK = 4
@@ -131,6 +135,49 @@ class RouteNetwork:
     def setup(self, ipr: IPRoute, ctx: FabricContext) -> None:
         """Create/repair the fabric's own devices (none by default)."""
 
+    # -- the eBPF fast path (`--fastpath ebpf`, fabric/fastpath.py): fabrics whose pods are
+    # bridge ports and whose peers' blocks are routed out of one device
+
+    fastpath_ok = False
+    fastpath: FastPath | None = None
+    _bridge: str | None = None  # the pods' bridge (`use_fastpath`)
+    _cleared = False  # the kernel path: an earlier agent's programs were looked for (once)
+
+    def fastpath_device(self, ctx: FabricContext) -> str:
+        """The device the peers' blocks are routed out of (the fast path's redirect)."""
+        raise NotImplementedError
+
+    def use_fastpath(self, mode: str, bridge: str | None) -> None:
+        """How pods' packets cross to other nodes: "kernel" (every fabric), or "ebpf"
+        (the fabrics with `fastpath_ok`, pods on `bridge`)."""
+        self._bridge = bridge
+        if mode == "kernel":
+            self.fastpath = None
+        elif mode == "ebpf" and self.fastpath_ok and bridge:
+            self.fastpath = FastPath(None, bridge)
+        else:
+            raise KernelError(f"fabric {self.name} has no {mode!r} fast path (vxlan and host-gw have ebpf)")
+
+    def setup_fastpath(self, ipr: IPRoute, ctx: FabricContext) -> None:
+        """Programs loaded and on every pod veth and the device at start-up, before the
+        policy service speaks (they pass everything until it says there is no policy)."""
+        if self.fastpath is not None:
+            self.fastpath.device = self.fastpath_device(ctx)
+            self.fastpath.sync(ipr, self.fastpath.routed)
+        elif self.fastpath_ok and not self._cleared:  # the kernel path: none of ours may stay behind
+            self._cleared = True
+            try:
+                cleared = clear(ipr, self.fastpath_device(ctx), self._bridge)
+            except NetlinkError as exc:
+                log.warning("fast path: cannot look for an earlier agent's programs: %s", exc)
+                return
+            if cleared:
+                log.info("fast path off (--fastpath kernel): took podnet's programs off %s", ", ".join(cleared))
+
+    def fastpath_status(self) -> dict[str, Any]:
+        """The fast path in use, as node status shows it."""
+        return self.fastpath.status() if self.fastpath is not None else {"mode": "kernel"}
+
     def desired(self, ctx: FabricContext, peers: Iterable[NodeLease], claims: Mapping[str, str]) -> Desired:
         raise NotImplementedError
 
@@ -186,6 +233,9 @@ class RouteNetwork:
                 act(report.added, f"fdb {spec.mac} dst {spec.dst}", ipr.neigh, "replace",
                           family=socket.AF_BRIDGE, ifindex=dev, lladdr=spec.mac, dst=spec.dst,
                           state=NUD_PERMANENT, flags=NTF_SELF)
+        path = self.fastpath
+        if path is not None and path.device and not dry_run:  # the peers' IPv4 blocks behind its device
+            path.sync(ipr, {r.dst for r in want.routes if r.dev == path.device and ":" not in r.dst})
         return report
 
     @staticmethod

@@ -17,6 +17,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 
+from pyroute2 import IPRoute
+
 from podnet.fabric.base import (
     OK,
     Desired,
@@ -32,6 +34,13 @@ from podnet.model.cluster import NodeLease
 
 class HostGwFabric(RouteNetwork):
     name = "host-gw"
+    fastpath_ok = True  # `--fastpath ebpf`: straight to and from the underlay (fabric/fastpath.py)
+
+    def fastpath_device(self, ctx: FabricContext) -> str:
+        return ctx.own.underlay_if
+
+    def setup(self, ipr: IPRoute, ctx: FabricContext) -> None:
+        self.setup_fastpath(ipr, ctx)
 
     def desired(self, ctx: FabricContext, peers: Iterable[NodeLease], claims: Mapping[str, str]) -> Desired:
         good, refused = valid_peers(ctx, peers, claims)

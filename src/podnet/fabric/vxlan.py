@@ -27,6 +27,10 @@ Design notes:
   node's pod conflist caps its pods there too (`gso_cap`, "gsoMaxSize"): a pod packet
   bigger than pnvx0 takes would be segmented in software at pnvx0.
 - Peers need no shared L2 segment: VXLAN rides the routed underlay.
+- The tunnel's outer packets are not tracked (fabric/untracked.py, `inet
+  podnet-fabric`): nothing NATs or judges them by state, and tracking them costs CPU
+  on both nodes (issue 19). `--fastpath ebpf` (fabric/fastpath.py) takes pod-to-pod
+  packets between pnvx0 and the pods' veths past the bridge and netfilter.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from podnet.cluster.leases import vtep_ip_of
 from podnet.errors import KernelError
+from podnet.fabric import untracked
 from podnet.fabric.base import (
     OK,
     Desired,
@@ -79,6 +84,14 @@ class VxlanFabric(RouteNetwork):
 
     def __init__(self) -> None:
         self.outer6 = False  # this node carries IPv6 pods over its IPv6 underlay (pnvx6), set by setup()
+        self._untracked: tuple[str, int] | None = None  # (underlay, port) of the table applied
+
+    @property
+    def fastpath_ok(self) -> bool:  # type: ignore[override]
+        return self.name == "vxlan"  # (the gossip fabric's relayed routes: not through it)
+
+    def fastpath_device(self, ctx: FabricContext) -> str:
+        return DEVICE
 
     @property
     def devices(self) -> tuple[str, ...]:
@@ -140,6 +153,10 @@ class VxlanFabric(RouteNetwork):
         with rtnl.RtnlSocket() as sock:  # this thread is in the node's namespace
             for name in self.devices:
                 gso.ensure(sock, sock.link_index(name), gso.DEFAULT)
+        if self._untracked != (ctx.own.underlay_if, PORT):  # once per agent: an nft process per repair pass costs
+            untracked.ensure(ctx.own.underlay_if, PORT)
+            self._untracked = (ctx.own.underlay_if, PORT)
+        self.setup_fastpath(ipr, ctx)
 
 
 def _vtep_addresses(ipr: IPRoute, index: int, wanted: set[tuple[str, int]]) -> None:

@@ -82,6 +82,7 @@ class LabOptions:
     mesh_cert_lifetime: float | None = None  # the agents' --mesh-cert-lifetime
     cluster_cidr6: str | None = None  # `lab up --ipv6`: dual stack, the pods' IPv6 pool (and the underlay's)
     ipv6_masquerade: bool = False  # the agents' --ipv6-masquerade
+    fastpath: str = "kernel"  # the agents' --fastpath (vxlan, host-gw: ebpf, fabric/fastpath.py)
 
 
 Progress = Callable[[str], None]
@@ -150,7 +151,7 @@ class LabBuilder:
             raise LabError("--store etcd needs the etcd binary (Debian: apt-get install etcd-server)")
         self.state = LabState.create(self.o.name, fabric=self.o.fabric, store=self.o.store,
                                      racks=self.t.racks, simulated=self.simulate,
-                                     nic_gso=self.o.nic_gso, hosts={})
+                                     nic_gso=self.o.nic_gso, hosts={}, fastpath=self.o.fastpath)
         self.st.labdir.mkdir(parents=True, exist_ok=True)
         self.underlay()
         if self.t.cuts:  # cut before any agent starts: no node ever sees these links up
@@ -410,6 +411,8 @@ class LabBuilder:
             argv += ["--mesh-cert-lifetime", str(self.o.mesh_cert_lifetime)]
         if self.o.ipv6_masquerade:
             argv += ["--ipv6-masquerade"]
+        if self.o.fastpath != "kernel":
+            argv += ["--fastpath", self.o.fastpath]
         if dns:
             argv += ["--cluster-dns", dns["ip"], "--cluster-domain", dns["domain"],
                      "--cluster-dns-netns", str(NETNS_DIR / dns["pods"][node.name]["netns"])]

@@ -31,6 +31,7 @@ def status(name: str) -> dict:
             except (PodnetError, OSError, ValueError) as exc:
                 row["agent"] = {"op": op, "error": str(exc)}
         row["refused"] = refused_peers(row["agent"])
+        row["fastpath"] = fastpath_of(row["agent"])
         nodes.append(row)
     pods = []
     for key, info in data.get("pods", {}).items():
@@ -58,3 +59,30 @@ def refused_peers(agent: dict | None) -> list[dict[str, str]]:
     fields = ("name", "block", "reason")
     return [{f: row[f] for f in fields} for row in rows
             if isinstance(row, dict) and all(isinstance(row.get(f), str) for f in fields)]
+
+
+def fastpath_of(agent: dict | None) -> dict[str, object]:
+    """A node's fast path (`--fastpath`) from its node.status answer: mode, state, pods
+    and blocks it carries, error; {} when the agent did not say."""
+    result = (agent or {}).get("result")
+    found = result.get("fastpath") if isinstance(result, dict) else None
+    if not isinstance(found, dict):
+        return {}
+    return {k: v for k, v in found.items() if k in ("mode", "state", "pods", "blocks", "inbound", "known_pods", "error")
+            and isinstance(v, (str, int)) and not isinstance(v, bool)}
+
+
+def fastpath_text(found: dict[str, object]) -> str:
+    """One cell: "kernel", "ebpf on, 2 pods, 1 blocks", "ebpf off (this node enforces policy)"."""
+    if not found:
+        return "-"
+    if found.get("mode") != "ebpf":
+        return str(found.get("mode", "-"))
+    text = f"ebpf {found.get('state', '?')}"
+    if found.get("state") == "on":
+        text += f", {found.get('pods', 0)} pods, {found.get('blocks', 0)} blocks"
+        if found.get("inbound") not in (None, "on"):
+            text += f", inbound: {found['inbound']}"
+    if found.get("error"):
+        text += f": {found['error']}"
+    return text
