@@ -175,7 +175,8 @@ class NodeService:
         backoff = 0.5
         revision, dirty, next_repair, next_renew = 0, True, 0.0, 0.0
         active, next_full = True, 0.0  # addresses freed since the last repair pass; the safety net's time
-        self.kernel_changes.start()
+        if getattr(self.options, "fastpath", "kernel") != "ebpf":  # the eBPF fast path learns pods (their
+            self.kernel_changes.start()  # veths, their ARP) in the pass: never started, take() is always True
         while not stop.is_set():
             try:
                 if self.claim is None:
