@@ -5,10 +5,8 @@ block of the cluster CIDR and leases `nodes/<name>` (cluster/leases.py), renews 
 every ttl/3, prepares the node (ip_forward, bridge pncl0 with the block's gateway, the
 fabric's device) and renders `net.d/cluster.conflist`, which the lab waits for. Then
 it converges the fabric (fabric/) from the peers' leases: list-then-watch on `nodes/`
-for fast reaction, plus a repair pass that brings back anything deleted by hand: at most
-every REPAIR_SECONDS once the kernel announced a change of links, routes or the fabric's
-neighbours (kernel/rtnl_watch.py) or an address was given back (a block may be empty:
-the pass releases it), and every FULL_REPAIR_SECONDS regardless. A peer whose lease vanished loses its routes here, and its block
+for fast reaction, plus a repair pass that brings back anything deleted by hand (when:
+agent/node_repair.py). A peer whose lease vanished loses its routes here, and its block
 claim and IPAM reservations and endpoint records (network "cluster") are freed: they
 live in the cluster store, which the conflist names (`ipam.store`), not in the node's
 own state dir.
@@ -38,6 +36,7 @@ from podnet import fileio, keys
 from podnet.agent import doctor, mtu_follow, node_blocks
 from podnet.agent.metrics import AgentMetrics
 from podnet.agent.node_conflist import BRIDGE, render_conflist, to_macvlan
+from podnet.agent.node_repair import RepairClock
 from podnet.agent.node_underlay import Underlay, detect_underlay, pod_gso
 from podnet.agent.service_thread import ServiceThread
 from podnet.cluster import leases
@@ -50,7 +49,7 @@ from podnet.kernel.rtnl_watch import KernelChanges
 from podnet.model.cluster import NodeLease
 from podnet.naming import is_host_veth
 from podnet.store import RevisionCompacted, Store
-from podnet.store.base import DELETE, Event
+from podnet.store.base import Event
 
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
@@ -61,8 +60,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("podnet.agent.node")
 
 CONFLIST = "cluster.conflist"
-REPAIR_SECONDS = 3.0  # how often a repair pass may run: after the kernel or the store changed
-FULL_REPAIR_SECONDS = 30.0  # ... and at least this often, announced or not (kernel/rtnl_watch.py)
 WATCH_TIMEOUT = 1.0
 WATCHED = (keys.NODES, keys.BLOCKS, keys.BGP_CONFIGURATIONS, keys.BGP_PEERS, keys.GOSSIP_ROUTING,
            keys.HOSTS)  # the fabric's inputs (hosts: `podnet host join`'s routes back)
@@ -89,6 +86,7 @@ class NodeService:
         self.mtu_changes: list[Any] = []  # agent/mtu_follow.MtuChange, the last few
         self.mtu_look = mtu_follow.UnderlayLook()
         self.kernel_changes = KernelChanges(is_host_veth)  # started by the loop's thread; pods' veths aside
+        self.repair_clock = RepairClock(self.kernel_changes)
         self.long_ops = ("node.doctor",)  # --fix waits for a repair pass
         self._ipr: IPRoute | None = None
         # the agent's registry; a private one for fakes of the agent (unit tests)
@@ -173,8 +171,7 @@ class NodeService:
     def _run(self) -> None:
         stop = self._loop.stopping
         backoff = 0.5
-        revision, dirty, next_repair, next_renew = 0, True, 0.0, 0.0
-        active, next_full = True, 0.0  # addresses freed since the last repair pass; the safety net's time
+        revision, dirty, next_renew = 0, True, 0.0
         if getattr(self.options, "fastpath", "kernel") != "ebpf":  # the eBPF fast path learns pods (their
             self.kernel_changes.start()  # veths, their ARP) in the pass: never started, take() is always True
         while not stop.is_set():
@@ -186,30 +183,22 @@ class NodeService:
                 if now >= next_renew:
                     self._renew()
                     next_renew = now + self.options.lease_ttl / 3  # type: ignore[union-attr]
-                forced = self._repair_now.is_set()  # `podnet doctor --fix`: the repair pass, now
-                if forced:
+                if self._repair_now.is_set():  # `podnet doctor --fix`: the repair pass, now
                     self._repair_now.clear()
-                    next_repair = now
-                repair = now >= next_repair
-                if repair and not (forced or dirty or active or now >= next_full):
-                    repair = self.kernel_changes.take()  # an idle node: only after the kernel changed
+                    self.repair_clock.force()
+                repair = self.repair_clock.due()
                 if dirty or repair:
-                    if repair:
-                        self.kernel_changes.take()
-                        active, next_full = False, now + FULL_REPAIR_SECONDS
                     revision = self._converge(repair=repair)
                     dirty = False
                     with self._lock:
                         self.passes += 1
-                if now >= next_repair:
-                    next_repair = now + REPAIR_SECONDS
                 if self.ctx is not None:
                     mtu_follow.follow(self)
-                wait = max(0.05, min(WATCH_TIMEOUT, next_renew - time.monotonic(), next_repair - time.monotonic()))
+                wait = max(0.05, min(WATCH_TIMEOUT, next_renew - time.monotonic(), self.repair_clock.wait()))
                 try:
                     seen = self._store().watch("", revision, wait)
-                    if seen:  # an address given back may have emptied a block (the repair pass releases it)
-                        active = active or any(e.kind == DELETE and e.key.startswith(keys.IPAM) for e in seen)
+                    if seen:
+                        self.repair_clock.saw(seen)
                         revision = max(revision, seen[-1].revision)
                         dirty = dirty or any(e.key.startswith(WATCHED) or self._borrowing(e) for e in seen)
                 except RevisionCompacted:

@@ -1,0 +1,56 @@
+"""agent/node_repair.RepairClock: the node loop's repair pass runs only when there is
+something to see, at most every REPAIR_SECONDS, and at least every FULL_REPAIR_SECONDS."""
+
+from __future__ import annotations
+
+from podnet import keys
+from podnet.agent.node_repair import FULL_REPAIR_SECONDS, REPAIR_SECONDS, RepairClock
+from podnet.store.base import DELETE, PUT, Event
+
+
+class Announcements:
+    def __init__(self) -> None:
+        self.changed = False
+
+    def take(self) -> bool:
+        changed, self.changed = self.changed, False
+        return changed
+
+
+def _clock():
+    now = [1000.0]
+    return now, (lambda: now[0])
+
+
+def test_a_pass_at_start_then_only_after_the_kernel_changed_at_most_every_repair_seconds():
+    now, clock = _clock()
+    kernel = Announcements()
+    repair = RepairClock(kernel, clock)
+    assert repair.due()  # nothing is known at start
+    now[0] += REPAIR_SECONDS
+    assert not repair.due()  # an idle node: no pass
+    kernel.changed = True
+    now[0] += 1
+    assert not repair.due() and repair.wait() > 0  # not before its time
+    now[0] += REPAIR_SECONDS
+    assert repair.due()  # a route deleted by hand
+    now[0] += REPAIR_SECONDS
+    assert not repair.due()
+
+
+def test_an_address_given_back_a_forced_pass_and_the_safety_net_each_run_one():
+    now, clock = _clock()
+    repair = RepairClock(Announcements(), clock)
+    assert repair.due()
+    now[0] += REPAIR_SECONDS
+    repair.saw([Event(PUT, keys.IPAM + "cluster/ip/10.244.0.5", "{}", 7)])
+    assert not repair.due()  # an address taken empties no block
+    now[0] += REPAIR_SECONDS
+    repair.saw([Event(DELETE, keys.IPAM + "cluster/ip/10.244.0.5", "", 8)])
+    assert repair.due()
+    repair.force()  # podnet doctor --fix: now, whatever the time
+    assert repair.due()
+    now[0] += FULL_REPAIR_SECONDS
+    assert repair.due()  # nothing announced for FULL_REPAIR_SECONDS: the safety net
+    now[0] += REPAIR_SECONDS
+    assert not repair.due()
