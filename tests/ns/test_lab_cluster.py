@@ -165,8 +165,9 @@ def test_lab_down_removes_everything() -> None:
     try:
         podnet("lab", "up", "--name", name, "--nodes", "2", "--pods-per-node", "1")
         namespaces, processes = recorded(name)
-        # namespaces: fab0, out, 2 nodes, 2 pods, 2 DNS pods; processes: supervisor, outside, 2 agents, 2 echo
-        assert len(namespaces) == 8 and len(processes) == 6
+        # namespaces: fab0, out, 2 nodes, 2 pods, 2 DNS pods; processes: supervisor, outside, the
+        # zygote (lab/zygote.py: it forks the agents and the echo servers), 2 agents, 2 echo
+        assert len(namespaces) == 8 and len(processes) == 7
         assert all(owner_alive(p["owner"]) for p in processes)
         podnet("lab", "down", "--name", name)
         assert_gone(name, processes)
