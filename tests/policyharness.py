@@ -97,16 +97,17 @@ def mismatches(got: dict, want: dict) -> list[str]:
 
 
 @contextlib.contextmanager
-def netpol_lab(fabric: str, prefix: str, ipv6: bool = False) -> Iterator[Lab]:
+def netpol_lab(fabric: str, prefix: str, ipv6: bool = False, **options: object) -> Iterator[Lab]:
     """The netpol lab (`<prefix><hex>`), torn down by recorded names whatever happens;
-    `ipv6`: dual stack, every pod with an address of each family."""
+    `ipv6`: dual stack, every pod with an address of each family; `options`: more of
+    LabOptions (e.g. fastpath)."""
     from podnet.lab import topology as topo
     from podnet.lab.builder import LabBuilder, LabOptions
     from podnet.lab.teardown import teardown
 
     name = f"{prefix}{secrets.token_hex(2)[:3]}"
     dual = {"cluster_cidr6": topo.CLUSTER_CIDR6, "service_cidr": "10.96.0.0/16,fd00:10:96::/112"} if ipv6 else {}
-    builder = LabBuilder(topo.load(NETPOL), LabOptions(name=name, fabric=fabric, timeout=60, **dual))
+    builder = LabBuilder(topo.load(NETPOL), LabOptions(name=name, fabric=fabric, timeout=60, **dual, **options))
     lab = None
     try:
         lab = Lab(name, builder.build().data)

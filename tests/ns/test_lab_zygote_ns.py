@@ -7,11 +7,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
+from cniharness import wait_until
 from podnet.lab.sandbox import NETNS_DIR
 from podnet.lab.supervisor_client import SupervisorClient
 from podnet.lab.zygote import check
@@ -25,15 +25,6 @@ def _parent(pid: int) -> int:
     return int(stat.rsplit(")", 1)[1].split()[1])
 
 
-def _until(predicate, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_forked_daemons_live_in_their_netns_under_the_supervisor_and_end_with_it(sandbox, tmp_path):
     ns = sandbox.netns("zy")
     netns = str(NETNS_DIR / ns)
@@ -43,7 +34,7 @@ def test_forked_daemons_live_in_their_netns_under_the_supervisor_and_end_with_it
         exec_argv = ["nsenter", f"--net={netns}", "--", "python", "-m", "podnet.lab.echo", "--name", "e"]
         pid = sup.fork("echo/e", "podnet.lab.echo", ["--name", "e", "--tcp", "18080", "--ready", str(ready)],
                        netns, exec_argv, tmp_path / "echo.log")
-        assert _until(ready.exists), (tmp_path / "echo.log").read_text()
+        wait_until(ready.exists, "the forked echo server to be ready", 10)
         assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(netns).st_ino
         assert _parent(pid) == sup.proc.pid  # the go-between is gone: the subreaper adopted it
         record = json.loads((tmp_path / "procs.json").read_text())
@@ -52,7 +43,8 @@ def test_forked_daemons_live_in_their_netns_under_the_supervisor_and_end_with_it
 
         quick = sup.fork("cli/bad", "podnet.cli", ["no-such-verb"], netns, ["podnet", "no-such-verb"],
                          tmp_path / "bad.log")  # argparse exits 2 at once
-        assert _until(lambda: json.loads((tmp_path / "procs.json").read_text())["cli/bad"].get("exit") == 2)
+        wait_until(lambda: json.loads((tmp_path / "procs.json").read_text())["cli/bad"].get("exit") == 2,
+                   "the quick daemon's exit recorded", 10)
         assert not running(quick)
         assert "invalid choice" in (tmp_path / "bad.log").read_text()
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,7 +24,7 @@ from test_fabric_cluster import eventually
 
 from podnet.lab.sandbox import Sandbox
 from podnet.rpc.client import call
-from policyharness import CASES, NAMESPACES, NETPOL, Lab, mismatches, tcp_from
+from policyharness import CASES, Lab, mismatches, netpol_lab, tcp_from
 
 pytestmark = pytest.mark.root
 
@@ -46,26 +45,11 @@ UDP_BURST = ("import socket,sys\n"
 def lab(request) -> Iterator[Lab]:
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    from podnet.lab import topology as topo
-    from podnet.lab.builder import LabBuilder, LabOptions
-    from podnet.lab.state import state_file
-    from podnet.lab.teardown import teardown
-
-    name = f"fp{secrets.token_hex(2)[:3]}"
-    builder = LabBuilder(topo.load(NETPOL), LabOptions(name=name, fabric=request.param, timeout=60,
-                                                        fastpath="ebpf"))
-    built = None
-    try:
-        built = Lab(name, builder.build().data)
-        built.apply(NAMESPACES)
+    with netpol_lab(request.param, "fp", fastpath="ebpf") as built:
+        name = built.name
         yield built
-    finally:
-        if built is not None:
-            built.close()
-        if state_file(name).exists():
-            assert not teardown(name)
-        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        assert f"pn-lab-{name}-" not in left  # teardown leaves nothing: the filters went with the namespaces
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"pn-lab-{name}-" not in left  # teardown leaves nothing: the filters went with the namespaces
 
 
 def fastpaths(lab: Lab) -> dict[str, dict]:

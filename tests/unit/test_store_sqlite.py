@@ -101,6 +101,7 @@ def test_file_wake_reports_the_database_and_its_wal_only(tmp_path):
 def test_file_wake_sleeps_between_wake_ups_until_its_listener_listens_again(tmp_path):
     import threading
 
+    from cniharness import wait_until
     from podnet.store.sqlite.wake import FileWake
 
     calls: list[float] = []
@@ -110,24 +111,14 @@ def test_file_wake_sleeps_between_wake_ups_until_its_listener_listens_again(tmp_
     assert wake.start()
     try:
         (tmp_path / "store.db-wal").write_bytes(b"x")
-        assert woken.wait(5.0) and _until(lambda: not listening.is_set())
+        assert woken.wait(5.0) and wait_until(lambda: not listening.is_set(), "the wake-up thread to stop listening", 5)
         woken.clear()
         for i in range(20):  # a busy listener: every write waits in the kernel's queue
             (tmp_path / "store.db-wal").write_bytes(b"y" * i)
         assert not woken.wait(0.3) and len(calls) == 1
         listening.set()  # quiet again: the writes meanwhile are one wake-up
         assert woken.wait(5.0)
-        assert _until(lambda: not listening.is_set()) and len(calls) == 2
+        assert wait_until(lambda: not listening.is_set(), "the wake-up thread to stop listening", 5) and len(calls) == 2
     finally:
         wake.close()
 
-
-def _until(predicate, seconds: float = 5.0) -> bool:
-    import time
-
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
