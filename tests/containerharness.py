@@ -217,6 +217,22 @@ class ContainerEnv:
         return record
 
     # -- teardown ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def fresh(self) -> Iterator[ContainerEnv]:
+        """This env as a new one would be, for one test of a module that shares it
+        (starting an agent is most of what a small test costs): its agent up; after the
+        test, every container it kept removed (an error here fails that test's teardown,
+        and what is left shows in the next test's own checks)."""
+        if self.agent is None:
+            self.start_agent()
+        yield self
+        if self.agent is None:
+            self.start_agent()
+        for record in self.records():
+            if record.get("netns"):
+                self.seen_netns.add(record["netns"])
+            self.container("rm", "-f", record["name"])
+
     def close(self) -> None:
         for record in self.records():
             if record.get("netns"):

@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cniharness import Agent, Cni, bridge_config
+from cniharness import Agent, Cni, bridge_config, wait_until
 from containerharness import NETWORK, ContainerEnv
 from podnet.rpc import client, wire
 
@@ -188,6 +189,9 @@ def _as_nobody() -> None:
 def test_non_root_peer_is_refused_before_its_request_is_read(sandbox, host_ns, open_socket_dir, tmp_path):
     path = os.path.join(open_socket_dir, "agent.sock")
     Agent(sandbox, host_ns, path, str(tmp_path / "a.db")).start()
+    # the socket shows up at bind; the agent makes it 0600 right after: opened up before
+    # that (a loaded machine), the agent's chmod would undo ours and refuse nobody's connect
+    wait_until(lambda: stat.S_IMODE(os.stat(path).st_mode) == 0o600, "the agent's own chmod of its socket", timeout=20)
     os.chmod(path, 0o666)
     # The client sends nothing at all: the refusal must come from its credentials alone.
     proc = subprocess.run([sys.executable, "-I", "-S", "-c", NOBODY_CLIENT, path], preexec_fn=_as_nobody,

@@ -246,10 +246,11 @@ spec:
 
 
 def denials(built: Clusterset, where: str, since: float, src: str, rule: str) -> list[dict]:
-    """The drops of `src` by `rule` in `where`'s `podnet flows` since `since`."""
-    out = podnet("flows", "--lab", built.names[where], "--verdict", "deny", "--since", str(since), "-o", "json",
-                 check=False).stdout
-    return [f for f in json.loads(out or "[]") if f["src"] == src and rule in f["rule"]]
+    """The drops of `src` by `rule` in `where`'s `podnet flows` since `since` (a time:
+    `--since` takes an age, reaching a minute further back for the CLI's start-up)."""
+    out = podnet("flows", "--lab", built.names[where], "--verdict", "deny", "--since", str(time.time() - since + 60),
+                 "-o", "json", check=False).stdout
+    return [f for f in json.loads(out or "[]") if f["src"] == src and rule in f["rule"] and f["time"] >= since]
 
 
 def test_a_cross_cluster_deny_is_enforced_and_named_in_flows(cset: Clusterset, tmp_path: Path) -> None:

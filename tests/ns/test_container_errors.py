@@ -9,18 +9,27 @@ import sys
 
 import pytest
 
-from cniharness import ECHO_SERVER, links
+from cniharness import ECHO_SERVER, links, needs_root
 from containerharness import NETWORK, ContainerEnv
+from podnet.lab.sandbox import Sandbox
 
 pytestmark = pytest.mark.root
 
 RUN_FAILED = 125
 
 
-@pytest.fixture
-def env(sandbox, tmp_path):
-    with ContainerEnv.create(sandbox, tmp_path) as e:
+@pytest.fixture(scope="module")
+def shared_env(tmp_path_factory):
+    """One host namespace, agent and network for the module (ContainerEnv.fresh)."""
+    needs_root()
+    with Sandbox("pn-t-") as box, ContainerEnv.create(box, tmp_path_factory.mktemp("errors")) as e:
         e.add_network()
+        yield e
+
+
+@pytest.fixture
+def env(shared_env):
+    with shared_env.fresh() as e:
         yield e
 
 

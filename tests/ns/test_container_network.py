@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from cniharness import ECHO_SERVER, tcp_probe
+from cniharness import ECHO_SERVER, needs_root, tcp_probe
 from containerharness import GATEWAY, NETWORK, ContainerEnv
+from podnet.lab.sandbox import Sandbox
 
 pytestmark = pytest.mark.root
 
@@ -24,10 +25,18 @@ PROBE = (
 )
 
 
-@pytest.fixture
-def env(sandbox, tmp_path):
-    with ContainerEnv.create(sandbox, tmp_path) as e:
+@pytest.fixture(scope="module")
+def shared_env(tmp_path_factory):
+    """One host namespace, agent and network for the module (ContainerEnv.fresh)."""
+    needs_root()
+    with Sandbox("pn-t-") as box, ContainerEnv.create(box, tmp_path_factory.mktemp("network")) as e:
         e.add_network()
+        yield e
+
+
+@pytest.fixture
+def env(shared_env):
+    with shared_env.fresh() as e:
         yield e
 
 

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 
 import pytest
 from test_fabric_cluster import eventually
-from test_policy_lab import cli
+from test_policy_lab import cli, flows_since
 
 from cniharness import start_echo, tcp_probe, wait_until
 from podnet import keys
@@ -101,11 +101,13 @@ def test_flows_and_counters_name_the_rule_a_pods_table_hit(lab):
         ours = {"isolated:x/deny ingress", "cp:default/no-81 egress[0] no-81"}
 
         def logged() -> set[str]:
-            out = cli("flows", "--lab", lab.name, "--verdict", "deny", "--since", str(time.time() - t0), "-o", "json")
-            assert out.returncode == 0, out.stderr
-            return {f["rule"] for f in json.loads(out.stdout)} & ours
+            return {f["rule"] for f in flows_since(lab.name, t0, "--verdict", "deny")} & ours
 
-        assert eventually(lambda: logged() == ours, 10), logged()
+        # the agents read the pods' NFLOG on their own threads, and each look is a CLI
+        # process: on a loaded machine both take seconds. (x/b's table went at the end of
+        # the previous test: until agent/pod_netns.py closes readers on its polling
+        # thread, its reader may fail to bind again, see test_pod_flow_readers_ns.py.)
+        assert eventually(lambda: logged() == ours, 20), logged()
         counted = json.loads(cli("policy", "counters", "--lab", lab.name, "-o", "json").stdout)
         hits = {(r["node"], r["rule"]): r["packets"] for r in counted}
         assert hits.get((lab.data["pods"]["x/b"]["node"], "default deny ingress x/b (isolated by x/deny)"), 0) > 0

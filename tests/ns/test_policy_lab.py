@@ -12,6 +12,7 @@ names whatever happens.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -143,14 +144,15 @@ def test_default_deny_stays_while_the_agent_is_down(lab):
             restarted = subprocess.Popen(entry["argv"], stdin=subprocess.DEVNULL, stdout=null, stderr=null,
                                          start_new_session=True)
         lab.started.append(restarted)  # runs until the module's lab goes
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if call(lab.data["nodes"]["node0"]["socket"], "policy.status").get("revision"):  # type: ignore[union-attr]
-                    break
-            except Exception:  # noqa: BLE001 - not up yet
-                pass
-            time.sleep(0.2)
+        # an agent's start is real work: on a machine loaded by other labs (load 60) no
+        # answer came within 20 s, and the tests after this one found no agent on node0
+        deadline, up = time.monotonic() + 60, False
+        while not up and time.monotonic() < deadline:
+            with contextlib.suppress(Exception):  # not up yet
+                up = bool(call(lab.data["nodes"]["node0"]["socket"], "policy.status").get("revision"))  # type: ignore[union-attr]
+            if not up:
+                time.sleep(0.2)
+        assert up, "node0's restarted agent did not answer within 60 s"
         lab.sync()
         assert lab.probe()[(80, "TCP")]["y/a"]["x/a"]
     finally:
@@ -239,6 +241,21 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=60, check=False)
 
 
+# How much longer than the test has run a `--since` window reaches back: the CLI reads
+# its clock only once it has started, seconds later on a loaded machine, so a window of
+# exactly the test's age would begin after the test did (a verdict of its first moments
+# was left out); flows_since cuts at the test's own start instead.
+STARTUP_SLACK = 60.0
+
+
+def flows_since(lab_name: str, t0: float, *args: str) -> list[dict]:
+    """`podnet flows --lab lab_name ARGS -o json` over the verdicts since `t0` (this
+    process's clock, as the kernel's timestamps)."""
+    out = cli("flows", "--lab", lab_name, *args, "--since", str(time.time() - t0 + STARTUP_SLACK), "-o", "json")
+    assert out.returncode == 0, out.stderr
+    return [f for f in json.loads(out.stdout) if f["time"] >= t0]
+
+
 def test_flows_name_the_rule_that_decided(lab):
     objects = lab.apply(np("deny", "x", "  podSelector: {matchLabels: {pod: b}}\n") + "\n---\n"
                         + cp("no-udp-81", "  selector: {namespaceSelector: {matchLabels: {ns: y}}}\n  types: [Egress]\n"
@@ -253,13 +270,10 @@ def test_flows_name_the_rule_that_decided(lab):
         ours = {"isolated:x/deny ingress", "cp:default/no-udp-81 egress[0] no-udp"}
 
         def ours_logged() -> list[dict]:
-            out = cli("flows", "--lab", lab.name, "--pod", "x/b", "--verdict", "deny", "--since",
-                      str(time.time() - t0), "-o", "json")
-            assert out.returncode == 0, out.stderr
-            found = [f for f in json.loads(out.stdout) if f["rule"] in ours]
+            found = [f for f in flows_since(lab.name, t0, "--pod", "x/b", "--verdict", "deny") if f["rule"] in ours]
             return found if {f["rule"] for f in found} == ours else []
 
-        flows = eventually(ours_logged, 10) or ours_logged()
+        flows = eventually(ours_logged, 20) or ours_logged()
         odd = [f for f in flows if f["dst"] != lab.ip("x/b") or f["verdict"] != "deny"]
         assert flows and not odd, json.dumps(odd)
         # x/b is isolated; y's UDP 81 egress is also denied on y's side, by its own rule
@@ -268,8 +282,7 @@ def test_flows_name_the_rule_that_decided(lab):
         assert all(f["src"] in y_ips and (f["protocol"], f["dport"]) == ("udp", 81)
                    for f in flows if f["rule"].startswith("cp:"))
         assert any(f["src"] == lab.ip("z/a") and f["dport"] == 80 and f["protocol"] == "tcp" for f in flows)
-        flows = json.loads(cli("flows", "--lab", lab.name, "--pod", "y/a", "--since", str(time.time() - t0),
-                               "-o", "json").stdout)
+        flows = flows_since(lab.name, t0, "--pod", "y/a")
         rules = {f["rule"] for f in flows if f["dport"] == 81 and f["protocol"] == "udp" and f["rule"] in ours}
         assert rules == {"cp:default/no-udp-81 egress[0] no-udp"}, rules
         table = cli("flows", "--lab", lab.name, "--pod", "x/b", "--verdict", "deny").stdout

@@ -12,8 +12,16 @@ from podnet.mesh.sidecar_process import CONFIG, PIDFILE, end_left_behind, sideca
 
 
 def _stand_in(workdir: Path) -> subprocess.Popen:
-    """A process whose argv names workdir/haproxy.cfg, as a sidecar master's does."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-f", str(workdir / CONFIG)])
+    """A process whose argv names workdir/haproxy.cfg, as a sidecar master's does.
+
+    Returned once it runs its program: Popen returns when exec has begun, but the kernel
+    fills /proc/<pid>/cmdline a moment later (a loaded machine showed it empty), and a
+    real sidecar writes its pid file only once it runs. The child's first line says so."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)",
+                             "-f", str(workdir / CONFIG)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    with proc.stdout:
+        assert proc.stdout.readline() == "up\n", "the stand-in did not start"
     (workdir / PIDFILE).write_text(f"{proc.pid}\n")
     return proc
 
