@@ -23,11 +23,7 @@ from podnet.agent.pod_netns import POLL_SECONDS, NetnsKernel, PodFlowReaders
 from podnet.lab.sandbox import Sandbox
 from podnet.policy.table import LOG_GROUP
 
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.xfail(strict=True, reason="product race in agent/pod_netns.py (a reader closed under the polling "
-                                          "thread's select stays bound): remove this mark with its fix"),
-]
+pytestmark = pytest.mark.root
 
 LOGGED = f"""table inet pnfrtest {{
   chain out {{

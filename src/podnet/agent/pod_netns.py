@@ -18,6 +18,7 @@ path is gone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -92,34 +93,55 @@ class NetnsKernel:
 class PodFlowReaders:
     """`kernel.open_flows(netns)` gives a reader bound in that namespace (NflogReader:
     `sock`, `read(timeout)`, `close()`); `on_flows(packets)` takes what they log.
-    Without `on_flows` nothing is opened."""
+    Without `on_flows` nothing is opened.
+
+    Only the polling thread closes a reader while it runs: a socket closed by another
+    thread while select() waits on it stays bound in the kernel until select returns,
+    and a table re-applied meanwhile could not bind the group again (EPERM) and would
+    log nothing. So `close` hands the reader to the thread (waking it), and an `open`
+    of the same namespace before the thread got to it takes the still-bound reader back."""
 
     def __init__(self, kernel: PodKernel, on_flows: Callable[[list], None] | None) -> None:
         self.kernel = kernel
         self.on_flows = on_flows
         self._readers: dict[str, Any] = {}
+        self._closing: dict[str, Any] = {}  # closed by `close`, not yet by the thread
         self._lock = threading.Lock()
         self._thread = ServiceThread("podnet-pod-flows", self._run, join_timeout=3)
+        self._running = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def start(self) -> None:
         if self.on_flows is not None:
+            self._running = True
             self._thread.start()
 
     def signal_stop(self) -> None:
         self._thread.signal_stop()
+        self._wake()
 
     def stop(self) -> None:
+        self._wake()
         self._thread.stop()
         with self._lock:
-            for reader in self._readers.values():
+            self._running = False
+            for reader in [*self._readers.values(), *self._closing.values()]:
                 reader.close()
             self._readers.clear()
+            self._closing.clear()
+            for fd in (self._wake_r, self._wake_w):  # the thread is gone: nobody selects on them
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
 
     def open(self, netns: str) -> None:
         if self.on_flows is None:
             return
         with self._lock:
             if netns in self._readers:
+                return
+            if netns in self._closing:  # closed a moment ago and still bound: take it back
+                self._readers[netns] = self._closing.pop(netns)
                 return
             try:
                 reader = self.kernel.open_flows(netns)
@@ -132,27 +154,41 @@ class PodFlowReaders:
     def close(self, netns: str) -> None:
         with self._lock:
             reader = self._readers.pop(netns, None)
+            if reader is not None and self._running:
+                self._closing[netns] = reader
+                reader = None
         if reader is not None:
             reader.close()
+        else:
+            self._wake()
 
     def watched(self) -> list[str]:
         with self._lock:
             return sorted(self._readers)
 
+    def _wake(self) -> None:
+        with self._lock, contextlib.suppress(BlockingIOError, OSError):  # (stop closes the pipe
+            if self._wake_w >= 0:  # under the lock: never a write to a number used again)
+                os.write(self._wake_w, b"x")
+
     def _run(self) -> None:
         assert self.on_flows is not None
         stopping = self._thread.stopping
         while not stopping.is_set():
-            with self._lock:
+            with self._lock:  # (under the lock: an `open` right after finds the group free)
+                for reader in self._closing.values():  # no select holds them now: unbound at once
+                    reader.close()
+                self._closing.clear()
                 readers = {r.sock.fileno(): r for r in self._readers.values()}
-            if not readers:
-                stopping.wait(POLL_SECONDS)
-                continue
             try:
-                ready, _w, _x = select.select(list(readers), [], [], POLL_SECONDS)
-            except (OSError, ValueError):  # a reader closed meanwhile: take the list again
+                ready, _w, _x = select.select([self._wake_r, *readers], [], [], POLL_SECONDS)
+            except (OSError, ValueError):  # a reader went meanwhile: take the list again
                 continue
             for fd in ready:
+                if fd == self._wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+                    continue
                 try:
                     packets = readers[fd].read(0)
                 except OSError:
