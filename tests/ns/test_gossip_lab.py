@@ -90,9 +90,10 @@ def ring_owners(lab: dict, node: str) -> dict[str, list[str]]:
 
 def test_five_nodes_join_through_one_seed_and_pass_the_connectivity_test(lab: dict) -> None:
     seed = lab["nodes"]["node0"]["underlay"].split("/")[0]
-    for name, node in lab["nodes"].items():
-        argv = Path(f"/proc/{node['agent_pid']}/cmdline").read_bytes().split(b"\0")
-        given = [argv[i + 1].decode() for i, word in enumerate(argv) if word == b"--peer"]
+    procs = json.loads((Path(lab["labdir"]) / "procs.json").read_text())
+    for name in lab["nodes"]:
+        argv = procs[f"agent/{name}"]["argv"]  # what started it (the lab's zygote forks it: not /proc's)
+        given = [argv[i + 1] for i, word in enumerate(argv) if word == "--peer"]
         assert given == ([] if name == "node0" else [seed]), (name, given)  # the rest came by gossip
     names = set(lab["nodes"])
     wait_until(lambda: all(set(via(lab, n)) == names - {n} and all(v == p for p, v in via(lab, n).items())

@@ -172,8 +172,13 @@ class NodeService:
         stop = self._loop.stopping
         backoff = 0.5
         revision, dirty, next_renew = 0, True, 0.0
-        if getattr(self.options, "fastpath", "kernel") != "ebpf":  # the eBPF fast path learns pods (their
-            self.kernel_changes.start()  # veths, their ARP) in the pass: never started, take() is always True
+        # The pass every REPAIR_SECONDS, as before, where it watches more than the kernel (never
+        # started, take() is always True): the eBPF fast path learns pods (their veths, their
+        # ARP) there, and bgp's pass brings back a BIRD that died (no route changes meanwhile:
+        # graceful restart keeps them)
+        opts = self.options
+        if getattr(opts, "fastpath", "kernel") != "ebpf" and getattr(opts, "fabric", "") != "bgp":
+            self.kernel_changes.start()
         while not stop.is_set():
             try:
                 if self.claim is None:
