@@ -21,6 +21,9 @@ import struct
 import time
 from dataclasses import dataclass
 
+from podnet.kernel.rtnl import attr
+from podnet.kernel.rtnl import attrs as rtnl_attrs
+
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_ULOG = 4
 NFULNL_MSG_PACKET, NFULNL_MSG_CONFIG = 0, 1
@@ -36,7 +39,6 @@ PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp"}
 
 _HDR = struct.Struct("=IHHII")
 _NFGEN = struct.Struct("=BBH")  # family, version, res_id (big endian: the group)
-_ATTR = struct.Struct("=HH")
 
 
 @dataclass(frozen=True)
@@ -51,22 +53,6 @@ class LoggedPacket:
     indev: int | None
     outdev: int | None
     time: float
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    data = _ATTR.pack(_ATTR.size + len(payload), kind) + payload
-    return data + b"\0" * (-len(data) % 4)
-
-
-def _attrs(data: bytes, offset: int) -> dict[int, bytes]:
-    out: dict[int, bytes] = {}
-    while offset + _ATTR.size <= len(data):
-        length, kind = _ATTR.unpack_from(data, offset)
-        if length < _ATTR.size:
-            break
-        out[kind & 0x7FFF] = data[offset + _ATTR.size : offset + length]
-        offset += (length + 3) & ~3
-    return out
 
 
 def parse_payload(payload: bytes) -> tuple[int, str, str, str, int | None, int | None] | None:
@@ -101,7 +87,7 @@ def parse_message(data: bytes) -> list[LoggedPacket]:
         if length < _HDR.size:
             break
         if kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET:
-            attrs = _attrs(data[: offset + length], offset + _HDR.size + _NFGEN.size)
+            attrs = rtnl_attrs(data[: offset + length], offset + _HDR.size + _NFGEN.size)
             parsed = parse_payload(attrs.get(NFULA_PAYLOAD, b""))
             if parsed:
                 family, proto, src, dst, sport, dport = parsed
@@ -130,8 +116,8 @@ class NflogReader:
         self.sock.bind((0, 0))
         self._seq = 0
         try:
-            self._config(_attr(NFULA_CFG_CMD, struct.pack("=B", NFULNL_CFG_CMD_BIND) + b"\0" * 3))
-            self._config(_attr(NFULA_CFG_MODE, struct.pack("!IBB", COPY_RANGE, NFULNL_COPY_PACKET, 0)))
+            self._config(attr(NFULA_CFG_CMD, struct.pack("=B", NFULNL_CFG_CMD_BIND) + b"\0" * 3))
+            self._config(attr(NFULA_CFG_MODE, struct.pack("!IBB", COPY_RANGE, NFULNL_COPY_PACKET, 0)))
         except OSError:
             self.sock.close()
             raise

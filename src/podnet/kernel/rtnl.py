@@ -177,38 +177,35 @@ class RtnlSocket:
         if code:
             raise KernelError(f"cannot set hairpin mode on {name}: {os.strerror(code)}")
 
-    def _link_by_name(self, name: str) -> bytes | None:
-        """The ifinfomsg and attributes of link `name` (one request, no dump); None if none."""
-        body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + attr(IFLA_IFNAME, name.encode() + b"\0")
+    def _get_link(self, index: int = 0, name: str = "") -> bytes | None:
+        """RTM_GETLINK of one link, by index or by name (no dump): its ifinfomsg and
+        attributes, or None when there is no such link."""
+        body = _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0)
+        if name:
+            body += attr(IFLA_IFNAME, name.encode() + b"\0")
         seq, msg = self._message(RTM_GETLINK, 0, body)
         self.sock.send(msg)
         code, payload = self._replies({seq: name})[seq]
         if code in (errno.ENODEV, errno.ENOENT):
             return None
         if code:
-            raise KernelError(f"cannot look up {name}: {os.strerror(code)}")
+            raise KernelError(f"cannot look up {name or f'link {index}'}: {os.strerror(code)}")
         return payload
 
     def link_index(self, name: str) -> int | None:
-        payload = self._link_by_name(name)
+        payload = self._get_link(name=name)
         return None if payload is None else _IFINFO.unpack_from(payload)[2]
 
     def link_mtu(self, name: str) -> int | None:
         """The MTU of link `name` (the node loop reads its underlay's on every pass)."""
-        payload = self._link_by_name(name)
+        payload = self._get_link(name=name)
         raw = attrs(payload, _IFINFO.size).get(IFLA_MTU) if payload is not None else None
         return struct.unpack_from("=I", raw)[0] if raw and len(raw) >= 4 else None
 
     def link_attrs(self, index: int) -> dict[int, bytes] | None:
         """The top-level IFLA_* attributes of link `index` (raw payloads); None if gone."""
-        seq, msg = self._message(RTM_GETLINK, 0, _IFINFO.pack(socket.AF_UNSPEC, 0, index, 0, 0))
-        self.sock.send(msg)
-        code, payload = self._replies({seq: ""})[seq]
-        if code in (errno.ENODEV, errno.ENOENT):
-            return None
-        if code:
-            raise KernelError(f"cannot look up link {index}: {os.strerror(code)}")
-        return attrs(payload, _IFINFO.size)
+        payload = self._get_link(index=index)
+        return None if payload is None else attrs(payload, _IFINFO.size)
 
     def delete_link(self, name: str) -> bool:
         """Delete link `name` if it exists (by name: no lookup first); True when it did."""
