@@ -117,3 +117,35 @@ def test_bad_block_affinity_is_refused_with_the_field(field, value, message):
     raw["blockAffinity"][field] = value
     with pytest.raises(InvalidConfig, match=message):
         parse_ipam_config(raw)
+
+
+class CountingTransactions:
+    """The store, counting the write transactions opened on it."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner, self.transactions = inner, 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def transaction(self):
+        self.transactions += 1
+        return self.inner.transaction()
+
+
+def test_nothing_to_release_takes_no_write_lock(store: Store) -> None:
+    """Every node's repair pass asks; the usual answer (no block beyond the lease's)
+    must not queue for the store's write lock (a hundred agents share it)."""
+    claim(store, "n1", "10.244.0.0/29")
+    add(store, "n1", 2)
+    counting = CountingTransactions(store)
+    assert blocks.release_empty(counting, "n1", "10.244.0.0/29", NET, ipaddress.IPv4Network(POOL), 29) == []
+    assert counting.transactions == 0
+    assert ipam(counting, "n1").rollback_dead_pending() == []  # every agent's start asks that
+    assert counting.transactions == 0
+    add(store, "n1", 6, start=2)  # a second block, then empty again: released, in a transaction
+    for i in range(2, 8):
+        ipam(store, "n1").release(NET, f"n1-c{i}", "eth0")
+    assert blocks.release_empty(counting, "n1", "10.244.0.0/29", NET, ipaddress.IPv4Network(POOL), 29) == [
+        "10.244.0.8/29"]
+    assert counting.transactions == 1

@@ -187,3 +187,47 @@ def test_reclaim_leaves_a_reclaimed_block_to_its_new_owner(store):
     assert len(store.list("ipam/cluster/ip/")) == 1  # left for c, which frees a block new to it
     assert leases.free_block_addresses(store, c.lease.block) == ["10.244.0.2"]
     assert store.list("endpoints/") == []
+
+
+def test_the_lease_thread_keeps_a_node_alive_while_its_loop_is_stuck(store):
+    """The lease is renewed on a thread of its own: with the node loop never running
+    (a pass stuck for seconds on a busy machine, as in a 100-node lab), the lease and
+    its block's claim outlive several TTLs; once the keeper stops, they expire."""
+    from podnet.agent.node_service import NodeService
+    from podnet.cluster.options import NodeOptions
+
+    ttl = 0.6
+    claim = take(store, "a", ttl=ttl)
+    other = take(store, "a2", ttl=ttl)  # a neighbour nobody renews: the clock runs for real
+    agent = types.SimpleNamespace(node_options=NodeOptions("a", fabric="host-gw", lease_ttl=ttl),
+                                  store_path="x", service=types.SimpleNamespace(store=lambda _path: store))
+    svc = NodeService(agent)  # type: ignore[arg-type]
+    svc.claim = claim
+    svc._lease_loop.start()  # the node loop itself is never started
+    try:
+        time.sleep(3 * ttl)
+        assert leases.block_owner(store, other.lease.block) is None  # expired meanwhile
+        assert store.get(claim.lease.key) is not None
+        assert leases.block_owner(store, claim.lease.block) == "a"
+    finally:
+        svc._lease_loop.stop()
+    time.sleep(1.5 * ttl)
+    assert store.get(claim.lease.key) is None and leases.block_owner(store, claim.lease.block) is None
+
+
+def test_a_lost_lease_is_reported_to_the_node_loop(store):
+    from podnet.agent.node_service import NodeService
+    from podnet.cluster.options import NodeOptions
+
+    ttl = 0.6
+    claim = take(store, "a", ttl=ttl)
+    agent = types.SimpleNamespace(node_options=NodeOptions("a", fabric="host-gw", lease_ttl=ttl),
+                                  store_path="x", service=types.SimpleNamespace(store=lambda _path: store))
+    svc = NodeService(agent)  # type: ignore[arg-type]
+    svc.claim = claim
+    store.delete(claim.lease.key)  # gone (expired, or deleted by hand)
+    svc._lease_loop.start()
+    try:
+        assert svc._lease_lost.wait(2 * ttl)
+    finally:
+        svc._lease_loop.stop()

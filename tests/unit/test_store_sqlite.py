@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
+
 
 def test_sqlite_second_handle_keeps_other_processes_writes_visible(tmp_path):
     """Opening the same store twice in one process must not drop SQLite's POSIX locks
@@ -122,3 +126,67 @@ def test_file_wake_sleeps_between_wake_ups_until_its_listener_listens_again(tmp_
     finally:
         wake.close()
 
+
+
+def _hold_write_lock(path):
+    """Another process's writer, as SQLite sees it: a connection in BEGIN IMMEDIATE."""
+    import sqlite3
+
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    return conn
+
+
+def test_a_snapshot_reads_while_another_writer_holds_the_lock(tmp_path):
+    """snapshot() is a WAL read transaction: every agent's loops list with it, and it
+    must not queue for the write lock (it did: a hundred agents' renewals starved)."""
+    from podnet.errors import TryAgainLater
+    from podnet.store.sqlite import SqliteStore
+
+    path = tmp_path / "s.db"
+    store = SqliteStore(path, busy_timeout=0.2, attempts=1)
+    store.put("a/1", "one")
+    store.put("b/1", "other")
+    revision = store.revision()
+    writer = _hold_write_lock(path)
+    try:
+        writer.execute("INSERT INTO meta(name, value) VALUES ('dbg', 1)")  # uncommitted: unseen
+        assert store.snapshot("a/")[1] == revision
+        entries, _ = store.snapshot("a/")
+        assert [(e.key, e.value) for e in entries] == [("a/1", "one")]
+        with pytest.raises(TryAgainLater):  # a write still waits for the lock, and gives up
+            store.put("a/2", "two")
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    with store.transaction():  # inside a write transaction: its own view
+        store.put("a/2", "two")
+        assert [e.key for e in store.snapshot("a/")[0]] == ["a/1", "a/2"]
+    store.close()
+
+
+def test_the_expiry_sweep_never_waits_for_the_write_lock(tmp_path):
+    """A hundred watch tails all due at one expiry must not queue for the lock: the
+    sweep is skipped while another writer holds it (whose commit sweeps first) and
+    done once it is free."""
+    from podnet.store.sqlite import SqliteStore
+
+    now = [1000.0]
+    path = tmp_path / "s.db"
+    store = SqliteStore(path, busy_timeout=2.0, attempts=1, clock=lambda: now[0])
+    store.put("lease/a", "x", ttl=5)
+    now[0] += 10
+    ops = store._ops
+    writer = _hold_write_lock(path)
+    try:
+        started = time.monotonic()
+        assert ops.sweep_if_due() is False
+        assert time.monotonic() - started < 1.0  # not the 2 s busy timeout
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert store.get("lease/a") is None  # hidden from reads all along
+    before = store.revision()
+    assert ops.sweep_if_due() is True
+    assert [(e.kind, e.key) for e in store.watch("lease/", before, 0.1)] == [("delete", "lease/a")]
+    store.close()

@@ -81,6 +81,11 @@ class NodeService:
         self.blocks: tuple[str, ...] = ()  # this node's blocks, its lease's first
         self._lock = threading.Lock()
         self._loop = ServiceThread("podnet-node", self._run, join_timeout=WATCH_TIMEOUT + 10)
+        # the lease is renewed on a thread of its own: the node loop's passes (pyroute2 dumps, a
+        # hundred peers joining) could hold it past the TTL on a busy machine, and a live node's
+        # lease expired (its block taken, its pods' reservations freed under an ADD: a 100-node lab)
+        self._lease_loop = ServiceThread("podnet-node-lease", self._keep_lease, join_timeout=10)
+        self._lease_lost = threading.Event()
         self._repair_now = threading.Event()
         self.passes = 0  # converge passes done (a repair asked for waits for the next)
         self.mtu_changes: list[Any] = []  # agent/mtu_follow.MtuChange, the last few
@@ -128,11 +133,14 @@ class NodeService:
     def start(self) -> None:
         if self.options is not None:
             self._loop.start()
+            self._lease_loop.start()
 
     def request_stop(self) -> None:
         self._loop.signal_stop()
+        self._lease_loop.signal_stop()
 
     def stop(self) -> None:
+        self._lease_loop.stop()
         self._loop.stop()
         if self._ipr is not None:
             with contextlib.suppress(Exception):  # opened by the (now joined) loop thread
@@ -171,7 +179,7 @@ class NodeService:
     def _run(self) -> None:
         stop = self._loop.stopping
         backoff = 0.5
-        revision, dirty, next_renew = 0, True, 0.0
+        revision, dirty = 0, True
         # The pass every REPAIR_SECONDS, as before, where it watches more than the kernel (never
         # started, take() is always True): the eBPF fast path learns pods (their veths, their
         # ARP) there, and bgp's pass brings back a BIRD that died (no route changes meanwhile:
@@ -183,11 +191,10 @@ class NodeService:
             try:
                 if self.claim is None:
                     self._join()
-                    dirty, next_renew = True, time.monotonic() + self.options.lease_ttl / 3  # type: ignore[union-attr]
-                now = time.monotonic()
-                if now >= next_renew:
+                    dirty = True
+                if self._lease_lost.is_set():  # (the lease thread renews it; a loss is claimed again here)
+                    self._lease_lost.clear()
                     self._renew()
-                    next_renew = now + self.options.lease_ttl / 3  # type: ignore[union-attr]
                 if self._repair_now.is_set():  # `podnet doctor --fix`: the repair pass, now
                     self._repair_now.clear()
                     self.repair_clock.force()
@@ -199,7 +206,7 @@ class NodeService:
                         self.passes += 1
                 if self.ctx is not None:
                     mtu_follow.follow(self)
-                wait = max(0.05, min(WATCH_TIMEOUT, next_renew - time.monotonic(), self.repair_clock.wait()))
+                wait = max(0.05, min(WATCH_TIMEOUT, self.repair_clock.wait()))
                 try:
                     seen = self._store().watch("", revision, wait)
                     if seen:
@@ -308,6 +315,28 @@ class NodeService:
             return str(doc["plugins"][0]["ipam"]["ranges"][0][0]["subnet"])
         except (OSError, ValueError, KeyError, IndexError, TypeError):
             return None
+
+    def _keep_lease(self) -> None:
+        """Renew the lease every ttl/3, counted from the start of the last renewal (one
+        that waited long for the store is followed by the next at once); a lease found
+        gone is for the node loop to claim again."""
+        assert self.options is not None
+        stop, period = self._lease_loop.stopping, self.options.lease_ttl / 3
+        due = time.monotonic() + period
+        while not stop.wait(max(0.0, due - time.monotonic())):
+            due = time.monotonic() + period
+            claim = self.claim
+            if claim is None:
+                continue
+            try:
+                if not leases.renew(self._store(), claim, blocks=not self.gossip):
+                    self._lease_lost.set()  # the loop wakes: its own lease's key went (a watched event)
+            except Exception as exc:  # noqa: BLE001 - the next turn tries again; the TTL is the judge
+                log.warning("node: cannot renew the lease: %s", getattr(exc, "msg", None) or exc)
+            took = time.monotonic() - (due - period)
+            if took > period:
+                log.warning("node %s: renewing the lease took %.1fs (ttl %gs)", self.options.node, took,
+                            self.options.lease_ttl)
 
     def _renew(self) -> None:
         assert self.claim is not None and self.options is not None

@@ -225,8 +225,7 @@ class PodPolicy:
         store = self._store_fn()
         with self._lock:
             if events is None:
-                with store.transaction():
-                    entries, self._revision = store.list(keys.ENDPOINTS), store.revision()
+                entries, self._revision = store.snapshot(keys.ENDPOINTS)
                 self._records.clear()
                 self._unreadable.clear()
                 for entry in entries:

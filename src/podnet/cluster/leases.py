@@ -179,15 +179,18 @@ def renew(store: Store, claim: Claim, blocks: bool = True) -> bool:
     caller must acquire again). Another claim that expired is simply no longer the
     node's. `blocks=False`: claims that carry no TTL (the gossip fabric's, from the
     ring) are only checked."""
-    lease_ok = store.refresh(claim.lease.key, claim.ttl)
-    if not blocks:
-        owner = block_owner(store, claim.lease.block)
-        return lease_ok and owner == claim.lease.name
-    block_ok = store.refresh(block_key(claim.lease.block), claim.ttl)
-    for block, owner in list_claims(store).items():
-        if owner == claim.lease.name and block != claim.lease.block:
+    name, own = claim.lease.name, claim.lease.block
+    # read before the write lock: a hundred nodes share it, and a busy machine stretches
+    # whatever runs while it is held
+    others = [b for b, owner in list_claims(store).items() if owner == name and b != own] if blocks else []
+    with store.transaction():  # one turn of the lock for every key
+        lease_ok = store.refresh(claim.lease.key, claim.ttl)
+        if not blocks:
+            return lease_ok and block_owner(store, own) == name
+        block_ok = store.refresh(block_key(own), claim.ttl)
+        for block in others:
             store.refresh(block_key(block), claim.ttl)
-    return lease_ok and block_ok
+        return lease_ok and block_ok
 
 
 def release_block(store: Store, name: str, block: str) -> bool:

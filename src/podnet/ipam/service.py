@@ -270,10 +270,15 @@ class IpamService:
         """Release pending reservations whose ADD process died (agent killed mid-ADD):
         this node's only (another node's owner is never dead here, procs.py)."""
         alive: dict[str, bool] = {}
-        with self.store.transaction():
+
+        def dead() -> list[Reservation]:
             pool = self.reservations(network) if network else self._all_reservations()
-            victims = [r for r in pool if r.state == PENDING and not self._in_flight(r, alive)]
-            return [r for r in victims if self._drop(r)]
+            return [r for r in pool if r.state == PENDING and not self._in_flight(r, alive)]
+
+        if not dead():  # the usual answer, found without the write lock (every agent's start asks)
+            return []
+        with self.store.transaction():
+            return [r for r in dead() if self._drop(r)]
 
     def _in_flight(self, res: Reservation, alive: dict[str, bool]) -> bool:
         if res.state == READY:

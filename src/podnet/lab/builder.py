@@ -60,6 +60,11 @@ DNS_PORTS = tuple(Port(p["port"], p["protocol"], p["name"]) for p in orchestrato
 BLOCK_PREFIX = 24
 BGP_BLOCK_PREFIX = 26  # Calico's default block size: nodes grow into more blocks as pods come
 LEASE_TTL = 10
+# A lab packs its nodes' agents onto this machine's CPUs: a hundred of them on two wait long
+# for CPU and for the store's write lock, and a 10 s lease then expired while its node was
+# alive (its block taken, its pods' addresses freed mid-ADD). Each agent per CPU adds this
+# much to the TTL (100 nodes on 2 CPUs: 30 s; a real node has its own CPUs)
+LEASE_TTL_PER_AGENT_PER_CPU = 0.6
 ETCD_MEMBERS = 3
 RECLAIM_GRACE = 10.0
 
@@ -73,7 +78,7 @@ class LabOptions:
     block_prefix: int | None = None  # blocks nodes claim from the pool (None: 26 for bgp, else 24)
     service_cidr: str = DEFAULT_SERVICE_CIDR  # ClusterIPs (`lab up --service-cidr`)
     timeout: float = 30.0
-    lease_ttl: float = LEASE_TTL  # the agents' --lease-ttl (reliability tests shorten it)
+    lease_ttl: float | None = None  # the agents' --lease-ttl (None: lease_ttl_for; reliability tests shorten it)
     nic_gso: int = NIC_GSO  # GSO/GRO limit of the lab's "NICs" (65536: no BIG TCP)
     cluster_dns: bool = True  # a DNS pod per node, served by its agent, behind kube-system/kube-dns
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
@@ -88,6 +93,12 @@ class LabOptions:
 Progress = Callable[[str], None]
 
 
+def lease_ttl_for(nodes: int, cpus: int | None) -> float:
+    """The agents' lease TTL when `lab up` is not told one: LEASE_TTL, longer for a lab
+    crowded onto few CPUs (LEASE_TTL_PER_AGENT_PER_CPU)."""
+    return max(float(LEASE_TTL), round(LEASE_TTL_PER_AGENT_PER_CPU * nodes / max(1, cpus or 1), 1))
+
+
 class LabBuilder:
     """`lab up`: every step records first, then creates."""
 
@@ -99,6 +110,7 @@ class LabBuilder:
         self.sup: SupervisorClient | None = None
         # PODNET_LAB_SIMULATE_NODES=1: the lab hands out blocks itself (no fabric)
         self.simulate = bool(os.environ.get("PODNET_LAB_SIMULATE_NODES"))
+        self.lease_ttl = options.lease_ttl or lease_ttl_for(len(topology.nodes), os.cpu_count())
 
     def ns(self, role: str) -> str:
         return topo.netns_name(self.o.name, role)
@@ -405,7 +417,7 @@ class LabBuilder:
         argv = ["--store", store, "--node", node.name, "--fabric", self.o.fabric,
                 "--cluster-cidr", ",".join(filter(None, (self.o.cluster_cidr, self.o.cluster_cidr6))),
                 "--block-prefix", str(self.block_prefix),
-                "--underlay", "eth0", "--lease-ttl", str(self.o.lease_ttl),
+                "--underlay", "eth0", "--lease-ttl", f"{self.lease_ttl:g}",
                 "--node-labels", routers.node_labels(node)]
         if self.o.mesh_cert_lifetime:
             argv += ["--mesh-cert-lifetime", str(self.o.mesh_cert_lifetime)]

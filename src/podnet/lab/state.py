@@ -46,8 +46,13 @@ def enter(ns: str) -> list[str]:
 
 
 def run(argv: list[str], check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-    """Run a command; with `check`, a failure is a LabError carrying its stderr."""
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    """Run a command; with `check`, a failure is a LabError carrying its stderr, and so is
+    one that outlived `timeout` (whatever `check` says: `lab up` then tears down)."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise LabError(f"{' '.join(argv)} did not finish in {timeout:g}s",
+                       "the machine may be overloaded (uptime), or the kernel busy with namespaces") from exc
     if check and proc.returncode != 0:
         raise LabError(f"{' '.join(argv)} failed", proc.stderr.strip())
     return proc

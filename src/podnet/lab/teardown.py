@@ -18,7 +18,16 @@ from pathlib import Path
 
 from podnet.bgp.bird import BirdDaemon
 from podnet.lab import topology as topo
-from podnet.lab.state import NETNS_DIR, RUN_DIR, LabState, ip, lab_dir, process_alive, state_file
+from podnet.lab.state import (
+    NETNS_DIR,
+    RUN_DIR,
+    LabError,
+    LabState,
+    ip,
+    lab_dir,
+    process_alive,
+    state_file,
+)
 from podnet.mesh.sidecar_process import end_left_behind
 from podnet.state import StatePaths
 
@@ -73,7 +82,11 @@ def teardown(name: str, progress: Callable[[str], None] = lambda _: None) -> lis
             problems.append(f"refusing to delete namespace {ns!r} (not a lab name)")
             continue
         if (NETNS_DIR / ns).exists():
-            result = ip("netns", "del", ns, check=False)
+            try:
+                result = ip("netns", "del", ns, check=False)
+            except LabError as err:  # timed out: the rest still goes
+                problems.append(f"ip netns del {ns}: {err.msg}")
+                continue
             if result.returncode != 0:
                 problems.append(f"ip netns del {ns}: {result.stderr.strip()}")
     progress(f"deleted {len(namespaces)} namespace(s)")

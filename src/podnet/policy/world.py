@@ -125,8 +125,7 @@ def load_world(store: Store, parsed: dict[str, tuple[int, Any]] | None = None,
             cache[BUILT] = (revision, built)
             return world, revision
     else:
-        with store.transaction():
-            entries, revision = store.list(keys.POLICY), store.revision()
+        entries, revision = store.snapshot(keys.POLICY)
         live = {AS_OF}
         parsed_any = False
         for entry in entries:

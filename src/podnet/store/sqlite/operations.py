@@ -15,6 +15,7 @@ from podnet.store.sqlite.transactions import Transactions
 
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _ENTRY_COLS = "key, value, revision, create_revision, expires_at"
+_REVISION = "SELECT seq FROM sqlite_sequence WHERE name = 'events'"
 
 
 class Operations:
@@ -34,20 +35,37 @@ class Operations:
         return Entry(*rows[0]) if rows else None
 
     def list(self, prefix: str) -> list[Entry]:
+        return [Entry(*row) for row in self._txs.read(*self._list_query(prefix))]
+
+    def _list_query(self, prefix: str) -> tuple[str, tuple]:
         end = prefix_end(prefix)
         now = self._clock()
         if end is None:
-            sql = f"SELECT {_ENTRY_COLS} FROM kv WHERE {_LIVE} ORDER BY key"
-            params: tuple = (now,)
-        else:
-            sql = (
-                f"SELECT {_ENTRY_COLS} FROM kv WHERE key >= ? AND key < ? AND {_LIVE} ORDER BY key"
-            )
-            params = (prefix, end, now)
-        return [Entry(*row) for row in self._txs.read(sql, params)]
+            return f"SELECT {_ENTRY_COLS} FROM kv WHERE {_LIVE} ORDER BY key", (now,)
+        return (f"SELECT {_ENTRY_COLS} FROM kv WHERE key >= ? AND key < ? AND {_LIVE} ORDER BY key",
+                (prefix, end, now))
+
+    def snapshot(self, prefix: str) -> tuple[list[Entry], int]:
+        """list() and revision() of one moment, in a read transaction: WAL gives it a
+        snapshot without the write lock, which every agent's loops would otherwise take
+        for each listing (a hundred agents: renewals queued behind them past the TTL)."""
+        if self._txs.conn() is not None:  # inside a write transaction: its view
+            return self.list(prefix), self.revision()
+        pool = self._pool
+        conn = pool.checkout()
+        try:
+            pool.execute(conn, "BEGIN")  # deferred: the first SELECT fixes the snapshot
+            try:
+                rows = pool.execute(conn, *self._list_query(prefix)).fetchall()
+                head = pool.execute(conn, _REVISION, ()).fetchone()
+            finally:
+                pool.execute(conn, "COMMIT")
+        finally:
+            pool.checkin(conn)
+        return [Entry(*row) for row in rows], head[0] if head else 0
 
     def revision(self) -> int:
-        rows = self._txs.read("SELECT seq FROM sqlite_sequence WHERE name = 'events'", ())
+        rows = self._txs.read(_REVISION, ())
         return rows[0][0] if rows else 0
 
     # -- writes -------------------------------------------------------------------
@@ -107,14 +125,19 @@ class Operations:
             cur = self._txs.write("UPDATE kv SET expires_at = ? WHERE key = ?", (now + ttl, key))
             return cur.rowcount == 1
 
-    def sweep_if_due(self) -> None:
-        """Take the write lock only when some key has really expired."""
+    def sweep_if_due(self) -> bool:
+        """Sweep when some key has really expired and the write lock is free now; False
+        when it was not (whoever holds it sweeps in its own transaction, or the caller
+        looks again soon)."""
         now = self._clock()
-        if self._txs.read(
+        if not self._txs.read(
             "SELECT 1 FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT 1", (now,)
         ):
-            with self._txs.begin(None):
+            return True
+        with self._txs.unless_busy() as locked:
+            if locked:
                 self._sweep(self._clock())
+            return locked
 
     # -- write helpers (inside a transaction) ---------------------------------------
 

@@ -62,6 +62,9 @@ class SqliteStore(Store):
     def revision(self) -> int:
         return self._ops.revision()
 
+    def snapshot(self, prefix: str) -> tuple[list[Entry], int]:
+        return self._ops.snapshot(prefix)
+
     def put(self, key: str, value: str, ttl: float | None = None) -> int:
         return self._ops.put(key, value, ttl)
 

@@ -11,12 +11,14 @@ connection. A commit that wrote also drops the history beyond `history` revision
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 from podnet.errors import TryAgainLater
-from podnet.store.sqlite.pool import Pool, map_error
+from podnet.store.sqlite.pool import Pool, map_error, transient
 
 T = TypeVar("T")
 
@@ -91,6 +93,55 @@ class Transactions:
         self._local.conn = conn
         self._local.depth = 1
         self._local.wrote = False
+
+    @contextlib.contextmanager
+    def unless_busy(self) -> Iterator[bool]:
+        """A write transaction only if nobody holds the write lock now: yields False
+        (nothing opened) when another thread or process does. For chores any writer
+        does anyway, such as the expiry sweep (every write sweeps first): a hundred
+        agents' watch tails, all due at one expiry, must not queue for the lock."""
+        if self.conn() is not None:  # inside a transaction already: it holds the lock
+            with self.begin(None):
+                yield True
+            return
+        conn = self._lock_now()
+        if conn is None:
+            yield False
+            return
+        self._local.conn, self._local.depth, self._local.wrote = conn, 1, False
+        ok = False
+        try:
+            yield True
+            ok = True
+        finally:
+            self.exit(ok)
+
+    def _lock_now(self) -> sqlite3.Connection | None:
+        """BEGIN IMMEDIATE without waiting (busy_timeout 0 for that one statement), on a
+        pooled connection; None, with nothing held, when the lock is taken."""
+        if not self._write_lock.acquire(blocking=False):
+            return None
+        pool = self._pool
+        conn = pool.checkout()
+        try:
+            conn.execute("PRAGMA busy_timeout = 0")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return conn
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(pool.busy_timeout * 1000)}")
+        except sqlite3.OperationalError as exc:
+            busy = transient(exc)
+            error: Exception | None = None if busy else map_error(exc, pool.path)
+        except BaseException:
+            self._write_lock.release()
+            pool.checkin(conn)
+            raise
+        self._write_lock.release()
+        pool.checkin(conn)
+        if error is not None:
+            raise error
+        return None
 
     def exit(self, ok: bool) -> None:
         conn = self.conn()

@@ -12,6 +12,7 @@ the recent past only).
 from __future__ import annotations
 
 import collections
+import random
 import sqlite3
 import threading
 import time
@@ -24,6 +25,7 @@ from podnet.store.sqlite.pool import Pool
 from podnet.store.sqlite.transactions import Transactions
 from podnet.store.sqlite.wake import FileWake
 
+SWEEP_RETRY = 0.1  # a tail whose sweep found the write lock taken looks again within 0.1-0.2 s
 FULL_SCAN_SECONDS = 1.0  # watch(): a full scan at least this often, changed or not
 TAIL_EVENTS = 8192  # watch(): how many recent events the shared tail keeps in memory
 IDLE_POLL = 0.02  # watch(): how often the tail looks while nothing changes (no inotify)
@@ -233,8 +235,10 @@ class Tail:
         prefixes into the ring, the compaction mark; the next expiry is returned."""
         head, next_expiry, compacted = self._txs.read(_WATCH_HEAD, ())[0]
         if next_expiry is not None and next_expiry <= self._clock():
-            self._ops.sweep_if_due()
-            head, next_expiry, compacted = self._txs.read(_WATCH_HEAD, ())[0]
+            if self._ops.sweep_if_due():
+                head, next_expiry, compacted = self._txs.read(_WATCH_HEAD, ())[0]
+            else:  # a writer holds the lock and sweeps first; else look again soon, unherded
+                next_expiry = self._clock() + SWEEP_RETRY * (1 + random.random())
         head = head or 0
         with self._cond:
             scanned = self._head

@@ -1,0 +1,26 @@
+"""The lab's timing choices: its lease TTL for crowded labs, its commands' time limit."""
+
+from __future__ import annotations
+
+import pytest
+
+from podnet.lab.builder import LEASE_TTL, lease_ttl_for
+from podnet.lab.state import LabError, run
+
+
+def test_a_lab_crowded_onto_few_cpus_gets_a_longer_lease_ttl():
+    assert lease_ttl_for(2, 2) == LEASE_TTL == 10
+    assert lease_ttl_for(20, 2) == 10  # the suite's labs keep the product's default
+    assert lease_ttl_for(50, 2) == 15
+    assert lease_ttl_for(100, 2) == 30
+    assert lease_ttl_for(100, 8) == 10  # the same lab on a bigger machine
+    assert lease_ttl_for(100, None) == 60  # unknown CPUs: one
+
+
+def test_a_command_that_outlives_its_time_limit_is_a_lab_error():
+    """`lab up` tears down on a LabError; a bare TimeoutExpired (an `ip` stuck behind
+    the kernel's namespace work on an overloaded machine) left a 100-node lab up."""
+    with pytest.raises(LabError, match="did not finish in 0.2s"):
+        run(["sleep", "5"], timeout=0.2)
+    with pytest.raises(LabError, match="did not finish"):
+        run(["sleep", "5"], check=False, timeout=0.2)
