@@ -76,6 +76,8 @@ protocol bgp pn_node_b {
   direct;
   rr cluster id 1.0.0.1;
   rr client;
+  connect delay time 1;
+  connect retry time 3;
   graceful restart on;
   graceful restart time 120;
   ipv4 {
@@ -88,6 +90,8 @@ protocol bgp pn_tor0 {
   local 10.0.0.1 port 179 as 65000;
   neighbor 10.0.0.254 port 179 as 65100;
   direct;
+  connect delay time 1;
+  connect retry time 3;
   graceful restart on;
   graceful restart time 120;
   ipv4 {
@@ -170,6 +174,17 @@ def test_ports_graceful_restart_time_and_multihop():
         assert part not in render(NODE)  # only when some session is multihop
 
 
+def test_sessions_connect_a_second_after_they_start_and_retry_within_seconds():
+    # BIRD's own defaults (5 s before the first connect, 120 s after a refused one) would hold
+    # every new node's, restarted BIRD's and new peer's routes back (bgp/render.py)
+    sessions = [block(render(NODE), f"protocol bgp {name}") for name in ("pn_node_b", "pn_tor0")]
+    for session in sessions:
+        assert "connect delay time 1;" in session and "connect retry time 3;" in session
+    conf = render(spec(connect_delay_time=5, connect_retry_time=120))
+    assert conf.count("connect delay time 5;") == 2 and conf.count("connect retry time 120;") == 2
+    assert "connect delay" not in block(conf, "protocol kernel podnet_kernel")
+
+
 def test_a_session_may_speak_from_its_own_address():
     conf = render(spec(neighbors=(Neighbor("rack2", "10.0.2.2", 65002, local_address="10.0.2.1"), Neighbor("rack1", "10.0.1.2", 65001))))
     assert "  local 10.0.2.1 port 179 as 65000;" in block(conf, "protocol bgp pn_rack2")
@@ -229,6 +244,9 @@ def bad_neighbor(**changes) -> BirdSpec:
         (spec(kernel_table=0), r"kernel_table: 0"),
         (spec(scan_time=0), r"scan_time: 0"),
         (spec(graceful_restart_wait=0), r"graceful_restart_wait: 0"),
+        (spec(connect_delay_time=0), r"connect_delay_time: 0 is not a whole number in 1..65535"),
+        (spec(connect_retry_time=1.5), r"connect_retry_time: 1.5 is not a whole number"),
+        (spec(connect_retry_time=65536), r"connect_retry_time: 65536"),
         (spec(rr_cluster_id="cluster-1"), r"rr_cluster_id: 'cluster-1' is not a valid IP address"),
         (spec(originate=("10.244.1.1/26",)), r"originate\[0\]: '10.244.1.1/26' has host bits set \(did you mean 10.244.1.0/26\?\)"),
         (spec(originate=("10.244.1.0/26", "fd00::/64")), r"originate\[1\]: 'fd00::/64' is not an IPv4 prefix"),
@@ -273,9 +291,10 @@ BIRD = shutil.which("bird") or "/usr/sbin/bird"
         NODE,
         spec(neighbors=(), originate=(), accept=(), rr_cluster_id=None),
         spec(neighbors=(Neighbor("far", "10.9.0.2", 65000, direct=False, port=1180), Neighbor("tor", "10.0.0.254", 4200000000)), listen_port=1179),
-        spec(rr_cluster_id=None, neighbors=(Neighbor("node_b", "10.0.0.2", 65000, local_address="10.0.0.3"),), graceful_restart_time=4095),
+        spec(rr_cluster_id=None, neighbors=(Neighbor("node_b", "10.0.0.2", 65000, local_address="10.0.0.3"),), graceful_restart_time=4095,
+             connect_delay_time=65535, connect_retry_time=65535),
     ],
-    ids=["reflector-and-tor", "empty", "multihop-ports-as4", "plain-ibgp"],
+    ids=["reflector-and-tor", "empty", "multihop-ports-as4", "plain-ibgp-slow-timers"],
 )
 def test_bird_parses_what_we_render(case, tmp_path):
     conf = tmp_path / "bird.conf"

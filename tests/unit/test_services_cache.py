@@ -108,14 +108,20 @@ BASE = [
 
 def from_scratch(stored: dict[str, str]):
     """What the agent planned before the cache: parse everything, plan everything."""
-    services, slices, pods, judged = [], [], [], {}
+    return _from_scratch(stored)[0]
+
+
+def _from_scratch(stored: dict[str, str]):
+    """The plan from scratch, and the keys whose records it could read (one parse of each)."""
+    services, slices, pods, judged, valid = [], [], [], {}, set()
     for key, text in stored.items():
         try:
             raw = json.loads(text)
             if key.startswith(keys.SERVICES):
                 svc = read_service(raw, key)
-                if svc.key == key:  # the cache refuses a service stored under another name
-                    services.append(svc)
+                if svc.key != key:  # the cache refuses a service stored under another name
+                    continue
+                services.append(svc)
             elif key.startswith(keys.ENDPOINT_SLICES):
                 slices.append(read_slice(raw, key))
             elif key.startswith(keys.PODS):
@@ -124,7 +130,8 @@ def from_scratch(stored: dict[str, str]):
                 judged[keys.object_ref(keys.READINESS, key)] = Readiness.from_json(raw, key).ready
         except (PodnetError, ValueError):
             continue
-    return node_plan(services, pods, slices, readiness(pods, judged), NODE, NODE_IPS, CIDRS)
+        valid.add(key)
+    return node_plan(services, pods, slices, readiness(pods, judged), NODE, NODE_IPS, CIDRS), valid
 
 
 def fresh() -> PlanCache:
@@ -149,34 +156,15 @@ def test_every_refresh_gives_the_plan_a_full_planning_gives(batches) -> None:
                 cache.put(key, text, revision)
         changed = cache.refresh()
         after = cache.plan()
-        assert after == from_scratch(stored)
+        expected, valid = _from_scratch(stored)
+        assert after == expected
         assert cache.generation() == plan_generation(after)
         old, new = {p.id: p for p in before.services}, {p.id: p for p in after.services}
         assert changed >= {i for i in {**old, **new} if old.get(i) != new.get(i)}
         assert all(new[i] is old[i] for i in new if i in old and i not in changed)  # kept: the same object
         assert all(old.get(i) != new.get(i) for i in changed)  # nothing reported that did not change
-        assert set(cache.errors) == {k for k in stored if k not in _valid(stored)}
+        assert set(cache.errors) == set(stored) - valid
         before = after
-
-
-def _valid(stored: dict[str, str]) -> set[str]:
-    good = set()
-    for key, text in stored.items():
-        try:
-            raw = json.loads(text)
-            if key.startswith(keys.SERVICES):
-                if read_service(raw, key).key != key:
-                    continue
-            elif key.startswith(keys.ENDPOINT_SLICES):
-                read_slice(raw, key)
-            elif key.startswith(keys.PODS):
-                PodRecord.from_json(raw, key)
-            else:
-                Readiness.from_json(raw, key)
-        except (PodnetError, ValueError):
-            continue
-        good.add(key)
-    return good
 
 
 @settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -51,3 +51,7 @@ class BirdSpec:
     # IPv6 sessions (one per IPv4 session to a dual-stack node, carrying the IPv6 blocks)
     graceful_restart_wait: int = 30  # seconds a BIRD started with -R waits for its sessions to come back
     # before it syncs the kernel (BIRD's default, 240 s, leaves a node with one dead peer without new routes for 4 minutes)
+    connect_delay_time: int = 1  # seconds from a session's start to its first connect (BIRD's default, 5 s,
+    # is 5 s of every node start, restart and new peer without routes; Calico's bird.cfg says 1 too)
+    connect_retry_time: int = 3  # seconds before a failed connect is tried again (BIRD's default, 120 s: a
+    # peer that was not listening yet, say it booted a second later, would wait 2 minutes; Calico: 3)

@@ -28,6 +28,14 @@ Design notes (BIRD 2.0.12's own documentation, doc/bird.sgml):
   session is back and has sent its routes, or after `graceful restart wait`: one peer
   that never comes back would otherwise hold every new route out of the kernel for
   BIRD's default 240 s (measured).
+- **Sessions start at once.** BIRD waits `connect delay time` (default 5 s) between a
+  session's start and its first connect, and `connect retry time` (default 120 s) after
+  a connect that failed (the peer was not listening yet). podnet renders 1 s and 3 s
+  (`BirdSpec`), Calico's values: a new node, a restarted BIRD or a new peer carries
+  routes a second after it starts, not five, and a peer that came up a moment late is
+  reached within seconds, not minutes. Both sides still connect (either may win, BGP's
+  collision detection keeps one), and a closing session's `error wait time` (60 s, the
+  back-off against a flapping peer) is left as BIRD has it.
 - **Exports.** iBGP sessions announce the static originations; a route reflector
   (`rr_cluster_id` set) also passes BGP routes on (`rr client` on its client sessions,
   BIRD keeps their original next hop). eBGP sessions (a ToR) announce BGP routes too,
@@ -88,6 +96,8 @@ def render(spec: BirdSpec) -> str:
     table = _int(spec.kernel_table, "kernel_table", 1, TABLE_MAX)
     scan_time = _int(spec.scan_time, "scan_time", 1, 86400)
     gr_wait = _int(spec.graceful_restart_wait, "graceful_restart_wait", 1, 86400)
+    timers = (_int(spec.connect_delay_time, "connect_delay_time", 1, 65535),
+              _int(spec.connect_retry_time, "connect_retry_time", 1, 65535))
     cluster_id = None if spec.rr_cluster_id is None else _ipv4(spec.rr_cluster_id, "rr_cluster_id", nonzero=True)
     originate = _prefixes(spec.originate, "originate", local6 is not None)
     blackholes = _prefixes(spec.kernel_blackholes, "kernel_blackholes", local6 is not None)
@@ -145,7 +155,7 @@ def render(spec: BirdSpec) -> str:
     out.pop()
     for n in neighbors:
         out += ["", *_bgp(n, asn, local6 if ":" in n.address and local6 else local, listen_port, gr_time,
-                          cluster_id, spec.transit)]
+                          cluster_id, spec.transit, timers=timers)]
     return "\n".join(out) + "\n"
 
 
@@ -172,7 +182,8 @@ def _filter(name: str, accepted: list[str]) -> list[str]:
 
 
 def _bgp(n: Neighbor, asn: int, local: str, listen_port: int, gr_time: int, cluster_id: str | None,
-         transit: bool = True) -> list[str]:
+         transit: bool = True, *, timers: tuple[int, int]) -> list[str]:
+    """One session; `timers`: (connect delay, connect retry) in seconds."""
     internal = n.asn == asn
     reflector = internal and cluster_id is not None
     lines = [
@@ -188,6 +199,8 @@ def _bgp(n: Neighbor, asn: int, local: str, listen_port: int, gr_time: int, clus
     if n.allow_local_as:
         lines.append("  allow local as;")
     lines += [
+        f"  connect delay time {timers[0]};",
+        f"  connect retry time {timers[1]};",
         "  graceful restart on;",
         f"  graceful restart time {gr_time};",
         f"  {'ipv6' if ':' in n.address else 'ipv4'} {{",

@@ -14,7 +14,6 @@ from podnet.cluster.dualstack import check_pools, parse_cluster_cidrs
 from podnet.defaults import DEFAULT_CLUSTER_DOMAIN, FABRIC_NAMES
 from podnet.errors import InvalidConfig, PodnetError
 from podnet.kernel.gso import BIG_TCP as NIC_GSO
-from podnet.lab.routers import MAX_BGP_RACKS
 from podnet.lab.topology import CLUSTER_CIDR, CLUSTER_CIDR6
 from podnet.model.service import DEFAULT_SERVICE_CIDR, ServiceSettings
 
@@ -192,6 +191,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     if args.fabric == "macvlan" and topology.racks > 1:
         return fail("--fabric macvlan: pods live on one L2 segment with their nodes: one rack only "
                     "(across racks use vxlan, or bgp with a ToR per rack)", 2)
+    from podnet.lab.routers import MAX_BGP_RACKS  # (it imports the bgp fabric: pyroute2, 0.3 s)
+
     if args.fabric == "bgp" and topology.racks > MAX_BGP_RACKS:
         return fail(f"--fabric bgp: at most {MAX_BGP_RACKS} racks (one /30 uplink each in 172.31.250.0/24)", 2)
     builder = LabBuilder(topology, LabOptions(name, args.fabric, store, timeout=args.timeout,
