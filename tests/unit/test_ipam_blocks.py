@@ -5,6 +5,8 @@ when the pool has no free block (unless strictAffinity), and releases emptied bl
 from __future__ import annotations
 
 import ipaddress
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,8 @@ from podnet.store import Store
 from podnet.store.memory import MemoryStore
 from podnet.store.sqlite import SqliteStore
 
+pytest_plugins = ["etcd_fixture"]  # etcd_server
+
 POOL = "10.244.0.0/27"  # four /29 blocks, five addresses each (.1 is the block's gateway)
 NET = "cluster"
 
@@ -29,9 +33,19 @@ def config(node: str, strict: bool = False, primary: str = "10.244.0.0/29") -> d
             "blockAffinity": {"node": node, "pool": POOL, "blockSize": 29, "strictAffinity": strict, "ttl": 30}}
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request, tmp_path: Path) -> Store:
-    return MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "store.db")
+@pytest.fixture(params=["memory", "sqlite", "etcd"])
+def store(request, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "etcd":  # the cluster's shared store: ADDs read by key inside (ipam/survey.py)
+        pytest.importorskip("aetcd", reason="the etcd client is not installed")
+        from podnet.store.etcd import EtcdStore
+
+        made: Store = EtcdStore(request.getfixturevalue("etcd_server").endpoints, f"/pn-t-{secrets.token_hex(4)}/")
+    else:
+        made = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "store.db")
+    yield made
+    if request.param == "etcd":
+        made.delete_prefix("")
+    made.close()
 
 
 def claim(store: Store, node: str, block: str) -> None:

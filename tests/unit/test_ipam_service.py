@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import threading
@@ -32,7 +33,8 @@ DUAL = {
     "type": "podnet-ipam",
     "ranges": [[{"subnet": "10.1.0.0/24"}], [{"subnet": "fd00:1::/64"}]],
 }
-TINY = {"subnet": "10.9.0.0/30"}  # hosts .1 (gateway) and .2: room for one
+TINY = {"subnet": "10.9.0.0/30"}
+pytest_plugins = ["etcd_fixture"]  # etcd_server  # hosts .1 (gateway) and .2: room for one
 
 STORES: dict[str, Callable[[Path], Store]] = {
     "memory": lambda tmp: MemoryStore(),
@@ -40,10 +42,18 @@ STORES: dict[str, Callable[[Path], Store]] = {
 }
 
 
-@pytest.fixture(params=sorted(STORES))
+@pytest.fixture(params=[*sorted(STORES), "etcd"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    made = STORES[request.param](tmp_path)
+    if request.param == "etcd":  # the cluster's shared store: ADDs read by key inside (ipam/survey.py)
+        pytest.importorskip("aetcd", reason="the etcd client is not installed")
+        from podnet.store.etcd import EtcdStore
+
+        made: Store = EtcdStore(request.getfixturevalue("etcd_server").endpoints, f"/pn-t-{secrets.token_hex(4)}/")
+    else:
+        made = STORES[request.param](tmp_path)
     yield made
+    if request.param == "etcd":
+        made.delete_prefix("")
     made.close()
 
 

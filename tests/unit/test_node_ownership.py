@@ -233,6 +233,9 @@ class StopAfterPending:
     def __init__(self, store_path: Path, seen: list[str]) -> None:
         self.store_path, self.seen = store_path, seen
 
+    def prepare(self) -> None:
+        """Nothing to read ahead."""
+
     def add(self, undo: object) -> None:
         with open_store(str(self.store_path)) as store:
             self.seen.extend(e.value for e in store.list(keys.endpoints()))

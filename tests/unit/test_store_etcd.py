@@ -111,6 +111,37 @@ def test_server_expires_the_lease_of_a_dead_holder(
     assert other.get("lease") is None
 
 
+def test_foreign_leases_are_looked_up_once_per_ttl_not_per_listing(
+    etcd_server: EtcdCluster, prefix: str, other: EtcdStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listing keys that other clients lease (every node's block claim) asks the server
+    for each lease's TTL once, not on every listing; the expiry it reports is never
+    later than the server's, and a lease nearly run out is looked up again."""
+    clock = FakeClock()
+    with EtcdStore(etcd_server.endpoints, prefix, clock=clock) as reader:
+        for i in range(5):
+            other.put(f"claims/{i}", "n", ttl=30)
+        asked: list[int] = []
+        real = reader._txs._leases.time_to_live  # the reader's Leases (one per store)
+
+        async def counted(lease_id: int) -> int:
+            asked.append(lease_id)
+            return await real(lease_id)
+
+        monkeypatch.setattr(reader._txs._leases, "time_to_live", counted)
+        first = reader.list("claims/")
+        assert len(first) == 5 and len(asked) == 5
+        second = reader.list("claims/")
+        with reader.transaction():
+            reader.list("claims/")
+        assert len(asked) == 5  # reused
+        assert [e.expires_at for e in second] == [e.expires_at for e in first]
+        assert all(e.expires_at is not None and e.expires_at <= clock() + 30 for e in second)
+        clock.advance(29.5)  # nearly run out by the reader's clock: asked again
+        assert len(reader.list("claims/")) == 5
+        assert len(asked) == 10
+
+
 def test_lease_renewed_by_another_client_is_left_alone(
     etcd_server: EtcdCluster, prefix: str, other: EtcdStore
 ) -> None:

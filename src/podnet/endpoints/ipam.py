@@ -33,6 +33,7 @@ from podnet.identity import NodeIdentity
 from podnet.ipam.config import IpamConfig
 from podnet.ipam.result import IpamResult, IPInterface, parse_result
 from podnet.ipam.service import IpamService, gc_scope
+from podnet.ipam.survey import Survey
 from podnet.model.ipam import Reservation
 from podnet.store.base import Store
 
@@ -41,6 +42,11 @@ class Ipam(Protocol):
     """The addresses of one attachment (the request's container ID and ifname)."""
 
     transactional: bool  # True: add() runs inside the caller's store transaction
+
+    def prepare(self) -> None:
+        """Before the store transaction add() runs in: read what add() starts from
+        (ipam/survey.py), so the transaction reads only the keys it decides on."""
+        ...
 
     def add(self, undo: ExitStack) -> IpamResult:
         """Addresses for the attachment; pushes onto `undo` what gives them back."""
@@ -91,13 +97,22 @@ class BuiltinIpam:
         self.network = network
         self.config = config
         self.request = request
+        self._survey: Survey | None = None
+        self._addresses: list[str] | None = None  # what add() reserved: confirm() reads them by key
 
     def reserve(self, ready: bool = False) -> IpamResult:
         """One address per range set (the requested ones if CNI_ARGS IP= or
         runtimeConfig.ips ask); `ready`: no pending phase (podnet-ipam's ADD)."""
         req = self.request
-        return self.service.allocate(self.network, req.container_id, req.ifname, self.config,
-                                     requested_ips(req.args, req.config), mark_ready=ready)
+        look, self._survey = self._survey, None  # one look per attempt: a retry prepares again
+        result = self.service.allocate(self.network, req.container_id, req.ifname, self.config,
+                                       requested_ips(req.args, req.config), mark_ready=ready, look=look)
+        self._addresses = [str(ip.address) for ip in result.ips]
+        return result
+
+    def prepare(self) -> None:
+        req = self.request
+        self._survey = self.service.survey(self.network, req.container_id, req.ifname, self.config)
 
     def add(self, undo: ExitStack) -> IpamResult:
         result = self.reserve()
@@ -105,7 +120,7 @@ class BuiltinIpam:
         return result
 
     def confirm(self) -> None:
-        self.service.mark_ready(self.network, self.request.container_id, self.request.ifname)
+        self.service.mark_ready(self.network, self.request.container_id, self.request.ifname, self._addresses)
 
     def release(self) -> None:
         self.service.release(self.network, self.request.container_id, self.request.ifname)
@@ -142,6 +157,9 @@ class DelegatedIpam:
     def __init__(self, plugin: str, request: CniRequest) -> None:
         self.plugin = plugin
         self.request = request
+
+    def prepare(self) -> None:
+        """Nothing: a delegate reads its own state."""
 
     def add(self, undo: ExitStack) -> IpamResult:
         if not self.plugin:

@@ -352,12 +352,15 @@ def teardown_request(cid: str, ifname: str, record: EndpointRecord, path: tuple[
 
 def _write_pending(store: Store, key: str, pending: EndpointRecord, ipam: Ipam, undo: ExitStack) -> IpamResult:
     """The pending record and the reservation commit together (one write), but never
-    hold the store's write lock while a delegated IPAM plugin runs. A commit that lost
-    to another node's write (a shared etcd store) wrote nothing: it is run again, a few
-    times, before the runtime hears code 11."""
+    hold the store's write lock while a delegated IPAM plugin runs. The IPAM surveys
+    the network first, outside the transaction (ipam/survey.py), so the commit checks
+    only the keys it decided on. A commit that lost to another node's write (a shared
+    etcd store) wrote nothing: it is run again, a few times, before the runtime hears
+    code 11."""
     for attempt in range(CONFLICT_RETRIES):
         step = ExitStack()
         try:
+            ipam.prepare()
             with store.transaction() if ipam.transactional else nullcontext():
                 store.put(key, pending.encode())
                 step.callback(store.delete, key)

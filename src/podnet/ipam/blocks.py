@@ -16,6 +16,10 @@ Design notes:
   never the lease's block; a repeated ADD keeps the address it holds, wherever it is.
 - Each block's first host address is its gateway (a bridge's, or for vxlan the VTEP's
   neighbour) and is never handed out, as in every other podnet range.
+- The claims an ADD chooses by are read before its transaction (ipam/survey.py);
+  inside it, the claim of the block its address comes from is read again by key
+  (`check_claim`), so the commit depends on that claim alone, as Calico's per-block
+  CAS does, and an ADD never waits for another node's.
 
 Standard library only: podnet-ipam runs this in-process.
 """
@@ -27,9 +31,10 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_address
 
 from podnet import keys
 from podnet.cluster.leases import list_claims
-from podnet.errors import AddressExhausted, TryAgainLater
+from podnet.errors import AddressExhausted, StoreConflict, TryAgainLater
 from podnet.ipam import allocator
 from podnet.ipam.config import BlockAffinity, IPAddress, IpRange, RangeSet
+from podnet.model.base import CorruptRecord
 from podnet.model.cluster import BlockClaim, block_key
 from podnet.store.base import Store
 
@@ -69,19 +74,22 @@ def _block_of(address: str, affinity: BlockAffinity) -> IPv4Network | None:
 
 
 def choose(store: Store, affinity: BlockAffinity, taken: Container[IPAddress], in_use: Iterable[str],
-           held: Iterable[IPAddress] = (), reserved: Iterable = (), claim: bool = True) -> RangeSet:
+           held: Iterable[IPAddress] = (), reserved: Iterable = (), claim: bool = True,
+           claims: Mapping[str, str] | None = None) -> RangeSet:
     """The range set an ADD takes its address from (call inside the ADD's transaction):
     the node's blocks (and the blocks of addresses the attachment already holds) when
     one has room; else those plus a block newly claimed for the node; else, unless
     strict, a lender's block with room. `in_use`: every reserved address of the
-    network (which blocks hold something); `claim=False` (STATUS) only looks.
+    network (which blocks hold something); `claim=False` (STATUS) only looks;
+    `claims`: the survey's (None: list them here).
     AddressExhausted when nothing is left; TryAgainLater while the node is held (a
     gossip node cut off from most of its ring: the others may reclaim its blocks)."""
     if claim and affinity.ring and (hold := store.get_json(keys.ipam_hold(affinity.node))) is not None:
         reason = hold.get("reason") if isinstance(hold, dict) else None
         raise TryAgainLater(f"node {affinity.node} hands out no address now: {reason or 'held'}")
     reserved = tuple(reserved)
-    claims = list_claims(store)
+    if claims is None:
+        claims = list_claims(store)
     mine = blocks_of(claims, affinity.node, affinity)
     for address in held:
         block = _block_of(str(address), affinity)
@@ -107,6 +115,28 @@ def choose(store: Store, affinity: BlockAffinity, taken: Container[IPAddress], i
                            "release addresses or widen the pool")
 
 
+def check_claim(store: Store, affinity: BlockAffinity, address: IPAddress,
+                claims: Mapping[str, str] | None) -> None:
+    """Inside the ADD's transaction, once `address` is chosen: its block is this node's
+    or still the lender's `claims` named, read by key so the commit depends on that
+    claim. StoreConflict when it moved (a peer freed the block, or took it): nothing
+    is written and the ADD surveys again."""
+    block = _block_of(str(address), affinity)
+    if block is None or claims is None:
+        return
+    entry = store.get(block_key(block))
+    now = None
+    if entry is not None:
+        try:
+            now = BlockClaim.from_json(entry.json(), entry.key).node
+        except (CorruptRecord, ValueError):
+            now = "?"
+    if now == affinity.node or (now is not None and now == claims.get(str(block))):
+        return  # ours (perhaps claimed by this very transaction), or still its lender's
+    raise StoreConflict(f"the claim of block {block} changed while {affinity.node} took {address}",
+                        "nothing was written; retry the operation")
+
+
 def _has_room(rset: RangeSet, taken: Container[IPAddress], reserved: tuple) -> bool:
     try:
         allocator.next_free(rset, taken, reserved)
@@ -119,8 +149,10 @@ def _free_block(store: Store, affinity: BlockAffinity, claims: Mapping[str, str]
                 claim: bool) -> IPv4Network | None:
     """The lowest block of the pool that nobody claims and nothing is reserved in (a
     dead owner's leftovers are its peers' to free first), claimed for the node when
-    `claim`; None when none is left."""
+    `claim`; None when none is left; StoreConflict when the ones `claims` showed free
+    were all claimed meanwhile."""
     occupied = {b for a in in_use if (b := _block_of(a, affinity)) is not None}
+    raced = None
     for block in affinity.pool.subnets(new_prefix=affinity.block_size):
         if str(block) in claims or block in occupied:
             continue
@@ -129,6 +161,10 @@ def _free_block(store: Store, affinity: BlockAffinity, claims: Mapping[str, str]
         record = BlockClaim(affinity.node, str(block))
         if store.compare_and_put(record.key, record.encode(), 0, affinity.ttl) is not None:
             return block
+        raced = block
+    if raced is not None:  # `claims` (a survey's) is stale: a fresh look may find room
+        raise StoreConflict(f"block {raced} was claimed by another node meanwhile",
+                            "nothing was written; retry the operation")
     return None
 
 

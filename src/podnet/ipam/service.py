@@ -12,6 +12,11 @@ machines is judged by each node for its own reservations only: GC and rollback n
 touch another node's. Every operation on one attachment runs in one store
 transaction, which is what keeps two concurrent ADDs from taking one address.
 
+Allocate, confirm and release read the network broadly *before* their transaction
+and only the keys they decide on inside it (ipam/survey.py): on a shared etcd store
+an ADD conflicts with another only when both touch the same address or block claim,
+not with every ADD of the cluster.
+
 Standard library only: podnet-ipam runs this in-process.
 """
 
@@ -24,35 +29,33 @@ from dataclasses import replace
 from typing import Any
 
 from podnet import keys
-from podnet.errors import AddressExhausted, AddressInUse, InvalidConfig, UnknownContainer
+from podnet.errors import (
+    AddressExhausted,
+    AddressInUse,
+    InvalidConfig,
+    StoreConflict,
+    UnknownContainer,
+)
 from podnet.identity import NodeIdentity
 from podnet.ipam import allocator, blocks
-from podnet.ipam.config import IPAddress, IpamConfig, IPNetwork, parse_address, parse_ipam_config
+from podnet.ipam.config import (
+    IPAddress,
+    IpamConfig,
+    IPNetwork,
+    RangeSet,
+    parse_address,
+    parse_ipam_config,
+)
 from podnet.ipam.result import IpamAddress, IpamResult
+from podnet.ipam.survey import Survey, TakenKeys, common_prefix, held_at, of_attachment, survey
 from podnet.model.ipam import PENDING, READY, Reservation
 from podnet.store.base import Entry, Store
 
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+SURVEYS = 8  # an allocate that surveys for itself looks again this often after a stale look
 
 
 # -- the service --------------------------------------------------------------------
-
-
-class _TakenKeys:
-    """`address in taken` over the key suffixes of a listing: no parsing of every
-    stored address just to check a handful of candidates."""
-
-    __slots__ = ("_keys",)
-
-    def __init__(self, keys: set[str]) -> None:
-        self._keys = keys
-
-    def __contains__(self, address: object) -> bool:
-        return str(address) in self._keys
-
-    def keys(self) -> set[str]:
-        """The addresses, as their key suffixes."""
-        return self._keys
 
 
 class IpamService:
@@ -83,6 +86,10 @@ class IpamService:
     def _ip_prefix(network: str) -> str:
         return keys.ipam_addresses(_check_name(network, "network name"))
 
+    @staticmethod
+    def _checked(network: str) -> str:
+        return _check_name(network, "network name")
+
     def _value(self, network: str, address: str, container_id: str, ifname: str, state: str) -> Reservation:
         return Reservation(network, address, container_id, ifname, state, self.owner, self._clock())
 
@@ -91,20 +98,18 @@ class IpamService:
     def _entries(self, network: str) -> list[Entry]:
         return self.store.list(self._ip_prefix(network))
 
-    def _mine(self, entries: list[Entry], container_id: str, ifname: str) -> list[Reservation]:
-        # Cheap substring test first: parsing every reservation of a big network on
-        # each ADD would cost more than the rest of the ADD.
-        return [
-            res
-            for e in entries
-            if container_id in e.value
-            and (res := Reservation.from_entry(e)).container_id == container_id
-            and res.ifname == ifname
-        ]
-
     def lookup(self, network: str, container_id: str, ifname: str) -> list[Reservation]:
         """The reservations one attachment holds in network."""
-        return self._mine(self._entries(network), container_id, ifname)
+        return of_attachment(self._entries(network), container_id, ifname)
+
+    def survey(self, network: str, container_id: str, ifname: str,
+               ipam_config: IpamConfig | Mapping[str, Any]) -> Survey:
+        """What allocate() will start from: read it outside the store transaction the
+        allocation runs in (ipam/survey.py)."""
+        config = _config(ipam_config)
+        _check_attachment(container_id, ifname)
+        return survey(self.store, _check_name(network, "network name"), container_id, ifname,
+                      len(config.range_sets), config.affinity is not None)
 
     def reservations(self, network: str) -> list[Reservation]:
         """Every reservation in network, by address key."""
@@ -129,37 +134,44 @@ class IpamService:
         ipam_config: IpamConfig | Mapping[str, Any],
         requested_ips: Iterable[object] = (),
         mark_ready: bool = False,
+        look: Survey | None = None,
     ) -> IpamResult:
         """One address per range set for the attachment, in one transaction.
 
         Idempotent: addresses the attachment already holds are returned again (and a
         pending one is re-owned by this process, which now drives the ADD).
-        requested_ips pins the address of the range set that contains it.
+        requested_ips pins the address of the range set that contains it. `look`: the
+        caller's survey(), taken before the transaction it calls this in; without it
+        allocate surveys itself (outside its own transaction when the caller is in
+        none) and looks again, up to SURVEYS times, when that look proved stale.
         """
         config = _config(ipam_config)
         _check_attachment(container_id, ifname)
         state = READY if mark_ready else PENDING
-        with self.store.transaction():
-            entries = self._entries(network)
-            mine = self._mine(entries, container_id, ifname)
-            taken = _TakenKeys({e.key.rsplit("/", 1)[1] for e in entries})
-            if config.affinity is not None:  # the node's blocks, a new one, or a lender's (ipam/blocks.py)
-                config = _with_blocks(self.store, config, taken, taken.keys(), mine)
-            wanted = _requested_by_set(config, requested_ips)
-            ips = tuple(
-                self._one(
-                    network,
-                    container_id,
-                    ifname,
-                    config,
-                    index,
-                    wanted.get(index),
-                    mine,
-                    taken,
-                    state,
-                )
-                for index in range(len(config.range_sets))
-            )
+        requested = tuple(requested_ips)
+        for attempt in range(1 if look is not None else SURVEYS):
+            hints = look or self.survey(network, container_id, ifname, config)
+            try:
+                with self.store.transaction():
+                    return self._allocate(network, container_id, ifname, config, requested, state, hints)
+            except StoreConflict:
+                if look is not None or attempt == SURVEYS - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _allocate(self, network: str, container_id: str, ifname: str, config: IpamConfig,
+                  requested: tuple[object, ...], state: str, hints: Survey) -> IpamResult:
+        """allocate() inside its transaction: point reads only (ipam/survey.py)."""
+        mine = held_at(self.store, network, (r.address for r in hints.mine), container_id, ifname)
+        taken = TakenKeys(set(hints.taken))
+        if config.affinity is not None:  # the node's blocks, a new one, or a lender's (ipam/blocks.py)
+            config = _with_blocks(self.store, config, taken, taken.keys(), mine, claims=hints.claims)
+        wanted = _requested_by_set(config, requested)
+        ips = tuple(
+            self._one(network, container_id, ifname, config, index, wanted.get(index), mine, taken, state,
+                      hints)
+            for index in range(len(config.range_sets))
+        )
         return IpamResult(ips=ips, routes=config.routes)
 
     def _one(
@@ -171,8 +183,9 @@ class IpamService:
         index: int,
         wanted: IPAddress | None,
         mine: list[Reservation],
-        taken: _TakenKeys,
+        taken: TakenKeys,
         state: str,
+        hints: Survey,
     ) -> IpamAddress:
         """The address of range set `index`: already held, requested, or next free."""
         rset = config.range_sets[index]
@@ -188,22 +201,51 @@ class IpamService:
         else:
             if wanted is not None:
                 address = allocator.check_requested(rset, wanted, taken, config.reserved)
+                if not self._reserve(network, address, container_id, ifname, state):
+                    raise AddressInUse(f"address {address} in {network} was taken concurrently")
             else:
-                last = self.store.get(keys.ipam_last(network, index))
-                previous = parse_address(last.value, "last") if last else None
-                address = allocator.next_free(rset, taken, config.reserved, previous)
-            self._reserve(network, address, container_id, ifname, state)
+                address = self._next(network, container_id, ifname, config, rset, taken, state,
+                                     hints.last.get(index))
+            if config.affinity is not None and rset.version == 4:  # its block is still whose it was
+                blocks.check_claim(self.store, config.affinity, address, hints.claims)
+            # The mark is a hint too: written, never read inside the transaction.
             self.store.put(keys.ipam_last(network, index), str(address))
         rng = rset.find(address)
         assert rng is not None
         return IpamAddress(address, rng.subnet, rng.gateway, index)
 
+    def _next(self, network: str, container_id: str, ifname: str, config: IpamConfig, rset: RangeSet,
+              taken: TakenKeys, state: str, last: str | None) -> IPAddress:
+        """The next address after `last` that the survey saw free and that is still
+        free (a point read). When the survey proves stale (ADDs of this process that
+        committed while this one waited for the store), the range set's own keys are
+        read, once: a dependency on this block only, instead of one read per address
+        taken meanwhile. StoreConflict when nothing is free any more (a new look may
+        find room elsewhere)."""
+        previous = parse_address(last, "last") if last else None
+        stale = False
+        while True:
+            try:
+                address = allocator.next_free(rset, taken, config.reserved, previous)
+            except AddressExhausted:
+                if stale:
+                    raise StoreConflict(f"the free addresses of {network} were taken meanwhile",
+                                        "nothing was written; retry the operation") from None
+                raise
+            if self._reserve(network, address, container_id, ifname, state):
+                return address
+            taken.add(str(address))
+            if not stale:
+                stale = True
+                prefix = self._ip_prefix(network) + common_prefix(rset)
+                for entry in self.store.list(prefix):
+                    taken.add(entry.key.rsplit("/", 1)[1])
+
     def _reserve(
         self, network: str, address: IPAddress, container_id: str, ifname: str, state: str
-    ) -> None:
+    ) -> bool:
         reservation = self._value(network, str(address), container_id, ifname, state)
-        if self.store.compare_and_put(reservation.key, reservation.encode(), 0) is None:
-            raise AddressInUse(f"address {address} in {network} was taken concurrently")
+        return self.store.compare_and_put(reservation.key, reservation.encode(), 0) is not None
 
     def _refresh_held(self, network: str, held: Reservation, state: str) -> None:
         """A repeated ADD: a pending reservation now belongs to this process (and
@@ -218,11 +260,17 @@ class IpamService:
 
     # -- state changes --------------------------------------------------------------
 
-    def mark_ready(self, network: str, container_id: str, ifname: str) -> list[str]:
+    def mark_ready(self, network: str, container_id: str, ifname: str,
+                   addresses: Iterable[str] | None = None) -> list[str]:
         """The ADD finished: its reservations stop being candidates for rollback.
-        UnknownContainer if the attachment holds nothing (it was rolled back)."""
+        UnknownContainer if the attachment holds nothing (it was rolled back).
+        `addresses`: what its allocate() returned, read by key instead of listing the
+        network (in a transaction: a conflict with those keys only)."""
         with self.store.transaction():
-            mine = self.lookup(network, container_id, ifname)
+            if addresses is None:
+                mine = self.lookup(network, container_id, ifname)
+            else:
+                mine = held_at(self.store, self._checked(network), addresses, container_id, ifname)
             if not mine:
                 raise UnknownContainer(
                     f"no reservation for {container_id}/{ifname} in network {network}"
@@ -232,9 +280,13 @@ class IpamService:
         return [r.address for r in mine]
 
     def release(self, network: str, container_id: str, ifname: str) -> list[str]:
-        """Free the attachment's addresses; [] if it held none (DEL is idempotent)."""
+        """Free the attachment's addresses; [] if it held none (DEL is idempotent).
+        Found by listing before the transaction, deleted by key inside it (each delete
+        guarded by the revision read there): the runtime never runs a DEL alongside
+        another operation of the same container, so the listing cannot miss one."""
+        found = [r.address for r in self.lookup(network, container_id, ifname)]
         with self.store.transaction():
-            mine = self.lookup(network, container_id, ifname)
+            mine = held_at(self.store, network, found, container_id, ifname)
             return [r.address for r in mine if self._drop(r)]
 
     def _drop(self, res: Reservation) -> bool:
@@ -307,7 +359,7 @@ class IpamService:
         if config.affinity is not None:  # what an ADD would take from now (nothing claimed)
             try:
                 in_use = {str(a) for a in taken}
-                config = _with_blocks(self.store, config, _TakenKeys(in_use), in_use, (), claim=False)
+                config = _with_blocks(self.store, config, TakenKeys(in_use), in_use, (), claim=False)
             except AddressExhausted:
                 return 0
         return min(allocator.count_free(rset, taken, config.reserved) for rset in config.range_sets)
@@ -316,15 +368,16 @@ class IpamService:
 # -- helpers ------------------------------------------------------------------------
 
 
-def _with_blocks(store: Store, config: IpamConfig, taken: _TakenKeys, in_use: Iterable[str],
-                 mine: Iterable[Reservation], claim: bool = True) -> IpamConfig:
+def _with_blocks(store: Store, config: IpamConfig, taken: TakenKeys, in_use: Iterable[str],
+                 mine: Iterable[Reservation], claim: bool = True,
+                 claims: Mapping[str, str] | None = None) -> IpamConfig:
     """The config with its IPv4 range set replaced by what block affinity allows now,
     and in a dual-stack pool its IPv6 range set by those blocks' twins
     (`in_use`: every reserved address; `mine`: what the attachment already holds)."""
     assert config.affinity is not None
     index = next((i for i, rset in enumerate(config.range_sets) if rset.version == 4), 0)
     held = [parse_address(r.address, "held") for r in mine]
-    rset = blocks.choose(store, config.affinity, taken, in_use, held, config.reserved, claim)
+    rset = blocks.choose(store, config.affinity, taken, in_use, held, config.reserved, claim, claims)
     sets = list(config.range_sets)
     sets[index] = rset
     index6 = next((i for i, rs in enumerate(config.range_sets) if rs.version == 6), None)

@@ -25,6 +25,11 @@ from podnet.store.etcd.channel import METADATA, Channel, Conn, store_error
 from podnet.store.etcd.keys import Keyspace
 
 _SLACK = 0.5  # server TTL beyond what ours would have left: another client renewed it
+# A foreign lease's expiry, once looked up, is reused until this close to it: listing 50
+# nodes' block claims cost 50 LeaseTimeToLive calls per listing (every ADD and every
+# renewal of every node); a 50-node lab's ADD failed on one of them (Deadline Exceeded).
+_FOREIGN_FRESH = 1.0
+_FOREIGN_MAX = 4096  # cached foreign leases before the expired ones are dropped
 
 
 @dataclass(slots=True)
@@ -46,6 +51,7 @@ class Leases:
         self._keys = keys
         self._clock = clock
         self.own: dict[int, Lease] = {}
+        self.foreign: dict[int, float] = {}  # another client's lease -> its expiry seen last, by our clock
 
     async def entries(self, kvs: Iterable[Any]) -> list[tuple[Entry, int]]:
         """Live entries (and their lease) from etcd KeyValues: a key whose lease has
@@ -55,18 +61,14 @@ class Leases:
         gone: set[int] = set()
         if any(kv.lease in self.own and self.own[kv.lease].expires_at <= now for kv in kvs):
             gone = await self.sweep()  # revoked, or renewed by someone else: settle it first
-        foreign = sorted({kv.lease for kv in kvs if kv.lease and kv.lease not in self.own} - gone)
-        ttls = await asyncio.gather(*(self.time_to_live(i) for i in foreign))
-        left = dict(zip(foreign, ttls, strict=True))
+        foreign = {kv.lease for kv in kvs if kv.lease and kv.lease not in self.own} - gone
+        known = await self._foreign_expiry(foreign, now)
         out: list[tuple[Entry, int]] = []
         for kv in kvs:
             expires_at: float | None = None
             if kv.lease:
                 own = self.own.get(kv.lease)
-                if own is not None:
-                    expires_at = own.expires_at
-                elif left.get(kv.lease, -1) >= 0:
-                    expires_at = now + left[kv.lease]
+                expires_at = own.expires_at if own is not None else known.get(kv.lease)
                 if expires_at is None or (own is not None and expires_at <= now):
                     continue
             entry = Entry(
@@ -78,6 +80,22 @@ class Leases:
             )
             out.append((entry, kv.lease))
         return out
+
+    async def _foreign_expiry(self, leases: set[int], now: float) -> dict[int, float]:
+        """When other clients' `leases` expire, by our clock (absent: gone). Looked up
+        on the server (whole seconds), and reused while more than _FOREIGN_FRESH is
+        left: the holder may have renewed since, so a reused expiry is early, never
+        late; the server, not this guess, removes an expired key."""
+        stale = sorted(i for i in leases if self.foreign.get(i, now) - now <= _FOREIGN_FRESH)
+        ttls = await asyncio.gather(*(self.time_to_live(i) for i in stale))
+        if len(self.foreign) > _FOREIGN_MAX:
+            self.foreign = {i: t for i, t in self.foreign.items() if t > now}
+        for lease_id, left in zip(stale, ttls, strict=True):
+            if left >= 0:
+                self.foreign[lease_id] = now + left
+            else:
+                self.foreign.pop(lease_id, None)
+        return {i: self.foreign[i] for i in leases if i in self.foreign}
 
     async def _lookup(self, lease_id: int) -> Any | None:
         """The server's LeaseTimeToLive answer; None if it knows no such lease."""

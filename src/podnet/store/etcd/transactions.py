@@ -11,8 +11,11 @@ validated, all-or-nothing.
   (0: still absent), and (2) no key was created or modified after the snapshot in any
   prefix the block listed. So the block commits only if everything it saw is still
   true: serializable for what it read. If the compares fail nothing is written and
-  TryAgainLater is raised; the block cannot be re-run for the caller, who simply
-  retries the operation (CNI error 11 makes the runtime do so).
+  StoreConflict (a TryAgainLater) is raised, naming the keys and prefixes that moved
+  (conflicts.py); the block cannot be re-run for the caller, who simply retries the
+  operation (CNI error 11 makes the runtime do so). A block that lists a prefix other
+  writers write into conflicts with all of them: read broadly before the block, and
+  only what the decision rests on inside it (the IPAM does, ipam/survey.py).
 - Within one process, transactions and writes are serialised by a lock (as in
   SqliteStore), so threads of one agent never conflict with each other; only other
   processes' writes can make a commit fail.
@@ -37,9 +40,10 @@ from typing import Any
 
 from aetcd import rpc
 
-from podnet.errors import StoreConflict, StoreError, TryAgainLater
+from podnet.errors import PodnetError, StoreConflict, StoreError, TryAgainLater
 from podnet.store.base import Entry
 from podnet.store.etcd.channel import Channel
+from podnet.store.etcd.conflicts import culprits, describe
 from podnet.store.etcd.keys import Keyspace, mod_is, user_revision, within
 from podnet.store.etcd.leases import Leases
 from podnet.store.etcd.loop import Runner
@@ -361,8 +365,13 @@ class Transactions:
             raise
         if not resp.succeeded:
             await self._leases.forget(leases.values())
+            seen = {**tx.listed, **tx.reads}
+            try:
+                found = await culprits(self._channel, self._keys, seen, tx.ranges, tx.rev or 0, self._max_ops)
+            except PodnetError:  # the explanation is a courtesy: the conflict stands
+                found = None
             raise StoreConflict(
-                "transaction conflict: a key it read was changed by another client",
+                f"transaction conflict: a key it read was changed by another client ({describe(found)})",
                 "nothing was written; retry the operation",
             )
         for (key, _), result in zip(writes, resp.responses, strict=True):
