@@ -21,6 +21,7 @@ from podnet.kernel.gso import GsoLimits
 from podnet.kernel.gso import read as read_gso
 from podnet.kernel.rtnl import RtnlSocket
 from podnet.lab.sandbox import Sandbox, wait_for_path
+from podnet.naming import is_tombstone
 from podnet.runtime.libcni import PluginResult, invoke
 
 REFERENCE_DIR = "/usr/lib/cni"
@@ -131,9 +132,17 @@ def bridge_config(
     }
 
 
-def links(sandbox: Sandbox, ns: str, kind: str = "veth") -> list[str]:
-    out = sandbox.exec(ns, ["ip", "-j", "link", "show", "type", kind]).stdout
-    return [link["ifname"] for link in json.loads(out or "[]")]
+def links(sandbox: Sandbox, ns: str, kind: str = "veth", settle: float = 5.0) -> list[str]:
+    """The links of `kind` in `ns`, once the veth pairs an agent's DEL retired are
+    deleted (kernel/tombstone.py: its reaper does so just after DEL); a tombstone
+    still there after `settle` seconds is listed, and fails the test's comparison."""
+    deadline = time.monotonic() + settle
+    while True:
+        out = sandbox.exec(ns, ["ip", "-j", "link", "show", "type", kind]).stdout
+        names = [link["ifname"] for link in json.loads(out or "[]")]
+        if not any(is_tombstone(name) for name in names) or time.monotonic() > deadline:
+            return names
+        time.sleep(0.05)
 
 
 def nft_rules(sandbox: Sandbox, ns: str) -> str:

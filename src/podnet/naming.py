@@ -11,6 +11,9 @@ from __future__ import annotations
 NET_ID_LEN = 8
 ATTACH_ID_LEN = 12
 HOST_VETH_PREFIX = "pn"
+TOMBSTONE_PREFIX = "pnz"  # "z" is no hex digit: never a host veth's name
+TOMBSTONE_TOKEN_LEN = 12
+_HEX = frozenset("0123456789abcdef")
 
 
 def net_id(network: str) -> str:
@@ -37,10 +40,27 @@ def host_veth_name(attach: str) -> str:
 
 
 def is_host_veth(name: str) -> bool:
-    """Is `name` shaped like a pod's host veth (host_veth_name)? The node loop ignores
-    their kernel announcements (kernel/rtnl_watch.py)."""
+    """Is `name` shaped like a pod's host veth (host_veth_name), or the tombstone one
+    becomes on DEL (tombstone_name)? The node loop ignores their kernel announcements
+    (kernel/rtnl_watch.py): they come and go with every ADD and DEL."""
     tail = name[len(HOST_VETH_PREFIX):]
-    return name.startswith(HOST_VETH_PREFIX) and len(tail) == 11 and all(c in "0123456789abcdef" for c in tail)
+    if name.startswith(HOST_VETH_PREFIX) and len(tail) == 11 and all(c in _HEX for c in tail):
+        return True
+    return is_tombstone(name)
+
+
+def tombstone_name(token: str) -> str:
+    """A veth pair's name between DEL and its deletion (kernel/tombstone.py): "pnz" +
+    12 random hex = 15 bytes, unlike any host veth ("pn" + 11 hex) or user link."""
+    if len(token) != TOMBSTONE_TOKEN_LEN or not set(token) <= _HEX:
+        raise ValueError(f"a tombstone token is {TOMBSTONE_TOKEN_LEN} hex digits, not {token!r}")
+    return TOMBSTONE_PREFIX + token
+
+
+def is_tombstone(name: str) -> bool:
+    """Is `name` shaped like tombstone_name()? (The sweep also wants its alias.)"""
+    tail = name[len(TOMBSTONE_PREFIX):]
+    return name.startswith(TOMBSTONE_PREFIX) and len(tail) == TOMBSTONE_TOKEN_LEN and set(tail) <= _HEX
 
 
 def is_ifname(name: object) -> bool:

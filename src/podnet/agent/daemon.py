@@ -39,6 +39,7 @@ from podnet.cni.config import DEFAULT_SOCKET, DEFAULT_STORE
 from podnet.endpoints.service import CniService
 from podnet.errors import PodnetError
 from podnet.identity import NodeIdentity
+from podnet.kernel.tombstone import Reaper
 from podnet.rpc import wire
 from podnet.state import StatePaths
 
@@ -182,8 +183,9 @@ class Agent:
         # stores the fallback used while it was down are noted beside its socket.
         identity = NodeIdentity.local(node_options.node if node_options else "")
         self.metrics = AgentMetrics(lambda: (e.key for e in self.service.store(self.store_path).list(keys.IPAM)))
+        # DEL retires a pod's veth pair and this thread deletes it just after (kernel/tombstone.py)
         self.service = CniService(default_store=self.store_path, track_stores=True, identity=identity,
-                                  agent_socket=socket_path, wrap_store=self.metrics.timed_store)
+                                  agent_socket=socket_path, wrap_store=self.metrics.timed_store, reaper=Reaper())
         self.locks = KeyedLocks()
         self.server: AgentServer | None = None
         self.metrics_addr = metrics_addr  # None: metrics only over the socket (op `metrics`)

@@ -7,7 +7,10 @@ network namespace, before serving anything.
    NAT rule is re-created.
 3. Remove orphans: podnet host veths and NAT rules that no endpoint of any known store
    claims (endpoints/stores.py: the agent's store, the stores networks pointed it at,
-   and those the plugin's fallback noted while no agent ran).
+   and those the plugin's fallback noted while no agent ran), and the tombstones of
+   veth pairs whose DEL answered but whose deletion an agent that died never did
+   (kernel/tombstone.py: a veth named "pnz" + 12 hex with podnet's alias, nobody's
+   claim; swept even when a store cannot be read).
 
 Steps 1 and 2 judge only this node's records built in this namespace (podnet/
 identity.py): a store may be shared by machines whose root namespaces all look alike,
@@ -38,7 +41,7 @@ from podnet.endpoints.service import CniService, read_record, retry_conflicts, t
 from podnet.errors import PodnetError
 from podnet.ipam.result import parse_addresses
 from podnet.ipam.service import IpamService
-from podnet.kernel import links, netns
+from podnet.kernel import links, netns, tombstone
 from podnet.model.endpoint import EndpointRecord
 from podnet.naming import attach_id, host_veth_name, net_id
 from podnet.services import ports
@@ -61,8 +64,9 @@ class ResyncReport:
 
 
 def resync(service: CniService) -> ResyncReport:
-    """Resync every store the agent knows, then sweep orphans once (unless a store
-    other than the agent's own could not be read; its own failing fails the start)."""
+    """Resync every store the agent knows, then sweep orphans once (host veths and
+    NAT rules not when a store other than the agent's own could not be read, its own
+    failing fails the start; tombstones always: nothing claims them)."""
     report = ResyncReport()
     claimed_links: set[str] = set()
     claimed_rules: set[tuple[str, str]] = set()
@@ -77,8 +81,8 @@ def resync(service: CniService) -> ResyncReport:
                     raise
                 complete = False
                 log.error("cannot resync store %s (%s): no orphan is removed until it can be read", path, exc)
+        report.orphan_links = _remove_orphan_links(host_fd, claimed_links if complete else None)
         if complete:
-            report.orphan_links = _remove_orphan_links(host_fd, claimed_links)
             with netns.entered(host_fd):
                 report.orphan_rules = sorted(service.nat().remove_unclaimed(claimed_rules))
     finally:
@@ -202,13 +206,17 @@ def _repair_bridge(conf: PodnetConf, record: EndpointRecord, host_fd: int) -> li
     return fixed
 
 
-def _remove_orphan_links(host_fd: int, claimed: set[str]) -> list[str]:
+def _remove_orphan_links(host_fd: int, claimed: set[str] | None) -> list[str]:
+    """Host veths no endpoint claims (None: the claims are unknown, none is removed),
+    and the tombstones of veth pairs whose DEL answered but whose agent died before
+    deleting them (kernel/tombstone.py: never anybody's claim)."""
     removed = []
     with netns.entered(host_fd), IPRoute() as ipr:
-        for name in links.links_with_prefix(ipr, "pn"):
-            if HOST_VETH.match(name) and name not in claimed:
+        names = links.links_with_prefix(ipr, "pn")
+        for name in names:
+            if claimed is not None and HOST_VETH.match(name) and name not in claimed:
                 index = links.link_index(ipr, name)
                 if index is not None and links.link_kind(ipr, index) == "veth":
                     links.delete_link(ipr, name)
                     removed.append(name)
-    return removed
+    return removed + tombstone.sweep(host_fd, names)

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from podnet.cni.config import PodnetConf
 from podnet.kernel.gso import GsoLimits
+from podnet.kernel.tombstone import Reaper
 
 IPAddr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -53,7 +54,9 @@ def pod_end_gso(ctx: AttachContext, limits: GsoLimits) -> GsoLimits:
 class Attacher(Protocol):
     def add(self, ctx: AttachContext, undo: ExitStack) -> Attached: ...
 
-    def delete(self, ctx: AttachContext) -> None: ...
+    def delete(self, ctx: AttachContext, reaper: Reaper | None = None) -> None:
+        """Undo `add`; idempotent. With a `reaper` (the agent's DEL) a veth pair may be
+        retired now and deleted just after (kernel/tombstone.py)."""
 
     def check(self, ctx: AttachContext) -> None: ...
 

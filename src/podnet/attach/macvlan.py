@@ -11,6 +11,7 @@ from podnet.attach.base import AttachContext, Attached
 from podnet.attach.bridge import check_container_iface
 from podnet.errors import InvalidConfig
 from podnet.kernel import gso, links, netns, rtnl, vlan
+from podnet.kernel.tombstone import Reaper
 
 
 def _master_index(ipr: IPRoute, master: str | None) -> int:
@@ -67,7 +68,8 @@ class MacvlanAttacher:
             container_index=0,
         )
 
-    def delete(self, ctx: AttachContext) -> None:
+    def delete(self, ctx: AttachContext, reaper: Reaper | None = None) -> None:
+        # (no tombstone: a macvlan lives only in the container, deleted there at once)
         if ctx.container_fd is None:
             return  # the namespace is gone, and the macvlan with it
         with netns.entered(ctx.container_fd), IPRoute() as ipr:

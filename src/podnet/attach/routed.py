@@ -25,6 +25,7 @@ from podnet.attach.bridge import check_container_iface, delete_host_veth, host_v
 from podnet.errors import KernelError
 from podnet.kernel import links, netns, rtnl, sysctl
 from podnet.kernel.gso import GsoLimits
+from podnet.kernel.tombstone import Reaper
 from podnet.naming import host_veth_name
 
 GATEWAY_V4, GATEWAY_V6 = "169.254.1.1", "fe80::1"
@@ -84,8 +85,8 @@ class RoutedAttacher:
             host_if=host_name,
         )
 
-    def delete(self, ctx: AttachContext) -> None:
-        delete_host_veth(ctx)  # the pair goes, and the node's routes through it
+    def delete(self, ctx: AttachContext, reaper: Reaper | None = None) -> None:
+        delete_host_veth(ctx, reaper)  # the pair goes (or goes down), and the node's routes through it
 
     def check(self, ctx: AttachContext) -> None:
         ipr, index, host_name = host_veth(ctx)

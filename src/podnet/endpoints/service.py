@@ -58,6 +58,7 @@ from podnet.ipam.result import IpamResult, parse_addresses
 from podnet.kernel import netns
 from podnet.kernel.libnft import LibNft
 from podnet.kernel.nat.manager import NatManager
+from podnet.kernel.tombstone import Reaper
 from podnet.model.base import CorruptRecord
 from podnet.model.endpoint import PENDING, EndpointRecord
 from podnet.naming import attach_id
@@ -75,7 +76,9 @@ class CniService:
     no node name). `agent_socket`: the agent this service is, or stands in for; beside
     its socket is the registry of stores (endpoints/stores.py), where the plugin's
     fallback notes every store it ADDs into and which the agent (`track_stores`: it
-    remembers every store in its own) reads at start-up."""
+    remembers every store in its own) reads at start-up. `reaper`: the agent's; DEL
+    then retires a pod's veth pair and deletes it just after (kernel/tombstone.py);
+    without one (the plugin's fallback, which exits at once) DEL deletes it itself."""
 
     def __init__(
         self,
@@ -85,8 +88,10 @@ class CniService:
         identity: NodeIdentity | None = None,
         agent_socket: str | None = None,
         wrap_store: Callable[[Store], Store] | None = None,
+        reaper: Reaper | None = None,
     ) -> None:
         self.default_store = default_store
+        self.reaper = reaper
         self.track_stores = track_stores
         self.identity = identity or NodeIdentity.local()
         self.store_registry = registry.registry_for(agent_socket) if agent_socket else None
@@ -147,6 +152,8 @@ class CniService:
         return self._nat_factory()
 
     def close(self) -> None:
+        if self.reaper is not None:
+            self.reaper.stop()  # the tombstones left are deleted now
         with self._stores_lock:
             for store in self._stores.values():
                 store.close()
@@ -168,7 +175,8 @@ class CniService:
             request = skel.read_request(environ, stdin)
             result = None
             if request.command != "VERSION":
-                with _namespaces(request, host_fd, container_fd) as (host, container):
+                busy = self.reaper.request() if self.reaper is not None else nullcontext()
+                with busy, _namespaces(request, host_fd, container_fd) as (host, container):
                     result = self.execute(parse_call(request, self.default_store), host, container)
             code, text = skel.reply(request, result)
         except Exception as exc:  # noqa: BLE001 - the edge: skel reports it as spec error JSON
@@ -251,12 +259,15 @@ class CniService:
 
     # -- DEL ----------------------------------------------------------------------------
     def delete(self, call: CniCall, store: Store, ipam: Ipam, host_fd: int, container_fd: int | None) -> None:
-        """Idempotent: whatever is already gone is skipped, never an error."""
+        """Idempotent: whatever is already gone is skipped, never an error. With the
+        agent's reaper, the pod's veth pair is retired (gone from the container's and
+        the host's view, names and addresses free) rather than deleted before DEL
+        answers; its deletion follows on the reaper's thread (kernel/tombstone.py)."""
         conf, req = call.conf, call.request
         key = keys.endpoint(conf.name, req.container_id, req.ifname)
         entry = store.get(key)
         record = read_record(entry.value) if entry else None
-        self.teardown(conf, req, record, host_fd, container_fd)
+        self.teardown(conf, req, record, host_fd, container_fd, self.reaper)
         retry_conflicts(ipam.release)
         hostports.release(call, store, record)  # before the record: a holder without one is garbage
         store.delete(key)
@@ -268,10 +279,12 @@ class CniService:
         record: EndpointRecord | None,
         host_fd: int,
         container_fd: int | None,
+        reaper: Reaper | None = None,
     ) -> None:
-        """Remove the links and NAT rules of one attachment (not its addresses)."""
+        """Remove the links and NAT rules of one attachment (not its addresses); with
+        a `reaper`, a veth pair is retired now and deleted just after."""
         aid = attach_id(conf.name, req.container_id, req.ifname)
-        ATTACH[conf.mode].delete(attach_context(conf, req, host_fd, container_fd))
+        ATTACH[conf.mode].delete(attach_context(conf, req, host_fd, container_fd), reaper)
         # Without a record (or while pending) we cannot know whether rules exist; look,
         # it is idempotent.
         if (record is None or record.nat is not False) and conf.mode in HOST_ROUTED_MODES:
