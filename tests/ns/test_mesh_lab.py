@@ -453,8 +453,13 @@ def test_sidecars_outlive_an_agent_restart_and_are_adopted(lab: Lab) -> None:
         served_alone = len(during) - ended  # answered while no agent ran on node0
         spawn_supervised(lab_dir(lab.name), "agent/node0-again", entry["argv"],
                          lab_dir(lab.name) / "logs" / "agent_node0.again.log")
-        wait_until(lambda: all("adopted" in " ".join(car["history"]) for ref, car in lab.sidecars().items()
-                               if ref in ("shop/client", "shop/web-v1-a")), "node0's sidecars adopted", timeout=30)
+        node0s = ("shop/client", "shop/web-v1-a")  # listed by node0's agent once it answers again
+
+        def adopted() -> bool:
+            cars = lab.sidecars()
+            return all(ref in cars and "adopted" in " ".join(cars[ref]["history"]) for ref in node0s)
+
+        wait_until(adopted, "node0's sidecars adopted", timeout=30)
     finally:
         done.set()
         caller.join()
