@@ -95,9 +95,17 @@ class Lab:
         """After the final DELs, before teardown: no veth, address or record left in
         the systems' namespaces and stores."""
         from podnet.lab.sandbox import ip
+        from podnet.naming import is_tombstone
 
+        def host_veths() -> list[dict]:
+            return json.loads(ip("-n", self.host, "-j", "link", "show", "type", "veth").stdout or "[]")
+
+        # the agent's reaper deletes DEL's retired pairs (kernel/tombstone.py) within ~2 s
+        deadline = time.monotonic() + 10
+        while any(is_tombstone(v["ifname"]) for v in host_veths()) and time.monotonic() < deadline:
+            time.sleep(0.2)
         problems = []
-        veths = json.loads(ip("-n", self.host, "-j", "link", "show", "type", "veth").stdout or "[]")
+        veths = host_veths()
         if veths:
             problems.append(f"host namespace still has veths: {[v['ifname'] for v in veths]}")
         for ns in [Path(p).name for s in systems for p in s["netns"] + s["warm_netns"]]:
