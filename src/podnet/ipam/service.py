@@ -83,12 +83,12 @@ class IpamService:
     # -- keys and values --------------------------------------------------------
 
     @staticmethod
-    def _ip_prefix(network: str) -> str:
-        return keys.ipam_addresses(_check_name(network, "network name"))
-
-    @staticmethod
     def _checked(network: str) -> str:
         return _check_name(network, "network name")
+
+    @classmethod
+    def _ip_prefix(cls, network: str) -> str:
+        return keys.ipam_addresses(cls._checked(network))
 
     def _value(self, network: str, address: str, container_id: str, ifname: str, state: str) -> Reservation:
         return Reservation(network, address, container_id, ifname, state, self.owner, self._clock())
@@ -108,7 +108,7 @@ class IpamService:
         allocation runs in (ipam/survey.py)."""
         config = _config(ipam_config)
         _check_attachment(container_id, ifname)
-        return survey(self.store, _check_name(network, "network name"), container_id, ifname,
+        return survey(self.store, self._checked(network), container_id, ifname,
                       len(config.range_sets), config.affinity is not None)
 
     def reservations(self, network: str) -> list[Reservation]:

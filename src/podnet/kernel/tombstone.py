@@ -55,7 +55,6 @@ from podnet.naming import TOMBSTONE_TOKEN_LEN, is_tombstone, tombstone_name
 log = logging.getLogger("podnet.kernel")
 
 ALIAS = "podnet-tombstone"
-QUIET = 0.0  # seconds without a CNI request before a deletion starts (0: as soon as none runs)
 MAX_DELAY = 2.0  # seconds: a tombstone older than this is deleted even while requests run
 MAX_BACKLOG = 256  # tombstones waiting; beyond, DEL deletes at once (and holds no more fds)
 
@@ -97,14 +96,6 @@ def _retire_peer(container_fd: int, host: Link, ifname: str, name: str) -> None:
         inside.retire(peer.index, name, ALIAS, sorted(inside.addresses(peer.index)))
 
 
-def delete(host_fd: int, name: str) -> bool:
-    """Delete tombstone `name` in the namespace `host_fd` (and so its pair), if there."""
-    if not is_tombstone(name):
-        raise ValueError(f"{name!r} is not a tombstone's name")
-    with RtnlSocket(host_fd) as sock:
-        return sock.delete_link(name)
-
-
 def sweep(host_fd: int, names: Iterable[str]) -> list[str]:
     """Delete the tombstones among `names` (links of the namespace `host_fd`) that a
     reaper left behind: only veths with a tombstone's name and ALIAS. Returns them."""
@@ -128,17 +119,16 @@ class _Grave:
 
 class Reaper:
     """Deletes buried veth pairs on one thread (started on the first DEL). Requests
-    are announced with `request()`, so a deletion waits until none runs (and `quiet`
-    seconds passed), but never longer than `max_delay`. `stop()` deletes what is left
+    are announced with `request()`, so a deletion waits until none runs, but never
+    longer than `max_delay`. `stop()` deletes what is left
     (at most `timeout`); what an agent killed leaves, the next start sweeps."""
 
-    def __init__(self, quiet: float = QUIET, max_delay: float = MAX_DELAY, max_backlog: int = MAX_BACKLOG) -> None:
-        self.quiet, self.max_delay, self.max_backlog = quiet, max_delay, max_backlog
+    def __init__(self, max_delay: float = MAX_DELAY, max_backlog: int = MAX_BACKLOG) -> None:
+        self.max_delay, self.max_backlog = max_delay, max_backlog
         self._graves: deque[_Grave] = deque()
         self._cond = threading.Condition()
         self._busy = 0  # CNI requests running
         self._deleting = 0
-        self._last = 0.0  # when the last request ended (monotonic)
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -174,7 +164,6 @@ class Reaper:
         finally:
             with self._cond:
                 self._busy -= 1
-                self._last = time.monotonic()
                 self._cond.notify_all()
 
     def pending(self) -> int:
@@ -202,14 +191,11 @@ class Reaper:
                         return None
                     self._cond.wait()
                     continue
-                now = time.monotonic()
-                overdue = self._graves[0].since + self.max_delay - now
-                idle = self._busy == 0 and now - self._last >= self.quiet
-                if self._stopping or idle or overdue <= 0:
+                overdue = self._graves[0].since + self.max_delay - time.monotonic()
+                if self._stopping or self._busy == 0 or overdue <= 0:
                     self._deleting += 1
                     return self._graves.popleft()
-                wait = overdue if self._busy else min(overdue, self._last + self.quiet - now)
-                self._cond.wait(max(wait, 0.001))
+                self._cond.wait(max(overdue, 0.001))  # a request's end notifies sooner
 
     def _run(self) -> None:
         while (grave := self._next()) is not None:
