@@ -349,6 +349,25 @@ def test_watch_ignores_other_prefixes_while_blocking(store: Store) -> None:
     assert [e.key for e in events] == ["w/mine"]
 
 
+def test_a_prefix_watch_woken_by_many_other_writes_still_returns_its_own(store: Store) -> None:
+    rev = store.revision()
+
+    def writes() -> None:
+        for i in range(40):  # each may wake the watcher, which then finds nothing under w/
+            store.put(f"elsewhere/{i}", "1")
+            time.sleep(0.002)
+        store.put("w/mine", "1")
+        store.put("elsewhere/last", "1")
+
+    thread = threading.Thread(target=writes)
+    thread.start()
+    events = store.watch("w/", rev, 10)
+    thread.join()
+    assert [e.key for e in events] == ["w/mine"]
+    assert [e.key for e in store.watch("w/", rev, 0)] == ["w/mine"]  # the same from the same revision
+    assert store.watch("w/", events[-1].revision, 0) == []
+
+
 def test_watch_sees_expiry_while_blocking(kit: Kit) -> None:
     store = kit.store
     rev = store.put("lease/a", "1", ttl=5)

@@ -377,6 +377,7 @@ class NodeService:
         if self.ctx.cluster6 is not None:
             sysctl.ensure("net.ipv6.conf.all.forwarding", 1)
         ipr = self._iproute()
+        self.fabric.forget_kernel_state()  # setup may make a device again: the next pass reads
         self.fabric.setup(ipr, self.ctx)
         block = self.ctx.own.network
         mtu = self.fabric.mtu(self.ctx.underlay_mtu)
@@ -456,7 +457,7 @@ class NodeService:
                 self.fabric.routing = Routing.from_json(store.get_json(keys.GOSSIP_ROUTING))
         want = self.fabric.desired(self.ctx, current.values(), claims)
         want.routes |= node_routes(list_hosts(store), self.ctx, claims)
-        report = self.fabric.apply(self._iproute(), want)
+        report = self.fabric.apply(self._iproute(), want, trust=not repair)  # the repair pass reads the kernel
         if report:
             log.info("fabric %s: added %s removed %s", self.fabric.name, report.added, report.removed)
         daemon = self.fabric.sync(self.ctx, current.values(), want, self.agent.state.bird_dir, store)

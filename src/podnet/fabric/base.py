@@ -19,10 +19,8 @@ Design notes:
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import logging
-import socket
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,16 +32,15 @@ from pyroute2.netlink.exceptions import NetlinkError
 from podnet.cluster.dualstack import Pools
 from podnet.defaults import FABRIC_ROUTE_PROTO
 from podnet.errors import KernelError
+from podnet.fabric import kernel_state
 from podnet.fabric.fastpath import FastPath, clear
+from podnet.fabric.kernel_state import KernelState
 from podnet.model.cluster import NodeLease
 from podnet.store.base import Store
 
 log = logging.getLogger("podnet.fabric")
 
 ROUTE_PROTO = FABRIC_ROUTE_PROTO  # tags podnet fabric routes
-RTNH_F_ONLINK = 4
-NUD_PERMANENT = 0x80
-NTF_SELF = 0x02
 MAIN_TABLE = 254
 OK = "ok"
 
@@ -187,117 +184,36 @@ class RouteNetwork:
         bgp fabric's BIRD); nothing for fabrics whose routes are all in `want`."""
         return ""
 
-    # -- the shared kernel half
+    # -- the shared kernel half (fabric/kernel_state.py)
 
-    def apply(self, ipr: IPRoute, want: Desired, dry_run: bool = False) -> ApplyReport:
+    _known: KernelState | None = None  # what the last apply left in the kernel (None: read it)
+
+    def forget_kernel_state(self) -> None:
+        """The next apply reads the kernel (a device may have been made again)."""
+        self._known = None
+
+    def apply(self, ipr: IPRoute, want: Desired, dry_run: bool = False, trust: bool = False) -> ApplyReport:
         """Make the kernel hold exactly `want`'s fabric state; report the changes.
         `dry_run`: change nothing, report what would change (`podnet doctor`: entries
-        missing are "added", stale ones "removed")."""
-        report = ApplyReport()
-
-        def act(log: list[str], what: str, fn: Any, *args: Any, **kw: Any) -> None:
-            if dry_run:
-                log.append(what)
-            else:
-                self._try(log, what, fn, *args, **kw)
-
-        have_routes = self._routes(ipr, self.route_proto)
-        for spec, raw in have_routes.items():
-            if spec not in want.routes:
-                act(report.removed, f"route {spec.dst}", ipr.route, "del", **raw)
-        for spec in sorted(want.routes - set(have_routes)):
-            index = _maybe_index(ipr, spec.dev) if dry_run else _index(ipr, spec.dev)
-            kw: dict[str, Any] = {"dst": spec.dst, "gateway": spec.gateway or None, "oif": index,
-                                  "proto": self.route_proto, "family": _family(spec.dst)}
-            if spec.onlink:
-                kw["flags"] = RTNH_F_ONLINK
-            act(report.added, f"route {spec.dst}{f' via {spec.gateway}' if spec.gateway else ''} dev {spec.dev}",
-                ipr.route, "replace", **kw)
-        for name in self.devices:
-            if (dev := _maybe_index(ipr, name)) is None:
-                continue
-            wanted_neigh = {n for n in want.neighbours if n.dev == name}
-            have_neigh = self._neighbours(ipr, dev, name)
-            for spec in have_neigh - wanted_neigh:
-                act(report.removed, f"neigh {spec.ip}", ipr.neigh, "del", dst=spec.ip, lladdr=spec.mac, ifindex=dev,
-                    family=_family(spec.ip))
-            for spec in sorted(wanted_neigh - have_neigh):
-                act(report.added, f"neigh {spec.ip} {spec.mac}", ipr.neigh, "replace",
-                    dst=spec.ip, lladdr=spec.mac, ifindex=dev, state=NUD_PERMANENT, family=_family(spec.ip))
-            wanted_fdb = {f for f in want.fdb if f.dev == name}
-            have_fdb = self._fdb(ipr, dev, name)
-            for spec in have_fdb - wanted_fdb:
-                act(report.removed, f"fdb {spec.mac}", ipr.neigh, "del", family=socket.AF_BRIDGE,
-                          ifindex=dev, lladdr=spec.mac, dst=spec.dst, flags=NTF_SELF)
-            for spec in sorted(wanted_fdb - have_fdb):
-                act(report.added, f"fdb {spec.mac} dst {spec.dst}", ipr.neigh, "replace",
-                          family=socket.AF_BRIDGE, ifindex=dev, lladdr=spec.mac, dst=spec.dst,
-                          state=NUD_PERMANENT, flags=NTF_SELF)
+        missing are "added", stale ones "removed"). `trust`: diff against what the last
+        apply left instead of reading the kernel (the node loop's pass after a store
+        change; its repair pass reads, and brings back what was changed by hand)."""
+        known = self._known if trust and not dry_run else None
+        if known is not None:
+            have, target = known, kernel_state.wanted(want, self.devices)
+        else:
+            have, present = kernel_state.read(ipr, self.route_proto, self.devices)
+            target = kernel_state.wanted(want, present)
+        todo = kernel_state.changes(have, target)
+        if dry_run:
+            return ApplyReport([c.what for c in todo if c.op == "replace"], [c.what for c in todo if c.op == "del"])
+        self._known = None  # until this write is known to be whole
+        added, removed, complete = kernel_state.write(todo, self.route_proto)
+        self._known = target if complete else None
         path = self.fastpath
-        if path is not None and path.device and not dry_run:  # the peers' IPv4 blocks behind its device
+        if path is not None and path.device:  # the peers' IPv4 blocks behind its device
             path.sync(ipr, {r.dst for r in want.routes if r.dev == path.device and ":" not in r.dst})
-        return report
-
-    @staticmethod
-    def _try(log: list[str], what: str, fn: Any, *args: Any, **kw: Any) -> None:
-        try:
-            fn(*args, **kw)
-        except NetlinkError as exc:
-            if exc.code in (errno.ESRCH, errno.ENOENT) and args[0] == "del":
-                return  # already gone: someone else converged it
-            raise KernelError(f"fabric: cannot {args[0]} {what}: {exc.args[1] if len(exc.args) > 1 else exc}") from None
-        log.append(what)
-
-    @staticmethod
-    def _routes(ipr: IPRoute, proto: int = ROUTE_PROTO) -> dict[RouteSpec, dict[str, Any]]:
-        """Routes of `proto` in the main table -> the attributes that delete them."""
-        names = {msg["index"]: msg.get("IFLA_IFNAME") for msg in ipr.get_links()}
-        out = {}
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for msg in ipr.get_routes(family=family, table=MAIN_TABLE, proto=proto):
-                if msg["proto"] != proto or msg.get("RTA_DST") is None:
-                    continue
-                dst = str(ipaddress.ip_network(f"{msg.get('RTA_DST')}/{msg['dst_len']}", strict=False))
-                gw = msg.get("RTA_GATEWAY") or ""
-                oif = msg.get("RTA_OIF")
-                spec = RouteSpec(dst, gw, str(names.get(oif, "")), bool(msg["flags"] & RTNH_F_ONLINK))
-                out[spec] = {"dst": dst, "gateway": gw or None, "oif": oif, "proto": proto, "table": MAIN_TABLE,
-                             "family": family}
-        return out
-
-    @staticmethod
-    def _neighbours(ipr: IPRoute, dev: int, name: str) -> set[NeighSpec]:
-        return {
-            NeighSpec(str(n.get("NDA_DST")), str(n.get("NDA_LLADDR")), name)
-            for family in (socket.AF_INET, socket.AF_INET6)
-            for n in ipr.get_neighbours(family=family, ifindex=dev)
-            if n["state"] & NUD_PERMANENT and n.get("NDA_LLADDR")
-        }
-
-    @staticmethod
-    def _fdb(ipr: IPRoute, dev: int, name: str) -> set[FdbSpec]:
-        return {
-            FdbSpec(str(n.get("NDA_LLADDR")), str(n.get("NDA_DST")), name)
-            for n in ipr.get_neighbours(family=socket.AF_BRIDGE, ifindex=dev)
-            if n.get("NDA_DST") and n["ifindex"] == dev
-        }
-
-
-def _family(address: str) -> int:
-    """AF_INET or AF_INET6 of an address or a prefix."""
-    return socket.AF_INET6 if ":" in address else socket.AF_INET
-
-
-def _maybe_index(ipr: IPRoute, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return found[0] if found else None
-
-
-def _index(ipr: IPRoute, name: str) -> int:
-    index = _maybe_index(ipr, name)
-    if index is None:
-        raise KernelError(f"fabric: device {name} does not exist")
-    return index
+        return ApplyReport(added, removed)
 
 
 def valid_peers(

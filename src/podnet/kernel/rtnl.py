@@ -18,7 +18,7 @@ import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from podnet.errors import KernelError
@@ -28,7 +28,7 @@ NETLINK_ROUTE = 0
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x1, 0x4, 0x100, 0x200, 0x400
 NLMSG_ERROR = 2
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_NEWADDR, RTM_GETADDR, RTM_NEWROUTE, RTM_NEWNEIGH = 16, 17, 18, 20, 22, 24, 28
-RTM_DELADDR = 21
+RTM_DELADDR, RTM_DELROUTE, RTM_DELNEIGH = 21, 25, 29
 NLM_F_DUMP, NLMSG_DONE = 0x300, 3
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_MASTER, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 10, 18, 28
 IFLA_LINK, IFLA_IFALIAS = 5, 20
@@ -46,8 +46,8 @@ NDA_DST, NDA_LLADDR, NUD_PERMANENT = 1, 2, 0x80
 _HDR = struct.Struct("=IHHII")  # nlmsghdr
 _IFINFO = struct.Struct("=BxHiII")  # ifinfomsg
 _IFADDR = struct.Struct("=BBBBI")  # ifaddrmsg
-_RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg
-_NDMSG = struct.Struct("=BxxxiHBB")  # ndmsg
+RTMSG = struct.Struct("=BBBBBBBBI")  # rtmsg
+NDMSG = struct.Struct("=BxxxiHBB")  # ndmsg
 _ATTR = struct.Struct("=HH")
 IPAddr = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -69,7 +69,7 @@ def attr(kind: int, payload: bytes) -> bytes:
     return data + b"\0" * (-len(data) % 4)
 
 
-def _mac(text: str) -> bytes:
+def mac_bytes(text: str) -> bytes:
     return bytes(int(part, 16) for part in text.split(":"))
 
 
@@ -152,6 +152,17 @@ class RtnlSocket:
                         out[seq] = (0, payload)
         return out
 
+    def batch(self, requests: Sequence[tuple[int, int, bytes]], chunk: int = 128) -> list[int]:
+        """Send (type, flags, body) requests, `chunk` per sendmsg; every one's errno (0 =
+        done), in order. The kernel goes on past a failed request."""
+        codes: list[int] = []
+        for start in range(0, len(requests), chunk):
+            sent = [self._message(kind, flags, body) for kind, flags, body in requests[start : start + chunk]]
+            self.sock.sendmsg([msg for _seq, msg in sent])
+            replies = self._replies({seq: "" for seq, _msg in sent})
+            codes.extend(replies[seq][0] for seq, _msg in sent)
+        return codes
+
     def _call(self, kind: int, flags: int, body: bytes) -> int:
         """Send one request; return the kernel's errno (0 = success)."""
         seq, msg = self._message(kind, flags, body)
@@ -176,13 +187,13 @@ class RtnlSocket:
         `peer_extra` gives the peer its own. Returns the kernel's errno."""
         peer_info = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0) + (extra if peer_extra is None else peer_extra)
         peer_info += attr(IFLA_IFNAME, peer.encode() + b"\0") + attr(IFLA_MTU, u32(mtu))
-        peer_info += attr(IFLA_ADDRESS, _mac(peer_mac)) + attr(IFLA_NET_NS_FD, u32(peer_netns_fd))
+        peer_info += attr(IFLA_ADDRESS, mac_bytes(peer_mac)) + attr(IFLA_NET_NS_FD, u32(peer_netns_fd))
         info = attr(IFLA_INFO_KIND, b"veth") + attr(
             IFLA_INFO_DATA | NLA_F_NESTED, attr(VETH_INFO_PEER | NLA_F_NESTED, peer_info)
         )
         body = _IFINFO.pack(socket.AF_UNSPEC, 0, 0, IFF_UP, IFF_UP)
         body += attr(IFLA_IFNAME, host.encode() + b"\0") + attr(IFLA_MTU, u32(mtu))
-        body += attr(IFLA_ADDRESS, _mac(host_mac)) + (attr(IFLA_MASTER, u32(master)) if master else b"") + extra
+        body += attr(IFLA_ADDRESS, mac_bytes(host_mac)) + (attr(IFLA_MASTER, u32(master)) if master else b"") + extra
         body += attr(IFLA_LINKINFO | NLA_F_NESTED, info)
         return self._call(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body)
 
@@ -330,15 +341,15 @@ class RtnlSocket:
         what[seq] = "link up"
         for ip, mac in neighbours:
             neighbour = ipaddress.ip_address(ip)
-            body = _NDMSG.pack(_family(neighbour.version), index, NUD_PERMANENT, 0, RTN_UNICAST)
-            body += attr(NDA_DST, neighbour.packed) + attr(NDA_LLADDR, _mac(mac))
+            body = NDMSG.pack(_family(neighbour.version), index, NUD_PERMANENT, 0, RTN_UNICAST)
+            body += attr(NDA_DST, neighbour.packed) + attr(NDA_LLADDR, mac_bytes(mac))
             seq, msg = self._message(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body)
             batch.append(msg)
             what[seq] = f"neighbour {ip} {mac}"
         for dst, gw in routes:
             net = ipaddress.ip_network(dst, strict=False)
             scope = RT_SCOPE_UNIVERSE if gw else RT_SCOPE_LINK
-            body = _RTMSG.pack(_family(net.version), net.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope, RTN_UNICAST, 0)
+            body = RTMSG.pack(_family(net.version), net.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope, RTN_UNICAST, 0)
             if net.prefixlen:
                 body += attr(RTA_DST, net.network_address.packed)
             if gw:

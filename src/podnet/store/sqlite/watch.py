@@ -89,6 +89,7 @@ class Tail:
         if self._txs.conn() is not None:
             raise StoreError("watch() inside a transaction would block every writer")
         deadline = time.monotonic() + max(0.0, timeout)
+        checked = from_revision  # the ring's events up to here held nothing under prefix
         with self._cond:
             self._since.setdefault(prefix, None)
         while True:
@@ -104,13 +105,16 @@ class Tail:
                 if head is not None and since is not None and from_revision >= max(floor, since):
                     found = []
                     for event in reversed(self._events):  # only what is newer: O(new)
-                        if event.revision <= from_revision:
+                        if event.revision <= checked:
                             break
                         if event.key.startswith(prefix):
                             found.append(event)
                     found.reverse()
                     if found:
                         return found
+                    # woken again, look only at what came since: a prefix few events are under
+                    # (networks/; policy/ while a lab's pods attach) rescanned the ring each time
+                    checked = max(checked, self._events[-1].revision if self._events else checked)
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or self._pool.closed:
                         return []
@@ -128,7 +132,7 @@ class Tail:
             with self._cond:
                 since = self._since.get(prefix)
                 if self._head is not None and since is not None:
-                    from_revision = max(from_revision, self._floor, since)
+                    from_revision = checked = max(from_revision, self._floor, since)
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._pool.closed:
