@@ -231,3 +231,33 @@ def test_a_lost_lease_is_reported_to_the_node_loop(store):
         assert svc._lease_lost.wait(2 * ttl)
     finally:
         svc._lease_loop.stop()
+
+
+def test_parsed_records_follow_every_change_and_skip_what_is_malformed(store):
+    from podnet import keys
+
+    parsed = leases.ParsedRecords()
+    for name in ("a", "b", "c"):
+        take(store, name)
+    store.put("nodes/x", "{not json")
+    store.put("nodes/y", json.dumps({**json.loads(store.get("nodes/a").value), "name": "b"}))  # posing as b
+    store.put("blocks/10.244.99.0-24", "{}")
+
+    def both() -> tuple[list[str], dict[str, str]]:
+        found = parsed.leases(store.snapshot(keys.NODES)[0])
+        assert found == leases.parse_leases(store.snapshot(keys.NODES)[0])
+        claims = parsed.claims(store)
+        assert claims == leases.list_claims(store)
+        return sorted(lease.name for lease in found), claims
+
+    names, claims = both()
+    assert names == ["a", "b", "c"] and sorted(claims.values()) == ["a", "b", "c"]
+    assert both() == (names, claims)  # the second pass from the cache: the same
+    lease_b = json.loads(store.get("nodes/b").value)
+    store.put("nodes/b", json.dumps({**lease_b, "underlay_ip": "172.31.0.99"}))  # changed text: parsed again
+    store.delete("nodes/c")
+    store.delete(next(key for key, owner in ((e.key, e.json().get("node")) for e in store.list("blocks/"))
+                      if owner == "c"))
+    names, claims = both()
+    assert names == ["a", "b"] and sorted(claims.values()) == ["a", "b"]
+    assert next(x for x in parsed.leases(store.snapshot(keys.NODES)[0]) if x.name == "b").underlay_ip == "172.31.0.99"

@@ -79,6 +79,7 @@ class NodeService:
         self.partial: dict[str, str] = {}  # an accepted peer's family the fabric cannot route: why
         self.claims: dict[str, str] = {}  # block -> node, as last read (a vanished peer's blocks are freed)
         self.blocks: tuple[str, ...] = ()  # this node's blocks, its lease's first
+        self._parsed = leases.ParsedRecords()  # the loop's leases and claims, parsed once per change
         self._lock = threading.Lock()
         self._loop = ServiceThread("podnet-node", self._run, join_timeout=WATCH_TIMEOUT + 10)
         # the lease is renewed on a thread of its own: the node loop's passes (pyroute2 dumps, a
@@ -433,14 +434,14 @@ class NodeService:
         started = time.perf_counter()
         store = self._store()
         entries, revision = store.snapshot(keys.NODES)
-        current = {lease.name: lease for lease in leases.parse_leases(entries) if lease.name != self.ctx.own.name}
+        current = {lease.name: lease for lease in self._parsed.leases(entries) if lease.name != self.ctx.own.name}
         if not self.gossip:  # the gossip fabric's ring reclaims and gives back space
             for name, gone in self.peers.items():
                 if name not in current:
                     self._reclaim(store, gone)
             if repair:
                 self._release_empty_blocks(store)
-        claims = leases.list_claims(store)
+        claims = self._parsed.claims(store)
         from podnet.fabric.base import own_blocks
 
         mine = own_blocks(self.ctx, claims)

@@ -14,6 +14,7 @@ Names and addresses are checked when read back: they become routes and nft eleme
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,13 @@ def _labels(f: Fields, name: str) -> dict[str, str]:
     return dict(sorted(labels.items()))
 
 
+@functools.lru_cache(maxsize=4096)
+def block_network(block: str) -> ipaddress.IPv4Network:
+    """A block's network, parsed once: a node's pass looks at every peer's block a few
+    times, and a 100-node lab's agents each did a pass per join (ValueError as ever)."""
+    return ipaddress.IPv4Network(block)
+
+
 @dataclass(frozen=True)
 class NodeLease:
     """What one node publishes about itself (`nodes/<name>`)."""
@@ -90,7 +98,7 @@ class NodeLease:
 
     @property
     def network(self) -> ipaddress.IPv4Network:
-        return ipaddress.IPv4Network(self.block)
+        return block_network(self.block)
 
     def to_json(self) -> dict[str, Any]:
         return {
