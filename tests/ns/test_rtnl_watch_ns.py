@@ -81,3 +81,54 @@ def test_a_pod_veth_joining_the_bridge_is_no_change_but_the_bridge_going_down_is
     finally:
         changes.close()
         os.close(fd)
+
+
+def test_changes_made_through_an_ignored_writer_and_fdb_additions_do_not_raise_the_flag(sandbox):
+    from podnet.fabric import kernel_state
+    from podnet.fabric.base import ROUTE_PROTO, FdbSpec, NeighSpec, RouteSpec
+    from podnet.kernel.rtnl import RtnlSocket
+
+    ns = sandbox.netns("watchw")
+    ip("-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "wire0")
+    ip("-n", ns, "addr", "add", "172.31.0.1/24", "dev", "eth0")
+    for dev in ("eth0", "wire0"):
+        ip("-n", ns, "link", "set", dev, "up")
+    ip("-n", ns, "link", "add", "pnvx0", "type", "vxlan", "id", "1", "local", "172.31.0.1", "dev", "eth0",
+       "dstport", "8472", "nolearning")
+    ip("-n", ns, "link", "set", "pnvx0", "up")
+    fd = netns.open_netns(sandbox.path(ns))
+    changes = KernelChanges()
+    try:
+        with netns.entered(fd):
+            assert changes.start()
+            writer = RtnlSocket()
+        changes.ignore_sender(writer.port)
+        _flag_within(changes, 0.5)  # drained
+        peer = (RouteSpec("10.244.2.0/24", "10.244.2.0", "pnvx0", True), NeighSpec("10.244.2.0", "02:00:00:00:00:02",
+                "pnvx0"), FdbSpec("02:00:00:00:00:02", "172.31.0.2", "pnvx0"))
+        with netns.entered(fd):
+            kernel_state.write([kernel_state.Change("replace", spec) for spec in peer], ROUTE_PROTO, writer)
+        assert not _flag_within(changes, 0.5)  # the loop's own writes: nothing to repair
+        ip("-n", ns, "route", "del", "10.244.2.0/24")  # by hand: a change
+        assert _flag_within(changes)
+        ip("-n", ns, "neigh", "replace", "10.244.2.0", "lladdr", "02:00:00:00:00:09", "dev", "pnvx0", "nud",
+           "permanent")
+        assert _flag_within(changes)
+        subprocess_bridge(ns, "del", "02:00:00:00:00:02", "172.31.0.2")  # an FDB entry gone: a change
+        assert _flag_within(changes)
+        with netns.entered(fd):  # the writer's routes, added and deleted: none
+            kernel_state.write([kernel_state.Change("replace", peer[0])], ROUTE_PROTO, writer)
+            kernel_state.write([kernel_state.Change("del", peer[0])], ROUTE_PROTO, writer)
+        assert not _flag_within(changes, 0.5)
+        # (a neighbour the writer deletes is announced gone by the kernel, without a sender: a change)
+        writer.close()
+    finally:
+        changes.close()
+        os.close(fd)
+
+
+def subprocess_bridge(ns: str, op: str, mac: str, dst: str) -> None:
+    import subprocess
+
+    subprocess.run(["bridge", "-n", ns, "fdb", op, mac, "dev", "pnvx0", "dst", dst, "self", "permanent"],
+                   check=True, capture_output=True)

@@ -126,7 +126,7 @@ def node_service(store) -> NodeService:
                                   state=StatePaths(Path("/nonexistent/podnet-state")))  # host-gw writes nothing
     svc = NodeService(agent)  # type: ignore[arg-type]
     svc.fabric = FABRICS["host-gw"]()
-    svc.fabric.apply = lambda _ipr, _want, trust=False: ApplyReport()  # type: ignore[method-assign]
+    svc.fabric.apply = lambda _ipr, _want, trust=False, writer=None: ApplyReport()  # type: ignore[method-assign]
     svc.ctx = ctx("host-gw")
     svc.claim = leases.Claim(svc.ctx.own, 10.0)
     svc._ipr = object()  # type: ignore[assignment]

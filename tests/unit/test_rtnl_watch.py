@@ -24,6 +24,7 @@ def test_links_count_when_new_deleted_or_changed_and_ignored_ones_never() -> Non
     from podnet.kernel.rtnl import IFLA_IFNAME, IFLA_MTU, attr
     from podnet.kernel.rtnl_watch import (
         RTM_DELLINK,
+        RTM_DELNEIGH,
         RTM_NEWLINK,
         RTM_NEWNEIGH,
         RTM_NEWROUTE,
@@ -49,3 +50,6 @@ def test_links_count_when_new_deleted_or_changed_and_ignored_ones_never() -> Non
     assert relevant(RTM_NEWROUTE, route(3))
     assert not relevant(RTM_DELLINK, link(9, "pn0123456789a"))
     assert relevant(RTM_DELLINK, link(3, "pncl0"))
+    fdb = struct.pack("=BxxxiHBB", 7, 4, 0x80, 2, 0) + attr(1, bytes([172, 31, 0, 2]))  # a VTEP's, on pnvx0
+    assert not relevant(RTM_NEWNEIGH, fdb)  # added: the fabric's own writes (VXLAN names no sender)
+    assert relevant(RTM_DELNEIGH, fdb)  # gone: the repair pass puts it back

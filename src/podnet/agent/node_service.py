@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 
     from podnet.agent.context import AgentContext, OpHandler
     from podnet.fabric.base import FabricContext, RouteNetwork
+    from podnet.kernel.rtnl import RtnlSocket
 
 log = logging.getLogger("podnet.agent.node")
 
@@ -95,6 +96,7 @@ class NodeService:
         self.repair_clock = RepairClock(self.kernel_changes)
         self.long_ops = ("node.doctor",)  # --fix waits for a repair pass
         self._ipr: IPRoute | None = None
+        self._rtnl: RtnlSocket | None = None  # the fabric's writer (`_writer`)
         # the agent's registry; a private one for fakes of the agent (unit tests)
         self.metrics: AgentMetrics = getattr(agent, "metrics", None) or AgentMetrics()
 
@@ -147,6 +149,9 @@ class NodeService:
             with contextlib.suppress(Exception):  # opened by the (now joined) loop thread
                 self._ipr.close()
             self._ipr = None
+        if self._rtnl is not None:
+            self._rtnl.close()
+            self._rtnl = None
         self.mtu_look.close()
         self.kernel_changes.close()
 
@@ -228,6 +233,16 @@ class NodeService:
 
             self._ipr = IPRoute()  # this thread lives in the agent's (the node's) namespace
         return self._ipr
+
+    def _writer(self) -> RtnlSocket:
+        """The fabric's netlink writer, in this thread's namespace (the node's): its own
+        changes are no drift for the repair pass to look for."""
+        if self._rtnl is None:
+            from podnet.kernel.rtnl import RtnlSocket
+
+            self._rtnl = RtnlSocket()
+            self.kernel_changes.ignore_sender(self._rtnl.port)
+        return self._rtnl
 
     def _underlay(self) -> Underlay:
         assert self.options is not None
@@ -458,7 +473,8 @@ class NodeService:
                 self.fabric.routing = Routing.from_json(store.get_json(keys.GOSSIP_ROUTING))
         want = self.fabric.desired(self.ctx, current.values(), claims)
         want.routes |= node_routes(list_hosts(store), self.ctx, claims)
-        report = self.fabric.apply(self._iproute(), want, trust=not repair)  # the repair pass reads the kernel
+        report = self.fabric.apply(self._iproute(), want, trust=not repair,  # the repair pass reads the kernel
+                                   writer=self._writer())
         if report:
             log.info("fabric %s: added %s removed %s", self.fabric.name, report.added, report.removed)
         daemon = self.fabric.sync(self.ctx, current.values(), want, self.agent.state.bird_dir, store)

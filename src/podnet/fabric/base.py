@@ -35,6 +35,7 @@ from podnet.errors import KernelError
 from podnet.fabric import kernel_state
 from podnet.fabric.fastpath import FastPath, clear
 from podnet.fabric.kernel_state import KernelState
+from podnet.kernel.rtnl import RtnlSocket
 from podnet.model.cluster import NodeLease
 from podnet.store.base import Store
 
@@ -192,12 +193,14 @@ class RouteNetwork:
         """The next apply reads the kernel (a device may have been made again)."""
         self._known = None
 
-    def apply(self, ipr: IPRoute, want: Desired, dry_run: bool = False, trust: bool = False) -> ApplyReport:
+    def apply(self, ipr: IPRoute, want: Desired, dry_run: bool = False, trust: bool = False,
+              writer: RtnlSocket | None = None) -> ApplyReport:
         """Make the kernel hold exactly `want`'s fabric state; report the changes.
         `dry_run`: change nothing, report what would change (`podnet doctor`: entries
         missing are "added", stale ones "removed"). `trust`: diff against what the last
         apply left instead of reading the kernel (the node loop's pass after a store
-        change; its repair pass reads, and brings back what was changed by hand)."""
+        change; its repair pass reads, and brings back what was changed by hand).
+        `writer`: the socket that writes (the node loop's, whose announcements it ignores)."""
         known = self._known if trust and not dry_run else None
         if known is not None:
             have, target = known, kernel_state.wanted(want, self.devices)
@@ -208,7 +211,7 @@ class RouteNetwork:
         if dry_run:
             return ApplyReport([c.what for c in todo if c.op == "replace"], [c.what for c in todo if c.op == "del"])
         self._known = None  # until this write is known to be whole
-        added, removed, complete = kernel_state.write(todo, self.route_proto)
+        added, removed, complete = kernel_state.write(todo, self.route_proto, writer)
         self._known = target if complete else None
         path = self.fastpath
         if path is not None and path.device:  # the peers' IPv4 blocks behind its device

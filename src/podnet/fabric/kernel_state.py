@@ -16,6 +16,7 @@ neighbour and FDB entries on the fabric's own devices only.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
@@ -137,16 +138,17 @@ def changes(have: KernelState, want: KernelState) -> list[Change]:
     return out
 
 
-def write(todo: list[Change], proto: int) -> tuple[list[str], list[str], bool]:
-    """Write `todo` in the calling thread's namespace: (added, removed, complete). Not
-    complete: a neighbour or FDB entry's device is missing (skipped; the next read pass
-    looks again). A route's missing device, or any refusal but a delete of what is
-    gone, raises KernelError once every request has been answered."""
+def write(todo: list[Change], proto: int, sock: RtnlSocket | None = None) -> tuple[list[str], list[str], bool]:
+    """Write `todo` through `sock` (None: a socket of its own, in the calling thread's
+    namespace): (added, removed, complete). Not complete: a neighbour or FDB entry's
+    device is missing (skipped; the next read pass looks again). A route's missing
+    device, or any refusal but a delete of what is gone, raises KernelError once every
+    request has been answered."""
     added: list[str] = []
     removed: list[str] = []
     if not todo:
         return added, removed, True
-    with RtnlSocket() as sock:
+    with contextlib.nullcontext(sock) if sock is not None else RtnlSocket() as sock:
         indexes = {name: sock.link_index(name) for name in {c.spec.dev for c in todo}}
         requests, sent, complete = [], [], True
         for change in todo:

@@ -87,12 +87,20 @@ def _family(version: int) -> int:
 
 def messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
     """(type, seq, payload) of each netlink message in one datagram."""
+    for kind, seq, _sender, payload in sent_messages(data):
+        yield kind, seq, payload
+
+
+def sent_messages(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
+    """(type, seq, sender, payload) of each netlink message in one datagram; an
+    announcement's sender is the port id of the socket whose request made the change
+    (0: the kernel's own, or a driver that does not say, as VXLAN's FDB)."""
     offset = 0
     while offset + _HDR.size <= len(data):
-        length, kind, _flags, seq, _pid = _HDR.unpack_from(data, offset)
+        length, kind, _flags, seq, sender = _HDR.unpack_from(data, offset)
         if length < _HDR.size:
             return
-        yield kind, seq, data[offset + _HDR.size : offset + length]
+        yield kind, seq, sender, data[offset + _HDR.size : offset + length]
         offset += (length + 3) & ~3
 
 
@@ -120,6 +128,11 @@ class RtnlSocket:
                 self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
         self.sock.bind((0, 0))
         self.seq = 0
+
+    @property
+    def port(self) -> int:
+        """This socket's netlink port id: the sender the kernel names in its announcements."""
+        return int(self.sock.getsockname()[0])
 
     def close(self) -> None:
         self.sock.close()

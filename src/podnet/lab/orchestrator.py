@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 
 from podnet import keys
+from podnet.errors import TryAgainLater
 from podnet.lab.state import NETNS_DIR, LabError, LabState, enter
 
 
@@ -37,6 +38,7 @@ def needs_lab_namespace(url: str) -> bool:
 
 DNS_NAMESPACE = "kube-system"
 DNS_LABELS = {"k8s-app": "kube-dns"}
+BUSY_ATTEMPTS = 3  # a busy store (a hundred agents writing on two CPUs) is waited for again, not fatal
 DNS_PORTS = ({"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "dns-tcp", "port": 53, "protocol": "TCP"})
 
 
@@ -77,13 +79,8 @@ def _ensure_settings(store, data: dict) -> None:
 
 
 def register(name: str) -> int:
-    from podnet.model.base import CorruptRecord
-    from podnet.model.cluster import HostRecord
     from podnet.model.policy import PodRecord
     from podnet.model.probe import parse_probe
-    from podnet.objects.registry import parse_documents
-    from podnet.objects.store import apply, register_pods
-    from podnet.store import open_store
 
     state = LabState.load(name)
     pods, namespaces = [], {}
@@ -103,19 +100,38 @@ def register(name: str) -> int:
         namespaces.setdefault(DNS_NAMESPACE, {})
         pods.append(PodRecord(DNS_NAMESPACE, entry["name"], node, tuple(ip.split("/")[0] for ip in entry.get("ips", [])),
                               dict(DNS_LABELS), DNS_PORTS))
-    with open_store(state.data["store_url"]) as store:
-        _ensure_settings(store, state.data)
+    for attempt in range(1, BUSY_ATTEMPTS + 1):  # every write below is idempotent
+        try:
+            _write_registrations(state.data, pods, namespaces)
+            return 0
+        except TryAgainLater as exc:
+            if attempt == BUSY_ATTEMPTS:
+                raise
+            print(f"store busy ({exc.msg}): registering again ({attempt}/{BUSY_ATTEMPTS})", file=sys.stderr)
+    return 0
+
+
+def _write_registrations(data: dict, pods: list, namespaces: dict) -> None:
+    """The pods, namespaces, services and hosts of the lab, in its store."""
+    from podnet.model.base import CorruptRecord
+    from podnet.model.cluster import HostRecord
+    from podnet.objects.registry import parse_documents
+    from podnet.objects.store import apply, register_pods
+    from podnet.store import open_store
+
+    dns = data.get("cluster_dns") or {}
+    with open_store(data["store_url"]) as store:
+        _ensure_settings(store, data)
         register_pods(store, pods, namespaces)
-        services = ([kube_dns(dns["ip"], dns.get("ip6"))] if dns.get("ip") else []) + list(state.data.get("services") or [])
+        services = ([kube_dns(dns["ip"], dns.get("ip6"))] if dns.get("ip") else []) + list(data.get("services") or [])
         if services:  # the topology's services, once their pods exist
             apply(store, parse_documents(services))
-        for host, entry in (state.data.get("hosts") or {}).items():
+        for host, entry in (data.get("hosts") or {}).items():
             try:  # `host join`'s podnet address stays
                 pod_ip = HostRecord.from_json(store.get_json(keys.host(host))).pod_ip
             except CorruptRecord:  # none yet (or unreadable: written anew)
                 pod_ip = ""
             store.put(keys.host(host), HostRecord(entry["underlay"], entry["rack"], pod_ip).encode())
-    return 0
 
 
 if __name__ == "__main__":
