@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
+from podnet.fabric import kernel_state
+from podnet.fabric.base import ROUTE_PROTO, FdbSpec, NeighSpec, RouteSpec
 from podnet.kernel import netns
+from podnet.kernel.rtnl import RtnlSocket
 from podnet.kernel.rtnl_watch import KernelChanges
 from podnet.lab.sandbox import ip
 from podnet.naming import host_veth_name, is_host_veth
@@ -24,15 +30,26 @@ def _flag_within(changes: KernelChanges, seconds: float = 3.0) -> bool:
     return False
 
 
+@contextmanager
+def watching(sandbox, ns: str, ignored: Callable[[str], bool] | None = None) -> Iterator[tuple[KernelChanges, int]]:
+    """KernelChanges started in `ns`, and the namespace's fd for more work there; both
+    closed after (also when the test fails)."""
+    fd = netns.open_netns(sandbox.path(ns))
+    changes = KernelChanges(ignored) if ignored else KernelChanges()
+    try:
+        with netns.entered(fd):
+            assert changes.start()
+        yield changes, fd
+    finally:
+        changes.close()
+        os.close(fd)
+
+
 def test_routes_links_and_permanent_neighbours_raise_the_flag_learned_neighbours_do_not(sandbox):
     ns = sandbox.netns("watch")
     ip("-n", ns, "link", "add", "pnw0", "type", "veth", "peer", "name", "pnw1")
     ip("-n", ns, "link", "set", "pnw0", "up")
-    fd = netns.open_netns(sandbox.path(ns))
-    changes = KernelChanges()
-    try:
-        with netns.entered(fd):
-            assert changes.start()
+    with watching(sandbox, ns) as (changes, _fd):
         assert changes.take()  # nothing is known before the first look
         assert not changes.take()
         ip("-n", ns, "neigh", "add", "10.9.0.7", "lladdr", "02:00:00:00:00:07", "dev", "pnw0", "nud", "reachable")
@@ -48,9 +65,6 @@ def test_routes_links_and_permanent_neighbours_raise_the_flag_learned_neighbours
         assert _flag_within(changes)
         ip("-n", ns, "link", "del", "pnw0")
         assert _flag_within(changes)
-    finally:
-        changes.close()
-        os.close(fd)
     ip("-n", ns, "route", "add", "10.7.0.0/24", "dev", "lo")
     assert changes.take()  # closed: nobody can tell, so always a change
 
@@ -60,11 +74,7 @@ def test_a_pod_veth_joining_the_bridge_is_no_change_but_the_bridge_going_down_is
     ip("-n", ns, "link", "add", "pncl0", "type", "bridge")
     ip("-n", ns, "link", "set", "pncl0", "addrgenmode", "none")  # its link-local route comes ~1 s after
     ip("-n", ns, "link", "set", "pncl0", "up")  # its carrier: a change, and not the one looked at here
-    fd = netns.open_netns(sandbox.path(ns))
-    changes = KernelChanges(is_host_veth)
-    try:
-        with netns.entered(fd):
-            assert changes.start()
+    with watching(sandbox, ns, is_host_veth) as (changes, _fd):
         for i, attach in enumerate(("0123456789ab", "123456789abc")):
             changes.take()  # the first port gives the bridge its carrier: a change, once
             host = host_veth_name(attach)
@@ -78,16 +88,9 @@ def test_a_pod_veth_joining_the_bridge_is_no_change_but_the_bridge_going_down_is
         assert not _flag_within(changes, 0.5)  # ... and every DEL
         ip("-n", ns, "link", "set", "pncl0", "down")
         assert _flag_within(changes)  # the pod network's own device: repair
-    finally:
-        changes.close()
-        os.close(fd)
 
 
 def test_changes_made_through_an_ignored_writer_and_fdb_additions_do_not_raise_the_flag(sandbox):
-    from podnet.fabric import kernel_state
-    from podnet.fabric.base import ROUTE_PROTO, FdbSpec, NeighSpec, RouteSpec
-    from podnet.kernel.rtnl import RtnlSocket
-
     ns = sandbox.netns("watchw")
     ip("-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", "wire0")
     ip("-n", ns, "addr", "add", "172.31.0.1/24", "dev", "eth0")
@@ -96,11 +99,8 @@ def test_changes_made_through_an_ignored_writer_and_fdb_additions_do_not_raise_t
     ip("-n", ns, "link", "add", "pnvx0", "type", "vxlan", "id", "1", "local", "172.31.0.1", "dev", "eth0",
        "dstport", "8472", "nolearning")
     ip("-n", ns, "link", "set", "pnvx0", "up")
-    fd = netns.open_netns(sandbox.path(ns))
-    changes = KernelChanges()
-    try:
+    with watching(sandbox, ns) as (changes, fd):
         with netns.entered(fd):
-            assert changes.start()
             writer = RtnlSocket()
         changes.ignore_sender(writer.port)
         _flag_within(changes, 0.5)  # drained
@@ -122,13 +122,8 @@ def test_changes_made_through_an_ignored_writer_and_fdb_additions_do_not_raise_t
         assert not _flag_within(changes, 0.5)
         # (a neighbour the writer deletes is announced gone by the kernel, without a sender: a change)
         writer.close()
-    finally:
-        changes.close()
-        os.close(fd)
 
 
 def subprocess_bridge(ns: str, op: str, mac: str, dst: str) -> None:
-    import subprocess
-
     subprocess.run(["bridge", "-n", ns, "fdb", op, mac, "dev", "pnvx0", "dst", dst, "self", "permanent"],
                    check=True, capture_output=True)

@@ -22,7 +22,7 @@ import pytest
 
 from podnet.errors import InvalidConfig, StoreError, TryAgainLater
 from podnet.store import RevisionCompacted, Store, open_store
-from podnet.store.base import DELETE, PUT, prefix_end
+from podnet.store.base import DELETE, PUT, Event, prefix_end
 from podnet.store.memory import MemoryStore
 from podnet.store.sqlite import SqliteStore
 
@@ -334,6 +334,15 @@ def test_watch_blocks_until_a_write(store: Store) -> None:
     assert 0.1 < elapsed < 5
 
 
+def _watch_while(store: Store, rev: int, writes: Callable[[], None]) -> list[Event]:
+    """`watch("w/", rev)` blocking while another thread runs `writes`."""
+    thread = threading.Thread(target=writes)
+    thread.start()
+    events = store.watch("w/", rev, 10)
+    thread.join()
+    return events
+
+
 def test_watch_ignores_other_prefixes_while_blocking(store: Store) -> None:
     rev = store.revision()
 
@@ -342,10 +351,7 @@ def test_watch_ignores_other_prefixes_while_blocking(store: Store) -> None:
         time.sleep(0.1)
         store.put("w/mine", "1")
 
-    thread = threading.Thread(target=writes)
-    thread.start()
-    events = store.watch("w/", rev, 10)
-    thread.join()
+    events = _watch_while(store, rev, writes)
     assert [e.key for e in events] == ["w/mine"]
 
 
@@ -359,10 +365,7 @@ def test_a_prefix_watch_woken_by_many_other_writes_still_returns_its_own(store: 
         store.put("w/mine", "1")
         store.put("elsewhere/last", "1")
 
-    thread = threading.Thread(target=writes)
-    thread.start()
-    events = store.watch("w/", rev, 10)
-    thread.join()
+    events = _watch_while(store, rev, writes)
     assert [e.key for e in events] == ["w/mine"]
     assert [e.key for e in store.watch("w/", rev, 0)] == ["w/mine"]  # the same from the same revision
     assert store.watch("w/", events[-1].revision, 0) == []

@@ -34,7 +34,12 @@ from podnet.defaults import FABRIC_ROUTE_PROTO
 from podnet.errors import KernelError
 from podnet.fabric import kernel_state
 from podnet.fabric.fastpath import FastPath, clear
-from podnet.fabric.kernel_state import KernelState
+from podnet.fabric.kernel_state import (  # (the specs live there)
+    FdbSpec,
+    KernelState,
+    NeighSpec,
+    RouteSpec,
+)
 from podnet.kernel.rtnl import RtnlSocket
 from podnet.model.cluster import NodeLease
 from podnet.store.base import Store
@@ -44,28 +49,6 @@ log = logging.getLogger("podnet.fabric")
 ROUTE_PROTO = FABRIC_ROUTE_PROTO  # tags podnet fabric routes
 MAIN_TABLE = 254
 OK = "ok"
-
-
-@dataclass(frozen=True, order=True)
-class RouteSpec:
-    dst: str  # "10.244.2.0/24"
-    gateway: str
-    dev: str
-    onlink: bool = False
-
-
-@dataclass(frozen=True, order=True)
-class NeighSpec:
-    ip: str
-    mac: str
-    dev: str
-
-
-@dataclass(frozen=True, order=True)
-class FdbSpec:
-    mac: str
-    dst: str  # the remote underlay IP
-    dev: str
 
 
 @dataclass

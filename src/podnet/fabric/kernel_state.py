@@ -24,7 +24,7 @@ import socket
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from podnet.errors import KernelError
 from podnet.kernel.rtnl import (
@@ -53,12 +53,40 @@ from podnet.kernel.rtnl import (
 if TYPE_CHECKING:
     from pyroute2 import IPRoute
 
-    from podnet.fabric.base import Desired, FdbSpec, NeighSpec, RouteSpec
-
 RTNH_F_ONLINK = 4
 NTF_SELF = 0x02
 RT_SCOPE_NOWHERE = 255  # a delete that matches a route of any scope
 GONE = (errno.ESRCH, errno.ENOENT)  # a delete of what is not there: someone converged it
+
+
+@dataclass(frozen=True, order=True)
+class RouteSpec:
+    dst: str  # "10.244.2.0/24"
+    gateway: str
+    dev: str
+    onlink: bool = False
+
+
+@dataclass(frozen=True, order=True)
+class NeighSpec:
+    ip: str
+    mac: str
+    dev: str
+
+
+@dataclass(frozen=True, order=True)
+class FdbSpec:
+    mac: str
+    dst: str  # the remote underlay IP
+    dev: str
+
+
+class Wanted(Protocol):
+    """What a pass wants (fabric/base.py `Desired`): its entries of each kind."""
+
+    routes: set[RouteSpec]
+    neighbours: set[NeighSpec]
+    fdb: set[FdbSpec]
 
 
 @dataclass(frozen=True)
@@ -80,8 +108,6 @@ class Change:
     @property
     def what(self) -> str:
         """How reports name it (the doctor's findings and the drift metric read the first word)."""
-        from podnet.fabric.base import NeighSpec, RouteSpec
-
         spec, added = self.spec, self.op == "replace"
         if isinstance(spec, RouteSpec):
             return (f"route {spec.dst}{f' via {spec.gateway}' if spec.gateway else ''} dev {spec.dev}" if added
@@ -91,7 +117,7 @@ class Change:
         return f"fdb {spec.mac} dst {spec.dst}" if added else f"fdb {spec.mac}"
 
 
-def wanted(want: Desired, devices: Iterable[str]) -> KernelState:
+def wanted(want: Wanted, devices: Iterable[str]) -> KernelState:
     """What `want` puts in the kernel: its neighbour and FDB entries on `devices` only."""
     names = set(devices)
     return KernelState(frozenset(want.routes), frozenset(n for n in want.neighbours if n.dev in names),
@@ -101,8 +127,6 @@ def wanted(want: Desired, devices: Iterable[str]) -> KernelState:
 def read(ipr: IPRoute, proto: int, devices: Iterable[str]) -> tuple[KernelState, set[str]]:
     """The kernel's fabric entries (routes of `proto` in the main table; neighbour and
     FDB entries on `devices`), and which of `devices` exist."""
-    from podnet.fabric.base import FdbSpec, NeighSpec, RouteSpec
-
     links = {msg["index"]: str(msg.get("IFLA_IFNAME") or "") for msg in ipr.get_links()}
     routes = set()
     for family in (socket.AF_INET, socket.AF_INET6):
@@ -156,7 +180,7 @@ def write(todo: list[Change], proto: int, sock: RtnlSocket | None = None) -> tup
             if index is None:
                 if change.op == "del":
                     continue  # gone with its device
-                if _is_route(change.spec):
+                if isinstance(change.spec, RouteSpec):
                     raise KernelError(f"fabric: device {change.spec.dev} does not exist")
                 complete = False
                 continue
@@ -174,16 +198,8 @@ def write(todo: list[Change], proto: int, sock: RtnlSocket | None = None) -> tup
     return added, removed, complete
 
 
-def _is_route(spec: object) -> bool:
-    from podnet.fabric.base import RouteSpec
-
-    return isinstance(spec, RouteSpec)
-
-
 def _request(change: Change, index: int, proto: int) -> tuple[int, int, bytes]:
     """The netlink request (type, flags, body) of one change."""
-    from podnet.fabric.base import NeighSpec, RouteSpec
-
     spec, replace = change.spec, change.op == "replace"
     flags = NLM_F_CREATE | NLM_F_REPLACE if replace else 0
     if isinstance(spec, RouteSpec):

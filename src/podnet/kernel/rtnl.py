@@ -85,13 +85,7 @@ def _family(version: int) -> int:
     return socket.AF_INET if version == 4 else socket.AF_INET6
 
 
-def messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
-    """(type, seq, payload) of each netlink message in one datagram."""
-    for kind, seq, _sender, payload in sent_messages(data):
-        yield kind, seq, payload
-
-
-def sent_messages(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
+def messages(data: bytes) -> Iterator[tuple[int, int, int, bytes]]:
     """(type, seq, sender, payload) of each netlink message in one datagram; an
     announcement's sender is the port id of the socket whose request made the change
     (0: the kernel's own, or a driver that does not say, as VXLAN's FDB)."""
@@ -155,7 +149,7 @@ class RtnlSocket:
         """Read until every pending seq is answered: seq -> (errno, payload)."""
         out: dict[int, tuple[int, bytes]] = {}
         while len(out) < len(pending):
-            for kind, seq, payload in messages(self.sock.recv(65536)):
+            for kind, seq, _sender, payload in messages(self.sock.recv(65536)):
                 if seq in pending:
                     if kind == NLMSG_ERROR:
                         (code,) = struct.unpack_from("=i", payload)
@@ -313,7 +307,7 @@ class RtnlSocket:
         self.sock.send(_HDR.pack(_HDR.size + len(body), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, 0) + body)
         out: set[str] = set()
         while True:
-            for kind, got, payload in messages(self.sock.recv(65536)):
+            for kind, got, _sender, payload in messages(self.sock.recv(65536)):
                 if got != seq:
                     continue
                 if kind == NLMSG_DONE:

@@ -28,7 +28,7 @@ from podnet.kernel.rtnl import (
     NLMSG_ERROR,
     NUD_PERMANENT,
     attrs,
-    sent_messages,
+    messages,
 )
 
 log = logging.getLogger("podnet.kernel")
@@ -175,7 +175,7 @@ class KernelChanges:
                 return
             # every message is judged (a link's state is remembered), not just the first relevant;
             # what the node loop's own writer did is no change to repair
-            if [kind for kind, _seq, sender, payload in sent_messages(data)
+            if [kind for kind, _seq, sender, payload in messages(data)
                     if sender not in self._own and self._relevant(kind, payload)]:
                 self._changed.set()
 

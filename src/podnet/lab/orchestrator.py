@@ -100,14 +100,13 @@ def register(name: str) -> int:
         namespaces.setdefault(DNS_NAMESPACE, {})
         pods.append(PodRecord(DNS_NAMESPACE, entry["name"], node, tuple(ip.split("/")[0] for ip in entry.get("ips", [])),
                               dict(DNS_LABELS), DNS_PORTS))
-    for attempt in range(1, BUSY_ATTEMPTS + 1):  # every write below is idempotent
+    for attempt in range(1, BUSY_ATTEMPTS):  # every write is idempotent: the last attempt's error stands
         try:
             _write_registrations(state.data, pods, namespaces)
             return 0
         except TryAgainLater as exc:
-            if attempt == BUSY_ATTEMPTS:
-                raise
             print(f"store busy ({exc.msg}): registering again ({attempt}/{BUSY_ATTEMPTS})", file=sys.stderr)
+    _write_registrations(state.data, pods, namespaces)
     return 0
 
 
