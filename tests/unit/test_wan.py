@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import subprocess
 
 import pytest
 
@@ -98,3 +99,44 @@ def test_state_lives_beside_the_labs():
 def test_cli_refuses_bad_input_naming_the_flag(argv, message, capsys):
     assert main(argv) == 1
     assert message in capsys.readouterr().err
+
+
+class FakeIp:
+    """`ip -n NS link show/del` against a set of links; `vanish` drops a link just
+    before a delete reaches it, as the kernel's cleanup of a deleted namespace does to
+    the far end of its veth pairs."""
+
+    def __init__(self, links: set[str], vanish: bool = False, refuse: bool = False) -> None:
+        self.links, self.vanish, self.refuse, self.calls = links, vanish, refuse, []
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        self.calls.append(args)
+        verb, name = args[3], args[-1]
+        if verb == "del" and self.vanish:
+            self.links.discard(name)
+        if name not in self.links:
+            return subprocess.CompletedProcess(args, 1, "", f'Cannot find device "{name}"\n')
+        if verb == "del":
+            if self.refuse:
+                return subprocess.CompletedProcess(args, 2, "", "RTNETLINK answers: Operation not permitted\n")
+            self.links.discard(name)
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+
+@pytest.mark.parametrize("fake, deleted", [
+    (FakeIp({"wa1"}), True),                # there: deleted
+    (FakeIp(set()), False),                 # already gone: nothing to do
+    (FakeIp({"wa1"}, vanish=True), True),   # gone between the look and the delete: still no problem
+])
+def test_a_leg_that_is_gone_afterwards_is_no_problem(monkeypatch, fake, deleted):
+    monkeypatch.setattr(wan, "ip", fake)
+    assert wan._delete_leg("pn-wan-x", "wa1") is None
+    assert "wa1" not in fake.links
+    assert any(call[3] == "del" for call in fake.calls) is deleted
+
+
+def test_a_leg_the_kernel_keeps_is_reported_with_its_error(monkeypatch):
+    fake = FakeIp({"wa1"}, refuse=True)
+    monkeypatch.setattr(wan, "ip", fake)
+    assert wan._delete_leg("pn-wan-x", "wa1") == "ip link del wa1: RTNETLINK answers: Operation not permitted"
+    assert "wa1" in fake.links

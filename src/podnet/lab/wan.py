@@ -137,6 +137,19 @@ def _link_exists(ns: str, ifname: str) -> bool:
     return ip("-n", ns, "link", "show", "dev", ifname, check=False).returncode == 0
 
 
+def _delete_leg(ns: str, peer: str) -> str | None:
+    """Delete a leg's WAN end (its veth peer goes with it); what went wrong, or None
+    when it is gone. Gone also when the delete did not find it: a node namespace that
+    `lab down` deleted takes its veth pair along later, in the kernel's own cleanup,
+    and that can land between the look and the delete."""
+    if not _link_exists(ns, peer):
+        return None
+    result = ip("-n", ns, "link", "del", peer, check=False)
+    if result.returncode == 0 or not _link_exists(ns, peer):
+        return None
+    return f"ip link del {peer}: {result.stderr.strip()}"
+
+
 def wan_up(name: str, cidr: str = DEFAULT_CIDR) -> dict:
     """Create the WAN (or return it when it is up with this cidr)."""
     check_wan_name(name)
@@ -214,8 +227,9 @@ def unplug(wan: str, owner: str) -> bool:
         leg = state["legs"].get(owner)
         if leg is None:
             return False
-        if _link_exists(state["netns"], leg["peer"]):
-            ip("-n", state["netns"], "link", "del", leg["peer"])
+        problem = _delete_leg(state["netns"], leg["peer"])
+        if problem:
+            raise LabError(f"WAN {wan}: could not unplug {owner}: {problem}")
         del state["legs"][owner]
         _save(state)
         return True
@@ -242,10 +256,9 @@ def wan_down(name: str) -> list[str]:
         problems = []
         present = _netns_exists(ns)
         for owner, leg in (state or {}).get("legs", {}).items():
-            if present and _link_exists(ns, leg["peer"]):
-                result = ip("-n", ns, "link", "del", leg["peer"], check=False)
-                if result.returncode != 0:
-                    problems.append(f"leg {owner}: ip link del {leg['peer']}: {result.stderr.strip()}")
+            problem = _delete_leg(ns, leg["peer"]) if present else None
+            if problem:
+                problems.append(f"leg {owner}: {problem}")
         if present:
             result = ip("netns", "del", ns, check=False)
             if result.returncode != 0:
