@@ -135,6 +135,34 @@ def test_a_multi_network_pod_is_judged_on_all_its_addresses(store):
     assert local_targets(records, "node0")["/run/netns/ca"].ips == ("10.250.0.2", "10.250.1.2")
 
 
+def test_the_listing_reads_a_multi_network_pods_other_links_too(store):
+    """x/a owns 10.250.0.2 only: a second link it does not own makes its table the
+    unowned drop, which shows that the listing read that (bridge) link too."""
+    endpoint(store, "ca", "10.250.1.2", mode="bridge", ifname="eth1")
+    kernel = FakeKernel()
+    pods = service(store, kernel)
+    pods.enforce(world(store))
+    script = dict(kernel.applied)["/run/netns/ca"]
+    assert 'comment "unowned address of pod x/a"' in script and "default deny ingress" not in script
+
+
+def test_a_node_without_macvlan_pods_decodes_no_record_of_the_others(monkeypatch):
+    decoded = []
+    real = EndpointRecord.decode
+    monkeypatch.setattr(EndpointRecord, "decode", classmethod(lambda cls, text, what="": decoded.append(what)
+                                                               or real(text, what)))
+    with open_store("memory://") as handle:
+        for i in range(40):
+            endpoint(handle, f"b{i}", f"10.250.0.{i + 2}", mode="bridge", node=f"node{i % 2}")
+        endpoint(handle, "m1", "10.250.1.2", node="node1")  # another node's macvlan pod
+        pods = service(handle, FakeKernel())
+        assert decoded == [keys.endpoint("pods", "m1", "eth0")] and pods.status()["macvlan_pods"] == 0
+        endpoint(handle, "b0", "10.250.2.2", ifname="eth1")  # now a macvlan link of a node0 pod
+        decoded.clear()
+        pods.refresh()
+        assert len(decoded) == 42  # ... so its other links are read, and with them the rest
+
+
 def test_an_unregistered_macvlan_container_is_dropped_while_policy_exists(store):
     kernel = FakeKernel()
     endpoint(store, "cz", "10.250.0.77")

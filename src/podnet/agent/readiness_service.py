@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from podnet import keys
 from podnet.agent.service_thread import ServiceThread
 from podnet.errors import PodnetError
-from podnet.model.policy import PodRecord
+from podnet.model.policy import PodRecord, decode_pod
 from podnet.model.probe import ReadinessProbe
 from podnet.model.service import Readiness
 from podnet.services.endpoints import judged_readiness
@@ -118,7 +118,7 @@ class ReadinessService:
                 pod = known[1]  # not parsed again (every agent reads every pod each second)
             else:
                 try:
-                    pod = PodRecord.from_json(entry.json(), entry.key)
+                    pod = decode_pod(entry.value, entry.key)
                 except PodnetError as exc:
                     log.warning("readiness: %s", exc.msg)
                     pod = None

@@ -10,13 +10,14 @@ Pod addresses and ports become nft set elements: they are checked when read back
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from podnet import addresses, keys
 from podnet.errors import InvalidConfig
-from podnet.model.base import Fields
+from podnet.model.base import Fields, parse_json
 from podnet.model.probe import ReadinessProbe, parse_probe
 from podnet.store.base import dumps
 
@@ -90,6 +91,16 @@ class PodRecord:
                    name=keys.segment(meta.text("name"), "pod name"),
                    node=spec.text("nodeName", "") or "", ips=ips, labels=meta.labels("labels"),
                    ports=tuple(checked), readiness=readiness)
+
+
+@functools.lru_cache(maxsize=4096)
+def decode_pod(text: str, key: str) -> PodRecord:
+    """A stored pod record from its text, parsed once per process: services, cluster
+    DNS, readiness and the policy world all follow pods/, and while a lab's pods
+    attached every agent parsed every pod four times. Records are frozen and shared:
+    never change one's labels. A bad record raises (CorruptRecord or InvalidConfig,
+    naming `key`) each time it is read; only good ones are kept."""
+    return PodRecord.from_json(parse_json(text, key), key)
 
 
 @dataclass(frozen=True)

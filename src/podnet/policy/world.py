@@ -42,7 +42,7 @@ from podnet import keys
 from podnet.errors import PodnetError
 from podnet.model.base import CorruptRecord, parse_json
 from podnet.model.cluster import HostRecord, NodeLease
-from podnet.model.policy import PodRecord
+from podnet.model.policy import PodRecord, decode_pod
 from podnet.policy.evaluate import Endpoint, NamedPort, World
 from podnet.policy.kinds import POLICY_KINDS
 from podnet.policy.objects import HostEndpoint, NetworkPolicy
@@ -59,7 +59,7 @@ def parse_stored(key: str, value: str) -> Any:
     """A stored policy object (or pod record) by its key: the kind's parser, with
     errors naming the key (a document read back is validated like a new one)."""
     if key.startswith((keys.PODS, keys.REMOTE_PODS)):
-        return PodRecord.from_json(parse_json(value, key), key)
+        return decode_pod(value, key)
     kind = next((k for prefix, k in _BY_PREFIX.items() if key.startswith(prefix)), None)
     if kind is None:
         raise CorruptRecord(f"{key!r} is no policy object's key")

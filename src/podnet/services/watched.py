@@ -34,7 +34,7 @@ from typing import Any
 
 from podnet import keys
 from podnet.errors import PodnetError
-from podnet.model.policy import PodRecord
+from podnet.model.policy import PodRecord, decode_pod
 from podnet.model.service import Readiness
 from podnet.services.kinds import read_service, read_slice
 from podnet.services.objects import EndpointSlice, Service
@@ -118,8 +118,10 @@ class WatchedObjects:
             self._node(key[len(keys.NODES):], alive=True)
             return  # a lease's content is not this cache's concern, only that it lives
         try:
-            raw = json.loads(value) if isinstance(value, str) else value
-            parsed = self._parse(key, raw)
+            if isinstance(value, str) and key.startswith(keys.PODS):
+                parsed: Any = decode_pod(value, key)  # (parsed once for every service of the agent)
+            else:
+                parsed = self._parse(key, json.loads(value) if isinstance(value, str) else value)
         except (PodnetError, ValueError) as exc:
             self._forget(key)
             self.errors[key] = f"{key}: {getattr(exc, 'msg', exc)}"
