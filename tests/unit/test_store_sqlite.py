@@ -190,3 +190,44 @@ def test_the_expiry_sweep_never_waits_for_the_write_lock(tmp_path):
     assert ops.sweep_if_due() is True
     assert [(e.kind, e.key) for e in store.watch("lease/", before, 0.1)] == [("delete", "lease/a")]
     store.close()
+
+
+def test_a_prefix_watcher_sleeps_through_other_prefixes_writes(tmp_path, monkeypatch):
+    """With a watcher of everything in the process (as every agent has), the tail reads
+    every event; a watcher of `a/` is woken only by a pass that brought one under `a/`
+    (every wake-up is one more turn of its loop, which starts with `_start`)."""
+    import collections
+    import threading
+
+    from podnet.store.sqlite import SqliteStore
+    from podnet.store.sqlite.watch import Tail
+
+    turns: collections.Counter[str] = collections.Counter()
+    start = Tail._start
+
+    def counted(self: Tail) -> None:
+        turns[threading.current_thread().name] += 1
+        start(self)
+
+    monkeypatch.setattr(Tail, "_start", counted)
+    with SqliteStore(str(tmp_path / "store.db")) as store:
+        revision = store.revision()
+        seen: dict[str, list[str]] = {}
+
+        def watch(prefix: str) -> None:
+            seen[prefix] = [e.key for e in store.watch(prefix, revision, timeout=10.0)
+                            if e.key.startswith("a/")]
+
+        store.watch("", revision, 0.0)  # the tail now reads every prefix ...
+        store.watch("a/", revision, 0.5)  # ... and has taken a/ up: a/ watchers wait in the ring
+        watcher = threading.Thread(target=watch, args=("a/",), name="a-watcher")
+        watcher.start()
+        time.sleep(0.2)
+        before = turns["a-watcher"]
+        for i in range(20):  # twenty passes of the tail (its busy poll is 0.05 s)
+            store.put(f"b/{i}", "{}")
+            time.sleep(0.06)
+        store.put("a/1", "{}")
+        watcher.join(10)
+        assert seen["a/"] == ["a/1"]
+        assert turns["a-watcher"] - before <= 2, turns  # the one that found a/1, and slack

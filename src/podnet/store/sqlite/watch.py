@@ -67,7 +67,11 @@ class Tail:
     def reset(self) -> None:
         """This process's tail (see pool.py): its ring, how far it has read, and from
         which revision on the ring is complete."""
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        # watchers waiting in the ring for their prefix, each on a condition of its own:
+        # a pass wakes only those its new events concern (_notify_news)
+        self._waiting: dict[threading.Condition, str] = {}
         self._thread: threading.Thread | None = None
         self._events: collections.deque[Event] = collections.deque(maxlen=TAIL_EVENTS)
         self._head: int | None = None
@@ -81,7 +85,7 @@ class Tail:
     def wake(self) -> None:
         """Wake every waiting watcher (the store is closing)."""
         with self._cond:
-            self._cond.notify_all()
+            self._notify_all()
 
     def watch(self, prefix: str, from_revision: int, timeout: float) -> list[Event]:
         """Events under `prefix` after `from_revision`, waiting up to `timeout`: from the
@@ -118,7 +122,7 @@ class Tail:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or self._pool.closed:
                         return []
-                    self._cond.wait(remaining)
+                    self._wait_in_ring(prefix, remaining)
                     continue
             # before the ring (or before the tail's first pass): ask the database, after
             # turning what has expired into delete events
@@ -159,7 +163,7 @@ class Tail:
         except StoreError as exc:
             with self._cond:
                 self._error, self._thread = exc, None
-                self._cond.notify_all()
+                self._notify_all()
             return
         # inotify wakes only a quiet tail (a burst stays batched); a write seen while
         # the tail was busy is remembered, so the next quiet wait does not sleep on it
@@ -218,13 +222,39 @@ class Tail:
         except (StoreError, sqlite3.Error) as exc:
             with self._cond:
                 self._error = exc if isinstance(exc, StoreError) else StoreError(f"store watch failed: {exc}")
-                self._cond.notify_all()
+                self._notify_all()
         finally:
             file_wake.close()
             self._pool.checkin(probe)
             with self._cond:
                 self._thread = None
-                self._cond.notify_all()
+                self._notify_all()
+
+    def _wait_in_ring(self, prefix: str, timeout: float) -> None:
+        """Wait (the lock held) until a pass brings an event under `prefix`, something
+        every watcher must see happens, or `timeout` passes."""
+        waiter = threading.Condition(self._lock)
+        self._waiting[waiter] = prefix
+        try:
+            waiter.wait(timeout)
+        finally:
+            del self._waiting[waiter]
+
+    def _notify_all(self) -> None:
+        """Wake every watcher, in the ring or not (the lock held): an error, the end of
+        the tail, a closing store, a prefix taken up, a compaction."""
+        self._cond.notify_all()
+        for waiter in self._waiting:
+            waiter.notify()
+
+    def _notify_news(self, new: list[Event]) -> None:
+        """Wake the watchers in the ring whose prefix some of `new` is under (the lock
+        held): while a lab's pods attach, the IPAM and endpoint events wake only the
+        watchers of everything, not the policy, networks or services watchers."""
+        for waiter, prefix in self._waiting.items():
+            if not prefix or any(event.key.startswith(prefix) for event in new):
+                waiter.notify()
+        self._cond.notify_all()  # (waiters before the ring: they look at the database)
 
     def _idle_wait(self, idle_poll: float, next_expiry: float | None) -> float:
         """How long a quiet tail sleeps: the idle poll, cut short by the next expiry
@@ -260,10 +290,14 @@ class Tail:
                     self._floor = self._events[0].revision
                 self._events.append(event)
             self._head = max(head, new[-1].revision if new else 0)
-            news = bool(new) or bool(taken_up) or scanned is None or self._compacted != (compacted or 0)
+            # A pass with nothing new wakes nobody (each watcher keeps its own deadline: a
+            # notify per pass woke ten threads of every agent 20 times a second), and one
+            # with new events only the watchers they are for.
+            if bool(taken_up) or scanned is None or self._compacted != (compacted or 0):
+                self._notify_all()
+            elif new:
+                self._notify_news(new)
             self._compacted = compacted or 0
-            if news:  # else nobody waits for this pass: each watcher keeps its own deadline (a
-                self._cond.notify_all()  # notify per pass woke ten threads of every agent 20 times a second)
         return next_expiry
 
     def _events_under(self, prefixes: list[str], revision: int) -> list[Event]:
