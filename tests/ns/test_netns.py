@@ -57,3 +57,25 @@ def test_open_netns_refuses_what_is_not_a_namespace(tmp_path):
         netns.open_netns(str(regular))
     with pytest.raises(netns.InvalidNetNS):
         netns.open_netns(str(tmp_path / "missing"))
+
+
+def test_loopback_up_sets_lo_up_inside_and_nothing_here(sandbox):
+    import json
+    import socket
+    import subprocess
+
+    ns = sandbox.netns("lo")
+    subprocess.run(["ip", "-n", ns, "link", "set", "lo", "down"], check=True)
+    home = _where()
+    netns.loopback_up(sandbox.path(ns))
+    shown = json.loads(subprocess.run(["ip", "-n", ns, "-j", "link", "show", "lo"], capture_output=True,
+                                      text=True, check=True).stdout)[0]
+    assert "UP" in shown["flags"]
+    fd = netns.open_netns(sandbox.path(ns))
+    with netns.entered(fd), socket.create_server(("127.0.0.1", 0)) as server, \
+            socket.create_connection(server.getsockname(), timeout=2):  # loopback traffic works
+        server.accept()[0].close()
+    os.close(fd)
+    assert _where() == home
+    with pytest.raises(netns.InvalidNetNS):
+        netns.loopback_up("/proc/self/status")  # not a namespace: refused before any setns

@@ -13,6 +13,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
+import struct
 import threading
 import weakref
 from collections.abc import Iterator
@@ -131,3 +133,23 @@ def entered(fd: int) -> Iterator[None]:
     finally:
         if depth:
             os.close(back)
+
+
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+_IFREQ = "16sH22x"  # struct ifreq: the name, then ifr_flags in the union (40 bytes)
+
+
+def loopback_up(path: str) -> None:
+    """Set `lo` up in the namespace at `path`, from this thread: what `ip -n NS link set
+    lo up` does, with one ioctl instead of a process (a lab's 1,000 pod namespaces cost
+    two `ip` processes each, ~5 ms of CPU per namespace)."""
+    fd = open_netns(path)
+    try:
+        with entered(fd), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            request = struct.pack(_IFREQ, b"lo", 0)
+            flags = struct.unpack(_IFREQ, fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+            fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack(_IFREQ, b"lo", flags | IFF_UP))
+    except OSError as exc:
+        raise KernelError(f"cannot set lo up in {path}", os.strerror(exc.errno or errno.EIO)) from None
+    finally:
+        os.close(fd)
