@@ -231,3 +231,26 @@ def test_a_prefix_watcher_sleeps_through_other_prefixes_writes(tmp_path, monkeyp
         watcher.join(10)
         assert seen["a/"] == ["a/1"]
         assert turns["a-watcher"] - before <= 2, turns  # the one that found a/1, and slack
+
+
+def test_no_inotify_instance_is_said_once_with_the_limit_to_raise(tmp_path, monkeypatch, caplog):
+    """At the per-user limit of inotify instances (EMFILE) the tail falls back to
+    polling; that must show in the log, once per process, naming the sysctl."""
+    import ctypes
+    import errno
+    import logging
+    from types import SimpleNamespace
+
+    from podnet.store.sqlite import wake
+
+    def refuse(_flags: int) -> int:
+        ctypes.set_errno(errno.EMFILE)
+        return -1
+
+    monkeypatch.setattr(wake, "_inotify", lambda: SimpleNamespace(inotify_init1=refuse))
+    monkeypatch.setattr(wake, "_warned", set())
+    with caplog.at_level(logging.WARNING, logger="podnet.store"):
+        assert wake.FileWake(str(tmp_path / "a.db"), lambda: None).start() is False
+        assert wake.FileWake(str(tmp_path / "b.db"), lambda: None).start() is False
+    said = [r.getMessage() for r in caplog.records if "inotify" in r.getMessage()]
+    assert len(said) == 1 and "fs.inotify.max_user_instances" in said[0], said

@@ -59,6 +59,22 @@ def names_of(buffer: bytes) -> set[str]:
     return names
 
 
+_warned: set[int] = set()
+
+
+def _warn_no_instance(err: int) -> None:
+    """Say once per process and cause why the tail polls instead: at the per-user
+    limit of inotify instances (EMFILE: fs.inotify.max_user_instances, 128 by default)
+    each tail without one polls every 20 ms, unseen. A lab node's agent holds three (one
+    per store object it opens), so a lab of more than ~40 nodes passes the default."""
+    if err in _warned:
+        return
+    _warned.add(err)
+    hint = (" (fs.inotify.max_user_instances reached: every store tail without an instance polls"
+            " every 20 ms instead of waiting to be woken)" if err == errno.EMFILE else "")
+    log.warning("store: no inotify instance: %s%s", os.strerror(err or errno.EIO), hint)
+
+
 class FileWake:
     """Calls `wake()` whenever a file of the database (`path`, `path-wal`) is written;
     one thread, stopped by `close()`."""
@@ -85,6 +101,7 @@ class FileWake:
             return False
         fd = lib.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
+            _warn_no_instance(ctypes.get_errno())
             return False
         if lib.inotify_add_watch(fd, os.fsencode(self._dir), MASK) < 0:
             log.debug("store: no inotify on %s: %s", self._dir, os.strerror(ctypes.get_errno()))
