@@ -116,9 +116,9 @@ class LabState:
     def add_netns_batch(self, names: list[str]) -> None:
         """Record every namespace with one save, then create them all with one `ip
         -batch` and set their lo up from this process: two `ip` processes per namespace
-        were ~5 ms of CPU each, a fifth of a 1,000-pod lab's pod phase beside the
-        agents (bench/README.md). `ip -batch` stops at the first failure; every name is
-        recorded, so `lab down` deletes whatever was made."""
+        cost ~5 ms of CPU, about a tenth of the machine's CPU in a 1,000-pod lab's pods
+        phase (docs/architecture.md). `ip -batch` stops at the first failure; every name
+        is recorded, so `lab down` deletes whatever was made."""
         self.data["namespaces"].extend(names)
         self.save()
         if not names:
