@@ -238,3 +238,30 @@ def test_whatever_the_store_holds_zones_are_built(containers, networks) -> None:
     for zone in zones.values():
         for name in zone.names():
             assert zone.lookup(name, "ANY")
+
+
+def test_the_agents_dns_service_reads_through_the_shared_handle_and_leaves_it_open(tmp_path):
+    """Through the CNI service's handle of the state dir's store (one watch tail and one
+    inotify instance per file and process), which the agent, not the service, closes."""
+    from podnet.agent.dns_service import dns_service
+
+    path = str(tmp_path / "store.db")
+    with open_store(path, create=True) as shared:
+        put(shared, network("blue", 7))
+        asked: list[str] = []
+
+        def store(p: str) -> Store:
+            asked.append(p)
+            return shared
+
+        agent = SimpleNamespace(store_path=path, state=SimpleNamespace(store=tmp_path / "." / "store.db"),
+                                service=SimpleNamespace(store=store), dns_upstream=None)
+        service = dns_service(agent)  # type: ignore[arg-type]
+        service.port, service.poll = 0, 0.1
+        service.start()
+        try:
+            wait_until(lambda: [s for s in service.status() if s.get("network") == "blue"])
+        finally:
+            service.stop()
+        assert asked and set(asked) == {path}  # the same name the CNI service caches it by
+        assert shared.get(keys.network("blue")) is not None  # still open: not the service's to close

@@ -31,6 +31,17 @@ class AgentContext(Protocol):
     metrics: AgentMetrics  # this agent's Prometheus registry (agent/metrics.py)
 
 
+def state_store_path(agent: AgentContext) -> str:
+    """The state dir's store (where the CLI writes networks and containers) under the
+    name the CNI service caches it by: the agent's own path when it is the same file,
+    so its services share one SqliteStore (and one watch tail, one inotify instance)
+    per file and process."""
+    import os
+
+    path = str(agent.state.store)
+    return agent.store_path if os.path.realpath(agent.store_path) == os.path.realpath(path) else path
+
+
 class AgentService(Protocol):
     def ops(self) -> dict[str, OpHandler]: ...
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 from podnet import keys
+from podnet.agent.context import state_store_path
 from podnet.agent.service_thread import ServiceThread
 from podnet.dns.records import Zone, build_zones, fold
 from podnet.dns.server import DnsServer, format_endpoint, parse_upstream
@@ -68,7 +69,8 @@ class _Slot:
 class DnsService:
     """AgentService (agent/ops.py): start() runs the watch thread, stop() ends it and
     every server; op `dns.status` lists the servers for diagnostics. The store that
-    `open_store()` returns is owned by the service and closed on stop."""
+    `open_store()` returns is closed on stop unless `owns_store` is False (the agent's
+    shared handle)."""
 
     def __init__(
         self,
@@ -77,8 +79,10 @@ class DnsService:
         port: int = DNS_PORT,
         upstream: tuple[str, int] | None = None,
         poll: float = POLL,
+        owns_store: bool = True,
     ) -> None:
         self._open_store = open_store
+        self._owns_store = owns_store  # False: a shared handle, the agent closes it
         self.port = port
         self.upstream = upstream
         self.poll = poll
@@ -160,7 +164,7 @@ class DnsService:
                     log.exception("dns: watch loop error")
                     self._stopping.wait(self.poll)
         finally:
-            if store is not None:
+            if store is not None and self._owns_store:
                 store.close()
 
     def _refresh(self, store: Store) -> int:
@@ -271,7 +275,8 @@ def agent_upstream(agent: AgentContext) -> tuple[str, int] | None:
 def dns_service(agent: AgentContext) -> DnsService:
     """The factory agent/ops.py registers. Networks and containers are written by the
     CLI into the state dir's store (agent.state.store, which is agent.store_path
-    unless the agent was given another --store): read them where they are written."""
-    from podnet.store import open_store
-
-    return DnsService(lambda: open_store(str(agent.state.store)), upstream=agent_upstream(agent))
+    unless the agent was given another --store): read them where they are written,
+    through the CNI service's handle of that file (a store of its own cost every
+    agent one more watch tail and inotify instance)."""
+    path = state_store_path(agent)
+    return DnsService(lambda: agent.service.store(path), upstream=agent_upstream(agent), owns_store=False)

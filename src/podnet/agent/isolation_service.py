@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from podnet import keys
+from podnet.agent.context import state_store_path
 from podnet.agent.service_thread import ServiceThread, list_then_watch
 from podnet.kernel import isolation
 from podnet.kernel.nft import Nft, NftPort
@@ -63,9 +64,7 @@ class IsolationService:
         agent's own store unless it was started with another --store (then it is
         opened once it exists: no networks until then). The handle is the CNI
         service's, shared: one SqliteStore per file and process."""
-        path = str(agent.state.store)
-        if os.path.realpath(agent.store_path) == os.path.realpath(path):
-            path = agent.store_path
+        path = state_store_path(agent)
 
         def existing() -> Store | None:  # never create a state dir nobody uses
             return agent.service.store(path) if os.path.exists(path) else None
