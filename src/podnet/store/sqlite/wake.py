@@ -65,8 +65,8 @@ _warned: set[int] = set()
 def _warn_no_instance(err: int) -> None:
     """Say once per process and cause why the tail polls instead: at the per-user
     limit of inotify instances (EMFILE: fs.inotify.max_user_instances, 128 by default)
-    each tail without one polls every 20 ms, unseen. A lab node's agent holds three (one
-    per store object it opens), so a lab of more than ~40 nodes passes the default."""
+    each tail without one polls every 20 ms, unseen. A lab node's agent holds two (one
+    per store object it opens), so a lab of more than ~60 nodes passes the default."""
     if err in _warned:
         return
     _warned.add(err)
