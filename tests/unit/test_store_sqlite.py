@@ -219,7 +219,10 @@ def test_a_prefix_watcher_sleeps_through_other_prefixes_writes(tmp_path, monkeyp
                             if e.key.startswith("a/")]
 
         store.watch("", revision, 0.0)  # the tail now reads every prefix ...
-        store.watch("a/", revision, 0.5)  # ... and has taken a/ up: a/ watchers wait in the ring
+        store.watch("a/", revision, 0.0)
+        store.put("c/0", "{}")  # ... and its pass after this write takes a/ up:
+        store.watch("c/", revision, 5.0)  # a/ watchers now wait in the ring, no more polls
+        time.sleep(0.1)
         watcher = threading.Thread(target=watch, args=("a/",), name="a-watcher")
         watcher.start()
         time.sleep(0.2)

@@ -127,6 +127,7 @@ class Tail:
             # before the ring (or before the tail's first pass): ask the database, after
             # turning what has expired into delete events
             self._ops.sweep_if_due()
+            upto = self._event_head()  # everything up to here is in the read below
             found = self._events_after(prefix, from_revision)
             compacted = self._txs.read("SELECT value FROM meta WHERE name = 'compacted'", ())[0][0]
             if from_revision < compacted:
@@ -136,7 +137,10 @@ class Tail:
             with self._cond:
                 since = self._since.get(prefix)
                 if self._head is not None and since is not None:
-                    from_revision = checked = max(from_revision, self._floor, since)
+                    # on to the ring, but never past what the read above covered: the tail
+                    # may have committed a sweep and taken the prefix up after it (the
+                    # rest is read from the database on the next turn)
+                    from_revision = checked = max(from_revision, min(upto, max(self._floor, since)))
                     continue
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._pool.closed:
@@ -313,6 +317,10 @@ class Tail:
             params += [prefix, end]
         sql = f"SELECT kind, key, value, revision FROM events WHERE revision > ? AND ({' OR '.join(clauses)})"
         return [Event(*row) for row in self._txs.read(sql + " ORDER BY revision", tuple(params))]
+
+    def _event_head(self) -> int:
+        rows = self._txs.read("SELECT seq FROM sqlite_sequence WHERE name = 'events'", ())
+        return rows[0][0] if rows and rows[0][0] is not None else 0
 
     def _events_after(self, prefix: str, revision: int) -> list[Event]:
         end = prefix_end(prefix)
