@@ -4,6 +4,7 @@ depends on them (agent/ops.py lists them), never the other way round."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -36,8 +37,6 @@ def state_store_path(agent: AgentContext) -> str:
     name the CNI service caches it by: the agent's own path when it is the same file,
     so its services share one SqliteStore (and one watch tail, one inotify instance)
     per file and process."""
-    import os
-
     path = str(agent.state.store)
     return agent.store_path if os.path.realpath(agent.store_path) == os.path.realpath(path) else path
 

@@ -127,7 +127,7 @@ class Tail:
             # before the ring (or before the tail's first pass): ask the database, after
             # turning what has expired into delete events
             self._ops.sweep_if_due()
-            upto = self._event_head()  # everything up to here is in the read below
+            upto = self._ops.revision()  # everything up to here is in the read below
             found = self._events_after(prefix, from_revision)
             compacted = self._txs.read("SELECT value FROM meta WHERE name = 'compacted'", ())[0][0]
             if from_revision < compacted:
@@ -297,7 +297,7 @@ class Tail:
             # A pass with nothing new wakes nobody (each watcher keeps its own deadline: a
             # notify per pass woke ten threads of every agent 20 times a second), and one
             # with new events only the watchers they are for.
-            if bool(taken_up) or scanned is None or self._compacted != (compacted or 0):
+            if taken_up or scanned is None or self._compacted != (compacted or 0):
                 self._notify_all()
             elif new:
                 self._notify_news(new)
@@ -317,10 +317,6 @@ class Tail:
             params += [prefix, end]
         sql = f"SELECT kind, key, value, revision FROM events WHERE revision > ? AND ({' OR '.join(clauses)})"
         return [Event(*row) for row in self._txs.read(sql + " ORDER BY revision", tuple(params))]
-
-    def _event_head(self) -> int:
-        rows = self._txs.read("SELECT seq FROM sqlite_sequence WHERE name = 'events'", ())
-        return rows[0][0] if rows and rows[0][0] is not None else 0
 
     def _events_after(self, prefix: str, revision: int) -> list[Event]:
         end = prefix_end(prefix)
