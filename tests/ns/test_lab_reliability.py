@@ -349,7 +349,7 @@ def test_c_etcd_loses_one_member(etcd_lab: Lab) -> None:
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     lab.started.append(writer)
     time.sleep(0.8)
-    lab.kill_recorded("etcd/etcd0")  # the first endpoint every client is using
+    lab.kill_recorded("etcd/etcd0")  # the writer's first endpoint, and node0's agent's
     killed = time.time()
     out, err = writer.communicate(timeout=30)
     report = json.loads(out)

@@ -140,6 +140,24 @@ def test_records_that_do_not_validate_are_named_not_used() -> None:
     assert any("clusterCIDR" in p for p in view.problems) and any("names node 'node9'" in p for p in view.problems)
 
 
+def test_the_local_view_is_one_listing_of_the_clusterset_records() -> None:
+    """Every agent reads it each second: one read, not one per kind of record."""
+    store = MemoryStore()
+    write_self(store, WEST)
+    write_peer(store, ClusterPeer(EAST, "/s/e.db"))
+    write_candidate(store, GatewayCandidate("node0", "100.64.0.10"))
+    elect(store, read_local(store), "node0", "172.31.0.10")
+    reads: list[str] = []
+    for name in ("get", "list"):
+        real = getattr(store, name)
+        setattr(store, name, lambda key, real=real, name=name: reads.append(f"{name} {key}") or real(key))
+    view = read_local(store)
+    assert reads == [f"list {keys.CLUSTERSET}"]
+    assert view.me == WEST and [p.info for p in view.peers] == [EAST]
+    assert list(view.candidates) == ["node0"] and view.active is not None and view.active.node == "node0"
+    assert view.active_revision == store.get(keys.CLUSTERSET_ACTIVE_GATEWAY).revision and view.problems == []
+
+
 def _exported(cluster: str, ready: bool = True, port: int = 80, target: int = 8080) -> Exported:
     return Exported(cluster, "default", "web", (ServicePortSpec(port, "TCP", "http", target),), (target,),
                     (SliceEndpoint(f"10.{245 if cluster == 'east' else 244}.1.5", ready),))

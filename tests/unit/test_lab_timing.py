@@ -1,10 +1,11 @@
-"""The lab's timing choices: its lease TTL for crowded labs, its commands' time limit."""
+"""The lab's timing and load choices: its lease TTL for crowded labs, its commands' time
+limit, the agents spread over the etcd members."""
 
 from __future__ import annotations
 
 import pytest
 
-from podnet.lab.builder import LEASE_TTL, lease_ttl_for
+from podnet.lab.builder import LEASE_TTL, lease_ttl_for, member_first
 from podnet.lab.state import LabError, run
 
 
@@ -24,3 +25,14 @@ def test_a_command_that_outlives_its_time_limit_is_a_lab_error():
         run(["sleep", "5"], timeout=0.2)
     with pytest.raises(LabError, match="did not finish"):
         run(["sleep", "5"], check=False, timeout=0.2)
+
+
+def test_the_agents_spread_over_the_etcd_members():
+    """A client stays on the first member that answers: each node's agent gets the
+    members in another order, so 50 agents do not all load one member."""
+    url = "etcd://172.31.0.200:2379,172.31.0.201:2379,172.31.0.202:2379/podnet-lab-x"
+    firsts = [member_first(url, i).removeprefix("etcd://").split(",")[0] for i in range(6)]
+    assert firsts == ["172.31.0.200:2379", "172.31.0.201:2379", "172.31.0.202:2379"] * 2
+    assert member_first(url, 1) == "etcd://172.31.0.201:2379,172.31.0.202:2379,172.31.0.200:2379/podnet-lab-x"
+    assert member_first("etcd://a:1", 7) == "etcd://a:1"
+    assert member_first("/run/podnet/lab-x/store.db", 1) == "/run/podnet/lab-x/store.db"

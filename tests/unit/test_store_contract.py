@@ -262,6 +262,16 @@ def test_ttl_expiry_hides_key(kit: Kit) -> None:
     assert store.compare_and_put("lease/a", "2", 0) is not None  # absent again
 
 
+def test_a_hint_listing_lists_the_same_keys(kit: Kit) -> None:
+    store = kit.store
+    store.put("lease/a", "1", ttl=10)
+    store.put("lease/b", "2")
+    assert [(e.key, e.value) for e in store.list_hint("lease/")] == [("lease/a", "1"), ("lease/b", "2")]
+    assert store.snapshot_hint("lease/") == (store.list("lease/"), store.revision())
+    kit.advance(11)
+    assert [e.key for e in store.list_hint("lease/")] == ["lease/b"]  # its own lease: gone at once
+
+
 def test_ttl_expiry_is_a_delete_event(kit: Kit) -> None:
     store = kit.store
     rev = store.put("lease/a", "1", ttl=1)

@@ -142,6 +142,34 @@ def test_foreign_leases_are_looked_up_once_per_ttl_not_per_listing(
         assert len(asked) == 10
 
 
+def test_a_hint_listing_asks_nothing_about_other_clients_leases(
+    etcd_server: EtcdCluster, prefix: str, other: EtcdStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """list_hint (an ADD's survey of the block claims, the node loop's claims) lists
+    the same keys without a LeaseTimeToLive per foreign lease: their expiry is the
+    one known already, else None; the reader's own leases keep theirs."""
+    with EtcdStore(etcd_server.endpoints, prefix) as reader:
+        for i in range(3):
+            other.put(f"claims/{i}", "n", ttl=30)
+        reader.put("claims/mine", "m", ttl=30)
+        other.put("claims/plain", "p")
+        asked = _count(monkeypatch, reader._txs._leases, "time_to_live")
+        hinted = reader.list_hint("claims/")
+        assert [e.key for e in hinted] == [f"claims/{i}" for i in range(3)] + ["claims/mine", "claims/plain"]
+        listed, revision = reader.snapshot_hint("claims/")
+        assert [e.key for e in listed] == [e.key for e in hinted] and revision == reader.revision()
+        assert asked == []
+        assert [e.expires_at for e in hinted if e.key[-1].isdigit()] == [None] * 3
+        assert hinted[3].expires_at is not None and hinted[4].expires_at is None
+        full = reader.list("claims/")
+        assert len(asked) == 3 and [e.key for e in full] == [e.key for e in hinted]
+        assert [e.expires_at for e in reader.list_hint("claims/")] == [e.expires_at for e in full]  # known now
+        with reader.transaction():
+            assert [e.key for e in reader.list_hint("claims/")] == [e.key for e in full]
+        other.delete("claims/0")
+        assert "claims/0" not in {e.key for e in reader.list_hint("claims/")}
+
+
 def test_lease_renewed_by_another_client_is_left_alone(
     etcd_server: EtcdCluster, prefix: str, other: EtcdStore
 ) -> None:
@@ -250,6 +278,84 @@ def test_watch_loop_keeps_its_stream(store: EtcdStore) -> None:
         assert events[-1].revision == rev
         seen = rev
     assert time.monotonic() - start < 1.0
+
+
+def _count(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[int]:
+    """Count the calls of an async method of one of the store's parts."""
+    calls: list[int] = []
+    real = getattr(owner, name)
+
+    async def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+def test_threads_watching_one_prefix_keep_a_stream_each(
+    store: EtcdStore, other: EtcdStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent's node, mesh and DNS loops all watch "": each keeps a stream of its
+    own across calls, instead of closing another's and opening one per call."""
+    opened = _count(monkeypatch, store._watches, "_open_feed")
+    start = store.revision()
+    got: dict[int, list[str]] = {0: [], 1: [], 2: []}
+    barrier = threading.Barrier(4)
+
+    def loop(me: int) -> None:
+        seen = start
+        barrier.wait()
+        while len(got[me]) < 12:
+            events = store.watch("", seen, 2)
+            got[me] += [e.key for e in events]
+            seen = max([seen, *(e.revision for e in events)])
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    for i in range(12):
+        other.put(f"k/{i:02d}", "v")
+        time.sleep(0.02)
+    for thread in threads:
+        thread.join(20)
+    assert all(v == [f"k/{i:02d}" for i in range(12)] for v in got.values()), got
+    assert len(opened) == 3  # one stream per thread, each kept for all its calls
+
+
+def test_a_waiting_watch_sleeps_until_an_event_or_its_timeout(
+    store: EtcdStore, other: EtcdStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No poll while nothing happens (each of 50 agents' ten loops woke 20 times a
+    second), and no read of the cluster's head per timed watch: the member's progress
+    answer after the timeout ends it. A watch with no timeout still reads the head."""
+    rev = store.put("x", "1")
+    store.watch("", rev, 0.1)  # the stream is open and caught up
+    wakes = _count(monkeypatch, store._watches._leases, "sweep")
+    heads = _count(monkeypatch, store._watches._ops, "head")
+    start = time.monotonic()
+    assert store.watch("", rev, 1.0) == []
+    assert 1.0 <= time.monotonic() - start < 1.6
+    assert len(wakes) <= 4, len(wakes)  # at the start, the timeout, the progress answer
+    assert heads == []
+    timer = threading.Timer(0.3, lambda: other.put("y", "2"))
+    timer.start()
+    events = store.watch("", rev, 5)
+    timer.join()
+    assert [e.key for e in events] == ["y"]
+    assert store.watch("", events[-1].revision, 0) == []
+    assert len(heads) == 1
+
+
+def test_a_waiting_watch_wakes_when_our_lease_runs_out(store: EtcdStore) -> None:
+    """The holder's own lease ends at its TTL by the store's clock: the waiting watch
+    wakes for it, although nothing else happens."""
+    rev = store.put("held", "1", ttl=2)
+    start = time.monotonic()
+    events = store.watch("", rev, 10)
+    assert [(e.kind, e.key) for e in events] == [(DELETE, "held")]
+    assert 1.9 < time.monotonic() - start < 2.5
 
 
 def test_close_releases_a_blocked_watch(etcd_server: EtcdCluster, prefix: str) -> None:

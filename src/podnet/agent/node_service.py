@@ -448,7 +448,7 @@ class NodeService:
         assert self.fabric is not None and self.ctx is not None
         started = time.perf_counter()
         store = self._store()
-        entries, revision = store.snapshot(keys.NODES)
+        entries, revision = store.snapshot_hint(keys.NODES)  # a peer's end comes as a delete event
         current = {lease.name: lease for lease in self._parsed.leases(entries) if lease.name != self.ctx.own.name}
         if not self.gossip:  # the gossip fabric's ring reclaims and gives back space
             for name, gone in self.peers.items():

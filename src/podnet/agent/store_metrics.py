@@ -79,6 +79,9 @@ class TimedStore(Store):
     def list(self, prefix: str) -> list[Entry]:
         return self._call("list", self.inner.list, prefix)
 
+    def list_hint(self, prefix: str) -> list[Entry]:
+        return self._call("list", self.inner.list_hint, prefix)
+
     def put(self, key: str, value: str, ttl: float | None = None) -> int:
         return self._call("put", self.inner.put, key, value, ttl)
 
@@ -102,6 +105,9 @@ class TimedStore(Store):
 
     def snapshot(self, prefix: str) -> tuple[list[Entry], int]:
         return self._call("snapshot", self.inner.snapshot, prefix)  # a backend may do it its own way (etcd)
+
+    def snapshot_hint(self, prefix: str) -> tuple[list[Entry], int]:
+        return self._call("snapshot", self.inner.snapshot_hint, prefix)
 
     def transaction(self) -> AbstractContextManager[Store]:
         return _TimedTransaction(self)

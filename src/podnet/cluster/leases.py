@@ -85,10 +85,14 @@ def parse_leases(entries: Iterable[Entry]) -> list[NodeLease]:
     return out
 
 
-def list_claims(store: Store) -> dict[str, str]:
+def list_claims(store: Store, hint: bool = False) -> dict[str, str]:
     """Every live block claim: block (`10.244.3.0/24`) -> the node holding it. A
-    malformed claim, or one whose block is not its key's, backs no lease: skipped."""
-    return {claim.block: claim.node for entry in store.list(keys.BLOCKS) if (claim := _claim_of(entry)) is not None}
+    malformed claim, or one whose block is not its key's, backs no lease: skipped.
+    hint: read with `Store.list_hint` (no expiry looked up; a claim whose lease ran
+    out a moment ago may still be listed), for a caller that checks the claim it
+    decides on or learns of expiries from the watch."""
+    entries = store.list_hint(keys.BLOCKS) if hint else store.list(keys.BLOCKS)
+    return {claim.block: claim.node for entry in entries if (claim := _claim_of(entry)) is not None}
 
 
 class ParsedRecords:
@@ -106,7 +110,8 @@ class ParsedRecords:
         return [lease for _text, lease in self._leases.values() if lease is not None]
 
     def claims(self, store: Store) -> dict[str, str]:
-        self._claims = _reparsed(self._claims, store.list(keys.BLOCKS), _claim_of)
+        """The claims, by `list_hint`: an expired claim leaves as a delete event."""
+        self._claims = _reparsed(self._claims, store.list_hint(keys.BLOCKS), _claim_of)
         return {claim.block: claim.node for _text, claim in self._claims.values() if claim is not None}
 
 
@@ -211,7 +216,7 @@ def renew(store: Store, claim: Claim, blocks: bool = True) -> bool:
     name, own = claim.lease.name, claim.lease.block
     # read before the write lock: a hundred nodes share it, and a busy machine stretches
     # whatever runs while it is held
-    others = [b for b, owner in list_claims(store).items() if owner == name and b != own] if blocks else []
+    others = [b for b, owner in list_claims(store, hint=True).items() if owner == name and b != own] if blocks else []
     with store.transaction():  # one turn of the lock for every key
         lease_ok = store.refresh(claim.lease.key, claim.ttl)
         if not blocks:

@@ -194,7 +194,7 @@ def release_empty(store: Store, node: str, keep: str, network: str, pool: IPv4Ne
     (its lease's block); in one transaction, so an ADD racing for an address in one
     either sees the claim gone or keeps it. The blocks released."""
     affinity = BlockAffinity(node, pool, block_size)
-    if not [b for b in blocks_of(list_claims(store), node, affinity) if str(b) != keep]:
+    if not [b for b in blocks_of(list_claims(store, hint=True), node, affinity) if str(b) != keep]:
         return []  # the common case, seen without the write lock every node's repair pass would take
     released = []
     with store.transaction():

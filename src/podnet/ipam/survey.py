@@ -101,7 +101,7 @@ def survey(store: Store, network: str, container_id: str, ifname: str, range_set
     return Survey(
         taken=frozenset(e.key.rsplit("/", 1)[1] for e in entries),
         mine=tuple(of_attachment(entries, container_id, ifname)),
-        claims=list_claims(store) if affinity else None,
+        claims=list_claims(store, hint=True) if affinity else None,  # check_claim reads the one it takes
         last=last,
     )
 

@@ -99,6 +99,19 @@ def lease_ttl_for(nodes: int, cpus: int | None) -> float:
     return max(float(LEASE_TTL), round(LEASE_TTL_PER_AGENT_PER_CPU * nodes / max(1, cpus or 1), 1))
 
 
+def member_first(store: str, index: int) -> str:
+    """The store URL node `index`'s agent gets: an etcd URL with its members rotated,
+    so the agents spread over them (a client stays on the first member that answers:
+    50 agents on one member overloaded it, and its slow answers cost ADDs their
+    transactions). Other URLs unchanged."""
+    if not store.startswith("etcd://"):
+        return store
+    hosts, slash, path = store.removeprefix("etcd://").partition("/")
+    members = hosts.split(",")
+    turn = index % len(members)
+    return "etcd://" + ",".join(members[turn:] + members[:turn]) + slash + path
+
+
 class LabBuilder:
     """`lab up`: every step records first, then creates."""
 
@@ -380,7 +393,7 @@ class LabBuilder:
 
             run(in_lab_argv(self.st, [sys.executable, "-m", "podnet.lab.orchestrator", self.o.name, "--settings"]),
                 timeout=60)
-        for node in self.t.nodes:
+        for index, node in enumerate(self.t.nodes):
             info = self.st.data["nodes"][node.name]
             state_dir = Path(info["state_dir"])
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -393,7 +406,7 @@ class LabBuilder:
                 argv += [*self._node_argv(node, "none", dns),
                          *gossip_argv(self.t, node, self.o.reclaim_grace, self.st.labdir if self.o.encrypt else None)]
             else:
-                argv += self._node_argv(node, store, dns)
+                argv += self._node_argv(node, member_first(store, index), dns)
             info["agent_pid"] = self.spawn_python(f"agent/{node.name}", info["netns"], "podnet.cli", argv)
             self.st.save()
         for node in self.t.nodes:

@@ -170,11 +170,24 @@ class Store(abc.ABC):
         """Encode value compactly and put it."""
         return self.put(key, dumps(value), ttl)
 
+    def list_hint(self, prefix: str) -> list[Entry]:
+        """`list` for a caller that needs no expiry of keys other clients lease (an
+        ADD's survey of the block claims; a loop that learns expiries as delete
+        events). A backend may leave such a key's `expires_at` None, and keep it
+        listed for the moment between its lease running out and the server removing
+        it. Here: list."""
+        return self.list(prefix)
+
     def snapshot(self, prefix: str) -> tuple[list[Entry], int]:
         """A consistent listing and the revision it reflects: the start point of a
         list-then-watch loop (watch(prefix, rev, ...) misses nothing after it)."""
         with self.transaction():
             return self.list(prefix), self.revision()
+
+    def snapshot_hint(self, prefix: str) -> tuple[list[Entry], int]:
+        """`snapshot` with `list_hint`'s leave on other clients' lease expiry (a loop
+        that learns of expiries as delete events). Here: snapshot."""
+        return self.snapshot(prefix)
 
     def __enter__(self) -> Store:
         return self

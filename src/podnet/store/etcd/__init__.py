@@ -24,7 +24,9 @@ Mapping (the contract is store/base.py; differences are stated here, once):
   from the server (LeaseTimeToLive, whole seconds) and reused until about a second
   before it runs out (leases.py; a lookup per foreign lease per listing made every
   listing of a 50-node lab's block claims 50 calls), so it may be early by a
-  renewal, never late.
+  renewal, never late. list_hint() and snapshot_hint() ask nothing: such a key's
+  expiry is the one known already, else None (the agents' loops, 400 lookups a
+  second in a 50-node lab, learn of expiries as delete events).
 - refresh() is a lease keepalive when the key's lease has the requested TTL: the
   revision does not change. etcd cannot change a lease's TTL nor attach a lease
   without a write, so refresh() of a key with a different TTL, or with no TTL, re-puts
@@ -35,7 +37,9 @@ Mapping (the contract is store/base.py; differences are stated here, once):
   history (a watch starting in the past) from a background loop every 100 ms, and its
   progress notifications are unreliable for such watchers, so a watch that starts in
   the past and finds nothing waits up to _CATCHUP seconds, even with timeout 0, before
-  it concludes so. A compacted from_revision raises RevisionCompacted.
+  it concludes so. A compacted from_revision raises RevisionCompacted. An empty answer
+  after a timeout rests on the watched member's progress answer, not on a read of the
+  cluster's head (watch.py).
 - history: etcd compacts only when told (or with --auto-compaction-*). With
   history=N this store compacts revisions older than head - N after its writes, as
   SqliteStore keeps N events; by default it leaves compaction to the server.

@@ -53,24 +53,36 @@ class Leases:
         self.own: dict[int, Lease] = {}
         self.foreign: dict[int, float] = {}  # another client's lease -> its expiry seen last, by our clock
 
-    async def entries(self, kvs: Iterable[Any]) -> list[tuple[Entry, int]]:
+    async def entries(self, kvs: Iterable[Any], ask: bool = True) -> list[tuple[Entry, int]]:
         """Live entries (and their lease) from etcd KeyValues: a key whose lease has
-        expired, by our clock (our leases) or on the server (anyone's), is left out."""
+        expired, by our clock (our leases) or on the server (anyone's), is left out.
+        ask=False: other clients' leases are not looked up; such a key is kept, with
+        the expiry known already or None (the server removes it when it expires)."""
         kvs = list(kvs)
         now = self._clock()
         gone: set[int] = set()
         if any(kv.lease in self.own and self.own[kv.lease].expires_at <= now for kv in kvs):
             gone = await self.sweep()  # revoked, or renewed by someone else: settle it first
         foreign = {kv.lease for kv in kvs if kv.lease and kv.lease not in self.own} - gone
-        known = await self._foreign_expiry(foreign, now)
+        known = await self._foreign_expiry(foreign, now) if ask else {}
         out: list[tuple[Entry, int]] = []
         for kv in kvs:
             expires_at: float | None = None
             if kv.lease:
                 own = self.own.get(kv.lease)
-                expires_at = own.expires_at if own is not None else known.get(kv.lease)
-                if expires_at is None or (own is not None and expires_at <= now):
-                    continue
+                if own is not None:
+                    if own.expires_at <= now:
+                        continue
+                    expires_at = own.expires_at
+                elif kv.lease in gone:
+                    continue  # ours, and revoked just now
+                elif ask:
+                    expires_at = known.get(kv.lease)
+                    if expires_at is None:
+                        continue  # gone on the server
+                else:
+                    seen = self.foreign.get(kv.lease)
+                    expires_at = seen if seen is not None and seen > now else None
             entry = Entry(
                 self._keys.name(kv.key),
                 kv.value.decode(),
@@ -190,6 +202,13 @@ class Leases:
                 await self.revoke(lease.id)
             gone.add(lease.id)
         return gone
+
+    def until_next_expiry(self) -> float | None:
+        """Seconds until the first of our leases runs out by our clock (None: we hold
+        none): a waiting watch wakes then to sweep it, instead of polling for it."""
+        if not self.own:
+            return None
+        return min(lease.expires_at for lease in self.own.values()) - self._clock()
 
     async def same_ttl(self, lease_id: int, ttl: float) -> bool | None:
         """Whether the key's lease has the TTL refresh asks for (None: lease gone)."""

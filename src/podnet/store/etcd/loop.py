@@ -99,10 +99,12 @@ class Runner:
             with self._calls_lock:
                 self._calls.discard(future)
 
-    def close(self, finish: Callable[[], Coroutine[Any, Any, None]]) -> None:
-        """Stop taking calls, then run finish() on the loop. Calls in flight (a blocked
-        watch) return within a poll interval; whatever is still running after a second
-        is cancelled."""
+    def close(
+        self, finish: Callable[[], Coroutine[Any, Any, None]], wake: Callable[[], None] | None = None
+    ) -> None:
+        """Stop taking calls, run wake() on the loop (calls in flight that wait, such
+        as a blocked watch, return), then finish() once they did. Whatever is still
+        running after a second is cancelled."""
         with self._calls_lock:
             if self.closed:
                 return
@@ -110,6 +112,8 @@ class Runner:
             calls = set(self._calls)
         if os.getpid() != self._pid:
             return  # the loop thread is the parent's
+        if wake is not None:
+            self._loop.call_soon_threadsafe(wake)
         _, stuck = concurrent.futures.wait(calls, timeout=1.0)
         for future in stuck:
             future.cancel()

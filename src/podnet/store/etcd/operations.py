@@ -56,10 +56,12 @@ class Operations:
         found = await self._leases.entries(resp.kvs)
         return found[0][0] if found else None
 
-    async def list(self, prefix: str) -> tuple[list[Entry], int]:
+    async def list(self, prefix: str, hint: bool = False) -> tuple[list[Entry], int]:
+        """The live entries under prefix and the revision read at. hint: other clients'
+        lease expiry only from what is known already (EtcdStore.list_hint)."""
         start, end = self._keys.range(prefix)
         resp = await self._channel.kv("Range", rpc.RangeRequest(key=start, range_end=end), "a list")
-        return [e for e, _ in await self._leases.entries(resp.kvs)], int(resp.header.revision)
+        return [e for e, _ in await self._leases.entries(resp.kvs, ask=not hint)], int(resp.header.revision)
 
     async def put(self, key: str, value: str, ttl: float | None) -> int:
         await self._leases.sweep()

@@ -58,7 +58,9 @@ class EtcdStore(Store):
             self._runner, self._channel, keys, leases, self._ops, clock, max(1, max_txn_ops)
         )
         poll = max(0.001, poll_interval)
-        self._watches = Watches(self._runner, self._channel, keys, leases, self._ops, poll)
+        self._watches = Watches(
+            self._runner, self._channel, keys, leases, self._ops, poll, steady=clock is time.time
+        )
 
     def __repr__(self) -> str:
         return f"EtcdStore({self.endpoints!r}, prefix={self.prefix!r})"
@@ -81,6 +83,14 @@ class EtcdStore(Store):
             return self._runner.run(self._ops.list, prefix)[0]
         return self._txs.list(tx, prefix)
 
+    def list_hint(self, prefix: str) -> list[Entry]:
+        """list, without asking the server when other clients' leases run out (one
+        LeaseTimeToLive per such lease whose known expiry is near: 50 agents listing
+        50 nodes' claims and leases made 400 a second). Inside a transaction, list."""
+        if self._txs.current() is not None:
+            return self.list(prefix)
+        return self._runner.run(self._ops.list, prefix, True)[0]
+
     def revision(self) -> int:
         tx = self._txs.current()
         if tx is None:
@@ -92,6 +102,13 @@ class EtcdStore(Store):
         if self._txs.current() is not None:
             return super().snapshot(prefix)
         entries, revision = self._runner.run(self._ops.list, prefix)
+        return entries, user_revision(revision)
+
+    def snapshot_hint(self, prefix: str) -> tuple[list[Entry], int]:
+        """snapshot, without asking when other clients' leases run out (list_hint)."""
+        if self._txs.current() is not None:
+            return super().snapshot(prefix)
+        entries, revision = self._runner.run(self._ops.list, prefix, True)
         return entries, user_revision(revision)
 
     def put(self, key: str, value: str, ttl: float | None = None) -> int:
@@ -156,9 +173,9 @@ class EtcdStore(Store):
             self._txs.end(ok)  # commits (and may raise TryAgainLater) only if ok
 
     def close(self) -> None:
-        """Close streams and channels. Calls in flight (a blocked watch) return within
-        a poll interval; whatever is still running after a second is cancelled."""
-        self._runner.close(self._close)
+        """Close streams and channels. A blocked watch is woken and returns; whatever
+        is still running after a second is cancelled."""
+        self._runner.close(self._close, wake=self._watches.wake_all)
 
     async def _close(self) -> None:
         await self._watches.close()

@@ -7,7 +7,14 @@ notifications are unreliable for such watchers, so a watch that starts in the pa
 finds nothing waits up to _CATCHUP seconds, even with timeout 0, before it concludes
 so. A compacted from_revision raises RevisionCompacted. A stream that breaks is
 re-opened on another member from the last revision it delivered: no event is lost or
-repeated.
+repeated. Threads watching one prefix at once each get a stream of their own.
+
+An empty answer: with timeout 0, the feed had every event up to the cluster's head
+(a linearizable read) and none was after from_revision. With a timeout, the feed's
+member answered a progress request made after the timeout: every event up to its
+revision was delivered. A write the leader acknowledged and that member had not
+applied yet then comes with the next call, not this one (a member that far behind is
+rare; a watch loop loses nothing).
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ from podnet.store.etcd.loop import Runner
 from podnet.store.etcd.operations import Operations
 
 _CATCHUP = 0.3  # etcd 3.4 syncs watchers that start in the past every 100 ms
-_MAX_FEEDS = 16  # watch streams kept open between calls (one per prefix)
+_MAX_FEEDS = 24  # watch streams kept open between calls
+_MAX_PER_PREFIX = 4  # of them on one prefix: one per thread that watches it
 _MAX_BUFFERED = 10_000  # events a kept stream may hold for a caller that went away
 _PUT_EVENT = rpc.Event.PUT
 
@@ -51,6 +59,7 @@ class _Feed:
         self.call: Any = None
         self.task: asyncio.Task[None] | None = None
         self.progress_asked = 0.0
+        self.progress_answered = 0.0  # when a sound progress answer last came (loop time)
 
     def usable_from(self, from_revision: int) -> bool:
         return not self.busy and self.error is None and self.discarded <= from_revision
@@ -65,7 +74,11 @@ class _Feed:
 
 class Watches:
     """One store's watch streams, one per prefix (loop thread only). poll: how often a
-    waiting watch looks again (our expired leases, progress requests)."""
+    watch waiting for a progress answer asks again. A waiting watch otherwise sleeps
+    until an event, its deadline or the expiry of one of our leases: an idle agent has
+    ten watchers, and waking each every poll cost a 50-node lab a core. steady: the
+    store's clock is the wall clock; a clock given by a test may jump, so the expiry
+    of our leases is then polled for."""
 
     def __init__(
         self,
@@ -75,6 +88,7 @@ class Watches:
         leases: Leases,
         ops: Operations,
         poll: float,
+        steady: bool = True,
     ) -> None:
         self._runner = runner
         self._channel = channel
@@ -82,7 +96,9 @@ class Watches:
         self._leases = leases
         self._ops = ops
         self._poll = poll
-        self._feeds: OrderedDict[str, _Feed] = OrderedDict()
+        self._steady = steady
+        self._feeds: OrderedDict[int, _Feed] = OrderedDict()  # idle ones, by id, oldest first
+        self._waiting: set[_Feed] = set()  # feeds a watch() is using now: woken on close
 
     async def _open_feed(self, prefix: str, start: int, deadline: float) -> _Feed:
         """A new watch stream from revision start, on the first member that takes it."""
@@ -166,6 +182,7 @@ class Watches:
                     # etcd 3.4 answers progress requests even for a watcher still
                     # catching up; one asked for after the catch-up window is sound.
                     feed.synced = max(feed.synced, int(resp.header.revision))
+                    feed.progress_answered = loop.time()
                 if len(feed.events) > _MAX_BUFFERED:
                     feed.error = ConnectionError("watch buffer full: nobody read it")
                     return
@@ -178,25 +195,30 @@ class Watches:
             feed.changed.set()
 
     def _take_feed(self, prefix: str, from_revision: int) -> _Feed | None:
-        feed = self._feeds.get(prefix)
-        if feed is None or not feed.usable_from(from_revision):
+        """An idle kept feed on prefix that has handed out nothing past from_revision:
+        the one closest to it (the caller's own from its last call, when several
+        threads watch one prefix, as the agent's node, mesh and DNS loops do)."""
+        usable = [f for f in self._feeds.values() if f.prefix == prefix and f.usable_from(from_revision)]
+        if not usable:
             return None
-        self._feeds.move_to_end(prefix)
+        feed = max(usable, key=lambda f: f.discarded)
+        del self._feeds[id(feed)]
         return feed
 
     async def _keep_feed(self, feed: _Feed) -> None:
-        """Cache the feed for the next watch() on its prefix (evicting the oldest)."""
+        """Keep the feed for a next watch() on its prefix, evicting the oldest beyond
+        _MAX_PER_PREFIX on the prefix or _MAX_FEEDS in all. Kept feeds are idle:
+        threads watching one prefix at once each have a stream of their own (sharing
+        one closed and re-opened a stream per call, with its catch-up wait)."""
         feed.busy = False
         if feed.error is not None or self._runner.closed:
             await feed.close()
-            if self._feeds.get(feed.prefix) is feed:
-                del self._feeds[feed.prefix]
             return
-        old = self._feeds.get(feed.prefix)
-        if old is not None and old is not feed and not old.busy:
-            await old.close()
-        self._feeds[feed.prefix] = feed
-        self._feeds.move_to_end(feed.prefix)
+        self._feeds[id(feed)] = feed
+        same = [f for f in self._feeds.values() if f.prefix == feed.prefix]
+        for oldest in same[: max(0, len(same) - _MAX_PER_PREFIX)]:
+            del self._feeds[id(oldest)]
+            await oldest.close()
         while len(self._feeds) > _MAX_FEEDS:
             _, oldest = self._feeds.popitem(last=False)
             await oldest.close()
@@ -206,7 +228,12 @@ class Watches:
         deadline = loop.time() + max(0.0, timeout)
         limit = deadline + _CATCHUP + self._channel.timeout
         await self._leases.sweep()
-        head = await self._ops.head()
+        # Done when nothing came: with no timeout, once the feed has every event up to
+        # the cluster's head (a linearizable read); with one, once the feed's member,
+        # asked after the timeout, answers that it sent everything it has (no read per
+        # call: an agent's ten watch loops made a 50-node lab's etcd serve 600 a second).
+        head = await self._ops.head() if timeout <= 0 else None
+        asked = 0.0  # when this call asked its member for progress
         feed = self._take_feed(prefix, from_revision)
         try:
             while not self._runner.closed:
@@ -221,32 +248,55 @@ class Watches:
                     feed.discarded = found[-1].revision
                     return found
                 now = loop.time()
-                caught_up = feed.synced >= head
+                if head is not None:
+                    caught_up = feed.synced >= head
+                else:
+                    caught_up = 0 < asked <= feed.progress_answered
                 if (now >= deadline and caught_up) or now >= limit:
                     return []
                 asking = now >= max(deadline, feed.created_at + _CATCHUP)
                 if asking and now - feed.progress_asked > self._poll:
                     feed.progress_asked = now
+                    asked = asked or now  # any answer after the first ask will do
                     await feed.call.write(
                         rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
                     )
                 feed.changed.clear()
-                wake = max(0.001, min(self._poll, (deadline if now < deadline else limit) - now))
+                self._waiting.add(feed)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(feed.changed.wait(), wake)
+                    await asyncio.wait_for(feed.changed.wait(), self._wake_in(feed, now, deadline, limit, asking))
                 await self._leases.sweep()  # our expired leases show up as deletes while we wait
             return []
         finally:
             if feed is not None:
+                self._waiting.discard(feed)
                 await self._keep_feed(feed)
+
+    def _wake_in(self, feed: _Feed, now: float, deadline: float, limit: float, asking: bool) -> float:
+        """How long a waiting watch may sleep if no event comes: until its deadline;
+        past it, until the catch-up window closes, or a poll while it waits for a
+        progress answer; never past the expiry of one of our leases."""
+        if now < deadline:
+            until = deadline
+        elif asking:
+            until = min(limit, now + self._poll)
+        else:
+            until = min(limit, feed.created_at + _CATCHUP)
+        expiry = self._leases.until_next_expiry() if self._steady else self._poll
+        if expiry is not None:
+            until = min(until, now + max(0.0, expiry))
+        return max(0.001, until - now)
 
     async def _drop_feed(self, feed: _Feed, from_revision: int) -> None:
         error = feed.error
         await feed.close()
-        if self._feeds.get(feed.prefix) is feed:
-            del self._feeds[feed.prefix]
         if isinstance(error, RevisionCompacted):
             raise RevisionCompacted(from_revision, error.compacted)
+
+    def wake_all(self) -> None:
+        """Wake every waiting watch: the store is closing, and each returns."""
+        for feed in self._waiting:
+            feed.changed.set()
 
     async def close(self) -> None:
         feeds, self._feeds = list(self._feeds.values()), OrderedDict()
