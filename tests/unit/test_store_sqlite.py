@@ -257,3 +257,36 @@ def test_no_inotify_instance_is_said_once_with_the_limit_to_raise(tmp_path, monk
         assert wake.FileWake(str(tmp_path / "b.db"), lambda: None).start() is False
     said = [r.getMessage() for r in caplog.records if "inotify" in r.getMessage()]
     assert len(said) == 1 and "fs.inotify.max_user_instances" in said[0], said
+
+
+def test_a_sweep_the_tail_commits_while_a_watcher_reads_the_database_is_not_skipped(tmp_path, monkeypatch):
+    """The race of 9f97e80, made to happen: a watcher reads the database (its prefix
+    not in the ring yet); meanwhile the tail's first pass sweeps an expired key and
+    takes the prefix up at its new head. The watcher must still get the delete event,
+    which came after its read and before the ring starts."""
+    from test_store_contract import FakeClock
+
+    from podnet.store.base import DELETE
+    from podnet.store.sqlite import SqliteStore
+
+    clock = FakeClock()
+    with SqliteStore(tmp_path / "store.db", clock=clock, poll_interval=0.01) as store:
+        tail = store._tail
+        monkeypatch.setattr(tail, "_start", lambda: None)  # no tail thread: its pass runs below
+        rev = store.put("lease/a", "1", ttl=1)
+        real = tail._events_after
+        raced: list[int] = []
+
+        def read_then_race(prefix: str, revision: int):
+            found = real(prefix, revision)
+            if not raced:
+                raced.append(store.revision())
+                clock.advance(2)  # the key expires after the watcher's read
+                tail._read_new()  # the tail's first pass: sweeps it, takes "lease/" up
+                assert store.revision() > raced[0] and tail._since["lease/"] == store.revision()
+            return found
+
+        monkeypatch.setattr(tail, "_events_after", read_then_race)
+        events = store.watch("lease/", rev, 0)
+        assert raced, "the race did not run"
+        assert [(e.kind, e.key) for e in events] == [(DELETE, "lease/a")]
