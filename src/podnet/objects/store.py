@@ -114,17 +114,20 @@ def namespace_object(name: str, labels: Mapping[str, str]) -> Namespace:
     return NAMESPACE.parse_manifest(doc, Loc("document 0"))
 
 
+REGISTER_BATCH = 40  # records per transaction: a read and a write each, under etcd's 128 operations
+
+
 def register_pods(store: Store, pods: Iterable[PodRecord], namespaces: Mapping[str, Mapping[str, str]]) -> None:
     """What an orchestrator does at pod creation: record namespaces and pods unless
-    already there (a user's labels win), in one transaction."""
-    with store.transaction() as tx:
-        for name, labels in namespaces.items():
-            ns = namespace_object(name, labels)
-            if tx.get(ns.key) is None:
-                tx.put(ns.key, dumps(ns.to_dict()))
-        for pod in pods:
-            if tx.get(pod.key) is None:  # registered once: `podnet label pod` edits it
-                tx.put(pod.key, pod.encode())
+    already there (a user's labels win), REGISTER_BATCH to a transaction (each record
+    stands alone; one transaction for a 1,000-pod lab was more than etcd takes)."""
+    records = [(ns.key, dumps(ns.to_dict())) for ns in (namespace_object(n, labels) for n, labels in namespaces.items())]
+    records += [(pod.key, pod.encode()) for pod in pods]
+    for start in range(0, len(records), REGISTER_BATCH):
+        with store.transaction() as tx:
+            for key, value in records[start : start + REGISTER_BATCH]:
+                if tx.get(key) is None:  # registered once: `podnet label pod` edits it
+                    tx.put(key, value)
 
 
 def parse_label_changes(changes: Sequence[str]) -> tuple[dict[str, str], set[str]]:

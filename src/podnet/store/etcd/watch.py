@@ -7,7 +7,8 @@ notifications are unreliable for such watchers, so a watch that starts in the pa
 finds nothing waits up to _CATCHUP seconds, even with timeout 0, before it concludes
 so. A compacted from_revision raises RevisionCompacted. A stream that breaks is
 re-opened on another member from the last revision it delivered: no event is lost or
-repeated. Threads watching one prefix at once each get a stream of their own.
+repeated. Threads watching one prefix share its stream: each event is read once per
+store, whoever waits for it.
 
 An empty answer: with timeout 0, the feed had every event up to the cluster's head
 (a linearizable read) and none was after from_revision. With a timeout, the feed's
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 import grpc
@@ -36,33 +37,47 @@ from podnet.store.etcd.loop import Runner
 from podnet.store.etcd.operations import Operations
 
 _CATCHUP = 0.3  # etcd 3.4 syncs watchers that start in the past every 100 ms
-_MAX_FEEDS = 24  # watch streams kept open between calls
-_MAX_PER_PREFIX = 4  # of them on one prefix: one per thread that watches it
-_MAX_BUFFERED = 10_000  # events a kept stream may hold for a caller that went away
+_MAX_FEEDS = 16  # watch streams kept open between calls (one per prefix)
+_KEPT = 10_000  # events a stream keeps for its watchers; older ones are let go
 _PUT_EVENT = rpc.Event.PUT
 
 
 class _Feed:
-    """A watch stream on one prefix, kept open between watch() calls. A reader task
-    buffers its events; `synced` is the revision up to which every event has arrived."""
+    """A watch stream on one prefix, kept open between watch() calls and shared by
+    the calls on that prefix. A reader task keeps its last _KEPT events and wakes the
+    calls waiting on it; `synced` is the revision up to which every event has arrived."""
 
     def __init__(self, prefix: str, start: int) -> None:
         self.prefix = prefix
         self.start = start
-        self.discarded = start - 1  # events up to here were handed out or skipped
-        self.events: list[Event] = []
+        self.discarded = start - 1  # events up to here are not held (before the start, or let go)
+        self.events: deque[Event] = deque()
         self.synced = 0
         self.created_at = 0.0
         self.error: BaseException | None = None
-        self.changed = asyncio.Event()
-        self.busy = False
+        self.waiters: set[asyncio.Event] = set()  # one per watch() call waiting on this feed
+        self.users = 0  # watch() calls using it now
         self.call: Any = None
         self.task: asyncio.Task[None] | None = None
         self.progress_asked = 0.0
         self.progress_answered = 0.0  # when a sound progress answer last came (loop time)
 
     def usable_from(self, from_revision: int) -> bool:
-        return not self.busy and self.error is None and self.discarded <= from_revision
+        return self.error is None and self.discarded <= from_revision
+
+    def after(self, revision: int) -> list[Event]:
+        """The events held with a revision past `revision`, oldest first."""
+        found = []
+        for event in reversed(self.events):  # only what is newer: O(new)
+            if event.revision <= revision:
+                break
+            found.append(event)
+        found.reverse()
+        return found
+
+    def wake(self) -> None:
+        for waiter in self.waiters:
+            waiter.set()
 
     async def close(self) -> None:
         if self.call is not None:
@@ -97,8 +112,9 @@ class Watches:
         self._ops = ops
         self._poll = poll
         self._steady = steady
-        self._feeds: OrderedDict[int, _Feed] = OrderedDict()  # idle ones, by id, oldest first
-        self._waiting: set[_Feed] = set()  # feeds a watch() is using now: woken on close
+        self._feeds: OrderedDict[str, _Feed] = OrderedDict()  # by prefix, least recently used first
+        self._waiting: set[asyncio.Event] = set()  # of every watch() call now: woken on close
+        self._opening: dict[str, asyncio.Lock] = {}  # by prefix
 
     async def _open_feed(self, prefix: str, start: int, deadline: float) -> _Feed:
         """A new watch stream from revision start, on the first member that takes it."""
@@ -183,45 +199,56 @@ class Watches:
                     # catching up; one asked for after the catch-up window is sound.
                     feed.synced = max(feed.synced, int(resp.header.revision))
                     feed.progress_answered = loop.time()
-                if len(feed.events) > _MAX_BUFFERED:
-                    feed.error = ConnectionError("watch buffer full: nobody read it")
-                    return
-                feed.changed.set()
+                while len(feed.events) > _KEPT:
+                    feed.discarded = feed.events.popleft().revision
+                feed.wake()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # any stream failure means: re-open it elsewhere
             feed.error = exc
         finally:
-            feed.changed.set()
+            feed.wake()
 
-    def _take_feed(self, prefix: str, from_revision: int) -> _Feed | None:
-        """An idle kept feed on prefix that has handed out nothing past from_revision:
-        the one closest to it (the caller's own from its last call, when several
-        threads watch one prefix, as the agent's node, mesh and DNS loops do)."""
-        usable = [f for f in self._feeds.values() if f.prefix == prefix and f.usable_from(from_revision)]
-        if not usable:
-            return None
-        feed = max(usable, key=lambda f: f.discarded)
-        del self._feeds[id(feed)]
-        return feed
+    async def _feed_for(self, prefix: str, from_revision: int, old: _Feed | None, limit: float) -> _Feed:
+        """The stream a watch() from from_revision uses: the prefix's kept one if it
+        holds everything after from_revision, else a new one from there, which is kept
+        from then on (it serves the callers of the old one too; that one closes when
+        its last caller is done)."""
+        if old is not None:
+            error = old.error
+            await self._release(old)
+            if isinstance(error, RevisionCompacted):
+                raise RevisionCompacted(from_revision, error.compacted)
+        async with self._opening.setdefault(prefix, asyncio.Lock()):  # callers at once: one opens
+            kept = self._feeds.get(prefix)
+            if kept is not None and kept.usable_from(from_revision):
+                self._feeds.move_to_end(prefix)
+            else:
+                kept = await self._open_feed(prefix, from_revision + 1, limit)
+                replaced = self._feeds.get(prefix)
+                self._feeds[prefix] = kept
+                if replaced is not None and replaced.users == 0:
+                    await replaced.close()
+                await self._evict()
+            kept.users += 1
+            return kept
 
-    async def _keep_feed(self, feed: _Feed) -> None:
-        """Keep the feed for a next watch() on its prefix, evicting the oldest beyond
-        _MAX_PER_PREFIX on the prefix or _MAX_FEEDS in all. Kept feeds are idle:
-        threads watching one prefix at once each have a stream of their own (sharing
-        one closed and re-opened a stream per call, with its catch-up wait)."""
-        feed.busy = False
-        if feed.error is not None or self._runner.closed:
+    async def _release(self, feed: _Feed) -> None:
+        """A watch() is done with the feed: closed if it failed or is no longer kept,
+        once nobody uses it."""
+        feed.users -= 1
+        kept = self._feeds.get(feed.prefix) is feed
+        if kept and (feed.error is not None or self._runner.closed):
+            del self._feeds[feed.prefix]
+            kept = False
+        if not kept and feed.users == 0:
             await feed.close()
-            return
-        self._feeds[id(feed)] = feed
-        same = [f for f in self._feeds.values() if f.prefix == feed.prefix]
-        for oldest in same[: max(0, len(same) - _MAX_PER_PREFIX)]:
-            del self._feeds[id(oldest)]
-            await oldest.close()
-        while len(self._feeds) > _MAX_FEEDS:
-            _, oldest = self._feeds.popitem(last=False)
-            await oldest.close()
+
+    async def _evict(self) -> None:
+        """Close the least recently used streams nobody uses beyond _MAX_FEEDS."""
+        idle = [p for p, f in self._feeds.items() if f.users == 0]
+        for prefix in idle[: max(0, len(self._feeds) - _MAX_FEEDS)]:
+            await self._feeds.pop(prefix).close()
 
     async def watch(self, prefix: str, from_revision: int, timeout: float) -> list[Event]:
         loop = asyncio.get_running_loop()
@@ -234,18 +261,19 @@ class Watches:
         # call: an agent's ten watch loops made a 50-node lab's etcd serve 600 a second).
         head = await self._ops.head() if timeout <= 0 else None
         asked = 0.0  # when this call asked its member for progress
-        feed = self._take_feed(prefix, from_revision)
+        woken = asyncio.Event()
+        self._waiting.add(woken)
+        feed: _Feed | None = None
         try:
             while not self._runner.closed:
+                woken.clear()  # before looking: an event from here on ends the wait below
                 if feed is None or feed.error is not None:
                     if feed is not None:
-                        await self._drop_feed(feed, from_revision)
-                    feed = await self._open_feed(prefix, from_revision + 1, limit)
-                feed.busy = True
-                found = [e for e in feed.events if e.revision > from_revision]
+                        feed.waiters.discard(woken)
+                    feed = await self._feed_for(prefix, from_revision, feed, limit)
+                    feed.waiters.add(woken)
+                found = feed.after(from_revision)
                 if found:
-                    feed.events.clear()
-                    feed.discarded = found[-1].revision
                     return found
                 now = loop.time()
                 if head is not None:
@@ -261,16 +289,15 @@ class Watches:
                     await feed.call.write(
                         rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
                     )
-                feed.changed.clear()
-                self._waiting.add(feed)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(feed.changed.wait(), self._wake_in(feed, now, deadline, limit, asking))
+                    await asyncio.wait_for(woken.wait(), self._wake_in(feed, now, deadline, limit, asking))
                 await self._leases.sweep()  # our expired leases show up as deletes while we wait
             return []
         finally:
+            self._waiting.discard(woken)
             if feed is not None:
-                self._waiting.discard(feed)
-                await self._keep_feed(feed)
+                feed.waiters.discard(woken)
+                await self._release(feed)
 
     def _wake_in(self, feed: _Feed, now: float, deadline: float, limit: float, asking: bool) -> float:
         """How long a waiting watch may sleep if no event comes: until its deadline;
@@ -287,16 +314,10 @@ class Watches:
             until = min(until, now + max(0.0, expiry))
         return max(0.001, until - now)
 
-    async def _drop_feed(self, feed: _Feed, from_revision: int) -> None:
-        error = feed.error
-        await feed.close()
-        if isinstance(error, RevisionCompacted):
-            raise RevisionCompacted(from_revision, error.compacted)
-
     def wake_all(self) -> None:
         """Wake every waiting watch: the store is closing, and each returns."""
-        for feed in self._waiting:
-            feed.changed.set()
+        for waiter in self._waiting:
+            waiter.set()
 
     async def close(self) -> None:
         feeds, self._feeds = list(self._feeds.values()), OrderedDict()
