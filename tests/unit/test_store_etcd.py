@@ -362,6 +362,38 @@ def test_a_waiting_watch_sleeps_until_an_event_or_its_timeout(
     assert len(heads) == 1
 
 
+def test_calls_that_time_out_together_share_a_progress_answer(
+    store: EtcdStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three loops on one prefix's stream, nothing happening: at their common timeout
+    one progress request answers them all (each used to wait its turn to ask)."""
+    from podnet.store.etcd import watch as watch_module
+
+    asked: list[int] = []
+    real = watch_module.rpc.WatchProgressRequest
+    monkeypatch.setattr(watch_module.rpc, "WatchProgressRequest", lambda: asked.append(1) or real())
+    rev = store.put("x", "1")
+    store.watch("", rev, 0.1)  # the stream is open and caught up
+    asked.clear()
+    barrier = threading.Barrier(3)
+    took: list[float] = []
+
+    def loop() -> None:
+        barrier.wait()
+        for _ in range(4):
+            start = time.monotonic()
+            assert store.watch("", rev, 0.3) == []
+            took.append(time.monotonic() - start)
+
+    threads = [threading.Thread(target=loop) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(took) == 12 and max(took) < 1.0, took
+    assert len(asked) <= 8, len(asked)  # about one per round of the three
+
+
 def test_a_waiting_watch_wakes_when_our_lease_runs_out(store: EtcdStore) -> None:
     """The holder's own lease ends at its TTL by the store's clock: the waiting watch
     wakes for it, although nothing else happens."""

@@ -285,10 +285,11 @@ class Watches:
                 asking = now >= max(deadline, feed.created_at + _CATCHUP)
                 if asking and now - feed.progress_asked > self._poll:
                     feed.progress_asked = now
-                    asked = asked or now  # any answer after the first ask will do
                     await feed.call.write(
                         rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
                     )
+                if asking and not asked and feed.progress_asked >= deadline:
+                    asked = feed.progress_asked  # asked after our timeout, by us or another call
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(woken.wait(), self._wake_in(feed, now, deadline, limit, asking))
                 await self._leases.sweep()  # our expired leases show up as deletes while we wait
