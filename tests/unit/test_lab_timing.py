@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from podnet.lab.builder import LEASE_TTL, lease_ttl_for, member_first
+from podnet.lab.crowding import LEASE_TTL, lease_ttl_for, member_first
 from podnet.lab.state import LabError, run
 
 

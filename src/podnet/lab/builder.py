@@ -39,6 +39,7 @@ from podnet.defaults import DEFAULT_CLUSTER_DOMAIN
 from podnet.fileio import write_atomic
 from podnet.lab import apps, cuts, extra_networks, orchestrator, routers
 from podnet.lab import topology as topo
+from podnet.lab.crowding import lease_ttl_for, member_first
 from podnet.lab.gossip import gossip_argv
 from podnet.lab.state import NETNS_DIR, LabError, LabState, enter, ip, node_socket, run, state_file
 from podnet.lab.supervisor_client import SupervisorClient
@@ -59,12 +60,6 @@ DNS_POD_PREFIX = "kube-dns-"
 DNS_PORTS = tuple(Port(p["port"], p["protocol"], p["name"]) for p in orchestrator.DNS_PORTS)
 BLOCK_PREFIX = 24
 BGP_BLOCK_PREFIX = 26  # Calico's default block size: nodes grow into more blocks as pods come
-LEASE_TTL = 10
-# A lab packs its nodes' agents onto this machine's CPUs: a hundred of them on two wait long
-# for CPU and for the store's write lock, and a 10 s lease then expired while its node was
-# alive (its block taken, its pods' addresses freed mid-ADD). Each agent per CPU adds this
-# much to the TTL (100 nodes on 2 CPUs: 30 s; a real node has its own CPUs)
-LEASE_TTL_PER_AGENT_PER_CPU = 0.6
 ETCD_MEMBERS = 3
 RECLAIM_GRACE = 10.0
 
@@ -91,25 +86,6 @@ class LabOptions:
 
 
 Progress = Callable[[str], None]
-
-
-def lease_ttl_for(nodes: int, cpus: int | None) -> float:
-    """The agents' lease TTL when `lab up` is not told one: LEASE_TTL, longer for a lab
-    crowded onto few CPUs (LEASE_TTL_PER_AGENT_PER_CPU)."""
-    return max(float(LEASE_TTL), round(LEASE_TTL_PER_AGENT_PER_CPU * nodes / max(1, cpus or 1), 1))
-
-
-def member_first(store: str, index: int) -> str:
-    """The store URL node `index`'s agent gets: an etcd URL with its members rotated,
-    so the agents spread over them (a client stays on the first member that answers:
-    50 agents on one member overloaded it, and its slow answers cost ADDs their
-    transactions). Other URLs unchanged."""
-    if not store.startswith("etcd://"):
-        return store
-    hosts, slash, path = store.removeprefix("etcd://").partition("/")
-    members = hosts.split(",")
-    turn = index % len(members)
-    return "etcd://" + ",".join(members[turn:] + members[:turn]) + slash + path
 
 
 class LabBuilder:

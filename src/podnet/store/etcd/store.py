@@ -89,7 +89,7 @@ class EtcdStore(Store):
         50 nodes' claims and leases made 400 a second). Inside a transaction, list."""
         if self._txs.current() is not None:
             return self.list(prefix)
-        return self._runner.run(self._ops.list, prefix, True)[0]
+        return self._listed(prefix, hint=True)[0]
 
     def revision(self) -> int:
         tx = self._txs.current()
@@ -101,14 +101,17 @@ class EtcdStore(Store):
         """One Range: the listing and the revision it was read at."""
         if self._txs.current() is not None:
             return super().snapshot(prefix)
-        entries, revision = self._runner.run(self._ops.list, prefix)
-        return entries, user_revision(revision)
+        return self._listed(prefix, hint=False)
 
     def snapshot_hint(self, prefix: str) -> tuple[list[Entry], int]:
         """snapshot, without asking when other clients' leases run out (list_hint)."""
         if self._txs.current() is not None:
             return super().snapshot(prefix)
-        entries, revision = self._runner.run(self._ops.list, prefix, True)
+        return self._listed(prefix, hint=True)
+
+    def _listed(self, prefix: str, hint: bool) -> tuple[list[Entry], int]:
+        """One Range outside a transaction: the entries and the revision, as user_revision."""
+        entries, revision = self._runner.run(self._ops.list, prefix, hint)
         return entries, user_revision(revision)
 
     def put(self, key: str, value: str, ttl: float | None = None) -> int:

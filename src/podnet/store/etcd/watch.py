@@ -55,8 +55,7 @@ class _Feed:
         self.synced = 0
         self.created_at = 0.0
         self.error: BaseException | None = None
-        self.waiters: set[asyncio.Event] = set()  # one per watch() call waiting on this feed
-        self.users = 0  # watch() calls using it now
+        self.waiters: set[asyncio.Event] = set()  # one per watch() call using this feed
         self.call: Any = None
         self.task: asyncio.Task[None] | None = None
         self.progress_asked = 0.0
@@ -209,14 +208,16 @@ class Watches:
         finally:
             feed.wake()
 
-    async def _feed_for(self, prefix: str, from_revision: int, old: _Feed | None, limit: float) -> _Feed:
-        """The stream a watch() from from_revision uses: the prefix's kept one if it
-        holds everything after from_revision, else a new one from there, which is kept
-        from then on (it serves the callers of the old one too; that one closes when
-        its last caller is done)."""
+    async def _feed_for(
+        self, prefix: str, from_revision: int, old: _Feed | None, limit: float, woken: asyncio.Event
+    ) -> _Feed:
+        """The stream a watch() from from_revision uses (`woken` joins its waiters): the
+        prefix's kept one if it holds everything after from_revision, else a new one
+        from there, which is kept from then on (it serves the callers of the old one
+        too; that one closes when its last caller is done)."""
         if old is not None:
             error = old.error
-            await self._release(old)
+            await self._release(old, woken)
             if isinstance(error, RevisionCompacted):
                 raise RevisionCompacted(from_revision, error.compacted)
         async with self._opening.setdefault(prefix, asyncio.Lock()):  # callers at once: one opens
@@ -227,26 +228,26 @@ class Watches:
                 kept = await self._open_feed(prefix, from_revision + 1, limit)
                 replaced = self._feeds.get(prefix)
                 self._feeds[prefix] = kept
-                if replaced is not None and replaced.users == 0:
+                if replaced is not None and not replaced.waiters:
                     await replaced.close()
                 await self._evict()
-            kept.users += 1
+            kept.waiters.add(woken)
             return kept
 
-    async def _release(self, feed: _Feed) -> None:
+    async def _release(self, feed: _Feed, woken: asyncio.Event) -> None:
         """A watch() is done with the feed: closed if it failed or is no longer kept,
         once nobody uses it."""
-        feed.users -= 1
+        feed.waiters.discard(woken)
         kept = self._feeds.get(feed.prefix) is feed
         if kept and (feed.error is not None or self._runner.closed):
             del self._feeds[feed.prefix]
             kept = False
-        if not kept and feed.users == 0:
+        if not kept and not feed.waiters:
             await feed.close()
 
     async def _evict(self) -> None:
         """Close the least recently used streams nobody uses beyond _MAX_FEEDS."""
-        idle = [p for p, f in self._feeds.items() if f.users == 0]
+        idle = [p for p, f in self._feeds.items() if not f.waiters]
         for prefix in idle[: max(0, len(self._feeds) - _MAX_FEEDS)]:
             await self._feeds.pop(prefix).close()
 
@@ -268,10 +269,8 @@ class Watches:
             while not self._runner.closed:
                 woken.clear()  # before looking: an event from here on ends the wait below
                 if feed is None or feed.error is not None:
-                    if feed is not None:
-                        feed.waiters.discard(woken)
-                    feed = await self._feed_for(prefix, from_revision, feed, limit)
-                    feed.waiters.add(woken)
+                    old, feed = feed, None  # released by _feed_for, even if it raises
+                    feed = await self._feed_for(prefix, from_revision, old, limit, woken)
                 found = feed.after(from_revision)
                 if found:
                     return found
@@ -297,8 +296,7 @@ class Watches:
         finally:
             self._waiting.discard(woken)
             if feed is not None:
-                feed.waiters.discard(woken)
-                await self._release(feed)
+                await self._release(feed, woken)
 
     def _wake_in(self, feed: _Feed, now: float, deadline: float, limit: float, asking: bool) -> float:
         """How long a waiting watch may sleep if no event comes: until its deadline;
