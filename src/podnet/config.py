@@ -51,6 +51,7 @@ AGENT_FIELDS: dict[str, tuple[str, type]] = {
     "store": ("store", str), "socket": ("socket", str), "stateDir": ("state_dir", str),
     "dnsUpstream": ("dns_upstream", str), "policyHost": ("policy_host", str),
     "strictAffinity": ("strict_affinity", bool), "metricsAddr": ("metrics_addr", str),
+    "watchBatch": ("watch_batch", float),
 }
 
 

@@ -14,7 +14,7 @@ current-context: prod
 contexts:
   - {name: prod, store: "etcd://10.0.0.1:2379/podnet", socket: /run/podnet/agent.sock}
   - {name: mylab, lab: dev}
-agent: {node: node1, fabric: host-gw, clusterCIDR: 10.244.0.0/16, blockPrefix: 26, leaseTTL: 5}
+agent: {node: node1, fabric: host-gw, clusterCIDR: 10.244.0.0/16, blockPrefix: 26, leaseTTL: 5, watchBatch: 0.2}
 """
 
 
@@ -48,7 +48,7 @@ def test_environment_then_file_then_default_lab(cfg, tmp_path):
 def test_agent_section_maps_to_flag_destinations(cfg):
     agent = config.load(cfg).agent
     assert agent == {"node": "node1", "fabric": "host-gw", "cluster_cidr": "10.244.0.0/16",
-                     "block_prefix": 26, "lease_ttl": 5.0}
+                     "block_prefix": 26, "lease_ttl": 5.0, "watch_batch": 0.2}
 
 
 @pytest.mark.parametrize("text, message", [

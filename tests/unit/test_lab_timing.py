@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from podnet.lab.crowding import LEASE_TTL, lease_ttl_for, member_first
+from podnet.lab.crowding import LEASE_TTL, WATCH_BATCH, lease_ttl_for, member_first, watch_batch_for
 from podnet.lab.state import LabError, run
 
 
@@ -16,6 +16,15 @@ def test_a_lab_crowded_onto_few_cpus_gets_a_longer_lease_ttl():
     assert lease_ttl_for(100, 2) == 30
     assert lease_ttl_for(100, 8) == 10  # the same lab on a bigger machine
     assert lease_ttl_for(100, None) == 60  # unknown CPUs: one
+
+
+def test_a_lab_crowded_onto_few_cpus_batches_its_store_watch_longer():
+    assert watch_batch_for(2, 2) == WATCH_BATCH == 0.05
+    assert watch_batch_for(20, 2) == 0.05  # the suite's labs keep the store's default
+    assert watch_batch_for(50, 2) == 0.125
+    assert watch_batch_for(100, 2) == 0.25
+    assert watch_batch_for(100, 16) == 0.05  # the same lab on a bigger machine
+    assert watch_batch_for(100, None) == 0.5  # unknown CPUs: one
 
 
 def test_a_command_that_outlives_its_time_limit_is_a_lab_error():

@@ -38,7 +38,7 @@ AGENT_DEFAULTS = {
     "node_labels": None, "strict_affinity": False, "metrics_addr": None,
     "peer": None, "gossip_port": GOSSIP_PORT, "key_file": None, "ipalloc_init": None,
     "fastpath": "kernel", "reclaim_grace": DEFAULT_RECLAIM_GRACE, "dns_domain": DEFAULT_GOSSIP_DOMAIN, "segment_gateway": None,
-    "mesh_cert_lifetime": None, "ipv6_masquerade": False,
+    "mesh_cert_lifetime": None, "ipv6_masquerade": False, "watch_batch": None,
 }
 STORE_NONE = "none"  # --store none: the node's own store, kept in step by gossip (--fabric gossip)
 
@@ -60,6 +60,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     agent.add_argument("--metrics-addr", metavar="HOST:PORT",
                        help="also serve Prometheus metrics on http://HOST:PORT/metrics (default: only over "
                             "the agent socket, `podnet metrics`)")
+    agent.add_argument("--watch-batch", type=float, metavar="SECONDS",
+                       help="while a SQLite store keeps changing, gather its changes this long before the "
+                            "agent's loops react (default 0.05; a quiet store wakes them at once). Longer "
+                            "costs each change up to that delay and saves CPU when many agents share few "
+                            "CPUs (`lab up` sets it for crowded labs)")
     cluster = agent.add_argument_group("cluster node (all ignored without --node)")
     cluster.add_argument("--node", help="join a cluster through the store as node NAME")
     cluster.add_argument("--fabric", choices=FABRIC_NAMES, help="how nodes reach each other's pod blocks (default vxlan)")
@@ -211,6 +216,13 @@ def _cmd_agent(args: argparse.Namespace) -> int:
         failed = _check_store(s["store"], args.init)
         if failed is not None:
             return failed
+    if s["watch_batch"] is not None:
+        from podnet.store import set_watch_batch
+
+        try:
+            set_watch_batch(float(s["watch_batch"]))
+        except InvalidConfig as exc:
+            return fail(f"--watch-batch: {exc.msg} ({exc.details})", 2)
     return run_agent(s["socket"], s["store"], s["state_dir"], s["dns_upstream"], node, s["policy_host"],
                      s["metrics_addr"])
 

@@ -16,6 +16,7 @@ from podnet.errors import InvalidConfig, PodnetError
 from podnet.kernel.gso import BIG_TCP as NIC_GSO
 from podnet.lab.topology import CLUSTER_CIDR, CLUSTER_CIDR6
 from podnet.model.service import DEFAULT_SERVICE_CIDR, ServiceSettings
+from podnet.store import WATCH_BATCH_RANGE
 
 DEFAULT_SERVICE_CIDR6 = "fd00:10:96::/112"  # kind's dual-stack service subnet
 DUAL_STACK_FABRICS = ("vxlan", "host-gw", "bgp", "gossip", "macvlan")  # `lab up --ipv6` (docs/architecture.md: which combinations exist)
@@ -61,6 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--lease-ttl", type=float, default=None,
                     help="the agents' node lease TTL in seconds: a dead node is reclaimed after it (default 10, or 0.6 "
                          "per node per CPU when that is more: 100 nodes on 2 CPUs get 30)")
+    up.add_argument("--watch-batch", type=float, default=None, metavar="SECONDS",
+                    help="the agents' --watch-batch: how long a busy store's changes are gathered before they "
+                         "react (default 0.05, or 0.005 per node per CPU when that is more: 100 nodes on 2 CPUs "
+                         "get 0.25)")
     up.add_argument("--nic-gso", type=int, default=NIC_GSO, metavar="BYTES",
                     help=f"GSO/GRO limit of the lab's underlay NICs (default {NIC_GSO}, BIG TCP; "
                          "65536 = a NIC without BIG TCP); pods get what their node's uplink takes")
@@ -157,6 +162,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         return fail("--reclaim-grace: at least 1 second, with --fabric gossip", 2)
     if args.fastpath != "kernel" and args.fabric not in ("vxlan", "host-gw"):
         return fail(f"--fastpath {args.fastpath} is for --fabric vxlan or host-gw", 2)
+    if args.watch_batch is not None and not WATCH_BATCH_RANGE[0] <= args.watch_batch <= WATCH_BATCH_RANGE[1]:
+        return fail(f"--watch-batch: from {WATCH_BATCH_RANGE[0]:g} to {WATCH_BATCH_RANGE[1]:g} seconds", 2)
     block_prefix = args.block_prefix or (BGP_BLOCK_PREFIX if args.fabric == "bgp" else BLOCK_PREFIX)
     try:
         pool, pool6 = parse_cluster_cidrs(args.cluster_cidr)
@@ -200,6 +207,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
                                             cluster_domain=args.cluster_domain,
                                             nic_gso=args.nic_gso, cluster_cidr=str(pool), block_prefix=block_prefix,
                                             **({"lease_ttl": args.lease_ttl} if args.lease_ttl else {}),
+                                            **({"watch_batch": args.watch_batch} if args.watch_batch else {}),
                                             **({"reclaim_grace": args.reclaim_grace} if args.reclaim_grace else {}),
                                             mesh_cert_lifetime=args.mesh_cert_lifetime,
                                             encrypt=args.encrypt,

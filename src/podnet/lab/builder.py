@@ -39,7 +39,7 @@ from podnet.defaults import DEFAULT_CLUSTER_DOMAIN
 from podnet.fileio import write_atomic
 from podnet.lab import apps, cuts, extra_networks, orchestrator, routers
 from podnet.lab import topology as topo
-from podnet.lab.crowding import lease_ttl_for, member_first
+from podnet.lab.crowding import lease_ttl_for, member_first, watch_batch_for
 from podnet.lab.gossip import gossip_argv
 from podnet.lab.state import NETNS_DIR, LabError, LabState, enter, ip, node_socket, run, state_file
 from podnet.lab.supervisor_client import SupervisorClient
@@ -83,6 +83,7 @@ class LabOptions:
     cluster_cidr6: str | None = None  # `lab up --ipv6`: dual stack, the pods' IPv6 pool (and the underlay's)
     ipv6_masquerade: bool = False  # the agents' --ipv6-masquerade
     fastpath: str = "kernel"  # the agents' --fastpath (vxlan, host-gw: ebpf, fabric/fastpath.py)
+    watch_batch: float | None = None  # the agents' --watch-batch (None: watch_batch_for)
 
 
 Progress = Callable[[str], None]
@@ -100,6 +101,7 @@ class LabBuilder:
         # PODNET_LAB_SIMULATE_NODES=1: the lab hands out blocks itself (no fabric)
         self.simulate = bool(os.environ.get("PODNET_LAB_SIMULATE_NODES"))
         self.lease_ttl = options.lease_ttl or lease_ttl_for(len(topology.nodes), os.cpu_count())
+        self.watch_batch = options.watch_batch or watch_batch_for(len(topology.nodes), os.cpu_count())
 
     def ns(self, role: str) -> str:
         return topo.netns_name(self.o.name, role)
@@ -406,7 +408,7 @@ class LabBuilder:
         argv = ["--store", store, "--node", node.name, "--fabric", self.o.fabric,
                 "--cluster-cidr", ",".join(filter(None, (self.o.cluster_cidr, self.o.cluster_cidr6))),
                 "--block-prefix", str(self.block_prefix),
-                "--underlay", "eth0", "--lease-ttl", f"{self.lease_ttl:g}",
+                "--underlay", "eth0", "--lease-ttl", f"{self.lease_ttl:g}", "--watch-batch", f"{self.watch_batch:g}",
                 "--node-labels", routers.node_labels(node)]
         if self.o.mesh_cert_lifetime:
             argv += ["--mesh-cert-lifetime", str(self.o.mesh_cert_lifetime)]

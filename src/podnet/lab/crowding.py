@@ -17,6 +17,23 @@ def lease_ttl_for(nodes: int, cpus: int | None) -> float:
     return max(float(LEASE_TTL), round(LEASE_TTL_PER_AGENT_PER_CPU * nodes / max(1, cpus or 1), 1))
 
 
+WATCH_BATCH = 0.05  # the SQLite store's own default (store/sqlite/store.py poll_interval)
+# While a lab's pods attach, each change to the store makes every loop of every agent react
+# (services, DNS, readiness, the node loop). Batched per 50 ms, a hundred agents on two CPUs
+# could react up to 2,000 times a second and saturated the machine: the store's write lock waited
+# behind preempted holders, leases ran out while their nodes were alive, and the churn of
+# reclaimed blocks kept the lab saturated (`lab up` 100 x 10 took 358-479 s). Each agent per
+# CPU adds this much to the batch (100 nodes on 2 CPUs: 0.25 s; a quiet store still wakes
+# every agent at once).
+WATCH_BATCH_PER_AGENT_PER_CPU = 0.005
+
+
+def watch_batch_for(nodes: int, cpus: int | None) -> float:
+    """The agents' --watch-batch when `lab up` is not told one: the store's default,
+    longer for a lab crowded onto few CPUs (WATCH_BATCH_PER_AGENT_PER_CPU)."""
+    return max(WATCH_BATCH, round(WATCH_BATCH_PER_AGENT_PER_CPU * nodes / max(1, cpus or 1), 3))
+
+
 def member_first(store: str, index: int) -> str:
     """The store URL node `index`'s agent gets: an etcd URL with its members rotated,
     so the agents spread over them (a client stays on the first member that answers:

@@ -18,11 +18,31 @@ from typing import Any
 from podnet.errors import InvalidConfig
 from podnet.store.base import Entry, Event, RevisionCompacted, Store
 
-__all__ = ["Entry", "Event", "RevisionCompacted", "Store", "missing_store", "open_store"]
+__all__ = ["Entry", "Event", "RevisionCompacted", "Store", "missing_store", "open_store", "set_watch_batch"]
 
 _SQLITE = "sqlite://"
 _MEMORY = "memory://"
 _ETCD = "etcd://"
+
+WATCH_BATCH_RANGE = (0.01, 5.0)  # seconds: below, a busy store's tail would spin; above, a change waits too long
+_watch_batch: float | None = None  # set_watch_batch(): this process's SQLite stores' batch
+
+
+def set_watch_batch(seconds: float | None) -> None:
+    """How long the SQLite stores this process opens from now on gather a busy store's
+    changes before their watchers see them (`podnet agent --watch-batch`; None: the
+    backend's default, 0.05 s). A quiet store still wakes its watchers at once: this
+    caps how often a stream of changes makes every loop of the process react, as
+    kube-proxy's --iptables-min-sync-period does. Why it is a setting: each agent of a
+    lab crowded onto two CPUs reacting 20 times a second to a stream of pods kept the
+    machine saturated (lab/crowding.py)."""
+    global _watch_batch
+    if seconds is not None:
+        low, high = WATCH_BATCH_RANGE
+        if not low <= seconds <= high:  # (also refuses nan)
+            raise InvalidConfig(f"watch batch {seconds:g}s is out of range",
+                                f"give {low:g} to {high:g} seconds")
+    _watch_batch = seconds
 
 
 def open_store(url_or_path: str, *, create: bool = True, **options: Any) -> Store:
@@ -41,6 +61,8 @@ def open_store(url_or_path: str, *, create: bool = True, **options: Any) -> Stor
     path = _sqlite_path(target)
     from podnet.store.sqlite import SqliteStore
 
+    if _watch_batch is not None:
+        options.setdefault("poll_interval", _watch_batch)
     return SqliteStore(path, create=create, **options)
 
 
