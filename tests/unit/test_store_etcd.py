@@ -4,6 +4,7 @@ clients, kept watch streams, and failover between the members of a real cluster.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import socket
 import threading
@@ -554,3 +555,53 @@ def test_silent_endpoints_cost_connect_timeout(etcd_server: EtcdCluster, prefix:
             with pytest.raises(TryAgainLater):
                 alone.get("k")
             assert time.monotonic() - start < 1.5
+
+
+def test_a_watch_on_an_open_stream_is_answered_on_the_callers_thread(
+    store: EtcdStore, other: EtcdStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a prefix's stream is open, a watch gets what it holds, or waits for what
+    comes, without a hop to the loop thread (each call cost an asyncio task and two
+    thread hand-offs: a 50-node etcd lab's bystander agents spent most of their CPU
+    there). What it returns is what the loop's way returns; a timeout with nothing
+    still goes to the loop (the progress request), and timeout 0 too (the head)."""
+    rev = store.put("x", "1")
+    store.watch("", rev, 0.1)  # the stream is open and caught up
+    via_loop = _count(monkeypatch, store._watches, "watch")
+    for i in range(5):
+        other.put(f"k/{i}", "v")
+    seen: list[str] = []
+    at = rev
+    while len(seen) < 5:
+        events = store.watch("", at, 5)
+        seen += [e.key for e in events]
+        at = events[-1].revision
+    assert seen == [f"k/{i}" for i in range(5)]
+    timer = threading.Timer(0.3, lambda: other.put("y", "2"))
+    timer.start()
+    events = store.watch("", at, 5)  # waits on this thread, woken by the stream's reader
+    timer.join()
+    assert [e.key for e in events] == ["y"]
+    assert via_loop == []
+    assert store.watch("", events[-1].revision, 0.2) == []
+    assert store.watch("", events[-1].revision, 0) == []
+    assert len(via_loop) == 2
+
+
+def test_closing_the_store_wakes_a_watch_waiting_on_its_own_thread(store: EtcdStore) -> None:
+    rev = store.put("x", "1")
+    store.watch("", rev, 0.1)
+    done: list[float] = []
+
+    def wait() -> None:
+        start = time.monotonic()
+        with contextlib.suppress(StoreError):
+            store.watch("", rev, 30)
+        done.append(time.monotonic() - start)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.3)
+    store.close()
+    thread.join(10)
+    assert done and done[0] < 5, done

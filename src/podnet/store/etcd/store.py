@@ -161,8 +161,15 @@ class EtcdStore(Store):
     def watch(self, prefix: str, from_revision: int, timeout: float) -> list[Event]:
         if self._txs.current() is not None:
             raise StoreError("watch() inside a transaction cannot see anything it would wait for")
+        deadline = None
+        if timeout > 0:  # (0: exact up to the cluster's head, a read only the loop makes)
+            self._runner.check_usable()
+            deadline = time.monotonic() + timeout
+            found = self._watches.wait_here(prefix, from_revision, deadline)
+            if found is not None:
+                return found
         return self._runner.run(
-            self._watches.watch, prefix, from_revision, timeout, wait=max(0.0, timeout)
+            self._watches.watch, prefix, from_revision, timeout, deadline, wait=max(0.0, timeout)
         )
 
     @contextlib.contextmanager

@@ -16,12 +16,23 @@ member answered a progress request made after the timeout: every event up to its
 revision was delivered. A write the leader acknowledged and that member had not
 applied yet then comes with the next call, not this one (a member that far behind is
 rare; a watch loop loses nothing).
+
+A call whose prefix already has a kept stream is served on the caller's own thread
+(`Watches.wait_here`): the events the stream holds after from_revision at once, or the
+first that arrive before its timeout, waited for on a threading.Condition the reader
+task notifies. Only a call that finds no usable stream, or nothing before its timeout
+(the progress request), or is due to sweep one of our leases, goes through the loop.
+Why: with every call going through the loop, each of an agent's ten watch loops paid
+an asyncio task and two thread hand-offs per call, and a 50-node lab's bystander
+agents spent most of their CPU there while one node attached pods.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 from collections import OrderedDict, deque
 from typing import Any
 
@@ -60,6 +71,9 @@ class _Feed:
         self.task: asyncio.Task[None] | None = None
         self.progress_asked = 0.0
         self.progress_answered = 0.0  # when a sound progress answer last came (loop time)
+        # held while the reader changes `events`, `discarded` or `error`; notified after
+        # (callers waiting on their own thread: Watches.wait_here)
+        self.arrived = threading.Condition(threading.Lock())
 
     def usable_from(self, from_revision: int) -> bool:
         return self.error is None and self.discarded <= from_revision
@@ -77,6 +91,8 @@ class _Feed:
     def wake(self) -> None:
         for waiter in self.waiters:
             waiter.set()
+        with self.arrived:
+            self.arrived.notify_all()
 
     async def close(self) -> None:
         if self.call is not None:
@@ -171,7 +187,7 @@ class Watches:
             while True:
                 resp = await feed.call.read()
                 if resp is grpc.aio.EOF:
-                    feed.error = ConnectionError("watch stream closed by the member")
+                    feed.error = ConnectionError("watch stream closed by the member")  # (woken below)
                     return
                 if resp.canceled:
                     if resp.compact_revision:
@@ -182,7 +198,7 @@ class Watches:
                         feed.error = ConnectionError(f"watch cancelled: {resp.cancel_reason}")
                     return
                 if resp.events:
-                    feed.events.extend(
+                    new = [
                         Event(
                             PUT if ev.type == _PUT_EVENT else DELETE,
                             self._keys.name(ev.kv.key),
@@ -191,20 +207,23 @@ class Watches:
                         )
                         for ev in resp.events
                         if ev.kv.mod_revision > feed.discarded
-                    )
+                    ]
+                    with feed.arrived:  # (callers on their own threads read them: wait_here)
+                        feed.events.extend(new)
+                        while len(feed.events) > _KEPT:
+                            feed.discarded = feed.events.popleft().revision
                     feed.synced = max(feed.synced, int(resp.header.revision))
                 elif feed.progress_asked and loop.time() >= feed.created_at + _CATCHUP:
                     # etcd 3.4 answers progress requests even for a watcher still
                     # catching up; one asked for after the catch-up window is sound.
                     feed.synced = max(feed.synced, int(resp.header.revision))
                     feed.progress_answered = loop.time()
-                while len(feed.events) > _KEPT:
-                    feed.discarded = feed.events.popleft().revision
                 feed.wake()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # any stream failure means: re-open it elsewhere
-            feed.error = exc
+            with feed.arrived:
+                feed.error = exc
         finally:
             feed.wake()
 
@@ -251,9 +270,14 @@ class Watches:
         for prefix in idle[: max(0, len(self._feeds) - _MAX_FEEDS)]:
             await self._feeds.pop(prefix).close()
 
-    async def watch(self, prefix: str, from_revision: int, timeout: float) -> list[Event]:
+    async def watch(self, prefix: str, from_revision: int, timeout: float,
+                    deadline: float | None = None) -> list[Event]:
+        """`deadline` (the loop's clock, time.monotonic()): a call wait_here began,
+        which keeps the end it was given (a progress request another call made after
+        it answers it too)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + max(0.0, timeout)
+        if deadline is None:
+            deadline = loop.time() + max(0.0, timeout)
         limit = deadline + _CATCHUP + self._channel.timeout
         await self._leases.sweep()
         # Done when nothing came: with no timeout, once the feed has every event up to
@@ -298,6 +322,39 @@ class Watches:
             if feed is not None:
                 await self._release(feed, woken)
 
+    def wait_here(self, prefix: str, from_revision: int, deadline: float) -> list[Event] | None:
+        """watch() on the caller's thread (module docstring), until `deadline`
+        (time.monotonic(), the loop's clock): the kept stream's events after
+        from_revision, at once or as they arrive. None: the loop must answer (no usable
+        stream, nothing before the deadline, one of our leases due to be swept, a test
+        clock, a closed store); the caller then asks it with the time left."""
+        feed = self._feeds.get(prefix)
+        if feed is None or not self._steady:
+            return None
+        with feed.arrived:
+            while not self._runner.closed and feed.usable_from(from_revision):
+                expiry = self._own_expiry()
+                if expiry is not None and expiry <= 0:
+                    return None  # the loop sweeps it first (its keys' deletes come with this call)
+                found = feed.after(from_revision)
+                if found:
+                    return found
+                left = deadline - time.monotonic()
+                if expiry is not None:
+                    left = min(left, expiry)
+                if left <= 0:
+                    return None
+                feed.arrived.wait(left)
+        return None
+
+    def _own_expiry(self) -> float | None:
+        """until_next_expiry() read from another thread than the loop's (it may be
+        changing our leases meanwhile: then 0, and the loop looks)."""
+        try:
+            return self._leases.until_next_expiry()
+        except RuntimeError:
+            return 0.0
+
     def _wake_in(self, feed: _Feed, now: float, deadline: float, limit: float, asking: bool) -> float:
         """How long a waiting watch may sleep if no event comes: until its deadline;
         past it, until the catch-up window closes, or a poll while it waits for a
@@ -317,6 +374,9 @@ class Watches:
         """Wake every waiting watch: the store is closing, and each returns."""
         for waiter in self._waiting:
             waiter.set()
+        for feed in list(self._feeds.values()):  # and the callers waiting on their own threads
+            with feed.arrived:
+                feed.arrived.notify_all()
 
     async def close(self) -> None:
         feeds, self._feeds = list(self._feeds.values()), OrderedDict()
