@@ -272,6 +272,21 @@ def test_a_hint_listing_lists_the_same_keys(kit: Kit) -> None:
     assert [e.key for e in store.list_hint("lease/")] == ["lease/b"]  # its own lease: gone at once
 
 
+def test_reads_together_give_what_each_read_gives(kit: Kit) -> None:
+    """An ADD's survey reads its hints in one call (etcd: at once)."""
+    store = kit.store
+    store.put("ipam/a", "1")
+    store.put("ipam/b", "2", ttl=10)
+    store.put("last/0", "x")
+    reads = [("list", "ipam/"), ("get", "last/0"), ("get", "last/1"), ("list_hint", "ipam/"), ("list", "none/")]
+    expected = [store.list("ipam/"), store.get("last/0"), None, store.list_hint("ipam/"), []]
+    assert store.read_together(reads) == expected
+    with store.transaction():
+        assert store.read_together(reads) == expected
+    with pytest.raises(ValueError, match="unknown read 'put'"):
+        store.read_together([("put", "k")])
+
+
 def test_ttl_expiry_is_a_delete_event(kit: Kit) -> None:
     store = kit.store
     rev = store.put("lease/a", "1", ttl=1)

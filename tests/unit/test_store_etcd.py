@@ -605,3 +605,16 @@ def test_closing_the_store_wakes_a_watch_waiting_on_its_own_thread(store: EtcdSt
     store.close()
     thread.join(10)
     assert done and done[0] < 5, done
+
+
+def test_reads_together_are_one_hand_off_to_the_loop(store: EtcdStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ADD's survey (the network's addresses, its round-robin mark, the block
+    claims) was three round trips one after another; now its requests go at once."""
+    store.put("ipam/a", "1")
+    store.put("blocks/b", "2")
+    runs: list[object] = []
+    real = store._runner.run
+    monkeypatch.setattr(store._runner, "run", lambda fn, *a, **k: runs.append(fn) or real(fn, *a, **k))
+    found = store.read_together([("list", "ipam/"), ("get", "last/0"), ("list_hint", "blocks/")])
+    assert [[e.key for e in found[0]], found[1], [e.key for e in found[2]]] == [["ipam/a"], None, ["blocks/b"]]
+    assert len(runs) == 1

@@ -17,7 +17,7 @@ interface are looked up on the backend.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 OPS = ("get", "list", "snapshot", "put", "compare_and_put", "delete", "delete_prefix", "refresh", "revision",
-       "watch", "transaction")
+       "watch", "transaction", "read_together")
 # SQLite answers in ~50 us, etcd in ~1 ms over a LAN; a watch waits up to its timeout.
 STORE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                  5.0, 10.0)
@@ -81,6 +81,9 @@ class TimedStore(Store):
 
     def list_hint(self, prefix: str) -> list[Entry]:
         return self._call("list", self.inner.list_hint, prefix)
+
+    def read_together(self, reads: Sequence[tuple[str, str]]) -> list[Any]:
+        return self._call("read_together", self.inner.read_together, reads)  # (etcd: at once)
 
     def put(self, key: str, value: str, ttl: float | None = None) -> int:
         return self._call("put", self.inner.put, key, value, ttl)

@@ -91,7 +91,11 @@ def list_claims(store: Store, hint: bool = False) -> dict[str, str]:
     hint: read with `Store.list_hint` (no expiry looked up; a claim whose lease ran
     out a moment ago may still be listed), for a caller that checks the claim it
     decides on or learns of expiries from the watch."""
-    entries = store.list_hint(keys.BLOCKS) if hint else store.list(keys.BLOCKS)
+    return claims_in(store.list_hint(keys.BLOCKS) if hint else store.list(keys.BLOCKS))
+
+
+def claims_in(entries: Iterable[Entry]) -> dict[str, str]:
+    """list_claims over a listing of keys.BLOCKS read already."""
     return {claim.block: claim.node for entry in entries if (claim := _claim_of(entry)) is not None}
 
 

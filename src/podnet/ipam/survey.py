@@ -37,7 +37,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from podnet import keys
-from podnet.cluster.leases import list_claims
+from podnet.cluster.leases import claims_in
 from podnet.ipam.config import RangeSet
 from podnet.model.ipam import Reservation
 from podnet.store.base import Entry, Store
@@ -92,17 +92,17 @@ def survey(store: Store, network: str, container_id: str, ifname: str, range_set
            affinity: bool) -> Survey:
     """Read the hints of one ADD (call it outside the transaction, or it is as costly
     in conflicts as listing inside)."""
-    entries = store.list(keys.ipam_addresses(network))
-    last = {}
-    for index in range(range_sets):
-        entry = store.get(keys.ipam_last(network, index))
-        if entry is not None:
-            last[index] = entry.value
+    reads = [("list", keys.ipam_addresses(network))]
+    reads += [("get", keys.ipam_last(network, index)) for index in range(range_sets)]
+    if affinity:  # (hint: check_claim reads the claim it takes)
+        reads.append(("list_hint", keys.BLOCKS))
+    entries, *rest = store.read_together(reads)  # at once where the store can (etcd)
+    marks = rest[:range_sets]
     return Survey(
         taken=frozenset(e.key.rsplit("/", 1)[1] for e in entries),
         mine=tuple(of_attachment(entries, container_id, ifname)),
-        claims=list_claims(store, hint=True) if affinity else None,  # check_claim reads the one it takes
-        last=last,
+        claims=claims_in(rest[range_sets]) if affinity else None,
+        last={index: entry.value for index, entry in enumerate(marks) if entry is not None},
     )
 
 

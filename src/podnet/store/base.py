@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from podnet.errors import StoreError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from contextlib import AbstractContextManager
 
 PUT = "put"
@@ -177,6 +178,20 @@ class Store(abc.ABC):
         listed for the moment between its lease running out and the server removing
         it. Here: list."""
         return self.list(prefix)
+
+    def read_together(self, reads: Sequence[tuple[str, str]]) -> list[Any]:
+        """Independent reads, their results in order: ("get", key) -> Entry or None,
+        ("list", prefix) and ("list_hint", prefix) -> entries. For hints read outside a
+        transaction (an ADD's survey), which a backend may make at once (etcd: the
+        requests concurrently, one hand-off to its loop) instead of one after another.
+        Each is a read of its own, not one snapshot. Here: one after the other."""
+        methods = {"get": self.get, "list": self.list, "list_hint": self.list_hint}
+        out = []
+        for kind, arg in reads:
+            if kind not in methods:
+                raise ValueError(f"read_together: unknown read {kind!r} (get, list or list_hint)")
+            out.append(methods[kind](arg))
+        return out
 
     def snapshot(self, prefix: str) -> tuple[list[Entry], int]:
         """A consistent listing and the revision it reflects: the start point of a
