@@ -28,6 +28,7 @@ from podnet.defaults import (
 from podnet.errors import InvalidConfig
 from podnet.rpc.wire import DEFAULT_SOCKET
 from podnet.state import agent_socket
+from podnet.store.base import WATCH_BATCH
 
 # flag destination -> built-in default, used when neither a flag nor the config file sets it
 AGENT_DEFAULTS = {
@@ -62,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "the agent socket, `podnet metrics`)")
     agent.add_argument("--watch-batch", type=float, metavar="SECONDS",
                        help="while a SQLite store keeps changing, gather its changes this long before the "
-                            "agent's loops react (default 0.05; a quiet store wakes them at once). Longer "
+                            f"agent's loops react (default {WATCH_BATCH:g}; a quiet store wakes them at once). Longer "
                             "costs each change up to that delay and saves CPU when many agents share few "
                             "CPUs (`lab up` sets it for crowded labs)")
     cluster = agent.add_argument_group("cluster node (all ignored without --node)")

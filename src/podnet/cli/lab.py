@@ -14,9 +14,11 @@ from podnet.cluster.dualstack import check_pools, parse_cluster_cidrs
 from podnet.defaults import DEFAULT_CLUSTER_DOMAIN, FABRIC_NAMES
 from podnet.errors import InvalidConfig, PodnetError
 from podnet.kernel.gso import BIG_TCP as NIC_GSO
+from podnet.lab.crowding import WATCH_BATCH_PER_AGENT_PER_CPU
 from podnet.lab.topology import CLUSTER_CIDR, CLUSTER_CIDR6
 from podnet.model.service import DEFAULT_SERVICE_CIDR, ServiceSettings
 from podnet.store import WATCH_BATCH_RANGE
+from podnet.store.base import WATCH_BATCH
 
 DEFAULT_SERVICE_CIDR6 = "fd00:10:96::/112"  # kind's dual-stack service subnet
 DUAL_STACK_FABRICS = ("vxlan", "host-gw", "bgp", "gossip", "macvlan")  # `lab up --ipv6` (docs/architecture.md: which combinations exist)
@@ -64,8 +66,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "per node per CPU when that is more: 100 nodes on 2 CPUs get 30)")
     up.add_argument("--watch-batch", type=float, default=None, metavar="SECONDS",
                     help="the agents' --watch-batch: how long a busy store's changes are gathered before they "
-                         "react (default 0.05, or 0.005 per node per CPU when that is more: 100 nodes on 2 CPUs "
-                         "get 0.25)")
+                         f"react (default {WATCH_BATCH:g}, or {WATCH_BATCH_PER_AGENT_PER_CPU:g} per node per CPU "
+                         "when that is more: 100 nodes on 2 CPUs get 0.25)")
     up.add_argument("--nic-gso", type=int, default=NIC_GSO, metavar="BYTES",
                     help=f"GSO/GRO limit of the lab's underlay NICs (default {NIC_GSO}, BIG TCP; "
                          "65536 = a NIC without BIG TCP); pods get what their node's uplink takes")

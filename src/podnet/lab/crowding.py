@@ -3,6 +3,8 @@ machine per node, would not need."""
 
 from __future__ import annotations
 
+from podnet.store.base import WATCH_BATCH
+
 LEASE_TTL = 10
 # A lab packs its nodes' agents onto this machine's CPUs: a hundred of them on two wait long
 # for CPU and for the store's write lock, and a 10 s lease then expired while its node was
@@ -14,12 +16,12 @@ LEASE_TTL_PER_AGENT_PER_CPU = 0.6
 def lease_ttl_for(nodes: int, cpus: int | None) -> float:
     """The agents' lease TTL when `lab up` is not told one: LEASE_TTL, longer for a lab
     crowded onto few CPUs (LEASE_TTL_PER_AGENT_PER_CPU)."""
-    return max(float(LEASE_TTL), round(LEASE_TTL_PER_AGENT_PER_CPU * nodes / max(1, cpus or 1), 1))
+    return max(float(LEASE_TTL), round(LEASE_TTL_PER_AGENT_PER_CPU * _agents_per_cpu(nodes, cpus), 1))
 
 
-WATCH_BATCH = 0.05  # the SQLite store's own default (store/sqlite/store.py poll_interval)
-# While a lab's pods attach, each change to the store makes every loop of every agent react
-# (services, DNS, readiness, the node loop). Batched per 50 ms, a hundred agents on two CPUs
+# WATCH_BATCH is the SQLite store's own default (store/base.py). While a lab's pods attach,
+# each change to the store makes every loop of every agent react (services, DNS, readiness,
+# the node loop). Batched per 50 ms, a hundred agents on two CPUs
 # could react up to 2,000 times a second and saturated the machine: the store's write lock waited
 # behind preempted holders, leases ran out while their nodes were alive, and the churn of
 # reclaimed blocks kept the lab saturated (`lab up` 100 x 10 took 358-479 s). Each agent per
@@ -31,7 +33,12 @@ WATCH_BATCH_PER_AGENT_PER_CPU = 0.005
 def watch_batch_for(nodes: int, cpus: int | None) -> float:
     """The agents' --watch-batch when `lab up` is not told one: the store's default,
     longer for a lab crowded onto few CPUs (WATCH_BATCH_PER_AGENT_PER_CPU)."""
-    return max(WATCH_BATCH, round(WATCH_BATCH_PER_AGENT_PER_CPU * nodes / max(1, cpus or 1), 3))
+    return max(WATCH_BATCH, round(WATCH_BATCH_PER_AGENT_PER_CPU * _agents_per_cpu(nodes, cpus), 3))
+
+
+def _agents_per_cpu(nodes: int, cpus: int | None) -> float:
+    """How crowded a lab of `nodes` agents is on `cpus` (unknown: one)."""
+    return nodes / max(1, cpus or 1)
 
 
 def member_first(store: str, index: int) -> str:

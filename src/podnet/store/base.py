@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 PUT = "put"
 DELETE = "delete"
+WATCH_BATCH = 0.05  # seconds a busy SQLite store's changes are gathered for its watchers, by default
+READS = ("get", "list", "list_hint")  # Store.read_together's kinds of read
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,13 +187,8 @@ class Store(abc.ABC):
         transaction (an ADD's survey), which a backend may make at once (etcd: the
         requests concurrently, one hand-off to its loop) instead of one after another.
         Each is a read of its own, not one snapshot. Here: one after the other."""
-        methods = {"get": self.get, "list": self.list, "list_hint": self.list_hint}
-        out = []
-        for kind, arg in reads:
-            if kind not in methods:
-                raise ValueError(f"read_together: unknown read {kind!r} (get, list or list_hint)")
-            out.append(methods[kind](arg))
-        return out
+        check_reads(reads)
+        return [getattr(self, kind)(arg) for kind, arg in reads]
 
     def snapshot(self, prefix: str) -> tuple[list[Entry], int]:
         """A consistent listing and the revision it reflects: the start point of a
@@ -209,6 +206,13 @@ class Store(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def check_reads(reads: Sequence[tuple[str, str]]) -> None:
+    """ValueError for a read `Store.read_together` does not know."""
+    for kind, _arg in reads:
+        if kind not in READS:
+            raise ValueError(f"read_together: unknown read {kind!r} (get, list or list_hint)")
 
 
 def dumps(value: Any) -> str:

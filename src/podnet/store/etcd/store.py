@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from podnet.errors import InvalidConfig, StoreError
-from podnet.store.base import Entry, Event, Store, check_key, check_ttl
+from podnet.store.base import Entry, Event, Store, check_key, check_reads, check_ttl
 from podnet.store.etcd.channel import Channel, parse_endpoints
 from podnet.store.etcd.keys import Keyspace, user_revision
 from podnet.store.etcd.leases import Leases
@@ -98,11 +98,10 @@ class EtcdStore(Store):
         three round trips one after another). Inside a transaction, one by one."""
         if self._txs.current() is not None:
             return super().read_together(reads)
+        check_reads(reads)
         for kind, arg in reads:
             if kind == "get":
                 check_key(arg)
-            elif kind not in ("list", "list_hint"):
-                raise ValueError(f"read_together: unknown read {kind!r} (get, list or list_hint)")
         return self._runner.run(self._read_together, tuple(reads))
 
     async def _read_together(self, reads: tuple[tuple[str, str], ...]) -> list[Any]:

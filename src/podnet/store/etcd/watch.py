@@ -71,8 +71,8 @@ class _Feed:
         self.task: asyncio.Task[None] | None = None
         self.progress_asked = 0.0
         self.progress_answered = 0.0  # when a sound progress answer last came (loop time)
-        # held while the reader changes `events`, `discarded` or `error`; notified after
-        # (callers waiting on their own thread: Watches.wait_here)
+        # held while the reader changes `events` and `discarded`; notified after each
+        # response and when the stream ends (callers waiting on their own thread: wait_here)
         self.arrived = threading.Condition(threading.Lock())
 
     def usable_from(self, from_revision: int) -> bool:
@@ -187,7 +187,7 @@ class Watches:
             while True:
                 resp = await feed.call.read()
                 if resp is grpc.aio.EOF:
-                    feed.error = ConnectionError("watch stream closed by the member")  # (woken below)
+                    feed.error = ConnectionError("watch stream closed by the member")
                     return
                 if resp.canceled:
                     if resp.compact_revision:
@@ -222,9 +222,8 @@ class Watches:
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # any stream failure means: re-open it elsewhere
-            with feed.arrived:
-                feed.error = exc
-        finally:
+            feed.error = exc
+        finally:  # (every waiter looks at the error)
             feed.wake()
 
     async def _feed_for(
@@ -375,8 +374,7 @@ class Watches:
         for waiter in self._waiting:
             waiter.set()
         for feed in list(self._feeds.values()):  # and the callers waiting on their own threads
-            with feed.arrived:
-                feed.arrived.notify_all()
+            feed.wake()
 
     async def close(self) -> None:
         feeds, self._feeds = list(self._feeds.values()), OrderedDict()

@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Callable
 
-from podnet.store.base import Entry, Event, Store
+from podnet.store.base import WATCH_BATCH, Entry, Event, Store
 from podnet.store.sqlite.operations import Operations
 from podnet.store.sqlite.pool import Pool
 from podnet.store.sqlite.schema import ensure_schema, prepare_path, require_file
@@ -31,7 +31,7 @@ class SqliteStore(Store):
         attempts: int = 3,
         history: int = 10_000,
         clock: Callable[[], float] = time.time,
-        poll_interval: float = 0.05,
+        poll_interval: float = WATCH_BATCH,
         create: bool = True,
     ) -> None:
         self.path = os.fspath(path)
