@@ -208,3 +208,18 @@ def test_many_nodes_adding_at_once_never_share_an_address(stores) -> None:
     reservations = IpamService(nodes[0].store).reservations(NET)
     assert sorted(r.address for r in reservations) == sorted(got.values())
     assert all(r.state == "ready" for r in reservations)
+
+
+def test_an_adds_reservation_is_three_hand_offs_to_the_store(stores, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a crowded node each hand-off to the store's loop waits for a thread switch
+    and etcd: the ADD's first transaction reads the address it takes and its block's
+    claim together (ipam/service.py _read_ahead) and writes without a snapshot of its
+    own, so the survey, those reads and the commit are all it costs."""
+    node = Node(stores(), "n1")
+    claim(node.store, "n1", "10.244.0.0/24")
+    node.add("warm")
+    runs: list[object] = []
+    real = node.store._runner.run
+    monkeypatch.setattr(node.store._runner, "run", lambda fn, *a, **k: runs.append(fn) or real(fn, *a, **k))
+    assert node.pending("pod", node.ipam("pod")) == "10.244.0.3"
+    assert len(runs) == 3, runs

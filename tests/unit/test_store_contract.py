@@ -359,6 +359,23 @@ def test_watch_blocks_until_a_write(store: Store) -> None:
     assert 0.1 < elapsed < 5
 
 
+def test_watch_hint_sees_what_watch_sees(store: Store) -> None:
+    """watch_hint may end quiet without its server's word (etcd): never with less
+    than what had arrived, and a write made while it waits is returned."""
+    rev = store.put("h/a", "1")
+    assert [e.key for e in store.watch_hint("h/", rev - 1, 1)] == ["h/a"]
+    start = time.monotonic()
+    assert store.watch_hint("h/", rev, 0.3) == []
+    assert time.monotonic() - start >= 0.25
+    timer = threading.Timer(0.2, lambda: store.put("h/late", "1"))
+    timer.start()
+    try:
+        events = store.watch_hint("h/", rev, 10)
+    finally:
+        timer.join()
+    assert [e.key for e in events] == ["h/late"]
+
+
 def _watch_while(store: Store, rev: int, writes: Callable[[], None]) -> list[Event]:
     """`watch("w/", rev)` blocking while another thread runs `writes`."""
     thread = threading.Thread(target=writes)

@@ -618,3 +618,75 @@ def test_reads_together_are_one_hand_off_to_the_loop(store: EtcdStore, monkeypat
     found = store.read_together([("list", "ipam/"), ("get", "last/0"), ("list_hint", "blocks/")])
     assert [[e.key for e in found[0]], found[1], [e.key for e in found[2]]] == [["ipam/a"], None, ["blocks/b"]]
     assert len(runs) == 1
+
+
+def _count_hand_offs(store: EtcdStore, monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    runs: list[object] = []
+    real = store._runner.run
+    monkeypatch.setattr(store._runner, "run", lambda fn, *a, **k: runs.append(fn) or real(fn, *a, **k))
+    return runs
+
+
+def test_a_write_only_transaction_is_one_hand_off(store: EtcdStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block sweeps our leases only when one is due, and takes its snapshot with its
+    first read, not before a write: a block that only writes was three round trips
+    (sweep, snapshot, commit), each waiting for a thread switch on a crowded node."""
+    store.put("held", "x", ttl=30)  # a lease of ours, not due
+    start = store.revision()
+    runs = _count_hand_offs(store, monkeypatch)
+    with store.transaction():
+        first = store.put("a", "1")
+        store.put("b", "2")
+    assert len(runs) == 1
+    events = store.watch("", start, 0)
+    assert [(e.kind, e.key) for e in events] == [(PUT, "a"), (PUT, "b")]
+    assert {e.revision for e in events} == {first}  # the provisional revision, nobody else writing
+
+
+def test_a_due_lease_is_still_swept_by_a_transaction(prefix: str, etcd_server: EtcdCluster) -> None:
+    clock = FakeClock()
+    with EtcdStore(etcd_server.endpoints, prefix, clock=clock) as store:
+        store.put("short", "x", ttl=5)
+        start = store.revision()
+        clock.advance(6)
+        with store.transaction():
+            store.put("a", "1")
+        assert [(e.kind, e.key) for e in store.watch("", start, 0)] == [(DELETE, "short"), (PUT, "a")]
+
+
+def test_reads_together_in_a_transaction_are_one_hand_off_and_checked_at_commit(
+    store: EtcdStore, other: EtcdStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.put("ip/1", "a")
+    store.put("claim", "n0")
+    runs = _count_hand_offs(store, monkeypatch)
+    with store.transaction():
+        store.put("mine", "x")
+        found = store.read_together([("get", "ip/2"), ("get", "claim"), ("list", "ip/"), ("get", "mine")])
+        assert found[0] is None and found[1].value == "n0" and found[3].value == "x"  # type: ignore[union-attr]
+        assert [e.key for e in found[2]] == ["ip/1"]
+        assert store.get("claim").value == "n0"  # type: ignore[union-attr]  # read already: no round trip
+        store.put("ip/2", "b")
+    assert len(runs) == 2  # the reads, the commit
+    for change in (lambda: other.put("claim", "n1"), lambda: other.put("ip/3", "c")):
+        with pytest.raises(TryAgainLater), store.transaction():
+            store.read_together([("get", "claim"), ("list", "ip/")])
+            change()
+            store.put("out", "y")
+        assert store.get("out") is None
+
+
+def test_a_hint_watch_ends_quiet_on_its_own_thread(store: EtcdStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """watch_hint: a loop that watches again anyway takes the kept stream's silence as
+    the answer, with no progress request through the loop (an idle 50-node lab's
+    agents asked 300 a second); what arrives meanwhile is still returned."""
+    start = store.revision()
+    assert store.watch("", start, 0.05) == []  # opens the kept stream
+    runs = _count_hand_offs(store, monkeypatch)
+    began = time.monotonic()
+    assert store.watch_hint("", start, 0.2) == []
+    assert time.monotonic() - began >= 0.19
+    assert runs == []
+    threading.Timer(0.1, lambda: store.put("k", "v")).start()
+    found = store.watch_hint("", start, 5.0)
+    assert [(e.kind, e.key) for e in found] == [(PUT, "k")]

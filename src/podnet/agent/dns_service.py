@@ -149,7 +149,7 @@ class DnsService:
                         revision = self._refresh(store)
                         stale = False
                     self._reconcile()
-                    events = store.watch("", revision, timeout=self.poll)
+                    events = store.watch_hint("", revision, self.poll)
                     if events:
                         revision = events[-1].revision
                         stale = any(e.key.startswith((keys.NETWORKS, keys.CONTAINERS)) for e in events)

@@ -141,7 +141,7 @@ class MeshService(NodeLoopService):
                     next_pass = now + RESYNC_SECONDS
                 self.enforce_budgets()
                 try:
-                    seen = self._store().watch("", revision, WATCH_TIMEOUT)
+                    seen = self._store().watch_hint("", revision, WATCH_TIMEOUT)
                 except RevisionCompacted:
                     dirty = True
                     continue

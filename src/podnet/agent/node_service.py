@@ -214,7 +214,7 @@ class NodeService:
                     mtu_follow.follow(self)
                 wait = max(0.05, min(WATCH_TIMEOUT, self.repair_clock.wait()))
                 try:
-                    seen = self._store().watch("", revision, wait)
+                    seen = self._store().watch_hint("", revision, wait)
                     if seen:
                         self.repair_clock.saw(seen)
                         revision = max(revision, seen[-1].revision)

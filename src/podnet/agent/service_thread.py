@@ -76,7 +76,10 @@ def list_then_watch(
     `resync_seconds` (repairing what was changed by hand). `events` are the changes
     seen since the last converge, or None when the caller must list the prefix again
     (first pass, periodic pass, after a failure or a compacted history). Failures back
-    off and retry; no store yet (`store()` None) is waited for."""
+    off and retry; no store yet (`store()` None) is waited for.
+
+    It is a watch_hint: a timeout with nothing asks the store's server nothing (on
+    etcd, an idle 50-node lab's agents made 300 progress requests a second)."""
     revision, dirty, last, backoff = 0, True, float("-inf"), 1.0
     events: list[Event] | None = None
     while not stopping.is_set():
@@ -99,7 +102,7 @@ def list_then_watch(
             dirty = store() is not None
             continue
         try:
-            seen = handle.watch(prefix, revision, watch_timeout)
+            seen = handle.watch_hint(prefix, revision, watch_timeout)
         except RevisionCompacted:
             dirty, events = True, None
             continue

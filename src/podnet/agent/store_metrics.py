@@ -103,6 +103,9 @@ class TimedStore(Store):
     def watch(self, prefix: str, from_revision: int, timeout: float) -> list[Event]:
         return self._call("watch", self.inner.watch, prefix, from_revision, timeout)
 
+    def watch_hint(self, prefix: str, from_revision: int, timeout: float) -> list[Event]:
+        return self._call("watch", self.inner.watch_hint, prefix, from_revision, timeout)
+
     def revision(self) -> int:
         return self._call("revision", self.inner.revision)
 

@@ -115,6 +115,12 @@ def choose(store: Store, affinity: BlockAffinity, taken: Container[IPAddress], i
                            "release addresses or widen the pool")
 
 
+def claim_key(affinity: BlockAffinity, address: IPAddress, claims: Mapping[str, str] | None) -> str | None:
+    """The key check_claim will read for `address` (None: it reads none)."""
+    block = _block_of(str(address), affinity)
+    return None if block is None or claims is None else block_key(block)
+
+
 def check_claim(store: Store, affinity: BlockAffinity, address: IPAddress,
                 claims: Mapping[str, str] | None) -> None:
     """Inside the ADD's transaction, once `address` is chosen: its block is this node's

@@ -205,7 +205,7 @@ class IpamService:
                     raise AddressInUse(f"address {address} in {network} was taken concurrently")
             else:
                 address = self._next(network, container_id, ifname, config, rset, taken, state,
-                                     hints.last.get(index))
+                                     hints.last.get(index), hints.claims)
             if config.affinity is not None and rset.version == 4:  # its block is still whose it was
                 blocks.check_claim(self.store, config.affinity, address, hints.claims)
             # The mark is a hint too: written, never read inside the transaction.
@@ -215,7 +215,7 @@ class IpamService:
         return IpamAddress(address, rng.subnet, rng.gateway, index)
 
     def _next(self, network: str, container_id: str, ifname: str, config: IpamConfig, rset: RangeSet,
-              taken: TakenKeys, state: str, last: str | None) -> IPAddress:
+              taken: TakenKeys, state: str, last: str | None, claims: Mapping[str, str] | None) -> IPAddress:
         """The next address after `last` that the survey saw free and that is still
         free (a point read). When the survey proves stale (ADDs of this process that
         committed while this one waited for the store), the range set's own keys are
@@ -232,6 +232,7 @@ class IpamService:
                     raise StoreConflict(f"the free addresses of {network} were taken meanwhile",
                                         "nothing was written; retry the operation") from None
                 raise
+            self._read_ahead(network, address, config, claims)
             if self._reserve(network, address, container_id, ifname, state):
                 return address
             taken.add(str(address))
@@ -240,6 +241,17 @@ class IpamService:
                 prefix = self._ip_prefix(network) + common_prefix(rset)
                 for entry in self.store.list(prefix):
                     taken.add(entry.key.rsplit("/", 1)[1])
+
+    def _read_ahead(self, network: str, address: IPAddress, config: IpamConfig,
+                    claims: Mapping[str, str] | None) -> None:
+        """The candidate's key and its block's claim, which _reserve and check_claim
+        read next, in one read (etcd: one round trip to the loop and the server
+        instead of two; inside the transaction, so the commit still checks both)."""
+        reads = [("get", keys.ipam_address(network, str(address)))]
+        claim = None if config.affinity is None else blocks.claim_key(config.affinity, address, claims)
+        if claim is not None:
+            reads.append(("get", claim))
+        self.store.read_together(reads)
 
     def _reserve(
         self, network: str, address: IPAddress, container_id: str, ifname: str, state: str

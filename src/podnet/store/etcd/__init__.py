@@ -39,7 +39,8 @@ Mapping (the contract is store/base.py; differences are stated here, once):
   the past and finds nothing waits up to _CATCHUP seconds, even with timeout 0, before
   it concludes so. A compacted from_revision raises RevisionCompacted. An empty answer
   after a timeout rests on the watched member's progress answer, not on a read of the
-  cluster's head (watch.py).
+  cluster's head (watch.py); watch_hint's, for loops that watch again anyway, on the
+  kept stream's silence alone.
 - history: etcd compacts only when told (or with --auto-compaction-*). With
   history=N this store compacts revisions older than head - N after its writes, as
   SqliteStore keeps N events; by default it leaves compaction to the server.
@@ -57,6 +58,7 @@ The parts, one job each:
 - operations.py: get/list/put/compare_and_put/delete/refresh outside a transaction,
   and compaction.
 - transactions.py: transaction(): snapshot reads, staged writes, the guarded commit.
+- tx.py: one thread's open transaction (snapshot revision, reads, staged writes).
 - watch.py: watch streams kept open per prefix, catch-up, re-opening after failure.
 """
 

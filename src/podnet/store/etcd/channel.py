@@ -130,6 +130,7 @@ class Channel:
     def __init__(self, endpoints: list[str], timeout: float, connect_timeout: float) -> None:
         self.conns = [Conn(target) for target in endpoints]
         self.current = 0
+        self.newest = 0  # the newest revision any KV answer carried (a block's provisional one)
         self.timeout = timeout
         self.connect_timeout = connect_timeout
 
@@ -202,13 +203,15 @@ class Channel:
             return await getattr(conn.kv, method)(request, timeout=timeout, metadata=METADATA)
 
         try:
-            return await self.call(send, what, resend=resend)
+            resp = await self.call(send, what, resend=resend)
         except _Unsure as exc:
             raise TryAgainLater(
                 f"etcd did not confirm {what}; its outcome is unknown", str(exc)
             ) from exc
         except grpc.aio.AioRpcError as exc:
             raise store_error(exc, what) from exc
+        self.newest = max(self.newest, int(resp.header.revision))
+        return resp
 
     async def lease(self, method: str, request: Any, what: str) -> Any:
         """A unary Lease request with failover; gRPC errors are the caller's to map."""

@@ -44,7 +44,7 @@ class Lease:
 
 
 class Leases:
-    """The leases of one store; `own` holds those it granted or refreshed (loop thread only)."""
+    """The leases of one store; `own` holds those it granted or refreshed (written on the loop thread only)."""
 
     def __init__(self, channel: Channel, keys: Keyspace, clock: Callable[[], float]) -> None:
         self._channel = channel
@@ -202,6 +202,16 @@ class Leases:
                 await self.revoke(lease.id)
             gone.add(lease.id)
         return gone
+
+    def none_due(self) -> bool:
+        """Whether none of our leases has run out by our clock: asked from a caller's
+        thread, so that a transaction sweeps (a hand-off to the loop) only when one
+        has. A look that meets `own` changing answers False: then the loop decides."""
+        now = self._clock()
+        try:
+            return all(lease.expires_at > now for lease in list(self.own.values()))
+        except RuntimeError:  # changed size while copied
+            return False
 
     def until_next_expiry(self) -> float | None:
         """Seconds until the first of our leases runs out by our clock (None: we hold

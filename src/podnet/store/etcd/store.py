@@ -95,13 +95,15 @@ class EtcdStore(Store):
 
     def read_together(self, reads: Sequence[tuple[str, str]]) -> list[Any]:
         """The reads concurrently, in one hand-off to the loop (an ADD's survey made
-        three round trips one after another). Inside a transaction, one by one."""
-        if self._txs.current() is not None:
-            return super().read_together(reads)
+        three round trips one after another). Inside a transaction too, as the
+        block's own reads (list_hint is list there)."""
         check_reads(reads)
         for kind, arg in reads:
             if kind == "get":
                 check_key(arg)
+        tx = self._txs.current()
+        if tx is not None:
+            return self._txs.read_together(tx, reads)
         return self._runner.run(self._read_together, tuple(reads))
 
     async def _read_together(self, reads: tuple[tuple[str, str], ...]) -> list[Any]:
@@ -180,13 +182,21 @@ class EtcdStore(Store):
             return self._runner.run(self._ops.refresh, key, ttl)
 
     def watch(self, prefix: str, from_revision: int, timeout: float) -> list[Event]:
+        return self._watch(prefix, from_revision, timeout, settle=False)
+
+    def watch_hint(self, prefix: str, from_revision: int, timeout: float) -> list[Event]:
+        """watch, whose empty answer after the timeout rests on the kept stream alone:
+        no progress request (Store.watch_hint)."""
+        return self._watch(prefix, from_revision, timeout, settle=True)
+
+    def _watch(self, prefix: str, from_revision: int, timeout: float, settle: bool) -> list[Event]:
         if self._txs.current() is not None:
             raise StoreError("watch() inside a transaction cannot see anything it would wait for")
         deadline = None
         if timeout > 0:  # (0: exact up to the cluster's head, a read only the loop makes)
             self._runner.check_usable()
             deadline = time.monotonic() + timeout
-            found = self._watches.wait_here(prefix, from_revision, deadline)
+            found = self._watches.wait_here(prefix, from_revision, deadline, settle)
             if found is not None:
                 return found
         return self._runner.run(

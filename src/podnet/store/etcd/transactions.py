@@ -24,8 +24,14 @@ validated, all-or-nothing.
   list() get theirs while they fit, beyond that only (2) guards those prefixes (a key
   deleted from a large listed prefix meanwhile goes unnoticed). More than max_txn_ops
   staged writes is a StoreError.
-- Inside a block, write methods return a provisional revision (snapshot + 1): the real
-  one exists only at commit. refresh() of an existing lease inside a block is sent
+- Inside a block, write methods return a provisional revision (snapshot + 1; before
+  the block's first read, the newest revision this store has seen + 1): the real one
+  exists only at commit.
+- Round trips: each hand-off to the loop waits for a thread switch and etcd, which on
+  a crowded node costs more than the request. A block takes its snapshot with its
+  first read, not before a write (a write-only block is one Txn), sweeps our leases
+  only when one is due, and read_together() sends its point reads and listings at
+  once (an ADD reads its address and its block's claim in one). refresh() of an existing lease inside a block is sent
   after the commit (a keepalive is not transactional).
 """
 
@@ -34,8 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from aetcd import rpc
@@ -48,49 +53,7 @@ from podnet.store.etcd.keys import Keyspace, mod_is, user_revision, within
 from podnet.store.etcd.leases import Leases
 from podnet.store.etcd.loop import Runner
 from podnet.store.etcd.operations import Operations
-
-
-@dataclass(slots=True)
-class Staged:
-    """A write a transaction will send at commit; value None is a delete; keep != 0
-    is a refresh of that existing lease (a keepalive after commit, not a write)."""
-
-    value: str | None
-    ttl: float | None
-    expires_at: float | None
-    base: Entry | None  # the key in the snapshot
-    keep: int = 0
-
-
-@dataclass(slots=True)
-class Tx:
-    """One thread's open transaction: its snapshot, what it read, what it will write."""
-
-    depth: int = 1
-    rev: int | None = None  # snapshot revision (the first read's)
-    staged: dict[str, Staged] = field(default_factory=dict)
-    undo: list[tuple[str, Staged | None]] = field(default_factory=list)
-    marks: list[int] = field(default_factory=list)
-    reads: dict[str, int] = field(default_factory=dict)  # key -> mod revision (0: absent)
-    listed: dict[str, int] = field(default_factory=dict)  # keys seen only through list()
-    ranges: set[tuple[bytes, bytes]] = field(default_factory=set)
-    seen: dict[str, tuple[Entry | None, int]] = field(default_factory=dict)  # entry, lease
-
-    def provisional(self) -> int:
-        assert self.rev is not None
-        return self.rev + 1
-
-    def stage(self, key: str, staged: Staged) -> None:
-        self.undo.append((key, self.staged.get(key)))
-        self.staged[key] = staged
-
-    def rollback_to(self, mark: int) -> None:
-        while len(self.undo) > mark:
-            key, old = self.undo.pop()
-            if old is None:
-                self.staged.pop(key, None)
-            else:
-                self.staged[key] = old
+from podnet.store.etcd.tx import Staged, Tx
 
 
 class Transactions:
@@ -144,11 +107,12 @@ class Transactions:
         self._runner.check_usable()
         self._lock_writes()
         try:
-            self._runner.run(self._leases.sweep)
+            if not self._leases.none_due():
+                self._runner.run(self._leases.sweep)
         except BaseException:
             self._write_lock.release()
             raise
-        self._local.tx = Tx()
+        self._local.tx = Tx(floor=self._channel.newest)
 
     def end(self, ok: bool) -> None:
         tx = self.current()
@@ -173,18 +137,43 @@ class Transactions:
         staged = tx.staged.get(key)
         if staged is not None:
             return self._staged_entry(tx, key, staged)
-        raw = self._keys.key(key)
-        if key in tx.seen or key in tx.listed or any(within(raw, s, e) for s, e in tx.ranges):
+        if self._knows(tx, key):
             # Known from a listing: no second read, but its condition becomes a
             # compare of its own (a listing's keys may lose theirs to the op limit).
             tx.reads.setdefault(key, tx.listed.get(key, 0))
             return tx.seen.get(key, (None, 0))[0]
-        found = self._runner.run(self._range, tx, raw, None)
+        found = self._runner.run(self._range, tx, self._keys.key(key), None)
         return found[0][0] if found else None
+
+    def _knows(self, tx: Tx, key: str) -> bool:
+        """Whether the block read `key` already (by key or in a listing)."""
+        if key in tx.staged or key in tx.seen or key in tx.listed:
+            return True
+        raw = self._keys.key(key)
+        return any(within(raw, s, e) for s, e in tx.ranges)
 
     def list(self, tx: Tx, prefix: str) -> list[Entry]:
         start, end = self._keys.range(prefix)
-        found = {e.key: e for e, _ in self._runner.run(self._range, tx, start, end)}
+        return self._overlay(tx, prefix, self._runner.run(self._range, tx, start, end))
+
+    def read_together(self, tx: Tx, reads: Sequence[tuple[str, str]]) -> list[Any]:
+        """Store.read_together inside a block: what the block read already is answered
+        here, the rest is read in one hand-off (_ranges), each read then counting as
+        the block's own (compared at commit)."""
+        spans: list[tuple[bytes, bytes | None]] = []
+        for kind, arg in reads:
+            if kind != "get":
+                spans.append(self._keys.range(arg))
+            elif not self._knows(tx, arg):
+                spans.append((self._keys.key(arg), None))
+        fetched = self._runner.run(self._ranges, tx, spans) if spans else []
+        listings = iter(found for (_, end), found in zip(spans, fetched, strict=True) if end is not None)
+        return [self.get(tx, arg) if kind == "get" else self._overlay(tx, arg, next(listings))
+                for kind, arg in reads]
+
+    def _overlay(self, tx: Tx, prefix: str, read: list[tuple[Entry, int]]) -> list[Entry]:
+        """A listing as the block sees it: what was read, with its own staged writes."""
+        found = {e.key: e for e, _ in read}
         for key, staged in tx.staged.items():
             if key.startswith(prefix):
                 entry = self._staged_entry(tx, key, staged)
@@ -195,12 +184,12 @@ class Transactions:
         return [found[k] for k in sorted(found)]
 
     def revision(self, tx: Tx) -> int:
-        self._runner.run(self._snapshot, tx)
+        if tx.rev is None:
+            self._runner.run(self._snapshot, tx)
         writes = any(not s.keep for s in tx.staged.values())
         return user_revision(tx.provisional() if writes else tx.rev or 0)
 
     def put(self, tx: Tx, key: str, value: str, ttl: float | None) -> int:
-        self._runner.run(self._snapshot, tx)
         self._stage(tx, key, value, ttl)
         return tx.provisional()
 
@@ -267,6 +256,23 @@ class Transactions:
 
     async def _range(self, tx: Tx, start: bytes, end: bytes | None) -> list[tuple[Entry, int]]:
         """A read inside a transaction: at the snapshot revision (the first read sets it)."""
+        resp = await self._fetch(tx, start, end)
+        if tx.rev is None:
+            tx.rev = int(resp.header.revision)
+        return await self._record(tx, start, end, resp)
+
+    async def _ranges(self, tx: Tx, spans: list[tuple[bytes, bytes | None]]) -> list[list[tuple[Entry, int]]]:
+        """Several reads at once. Before the block has a snapshot they are sent at the
+        head and may be answered at different revisions: the snapshot is then the
+        oldest of them, so a listing's compare (nothing in it changed after the
+        snapshot) covers whatever any of them could have missed. A change between
+        the oldest and a newer answer only fails the commit (a retry), never hides."""
+        resps = await asyncio.gather(*(self._fetch(tx, start, end) for start, end in spans))
+        if tx.rev is None:
+            tx.rev = min(int(resp.header.revision) for resp in resps)
+        return [await self._record(tx, start, end, resp) for (start, end), resp in zip(spans, resps, strict=True)]
+
+    async def _fetch(self, tx: Tx, start: bytes, end: bytes | None) -> Any:
         request = rpc.RangeRequest(key=start, revision=tx.rev or 0)
         if end is not None:
             request.range_end = end
@@ -278,10 +284,11 @@ class Transactions:
                     "the transaction's snapshot was compacted away", "retry the operation"
                 ) from exc
             raise
-        if tx.rev is None:
-            tx.rev = int(resp.header.revision)
+        return resp
+
+    async def _record(self, tx: Tx, start: bytes, end: bytes | None, resp: Any) -> list[tuple[Entry, int]]:
+        """What the block saw, to compare at commit; an expired key counts as absent."""
         found = await self._leases.entries(resp.kvs)
-        # What the block saw, to compare at commit; an expired key counts as absent.
         visible = {entry.key: entry.revision for entry, _ in found}
         name = self._keys.name
         if end is None:
@@ -314,17 +321,18 @@ class Transactions:
     def _compares(self, tx: Tx) -> list[Any]:
         """What must still hold at commit for the block's reads to be true."""
         compares = [mod_is(self._keys.key(k), rev) for k, rev in sorted(tx.reads.items())]
-        assert tx.rev is not None
-        compares += [
-            rpc.Compare(
-                key=s,
-                range_end=e,
-                target=rpc.Compare.MOD,
-                result=rpc.Compare.LESS,
-                mod_revision=tx.rev + 1,
-            )
-            for s, e in sorted(tx.ranges)
-        ]
+        if tx.ranges:
+            assert tx.rev is not None  # set by the reads that listed them
+            compares += [
+                rpc.Compare(
+                    key=s,
+                    range_end=e,
+                    target=rpc.Compare.MOD,
+                    result=rpc.Compare.LESS,
+                    mod_revision=tx.rev + 1,
+                )
+                for s, e in sorted(tx.ranges)
+            ]
         if len(compares) > self._max_ops:
             raise StoreError(
                 f"transaction read {len(compares)} keys and prefixes; etcd allows "
