@@ -54,3 +54,23 @@ def test_an_address_given_back_a_forced_pass_and_the_safety_net_each_run_one():
     assert repair.due()  # nothing announced for FULL_REPAIR_SECONDS: the safety net
     now[0] += REPAIR_SECONDS
     assert not repair.due()
+
+
+def test_an_address_given_back_in_another_nodes_block_runs_no_pass():
+    """Only a node's own blocks can empty: a 50-node lab's agents all dumped their
+    kernels whenever any node's pod went."""
+    from podnet.agent.node_blocks import in_blocks
+
+    now, clock = _clock()
+    repair = RepairClock(Announcements(), clock)
+    assert repair.due()
+    mine = ("10.244.0.0/24", "10.244.7.0/24")
+    key = keys.ipam_address("cluster", "10.244.3.5")
+    now[0] += REPAIR_SECONDS
+    repair.saw([Event(DELETE, key, None, 8)], lambda k: in_blocks(k, mine))
+    assert not repair.due()  # another node's block
+    now[0] += REPAIR_SECONDS
+    repair.saw([Event(DELETE, keys.ipam_address("cluster", "10.244.7.9"), None, 9)], lambda k: in_blocks(k, mine))
+    assert repair.due()
+    assert not in_blocks(keys.ipam_address("other", "10.244.7.9"), mine)  # the cluster network's only
+    assert not in_blocks(keys.ipam_address("cluster", "not-an-address"), mine)

@@ -108,6 +108,17 @@ def reclaim(store: Store, ctx: FabricContext | None, gone: NodeLease, claims: Ma
             log.info("peer %s left: %d borrowed address(es) freed", gone.name, len(lent))
 
 
+def in_blocks(key: str, blocks: Iterable[str]) -> bool:
+    """Whether a reservation key of the cluster network lies in one of `blocks`."""
+    if not key.startswith(RESERVATIONS):
+        return False
+    try:
+        address = ipaddress.ip_address(key.rsplit("/", 1)[1])
+        return any(address in ipaddress.ip_network(b) for b in blocks)
+    except ValueError:
+        return False
+
+
 def borrowing_event(event: Event, node: str, blocks: Iterable[str], announced: Iterable[str]) -> bool:
     """A reservation of `node`'s outside its `blocks` came, or one it `announced` went:
     the bgp fabric announces borrowed addresses as /32s. A put names the node in its

@@ -216,7 +216,7 @@ class NodeService:
                 try:
                     seen = self._store().watch_hint("", revision, wait)
                     if seen:
-                        self.repair_clock.saw(seen)
+                        self.repair_clock.saw(seen, lambda key: node_blocks.in_blocks(key, self.blocks))
                         revision = max(revision, seen[-1].revision)
                         dirty = dirty or any(e.key.startswith(WATCHED) or self._borrowing(e) for e in seen)
                 except RevisionCompacted:
