@@ -690,3 +690,24 @@ def test_a_hint_watch_ends_quiet_on_its_own_thread(store: EtcdStore, monkeypatch
     threading.Timer(0.1, lambda: store.put("k", "v")).start()
     found = store.watch_hint("", start, 5.0)
     assert [(e.kind, e.key) for e in found] == [(PUT, "k")]
+
+
+def test_the_services_cache_lists_node_leases_as_hints(
+    etcd_server: EtcdCluster, prefix: str, other: EtcdStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every agent's services loop relists the node leases every resync: asking the
+    server about each other node's lease was 49 LeaseTimeToLive calls per agent per
+    resync in a 50-node lab. A lease's end reaches the cache as a delete event."""
+    from podnet import keys
+    from podnet.services.watched import WatchedObjects
+
+    with EtcdStore(etcd_server.endpoints, prefix) as reader:
+        for name in ("n1", "n2", "n3"):
+            other.put(keys.node(name), "{}", ttl=30)
+        asked = _count(monkeypatch, reader._txs._leases, "time_to_live")
+        cache = WatchedObjects(track_nodes=True)
+        revision = cache.relist(reader)
+        assert cache.live_nodes == {"n1", "n2", "n3"} and asked == []
+        other.delete(keys.node("n2"))
+        cache.feed(reader.watch("", revision, 5))
+        assert cache.live_nodes == {"n1", "n3"}
