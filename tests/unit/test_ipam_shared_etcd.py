@@ -213,7 +213,7 @@ def test_many_nodes_adding_at_once_never_share_an_address(stores) -> None:
 def test_an_adds_reservation_is_three_hand_offs_to_the_store(stores, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a crowded node each hand-off to the store's loop waits for a thread switch
     and etcd: the ADD's first transaction reads the address it takes and its block's
-    claim together (ipam/service.py _read_ahead) and writes without a snapshot of its
+    claim together (ipam/service.py _read_ahead, Store.prefetch) and writes without a snapshot of its
     own, so the survey, those reads and the commit are all it costs."""
     node = Node(stores(), "n1")
     claim(node.store, "n1", "10.244.0.0/24")

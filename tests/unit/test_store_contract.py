@@ -376,6 +376,19 @@ def test_watch_hint_sees_what_watch_sees(store: Store) -> None:
     assert [e.key for e in events] == ["h/late"]
 
 
+def test_prefetch_changes_no_answer(store: Store) -> None:
+    """Store.prefetch only moves a block's reads earlier (etcd: together): what the
+    block then reads, and what its commit depends on, stay the same."""
+    store.put("p/a", "1")
+    store.prefetch(["p/a", "p/b"])  # outside a transaction: nothing to keep
+    with store.transaction():
+        store.prefetch(["p/a", "p/b"])
+        assert store.get("p/a").value == "1"  # type: ignore[union-attr]
+        assert store.get("p/b") is None
+        store.put("p/b", "2")
+    assert store.get("p/b").value == "2"  # type: ignore[union-attr]
+
+
 def _watch_while(store: Store, rev: int, writes: Callable[[], None]) -> list[Event]:
     """`watch("w/", rev)` blocking while another thread runs `writes`."""
     thread = threading.Thread(target=writes)

@@ -6,8 +6,8 @@ every few seconds it was most of an idle agent's CPU (docs/architecture.md, the 
 So it runs at most every REPAIR_SECONDS, and then only when there is something to see:
 the kernel announced a change that matters (kernel/rtnl_watch.py), an address in
 one of the node's blocks was given back (the block may be empty now), `podnet doctor
---fix` asked for it, or FULL_REPAIR_SECONDS passed (the safety net: an announcement lost, a block emptied by
-another node's reclaim).
+--fix` asked for it, or FULL_REPAIR_SECONDS passed (the safety net: an announcement
+lost, a block emptied by another node's reclaim).
 """
 
 from __future__ import annotations

@@ -85,6 +85,9 @@ class TimedStore(Store):
     def read_together(self, reads: Sequence[tuple[str, str]]) -> list[Any]:
         return self._call("read_together", self.inner.read_together, reads)  # (etcd: at once)
 
+    def prefetch(self, keys: Sequence[str]) -> None:
+        self._call("read_together", self.inner.prefetch, keys)
+
     def put(self, key: str, value: str, ttl: float | None = None) -> int:
         return self._call("put", self.inner.put, key, value, ttl)
 

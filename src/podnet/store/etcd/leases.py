@@ -203,15 +203,19 @@ class Leases:
             gone.add(lease.id)
         return gone
 
-    def none_due(self) -> bool:
-        """Whether none of our leases has run out by our clock: asked from a caller's
-        thread, so that a transaction sweeps (a hand-off to the loop) only when one
-        has. A look that meets `own` changing answers False: then the loop decides."""
-        now = self._clock()
+    def expiry_from_any_thread(self) -> float | None:
+        """until_next_expiry() asked from another thread than the loop's, which may be
+        changing our leases meanwhile: then 0 (one looks due), and the loop decides."""
         try:
-            return all(lease.expires_at > now for lease in list(self.own.values()))
-        except RuntimeError:  # changed size while copied
-            return False
+            return self.until_next_expiry()
+        except RuntimeError:  # `own` changed size while looked through
+            return 0.0
+
+    def none_due(self) -> bool:
+        """Whether none of our leases has run out by our clock (any thread): a
+        transaction sweeps, a hand-off to the loop, only when one has."""
+        left = self.expiry_from_any_thread()
+        return left is None or left > 0
 
     def until_next_expiry(self) -> float | None:
         """Seconds until the first of our leases runs out by our clock (None: we hold

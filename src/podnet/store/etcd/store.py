@@ -106,6 +106,13 @@ class EtcdStore(Store):
             return self._txs.read_together(tx, reads)
         return self._runner.run(self._read_together, tuple(reads))
 
+    def prefetch(self, keys: Sequence[str]) -> None:
+        """Store.prefetch: inside a transaction, the keys the block has not read yet,
+        in one hand-off; outside one nothing is kept, so nothing is read."""
+        tx = self._txs.current()
+        if tx is not None:
+            self.read_together([("get", key) for key in keys])
+
     async def _read_together(self, reads: tuple[tuple[str, str], ...]) -> list[Any]:
         async def one(kind: str, arg: str) -> Any:
             if kind == "get":

@@ -31,8 +31,9 @@ validated, all-or-nothing.
   a crowded node costs more than the request. A block takes its snapshot with its
   first read, not before a write (a write-only block is one Txn), sweeps our leases
   only when one is due, and read_together() sends its point reads and listings at
-  once (an ADD reads its address and its block's claim in one). refresh() of an existing lease inside a block is sent
-  after the commit (a keepalive is not transactional).
+  once (prefetch(): an ADD reads its address and its block's claim in one).
+- refresh() of an existing lease inside a block is sent after the commit (a
+  keepalive is not transactional).
 """
 
 from __future__ import annotations
@@ -256,10 +257,7 @@ class Transactions:
 
     async def _range(self, tx: Tx, start: bytes, end: bytes | None) -> list[tuple[Entry, int]]:
         """A read inside a transaction: at the snapshot revision (the first read sets it)."""
-        resp = await self._fetch(tx, start, end)
-        if tx.rev is None:
-            tx.rev = int(resp.header.revision)
-        return await self._record(tx, start, end, resp)
+        return (await self._ranges(tx, [(start, end)]))[0]
 
     async def _ranges(self, tx: Tx, spans: list[tuple[bytes, bytes | None]]) -> list[list[tuple[Entry, int]]]:
         """Several reads at once. Before the block has a snapshot they are sent at the

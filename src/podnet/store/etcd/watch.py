@@ -18,7 +18,7 @@ applied yet then comes with the next call, not this one (a member that far behin
 rare; a watch loop loses nothing). `watch_hint` (Store.watch_hint: the agents' loops)
 asks nothing: a kept stream that stayed quiet until the timeout is the answer. An idle
 50-node lab's agents made about 300 progress requests a second with watch(); with
-watch_hint none, and the idle agents went from about 0.024 to 0.013 of a core each.
+watch_hint none (docs/architecture.md, etcd: what the agents' idle CPU did).
 
 A call whose prefix already has a kept stream is served on the caller's own thread
 (`Watches.wait_here`): the events the stream holds after from_revision at once, or the
@@ -338,7 +338,7 @@ class Watches:
             return None
         with feed.arrived:
             while not self._runner.closed and feed.usable_from(from_revision):
-                expiry = self._own_expiry()
+                expiry = self._leases.expiry_from_any_thread()
                 if expiry is not None and expiry <= 0:
                     return None  # the loop sweeps it first (its keys' deletes come with this call)
                 found = feed.after(from_revision)
@@ -353,14 +353,6 @@ class Watches:
                     return None
                 feed.arrived.wait(left)
         return None
-
-    def _own_expiry(self) -> float | None:
-        """until_next_expiry() read from another thread than the loop's (it may be
-        changing our leases meanwhile: then 0, and the loop looks)."""
-        try:
-            return self._leases.until_next_expiry()
-        except RuntimeError:
-            return 0.0
 
     def _wake_in(self, feed: _Feed, now: float, deadline: float, limit: float, asking: bool) -> float:
         """How long a waiting watch may sleep if no event comes: until its deadline;
