@@ -62,10 +62,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="also serve Prometheus metrics on http://HOST:PORT/metrics (default: only over "
                             "the agent socket, `podnet metrics`)")
     agent.add_argument("--watch-batch", type=float, metavar="SECONDS",
-                       help="while a SQLite store keeps changing, gather its changes this long before the "
-                            f"agent's loops react (default {WATCH_BATCH:g}; a quiet store wakes them at once). Longer "
-                            "costs each change up to that delay and saves CPU when many agents share few "
-                            "CPUs (`lab up` sets it for crowded labs)")
+                       help="gather the store's changes this long before the agent's loops react (default: "
+                            f"SQLite {WATCH_BATCH:g}, and a quiet SQLite store wakes them at once; etcd none, and a "
+                            "loop waits this long after its first change). Longer costs each change up to that "
+                            "delay and saves CPU when many agents share few CPUs (`lab up` sets it for crowded labs)")
     cluster = agent.add_argument_group("cluster node (all ignored without --node)")
     cluster.add_argument("--node", help="join a cluster through the store as node NAME")
     cluster.add_argument("--fabric", choices=FABRIC_NAMES, help="how nodes reach each other's pod blocks (default vxlan)")

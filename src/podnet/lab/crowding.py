@@ -25,8 +25,9 @@ def lease_ttl_for(nodes: int, cpus: int | None) -> float:
 # could react up to 2,000 times a second and saturated the machine: the store's write lock waited
 # behind preempted holders, leases ran out while their nodes were alive, and the churn of
 # reclaimed blocks kept the lab saturated (`lab up` 100 x 10 took 358-479 s). Each agent per
-# CPU adds this much to the batch (100 nodes on 2 CPUs: 0.25 s; a quiet store still wakes
-# every agent at once).
+# CPU adds this much to the batch (100 nodes on 2 CPUs: 0.25 s; a quiet SQLite store still
+# wakes every agent at once). On etcd each bystander's loops woke once per commit of every
+# pod ADD (two per ADD): with the batch a loop gathers them (store/etcd/watch.py).
 WATCH_BATCH_PER_AGENT_PER_CPU = 0.005
 
 

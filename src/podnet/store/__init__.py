@@ -25,17 +25,18 @@ _MEMORY = "memory://"
 _ETCD = "etcd://"
 
 WATCH_BATCH_RANGE = (0.01, 5.0)  # seconds: below, a busy store's tail would spin; above, a change waits too long
-_watch_batch: float | None = None  # set_watch_batch(): this process's SQLite stores' batch
+_watch_batch: float | None = None  # set_watch_batch(): this process's stores' batch
 
 
 def set_watch_batch(seconds: float | None) -> None:
-    """How long the SQLite stores this process opens from now on gather a busy store's
+    """How long the stores this process opens from now on gather a busy store's
     changes before their watchers see them (`podnet agent --watch-batch`; None: the
-    backend's default, 0.05 s). A quiet store still wakes its watchers at once: this
-    caps how often a stream of changes makes every loop of the process react, as
-    kube-proxy's --iptables-min-sync-period does. Why it is a setting: each agent of a
-    lab crowded onto two CPUs reacting 20 times a second to a stream of pods kept the
-    machine saturated (lab/crowding.py)."""
+    backend's default: SQLite 0.05 s, etcd none). On SQLite it is the tail's poll (a
+    quiet store still wakes its watchers at once); on etcd, how long a watch keeps
+    gathering after its first event. It caps how often a stream of changes makes every
+    loop of the process react, as kube-proxy's --iptables-min-sync-period does. Why it
+    is a setting: each agent of a lab crowded onto two CPUs reacting to every commit of
+    a stream of pods kept the machine saturated (lab/crowding.py)."""
     global _watch_batch
     if seconds is not None:
         low, high = WATCH_BATCH_RANGE
@@ -57,6 +58,8 @@ def open_store(url_or_path: str, *, create: bool = True, **options: Any) -> Stor
 
         return MemoryStore(**options)
     if target.startswith(_ETCD):
+        if _watch_batch is not None:
+            options.setdefault("watch_batch", _watch_batch)
         return _open_etcd(target, options)
     path = _sqlite_path(target)
     from podnet.store.sqlite import SqliteStore

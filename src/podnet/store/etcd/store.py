@@ -41,6 +41,7 @@ class EtcdStore(Store):
         connect_timeout: float = 0.5,
         clock: Callable[[], float] = time.time,
         poll_interval: float = 0.05,
+        watch_batch: float = 0.0,
         history: int | None = None,
         max_txn_ops: int = 128,
     ) -> None:
@@ -61,7 +62,8 @@ class EtcdStore(Store):
         )
         poll = max(0.001, poll_interval)
         self._watches = Watches(
-            self._runner, self._channel, keys, leases, self._ops, poll, steady=clock is time.time
+            self._runner, self._channel, keys, leases, self._ops, poll, steady=clock is time.time,
+            batch=max(0.0, watch_batch),
         )
 
     def __repr__(self) -> str:
