@@ -26,7 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from podnet import keys
-from podnet.agent.service_thread import NodeLoopService, ServiceThread
+from podnet.agent.service_thread import ChangeWait, NodeLoopService, ServiceThread
 from podnet.clusterset.plan import plan_node
 from podnet.clusterset.records import LocalView, elect, read_active, read_local
 from podnet.errors import PodnetError
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("podnet.agent.clusterset")
 
 PASS_SECONDS = 1.0
+QUIET_RESYNC_SECONDS = 30.0  # with no clusterset: its records read again even when nothing changed
 RTT_EVERY = 5  # passes between two measures of each tunnel's round trip (the gateway in charge)
 
 
@@ -82,19 +83,35 @@ class ClustersetService(NodeLoopService):
 
     def _run(self) -> None:
         stop = self._loop.stopping
+        changes = ChangeWait(keys.CLUSTERSET)
         while not stop.is_set():
+            quiet = False
             try:
-                self.converge()
+                quiet = self.converge(changes)
             except PodnetError as exc:
                 self._note(error=f"{exc.msg}{': ' + exc.details if exc.details else ''}")
                 log.warning("clusterset: %s", exc.msg)
             except Exception as exc:  # noqa: BLE001 - the next pass tries again
                 self._note(error=f"{type(exc).__name__}: {exc}")
                 log.exception("clusterset: pass failed")
-            stop.wait(PASS_SECONDS)
+            if not quiet:
+                stop.wait(PASS_SECONDS)
+                continue
+            # no clusterset here: nothing to keep up until its records change (or the resync)
+            resync = time.monotonic() + QUIET_RESYNC_SECONDS
+            try:
+                store = self.agent.service.store(self.agent.store_path)
+                while not stop.is_set() and time.monotonic() < resync and not changes.wait(store, PASS_SECONDS, stop):
+                    pass
+            except PodnetError:
+                stop.wait(PASS_SECONDS)
 
-    def converge(self) -> None:
+    def converge(self, changes: ChangeWait | None = None) -> bool:
+        """One pass; True when this store has no clusterset to keep up (`changes`,
+        from the loop: marked before the records are read)."""
         store: Store = self.agent.service.store(self.agent.store_path)
+        if changes is not None:
+            changes.mark(store)
         view = read_local(store)
         if not view.peers or view.me is None:
             if self._held:
@@ -103,11 +120,11 @@ class ClustersetService(NodeLoopService):
             self._note(me=view.me.name if view.me else None, peers={}, active=None, role="none",
                        problems=view.problems + ([] if view.me or not view.peers else
                                                  ["peers are recorded but clusterset/self is not"]), error=None)
-            return
+            return True
         lease_entry = store.get(keys.node(self.node or ""))
         if lease_entry is None:
             self._note(error="this node has no lease yet", problems=view.problems)
-            return
+            return False
         lease = NodeLease.from_json(lease_entry.json())
         active = elect(store, view, lease.name, lease.underlay_ip)
         here = active is not None and active.node == lease.name
@@ -131,6 +148,7 @@ class ClustersetService(NodeLoopService):
                    candidates=sorted(view.candidates), tunnel=bool(plan.tunnel),
                    sleeve=self._kernel_port().sleeve.stats() if plan.sleeve else None,
                    imports=imports or self._status.get("imports", []), tunnels=self._tunnels)
+        return False
 
     def _sync_imports(self, store: Store, view: LocalView) -> list[str]:
         """Our imports made to match every cluster's exports, our exports' global IPs

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from podnet import keys
-from podnet.agent.service_thread import ServiceThread
+from podnet.agent.service_thread import ChangeWait, ServiceThread
 from podnet.errors import PodnetError
 from podnet.model.policy import PodRecord, decode_pod
 from podnet.model.probe import ReadinessProbe
@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("podnet.agent.readiness")
 
 TICK = 0.1  # the shortest sleep of the loop (it sleeps until the next probe or refresh is due)
-REFRESH_SECONDS = 1.0  # how often the pod list is read again
+REFRESH_SECONDS = 1.0  # the longest sleep: a change to pods or readiness is read within it
+RESYNC_SECONDS = 30.0  # the pod list is read again even when nothing under it changed
 MAX_BACKOFF = 10.0  # between reads while the store fails
 WORKERS = 16
 
@@ -171,17 +172,16 @@ class ReadinessService:
 
     def _run(self) -> None:
         stopping = self._loop.stopping
-        refreshed, every, read_at = float("-inf"), REFRESH_SECONDS, -1
+        changes = ChangeWait(keys.PODS)  # (readiness/ is ours to write; a new pod reads what it holds)
+        refreshed, every, stale = float("-inf"), REFRESH_SECONDS, True
         while not stopping.is_set():
             now = time.monotonic()
-            if now - refreshed >= every:
+            if (stale and now - refreshed >= every) or now - refreshed >= RESYNC_SECONDS:
                 try:
                     store = self._store()
-                    revision = store.revision()
-                    if revision != read_at:  # nothing written since the last read: nothing new
-                        self._refresh(store)  # (every agent listing every pod each second)
-                        read_at = revision
-                    every = REFRESH_SECONDS
+                    changes.mark(store)
+                    self._refresh(store)  # (every agent listing every pod at each change)
+                    stale, every = False, REFRESH_SECONDS
                 except PodnetError as exc:  # an unreachable store: back off, it has callers enough
                     log.warning("readiness: cannot read pods: %s", exc.msg)
                     every = min(every * 2, MAX_BACKOFF)
@@ -195,4 +195,12 @@ class ReadinessService:
             for tracked in due:
                 assert self._pool is not None
                 self._pool.submit(self._probe, tracked)
-            stopping.wait(self._until_due(refreshed + every))
+            # until a probe or the next read is due (a change, or the resync), a second at most
+            wait = min(self._until_due(refreshed + (every if stale else RESYNC_SECONDS)), REFRESH_SECONDS)
+            if stale:
+                stopping.wait(wait)
+                continue
+            try:
+                stale = changes.wait(self._store(), wait, stopping)
+            except PodnetError:
+                stale = True
