@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("podnet.agent.readiness")
 
 TICK = 0.1  # the shortest sleep of the loop (it sleeps until the next probe or refresh is due)
-REFRESH_SECONDS = 1.0  # the longest sleep: a change to pods or readiness is read within it
+REFRESH_SECONDS = 1.0  # the longest sleep: a change to the pods is read within it
 RESYNC_SECONDS = 30.0  # the pod list is read again even when nothing under it changed
 MAX_BACKOFF = 10.0  # between reads while the store fails
 WORKERS = 16

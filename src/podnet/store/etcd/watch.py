@@ -114,7 +114,7 @@ class Watches:
     of our leases is then polled for. batch: how long a watch answered on its caller's
     thread keeps gathering after its first event (the agent's --watch-batch): in a
     50-node lab on 2 CPUs every bystander's loops woke once per commit of every pod ADD
-    (Store.watch_batch)."""
+    (store.set_watch_batch)."""
 
     def __init__(
         self,
