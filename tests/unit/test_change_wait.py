@@ -40,7 +40,7 @@ def _later(seconds: float, fn) -> threading.Timer:
 def test_a_quiet_wait_lasts_its_timeout(stores) -> None:
     store, _ = stores
     changes = ChangeWait("policy/pods/")
-    changes.mark(store)
+    changes.mark(store.revision())
     started = time.monotonic()
     assert changes.wait(store, 0.4, threading.Event()) is False
     assert time.monotonic() - started >= 0.3
@@ -49,7 +49,7 @@ def test_a_quiet_wait_lasts_its_timeout(stores) -> None:
 def test_a_change_under_the_prefix_ends_the_wait_and_one_elsewhere_does_not(stores) -> None:
     store, writer = stores
     changes = ChangeWait("policy/pods/")
-    changes.mark(store)
+    changes.mark(store.revision())
     timer = _later(0.1, lambda: writer.put("ipam/x", "1"))
     started = time.monotonic()
     assert changes.wait(store, 0.6, threading.Event()) is False
@@ -72,7 +72,7 @@ class _Counting:
     """The store the readiness loop reads, counting what it asks."""
 
     def __init__(self, inner: Store) -> None:
-        self.inner, self.calls = inner, {"revision": 0, "list": 0}
+        self.inner, self.calls = inner, {"revision": 0, "list": 0, "snapshot": 0}
 
     def revision(self) -> int:
         self.calls["revision"] += 1
@@ -81,6 +81,10 @@ class _Counting:
     def list(self, prefix: str) -> Any:
         self.calls["list"] += 1
         return self.inner.list(prefix)
+
+    def snapshot(self, prefix: str) -> Any:
+        self.calls["snapshot"] += 1
+        return self.inner.snapshot(prefix)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

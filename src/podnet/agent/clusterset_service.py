@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from podnet import keys
 from podnet.agent.service_thread import ChangeWait, NodeLoopService, ServiceThread
 from podnet.clusterset.plan import plan_node
-from podnet.clusterset.records import LocalView, elect, read_active, read_local
+from podnet.clusterset.records import LocalView, elect, read_active, read_local_at
 from podnet.errors import PodnetError
 from podnet.model.cluster import NodeLease
 from podnet.store import Store, open_store
@@ -108,11 +108,11 @@ class ClustersetService(NodeLoopService):
 
     def converge(self, changes: ChangeWait | None = None) -> bool:
         """One pass; True when this store has no clusterset to keep up (`changes`,
-        from the loop: marked before the records are read)."""
+        from the loop: marked with the revision the records were read at)."""
         store: Store = self.agent.service.store(self.agent.store_path)
+        view, revision = read_local_at(store)
         if changes is not None:
-            changes.mark(store)
-        view = read_local(store)
+            changes.mark(revision)
         if not view.peers or view.me is None:
             if self._held:
                 self._kernel_port().remove()

@@ -109,11 +109,13 @@ class ReadinessService:
     def _store(self) -> Store:
         return self.agent.service.store(self.agent.store_path)
 
-    def _refresh(self, store: Store) -> None:
-        """Track this node's pods with a probe; forget (and unpublish) the others."""
+    def _refresh(self, store: Store) -> int:
+        """Track this node's pods with a probe; forget (and unpublish) the others. The
+        revision the pods were read at."""
         mine: dict[str, PodRecord] = {}
         parsed: dict[str, tuple[int, PodRecord | None]] = {}
-        for entry in store.list(keys.PODS):
+        pods, revision = store.snapshot(keys.PODS)
+        for entry in pods:
             known = self._parsed.get(entry.key)
             if known is not None and known[0] == entry.revision:  # unchanged since the last read:
                 pod = known[1]  # not parsed again (every agent reads every pod each second)
@@ -138,6 +140,7 @@ class ReadinessService:
                 tracked = self._tracked.get(ref)
                 if tracked is None or tracked.pod.readiness != pod.readiness or tracked.pod.ips != pod.ips:
                     self._tracked[ref] = _Tracked(pod, now, published.get(ref, False) and tracked is None)
+        return revision
 
     def _until_due(self, next_refresh: float) -> float:
         """How long the loop may sleep: until the next probe or refresh is due, at least
@@ -179,8 +182,7 @@ class ReadinessService:
             if (stale and now - refreshed >= every) or now - refreshed >= RESYNC_SECONDS:
                 try:
                     store = self._store()
-                    changes.mark(store)
-                    self._refresh(store)  # (every agent listing every pod at each change)
+                    changes.mark(self._refresh(store))  # (every agent lists every pod at each change)
                     stale, every = False, REFRESH_SECONDS
                 except PodnetError as exc:  # an unreachable store: back off, it has callers enough
                     log.warning("readiness: cannot read pods: %s", exc.msg)

@@ -130,9 +130,9 @@ class ChangeWait:
         self.prefix = prefix
         self.at: int | None = None  # the revision the last read reflects; None: read again
 
-    def mark(self, store: Store) -> None:
-        """Call right before reading the prefix: changes after this count."""
-        self.at = store.revision()
+    def mark(self, revision: int) -> None:
+        """The loop read the prefix at `revision` (store.snapshot's): changes after it count."""
+        self.at = revision
 
     def wait(self, store: Store, timeout: float, stopping: threading.Event) -> bool:
         """Sleep up to `timeout`; True when the prefix must be read again (a change

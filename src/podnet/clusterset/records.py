@@ -46,7 +46,17 @@ def read_local(store: Store) -> LocalView:
     """Our store's clusterset records, from one listing of clusterset/ (a read per
     kind, every second in every agent, made a 50-node etcd lab serve 250 reads a
     second for a clusterset nobody had set up)."""
-    found = {entry.key: entry for entry in store.list(keys.CLUSTERSET)}
+    return _view(store.list(keys.CLUSTERSET))
+
+
+def read_local_at(store: Store) -> tuple[LocalView, int]:
+    """read_local, and the revision its one listing reflects (a loop watches from it)."""
+    entries, revision = store.snapshot(keys.CLUSTERSET)
+    return _view(entries), revision
+
+
+def _view(entries: list[Entry]) -> LocalView:
+    found = {entry.key: entry for entry in entries}
     view = LocalView()
     entry = found.get(keys.CLUSTERSET_SELF)
     if entry is not None:
