@@ -378,7 +378,9 @@ def test_watch_hint_sees_what_watch_sees(store: Store) -> None:
 
 def test_prefetch_changes_no_answer(store: Store) -> None:
     """Store.prefetch only moves a block's reads earlier (etcd: together): what the
-    block then reads, and what its commit depends on, stay the same."""
+    block then reads stays the same, present or absent, and its write commits.
+    (A concurrent change to a prefetched key failing the commit: test_store_etcd's
+    test_reads_together_in_a_transaction_are_one_hand_off_and_checked_at_commit.)"""
     store.put("p/a", "1")
     store.prefetch(["p/a", "p/b"])  # outside a transaction: nothing to keep
     with store.transaction():
