@@ -52,8 +52,8 @@ ifname, port, out, ready = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))  # ETH_P_ALL:
 sock.bind((ifname, 3))  # outgoing frames too
-open(ready, "w").close()
 with open(out, "wb", buffering=0) as handle:
+    open(ready, "w").close()  # after the bind and the output file: nothing is lost
     while True:
         data = sock.recv(262144)
         if data[12:14] != b"\x08\x00" or data[23] != 17:
@@ -182,7 +182,11 @@ def test_tcp_carries_megabytes_intact(lab: Lab, key: str) -> None:
 def capture(lab: Lab, key: str, marker: bytes) -> list[bytes]:
     """The underlay's UDP payloads of sleeve `key` while a sends `marker` to b inside."""
     port = SLEEVES[key][2]
-    out, ready = lab.workdir / f"cap-{key}", lab.workdir / f"cap-{key}.ready"
+    # fresh names per capture: a second capture of the same sleeve once found the
+    # first one's ready file, sent before its socket was bound and read an empty file
+    # (CI, 2026-12-07)
+    name = f"cap-{key}-{secrets.token_hex(4)}"
+    out, ready = lab.workdir / name, lab.workdir / f"{name}.ready"
     proc = lab.spawn("a", CAPTURE, "veth0", str(port), str(out), str(ready))
     try:
         wait_ready(str(ready), proc)
