@@ -1,10 +1,13 @@
 """agent/node_repair.RepairClock: the node loop's repair pass runs only when there is
-something to see, at most every REPAIR_SECONDS, and at least every FULL_REPAIR_SECONDS."""
+something to see, at most every REPAIR_SECONDS, and at least every FULL_REPAIR_SECONDS
+(+- FULL_JITTER, drawn each time)."""
 
 from __future__ import annotations
 
+import pytest
+
 from podnet import keys
-from podnet.agent.node_repair import FULL_REPAIR_SECONDS, REPAIR_SECONDS, RepairClock
+from podnet.agent.node_repair import FULL_JITTER, FULL_REPAIR_SECONDS, REPAIR_SECONDS, RepairClock
 from podnet.store.base import DELETE, PUT, Event
 
 
@@ -40,7 +43,7 @@ def test_a_pass_at_start_then_only_after_the_kernel_changed_at_most_every_repair
 
 def test_an_address_given_back_a_forced_pass_and_the_safety_net_each_run_one():
     now, clock = _clock()
-    repair = RepairClock(Announcements(), clock)
+    repair = RepairClock(Announcements(), clock, spread=lambda: 0.5)  # no jitter: every 30 s
     assert repair.due()
     now[0] += REPAIR_SECONDS
     repair.saw([Event(PUT, keys.IPAM + "cluster/ip/10.244.0.5", "{}", 7)])
@@ -74,3 +77,24 @@ def test_an_address_given_back_in_another_nodes_block_runs_no_pass():
     assert repair.due()
     assert not in_blocks(keys.ipam_address("other", "10.244.7.9"), mine)  # the cluster network's only
     assert not in_blocks(keys.ipam_address("cluster", "not-an-address"), mine)
+
+
+def test_the_safety_net_interval_is_jittered_so_agents_lined_up_drift_apart():
+    """Agents whose passes an event lined up (a node joining) must not stay in step:
+    each interval is drawn anew within FULL_REPAIR_SECONDS +- FULL_JITTER."""
+    shortest, longest = FULL_REPAIR_SECONDS * (1 - FULL_JITTER), FULL_REPAIR_SECONDS * (1 + FULL_JITTER)
+    nets = []
+    for spread in (0.0, 0.999):
+        now, clock = _clock()
+        repair = RepairClock(Announcements(), clock, spread=lambda spread=spread: spread)
+        assert repair.due()  # the pass at start, at the same moment for both
+        start, passes = now[0], []
+        while len(passes) < 3:
+            now[0] += REPAIR_SECONDS / 4
+            if repair.due():
+                passes.append(now[0] - start)
+        nets.append(passes)
+    early, late = nets
+    assert early[0] == pytest.approx(shortest, abs=REPAIR_SECONDS)
+    assert late[0] == pytest.approx(longest, abs=REPAIR_SECONDS)
+    assert late[2] - early[2] > 2 * (longest - shortest) * 0.9  # apart, and further apart each time

@@ -8,10 +8,18 @@ the kernel announced a change that matters (kernel/rtnl_watch.py), an address in
 one of the node's blocks was given back (the block may be empty now), `podnet doctor
 --fix` asked for it, or FULL_REPAIR_SECONDS passed (the safety net: an announcement
 lost, a block emptied by another node's reclaim).
+
+The safety net's interval is drawn anew each time, FULL_REPAIR_SECONDS +- FULL_JITTER.
+Why: an event every node sees at once (a node joining: each adds its routes) lines up
+every agent's passes, and a fixed interval kept them in step for good: a 50-node lab's
+agents all dumped their kernels in the same half second every 30 s (about 15 ms of CPU
+each), and the pod ADDs of that second took 3-6 times as long (bench/README.md,
+convergence). Kubernetes' JitterUntil and Felix's resync timers jitter for the same reason.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
@@ -21,6 +29,7 @@ from podnet.store.base import DELETE, Event
 
 REPAIR_SECONDS = 3.0
 FULL_REPAIR_SECONDS = 30.0
+FULL_JITTER = 0.25  # the safety net runs every FULL_REPAIR_SECONDS * (1 +- this), drawn each time
 
 
 class Changes(Protocol):
@@ -31,9 +40,15 @@ class RepairClock:
     """The repair pass's schedule; `changes`: the kernel's announcements (take() is
     True when they changed something since the last take, or nobody can tell)."""
 
-    def __init__(self, changes: Changes, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        changes: Changes,
+        clock: Callable[[], float] = time.monotonic,
+        spread: Callable[[], float] = random.random,
+    ) -> None:
         self._changes = changes
         self._clock = clock
+        self._spread = spread  # a number in [0, 1): where in the jitter window the next net falls
         self._next = 0.0  # the earliest next pass
         self._next_full = 0.0
         self._freed = True  # an address was given back since the last pass (at start: unknown)
@@ -62,9 +77,14 @@ class RepairClock:
             return False
         self._changes.take()  # what changed before the pass is what it sees
         self._forced = self._freed = False
-        self._next_full = now + FULL_REPAIR_SECONDS
+        self._next_full = now + full_interval(self._spread())
         return True
 
     def wait(self) -> float:
         """How long until a pass could be due."""
         return max(0.0, self._next - self._clock())
+
+
+def full_interval(spread: float) -> float:
+    """The safety net's next interval, for `spread` in [0, 1)."""
+    return FULL_REPAIR_SECONDS * (1 - FULL_JITTER + 2 * FULL_JITTER * spread)
