@@ -10,8 +10,9 @@ one of the node's blocks was given back (the block may be empty now), `podnet do
 lost, a block emptied by another node's reclaim).
 
 The safety net's interval is drawn anew each time, FULL_REPAIR_SECONDS +- FULL_JITTER.
-Why: an event every node sees at once (a node joining: each adds its routes) lines up
-every agent's passes, and a fixed interval kept them in step for good: a 50-node lab's
+Why: every pass restarts the interval, so an event every node sees at once lines up
+every agent's passes (likely a node joining, when each adds its routes: not traced),
+and a fixed interval kept them in step for good: a 50-node lab's
 agents all dumped their kernels in the same half second every 30 s (about 15 ms of CPU
 each), and the pod ADDs of that second took 2-6 times as long (bench/README.md,
 convergence). Kubernetes' JitterUntil and Felix's resync timers jitter for the same reason.
