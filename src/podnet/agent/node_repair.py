@@ -12,10 +12,9 @@ lost, a block emptied by another node's reclaim).
 The safety net's interval is drawn anew each time, FULL_REPAIR_SECONDS +- FULL_JITTER.
 Why: every pass restarts the interval, so an event every node sees at once lines up
 every agent's passes (likely a node joining, when each adds its routes: not traced),
-and a fixed interval kept them in step for good: a 50-node lab's
-agents all dumped their kernels in the same half second every 30 s (about 15 ms of CPU
-each), and the pod ADDs of that second took 2-6 times as long (bench/README.md,
-convergence). Kubernetes' JitterUntil and Felix's resync timers jitter for the same reason.
+and a fixed interval kept them in step for good: a 50-node lab's agents all dumped
+their kernels in the same half second every 30 s (about 15 ms of CPU each), and the
+pod ADDs of that second took 2-6 times as long (bench/README.md, convergence). Kubernetes' JitterUntil and Felix's resync timers jitter for the same reason.
 """
 
 from __future__ import annotations
@@ -78,14 +77,9 @@ class RepairClock:
             return False
         self._changes.take()  # what changed before the pass is what it sees
         self._forced = self._freed = False
-        self._next_full = now + full_interval(self._spread())
+        self._next_full = now + FULL_REPAIR_SECONDS * (1 + FULL_JITTER * (2 * self._spread() - 1))
         return True
 
     def wait(self) -> float:
         """How long until a pass could be due."""
         return max(0.0, self._next - self._clock())
-
-
-def full_interval(spread: float) -> float:
-    """The safety net's next interval, for `spread` in [0, 1)."""
-    return FULL_REPAIR_SECONDS * (1 - FULL_JITTER + 2 * FULL_JITTER * spread)
