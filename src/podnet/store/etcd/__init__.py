@@ -60,8 +60,10 @@ The parts, one job each:
 - transactions.py: transaction(): snapshot reads, staged writes, the guarded commit.
 - tx.py: one thread's open transaction (snapshot revision, reads, staged writes).
 - watch.py: watch streams kept open per prefix, catch-up, re-opening after failure.
+- grpc_engine.py: the gRPC engine of the process, chosen before grpc is imported.
 """
 
+from podnet.store.etcd import grpc_engine  # noqa: F401 - first: before anything imports grpc
 from podnet.store.etcd.channel import parse_endpoints
 from podnet.store.etcd.store import DEFAULT_PREFIX, EtcdStore
 
