@@ -59,6 +59,7 @@ from podnet.ipam.result import IpamResult, parse_addresses
 from podnet.kernel import netns
 from podnet.kernel.libnft import LibNft
 from podnet.kernel.nat.manager import NatManager
+from podnet.kernel.nftgen import ruleset_generation
 from podnet.kernel.tombstone import Reaper
 from podnet.model.base import CorruptRecord
 from podnet.model.endpoint import PENDING, EndpointRecord
@@ -99,8 +100,8 @@ class CniService:
         self._stores: dict[str, Store] = {}
         self._stores_lock = threading.Lock()
         if nat_factory is None:  # one libnftables for every ADD: no `nft` process per call (issue 19)
-            shared = NatManager(LibNft())
-            nat_factory = lambda: shared  # noqa: E731 - the manager keeps no state but its port
+            shared = NatManager(LibNft(), generation=ruleset_generation)
+            nat_factory = lambda: shared  # noqa: E731 - one manager: it remembers what it read (nat/manager.py)
         self._nat_factory = nat_factory
         self._wrap_store = wrap_store  # the agent's: time every store call (agent/store_metrics.py)
         # told of each new attachment before its ADD returns: (store, key, record); must not raise
