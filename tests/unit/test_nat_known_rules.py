@@ -133,3 +133,15 @@ def test_an_error_or_a_malformed_reply_gives_no_generation() -> None:
     assert nftgen.parse_generation(struct.pack("=IHHII", 8, 0, 0, 5, 0), 5) == -1  # a length shorter than a header
     kind = (nftgen.NFNL_SUBSYS_NFTABLES << 8) | nftgen.NFT_MSG_NEWGEN
     assert nftgen.parse_generation(_message(kind, 5, struct.pack("=BBH", 0, 0, 0)), 5) == -1  # no NFTA_GEN_ID
+
+
+def test_only_the_agents_service_keeps_what_it_read() -> None:
+    """The agent's CNI service keeps its NAT tables between ADDs; the plugin's fallback
+    (a process per call, whose exit would pay for the netlink socket) does not."""
+    from podnet.endpoints.service import CniService
+    from podnet.kernel.nftgen import ruleset_generation
+
+    agents = CniService(default_store="memory://", keep_nat=True)
+    fallback = CniService(default_store="memory://")
+    assert agents._nat_factory()._generation is ruleset_generation  # noqa: SLF001 - the wiring is the point
+    assert fallback._nat_factory()._generation is None  # noqa: SLF001

@@ -185,7 +185,8 @@ class Agent:
         self.metrics = AgentMetrics(lambda: (e.key for e in self.service.store(self.store_path).list(keys.IPAM)))
         # DEL retires a pod's veth pair and this thread deletes it just after (kernel/tombstone.py)
         self.service = CniService(default_store=self.store_path, track_stores=True, identity=identity,
-                                  agent_socket=socket_path, wrap_store=self.metrics.timed_store, reaper=Reaper())
+                                  agent_socket=socket_path, wrap_store=self.metrics.timed_store, reaper=Reaper(),
+                                  keep_nat=True)
         self.locks = KeyedLocks()
         self.server: AgentServer | None = None
         self.metrics_addr = metrics_addr  # None: metrics only over the socket (op `metrics`)

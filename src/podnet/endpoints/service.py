@@ -80,7 +80,10 @@ class CniService:
     fallback notes every store it ADDs into and which the agent (`track_stores`: it
     remembers every store in its own) reads at start-up. `reaper`: the agent's; DEL
     then retires a pod's veth pair and deletes it just after (kernel/tombstone.py);
-    without one (the plugin's fallback, which exits at once) DEL deletes it itself."""
+    without one (the plugin's fallback, which exits at once) DEL deletes it itself.
+    `keep_nat`: the agent's; its NAT manager keeps what it read of the NAT tables
+    between ADDs (kernel/nat/manager.py). A process per call gains nothing from it,
+    and the netlink socket it asks on would cost its exit a few ms."""
 
     def __init__(
         self,
@@ -91,6 +94,7 @@ class CniService:
         agent_socket: str | None = None,
         wrap_store: Callable[[Store], Store] | None = None,
         reaper: Reaper | None = None,
+        keep_nat: bool = False,
     ) -> None:
         self.default_store = default_store
         self.reaper = reaper
@@ -100,7 +104,7 @@ class CniService:
         self._stores: dict[str, Store] = {}
         self._stores_lock = threading.Lock()
         if nat_factory is None:  # one libnftables for every ADD: no `nft` process per call (issue 19)
-            shared = NatManager(LibNft(), generation=ruleset_generation)
+            shared = NatManager(LibNft(), generation=ruleset_generation if keep_nat else None)
             nat_factory = lambda: shared  # noqa: E731 - one manager: it remembers what it read (nat/manager.py)
         self._nat_factory = nat_factory
         self._wrap_store = wrap_store  # the agent's: time every store call (agent/store_metrics.py)
