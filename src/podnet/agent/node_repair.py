@@ -14,7 +14,8 @@ Why: every pass restarts the interval, so an event every node sees at once lines
 every agent's passes (likely a node joining, when each adds its routes: not traced),
 and a fixed interval kept them in step for good: a 50-node lab's agents all dumped
 their kernels in the same half second every 30 s (about 15 ms of CPU each), and the
-pod ADDs of that second took 2-6 times as long (bench/README.md, convergence). Kubernetes' JitterUntil and Felix's resync timers jitter for the same reason.
+pod ADDs of that second took 2-6 times as long (bench/README.md, convergence).
+Kubernetes' JitterUntil and Felix's resync timers jitter for the same reason.
 """
 
 from __future__ import annotations

@@ -197,41 +197,34 @@ class NatManager:
     # -- what the last ADD left, while nothing changed since (module docstring)
 
     def _known_rules(self) -> tuple[list[InstalledRule], int | None]:
-        """The rules of both tables, and the generation they are true at: as remembered
-        when the namespace's generation has not moved since, else read (and remembered)."""
+        """The rules of both tables, and the generation they are true at: as kept when
+        the namespace's generation has not moved since, else read."""
         known = self._known
         if known is not None and self._generation is not None:
             fd, generation, rules = known
             if _same_namespace(fd) and self._generation() == generation:
-                return list(rules), generation
+                return rules, generation
         return self._read_rules()
 
     def _read_rules(self) -> tuple[list[InstalledRule], int | None]:
+        """Both tables read, and the generation taken before (a commit after it moves
+        the generation: the ADD then keeps nothing, _remember_after)."""
         before = self._generation() if self._generation is not None else None
-        rules = self.installed()  # (a commit after `before` moves the generation: read again next time)
-        self._remember(rules, before)
-        return rules, before
+        return self.installed(), before
 
     def _remember_after(self, rules: list[InstalledRule], seen_at: int | None, commits: int) -> None:
-        """After this ADD's transaction: keep `rules` only if the generation moved by its
-        own commit alone since the rules were true (anyone else's, even in another
-        table, and the next ADD reads again)."""
+        """After this ADD's transaction: keep `rules` (a list of its own) only if the
+        generation moved by its own commit alone since the rules were true (anyone
+        else's, even in another table, and the next ADD reads again)."""
         now = self._generation() if self._generation is not None else None
         if seen_at is None or now is None or now != (seen_at + commits) & 0xFFFFFFFF:
-            self._forget()
-            return
-        self._remember(rules, now)
-
-    def _remember(self, rules: list[InstalledRule], generation: int | None) -> None:
-        """Keep `rules` as this namespace's at `generation` (None: keep nothing)."""
-        if generation is None:
             self._forget()
             return
         fd = self._known[0] if self._known is not None and _same_namespace(self._known[0]) else None
         if fd is None:
             self._forget()
             fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        self._known = (fd, generation, list(rules))
+        self._known = (fd, now, rules)
 
     def _forget(self) -> None:
         known, self._known = self._known, None

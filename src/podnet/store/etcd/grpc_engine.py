@@ -1,4 +1,4 @@
-"""gRPC's classic polling engine for this process's channels, unless GRPC_EXPERIMENTS says otherwise.
+"""gRPC's classic polling engine for this process, unless GRPC_EXPERIMENTS says otherwise.
 
 Why: every agent reads each watch event of the cluster (an etcd watch message per
 commit), and gRPC's EventEngine client (on by default in grpcio 1.85) made one such
@@ -15,12 +15,13 @@ left alone.
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 
 VARIABLE = "GRPC_EXPERIMENTS"
 CLASSIC_CLIENT = "-event_engine_client"
 
 
-def prefer_classic_client(environ: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+def prefer_classic_client(environ: MutableMapping[str, str] = os.environ) -> bool:
     """Set GRPC_EXPERIMENTS to turn the EventEngine client off, unless it is set;
     True when this call set it."""
     if VARIABLE in environ:
