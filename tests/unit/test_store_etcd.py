@@ -723,15 +723,20 @@ def test_a_batched_watch_gathers_what_arrives_within_its_batch(
     with EtcdStore(etcd_server.endpoints, prefix, watch_batch=batch) as store:
         rev = store.put("x", "1")
         store.watch("", rev, 0.1)  # the stream is open and caught up
-        timers = [threading.Timer(0.1, lambda: other.put("a", "1")), threading.Timer(0.8, lambda: other.put("b", "1"))]
-        for timer in timers:
-            timer.start()
-        try:
-            events = store.watch("", rev, 10)
-        finally:
-            for timer in timers:
-                timer.join()
+        events = _watch_while_putting(store, rev, other, [(0.1, "a"), (0.8, "b")])
         assert [e.key for e in events] == expected
+
+
+def _watch_while_putting(store: EtcdStore, rev: int, other: EtcdStore, puts: list[tuple[float, str]]) -> list:
+    """store.watch("", rev, 10) while `other` puts each key after its delay (seconds)."""
+    timers = [threading.Timer(delay, lambda k=key: other.put(k, "1")) for delay, key in puts]
+    for timer in timers:
+        timer.start()
+    try:
+        return store.watch("", rev, 10)
+    finally:
+        for timer in timers:
+            timer.join()
 
 
 def test_a_batched_watch_still_returns_by_its_deadline(etcd_server: EtcdCluster, prefix: str, other: EtcdStore) -> None:
@@ -746,6 +751,47 @@ def test_a_batched_watch_still_returns_by_its_deadline(etcd_server: EtcdCluster,
         timer.join()
         assert [e.key for e in events] == ["a"]
         assert took < 3.0, took  # the deadline (0.6 s), not the batch (5 s)
+
+
+def test_a_gathering_watch_sleeps_through_the_arrivals_of_its_batch(
+    etcd_server: EtcdCluster, prefix: str, other: EtcdStore
+) -> None:
+    """Once a batched watch has its first event it sleeps until the batch ends: what
+    arrives meanwhile is gathered without waking it (woken by each arrival, every
+    gathering loop of a 50-node lab's bystanders woke once per commit of a pod ADD)."""
+    with EtcdStore(etcd_server.endpoints, prefix, watch_batch=1.5) as store:
+        rev = store.put("x", "1")
+        store.watch("", rev, 0.1)  # the stream is open and caught up
+        feed = store._watches._feeds[""]
+        plain_wait, woken_holding_events = feed.arrived.wait, []
+
+        def counting_wait(timeout: float | None = None) -> bool:
+            if feed.after(rev):  # (the caller holds the lock)
+                woken_holding_events.append(timeout)
+            return plain_wait(timeout)
+
+        feed.arrived.wait = counting_wait  # type: ignore[method-assign]
+        events = _watch_while_putting(store, rev, other, [(0.1, "a"), (0.4, "b"), (0.7, "c"), (1.0, "d")])
+        assert [e.key for e in events] == ["a", "b", "c", "d"]
+        assert woken_holding_events == []
+
+
+def test_closing_the_store_ends_a_gathering_watch(etcd_server: EtcdCluster, prefix: str, other: EtcdStore) -> None:
+    store = EtcdStore(etcd_server.endpoints, prefix, watch_batch=30.0)
+    try:
+        rev = store.put("x", "1")
+        store.watch("", rev, 0.1)
+        answer: list[list[str]] = []
+        watcher = threading.Thread(target=lambda: answer.append([e.key for e in store.watch("", rev, 60)]))
+        watcher.start()
+        other.put("a", "1")
+        time.sleep(0.3)  # the watch has its event and gathers
+        store.close()
+        watcher.join(timeout=10)
+        assert not watcher.is_alive()  # the closing, not the batch (30 s) or the deadline (60 s)
+        assert answer == [["a"]]
+    finally:
+        store.close()
 
 
 def test_stores_opened_after_set_watch_batch_take_it(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -138,6 +138,7 @@ class Watches:
         self._feeds: OrderedDict[str, _Feed] = OrderedDict()  # by prefix, least recently used first
         self._waiting: set[asyncio.Event] = set()  # of every watch() call now: woken on close
         self._opening: dict[str, asyncio.Lock] = {}  # by prefix
+        self._closing = threading.Event()  # set when the store closes: ends every gathering wait
 
     async def _open_feed(self, prefix: str, start: int, deadline: float) -> _Feed:
         """A new watch stream from revision start, on the first member that takes it."""
@@ -342,31 +343,43 @@ class Watches:
         if feed is None or not self._steady:
             return None
         with feed.arrived:
-            while not self._runner.closed and feed.usable_from(from_revision):
-                expiry = self._leases.expiry_from_any_thread()
-                if expiry is not None and expiry <= 0:
-                    return None  # the loop sweeps it first (its keys' deletes come with this call)
-                found = feed.after(from_revision)
-                if found:
-                    return self._gathered(feed, from_revision, found, deadline) if self._batch > 0 else found
-                left = deadline - time.monotonic()
-                if left <= 0 and settle:
-                    return []
-                if expiry is not None:
-                    left = min(left, expiry)
-                if left <= 0:
-                    return None
-                feed.arrived.wait(left)
+            found = self._first_arrivals(feed, from_revision, deadline, settle)
+        if found and self._batch > 0:
+            return self._gathered(feed, from_revision, found, deadline)
+        return found
+
+    def _first_arrivals(self, feed: _Feed, from_revision: int, deadline: float, settle: bool) -> list[Event] | None:
+        """wait_here's wait for the first events after from_revision (the caller holds
+        feed.arrived)."""
+        while not self._runner.closed and feed.usable_from(from_revision):
+            expiry = self._leases.expiry_from_any_thread()
+            if expiry is not None and expiry <= 0:
+                return None  # the loop sweeps it first (its keys' deletes come with this call)
+            found = feed.after(from_revision)
+            if found:
+                return found
+            left = deadline - time.monotonic()
+            if left <= 0 and settle:
+                return []
+            if expiry is not None:
+                left = min(left, expiry)
+            if left <= 0:
+                return None
+            feed.arrived.wait(left)
         return None
 
     def _gathered(self, feed: _Feed, from_revision: int, found: list[Event], deadline: float) -> list[Event]:
         """`found` and whatever else arrives within the batch, never past the call's
-        deadline (the caller holds feed.arrived). A stream that fails meanwhile: what
-        was found (the next call resumes after it)."""
-        until = min(time.monotonic() + self._batch, deadline)
-        while not self._runner.closed and (left := until - time.monotonic()) > 0:
-            feed.arrived.wait(left)
-        return (feed.after(from_revision) or found) if feed.usable_from(from_revision) else found
+        deadline. The caller sleeps through the batch: what arrives meanwhile does not
+        wake it, only the store's closing does (woken by every arrival, each of a 50-node
+        lab's bystanders woke every gathering loop once per commit of a pod ADD, only to
+        wait again). A stream that fails meanwhile: what was found (the next call
+        resumes after it)."""
+        left = min(time.monotonic() + self._batch, deadline) - time.monotonic()
+        if left > 0 and not self._runner.closed:
+            self._closing.wait(left)
+        with feed.arrived:
+            return (feed.after(from_revision) or found) if feed.usable_from(from_revision) else found
 
     def _wake_in(self, feed: _Feed, now: float, deadline: float, limit: float, asking: bool) -> float:
         """How long a waiting watch may sleep if no event comes: until its deadline;
@@ -385,6 +398,7 @@ class Watches:
 
     def wake_all(self) -> None:
         """Wake every waiting watch: the store is closing, and each returns."""
+        self._closing.set()
         for waiter in self._waiting:
             waiter.set()
         for feed in list(self._feeds.values()):  # and the callers waiting on their own threads
