@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from podnet import keys
+from podnet.agent.jitter import jittered
 from podnet.store.base import DELETE, Event
 
 REPAIR_SECONDS = 3.0
@@ -78,7 +79,7 @@ class RepairClock:
             return False
         self._changes.take()  # what changed before the pass is what it sees
         self._forced = self._freed = False
-        self._next_full = now + FULL_REPAIR_SECONDS * (1 + FULL_JITTER * (2 * self._spread() - 1))
+        self._next_full = now + jittered(FULL_REPAIR_SECONDS, FULL_JITTER, self._spread)
         return True
 
     def wait(self) -> float:
