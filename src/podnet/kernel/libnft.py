@@ -32,10 +32,10 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
-import os
 import threading
 
 from podnet.errors import KernelError
+from podnet.kernel import netns
 from podnet.kernel.nft import MISSING, Nft, check_table
 
 log = logging.getLogger("podnet.kernel.nft")
@@ -76,11 +76,6 @@ def _load() -> ctypes.CDLL | None:
         lib.nft_ctx_output_set_flags.restype = None
         _lib = lib
         return lib
-
-
-def _netns() -> tuple[int, int]:
-    st = os.stat("/proc/thread-self/ns/net")
-    return st.st_dev, st.st_ino
 
 
 NFT_CTX_OUTPUT_JSON = 1 << 4  # <nftables/libnftables.h>: what `nft -j` sets
@@ -143,7 +138,7 @@ class LibNft(Nft):
             raise KernelError(f"nft printed invalid JSON for {what} {family} {table}", str(exc)) from None
 
     def _context(self, lib: ctypes.CDLL) -> int:
-        here = _netns()
+        here = netns.current_identity()
         if self._ctx is not None and self._ctx_netns == here:
             return self._ctx
         self.close()

@@ -87,6 +87,12 @@ def identity(fd: int) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+def current_identity() -> tuple[int, int]:
+    """(dev, inode) of the calling thread's network namespace, without opening it."""
+    st = os.stat("/proc/thread-self/ns/net")
+    return st.st_dev, st.st_ino
+
+
 def same_netns(fd_a: int, fd_b: int) -> bool:
     return identity(fd_a) == identity(fd_b)
 

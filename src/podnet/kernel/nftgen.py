@@ -16,6 +16,8 @@ import socket
 import struct
 import threading
 
+from podnet.kernel import netns
+
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_NEWGEN = 15
@@ -53,8 +55,7 @@ class RulesetGeneration:
                 return None
 
     def _ask(self) -> int | None:
-        st = os.stat("/proc/thread-self/ns/net")
-        here = (st.st_dev, st.st_ino)
+        here = netns.current_identity()
         if self._sock is None or self._where != here:
             self._close()
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_NETFILTER)

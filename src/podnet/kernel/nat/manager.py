@@ -29,7 +29,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 
 from podnet import naming
 from podnet.errors import KernelError, PodnetError, TryAgainLater
-from podnet.kernel import sysctl
+from podnet.kernel import netns, sysctl
 from podnet.kernel.nat.parse import (
     FAMILIES,
     InstalledRule,
@@ -223,7 +223,7 @@ class NatManager:
         fd = self._known[0] if self._known is not None and _same_namespace(self._known[0]) else None
         if fd is None:
             self._forget()
-            fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            fd = netns.current_netns_fd()
         self._known = (fd, now, rules)
 
     def _forget(self) -> None:
@@ -280,6 +280,4 @@ class NatManager:
 
 def _same_namespace(fd: int) -> bool:
     """Whether the calling thread is in the namespace `fd` holds open."""
-    here = os.stat("/proc/thread-self/ns/net")
-    there = os.fstat(fd)
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+    return netns.identity(fd) == netns.current_identity()

@@ -375,7 +375,7 @@ class Watches:
         lab's bystanders woke every gathering loop once per commit of a pod ADD, only to
         wait again). A stream that fails meanwhile: what was found (the next call
         resumes after it)."""
-        left = min(time.monotonic() + self._batch, deadline) - time.monotonic()
+        left = min(self._batch, deadline - time.monotonic())
         if left > 0 and not self._runner.closed:
             self._closing.wait(left)
         with feed.arrived:
