@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
 
+from podnet.agent.jitter import jittered
 from podnet.errors import PodnetError
 from podnet.store import RevisionCompacted, Store
 from podnet.store.base import Event
+
+RESYNC_JITTER = 0.25  # a periodic pass's interval, +- this share (agent/jitter.py)
 
 
 class ServiceThread:
@@ -69,23 +73,29 @@ def list_then_watch(
     watch_timeout: float,
     log: logging.Logger,
     max_backoff: float = 30.0,
+    spread: Callable[[], float] = random.random,
+    clock: Callable[[], float] = time.monotonic,
 ) -> None:
     """The loop of a service that keeps the kernel in step with a store prefix:
     converge from a snapshot (`converge(periodic, events)` returns the revision it
     reflects), then watch from that revision; converge again on any event, and every
-    `resync_seconds` (repairing what was changed by hand). `events` are the changes
+    `resync_seconds` +- RESYNC_JITTER, drawn anew each pass (repairing what was
+    changed by hand; the agents of a lab start together and would otherwise list
+    their prefixes in the same second for good). `events` are the changes
     seen since the last converge, or None when the caller must list the prefix again
     (first pass, periodic pass, after a failure or a compacted history). Failures back
     off and retry; no store yet (`store()` None) is waited for.
 
     It is a watch_hint: a timeout with nothing asks the store's server nothing (on
     etcd, an idle 50-node lab's agents made 300 progress requests a second)."""
-    revision, dirty, last, backoff = 0, True, float("-inf"), 1.0
+    revision, dirty, next_pass, backoff = 0, True, float("-inf"), 1.0
     events: list[Event] | None = None
     while not stopping.is_set():
-        due = time.monotonic() - last >= resync_seconds
+        now = clock()
+        due = now >= next_pass
         if dirty or due:
-            last = time.monotonic() if due else last
+            if due:
+                next_pass = now + jittered(resync_seconds, RESYNC_JITTER, spread)
             try:
                 revision = converge(due, None if due else events)
                 events = []
