@@ -11,11 +11,12 @@ from podnet.lab.state import LabError, run
 
 def test_a_lab_crowded_onto_few_cpus_gets_a_longer_lease_ttl():
     assert lease_ttl_for(2, 2) == LEASE_TTL == 10
-    assert lease_ttl_for(20, 2) == 10  # the suite's labs keep the product's default
-    assert lease_ttl_for(50, 2) == 15
-    assert lease_ttl_for(100, 2) == 30
-    assert lease_ttl_for(100, 8) == 10  # the same lab on a bigger machine
-    assert lease_ttl_for(100, None) == 60  # unknown CPUs: one
+    assert lease_ttl_for(5, 2) == 10  # the suite's labs keep the product's default
+    assert lease_ttl_for(20, 2) == 12
+    assert lease_ttl_for(50, 2) == 30
+    assert lease_ttl_for(100, 2) == 60
+    assert lease_ttl_for(100, 12) == 10  # the same lab on a bigger machine
+    assert lease_ttl_for(100, None) == 120  # unknown CPUs: one
 
 
 def test_a_lab_crowded_onto_few_cpus_batches_its_store_watch_longer():

@@ -62,8 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="no DNS pods and no kube-system/kube-dns service (the service CIDR's .10)")
     up.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each daemon (default 30)")
     up.add_argument("--lease-ttl", type=float, default=None,
-                    help="the agents' node lease TTL in seconds: a dead node is reclaimed after it (default 10, or 0.6 "
-                         "per node per CPU when that is more: 100 nodes on 2 CPUs get 30)")
+                    help="the agents' node lease TTL in seconds: a dead node is reclaimed after it (default 10, or 1.2 "
+                         "per node per CPU when that is more: 100 nodes on 2 CPUs get 60)")
     up.add_argument("--watch-batch", type=float, default=None, metavar="SECONDS",
                     help="the agents' --watch-batch: how long a busy store's changes are gathered before they "
                          f"react (default {WATCH_BATCH:g}, or {WATCH_BATCH_PER_AGENT_PER_CPU:g} per node per CPU "
