@@ -4,6 +4,7 @@
     .venv/bin/python bench/lab_scale.py --big              # + 50 nodes x 20 pods
     .venv/bin/python bench/lab_scale.py --size 5x4 --size 10x10 [--store etcd] [--json]
     .venv/bin/python bench/lab_scale.py --big --profile    # + cProfile of lab up (in-process)
+    .venv/bin/python bench/lab_scale.py --size 100x10 --busy  # + the same labs beside a busy process
 
 Each size runs the real CLI, `python -m podnet.cli lab up --name b<hex> --nodes N
 --pods-per-node P` (so interpreter start-up and imports are included), timed from the
@@ -21,6 +22,13 @@ and the idle lab's CPU over 3 s, by kind of process. `--compare-exec` adds, in t
 rounds, labs whose Python daemons are started the plain way (PODNET_LAB_ZYGOTE=0: an
 interpreter and its imports per agent) instead of forked by the lab's zygote
 (lab/zygote.py), the baseline of the zygote's gain.
+
+`--busy` adds, in the same rounds, labs built beside one busy process (a Python loop
+in a session of its own, so a core's worth of the machine, as another program would
+take; started right before `lab up`, stopped by its PID when it returns): how `lab up`
+degrades when the machine is shared, printed as the ratio to the quiet labs' median.
+At a 30 s lease TTL one such process made a 100 x 10 `lab up` take 350 s (leases
+expired on live nodes); the lab's crowding rules are sized by it (lab/crowding.py).
 
 `--profile` builds each size once more in-process under cProfile
 (`podnet.lab.builder.LabBuilder`, the code behind `lab up`) and prints where the time
@@ -57,7 +65,8 @@ TARGET = {(50, 20): 30.0, (100, 10): 60.0}
 STABLE = 1.2  # the rounds of one size agree within 20% (max/min)
 DEFAULT_SIZES = [(20, 10)]
 BIG = ((50, 20), (100, 10))
-VARIANTS = {"zygote": "1", "exec": "0"}  # PODNET_LAB_ZYGOTE of the lab up
+VARIANTS = {"zygote": "1", "exec": "0", "busy": "1"}  # PODNET_LAB_ZYGOTE of the lab up
+BUSY_LOOP = "while True: pass"  # --busy: the neighbour's work
 PHASE = re.compile(r"✓ (.*?) \((\d+(?:\.\d+)?)s\)")
 
 
@@ -162,6 +171,22 @@ def lab_cpu(procs: dict) -> dict:
     return {kind: round(cpu, 2) for kind, cpu in sorted(out.items())}
 
 
+@contextlib.contextmanager
+def busy_neighbour(active: bool):
+    """With `active`: one busy process for the block's duration, in a session of its own
+    (the kernel's autogroups then share the CPUs between it and the lab as between two
+    programs), stopped by its PID also when the block fails."""
+    if not active:
+        yield None
+        return
+    proc = subprocess.Popen([sys.executable, "-c", BUSY_LOOP], start_new_session=True)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def run_size(nodes: int, pods: int, args: argparse.Namespace, variant: str = "zygote") -> tuple[dict, list[str]]:
     name = f"b{secrets.token_hex(3)}"
     record = LabRecord(name)
@@ -171,11 +196,13 @@ def run_size(nodes: int, pods: int, args: argparse.Namespace, variant: str = "zy
     try:
         log(f"lab up {name}: {nodes} nodes x {pods} pods ({args.fabric}, {args.store}, {variant})")
         load = os.getloadavg()[0]
-        wall, up = podnet(
-            "lab", "up", "--name", name, "--nodes", str(nodes), "--pods-per-node", str(pods),
-            "--fabric", args.fabric, "--store", args.store, "--timeout", str(args.timeout),
-            timeout=args.max_seconds, zygote=VARIANTS[variant],
-        )  # fmt: skip
+        with busy_neighbour(variant == "busy"):
+            wall, up = podnet(
+                "lab", "up", "--name", name, "--nodes", str(nodes), "--pods-per-node", str(pods),
+                "--fabric", args.fabric, "--store", args.store, "--timeout", str(args.timeout),
+                *(["--lease-ttl", str(args.lease_ttl)] if args.lease_ttl else []),
+                timeout=args.max_seconds, zygote=VARIANTS[variant],
+            )  # fmt: skip
         if up.returncode != 0:
             raise BenchError(
                 f"lab up {nodes}x{pods} failed (rc {up.returncode}): {up.stderr[-1500:]}"
@@ -422,7 +449,8 @@ def render(outcome: dict) -> None:
             f"{up['median']:.1f} ({up['min']:.1f}-{up['max']:.1f})",
             f"<= {r['target_s']:.0f}" if r["target_s"] else "",
             f"[{colour}]{r['ratio_to_target']:.2f}x[/]" if r["ratio_to_target"] else "",
-            f"{'yes' if r['stable'] else 'NO'} ({r['max_over_min']}x)",
+            f"{'yes' if r['stable'] else 'NO'} ({r['max_over_min']}x)"
+            + (f"; {r['over_quiet']:.2f}x quiet" if r.get("over_quiet") else ""),
             ", ".join(f"{k} {v:.1f}" for k, v in r["phases_median_s"].items()),
             f"{r['agents_cpu_s_median']:.1f}", f"{r['idle_cores_median']:.3f}",
         )
@@ -486,13 +514,15 @@ def summarize(runs: list[dict]) -> list[dict]:
         for r in mine:
             for p in r["phases"]:
                 phases.setdefault(p["phase"].split(":")[0], []).append(p["took_s"])
-        target = TARGET.get((nodes, pods))
+        target = TARGET.get((nodes, pods)) if variant != "busy" else None  # the targets are a quiet machine's
+        quiet = [r["up_s"] for r in runs if (r["nodes"], r["pods_per_node"], r["variant"]) == (nodes, pods, "zygote")]
         out.append({
             "nodes": nodes, "pods_per_node": pods, "variant": variant, "rounds": len(mine), "up_s": up,
             "max_over_min": round(up["max"] / up["min"], 2) if up["min"] else None,
             "stable": bool(up["min"]) and up["max"] / up["min"] <= STABLE,
             "target_s": target, "ratio_to_target": round(up["median"] / target, 2) if target else None,
             "met": up["median"] <= target if target else None,
+            "over_quiet": round(up["median"] / statistics.median(quiet), 2) if variant == "busy" and quiet else None,
             "phases_median_s": {k: round(statistics.median(v), 2) for k, v in phases.items()},
             "agents_cpu_s_median": round(statistics.median(r["cpu_s_at_up"].get("agent", 0.0) for r in mine), 1),
             "idle_cores_median": round(statistics.median(sum(r["idle_cores"].values()) for r in mine), 3),
@@ -516,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fabric", choices=("vxlan", "host-gw"), default="vxlan")
     parser.add_argument("--store", choices=("sqlite", "etcd"), default="sqlite")
     parser.add_argument("--timeout", type=float, default=120, help="lab up --timeout (default 120)")
+    parser.add_argument("--lease-ttl", type=float, help="lab up --lease-ttl (default: the lab's own, crowding.py)")
     parser.add_argument(
         "--max-seconds", type=float, default=900, help="give up on one lab up/down after this"
     )
@@ -524,6 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="builds of each size, interleaved (default 3)")
     parser.add_argument("--compare-exec", action="store_true",
                         help="also labs whose daemons start the plain way (no zygote), in the same rounds")
+    parser.add_argument("--busy", action="store_true",
+                        help="also labs built beside one busy process, in the same rounds (ratio to the quiet ones)")
     parser.add_argument("--json", action="store_true", help="print machine-readable results only")
     args = parser.parse_args(argv)
     if args.rounds < 1:
@@ -541,7 +574,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, raise_interrupt)
     started = time.monotonic()
     runs, profiles, problems = [], [], []
-    variants = ["zygote", "exec"] if args.compare_exec else ["zygote"]
+    variants = ["zygote", *(["exec"] if args.compare_exec else []), *(["busy"] if args.busy else [])]
     try:
         for round_ in range(args.rounds):  # interleaved: every size and variant once per round
             order = [(size, variant) for size in sizes for variant in variants]
