@@ -17,7 +17,13 @@ the baseline), `-t SECONDS` after one omitted warm-up second, one stream. Also s
 for information: node0 -> node1 over the lab's underlay (no fabric), which is the
 floor any fabric rides on; the baseline pair with BIG TCP limits; and a bare kernel
 VXLAN tunnel over the baseline pair (no bridges, routing, NAT or policy), the ceiling of
-any VXLAN fabric on this machine. `--ipv6` (issue 18) builds dual-stack labs and
+any VXLAN fabric on this machine; and a bare VXLAN tunnel between the vxlan lab's node0
+and node1 over the lab's underlay (row vxlan-bare-lab: VNI 77 on the fabric's port, no
+pod veth, bridge or route). It shares the pods' rack bridge and node namespaces: the
+nodes' netfilter sees its outer packets as it sees the fabric's, and its inner packets,
+which end in the node's own stack, are tracked by conntrack (the node's nat tables),
+where the fast path's inner packets skip netfilter. So it tells what the fabric costs
+on the wire and the namespaces it has, not a pure cost of the lab. `--ipv6` (issue 18) builds dual-stack labs and
 measures the same pods over their IPv6 addresses too (`<fabric>-ipv6`, and IPv6/IPv4
 per fabric).
 
@@ -98,6 +104,9 @@ ROUND_RATIOS = (
     ("vxlan", "vxlan-bare", "vxlan pods / bare tunnel", 0.9),
     ("vxlan-ebpf", "vxlan-bare", "vxlan pods, eBPF fast path / bare tunnel", 0.9),
     ("vxlan-ebpf", "vxlan", "vxlan pods, eBPF fast path / kernel path", None),
+    ("vxlan", "vxlan-bare-lab", "vxlan pods / bare tunnel on the lab underlay", None),
+    ("vxlan-ebpf", "vxlan-bare-lab", "vxlan pods, eBPF fast path / bare tunnel on the lab underlay", None),
+    ("vxlan-bare-lab", "vxlan-bare", "bare tunnel: lab underlay / veth pair", None),
     ("host-gw", "veth", "host-gw pods / veth pair", 1.0),
     ("host-gw-ebpf", "veth", "host-gw pods, eBPF fast path / veth pair", 1.0),
     ("host-gw-ebpf", "host-gw", "host-gw pods, eBPF fast path / kernel path", None),
@@ -108,6 +117,8 @@ DEFAULT_FABRICS = ("vxlan", "host-gw")
 FASTPATH_FABRICS = ("vxlan", "host-gw")  # `lab up --fastpath ebpf` (fabric/fastpath.py): rows <fabric>-ebpf
 BASE_A, BASE_B = "10.99.0.1", "10.99.0.2"
 BARE_A, BARE_B = "10.98.0.1", "10.98.0.2"  # the bare VXLAN tunnel over the baseline pair
+LAB_BARE_A, LAB_BARE_B = "10.97.0.1", "10.97.0.2"  # the bare tunnel between the vxlan lab's nodes
+LAB_BARE_VNI = 77  # beside the fabric's VNI 1 on its port: the same socket, the same nft treatment
 
 # --bgp-racks: fabric -> (nodes, racks) of its lab
 RACK_LABS = {"bgp": (4, 2), "vxlan": (2, 2), "host-gw": (2, 1)}
@@ -467,7 +478,29 @@ def lab_paths(labs: dict[str, BenchLab], args: argparse.Namespace) -> dict[str, 
         paths["underlay"] = iperf_path(
             nodes["node0"]["netns"], nodes["node1"]["netns"], nodes["node1"]["underlay"]
         )
+    if args.bare_vxlan and "vxlan" in labs:
+        paths["vxlan-bare-lab"] = lab_bare_tunnel(labs["vxlan"])
     return paths
+
+
+def lab_bare_tunnel(lab: BenchLab) -> dict:
+    """For information: a bare VXLAN tunnel between the vxlan lab's node0 and node1, over
+    the lab's underlay (their eth0, the rack bridge): what the fabric's pods ride on
+    without their veths, pod bridges and routes. VNI LAB_BARE_VNI on the fabric's port,
+    so its outer packets meet the nodes' netfilter as the fabric's do (its inner ones
+    end in the node's stack, tracked). The devices go with the lab's node namespaces."""
+    from podnet.fabric.vxlan import PORT
+    from podnet.lab.sandbox import ip
+
+    nodes = lab.data["nodes"]
+    ends = (("node0", "node1", LAB_BARE_A), ("node1", "node0", LAB_BARE_B))
+    for node, peer, inner in ends:
+        ns = nodes[node]["netns"]
+        spec = f"id {LAB_BARE_VNI} local {nodes[node]['underlay']} remote {nodes[peer]['underlay']} dstport {PORT} dev eth0"
+        ip("-n", ns, "link", "add", "pnbvx0", "type", "vxlan", *spec.split())
+        ip("-n", ns, "addr", "add", f"{inner}/24", "dev", "pnbvx0")
+        ip("-n", ns, "link", "set", "pnbvx0", "up")
+    return iperf_path(nodes["node0"]["netns"], nodes["node1"]["netns"], LAB_BARE_B, "pnbvx0")
 
 
 def measure(paths: dict[str, dict], iperf: Iperf, args: argparse.Namespace) -> dict:
@@ -611,6 +644,7 @@ LABELS = {
     "veth": "veth pair (baseline)",
     "veth-big": "veth pair, BIG TCP limits (info)",
     "vxlan-bare": "bare VXLAN tunnel over that pair (info)",
+    "vxlan-bare-lab": "bare VXLAN tunnel, vxlan lab node0 -> node1 over its underlay (info)",
     "vxlan": "pod -> pod, vxlan",
     "vxlan-ebpf": "pod -> pod, vxlan, eBPF fast path (--fastpath ebpf)",
     "host-gw-ebpf": "pod -> pod, host-gw, eBPF fast path (--fastpath ebpf)",
@@ -769,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
         "--no-bare-vxlan",
         dest="bare_vxlan",
         action="store_false",
-        help="skip the bare VXLAN tunnel between the baseline namespaces (info row)",
+        help="skip the bare VXLAN tunnels (info rows: between the baseline namespaces, and between the vxlan lab's nodes)",
     )
     parser.add_argument(
         "--no-big-veth",
