@@ -11,9 +11,10 @@ LEASE_TTL = 10
 # alive (its block taken, its pods' addresses freed mid-ADD). Each agent per CPU adds this
 # much to the TTL (100 nodes on 2 CPUs: 60 s; a real node has its own CPUs). At 0.6 (30 s)
 # a 100 x 10 `lab up` took 45-50 s on a quiet machine but 350 s beside one busy process:
-# renewals waited 17 s (p50) to 34 s for the write lock, 136 leases expired on live nodes,
-# and re-claiming their blocks fed the load that delayed the renewals. At 60 s the same
-# run took 72 s, no lease lost; quiet, 45-47 s either way (bench/README.md, lab_scale).
+# 224 renewals overran their period (17 s median, 34 s at most), 132 gave up without the
+# write lock, 136 leases expired on live nodes, and re-claiming their blocks fed the load
+# that delayed the renewals. At 60 s the same run took 62-72 s, no lease lost; quiet,
+# 45-47 s either way (bench/README.md, lab_scale).
 LEASE_TTL_PER_AGENT_PER_CPU = 1.2
 
 
