@@ -3,12 +3,13 @@ store (FakeNft, a SQLite store in tmp: no root)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from types import SimpleNamespace
 
 import pytest
 
-from podnet.agent.isolation_service import IsolationService
+from podnet.agent.isolation_service import KEPT, IsolationService
 from podnet.errors import KernelError
 from podnet.kernel import isolation
 from podnet.kernel.nft import FakeNft
@@ -209,6 +210,16 @@ def test_a_store_without_networks_or_marker_leaves_the_table_alone(store):
     svc = IsolationService(lambda: store, nft)
     result = svc.converge()
     assert nft.scripts == [] and result["kept"], result
+
+
+@pytest.mark.parametrize("in_force", [True, False])
+def test_the_table_left_alone_is_warned_about_only_when_there_is_one(store, caplog, in_force):
+    tables = {(isolation.FAMILY, isolation.TABLE): {"nftables": []}} if in_force else {}
+    svc = IsolationService(lambda: store, FakeNft(tables))
+    with caplog.at_level(logging.DEBUG, logger="podnet.agent.isolation"):
+        assert svc.converge()["kept"] and svc.converge()["kept"]
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warned] == ([f"isolation: {KEPT}"] if in_force else [])  # once, at start
 
 
 def test_no_store_at_all_leaves_the_table_alone():
