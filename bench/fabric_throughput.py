@@ -23,9 +23,9 @@ pod veth, bridge or route). It shares the pods' rack bridge and node namespaces:
 nodes' netfilter sees its outer packets as it sees the fabric's, and its inner packets,
 which end in the node's own stack, are tracked by conntrack (the node's nat tables),
 where the fast path's inner packets skip netfilter. So it tells what the fabric costs
-on the wire and the namespaces it has, not a pure cost of the lab. `--ipv6` (issue 18) builds dual-stack labs and
-measures the same pods over their IPv6 addresses too (`<fabric>-ipv6`, and IPv6/IPv4
-per fabric).
+on the wire and the namespaces it has, not a pure cost of the lab. `--ipv6` (issue 18)
+builds dual-stack labs and measures the same pods over their IPv6 addresses too
+(`<fabric>-ipv6`, and IPv6/IPv4 per fabric).
 
 The server is `iperf3 -s` started with `nsenter --net=<pod netns>` and stopped by its
 PID; the client runs the same way with `-J`; the figure is the receiver's bit rate.

@@ -8,7 +8,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from podnet import keys
-from podnet.agent.mesh_service import RESYNC_JITTER, RESYNC_SECONDS, MeshService
+from podnet.agent.jitter import SHARE
+from podnet.agent.mesh_service import RESYNC_SECONDS, MeshService
 from podnet.cluster.options import NodeOptions
 from podnet.model.policy import PodRecord
 from podnet.state import StatePaths
@@ -53,7 +54,7 @@ def test_the_periodic_pass_is_drawn_within_its_jitter_each_time(tmp_path: Path) 
     """At a fixed 5 s, a 50-node lab's agents listed every pod in step after the first
     ADD woke them all at once (the ADDs of those moments took twice their median)."""
     service = MeshService(agent(tmp_path, MemoryStore()))
-    shortest, longest = RESYNC_SECONDS * (1 - RESYNC_JITTER), RESYNC_SECONDS * (1 + RESYNC_JITTER)
+    shortest, longest = RESYNC_SECONDS * (1 - SHARE), RESYNC_SECONDS * (1 + SHARE)
     service.spread = lambda: 0.0
     assert service.next_pass_time(100.0) == 100.0 + shortest
     service.spread = lambda: 0.5

@@ -1,13 +1,14 @@
 """agent/node_repair.RepairClock: the node loop's repair pass runs only when there is
 something to see, at most every REPAIR_SECONDS, and at least every FULL_REPAIR_SECONDS
-(+- FULL_JITTER, drawn each time)."""
+(+- jitter.SHARE, drawn each time)."""
 
 from __future__ import annotations
 
 import pytest
 
 from podnet import keys
-from podnet.agent.node_repair import FULL_JITTER, FULL_REPAIR_SECONDS, REPAIR_SECONDS, RepairClock
+from podnet.agent.jitter import SHARE
+from podnet.agent.node_repair import FULL_REPAIR_SECONDS, REPAIR_SECONDS, RepairClock
 from podnet.store.base import DELETE, PUT, Event
 
 
@@ -81,8 +82,8 @@ def test_an_address_given_back_in_another_nodes_block_runs_no_pass():
 
 def test_the_safety_net_interval_is_jittered_so_agents_lined_up_drift_apart():
     """Agents whose passes an event lined up (a node joining) must not stay in step:
-    each interval is drawn anew within FULL_REPAIR_SECONDS +- FULL_JITTER."""
-    shortest, longest = FULL_REPAIR_SECONDS * (1 - FULL_JITTER), FULL_REPAIR_SECONDS * (1 + FULL_JITTER)
+    each interval is drawn anew within FULL_REPAIR_SECONDS +- jitter.SHARE."""
+    shortest, longest = FULL_REPAIR_SECONDS * (1 - SHARE), FULL_REPAIR_SECONDS * (1 + SHARE)
     nets = []
     for spread in (0.0, 0.999):
         now, clock = _clock()

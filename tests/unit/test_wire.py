@@ -27,7 +27,7 @@ def _chunks(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
 
 
-def _open_fds() -> set[str]:
+def _netns_fds() -> set[str]:
     """This process's fds that hold a network namespace: what these tests send, so what
     a leak would leave. Not every fd: other threads of the test process (a leftover
     watcher, the collector closing an earlier test's socket) open and close theirs at
@@ -101,7 +101,7 @@ def test_a_reader_never_asks_past_an_unchecked_length():
 )
 def test_recv_request_on_a_socket_closes_every_fd_it_does_not_return(meta, body, cut, nfds, garbage):
     frame = (wire.pack_request(meta, body) + garbage)[:cut] if cut < 100 else garbage + wire.pack_request(meta, body)
-    before = _open_fds()
+    before = _netns_fds()
     ours, theirs = socket.socketpair()
     sent = [os.open("/proc/self/ns/net", os.O_RDONLY) for _ in range(nfds)]
     try:
@@ -120,11 +120,11 @@ def test_recv_request_on_a_socket_closes_every_fd_it_does_not_return(meta, body,
                 wire.close_fds(fds)
     finally:
         wire.close_fds(sent)
-    assert _open_fds() == before
+    assert _netns_fds() == before
 
 
 def test_recv_request_refuses_too_many_fds_and_closes_them():
-    before = _open_fds()
+    before = _netns_fds()
     ours, theirs = socket.socketpair()
     sent = [os.open("/proc/self/ns/net", os.O_RDONLY) for _ in range(5)]
     with ours, theirs:
@@ -132,7 +132,7 @@ def test_recv_request_refuses_too_many_fds_and_closes_them():
         wire.close_fds(sent)
         with pytest.raises(wire.FrameError, match="at most 2 fds"):
             wire.recv_request(ours)
-    assert _open_fds() == before
+    assert _netns_fds() == before
 
 
 def test_recv_request_stops_reading_at_an_oversized_length():

@@ -14,7 +14,9 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+SHARE = 0.25  # every periodic pass of the agent: its interval +- this share
 
-def jittered(seconds: float, share: float, spread: Callable[[], float] = random.random) -> float:
+
+def jittered(seconds: float, share: float = SHARE, spread: Callable[[], float] = random.random) -> float:
     """`seconds` * (1 +- `share`); `spread()`: a number in [0, 1), where in that window."""
     return seconds * (1 + share * (2 * spread() - 1))

@@ -59,7 +59,6 @@ log = logging.getLogger("podnet.agent.mesh")
 WATCHED = (keys.PODS, keys.NAMESPACES, keys.SERVICES, keys.ENDPOINT_SLICES, keys.READINESS, keys.MESH,
            keys.ENDPOINTS)
 RESYNC_SECONDS = 5.0
-RESYNC_JITTER = 0.25  # each interval drawn anew within RESYNC_SECONDS +- this share (agent/jitter.py)
 WATCH_TIMEOUT = 1.0
 CERT_LIFETIME = 3600.0
 
@@ -157,11 +156,11 @@ class MeshService(NodeLoopService):
                 stop.wait(1.0)
 
     def next_pass_time(self, now: float) -> float:
-        """When the periodic pass after `now` is due: RESYNC_SECONDS +- RESYNC_JITTER,
+        """When the periodic pass after `now` is due: RESYNC_SECONDS +- jitter.SHARE,
         drawn each time. At a fixed 5 s, the first pod ADD woke every agent's mesh loop
         at once and a 50-node lab's agents then listed every pod in step every 5 s; the
         ADDs of those moments took twice their median (with 7 s instead, every 7 s)."""
-        return now + jittered(RESYNC_SECONDS, RESYNC_JITTER, self.spread)
+        return now + jittered(RESYNC_SECONDS, spread=self.spread)
 
     def _matters(self, event: Event) -> bool:
         """Does this event change the plan? While nothing is meshed, only what could mesh

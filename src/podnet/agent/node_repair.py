@@ -9,7 +9,7 @@ one of the node's blocks was given back (the block may be empty now), `podnet do
 --fix` asked for it, or FULL_REPAIR_SECONDS passed (the safety net: an announcement
 lost, a block emptied by another node's reclaim).
 
-The safety net's interval is drawn anew each time, FULL_REPAIR_SECONDS +- FULL_JITTER.
+The safety net's interval is drawn anew each time, FULL_REPAIR_SECONDS +- jitter.SHARE.
 Why: every pass restarts the interval, so an event every node sees at once lines up
 every agent's passes (likely a node joining, when each adds its routes: not traced),
 and a fixed interval kept them in step for good: a 50-node lab's agents all dumped
@@ -31,7 +31,6 @@ from podnet.store.base import DELETE, Event
 
 REPAIR_SECONDS = 3.0
 FULL_REPAIR_SECONDS = 30.0
-FULL_JITTER = 0.25  # the safety net runs every FULL_REPAIR_SECONDS * (1 +- this), drawn each time
 
 
 class Changes(Protocol):
@@ -79,7 +78,7 @@ class RepairClock:
             return False
         self._changes.take()  # what changed before the pass is what it sees
         self._forced = self._freed = False
-        self._next_full = now + jittered(FULL_REPAIR_SECONDS, FULL_JITTER, self._spread)
+        self._next_full = now + jittered(FULL_REPAIR_SECONDS, spread=self._spread)
         return True
 
     def wait(self) -> float:

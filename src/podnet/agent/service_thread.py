@@ -13,8 +13,6 @@ from podnet.errors import PodnetError
 from podnet.store import RevisionCompacted, Store
 from podnet.store.base import Event
 
-RESYNC_JITTER = 0.25  # a periodic pass's interval, +- this share (agent/jitter.py)
-
 
 class ServiceThread:
     """The background half every agent service shares: one named daemon thread that
@@ -79,7 +77,7 @@ def list_then_watch(
     """The loop of a service that keeps the kernel in step with a store prefix:
     converge from a snapshot (`converge(periodic, events)` returns the revision it
     reflects), then watch from that revision; converge again on any event, and every
-    `resync_seconds` +- RESYNC_JITTER, drawn anew each pass (repairing what was
+    `resync_seconds` +- jitter.SHARE, drawn anew each pass (repairing what was
     changed by hand; the agents of a lab start together and would otherwise list
     their prefixes in the same second for good). `events` are the changes
     seen since the last converge, or None when the caller must list the prefix again
@@ -95,7 +93,7 @@ def list_then_watch(
         due = now >= next_pass
         if dirty or due:
             if due:
-                next_pass = now + jittered(resync_seconds, RESYNC_JITTER, spread)
+                next_pass = now + jittered(resync_seconds, spread=spread)
             try:
                 revision = converge(due, None if due else events)
                 events = []
