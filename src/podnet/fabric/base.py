@@ -33,7 +33,7 @@ from podnet.cluster.dualstack import Pools
 from podnet.defaults import FABRIC_ROUTE_PROTO
 from podnet.errors import KernelError
 from podnet.fabric import kernel_state
-from podnet.fabric.fastpath import FastPath, clear
+from podnet.fabric.fastpath import FastPath, Tunnel, TunnelPeer, clear
 from podnet.fabric.kernel_state import (  # (the specs live there)
     FdbSpec,
     KernelState,
@@ -128,6 +128,14 @@ class RouteNetwork:
         """The device the peers' blocks are routed out of (the fast path's redirect)."""
         raise NotImplementedError
 
+    def fastpath_tunnel(self, ctx: FabricContext) -> Tunnel | None:
+        """The tunnel the fast path writes and reads itself (vxlan), None: no tunnel."""
+        return None
+
+    def fastpath_peers(self, want: Desired) -> dict[str, TunnelPeer]:
+        """Tunnel mode: each peer block's far end, from `want`'s own entries."""
+        return {}
+
     def use_fastpath(self, mode: str, bridge: str | None) -> None:
         """How pods' packets cross to other nodes: "kernel" (every fabric), or "ebpf"
         (the fabrics with `fastpath_ok`, pods on `bridge`)."""
@@ -144,11 +152,13 @@ class RouteNetwork:
         policy service speaks (they pass everything until it says there is no policy)."""
         if self.fastpath is not None:
             self.fastpath.device = self.fastpath_device(ctx)
+            self.fastpath.tunnel = self.fastpath_tunnel(ctx)
             self.fastpath.sync(ipr, self.fastpath.routed)
         elif self.fastpath_ok and not self._cleared:  # the kernel path: none of ours may stay behind
             self._cleared = True
             try:
-                cleared = clear(ipr, self.fastpath_device(ctx), self._bridge)
+                tunnel = self.fastpath_tunnel(ctx)
+                cleared = clear(ipr, self.fastpath_device(ctx), self._bridge, tunnel.underlay if tunnel else None)
             except NetlinkError as exc:
                 log.warning("fast path: cannot look for an earlier agent's programs: %s", exc)
                 return
@@ -198,7 +208,8 @@ class RouteNetwork:
         self._known = target if complete else None
         path = self.fastpath
         if path is not None and path.device:  # the peers' IPv4 blocks behind its device
-            path.sync(ipr, {r.dst for r in want.routes if r.dev == path.device and ":" not in r.dst})
+            path.sync(ipr, {r.dst for r in want.routes if r.dev == path.device and ":" not in r.dst},
+                      self.fastpath_peers(want))
         return ApplyReport(added, removed)
 
 

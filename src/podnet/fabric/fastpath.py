@@ -28,6 +28,13 @@ Design notes:
   `policy_enforced(False)` only when it knows there is none. It starts off, so a node
   fails closed to the kernel path. Not per pod: any policy turns it off for all pods
   of the node (every node holds the table once any policy exists).
+- The vxlan fabric's tunnel in tc (`Tunnel`, fabric/fastpath_tunnel.py): on the vxlan
+  fabric the pod veths carry `podnet_encap` instead of `podnet_out`, which writes the
+  VXLAN header itself and sends the packet out of the underlay, and the underlay's
+  ingress carries `podnet_decap`, which takes it off again and hands the inner packet
+  to the pod. Both skip pnvx0 and the nodes' IP stacks for the outer header. The trie's
+  value is then the peer's (`fastpath_tunnel.peer_value`, from the fabric's own
+  route, neighbour and FDB entries); a block without one takes the kernel path.
 - The maps and programs live in this process. A restarted agent loads new ones and
   replaces the filters (the old programs are freed with their last filter); deleting a
   pod's veth deletes its filter; `close` deletes the filters, then the programs.
@@ -41,7 +48,8 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -49,6 +57,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from podnet.errors import KernelError
 from podnet.fabric import fastpath_prog as prog
+from podnet.fabric import fastpath_tunnel as tunnel_prog
 from podnet.kernel import bpf, btf
 
 log = logging.getLogger("podnet.fabric.fastpath")
@@ -69,6 +78,26 @@ _policy_free = False
 _active: FastPath | None = None
 
 
+@dataclass(frozen=True)
+class Tunnel:
+    """The vxlan fabric's side of the tunnel in tc: this node's underlay link and
+    address, its VTEP MAC, the fabric's UDP port and VNI."""
+
+    underlay: str
+    local: str
+    vtep_mac: str
+    port: int
+    vni: int
+
+
+@dataclass(frozen=True)
+class TunnelPeer:
+    """Where a peer's block goes through the tunnel: its underlay address, VTEP MAC."""
+
+    underlay: str
+    vtep_mac: str
+
+
 def policy_enforced(enforced: bool) -> None:
     """The policy service's word: `True` before it applies a policy table (the fast
     path turns off at once), `False` when it knows the node has none."""
@@ -84,14 +113,17 @@ class FastPath:
     """The programs, their maps and the links they sit on, in the namespace of the
     thread that calls `sync` (the node's)."""
 
-    def __init__(self, device: str | None, bridge: str | None) -> None:
-        self.device, self.bridge = device, bridge
+    def __init__(self, device: str | None, bridge: str | None, tunnel: Tunnel | None = None) -> None:
+        self.device, self.bridge, self.tunnel = device, bridge, tunnel
         self.blocks: bpf.BpfMap | None = None
         self.pods: bpf.BpfMap | None = None
         self.switch: bpf.BpfMap | None = None
         self.out_fd = self.in_fd = -1
         self.attached: dict[int, str] = {}  # ifindex -> name of the pod veths carrying podnet_out
         self.device_index: int | None = None  # pnvx0, carrying podnet_in
+        self.decap_fd = -1
+        self.decap_for: tuple[int, str] | None = None  # (underlay index, address) podnet_decap is on
+        self.peers: dict[str, TunnelPeer] = {}  # tunnel mode: the peers' blocks' ends
         self.routed: set[str] = set()  # the peers' blocks in the trie
         self.local: dict[bytes, bytes] = {}  # the pods map's content
         self.error: str | None = None
@@ -127,8 +159,14 @@ class FastPath:
     def _load(self) -> None:
         self.switch = bpf.BpfMap(bpf.MAP_TYPE_ARRAY, 4, 4, 1)
         self._set_switch()
-        self.blocks = bpf.BpfMap(bpf.MAP_TYPE_LPM_TRIE, 8, 4, MAX_BLOCKS, bpf.F_NO_PREALLOC)
-        self.out_fd = bpf.load_program(prog.program_out(self.blocks.fd, self.switch.fd), prog.OUT)
+        if self.tunnel is None:
+            self.blocks = bpf.BpfMap(bpf.MAP_TYPE_LPM_TRIE, 8, 4, MAX_BLOCKS, bpf.F_NO_PREALLOC)
+            self.out_fd = bpf.load_program(prog.program_out(self.blocks.fd, self.switch.fd), prog.OUT)
+        else:
+            self.blocks = bpf.BpfMap(bpf.MAP_TYPE_LPM_TRIE, 8, tunnel_prog.PEER_VALUE_SIZE, MAX_BLOCKS,
+                                     bpf.F_NO_PREALLOC)
+            self.out_fd = bpf.load_program(tunnel_prog.program_encap(self.blocks.fd, self.switch.fd, self.tunnel.port,
+                                                                     self.tunnel.vni), tunnel_prog.ENCAP)
         lookup, release = btf.function_id("bpf_skb_ct_lookup"), btf.function_id("bpf_ct_release")
         if lookup is None or release is None:
             self.inbound = "no bpf_skb_ct_lookup in this kernel: inbound packets take the kernel path"
@@ -137,9 +175,14 @@ class FastPath:
         self.in_fd = bpf.load_program(prog.program_in(self.pods.fd, self.switch.fd, lookup, release), prog.IN)
         self.inbound = "on"
 
-    def sync(self, ipr: IPRoute, blocks: Iterable[str]) -> None:
-        """The trie holds exactly `blocks` (peers' IPv4 blocks via the fabric device),
-        the pods map this node's pods, and every link carries its program."""
+    @property
+    def out_name(self) -> str:
+        return prog.OUT if self.tunnel is None else tunnel_prog.ENCAP
+
+    def sync(self, ipr: IPRoute, blocks: Iterable[str], peers: Mapping[str, TunnelPeer] | None = None) -> None:
+        """The trie holds exactly `blocks` (peers' IPv4 blocks via the fabric device;
+        tunnel mode: those of them `peers` says where to send), the pods map this
+        node's pods, and every link carries its program."""
         with self._lock:
             if self.device is None:
                 return  # the fabric's setup names it
@@ -147,20 +190,27 @@ class FastPath:
                 if self.out_fd < 0:
                     self._load()
                 links = ipr.get_links()
-                device = next((m["index"] for m in links if m.get("IFLA_IFNAME") == self.device), None)
+                index_of = {m.get("IFLA_IFNAME"): m["index"] for m in links}
+                device = index_of.get(self.device)
                 if device is None:
                     raise KernelError(f"fast path: device {self.device} does not exist")
-                self._sync_blocks(device, set(blocks))
+                if self.tunnel is None:
+                    self._sync_blocks(device, set(blocks))
+                else:
+                    self.peers = dict(peers if peers is not None else self.peers)
+                    self._sync_tunnel_blocks(index_of, set(blocks))
                 veths = self._pod_veths(links)
                 for index, name in veths.items():
                     if self.attached.get(index) != name:
-                        attach(ipr, index, self.out_fd, prog.OUT)
+                        attach(ipr, index, self.out_fd, self.out_name)
                 self.attached = veths
                 if self.in_fd >= 0:
                     self._sync_pods(ipr, links)
                     if self.device_index != device:
                         attach(ipr, device, self.in_fd, prog.IN)
                         self.device_index = device
+                    if self.tunnel is not None:
+                        self._sync_decap(ipr, index_of)
                 self.error = None
             except (KernelError, NetlinkError, OSError) as exc:
                 error = f"{exc}" + (f": {exc.details}" if isinstance(exc, KernelError) and exc.details else "")
@@ -176,6 +226,52 @@ class FastPath:
         for block in self.routed - blocks:
             self.blocks.delete(prog.lpm_key(block))
         self.routed = blocks
+
+    def _underlay(self, index_of: Mapping[str | None, int]) -> int:
+        assert self.tunnel is not None
+        underlay = index_of.get(self.tunnel.underlay)
+        if underlay is None:
+            raise KernelError(f"fast path: underlay {self.tunnel.underlay} does not exist")
+        return underlay
+
+    def _sync_tunnel_blocks(self, index_of: Mapping[str | None, int], blocks: set[str]) -> None:
+        """Tunnel mode: each block with a peer -> `peer_value` (a malformed one is left
+        to the kernel path, which refuses it too)."""
+        assert self.blocks is not None and self.tunnel is not None
+        underlay, values = self._underlay(index_of), {}
+        for block in sorted(blocks):
+            peer = self.peers.get(block)
+            if peer is None:
+                continue
+            try:
+                values[block] = tunnel_prog.peer_value(underlay, self.tunnel.local, self.tunnel.vtep_mac,
+                                                       peer.underlay, peer.vtep_mac)
+            except ValueError as exc:
+                log.warning("fast path: block %s takes the kernel path: %s", block, exc)
+        for block, value in values.items():
+            self.blocks.update(prog.lpm_key(block), value)
+        for block in self.routed - set(values):
+            self.blocks.delete(prog.lpm_key(block))
+        self.routed = set(values)
+
+    def _sync_decap(self, ipr: IPRoute, index_of: Mapping[str | None, int]) -> None:
+        """`podnet_decap` on the underlay, for this node's underlay address (a new
+        address: a new program)."""
+        assert self.tunnel is not None and self.pods is not None and self.switch is not None
+        where = (self._underlay(index_of), self.tunnel.local)
+        if self.decap_for == where:
+            return
+        lookup, release = btf.function_id("bpf_skb_ct_lookup"), btf.function_id("bpf_ct_release")
+        assert lookup is not None and release is not None  # (inbound is on)
+        fd = bpf.load_program(tunnel_prog.program_decap(self.pods.fd, self.switch.fd, lookup, release,
+                                                        self.tunnel.local, self.tunnel.port, self.tunnel.vni),
+                              tunnel_prog.DECAP)
+        if self.decap_for is not None and self.decap_for[0] != where[0]:
+            detach(ipr, self.decap_for[0])
+        attach(ipr, where[0], fd, tunnel_prog.DECAP)
+        if self.decap_fd >= 0:
+            os.close(self.decap_fd)
+        self.decap_fd, self.decap_for = fd, where
 
     def _bridge(self, links: list) -> Any:
         return next((m for m in links if m.get("IFLA_IFNAME") == self.bridge), None)
@@ -216,25 +312,35 @@ class FastPath:
         programs and their maps."""
         with self._lock:
             if ipr is not None:
-                for index in [*self.attached, *([self.device_index] if self.device_index else [])]:
+                for index in [*self.attached, *([self.device_index] if self.device_index else []),
+                              *([self.decap_for[0]] if self.decap_for else [])]:
                     detach(ipr, index)
-            self.attached, self.device_index = {}, None
-            for fd in (self.out_fd, self.in_fd):
+            self.attached, self.device_index, self.decap_for = {}, None, None
+            for fd in (self.out_fd, self.in_fd, self.decap_fd):
                 if fd >= 0:
                     os.close(fd)
-            self.out_fd = self.in_fd = -1
+            self.out_fd = self.in_fd = self.decap_fd = -1
             for m in (self.blocks, self.pods, self.switch):
                 if m is not None:
                     m.close()
             self.blocks = self.pods = self.switch = None
-            self.routed, self.local = set(), {}
+            self.routed, self.local, self.peers = set(), {}, {}
 
     def status(self) -> dict[str, Any]:
         with self._lock:
             state = "error" if self.error else "off (this node enforces policy)" if self.held else "on"
             return {"mode": "ebpf", "state": state, "pods": len(self.attached), "blocks": len(self.routed),
                     "inbound": self.inbound, "known_pods": len(self.local),
+                    "tunnel": self._tunnel_text(),
                     **({"error": self.error} if self.error else {})}
+
+
+    def _tunnel_text(self) -> str:
+        if self.tunnel is None:
+            return "none"
+        if self.decap_for is None:
+            return f"encap in tc, decap by {self.device}"
+        return f"in tc (encap on pod veths, decap on {self.tunnel.underlay})"
 
 
 def attach(ipr: IPRoute, index: int, prog_fd: int, name: str) -> None:
@@ -261,19 +367,19 @@ def detach(ipr: IPRoute, index: int) -> None:
             raise
 
 
-def clear(ipr: IPRoute, device: str, bridge: str | None) -> list[str]:
-    """Our programs off the bridge's ports and `device`, wherever an earlier agent left
-    them (`--fastpath kernel` after `ebpf`: a left program would still skip policy);
-    the links it cleared."""
+def clear(ipr: IPRoute, device: str, bridge: str | None, underlay: str | None = None) -> list[str]:
+    """Our programs off the bridge's ports, `device` and `underlay`, wherever an
+    earlier agent left them (`--fastpath kernel` after `ebpf`: a left program would
+    still skip policy); the links it cleared."""
     links = ipr.get_links()
     by_name = {m.get("IFLA_IFNAME"): m["index"] for m in links}
     bridge_index = by_name.get(bridge) if bridge else None
     candidates = [m["index"] for m in links if bridge_index is not None and m.get("IFLA_MASTER") == bridge_index]
-    if device in by_name:
-        candidates.append(by_name[device])
+    candidates += [by_name[name] for name in dict.fromkeys((device, underlay)) if name in by_name]
+    ours = {prog.OUT, prog.IN, tunnel_prog.ENCAP, tunnel_prog.DECAP}
     cleared = []
     for index in candidates:
-        if set(attached_programs(ipr, index)) & {prog.OUT, prog.IN}:
+        if set(attached_programs(ipr, index)) & ours:
             detach(ipr, index)
             cleared.append(next(name for name, i in by_name.items() if i == index))
     return cleared

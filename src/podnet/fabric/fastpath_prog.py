@@ -39,7 +39,7 @@ CT_OPTS_SIZE = 16  # struct bpf_ct_opts (netns_id, error, l4proto, dir, ct_zone_
 TUPLE4_SIZE = 12  # struct bpf_sock_tuple, ipv4: saddr, daddr, sport, dport
 
 
-def _switch(switch_fd: int) -> list[Insn | Label | list[Insn]]:
+def switch(switch_fd: int) -> list[Insn | Label | list[Insn]]:
     """r6 = the skb; on to the rest only when the switch is on."""
     return [
         bpf.mov_reg(R6, R1),
@@ -52,21 +52,23 @@ def _switch(switch_fd: int) -> list[Insn | Label | list[Insn]]:
     ]
 
 
-def _packet(end: int) -> list[Insn]:
+def packet(end: int) -> list[Insn]:
     """r2 = data, r3 = data_end, `end` bytes there (else: pass)."""
     return [bpf.ldx(bpf.W, R2, R6, SKB_DATA), bpf.ldx(bpf.W, R3, R6, SKB_DATA_END),
             bpf.mov_reg(R4, R2), bpf.add_imm(R4, end), bpf.jmp_reg(bpf.JGT, R4, R3, "pass")]
 
 
-def _plain_ipv4() -> list[Insn | Label]:
-    """IPv4 without options with a TTL above 1 (r2 = data), else pass."""
-    return [bpf.ldx(bpf.H, R5, R2, 12), bpf.jmp_imm(bpf.JNE, R5, ETH_P_IP_LE, "pass"),
-            bpf.ldx(bpf.B, R5, R2, ETH), bpf.jmp_imm(bpf.JNE, R5, 0x45, "pass"),
-            bpf.ldx(bpf.B, R5, R2, IP_TTL), bpf.jmp_imm(bpf.JGT, R5, 1, "ttl_ok"), Insn(bpf.JMP | bpf.JA, label="pass"),
+def plain_ipv4(at: int = 0) -> list[Insn | Label]:
+    """An Ethernet frame at `at` (r2 = data) holding IPv4 without options with a TTL
+    above 1, else pass."""
+    return [bpf.ldx(bpf.H, R5, R2, at + 12), bpf.jmp_imm(bpf.JNE, R5, ETH_P_IP_LE, "pass"),
+            bpf.ldx(bpf.B, R5, R2, at + ETH), bpf.jmp_imm(bpf.JNE, R5, 0x45, "pass"),
+            bpf.ldx(bpf.B, R5, R2, at + IP_TTL), bpf.jmp_imm(bpf.JGT, R5, 1, "ttl_ok"),
+            Insn(bpf.JMP | bpf.JA, label="pass"),
             Label("ttl_ok")]
 
 
-def _ttl_down() -> list[Insn]:
+def ttl_down() -> list[Insn]:
     """TTL - 1 and the header checksum fixed (r2 = data; the call invalidates it)."""
     return [bpf.ldx(bpf.H, R8, R2, IP_TTL),  # TTL and protocol: one 16-bit word of the checksum
             bpf.mov_reg(R9, R8), bpf.add_imm(R9, -1), bpf.stx(bpf.H, R2, R9, IP_TTL),
@@ -74,7 +76,7 @@ def _ttl_down() -> list[Insn]:
             bpf.mov_imm(R5, 2), bpf.call(HELPER_L3_CSUM_REPLACE)]
 
 
-def _pass() -> list[Insn | Label]:
+def pass_() -> list[Insn | Label]:
     return [Label("pass"), bpf.mov_imm(R0, TC_ACT_OK), bpf.exit_()]
 
 
@@ -82,22 +84,30 @@ def kfunc(btf_id: int) -> Insn:
     return Insn(bpf.JMP | bpf.CALL, 0, PSEUDO_KFUNC_CALL, 0, btf_id)
 
 
-def program_out(blocks_fd: int, switch_fd: int) -> bytes:
-    """The pod veths' program (module docstring)."""
-    return bpf.assemble([
-        *_switch(switch_fd),
-        _packet(L4), *_plain_ipv4(),
+def to_a_peer(blocks_fd: int) -> list[Insn | Label | list[Insn]]:
+    """A plain IPv4 packet (r2 = data) whose destination is in a peer's block of the
+    trie: r0 = that block's value, else pass."""
+    return [
+        packet(L4), *plain_ipv4(),
         bpf.ldx(bpf.W, R5, R2, IP_DADDR), bpf.stx(bpf.W, R10, R5, -8), bpf.st_imm(bpf.W, R10, -12, 32),
         bpf.ld_map_fd(R1, blocks_fd), bpf.mov_reg(R2, R10), bpf.add_imm(R2, -12),
         bpf.call(HELPER_MAP_LOOKUP),
         bpf.jmp_imm(bpf.JEQ, R0, 0, "pass"),
+    ]
+
+
+def program_out(blocks_fd: int, switch_fd: int) -> bytes:
+    """The pod veths' program (module docstring)."""
+    return bpf.assemble([
+        *switch(switch_fd),
+        *to_a_peer(blocks_fd),
         bpf.ldx(bpf.W, R7, R0, 0),  # the fabric device's ifindex
-        _packet(L4),  # the call invalidated the packet pointers
-        _ttl_down(),
+        packet(L4),  # the call invalidated the packet pointers
+        ttl_down(),
         bpf.mov_reg(R1, R7), bpf.mov_imm(R2, 0), bpf.mov_imm(R3, 0), bpf.mov_imm(R4, 0),
         bpf.call(HELPER_REDIRECT_NEIGH),
         bpf.exit_(),
-        *_pass(),
+        *pass_(),
     ])
 
 
@@ -105,21 +115,33 @@ def program_in(pods_fd: int, switch_fd: int, ct_lookup: int, ct_release: int) ->
     """The fabric device's program (module docstring); `ct_lookup`, `ct_release`: the
     BTF ids of bpf_skb_ct_lookup and bpf_ct_release (kernel/btf.py)."""
     return bpf.assemble([
-        *_switch(switch_fd),
-        _packet(L4 + 4), *_plain_ipv4(),
-        bpf.ldx(bpf.H, R5, R2, IP_FRAG), bpf.jmp_imm(bpf.JNE, R5, 0, "maybe_frag"),
+        *switch(switch_fd),
+        packet(L4 + 4),
+        *for_a_pod(pods_fd, ct_lookup, ct_release),
+        *to_the_pod(),
+        *pass_(),
+    ])
+
+
+def for_a_pod(pods_fd: int, ct_lookup: int, ct_release: int, at: int = 0) -> list[Insn | Label | list[Insn]]:
+    """An unfragmented plain IPv4 TCP or UDP packet at `at` (r2 = data, checked up to
+    its ports) to one of this node's pods, of a flow conntrack does not know: on to
+    the label "untracked" with r7 = the pod's entry, else pass."""
+    return [
+        *plain_ipv4(at),
+        bpf.ldx(bpf.H, R5, R2, at + IP_FRAG), bpf.jmp_imm(bpf.JNE, R5, 0, "maybe_frag"),
         Insn(bpf.JMP | bpf.JA, label="whole"),
         Label("maybe_frag"),
-        Insn(bpf.ALU64 | bpf.AND | bpf.K, R5, 0, 0, FRAG_MASK_LE), bpf.jmp_imm(bpf.JNE, R5, 0, "pass"),
+        bpf.alu_imm(bpf.AND, R5, FRAG_MASK_LE), bpf.jmp_imm(bpf.JNE, R5, 0, "pass"),
         Label("whole"),
-        bpf.ldx(bpf.B, R8, R2, IP_PROTO), bpf.jmp_imm(bpf.JEQ, R8, 6, "l4_ok"), bpf.jmp_imm(bpf.JNE, R8, 17, "pass"),
+        bpf.ldx(bpf.B, R8, R2, at + IP_PROTO), bpf.jmp_imm(bpf.JEQ, R8, 6, "l4_ok"), bpf.jmp_imm(bpf.JNE, R8, 17, "pass"),
         Label("l4_ok"),
         # the conntrack tuple at r10-16 (saddr, daddr, sport, dport: the packet's own bytes)
-        bpf.ldx(bpf.W, R5, R2, IP_SADDR), bpf.stx(bpf.W, R10, R5, -16),
-        bpf.ldx(bpf.W, R5, R2, IP_DADDR), bpf.stx(bpf.W, R10, R5, -12),
-        bpf.ldx(bpf.W, R5, R2, L4), bpf.stx(bpf.W, R10, R5, -8),
+        bpf.ldx(bpf.W, R5, R2, at + IP_SADDR), bpf.stx(bpf.W, R10, R5, -16),
+        bpf.ldx(bpf.W, R5, R2, at + IP_DADDR), bpf.stx(bpf.W, R10, R5, -12),
+        bpf.ldx(bpf.W, R5, R2, at + L4), bpf.stx(bpf.W, R10, R5, -8),
         # the pod: address -> {ifindex, pod MAC, gateway MAC}
-        bpf.ldx(bpf.W, R5, R2, IP_DADDR), bpf.stx(bpf.W, R10, R5, -36),
+        bpf.ldx(bpf.W, R5, R2, at + IP_DADDR), bpf.stx(bpf.W, R10, R5, -36),
         bpf.ld_map_fd(R1, pods_fd), bpf.mov_reg(R2, R10), bpf.add_imm(R2, -36),
         bpf.call(HELPER_MAP_LOOKUP),
         bpf.jmp_imm(bpf.JEQ, R0, 0, "pass"),
@@ -134,17 +156,23 @@ def program_in(pods_fd: int, switch_fd: int, ct_lookup: int, ct_release: int) ->
         bpf.mov_reg(R1, R0), kfunc(ct_release),
         Insn(bpf.JMP | bpf.JA, label="pass"),  # conntrack knows this flow: the kernel path
         Label("untracked"),
-        _packet(L4),
+    ]
+
+
+def to_the_pod() -> list[Insn | Label | list[Insn]]:
+    """The packet (now at 0) gets the pod's and its gateway's MACs (r7: the pod's
+    entry), TTL - 1, and bpf_redirect_peer into the pod."""
+    return [
+        packet(L4),
         bpf.ldx(bpf.W, R5, R7, 4), bpf.stx(bpf.W, R2, R5, 0),  # destination MAC: the pod's
         bpf.ldx(bpf.H, R5, R7, 8), bpf.stx(bpf.H, R2, R5, 4),
         bpf.ldx(bpf.H, R5, R7, 10), bpf.stx(bpf.H, R2, R5, 6),  # source MAC: its gateway's
         bpf.ldx(bpf.W, R5, R7, 12), bpf.stx(bpf.W, R2, R5, 8),
-        _ttl_down(),
+        ttl_down(),
         bpf.ldx(bpf.W, R1, R7, 0), bpf.mov_imm(R2, 0),
         bpf.call(HELPER_REDIRECT_PEER),
         bpf.exit_(),
-        *_pass(),
-    ])
+    ]
 
 
 def lpm_key(block: str) -> bytes:

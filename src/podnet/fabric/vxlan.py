@@ -30,7 +30,8 @@ Design notes:
 - The tunnel's outer packets are not tracked (fabric/untracked.py, `inet
   podnet-fabric`): nothing NATs or judges them by state, and tracking them costs CPU
   on both nodes (issue 19). `--fastpath ebpf` (fabric/fastpath.py) takes pod-to-pod
-  packets between pnvx0 and the pods' veths past the bridge and netfilter.
+  packets past the bridge and netfilter, and writes and reads their VXLAN header
+  itself, past pnvx0 (fabric/fastpath_tunnel.py); pnvx0 carries what it does not take.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from podnet.fabric.base import (
     peer_blocks6,
     valid_peers,
 )
+from podnet.fabric.fastpath import Tunnel, TunnelPeer
 from podnet.kernel import gso, links, rtnl
 from podnet.model.cluster import NodeLease
 
@@ -92,6 +94,23 @@ class VxlanFabric(RouteNetwork):
 
     def fastpath_device(self, ctx: FabricContext) -> str:
         return DEVICE
+
+    def fastpath_tunnel(self, ctx: FabricContext) -> Tunnel:
+        """The fast path writes and reads this fabric's VXLAN itself (fabric/fastpath_tunnel.py)."""
+        return Tunnel(ctx.own.underlay_if, str(ctx.underlay.ip), vtep_mac(ctx.own.name), PORT, VNI)
+
+    def fastpath_peers(self, want: Desired) -> dict[str, TunnelPeer]:
+        """Each IPv4 block routed via pnvx0 -> its VTEP's MAC (the neighbour entry) and
+        the host behind that MAC (the FDB entry): the same three entries the kernel
+        path follows."""
+        macs = {n.ip: n.mac for n in want.neighbours if n.dev == DEVICE}
+        hosts = {f.mac: f.dst for f in want.fdb if f.dev == DEVICE and ":" not in f.dst}
+        ends = {}
+        for route in want.routes:
+            mac = macs.get(route.gateway)
+            if route.dev == DEVICE and ":" not in route.dst and mac in hosts:
+                ends[route.dst] = TunnelPeer(hosts[mac], mac)
+        return ends
 
     @property
     def devices(self) -> tuple[str, ...]:

@@ -32,7 +32,7 @@ LD, LDX, ST, STX, ALU, JMP, ALU64 = 0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x07
 W, H, B, DW = 0x00, 0x08, 0x10, 0x18
 IMM, MEM = 0x00, 0x60
 K, X = 0x00, 0x08
-ADD, SUB, AND, MOV = 0x00, 0x10, 0x50, 0xB0
+ADD, SUB, OR, AND, LSH, RSH, XOR, MOV, END = 0x00, 0x10, 0x40, 0x50, 0x60, 0x70, 0xA0, 0xB0, 0xD0
 JA, JEQ, JGT, JGE, JNE, CALL, EXIT = 0x00, 0x10, 0x20, 0x30, 0x50, 0x80, 0x90
 PSEUDO_MAP_FD = 1
 R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10 = range(11)
@@ -65,6 +65,19 @@ def mov_reg(dst: int, src: int) -> Insn:
 
 def add_imm(dst: int, imm: int) -> Insn:
     return Insn(ALU64 | ADD | K, dst, 0, 0, imm)
+
+
+def alu_imm(op: int, dst: int, imm: int) -> Insn:
+    return Insn(ALU64 | op | K, dst, 0, 0, imm)
+
+
+def alu_reg(op: int, dst: int, src: int) -> Insn:
+    return Insn(ALU64 | op | X, dst, src)
+
+
+def to_be16(dst: int) -> Insn:
+    """The low 16 bits of `dst` in network order (a byte swap on a little-endian host)."""
+    return Insn(ALU | END | X, dst, 0, 0, 16)  # X: BPF_TO_BE
 
 
 def ldx(size: int, dst: int, src: int, off: int) -> Insn:

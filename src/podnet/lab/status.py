@@ -68,7 +68,7 @@ def fastpath_of(agent: dict | None) -> dict[str, object]:
     found = result.get("fastpath") if isinstance(result, dict) else None
     if not isinstance(found, dict):
         return {}
-    return {k: v for k, v in found.items() if k in ("mode", "state", "pods", "blocks", "inbound", "known_pods", "error")
+    return {k: v for k, v in found.items() if k in ("mode", "state", "pods", "blocks", "inbound", "known_pods", "tunnel", "error")
             and isinstance(v, (str, int)) and not isinstance(v, bool)}
 
 
@@ -83,6 +83,8 @@ def fastpath_text(found: dict[str, object]) -> str:
         text += f", {found.get('pods', 0)} pods, {found.get('blocks', 0)} blocks"
         if found.get("inbound") not in (None, "on"):
             text += f", inbound: {found['inbound']}"
+        if found.get("tunnel") not in (None, "none"):
+            text += f", tunnel {found['tunnel']}"
     if found.get("error"):
         text += f": {found['error']}"
     return text
