@@ -722,7 +722,7 @@ def render(outcome: dict) -> None:
     for key, lab in (outcome.get("labs") or {}).items():
         for node, state in (lab.get("fastpath_status") or {}).items():
             print(f"{key} {node}: fast path {state.get('mode')} {state.get('state')}, {state.get('pods')} pod veths, "
-                  f"{state.get('known_pods')} pods known, inbound {state.get('inbound')}")
+                  f"{state.get('known_pods')} pods known, inbound {state.get('inbound')}, tunnel {state.get('tunnel')}")
 
 
 def render_racks(outcome: dict) -> None:
