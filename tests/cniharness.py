@@ -46,6 +46,10 @@ class Agent:
     proc: subprocess.Popen | None = None
 
     def start(self) -> Agent:
+        # A socket file left by an agent that had to be SIGKILLed (a stop slower than its
+        # grace on a loaded machine) would pass wait_for_path at once: this agent would be
+        # "started", and stopped, before it had even logged (an empty log, seen once).
+        Path(self.socket).unlink(missing_ok=True)
         argv = [sys.executable, "-m", "podnet.cli", "agent", "--socket", self.socket, "--store", self.store,
                 "--init"]  # a test's store is new: the agent makes a missing --store only when told
         self.proc = self.sandbox.spawn(

@@ -132,3 +132,16 @@ def test_second_agent_on_same_socket_refuses(sandbox, host_ns, socket_path, tmp_
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert second.wait(20) == 1
     assert b"already serving" in second.stdout.read()
+
+
+def test_a_start_after_a_killed_agent_waits_for_the_new_one(sandbox, host_ns, socket_path, tmp_path):
+    """An agent SIGKILLed leaves its socket file; the harness's next start must wait for
+    the new agent's socket, not take the old file for it (else the new one is stopped
+    before it has logged a line)."""
+    store = str(tmp_path / "agent.db")
+    first = Agent(sandbox, host_ns, socket_path, store).start()
+    first.proc.kill()
+    first.proc.wait(10)
+    assert Path(socket_path).exists()  # the dead agent's
+    log = Agent(sandbox, host_ns, socket_path, store).start().stop()
+    assert "podnet agent serving" in log, log
