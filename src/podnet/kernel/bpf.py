@@ -22,6 +22,7 @@ SYS_BPF = {"x86_64": 321, "aarch64": 280}
 
 # commands
 MAP_CREATE, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY, PROG_LOAD = 0, 1, 2, 3, 4, 5
+PROG_TEST_RUN = 10
 # map and program types
 MAP_TYPE_ARRAY, MAP_TYPE_LPM_TRIE = 2, 11
 PROG_TYPE_SCHED_CLS = 3
@@ -57,6 +58,12 @@ class Label:
 
 def mov_imm(dst: int, imm: int) -> Insn:
     return Insn(ALU64 | MOV | K, dst, 0, 0, imm)
+
+
+def mov32_imm(dst: int, imm: int) -> Insn:
+    """dst = imm as 32 bits, zero-extended (mov_imm sign-extends: a constant with its top
+    bit set would never equal a 32-bit load)."""
+    return Insn(ALU | MOV | K, dst, 0, 0, imm)
 
 
 def mov_reg(dst: int, src: int) -> Insn:
@@ -141,18 +148,34 @@ _libc: ctypes.CDLL | None = None
 
 def _bpf(cmd: int, attr: bytes) -> int:
     """One bpf() call; its result (an fd or 0), KernelError with errno otherwise."""
+    return _syscall(cmd, ctypes.create_string_buffer(attr, len(attr)))
+
+
+def _syscall(cmd: int, buf: ctypes.Array) -> int:
+    """bpf(cmd, buf): the kernel may write into `buf` (test_run reads it back)."""
     global _libc
     nr = SYS_BPF.get(platform.machine())
     if nr is None:
         raise KernelError(f"bpf: no syscall number for {platform.machine()}")
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    buf = ctypes.create_string_buffer(attr, len(attr))
-    result = _libc.syscall(nr, cmd, buf, len(attr))
+    result = _libc.syscall(nr, cmd, buf, len(buf))
     if result < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return int(result)
+
+
+def run_once(prog_fd: int, packet: bytes) -> tuple[int, bytes]:
+    """Run a loaded tc program once on `packet` (BPF_PROG_TEST_RUN, in the calling
+    thread's namespace): its return code and the packet as it left it. For tests."""
+    data_in = ctypes.create_string_buffer(packet, len(packet))
+    data_out = ctypes.create_string_buffer(len(packet) + 256)
+    attr = struct.pack("<IIIIQQ", prog_fd, 0, len(packet), len(data_out), _ptr(data_in), _ptr(data_out))
+    buf = ctypes.create_string_buffer(attr.ljust(80, b"\0"), 80)
+    _syscall(PROG_TEST_RUN, buf)
+    (retval,), (size_out,) = struct.unpack_from("<I", buf.raw, 4), struct.unpack_from("<I", buf.raw, 12)
+    return retval, data_out.raw[:size_out]
 
 
 def _ptr(buf: ctypes.Array) -> int:
