@@ -122,6 +122,7 @@ class FastPath:
         self.attached: dict[int, str] = {}  # ifindex -> name of the pod veths carrying podnet_out
         self.device_index: int | None = None  # pnvx0, carrying podnet_in
         self.decap_fd = -1
+        self.ct_kfuncs: tuple[int, int] | None = None  # BTF ids of bpf_skb_ct_lookup, bpf_ct_release
         self.decap_for: tuple[int, str] | None = None  # (underlay index, address) podnet_decap is on
         self.peers: dict[str, TunnelPeer] = {}  # tunnel mode: the peers' blocks' ends
         self.routed: set[str] = set()  # the peers' blocks in the trie
@@ -171,6 +172,7 @@ class FastPath:
         if lookup is None or release is None:
             self.inbound = "no bpf_skb_ct_lookup in this kernel: inbound packets take the kernel path"
             return
+        self.ct_kfuncs = (lookup, release)
         self.pods = bpf.BpfMap(MAP_TYPE_HASH, 4, 16, MAX_PODS)
         self.in_fd = bpf.load_program(prog.program_in(self.pods.fd, self.switch.fd, lookup, release), prog.IN)
         self.inbound = "on"
@@ -194,11 +196,11 @@ class FastPath:
                 device = index_of.get(self.device)
                 if device is None:
                     raise KernelError(f"fast path: device {self.device} does not exist")
-                if self.tunnel is None:
-                    self._sync_blocks(device, set(blocks))
+                if self.tunnel is None:  # every value written again: the device's index may have changed
+                    self._sync_blocks(dict.fromkeys(sorted(set(blocks)), struct.pack("<I", device)))
                 else:
                     self.peers = dict(peers if peers is not None else self.peers)
-                    self._sync_tunnel_blocks(index_of, set(blocks))
+                    self._sync_blocks(self._tunnel_values(index_of, set(blocks)))
                 veths = self._pod_veths(links)
                 for index, name in veths.items():
                     if self.attached.get(index) != name:
@@ -218,14 +220,14 @@ class FastPath:
                     log.warning("fast path: %s (what it does not cover takes the kernel path)", error)
                 self.error = error
 
-    def _sync_blocks(self, device: int, blocks: set[str]) -> None:
+    def _sync_blocks(self, values: Mapping[str, bytes]) -> None:
+        """The trie holds exactly `values` (block -> its value)."""
         assert self.blocks is not None
-        value = struct.pack("<I", device)
-        for block in sorted(blocks):
-            self.blocks.update(prog.lpm_key(block), value)  # (the device's index may have changed)
-        for block in self.routed - blocks:
+        for block, value in values.items():
+            self.blocks.update(prog.lpm_key(block), value)
+        for block in self.routed - set(values):
             self.blocks.delete(prog.lpm_key(block))
-        self.routed = blocks
+        self.routed = set(values)
 
     def _underlay(self, index_of: Mapping[str | None, int]) -> int:
         assert self.tunnel is not None
@@ -234,10 +236,10 @@ class FastPath:
             raise KernelError(f"fast path: underlay {self.tunnel.underlay} does not exist")
         return underlay
 
-    def _sync_tunnel_blocks(self, index_of: Mapping[str | None, int], blocks: set[str]) -> None:
+    def _tunnel_values(self, index_of: Mapping[str | None, int], blocks: set[str]) -> dict[str, bytes]:
         """Tunnel mode: each block with a peer -> `peer_value` (a malformed one is left
         to the kernel path, which refuses it too)."""
-        assert self.blocks is not None and self.tunnel is not None
+        assert self.tunnel is not None
         underlay, values = self._underlay(index_of), {}
         for block in sorted(blocks):
             peer = self.peers.get(block)
@@ -248,22 +250,17 @@ class FastPath:
                                                        peer.underlay, peer.vtep_mac)
             except ValueError as exc:
                 log.warning("fast path: block %s takes the kernel path: %s", block, exc)
-        for block, value in values.items():
-            self.blocks.update(prog.lpm_key(block), value)
-        for block in self.routed - set(values):
-            self.blocks.delete(prog.lpm_key(block))
-        self.routed = set(values)
+        return values
 
     def _sync_decap(self, ipr: IPRoute, index_of: Mapping[str | None, int]) -> None:
         """`podnet_decap` on the underlay, for this node's underlay address (a new
         address: a new program)."""
         assert self.tunnel is not None and self.pods is not None and self.switch is not None
+        assert self.ct_kfuncs is not None  # (inbound is on)
         where = (self._underlay(index_of), self.tunnel.local)
         if self.decap_for == where:
             return
-        lookup, release = btf.function_id("bpf_skb_ct_lookup"), btf.function_id("bpf_ct_release")
-        assert lookup is not None and release is not None  # (inbound is on)
-        fd = bpf.load_program(tunnel_prog.program_decap(self.pods.fd, self.switch.fd, lookup, release,
+        fd = bpf.load_program(tunnel_prog.program_decap(self.pods.fd, self.switch.fd, *self.ct_kfuncs,
                                                         self.tunnel.local, self.tunnel.port, self.tunnel.vni),
                               tunnel_prog.DECAP)
         if self.decap_for is not None and self.decap_for[0] != where[0]:
@@ -341,7 +338,6 @@ class FastPath:
         if self.decap_for is None:
             return f"encap in tc, decap by {self.device}"
         return f"in tc (encap on pod veths, decap on {self.tunnel.underlay})"
-
 
 def attach(ipr: IPRoute, index: int, prog_fd: int, name: str) -> None:
     """Program `prog_fd` on the ingress of link `index` (clsact added if missing; an
