@@ -139,6 +139,13 @@ class Operations:
                 self._sweep(self._clock())
             return locked
 
+    def sweep(self) -> None:
+        """Sweep now, waiting for the write lock: for a reader that must see what has
+        expired by now as delete events, when `sweep_if_due` found the lock taken (the
+        holder sweeps too, but commits later than the reader would read)."""
+        with self._txs.begin(None):
+            self._sweep(self._clock())
+
     # -- write helpers (inside a transaction) ---------------------------------------
 
     def _sweep(self, now: float) -> None:
