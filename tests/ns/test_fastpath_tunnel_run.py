@@ -37,7 +37,7 @@ lookup, release = btf.function_id("bpf_skb_ct_lookup"), btf.function_id("bpf_ct_
 decap = bpf.load_program(tunnel.program_decap(pods.fd, switch.fd, lookup, release, local, 8472, 1), tunnel.DECAP)
 out = {}
 for name, fd in (("encap", encap), ("decap", decap)):
-    for i, packet in enumerate(json.loads(sys.argv[4])[name]):
+    for packet in json.loads(sys.argv[4])[name]:
         code, data = bpf.run_once(fd, bytes.fromhex(packet))
         out.setdefault(name, []).append([code, data.hex()])
 print(json.dumps(out))
@@ -120,5 +120,5 @@ def test_encap_writes_what_the_vxlan_device_would_and_decap_takes_it_off(local, 
     assert code == TC_ACT_REDIRECT
     assert out[:14] == bytes.fromhex("020000000001" "020000000002") + b"\x08\x00"  # the pod's MAC, its gateway's
     assert out[14 + 8] == 63 and checksum(out[14:34]) == 0 and out[34:] == to_pod[20:]
-    # another node's address, another VNI, no such pod: not ours, left as they came
+    # another node's address, another VNI, no such pod: not ours, passed on (TC_ACT_OK)
     assert [c for c, _ in others] == [TC_ACT_OK] * 3

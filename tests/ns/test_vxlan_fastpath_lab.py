@@ -5,10 +5,11 @@ over host-gw, every agent started with `--fastpath ebpf`.
 What must hold: the program sits on every pod veth and carries pod-to-pod traffic
 across nodes past the sending node's bridge (the bridge sees none of it), connectivity
 is whole; on vxlan the tunnel is written and read in tc (no packet of it crosses
-pnvx0), and a node on the kernel path still reads what the programs send; as soon as any policy exists every node turns the fast path off and the
-policy is enforced exactly as the reference semantics say (the full probe matrix);
-deleting the last policy turns it on again; `lab status` says which path is in use;
-the tunnel's outer packets are untracked; and closing a fast path leaves no filter.
+pnvx0), and a node on the kernel path still reads what the programs send; as soon as
+any policy exists every node turns the fast path off and the policy is enforced
+exactly as the reference semantics say (the full probe matrix); deleting the last
+policy turns it on again; `lab status` says which path is in use; the tunnel's outer
+packets are untracked; and closing a fast path leaves no filter.
 The lab is `fp<hex>`, torn down by recorded names whatever happens.
 """
 

@@ -1,7 +1,7 @@
 """The vxlan fast path's tunnel in tc (fabric/fastpath_tunnel.py) without root: the
 outer header's checksum arithmetic, the trie's value, which helpers each program calls,
-the peers the vxlan fabric hands it, and how status shows it. The programs themselves
-run in tests/ns/test_vxlan_fastpath_lab.py."""
+the peers the vxlan fabric hands it, and how status shows it. The kernel runs the
+programs in tests/ns/test_fastpath_tunnel_run.py and tests/ns/test_vxlan_fastpath_lab.py."""
 
 from __future__ import annotations
 

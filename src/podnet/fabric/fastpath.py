@@ -331,13 +331,13 @@ class FastPath:
                     "tunnel": self._tunnel_text(),
                     **({"error": self.error} if self.error else {})}
 
-
     def _tunnel_text(self) -> str:
         if self.tunnel is None:
             return "none"
         if self.decap_for is None:
             return f"encap in tc, decap by {self.device}"
         return f"in tc (encap on pod veths, decap on {self.tunnel.underlay})"
+
 
 def attach(ipr: IPRoute, index: int, prog_fd: int, name: str) -> None:
     """Program `prog_fd` on the ingress of link `index` (clsact added if missing; an

@@ -42,6 +42,12 @@ from podnet.fabric.fastpath_prog import (
     ETH_P_IP_LE,
     FRAG_MASK_LE,
     HELPER_REDIRECT_NEIGH,
+    IP_CSUM,
+    IP_DADDR,
+    IP_FRAG,
+    IP_PROTO,
+    IP_SADDR,
+    IP_TTL,
     L4,
     for_a_pod,
     packet,
@@ -78,6 +84,12 @@ def _le32(data: bytes) -> int:
     return value - (1 << 32) if value >= 1 << 31 else value
 
 
+def _vxlan_words(port: int, vni: int) -> tuple[int, int, int]:
+    """The UDP port, VXLAN flags (the I flag) and VNI words as the programs load and
+    store them: what encap writes is what decap compares."""
+    return _le16(struct.pack(">H", port)), _le32(b"\x08\x00\x00\x00"), _le32(struct.pack(">I", vni << 8))
+
+
 def _mac(mac: str) -> bytes:
     if not _MAC.match(mac.lower()):
         raise ValueError(f"not a MAC address: {mac!r}")
@@ -111,6 +123,7 @@ def _fold(reg: int, tmp: int) -> list[Insn]:
 def program_encap(peers_fd: int, switch_fd: int, port: int, vni: int) -> bytes:
     """The pod veths' program in tunnel mode (module docstring)."""
     flags = F_FIXED_GSO | F_ENCAP_L3_IPV4 | F_ENCAP_L4_UDP | F_ENCAP_L2_ETH
+    port_word, flags_word, vni_word = _vxlan_words(port, vni)
     return bpf.assemble([
         *switch(switch_fd),
         *to_a_peer(peers_fd),
@@ -129,23 +142,23 @@ def program_encap(peers_fd: int, switch_fd: int, port: int, vni: int) -> bytes:
         packet(INNER + ETH),
         # outer IPv4
         bpf.st_imm(bpf.H, R2, ETH, _le16(b"\x45\x00")),
-        bpf.stx(bpf.H, R2, R9, ETH + 2),
-        bpf.ldx(bpf.H, R3, R10, -2), bpf.stx(bpf.H, R2, R3, ETH + 4),
-        bpf.st_imm(bpf.H, R2, ETH + 6, 0),  # no DF, no fragment, as the VXLAN device sends
-        bpf.st_imm(bpf.H, R2, ETH + 8, _le16(b"\x40\x11")),  # TTL 64, UDP
-        bpf.ldx(bpf.W, R5, R7, 8), bpf.stx(bpf.W, R2, R5, ETH + 12),  # from this node
-        bpf.ldx(bpf.W, R5, R7, 4), bpf.stx(bpf.W, R2, R5, ETH + 16),  # to the peer
+        bpf.stx(bpf.H, R2, R9, ETH + 2),  # total length
+        bpf.ldx(bpf.H, R3, R10, -2), bpf.stx(bpf.H, R2, R3, ETH + 4),  # ID
+        bpf.st_imm(bpf.H, R2, IP_FRAG, 0),  # no DF, no fragment, as the VXLAN device sends
+        bpf.st_imm(bpf.H, R2, IP_TTL, _le16(b"\x40\x11")),  # TTL 64, UDP
+        bpf.ldx(bpf.W, R5, R7, 8), bpf.stx(bpf.W, R2, R5, IP_SADDR),  # from this node
+        bpf.ldx(bpf.W, R5, R7, 4), bpf.stx(bpf.W, R2, R5, IP_DADDR),  # to the peer
         bpf.ldx(bpf.W, R5, R7, 24), bpf.alu_reg(bpf.ADD, R5, R9), bpf.alu_reg(bpf.ADD, R5, R3),
-        *_fold(R5, R4), *_fold(R5, R4), bpf.alu_imm(bpf.XOR, R5, 0xFFFF), bpf.stx(bpf.H, R2, R5, ETH + 10),
+        *_fold(R5, R4), *_fold(R5, R4), bpf.alu_imm(bpf.XOR, R5, 0xFFFF), bpf.stx(bpf.H, R2, R5, IP_CSUM),
         # UDP
         bpf.alu_imm(bpf.AND, R8, SPORT_MASK), bpf.alu_imm(bpf.OR, R8, SPORT_LOW), bpf.to_be16(R8),
         bpf.stx(bpf.H, R2, R8, UDP),
-        bpf.st_imm(bpf.H, R2, UDP + 2, _le16(struct.pack(">H", port))),
+        bpf.st_imm(bpf.H, R2, UDP + 2, port_word),
         bpf.ldx(bpf.W, R9, R6, 0), bpf.add_imm(R9, -UDP), bpf.to_be16(R9), bpf.stx(bpf.H, R2, R9, UDP + 4),
         bpf.st_imm(bpf.H, R2, UDP + 6, 0),
         # VXLAN: the I flag, the VNI
-        bpf.st_imm(bpf.W, R2, VXLAN, _le32(b"\x08\x00\x00\x00")),
-        bpf.st_imm(bpf.W, R2, VXLAN + 4, _le32(struct.pack(">I", vni << 8))),
+        bpf.st_imm(bpf.W, R2, VXLAN, flags_word),
+        bpf.st_imm(bpf.W, R2, VXLAN + 4, vni_word),
         # inner Ethernet: to the peer's VTEP MAC from ours, IPv4
         bpf.ldx(bpf.W, R5, R7, 12), bpf.stx(bpf.W, R2, R5, INNER),
         bpf.ldx(bpf.H, R5, R7, 16), bpf.stx(bpf.H, R2, R5, INNER + 4),
@@ -162,18 +175,19 @@ def program_encap(peers_fd: int, switch_fd: int, port: int, vni: int) -> bytes:
 def program_decap(pods_fd: int, switch_fd: int, ct_lookup: int, ct_release: int, local: str, port: int,
                   vni: int) -> bytes:
     """The underlay's program (module docstring); `local`: this node's underlay address."""
+    port_word, flags_word, vni_word = _vxlan_words(port, vni)
     return bpf.assemble([
         *switch(switch_fd),
         packet(OUTER + L4 + 4),
         bpf.ldx(bpf.H, R5, R2, 12), bpf.jmp_imm(bpf.JNE, R5, ETH_P_IP_LE, "pass"),
         bpf.ldx(bpf.B, R5, R2, ETH), bpf.jmp_imm(bpf.JNE, R5, 0x45, "pass"),
-        bpf.ldx(bpf.B, R5, R2, ETH + 9), bpf.jmp_imm(bpf.JNE, R5, 17, "pass"),
-        bpf.ldx(bpf.H, R5, R2, ETH + 6), bpf.alu_imm(bpf.AND, R5, FRAG_MASK_LE), bpf.jmp_imm(bpf.JNE, R5, 0, "pass"),
-        bpf.ldx(bpf.W, R5, R2, ETH + 16), bpf.mov32_imm(R4, _le32(ipaddress.IPv4Address(local).packed)),
+        bpf.ldx(bpf.B, R5, R2, IP_PROTO), bpf.jmp_imm(bpf.JNE, R5, 17, "pass"),
+        bpf.ldx(bpf.H, R5, R2, IP_FRAG), bpf.alu_imm(bpf.AND, R5, FRAG_MASK_LE), bpf.jmp_imm(bpf.JNE, R5, 0, "pass"),
+        bpf.ldx(bpf.W, R5, R2, IP_DADDR), bpf.mov32_imm(R4, _le32(ipaddress.IPv4Address(local).packed)),
         bpf.jmp_reg(bpf.JNE, R5, R4, "pass"),
-        bpf.ldx(bpf.H, R5, R2, UDP + 2), bpf.jmp_imm(bpf.JNE, R5, _le16(struct.pack(">H", port)), "pass"),
-        bpf.ldx(bpf.W, R5, R2, VXLAN), bpf.jmp_imm(bpf.JNE, R5, _le32(b"\x08\x00\x00\x00"), "pass"),
-        bpf.ldx(bpf.W, R5, R2, VXLAN + 4), bpf.jmp_imm(bpf.JNE, R5, _le32(struct.pack(">I", vni << 8)), "pass"),
+        bpf.ldx(bpf.H, R5, R2, UDP + 2), bpf.jmp_imm(bpf.JNE, R5, port_word, "pass"),
+        bpf.ldx(bpf.W, R5, R2, VXLAN), bpf.jmp_imm(bpf.JNE, R5, flags_word, "pass"),
+        bpf.ldx(bpf.W, R5, R2, VXLAN + 4), bpf.jmp_imm(bpf.JNE, R5, vni_word, "pass"),
         *for_a_pod(pods_fd, ct_lookup, ct_release, at=INNER),
         bpf.mov_reg(R1, R6), bpf.mov_imm(R2, -OUTER), bpf.mov_imm(R3, ADJ_ROOM_MAC), bpf.mov_imm(R4, F_FIXED_GSO),
         bpf.call(HELPER_ADJUST_ROOM),

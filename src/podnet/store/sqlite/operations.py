@@ -125,26 +125,25 @@ class Operations:
             cur = self._txs.write("UPDATE kv SET expires_at = ? WHERE key = ?", (now + ttl, key))
             return cur.rowcount == 1
 
-    def sweep_if_due(self) -> bool:
+    def sweep_if_due(self, wait: bool = False) -> bool:
         """Sweep when some key has really expired and the write lock is free now; False
         when it was not (whoever holds it sweeps in its own transaction, or the caller
-        looks again soon)."""
+        looks again soon). `wait`: wait for the lock instead, for a reader that must see
+        what has expired by now as delete events (the holder sweeps too, but may commit
+        after the reader has read)."""
         now = self._clock()
         if not self._txs.read(
             "SELECT 1 FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT 1", (now,)
         ):
             return True
+        if wait:
+            with self._txs.begin(None):
+                self._sweep(self._clock())
+            return True
         with self._txs.unless_busy() as locked:
             if locked:
                 self._sweep(self._clock())
             return locked
-
-    def sweep(self) -> None:
-        """Sweep now, waiting for the write lock: for a reader that must see what has
-        expired by now as delete events, when `sweep_if_due` found the lock taken (the
-        holder sweeps too, but commits later than the reader would read)."""
-        with self._txs.begin(None):
-            self._sweep(self._clock())
 
     # -- write helpers (inside a transaction) ---------------------------------------
 

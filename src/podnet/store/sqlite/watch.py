@@ -129,8 +129,7 @@ class Tail:
             # lock (the tail's own sweep, often), wait for it: it sweeps too, but a read
             # before its commit would miss those deletes, and a watch with no time to
             # wait would answer nothing (the store contract's TTL test failed 1 in 40)
-            if not self._ops.sweep_if_due():
-                self._ops.sweep()
+            self._ops.sweep_if_due(wait=True)
             upto = self._ops.revision()  # everything up to here is in the read below
             found = self._events_after(prefix, from_revision)
             compacted = self._txs.read("SELECT value FROM meta WHERE name = 'compacted'", ())[0][0]
